@@ -1,0 +1,52 @@
+"""fedlab: a Jupyter-centric research workbench for federated learning on TensorFlow Federated.
+
+Importing fedlab is cheap; TensorFlow Federated is imported on first use.
+"""
+
+from .config import ALGORITHMS, DATASETS, MODELS, PARTITIONS, ConfigError, ExperimentConfig
+from .data import DataUnavailableError, Dataset, load_dataset
+from .partition import (
+    DirichletPartitioner,
+    IidPartitioner,
+    NaturalPartitioner,
+    QuantitySkewPartitioner,
+    ShardPartitioner,
+    make_partitioner,
+    partition_report,
+)
+from .models import ModelSpec
+from .plots import plot_label_distribution, plot_learning_curves, save_figure, save_table
+from .runner import clients_table, final_metrics, partition_for, run_experiment, run_sweep
+from .runtime import setup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "ConfigError",
+    "DATASETS",
+    "DataUnavailableError",
+    "Dataset",
+    "DirichletPartitioner",
+    "ExperimentConfig",
+    "IidPartitioner",
+    "MODELS",
+    "ModelSpec",
+    "NaturalPartitioner",
+    "PARTITIONS",
+    "QuantitySkewPartitioner",
+    "ShardPartitioner",
+    "clients_table",
+    "final_metrics",
+    "load_dataset",
+    "make_partitioner",
+    "partition_for",
+    "partition_report",
+    "plot_label_distribution",
+    "plot_learning_curves",
+    "run_experiment",
+    "run_sweep",
+    "save_figure",
+    "save_table",
+    "setup",
+]

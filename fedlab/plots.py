@@ -1,0 +1,95 @@
+"""Figures: each function computes a DataFrame, draws on ``ax`` (or a new
+figure) and returns ``(fig, ax, df)``. None of them saves; ``save_figure``
+is the separate last step.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _axis(ax, figsize=(6, 4)):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def learning_curve_table(history: pd.DataFrame, metric: str = "eval_accuracy",
+                         hue: Optional[Sequence[str] | str] = None) -> pd.DataFrame:
+    """Mean and standard deviation of ``metric`` per (hue..., round) over seeds."""
+    hue = [hue] if isinstance(hue, str) else list(hue or [])
+    if metric not in history.columns:
+        raise ValueError(f"metric: {metric!r} is not a column; columns are {', '.join(history.columns)}")
+    data = history.dropna(subset=[metric])
+    table = data.groupby(hue + ["round"], dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
+    return table.fillna({"std": 0.0})
+
+
+def plot_learning_curves(history: pd.DataFrame, *, metric: str = "eval_accuracy",
+                         hue: Optional[Sequence[str] | str] = None, ax=None, title: Optional[str] = None):
+    """One line per value of ``hue`` (mean over seeds, band = one standard deviation)."""
+    fig, ax = _axis(ax)
+    table = learning_curve_table(history, metric, hue)
+    hue_cols = [hue] if isinstance(hue, str) else list(hue or [])
+    groups = table.groupby(hue_cols, dropna=False) if hue_cols else [((), table)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{c}={v}" for c, v in zip(hue_cols, key)) or metric
+        ax.plot(group["round"], group["mean"], marker="o" if len(group) < 15 else None, ms=3, label=label)
+        if (group["count"] > 1).any():
+            ax.fill_between(group["round"], group["mean"] - group["std"], group["mean"] + group["std"], alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric.replace("_", " "))
+    if title:
+        ax.set_title(title)
+    if hue_cols:
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig, ax, table
+
+
+def plot_label_distribution(report: pd.DataFrame, *, ax=None, max_clients: int = 50, title: Optional[str] = None):
+    """Stacked bars: examples of each label held by each client (the partition report)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = _axis(ax, figsize=(8, 3.5))
+    table = report.pivot(index="client", columns="label", values="count").fillna(0)
+    table = table.iloc[:max_clients]
+    bottom = np.zeros(len(table))
+    colors = plt.get_cmap("tab10" if table.shape[1] <= 10 else "tab20")
+    for i, label in enumerate(table.columns):
+        ax.bar(table.index, table[label], bottom=bottom, color=colors(i % colors.N), label=str(label), width=0.85)
+        bottom += table[label].to_numpy()
+    ax.set_xlabel("client")
+    ax.set_ylabel("examples")
+    if title:
+        ax.set_title(title)
+    ax.legend(title="label", fontsize="x-small", ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return fig, ax, table
+
+
+def save_figure(fig, name: str, directory: Optional[str | pathlib.Path]) -> Optional[pathlib.Path]:
+    """Writes ``directory/name.png`` (150 dpi); does nothing when ``directory`` is None."""
+    if directory is None:
+        return None
+    path = pathlib.Path(directory) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path
+
+
+def save_table(df: pd.DataFrame, name: str, directory: Optional[str | pathlib.Path]) -> Optional[pathlib.Path]:
+    """Writes ``directory/name.csv``; does nothing when ``directory`` is None."""
+    if directory is None:
+        return None
+    path = pathlib.Path(directory) / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return path

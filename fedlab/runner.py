@@ -1,0 +1,297 @@
+"""Runs an experiment config round by round and returns a tidy DataFrame.
+
+One row per round: ``round``, ``train_loss``, ``train_accuracy`` (client
+metrics during local training), ``eval_loss``, ``eval_accuracy`` (global
+model on the held-out test set, every ``eval_every`` rounds and at the last
+round), ``seconds`` (wall time of the round), then every config field.
+
+Randomness: clients of round r are drawn from ``(sampling_seed, r)`` and a
+client's local shuffling from ``(sampling_seed, r, client)``, so a resumed
+run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import pathlib
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import algorithms
+from .config import ExperimentConfig
+from .data import Dataset, load_dataset
+from .models import ModelSpec, evaluate_logits
+from .partition import make_partitioner
+from .runtime import tff
+
+HISTORY_FILE = "history.csv"
+CLIENT_FILE = "clients.csv"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint folder holds the run of another config."""
+
+
+@functools.lru_cache(maxsize=8)
+def cached_dataset(name: str, seed: int, test_fraction: float) -> Dataset:
+    """Loads a data set once per (name, seed, test_fraction) in this process."""
+    return load_dataset(name, seed=seed, test_fraction=test_fraction)
+
+
+def dataset_for(config: ExperimentConfig) -> Dataset:
+    return cached_dataset(config.dataset, config.seeds["data"], config.test_fraction)
+
+
+def partition_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> list[np.ndarray]:
+    """Index arrays into ``data.x_train``, one per client."""
+    data = dataset_for(config) if data is None else data
+    return make_partitioner(config, data.train_sites).partition(data.y_train)
+
+
+def spec_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> ModelSpec:
+    data = dataset_for(config) if data is None else data
+    return ModelSpec(config.model, data.num_features, data.num_classes, data.image_shape)
+
+
+def sample_clients(config: ExperimentConfig, round_num: int) -> np.ndarray:
+    """The clients of round ``round_num`` (1-based): K of N without replacement, sorted."""
+    rng = np.random.default_rng([config.seeds["sampling"], round_num])
+    return np.sort(rng.choice(config.num_clients, size=config.clients_per_round, replace=False))
+
+
+def local_order(n: int, config: ExperimentConfig, round_num: int, client: int) -> list[np.ndarray]:
+    """One shuffled order of a client's ``n`` examples per local epoch."""
+    rng = np.random.default_rng([config.seeds["sampling"], round_num, client, 1])
+    return [rng.permutation(n) for _ in range(config.local_epochs)]
+
+
+def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int):
+    """The tf.data.Dataset a client trains on in one round: E shuffled epochs of batches."""
+    import tensorflow as tf
+
+    batch = len(x) if config.batch_size == 0 or config.algorithm == "fedsgd" else config.batch_size
+    epochs = [tf.data.Dataset.from_tensor_slices((x[o], y[o])).batch(batch)
+              for o in local_order(len(x), config, round_num, client)]
+    return functools.reduce(lambda a, b: a.concatenate(b), epochs)
+
+
+class _Evaluator:
+    """Evaluates global model weights centrally with a Keras copy of the model."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model = spec.build_keras(0)
+
+    def set_weights(self, model_weights) -> None:
+        for variable, value in zip(self.model.trainable_variables, model_weights.trainable):
+            variable.assign(value)
+        for variable, value in zip(self.model.non_trainable_variables, model_weights.non_trainable):
+            variable.assign(value)
+
+    def logits(self, x: np.ndarray, batch: int = 2048) -> np.ndarray:
+        return np.concatenate([self.model(x[i:i + batch], training=False).numpy() for i in range(0, len(x), batch)])
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        return evaluate_logits(self.logits(x), y, self.spec.binary)
+
+
+@functools.lru_cache(maxsize=16)
+def _evaluator(spec: ModelSpec) -> _Evaluator:
+    return _Evaluator(spec)
+
+
+def initial_weights(process, spec: ModelSpec, seed: int):
+    """Model weights drawn from ``seed`` in the container types the process expects."""
+    t = tff()
+    template = process.get_model_weights(process.initialize())
+    keras = spec.build_keras(seed)
+    trainable = [v.numpy() for v in keras.trainable_variables]
+    non_trainable = [v.numpy() for v in keras.non_trainable_variables]
+    return t.learning.models.ModelWeights(
+        trainable=type(template.trainable)(trainable), non_trainable=type(template.non_trainable)(non_trainable)
+    )
+
+
+def worst_fraction_mean(values: Sequence[float], fraction: float = 0.1) -> float:
+    """Mean of the lowest ``fraction`` of values (at least one value)."""
+    values = np.sort(np.asarray(values, dtype=float))
+    k = max(1, int(np.floor(len(values) * fraction)))
+    return float(values[:k].mean())
+
+
+def _run(coro):
+    return asyncio.get_event_loop().run_until_complete(coro)
+
+
+class _Checkpoint:
+    """Program state plus history in one folder; resumes losing at most one round."""
+
+    def __init__(self, directory: pathlib.Path, config: ExperimentConfig):
+        self.dir = pathlib.Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.dir / CONFIG_FILE
+        if config_path.exists():
+            saved = json.loads(config_path.read_text())
+            if saved != json.loads(config.to_json()):
+                changed = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
+                raise CheckpointMismatchError(
+                    f"checkpoint_dir: {self.dir} holds a run with other settings ({', '.join(changed)}); "
+                    "use a new folder or delete it"
+                )
+        else:
+            _atomic_write(config_path, config.to_json())
+        self.manager = tff().program.FileProgramStateManager(self.dir / "state", keep_total=2)
+
+    def load(self, state_template):
+        state, version = _run(self.manager.load_latest(state_template))
+        if state is None:
+            return None, 0, [], []
+        history = pd.read_csv(self.dir / HISTORY_FILE) if (self.dir / HISTORY_FILE).exists() else pd.DataFrame()
+        clients = pd.read_csv(self.dir / CLIENT_FILE) if (self.dir / CLIENT_FILE).exists() else pd.DataFrame()
+        keep = lambda df: df[df["round"] <= version].to_dict("records") if len(df) else []  # noqa: E731
+        return state, version, keep(history), keep(clients)
+
+    def save(self, state, round_num: int, rows: list[dict], client_rows: list[dict]) -> None:
+        # History first: a crash between the two leaves history ahead of the
+        # state, and load() drops the rows the state has not reached.
+        _atomic_write(self.dir / HISTORY_FILE, pd.DataFrame(rows).to_csv(index=False))
+        if client_rows:
+            _atomic_write(self.dir / CLIENT_FILE, pd.DataFrame(client_rows).to_csv(index=False))
+        _run(self.manager.save(state, round_num))
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    checkpoint_dir: Optional[str | pathlib.Path] = None,
+    results_cache: Optional[str | pathlib.Path] = None,
+    progress: bool = True,
+    callback: Optional[Callable[[dict, pd.DataFrame], None]] = None,
+) -> pd.DataFrame:
+    """Runs ``config`` and returns its history (one row per round).
+
+    ``checkpoint_dir``: save state every round and resume from it.
+    ``results_cache``: folder of finished histories keyed by the config's
+    fingerprint; a config seen before is read back instead of re-run.
+    ``callback(row, history)``: called after every round (widgets redraw here).
+    Per-client evaluation (``eval_per_client``): :func:`clients_table` of the result.
+    """
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"config: must be an ExperimentConfig, got {type(config).__name__}")
+    cache_path = None
+    if results_cache is not None:
+        cache_path = pathlib.Path(results_cache) / f"{config.fingerprint()}.csv"
+        if cache_path.exists():
+            history = pd.read_csv(cache_path)
+            client_cache = cache_path.with_suffix(".clients.csv")
+            history.attrs["clients"] = pd.read_csv(client_cache).to_dict("records") if client_cache.exists() else []
+            history.attrs["from_cache"] = True
+            if callback is not None:
+                callback(history.iloc[-1].to_dict(), history)
+            return history
+
+    data = dataset_for(config)
+    parts = partition_for(config, data)
+    spec = spec_for(config, data)
+    labels = spec.prepare_labels(data.y_train)
+    process = algorithms.get_process(config, spec)
+    evaluator = _evaluator(spec)
+
+    state = process.set_model_weights(process.initialize(), initial_weights(process, spec, config.seeds["model"]))
+    start, rows, client_rows = 0, [], []
+    checkpoint = _Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
+    if checkpoint is not None:
+        saved, version, saved_rows, saved_clients = checkpoint.load(state)
+        if saved is not None:
+            state, start, rows, client_rows = saved, version, saved_rows, saved_clients
+
+    fields = config.to_dict()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.rounds, initial=start, disable=not progress, desc=f"{config.algorithm} rounds",
+               leave=False)
+    try:
+        for round_num in range(start + 1, config.rounds + 1):
+            t0 = time.perf_counter()
+            clients = sample_clients(config, round_num)
+            datasets = [client_dataset(data.x_train[parts[c]], labels[parts[c]], config, round_num, int(c))
+                        for c in clients]
+            output = process.next(state, datasets)
+            state = output.state
+            seconds = time.perf_counter() - t0
+            train = output.metrics["client_work"]["train"]
+            row = {"round": round_num, "train_loss": float(train["loss"]),
+                   "train_accuracy": float(train["accuracy"]), "eval_loss": np.nan, "eval_accuracy": np.nan}
+            if round_num % config.eval_every == 0 or round_num == config.rounds:
+                evaluator.set_weights(process.get_model_weights(state))
+                row["eval_loss"], row["eval_accuracy"] = evaluator.evaluate(data.x_test, data.y_test)
+                if config.eval_per_client:
+                    per_client = _evaluate_clients(evaluator, data, parts, round_num)
+                    client_rows.extend(per_client)
+                    accs = [r["accuracy"] for r in per_client]
+                    row.update(client_accuracy_mean=float(np.mean(accs)),
+                               client_accuracy_worst10=worst_fraction_mean(accs, 0.1),
+                               client_accuracy_std=float(np.std(accs)))
+            row["seconds"] = seconds
+            row.update(fields)
+            rows.append(row)
+            if checkpoint is not None:
+                checkpoint.save(state, round_num, rows, client_rows)
+            bar.update(1)
+            if callback is not None:
+                callback(row, pd.DataFrame(rows))
+    finally:
+        bar.close()
+
+    history = pd.DataFrame(rows)
+    history.attrs["clients"] = client_rows
+    history.attrs["from_cache"] = False
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(cache_path, history.to_csv(index=False))
+        if client_rows:
+            _atomic_write(cache_path.with_suffix(".clients.csv"), pd.DataFrame(client_rows).to_csv(index=False))
+    return history
+
+
+def clients_table(history: pd.DataFrame) -> pd.DataFrame:
+    """Per-client evaluation of a run with ``eval_per_client``: round, client, num_examples, loss, accuracy."""
+    return pd.DataFrame(history.attrs.get("clients", []), columns=["round", "client", "num_examples", "loss", "accuracy"])
+
+
+def _evaluate_clients(evaluator: _Evaluator, data: Dataset, parts, round_num: int) -> list[dict]:
+    """The global model on each client's local data (one forward pass over all of it)."""
+    logits = evaluator.logits(data.x_train)
+    rows = []
+    for client, idx in enumerate(parts):
+        loss, acc = evaluate_logits(logits[idx], data.y_train[idx], evaluator.spec.binary)
+        rows.append({"round": round_num, "client": client, "num_examples": len(idx), "loss": loss, "accuracy": acc})
+    return rows
+
+
+def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True) -> pd.DataFrame:
+    """Runs several configs and stacks their histories (config fields tell them apart)."""
+    from tqdm.auto import tqdm
+
+    histories = [run_experiment(c, results_cache=results_cache, progress=False)
+                 for c in tqdm(configs, desc="configs", disable=not progress)]
+    return pd.concat(histories, ignore_index=True)
+
+
+def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The last evaluated round of each run, grouped by the config fields in ``by``."""
+    evaluated = history.dropna(subset=["eval_accuracy"])
+    last = evaluated.sort_values("round").groupby(list(by) + ["seed"], dropna=False).tail(1)
+    return last.reset_index(drop=True)
