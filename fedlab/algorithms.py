@@ -52,9 +52,14 @@ def build_fedsgd(spec: ModelSpec, *, client_lr: float, model_aggregator: Any = N
 
 def build_fedprox(spec: ModelSpec, *, client_lr: float, mu: float, server_lr: float = 1.0,
                   model_aggregator: Any = None):
-    """FedProx (Li et al. 2020, arXiv:1812.06127): local loss + mu/2 ||w - w_server||^2."""
+    """FedProx (Li et al. 2020, arXiv:1812.06127): local loss + mu/2 ||w - w_server||^2.
+
+    Uses :mod:`fedlab.fedprox`, which corrects the sign of TFF 0.87's proximal term.
+    """
+    from .fedprox import build_weighted_fed_prox
+
     t = tff()
-    return t.learning.algorithms.build_weighted_fed_prox(
+    return build_weighted_fed_prox(
         spec.functional_model(),
         proximal_strength=mu,
         client_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=client_lr),

@@ -1,0 +1,43 @@
+# Two commands do all the set-up: `make test` and `make figures`.
+# Both build the environment first when it is missing (uv, from PyPI).
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedlab-installed
+
+# The UCI heart-disease files: a folder beside the checkout when there is one,
+# else data/heart_disease (where the loader downloads them, checksums checked).
+HEART_DIR ?= $(firstword $(wildcard $(CURDIR)/../shared/data/heart_disease) $(CURDIR)/data/heart_disease)
+export FEDLAB_HEART_DISEASE_DIR ?= $(HEART_DIR)
+
+.PHONY: env test figures lab bench clean
+
+env: $(STAMP)
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra test --python $(PYTHON)
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (fedlab)" >/dev/null
+	touch $(STAMP)
+
+test: env
+	$(PY) -m pytest
+
+figures: env
+	$(PY) -m fedlab reproduce
+
+lab: env
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) .tools build .pytest_cache
+
+environment.yml: uv.lock tools/export_environment_yml.py | $(UV)
+	PATH="$(dir $(UV)):$$PATH" $(PY) tools/export_environment_yml.py

@@ -1,0 +1,126 @@
+"""The TFF processes fedlab builds, checked against updates computed by hand in NumPy.
+
+Model: logistic regression with 2 features and 3 classes (softmax cross-entropy,
+mean over the batch). Client A holds 1 example, client B holds 3.
+"""
+
+import numpy as np
+import pytest
+
+from fedlab import algorithms
+from fedlab.models import ModelSpec
+from fedlab.runtime import tff
+
+SPEC = ModelSpec("logreg", num_features=2, num_classes=3)
+RNG = np.random.default_rng(0)
+W0 = RNG.normal(size=(2, 3)).astype(np.float32)
+B0 = RNG.normal(size=3).astype(np.float32)
+XA = np.array([[1.0, 2.0]], np.float32)
+YA = np.array([2], np.int32)
+XB = np.array([[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]], np.float32)
+YB = np.array([0, 1, 1], np.int32)
+
+
+def grad(w, b, x, y):
+    """Gradient of mean softmax cross-entropy of logits x @ w + b."""
+    z = x @ w + b
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    g = p / len(y)
+    return x.T @ g, g.sum(axis=0)
+
+
+def local_sgd(x, y, lr, batch, mu=0.0):
+    """Client SGD from (W0, B0) over batches in order, with FedProx's mu * (w - w0)."""
+    w, b = W0.astype(np.float64), B0.astype(np.float64)
+    for i in range(0, len(x), batch):
+        gw, gb = grad(w, b, x[i:i + batch], y[i:i + batch])
+        w, b = w - lr * (gw + mu * (w - W0)), b - lr * (gb + mu * (b - B0))
+    return w - W0, b - B0
+
+
+def run_round(process, datasets, rounds=1):
+    t = tff()
+    weights = t.learning.models.ModelWeights(trainable=[W0, B0], non_trainable=[])
+    state = process.set_model_weights(process.initialize(), weights)
+    for _ in range(rounds):
+        state = process.next(state, datasets).state
+    w, b = process.get_model_weights(state).trainable
+    return np.asarray(w), np.asarray(b)
+
+
+def data(x, y, batch):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def test_fedavg_one_step_is_the_example_weighted_average():
+    lr = 0.5
+    process = algorithms.build_fedavg(SPEC, client_lr=lr)
+    w, b = run_round(process, [data(XA, YA, 10), data(XB, YB, 10)])
+    da, db = local_sgd(XA, YA, lr, 10), local_sgd(XB, YB, lr, 10)
+    expect_w = W0 + (1 * da[0] + 3 * db[0]) / 4
+    expect_b = B0 + (1 * da[1] + 3 * db[1]) / 4
+    np.testing.assert_allclose(w, expect_w, atol=1e-5)
+    np.testing.assert_allclose(b, expect_b, atol=1e-5)
+    # and not the unweighted mean, which differs here
+    assert not np.allclose(w, W0 + (da[0] + db[0]) / 2, atol=1e-3)
+
+
+def test_fedsgd_applies_the_weighted_mean_gradient():
+    lr = 0.3
+    process = algorithms.build_fedsgd(SPEC, client_lr=lr)
+    w, b = run_round(process, [data(XA, YA, 10), data(XB, YB, 10)])
+    ga, gb = grad(W0, B0, XA, YA), grad(W0, B0, XB, YB)
+    np.testing.assert_allclose(w, W0 - lr * (1 * ga[0] + 3 * gb[0]) / 4, atol=1e-5)
+    np.testing.assert_allclose(b, B0 - lr * (1 * ga[1] + 3 * gb[1]) / 4, atol=1e-5)
+
+
+def test_fedavgm_server_momentum_over_two_rounds():
+    # Same data both rounds; sgdm: v <- m v + d, w <- w + lr v (d = mean client delta).
+    lr, server_lr, m = 0.5, 0.7, 0.9
+    process = algorithms.build_fedavgm(SPEC, client_lr=lr, server_lr=server_lr, server_momentum=m)
+    w, _ = run_round(process, [data(XB, YB, 10)], rounds=2)
+    d1 = local_sgd(XB, YB, lr, 10)[0]
+    w1, b1 = W0 + server_lr * d1, B0 + server_lr * local_sgd(XB, YB, lr, 10)[1]
+    # round 2 starts from (w1, b1)
+    gw, gb = grad(w1, b1, XB, YB)
+    d2 = -lr * gw
+    expect = w1 + server_lr * (m * d1 + d2)
+    np.testing.assert_allclose(w, expect, atol=1e-5)
+
+
+def test_fedprox_adds_the_proximal_gradient():
+    lr, mu = 0.5, 2.0
+    process = algorithms.build_fedprox(SPEC, client_lr=lr, mu=mu)
+    w, b = run_round(process, [data(XB, YB, 1)])  # three local steps of one example
+    dw, db = local_sgd(XB, YB, lr, 1, mu=mu)
+    np.testing.assert_allclose(w, W0 + dw, atol=1e-5)
+    np.testing.assert_allclose(b, B0 + db, atol=1e-5)
+    no_prox = local_sgd(XB, YB, lr, 1, mu=0.0)[0]
+    assert not np.allclose(w, W0 + no_prox, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_adaptive_server_optimizers_build_and_move_weights(name):
+    process = algorithms.build_fedopt(SPEC, server_optimizer=name[3:], client_lr=0.5, server_lr=0.1)
+    w, _ = run_round(process, [data(XB, YB, 10)])
+    # Adam-type first step moves each weight by about server_lr * sign(delta).
+    delta = local_sgd(XB, YB, 0.5, 10)[0]
+    moved = w - W0
+    assert np.all(np.sign(moved[np.abs(delta) > 1e-3]) == np.sign(delta[np.abs(delta) > 1e-3]))
+    assert np.max(np.abs(moved)) <= 0.1 * 3.2 + 1e-6  # adagrad's first step is at most lr/sqrt(0.1)
+
+
+def test_tff_own_fedprox_has_the_proximal_sign_flipped():
+    """Documents the TFF 0.87.0 bug fedlab.fedprox works around; fails once TFF fixes it."""
+    lr, mu = 0.5, 2.0
+    t = tff()
+    process = t.learning.algorithms.build_weighted_fed_prox(
+        SPEC.functional_model(), proximal_strength=mu,
+        client_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=lr),
+        server_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=1.0))
+    w, _ = run_round(process, [data(XB, YB, 1)])
+    np.testing.assert_allclose(w, W0 + local_sgd(XB, YB, lr, 1, mu=-mu)[0], atol=1e-5)
