@@ -1,0 +1,116 @@
+"""The runner: determinism, resume, caches, per-client evaluation (runs real TFF rounds)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedlab import ExperimentConfig, algorithms, clients_table, run_experiment
+from fedlab.runner import CheckpointMismatchError, sample_clients, worst_fraction_mean
+
+BASE = ExperimentConfig(dataset="digits", partition="dirichlet", alpha=0.5, num_clients=20, clients_per_round=5,
+                        rounds=3, model="logreg", algorithm="fedavg", seed=0)
+NUMBERS = ["round", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy"]
+
+
+def numbers(history: pd.DataFrame) -> pd.DataFrame:
+    return history[NUMBERS].reset_index(drop=True)
+
+
+def test_same_config_same_numbers_other_seed_other_numbers():
+    a = run_experiment(BASE, progress=False)
+    b = run_experiment(BASE, progress=False)
+    pd.testing.assert_frame_equal(numbers(a), numbers(b))
+    c = run_experiment(BASE.replace(sampling_seed=1), progress=False)
+    assert not np.allclose(a["train_loss"], c["train_loss"])
+    assert list(a["round"]) == [1, 2, 3]
+    assert a["eval_accuracy"].between(0, 1).all()
+    assert (a.loc[0, "dataset"], a.loc[0, "alpha"], a.loc[0, "num_clients"]) == ("digits", 0.5, 20)
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    full = run_experiment(BASE, progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_two(row, history):
+        if row["round"] == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_experiment(BASE, checkpoint_dir=tmp_path, progress=False, callback=stop_at_two)
+    seen = []
+    resumed = run_experiment(BASE, checkpoint_dir=tmp_path, progress=False,
+                             callback=lambda row, history: seen.append(row["round"]))
+    assert seen == [3]  # rounds 1 and 2 came from the checkpoint
+    pd.testing.assert_frame_equal(numbers(resumed), numbers(full))
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    run_experiment(BASE.replace(rounds=1), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointMismatchError, match="rounds"):
+        run_experiment(BASE.replace(rounds=2), checkpoint_dir=tmp_path, progress=False)
+
+
+def test_process_is_built_once_for_data_side_changes():
+    run_experiment(BASE.replace(rounds=1), progress=False)
+    before = algorithms.process_cache_size()
+    for changes in ({"num_clients": 10}, {"local_epochs": 2}, {"batch_size": 0}, {"partition": "iid"},
+                    {"seed": 3}, {"clients_per_round": 2}):
+        run_experiment(BASE.replace(rounds=1, **changes), progress=False)
+    assert algorithms.process_cache_size() == before
+    run_experiment(BASE.replace(rounds=1, client_lr=0.05), progress=False)
+    assert algorithms.process_cache_size() == before + 1
+
+
+def test_results_cache_returns_the_same_history(tmp_path):
+    first = run_experiment(BASE.replace(eval_per_client=True), results_cache=tmp_path, progress=False)
+    again = run_experiment(BASE.replace(eval_per_client=True), results_cache=tmp_path, progress=False)
+    assert not first.attrs["from_cache"] and again.attrs["from_cache"]
+    pd.testing.assert_frame_equal(numbers(first), numbers(again))
+    pd.testing.assert_frame_equal(clients_table(first), clients_table(again), check_dtype=False)
+
+
+def test_per_client_evaluation():
+    history = run_experiment(BASE.replace(eval_per_client=True, eval_every=2), progress=False)
+    table = clients_table(history)
+    assert sorted(table["round"].unique()) == [2, 3]  # every 2 rounds and the last
+    assert len(table) == 2 * 20
+    last = history.iloc[-1]
+    accs = table[table["round"] == 3]["accuracy"]
+    assert last["client_accuracy_mean"] == pytest.approx(accs.mean())
+    assert last["client_accuracy_worst10"] <= last["client_accuracy_mean"]
+    assert np.isnan(history.loc[0, "eval_accuracy"])  # round 1 not evaluated
+
+
+def test_sample_clients_is_a_function_of_seed_and_round():
+    a = sample_clients(BASE, 4)
+    assert len(set(a)) == 5 and list(a) == sorted(a)
+    assert np.array_equal(a, sample_clients(BASE.replace(rounds=99, alpha=3.0), 4))
+    assert not np.array_equal(a, sample_clients(BASE, 5))
+
+
+def test_worst_fraction_by_hand():
+    assert worst_fraction_mean([0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.4, 0.6, 1.0], 0.2) == pytest.approx(0.15)
+    assert worst_fraction_mean([0.5, 0.9], 0.1) == 0.5  # at least one client
+
+
+@pytest.mark.parametrize("changes", [
+    {"algorithm": "fedsgd", "client_lr": 0.5},
+    {"algorithm": "fedprox", "mu": 0.1},
+    {"algorithm": "fedavgm"},
+    {"algorithm": "fedadam", "server_lr": 0.1},
+    {"algorithm": "fedyogi", "server_lr": 0.1},
+    {"algorithm": "fedadagrad"},
+    {"model": "2nn", "partition": "shards"},
+    {"model": "cnn", "partition": "quantity"},
+    {"dataset": "heart_disease", "partition": "natural", "num_clients": 4, "clients_per_round": 4,
+     "batch_size": 4},
+    {"dataset": "breast_cancer", "partition": "iid"},
+])
+def test_every_algorithm_model_and_dataset_learns(changes, heart_dir):
+    # Held-out loss, not train loss: each round trains on other clients, so train loss is noisy.
+    history = run_experiment(BASE.replace(rounds=4, **changes), progress=False)
+    assert np.isfinite(history["train_loss"]).all()
+    first, last = history["eval_loss"].iloc[0], history["eval_loss"].iloc[-1]
+    assert last < first, f"held-out loss did not fall: {first} -> {last}"
