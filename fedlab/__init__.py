@@ -16,8 +16,10 @@ from .partition import (
 )
 from .models import ModelSpec
 from .plots import plot_label_distribution, plot_learning_curves, save_figure, save_table
-from .runner import clients_table, final_metrics, partition_for, run_experiment, run_sweep
+from .analysis import final_metrics, grid, rounds_to_target, summarize
+from .runner import clients_table, partition_for, partition_report_for, run_experiment, run_sweep
 from .runtime import setup
+from .widgets import ExperimentPanel
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "Dataset",
     "DirichletPartitioner",
     "ExperimentConfig",
+    "ExperimentPanel",
     "IidPartitioner",
     "MODELS",
     "ModelSpec",
@@ -38,15 +41,19 @@ __all__ = [
     "ShardPartitioner",
     "clients_table",
     "final_metrics",
+    "grid",
     "load_dataset",
     "make_partitioner",
     "partition_for",
     "partition_report",
+    "partition_report_for",
     "plot_label_distribution",
     "plot_learning_curves",
+    "rounds_to_target",
     "run_experiment",
     "run_sweep",
     "save_figure",
     "save_table",
     "setup",
+    "summarize",
 ]

@@ -3,7 +3,8 @@
 Each notebook has a ``parameters`` cell. Its defaults are the full setting;
 ``fast=True`` injects the notebook's ``FAST`` parameters so the test suite
 finishes in minutes. ``figures_dir`` and ``results_dir`` tell the notebook
-where its last cells save figures and tables.
+where its last cells save figures and tables; ``cache_dir`` holds finished
+runs, so an interrupted reproduce picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def notebooks(only: Optional[Sequence[str]] = None) -> list[pathlib.Path]:
 
 
 def run_notebook(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, results_dir: pathlib.Path,
-                 output_dir: pathlib.Path, timeout: int = 3600) -> pathlib.Path:
+                 output_dir: pathlib.Path, cache_dir: pathlib.Path = ROOT / "build" / "cache",
+                 timeout: int = 3600) -> pathlib.Path:
     """Executes ``path`` into ``output_dir`` (the committed notebook stays without outputs)."""
     import papermill
 
@@ -35,7 +37,8 @@ def run_notebook(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, r
     out = output_dir / path.name
     papermill.execute_notebook(
         str(path), str(out),
-        parameters={"fast": fast, "figures_dir": str(figures_dir), "results_dir": str(results_dir)},
+        parameters={"fast": fast, "figures_dir": str(figures_dir), "results_dir": str(results_dir),
+                    "cache_dir": str(cache_dir)},
         cwd=str(path.parent), kernel_name="python3", progress_bar=False, execution_timeout=timeout,
     )
     return out

@@ -26,7 +26,7 @@ from . import algorithms
 from .config import ExperimentConfig
 from .data import Dataset, load_dataset
 from .models import ModelSpec, evaluate_logits
-from .partition import make_partitioner
+from .partition import make_partitioner, partition_report
 from .runtime import tff
 
 HISTORY_FILE = "history.csv"
@@ -52,6 +52,12 @@ def partition_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> l
     """Index arrays into ``data.x_train``, one per client."""
     data = dataset_for(config) if data is None else data
     return make_partitioner(config, data.train_sites).partition(data.y_train)
+
+
+def partition_report_for(config: ExperimentConfig) -> pd.DataFrame:
+    """(client, label, count) table of the partition ``config`` makes."""
+    data = dataset_for(config)
+    return partition_report(data.y_train, partition_for(config, data), data.num_classes)
 
 
 def spec_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> ModelSpec:
@@ -125,8 +131,23 @@ def worst_fraction_mean(values: Sequence[float], fraction: float = 0.1) -> float
     return float(values[:k].mean())
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of fedlab's source: part of the result-cache key, so changed code never reads stale results."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _run(coro):
-    return asyncio.get_event_loop().run_until_complete(coro)
+    try:
+        loop = asyncio.get_event_loop()  # Jupyter's loop (nest_asyncio lets it nest)
+    except RuntimeError:  # a worker thread without a loop, e.g. the widget's
+        return asyncio.run(coro)
+    return loop.run_until_complete(coro)
 
 
 class _Checkpoint:
@@ -192,7 +213,7 @@ def run_experiment(
         raise TypeError(f"config: must be an ExperimentConfig, got {type(config).__name__}")
     cache_path = None
     if results_cache is not None:
-        cache_path = pathlib.Path(results_cache) / f"{config.fingerprint()}.csv"
+        cache_path = pathlib.Path(results_cache) / f"{config.fingerprint()}-{code_version()}.csv"
         if cache_path.exists():
             history = pd.read_csv(cache_path)
             client_cache = cache_path.with_suffix(".clients.csv")
@@ -288,10 +309,3 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progre
     histories = [run_experiment(c, results_cache=results_cache, progress=False)
                  for c in tqdm(configs, desc="configs", disable=not progress)]
     return pd.concat(histories, ignore_index=True)
-
-
-def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """The last evaluated round of each run, grouped by the config fields in ``by``."""
-    evaluated = history.dropna(subset=["eval_accuracy"])
-    last = evaluated.sort_values("round").groupby(list(by) + ["seed"], dropna=False).tail(1)
-    return last.reset_index(drop=True)

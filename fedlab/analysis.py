@@ -1,0 +1,51 @@
+"""Sweeps and the tables read off their histories."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import ExperimentConfig
+
+
+def grid(base: ExperimentConfig, **axes: Iterable[Any]) -> list[ExperimentConfig]:
+    """Every combination of the given field values, each as ``base.replace(...)``.
+
+    ``grid(base, local_epochs=[1, 5], seed=[0, 1])`` gives four configs.
+    """
+    names = list(axes)
+    return [base.replace(**dict(zip(names, values))) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def rounds_to_target(history: pd.DataFrame, target: float, by: Sequence[str],
+                     metric: str = "eval_accuracy") -> pd.DataFrame:
+    """First round at which ``metric`` reaches ``target``, per group of ``by`` and seed.
+
+    A run that never reaches it gets NaN in ``rounds`` and ``reached`` False;
+    ``rounds_budget`` is the rounds it had.
+    """
+    rows = []
+    for key, run in history.groupby(list(by) + ["seed"], dropna=False, sort=True):
+        run = run.dropna(subset=[metric]).sort_values("round")
+        hit = run[run[metric] >= target]
+        rows.append({**dict(zip(list(by) + ["seed"], key)),
+                     "rounds": float(hit["round"].iloc[0]) if len(hit) else np.nan,
+                     "reached": bool(len(hit)),
+                     "rounds_budget": int(run["round"].max()),
+                     f"final_{metric}": float(run[metric].iloc[-1]),
+                     f"best_{metric}": float(run[metric].max())})
+    return pd.DataFrame(rows)
+
+
+def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The last evaluated round of each run (one row per group of ``by`` and seed)."""
+    evaluated = history.dropna(subset=["eval_accuracy"])
+    return evaluated.sort_values("round").groupby(list(by) + ["seed"], dropna=False).tail(1).reset_index(drop=True)
+
+
+def summarize(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
+    """Mean, standard deviation and count of ``value`` over seeds."""
+    return table.groupby(list(by), dropna=False)[value].agg(["mean", "std", "count"]).reset_index()

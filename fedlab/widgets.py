@@ -1,0 +1,179 @@
+"""An interactive panel: controls for config fields, a Run button, a live curve.
+
+Training runs in a background thread so the notebook stays responsive; the
+curve is drawn with matplotlib into an ``ipywidgets.Image`` after every round
+(no front-end extension beyond ipywidgets is needed). Built TFF processes are
+cached by the runner, and finished runs by ``results_cache``, so the same
+settings twice come back at once.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Callable, Optional, Sequence
+
+import pandas as pd
+
+from .config import ALGORITHMS, ExperimentConfig
+from .runner import run_experiment
+
+
+def default_control(field: str, config: ExperimentConfig):
+    """A sensible ipywidgets control for one config field, set to the config's value."""
+    import ipywidgets as w
+
+    value = getattr(config, field)
+    style = {"description_width": "140px"}
+    layout = w.Layout(width="420px")
+    common = dict(description=field, style=style, layout=layout, continuous_update=False)
+    if field == "clients_per_round":
+        return w.IntSlider(value=value, min=1, max=config.num_clients, **common)
+    if field == "local_epochs":
+        return w.IntSlider(value=value, min=1, max=20, **common)
+    if field == "rounds":
+        return w.IntSlider(value=value, min=1, max=max(100, value), **common)
+    if field == "batch_size":
+        options = sorted({0, 5, 10, 20, 50, value})
+        return w.Dropdown(options=[("all (B=inf)" if b == 0 else str(b), b) for b in options], value=value,
+                          description=field, style=style, layout=layout)
+    if field in ("client_lr", "server_lr"):
+        return w.FloatLogSlider(value=value if value is not None else 1.0, base=10, min=-3, max=1, step=0.1,
+                                readout_format=".3g", **common)
+    if field == "alpha":
+        return w.FloatLogSlider(value=value, base=10, min=-2, max=2, step=0.1, readout_format=".3g", **common)
+    if field == "mu":
+        return w.FloatLogSlider(value=max(value, 1e-4), base=10, min=-4, max=1, step=0.25, readout_format=".3g",
+                                **common)
+    if field == "server_momentum":
+        return w.FloatSlider(value=value, min=0.0, max=0.99, step=0.01, **common)
+    if field == "partition":
+        return w.Dropdown(options=["iid", "dirichlet", "shards", "quantity"], value=value, description=field,
+                          style=style, layout=layout)
+    if field == "algorithm":
+        return w.Dropdown(options=list(ALGORITHMS), value=value, description=field, style=style, layout=layout)
+    raise ValueError(f"field: no default control for {field!r}; pass one in controls=")
+
+
+class ExperimentPanel:
+    """Controls for ``fields`` of ``base``; Run trains and redraws round by round.
+
+    ``side_plot(config, ax)`` optionally draws a second panel (for example the
+    label distribution) that updates with the settings.
+    """
+
+    def __init__(self, base: ExperimentConfig, fields: Sequence[str], *, results_cache=None,
+                 metric: str = "eval_accuracy", controls: Optional[dict] = None,
+                 side_plot: Optional[Callable] = None, keep_previous: int = 4):
+        import ipywidgets as w
+
+        self.base = base
+        self.metric = metric
+        self.results_cache = results_cache
+        self.side_plot = side_plot
+        self.keep_previous = keep_previous
+        self.controls = {f: (controls or {}).get(f) or default_control(f, base) for f in fields}
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.progress = w.IntProgress(value=0, min=0, max=base.rounds, description="rounds")
+        self.status = w.HTML()
+        self.image = w.Image(format="png")
+        self.previous: list[tuple[str, pd.DataFrame]] = []
+        self.history: Optional[pd.DataFrame] = None
+        self.last_from_cache = False
+        self.error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+        self.run_button.on_click(lambda _: self.start())
+        controls_box = w.VBox(list(self.controls.values()) + [w.HBox([self.run_button, self.progress]), self.status])
+        self.widget = w.HBox([controls_box, self.image])
+        self._draw(None)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def config(self) -> ExperimentConfig:
+        """The base config with the controls' current values (validated)."""
+        return self.base.replace(**{f: c.value for f, c in self.controls.items()})
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Starts a run in the background (the Run button calls this)."""
+        if self.running:
+            self.status.value = "<i>already running</i>"
+            return
+        try:
+            config = self.config()
+        except ValueError as err:
+            self.status.value = f"<b style='color:#b00'>{err}</b>"
+            return
+        self.error = None
+        self.progress.max, self.progress.value = config.rounds, 0
+        self.status.value = "running…"
+        self.run_button.disabled = True
+        self._thread = threading.Thread(target=self._train, args=(config,), daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[pd.DataFrame]:
+        """Blocks until the current run ends; re-raises its error."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.history
+
+    def _train(self, config: ExperimentConfig) -> None:
+        def on_round(row, history):
+            self.progress.value = int(row["round"])
+            self._draw(history, config)
+
+        try:
+            history = run_experiment(config, results_cache=self.results_cache, progress=False, callback=on_round)
+            self.history = history
+            self.last_from_cache = bool(history.attrs.get("from_cache"))
+            self.progress.value = config.rounds
+            self._draw(history, config)
+            self.previous = (self.previous + [(self._label(config), history)])[-self.keep_previous:]
+            last = history.dropna(subset=[self.metric]).iloc[-1]
+            source = " (from the result cache)" if self.last_from_cache else ""
+            self.status.value = f"{self.metric} = {last[self.metric]:.3f} after {int(last['round'])} rounds{source}"
+        except BaseException as err:  # shown in the panel and re-raised by wait()
+            self.error = err
+            self.status.value = f"<b style='color:#b00'>{type(err).__name__}: {err}</b>"
+        finally:
+            self.run_button.disabled = False
+
+    def _label(self, config: ExperimentConfig) -> str:
+        return ", ".join(f"{f}={getattr(config, f)}" for f in self.controls)
+
+    def _draw(self, history: Optional[pd.DataFrame], config: Optional[ExperimentConfig] = None) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        config = config or self.base
+        ncols = 2 if self.side_plot else 1
+        fig = Figure(figsize=(5.5 * ncols, 3.6))
+        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+        ax = axes[0]
+        for label, old in self.previous:
+            data = old.dropna(subset=[self.metric])
+            ax.plot(data["round"], data[self.metric], color="0.75", lw=1)
+        if history is not None and len(history):
+            data = history.dropna(subset=[self.metric])
+            ax.plot(data["round"], data[self.metric], marker="o", ms=3, color="C0", label=self._label(config))
+            ax.legend(fontsize="x-small", loc="lower right")
+        ax.set_xlim(0.5, max(config.rounds, 1) + 0.5)
+        ax.set_xlabel("round")
+        ax.set_ylabel(self.metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        if self.side_plot:
+            self.side_plot(config, axes[1])
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        self.image.value = buffer.getvalue()
