@@ -56,6 +56,7 @@ class ExperimentConfig:
     partition: str = "iid"
     alpha: float = 0.5  # Dirichlet concentration (dirichlet, quantity)
     shards_per_client: int = 2  # labels per client (shards)
+    feature_noise: float = 0.0  # feature skew: client i of N gets input noise std feature_noise*i/(N-1)
     model: str = "logreg"
     algorithm: str = "fedavg"
     client_lr: float = 0.1
@@ -83,6 +84,9 @@ class ExperimentConfig:
         _one_of("algorithm", self.algorithm, ALGORITHMS)
         _positive("alpha", self.alpha)
         _int_at_least("shards_per_client", self.shards_per_client, 1)
+        _number("feature_noise", self.feature_noise)
+        if self.feature_noise < 0:
+            raise ConfigError("feature_noise", f"must be >= 0, got {self.feature_noise!r}")
         _positive("client_lr", self.client_lr)
         if self.server_lr is not None:
             _positive("server_lr", self.server_lr)

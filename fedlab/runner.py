@@ -26,7 +26,7 @@ from . import algorithms
 from .config import ExperimentConfig
 from .data import Dataset, load_dataset
 from .models import ModelSpec, evaluate_logits
-from .partition import make_partitioner, partition_report
+from .partition import add_feature_noise, make_partitioner, partition_report
 from .runtime import tff
 
 HISTORY_FILE = "history.csv"
@@ -78,13 +78,20 @@ def local_order(n: int, config: ExperimentConfig, round_num: int, client: int) -
 
 
 def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int):
-    """The tf.data.Dataset a client trains on in one round: E shuffled epochs of batches."""
+    """The tf.data.Dataset a client trains on in one round: E shuffled epochs of batches.
+
+    One (E, n) matrix of orders, batched per epoch and gathered from the arrays:
+    the graph TFF serialises stays the same size whatever E is (chaining E
+    ``concatenate`` calls made rounds with E = 20 crawl).
+    """
     import tensorflow as tf
 
     batch = len(x) if config.batch_size == 0 or config.algorithm == "fedsgd" else config.batch_size
-    epochs = [tf.data.Dataset.from_tensor_slices((x[o], y[o])).batch(batch)
-              for o in local_order(len(x), config, round_num, client)]
-    return functools.reduce(lambda a, b: a.concatenate(b), epochs)
+    orders = np.stack(local_order(len(x), config, round_num, client))
+    x_t, y_t = tf.constant(x), tf.constant(y)
+    return (tf.data.Dataset.from_tensor_slices(orders)
+            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
+            .map(lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx))))
 
 
 class _Evaluator:
@@ -227,6 +234,7 @@ def run_experiment(
     parts = partition_for(config, data)
     spec = spec_for(config, data)
     labels = spec.prepare_labels(data.y_train)
+    client_x = add_feature_noise([data.x_train[p] for p in parts], config.feature_noise, seed=config.seeds["data"])
     process = algorithms.get_process(config, spec)
     evaluator = _evaluator(spec)
 
@@ -247,8 +255,7 @@ def run_experiment(
         for round_num in range(start + 1, config.rounds + 1):
             t0 = time.perf_counter()
             clients = sample_clients(config, round_num)
-            datasets = [client_dataset(data.x_train[parts[c]], labels[parts[c]], config, round_num, int(c))
-                        for c in clients]
+            datasets = [client_dataset(client_x[c], labels[parts[c]], config, round_num, int(c)) for c in clients]
             output = process.next(state, datasets)
             state = output.state
             seconds = time.perf_counter() - t0
@@ -259,7 +266,7 @@ def run_experiment(
                 evaluator.set_weights(process.get_model_weights(state))
                 row["eval_loss"], row["eval_accuracy"] = evaluator.evaluate(data.x_test, data.y_test)
                 if config.eval_per_client:
-                    per_client = _evaluate_clients(evaluator, data, parts, round_num)
+                    per_client = _evaluate_clients(evaluator, data, parts, client_x, round_num)
                     client_rows.extend(per_client)
                     accs = [r["accuracy"] for r in per_client]
                     row.update(client_accuracy_mean=float(np.mean(accs)),
@@ -292,12 +299,11 @@ def clients_table(history: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(history.attrs.get("clients", []), columns=["round", "client", "num_examples", "loss", "accuracy"])
 
 
-def _evaluate_clients(evaluator: _Evaluator, data: Dataset, parts, round_num: int) -> list[dict]:
-    """The global model on each client's local data (one forward pass over all of it)."""
-    logits = evaluator.logits(data.x_train)
+def _evaluate_clients(evaluator: _Evaluator, data: Dataset, parts, client_x, round_num: int) -> list[dict]:
+    """The global model on each client's local (training) data, as that client holds it."""
     rows = []
-    for client, idx in enumerate(parts):
-        loss, acc = evaluate_logits(logits[idx], data.y_train[idx], evaluator.spec.binary)
+    for client, (idx, x) in enumerate(zip(parts, client_x)):
+        loss, acc = evaluate_logits(evaluator.logits(x), data.y_train[idx], evaluator.spec.binary)
         rows.append({"round": round_num, "client": client, "num_examples": len(idx), "loss": loss, "accuracy": acc})
     return rows
 

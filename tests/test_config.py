@@ -22,6 +22,7 @@ from fedlab.config import ConfigError, ExperimentConfig
         ({"partition": "natural", "dataset": "digits"}, "partition", "natural"),
         ({"model": "cnn", "dataset": "breast_cancer"}, "model", "image"),
         ({"seed": -3}, "seed", ">= 0"),
+        ({"feature_noise": -0.1}, "feature_noise", ">= 0"),
     ],
 )
 def test_bad_values_name_the_field(changes, field, fragment):

@@ -8,6 +8,7 @@ from fedlab.partition import (
     QuantitySkewPartitioner,
     ShardPartitioner,
     _largest_remainder,
+    add_feature_noise,
     partition_report,
 )
 
@@ -105,3 +106,14 @@ def test_partition_report_counts():
 def test_too_many_clients_for_data():
     with pytest.raises(ValueError, match="num_clients"):
         IidPartitioner(11, seed=0).partition(np.zeros(10))
+
+
+def test_feature_noise_grows_linearly_over_clients():
+    x = [np.zeros((20000, 1), np.float32) for _ in range(5)]
+    noisy = add_feature_noise(x, 2.0, seed=0)
+    stds = [float(a.std()) for a in noisy]
+    # client i of 5 gets std 2 * i / 4: 0, 0.5, 1, 1.5, 2
+    np.testing.assert_allclose(stds, [0.0, 0.5, 1.0, 1.5, 2.0], atol=0.03)
+    assert add_feature_noise(x, 0.0) == x
+    again = add_feature_noise(x, 2.0, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(noisy, again))
