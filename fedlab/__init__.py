@@ -15,9 +15,16 @@ from .partition import (
     partition_report,
 )
 from .models import ModelSpec
-from .plots import plot_label_distribution, plot_learning_curves, save_figure, save_table
+from .plots import (
+    plot_images,
+    plot_label_distribution,
+    plot_learning_curves,
+    plot_metric_vs,
+    save_figure,
+    save_table,
+)
 from .analysis import final_metrics, grid, rounds_to_target, summarize
-from .runner import clients_table, partition_for, partition_report_for, run_experiment, run_sweep
+from .runner import client_arrays_for, clients_table, partition_for, partition_report_for, run_experiment, run_sweep
 from .runtime import setup
 from .widgets import ExperimentPanel
 
@@ -39,6 +46,7 @@ __all__ = [
     "PARTITIONS",
     "QuantitySkewPartitioner",
     "ShardPartitioner",
+    "client_arrays_for",
     "clients_table",
     "final_metrics",
     "grid",
@@ -47,8 +55,10 @@ __all__ = [
     "partition_for",
     "partition_report",
     "partition_report_for",
+    "plot_images",
     "plot_label_distribution",
     "plot_learning_curves",
+    "plot_metric_vs",
     "rounds_to_target",
     "run_experiment",
     "run_sweep",

@@ -93,3 +93,41 @@ def save_table(df: pd.DataFrame, name: str, directory: Optional[str | pathlib.Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
     return path
+
+
+def plot_metric_vs(table: pd.DataFrame, *, x: str, y: str = "eval_accuracy", hue: Optional[str] = "algorithm",
+                   logx: bool = False, ax=None, title: Optional[str] = None):
+    """Mean of ``y`` over seeds against ``x``, one line per ``hue``, error bars = one standard deviation."""
+    fig, ax = _axis(ax)
+    keys = ([hue] if hue else []) + [x]
+    stats = table.groupby(keys, dropna=False)[y].agg(["mean", "std", "count"]).reset_index().fillna({"std": 0.0})
+    groups = stats.groupby(hue, sort=False) if hue else [(y, stats)]
+    for name, group in groups:
+        group = group.sort_values(x)
+        ax.errorbar(group[x], group["mean"], yerr=group["std"], marker="o", ms=4, capsize=3, label=str(name))
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(y.replace("_", " "))
+    if title:
+        ax.set_title(title)
+    if hue:
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig, ax, stats
+
+
+def plot_images(images: Sequence[np.ndarray], image_shape: tuple[int, int], *, titles: Optional[Sequence[str]] = None,
+                axes=None):
+    """A row of flat images reshaped to ``image_shape`` (for example one per client)."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        fig, axes = plt.subplots(1, len(images), figsize=(1.8 * len(images), 2.0))
+    axes = np.atleast_1d(axes)
+    for i, (ax, image) in enumerate(zip(axes, images)):
+        ax.imshow(np.asarray(image).reshape(image_shape), cmap="gray")
+        ax.set_xticks([]), ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[i], fontsize="small")
+    return axes[0].figure, axes, None

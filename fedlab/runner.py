@@ -60,6 +60,14 @@ def partition_report_for(config: ExperimentConfig) -> pd.DataFrame:
     return partition_report(data.y_train, partition_for(config, data), data.num_classes)
 
 
+def client_arrays_for(config: ExperimentConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's training inputs (feature noise applied) and labels, as the clients hold them."""
+    data = dataset_for(config)
+    parts = partition_for(config, data)
+    xs = add_feature_noise([data.x_train[p] for p in parts], config.feature_noise, seed=config.seeds["data"])
+    return xs, [data.y_train[p] for p in parts]
+
+
 def spec_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> ModelSpec:
     data = dataset_for(config) if data is None else data
     return ModelSpec(config.model, data.num_features, data.num_classes, data.image_shape)
@@ -91,7 +99,7 @@ def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round
     x_t, y_t = tf.constant(x), tf.constant(y)
     return (tf.data.Dataset.from_tensor_slices(orders)
             .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
-            .map(lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx))))
+            .map(tf.autograph.experimental.do_not_convert(lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx)))))
 
 
 class _Evaluator:

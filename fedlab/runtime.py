@@ -71,3 +71,14 @@ def stop_local_workers() -> None:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+
+
+def current_context():
+    """The TFF execution context of this thread (TFF's context stack is thread-local)."""
+    return tff().framework.get_context_stack().current
+
+
+def run_in_context(context, fn, *args, **kwargs):
+    """Calls ``fn`` with ``context`` installed: how a worker thread uses the main thread's runtime."""
+    with tff().framework.get_context_stack().install(context):
+        return fn(*args, **kwargs)

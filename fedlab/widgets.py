@@ -58,8 +58,8 @@ def default_control(field: str, config: ExperimentConfig):
 class ExperimentPanel:
     """Controls for ``fields`` of ``base``; Run trains and redraws round by round.
 
-    ``side_plot(config, ax)`` optionally draws a second panel (for example the
-    label distribution) that updates with the settings.
+    ``side_plot(config, ax)`` optionally draws a second panel that updates with
+    the settings; ``side_plot="label_distribution"`` draws the partition's labels per client.
     """
 
     def __init__(self, base: ExperimentConfig, fields: Sequence[str], *, results_cache=None,
@@ -70,7 +70,7 @@ class ExperimentPanel:
         self.base = base
         self.metric = metric
         self.results_cache = results_cache
-        self.side_plot = side_plot
+        self.side_plot = _label_distribution if side_plot == "label_distribution" else side_plot
         self.keep_previous = keep_previous
         self.controls = {f: (controls or {}).get(f) or default_control(f, base) for f in fields}
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
@@ -114,7 +114,10 @@ class ExperimentPanel:
         self.progress.max, self.progress.value = config.rounds, 0
         self.status.value = "running…"
         self.run_button.disabled = True
-        self._thread = threading.Thread(target=self._train, args=(config,), daemon=True)
+        from .runtime import current_context
+
+        # TFF's context stack is per thread: hand the worker this thread's runtime.
+        self._thread = threading.Thread(target=self._train, args=(config, current_context()), daemon=True)
         self._thread.start()
 
     def wait(self, timeout: Optional[float] = None) -> Optional[pd.DataFrame]:
@@ -125,13 +128,16 @@ class ExperimentPanel:
             raise self.error
         return self.history
 
-    def _train(self, config: ExperimentConfig) -> None:
+    def _train(self, config: ExperimentConfig, context) -> None:
+        from .runtime import run_in_context
+
         def on_round(row, history):
             self.progress.value = int(row["round"])
             self._draw(history, config)
 
         try:
-            history = run_experiment(config, results_cache=self.results_cache, progress=False, callback=on_round)
+            history = run_in_context(context, run_experiment, config, results_cache=self.results_cache,
+                                     progress=False, callback=on_round)
             self.history = history
             self.last_from_cache = bool(history.attrs.get("from_cache"))
             self.progress.value = config.rounds
@@ -177,3 +183,11 @@ class ExperimentPanel:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
         self.image.value = buffer.getvalue()
+
+
+def _label_distribution(config: ExperimentConfig, ax) -> None:
+    from .plots import plot_label_distribution
+    from .runner import partition_report_for
+
+    plot_label_distribution(partition_report_for(config), ax=ax, max_clients=50,
+                            title=f"labels per client ({config.partition})")

@@ -1,0 +1,31 @@
+"""The panel trains in a background thread, redraws every round, and reads repeats from the cache."""
+
+from fedlab import ExperimentConfig, ExperimentPanel
+
+BASE = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, rounds=3, seed=5)
+
+
+def test_panel_trains_in_a_thread_then_reads_the_cache(tmp_path):
+    panel = ExperimentPanel(BASE, ["clients_per_round", "local_epochs", "client_lr", "rounds"],
+                            results_cache=tmp_path, side_plot="label_distribution")
+    blank = panel.image.value
+    panel.controls["local_epochs"].value = 2
+    panel.run_button.click()
+    history = panel.wait(timeout=300)
+    assert panel.error is None and not panel.last_from_cache
+    assert list(history["round"]) == [1, 2, 3] and history.loc[0, "local_epochs"] == 2
+    assert panel.progress.value == 3 and panel.image.value != blank
+    panel.run_button.click()
+    again = panel.wait(timeout=300)
+    assert panel.last_from_cache and again["eval_accuracy"].tolist() == history["eval_accuracy"].tolist()
+    assert "from the result cache" in panel.status.value
+
+
+def test_panel_reports_bad_settings_without_running():
+    panel = ExperimentPanel(BASE, ["clients_per_round"])
+    panel.controls["clients_per_round"].value = 10
+    panel.base = BASE.replace(num_clients=10)
+    panel.controls["clients_per_round"].max = 50
+    panel.controls["clients_per_round"].value = 50
+    panel.run_button.click()
+    assert not panel.running and "clients_per_round" in panel.status.value
