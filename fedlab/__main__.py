@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not checkpoint to OUT/checkpoint (by default a rerun resumes there)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    priv = sub.add_parser("privacy", help="epsilon of DP-FedAvg, or the noise multiplier for a target epsilon")
+    which = priv.add_mutually_exclusive_group(required=True)
+    which.add_argument("--noise-multiplier", type=float, help="z: prints epsilon=<value>")
+    which.add_argument("--target-epsilon", type=float, help="prints noise_multiplier=<value>")
+    priv.add_argument("--clients-per-round", type=int, required=True, help="K (expected, Poisson sampling)")
+    priv.add_argument("--num-clients", type=int, required=True, help="N")
+    priv.add_argument("--rounds", type=int, required=True)
+    priv.add_argument("--delta", type=float, required=True)
+    priv.add_argument("--accountant", choices=["rdp", "pld"], default="rdp")
+
     rep = sub.add_parser("reproduce", help="run every notebook; writes figures/ and results/")
     rep.add_argument("--fast", action="store_true", help="the test suite's fast setting")
     rep.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
@@ -82,6 +92,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_privacy(args: argparse.Namespace) -> int:
+    from .privacy import PrivacyParameterError, epsilon, noise_multiplier_for
+
+    if args.num_clients < 1:
+        raise PrivacyParameterError("num_clients", f"must be an integer >= 1, got {args.num_clients}")
+    if not 1 <= args.clients_per_round <= args.num_clients:
+        raise PrivacyParameterError(
+            "clients_per_round", f"must be between 1 and num_clients={args.num_clients}, got {args.clients_per_round}")
+    q = args.clients_per_round / args.num_clients
+    if args.noise_multiplier is not None:
+        print(f"epsilon={epsilon(args.noise_multiplier, q, args.rounds, args.delta, args.accountant):.6g}")
+    else:
+        print(f"noise_multiplier={noise_multiplier_for(args.target_epsilon, q, args.rounds, args.delta, args.accountant):.6g}")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import reproduce
 
@@ -100,10 +126,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
         prog = f"fedlab {args.command}"
-        return {"run": cmd_run, "reproduce": cmd_reproduce}[args.command](args)
+        return {"run": cmd_run, "privacy": cmd_privacy, "reproduce": cmd_reproduce}[args.command](args)
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-    except ConfigError as err:
+    except (ConfigError,) + _privacy_error() as err:
         print(f"{prog}: error: {option_name(err.field)}: {err.message}", file=sys.stderr)
     except ValueError as err:  # data-dependent checks (partition sizes, checkpoint mismatch)
         print(f"{prog}: error: {err}", file=sys.stderr)
@@ -113,6 +139,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             raise
     return 2
+
+
+def _privacy_error() -> tuple:
+    from .privacy import PrivacyParameterError
+
+    return (PrivacyParameterError,)
 
 
 if __name__ == "__main__":

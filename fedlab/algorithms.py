@@ -19,14 +19,23 @@ def build_fedavg(spec: ModelSpec, *, client_lr: float, server_lr: float = 1.0, s
     """Federated Averaging (McMahan et al. 2017, arXiv:1602.05629), example-weighted.
 
     With ``server_momentum`` this is FedAvgM (Hsu et al. 2019, arXiv:1909.06335).
+    An unweighted ``model_aggregator`` (the DP factories) gives unweighted
+    FedAvg: each client's update counts once, as user-level DP requires.
     """
     t = tff()
-    return t.learning.algorithms.build_weighted_fed_avg(
+    return _fed_avg_builder(model_aggregator)(
         spec.functional_model(),
         client_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=client_lr),
         server_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=server_lr, momentum=server_momentum),
         model_aggregator=model_aggregator,
     )
+
+
+def _fed_avg_builder(model_aggregator):
+    t = tff()
+    if isinstance(model_aggregator, t.aggregators.UnweightedAggregationFactory):
+        return t.learning.algorithms.build_unweighted_fed_avg
+    return t.learning.algorithms.build_weighted_fed_avg
 
 
 def build_fedavgm(spec: ModelSpec, *, client_lr: float, server_lr: float = 1.0, server_momentum: float = 0.9,
@@ -83,7 +92,7 @@ def build_fedopt(spec: ModelSpec, *, server_optimizer: str, client_lr: float, se
     }
     if server_optimizer not in builders:
         raise ValueError(f"server_optimizer: must be one of {', '.join(builders)}; got {server_optimizer!r}")
-    return t.learning.algorithms.build_weighted_fed_avg(
+    return _fed_avg_builder(model_aggregator)(
         spec.functional_model(),
         client_optimizer_fn=opt.build_sgdm(learning_rate=client_lr),
         server_optimizer_fn=builders[server_optimizer](),
@@ -107,12 +116,33 @@ def process_key(config, spec: ModelSpec) -> tuple:
         hyper += (config.server_momentum,)
     if a in ("fedadam", "fedyogi", "fedadagrad"):
         hyper += (config.server_epsilon,)
-    return (spec, a, hyper)
+    return (spec, a, hyper, aggregator_key(config))
+
+
+def aggregator_key(config) -> tuple:
+    """What the model aggregator depends on (DP noise is scaled by the expected clients per round)."""
+    if config.dp == "none":
+        return ("mean",)
+    return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
+            config.target_quantile if config.dp == "adaptive" else None)
+
+
+def make_aggregator(config):
+    """The ``tff.aggregators`` factory the config asks for (None: TFF's weighted mean)."""
+    if config.dp == "none":
+        return None
+    from .privacy import dp_aggregator
+
+    return dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
+                         clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
+                         target_quantile=config.target_quantile)
 
 
 def build_process(config, spec: ModelSpec, *, model_aggregator: Any = None):
-    """The learning process for ``config.algorithm`` with the config's hyperparameters."""
+    """The learning process for ``config.algorithm`` with the config's hyperparameters and aggregator."""
     a = config.algorithm
+    if model_aggregator is None:
+        model_aggregator = make_aggregator(config)
     common = dict(client_lr=config.client_lr, model_aggregator=model_aggregator)
     if a == "fedavg":
         return build_fedavg(spec, server_lr=config.effective_server_lr, **common)

@@ -16,6 +16,9 @@ DATASETS = ("digits", "breast_cancer", "mnist5k", "heart_disease", "emnist")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
 MODELS = ("logreg", "2nn", "cnn")
 ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+DP_MODES = ("none", "fixed", "adaptive")
+DP_ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+ACCOUNTANTS = ("rdp", "pld")
 
 # Server learning rate when the config leaves it unset. 1.0 makes FedAvg add
 # the mean client delta (McMahan et al. 2017); the adaptive optimizers follow
@@ -72,6 +75,12 @@ class ExperimentConfig:
     eval_every: int = 1
     eval_per_client: bool = False
     test_fraction: float = 0.2  # held-out share for datasets without a split
+    dp: str = "none"  # user-level DP: none, fixed (clipping) or adaptive (clipping to a quantile)
+    noise_multiplier: float = 0.0  # z: noise std is z * clip_norm on the sum of updates
+    clip_norm: float = 1.0  # L2 clip C of each client's update (initial C when adaptive)
+    target_quantile: float = 0.5  # adaptive clipping: share of updates left unclipped
+    delta: Optional[float] = None  # None: num_clients ** -1.1
+    accountant: str = "rdp"  # rdp or pld (dp-accounting)
     seed: int = 0  # default for the three named seeds below
     data_seed: Optional[int] = None  # train/test split and partition
     model_seed: Optional[int] = None  # initial weights
@@ -117,6 +126,22 @@ class ExperimentConfig:
             value = getattr(self, name)
             if value is not None:
                 _int_at_least(name, value, 0)
+        _one_of("dp", self.dp, DP_MODES)
+        _number("noise_multiplier", self.noise_multiplier)
+        if self.noise_multiplier < 0:
+            raise ConfigError("noise_multiplier", f"must be >= 0, got {self.noise_multiplier!r}")
+        _positive("clip_norm", self.clip_norm)
+        _number("target_quantile", self.target_quantile)
+        if not 0.0 < self.target_quantile < 1.0:
+            raise ConfigError("target_quantile", f"must be in (0, 1), got {self.target_quantile!r}")
+        if self.delta is not None:
+            _number("delta", self.delta)
+            if not 0.0 < self.delta < 1.0:
+                raise ConfigError("delta", f"must be in (0, 1), got {self.delta!r}")
+        _one_of("accountant", self.accountant, ACCOUNTANTS)
+        if self.dp != "none" and self.algorithm not in DP_ALGORITHMS:
+            raise ConfigError("algorithm", f"with dp={self.dp!r} must be one of {', '.join(DP_ALGORITHMS)}, "
+                                           f"got {self.algorithm!r}")
         if self.algorithm == "fedsgd" and self.local_epochs != 1:
             raise ConfigError("local_epochs", "must be 1 for fedsgd (one full-batch gradient per client)")
         if self.partition == "natural" and self.dataset not in ("heart_disease", "emnist"):
@@ -137,6 +162,15 @@ class ExperimentConfig:
             "model": self.seed if self.model_seed is None else self.model_seed,
             "sampling": self.seed if self.sampling_seed is None else self.sampling_seed,
         }
+
+    @property
+    def effective_delta(self) -> float:
+        return self.num_clients ** -1.1 if self.delta is None else self.delta
+
+    @property
+    def sampling_probability(self) -> float:
+        """q: the chance a client joins a round (Poisson sampling when dp is on)."""
+        return self.clients_per_round / self.num_clients
 
     @property
     def effective_server_lr(self) -> float:

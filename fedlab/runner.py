@@ -34,6 +34,19 @@ CLIENT_FILE = "clients.csv"
 CONFIG_FILE = "config.json"
 
 
+class _Opaque:
+    """Holds arrays in ``DataFrame.attrs``: compared by identity, never deep-copied
+    (pandas compares and deep-copies attrs on every operation)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint folder holds the run of another config."""
 
@@ -74,8 +87,17 @@ def spec_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> ModelS
 
 
 def sample_clients(config: ExperimentConfig, round_num: int) -> np.ndarray:
-    """The clients of round ``round_num`` (1-based): K of N without replacement, sorted."""
+    """The clients of round ``round_num`` (1-based), sorted.
+
+    K of N without replacement; with DP on, Poisson sampling instead (each
+    client joins with probability K/N), as the privacy accounting assumes,
+    so a round may have more or fewer than K clients, or none.
+    """
     rng = np.random.default_rng([config.seeds["sampling"], round_num])
+    if config.dp != "none":
+        from .privacy import poisson_sample
+
+        return poisson_sample(config.num_clients, config.sampling_probability, rng)
     return np.sort(rng.choice(config.num_clients, size=config.clients_per_round, replace=False))
 
 
@@ -234,6 +256,10 @@ def run_experiment(
             client_cache = cache_path.with_suffix(".clients.csv")
             history.attrs["clients"] = pd.read_csv(client_cache).to_dict("records") if client_cache.exists() else []
             history.attrs["from_cache"] = True
+            weights_path = cache_path.with_suffix(".weights.npz")
+            if weights_path.exists():
+                with np.load(weights_path) as saved:
+                    history.attrs["final_weights"] = _Opaque([saved[f"arr_{i}"] for i in range(len(saved.files))])
             if callback is not None:
                 callback(history.iloc[-1].to_dict(), history)
             return history
@@ -255,6 +281,7 @@ def run_experiment(
             state, start, rows, client_rows = saved, version, saved_rows, saved_clients
 
     fields = config.to_dict()
+    epsilons = _epsilons(config)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.rounds, initial=start, disable=not progress, desc=f"{config.algorithm} rounds",
@@ -263,15 +290,21 @@ def run_experiment(
         for round_num in range(start + 1, config.rounds + 1):
             t0 = time.perf_counter()
             clients = sample_clients(config, round_num)
-            datasets = [client_dataset(client_x[c], labels[parts[c]], config, round_num, int(c)) for c in clients]
-            output = process.next(state, datasets)
-            state = output.state
+            row = {"round": round_num, "train_loss": np.nan, "train_accuracy": np.nan,
+                   "eval_loss": np.nan, "eval_accuracy": np.nan, "clients_this_round": len(clients)}
+            if len(clients):  # a Poisson-sampled DP round can be empty: nothing is trained or released
+                datasets = [client_dataset(client_x[c], labels[parts[c]], config, round_num, int(c))
+                            for c in clients]
+                output = process.next(state, datasets)
+                state = output.state
+                train = output.metrics["client_work"]["train"]
+                row.update(train_loss=float(train["loss"]), train_accuracy=float(train["accuracy"]))
+                row.update(_aggregator_metrics(output.metrics))
             seconds = time.perf_counter() - t0
-            train = output.metrics["client_work"]["train"]
-            row = {"round": round_num, "train_loss": float(train["loss"]),
-                   "train_accuracy": float(train["accuracy"]), "eval_loss": np.nan, "eval_accuracy": np.nan}
+            if epsilons is not None:
+                row.update(epsilon=epsilons[round_num - 1], delta=config.effective_delta)
             if round_num % config.eval_every == 0 or round_num == config.rounds:
-                evaluator.set_weights(process.get_model_weights(state))
+                evaluator.set_weights(state.global_model_weights)
                 row["eval_loss"], row["eval_accuracy"] = evaluator.evaluate(data.x_test, data.y_test)
                 if config.eval_per_client:
                     per_client = _evaluate_clients(evaluator, data, parts, client_x, round_num)
@@ -294,12 +327,51 @@ def run_experiment(
     history = pd.DataFrame(rows)
     history.attrs["clients"] = client_rows
     history.attrs["from_cache"] = False
+    final = [np.asarray(w) for w in state.global_model_weights.trainable]
+    history.attrs["final_weights"] = _Opaque(final)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(cache_path, history.to_csv(index=False))
         if client_rows:
             _atomic_write(cache_path.with_suffix(".clients.csv"), pd.DataFrame(client_rows).to_csv(index=False))
+        np.savez(cache_path.with_suffix(".weights.npz"), *final)
     return history
+
+
+def _epsilons(config: ExperimentConfig) -> Optional[np.ndarray]:
+    """Epsilon after each round for a DP config (None without DP); PLD only at evaluated rounds."""
+    if config.dp == "none":
+        return None
+    from .privacy import epsilon_by_round
+
+    at = None
+    if config.accountant == "pld":
+        at = sorted({r for r in range(1, config.rounds + 1) if r % config.eval_every == 0} | {config.rounds})
+    return epsilon_by_round(config.noise_multiplier, config.sampling_probability, config.rounds,
+                            config.effective_delta, config.accountant, at=at)
+
+
+def _aggregator_metrics(metrics) -> dict:
+    """The DP aggregator's clip norm this round, when it reports one (adaptive clipping)."""
+    found = {}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, path + (key,))
+        elif path and path[-1] == "clip":
+            found["clip_norm_this_round"] = float(np.asarray(node))
+
+    walk(dict(metrics.get("aggregator", {})), ())
+    return found
+
+
+def final_weights(history: pd.DataFrame) -> list[np.ndarray]:
+    """The global model's trainable weights after the last round of a run."""
+    weights = history.attrs.get("final_weights")
+    if weights is None:
+        raise ValueError("history: holds no final weights (it was not made by run_experiment)")
+    return weights.value
 
 
 def clients_table(history: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,151 @@
+"""Privacy: accounting against dp-accounting, the noise that reaches the aggregate, clipping, the audit."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fedlab import ExperimentConfig, privacy, run_experiment
+from fedlab.config import ConfigError
+
+
+def direct_epsilon(z, q, rounds, delta, accountant):
+    import dp_accounting
+
+    acc = dp_accounting.rdp.RdpAccountant() if accountant == "rdp" else dp_accounting.pld.PLDAccountant()
+    acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), rounds)
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_epsilon_agrees_with_dp_accounting(accountant):
+    ours = privacy.epsilon(1.1, 0.05, 200, 1e-5, accountant)
+    assert ours == pytest.approx(direct_epsilon(1.1, 0.05, 200, 1e-5, accountant), rel=1e-9)
+
+
+def test_epsilon_by_round_matches_per_round_accounting():
+    curve = privacy.epsilon_by_round(0.8, 0.1, 30, 1e-5, "rdp")
+    for r in (1, 7, 30):
+        assert curve[r - 1] == pytest.approx(direct_epsilon(0.8, 0.1, r, 1e-5, "rdp"), rel=1e-9)
+    assert np.all(np.diff(curve) > 0)
+    sparse = privacy.epsilon_by_round(0.8, 0.1, 30, 1e-5, "pld", at=[5, 30])
+    assert np.isnan(sparse[0]) and sparse[29] == pytest.approx(direct_epsilon(0.8, 0.1, 30, 1e-5, "pld"))
+
+
+def test_pld_is_tighter_and_more_noise_buys_privacy():
+    rdp, pld = privacy.epsilon(1.0, 0.1, 100, 1e-5, "rdp"), privacy.epsilon(1.0, 0.1, 100, 1e-5, "pld")
+    assert pld < rdp < 1.3 * pld
+    assert privacy.epsilon(2.0, 0.1, 100, 1e-5) < rdp
+    assert privacy.epsilon(1.0, 0.05, 100, 1e-5) < rdp  # fewer clients per round: less privacy loss
+    assert math.isinf(privacy.epsilon(0.0, 0.1, 100, 1e-5))
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_noise_multiplier_for_is_the_inverse(accountant):
+    z = privacy.noise_multiplier_for(2.0, 0.1, 100, 1e-5, accountant)
+    assert privacy.epsilon(z, 0.1, 100, 1e-5, accountant) == pytest.approx(2.0, abs=1e-2)
+    assert privacy.epsilon(z * 0.9, 0.1, 100, 1e-5, accountant) > 2.0
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(noise_multiplier=-1.0, sampling_probability=0.1, rounds=10, delta=1e-5), "noise_multiplier"),
+    (dict(noise_multiplier=1.0, sampling_probability=1.5, rounds=10, delta=1e-5), "sampling_probability"),
+    (dict(noise_multiplier=1.0, sampling_probability=0.1, rounds=0, delta=1e-5), "rounds"),
+    (dict(noise_multiplier=1.0, sampling_probability=0.1, rounds=10, delta=1.0), "delta"),
+])
+def test_bad_privacy_parameters(kwargs, field):
+    with pytest.raises(privacy.PrivacyParameterError) as info:
+        privacy.epsilon(**kwargs)
+    assert info.value.field == field
+
+
+def test_dp_config_validation():
+    with pytest.raises(ConfigError, match="algorithm"):
+        ExperimentConfig(dp="fixed", algorithm="fedprox")
+    with pytest.raises(ConfigError, match="target_quantile"):
+        ExperimentConfig(dp="adaptive", target_quantile=1.0)
+    assert ExperimentConfig(num_clients=100).effective_delta == pytest.approx(100 ** -1.1)
+
+
+def _aggregate(factory, values):
+    from fedlab.runtime import tff
+
+    t = tff()
+    process = factory.create(t.types.TensorType(np.float32, [len(values[0])]))
+    return np.asarray(process.next(process.initialize(), values).result)
+
+
+def test_noise_reaches_the_aggregate_with_std_z_c_over_k():
+    z, clip, k, dim = 2.0, 0.5, 4, 20000
+    factory = privacy.dp_aggregator(mode="fixed", noise_multiplier=z, clients_per_round=k, clip_norm=clip)
+    result = _aggregate(factory, [np.zeros(dim, np.float32)] * k)
+    # zero updates: the aggregate is pure noise of std z*C/K = 0.25; sample std of 20,000 draws is within 2%.
+    assert result.std() == pytest.approx(z * clip / k, rel=0.03)
+    assert abs(result.mean()) < 4 * (z * clip / k) / np.sqrt(dim)
+
+
+def test_clipped_updates_never_exceed_the_clip_norm():
+    clip, k = 1.0, 3
+    factory = privacy.dp_aggregator(mode="fixed", noise_multiplier=0.0, clients_per_round=k, clip_norm=clip)
+    rng = np.random.default_rng(0)
+    big = [(v / np.linalg.norm(v) * s).astype(np.float32) for v, s in zip(rng.normal(size=(k, 50)), [5.0, 0.3, 40.0])]
+    mean = _aggregate(factory, big)
+    # each update is scaled to norm <= 1, so their mean is the mean of the clipped vectors
+    clipped = [v * min(1.0, clip / np.linalg.norm(v)) for v in big]
+    np.testing.assert_allclose(mean, np.mean(clipped, axis=0), atol=1e-5)
+    assert np.linalg.norm(mean) <= clip + 1e-6
+    # one client alone cannot move the aggregate by more than clip/K
+    assert np.linalg.norm(_aggregate(factory, [big[2], np.zeros(50, np.float32), np.zeros(50, np.float32)])) \
+        == pytest.approx(clip / k, rel=1e-5)
+
+
+def test_dp_run_uses_poisson_sampling_and_reports_epsilon():
+    config = ExperimentConfig(dataset="digits", num_clients=20, clients_per_round=5, rounds=5, dp="fixed",
+                              noise_multiplier=0.7, clip_norm=0.5, delta=1e-3)
+    history = run_experiment(config, progress=False)
+    counts = history["clients_this_round"].tolist()
+    assert len(set(counts)) > 1, f"Poisson sampling should vary the clients per round: {counts}"
+    expected = privacy.epsilon_by_round(0.7, 0.25, 5, 1e-3)
+    np.testing.assert_allclose(history["epsilon"], expected)
+    adaptive = run_experiment(config.replace(dp="adaptive", rounds=3), progress=False)
+    assert adaptive["clip_norm_this_round"].notna().all()
+
+
+def test_attack_aucs_by_hand():
+    # members' scores -0.1, -0.2 against non-members' -0.3, -0.05: 2 of 4 pairs ranked right.
+    assert privacy.membership_inference([0.1, 0.2], [0.3, 0.05])["loss_auc"] == 0.5
+    assert privacy.membership_inference([0.1, 0.2], [0.3, 0.4])["loss_auc"] == 1.0
+    # calibration: reference minus target. Members 1.0-0.1=0.9, 0.3-0.2=0.1; non-members 0.35-0.3=0.05,
+    # 0.1-0.05=0.05: members rank above both, so 1.0 where the raw loss gave 0.5.
+    result = privacy.membership_inference([0.1, 0.2], [0.3, 0.05], [1.0, 0.3], [0.35, 0.1])
+    assert result["calibrated_auc"] == 1.0
+
+
+def test_membership_audit_runs_on_a_finished_run():
+    config = ExperimentConfig(dataset="digits", model="logreg", num_clients=4, clients_per_round=4, rounds=2,
+                              test_fraction=0.5)
+    history = run_experiment(config, progress=False)
+    result = privacy.audit_membership(config, history, reference_epochs=2)
+    assert 0.0 <= result["loss_auc"] <= 1.0 and 0.0 <= result["calibrated_auc"] <= 1.0
+    assert result["num_members"] == result["num_nonmembers"] == 449
+
+
+def test_privacy_cli():
+    out = subprocess.run([sys.executable, "-m", "fedlab", "privacy", "--noise-multiplier", "1.1",
+                          "--clients-per-round", "5", "--num-clients", "100", "--rounds", "200", "--delta", "1e-5"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    value = float(out.stdout.strip().split("=")[1])
+    assert out.stdout.startswith("epsilon=") and value == pytest.approx(direct_epsilon(1.1, 0.05, 200, 1e-5, "rdp"),
+                                                                        rel=1e-5)
+    inverse = subprocess.run([sys.executable, "-m", "fedlab", "privacy", "--target-epsilon", f"{value}",
+                              "--clients-per-round", "5", "--num-clients", "100", "--rounds", "200", "--delta",
+                              "1e-5"], capture_output=True, text=True, timeout=120)
+    assert inverse.stdout.startswith("noise_multiplier=")
+    assert float(inverse.stdout.strip().split("=")[1]) == pytest.approx(1.1, rel=1e-3)
+    bad = subprocess.run([sys.executable, "-m", "fedlab", "privacy", "--noise-multiplier", "1", "--clients-per-round",
+                          "50", "--num-clients", "20", "--rounds", "3", "--delta", "1e-5"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--clients-per-round" in bad.stderr
