@@ -49,3 +49,14 @@ def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 def summarize(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
     """Mean, standard deviation and count of ``value`` over seeds."""
     return table.groupby(list(by), dropna=False)[value].agg(["mean", "std", "count"]).reset_index()
+
+
+def accounting_table(noise_multipliers: Sequence[float], clients_per_round: Sequence[int], *, num_clients: int,
+                     rounds: int, delta: float, accountant: str = "rdp") -> pd.DataFrame:
+    """Epsilon for each (noise multiplier, clients per round): accounting only, nothing is trained."""
+    from .privacy import epsilon
+
+    return pd.DataFrame([{"noise_multiplier": z, "clients_per_round": k, "num_clients": num_clients,
+                          "rounds": rounds, "delta": delta,
+                          "epsilon": epsilon(z, k / num_clients, rounds, delta, accountant)}
+                         for z in noise_multipliers for k in clients_per_round])

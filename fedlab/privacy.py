@@ -124,6 +124,16 @@ def noise_multiplier_for(target_epsilon: float, sampling_probability: float, rou
     return calibrate("pld", dp_accounting.ExplicitBracketInterval(z_rdp / 4, z_rdp))
 
 
+def describe(config) -> str:
+    """One line for a DP config: epsilon after its rounds at its delta (accounting only, no training)."""
+    if config.dp == "none" or config.noise_multiplier == 0:
+        return "no differential privacy (epsilon = infinity)"
+    eps = epsilon(config.noise_multiplier, config.sampling_probability, config.rounds, config.effective_delta,
+                  config.accountant)
+    return (f"<b>epsilon = {eps:.3g}</b> at delta = {config.effective_delta:.1e} after {config.rounds} rounds "
+            f"(q = {config.sampling_probability:.3g}, {config.accountant.upper()})")
+
+
 # The mechanism -------------------------------------------------------------------
 
 
@@ -236,3 +246,30 @@ def audit_membership(config, history, *, reference_epochs: int = 20, seed: int =
     )
     result.update(num_members=int(len(mem_idx)), num_nonmembers=int(len(out_idx)))
     return result
+
+
+def privacy_utility(configs, *, results_cache=None, audit: bool = True, reference_epochs: int = 20):
+    """One row per config: final accuracy, epsilon, and (``audit``) the attacks' AUCs.
+
+    Runs come from ``results_cache`` when they are there; columns include
+    noise_multiplier, clients_per_round, epsilon, eval_accuracy, attack_auc
+    (the loss-threshold attack) and calibrated_attack_auc.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .runner import run_experiment
+
+    rows = []
+    for config in tqdm(configs, desc="privacy-utility"):
+        history = run_experiment(config, results_cache=results_cache, progress=False)
+        last = history.dropna(subset=["eval_accuracy"]).iloc[-1]
+        row = {**config.to_dict(), "eval_accuracy": float(last["eval_accuracy"]),
+               "epsilon": (float(last["epsilon"]) if "epsilon" in history else math.inf)}
+        if config.dp != "none" and config.noise_multiplier == 0:
+            row["epsilon"] = math.inf
+        if audit:
+            result = audit_membership(config, history, reference_epochs=reference_epochs, seed=config.seed)
+            row.update(attack_auc=result["loss_auc"], calibrated_attack_auc=result["calibrated_auc"])
+        rows.append(row)
+    return pd.DataFrame(rows)

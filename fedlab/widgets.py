@@ -47,6 +47,16 @@ def default_control(field: str, config: ExperimentConfig):
                                 **common)
     if field == "server_momentum":
         return w.FloatSlider(value=value, min=0.0, max=0.99, step=0.01, **common)
+    if field == "noise_multiplier":
+        return w.FloatSlider(value=value, min=0.0, max=3.0, step=0.05, **common)
+    if field == "clip_norm":
+        return w.FloatLogSlider(value=value, base=10, min=-2, max=1, step=0.1, readout_format=".3g", **common)
+    if field == "delta":
+        return w.FloatLogSlider(value=config.effective_delta, base=10, min=-9, max=-1, step=0.5,
+                                readout_format=".1e", **common)
+    if field == "dp":
+        return w.Dropdown(options=["none", "fixed", "adaptive"], value=value, description=field, style=style,
+                          layout=layout)
     if field == "partition":
         return w.Dropdown(options=["iid", "dirichlet", "shards", "quantity"], value=value, description=field,
                           style=style, layout=layout)
@@ -64,7 +74,8 @@ class ExperimentPanel:
 
     def __init__(self, base: ExperimentConfig, fields: Sequence[str], *, results_cache=None,
                  metric: str = "eval_accuracy", controls: Optional[dict] = None,
-                 side_plot: Optional[Callable] = None, keep_previous: int = 4):
+                 side_plot: Optional[Callable] = None, info: Optional[Callable] = None,
+                 keep_previous: int = 4):
         import ipywidgets as w
 
         self.base = base
@@ -76,6 +87,8 @@ class ExperimentPanel:
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.progress = w.IntProgress(value=0, min=0, max=base.rounds, description="rounds")
         self.status = w.HTML()
+        self.info = info
+        self.info_line = w.HTML()
         self.image = w.Image(format="png")
         self.previous: list[tuple[str, pd.DataFrame]] = []
         self.history: Optional[pd.DataFrame] = None
@@ -83,7 +96,11 @@ class ExperimentPanel:
         self.error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
         self.run_button.on_click(lambda _: self.start())
-        controls_box = w.VBox(list(self.controls.values()) + [w.HBox([self.run_button, self.progress]), self.status])
+        for control in self.controls.values():
+            control.observe(lambda _: self._update_info(), names="value")
+        self._update_info()
+        controls_box = w.VBox(list(self.controls.values())
+                              + [self.info_line, w.HBox([self.run_button, self.progress]), self.status])
         self.widget = w.HBox([controls_box, self.image])
         self._draw(None)
 
@@ -95,6 +112,14 @@ class ExperimentPanel:
     def config(self) -> ExperimentConfig:
         """The base config with the controls' current values (validated)."""
         return self.base.replace(**{f: c.value for f, c in self.controls.items()})
+
+    def _update_info(self) -> None:
+        if self.info is None:
+            return
+        try:
+            self.info_line.value = self.info(self.config())
+        except ValueError as err:
+            self.info_line.value = f"<b style='color:#b00'>{err}</b>"
 
     @property
     def running(self) -> bool:
