@@ -20,11 +20,12 @@ from .plots import (
     plot_label_distribution,
     plot_learning_curves,
     plot_metric_vs,
+    plot_site_accuracy,
     save_figure,
     save_table,
 )
 from .analysis import final_metrics, grid, rounds_to_target, summarize
-from .runner import client_arrays_for, clients_table, partition_for, partition_report_for, run_experiment, run_sweep
+from .runner import client_arrays_for, clients_table, dataset_for, partition_for, partition_report_for, run_experiment, run_sweep
 from .runtime import setup
 from .widgets import ExperimentPanel
 
@@ -48,6 +49,7 @@ __all__ = [
     "ShardPartitioner",
     "client_arrays_for",
     "clients_table",
+    "dataset_for",
     "final_metrics",
     "grid",
     "load_dataset",
@@ -59,6 +61,7 @@ __all__ = [
     "plot_label_distribution",
     "plot_learning_curves",
     "plot_metric_vs",
+    "plot_site_accuracy",
     "rounds_to_target",
     "run_experiment",
     "run_sweep",

@@ -14,7 +14,14 @@ from typing import Optional, Sequence
 
 from .config import ConfigError, ExperimentConfig
 
-_TYPES = {"str": str, "float": float, "int": int, "Optional[float]": float, "Optional[int]": int}
+def _int_tuple(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated client ids, got {text!r}") from None
+
+
+_TYPES = {"str": str, "float": float, "int": int, "Optional[float]": float, "Optional[int]": int, "tuple": _int_tuple}
 
 
 class UsageError(Exception):

@@ -12,7 +12,8 @@ import hashlib
 import json
 from typing import Any, Optional
 
-DATASETS = ("digits", "breast_cancer", "mnist5k", "heart_disease", "emnist")
+DATASETS = ("digits", "breast_cancer", "breast_cancer_sites", "mnist5k", "heart_disease", "emnist")
+SITE_DATASETS = ("heart_disease", "breast_cancer_sites", "emnist")  # with natural clients
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
 MODELS = ("logreg", "2nn", "cnn")
 ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -70,11 +71,14 @@ class ExperimentConfig:
     num_clients: int = 10
     clients_per_round: int = 5
     local_epochs: int = 1
+    local_steps: Optional[int] = None  # if set: exactly this many batches per client per round (FLamby)
     batch_size: int = 10
     rounds: int = 10
     eval_every: int = 1
     eval_per_client: bool = False
-    test_fraction: float = 0.2  # held-out share for datasets without a split
+    test_fraction: Optional[float] = None  # held-out share; None: the data set's default (1/3 heart disease, else 0.2)
+    validation_fraction: float = 0.0  # > 0: evaluate on this share of the training data (per site), not the test set
+    exclude_clients: tuple = ()  # clients that never train (they are still evaluated)
     dp: str = "none"  # user-level DP: none, fixed (clipping) or adaptive (clipping to a quantile)
     noise_multiplier: float = 0.0  # z: noise std is z * clip_norm on the sum of updates
     clip_norm: float = 1.0  # L2 clip C of each client's update (initial C when adaptive)
@@ -114,14 +118,28 @@ class ExperimentConfig:
                 f"must be between 1 and num_clients={self.num_clients}, got {self.clients_per_round}",
             )
         _int_at_least("local_epochs", self.local_epochs, 1)
+        if self.local_steps is not None:
+            _int_at_least("local_steps", self.local_steps, 1)
+        _number("validation_fraction", self.validation_fraction)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError("validation_fraction", f"must be in [0, 1), got {self.validation_fraction!r}")
+        if not isinstance(self.exclude_clients, tuple) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < self.num_clients
+                for c in self.exclude_clients):
+            raise ConfigError("exclude_clients", f"must be a tuple of client ids in [0, {self.num_clients}), "
+                                                 f"got {self.exclude_clients!r}")
+        if self.clients_per_round > self.num_clients - len(set(self.exclude_clients)):
+            raise ConfigError("clients_per_round", f"must be at most the {self.num_clients - len(set(self.exclude_clients))} "
+                                                   "clients not excluded")
         _int_at_least("batch_size", self.batch_size, 0)
         _int_at_least("rounds", self.rounds, 1)
         _int_at_least("eval_every", self.eval_every, 1)
         if not isinstance(self.eval_per_client, bool):
             raise ConfigError("eval_per_client", f"must be true or false, got {self.eval_per_client!r}")
-        _number("test_fraction", self.test_fraction)
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError("test_fraction", f"must be in (0, 1), got {self.test_fraction!r}")
+        if self.test_fraction is not None:
+            _number("test_fraction", self.test_fraction)
+            if not 0.0 < self.test_fraction < 1.0:
+                raise ConfigError("test_fraction", f"must be in (0, 1), got {self.test_fraction!r}")
         for name in ("seed", "data_seed", "model_seed", "sampling_seed"):
             value = getattr(self, name)
             if value is not None:
@@ -144,12 +162,13 @@ class ExperimentConfig:
                                            f"got {self.algorithm!r}")
         if self.algorithm == "fedsgd" and self.local_epochs != 1:
             raise ConfigError("local_epochs", "must be 1 for fedsgd (one full-batch gradient per client)")
-        if self.partition == "natural" and self.dataset not in ("heart_disease", "emnist"):
+        if self.partition == "natural" and self.dataset not in SITE_DATASETS:
             raise ConfigError(
-                "partition", f"'natural' needs a dataset with client ids (heart_disease, emnist), not {self.dataset!r}"
+                "partition", f"'natural' needs a dataset with client ids ({', '.join(SITE_DATASETS)}), not {self.dataset!r}"
             )
-        if self.dataset == "heart_disease" and self.partition == "natural" and self.num_clients != 4:
-            raise ConfigError("num_clients", "must be 4 for heart_disease with the natural (by hospital) partition")
+        if self.dataset in ("heart_disease", "breast_cancer_sites") and self.partition == "natural" \
+                and self.num_clients != 4:
+            raise ConfigError("num_clients", f"must be 4 for {self.dataset} with the natural (by site) partition")
         if self.model == "cnn" and self.dataset not in ("digits", "mnist5k", "emnist"):
             raise ConfigError("model", f"'cnn' needs an image dataset (digits, mnist5k, emnist), not {self.dataset!r}")
 
@@ -189,6 +208,8 @@ class ExperimentConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(unknown[0], f"unknown config field; allowed: {', '.join(sorted(known))}")
+        if isinstance(values.get("exclude_clients"), list):  # JSON has no tuples
+            values = {**values, "exclude_clients": tuple(values["exclude_clients"])}
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ExperimentConfig":

@@ -64,17 +64,20 @@ class Dataset:
         return int(self.x_train.shape[1])
 
 
-def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
-    """Loads data set ``name`` with a test split drawn with ``seed``."""
+def load_dataset(name: str, *, seed: int = 0, test_fraction: Optional[float] = None) -> Dataset:
+    """Loads data set ``name`` with a test split drawn with ``seed`` (None: the loader's default share)."""
     loaders = {
         "digits": load_digits,
         "breast_cancer": load_breast_cancer,
+        "breast_cancer_sites": load_breast_cancer_sites,
         "mnist5k": load_mnist5k,
         "heart_disease": load_heart_disease,
         "emnist": load_emnist,
     }
     if name not in loaders:
         raise ValueError(f"dataset: must be one of {', '.join(loaders)}; got {name!r}")
+    if test_fraction is None:
+        return loaders[name](seed=seed)
     return loaders[name](seed=seed, test_fraction=test_fraction)
 
 
@@ -135,6 +138,17 @@ def load_breast_cancer(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         standardize=True,
         feature_names=tuple(bunch.feature_names),
     )
+
+
+def load_breast_cancer_sites(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Breast cancer split over four synthetic hospitals with covariate skew (by mean radius).
+
+    Features are standardised with the whole training set's statistics; sites
+    differ in which tumours they see (bands of mean radius, 20 % mixed).
+    """
+    data = with_covariate_sites(load_breast_cancer(seed=seed, test_fraction=test_fraction), feature=0,
+                                num_sites=4, seed=seed)
+    return dataclasses.replace(data, name="breast_cancer_sites")
 
 
 def load_mnist5k(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
@@ -287,3 +301,24 @@ def load_emnist(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         "emnist", x_train, y_train, x_test, y_test, num_classes=10, image_shape=(28, 28),
         train_sites=s_train, test_sites=s_test, site_names=tuple(train_cd.client_ids),
     )
+
+
+def with_covariate_sites(data: Dataset, feature: int, num_sites: int = 4, *, mixing: float = 0.2,
+                         seed: int = 0) -> Dataset:
+    """Synthetic sites with covariate skew: examples ranked by one feature, cut into ``num_sites`` bands.
+
+    ``mixing`` is the share of each site's examples reassigned at random, so
+    bands overlap a little as real sites do. Train and test are cut the same way.
+    """
+    rng = np.random.default_rng([seed, 23])
+
+    def assign(x):
+        ranks = np.argsort(np.argsort(x[:, feature]))
+        sites = (ranks * num_sites // len(x)).astype(np.int32)
+        flip = rng.random(len(x)) < mixing
+        sites[flip] = rng.integers(0, num_sites, flip.sum())
+        return sites
+
+    names = tuple(f"site{s}" for s in range(num_sites))
+    return dataclasses.replace(data, train_sites=assign(data.x_train), test_sites=assign(data.x_test),
+                               site_names=names)

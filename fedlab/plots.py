@@ -131,3 +131,27 @@ def plot_images(images: Sequence[np.ndarray], image_shape: tuple[int, int], *, t
         if titles is not None:
             ax.set_title(titles[i], fontsize="small")
     return axes[0].figure, axes, None
+
+
+def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: Optional[Sequence[str]] = None,
+                       title: str = "accuracy on each site's own test set"):
+    """Bars of the latest ``site_accuracy_<site>`` columns of a run (the global model per site)."""
+    fig, ax = _axis(ax, figsize=(5, 3.5))
+    table = pd.DataFrame(columns=["site", "accuracy"])
+    if history is not None and len(history):
+        columns = [c for c in history.columns if c.startswith("site_accuracy_")]
+        evaluated = history.dropna(subset=columns) if columns else history.iloc[0:0]
+        if len(evaluated):
+            last = evaluated.iloc[-1]
+            table = pd.DataFrame({"site": [c[len("site_accuracy_"):] for c in columns],
+                                  "accuracy": [float(last[c]) for c in columns]})
+    if len(table):
+        ax.bar(table["site"], table["accuracy"], color=[f"C{i}" for i in range(len(table))])
+        for i, v in enumerate(table["accuracy"]):
+            ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize="small")
+    elif site_names:
+        ax.bar(list(site_names), [0] * len(site_names))
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize="medium")
+    return fig, ax, table

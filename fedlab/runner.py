@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import algorithms
 from .config import ExperimentConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, stratified_split
 from .models import ModelSpec, evaluate_logits
 from .partition import add_feature_noise, make_partitioner, partition_report
 from .runtime import tff
@@ -58,7 +58,30 @@ def cached_dataset(name: str, seed: int, test_fraction: float) -> Dataset:
 
 
 def dataset_for(config: ExperimentConfig) -> Dataset:
-    return cached_dataset(config.dataset, config.seeds["data"], config.test_fraction)
+    """The config's data; with ``validation_fraction`` the held-out set is carved from training data."""
+    data = cached_dataset(config.dataset, config.seeds["data"], config.test_fraction)
+    if config.validation_fraction > 0:
+        return _validation_dataset(data, config.validation_fraction, config.seeds["data"])
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def _validation_dataset(data: Dataset, fraction: float, seed: int) -> Dataset:
+    """Training data split again (per site, stratified): the test set is not touched while tuning."""
+    import dataclasses
+
+    sites = data.train_sites if data.train_sites is not None else np.zeros(len(data.y_train), np.int32)
+    train, val = [], []
+    for s in np.unique(sites):
+        idx = np.flatnonzero(sites == s)
+        tr, va = stratified_split(data.y_train[idx], fraction, seed + 17 + int(s))
+        train.append(idx[tr]), val.append(idx[va])
+    train, val = np.concatenate(train), np.concatenate(val)
+    return dataclasses.replace(
+        data, x_train=data.x_train[train], y_train=data.y_train[train], x_test=data.x_train[val],
+        y_test=data.y_train[val],
+        train_sites=None if data.train_sites is None else data.train_sites[train],
+        test_sites=None if data.train_sites is None else data.train_sites[val])
 
 
 def partition_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> list[np.ndarray]:
@@ -97,14 +120,17 @@ def sample_clients(config: ExperimentConfig, round_num: int) -> np.ndarray:
     if config.dp != "none":
         from .privacy import poisson_sample
 
-        return poisson_sample(config.num_clients, config.sampling_probability, rng)
-    return np.sort(rng.choice(config.num_clients, size=config.clients_per_round, replace=False))
+        chosen = poisson_sample(config.num_clients, config.sampling_probability, rng)
+        return np.setdiff1d(chosen, config.exclude_clients)
+    eligible = np.setdiff1d(np.arange(config.num_clients), config.exclude_clients)
+    return np.sort(rng.choice(eligible, size=config.clients_per_round, replace=False))
 
 
-def local_order(n: int, config: ExperimentConfig, round_num: int, client: int) -> list[np.ndarray]:
+def local_order(n: int, config: ExperimentConfig, round_num: int, client: int,
+                epochs: Optional[int] = None) -> list[np.ndarray]:
     """One shuffled order of a client's ``n`` examples per local epoch."""
     rng = np.random.default_rng([config.seeds["sampling"], round_num, client, 1])
-    return [rng.permutation(n) for _ in range(config.local_epochs)]
+    return [rng.permutation(n) for _ in range(config.local_epochs if epochs is None else epochs)]
 
 
 def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int):
@@ -117,11 +143,15 @@ def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round
     import tensorflow as tf
 
     batch = len(x) if config.batch_size == 0 or config.algorithm == "fedsgd" else config.batch_size
-    orders = np.stack(local_order(len(x), config, round_num, client))
+    epochs = config.local_epochs
+    if config.local_steps is not None:  # enough reshuffled epochs for the steps, then cut
+        epochs = -(-config.local_steps // -(-len(x) // batch))
+    orders = np.stack(local_order(len(x), config, round_num, client, epochs))
     x_t, y_t = tf.constant(x), tf.constant(y)
-    return (tf.data.Dataset.from_tensor_slices(orders)
-            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
-            .map(tf.autograph.experimental.do_not_convert(lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx)))))
+    dataset = (tf.data.Dataset.from_tensor_slices(orders)
+               .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
+               .map(tf.autograph.experimental.do_not_convert(lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx)))))
+    return dataset if config.local_steps is None else dataset.take(config.local_steps)
 
 
 class _Evaluator:
@@ -306,6 +336,8 @@ def run_experiment(
             if round_num % config.eval_every == 0 or round_num == config.rounds:
                 evaluator.set_weights(state.global_model_weights)
                 row["eval_loss"], row["eval_accuracy"] = evaluator.evaluate(data.x_test, data.y_test)
+                if data.test_sites is not None and data.site_names is not None and len(data.site_names) <= 20:
+                    row.update(_site_metrics(evaluator, data))
                 if config.eval_per_client:
                     per_client = _evaluate_clients(evaluator, data, parts, client_x, round_num)
                     client_rows.extend(per_client)
@@ -336,6 +368,16 @@ def run_experiment(
             _atomic_write(cache_path.with_suffix(".clients.csv"), pd.DataFrame(client_rows).to_csv(index=False))
         np.savez(cache_path.with_suffix(".weights.npz"), *final)
     return history
+
+
+def _site_metrics(evaluator: _Evaluator, data: Dataset) -> dict:
+    """Accuracy of the global model on each site's own held-out data: ``site_accuracy_<name>``."""
+    logits = evaluator.logits(data.x_test)
+    out = {}
+    for s, name in enumerate(data.site_names):
+        idx = np.flatnonzero(data.test_sites == s)
+        out[f"site_accuracy_{name}"] = evaluate_logits(logits[idx], data.y_test[idx], evaluator.spec.binary)[1]
+    return out
 
 
 def _epsilons(config: ExperimentConfig) -> Optional[np.ndarray]:

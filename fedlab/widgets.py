@@ -68,8 +68,11 @@ def default_control(field: str, config: ExperimentConfig):
 class ExperimentPanel:
     """Controls for ``fields`` of ``base``; Run trains and redraws round by round.
 
-    ``side_plot(config, ax)`` optionally draws a second panel that updates with
-    the settings; ``side_plot="label_distribution"`` draws the partition's labels per client.
+    ``side_plot(config, ax, history)`` optionally draws a second panel that
+    updates with the settings and every round; ``"label_distribution"`` draws the
+    partition's labels per client, ``"site_accuracy"`` the global model's
+    accuracy on each site. With an ``exclude_clients`` control and the natural
+    partition, every site not excluded takes part in every round.
     """
 
     def __init__(self, base: ExperimentConfig, fields: Sequence[str], *, results_cache=None,
@@ -81,7 +84,8 @@ class ExperimentPanel:
         self.base = base
         self.metric = metric
         self.results_cache = results_cache
-        self.side_plot = _label_distribution if side_plot == "label_distribution" else side_plot
+        self.side_plot = {"label_distribution": _label_distribution,
+                          "site_accuracy": _site_accuracy}.get(side_plot, side_plot)
         self.keep_previous = keep_previous
         self.controls = {f: (controls or {}).get(f) or default_control(f, base) for f in fields}
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
@@ -111,7 +115,10 @@ class ExperimentPanel:
 
     def config(self) -> ExperimentConfig:
         """The base config with the controls' current values (validated)."""
-        return self.base.replace(**{f: c.value for f, c in self.controls.items()})
+        values = {f: c.value for f, c in self.controls.items()}
+        if "exclude_clients" in values and self.base.partition == "natural":
+            values["clients_per_round"] = self.base.num_clients - len(set(values["exclude_clients"]))
+        return self.base.replace(**values)
 
     def _update_info(self) -> None:
         if self.info is None:
@@ -203,14 +210,28 @@ class ExperimentPanel:
         ax.set_ylabel(self.metric.replace("_", " "))
         ax.grid(alpha=0.3)
         if self.side_plot:
-            self.side_plot(config, axes[1])
+            self.side_plot(config, axes[1], history)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
         self.image.value = buffer.getvalue()
 
 
-def _label_distribution(config: ExperimentConfig, ax) -> None:
+def exclude_selector(names: Sequence[str], excluded: Sequence[int] = ()):
+    """A multi-select of sites to leave out of training (they are still evaluated)."""
+    import ipywidgets as w
+
+    return w.SelectMultiple(options=[(n, i) for i, n in enumerate(names)], value=tuple(excluded),
+                            description="exclude", rows=len(names), style={"description_width": "140px"})
+
+
+def _site_accuracy(config: ExperimentConfig, ax, history) -> None:
+    from .plots import plot_site_accuracy
+
+    plot_site_accuracy(history, ax=ax)
+
+
+def _label_distribution(config: ExperimentConfig, ax, history=None) -> None:
     from .plots import plot_label_distribution
     from .runner import partition_report_for
 
