@@ -24,7 +24,7 @@ def build_fedavg(spec: ModelSpec, *, client_lr: float, server_lr: float = 1.0, s
     """
     t = tff()
     return _fed_avg_builder(model_aggregator)(
-        spec.functional_model(),
+        spec.tff_model(),
         client_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=client_lr),
         server_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=server_lr, momentum=server_momentum),
         model_aggregator=model_aggregator,
@@ -53,7 +53,7 @@ def build_fedsgd(spec: ModelSpec, *, client_lr: float, model_aggregator: Any = N
     """
     t = tff()
     return t.learning.algorithms.build_fed_sgd(
-        spec.functional_model(),
+        spec.tff_model(),
         server_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=client_lr),
         model_aggregator=model_aggregator,
     )
@@ -69,7 +69,7 @@ def build_fedprox(spec: ModelSpec, *, client_lr: float, mu: float, server_lr: fl
 
     t = tff()
     return build_weighted_fed_prox(
-        spec.functional_model(),
+        spec.tff_model(),
         proximal_strength=mu,
         client_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=client_lr),
         server_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=server_lr),
@@ -93,7 +93,7 @@ def build_fedopt(spec: ModelSpec, *, server_optimizer: str, client_lr: float, se
     if server_optimizer not in builders:
         raise ValueError(f"server_optimizer: must be one of {', '.join(builders)}; got {server_optimizer!r}")
     return _fed_avg_builder(model_aggregator)(
-        spec.functional_model(),
+        spec.tff_model(),
         client_optimizer_fn=opt.build_sgdm(learning_rate=client_lr),
         server_optimizer_fn=builders[server_optimizer](),
         model_aggregator=model_aggregator,
@@ -120,22 +120,16 @@ def process_key(config, spec: ModelSpec) -> tuple:
 
 
 def aggregator_key(config) -> tuple:
-    """What the model aggregator depends on (DP noise is scaled by the expected clients per round)."""
-    if config.dp == "none":
-        return ("mean",)
-    return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
-            config.target_quantile if config.dp == "adaptive" else None)
+    from .aggregation import aggregator_key as key
+
+    return key(config)
 
 
 def make_aggregator(config):
-    """The ``tff.aggregators`` factory the config asks for (None: TFF's weighted mean)."""
-    if config.dp == "none":
-        return None
-    from .privacy import dp_aggregator
+    """The ``tff.aggregators`` factory the config asks for (see :mod:`fedlab.aggregation`)."""
+    from .aggregation import make_aggregator as make
 
-    return dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
-                         clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
-                         target_quantile=config.target_quantile)
+    return make(config)
 
 
 def build_process(config, spec: ModelSpec, *, model_aggregator: Any = None):

@@ -82,13 +82,11 @@ def baseline_scores(data: Dataset, *, seeds: Sequence[int], epochs: int = 50, ba
 
 def federated_scores(config: ExperimentConfig, *, method: Optional[str] = None, results_cache=None) -> pd.DataFrame:
     """One federated run's final global model on each site's test set."""
-    from .runner import _Evaluator, dataset_for, final_weights, run_experiment, spec_for
+    from .runner import _Evaluator, dataset_for, run_experiment, spec_for
 
     history = run_experiment(config, results_cache=results_cache, progress=False)
     data = dataset_for(config)
-    evaluator = _Evaluator(spec_for(config, data))
-    for variable, value in zip(evaluator.model.trainable_variables, final_weights(history)):
-        variable.assign(value)
+    evaluator = _Evaluator(spec_for(config, data)).load_final(history)
     rows = site_scores(evaluator.logits(data.x_test), data)
     return pd.DataFrame([{"method": method or config.algorithm, "seed": config.seed, **r} for r in rows])
 

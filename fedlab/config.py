@@ -20,6 +20,8 @@ ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam", "fedyogi", "f
 DP_MODES = ("none", "fixed", "adaptive")
 DP_ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 ACCOUNTANTS = ("rdp", "pld")
+ROBUST = ("none", "clip", "zeroing")
+WEIGHT_LAYERS = {"logreg": 1, "2nn": 3, "cnn": 4}  # layers with weights, output included
 
 # Server learning rate when the config leaves it unset. 1.0 makes FedAvg add
 # the mean client delta (McMahan et al. 2017); the adaptive optimizers follow
@@ -81,10 +83,16 @@ class ExperimentConfig:
     exclude_clients: tuple = ()  # clients that never train (they are still evaluated)
     dp: str = "none"  # user-level DP: none, fixed (clipping) or adaptive (clipping to a quantile)
     noise_multiplier: float = 0.0  # z: noise std is z * clip_norm on the sum of updates
-    clip_norm: float = 1.0  # L2 clip C of each client's update (initial C when adaptive)
+    clip_norm: float = 1.0  # L2 bound C on a client update: DP clip (initial C if adaptive), secure range, robust norm
     target_quantile: float = 0.5  # adaptive clipping: share of updates left unclipped
     delta: Optional[float] = None  # None: num_clients ** -1.1
     accountant: str = "rdp"  # rdp or pld (dp-accounting)
+    secure_aggregation: bool = False  # the server sees only the sum (range: clip_norm)
+    quantization_bits: int = 0  # 0: float32 updates; b: b-bit compression, or b-bit secure sum
+    robust: str = "none"  # none, clip (L2-clip updates to clip_norm) or zeroing (drop updates above it)
+    freeze_layers: int = 0  # partial updates: the first n weight layers are not trained or sent
+    attacker_fraction: float = 0.0  # share of clients that flip their labels
+    attack_boost: int = 1  # attackers train this many times longer (a larger, poisoned update)
     seed: int = 0  # default for the three named seeds below
     data_seed: Optional[int] = None  # train/test split and partition
     model_seed: Optional[int] = None  # initial weights
@@ -160,6 +168,31 @@ class ExperimentConfig:
         if self.dp != "none" and self.algorithm not in DP_ALGORITHMS:
             raise ConfigError("algorithm", f"with dp={self.dp!r} must be one of {', '.join(DP_ALGORITHMS)}, "
                                            f"got {self.algorithm!r}")
+        if not isinstance(self.secure_aggregation, bool):
+            raise ConfigError("secure_aggregation", f"must be true or false, got {self.secure_aggregation!r}")
+        _int_at_least("quantization_bits", self.quantization_bits, 0)
+        if self.quantization_bits > 16:
+            raise ConfigError("quantization_bits", f"must be 0 (float32) or 1..16, got {self.quantization_bits}")
+        if self.secure_aggregation and self.quantization_bits == 1:
+            raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
+        _one_of("robust", self.robust, ROBUST)
+        _int_at_least("freeze_layers", self.freeze_layers, 0)
+        if self.freeze_layers >= WEIGHT_LAYERS[self.model]:
+            raise ConfigError("freeze_layers", f"must be below {WEIGHT_LAYERS[self.model]} for model {self.model!r} "
+                                               "(something must stay trainable)")
+        if self.freeze_layers and self.algorithm == "fedprox":
+            raise ConfigError("freeze_layers", "must be 0 with fedprox (fedlab's corrected FedProx needs the "
+                                               "functional model, which TFF 0.87 cannot build with frozen layers)")
+        _number("attacker_fraction", self.attacker_fraction)
+        if not 0.0 <= self.attacker_fraction < 1.0:
+            raise ConfigError("attacker_fraction", f"must be in [0, 1), got {self.attacker_fraction!r}")
+        _int_at_least("attack_boost", self.attack_boost, 1)
+        if self.dp != "none" and (self.quantization_bits or self.secure_aggregation):
+            raise ConfigError("quantization_bits" if self.quantization_bits else "secure_aggregation",
+                              "cannot be combined with dp here: TFF 0.87's DP factory owns the sum")
+        if self.secure_aggregation and self.algorithm not in DP_ALGORITHMS:
+            raise ConfigError("algorithm", f"with secure_aggregation must be one of {', '.join(DP_ALGORITHMS)} "
+                                           f"(an unweighted mean), got {self.algorithm!r}")
         if self.algorithm == "fedsgd" and self.local_epochs != 1:
             raise ConfigError("local_epochs", "must be 1 for fedsgd (one full-batch gradient per client)")
         if self.partition == "natural" and self.dataset not in SITE_DATASETS:

@@ -22,6 +22,7 @@ class ModelSpec:
     num_features: int
     num_classes: int
     image_shape: Optional[tuple[int, int]] = None
+    freeze_layers: int = 0  # the first n layers with weights stay at their initial values
 
     @property
     def binary(self) -> bool:
@@ -57,7 +58,10 @@ class ModelSpec:
         else:
             raise ValueError(f"model: must be one of logreg, 2nn, cnn; got {self.name!r}")
         stack.append(layers.Dense(out_units, kernel_initializer=init(0)))
-        return tf.keras.Sequential(stack)
+        model = tf.keras.Sequential(stack)
+        for layer in [l for l in model.layers if l.weights][: self.freeze_layers]:
+            layer.trainable = False
+        return model
 
     def input_spec(self):
         import tensorflow as tf
@@ -98,8 +102,33 @@ class ModelSpec:
             self.build_keras(seed), self.loss(), self.input_spec(), self.metrics_constructor()
         )
 
+    def tensor_sizes(self) -> tuple[list[int], list[int]]:
+        """Element counts of the trainable and the non-trainable tensors."""
+        model = self.build_keras(0)
+        return ([int(np.prod(v.shape)) for v in model.trainable_variables],
+                [int(np.prod(v.shape)) for v in model.non_trainable_variables])
+
+    def tff_model(self, seed: int = 0):
+        """What TFF's builders take: the functional model, or, with frozen layers, a Keras-model function.
+
+        TFF 0.87's ``functional_model_from_keras`` mis-orders weights when a layer
+        is not trainable, so partial updates use the (slower) Keras-model path.
+        """
+        if self.freeze_layers == 0:
+            return self.functional_model(seed)
+        import tensorflow as tf
+        import tensorflow_federated as tff
+
+        def model_fn():
+            accuracy = (tf.keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if self.binary
+                        else tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
+            return tff.learning.models.from_keras_model(self.build_keras(seed), loss=self.loss(),
+                                                        input_spec=self.input_spec(), metrics=[accuracy])
+
+        return model_fn
+
     def num_parameters(self) -> int:
-        return int(sum(np.prod(v.shape) for v in self.build_keras(0).trainable_variables))
+        return sum(self.tensor_sizes()[0])
 
 
 def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[float, float]:

@@ -214,7 +214,7 @@ def audit_membership(config, history, *, reference_epochs: int = 20, seed: int =
     """
     import tensorflow as tf
 
-    from .runner import _Evaluator, client_arrays_for, dataset_for, final_weights, spec_for
+    from .runner import _Evaluator, client_arrays_for, dataset_for, spec_for
 
     data = dataset_for(config)
     spec = spec_for(config, data)
@@ -225,9 +225,7 @@ def audit_membership(config, history, *, reference_epochs: int = 20, seed: int =
     ref_idx, out_idx = order[: len(order) // 2], order[len(order) // 2:]
     mem_idx = rng.choice(len(x_mem), size=min(len(out_idx), len(x_mem)), replace=False)
 
-    target = _Evaluator(spec)
-    for variable, value in zip(target.model.trainable_variables, final_weights(history)):
-        variable.assign(value)
+    target = _Evaluator(spec).load_final(history)
     tf.keras.utils.set_random_seed(seed)
     reference = spec.build_keras(seed + 1)
     reference.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=spec.loss())

@@ -106,7 +106,7 @@ def client_arrays_for(config: ExperimentConfig) -> tuple[list[np.ndarray], list[
 
 def spec_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> ModelSpec:
     data = dataset_for(config) if data is None else data
-    return ModelSpec(config.model, data.num_features, data.num_classes, data.image_shape)
+    return ModelSpec(config.model, data.num_features, data.num_classes, data.image_shape, config.freeze_layers)
 
 
 def sample_clients(config: ExperimentConfig, round_num: int) -> np.ndarray:
@@ -160,6 +160,13 @@ class _Evaluator:
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self.model = spec.build_keras(0)
+
+    def load_final(self, history: pd.DataFrame) -> "_Evaluator":
+        """Sets the model to a run's final global weights (trainable, then frozen tensors)."""
+        for variable, value in zip(self.model.trainable_variables + self.model.non_trainable_variables,
+                                   final_weights(history)):
+            variable.assign(value)
+        return self
 
     def set_weights(self, model_weights) -> None:
         for variable, value in zip(self.model.trainable_variables, model_weights.trainable):
@@ -294,6 +301,13 @@ def run_experiment(
                 callback(history.iloc[-1].to_dict(), history)
             return history
 
+    from .runtime import simulated_secure_sums
+
+    with simulated_secure_sums(config.secure_aggregation):
+        return _execute(config, checkpoint_dir, cache_path, progress, callback)
+
+
+def _execute(config, checkpoint_dir, cache_path, progress, callback) -> pd.DataFrame:
     data = dataset_for(config)
     parts = partition_for(config, data)
     spec = spec_for(config, data)
@@ -312,6 +326,15 @@ def run_experiment(
 
     fields = config.to_dict()
     epsilons = _epsilons(config)
+    from .aggregation import attacker_clients, poison_labels, round_bytes
+
+    attackers = set(attacker_clients(config).tolist())
+    attacker_config = config.replace(
+        local_epochs=config.local_epochs * config.attack_boost,
+        local_steps=None if config.local_steps is None else config.local_steps * config.attack_boost)
+    poisoned = {c: spec.prepare_labels(poison_labels(data.y_train[parts[c]], data.num_classes)) for c in attackers}
+    sizes = spec.tensor_sizes()
+    cumulative = float(rows[-1]["cumulative_bytes"]) if rows and "cumulative_bytes" in rows[-1] else 0.0
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.rounds, initial=start, disable=not progress, desc=f"{config.algorithm} rounds",
@@ -323,7 +346,9 @@ def run_experiment(
             row = {"round": round_num, "train_loss": np.nan, "train_accuracy": np.nan,
                    "eval_loss": np.nan, "eval_accuracy": np.nan, "clients_this_round": len(clients)}
             if len(clients):  # a Poisson-sampled DP round can be empty: nothing is trained or released
-                datasets = [client_dataset(client_x[c], labels[parts[c]], config, round_num, int(c))
+                datasets = [client_dataset(client_x[c], poisoned[c], attacker_config, round_num, int(c))
+                            if c in attackers else
+                            client_dataset(client_x[c], labels[parts[c]], config, round_num, int(c))
                             for c in clients]
                 output = process.next(state, datasets)
                 state = output.state
@@ -331,6 +356,9 @@ def run_experiment(
                 row.update(train_loss=float(train["loss"]), train_accuracy=float(train["accuracy"]))
                 row.update(_aggregator_metrics(output.metrics))
             seconds = time.perf_counter() - t0
+            moved = round_bytes(config, *sizes, clients=len(clients))
+            cumulative += moved["bytes_down"] + moved["bytes_up"]
+            row.update(moved, cumulative_bytes=cumulative)
             if epsilons is not None:
                 row.update(epsilon=epsilons[round_num - 1], delta=config.effective_delta)
             if round_num % config.eval_every == 0 or round_num == config.rounds:
@@ -359,7 +387,8 @@ def run_experiment(
     history = pd.DataFrame(rows)
     history.attrs["clients"] = client_rows
     history.attrs["from_cache"] = False
-    final = [np.asarray(w) for w in state.global_model_weights.trainable]
+    final = [np.asarray(w) for w in state.global_model_weights.trainable] + \
+        [np.asarray(w) for w in state.global_model_weights.non_trainable]
     history.attrs["final_weights"] = _Opaque(final)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,7 +438,7 @@ def _aggregator_metrics(metrics) -> dict:
 
 
 def final_weights(history: pd.DataFrame) -> list[np.ndarray]:
-    """The global model's trainable weights after the last round of a run."""
+    """The global model's weights after the last round: trainable, then non-trainable (frozen) tensors."""
     weights = history.attrs.get("final_weights")
     if weights is None:
         raise ValueError("history: holds no final weights (it was not made by run_experiment)")

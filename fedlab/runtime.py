@@ -9,6 +9,7 @@ open (a ``subprocess.run`` of our CLI would then hang). We stop it at exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 
@@ -61,16 +62,30 @@ def _children() -> list[tuple[int, str]]:
 
 
 def stop_local_workers() -> None:
-    """Stops the TFF worker binaries this process started (SIGINT, as TFF itself does)."""
+    """Stops the TFF worker binaries this process started (SIGINT, as TFF itself does).
+
+    The worker is left as a zombie, not reaped, so that TFF's own clean-up
+    (``os.kill`` then ``wait``), if it runs later, still finds it.
+    """
     if not os.path.isdir("/proc"):
         return
+    import time
+
     for pid, cmd in _children():
-        if cmd.endswith("worker_binary"):
+        if not cmd.endswith("worker_binary"):
+            continue
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            continue
+        for _ in range(100):  # up to 2 s for it to exit and release the pipes it inherited
             try:
-                os.kill(pid, signal.SIGINT)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.02)
 
 
 def current_context():
@@ -82,3 +97,26 @@ def run_in_context(context, fn, *args, **kwargs):
     """Calls ``fn`` with ``context`` installed: how a worker thread uses the main thread's runtime."""
     with tff().framework.get_context_stack().install(context):
         return fn(*args, **kwargs)
+
+
+_SECURE_CONTEXT = None
+
+
+@contextlib.contextmanager
+def simulated_secure_sums(enabled: bool = True):
+    """Runs TFF's secure-sum intrinsics as their plain bodies while ``enabled``.
+
+    TFF's C++ runtime does not implement ``federated_secure_sum_bitwidth`` and
+    friends; its test backend replaces each with the same clipping,
+    quantisation and (modular) summation done in the clear. That is what a
+    simulation needs: the numbers of secure aggregation, not its cryptography.
+    """
+    global _SECURE_CONTEXT
+    if not enabled:
+        yield
+        return
+    t = tff()
+    if _SECURE_CONTEXT is None:
+        _SECURE_CONTEXT = t.backends.test.create_sync_test_cpp_execution_context()
+    with t.framework.get_context_stack().install(_SECURE_CONTEXT):
+        yield

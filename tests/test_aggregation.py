@@ -1,0 +1,101 @@
+"""Secure aggregation, compression, robust defences and byte accounting."""
+
+import numpy as np
+import pytest
+
+from fedlab import ExperimentConfig, run_experiment
+from fedlab import aggregation
+from fedlab.config import ConfigError
+from fedlab.runtime import simulated_secure_sums, tff
+
+# logistic regression on digits: a 64x10 kernel and 10 biases = 650 float32 parameters
+BASE = ExperimentConfig(dataset="digits", num_clients=20, clients_per_round=5, rounds=1, clip_norm=1.0)
+
+
+@pytest.mark.parametrize("changes, up_per_client", [
+    ({}, 650 * 4 + 4),                                           # float32 values + the weight
+    ({"quantization_bits": 4}, 650 * 4 / 8 + 4 + 2 * 8),         # 4 bits each, min and max per tensor
+    ({"secure_aggregation": True, "quantization_bits": 8}, 650 * 12 / 8 + 4),
+    # modulus 2^(8 + ceil(log2 5)) = 2048, summed in [0, 2*2048 - 1): 12 bits per value
+    ({"secure_aggregation": True}, 650 * (32 + 3) / 8 + 4),      # 32-bit values, 3 more bits for 5 clients
+])
+def test_bytes_by_hand(changes, up_per_client):
+    history = run_experiment(BASE.replace(**changes), progress=False)
+    row = history.iloc[0]
+    assert row["bytes_down"] == 5 * 650 * 4
+    assert row["bytes_up"] == pytest.approx(5 * up_per_client)
+    assert row["cumulative_bytes"] == row["bytes_down"] + row["bytes_up"]
+
+
+def _aggregate(config, values, weights=None):
+    factory = aggregation.make_aggregator(config)
+    t = tff()
+    value_type = t.types.TensorType(np.float32, [len(values[0])])
+    if isinstance(factory, t.aggregators.WeightedAggregationFactory):
+        process = factory.create(value_type, t.types.TensorType(np.float32))
+        args = (values, weights or [1.0] * len(values))
+    else:
+        process = factory.create(value_type)
+        args = (values,)
+    with simulated_secure_sums(config.secure_aggregation):
+        return np.asarray(process.next(process.initialize(), *args).result)
+
+
+@pytest.mark.parametrize("bits", [4, 8, 12])
+def test_secure_sum_equals_plain_mean_within_quantisation_error(bits):
+    config = BASE.replace(clients_per_round=3, secure_aggregation=True, quantization_bits=bits, clip_norm=1.0)
+    rng = np.random.default_rng(bits)
+    values = [(v / np.linalg.norm(v) * 0.9).astype(np.float32) for v in rng.normal(size=(3, 200))]
+    secure = _aggregate(config, values)
+    # error of the sum <= K * 0.5 / scale per coordinate, so of the mean <= 0.5 / scale
+    bound = aggregation.quantization_error_bound(bits, 1.0, 3) / 3
+    error = np.abs(secure - np.mean(values, axis=0)).max()
+    assert error <= bound + 1e-7, (error, bound)
+    if bits == 4:
+        assert error > bound / 10  # the quantisation is really there
+
+
+def test_robust_clipping_never_lets_an_update_above_the_norm_through():
+    config = BASE.replace(robust="clip", clip_norm=1.0)
+    big = np.full(100, 10.0, np.float32)
+    assert np.linalg.norm(_aggregate(config, [big])) == pytest.approx(1.0, rel=1e-5)
+    mixed = _aggregate(config, [big, np.full(100, 0.01, np.float32)], [1.0, 1.0])
+    assert np.linalg.norm(mixed) <= 1.0 + 1e-6
+
+
+def test_zeroing_drops_an_update_above_the_norm():
+    config = BASE.replace(robust="zeroing", clip_norm=1.0)
+    small = np.full(4, 0.1, np.float32)
+    result = _aggregate(config, [np.full(4, 100.0, np.float32), small], [1.0, 1.0])
+    np.testing.assert_allclose(result, small / 2, rtol=1e-6)  # the big update counts as zero
+
+
+def test_attackers_and_poisoned_labels():
+    config = BASE.replace(attacker_fraction=0.25)
+    attackers = aggregation.attacker_clients(config)
+    assert len(attackers) == 5 and len(set(attackers)) == 5
+    assert aggregation.poison_labels(np.array([0, 3, 9]), 10).tolist() == [9, 6, 0]
+    assert len(aggregation.attacker_clients(BASE)) == 0
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"dp": "fixed", "secure_aggregation": True}, "secure_aggregation"),
+    ({"dp": "fixed", "quantization_bits": 8}, "quantization_bits"),
+    ({"quantization_bits": 17}, "quantization_bits"),
+    ({"secure_aggregation": True, "algorithm": "fedprox"}, "algorithm"),
+    ({"model": "2nn", "freeze_layers": 3}, "freeze_layers"),
+    ({"attacker_fraction": 1.0}, "attacker_fraction"),
+])
+def test_combinations_tff_cannot_do_are_refused(changes, field):
+    with pytest.raises(ConfigError) as info:
+        BASE.replace(**changes)
+    assert info.value.field == field
+
+
+def test_partial_updates_send_only_trainable_layers():
+    full = run_experiment(BASE.replace(model="2nn"), progress=False)
+    frozen = run_experiment(BASE.replace(model="2nn", freeze_layers=2), progress=False)
+    # 2NN on 64 inputs: 64*200+200 + 200*200+200 + 200*10+10 = 55,210 parameters; frozen: only the last 2,010
+    assert full.loc[0, "bytes_up"] == 5 * (55210 * 4 + 4)
+    assert frozen.loc[0, "bytes_up"] == 5 * (2010 * 4 + 4)
+    assert frozen.loc[0, "bytes_down"] == full.loc[0, "bytes_down"]
