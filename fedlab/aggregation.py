@@ -138,3 +138,12 @@ def describe(config) -> Optional[str]:
     if config.robust != "none":
         parts.append(f"{config.robust} at norm {config.clip_norm:g}")
     return ", ".join(parts) or "plain mean"
+
+
+def method_name(config) -> str:
+    """Short label of the update encoding: float32, compressed-4bit, secure-12bit, secure-32bit."""
+    if config.secure_aggregation:
+        return f"secure-{config.quantization_bits or 32}bit"
+    if config.quantization_bits:
+        return f"compressed-{config.quantization_bits}bit"
+    return "float32"

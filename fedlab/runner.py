@@ -459,10 +459,19 @@ def _evaluate_clients(evaluator: _Evaluator, data: Dataset, parts, client_x, rou
     return rows
 
 
-def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True) -> pd.DataFrame:
-    """Runs several configs and stacks their histories (config fields tell them apart)."""
+def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True,
+              labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None) -> pd.DataFrame:
+    """Runs several configs and stacks their histories (config fields tell them apart).
+
+    ``labels`` adds columns computed from each config, e.g.
+    ``{"method": fedlab.aggregation.method_name}``.
+    """
     from tqdm.auto import tqdm
 
-    histories = [run_experiment(c, results_cache=results_cache, progress=False)
-                 for c in tqdm(configs, desc="configs", disable=not progress)]
+    histories = []
+    for config in tqdm(configs, desc="configs", disable=not progress):
+        history = run_experiment(config, results_cache=results_cache, progress=False)
+        for column, fn in (labels or {}).items():
+            history[column] = fn(config)
+        histories.append(history)
     return pd.concat(histories, ignore_index=True)

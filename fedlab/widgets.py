@@ -57,6 +57,15 @@ def default_control(field: str, config: ExperimentConfig):
     if field == "dp":
         return w.Dropdown(options=["none", "fixed", "adaptive"], value=value, description=field, style=style,
                           layout=layout)
+    if field == "quantization_bits":
+        return w.IntSlider(value=value, min=0, max=16, **common)
+    if field == "secure_aggregation":
+        return w.Checkbox(value=value, description=field, style=style, layout=layout)
+    if field == "attacker_fraction":
+        return w.FloatSlider(value=value, min=0.0, max=0.5, step=0.05, **common)
+    if field == "robust":
+        return w.Dropdown(options=["none", "clip", "zeroing"], value=value, description=field, style=style,
+                          layout=layout)
     if field == "partition":
         return w.Dropdown(options=["iid", "dirichlet", "shards", "quantity"], value=value, description=field,
                           style=style, layout=layout)
