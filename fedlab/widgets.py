@@ -108,6 +108,11 @@ class ExperimentPanel:
         self.last_from_cache = False
         self.error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
+        from .runtime import current_context
+
+        # TFF's context stack is per thread, and ipykernel 7 handles button clicks outside the
+        # thread that runs cells: take the runtime now, while a notebook cell is building the panel.
+        self._context = current_context()
         self.run_button.on_click(lambda _: self.start())
         for control in self.controls.values():
             control.observe(lambda _: self._update_info(), names="value")
@@ -155,10 +160,7 @@ class ExperimentPanel:
         self.progress.max, self.progress.value = config.rounds, 0
         self.status.value = "running…"
         self.run_button.disabled = True
-        from .runtime import current_context
-
-        # TFF's context stack is per thread: hand the worker this thread's runtime.
-        self._thread = threading.Thread(target=self._train, args=(config, current_context()), daemon=True)
+        self._thread = threading.Thread(target=self._train, args=(config, self._context), daemon=True)
         self._thread.start()
 
     def wait(self, timeout: Optional[float] = None) -> Optional[pd.DataFrame]:
