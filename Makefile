@@ -14,7 +14,7 @@ STAMP := $(VENV)/.fedlab-installed
 HEART_DIR ?= $(firstword $(wildcard $(CURDIR)/../shared/data/heart_disease) $(CURDIR)/data/heart_disease)
 export FEDLAB_HEART_DISEASE_DIR ?= $(HEART_DIR)
 
-.PHONY: env test figures lab bench clean
+.PHONY: env test browser figures lab bench clean
 
 env: $(STAMP)
 
@@ -27,8 +27,15 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (fedlab)" >/dev/null
 	touch $(STAMP)
 
-test: env
+test: env browser
 	$(PY) -m pytest
+
+# The browser test needs Debian's Chromium (Playwright cannot download its own here).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "*** /usr/bin/chromium missing and not root: the browser test will be skipped ***"; fi; \
+	fi
 
 figures: env
 	$(PY) -m fedlab reproduce

@@ -119,7 +119,8 @@ class ExperimentPanel:
         self._update_info()
         controls_box = w.VBox(list(self.controls.values())
                               + [self.info_line, w.HBox([self.run_button, self.progress]), self.status])
-        self.widget = w.HBox([controls_box, self.image])
+        # A two-panel figure is too wide to sit beside the controls without squeezing them.
+        self.widget = w.VBox([controls_box, self.image]) if self.side_plot else w.HBox([controls_box, self.image])
         self._draw(None)
 
     def _ipython_display_(self):
