@@ -303,8 +303,16 @@ def run_experiment(
 
     from .runtime import simulated_secure_sums
 
-    with simulated_secure_sums(config.secure_aggregation):
-        return _execute(config, checkpoint_dir, cache_path, progress, callback)
+    try:
+        with simulated_secure_sums(config.secure_aggregation):
+            return _execute(config, checkpoint_dir, cache_path, progress, callback)
+    finally:
+        if config.dp != "none":
+            # TFF's C++ worker keeps 5-10 MB per DP round (tools/dp_worker_memory.py); stopping it
+            # frees that, and TFF's service manager starts a fresh one on the next call.
+            from .runtime import stop_local_workers
+
+            stop_local_workers()
 
 
 def _execute(config, checkpoint_dir, cache_path, progress, callback) -> pd.DataFrame:

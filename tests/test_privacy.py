@@ -149,3 +149,18 @@ def test_privacy_cli():
                           "50", "--num-clients", "20", "--rounds", "3", "--delta", "1e-5"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--clients-per-round" in bad.stderr
+
+
+def test_worker_is_recycled_after_a_dp_run():
+    """TFF's worker grows on the DP path; fedlab stops it after a DP run and TFF starts a fresh one."""
+    from fedlab.runtime import _children
+
+    config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, rounds=2, dp="fixed",
+                              noise_multiplier=0.5, delta=1e-3)
+    run_experiment(config, progress=False)
+    alive = [pid for pid, cmd in _children() if cmd.endswith("worker_binary")
+             and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive
+    again = run_experiment(config.replace(seed=1), progress=False)  # a new worker serves the next run
+    plain = run_experiment(config.replace(dp="none"), progress=False)
+    assert len(again) == 2 and len(plain) == 2
