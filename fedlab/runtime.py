@@ -120,3 +120,26 @@ def simulated_secure_sums(enabled: bool = True):
         _SECURE_CONTEXT = t.backends.test.create_sync_test_cpp_execution_context()
     with t.framework.get_context_stack().install(_SECURE_CONTEXT):
         yield
+
+
+@contextlib.contextmanager
+def real_stdio():
+    """Gives TFF a stdout/stderr with a file descriptor while it (re)starts its worker.
+
+    TFF starts the worker with ``Popen(stdout=sys.stdout)``; in a Jupyter kernel's
+    background thread ``sys.stdout`` has no ``fileno`` and the restart fails
+    (seen after fedlab recycled the worker following a DP run).
+    """
+    import io
+    import sys
+
+    try:
+        sys.stdout.fileno(), sys.stderr.fileno()
+        usable = True
+    except (AttributeError, io.UnsupportedOperation, ValueError):
+        usable = False
+    if usable or sys.__stdout__ is None:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.__stdout__), contextlib.redirect_stderr(sys.__stderr__):
+        yield

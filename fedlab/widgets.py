@@ -180,8 +180,11 @@ class ExperimentPanel:
             self._draw(history, config)
 
         try:
-            history = run_in_context(context, run_experiment, config, results_cache=self.results_cache,
-                                     progress=False, callback=on_round)
+            from .runtime import real_stdio
+
+            with real_stdio():
+                history = run_in_context(context, run_experiment, config, results_cache=self.results_cache,
+                                         progress=False, callback=on_round)
             self.history = history
             self.last_from_cache = bool(history.attrs.get("from_cache"))
             self.progress.value = config.rounds

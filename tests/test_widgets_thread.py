@@ -13,3 +13,20 @@ def test_click_from_another_thread_uses_the_panels_runtime(tmp_path):
     clicker.join()
     history = panel.wait(timeout=300)
     assert panel.error is None and list(history["round"]) == [1, 2]
+
+
+def test_panel_runs_after_a_dp_run_when_stdout_has_no_fileno(tmp_path, monkeypatch):
+    """In Jupyter, sys.stdout has no fileno; TFF restarts its worker (recycled after DP) with Popen(stdout=sys.stdout)."""
+    import io
+    import sys
+
+    base = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=2, rounds=2, seed=4, dp="fixed",
+                            noise_multiplier=0.5, delta=1e-3)
+    panel = ExperimentPanel(base, ["noise_multiplier"], results_cache=tmp_path)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    for z in (0.5, 0.7):  # the first run stops the worker; the second must restart it from the thread
+        panel.controls["noise_multiplier"].value = z
+        panel.run_button.click()
+        panel.wait(timeout=300)
+        assert panel.error is None
