@@ -1,4 +1,4 @@
-"""Command line: ``python -m fedlab run|reproduce ...``.
+"""Command line: ``python -m fedlab run|privacy|worker|reproduce ...``.
 
 Errors in the input are one line naming the option (``--alpha: must be > 0``)
 and exit status 2, with no traceback, before TensorFlow is imported.
@@ -21,6 +21,16 @@ def _int_tuple(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated client ids, got {text!r}") from None
 
 
+def _workers(text: str) -> tuple:
+    from .distributed import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+_FIELD_TYPES = {"workers": _workers}  # fields whose type name alone does not say how to parse them
 _TYPES = {"str": str, "float": float, "int": int, "Optional[float]": float, "Optional[int]": int, "tuple": _int_tuple}
 
 
@@ -43,7 +53,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if f.type == "bool":
             parser.add_argument(option_name(f.name), dest=f.name, action="store_true", default=getattr(defaults, f.name))
         else:
-            parser.add_argument(option_name(f.name), dest=f.name, type=_TYPES[f.type], default=getattr(defaults, f.name),
+            parser.add_argument(option_name(f.name), dest=f.name, type=_FIELD_TYPES.get(f.name, _TYPES[f.type]),
+                                default=getattr(defaults, f.name),
                                 metavar=f.name.upper(), help=f"default: {getattr(defaults, f.name)}")
 
 
@@ -67,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     priv.add_argument("--rounds", type=int, required=True)
     priv.add_argument("--delta", type=float, required=True)
     priv.add_argument("--accountant", choices=["rdp", "pld"], default="rdp")
+
+    work = sub.add_parser("worker", help="serve TFF's worker service, for runs with --workers HOST:PORT,...")
+    work.add_argument("--port", type=int, required=True)
+    work.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default 127.0.0.1: this machine only); '*' for every interface. "
+                           "Workers are unauthenticated: listen only on a private network")
+    work.add_argument("--max-concurrent-calls", type=int, default=-1,
+                      help="TFF's limit on parallel calls of one computation (default: none)")
 
     rep = sub.add_parser("reproduce", help="run every notebook; writes figures/ and results/")
     rep.add_argument("--fast", action="store_true", help="the test suite's fast setting")
@@ -115,6 +134,12 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .distributed import serve
+
+    return serve(args.port, args.host, max_concurrent_calls=args.max_concurrent_calls)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import reproduce
 
@@ -133,7 +158,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
         prog = f"fedlab {args.command}"
-        return {"run": cmd_run, "privacy": cmd_privacy, "reproduce": cmd_reproduce}[args.command](args)
+        return {"run": cmd_run, "privacy": cmd_privacy, "worker": cmd_worker,
+                "reproduce": cmd_reproduce}[args.command](args)
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
     except (ConfigError,) + _privacy_error() as err:
@@ -141,6 +167,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:  # data-dependent checks (partition sizes, checkpoint mismatch)
         print(f"{prog}: error: {err}", file=sys.stderr)
     except Exception as err:  # noqa: BLE001 - e.g. DataUnavailableError: say it in one line
+        if type(err).__name__ in ("WorkerUnreachableError", "WorkerLostError"):
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 1
         if type(err).__name__ in ("DataUnavailableError", "CheckpointMismatchError"):
             print(f"{prog}: error: {err}", file=sys.stderr)
         else:

@@ -21,6 +21,7 @@ DP_MODES = ("none", "fixed", "adaptive")
 DP_ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 ACCOUNTANTS = ("rdp", "pld")
 ROBUST = ("none", "clip", "zeroing")
+EXECUTION_FIELDS = ("workers",)  # where a run executes, not what it computes
 WEIGHT_LAYERS = {"logreg": 1, "2nn": 3, "cnn": 4}  # layers with weights, output included
 
 # Server learning rate when the config leaves it unset. 1.0 makes FedAvg add
@@ -97,6 +98,7 @@ class ExperimentConfig:
     data_seed: Optional[int] = None  # train/test split and partition
     model_seed: Optional[int] = None  # initial weights
     sampling_seed: Optional[int] = None  # clients per round, local shuffling
+    workers: tuple = ()  # "host:port" of TFF worker services (python -m fedlab worker); () runs locally
 
     def __post_init__(self) -> None:
         _one_of("dataset", self.dataset, DATASETS)
@@ -202,6 +204,17 @@ class ExperimentConfig:
         if self.dataset in ("heart_disease", "breast_cancer_sites") and self.partition == "natural" \
                 and self.num_clients != 4:
             raise ConfigError("num_clients", f"must be 4 for {self.dataset} with the natural (by site) partition")
+        if not isinstance(self.workers, tuple):
+            raise ConfigError("workers", f"must be a tuple of 'host:port' strings, got {self.workers!r}")
+        from .distributed import parse_workers
+
+        try:
+            parse_workers(self.workers)
+        except ValueError as err:
+            raise ConfigError("workers", str(err)) from None
+        if self.workers and self.secure_aggregation:
+            raise ConfigError("workers", "cannot be combined with secure_aggregation: TFF's worker does not implement "
+                                         "secure sums, which fedlab simulates in this process")
         if self.model == "cnn" and self.dataset not in ("digits", "mnist5k", "emnist"):
             raise ConfigError("model", f"'cnn' needs an image dataset (digits, mnist5k, emnist), not {self.dataset!r}")
 
@@ -232,6 +245,10 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def experiment_dict(self) -> dict[str, Any]:
+        """The fields that determine the numbers: all but where it runs (:data:`EXECUTION_FIELDS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
@@ -241,16 +258,17 @@ class ExperimentConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(unknown[0], f"unknown config field; allowed: {', '.join(sorted(known))}")
-        if isinstance(values.get("exclude_clients"), list):  # JSON has no tuples
-            values = {**values, "exclude_clients": tuple(values["exclude_clients"])}
+        for name in ("exclude_clients", "workers"):
+            if isinstance(values.get(name), list):  # JSON has no tuples
+                values = {**values, name: tuple(values[name])}
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         return dataclasses.replace(self, **changes)
 
     def fingerprint(self) -> str:
-        """A short hash of every field: the key of the result cache."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """A short hash of every field but the execution ones: the key of the result cache."""
+        return hashlib.sha256(json.dumps(self.experiment_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _one_of(field: str, value: Any, allowed: tuple[str, ...]) -> None:

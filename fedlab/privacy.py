@@ -262,7 +262,7 @@ def privacy_utility(configs, *, results_cache=None, audit: bool = True, referenc
     for config in tqdm(configs, desc="privacy-utility"):
         history = run_experiment(config, results_cache=results_cache, progress=False)
         last = history.dropna(subset=["eval_accuracy"]).iloc[-1]
-        row = {**config.to_dict(), "eval_accuracy": float(last["eval_accuracy"]),
+        row = {**config.experiment_dict(), "eval_accuracy": float(last["eval_accuracy"]),
                "epsilon": (float(last["epsilon"]) if "epsilon" in history else math.inf)}
         if config.dp != "none" and config.noise_multiplier == 0:
             row["epsilon"] = math.inf

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from . import algorithms
-from .config import ExperimentConfig
+from .config import EXECUTION_FIELDS, ExperimentConfig
+from .distributed import WorkerError
 from .data import Dataset, load_dataset, stratified_split
 from .models import ModelSpec, evaluate_logits
 from .partition import add_feature_noise, make_partitioner, partition_report
@@ -232,9 +233,10 @@ class _Checkpoint:
         self.dir.mkdir(parents=True, exist_ok=True)
         config_path = self.dir / CONFIG_FILE
         if config_path.exists():
-            saved = json.loads(config_path.read_text())
-            if saved != json.loads(config.to_json()):
-                changed = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
+            saved = {k: v for k, v in json.loads(config_path.read_text()).items() if k not in EXECUTION_FIELDS}
+            wanted = json.loads(json.dumps(config.experiment_dict()))
+            if saved != wanted:  # the same run on other workers may resume here
+                changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
                 raise CheckpointMismatchError(
                     f"checkpoint_dir: {self.dir} holds a run with other settings ({', '.join(changed)}); "
                     "use a new folder or delete it"
@@ -301,10 +303,11 @@ def run_experiment(
                 callback(history.iloc[-1].to_dict(), history)
             return history
 
+    from .distributed import on_workers
     from .runtime import simulated_secure_sums
 
     try:
-        with simulated_secure_sums(config.secure_aggregation):
+        with on_workers(config.workers), simulated_secure_sums(config.secure_aggregation):
             return _execute(config, checkpoint_dir, cache_path, progress, callback)
     finally:
         if config.dp != "none":
@@ -332,7 +335,7 @@ def _execute(config, checkpoint_dir, cache_path, progress, callback) -> pd.DataF
         if saved is not None:
             state, start, rows, client_rows = saved, version, saved_rows, saved_clients
 
-    fields = config.to_dict()
+    fields = config.experiment_dict()
     epsilons = _epsilons(config)
     from .aggregation import attacker_clients, poison_labels, round_bytes
 
@@ -358,7 +361,12 @@ def _execute(config, checkpoint_dir, cache_path, progress, callback) -> pd.DataF
                             if c in attackers else
                             client_dataset(client_x[c], labels[parts[c]], config, round_num, int(c))
                             for c in clients]
-                output = process.next(state, datasets)
+                try:
+                    output = process.next(state, datasets)
+                except WorkerError as err:
+                    kept = (f"the checkpoint in {checkpoint.dir} holds rounds 1-{round_num - 1}"
+                            if checkpoint is not None else "no checkpoint_dir was given, so nothing was kept")
+                    raise type(err)(err.worker, f"{err} (round {round_num}; {kept})") from None
                 state = output.state
                 train = output.metrics["client_work"]["train"]
                 row.update(train_loss=float(train["loss"]), train_accuracy=float(train["accuracy"]))

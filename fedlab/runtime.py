@@ -86,6 +86,9 @@ def stop_local_workers() -> None:
             except OSError:
                 break
             time.sleep(0.02)
+        else:  # SIGINT ignored: a process started with `cmd &` from a script passes SIG_IGN on to the worker
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def current_context():

@@ -1,0 +1,463 @@
+"""Experiments on TFF worker services: other processes or other machines.
+
+TFF's local runtime is a C++ executor service (``worker_binary``) driven over
+gRPC. The same service runs anywhere: ``python -m fedlab worker --port P``
+starts one, and a config with ``workers=("host:port", ...)`` runs on them
+through TFF's mergeable-computation context, which splits each round's
+clients into one sub-round per worker, runs the client work and the partial
+aggregation on each worker, and merges the partial sums. Nothing here is a
+runtime of fedlab's own.
+
+Workers are unauthenticated gRPC services: whoever reaches the port can run
+any TensorFlow graph on that machine. ``python -m fedlab worker`` listens on
+127.0.0.1 unless given ``--host``; across machines, use a private network.
+
+Failures: TFF retries an unavailable worker forever. fedlab checks every
+worker before a run (:class:`WorkerUnreachableError`) and turns a worker that
+stops answering mid-run into :class:`WorkerLostError` after ``timeout``
+seconds; with a checkpoint, the same run started again resumes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import ipaddress
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterable, Optional, Sequence
+
+DEFAULT_HOST = "127.0.0.1"
+ALL_INTERFACES = ("*", "0.0.0.0", "::")
+CONNECT_TIMEOUT_S = 10.0
+_GRPC_OPTIONS = [  # as TFF's own local runtime sets them
+    ("grpc.max_message_length", 2 * 1000 * 1000 * 1000),
+    ("grpc.max_receive_message_length", 2 * 1000 * 1000 * 1000),
+    ("grpc.max_send_message_length", 2 * 1000 * 1000 * 1000),
+]
+
+
+class WorkerError(RuntimeError):
+    """A TFF worker could not be used; ``worker`` is its ``host:port``."""
+
+    def __init__(self, worker: str, message: str):
+        super().__init__(message)
+        self.worker = worker
+
+
+class WorkerUnreachableError(WorkerError):
+    pass
+
+
+class WorkerLostError(WorkerError):
+    pass
+
+
+# Addresses -------------------------------------------------------------------
+def parse_worker(text: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[v6]:port"`` for IPv6) to ``(host, port)``; ValueError names what is wrong."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ValueError(f"each worker must be 'host:port', got {text!r}")
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ValueError(f"each worker must be 'host:port', got {text!r} (no host)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"worker {text!r}: port must be an integer in 1..65535")
+    return host, int(port)
+
+
+def parse_workers(text: str | Iterable[str]) -> tuple[str, ...]:
+    """``"h1:p1,h2:p2"`` or a sequence of ``"host:port"`` to a validated tuple."""
+    items = [w.strip() for w in text.split(",")] if isinstance(text, str) else list(text)
+    items = [w for w in items if w]
+    for w in items:
+        parse_worker(w)
+    if len(set(items)) != len(items):
+        raise ValueError(f"workers are listed twice: {', '.join(sorted({w for w in items if items.count(w) > 1}))}")
+    return tuple(items)
+
+
+def _target(worker: str) -> str:
+    host, port = parse_worker(worker)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Checking workers --------------------------------------------------------------
+def worker_ready(worker: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """True if a gRPC connection to ``worker`` becomes ready within ``timeout`` seconds."""
+    import grpc
+
+    channel = grpc.insecure_channel(_target(worker), _GRPC_OPTIONS)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+
+
+def _unreachable_message(worker: str, timeout: float) -> str:
+    host, port = parse_worker(worker)
+    return (f"worker {worker}: no TFF worker answered within {timeout:g} s. Check that "
+            f"`python -m fedlab worker --port {port}` is running on {host} "
+            f"({'with --host set to an address this machine can reach' if host not in ('127.0.0.1', 'localhost', '::1') else 'on this machine'}), "
+            "that no firewall blocks the port, and that it runs TFF 0.87.0 like this side")
+
+
+def check_workers(workers: Sequence[str], timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raises :class:`WorkerUnreachableError` for the first worker that does not answer."""
+    for worker in workers:
+        if not worker_ready(worker, timeout):
+            raise WorkerUnreachableError(worker, _unreachable_message(worker, timeout))
+
+
+# Execution context -------------------------------------------------------------
+def _guarded_stub(worker: str, timeout: float):
+    """TFF's gRPC stub for ``worker``, turning "worker gone" into :class:`WorkerLostError`.
+
+    TFF marks UNAVAILABLE as retryable and retries forever; a run would hang.
+    When a call fails, the worker gets ``timeout`` seconds to answer again.
+    If it does, TFF's own retry of the sub-round proceeds; if not, the run
+    stops with an error that names the worker.
+    """
+    import grpc
+    from tensorflow_federated.python.core.impl.executors import executors_errors, remote_executor_grpc_stub
+
+    from tensorflow_federated.python.core.impl.executors import remote_executor_stub
+
+    channel = grpc.insecure_channel(_target(worker), _GRPC_OPTIONS)
+    inner = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
+
+    def guard(method):
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except (grpc.RpcError, executors_errors.RetryableError) as err:
+                if worker_ready(worker, timeout):
+                    raise
+                raise WorkerLostError(worker, (
+                    f"worker {worker} stopped answering during the run and did not come back within "
+                    f"{timeout:g} s ({type(err).__name__}). Restart it (`python -m fedlab worker --port "
+                    f"{parse_worker(worker)[1]}`) and run the same experiment again with the same checkpoint "
+                    "folder to resume")) from None
+        return call
+
+    class GuardedStub(remote_executor_stub.RemoteExecutorStub):
+        get_executor = staticmethod(guard(inner.get_executor))
+        create_value = staticmethod(guard(inner.create_value))
+        create_struct = staticmethod(guard(inner.create_struct))
+        create_call = staticmethod(guard(inner.create_call))
+        create_selection = staticmethod(guard(inner.create_selection))
+        compute = staticmethod(guard(inner.compute))
+        dispose = staticmethod(guard(inner.dispose))
+        dispose_executor = staticmethod(guard(inner.dispose_executor))
+
+        @property
+        def is_ready(self) -> bool:
+            return inner.is_ready
+
+    stub = GuardedStub()
+    return stub
+
+
+def _async_context(worker: str, timeout: float):
+    from tensorflow_federated.python.core.backends.native import compiler
+    from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
+    from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
+    from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
+    from tensorflow_federated.python.core.impl.executors import remote_executor
+    from tensorflow_federated.python.core.impl.types import placements
+
+    stub = _guarded_stub(worker, timeout)
+
+    def stack_fn(cardinalities):  # as tff's local_cpp_executor_factory, with a stub of ours
+        cardinalities.setdefault(placements.CLIENTS, 0)
+        executor = remote_executor.RemoteExecutor(stub)
+        executor.set_cardinalities(cardinalities)
+        return executor
+
+    return async_execution_context.AsyncExecutionContext(
+        executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn),
+        compiler_fn=compiler.desugar_and_transform_to_native,
+        transform_args=tensorflow_computation.transform_args,
+        transform_result=tensorflow_computation.transform_result,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def execution_context(workers: tuple[str, ...], timeout: float = CONNECT_TIMEOUT_S):
+    """TFF's mergeable-computation context over ``workers``: one sub-round per worker.
+
+    Cached: TFF compiles a computation once per context, so a second run on
+    the same workers reuses the compiled form.
+    """
+    from .runtime import tff
+
+    return tff().backends.native.create_mergeable_comp_execution_context(
+        [_async_context(w, timeout) for w in workers])
+
+
+@contextlib.contextmanager
+def on_workers(workers: Sequence[str], timeout: float = CONNECT_TIMEOUT_S):
+    """Installs the context for ``workers`` (no-op for none) after checking each answers."""
+    workers = tuple(workers)
+    if not workers:
+        yield
+        return
+    check_workers(workers, timeout)
+    from .runtime import tff
+
+    with tff().framework.get_context_stack().install(execution_context(workers, timeout)):
+        yield
+
+
+# Starting workers ----------------------------------------------------------------
+def worker_binary() -> pathlib.Path:
+    """Path of TFF's worker binary, found without importing TFF (which takes ~15 s)."""
+    spec = importlib.util.find_spec("tensorflow_federated")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("tensorflow_federated is not installed: `make env` installs it")
+    path = pathlib.Path(spec.origin).parent / "data" / "worker_binary"
+    if not path.is_file():
+        raise RuntimeError(f"TFF's worker binary is missing at {path}")
+    return path
+
+
+def _bind_shim() -> pathlib.Path:
+    """Builds (once) the preload library that makes the worker listen on one address."""
+    source = pathlib.Path(__file__).with_name("_bind_shim.c")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "fedlab"
+    library = cache / f"bind_shim-{digest}.so"
+    if library.exists():
+        return library
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError(
+            "--host: TFF's worker always listens on every interface; fedlab restricts it with a small preloaded "
+            "library that needs a C compiler (cc) to build once, and none was found. Install one, or pass "
+            "--host '*' to accept every interface (only on a private network)")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        built = pathlib.Path(tmp) / library.name
+        subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(built), str(source), "-ldl"], check=True)
+        built.replace(library)
+    return library
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Addresses with a TCP socket listening on ``port``, read from /proc/net (Linux)."""
+    found = []
+    for name, width in (("tcp", 8), ("tcp6", 32)):
+        path = pathlib.Path("/proc/net") / name
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            hex_addr, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(hex_addr)
+            if width == 8:
+                found.append(str(ipaddress.IPv4Address(raw[::-1])))
+            else:  # four little-endian 32-bit words
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                address = ipaddress.IPv6Address(words)
+                found.append(str(address.ipv4_mapped or address))
+    return found
+
+
+def resolve_host(host: str) -> Optional[str]:
+    """The address to listen on; None for every interface."""
+    if host in ALL_INTERFACES:
+        return None
+    if host == "localhost":
+        return DEFAULT_HOST
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        try:
+            return socket.gethostbyname(host)
+        except OSError:
+            raise ValueError(f"--host: {host!r} is neither an IP address nor a name this machine resolves") from None
+
+
+def serve(port: int, host: str = DEFAULT_HOST, *, max_concurrent_calls: int = -1, ready_timeout: float = 60.0) -> int:
+    """Runs one TFF worker service until SIGINT/SIGTERM; returns its exit status.
+
+    Prints one line once the worker listens (``listening on HOST:PORT``).
+    """
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port: must be an integer in 1..65535, got {port}")
+    address = resolve_host(host)
+    env = dict(os.environ)
+    if address is not None:
+        env["LD_PRELOAD"] = " ".join(filter(None, [str(_bind_shim()), env.get("LD_PRELOAD", "")]))
+        env["FEDLAB_BIND_HOST"] = address
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if listening_addresses(port):
+        raise ValueError(f"--port: {port} is already in use on this machine")
+    process = subprocess.Popen(
+        [str(worker_binary()), f"--port={port}", f"--max_concurrent_computation_calls={max_concurrent_calls}"],
+        env=env, stdin=subprocess.DEVNULL, preexec_fn=_default_signals)
+
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        if process.poll() is None:
+            process.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    deadline = time.monotonic() + ready_timeout
+    while not listening_addresses(port):
+        if process.poll() is not None:
+            print(f"fedlab worker: TFF's worker exited with status {process.returncode} before listening",
+                  file=sys.stderr)
+            return process.returncode or 1
+        if time.monotonic() > deadline:
+            process.kill()
+            print(f"fedlab worker: TFF's worker did not listen on port {port} within {ready_timeout:g} s",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    bound = sorted(set(listening_addresses(port)))
+    wanted = "::" if address is None else address
+    if bound != [wanted] and not (address is None and bound in (["::"], ["0.0.0.0"], ["0.0.0.0", "::"])):
+        process.kill()
+        print(f"fedlab worker: TFF's worker listens on {', '.join(bound)}, not only on {wanted}; stopped it",
+              file=sys.stderr)
+        return 1
+    shown = "every interface" if address is None else address
+    print(f"fedlab worker: TFF worker service listening on {shown} port {port} (pid {process.pid}); "
+          "Ctrl-C or SIGTERM stops it", flush=True)
+    if address is None:
+        print("fedlab worker: warning: anyone who reaches this port can run TensorFlow graphs here; "
+              "keep it on a private network", file=sys.stderr, flush=True)
+    status = process.wait()
+    return 0 if stopping else status
+
+
+class LocalWorkers:
+    """``n`` worker services on this machine (``python -m fedlab worker``), for notebooks and tests.
+
+    ``with LocalWorkers(2) as workers: run_experiment(config.replace(workers=workers.addresses))``
+    """
+
+    def __init__(self, n: int, *, ports: Optional[Sequence[int]] = None, host: str = DEFAULT_HOST,
+                 ready_timeout: float = 60.0):
+        if ports is None:
+            ports = [_free_port() for _ in range(n)]
+        if len(ports) != n:
+            raise ValueError(f"ports: need {n}, got {len(ports)}")
+        self.host = host
+        self.ports = list(ports)
+        self.processes: list[subprocess.Popen] = []
+        self._log_dir = pathlib.Path(tempfile.mkdtemp(prefix="fedlab-workers-"))
+        atexit.register(self.stop)  # a kernel restart must not leave workers behind
+        try:
+            for port in self.ports:
+                self.processes.append(self.start(port))
+            for port in self.ports:
+                self.wait_ready(port, ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(f"{self.host}:{p}" for p in self.ports)
+
+    def start(self, port: int) -> subprocess.Popen:
+        log = self._log_dir / f"worker-{port}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fedlab", "worker", "--port", str(port), "--host", self.host],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=str(pathlib.Path(__file__).resolve().parent.parent))
+        return process
+
+    def wait_ready(self, port: int, timeout: float = 60.0) -> None:
+        worker = f"{self.host}:{port}"
+        deadline = time.monotonic() + timeout
+        while not worker_ready(worker, timeout=1.0):
+            if time.monotonic() > deadline:
+                raise WorkerUnreachableError(worker, f"local worker {worker} did not start; its log: "
+                                                     f"{self._log_dir / f'worker-{port}.log'}")
+
+    def kill(self, index: int) -> None:
+        """Stops worker ``index`` abruptly (SIGKILL to the worker binary too): a crashed machine."""
+        process = self.processes[index]
+        for pid in _descendants(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
+
+    def restart(self, index: int, timeout: float = 60.0) -> None:
+        port = self.ports[index]
+        deadline = time.monotonic() + timeout
+        while listening_addresses(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.processes[index] = self.start(port)
+        self.wait_ready(port, timeout)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill(self.processes.index(process))
+
+    def __enter__(self) -> "LocalWorkers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _default_signals() -> None:
+    """In the worker's child process: default SIGINT/SIGTERM even if this process was started with them ignored
+    (``cmd &`` in a script ignores SIGINT, and exec keeps ignored signals ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == pid:
+            children.append(int(entry))
+            children.extend(_descendants(int(entry)))
+    return children

@@ -1,0 +1,193 @@
+"""Runs on TFF worker services (python -m fedlab worker): issue #8.
+
+Local workers listen on loopback ports; the network-namespace test puts a
+worker behind a veth interface so the traffic crosses a real interface.
+"""
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+
+from fedlab import ExperimentConfig, run_experiment
+from fedlab.config import ConfigError
+from fedlab.distributed import (
+    LocalWorkers,
+    WorkerLostError,
+    WorkerUnreachableError,
+    check_workers,
+    listening_addresses,
+    parse_workers,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=4, rounds=4)
+COMPARED = ["train_loss", "train_accuracy", "eval_loss", "eval_accuracy"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_same_numbers(a, b):
+    # Workers sum each sub-round's updates before merging them: float32
+    # additions in another order, so equal to rounding, not bit for bit.
+    assert list(a["round"]) == list(b["round"])
+    np.testing.assert_allclose(a[COMPARED].to_numpy(float), b[COMPARED].to_numpy(float), rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def workers():
+    with LocalWorkers(2) as w:
+        yield w
+
+
+def test_worker_addresses_are_validated_before_anything_runs():
+    assert parse_workers("a:1, b:2") == ("a:1", "b:2")
+    assert parse_workers("[::1]:80") == ("[::1]:80",)
+    for bad, words in [("nohost", "host:port"), ("h:0", "1..65535"), ("h:x", "1..65535"), (":5", "no host"),
+                       ("h:1,h:1", "twice")]:
+        with pytest.raises(ValueError, match=words):
+            parse_workers(bad)
+    with pytest.raises(ConfigError, match="workers"):
+        FAST.replace(workers=["h:1"])  # a list, not a tuple
+    with pytest.raises(ConfigError, match="secure_aggregation"):
+        FAST.replace(algorithm="fedadam", secure_aggregation=True, workers=("h:1",))
+
+
+def test_workers_are_not_part_of_the_experiment():
+    on_workers = FAST.replace(workers=("h:1",))
+    assert on_workers.fingerprint() == FAST.fingerprint()  # same cached result
+    assert "workers" not in on_workers.experiment_dict()
+
+
+def test_worker_listens_on_loopback_only_by_default(workers):
+    for port in workers.ports:
+        assert listening_addresses(port) == ["127.0.0.1"]
+    others = [a for a in _own_ipv4_addresses() if not a.startswith("127.")]
+    for address in others:  # the same port, reached through another interface: refused
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((address, workers.ports[0])) != 0, address
+
+
+def test_two_workers_give_the_local_numbers(workers):
+    local = run_experiment(FAST, progress=False)
+    remote = run_experiment(FAST.replace(workers=workers.addresses), progress=False)
+    assert_same_numbers(local, remote)
+    assert "workers" not in remote.columns
+
+
+def test_unreachable_worker_is_named_before_the_run():
+    dead = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(WorkerUnreachableError, match=f"worker {dead}.*python -m fedlab worker --port"):
+        check_workers([dead], timeout=1.0)
+
+
+def test_cli_reports_unreachable_worker_in_one_line(tmp_path):
+    dead = f"127.0.0.1:{_free_port()}"
+    proc = subprocess.run([sys.executable, "-m", "fedlab", "run", "--workers", dead, "--out", str(tmp_path),
+                           "--rounds", "1", "--quiet"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert f"worker {dead}: no TFF worker answered" in proc.stderr
+    assert not (tmp_path / "history.csv").exists()
+
+
+def test_killed_worker_is_reported_and_the_run_resumes(workers, tmp_path):
+    config = FAST.replace(rounds=6, workers=workers.addresses)
+    victim = workers.addresses[1]
+
+    def kill_after_round_3(row, history):
+        if row["round"] == 3:
+            workers.kill(1)
+
+    with pytest.raises(WorkerLostError, match=rf"worker {victim} stopped answering.*round 4.*holds rounds 1-3") as err:
+        run_experiment(config, checkpoint_dir=tmp_path, progress=False, callback=kill_after_round_3)
+    assert err.value.worker == victim
+    workers.restart(1)
+    resumed = run_experiment(config, checkpoint_dir=tmp_path, progress=False)
+    assert_same_numbers(resumed, run_experiment(FAST.replace(rounds=6), progress=False))
+
+
+def test_worker_command_stops_on_sigterm():
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fedlab", "worker", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"listening on 127.0.0.1 port {port}" in line, line
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        assert listening_addresses(port) == []  # the TFF worker under it is gone too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _own_ipv4_addresses() -> list[str]:
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [a for a in out.split() if a.count(".") == 3]
+
+
+# Across a network interface ------------------------------------------------------
+def _can_make_netns() -> bool:
+    return os.geteuid() == 0 and shutil.which("ip") is not None and \
+        subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
+
+
+@contextlib.contextmanager
+def _namespace_host():
+    """A second host: network namespace ``ns`` at 10.213.0.2, reached from here (10.213.0.1) over veth."""
+    tag = uuid.uuid4().hex[:6]
+    ns, here, there = f"fedlab-{tag}", f"fl{tag}a", f"fl{tag}b"
+    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
+    run("ip", "netns", "add", ns)
+    try:
+        run("ip", "link", "add", here, "type", "veth", "peer", "name", there)
+        run("ip", "link", "set", there, "netns", ns)
+        run("ip", "addr", "add", "10.213.0.1/24", "dev", here)
+        run("ip", "link", "set", here, "up")
+        run("ip", "netns", "exec", ns, "ip", "addr", "add", "10.213.0.2/24", "dev", there)
+        run("ip", "netns", "exec", ns, "ip", "link", "set", there, "up")
+        run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield ns
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.skipif(not _can_make_netns(), reason="needs root and iproute2 for a network namespace")
+def test_worker_on_another_network_host(tmp_path):
+    port = _free_port()
+    with _namespace_host() as ns:
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "fedlab", "worker", "--port", str(port)]
+        on_loopback = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert "listening on 127.0.0.1" in on_loopback.stdout.readline()
+            # the default address keeps it off the wire: not reachable from this host
+            with pytest.raises(WorkerUnreachableError):
+                check_workers([f"10.213.0.2:{port}"], timeout=2.0)
+        finally:
+            on_loopback.terminate()
+            on_loopback.wait(timeout=30)
+        remote = subprocess.Popen(cmd + ["--host", "10.213.0.2"], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        try:
+            assert "listening on 10.213.0.2" in remote.stdout.readline()
+            history = run_experiment(FAST.replace(workers=(f"10.213.0.2:{port}",)), progress=False)
+        finally:
+            remote.terminate()
+            assert remote.wait(timeout=30) == 0
+    assert_same_numbers(history, run_experiment(FAST, progress=False))
