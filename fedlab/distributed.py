@@ -389,7 +389,8 @@ class LocalWorkers:
             process = subprocess.Popen(
                 [sys.executable, "-m", "fedlab", "worker", "--port", str(port), "--host", self.host],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=str(pathlib.Path(__file__).resolve().parent.parent))
+                cwd=str(pathlib.Path(__file__).resolve().parent.parent),
+                preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
         return process
 
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
@@ -436,9 +437,19 @@ class LocalWorkers:
 
 def _default_signals() -> None:
     """In the worker's child process: default SIGINT/SIGTERM even if this process was started with them ignored
-    (``cmd &`` in a script ignores SIGINT, and exec keeps ignored signals ignored)."""
+    (``cmd &`` in a script ignores SIGINT, and exec keeps ignored signals ignored); dies with its parent."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(signal.SIGKILL)
+
+
+def _die_with_parent(signum: int) -> None:
+    """Linux: deliver ``signum`` to this process when its parent exits (a killed kernel leaves no worker behind)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -461,3 +472,29 @@ def _descendants(pid: int) -> list[int]:
             children.append(int(entry))
             children.extend(_descendants(int(entry)))
     return children
+
+
+# Measuring -------------------------------------------------------------------------
+def round_times(base, clients_per_round: Sequence[int], executions: dict, *, warmup: int = 1):
+    """Median seconds per round for each K in ``clients_per_round`` and each execution.
+
+    ``executions`` maps a name to a tuple of workers (``()``: this process).
+    The first ``warmup`` rounds (tracing, first contact with a worker) are not
+    counted. Runs are never read from a results cache: timing is the point.
+    Returns a DataFrame: execution, clients_per_round, seconds_per_round,
+    rounds_timed, eval_accuracy (last round).
+    """
+    import pandas as pd
+
+    from .runner import run_experiment
+
+    if base.rounds <= warmup:
+        raise ValueError(f"rounds: must exceed warmup={warmup} to leave rounds to time, got {base.rounds}")
+    rows = []
+    for k in clients_per_round:
+        for name, workers in executions.items():
+            history = run_experiment(base.replace(clients_per_round=k, workers=tuple(workers)), progress=False)
+            timed = history["seconds"].iloc[warmup:]
+            rows.append({"execution": name, "clients_per_round": k, "seconds_per_round": float(timed.median()),
+                         "rounds_timed": len(timed), "eval_accuracy": float(history["eval_accuracy"].iloc[-1])})
+    return pd.DataFrame(rows)

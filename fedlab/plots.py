@@ -155,3 +155,23 @@ def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: 
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize="medium")
     return fig, ax, table
+
+
+def plot_round_time(table: pd.DataFrame, *, ax=None, title: Optional[str] = None):
+    """Seconds per round against clients per round, one line per execution (log-log).
+
+    ``table``: columns execution, clients_per_round, seconds_per_round (as
+    :func:`fedlab.distributed.round_times` returns). A dotted line of slope 1
+    through each execution's first point shows linear growth.
+    """
+    fig, ax = _axis(ax)
+    for i, (name, group) in enumerate(table.groupby("execution", sort=False)):
+        group = group.sort_values("clients_per_round")
+        ax.plot(group.clients_per_round, group.seconds_per_round, marker="o", color=f"C{i}", label=name)
+        k0, s0 = group.clients_per_round.iloc[0], group.seconds_per_round.iloc[0]
+        ax.plot(group.clients_per_round, s0 * group.clients_per_round / k0, ls=":", color=f"C{i}", alpha=0.6)
+    ax.set(xscale="log", yscale="log", xlabel="clients per round", ylabel="seconds per round")
+    ax.set_title(title or "round time (dotted: linear in K)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, which="both")
+    return fig, ax, table

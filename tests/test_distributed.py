@@ -182,7 +182,9 @@ def test_worker_on_another_network_host(tmp_path):
         finally:
             on_loopback.terminate()
             on_loopback.wait(timeout=30)
-        remote = subprocess.Popen(cmd + ["--host", "10.213.0.2"], cwd=ROOT, stdout=subprocess.PIPE,
+        # deploy/worker.sh: the recipe the README gives for a worker on another machine
+        remote = subprocess.Popen(["ip", "netns", "exec", ns, os.path.join(ROOT, "deploy", "worker.sh"),
+                                   "10.213.0.2", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         try:
             assert "listening on 10.213.0.2" in remote.stdout.readline()
