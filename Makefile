@@ -43,8 +43,21 @@ figures: env
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/
 
+# The benchmark (issue #9): fedlab, a plain Keras loop, Flower and the compute limit, one run.
+# Flower needs numpy >= 1.26 and a newer protobuf than TensorFlow 2.14 allows: its own venv,
+# pinned in benchmarks/flower-requirements.txt (torch 2.13.0 CPU, which pip takes from this
+# machine's /opt/wheels; elsewhere from https://download.pytorch.org/whl/cpu).
+FLOWER_VENV := .bench/flower
+$(FLOWER_VENV)/.installed: benchmarks/flower-requirements.txt
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install --quiet -r benchmarks/flower-requirements.txt
+	touch $@
+
+bench: env $(FLOWER_VENV)/.installed
+	$(PY) benchmarks/run.py --flower-python $(FLOWER_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) .tools build .pytest_cache
+	rm -rf $(VENV) .tools .bench build .pytest_cache
 
 environment.yml: uv.lock tools/export_environment_yml.py | $(UV)
 	PATH="$(dir $(UV)):$$PATH" $(PY) tools/export_environment_yml.py

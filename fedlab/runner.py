@@ -134,25 +134,70 @@ def local_order(n: int, config: ExperimentConfig, round_num: int, client: int,
     return [rng.permutation(n) for _ in range(config.local_epochs if epochs is None else epochs)]
 
 
-def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int):
-    """The tf.data.Dataset a client trains on in one round: E shuffled epochs of batches.
+def client_plan(n: int, config: ExperimentConfig, round_num: int, client: int) -> tuple[np.ndarray, int, int]:
+    """What a client trains on in one round: (E, n) example orders, the batch size, a step cap (-1: none)."""
+    batch = n if config.batch_size == 0 or config.algorithm == "fedsgd" else config.batch_size
+    epochs = config.local_epochs
+    if config.local_steps is not None:  # enough reshuffled epochs for the steps, then cut
+        epochs = -(-config.local_steps // -(-n // batch))
+    orders = np.stack(local_order(n, config, round_num, client, epochs))
+    return orders, batch, -1 if config.local_steps is None else config.local_steps
 
-    One (E, n) matrix of orders, batched per epoch and gathered from the arrays:
-    the graph TFF serialises stays the same size whatever E is (chaining E
-    ``concatenate`` calls made rounds with E = 20 crawl).
+
+def batches(x, y, orders, batch, steps):
+    """The client's tf.data pipeline: E shuffled epochs of batches gathered from ``x``, ``y``.
+
+    One (E, n) matrix of orders, batched per epoch: the graph stays the same
+    size whatever E is (chaining E ``concatenate`` calls made E = 20 crawl).
+    Used eagerly by :func:`client_dataset` and inside TFF's runtime by
+    :func:`trainer_on_arrays`.
     """
     import tensorflow as tf
 
-    batch = len(x) if config.batch_size == 0 or config.algorithm == "fedsgd" else config.batch_size
-    epochs = config.local_epochs
-    if config.local_steps is not None:  # enough reshuffled epochs for the steps, then cut
-        epochs = -(-config.local_steps // -(-len(x) // batch))
-    orders = np.stack(local_order(len(x), config, round_num, client, epochs))
-    x_t, y_t = tf.constant(x), tf.constant(y)
-    dataset = (tf.data.Dataset.from_tensor_slices(orders)
-               .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
-               .map(tf.autograph.experimental.do_not_convert(lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx)))))
-    return dataset if config.local_steps is None else dataset.take(config.local_steps)
+    gather = tf.autograph.experimental.do_not_convert(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
+    return (tf.data.Dataset.from_tensor_slices(orders)
+            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
+            .map(gather)
+            .take(steps))
+
+
+def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int):
+    """The tf.data.Dataset a client trains on in one round (built here, in Python)."""
+    import tensorflow as tf
+
+    orders, batch, steps = client_plan(len(x), config, round_num, client)
+    return batches(tf.constant(x), tf.constant(y), orders, batch, steps)
+
+
+def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int) -> tuple:
+    """The arrays from which :func:`trainer_on_arrays` builds the same dataset inside TFF's runtime."""
+    orders, batch, steps = client_plan(len(x), config, round_num, client)
+    return x, y, orders.astype(np.int64), np.int64(batch), np.int64(steps)
+
+
+_TRAINERS: dict = {}
+
+
+def trainer_on_arrays(process, x: np.ndarray, y: np.ndarray):
+    """``process`` with a ``next`` that takes each client's arrays (:func:`client_inputs`), not a dataset.
+
+    TFF builds each client's dataset inside its runtime
+    (``tff.simulation.compose_dataset_computation_with_learning_process``):
+    no tf.data pipeline is built and serialised per client in Python, which
+    halves a round with 100 clients (``make bench``). Same batches, same numbers.
+    """
+    key = (id(process), x.dtype.str, x.shape[1:], y.dtype.str, y.shape[1:])
+    if key not in _TRAINERS:
+        t = tff()
+        int64 = t.TensorType(np.int64, [])
+
+        @t.tensorflow.computation(t.TensorType(x.dtype, [None, *x.shape[1:]]), t.TensorType(y.dtype, [None, *y.shape[1:]]),
+                                  t.TensorType(np.int64, [None, None]), int64, int64)
+        def client_data(x, y, orders, batch, steps):
+            return batches(x, y, orders, batch, steps)
+
+        _TRAINERS[key] = (process, t.simulation.compose_dataset_computation_with_learning_process(client_data, process))
+    return _TRAINERS[key][1]
 
 
 class _Evaluator:
@@ -325,6 +370,7 @@ def _execute(config, checkpoint_dir, cache_path, progress, callback) -> pd.DataF
     labels = spec.prepare_labels(data.y_train)
     client_x = add_feature_noise([data.x_train[p] for p in parts], config.feature_noise, seed=config.seeds["data"])
     process = algorithms.get_process(config, spec)
+    trainer = trainer_on_arrays(process, client_x[0], labels)
     evaluator = _evaluator(spec)
 
     state = process.set_model_weights(process.initialize(), initial_weights(process, spec, config.seeds["model"]))
@@ -357,12 +403,12 @@ def _execute(config, checkpoint_dir, cache_path, progress, callback) -> pd.DataF
             row = {"round": round_num, "train_loss": np.nan, "train_accuracy": np.nan,
                    "eval_loss": np.nan, "eval_accuracy": np.nan, "clients_this_round": len(clients)}
             if len(clients):  # a Poisson-sampled DP round can be empty: nothing is trained or released
-                datasets = [client_dataset(client_x[c], poisoned[c], attacker_config, round_num, int(c))
-                            if c in attackers else
-                            client_dataset(client_x[c], labels[parts[c]], config, round_num, int(c))
-                            for c in clients]
+                inputs = [client_inputs(client_x[c], poisoned[c], attacker_config, round_num, int(c))
+                          if c in attackers else
+                          client_inputs(client_x[c], labels[parts[c]], config, round_num, int(c))
+                          for c in clients]
                 try:
-                    output = process.next(state, datasets)
+                    output = trainer.next(state, inputs)
                 except WorkerError as err:
                     kept = (f"the checkpoint in {checkpoint.dir} holds rounds 1-{round_num - 1}"
                             if checkpoint is not None else "no checkpoint_dir was given, so nothing was kept")

@@ -114,3 +114,36 @@ def test_every_algorithm_model_and_dataset_learns(changes, heart_dir):
     assert np.isfinite(history["train_loss"]).all()
     first, last = history["eval_loss"].iloc[0], history["eval_loss"].iloc[-1]
     assert last < first, f"held-out loss did not fall: {first} -> {last}"
+
+
+@pytest.mark.parametrize("changes", [
+    dict(),
+    dict(local_epochs=3, batch_size=7),
+    dict(local_steps=5, batch_size=4),
+    dict(algorithm="fedsgd", batch_size=0),
+    dict(feature_noise=0.5, attacker_fraction=0.4, attack_boost=3),
+], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_datasets_built_in_the_runtime_equal_datasets_built_in_python(changes):
+    """The runner sends client arrays and TFF builds the datasets (fast); the result is the Python-built one's."""
+    from fedlab.aggregation import attacker_clients, poison_labels
+    from fedlab.partition import add_feature_noise
+    from fedlab.runner import (client_dataset, client_inputs, dataset_for, partition_for, spec_for,
+                               trainer_on_arrays)
+
+    config = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=6, **changes)
+    data = dataset_for(config)
+    parts = partition_for(config, data)
+    spec = spec_for(config, data)
+    xs = add_feature_noise([data.x_train[p] for p in parts], config.feature_noise, seed=0)
+    ys = [spec.prepare_labels(data.y_train[p]) for p in parts]
+    for c in attacker_clients(config):
+        ys[c] = spec.prepare_labels(poison_labels(data.y_train[parts[c]], data.num_classes))
+    process = algorithms.get_process(config, spec)
+    state = process.initialize()
+    in_python = process.next(state, [client_dataset(xs[c], ys[c], config, 2, c) for c in range(6)])
+    in_runtime = trainer_on_arrays(process, xs[0], ys[0]).next(state, [client_inputs(xs[c], ys[c], config, 2, c)
+                                                                       for c in range(6)])
+    assert in_python.metrics["client_work"]["train"] == in_runtime.metrics["client_work"]["train"]
+    for a, b in zip(process.get_model_weights(in_python.state).trainable,
+                    process.get_model_weights(in_runtime.state).trainable):
+        np.testing.assert_array_equal(a, b)
