@@ -5,7 +5,8 @@
 
 Each system runs in its own process while this one samples the resident memory of that process and all
 its children (TFF's worker, Ray's actors) every 0.2 s. Seconds per round: median of the rounds after the
-first. Writes OUT/round_time.csv (system, clients_per_round, seconds_per_round, ...), OUT/memory.csv,
+first, pooled over --repeats runs of every system, interleaved. Writes OUT/round_time.csv
+(system, clients_per_round, seconds_per_round, ... and the lowest and highest median of a single repeat), OUT/memory.csv,
 OUT/workbench.csv (cold start, widget latency), OUT/machine.txt, and FIGURES/round_time.png; prints the
 table and the ratios the issue asks for.
 """
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--flower-python", default=str(ROOT / ".bench" / "flower" / "bin" / "python"))
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     parser.add_argument("--figures", default=str(ROOT / "figures" / "benchmarks"))
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every system, interleaved")
     parser.add_argument("--smoke", action="store_true", help="tiny run of fedlab, keras_loop and limit only")
     args = parser.parse_args(argv)
     import workload
@@ -150,27 +152,35 @@ def main(argv=None) -> int:
     data = workload.export(build / "workload.npz", ks, rounds)
     common = ["--workload", str(data), "--ks", ",".join(map(str, ks)), "--rounds", str(rounds)]
 
-    rows, memory = [], []
-    for system in systems:
-        if system == "flower":
-            if not pathlib.Path(args.flower_python).exists():
-                raise SystemExit(f"--flower-python: {args.flower_python} does not exist; `make bench` creates it")
-            cmd = [args.flower_python, str(HERE / "flower_system.py")] + common
-        else:
-            cmd = [sys.executable, str(HERE / "systems.py"), system] + common
-        print(f"[bench] {system} ...", flush=True)
-        lines, peak, wall = run_system(cmd, build / f"{system}.log")
-        for line in lines:
-            timed = line["round_seconds"][1:]  # the first round traces, compiles, starts actors
-            rows.append({"system": system, "clients_per_round": line["clients_per_round"],
-                         "seconds_per_round": float(np.median(timed)), "rounds_timed": len(timed),
-                         "min_seconds": float(np.min(timed)), "max_seconds": float(np.max(timed))})
-        memory.append({"system": system, "peak_rss_mb": peak / 2**20, "wall_seconds": wall})
-        print(f"[bench] {system}: {wall:.0f} s, peak {peak / 2**20:.0f} MB", flush=True)
+    timed: dict = {}  # (system, K) -> per-repeat lists of round seconds
+    memory = []
+    for repeat in range(1 if args.smoke else args.repeats):  # systems interleaved: drift hits all alike
+        for system in systems:
+            if system == "flower":
+                if not pathlib.Path(args.flower_python).exists():
+                    raise SystemExit(f"--flower-python: {args.flower_python} does not exist; `make bench` creates it")
+                cmd = [args.flower_python, str(HERE / "flower_system.py")] + common
+            else:
+                cmd = [sys.executable, str(HERE / "systems.py"), system] + common
+            print(f"[bench] {system} (repeat {repeat + 1}) ...", flush=True)
+            lines, peak, wall = run_system(cmd, build / f"{system}-{repeat + 1}.log")
+            for line in lines:  # the first round traces, compiles, starts actors: not timed
+                timed.setdefault((system, line["clients_per_round"]), []).append(line["round_seconds"][1:])
+            memory.append({"system": system, "repeat": repeat + 1, "peak_rss_mb": peak / 2**20, "wall_seconds": wall})
+            print(f"[bench] {system}: {wall:.0f} s, peak {peak / 2**20:.0f} MB", flush=True)
 
+    rows = []
+    for (system, k), repeats in timed.items():
+        pooled = np.concatenate(repeats)
+        medians = [float(np.median(r)) for r in repeats]
+        rows.append({"system": system, "clients_per_round": k, "seconds_per_round": float(np.median(pooled)),
+                     "rounds_timed": len(pooled), "repeats": len(repeats),
+                     "lowest_repeat_median": min(medians), "highest_repeat_median": max(medians)})
     table = pd.DataFrame(rows)
     table.to_csv(out / "round_time.csv", index=False)
-    pd.DataFrame(memory).to_csv(out / "memory.csv", index=False)
+    memory = pd.DataFrame(memory).groupby("system", sort=False, as_index=False).agg(
+        peak_rss_mb=("peak_rss_mb", "max"), wall_seconds=("wall_seconds", "median"))
+    memory.to_csv(out / "memory.csv", index=False)
 
     print("[bench] cold start and widget latency ...", flush=True)
     cold = cold_start(build / "cold_start.log")
@@ -194,7 +204,7 @@ def main(argv=None) -> int:
     pd.set_option("display.width", 160)
     print("\nseconds per round (median)\n", wide.round(3).to_string(), sep="")
     print("\nratios\n", ratios.round(2).to_string(), sep="")
-    print("\npeak memory (MB)\n", pd.DataFrame(memory).round(0).to_string(index=False), sep="")
+    print("\npeak memory (MB)\n", memory.round(0).to_string(index=False), sep="")
     print("\n", workbench.round(2).to_string(index=False), sep="")
     print(f"\nmachine: {machine()}")
     return 0
@@ -206,12 +216,15 @@ def plot(table: pd.DataFrame, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for system, group in table.groupby("system", sort=False):
         group = group.sort_values("clients_per_round")
-        ax.plot(group.clients_per_round, group.seconds_per_round, marker="o", label=system)
+        spread = [group.seconds_per_round - group.lowest_repeat_median,
+                  group.highest_repeat_median - group.seconds_per_round]
+        ax.errorbar(group.clients_per_round, group.seconds_per_round, yerr=np.clip(spread, 0, None), marker="o",
+                    capsize=3, label=system)
     ax.set(xscale="log", yscale="log", xlabel="clients per round (K)", ylabel="seconds per round (median)",
-           title="one FedAvg round: 2NN, mnist5k, E = 1, B = 10")
+           title="one FedAvg round: 2NN, mnist5k, E = 1, B = 10\n(bars: lowest and highest median of one repeat)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
