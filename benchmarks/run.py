@@ -34,24 +34,10 @@ sys.path.insert(0, str(HERE))
 
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        total += rss.get(p, 0)
-        stack.extend(children.get(p, []))
-    return total
+    from fedlab.runtime import descendants, process_table
+
+    table = process_table()
+    return sum(table[p][2] for p in [pid] + descendants(pid, table) if p in table)
 
 
 def run_system(cmd: list[str], log: pathlib.Path, env=None) -> tuple[list[dict], int, float]:

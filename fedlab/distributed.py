@@ -404,7 +404,9 @@ class LocalWorkers:
     def kill(self, index: int) -> None:
         """Stops worker ``index`` abruptly (SIGKILL to the worker binary too): a crashed machine."""
         process = self.processes[index]
-        for pid in _descendants(process.pid):
+        from .runtime import descendants
+
+        for pid in descendants(process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         process.kill()
@@ -456,22 +458,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-        if ppid == pid:
-            children.append(int(entry))
-            children.extend(_descendants(int(entry)))
-    return children
 
 
 # Measuring -------------------------------------------------------------------------

@@ -43,9 +43,12 @@ def setup(*, quiet: bool = True) -> None:
     tff()
 
 
-def _children() -> list[tuple[int, str]]:
-    me = os.getpid()
-    found = []
+def process_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (parent pid, program, resident bytes) of every process, from /proc (empty where there is none)."""
+    table: dict[int, tuple[int, str, int]] = {}
+    if not os.path.isdir("/proc"):
+        return table
+    page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -56,9 +59,27 @@ def _children() -> list[tuple[int, str]]:
                 cmd = f.read().split(b"\0")[0].decode(errors="replace")
         except OSError:
             continue
-        if int(fields[1]) == me:
-            found.append((int(entry), cmd))
+        table[int(entry)] = (int(fields[1]), cmd, int(fields[21]) * page)
+    return table
+
+
+def descendants(pid: int, table: dict | None = None) -> list[int]:
+    """Children, grandchildren, ... of ``pid``."""
+    table = process_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for child, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found, stack = [], list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
     return found
+
+
+def _children() -> list[tuple[int, str]]:
+    me = os.getpid()
+    return [(pid, cmd) for pid, (parent, cmd, _) in process_table().items() if parent == me]
 
 
 def stop_local_workers() -> None:
