@@ -1,20 +1,33 @@
 """fedlab: a Jupyter-centric research workbench for federated learning on TensorFlow Federated.
 
 Importing fedlab is cheap; TensorFlow Federated is imported on first use.
+Bring your own data set, model, algorithm, partitioner or robust aggregator
+with the ``register_*`` decorators; they are then usable by name everywhere a
+built-in is (configs, sweeps, caches, checkpoints, widgets, command line).
 """
 
-from .config import ALGORITHMS, DATASETS, MODELS, PARTITIONS, ConfigError, ExperimentConfig
-from .data import DataUnavailableError, Dataset, load_dataset
+from . import aggregation, crosssilo, privacy
+from .accounting import epsilon, noise_multiplier_for
+from .aggregation import AGGREGATORS, register_aggregator
+from .algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm
+from .analysis import accounting_table, final_metrics, rounds_to_target, summarize
+from .catalog import catalog
+from .clients import client_arrays_for, dataset_for, partition_for, partition_report_for
+from .config import ExperimentConfig
+from .data import DATASETS, Dataset, DataUnavailableError, load_dataset, register_dataset
+from .distributed import LocalWorkers
+from .models import MODELS, DataShape, ModelSpec, register_model
 from .partition import (
+    PARTITIONERS,
     DirichletPartitioner,
     IidPartitioner,
     NaturalPartitioner,
+    Partitioner,
     QuantitySkewPartitioner,
     ShardPartitioner,
-    make_partitioner,
     partition_report,
+    register_partitioner,
 )
-from .models import ModelSpec
 from .plots import (
     plot_images,
     plot_label_distribution,
@@ -25,36 +38,50 @@ from .plots import (
     save_figure,
     save_table,
 )
-from .analysis import final_metrics, grid, rounds_to_target, summarize
-from .runner import client_arrays_for, clients_table, dataset_for, partition_for, partition_report_for, run_experiment, run_sweep
+from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
-from .widgets import ExperimentPanel
+from .sweeps import grid, round_times, run_sweep
+from .validation import ConfigError
+from .widgets import ExperimentPanel, exclude_selector
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "AGGREGATORS",
     "ALGORITHMS",
+    "AlgorithmParams",
     "ConfigError",
     "DATASETS",
+    "DataShape",
     "DataUnavailableError",
     "Dataset",
     "DirichletPartitioner",
     "ExperimentConfig",
     "ExperimentPanel",
     "IidPartitioner",
+    "LocalWorkers",
     "MODELS",
     "ModelSpec",
     "NaturalPartitioner",
-    "PARTITIONS",
+    "PARTITIONERS",
+    "Partitioner",
     "QuantitySkewPartitioner",
     "ShardPartitioner",
+    "accounting_table",
+    "aggregation",
+    "catalog",
     "client_arrays_for",
     "clients_table",
+    "crosssilo",
     "dataset_for",
+    "epsilon",
+    "exclude_selector",
     "final_metrics",
+    "final_weights",
     "grid",
+    "hparam",
     "load_dataset",
-    "make_partitioner",
+    "noise_multiplier_for",
     "partition_for",
     "partition_report",
     "partition_report_for",
@@ -64,6 +91,13 @@ __all__ = [
     "plot_metric_vs",
     "plot_round_time",
     "plot_site_accuracy",
+    "privacy",
+    "register_aggregator",
+    "register_algorithm",
+    "register_dataset",
+    "register_model",
+    "register_partitioner",
+    "round_times",
     "rounds_to_target",
     "run_experiment",
     "run_sweep",

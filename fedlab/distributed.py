@@ -37,6 +37,8 @@ import tempfile
 import time
 from typing import Iterable, Optional, Sequence
 
+from . import runtime
+
 DEFAULT_HOST = "127.0.0.1"
 ALL_INTERFACES = ("*", "0.0.0.0", "::")
 CONNECT_TIMEOUT_S = 10.0
@@ -204,9 +206,7 @@ def execution_context(workers: tuple[str, ...], timeout: float = CONNECT_TIMEOUT
     Cached: TFF compiles a computation once per context, so a second run on
     the same workers reuses the compiled form.
     """
-    from .runtime import tff
-
-    return tff().backends.native.create_mergeable_comp_execution_context(
+    return runtime.tff().backends.native.create_mergeable_comp_execution_context(
         [_async_context(w, timeout) for w in workers])
 
 
@@ -218,9 +218,7 @@ def on_workers(workers: Sequence[str], timeout: float = CONNECT_TIMEOUT_S):
         yield
         return
     check_workers(workers, timeout)
-    from .runtime import tff
-
-    with tff().framework.get_context_stack().install(execution_context(workers, timeout)):
+    with runtime.tff().framework.get_context_stack().install(execution_context(workers, timeout)):
         yield
 
 
@@ -283,6 +281,8 @@ def listening_addresses(port: int) -> list[str]:
 
 def resolve_host(host: str) -> Optional[str]:
     """The address to listen on; None for every interface."""
+    if not host.strip():
+        raise ValueError("--host: must name an address (127.0.0.1, a private address, or '*' for every interface)")
     if host in ALL_INTERFACES:
         return None
     if host == "localhost":
@@ -291,9 +291,10 @@ def resolve_host(host: str) -> Optional[str]:
         return str(ipaddress.ip_address(host))
     except ValueError:
         try:
-            return socket.gethostbyname(host)
+            address = socket.gethostbyname(host)
         except OSError:
             raise ValueError(f"--host: {host!r} is neither an IP address nor a name this machine resolves") from None
+        return None if address in ("0.0.0.0", "::") else address
 
 
 def serve(port: int, host: str = DEFAULT_HOST, *, max_concurrent_calls: int = -1, ready_timeout: float = 60.0) -> int:
@@ -390,7 +391,7 @@ class LocalWorkers:
                 [sys.executable, "-m", "fedlab", "worker", "--port", str(port), "--host", self.host],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=str(pathlib.Path(__file__).resolve().parent.parent),
-                preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
+                preexec_fn=lambda: runtime.die_with_parent(signal.SIGTERM))
         return process
 
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
@@ -404,9 +405,7 @@ class LocalWorkers:
     def kill(self, index: int) -> None:
         """Stops worker ``index`` abruptly (SIGKILL to the worker binary too): a crashed machine."""
         process = self.processes[index]
-        from .runtime import descendants
-
-        for pid in descendants(process.pid):
+        for pid in runtime.descendants(process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         process.kill()
@@ -442,45 +441,10 @@ def _default_signals() -> None:
     (``cmd &`` in a script ignores SIGINT, and exec keeps ignored signals ignored); dies with its parent."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(signal.SIGKILL)
-
-
-def _die_with_parent(signum: int) -> None:
-    """Linux: deliver ``signum`` to this process when its parent exits (a killed kernel leaves no worker behind)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0)  # PR_SET_PDEATHSIG
+    runtime.die_with_parent(signal.SIGKILL)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# Measuring -------------------------------------------------------------------------
-def round_times(base, clients_per_round: Sequence[int], executions: dict, *, warmup: int = 1):
-    """Median seconds per round for each K in ``clients_per_round`` and each execution.
-
-    ``executions`` maps a name to a tuple of workers (``()``: this process).
-    The first ``warmup`` rounds (tracing, first contact with a worker) are not
-    counted. Runs are never read from a results cache: timing is the point.
-    Returns a DataFrame: execution, clients_per_round, seconds_per_round,
-    rounds_timed, eval_accuracy (last round).
-    """
-    import pandas as pd
-
-    from .runner import run_experiment
-
-    if base.rounds <= warmup:
-        raise ValueError(f"rounds: must exceed warmup={warmup} to leave rounds to time, got {base.rounds}")
-    rows = []
-    for k in clients_per_round:
-        for name, workers in executions.items():
-            history = run_experiment(base.replace(clients_per_round=k, workers=tuple(workers)), progress=False)
-            timed = history["seconds"].iloc[warmup:]
-            rows.append({"execution": name, "clients_per_round": k, "seconds_per_round": float(timed.median()),
-                         "rounds_timed": len(timed), "eval_accuracy": float(history["eval_accuracy"].iloc[-1])})
-    return pd.DataFrame(rows)

@@ -1,22 +1,119 @@
-"""Keras models, turned into TFF functional models.
+"""Models: Keras builders by name, and what TFF needs of them.
 
-Models take flat float32 features (the CNN reshapes them itself) and output
-logits: one per class, or a single logit for two classes (logistic
-regression with a sigmoid, trained with binary cross-entropy).
+A model builder takes the data's shape and a seed and returns an uncompiled
+Keras model from flat float32 features to logits: one per class, or a single
+logit for two classes (logistic regression with a sigmoid, trained with binary
+cross-entropy). Builders are registered with :func:`register_model`, fedlab's
+own (``logreg``, ``2nn``, ``cnn``) exactly as a user's. :class:`ModelSpec`
+turns one into the TFF functional model the algorithms train.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
+
+from .registry import Registry, decorator
+
+
+@dataclasses.dataclass(frozen=True)
+class DataShape:
+    """What a model builder is told about the data."""
+
+    num_features: int
+    num_classes: int
+    image_shape: Optional[tuple[int, int]] = None  # (height, width) when features are a flattened image
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits the model must output: 1 for two classes, else one per class."""
+        return 1 if self.num_classes == 2 else self.num_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBuilder:
+    """A registered model: ``build(shape, seed) -> tf.keras.Model``.
+
+    ``images``: needs image data (``shape.image_shape``); ``weight_layers``:
+    layers with weights, output included, when known without building (bounds
+    ``freeze_layers`` before TensorFlow is imported).
+    """
+
+    name: str
+    build: Callable
+    images: bool = False
+    weight_layers: Optional[int] = None
+
+
+MODELS: Registry[ModelBuilder] = Registry("model", "model")
+
+
+def register_model(name: str, *, images: bool = False, weight_layers: Optional[int] = None,
+                   paper: Optional[str] = None, replace: bool = False):
+    """Registers ``build(shape: DataShape, seed: int) -> tf.keras.Model`` under ``name``.
+
+    The model maps ``shape.num_features`` flat float32 inputs to
+    ``shape.num_outputs`` logits; its initial weights depend only on ``seed``.
+    """
+    return decorator(MODELS, name, lambda build: ModelBuilder(name, build, images, weight_layers),
+                     paper=paper, replace=replace)
+
+
+def _glorot(seed: int, offset: int):
+    import tensorflow as tf
+
+    return tf.keras.initializers.GlorotUniform(seed=seed * 1000 + offset)
+
+
+@register_model("logreg", weight_layers=1)
+def logreg(shape: DataShape, seed: int):
+    """Logistic regression: one dense layer (sigmoid unit for two classes, softmax otherwise)."""
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    return tf.keras.Sequential([layers.InputLayer(input_shape=(shape.num_features,)),
+                                layers.Dense(shape.num_outputs, kernel_initializer=_glorot(seed, 0))])
+
+
+@register_model("2nn", weight_layers=3, paper="McMahan et al. 2017, arXiv:1602.05629")
+def two_nn(shape: DataShape, seed: int):
+    """The 2NN: two hidden layers of 200 ReLU units."""
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    return tf.keras.Sequential([layers.InputLayer(input_shape=(shape.num_features,)),
+                                layers.Dense(200, activation="relu", kernel_initializer=_glorot(seed, 1)),
+                                layers.Dense(200, activation="relu", kernel_initializer=_glorot(seed, 2)),
+                                layers.Dense(shape.num_outputs, kernel_initializer=_glorot(seed, 0))])
+
+
+@register_model("cnn", images=True, weight_layers=4, paper="McMahan et al. 2017, arXiv:1602.05629 (smaller)")
+def cnn(shape: DataShape, seed: int):
+    """A small CNN: two 5x5 convolutions (16, 32 channels) with 2x2 max pooling, then 128 dense units."""
+    import tensorflow as tf
+
+    if shape.image_shape is None:
+        raise ValueError("model: 'cnn' needs image data (image_shape is unknown)")
+    layers = tf.keras.layers
+    h, w = shape.image_shape
+    return tf.keras.Sequential([
+        layers.InputLayer(input_shape=(shape.num_features,)),
+        layers.Reshape((h, w, 1)),
+        layers.Conv2D(16, 5, padding="same", activation="relu", kernel_initializer=_glorot(seed, 1)),
+        layers.MaxPool2D(2, padding="same"),
+        layers.Conv2D(32, 5, padding="same", activation="relu", kernel_initializer=_glorot(seed, 2)),
+        layers.MaxPool2D(2, padding="same"),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu", kernel_initializer=_glorot(seed, 3)),
+        layers.Dense(shape.num_outputs, kernel_initializer=_glorot(seed, 0))])
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """What a model needs to be built: its name and the shape of the data."""
+    """What a model needs to be built: its registered name and the shape of the data."""
 
     name: str
     num_features: int
@@ -28,38 +125,26 @@ class ModelSpec:
     def binary(self) -> bool:
         return self.num_classes == 2
 
+    @property
+    def shape(self) -> DataShape:
+        return DataShape(self.num_features, self.num_classes, self.image_shape)
+
+    @property
+    def builder(self) -> ModelBuilder:
+        return MODELS[self.name]
+
     def build_keras(self, seed: int = 0):
         """A fresh, uncompiled Keras model whose initial weights depend only on ``seed``."""
-        import tensorflow as tf
-
-        layers = tf.keras.layers
-        init = lambda offset: tf.keras.initializers.GlorotUniform(seed=seed * 1000 + offset)  # noqa: E731
-        out_units = 1 if self.binary else self.num_classes
-        stack = [layers.InputLayer(input_shape=(self.num_features,))]
-        if self.name == "logreg":
-            pass
-        elif self.name == "2nn":
-            # McMahan et al. 2017: two hidden layers of 200 units with ReLU.
-            stack += [layers.Dense(200, activation="relu", kernel_initializer=init(1)),
-                      layers.Dense(200, activation="relu", kernel_initializer=init(2))]
-        elif self.name == "cnn":
-            if self.image_shape is None:
-                raise ValueError("model: 'cnn' needs image data (image_shape is unknown)")
-            h, w = self.image_shape
-            # A small version of McMahan et al.'s CNN: two 5x5 convolutions
-            # (16 and 32 channels) with 2x2 max pooling, then 128 dense units.
-            stack += [layers.Reshape((h, w, 1)),
-                      layers.Conv2D(16, 5, padding="same", activation="relu", kernel_initializer=init(1)),
-                      layers.MaxPool2D(2, padding="same"),
-                      layers.Conv2D(32, 5, padding="same", activation="relu", kernel_initializer=init(2)),
-                      layers.MaxPool2D(2, padding="same"),
-                      layers.Flatten(),
-                      layers.Dense(128, activation="relu", kernel_initializer=init(3))]
-        else:
-            raise ValueError(f"model: must be one of logreg, 2nn, cnn; got {self.name!r}")
-        stack.append(layers.Dense(out_units, kernel_initializer=init(0)))
-        model = tf.keras.Sequential(stack)
-        for layer in [l for l in model.layers if l.weights][: self.freeze_layers]:
+        model = self.builder.build(self.shape, seed)
+        outputs = model.output_shape[-1] if getattr(model, "output_shape", None) else None
+        if outputs != self.shape.num_outputs:
+            raise ValueError(f"model {self.name!r}: outputs {outputs} logits; this data needs "
+                             f"{self.shape.num_outputs} (DataShape.num_outputs)")
+        weighted = [layer for layer in model.layers if layer.weights]
+        if self.freeze_layers >= len(weighted):
+            raise ValueError(f"freeze_layers: must be below {len(weighted)} for model {self.name!r} "
+                             "(something must stay trainable)")
+        for layer in weighted[: self.freeze_layers]:
             layer.trainable = False
         return model
 

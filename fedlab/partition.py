@@ -3,15 +3,20 @@
 Each partitioner is a small class that takes all its arguments (``seed``
 included) in ``__init__`` and maps a label vector to one index array per
 client with ``partition(labels)``. The same arguments and labels always give
-the same partition. Nothing here imports TensorFlow.
+the same partition. A config names one through the :data:`PARTITIONERS`
+registry (:func:`register_partitioner`), where fedlab's own are registered as a
+user's would be. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import dataclasses
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .registry import Registry, decorator
 
 
 class Partitioner:
@@ -33,8 +38,19 @@ class Partitioner:
             raise ValueError(
                 f"num_clients: {self.num_partitions} clients need at least as many examples; the data has {len(labels)}"
             )
-        parts = self._partition(labels)
-        return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+        parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in self._partition(labels)]
+        if len(parts) != self.num_partitions:
+            raise ValueError(f"{type(self).__name__}: made {len(parts)} partitions, not {self.num_partitions}")
+        everything = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if len(everything) and (everything.min() < 0 or everything.max() >= len(labels)):
+            raise ValueError(f"{type(self).__name__}: an index lies outside the {len(labels)} examples")
+        if len(np.unique(everything)) != len(everything):
+            raise ValueError(f"{type(self).__name__}: an example was dealt to two clients (or twice to one)")
+        empty = [i for i, p in enumerate(parts) if len(p) == 0]
+        if empty:
+            raise ValueError(f"num_clients: client {empty[0]} of {self.num_partitions} got no examples "
+                             f"({len(empty)} empty); use fewer clients or another partition")
+        return parts
 
     def _partition(self, labels: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
@@ -188,22 +204,68 @@ def add_feature_noise(x_parts: Sequence[np.ndarray], noise: float, *, seed: int 
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class PartitionScheme:
+    """A registered way to deal data out: ``make(config, site_ids) -> Partitioner``.
+
+    ``make`` reads what it needs from the config (``num_clients``, ``alpha``,
+    ``shards_per_client``, ``seeds["data"]``); ``needs_sites``: only for data
+    with natural clients.
+    """
+
+    name: str
+    make: Callable[..., Partitioner]
+    needs_sites: bool = False
+
+
+PARTITIONERS: Registry[PartitionScheme] = Registry("partitioner", "partition")
+
+
+def register_partitioner(name: str, *, needs_sites: bool = False, paper: Optional[str] = None,
+                         replace: bool = False):
+    """Registers ``make(config, site_ids) -> Partitioner`` under ``name`` (``partition=name`` in a config)."""
+    return decorator(PARTITIONERS, name, lambda make: PartitionScheme(name, make, needs_sites),
+                     paper=paper, replace=replace)
+
+
+@register_partitioner("iid")
+def _iid(config, site_ids=None) -> Partitioner:
+    """Examples shuffled and dealt out in near-equal shares."""
+    return IidPartitioner(config.num_clients, seed=config.seeds["data"])
+
+
+@register_partitioner("dirichlet", paper="Hsu, Qi and Brown 2019, arXiv:1909.06335")
+def _dirichlet(config, site_ids=None) -> Partitioner:
+    """Label skew: each class split over clients in Dirichlet(alpha) proportions."""
+    return DirichletPartitioner(config.num_clients, config.alpha, seed=config.seeds["data"])
+
+
+@register_partitioner("shards", paper="McMahan et al. 2017, arXiv:1602.05629")
+def _shards(config, site_ids=None) -> Partitioner:
+    """Pathological non-IID: shards_per_client label shards per client."""
+    return ShardPartitioner(config.num_clients, config.shards_per_client, seed=config.seeds["data"])
+
+
+@register_partitioner("quantity", paper="Li et al. 2022, ICDE, arXiv:2102.02079")
+def _quantity(config, site_ids=None) -> Partitioner:
+    """Quantity skew: client sizes in Dirichlet(alpha) proportions, labels IID."""
+    return QuantitySkewPartitioner(config.num_clients, config.alpha, seed=config.seeds["data"])
+
+
+@register_partitioner("natural", needs_sites=True)
+def _natural(config, site_ids=None) -> Partitioner:
+    """The clients the data came from (hospital, writer): one client per site."""
+    if site_ids is None:
+        raise ValueError(f"partition: 'natural' needs site ids; dataset {config.dataset!r} has none")
+    return NaturalPartitioner(site_ids, config.num_clients)
+
+
 def make_partitioner(config, site_ids: Optional[np.ndarray] = None) -> Partitioner:
     """The partitioner an :class:`~fedlab.config.ExperimentConfig` asks for."""
-    seed = config.seeds["data"]
-    if config.partition == "iid":
-        return IidPartitioner(config.num_clients, seed=seed)
-    if config.partition == "dirichlet":
-        return DirichletPartitioner(config.num_clients, config.alpha, seed=seed)
-    if config.partition == "shards":
-        return ShardPartitioner(config.num_clients, config.shards_per_client, seed=seed)
-    if config.partition == "quantity":
-        return QuantitySkewPartitioner(config.num_clients, config.alpha, seed=seed)
-    if config.partition == "natural":
-        if site_ids is None:
-            raise ValueError(f"partition: 'natural' needs site ids; dataset {config.dataset!r} has none")
-        return NaturalPartitioner(site_ids, config.num_clients)
-    raise ValueError(f"partition: unknown {config.partition!r}")
+    partitioner = PARTITIONERS[config.partition].make(config, site_ids)
+    if not isinstance(partitioner, Partitioner):
+        raise TypeError(f"partition {config.partition!r}: made a {type(partitioner).__name__}, not a Partitioner")
+    return partitioner
 
 
 def partition_report(labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: Optional[int] = None) -> pd.DataFrame:

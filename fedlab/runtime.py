@@ -3,7 +3,9 @@
 TFF's local runtime is a C++ worker binary started as a child process. TFF
 only stops it when a Python object is garbage collected, which does not
 reliably happen at exit, and a surviving worker keeps its parent's pipes
-open (a ``subprocess.run`` of our CLI would then hang). We stop it at exit.
+open (a ``subprocess.run`` of our CLI would then hang). We stop it at exit,
+and start it so that the kernel delivers SIGKILL to it when its parent dies
+(a run killed with SIGKILL leaves no orphaned worker behind).
 """
 
 from __future__ import annotations
@@ -12,8 +14,59 @@ import atexit
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 
 _TFF = None
+
+
+def _find_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once here: a child between fork and exec of a threaded parent should not load libraries.
+_PRCTL = _find_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """In a child before exec (Linux): receive ``signum`` when the parent thread exits."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+
+
+class _PopenDyingWithParent(subprocess.Popen):
+    """TFF's Popen of its worker binary, with :func:`die_with_parent` in the child."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("preexec_fn", die_with_parent)
+        super().__init__(*args, **kwargs)
+
+
+class _SubprocessForTff:
+    """What TFF's executor factory sees as ``subprocess``: the real module, but its Popen sets PDEATHSIG.
+
+    TFF starts the worker from its long-lived event-loop thread, so the signal
+    comes when the process ends, not when a caller's thread does.
+    """
+
+    Popen = _PopenDyingWithParent
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+
+def _worker_dies_with_parent() -> None:
+    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+    executor_factory.subprocess = _SubprocessForTff()
 
 
 def tff():
@@ -25,7 +78,8 @@ def tff():
         import tensorflow_federated
 
         tf.get_logger().setLevel("ERROR")
-        atexit.register(stop_local_workers)
+        _worker_dies_with_parent()
+        atexit.register(_at_exit)
         _TFF = tensorflow_federated
     return _TFF
 
@@ -88,6 +142,7 @@ def stop_local_workers() -> None:
     The worker is left as a zombie, not reaped, so that TFF's own clean-up
     (``os.kill`` then ``wait``), if it runs later, still finds it.
     """
+    _forget_stopped_service_managers()
     if not os.path.isdir("/proc"):
         return
     import time
@@ -110,6 +165,38 @@ def stop_local_workers() -> None:
         else:  # SIGINT ignored: a process started with `cmd &` from a script passes SIG_IGN on to the worker
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def run_coroutine(coro):
+    """Runs a coroutine (TFF's program-state manager is async) from plain code, in Jupyter too."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_event_loop()  # Jupyter's loop (nest_asyncio lets it nest)
+    except RuntimeError:  # a worker thread without a loop, e.g. the widget's
+        return asyncio.run(coro)
+    return loop.run_until_complete(coro)
+
+
+def _forget_stopped_service_managers() -> None:
+    """At exit, TFF's ServiceManager.__del__ would stop the worker again with module globals already gone
+    ("Exception ignored ... 'NoneType' object has no attribute 'Popen'"); fedlab stops it instead."""
+    if _TFF is None or not _exiting:
+        return
+    import gc
+
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "ServiceManager" and hasattr(obj, "_process"):
+            obj._process = None
+
+
+_exiting = False
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    stop_local_workers()
 
 
 def current_context():

@@ -15,7 +15,13 @@ from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
-from .config import ALGORITHMS, ExperimentConfig
+from .aggregation import names as aggregator_names
+from .algorithms import ALGORITHMS, hparam_spec, hparam_type
+from .clients import partition_report_for
+from .config import FIELD_NAMES, ExperimentConfig
+from .data import DATASETS
+from .models import MODELS
+from .partition import PARTITIONERS
 from .runner import run_experiment
 
 
@@ -23,9 +29,11 @@ def default_control(field: str, config: ExperimentConfig):
     """A sensible ipywidgets control for one config field, set to the config's value."""
     import ipywidgets as w
 
-    value = getattr(config, field)
     style = {"description_width": "140px"}
     layout = w.Layout(width="420px")
+    if field not in FIELD_NAMES:
+        return hparam_control(field, config, style=style, layout=layout)
+    value = getattr(config, field)
     common = dict(description=field, style=style, layout=layout, continuous_update=False)
     if field == "clients_per_round":
         return w.IntSlider(value=value, min=1, max=config.num_clients, **common)
@@ -42,11 +50,6 @@ def default_control(field: str, config: ExperimentConfig):
                                 readout_format=".3g", **common)
     if field == "alpha":
         return w.FloatLogSlider(value=value, base=10, min=-2, max=2, step=0.1, readout_format=".3g", **common)
-    if field == "mu":
-        return w.FloatLogSlider(value=max(value, 1e-4), base=10, min=-4, max=1, step=0.25, readout_format=".3g",
-                                **common)
-    if field == "server_momentum":
-        return w.FloatSlider(value=value, min=0.0, max=0.99, step=0.01, **common)
     if field == "noise_multiplier":
         return w.FloatSlider(value=value, min=0.0, max=3.0, step=0.05, **common)
     if field == "clip_norm":
@@ -55,7 +58,7 @@ def default_control(field: str, config: ExperimentConfig):
         return w.FloatLogSlider(value=config.effective_delta, base=10, min=-9, max=-1, step=0.5,
                                 readout_format=".1e", **common)
     if field == "dp":
-        return w.Dropdown(options=["none", "fixed", "adaptive"], value=value, description=field, style=style,
+        return w.Dropdown(options=["none", *aggregator_names("dp")], value=value, description=field, style=style,
                           layout=layout)
     if field == "quantization_bits":
         return w.IntSlider(value=value, min=0, max=16, **common)
@@ -64,14 +67,53 @@ def default_control(field: str, config: ExperimentConfig):
     if field == "attacker_fraction":
         return w.FloatSlider(value=value, min=0.0, max=0.5, step=0.05, **common)
     if field == "robust":
-        return w.Dropdown(options=["none", "clip", "zeroing"], value=value, description=field, style=style,
+        return w.Dropdown(options=["none", *aggregator_names("robust")], value=value, description=field, style=style,
                           layout=layout)
     if field == "partition":
-        return w.Dropdown(options=["iid", "dirichlet", "shards", "quantity"], value=value, description=field,
-                          style=style, layout=layout)
-    if field == "algorithm":
-        return w.Dropdown(options=list(ALGORITHMS), value=value, description=field, style=style, layout=layout)
+        options = [e.name for e in PARTITIONERS.entries() if not e.component.needs_sites]
+        return w.Dropdown(options=options, value=value, description=field, style=style, layout=layout)
+    if field in ("algorithm", "dataset", "model"):
+        registry = {"algorithm": ALGORITHMS, "dataset": DATASETS, "model": MODELS}[field]
+        return w.Dropdown(options=list(registry.names()), value=value, description=field, style=style,
+                          layout=layout)
     raise ValueError(f"field: no default control for {field!r}; pass one in controls=")
+
+
+def _param_field(name: str):
+    """The hyperparameter field ``name`` of the first registered algorithm that has one."""
+    for entry in ALGORITHMS.entries():
+        for f in entry.component.param_fields():
+            if f.name == name:
+                return f, entry.component
+    raise ValueError(f"field: {name!r} is neither a config field nor a parameter of a registered algorithm")
+
+
+def hparam_control(name: str, config: ExperimentConfig, *, style, layout):
+    """A control for an algorithm's hyperparameter, from its declared bounds (log slider if ``log``)."""
+    import math
+
+    import ipywidgets as w
+
+    f, algorithm = _param_field(name)
+    spec, kind = hparam_spec(f), hparam_type(f)
+    params = config.algorithm_params
+    value = getattr(params, name) if name in params.to_dict() else algorithm.params().to_dict()[name]
+    common = dict(description=name, style=style, layout=layout, continuous_update=False)
+    if kind is bool:
+        return w.Checkbox(value=value, description=name, style=style, layout=layout)
+    low = spec.low if spec.low is not None else 0.0
+    if kind is int:
+        return w.IntSlider(value=value, min=int(low), max=int(spec.high if spec.high is not None else max(10, 2 * value)),
+                           **common)
+    if spec.log:
+        lo = math.log10(low) if low > 0 else -4.0
+        hi = math.log10(spec.high) if spec.high else max(lo + 4, math.log10(max(value, 1e-12)) + 2)
+        return w.FloatLogSlider(value=max(value, 10 ** lo), base=10, min=lo, max=hi, step=0.25, readout_format=".3g",
+                                **common)
+    high = spec.high if spec.high is not None else max(1.0, 2 * value)
+    step = (high - low) / 100
+    return w.FloatSlider(value=min(value, high - step if spec.high_open else high), min=low,
+                         max=high - step if spec.high_open else high, step=step, **common)
 
 
 class ExperimentPanel:
@@ -131,6 +173,9 @@ class ExperimentPanel:
     def config(self) -> ExperimentConfig:
         """The base config with the controls' current values (validated)."""
         values = {f: c.value for f, c in self.controls.items()}
+        algorithm = ALGORITHMS[values.get("algorithm", self.base.algorithm)]
+        own = {f.name for f in algorithm.param_fields()}
+        values = {f: v for f, v in values.items() if f in FIELD_NAMES or f in own}  # others mean nothing here
         if "exclude_clients" in values and self.base.partition == "natural":
             values["clients_per_round"] = self.base.num_clients - len(set(values["exclude_clients"]))
         return self.base.replace(**values)
@@ -200,7 +245,7 @@ class ExperimentPanel:
             self.run_button.disabled = False
 
     def _label(self, config: ExperimentConfig) -> str:
-        return ", ".join(f"{f}={getattr(config, f)}" for f in self.controls)
+        return ", ".join(f"{f}={getattr(config, f)}" for f in self.controls if hasattr(config, f))
 
     def _draw(self, history: Optional[pd.DataFrame], config: Optional[ExperimentConfig] = None) -> None:
         import matplotlib
@@ -248,7 +293,6 @@ def _site_accuracy(config: ExperimentConfig, ax, history) -> None:
 
 def _label_distribution(config: ExperimentConfig, ax, history=None) -> None:
     from .plots import plot_label_distribution
-    from .runner import partition_report_for
 
     plot_label_distribution(partition_report_for(config), ax=ax, max_clients=50,
                             title=f"labels per client ({config.partition})")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedlab import ExperimentConfig, run_experiment
-from fedlab import aggregation
+from fedlab import aggregation, attacks
 from fedlab.config import ConfigError
 from fedlab.runtime import simulated_secure_sums, tff
 
@@ -72,10 +72,10 @@ def test_zeroing_drops_an_update_above_the_norm():
 
 def test_attackers_and_poisoned_labels():
     config = BASE.replace(attacker_fraction=0.25)
-    attackers = aggregation.attacker_clients(config)
+    attackers = attacks.attacker_clients(config)
     assert len(attackers) == 5 and len(set(attackers)) == 5
-    assert aggregation.poison_labels(np.array([0, 3, 9]), 10).tolist() == [9, 6, 0]
-    assert len(aggregation.attacker_clients(BASE)) == 0
+    assert attacks.poison_labels(np.array([0, 3, 9]), 10).tolist() == [9, 6, 0]
+    assert len(attacks.attacker_clients(BASE)) == 0
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from fedlab import algorithms
+from fedlab.algorithms import FedAvgMParams, FedProxParams
 from fedlab.models import ModelSpec
 from fedlab.runtime import tff
 
 SPEC = ModelSpec("logreg", num_features=2, num_classes=3)
+MODEL = SPEC.functional_model()
 RNG = np.random.default_rng(0)
 W0 = RNG.normal(size=(2, 3)).astype(np.float32)
 B0 = RNG.normal(size=3).astype(np.float32)
@@ -58,7 +60,7 @@ def data(x, y, batch):
 
 def test_fedavg_one_step_is_the_example_weighted_average():
     lr = 0.5
-    process = algorithms.build_fedavg(SPEC, client_lr=lr)
+    process = algorithms.build_fedavg(MODEL, client_lr=lr)
     w, b = run_round(process, [data(XA, YA, 10), data(XB, YB, 10)])
     da, db = local_sgd(XA, YA, lr, 10), local_sgd(XB, YB, lr, 10)
     expect_w = W0 + (1 * da[0] + 3 * db[0]) / 4
@@ -71,7 +73,7 @@ def test_fedavg_one_step_is_the_example_weighted_average():
 
 def test_fedsgd_applies_the_weighted_mean_gradient():
     lr = 0.3
-    process = algorithms.build_fedsgd(SPEC, client_lr=lr)
+    process = algorithms.build_fedsgd(MODEL, client_lr=lr)
     w, b = run_round(process, [data(XA, YA, 10), data(XB, YB, 10)])
     ga, gb = grad(W0, B0, XA, YA), grad(W0, B0, XB, YB)
     np.testing.assert_allclose(w, W0 - lr * (1 * ga[0] + 3 * gb[0]) / 4, atol=1e-5)
@@ -81,7 +83,8 @@ def test_fedsgd_applies_the_weighted_mean_gradient():
 def test_fedavgm_server_momentum_over_two_rounds():
     # Same data both rounds; sgdm: v <- m v + d, w <- w + lr v (d = mean client delta).
     lr, server_lr, m = 0.5, 0.7, 0.9
-    process = algorithms.build_fedavgm(SPEC, client_lr=lr, server_lr=server_lr, server_momentum=m)
+    process = algorithms.build_fedavgm(MODEL, client_lr=lr, server_lr=server_lr,
+                                      params=FedAvgMParams(server_momentum=m))
     w, _ = run_round(process, [data(XB, YB, 10)], rounds=2)
     d1 = local_sgd(XB, YB, lr, 10)[0]
     w1, b1 = W0 + server_lr * d1, B0 + server_lr * local_sgd(XB, YB, lr, 10)[1]
@@ -94,7 +97,7 @@ def test_fedavgm_server_momentum_over_two_rounds():
 
 def test_fedprox_adds_the_proximal_gradient():
     lr, mu = 0.5, 2.0
-    process = algorithms.build_fedprox(SPEC, client_lr=lr, mu=mu)
+    process = algorithms.build_fedprox(MODEL, client_lr=lr, params=FedProxParams(mu=mu))
     w, b = run_round(process, [data(XB, YB, 1)])  # three local steps of one example
     dw, db = local_sgd(XB, YB, lr, 1, mu=mu)
     np.testing.assert_allclose(w, W0 + dw, atol=1e-5)
@@ -105,7 +108,7 @@ def test_fedprox_adds_the_proximal_gradient():
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
 def test_adaptive_server_optimizers_build_and_move_weights(name):
-    process = algorithms.build_fedopt(SPEC, server_optimizer=name[3:], client_lr=0.5, server_lr=0.1)
+    process = algorithms.build(name, MODEL, client_lr=0.5, server_lr=0.1)
     w, _ = run_round(process, [data(XB, YB, 10)])
     # Adam-type first step moves each weight by about server_lr * sign(delta).
     delta = local_sgd(XB, YB, 0.5, 10)[0]

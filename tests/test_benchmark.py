@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from fedlab import ExperimentConfig, benchmark, dataset_for, run_experiment
+from fedlab import ExperimentConfig, crosssilo, dataset_for, run_experiment
 from fedlab.data import Dataset, load_breast_cancer, with_covariate_sites
-from fedlab.runner import client_dataset, sample_clients
+from fedlab.clients import client_dataset
+from fedlab.sampling import sample_clients
 
 
 def test_local_steps_gives_exactly_that_many_batches():
@@ -18,7 +19,7 @@ def test_local_steps_gives_exactly_that_many_batches():
 
 
 def test_validation_split_is_carved_from_training_data(heart_dir):
-    config = benchmark.heart_disease_config()
+    config = crosssilo.heart_disease_config()
     full, tuning = dataset_for(config), dataset_for(config.replace(validation_fraction=0.2))
     assert len(tuning.x_train) + len(tuning.x_test) == len(full.x_train)
     # validation rows are training rows; no test row is used while tuning
@@ -30,7 +31,7 @@ def test_validation_split_is_carved_from_training_data(heart_dir):
 
 
 def test_heart_disease_protocol_split_is_two_thirds(heart_dir):
-    data = dataset_for(benchmark.heart_disease_config())
+    data = dataset_for(crosssilo.heart_disease_config())
     assert len(data.x_train) + len(data.x_test) == 740
     assert len(data.x_test) / 740 == pytest.approx(1 / 3, abs=0.02)
 
@@ -48,7 +49,7 @@ def test_site_scores_by_hand():
                    np.array([1, 0, 1, 1, 1, 1], np.int32), num_classes=2,
                    test_sites=np.array([0, 0, 0, 1, 1, 1]), site_names=("a", "b"))
     logits = np.array([2.0, -1.0, -0.5, 3.0, 1.0, -2.0])
-    rows = benchmark.site_scores(logits, data)
+    rows = crosssilo.site_scores(logits, data)
     # site a: predictions 1,0,0 vs labels 1,0,1 -> 2/3; AUC: positives 2.0 and -0.5 against negative -1.0 -> 1.0
     assert rows[0]["accuracy"] == pytest.approx(2 / 3) and rows[0]["auc"] == 1.0
     # site b: all positive -> AUC undefined; predictions 1,1,0 -> 2/3
@@ -62,7 +63,7 @@ def test_gain_table_by_hand():
         {"method": "local_a", "site": "a", "accuracy": 0.6}, {"method": "fedavg", "site": "a", "accuracy": 0.7},
         {"method": "pooled", "site": "a", "accuracy": 0.8}, {"method": "local_a", "site": "a", "accuracy": 0.8},
     ])
-    table = benchmark.gain_table(scores, "fedavg")
+    table = crosssilo.gain_table(scores, "fedavg")
     assert table.loc[0, "local"] == pytest.approx(0.7) and table.loc[0, "gain_from_federating"] == pytest.approx(0.0)
 
 
@@ -74,10 +75,10 @@ def test_covariate_sites_follow_the_feature():
 
 
 def test_site_accuracy_columns_and_fast_benchmark(heart_dir):
-    config = benchmark.heart_disease_config(rounds=2, local_steps=5, eval_every=1)
+    config = crosssilo.heart_disease_config(rounds=2, local_steps=5, eval_every=1)
     history = run_experiment(config, progress=False)
     assert {f"site_accuracy_{s}" for s in ("cleveland", "hungarian", "switzerland", "va")} <= set(history.columns)
-    scores = benchmark.federated_scores(config)
+    scores = crosssilo.federated_scores(config)
     assert list(scores["site"]) == ["cleveland", "hungarian", "switzerland", "va"]
     last = history.iloc[-1]
     assert scores.set_index("site")["accuracy"]["va"] == pytest.approx(last["site_accuracy_va"])

@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedlab import ExperimentConfig, algorithms, clients_table, run_experiment
-from fedlab.runner import CheckpointMismatchError, sample_clients, worst_fraction_mean
+from fedlab import ExperimentConfig, clients_table, processes, run_experiment
+from fedlab.evaluation import worst_fraction_mean
+from fedlab.sampling import sample_clients
+from fedlab.storage import CheckpointMismatchError
 
 BASE = ExperimentConfig(dataset="digits", partition="dirichlet", alpha=0.5, num_clients=20, clients_per_round=5,
                         rounds=3, model="logreg", algorithm="fedavg", seed=0)
@@ -54,13 +56,13 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
 
 def test_process_is_built_once_for_data_side_changes():
     run_experiment(BASE.replace(rounds=1), progress=False)
-    before = algorithms.process_cache_size()
+    before = processes.process_cache_size()
     for changes in ({"num_clients": 10}, {"local_epochs": 2}, {"batch_size": 0}, {"partition": "iid"},
                     {"seed": 3}, {"clients_per_round": 2}):
         run_experiment(BASE.replace(rounds=1, **changes), progress=False)
-    assert algorithms.process_cache_size() == before
+    assert processes.process_cache_size() == before
     run_experiment(BASE.replace(rounds=1, client_lr=0.05), progress=False)
-    assert algorithms.process_cache_size() == before + 1
+    assert processes.process_cache_size() == before + 1
 
 
 def test_results_cache_returns_the_same_history(tmp_path):
@@ -125,10 +127,10 @@ def test_every_algorithm_model_and_dataset_learns(changes, heart_dir):
 ], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
 def test_datasets_built_in_the_runtime_equal_datasets_built_in_python(changes):
     """The runner sends client arrays and TFF builds the datasets (fast); the result is the Python-built one's."""
-    from fedlab.aggregation import attacker_clients, poison_labels
+    from fedlab.attacks import attacker_clients, poison_labels
+    from fedlab.clients import client_dataset, client_inputs, dataset_for, partition_for, spec_for
     from fedlab.partition import add_feature_noise
-    from fedlab.runner import (client_dataset, client_inputs, dataset_for, partition_for, spec_for,
-                               trainer_on_arrays)
+    from fedlab.processes import trainer_on_arrays
 
     config = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=6, **changes)
     data = dataset_for(config)
@@ -138,7 +140,7 @@ def test_datasets_built_in_the_runtime_equal_datasets_built_in_python(changes):
     ys = [spec.prepare_labels(data.y_train[p]) for p in parts]
     for c in attacker_clients(config):
         ys[c] = spec.prepare_labels(poison_labels(data.y_train[parts[c]], data.num_classes))
-    process = algorithms.get_process(config, spec)
+    process = processes.get_process(config, spec)
     state = process.initialize()
     in_python = process.next(state, [client_dataset(xs[c], ys[c], config, 2, c) for c in range(6)])
     in_runtime = trainer_on_arrays(process, xs[0], ys[0]).next(state, [client_inputs(xs[c], ys[c], config, 2, c)

@@ -1,4 +1,4 @@
-"""Cross-silo benchmarks with natural sites: Fed-Heart-Disease (FLamby protocol) and friends.
+"""Cross-silo benchmark protocols with natural sites: Fed-Heart-Disease (FLamby) and friends.
 
 Ogier du Terrail et al. (2022), "FLamby: Datasets and Benchmarks for
 Cross-Silo Federated Learning in Realistic Healthcare Settings", NeurIPS
@@ -19,9 +19,12 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .clients import dataset_for, spec_for
 from .config import ExperimentConfig
-from .data import Dataset
+from .data import Dataset, read_heart_disease_sites
+from .evaluation import Evaluator
 from .models import ModelSpec
+from .runner import final_weights, run_experiment
 
 PROTOCOL_LR = 0.001  # FLamby's LR for Fed-Heart-Disease
 FEDERATED = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -82,11 +85,9 @@ def baseline_scores(data: Dataset, *, seeds: Sequence[int], epochs: int = 50, ba
 
 def federated_scores(config: ExperimentConfig, *, method: Optional[str] = None, results_cache=None) -> pd.DataFrame:
     """One federated run's final global model on each site's test set."""
-    from .runner import _Evaluator, dataset_for, run_experiment, spec_for
-
     history = run_experiment(config, results_cache=results_cache, progress=False)
     data = dataset_for(config)
-    evaluator = _Evaluator(spec_for(config, data)).load_final(history)
+    evaluator = Evaluator(spec_for(config, data)).load(final_weights(history))
     rows = site_scores(evaluator.logits(data.x_test), data)
     return pd.DataFrame([{"method": method or config.algorithm, "seed": config.seed, **r} for r in rows])
 
@@ -154,8 +155,6 @@ def site_summary(data: Dataset) -> pd.DataFrame:
 
 def heart_disease_raw() -> pd.DataFrame:
     """The four cleaned site tables, unstandardised, stacked with a ``site`` column (for describing sites)."""
-    from .data import read_heart_disease_sites
-
     tables = []
     for site, table in read_heart_disease_sites().items():
         tables.append(table.drop(columns=["slope", "ca", "thal"]).dropna().assign(site=site))

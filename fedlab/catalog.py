@@ -1,0 +1,52 @@
+"""What is registered: every data set, model, algorithm, partitioner and aggregator, with its paper."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .aggregation import AGGREGATORS
+from .algorithms import ALGORITHMS
+from .data import DATASETS
+from .models import MODELS
+from .partition import PARTITIONERS
+
+REGISTRIES = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS, "partitioner": PARTITIONERS,
+              "aggregator": AGGREGATORS}
+
+
+def catalog() -> pd.DataFrame:
+    """One row per registered component: kind, name, what it is, its paper, built in or the user's."""
+    rows = []
+    for kind, registry in REGISTRIES.items():
+        for entry in registry.entries():
+            detail = ""
+            if kind == "algorithm":
+                params = [f"{f.name}={f.default!r}" for f in entry.component.param_fields()]
+                detail = ", ".join(params)
+            elif kind == "aggregator":
+                detail = f"{entry.component.role}"
+            rows.append({"kind": kind, "name": entry.name, "summary": entry.summary, "parameters": detail,
+                         "paper": entry.paper or "", "builtin": entry.builtin})
+    return pd.DataFrame(rows, columns=["kind", "name", "summary", "parameters", "paper", "builtin"])
+
+
+def format_catalog() -> str:
+    """The catalog as text, one line per component (what ``python -m fedlab list`` prints)."""
+    lines = []
+    for row in catalog().itertuples():
+        extra = f" [{row.parameters}]" if row.parameters else ""
+        paper = f" — {row.paper}" if row.paper else ""
+        owner = "" if row.builtin else " (yours)"
+        lines.append(f"{row.kind:<12} {row.name:<20} {row.summary}{extra}{paper}{owner}")
+    return "\n".join(lines)
+
+
+def hyperparameters() -> dict[str, tuple]:
+    """Every registered algorithm hyperparameter: name -> (field, names of the algorithms that have it)."""
+    found: dict[str, tuple] = {}
+    for entry in ALGORITHMS.entries():
+        for f in entry.component.param_fields():
+            field, owners = found.get(f.name, (f, ()))
+            found[f.name] = (field, owners + (entry.name,))
+    return found
+

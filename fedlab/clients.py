@@ -1,0 +1,170 @@
+"""Client data: what each simulated client holds, and what it trains on in a round.
+
+The config's data set is loaded once per process, split (for tuning, a
+validation share is carved from the training data per site), dealt out by the
+config's partitioner, and given feature noise and poisoned labels where the
+config asks. A client's batches in round r are a function of
+``(sampling_seed, r, client)``, so a resumed run draws exactly what an
+uninterrupted one would. Nothing here builds a TFF computation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .attacks import attacker_clients, poison_labels
+from .config import ExperimentConfig
+from .data import DATASETS, Dataset, DatasetSource, load_dataset, stratified_split
+from .models import ModelSpec
+from .partition import add_feature_noise, make_partitioner, partition_report
+
+
+@functools.lru_cache(maxsize=8)
+def cached_dataset(source: DatasetSource, seed: int, test_fraction: Optional[float]) -> Dataset:
+    """Loads a data set once per (loader, seed, test_fraction) in this process.
+
+    Keyed by the registered source itself, so a data set registered again
+    under the same name (an edited notebook cell) is loaded again.
+    """
+    return load_dataset(source.name, seed=seed, test_fraction=test_fraction)
+
+
+def dataset_for(config: ExperimentConfig) -> Dataset:
+    """The config's data; with ``validation_fraction`` the held-out set is carved from training data."""
+    data = cached_dataset(DATASETS[config.dataset], config.seeds["data"], config.test_fraction)
+    if config.validation_fraction > 0:
+        return _validation_dataset(data, config.validation_fraction, config.seeds["data"])
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def _validation_dataset(data: Dataset, fraction: float, seed: int) -> Dataset:
+    """Training data split again (per site, stratified): the test set is not touched while tuning."""
+    sites = data.train_sites if data.train_sites is not None else np.zeros(len(data.y_train), np.int32)
+    train, val = [], []
+    for s in np.unique(sites):
+        idx = np.flatnonzero(sites == s)
+        tr, va = stratified_split(data.y_train[idx], fraction, seed + 17 + int(s))
+        train.append(idx[tr]), val.append(idx[va])
+    train, val = np.concatenate(train), np.concatenate(val)
+    return dataclasses.replace(
+        data, x_train=data.x_train[train], y_train=data.y_train[train], x_test=data.x_train[val],
+        y_test=data.y_train[val],
+        train_sites=None if data.train_sites is None else data.train_sites[train],
+        test_sites=None if data.train_sites is None else data.train_sites[val])
+
+
+def partition_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> list[np.ndarray]:
+    """Index arrays into ``data.x_train``, one per client."""
+    data = dataset_for(config) if data is None else data
+    return make_partitioner(config, data.train_sites).partition(data.y_train)
+
+
+def partition_report_for(config: ExperimentConfig) -> pd.DataFrame:
+    """(client, label, count) table of the partition ``config`` makes."""
+    data = dataset_for(config)
+    return partition_report(data.y_train, partition_for(config, data), data.num_classes)
+
+
+def client_arrays_for(config: ExperimentConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's training inputs (feature noise applied) and labels, as the clients hold them."""
+    data = dataset_for(config)
+    parts = partition_for(config, data)
+    xs = add_feature_noise([data.x_train[p] for p in parts], config.feature_noise, seed=config.seeds["data"])
+    return xs, [data.y_train[p] for p in parts]
+
+
+def spec_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> ModelSpec:
+    data = dataset_for(config) if data is None else data
+    return ModelSpec(config.model, data.num_features, data.num_classes, data.image_shape, config.freeze_layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Clients:
+    """Everything about the clients one run needs: their arrays (as the model takes labels) and who attacks."""
+
+    data: Dataset
+    parts: list
+    x: list  # inputs per client, feature noise applied
+    y: list  # labels per client, prepared for the loss, poisoned for attackers
+    attackers: frozenset
+
+    @classmethod
+    def for_config(cls, config: ExperimentConfig, spec: ModelSpec) -> "Clients":
+        data = dataset_for(config)
+        parts = partition_for(config, data)
+        xs = add_feature_noise([data.x_train[p] for p in parts], config.feature_noise, seed=config.seeds["data"])
+        attackers = frozenset(attacker_clients(config).tolist())
+        ys = [spec.prepare_labels(poison_labels(data.y_train[p], data.num_classes) if c in attackers
+                                  else data.y_train[p]) for c, p in enumerate(parts)]
+        return cls(data, parts, xs, ys, attackers)
+
+    def inputs(self, config: ExperimentConfig, round_num: int, client: int) -> tuple:
+        """What client ``client`` trains on in round ``round_num`` (see :func:`client_inputs`)."""
+        if client in self.attackers:
+            config = attacker_config(config)
+        return client_inputs(self.x[client], self.y[client], config, round_num, client)
+
+
+def attacker_config(config: ExperimentConfig) -> ExperimentConfig:
+    """An attacker trains ``attack_boost`` times longer."""
+    return config.replace(local_epochs=config.local_epochs * config.attack_boost,
+                          local_steps=None if config.local_steps is None else config.local_steps * config.attack_boost)
+
+
+def local_order(n: int, config: ExperimentConfig, round_num: int, client: int,
+                epochs: Optional[int] = None) -> list[np.ndarray]:
+    """One shuffled order of a client's ``n`` examples per local epoch."""
+    rng = np.random.default_rng([config.seeds["sampling"], round_num, client, 1])
+    return [rng.permutation(n) for _ in range(config.local_epochs if epochs is None else epochs)]
+
+
+def plan_size(n: int, config: ExperimentConfig) -> tuple[int, int, int]:
+    """(epochs, batch size, step cap or -1) of a client holding ``n`` examples, for one round."""
+    batch = n if config.batch_size == 0 or config.algorithm_entry.full_batch else config.batch_size
+    epochs = config.local_epochs
+    if config.local_steps is not None:  # enough reshuffled epochs for the steps, then cut
+        epochs = -(-config.local_steps // -(-n // batch))
+    return epochs, batch, -1 if config.local_steps is None else config.local_steps
+
+
+def client_plan(n: int, config: ExperimentConfig, round_num: int, client: int) -> tuple[np.ndarray, int, int]:
+    """What a client trains on in one round: (E, n) example orders, the batch size, a step cap (-1: none)."""
+    epochs, batch, steps = plan_size(n, config)
+    return np.stack(local_order(n, config, round_num, client, epochs)), batch, steps
+
+
+def batches(x, y, orders, batch, steps):
+    """The client's tf.data pipeline: E shuffled epochs of batches gathered from ``x``, ``y``.
+
+    One (E, n) matrix of orders, batched per epoch: the graph stays the same
+    size whatever E is (chaining E ``concatenate`` calls made E = 20 crawl).
+    Used eagerly by :func:`client_dataset` and inside TFF's runtime by
+    :func:`fedlab.processes.trainer_on_arrays`.
+    """
+    import tensorflow as tf
+
+    gather = tf.autograph.experimental.do_not_convert(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
+    return (tf.data.Dataset.from_tensor_slices(orders)
+            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
+            .map(gather)
+            .take(steps))
+
+
+def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int):
+    """The tf.data.Dataset a client trains on in one round (built here, in Python)."""
+    import tensorflow as tf
+
+    orders, batch, steps = client_plan(len(x), config, round_num, client)
+    return batches(tf.constant(x), tf.constant(y), orders, batch, steps)
+
+
+def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int) -> tuple:
+    """The arrays from which :func:`fedlab.processes.trainer_on_arrays` builds the same dataset inside TFF."""
+    orders, batch, steps = client_plan(len(x), config, round_num, client)
+    return x, y, orders.astype(np.int64), np.int64(batch), np.int64(steps)

@@ -1,0 +1,109 @@
+"""Evaluating global model weights: held-out loss and accuracy, per site, per client.
+
+Evaluation runs centrally on a Keras copy of the model (one per model spec in
+this process), in float64 NumPy after the forward pass, so that numbers do not
+depend on the batch size of the forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import Dataset
+from .models import ModelSpec
+
+
+def per_example_loss(logits: np.ndarray, y: np.ndarray, binary: bool) -> np.ndarray:
+    """Cross-entropy of each example, float64: sigmoid for one logit, softmax otherwise."""
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y).reshape(-1)
+    if binary:
+        z = logits.reshape(-1)
+        # log(1 + exp(-|z|)) + max(z, 0) - z*y: the stable form of BCE with logits.
+        return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -log_probs[np.arange(len(y)), y]
+
+
+def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[float, float]:
+    """(loss, accuracy) of logits against integer labels; binary predicts positive when the logit > 0."""
+    y = np.asarray(y).reshape(-1)
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    logits = np.asarray(logits, dtype=np.float64)
+    loss = float(per_example_loss(logits, y, binary).mean())
+    predicted = (logits.reshape(-1) > 0).astype(int) if binary else logits.argmax(axis=1)
+    return loss, float((predicted == y).mean())
+
+
+class Evaluator:
+    """Evaluates global model weights centrally with a Keras copy of the model."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model = spec.build_keras(0)
+
+    def load(self, weights: Sequence[np.ndarray]) -> "Evaluator":
+        """Sets the model to ``weights``: trainable tensors, then frozen ones (as ``final_weights`` gives them)."""
+        for variable, value in zip(self.model.trainable_variables + self.model.non_trainable_variables, weights):
+            variable.assign(value)
+        return self
+
+    def set_weights(self, model_weights) -> None:
+        """Sets the model to TFF ``ModelWeights``."""
+        for variable, value in zip(self.model.trainable_variables, model_weights.trainable):
+            variable.assign(value)
+        for variable, value in zip(self.model.non_trainable_variables, model_weights.non_trainable):
+            variable.assign(value)
+
+    def logits(self, x: np.ndarray, batch: int = 2048) -> np.ndarray:
+        return np.concatenate([self.model(x[i:i + batch], training=False).numpy() for i in range(0, len(x), batch)])
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        return evaluate_logits(self.logits(x), y, self.spec.binary)
+
+    def site_metrics(self, data: Dataset) -> dict:
+        """Accuracy on each site's own held-out data: ``site_accuracy_<name>``."""
+        logits = self.logits(data.x_test)
+        out = {}
+        for s, name in enumerate(data.site_names):
+            idx = np.flatnonzero(data.test_sites == s)
+            out[f"site_accuracy_{name}"] = evaluate_logits(logits[idx], data.y_test[idx], self.spec.binary)[1]
+        return out
+
+    def client_rows(self, client_x: Sequence[np.ndarray], client_y: Sequence[np.ndarray], round_num: int) -> list[dict]:
+        """The model on each client's local (training) data, as that client holds it."""
+        rows = []
+        for client, (x, y) in enumerate(zip(client_x, client_y)):
+            loss, acc = evaluate_logits(self.logits(x), y, self.spec.binary)
+            rows.append({"round": round_num, "client": client, "num_examples": len(y), "loss": loss, "accuracy": acc})
+        return rows
+
+
+@functools.lru_cache(maxsize=16)
+def evaluator_for(spec: ModelSpec, builder=None) -> Evaluator:
+    """One evaluator per model spec (and builder, should the model be registered again) in this process."""
+    return Evaluator(spec)
+
+
+def worst_fraction_mean(values: Sequence[float], fraction: float = 0.1) -> float:
+    """Mean of the lowest ``fraction`` of values (at least one value)."""
+    values = np.sort(np.asarray(values, dtype=float))
+    k = max(1, int(np.floor(len(values) * fraction)))
+    return float(values[:k].mean())
+
+
+def client_summary(rows: list[dict]) -> dict:
+    """Mean, worst 10 % and spread of per-client accuracy: the history's fairness columns."""
+    accs = [r["accuracy"] for r in rows]
+    return {"client_accuracy_mean": float(np.mean(accs)), "client_accuracy_worst10": worst_fraction_mean(accs, 0.1),
+            "client_accuracy_std": float(np.std(accs))}
+
+
+def clients_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["round", "client", "num_examples", "loss", "accuracy"])

@@ -1,0 +1,96 @@
+"""Built TFF learning processes: made once per what they depend on, and fed client arrays.
+
+Building a process takes about 4 s, so processes are cached in memory by what
+the computation depends on (model, algorithm and its hyperparameters,
+learning rates, aggregator), not by the data, partition, clients, epochs,
+batch size or seeds, which change only what ``next`` is fed. A component
+registered again under the same name (an edited notebook cell) is a new key.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+
+from . import algorithms
+from .aggregation import AGGREGATORS, aggregator_key, make_aggregator
+from .clients import batches
+from .config import ExperimentConfig
+from .models import ModelSpec
+from .runtime import tff
+
+
+def process_key(config: ExperimentConfig, spec: ModelSpec) -> tuple:
+    """What a built process depends on; configs with the same key share one process."""
+    entry = config.algorithm_entry
+    server_lr = None if entry.full_batch else config.effective_server_lr
+    builders = tuple(AGGREGATORS[name] for name in (config.dp, config.robust) if name != "none")
+    return (spec, spec.builder, entry, config.algorithm_params, config.client_lr, server_lr,
+            aggregator_key(config), builders)
+
+
+def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator: Any = None):
+    """The learning process for ``config.algorithm`` with the config's hyperparameters and aggregator."""
+    if model_aggregator is None:
+        model_aggregator = make_aggregator(config)
+    return algorithms.build(config.algorithm, spec.tff_model(), client_lr=config.client_lr,
+                            server_lr=config.effective_server_lr, params=config.algorithm_params,
+                            model_aggregator=model_aggregator)
+
+
+_PROCESS_CACHE: dict[tuple, Any] = {}
+
+
+def get_process(config: ExperimentConfig, spec: ModelSpec):
+    """A built process from the in-memory cache, building it only once per key."""
+    key = process_key(config, spec)
+    if key not in _PROCESS_CACHE:
+        _PROCESS_CACHE[key] = build_process(config, spec)
+    return _PROCESS_CACHE[key]
+
+
+def clear_process_cache() -> None:
+    _PROCESS_CACHE.clear()
+
+
+def process_cache_size() -> int:
+    return len(_PROCESS_CACHE)
+
+
+# process -> {array types: trainer}; an entry goes when the process cache lets its process go.
+_TRAINERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def trainer_on_arrays(process, x: np.ndarray, y: np.ndarray):
+    """``process`` with a ``next`` that takes each client's arrays (:func:`fedlab.clients.client_inputs`).
+
+    TFF builds each client's dataset inside its runtime
+    (``tff.simulation.compose_dataset_computation_with_learning_process``):
+    no tf.data pipeline is built and serialised per client in Python, which
+    halves a round with 100 clients (``make bench``). Same batches, same numbers.
+    """
+    trainers = _TRAINERS.setdefault(process, {})
+    key = (x.dtype.str, x.shape[1:], y.dtype.str, y.shape[1:])
+    if key not in trainers:
+        t = tff()
+        int64 = t.TensorType(np.int64, [])
+
+        @t.tensorflow.computation(t.TensorType(x.dtype, [None, *x.shape[1:]]), t.TensorType(y.dtype, [None, *y.shape[1:]]),
+                                  t.TensorType(np.int64, [None, None]), int64, int64)
+        def client_data(x, y, orders, batch, steps):
+            return batches(x, y, orders, batch, steps)
+
+        trainers[key] = t.simulation.compose_dataset_computation_with_learning_process(client_data, process)
+    return trainers[key]
+
+
+def initial_weights(process, spec: ModelSpec, seed: int):
+    """Model weights drawn from ``seed`` in the container types the process expects."""
+    template = process.get_model_weights(process.initialize())
+    keras = spec.build_keras(seed)
+    trainable = [v.numpy() for v in keras.trainable_variables]
+    non_trainable = [v.numpy() for v in keras.non_trainable_variables]
+    return tff().learning.models.ModelWeights(
+        trainable=type(template.trainable)(trainable), non_trainable=type(template.non_trainable)(non_trainable))

@@ -1,0 +1,324 @@
+"""Files that hold results: written whole or not at all, checked when read back.
+
+* :func:`atomic_write`: a temporary file in the same folder, then a rename.
+* :class:`ResultCache`: finished runs keyed by config and code version, one
+  folder per run, written under a temporary name and renamed into place; a
+  manifest of SHA-256 sums tells a damaged entry from a good one. A damaged
+  entry is moved aside with a warning and the run is computed again.
+* :class:`Checkpoint`: TFF's program state plus the run's history, saved
+  together in one program-state version (so they cannot disagree), with a
+  manifest per version. A damaged version is reported and the previous one
+  used; with none intact the run starts over (same seeds, same numbers).
+
+Histories are stored as JSON rows (floats round-trip exactly, NaN and
+infinity included); config columns are rebuilt from the config itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import warnings
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from .runtime import run_coroutine, tff
+
+MANIFEST = "MANIFEST.json"
+
+
+class StorageError(ValueError):
+    """A results folder cannot be used (it is a file, not writable, ...)."""
+
+
+class CheckpointMismatchError(StorageError):
+    """A checkpoint folder holds the run of another config."""
+
+
+class DamagedFileWarning(UserWarning):
+    """A stored result or checkpoint failed its check and was set aside."""
+
+
+def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename: never half a file."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_manifest(root: pathlib.Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``root`` (the manifest itself excluded)."""
+    root = pathlib.Path(root)
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def check_manifest(root: pathlib.Path, manifest: dict[str, str]) -> Optional[str]:
+    """None if every file listed is there with its sum and nothing else is; else what is wrong."""
+    root = pathlib.Path(root)
+    for name, digest in manifest.items():
+        path = root / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    extra = sorted(set(tree_manifest(root)) - set(manifest))
+    if extra:
+        return f"{extra[0]} is not in the manifest"
+    return None
+
+
+def ensure_folder(path: pathlib.Path, what: str) -> pathlib.Path:
+    """Creates ``path`` if needed and checks that files can be written there; one-line errors."""
+    path = pathlib.Path(path)
+    if str(path) == "":
+        raise StorageError(f"{what}: must name a folder, got an empty path")
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise StorageError(f"{what}: {parent} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise StorageError(f"{what}: cannot write to {path} ({err.strerror or err})") from None
+    return path
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (np.floating, float)):
+        return float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def rows_to_json(rows: list[dict]) -> str:
+    """Rows as JSON: floats written so they read back bit for bit, NaN and infinity included."""
+    return json.dumps([{k: _json_value(v) for k, v in row.items()} for row in rows], allow_nan=True)
+
+
+def rows_from_json(text: str | bytes) -> list[dict]:
+    rows = json.loads(text)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError("not a list of rows")
+    return rows
+
+
+def check_rounds(rows: list[dict], last: int, what: str) -> None:
+    """The rows are rounds 1..``last``, each once, in order."""
+    rounds = [r.get("round") for r in rows]
+    if rounds != list(range(1, last + 1)):
+        have = f"rounds {rounds[0]}-{rounds[-1]} ({len(rounds)} rows)" if rounds else "no rounds"
+        raise ValueError(f"{what} holds {have}, expected rounds 1-{last}")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of fedlab's source: part of the result-cache key, so changed code never reads stale results."""
+    digest = hashlib.sha256()
+    for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _set_aside(path: pathlib.Path) -> pathlib.Path:
+    for i in range(1, 1000):
+        target = path.with_name(f"{path.name}.damaged-{i}")
+        if not target.exists():
+            path.rename(target)
+            return target
+    raise StorageError(f"{path}: too many damaged copies beside it; clean the folder")
+
+
+class ResultCache:
+    """Finished runs in ``folder``, one subfolder per (config, fedlab code, user components)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = pathlib.Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise StorageError(f"results_cache: {self.folder} is a file, not a folder")
+
+    def path(self, key: str) -> pathlib.Path:
+        return self.folder / key
+
+    def load(self, key: str, rounds: int) -> Optional[dict]:
+        """The stored run (``rows``, ``clients``, ``weights``), None if absent; a damaged entry is set aside."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            problem = check_manifest(path, manifest)
+            if problem:
+                raise ValueError(problem)
+            rows = rows_from_json((path / "history.json").read_text())
+            check_rounds(rows, rounds, "history.json")
+            clients = rows_from_json((path / "clients.json").read_text())
+            with np.load(path / "weights.npz") as saved:
+                weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        except (OSError, ValueError, KeyError) as err:
+            moved = _set_aside(path)
+            warnings.warn(f"results cache: entry {path.name} is damaged ({err}); moved to {moved.name}, "
+                          "computing the run again", DamagedFileWarning, stacklevel=3)
+            return None
+        return {"rows": rows, "clients": clients, "weights": weights}
+
+    def save(self, key: str, rows: list[dict], clients: list[dict], weights: list[np.ndarray],
+             config_json: str) -> None:
+        """Writes the entry under a temporary name, then renames it into place."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
+        try:
+            (tmp / "history.json").write_text(rows_to_json(rows))
+            (tmp / "clients.json").write_text(rows_to_json(clients))
+            (tmp / "config.json").write_text(config_json)
+            np.savez(tmp / "weights.npz", *weights)
+            (tmp / MANIFEST).write_text(json.dumps(tree_manifest(tmp), indent=1, sort_keys=True))
+            target = self.path(key)
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+class Checkpoint:
+    """Program state plus history in one folder; a rerun resumes after the last saved round.
+
+    The folder's ``config.json`` is written with the first saved round, never
+    for a refused run; ``history.csv`` beside the state is a readable copy.
+    """
+
+    STATE = "state"
+
+    def __init__(self, directory: str | os.PathLike, config, *, keep: int = 2):
+        self.dir = pathlib.Path(directory)
+        self.config = config
+        self.keep = keep
+        config_path = self.dir / "config.json"
+        if self.dir.exists() and not self.dir.is_dir():
+            raise StorageError(f"checkpoint_dir: {self.dir} is a file, not a folder")
+        if not config_path.exists() and list((self.dir / self.STATE).glob("program_state_*")):
+            raise CheckpointMismatchError(
+                f"checkpoint_dir: {self.dir} holds saved state but no config.json, so which run it belongs to "
+                "is unknown; use a new folder or delete it")
+        if config_path.exists():
+            try:
+                saved = json.loads(config_path.read_text())
+                if not isinstance(saved, dict):
+                    raise ValueError("not an object")
+            except (OSError, ValueError) as err:
+                raise CheckpointMismatchError(
+                    f"checkpoint_dir: {config_path} is damaged ({err}); use a new folder or delete it") from None
+            wanted = json.loads(json.dumps(config.experiment_dict()))
+            saved.pop("workers", None)  # where the run executes: it may resume on other workers
+            if saved != wanted:  # the same run on other workers may resume here
+                changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+                raise CheckpointMismatchError(
+                    f"checkpoint_dir: {self.dir} holds a run with other settings ({', '.join(changed)}); "
+                    "use a new folder or delete it")
+        self._manager = None
+
+    @property
+    def manager(self):
+        if self._manager is None:
+            self._manager = tff().program.FileProgramStateManager(str(self.dir / self.STATE), keep_total=self.keep,
+                                                                    keep_first=False)
+        return self._manager
+
+    def _manifest_path(self, version: int) -> pathlib.Path:
+        return self.dir / self.STATE / f"manifest_{version}.json"
+
+    def _version_dir(self, version: int) -> pathlib.Path:
+        return self.dir / self.STATE / f"program_state_{version}"
+
+    def load(self, state_template) -> tuple[Any, int, list[dict], list[dict]]:
+        """(state, last round, history rows, client rows) of the newest intact version; (None, 0, [], []) if none."""
+        versions = run_coroutine(self.manager.get_versions()) or []
+        damaged = []
+        for version in sorted(versions, reverse=True):
+            try:
+                manifest_path = self._manifest_path(version)
+                if not manifest_path.exists():
+                    raise ValueError("it has no manifest (the save was interrupted)")
+                problem = check_manifest(self._version_dir(version), json.loads(manifest_path.read_text()))
+                if problem:
+                    raise ValueError(problem)
+                state, history, clients = run_coroutine(self.manager.load(version, (state_template, b"", b"")))
+                rows = rows_from_json(history)
+                check_rounds(rows, version, "the saved history")
+                client_rows = rows_from_json(clients)
+            except Exception as err:  # noqa: BLE001 - TF raises many kinds for a damaged SavedModel
+                damaged.append(f"round {version}: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}")
+                continue
+            if damaged:
+                warnings.warn(f"checkpoint {self.dir}: saved state of {'; '.join(damaged)} is damaged; "
+                              f"resuming from round {version}", DamagedFileWarning, stacklevel=3)
+            return state, version, rows, client_rows
+        if damaged:
+            moved = _set_aside(self.dir / self.STATE)
+            warnings.warn(f"checkpoint {self.dir}: no intact saved state ({'; '.join(damaged)}); moved to "
+                          f"{moved.name}, starting again from round 1", DamagedFileWarning, stacklevel=3)
+            self._manager = None
+        return None, 0, [], []
+
+    def save(self, state, round_num: int, rows: list[dict], client_rows: list[dict], history_csv: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.dir / "config.json"
+        if not config_path.exists():
+            atomic_write(config_path, self.config.to_json())
+        version_dir = self._version_dir(round_num)
+        if version_dir.exists():  # left by a run interrupted after saving this round: write it again
+            shutil.rmtree(version_dir)
+            with contextlib.suppress(FileNotFoundError):
+                self._manifest_path(round_num).unlink()
+        run_coroutine(self.manager.save((state, rows_to_json(rows).encode(), rows_to_json(client_rows).encode()),
+                                        round_num))
+        atomic_write(self._manifest_path(round_num), json.dumps(tree_manifest(version_dir), sort_keys=True))
+        kept = set(run_coroutine(self.manager.get_versions()) or [])
+        for manifest in (self.dir / self.STATE).glob("manifest_*.json"):
+            if int(manifest.stem.split("_")[1]) not in kept:
+                manifest.unlink()
+        atomic_write(self.dir / "history.csv", history_csv)
+
+    def describe(self) -> str:
+        """What the folder holds, for messages: "rounds 1-3" or "nothing yet"."""
+        versions = [int(p.stem.split("_")[1]) for p in (self.dir / self.STATE).glob("manifest_*.json")]
+        return f"rounds 1-{max(versions)}" if versions else "no saved round"
+
+
+def cache_key(config, components: Iterable[str] = ()) -> str:
+    """The result-cache key: the config's fingerprint, fedlab's code version, and digests of user components."""
+    extra = "".join(c for c in components if c)
+    suffix = "-" + hashlib.sha256(extra.encode()).hexdigest()[:8] if extra else ""
+    return f"{config.fingerprint()}-{code_version()}{suffix}"
