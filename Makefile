@@ -14,7 +14,7 @@ STAMP := $(VENV)/.fedlab-installed
 HEART_DIR ?= $(firstword $(wildcard $(CURDIR)/../shared/data/heart_disease) $(CURDIR)/data/heart_disease)
 export FEDLAB_HEART_DISEASE_DIR ?= $(HEART_DIR)
 
-.PHONY: env test browser figures lab bench clean
+.PHONY: env test browser figures check-figures lab bench clean
 
 env: $(STAMP)
 
@@ -39,6 +39,11 @@ browser:
 
 figures: env
 	$(PY) -m fedlab reproduce
+
+# Reruns every notebook in its full setting from an empty cache and compares each results/ CSV and figure
+# with the committed one (exit 1 on any difference).
+check-figures: env
+	$(PY) -m fedlab reproduce --check
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/

@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="run every notebook; writes figures/ and results/")
     rep.add_argument("--fast", action="store_true", help="the test suite's fast setting")
+    rep.add_argument("--check", action="store_true",
+                     help="rerun in the full setting from an empty cache into build/check and compare every "
+                          "results/ CSV and figure with the committed one; exit 1 on any difference")
     rep.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
     rep.add_argument("--figures-dir", type=pathlib.Path, default=None)
     rep.add_argument("--results-dir", type=pathlib.Path, default=None)
@@ -272,6 +275,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         kwargs["figures_dir"] = args.figures_dir
     if args.results_dir is not None:
         kwargs["results_dir"] = args.results_dir
+    if args.check:
+        if args.fast or kwargs:
+            raise UsageError("--check: compares the full setting with the committed files; "
+                             "it takes no --fast, --figures-dir or --results-dir")
+        return reproduce.check(only=args.only)
     reproduce.reproduce(fast=args.fast, only=args.only, **kwargs)
     return 0
 

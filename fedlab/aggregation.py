@@ -38,6 +38,7 @@ from typing import Callable, Optional
 
 from .registry import Registry, decorator
 from .runtime import tff
+from .seeded import seeded_gaussian, seeded_quantizing
 
 ROLES = ("dp", "robust", "secure", "compression")
 
@@ -46,7 +47,7 @@ ROLES = ("dp", "robust", "secure", "compression")
 class AggregatorBuilder:
     """A registered aggregator: ``role`` says which config field selects it and how ``build`` is called.
 
-    dp: ``build(noise_multiplier, clients_per_round, clip_norm, target_quantile)``;
+    dp: ``build(noise_multiplier, clients_per_round, clip_norm, target_quantile, *, seeded)``;
     robust: ``build(clip_norm, inner_factory)``; secure and compression:
     ``build(config)``. Each returns a ``tff.aggregators`` factory.
     """
@@ -87,19 +88,28 @@ def quantization_error_bound(bits: int, clip_norm: float, clients: int) -> float
 
 
 @register_aggregator("fixed", role="dp", paper="McMahan et al. 2018, arXiv:1710.06963")
-def dp_fixed(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5):
+def dp_fixed(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5, *,
+             seeded: bool = True):
     """User-level DP mean: clip each update to C, add Gaussian noise z*C to the sum, divide by the expected K."""
+    if seeded:
+        return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+                               clip=clip_norm)
     return tff().aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
         noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round), clip=float(clip_norm))
 
 
 @register_aggregator("adaptive", role="dp", paper="Andrew et al. 2021, arXiv:1905.03871")
-def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5):
+def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5,
+                *, seeded: bool = True):
     """User-level DP mean with the clip norm adapted to a quantile of the update norms (starting at C)."""
     # The clipped-count query shares the budget: TFF raises the update noise to
     # (z^-2 - (2 s)^-2)^-1/2 for count noise s. Its default s = 0.05 K leaves nothing
     # for small K; s >= z caps the update noise at z / sqrt(3/4), about 1.15 z.
     count_stddev = max(0.05 * float(clients_per_round), float(noise_multiplier))
+    if seeded:
+        return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+                               clip=clip_norm, adaptive=True, target_quantile=target_quantile,
+                               clipped_count_stddev=count_stddev)
     return tff().aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
         noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
         initial_l2_norm_clip=float(clip_norm), target_unclipped_quantile=float(target_quantile),
@@ -107,12 +117,16 @@ def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: fl
 
 
 def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: float, clip_norm: float,
-                  target_quantile: float = 0.5):
-    """The DP aggregator registered as ``mode`` ("fixed", "adaptive", or a user's)."""
+                  target_quantile: float = 0.5, seeded: bool = True):
+    """The DP aggregator registered as ``mode`` ("fixed", "adaptive", or a user's).
+
+    ``seeded``: noise from the run's noise seed and the round (:mod:`fedlab.seeded`); False: TFF's own
+    factory, whose noise is fresh and unpredictable every run.
+    """
     entry = AGGREGATORS[mode]
     if entry.role != "dp":
         raise ValueError(f"dp: must be one of {', '.join(names('dp'))}; got {mode!r}")
-    return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile)
+    return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded)
 
 
 @register_aggregator("secure", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
@@ -138,6 +152,8 @@ def secure_aggregator(config):
 @register_aggregator("compression", role="compression", paper="Suresh et al. 2017, arXiv:1611.00429")
 def compression_aggregator(config):
     """Weighted mean of updates uniformly quantised to quantization_bits bits (stochastic rounding)."""
+    if config.noise_source == "seeded":
+        return seeded_quantizing(config.quantization_bits)
     agg = tff().aggregators
     return agg.MeanFactory(agg.EncodedSumFactory.quantize_above_threshold(
         quantization_bits=config.quantization_bits, threshold=0))
@@ -168,7 +184,7 @@ def make_aggregator(config):
     if config.dp != "none":
         factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
                                 clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
-                                target_quantile=config.target_quantile)
+                                target_quantile=config.target_quantile, seeded=config.noise_source == "seeded")
     elif config.secure_aggregation:
         factory = AGGREGATORS["secure"].build(config)
     elif config.quantization_bits:
@@ -188,8 +204,9 @@ def aggregator_key(config) -> tuple:
     """What the aggregator depends on; part of the process-cache key."""
     if config.dp != "none":
         return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
-                config.target_quantile if config.dp == "adaptive" else None, config.robust)
+                config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source)
     return ("mean", config.secure_aggregation, config.quantization_bits, config.robust,
+            config.noise_source if config.quantization_bits and not config.secure_aggregation else None,
             config.clip_norm if (config.secure_aggregation or config.robust != "none") else None,
             config.clients_per_round if config.secure_aggregation else None)
 

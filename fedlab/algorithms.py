@@ -111,7 +111,10 @@ class Algorithm:
     ``unweighted``: accepts an unweighted aggregator (user-level DP, secure
     aggregation); ``full_batch``: each client takes one full-batch gradient
     step (FedSGD); ``functional_only``: needs TFF's functional model, so
-    frozen layers (Keras-model path) are refused.
+    frozen layers (Keras-model path) are refused. ``on_arrays``: optionally,
+    a second builder of the same algorithm whose clients train on their
+    arrays in one compiled loop (:mod:`fedlab.array_training`), taking also
+    ``client_weighting``; fedlab uses it whenever the model is functional.
     """
 
     name: str
@@ -121,6 +124,7 @@ class Algorithm:
     unweighted: bool = False
     full_batch: bool = False
     functional_only: bool = False
+    on_arrays: Optional[Callable[..., Any]] = None
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -149,7 +153,7 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm", "algorithm")
 
 def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[str] = None, server_lr: float = 1.0,
                        unweighted: bool = False, full_batch: bool = False, functional_only: bool = False,
-                       replace: bool = False):
+                       on_arrays: Optional[Callable[..., Any]] = None, replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -166,7 +170,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
     except ConfigError as err:
         raise ValueError(f"params: the defaults of {params.__name__} are invalid ({err})") from None
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
-                                                               full_batch, functional_only),
+                                                               full_batch, functional_only, on_arrays),
                      paper=paper, replace=replace)
 
 
@@ -196,9 +200,21 @@ class FedAvgMParams(AlgorithmParams):
 
 
 @dataclasses.dataclass(frozen=True)
-class FedOptParams(AlgorithmParams):
+class FedAdagradParams(AlgorithmParams):
     server_epsilon: float = hparam(1e-3, low=0.0, high=10.0, low_open=True, log=True,
-                                   help="adaptivity tau of the server optimizer")
+                                   help="adaptivity tau: x += lr m / (sqrt(v) + tau)")
+    beta1: float = hparam(0.9, low=0.0, high=1.0, high_open=True, help="momentum of the mean update (m)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FedOptParams(FedAdagradParams):
+    beta2: float = hparam(0.99, low=0.0, high=1.0, high_open=True, help="decay of the second moment v (adam, yogi)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TffAdaptiveParams(AlgorithmParams):
+    server_epsilon: float = hparam(1e-3, low=0.0, high=10.0, low_open=True, log=True,
+                                   help="epsilon of TFF's optimizer")
 
 
 def fed_avg_builder(model_aggregator):
@@ -213,7 +229,30 @@ def sgd(learning_rate: float, momentum: Optional[float] = None):
     return tff().learning.optimizers.build_sgdm(learning_rate=learning_rate, momentum=momentum)
 
 
-@register_algorithm("fedavg", paper="McMahan et al. 2017, arXiv:1602.05629", unweighted=True)
+def on_arrays(server_optimizer: Callable[[float, Any], Any], *, proximal: Optional[str] = None,
+              full_batch: bool = False):
+    """The ``on_arrays`` builder of an algorithm that trains clients with SGD and applies ``server_optimizer``.
+
+    ``server_optimizer(server_lr, params)`` builds the server's TFF optimizer;
+    ``proximal`` names the hyperparameter holding FedProx's mu.
+    """
+
+    def build(model, *, client_lr: float, server_lr: float, params: Any = None, model_aggregator: Any = None,
+              client_weighting: str = "examples"):
+        from .array_training import build_array_process
+
+        return build_array_process(
+            model, client_lr=client_lr,
+            server_optimizer=server_optimizer(client_lr if full_batch else server_lr, params),
+            model_aggregator=model_aggregator, full_batch=full_batch, weighting=client_weighting,
+            proximal_strength=getattr(params, proximal) if proximal else 0.0)
+
+    build.__module__ = __name__
+    return build
+
+
+@register_algorithm("fedavg", paper="McMahan et al. 2017, arXiv:1602.05629", unweighted=True,
+                    on_arrays=on_arrays(lambda lr, p: sgd(lr)))
 def build_fedavg(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
                  model_aggregator: Any = None):
     """Federated Averaging: client SGD, example-weighted mean of the updates, server SGD.
@@ -227,7 +266,7 @@ def build_fedavg(model, *, client_lr: float, server_lr: float = 1.0, params: Any
 
 
 @register_algorithm("fedavgm", params=FedAvgMParams, paper="Hsu, Qi and Brown 2019, arXiv:1909.06335",
-                    unweighted=True)
+                    unweighted=True, on_arrays=on_arrays(lambda lr, p: sgd(lr, p.server_momentum)))
 def build_fedavgm(model, *, client_lr: float, server_lr: float = 1.0, params: FedAvgMParams = FedAvgMParams(),
                   model_aggregator: Any = None):
     """FedAvg with server momentum: v <- beta v + mean update, w <- w + server_lr v."""
@@ -236,7 +275,8 @@ def build_fedavgm(model, *, client_lr: float, server_lr: float = 1.0, params: Fe
         server_optimizer_fn=sgd(server_lr, params.server_momentum), model_aggregator=model_aggregator)
 
 
-@register_algorithm("fedsgd", paper="McMahan et al. 2017, arXiv:1602.05629", full_batch=True)
+@register_algorithm("fedsgd", paper="McMahan et al. 2017, arXiv:1602.05629", full_batch=True,
+                    on_arrays=on_arrays(lambda lr, p: sgd(lr), full_batch=True))
 def build_fedsgd(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
                  model_aggregator: Any = None):
     """Federated SGD: one full-batch gradient per client, the weighted mean applied with step client_lr.
@@ -249,7 +289,7 @@ def build_fedsgd(model, *, client_lr: float, server_lr: float = 1.0, params: Any
 
 
 @register_algorithm("fedprox", params=FedProxParams, paper="Li et al. 2020, arXiv:1812.06127",
-                    functional_only=True)
+                    functional_only=True, on_arrays=on_arrays(lambda lr, p: sgd(lr), proximal="mu"))
 def build_fedprox(model, *, client_lr: float, server_lr: float = 1.0, params: FedProxParams = FedProxParams(),
                   model_aggregator: Any = None):
     """FedProx: clients minimise local loss + mu/2 ||w - w_server||^2.
@@ -260,25 +300,49 @@ def build_fedprox(model, *, client_lr: float, server_lr: float = 1.0, params: Fe
                                    server_optimizer_fn=sgd(server_lr), model_aggregator=model_aggregator)
 
 
-def _fedopt(server_optimizer: str):
-    def build(model, *, client_lr: float, server_lr: float, params: FedOptParams = FedOptParams(),
-              model_aggregator: Any = None):
+def _tff_adaptive(name: str):
+    def make(server_lr: float, params: TffAdaptiveParams):
         opt = tff().learning.optimizers
-        make = {"adam": opt.build_adam, "yogi": opt.build_yogi, "adagrad": opt.build_adagrad}[server_optimizer]
+        build_fn = {"adam": opt.build_adam, "yogi": opt.build_yogi, "adagrad": opt.build_adagrad}[name]
+        return build_fn(learning_rate=server_lr, epsilon=params.server_epsilon)
+
+    return make
+
+
+def _reddi(rule: str):
+    def make(server_lr: float, params: FedAdagradParams):
+        from .fedopt import reddi_optimizer
+
+        return reddi_optimizer(rule, learning_rate=server_lr, beta_1=params.beta1,
+                               beta_2=getattr(params, "beta2", 0.0), tau=params.server_epsilon)
+
+    return make
+
+
+def _server_optimizer_algorithm(make_server_optimizer, doc: str):
+    def build(model, *, client_lr: float, server_lr: float, params: Any = None, model_aggregator: Any = None):
         return fed_avg_builder(model_aggregator)(
-            model, client_optimizer_fn=sgd(client_lr),
-            server_optimizer_fn=make(learning_rate=server_lr, epsilon=params.server_epsilon),
+            model, client_optimizer_fn=sgd(client_lr), server_optimizer_fn=make_server_optimizer(server_lr, params),
             model_aggregator=model_aggregator)
 
-    build.__doc__ = (f"Fed{server_optimizer.capitalize()}: FedAvg's mean update applied by a server "
-                     f"{server_optimizer.capitalize()} optimizer (TFF 0.87's build_{server_optimizer}).")
+    build.__doc__ = doc
     build.__module__ = __name__
     return build
 
 
-for _name, _lr in (("adam", 0.01), ("yogi", 0.01), ("adagrad", 0.1)):
-    register_algorithm(f"fed{_name}", params=FedOptParams, paper="Reddi et al. 2021, arXiv:2003.00295",
-                       server_lr=_lr, unweighted=True)(_fedopt(_name))
+_REDDI = "Reddi et al. 2021, arXiv:2003.00295 (Algorithm 2)"
+for _rule, _lr in (("adam", 0.01), ("yogi", 0.01), ("adagrad", 0.1)):
+    _name = f"fed{_rule}"
+    register_algorithm(_name, params=FedAdagradParams if _rule == "adagrad" else FedOptParams, paper=_REDDI,
+                       server_lr=_lr, unweighted=True, on_arrays=on_arrays(_reddi(_rule)))(
+        _server_optimizer_algorithm(_reddi(_rule), (
+            f"Fed{_rule.capitalize()}: client SGD, the mean update applied by Reddi et al.'s server "
+            f"{_rule.capitalize()} (no bias correction, tau outside the root, beta1 momentum; fedlab.fedopt).")))
+    register_algorithm(f"{_name}_tff", params=TffAdaptiveParams, paper=f"{_REDDI}, with TFF's optimizer",
+                       server_lr=_lr, unweighted=True, on_arrays=on_arrays(_tff_adaptive(_rule)))(
+        _server_optimizer_algorithm(_tff_adaptive(_rule), (
+            f"Fed{_rule.capitalize()} with TFF 0.87's build_{_rule} at the server "
+            f"({'bias-corrected, ' if _rule != 'adagrad' else ''}not Reddi et al.'s Algorithm 2).")))
 
 
 def build(algorithm: str, model, *, client_lr: float, server_lr: Optional[float] = None, params: Any = None,

@@ -10,6 +10,7 @@ uninterrupted one would. Nothing here builds a TFF computation.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Optional
@@ -130,17 +131,32 @@ def plan_size(n: int, config: ExperimentConfig) -> tuple[int, int, int]:
     epochs = config.local_epochs
     if config.local_steps is not None:  # enough reshuffled epochs for the steps, then cut
         epochs = -(-config.local_steps // -(-n // batch))
+        if config.carry_epochs:  # the steps may start inside an epoch: one more
+            epochs += 1
     return epochs, batch, -1 if config.local_steps is None else config.local_steps
 
 
-def client_plan(n: int, config: ExperimentConfig, round_num: int, client: int) -> tuple[np.ndarray, int, int]:
-    """What a client trains on in one round: (E, n) example orders, the batch size, a step cap (-1: none)."""
+def client_plan(n: int, config: ExperimentConfig, round_num: int, client: int) -> tuple[np.ndarray, int, int, int]:
+    """What a client trains on in one round: (E, n) example orders, batch size, step cap (-1: none), batches to skip.
+
+    Normally each round starts fresh shuffled epochs from ``(sampling_seed,
+    round, client)``. With ``carry_epochs`` (FLamby's DataLoaderWithMemory) a
+    client's epochs form one stream drawn from ``(sampling_seed, client, epoch)``
+    and round r takes its ``local_steps`` batches where round r-1 stopped.
+    """
     epochs, batch, steps = plan_size(n, config)
-    return np.stack(local_order(n, config, round_num, client, epochs)), batch, steps
+    if not config.carry_epochs:
+        return np.stack(local_order(n, config, round_num, client, epochs)), batch, steps, 0
+    per_epoch = -(-n // batch)
+    start = (round_num - 1) * steps
+    first, last = start // per_epoch, (start + steps - 1) // per_epoch
+    orders = [np.random.default_rng([config.seeds["sampling"], client, epoch, 2]).permutation(n)
+              for epoch in range(first, last + 1)]
+    return np.stack(orders), batch, steps, start - first * per_epoch
 
 
-def batches(x, y, orders, batch, steps):
-    """The client's tf.data pipeline: E shuffled epochs of batches gathered from ``x``, ``y``.
+def batches(x, y, orders, batch, steps, skip=0):
+    """The client's tf.data pipeline: E shuffled epochs of batches gathered from ``x``, ``y``, from batch ``skip`` on.
 
     One (E, n) matrix of orders, batched per epoch: the graph stays the same
     size whatever E is (chaining E ``concatenate`` calls made E = 20 crawl).
@@ -152,6 +168,7 @@ def batches(x, y, orders, batch, steps):
     gather = tf.autograph.experimental.do_not_convert(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
     return (tf.data.Dataset.from_tensor_slices(orders)
             .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
+            .skip(skip)
             .map(gather)
             .take(steps))
 
@@ -160,11 +177,18 @@ def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round
     """The tf.data.Dataset a client trains on in one round (built here, in Python)."""
     import tensorflow as tf
 
-    orders, batch, steps = client_plan(len(x), config, round_num, client)
-    return batches(tf.constant(x), tf.constant(y), orders, batch, steps)
+    orders, batch, steps, skip = client_plan(len(x), config, round_num, client)
+    return batches(tf.constant(x), tf.constant(y), orders, batch, steps, skip)
 
 
-def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int, client: int) -> tuple:
-    """The arrays from which :func:`fedlab.processes.trainer_on_arrays` builds the same dataset inside TFF."""
-    orders, batch, steps = client_plan(len(x), config, round_num, client)
-    return x, y, orders.astype(np.int64), np.int64(batch), np.int64(steps)
+def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int,
+                  client: int) -> collections.OrderedDict:
+    """What a client trains on in a round: its arrays, the example order of each epoch, batch size, step cap.
+
+    A process from :mod:`fedlab.array_training` trains on these in one
+    compiled loop; :func:`fedlab.processes.trainer_on_arrays` builds the same
+    batches as a dataset inside TFF for the stock client work.
+    """
+    orders, batch, steps, skip = client_plan(len(x), config, round_num, client)
+    return collections.OrderedDict(x=x, y=y, orders=orders.astype(np.int64), batch=np.int64(batch),
+                                   steps=np.int64(steps), skip=np.int64(skip))

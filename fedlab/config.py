@@ -23,6 +23,7 @@ from typing import Any, Optional
 from .accounting import ACCOUNTANTS
 from .aggregation import names as aggregator_names
 from .algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
+from .array_training import WEIGHTINGS
 from .data import DATASETS
 from .distributed import parse_workers
 from .models import MODELS
@@ -30,6 +31,7 @@ from .partition import PARTITIONERS
 from .validation import ConfigError, boolean, integer, is_integer, number, one_of
 
 EXECUTION_FIELDS = ("workers",)  # where a run executes, not what it computes
+NOISE_SOURCES = ("seeded", "unseeded")
 MAX_SEED = 2**31 - 1
 
 
@@ -56,6 +58,8 @@ class ExperimentConfig:
     clients_per_round: int = 5
     local_epochs: int = 1
     local_steps: Optional[int] = None  # if set: exactly this many batches per client per round (FLamby)
+    carry_epochs: bool = False  # with local_steps: a client's batches go on where its last round stopped (FLamby)
+    client_weighting: str = "examples"  # a client's weight in the mean: examples processed, its data-set size, or 1
     batch_size: int = 10
     rounds: int = 10
     eval_every: int = 1
@@ -79,6 +83,8 @@ class ExperimentConfig:
     data_seed: Optional[int] = None  # train/test split and partition
     model_seed: Optional[int] = None  # initial weights
     sampling_seed: Optional[int] = None  # clients per round, local shuffling
+    noise_seed: Optional[int] = None  # DP noise and stochastic rounding, with the round number
+    noise_source: str = "seeded"  # seeded (reproducible simulation) or unseeded (fresh noise, for deployments)
     workers: tuple = ()  # "host:port" of TFF worker services (python -m fedlab worker); () runs locally
 
     def __init__(self, **values: Any) -> None:
@@ -112,6 +118,8 @@ class ExperimentConfig:
         s("local_epochs", integer("local_epochs", self.local_epochs, 1, 10_000))
         if self.local_steps is not None:
             s("local_steps", integer("local_steps", self.local_steps, 1, 10_000_000))
+        s("carry_epochs", boolean("carry_epochs", self.carry_epochs))
+        s("client_weighting", one_of("client_weighting", self.client_weighting, WEIGHTINGS))
         s("batch_size", integer("batch_size", self.batch_size, 0, 1_000_000))
         s("rounds", integer("rounds", self.rounds, 1, 1_000_000))
         s("eval_every", integer("eval_every", self.eval_every, 1, 1_000_000))
@@ -124,7 +132,7 @@ class ExperimentConfig:
         if self.clients_per_round > not_excluded:
             raise ConfigError("clients_per_round", f"must be at most the {not_excluded} clients not excluded, "
                                                    f"got {self.clients_per_round}")
-        for name in ("seed", "data_seed", "model_seed", "sampling_seed"):
+        for name in ("seed", "data_seed", "model_seed", "sampling_seed", "noise_seed"):
             if getattr(self, name) is not None or name == "seed":
                 s(name, integer(name, getattr(self, name), 0, MAX_SEED))
         s("dp", one_of("dp", self.dp, ("none",) + aggregator_names("dp")))
@@ -134,6 +142,7 @@ class ExperimentConfig:
         if self.delta is not None:
             s("delta", number("delta", self.delta, 0.0, 1.0, low_open=True, high_open=True))
         s("accountant", one_of("accountant", self.accountant, ACCOUNTANTS))
+        s("noise_source", one_of("noise_source", self.noise_source, NOISE_SOURCES))
         s("secure_aggregation", boolean("secure_aggregation", self.secure_aggregation))
         s("quantization_bits", integer("quantization_bits", self.quantization_bits, 0, 16))
         s("robust", one_of("robust", self.robust, ("none",) + aggregator_names("robust")))
@@ -200,6 +209,13 @@ class ExperimentConfig:
                                                "which TFF 0.87 cannot build with frozen layers)")
         if algorithm.full_batch and self.local_epochs != 1:
             raise ConfigError("local_epochs", f"must be 1 for {self.algorithm} (one full-batch gradient per client)")
+        if self.carry_epochs and self.local_steps is None:
+            raise ConfigError("carry_epochs", "needs local_steps: only a fixed number of batches per round can carry "
+                                              "on where the last round stopped")
+        if self.client_weighting != "examples" and (algorithm.on_arrays is None or self.freeze_layers):
+            raise ConfigError("client_weighting", f"{self.client_weighting!r} needs fedlab's compiled client loop, "
+                                                  f"which {self.algorithm}{' with frozen layers' if self.freeze_layers else ''}"
+                                                  " does not use; only 'examples' (TFF's weighting) is possible")
         if algorithm.full_batch and self.local_steps is not None:
             raise ConfigError("local_steps", f"must be unset for {self.algorithm} (one full-batch gradient per client)")
         if PARTITIONERS[self.partition].needs_sites and not data.has_sites:
@@ -225,11 +241,12 @@ class ExperimentConfig:
 
     @property
     def seeds(self) -> dict[str, int]:
-        """The three named seeds, each falling back to ``seed``."""
+        """The four named seeds, each falling back to ``seed``."""
         return {
             "data": self.seed if self.data_seed is None else self.data_seed,
             "model": self.seed if self.model_seed is None else self.model_seed,
             "sampling": self.seed if self.sampling_seed is None else self.sampling_seed,
+            "noise": self.seed if self.noise_seed is None else self.noise_seed,
         }
 
     @property

@@ -355,6 +355,74 @@ def load_heart_disease(
     )
 
 
+FLAMBY_SPLIT_SEED = 43  # flamby/datasets/fed_heart_disease/dataset.py: train_test_split(random_state=43)
+FLAMBY_TRAIN_FRACTION = 0.66
+
+
+def flamby_heart_disease_arrays(directory: Optional[pathlib.Path] = None) -> dict:
+    """The four sites exactly as FLamby's ``HeartDiseaseRaw`` prepares them, not yet standardised.
+
+    Per site (file order after dropping slope, ca, thal and rows with a missing
+    value): ``sklearn.model_selection.train_test_split(test_size=0.34,
+    train_size=0.66, random_state=43, shuffle=True)``, stratified by the label
+    only where both classes have more than 2 patients (Switzerland is not);
+    cp and restecg one-hot without their first level. Returns x_train, y_train,
+    x_test, y_test, train_sites, test_sites (float32 features, int32 labels).
+    """
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    tables = read_heart_disease_sites(directory)
+    features, labels, sites, is_test = [], [], [], []
+    for site_index, site in enumerate(HEART_DISEASE_SITES):
+        table = tables[site].drop(columns=["slope", "ca", "thal"]).dropna()
+        y = (table["num"].to_numpy() != 0).astype(np.int32)
+        levels, counts = np.unique(y, return_counts=True)
+        stratify = y if len(levels) > 1 and (counts > 2).all() else None
+        _, test = train_test_split(np.arange(len(y)), test_size=1.0 - FLAMBY_TRAIN_FRACTION,
+                                   train_size=FLAMBY_TRAIN_FRACTION, random_state=FLAMBY_SPLIT_SEED, shuffle=True,
+                                   stratify=stratify)
+        features.append(table.drop(columns=["num"]))
+        labels.append(y)
+        sites.append(np.full(len(y), site_index, np.int32))
+        is_test.append(np.isin(np.arange(len(y)), test))
+    frame = pd.get_dummies(pd.concat(features, ignore_index=True), columns=["cp", "restecg"], drop_first=True)
+    x = frame.to_numpy(dtype=np.float32)
+    y, sites, is_test = np.concatenate(labels), np.concatenate(sites), np.concatenate(is_test)
+    return {"x_train": x[~is_test], "y_train": y[~is_test], "x_test": x[is_test], "y_test": y[is_test],
+            "train_sites": sites[~is_test], "test_sites": sites[is_test], "feature_names": tuple(frame.columns)}
+
+
+def flamby_standardize(x_fit: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """FLamby's scaling: (x - mean) / (std + 1e-9), mean and unbiased std (ddof=1) of ``x_fit``, in float32."""
+    mean = x_fit.mean(axis=0, dtype=np.float32)
+    std = x_fit.std(axis=0, ddof=1, dtype=np.float32)
+    return [((x - mean) / (std + np.float32(1e-9))).astype(np.float32) for x in (x_fit, *others)]
+
+
+@register_dataset("heart_disease_flamby", sites=4, test_fraction=1.0 - FLAMBY_TRAIN_FRACTION,
+                  paper="FLamby Fed-Heart-Disease (Ogier du Terrail et al. 2022), its exact split and scaling")
+def load_heart_disease_flamby(*, seed: int = 0, test_fraction: float = 1.0 - FLAMBY_TRAIN_FRACTION,
+                              directory: Optional[pathlib.Path] = None) -> Dataset:
+    """The four UCI hospitals split and standardised exactly as FLamby does (one fixed split, whatever the seed).
+
+    Each site is scaled with its own training rows' mean and unbiased std
+    (+1e-9), as FLamby's per-centre datasets are; ``seed`` and
+    ``test_fraction`` are FLamby's fixed ones (random_state 43, 0.34).
+    """
+    del seed
+    if abs(test_fraction - (1.0 - FLAMBY_TRAIN_FRACTION)) > 1e-9:
+        raise ConfigError("test_fraction", "must be left unset for heart_disease_flamby (FLamby's split is 0.34)")
+    arrays = flamby_heart_disease_arrays(directory)
+    x_train, x_test = arrays["x_train"].copy(), arrays["x_test"].copy()
+    for s in range(len(HEART_DISEASE_SITES)):
+        tr, te = arrays["train_sites"] == s, arrays["test_sites"] == s
+        x_train[tr], x_test[te] = flamby_standardize(arrays["x_train"][tr], arrays["x_test"][te])
+    return Dataset("heart_disease_flamby", x_train, arrays["y_train"], x_test, arrays["y_test"], num_classes=2,
+                   feature_names=arrays["feature_names"], train_sites=arrays["train_sites"],
+                   test_sites=arrays["test_sites"], site_names=HEART_DISEASE_SITES)
+
+
 @register_dataset("emnist", sites=True, images=True, paper="Cohen et al. 2017; Caldas et al. 2018 (LEAF)")
 def load_emnist(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """Federated EMNIST digits through TFF's own loader (needs the internet once).

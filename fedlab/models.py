@@ -78,6 +78,22 @@ def logreg(shape: DataShape, seed: int):
                                 layers.Dense(shape.num_outputs, kernel_initializer=_glorot(seed, 0))])
 
 
+@register_model("logreg_torch", weight_layers=1, paper="FLamby's Fed-Heart-Disease Baseline (nn.Linear)")
+def logreg_torch(shape: DataShape, seed: int):
+    """Logistic regression initialised as PyTorch's nn.Linear: weights and bias from U(-1/sqrt(d), 1/sqrt(d)).
+
+    FLamby's Fed-Heart-Disease model; fedlab's ``logreg`` starts from
+    Glorot-uniform weights and a zero bias (about 2.4 times wider for 13 features).
+    """
+    import tensorflow as tf
+
+    bound = 1.0 / np.sqrt(shape.num_features)
+    init = lambda offset: tf.keras.initializers.RandomUniform(-bound, bound, seed=seed * 1000 + offset)  # noqa: E731
+    return tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(shape.num_features,)),
+                                tf.keras.layers.Dense(shape.num_outputs, kernel_initializer=init(0),
+                                                      bias_initializer=init(1))])
+
+
 @register_model("2nn", weight_layers=3, paper="McMahan et al. 2017, arXiv:1602.05629")
 def two_nn(shape: DataShape, seed: int):
     """The 2NN: two hidden layers of 200 ReLU units."""

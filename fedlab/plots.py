@@ -76,12 +76,19 @@ def plot_label_distribution(report: pd.DataFrame, *, ax=None, max_clients: int =
 
 
 def save_figure(fig, name: str, directory: Optional[str | pathlib.Path]) -> Optional[pathlib.Path]:
-    """Writes ``directory/name.png`` (150 dpi); does nothing when ``directory`` is None."""
+    """Writes ``directory/name.png`` (150 dpi); does nothing when ``directory`` is None.
+
+    No metadata that changes between runs (matplotlib's version string is left
+    out), so an unchanged figure gives an unchanged file; written through a
+    temporary file and a rename.
+    """
     if directory is None:
         return None
     path = pathlib.Path(directory) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png", metadata={"Software": None})
+    tmp.replace(path)
     return path
 
 
@@ -91,7 +98,9 @@ def save_table(df: pd.DataFrame, name: str, directory: Optional[str | pathlib.Pa
         return None
     path = pathlib.Path(directory) / f"{name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
     return path
 
 

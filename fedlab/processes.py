@@ -10,34 +10,70 @@ registered again under the same name (an edited notebook cell) is a new key.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from . import algorithms
 from .aggregation import AGGREGATORS, aggregator_key, make_aggregator
+from .array_training import with_learning_rates
 from .clients import batches
 from .config import ExperimentConfig
 from .models import ModelSpec
 from .runtime import tff
+from .seeded import set_noise_seed
+
+
+def uses_arrays(config: ExperimentConfig, spec: ModelSpec) -> bool:
+    """Whether the config's process trains clients on arrays in one compiled loop (:mod:`fedlab.array_training`)."""
+    return config.algorithm_entry.on_arrays is not None and spec.freeze_layers == 0
 
 
 def process_key(config: ExperimentConfig, spec: ModelSpec) -> tuple:
-    """What a built process depends on; configs with the same key share one process."""
+    """What a built process depends on; configs with the same key share one process.
+
+    A compiled-loop process takes its learning rates from its state, so they
+    are not in its key: a learning-rate sweep builds one process.
+    """
     entry = config.algorithm_entry
-    server_lr = None if entry.full_batch else config.effective_server_lr
+    on_arrays = uses_arrays(config, spec)
+    rates = () if on_arrays else (config.client_lr, None if entry.full_batch else config.effective_server_lr)
     builders = tuple(AGGREGATORS[name] for name in (config.dp, config.robust) if name != "none")
-    return (spec, spec.builder, entry, config.algorithm_params, config.client_lr, server_lr,
+    return (spec, spec.builder, entry, config.algorithm_params, on_arrays, rates, config.client_weighting,
             aggregator_key(config), builders)
 
 
-def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator: Any = None):
-    """The learning process for ``config.algorithm`` with the config's hyperparameters and aggregator."""
+# Processes whose ``next`` takes client arrays (fedlab.array_training), not datasets.
+_ON_ARRAYS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator: Any = None,
+                  on_arrays: Optional[bool] = None):
+    """The learning process for ``config.algorithm`` with the config's hyperparameters and aggregator.
+
+    ``on_arrays`` (None: whenever possible): the algorithm's compiled-loop
+    builder, which needs a functional model (no frozen layers); else TFF's
+    stock client work on datasets.
+    """
     if model_aggregator is None:
         model_aggregator = make_aggregator(config)
+    entry = config.algorithm_entry
+    if on_arrays is None:
+        on_arrays = uses_arrays(config, spec)
+    if on_arrays:
+        process = entry.on_arrays(spec.functional_model(), client_lr=config.client_lr,
+                                  server_lr=config.effective_server_lr, params=config.algorithm_params,
+                                  model_aggregator=model_aggregator, client_weighting=config.client_weighting)
+        _ON_ARRAYS.add(process)
+        return process
     return algorithms.build(config.algorithm, spec.tff_model(), client_lr=config.client_lr,
                             server_lr=config.effective_server_lr, params=config.algorithm_params,
                             model_aggregator=model_aggregator)
+
+
+def trainer_for(process, x: np.ndarray, y: np.ndarray):
+    """What the runner calls ``next`` on with each client's arrays: the process itself when it trains on arrays."""
+    return process if process in _ON_ARRAYS else trainer_on_arrays(process, x, y)
 
 
 _PROCESS_CACHE: dict[tuple, Any] = {}
@@ -78,12 +114,24 @@ def trainer_on_arrays(process, x: np.ndarray, y: np.ndarray):
         int64 = t.TensorType(np.int64, [])
 
         @t.tensorflow.computation(t.TensorType(x.dtype, [None, *x.shape[1:]]), t.TensorType(y.dtype, [None, *y.shape[1:]]),
-                                  t.TensorType(np.int64, [None, None]), int64, int64)
-        def client_data(x, y, orders, batch, steps):
-            return batches(x, y, orders, batch, steps)
+                                  t.TensorType(np.int64, [None, None]), int64, int64, int64)
+        def client_data(x, y, orders, batch, steps, skip):
+            return batches(x, y, orders, batch, steps, skip)
 
         trainers[key] = t.simulation.compose_dataset_computation_with_learning_process(client_data, process)
     return trainers[key]
+
+
+def initial_state(process, config: ExperimentConfig, spec: ModelSpec):
+    """The process's first state for ``config``: initial weights from the model seed, the config's learning
+    rates (compiled-loop processes), the noise seed (seeded aggregators)."""
+    state = process.set_model_weights(process.initialize(), initial_weights(process, spec, config.seeds["model"]))
+    if process in _ON_ARRAYS:
+        server_lr = config.client_lr if config.algorithm_entry.full_batch else config.effective_server_lr
+        state = with_learning_rates(state, config.client_lr, server_lr)
+    if config.noise_source == "seeded":
+        state = set_noise_seed(state, config.seeds["noise"])
+    return state
 
 
 def initial_weights(process, spec: ModelSpec, seed: int):

@@ -30,7 +30,7 @@ from .data import DATASETS
 from .distributed import WorkerError, on_workers
 from .evaluation import client_summary, clients_frame, evaluator_for
 from .partition import PARTITIONERS
-from .processes import get_process, initial_weights, trainer_on_arrays
+from .processes import get_process, initial_state, trainer_for
 from .registry import source_digest
 from .runtime import simulated_secure_sums, stop_local_workers
 from .sampling import sample_clients
@@ -134,11 +134,11 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     clients = Clients.for_config(config, spec)
     check_cost(config, clients)
     process = get_process(config, spec)
-    trainer = trainer_on_arrays(process, clients.x[0], clients.y[0])
+    trainer = trainer_for(process, clients.x[0], clients.y[0])
     evaluator = evaluator_for(spec, spec.builder)
     true_labels = [data.y_train[p] for p in clients.parts]
 
-    state = process.set_model_weights(process.initialize(), initial_weights(process, spec, config.seeds["model"]))
+    state = initial_state(process, config, spec)
     start, rows, client_rows = 0, [], []
     if checkpoint is not None:
         saved, version, saved_rows, saved_clients = checkpoint.load(state)

@@ -187,10 +187,14 @@ def _forget_stopped_service_managers() -> None:
 
     for obj in gc.get_objects():
         if type(obj).__name__ == "ServiceManager" and hasattr(obj, "_process"):
-            obj._process = None
+            type(obj).__del__ = _stopped_already  # its check reads module globals that are gone by then
 
 
 _exiting = False
+
+
+def _stopped_already(self) -> None:
+    """TFF's ServiceManager.__del__ at exit, after :func:`stop_local_workers` has stopped its worker."""
 
 
 def _at_exit() -> None:

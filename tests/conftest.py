@@ -17,3 +17,15 @@ def heart_dir() -> pathlib.Path:
     if not (path / "processed.cleveland.data").exists():
         pytest.fail(f"heart disease files not found in {path}; set FEDLAB_HEART_DISEASE_DIR")
     return path
+
+
+@pytest.fixture(scope="session")
+def notebook_cache(tmp_path_factory) -> pathlib.Path:
+    """One results cache for every notebook execution in the session (browser test, then notebook test)."""
+    return tmp_path_factory.mktemp("notebook-cache")
+
+
+@pytest.fixture(scope="session")
+def notebook_runs() -> dict:
+    """Notebook name -> the results folder of a run already made against ``notebook_cache`` (by the browser test)."""
+    return {}

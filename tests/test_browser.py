@@ -34,8 +34,12 @@ if not os.path.exists(CHROMIUM):
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab on a loopback port with a fresh token, serving fast-parameterised copies of the notebooks."""
+def lab(tmp_path_factory, notebook_cache):
+    """JupyterLab on a loopback port with a fresh token, serving fast-parameterised copies of the notebooks.
+
+    They use the session's notebook cache: this is each notebook's first run against it, and
+    tests/test_notebooks.py makes the second (a re-run after a kernel restart, warm cache).
+    """
     import papermill
 
     root = tmp_path_factory.mktemp("lab")
@@ -43,8 +47,8 @@ def lab(tmp_path_factory):
     for path in reproduce.notebooks():
         papermill.execute_notebook(str(path), str(root / path.name), prepare_only=True, kernel_name="python3",
                                    parameters={"fast": True, "figures_dir": str(out / "figures"),
-                                               "results_dir": str(out / "results"),
-                                               "cache_dir": str(out / "cache")})
+                                               "results_dir": str(out / "results" / path.stem),
+                                               "cache_dir": str(notebook_cache)})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -67,7 +71,7 @@ def lab(tmp_path_factory):
             time.sleep(0.5)
     else:
         pytest.fail("JupyterLab did not answer within 120 s")
-    yield url, token
+    yield url, token, out / "results"
     server.terminate()
     server.wait(timeout=30)
 
@@ -115,8 +119,8 @@ def _panel_image(page) -> str:
 
 
 @pytest.mark.parametrize("path", reproduce.notebooks(), ids=lambda p: p.stem)
-def test_notebook_in_jupyterlab(path, lab, browser):
-    url, token = lab
+def test_notebook_in_jupyterlab(path, lab, browser, notebook_runs):
+    url, token, results = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
@@ -154,6 +158,7 @@ def test_notebook_in_jupyterlab(path, lab, browser):
             assert _panel_image(page) != before, "the plot did not redraw"
             assert "result cache" not in status.inner_text(), "the moved slider did not change the settings"
             page.screenshot(path=str(ARTIFACTS / f"{path.stem}-after-run.png"))
+        notebook_runs[path.name] = results / path.stem
     except Exception:
         try:
             page.screenshot(path=str(ARTIFACTS / f"{path.stem}-failure.png"), timeout=10_000)

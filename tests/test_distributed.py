@@ -57,8 +57,9 @@ def test_worker_addresses_are_validated_before_anything_runs():
                        ("h:1,h:1", "twice")]:
         with pytest.raises(ValueError, match=words):
             parse_workers(bad)
+    assert FAST.replace(workers=["h:1"]).workers == ("h:1",)  # a list (as JSON gives it) becomes a tuple
     with pytest.raises(ConfigError, match="workers"):
-        FAST.replace(workers=["h:1"])  # a list, not a tuple
+        FAST.replace(workers="h:1")  # a string, not a sequence of addresses
     with pytest.raises(ConfigError, match="secure_aggregation"):
         FAST.replace(algorithm="fedadam", secure_aggregation=True, workers=("h:1",))
 

@@ -133,7 +133,8 @@ def cli(argv) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-RUN_OPTIONS = [f"--{f.replace('_', '-')}" for f in FIELDS if f not in ("eval_per_client", "secure_aggregation")]
+RUN_OPTIONS = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(fl.ExperimentConfig)
+               if f.name != "algorithm_params" and f.type != "bool"]  # flags take no value
 CLI_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e300", "abc", "", "99999999999999999999", "0.5", ",,,", "1,1,1"]
 
 

@@ -61,7 +61,11 @@ def test_process_is_built_once_for_data_side_changes():
                     {"seed": 3}, {"clients_per_round": 2}):
         run_experiment(BASE.replace(rounds=1, **changes), progress=False)
     assert processes.process_cache_size() == before
-    run_experiment(BASE.replace(rounds=1, client_lr=0.05), progress=False)
+    slow = run_experiment(BASE.replace(rounds=1, client_lr=0.05, server_lr=0.5), progress=False)
+    assert processes.process_cache_size() == before  # compiled-loop processes take learning rates from their state
+    fast = run_experiment(BASE.replace(rounds=1, client_lr=0.5), progress=False)
+    assert slow["train_loss"].iloc[0] != fast["train_loss"].iloc[0]  # and the rates do reach the clients
+    run_experiment(BASE.replace(rounds=1, robust="clip"), progress=False)
     assert processes.process_cache_size() == before + 1
 
 
@@ -140,7 +144,7 @@ def test_datasets_built_in_the_runtime_equal_datasets_built_in_python(changes):
     ys = [spec.prepare_labels(data.y_train[p]) for p in parts]
     for c in attacker_clients(config):
         ys[c] = spec.prepare_labels(poison_labels(data.y_train[parts[c]], data.num_classes))
-    process = processes.get_process(config, spec)
+    process = processes.build_process(config, spec, on_arrays=False)  # TFF's stock client work, on datasets
     state = process.initialize()
     in_python = process.next(state, [client_dataset(xs[c], ys[c], config, 2, c) for c in range(6)])
     in_runtime = trainer_on_arrays(process, xs[0], ys[0]).next(state, [client_inputs(xs[c], ys[c], config, 2, c)

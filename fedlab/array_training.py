@@ -1,0 +1,300 @@
+"""Learning processes whose clients train on their arrays in one compiled loop.
+
+TFF 0.87's stock client work trains on a ``tf.data`` pipeline that its runtime
+instantiates, rewrites and reduces per client per round; on small models that,
+not the arithmetic, is most of a round (``../shared/probes/client_work_probe.py``,
+``make bench``). Here each client receives its arrays and a plan (the
+example order of each local epoch, the batch size, a step cap) and trains in
+one ``tf.while_loop`` that gathers each batch by index: no tf.data, no Keras.
+
+Everything else is TFF's own: the broadcast distributor, the
+``tff.aggregators`` factory (so DP, secure aggregation, compression and robust
+aggregation keep their meaning, each TFF client being one real client), the
+finalizer applying the server optimizer, and the metrics aggregation. The
+client step uses TFF's optimizer interface exactly as TFF's client work does,
+so the numbers equal the stock path's (``tests/test_array_training.py``).
+
+Departures from ``tff.learning.algorithms.build_weighted_fed_avg``, and why:
+
+* client data is a structure of tensors, not a sequence, so
+  ``compose_learning_process`` (which insists on sequences) is replaced by the
+  same composition written out here;
+* ``client_weighting`` may also be ``"dataset"``: a client's weight is the
+  size of its local data set, not the examples it processed (FLamby weights
+  sites this way; TFF 0.87 takes no callable for functional models);
+* FedProx's proximal term has the sign of the paper (TFF 0.87's is flipped,
+  :mod:`fedlab.fedprox`); FedSGD's client returns the mean gradient of its
+  full batch, as TFF's ``build_fed_sgd`` does.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional
+
+import numpy as np
+
+from .runtime import tff
+
+WEIGHTINGS = ("examples", "dataset", "uniform")
+
+
+def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = None):
+    """``state`` of a process from :func:`build_array_process` with these learning rates.
+
+    The client's learning rate lives in the client-work state and is broadcast
+    each round; the server's is the ``learning_rate`` hyperparameter of the
+    server optimizer's state. Built processes are therefore shared by every
+    learning rate (a learning-rate sweep builds one process, not one per rate).
+    """
+    client_work = collections.OrderedDict(learning_rate=np.float32(client_lr))
+    finalizer = state.finalizer
+    if server_lr is not None:
+        if not (isinstance(finalizer, collections.OrderedDict) and "learning_rate" in finalizer):
+            raise ValueError("the server optimizer keeps no learning_rate in its state")
+        finalizer = collections.OrderedDict(finalizer)
+        finalizer["learning_rate"] = np.float32(server_lr)
+    return type(state)(global_model_weights=state.global_model_weights, distributor=state.distributor,
+                       client_work=client_work, aggregator=state.aggregator, finalizer=finalizer)
+
+
+def client_data_type(x_spec, y_spec):
+    """The TFF type of one client's input: arrays, example orders (E, n), batch size, step cap (-1: none), and
+    the batches of the first epoch to skip (where the previous round stopped)."""
+    t = tff()
+    return t.StructWithPythonType([
+        ("x", t.TensorType(x_spec.dtype.as_numpy_dtype, x_spec.shape)),
+        ("y", t.TensorType(y_spec.dtype.as_numpy_dtype, y_spec.shape)),
+        ("orders", t.TensorType(np.int64, [None, None])),
+        ("batch", t.TensorType(np.int64, [])),
+        ("steps", t.TensorType(np.int64, [])),
+        ("skip", t.TensorType(np.int64, [])),
+    ], collections.OrderedDict)
+
+
+def build_client_update(model, *, client_optimizer, proximal_strength: float = 0.0, full_batch: bool = False,
+                        weighting: str = "examples"):
+    """The per-client training function: ``(initial weights, client data, learning rate) -> (ClientResult,
+    metrics state)``. The learning rate is a tensor, so one built process serves every learning rate."""
+    import tensorflow as tf
+    from tensorflow_federated.python.learning import tensor_utils
+    from tensorflow_federated.python.learning.models import variable
+
+    client_result = tff().learning.templates.ClientResult
+
+    @tf.function
+    def client_update(initial_weights, data, learning_rate):
+        x, y, orders, batch, steps, skip = (data[k] for k in ("x", "y", "orders", "batch", "steps", "skip"))
+        trainable0, non_trainable = tuple(initial_weights[0]), tuple(initial_weights[1])
+        specs = tuple(tf.TensorSpec.from_tensor(w) for w in trainable0)
+        n = tf.cast(tf.shape(orders)[1], tf.int64)
+        per_epoch = (n + batch - 1) // batch
+        total = tf.cast(tf.shape(orders)[0], tf.int64) * per_epoch  # batches i in [skip, end) are trained
+        end = tf.where(steps >= 0, tf.minimum(total, skip + steps), total)
+
+        def batch_at(i):
+            epoch, j = i // per_epoch, i % per_epoch
+            idx = orders[epoch, j * batch: tf.minimum((j + 1) * batch, n)]
+            return tf.gather(x, idx), tf.gather(y, idx)
+
+        def forward(trainable, xb, yb):
+            with tf.GradientTape() as tape:
+                tape.watch(trainable)
+                output = model.predict_on_batch((trainable, non_trainable), xb, training=True)
+                loss = model.loss(output=output, label=yb)
+            return output, loss, tape.gradient(loss, trainable)
+
+        def metrics_after(metrics_state, output, loss, yb):
+            count = tf.shape(tf.nest.flatten(output)[0])[0]
+            return model.update_metrics_state(
+                metrics_state, batch_output=variable.BatchOutput(loss=loss, predictions=output, num_examples=count),
+                labels=yb), tf.cast(count, tf.int64)
+
+        if full_batch:  # FedSGD: the mean gradient of the whole local data set is the update
+            xb, yb = batch_at(skip)
+            output, loss, gradients = forward(trainable0, xb, yb)
+            metrics_state, num_examples = metrics_after(model.initialize_metrics_state(), output, loss, yb)
+            count = tf.cast(num_examples, tf.float32)  # as TFF's FedSGD: example-weighted sum, then the mean
+            update = tuple((count * g) / count for g in gradients)
+        else:
+            def body(i, trainable, optimizer_state, metrics_state, num_examples):
+                xb, yb = batch_at(i)
+                output, loss, gradients = forward(trainable, xb, yb)
+                if proximal_strength > 0.0:  # d/dw mu/2 ||w - w0||^2 = mu (w - w0)
+                    gradients = tuple(g + proximal_strength * (w - w0)
+                                      for g, w, w0 in zip(gradients, trainable, trainable0))
+                optimizer_state, trainable = client_optimizer.next(optimizer_state, trainable, tuple(gradients))
+                metrics_state, count = metrics_after(metrics_state, output, loss, yb)
+                return i + 1, tuple(trainable), optimizer_state, metrics_state, num_examples + count
+
+            _, trained, _, metrics_state, num_examples = tf.while_loop(
+                lambda i, *_: i < end, body,
+                (skip, trainable0,
+                 client_optimizer.set_hparams(client_optimizer.initialize(specs), {"learning_rate": learning_rate}),
+                 model.initialize_metrics_state(), tf.constant(0, tf.int64)))
+            update = tuple(tf.nest.map_structure(tf.subtract, trainable0, trained))
+        update, has_non_finite = tensor_utils.zero_all_if_any_non_finite(update)
+        if weighting == "examples":
+            weight = tf.cast(num_examples, tf.float32)
+        elif weighting == "dataset":
+            weight = tf.cast(n, tf.float32)
+        else:
+            weight = tf.constant(1.0, tf.float32)
+        weight = tf.where(tf.cast(has_non_finite, tf.bool), tf.constant(0.0), weight)
+        return client_result(update=update, update_weight=weight), metrics_state
+
+    return client_update
+
+
+def build_array_process(model, *, client_lr: float, server_optimizer, model_aggregator: Any = None,
+                        proximal_strength: float = 0.0, full_batch: bool = False, weighting: str = "examples",
+                        client_optimizer=None):
+    """A ``tff.learning.templates.LearningProcess`` whose ``next(state, client_data)`` takes arrays per client.
+
+    ``model``: a TFF functional model; ``server_optimizer``: a
+    ``tff.learning.optimizers.Optimizer``; ``model_aggregator``: a weighted or
+    unweighted ``tff.aggregators`` factory (None: the weighted mean).
+    """
+    import tensorflow as tf
+
+    t = tff()
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"client_weighting: must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
+    templates = t.learning.templates
+    client_optimizer = client_optimizer or t.learning.optimizers.build_sgdm(learning_rate=client_lr)
+
+    def spec(array):
+        return tf.TensorSpec(array.shape, tf.dtypes.as_dtype(array.dtype))
+
+    weights_spec = t.learning.models.ModelWeights(tuple(spec(w) for w in model.initial_weights[0]),
+                                                  tuple(spec(w) for w in model.initial_weights[1]))
+    weights_type = t.types.tensorflow_to_type(weights_spec)
+    x_spec, y_spec = model.input_spec
+    data_type = client_data_type(x_spec, y_spec)
+    update = build_client_update(model, client_optimizer=client_optimizer, proximal_strength=float(proximal_strength),
+                                 full_batch=full_batch, weighting=weighting)
+
+    @t.tensorflow.computation(weights_type, data_type, t.TensorType(np.float32))
+    def train_client(initial_weights, data, learning_rate):
+        return update((initial_weights.trainable, initial_weights.non_trainable), data, learning_rate)
+
+    @t.tensorflow.computation()
+    def client_work_state():
+        return collections.OrderedDict(learning_rate=tf.constant(client_lr, tf.float32))
+
+    @t.tensorflow.computation(t.StructWithPythonType([("learning_rate", t.TensorType(np.float32))],
+                                                     collections.OrderedDict))
+    def learning_rate_of(state):
+        return state["learning_rate"]
+
+    @t.tensorflow.computation()
+    def initial_weights_fn():
+        return t.learning.models.ModelWeights(*tf.nest.map_structure(tf.constant, model.initial_weights))
+
+    if model_aggregator is None:
+        return _fused_mean_process(t, model, weights_type, data_type, train_client, initial_weights_fn,
+                                   server_optimizer, client_work_state, learning_rate_of)
+    if isinstance(model_aggregator, t.aggregators.UnweightedAggregationFactory):
+        model_aggregator = t.aggregators.as_weighted_aggregator(model_aggregator)
+    update_type = weights_type.trainable
+    distributor = templates.build_broadcast_process(weights_type)
+    aggregator = model_aggregator.create(update_type, t.TensorType(np.float32))
+    finalizer = templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
+    metrics_aggregation = t.learning.metrics.sum_then_finalize(model.finalize_metrics)
+    state_class = templates.LearningAlgorithmState
+
+    @t.federated_computation()
+    def init_fn():
+        return t.federated_zip(state_class(
+            t.federated_eval(initial_weights_fn, t.SERVER), distributor.initialize(),
+            t.federated_eval(client_work_state, t.SERVER), aggregator.initialize(), finalizer.initialize()))
+
+    @t.federated_computation(init_fn.type_signature.result, t.FederatedType(data_type, t.CLIENTS))
+    def next_fn(state, client_data):
+        distributed = distributor.next(state.distributor, state.global_model_weights)
+        learning_rate = t.federated_broadcast(t.federated_map(learning_rate_of, state.client_work))
+        result, unfinalized_metrics = t.federated_map(train_client, (distributed.result, client_data, learning_rate))
+        train_metrics = metrics_aggregation(unfinalized_metrics)
+        aggregated = aggregator.next(state.aggregator, result.update, result.update_weight)
+        finalized = finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
+        new_state = t.federated_zip(state_class(finalized.result, distributed.state, state.client_work,
+                                                aggregated.state, finalized.state))
+        metrics = t.federated_zip(collections.OrderedDict(
+            distributor=distributed.measurements,
+            client_work=t.federated_zip(collections.OrderedDict(train=train_metrics)),
+            aggregator=aggregated.measurements, finalizer=finalized.measurements))
+        return templates.LearningProcessOutput(new_state, metrics)
+
+    return _learning_process(t, init_fn, next_fn)
+
+
+def _learning_process(t, init_fn, next_fn):
+    state_class = t.learning.templates.LearningAlgorithmState
+    state_type = next_fn.type_signature.parameter[0].member
+
+    @t.tensorflow.computation(state_type)
+    def get_model_weights(state):
+        return state.global_model_weights
+
+    @t.tensorflow.computation(state_type, state_type.global_model_weights)
+    def set_model_weights(state, weights):
+        return state_class(global_model_weights=weights, distributor=state.distributor,
+                           client_work=state.client_work, aggregator=state.aggregator, finalizer=state.finalizer)
+
+    return t.learning.templates.LearningProcess(init_fn, next_fn, get_model_weights, set_model_weights)
+
+
+def _fused_mean_process(t, model, weights_type, data_type, train_client, initial_weights_fn, server_optimizer,
+                        client_work_state, learning_rate_of):
+    """The plain weighted mean, fused: each client sends (weight x update, weight, metrics) and one
+    ``federated_sum`` adds them all.
+
+    The same arithmetic as TFF's ``MeanFactory`` (the client multiplies, the
+    server divides) and ``sum_then_finalize`` (sum, then finalize), but one sum
+    instead of three: TFF's runtime adds the clients' values with one
+    TensorFlow call per client and per sum, which at 100 clients a round is a
+    measurable share of the round (``make bench``).
+    """
+    import tensorflow as tf
+
+    templates = t.learning.templates
+    state_class = templates.LearningAlgorithmState
+    distributor = templates.build_broadcast_process(weights_type)
+    finalizer = templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
+
+    @t.tensorflow.computation(weights_type, data_type, t.TensorType(np.float32))
+    def weighted_client(initial_weights, data, learning_rate):
+        result, metrics_state = train_client(initial_weights, data, learning_rate)
+        weight = result.update_weight
+        return tf.nest.map_structure(lambda x: x * tf.cast(weight, x.dtype), result.update), weight, metrics_state
+
+    summed_type = weighted_client.type_signature.result
+
+    @t.tensorflow.computation(summed_type)
+    def mean_and_metrics(summed):
+        total, weight, metrics_state = summed
+        mean = tf.nest.map_structure(lambda x: tf.math.divide(x, tf.cast(weight, x.dtype)), total)
+        return mean, model.finalize_metrics(metrics_state)
+
+    @t.federated_computation()
+    def init_fn():
+        return t.federated_zip(state_class(
+            t.federated_eval(initial_weights_fn, t.SERVER), distributor.initialize(),
+            t.federated_eval(client_work_state, t.SERVER), t.federated_value((), t.SERVER), finalizer.initialize()))
+
+    @t.federated_computation(init_fn.type_signature.result, t.FederatedType(data_type, t.CLIENTS))
+    def next_fn(state, client_data):
+        distributed = distributor.next(state.distributor, state.global_model_weights)
+        learning_rate = t.federated_broadcast(t.federated_map(learning_rate_of, state.client_work))
+        contributions = t.federated_map(weighted_client, (distributed.result, client_data, learning_rate))
+        mean, train_metrics = t.federated_map(mean_and_metrics, t.federated_sum(contributions))
+        finalized = finalizer.next(state.finalizer, state.global_model_weights, mean)
+        new_state = t.federated_zip(state_class(finalized.result, distributed.state, state.client_work,
+                                                state.aggregator, finalized.state))
+        metrics = t.federated_zip(collections.OrderedDict(
+            distributor=distributed.measurements,
+            client_work=t.federated_zip(collections.OrderedDict(train=train_metrics)),
+            aggregator=t.federated_value(collections.OrderedDict(), t.SERVER), finalizer=finalized.measurements))
+        return templates.LearningProcessOutput(new_state, metrics)
+
+    return _learning_process(t, init_fn, next_fn)
