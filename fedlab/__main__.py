@@ -15,7 +15,9 @@ import dataclasses
 import importlib
 import importlib.util
 import pathlib
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from .validation import ConfigError
@@ -218,16 +220,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     checkpoint_dir = None if args.no_checkpoint else out / "checkpoint"
     if checkpoint_dir is not None:
         Checkpoint(checkpoint_dir, config)  # refuses another config's checkpoint before anything is written
-    from .runner import clients_table, run_experiment
+    from .runner import RunStopped, clients_table, run_experiment
 
+    # Ctrl-C ends the run after the current round, its checkpoint saved; a second Ctrl-C stops at once.
+    # (A KeyboardInterrupt raised inside TensorFlow's or TFF's clean-up code can be swallowed there.)
+    stop = threading.Event()
+
+    def on_interrupt(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        history = run_experiment(config, checkpoint_dir=checkpoint_dir, progress=not args.quiet)
-    except KeyboardInterrupt:
+        history = run_experiment(config, checkpoint_dir=checkpoint_dir, progress=not args.quiet, stop=stop)
+    except (RunStopped, KeyboardInterrupt):
         kept = (f"the checkpoint in {checkpoint_dir} holds {Checkpoint(checkpoint_dir, config).describe()}; "
                 "run the same command again to resume" if checkpoint_dir is not None
                 else "nothing was kept (--no-checkpoint)")
         print(f"\nfedlab run: interrupted; {kept}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     atomic_write(out / "config.json", config.to_json() + "\n")
     atomic_write(out / "history.csv", history.to_csv(index=False))
     if config.eval_per_client:

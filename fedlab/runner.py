@@ -40,6 +40,14 @@ from .validation import ConfigError
 MAX_ORDER_BYTES = 4 * 2**30  # per round: the batch orders of every client, int64
 
 
+class RunStopped(Exception):
+    """A run stopped on request (``stop`` was set) after finishing round ``round``; its checkpoint holds it."""
+
+    def __init__(self, round_num: int):
+        super().__init__(f"stopped after round {round_num}")
+        self.round = round_num
+
+
 class _Opaque:
     """Holds arrays in ``DataFrame.attrs``: compared by identity, never deep-copied
     (pandas compares and deep-copies attrs on every operation)."""
@@ -60,6 +68,7 @@ def run_experiment(
     results_cache=None,
     progress: bool = True,
     callback: Optional[Callable[[dict, pd.DataFrame], None]] = None,
+    stop=None,
 ) -> pd.DataFrame:
     """Runs ``config`` and returns its history (one row per round).
 
@@ -67,6 +76,8 @@ def run_experiment(
     ``results_cache``: folder of finished runs keyed by the config, fedlab's
     code and the user's components; a run seen before is read back instead.
     ``callback(row, history)``: called after every round (widgets redraw here).
+    ``stop``: a ``threading.Event``; when it is set the run ends after the
+    current round (its checkpoint saved) with :class:`RunStopped`.
     Per-client evaluation (``eval_per_client``): :func:`clients_table` of the result.
     """
     if not isinstance(config, ExperimentConfig):
@@ -83,7 +94,7 @@ def run_experiment(
             return history
     try:
         with on_workers(config.workers), simulated_secure_sums(config.secure_aggregation):
-            rows, client_rows, weights = _execute(config, checkpoint, progress, callback)
+            rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop)
     finally:
         if config.dp != "none":
             # TFF's C++ worker keeps 5-10 MB per DP round (tools/dp_worker_memory.py); stopping it
@@ -128,7 +139,7 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
                                  f"at most {MAX_ORDER_BYTES / 2**30:.0f} GiB is allowed")
 
 
-def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progress: bool, callback):
+def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progress: bool, callback, stop=None):
     data = dataset_for(config)
     spec = spec_for(config, data)
     clients = Clients.for_config(config, spec)
@@ -194,6 +205,8 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             bar.update(1)
             if callback is not None:
                 callback({**row, **config.experiment_dict()}, history)
+            if stop is not None and stop.is_set() and round_num < config.rounds:
+                raise RunStopped(round_num)
     finally:
         bar.close()
     final = [np.asarray(w) for w in state.global_model_weights.trainable] + \
