@@ -6,7 +6,14 @@ with the ``register_*`` decorators; they are then usable by name everywhere a
 built-in is (configs, sweeps, caches, checkpoints, widgets, command line).
 """
 
-from . import aggregation, crosssilo, privacy
+import os as _os
+
+# TensorFlow's C++ log lines (CUDA factories registered on a machine with no GPU, grappler's "fetch node" notes)
+# fill notebooks with red; they must be silenced before TensorFlow is imported. fedlab's own warnings are Python
+# warnings and stay visible; TF_CPP_MIN_LOG_LEVEL=0 in the environment shows TensorFlow's lines again.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from . import aggregation, crosssilo, privacy  # noqa: E402
 from .accounting import epsilon, noise_multiplier_for
 from .aggregation import AGGREGATORS, register_aggregator
 from .algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm

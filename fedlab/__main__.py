@@ -167,19 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-checkpoint", action="store_true",
                      help="do not checkpoint to OUT/checkpoint (by default a rerun resumes there)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--tensorboard", type=_folder, default=None, metavar="DIR",
+                     help="also write each round's metrics as TensorBoard events under DIR (tensorboard --logdir DIR)")
 
     listing = sub.add_parser("list", help="what is registered: data sets, models, algorithms, partitioners, "
                                           "aggregators, with their papers")
     listing.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                          help="import MODULE (or a .py file) first")
 
-    priv = sub.add_parser("privacy", help="epsilon of DP-FedAvg, or the noise multiplier for a target epsilon")
+    priv = sub.add_parser("privacy", help="epsilon of DP-FedAvg (user level) or DP-SGD in a site (record level), "
+                                          "or the noise multiplier for a target epsilon")
     which = priv.add_mutually_exclusive_group(required=True)
     which.add_argument("--noise-multiplier", type=_number(float), help="z: prints epsilon=<value>")
     which.add_argument("--target-epsilon", type=_number(float), help="prints noise_multiplier=<value>")
-    priv.add_argument("--clients-per-round", type=_number(int), required=True, help="K (expected, Poisson sampling)")
-    priv.add_argument("--num-clients", type=_number(int), required=True, help="N")
-    priv.add_argument("--rounds", type=_number(int), required=True)
+    user = priv.add_argument_group("user level (DP-FedAvg): clients are the unit")
+    user.add_argument("--clients-per-round", type=_number(int), help="K (expected, Poisson sampling)")
+    user.add_argument("--num-clients", type=_number(int), help="N")
+    user.add_argument("--rounds", type=_number(int))
+    record = priv.add_argument_group("record level (DP-SGD in one site): records are the unit")
+    record.add_argument("--examples", type=_number(int), help="records at the site")
+    record.add_argument("--batch-size", type=_number(int), help="expected batch (Poisson rate batch/examples)")
+    record.add_argument("--steps", type=_number(int), help="DP-SGD steps the site takes in all")
     priv.add_argument("--delta", type=_number(float), required=True)
     priv.add_argument("--accountant", choices=["rdp", "pld"], default="rdp")
 
@@ -233,7 +241,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        history = run_experiment(config, checkpoint_dir=checkpoint_dir, progress=not args.quiet, stop=stop)
+        history = run_experiment(config, checkpoint_dir=checkpoint_dir, progress=not args.quiet, stop=stop,
+                                 tensorboard_dir=args.tensorboard)
     except (RunStopped, KeyboardInterrupt):
         kept = (f"the checkpoint in {checkpoint_dir} holds {Checkpoint(checkpoint_dir, config).describe()}; "
                 "run the same command again to resume" if checkpoint_dir is not None
@@ -263,15 +272,30 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     from .accounting import epsilon, noise_multiplier_for
     from .validation import integer
 
-    integer("num_clients", args.num_clients, 1)
-    if not 1 <= args.clients_per_round <= args.num_clients:
-        raise ConfigError("clients_per_round", f"must be between 1 and num_clients={args.num_clients}, "
-                                               f"got {args.clients_per_round}")
-    q = args.clients_per_round / args.num_clients
-    if args.noise_multiplier is not None:
-        print(f"epsilon={epsilon(args.noise_multiplier, q, args.rounds, args.delta, args.accountant):.6g}")
+    user = [args.clients_per_round, args.num_clients, args.rounds]
+    record = [args.examples, args.batch_size, args.steps]
+    if any(v is not None for v in record):
+        if any(v is not None for v in user) or any(v is None for v in record):
+            raise UsageError("give either --clients-per-round, --num-clients and --rounds (user level) or "
+                             "--examples, --batch-size and --steps (record level)")
+        integer("examples", args.examples, 2)
+        if not 1 <= args.batch_size < args.examples:
+            raise ConfigError("batch_size", f"must be between 1 and examples - 1 = {args.examples - 1}, "
+                                            f"got {args.batch_size}")
+        q, steps = args.batch_size / args.examples, args.steps
     else:
-        print(f"noise_multiplier={noise_multiplier_for(args.target_epsilon, q, args.rounds, args.delta, args.accountant):.6g}")
+        if any(v is None for v in user):
+            raise UsageError("--clients-per-round, --num-clients and --rounds are required (or, at record level, "
+                             "--examples, --batch-size and --steps)")
+        integer("num_clients", args.num_clients, 1)
+        if not 1 <= args.clients_per_round <= args.num_clients:
+            raise ConfigError("clients_per_round", f"must be between 1 and num_clients={args.num_clients}, "
+                                                   f"got {args.clients_per_round}")
+        q, steps = args.clients_per_round / args.num_clients, args.rounds
+    if args.noise_multiplier is not None:
+        print(f"epsilon={epsilon(args.noise_multiplier, q, steps, args.delta, args.accountant):.6g}")
+    else:
+        print(f"noise_multiplier={noise_multiplier_for(args.target_epsilon, q, steps, args.delta, args.accountant):.6g}")
     return 0
 
 

@@ -114,3 +114,33 @@ def noise_multiplier_for(target_epsilon: float, sampling_probability: float, rou
         return z_rdp
     # PLD is tighter, so its z lies below RDP's; a tiny z would make PLD's grid huge.
     return calibrate("pld", dp_accounting.ExplicitBracketInterval(z_rdp / 4, z_rdp))
+
+
+def record_level_epsilons(noise_multiplier: float, sizes: Sequence[int], batch_size: int,
+                          steps_per_round: Sequence[int], participation: np.ndarray, delta: float,
+                          accountant: str = "rdp", at: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Record-level epsilon of every client after every round: an array (rounds, clients).
+
+    DP-SGD in client k is a Poisson-subsampled Gaussian mechanism per step with
+    q_k = batch_size / n_k (Abadi et al. 2016), composed over every step the
+    client has taken: ``steps_per_round[k]`` in each round it took part in
+    (``participation``, booleans of shape (rounds, clients)). Zero before a
+    client's first step; infinite without noise. ``at``: rounds to compute
+    (others NaN; PLD costs about a second per point).
+    """
+    participation = np.asarray(participation, bool)
+    rounds, clients = participation.shape
+    out = np.full((rounds, clients), np.nan)
+    wanted = np.arange(1, rounds + 1) if at is None else np.asarray(sorted(set(at)), int)
+    for k in range(clients):
+        q = min(1.0, batch_size / sizes[k])
+        steps = np.cumsum(participation[:, k]) * int(steps_per_round[k])
+        needed = sorted({int(steps[r - 1]) for r in wanted if steps[r - 1] > 0})
+        curve = {}
+        if needed:
+            values = epsilon_by_round(noise_multiplier, q, max(needed), delta, accountant, at=needed)
+            curve = {s: values[s - 1] for s in needed}
+        for r in wanted:
+            s = int(steps[r - 1])
+            out[r - 1, k] = 0.0 if s == 0 else curve[s]
+    return out

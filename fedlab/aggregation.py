@@ -179,9 +179,16 @@ def robust_aggregator(name: str, clip_norm: float, inner):
     return entry.build(clip_norm, inner)
 
 
+def builders_in_use(config) -> list[AggregatorBuilder]:
+    """The registered aggregator builders a config selects by name (its user-level DP mode and robust defence)."""
+    chosen = [config.dp] if config.user_level_dp else []
+    chosen += [config.robust] if config.robust != "none" else []
+    return [AGGREGATORS[name] for name in chosen]
+
+
 def make_aggregator(config):
     """The ``tff.aggregators`` factory for ``config`` (None: TFF's default weighted mean)."""
-    if config.dp != "none":
+    if config.user_level_dp:
         factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
                                 clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
                                 target_quantile=config.target_quantile, seeded=config.noise_source == "seeded")
@@ -202,7 +209,7 @@ def make_aggregator(config):
 
 def aggregator_key(config) -> tuple:
     """What the aggregator depends on; part of the process-cache key."""
-    if config.dp != "none":
+    if config.user_level_dp:
         return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
                 config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source)
     return ("mean", config.secure_aggregation, config.quantization_bits, config.robust,
@@ -218,7 +225,7 @@ def bits_per_value_up(config) -> float:
             # symmetric modular sum: TFF sums in [0, 2m - 1) for modulus m
             return math.ceil(math.log2(2 * secure_modulus(config.quantization_bits, config.clients_per_round) - 1))
         return 32 + math.ceil(math.log2(max(config.clients_per_round, 1)))  # 32-bit values, summed without overflow
-    if config.quantization_bits and config.dp == "none":
+    if config.quantization_bits and not config.user_level_dp:
         return config.quantization_bits
     return 32
 
@@ -234,7 +241,7 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     params = int(sum(trainable_sizes))
     down = clients * 4 * (params + int(sum(non_trainable_sizes)))
     per_client_up = params * bits_per_value_up(config) / 8 + 4
-    if config.quantization_bits and not config.secure_aggregation and config.dp == "none":
+    if config.quantization_bits and not config.secure_aggregation and not config.user_level_dp:
         per_client_up += 8 * len(trainable_sizes)
     return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
 

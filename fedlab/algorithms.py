@@ -114,7 +114,8 @@ class Algorithm:
     frozen layers (Keras-model path) are refused. ``on_arrays``: optionally,
     a second builder of the same algorithm whose clients train on their
     arrays in one compiled loop (:mod:`fedlab.array_training`), taking also
-    ``client_weighting``; fedlab uses it whenever the model is functional.
+    ``client_weighting`` and ``example_dp`` (record-level DP-SGD, as ``(z, C)``
+    or None); fedlab uses it whenever the model is functional.
     """
 
     name: str
@@ -238,14 +239,14 @@ def on_arrays(server_optimizer: Callable[[float, Any], Any], *, proximal: Option
     """
 
     def build(model, *, client_lr: float, server_lr: float, params: Any = None, model_aggregator: Any = None,
-              client_weighting: str = "examples"):
+              client_weighting: str = "examples", example_dp: Optional[tuple[float, float]] = None):
         from .array_training import build_array_process
 
         return build_array_process(
             model, client_lr=client_lr,
             server_optimizer=server_optimizer(client_lr if full_batch else server_lr, params),
             model_aggregator=model_aggregator, full_batch=full_batch, weighting=client_weighting,
-            proximal_strength=getattr(params, proximal) if proximal else 0.0)
+            proximal_strength=getattr(params, proximal) if proximal else 0.0, example_dp=example_dp)
 
     build.__module__ = __name__
     return build

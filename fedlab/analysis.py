@@ -37,8 +37,9 @@ def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 
 def summarize(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
-    """Mean, standard deviation and count of ``value`` over seeds."""
-    return table.groupby(list(by), dropna=False)[value].agg(["mean", "std", "count"]).reset_index()
+    """Mean, standard deviation and count of ``value`` over seeds (no std column when every group has one seed)."""
+    out = table.groupby(list(by), dropna=False)[value].agg(["mean", "std", "count"]).reset_index()
+    return out.drop(columns="std") if (out["count"] <= 1).all() else out
 
 
 def accounting_table(noise_multipliers: Sequence[float], clients_per_round: Sequence[int], *, num_clients: int,

@@ -59,8 +59,9 @@ def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = No
 
 
 def client_data_type(x_spec, y_spec):
-    """The TFF type of one client's input: arrays, example orders (E, n), batch size, step cap (-1: none), and
-    the batches of the first epoch to skip (where the previous round stopped)."""
+    """The TFF type of one client's input: arrays, example orders (E, n), batch size, step cap (-1: none), the
+    batches of the first epoch to skip (where the previous round stopped), and the client's random key for this
+    round (record-level DP's Poisson batches and noise)."""
     t = tff()
     return t.StructWithPythonType([
         ("x", t.TensorType(x_spec.dtype.as_numpy_dtype, x_spec.shape)),
@@ -69,13 +70,22 @@ def client_data_type(x_spec, y_spec):
         ("batch", t.TensorType(np.int64, [])),
         ("steps", t.TensorType(np.int64, [])),
         ("skip", t.TensorType(np.int64, [])),
+        ("key", t.TensorType(np.int64, [2])),
     ], collections.OrderedDict)
 
 
 def build_client_update(model, *, client_optimizer, proximal_strength: float = 0.0, full_batch: bool = False,
-                        weighting: str = "examples"):
+                        weighting: str = "examples", example_dp: Optional[tuple[float, float]] = None):
     """The per-client training function: ``(initial weights, client data, learning rate) -> (ClientResult,
-    metrics state)``. The learning rate is a tensor, so one built process serves every learning rate."""
+    metrics state)``. The learning rate is a tensor, so one built process serves every learning rate.
+
+    ``example_dp=(z, C)``: record-level DP-SGD in the client (Abadi et al. 2016, "Deep Learning with
+    Differential Privacy", arXiv:1607.00133): each step's batch is a Poisson sample of the client's
+    examples (each with probability q = batch / n, keyed by the client's ``key`` and the step), every
+    per-example gradient is clipped to L2 norm C, the clipped sum gets N(0, (z C)^2) noise and is divided
+    by the expected batch size q n. A FedProx term, if any, is added after the noise (it depends on no
+    example).
+    """
     import tensorflow as tf
     from tensorflow_federated.python.learning import tensor_utils
     from tensorflow_federated.python.learning.models import variable
@@ -104,6 +114,35 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
                 loss = model.loss(output=output, label=yb)
             return output, loss, tape.gradient(loss, trainable)
 
+        def private_gradients(trainable, key, step):
+            """A Poisson batch, per-example gradients clipped to C, their sum noised, over the expected size."""
+            z, clip = example_dp
+            step_key = tf.random.experimental.stateless_fold_in(key, step)
+            q = tf.cast(batch, tf.float32) / tf.cast(n, tf.float32)
+            chosen = tf.where(tf.random.stateless_uniform([n], seed=step_key) < q)[:, 0]
+            xb, yb = tf.gather(x, chosen), tf.gather(y, chosen)
+
+            def one(example):
+                xi, yi = example
+                with tf.GradientTape() as tape:
+                    tape.watch(trainable)
+                    out = model.predict_on_batch((trainable, non_trainable), xi[None], training=True)
+                    example_loss = model.loss(output=out, label=yi[None])
+                return tuple(tape.gradient(example_loss, trainable))
+
+            def clipped_sum():
+                per_example = tf.vectorized_map(one, (xb, yb))
+                count = tf.shape(xb)[0]
+                squares = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [count, -1]), axis=1) for g in per_example])
+                factor = tf.minimum(1.0, clip / tf.maximum(tf.sqrt(squares), 1e-12))
+                return tuple(tf.reduce_sum(g * tf.reshape(factor, [-1] + [1] * (len(g.shape) - 1)), axis=0)
+                             for g in per_example)
+
+            total = tf.cond(tf.size(chosen) > 0, clipped_sum, lambda: tuple(tf.zeros_like(w) for w in trainable))
+            noised = tuple(t + tf.random.stateless_normal(tf.shape(t), seed=tf.random.experimental.stateless_fold_in(
+                step_key, k + 1), stddev=z * clip, dtype=t.dtype) for k, t in enumerate(total))
+            return xb, yb, tuple(v / tf.cast(batch, v.dtype) for v in noised)
+
         def metrics_after(metrics_state, output, loss, yb):
             count = tf.shape(tf.nest.flatten(output)[0])[0]
             return model.update_metrics_state(
@@ -118,8 +157,14 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
             update = tuple((count * g) / count for g in gradients)
         else:
             def body(i, trainable, optimizer_state, metrics_state, num_examples):
-                xb, yb = batch_at(i)
-                output, loss, gradients = forward(trainable, xb, yb)
+                if example_dp is None:
+                    xb, yb = batch_at(i)
+                    output, loss, gradients = forward(trainable, xb, yb)
+                else:
+                    xb, yb, gradients = private_gradients(trainable, data["key"], i)
+                    output = model.predict_on_batch((trainable, non_trainable), xb, training=True)
+                    loss = tf.cond(tf.shape(xb)[0] > 0, lambda: model.loss(output=output, label=yb),
+                                   lambda: tf.constant(0.0))
                 if proximal_strength > 0.0:  # d/dw mu/2 ||w - w0||^2 = mu (w - w0)
                     gradients = tuple(g + proximal_strength * (w - w0)
                                       for g, w, w0 in zip(gradients, trainable, trainable0))
@@ -148,7 +193,7 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
 
 def build_array_process(model, *, client_lr: float, server_optimizer, model_aggregator: Any = None,
                         proximal_strength: float = 0.0, full_batch: bool = False, weighting: str = "examples",
-                        client_optimizer=None):
+                        client_optimizer=None, example_dp: Optional[tuple[float, float]] = None):
     """A ``tff.learning.templates.LearningProcess`` whose ``next(state, client_data)`` takes arrays per client.
 
     ``model``: a TFF functional model; ``server_optimizer``: a
@@ -171,8 +216,10 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
     weights_type = t.types.tensorflow_to_type(weights_spec)
     x_spec, y_spec = model.input_spec
     data_type = client_data_type(x_spec, y_spec)
+    if example_dp is not None and full_batch:
+        raise ValueError("example_dp: record-level DP-SGD needs batches, not one full-batch gradient")
     update = build_client_update(model, client_optimizer=client_optimizer, proximal_strength=float(proximal_strength),
-                                 full_batch=full_batch, weighting=weighting)
+                                 full_batch=full_batch, weighting=weighting, example_dp=example_dp)
 
     @t.tensorflow.computation(weights_type, data_type, t.TensorType(np.float32))
     def train_client(initial_weights, data, learning_rate):

@@ -190,5 +190,6 @@ def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_
     batches as a dataset inside TFF for the stock client work.
     """
     orders, batch, steps, skip = client_plan(len(x), config, round_num, client)
+    key = np.random.default_rng([config.seeds["noise"], round_num, client, 3]).integers(0, 2**31 - 1, 2)
     return collections.OrderedDict(x=x, y=y, orders=orders.astype(np.int64), batch=np.int64(batch),
-                                   steps=np.int64(steps), skip=np.int64(skip))
+                                   steps=np.int64(steps), skip=np.int64(skip), key=key.astype(np.int64))

@@ -32,6 +32,7 @@ from .validation import ConfigError, boolean, integer, is_integer, number, one_o
 
 EXECUTION_FIELDS = ("workers",)  # where a run executes, not what it computes
 NOISE_SOURCES = ("seeded", "unseeded")
+RECORD_LEVEL = "example"  # dp="example": DP-SGD on the records inside every client
 MAX_SEED = 2**31 - 1
 
 
@@ -67,11 +68,11 @@ class ExperimentConfig:
     test_fraction: Optional[float] = None  # held-out share; None: the data set's default (1/3 heart disease, else 0.2)
     validation_fraction: float = 0.0  # > 0: evaluate on this share of the training data (per site), not the test set
     exclude_clients: tuple = ()  # clients that never train (they are still evaluated)
-    dp: str = "none"  # user-level DP: none, fixed (clipping) or adaptive (clipping to a quantile)
+    dp: str = "none"  # user-level DP: fixed (clipping) or adaptive (to a quantile); record-level DP-SGD: example
     noise_multiplier: float = 0.0  # z: noise std is z * clip_norm on the sum of updates
-    clip_norm: float = 1.0  # L2 bound C on one client's update: DP clip (initial C if adaptive), secure range, robust norm
+    clip_norm: float = 1.0  # L2 bound C: a client's update (DP, secure range, robust), or one example's gradient (example)
     target_quantile: float = 0.5  # adaptive clipping: share of updates left unclipped
-    delta: Optional[float] = None  # None: num_clients ** -1.1
+    delta: Optional[float] = None  # None: num_clients ** -1.1 (user-level), 1e-5 per site (record-level)
     accountant: str = "rdp"  # rdp or pld (dp-accounting)
     secure_aggregation: bool = False  # the server sees only the sum (range: clip_norm)
     quantization_bits: int = 0  # 0: float32 updates; b: b-bit compression, or b-bit secure sum
@@ -135,7 +136,7 @@ class ExperimentConfig:
         for name in ("seed", "data_seed", "model_seed", "sampling_seed", "noise_seed"):
             if getattr(self, name) is not None or name == "seed":
                 s(name, integer(name, getattr(self, name), 0, MAX_SEED))
-        s("dp", one_of("dp", self.dp, ("none",) + aggregator_names("dp")))
+        s("dp", one_of("dp", self.dp, ("none",) + aggregator_names("dp") + (RECORD_LEVEL,)))
         s("noise_multiplier", number("noise_multiplier", self.noise_multiplier, 0.0, 1e4))
         s("clip_norm", number("clip_norm", self.clip_norm, 0.0, 1e6, low_open=True))
         s("target_quantile", number("target_quantile", self.target_quantile, 0.0, 1.0, low_open=True, high_open=True))
@@ -190,10 +191,19 @@ class ExperimentConfig:
         if self.dp == "none" and self.noise_multiplier != 0:
             raise ConfigError("noise_multiplier", "has no effect without dp; set dp to "
                                                   f"{' or '.join(aggregator_names('dp'))}, or leave it at 0")
-        if self.dp != "none" and not algorithm.unweighted:
+        if self.dp == RECORD_LEVEL:
+            if algorithm.on_arrays is None or algorithm.full_batch or self.freeze_layers:
+                reason = ("it takes one full-batch gradient" if algorithm.full_batch else "it has frozen layers"
+                          if self.freeze_layers else "it has no compiled client loop (on_arrays)")
+                raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
+                                        f"{self.algorithm}: {reason}")
+            if self.batch_size == 0:
+                raise ConfigError("batch_size", "must be > 0 with dp='example': DP-SGD samples batches of that "
+                                                "expected size")
+        if self.user_level_dp and not algorithm.unweighted:
             raise ConfigError("algorithm", f"with dp={self.dp!r} must be one that takes an unweighted aggregator "
                                            f"({', '.join(_unweighted())}), got {self.algorithm!r}")
-        if self.dp != "none" and (self.quantization_bits or self.secure_aggregation):
+        if self.user_level_dp and (self.quantization_bits or self.secure_aggregation):
             raise ConfigError("quantization_bits" if self.quantization_bits else "secure_aggregation",
                               "cannot be combined with dp here: TFF 0.87's DP factory owns the sum")
         if self.secure_aggregation and not algorithm.unweighted:
@@ -250,8 +260,15 @@ class ExperimentConfig:
         }
 
     @property
+    def user_level_dp(self) -> bool:
+        """DP of whole clients (an aggregator clips and noises updates), not of records inside them."""
+        return self.dp not in ("none", RECORD_LEVEL)
+
+    @property
     def effective_delta(self) -> float:
-        return self.num_clients ** -1.1 if self.delta is None else self.delta
+        if self.delta is not None:
+            return self.delta
+        return 1e-5 if self.dp == RECORD_LEVEL else self.num_clients ** -1.1
 
     @property
     def sampling_probability(self) -> float:

@@ -68,12 +68,14 @@ class Evaluator:
         return evaluate_logits(self.logits(x), y, self.spec.binary)
 
     def site_metrics(self, data: Dataset) -> dict:
-        """Accuracy on each site's own held-out data: ``site_accuracy_<name>``."""
+        """Accuracy on each site's own held-out data, ``site_accuracy_<name>``, and their mean over sites,
+        ``mean_site_accuracy`` (the cross-silo benchmarks' headline; ``eval_accuracy`` pools all test data)."""
         logits = self.logits(data.x_test)
         out = {}
         for s, name in enumerate(data.site_names):
             idx = np.flatnonzero(data.test_sites == s)
             out[f"site_accuracy_{name}"] = evaluate_logits(logits[idx], data.y_test[idx], self.spec.binary)[1]
+        out["mean_site_accuracy"] = float(np.mean(list(out.values())))
         return out
 
     def client_rows(self, client_x: Sequence[np.ndarray], client_y: Sequence[np.ndarray], round_num: int) -> list[dict]:

@@ -1,6 +1,12 @@
 """Figures: each function computes a DataFrame, draws on ``ax`` (or a new
 figure) and returns ``(fig, ax, df)``. None of them saves; ``save_figure``
 is the separate last step.
+
+One style for every figure of the package (:data:`STYLE`, applied by
+``fl.setup()`` and by these functions): constrained layout, so legends and
+labels never overlap the next subplot; legends with titles; markers and line
+styles that keep identical runs visible on top of each other; bands or error
+bars wherever several seeds were run; a readable resolution.
 """
 
 from __future__ import annotations
@@ -12,13 +18,50 @@ import numpy as np
 import pandas as pd
 
 
+STYLE = {
+    "figure.constrained_layout.use": True,
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.fontsize": "small",
+    "legend.title_fontsize": "small",
+    "legend.framealpha": 0.85,
+    "axes.titlesize": "medium",
+}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def apply_style() -> None:
+    """Makes :data:`STYLE` matplotlib's default (``fl.setup()`` calls it)."""
+    import matplotlib
+
+    matplotlib.rcParams.update(STYLE)
+
+
 def _axis(ax, figsize=(6, 4)):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
+        with plt.rc_context(STYLE):
+            fig, ax = plt.subplots(figsize=figsize)
         return fig, ax
     return ax.figure, ax
+
+
+def _look(i: int) -> dict:
+    """The i-th line's marker and line style: overlapping runs stay visible."""
+    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)]}
+
+
+def axis_label(column: str) -> str:
+    """A column name as an axis label with its unit."""
+    units = {"round": "round", "eval_accuracy": "test accuracy (share correct)",
+             "eval_loss": "test loss (cross-entropy)", "train_loss": "training loss (cross-entropy)",
+             "epsilon": "epsilon (at the run's delta)", "cumulative_bytes": "bytes sent (down + up)",
+             "seconds_per_round": "seconds per round", "clients_per_round": "clients per round"}
+    return units.get(column, column.replace("_", " "))
 
 
 def learning_curve_table(history: pd.DataFrame, metric: str = "eval_accuracy",
@@ -39,19 +82,21 @@ def plot_learning_curves(history: pd.DataFrame, *, metric: str = "eval_accuracy"
     table = learning_curve_table(history, metric, hue)
     hue_cols = [hue] if isinstance(hue, str) else list(hue or [])
     groups = table.groupby(hue_cols, dropna=False) if hue_cols else [((), table)]
-    for key, group in groups:
+    for i, (key, group) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
-        label = ", ".join(f"{c}={v}" for c, v in zip(hue_cols, key)) or metric
-        ax.plot(group["round"], group["mean"], marker="o" if len(group) < 15 else None, ms=3, label=label)
+        label = ", ".join(str(v) for v in key) or metric
+        look = _look(i)
+        ax.plot(group["round"], group["mean"], ms=3.5, markevery=max(1, len(group) // 12), label=label,
+                color=f"C{i % 10}", marker=look["marker"], linestyle=look["linestyle"])
         if (group["count"] > 1).any():
-            ax.fill_between(group["round"], group["mean"] - group["std"], group["mean"] + group["std"], alpha=0.2)
+            ax.fill_between(group["round"], group["mean"] - group["std"], group["mean"] + group["std"], alpha=0.2,
+                            color=f"C{i % 10}")
     ax.set_xlabel("round")
-    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_ylabel(axis_label(metric))
     if title:
         ax.set_title(title)
     if hue_cols:
-        ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+        ax.legend(title=", ".join(hue_cols), fontsize="small")
     return fig, ax, table
 
 
@@ -68,10 +113,10 @@ def plot_label_distribution(report: pd.DataFrame, *, ax=None, max_clients: int =
         ax.bar(table.index, table[label], bottom=bottom, color=colors(i % colors.N), label=str(label), width=0.85)
         bottom += table[label].to_numpy()
     ax.set_xlabel("client")
-    ax.set_ylabel("examples")
+    ax.set_ylabel("examples held")
     if title:
         ax.set_title(title)
-    ax.legend(title="label", fontsize="x-small", ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.legend(title="label", fontsize="x-small", ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig, ax, table
 
 
@@ -111,18 +156,19 @@ def plot_metric_vs(table: pd.DataFrame, *, x: str, y: str = "eval_accuracy", hue
     keys = ([hue] if hue else []) + [x]
     stats = table.groupby(keys, dropna=False)[y].agg(["mean", "std", "count"]).reset_index().fillna({"std": 0.0})
     groups = stats.groupby(hue, sort=False) if hue else [(y, stats)]
-    for name, group in groups:
+    for i, (name, group) in enumerate(groups):
         group = group.sort_values(x)
-        ax.errorbar(group[x], group["mean"], yerr=group["std"], marker="o", ms=4, capsize=3, label=str(name))
+        look = _look(i)
+        ax.errorbar(group[x], group["mean"], yerr=group["std"] if (group["count"] > 1).any() else None,
+                    ms=4.5, capsize=3, label=str(name), color=f"C{i % 10}", **look)
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel(y.replace("_", " "))
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
     if title:
         ax.set_title(title)
     if hue:
-        ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+        ax.legend(title=hue.replace("_", " "), fontsize="small")
     return fig, ax, stats
 
 
@@ -143,8 +189,11 @@ def plot_images(images: Sequence[np.ndarray], image_shape: tuple[int, int], *, t
 
 
 def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: Optional[Sequence[str]] = None,
-                       title: str = "accuracy on each site's own test set"):
-    """Bars of the latest ``site_accuracy_<site>`` columns of a run (the global model per site)."""
+                       excluded: Sequence[str] = (), title: str = "accuracy on each site's own test set"):
+    """Bars of the latest ``site_accuracy_<site>`` columns of a run (the global model per site).
+
+    Sites in ``excluded`` (left out of training, still evaluated) are hatched and marked.
+    """
     fig, ax = _axis(ax, figsize=(5, 3.5))
     table = pd.DataFrame(columns=["site", "accuracy"])
     if history is not None and len(history):
@@ -154,14 +203,18 @@ def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: 
             last = evaluated.iloc[-1]
             table = pd.DataFrame({"site": [c[len("site_accuracy_"):] for c in columns],
                                   "accuracy": [float(last[c]) for c in columns]})
-    if len(table):
-        ax.bar(table["site"], table["accuracy"], color=[f"C{i}" for i in range(len(table))])
-        for i, v in enumerate(table["accuracy"]):
-            ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize="small")
-    elif site_names:
-        ax.bar(list(site_names), [0] * len(site_names))
+    sites = list(table["site"]) if len(table) else list(site_names or [])
+    values = list(table["accuracy"]) if len(table) else [0.0] * len(sites)
+    for i, (site, value) in enumerate(zip(sites, values)):
+        left_out = site in excluded
+        ax.bar(i, value, color="0.85" if left_out else f"C{i}", edgecolor=f"C{i}", hatch="//" if left_out else None)
+        if len(table):
+            ax.text(i, value + 0.01, f"{value:.2f}", ha="center", fontsize="small")
+        if left_out:
+            ax.text(i, 0.04, "left out", ha="center", rotation=90, fontsize="x-small", va="bottom")
+    ax.set_xticks(range(len(sites)), sites)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (share of the site's test patients)")
     ax.set_title(title, fontsize="medium")
     return fig, ax, table
 

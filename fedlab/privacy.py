@@ -16,20 +16,51 @@ from typing import Optional
 import numpy as np
 
 from .accounting import epsilon
-from .clients import client_arrays_for, dataset_for, spec_for
+from .clients import Clients, client_arrays_for, dataset_for, plan_size, spec_for
+from .config import RECORD_LEVEL
 from .evaluation import Evaluator, per_example_loss
-from .runner import final_weights, run_experiment
+from .runner import final_weights, record_level_site_epsilons, run_experiment
+from .sampling import sample_clients
 
 
 def describe(config) -> str:
     """One line for a DP config: epsilon after its rounds at its delta (accounting only, no training)."""
     if config.dp == "none" or config.noise_multiplier == 0:
         return "no differential privacy (epsilon = infinity)"
+    if config.dp == RECORD_LEVEL:
+        table = site_epsilons(config)
+        worst = table.loc[table.epsilon.idxmax()]
+        return (f"<b>record-level epsilon = {worst.epsilon:.3g}</b> at delta = {config.effective_delta:.1e} per site "
+                f"after {config.rounds} rounds (worst site: {worst.site}, {int(worst.examples)} records, "
+                f"q = {worst.sampling_probability:.3g}, {int(worst.steps)} steps)")
     eps = epsilon(config.noise_multiplier, config.sampling_probability, config.rounds, config.effective_delta,
                   config.accountant)
     return (f"<b>epsilon = {eps:.3g}</b> at delta = {config.effective_delta:.1e} after {config.rounds} rounds "
             f"(q = {config.sampling_probability:.3g}, {config.accountant.upper()})")
 
+
+def site_epsilons(config):
+    """Record-level DP (``dp="example"``): each site's records, sampling probability, DP-SGD steps and epsilon
+    after the config's rounds, at ``config.effective_delta`` per site."""
+    import pandas as pd
+
+    if config.dp != RECORD_LEVEL:
+        raise ValueError(f"dp: site epsilons are for record-level DP (dp='example'), got {config.dp!r}")
+    spec = spec_for(config)
+    clients = Clients.for_config(config, spec)
+    eps = record_level_site_epsilons(config, clients, at=[config.rounds])[-1]
+    data = dataset_for(config)
+    names = data.site_names if data.site_names is not None and len(data.site_names) == config.num_clients \
+        else [str(c) for c in range(config.num_clients)]
+    rows = []
+    for k, x in enumerate(clients.x):
+        n = len(x)
+        epochs, batch, cap = plan_size(n, config)
+        per_round = cap if cap >= 0 else epochs * -(-n // batch)
+        taken = sum(k in set(sample_clients(config, r).tolist()) for r in range(1, config.rounds + 1))
+        rows.append({"site": names[k], "examples": n, "sampling_probability": min(1.0, config.batch_size / n),
+                     "steps": per_round * taken, "epsilon": float(eps[k]), "delta": config.effective_delta})
+    return pd.DataFrame(rows)
 
 
 def _auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import algorithms
-from .aggregation import AGGREGATORS, aggregator_key, make_aggregator
+from .aggregation import aggregator_key, builders_in_use, make_aggregator
 from .array_training import with_learning_rates
 from .clients import batches
 from .config import ExperimentConfig
@@ -38,9 +38,10 @@ def process_key(config: ExperimentConfig, spec: ModelSpec) -> tuple:
     entry = config.algorithm_entry
     on_arrays = uses_arrays(config, spec)
     rates = () if on_arrays else (config.client_lr, None if entry.full_batch else config.effective_server_lr)
-    builders = tuple(AGGREGATORS[name] for name in (config.dp, config.robust) if name != "none")
+    builders = tuple(builders_in_use(config))
+    record_level = (config.noise_multiplier, config.clip_norm) if config.dp == "example" else None
     return (spec, spec.builder, entry, config.algorithm_params, on_arrays, rates, config.client_weighting,
-            aggregator_key(config), builders)
+            aggregator_key(config), builders, record_level)
 
 
 # Processes whose ``next`` takes client arrays (fedlab.array_training), not datasets.
@@ -61,9 +62,11 @@ def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator
     if on_arrays is None:
         on_arrays = uses_arrays(config, spec)
     if on_arrays:
+        extra = {"example_dp": (config.noise_multiplier, config.clip_norm)} if config.dp == "example" else {}
         process = entry.on_arrays(spec.functional_model(), client_lr=config.client_lr,
                                   server_lr=config.effective_server_lr, params=config.algorithm_params,
-                                  model_aggregator=model_aggregator, client_weighting=config.client_weighting)
+                                  model_aggregator=model_aggregator, client_weighting=config.client_weighting,
+                                  **extra)
         _ON_ARRAYS.add(process)
         return process
     return algorithms.build(config.algorithm, spec.tff_model(), client_lr=config.client_lr,
@@ -114,8 +117,10 @@ def trainer_on_arrays(process, x: np.ndarray, y: np.ndarray):
         int64 = t.TensorType(np.int64, [])
 
         @t.tensorflow.computation(t.TensorType(x.dtype, [None, *x.shape[1:]]), t.TensorType(y.dtype, [None, *y.shape[1:]]),
-                                  t.TensorType(np.int64, [None, None]), int64, int64, int64)
-        def client_data(x, y, orders, batch, steps, skip):
+                                  t.TensorType(np.int64, [None, None]), int64, int64, int64,
+                                  t.TensorType(np.int64, [2]))
+        def client_data(x, y, orders, batch, steps, skip, key):
+            del key  # TFF's client work has no record-level DP to key
             return batches(x, y, orders, batch, steps, skip)
 
         trainers[key] = t.simulation.compose_dataset_computation_with_learning_process(client_data, process)

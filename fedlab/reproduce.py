@@ -32,7 +32,7 @@ def notebooks(only: Optional[Sequence[str]] = None) -> list[pathlib.Path]:
 
 def run_notebook(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, results_dir: pathlib.Path,
                  output_dir: pathlib.Path, cache_dir: pathlib.Path = ROOT / "build" / "cache",
-                 timeout: int = 3600) -> pathlib.Path:
+                 timeout: int = 3600, progress: bool = False) -> pathlib.Path:
     """Executes ``path`` into ``output_dir`` (the committed notebook stays without outputs)."""
     import papermill
 
@@ -42,7 +42,7 @@ def run_notebook(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, r
         str(path), str(out),
         parameters={"fast": fast, "figures_dir": str(figures_dir), "results_dir": str(results_dir),
                     "cache_dir": str(cache_dir)},
-        cwd=str(path.parent), kernel_name="python3", progress_bar=False, execution_timeout=timeout,
+        cwd=str(path.parent), kernel_name="python3", progress_bar=progress, execution_timeout=timeout,
     )
     return out
 
@@ -58,7 +58,7 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
         written.append(run_notebook(path, fast=fast, figures_dir=pathlib.Path(figures_dir).resolve(),
                                     results_dir=pathlib.Path(results_dir).resolve(),
                                     output_dir=pathlib.Path(output_dir).resolve(),
-                                    cache_dir=pathlib.Path(cache_dir).resolve()))
+                                    cache_dir=pathlib.Path(cache_dir).resolve(), progress=True))
         print(f"[reproduce] {path.name} done in {time.time() - t0:.0f} s", flush=True)
     return written
 

@@ -22,10 +22,10 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from .accounting import epsilon_by_round
-from .aggregation import AGGREGATORS, round_bytes
+from .accounting import epsilon_by_round, record_level_epsilons
+from .aggregation import builders_in_use, round_bytes
 from .clients import Clients, attacker_config, dataset_for, plan_size, spec_for
-from .config import ExperimentConfig
+from .config import RECORD_LEVEL, ExperimentConfig
 from .data import DATASETS
 from .distributed import WorkerError, on_workers
 from .evaluation import client_summary, clients_frame, evaluator_for
@@ -35,6 +35,7 @@ from .registry import source_digest
 from .runtime import simulated_secure_sums, stop_local_workers
 from .sampling import sample_clients
 from .storage import Checkpoint, ResultCache, cache_key
+from .tensorboard import TensorBoardLog
 from .validation import ConfigError
 
 MAX_ORDER_BYTES = 4 * 2**30  # per round: the batch orders of every client, int64
@@ -69,6 +70,7 @@ def run_experiment(
     progress: bool = True,
     callback: Optional[Callable[[dict, pd.DataFrame], None]] = None,
     stop=None,
+    tensorboard_dir=None,
 ) -> pd.DataFrame:
     """Runs ``config`` and returns its history (one row per round).
 
@@ -78,6 +80,8 @@ def run_experiment(
     ``callback(row, history)``: called after every round (widgets redraw here).
     ``stop``: a ``threading.Event``; when it is set the run ends after the
     current round (its checkpoint saved) with :class:`RunStopped`.
+    ``tensorboard_dir``: write each round's metrics as TensorBoard events
+    (:mod:`fedlab.tensorboard`; ``tensorboard --logdir`` shows a sweep side by side).
     Per-client evaluation (``eval_per_client``): :func:`clients_table` of the result.
     """
     if not isinstance(config, ExperimentConfig):
@@ -85,13 +89,23 @@ def run_experiment(
     cache = ResultCache(results_cache) if results_cache is not None else None
     checkpoint = Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
     key = cache_key(config, component_digests(config))
+    board = TensorBoardLog(tensorboard_dir, config) if tensorboard_dir is not None else None
     if cache is not None:
         stored = cache.load(key, config.rounds)
         if stored is not None:
             history = make_history(config, stored["rows"], stored["clients"], stored["weights"], from_cache=True)
+            if board is not None:
+                board.write(stored["rows"])
             if callback is not None:
                 callback(history.iloc[-1].to_dict(), history)
             return history
+    if board is not None:
+        user_callback, fields = callback, set(config.experiment_dict())
+
+        def callback(row, history):  # noqa: F811 - the user's callback, after the round is on TensorBoard
+            board.write(history[[c for c in history.columns if c not in fields]].to_dict("records"))
+            if user_callback is not None:
+                user_callback(row, history)
     try:
         with on_workers(config.workers), simulated_secure_sums(config.secure_aggregation):
             rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop)
@@ -112,7 +126,7 @@ def component_digests(config: ExperimentConfig) -> list[str]:
     from .models import MODELS
 
     parts.append(MODELS[config.model].build)
-    parts += [AGGREGATORS[n].build for n in (config.dp, config.robust) if n != "none"]
+    parts += [b.build for b in builders_in_use(config)]
     return [source_digest(p) for p in parts]
 
 
@@ -128,7 +142,15 @@ def make_history(config: ExperimentConfig, rows: list[dict], client_rows: list[d
 
 
 def check_cost(config: ExperimentConfig, clients: Clients) -> None:
-    """Refuses, before any training, a config whose batch orders alone would not fit in memory."""
+    """Refuses, before any training, a config whose batch orders alone would not fit in memory, or whose
+    record-level DP batches are larger than a client's data (the sampling rate batch / n must be < 1)."""
+    if config.dp == RECORD_LEVEL:
+        sizes = [len(x) for x in clients.x]
+        smallest = int(np.argmin(sizes))
+        if config.batch_size >= sizes[smallest]:
+            raise ConfigError("batch_size", f"must be below the smallest client's {sizes[smallest]} records "
+                                            f"(client {smallest}) for record-level DP: its batches are Poisson "
+                                            "samples at rate batch_size / records")
     sizes = sorted((len(x) for x in clients.x), reverse=True)[: config.clients_per_round]
     boosted = attacker_config(config) if clients.attackers else config
     total = sum(plan_size(n, boosted)[0] * n * 8 for n in sizes)
@@ -156,7 +178,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         if saved is not None:
             state, start, rows, client_rows = saved, version, saved_rows, saved_clients
 
-    epsilons = _epsilons(config)
+    epsilons = _epsilons(config, clients)
     sizes = spec.tensor_sizes()
     cumulative = float(rows[-1]["cumulative_bytes"]) if rows else 0.0
     from tqdm.auto import tqdm
@@ -214,15 +236,37 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     return rows, client_rows, final
 
 
-def _epsilons(config: ExperimentConfig) -> Optional[np.ndarray]:
-    """Epsilon after each round for a DP config (None without DP); PLD only at evaluated rounds."""
+def _epsilons(config: ExperimentConfig, clients: Clients) -> Optional[np.ndarray]:
+    """Epsilon after each round for a DP config (None without DP); PLD only at evaluated rounds.
+
+    User-level: the Poisson-sampled Gaussian over rounds. Record-level: the
+    largest epsilon over the clients (:func:`record_level_site_epsilons`).
+    """
     if config.dp == "none":
         return None
     at = None
     if config.accountant == "pld":
         at = sorted({r for r in range(1, config.rounds + 1) if r % config.eval_every == 0} | {config.rounds})
+    if config.dp == RECORD_LEVEL:
+        sites = record_level_site_epsilons(config, clients, at=at)
+        computed = ~np.isnan(sites).all(axis=1)
+        return np.where(computed, np.where(np.isnan(sites), -np.inf, sites).max(axis=1), np.nan)
     return epsilon_by_round(config.noise_multiplier, config.sampling_probability, config.rounds,
                             config.effective_delta, config.accountant, at=at)
+
+
+def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=None) -> np.ndarray:
+    """(rounds, clients) record-level epsilon of each client, from its size, steps and the rounds it trained in."""
+    sizes = [len(x) for x in clients.x]
+    steps = []
+    for n in sizes:
+        epochs, batch, cap = plan_size(n, config)
+        steps.append(cap if cap >= 0 else epochs * -(-n // batch))
+    participation = np.zeros((config.rounds, config.num_clients), bool)
+    for r in range(1, config.rounds + 1):
+        participation[r - 1, sample_clients(config, r)] = True
+    return record_level_epsilons(config.noise_multiplier, sizes, config.batch_size, steps, participation,
+                                 config.effective_delta, config.accountant, at=at)
 
 
 def _aggregator_metrics(metrics) -> dict:

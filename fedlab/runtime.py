@@ -42,12 +42,21 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
         _PRCTL(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
 
 
-class _PopenDyingWithParent(subprocess.Popen):
-    """TFF's Popen of its worker binary, with :func:`die_with_parent` in the child."""
+# Sets PR_SET_PDEATHSIG (SIGKILL) and execs the real program: the worker keeps the setting across exec.
+# A trampoline rather than ``preexec_fn``: with ``preexec_fn`` Python must fork() a process full of gRPC
+# threads, and gRPC's fork handlers then log "Other threads are currently calling into gRPC" into notebooks.
+_TRAMPOLINE = ("import ctypes, os, sys\n"
+               "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\nexcept (OSError, AttributeError):\n"
+               "    pass\nos.execv(sys.argv[1], sys.argv[1:])")
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("preexec_fn", die_with_parent)
-        super().__init__(*args, **kwargs)
+
+class _PopenDyingWithParent(subprocess.Popen):
+    """TFF's Popen of its worker binary, started through a trampoline that makes it die with this process."""
+
+    def __init__(self, args, *rest, **kwargs):
+        if sys.platform.startswith("linux") and isinstance(args, (list, tuple)):
+            args = [sys.executable, "-S", "-c", _TRAMPOLINE, *map(str, args)]
+        super().__init__(args, *rest, **kwargs)
 
 
 class _SubprocessForTff:
@@ -73,28 +82,58 @@ def tff():
     """Imports TensorFlow Federated once (about 15 s), with TF's C++ logs quiet."""
     global _TFF
     if _TFF is None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import logging
+
         import tensorflow as tf
         import tensorflow_federated
 
         tf.get_logger().setLevel("ERROR")
+        logging.getLogger().addFilter(_quiet_library_notes)
         _worker_dies_with_parent()
         atexit.register(_at_exit)
         _TFF = tensorflow_federated
     return _TFF
 
 
-def setup(*, quiet: bool = True) -> None:
-    """One call at the top of a notebook: lets TFF's event loop run inside Jupyter."""
+def _quiet_library_notes(record) -> bool:
+    """Drops the root-logger notes TFF's dependencies print once per call (tensor_encoding's memory note)."""
+    return not str(record.msg).startswith("This code path can temporarily allocate extra memory")
+
+
+def setup(*, quiet: bool = True, fast: bool = False) -> None:
+    """One call at the top of a notebook: lets TFF's event loop run inside Jupyter, sets fedlab's figure style,
+    and, with ``fast=True``, shows a banner saying that the numbers below are the test suite's quick setting."""
     import nest_asyncio
 
     nest_asyncio.apply()
+    if fast:
+        _fast_banner()
+    from .plots import apply_style
+
+    apply_style()
     if quiet:
         import warnings
 
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow")
     tff()
+
+
+def _fast_banner() -> None:
+    text = ("FAST SETTING: small, short runs for the test suite. The numbers and figures below are not the "
+            "full setting's that the text describes; `make figures` runs the full setting.")
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+
+        if get_ipython() is not None:
+            display(HTML(f"<div style='background:#fff3cd;border:2px solid #e0a800;padding:8px;"
+                         f"font-weight:bold'>{text}</div>"))
+            return
+    except ImportError:
+        pass
+    print(text)
 
 
 def process_table() -> dict[int, tuple[int, str, int]]:

@@ -1,6 +1,6 @@
 """Which clients take part in a round: a function of ``(sampling_seed, round)``.
 
-K of N without replacement; with DP on, Poisson sampling instead (each client
+K of N without replacement; with user-level DP on, Poisson sampling instead (each client
 joins with probability K/N), as the privacy accounting assumes.
 """
 
@@ -23,7 +23,7 @@ def sample_clients(config: ExperimentConfig, round_num: int) -> np.ndarray:
     Excluded clients never take part.
     """
     rng = np.random.default_rng([config.seeds["sampling"], round_num])
-    if config.dp != "none":
+    if config.user_level_dp:
         chosen = poisson_sample(config.num_clients, config.sampling_probability, rng)
         return np.setdiff1d(chosen, config.exclude_clients)
     eligible = np.setdiff1d(np.arange(config.num_clients), config.exclude_clients)

@@ -34,11 +34,13 @@ def grid(base: ExperimentConfig, **axes: Iterable[Any]) -> list[ExperimentConfig
 
 
 def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True,
-              labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None) -> pd.DataFrame:
+              labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None,
+              tensorboard_dir=None) -> pd.DataFrame:
     """Runs several configs and stacks their histories (config fields tell them apart).
 
     ``labels`` adds columns computed from each config, e.g.
-    ``{"method": fedlab.aggregation.method_name}``.
+    ``{"method": fedlab.aggregation.method_name}``; ``tensorboard_dir``: every
+    run's metrics as TensorBoard events, one folder per run.
     """
     configs = list(configs)
     if not configs:
@@ -50,7 +52,7 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progre
 
     histories = []
     for config in tqdm(configs, desc="configs", disable=not progress):
-        history = run_experiment(config, results_cache=results_cache, progress=False)
+        history = run_experiment(config, results_cache=results_cache, progress=False, tensorboard_dir=tensorboard_dir)
         for column, fn in (labels or {}).items():
             history[column] = fn(config)
         histories.append(history)

@@ -117,13 +117,17 @@ def hparam_control(name: str, config: ExperimentConfig, *, style, layout):
 
 
 class ExperimentPanel:
-    """Controls for ``fields`` of ``base``; Run trains and redraws round by round.
+    """Controls for ``fields`` of ``base``; Run trains and redraws round by round, Stop ends a run after its
+    current round.
 
-    ``side_plot(config, ax, history)`` optionally draws a second panel that
-    updates with the settings and every round; ``"label_distribution"`` draws the
-    partition's labels per client, ``"site_accuracy"`` the global model's
-    accuracy on each site. With an ``exclude_clients`` control and the natural
-    partition, every site not excluded takes part in every round.
+    The status line reads like an instrument's: round r/R, the metric, seconds per round, and epsilon or
+    megabytes sent where they apply. The plot keeps up to ``keep_previous`` earlier runs, each labelled by
+    only the settings that differ between the runs shown. ``side_plot(config, ax, history)`` optionally
+    draws a second panel that updates with the settings and every round; ``"label_distribution"`` draws the
+    partition's labels per client, ``"site_accuracy"`` the global model's accuracy on each site (sites left
+    out of training hatched). With an ``exclude_clients`` control and the natural partition, every site not
+    excluded takes part in every round. With ``results_cache``, a stopped run keeps its checkpoint there
+    and Run with the same settings resumes it.
     """
 
     def __init__(self, base: ExperimentConfig, fields: Sequence[str], *, results_cache=None,
@@ -140,29 +144,37 @@ class ExperimentPanel:
         self.keep_previous = keep_previous
         self.controls = {f: (controls or {}).get(f) or default_control(f, base) for f in fields}
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
+                                    tooltip="end the run after the current round (its checkpoint is kept)")
         self.progress = w.IntProgress(value=0, min=0, max=base.rounds, description="rounds")
         self.status = w.HTML()
         self.info = info
         self.info_line = w.HTML()
-        self.image = w.Image(format="png")
-        self.previous: list[tuple[str, pd.DataFrame]] = []
+        self.image = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto", object_fit="contain"))
+        self.previous: list[tuple[ExperimentConfig, pd.DataFrame]] = []
         self.history: Optional[pd.DataFrame] = None
         self.last_from_cache = False
         self.error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
         from .runtime import current_context
 
         # TFF's context stack is per thread, and ipykernel 7 handles button clicks outside the
         # thread that runs cells: take the runtime now, while a notebook cell is building the panel.
         self._context = current_context()
         self.run_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
         for control in self.controls.values():
-            control.observe(lambda _: self._update_info(), names="value")
-        self._update_info()
+            control.observe(lambda _: self._settings_changed(), names="value")
+        self._settings_changed()
+        # The controls keep their width (a slider's value must stay readable); the figure shrinks or wraps below.
         controls_box = w.VBox(list(self.controls.values())
-                              + [self.info_line, w.HBox([self.run_button, self.progress]), self.status])
+                              + [self.info_line, w.HBox([self.run_button, self.stop_button, self.progress]),
+                                 self.status])
         # A two-panel figure is too wide to sit beside the controls without squeezing them.
-        self.widget = w.VBox([controls_box, self.image]) if self.side_plot else w.HBox([controls_box, self.image])
+        controls_box.layout = w.Layout(flex="0 0 auto", min_width="430px")
+        self.widget = w.VBox([controls_box, self.image]) if self.side_plot else w.HBox(
+            [controls_box, self.image], layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))
         self._draw(None)
 
     def _ipython_display_(self):
@@ -180,13 +192,17 @@ class ExperimentPanel:
             values["clients_per_round"] = self.base.num_clients - len(set(values["exclude_clients"]))
         return self.base.replace(**values)
 
-    def _update_info(self) -> None:
-        if self.info is None:
-            return
+    def _settings_changed(self) -> None:
+        """Validates the settings once: an invalid one is shown (once) and Run is disabled until it is fixed."""
         try:
-            self.info_line.value = self.info(self.config())
+            config = self.config()
         except ValueError as err:
             self.info_line.value = f"<b style='color:#b00'>{err}</b>"
+            self.run_button.disabled = True
+            return
+        self.info_line.value = self.info(config) if self.info is not None else ""
+        # (called from the training thread as it ends, when that thread is still alive but done)
+        self.run_button.disabled = self.running and threading.current_thread() is not self._thread
 
     @property
     def running(self) -> bool:
@@ -199,82 +215,154 @@ class ExperimentPanel:
             return
         try:
             config = self.config()
-        except ValueError as err:
-            self.status.value = f"<b style='color:#b00'>{err}</b>"
-            return
+        except ValueError:
+            return  # the settings' error is already shown, and Run is disabled
         self.error = None
+        self._stop.clear()
         self.progress.max, self.progress.value = config.rounds, 0
-        self.status.value = "running…"
-        self.run_button.disabled = True
+        self.status.value = f"round 0/{config.rounds} · starting…"
+        self.run_button.disabled, self.stop_button.disabled = True, False
         self._thread = threading.Thread(target=self._train, args=(config, self._context), daemon=True)
         self._thread.start()
 
+    def stop(self) -> None:
+        """Ends the current run after its current round (the Stop button calls this)."""
+        if self.running:
+            self._stop.set()
+            self.stop_button.disabled = True
+            self.status.value += " · stopping after this round…"
+
     def wait(self, timeout: Optional[float] = None) -> Optional[pd.DataFrame]:
-        """Blocks until the current run ends; re-raises its error."""
+        """Blocks until the current run ends (TimeoutError after ``timeout`` seconds); re-raises its error."""
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"the panel's run is still going after {timeout} s (round "
+                                   f"{self.progress.value} of {self.progress.max})")
         if self.error is not None:
             raise self.error
         return self.history
 
+    def _checkpoint_dir(self, config: ExperimentConfig):
+        if self.results_cache is None:
+            return None
+        import pathlib
+
+        return pathlib.Path(self.results_cache) / "panel-checkpoints" / config.fingerprint()
+
     def _train(self, config: ExperimentConfig, context) -> None:
-        from .runtime import run_in_context
+        from .runner import RunStopped
+        from .runtime import real_stdio, run_in_context
 
         def on_round(row, history):
             self.progress.value = int(row["round"])
+            self.status.value = self._status(config, history, finished=False)
             self._draw(history, config)
 
         try:
-            from .runtime import real_stdio
-
             with real_stdio():
                 history = run_in_context(context, run_experiment, config, results_cache=self.results_cache,
-                                         progress=False, callback=on_round)
+                                         progress=False, callback=on_round, stop=self._stop,
+                                         checkpoint_dir=self._checkpoint_dir(config))
             self.history = history
             self.last_from_cache = bool(history.attrs.get("from_cache"))
             self.progress.value = config.rounds
-            self._draw(history, config)
-            self.previous = (self.previous + [(self._label(config), history)])[-self.keep_previous:]
-            last = history.dropna(subset=[self.metric]).iloc[-1]
-            source = " (from the result cache)" if self.last_from_cache else ""
-            self.status.value = f"{self.metric} = {last[self.metric]:.3f} after {int(last['round'])} rounds{source}"
+            earlier = [(c, h) for c, h in self.previous if c != config]  # a repeat is shown once, as the latest
+            self.previous = (earlier + [(config, history)])[-self.keep_previous:]
+            self._draw(history, config, current_in_previous=True)
+            self.status.value = self._status(config, history, finished=True)
+        except RunStopped as stopped:
+            kept = " (its checkpoint is kept: Run with these settings resumes it)" if self.results_cache else ""
+            self.status.value = f"stopped after round {stopped.round} of {config.rounds}{kept}"
         except BaseException as err:  # shown in the panel and re-raised by wait()
             self.error = err
             self.status.value = f"<b style='color:#b00'>{type(err).__name__}: {err}</b>"
         finally:
-            self.run_button.disabled = False
+            self.stop_button.disabled = True
+            self._settings_changed()
 
-    def _label(self, config: ExperimentConfig) -> str:
-        return ", ".join(f"{f}={getattr(config, f)}" for f in self.controls if hasattr(config, f))
+    def _status(self, config: ExperimentConfig, history: pd.DataFrame, *, finished: bool) -> str:
+        """round r/R · metric · seconds per round · epsilon or megabytes sent."""
+        last = history.iloc[-1]
+        measured = history.dropna(subset=[self.metric]) if self.metric in history else history.iloc[0:0]
+        parts = []
+        if len(measured):
+            value = f"{self.metric.replace('_', ' ')} = {measured[self.metric].iloc[-1]:.3f}"
+            parts.append(f"{value} after {int(measured['round'].iloc[-1])} rounds" if finished else value)
+        if not finished:
+            parts.insert(0, f"round {int(last['round'])}/{config.rounds}")
+        if "seconds" in history and not self.last_from_cache:
+            parts.append(f"{history['seconds'].median():.2f} s/round")
+        if "epsilon" in history and pd.notna(last.get("epsilon")):
+            parts.append(f"ε = {last['epsilon']:.3g}")
+        elif config.quantization_bits or config.secure_aggregation:
+            parts.append(f"{last['cumulative_bytes'] / 1e6:.2f} MB sent")
+        if finished and history.attrs.get("from_cache"):
+            parts.append("(from the result cache)")
+        elif finished and int(last["round"]) == config.rounds:
+            parts.append("done")
+        return " · ".join(parts)
 
-    def _draw(self, history: Optional[pd.DataFrame], config: Optional[ExperimentConfig] = None) -> None:
-        import matplotlib
+    def _label(self, config: ExperimentConfig, against: Sequence[ExperimentConfig]) -> str:
+        """The settings of ``config`` that differ among the runs shown, rounded; all controls if none differ."""
+        fields = [f for f in self.controls if hasattr(config, f)]
+        differing = [f for f in fields if any(getattr(other, f, None) != getattr(config, f) for other in against)]
+        return ", ".join(f"{f}={_short(self._shown(f, getattr(config, f)))}" for f in (differing or fields))
 
-        matplotlib.use("Agg", force=False)
+    def _shown(self, field: str, value):
+        if field == "exclude_clients":
+            names = _site_names(self.base)
+            return "none" if not value else "+".join(names[c] if names else str(c) for c in value)
+        return value
+
+    def _draw(self, history: Optional[pd.DataFrame], config: Optional[ExperimentConfig] = None, *,
+              current_in_previous: bool = False) -> None:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         config = config or self.base
         ncols = 2 if self.side_plot else 1
-        fig = Figure(figsize=(5.5 * ncols, 3.6))
+        fig = Figure(figsize=(5.6 * ncols + 1.6, 3.6), layout="constrained")
         axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
         ax = axes[0]
-        for label, old in self.previous:
+        earlier = self.previous[:-1] if current_in_previous else self.previous
+        shown = [c for c, _ in earlier] + [config]
+        for i, (old_config, old) in enumerate(earlier):
             data = old.dropna(subset=[self.metric])
-            ax.plot(data["round"], data[self.metric], color="0.75", lw=1)
+            ax.plot(data["round"], data[self.metric], color=f"C{i + 1}", alpha=0.55, lw=1.2, marker=".", ms=3,
+                    label=self._label(old_config, shown))
         if history is not None and len(history):
             data = history.dropna(subset=[self.metric])
-            ax.plot(data["round"], data[self.metric], marker="o", ms=3, color="C0", label=self._label(config))
-            ax.legend(fontsize="x-small", loc="lower right")
+            ax.plot(data["round"], data[self.metric], marker="o", ms=3.5, color="C0", lw=2,
+                    label=self._label(config, shown) + " (latest)")
+        if ax.lines:
+            fig.legend(loc="outside right upper", fontsize="small", title="runs", title_fontsize="small")
         ax.set_xlim(0.5, max(config.rounds, 1) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if "accuracy" in self.metric:
+            ax.set_ylim(0, 1)
         ax.set_xlabel("round")
         ax.set_ylabel(self.metric.replace("_", " "))
         ax.grid(alpha=0.3)
         if self.side_plot:
             self.side_plot(config, axes[1], history)
-        fig.tight_layout()
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
+        fig.savefig(buffer, format="png", dpi=100)
         self.image.value = buffer.getvalue()
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _site_names(config: ExperimentConfig):
+    if config.partition != "natural":
+        return None
+    from .clients import dataset_for
+
+    return dataset_for(config).site_names
 
 
 def exclude_selector(names: Sequence[str], excluded: Sequence[int] = ()):
@@ -288,7 +376,9 @@ def exclude_selector(names: Sequence[str], excluded: Sequence[int] = ()):
 def _site_accuracy(config: ExperimentConfig, ax, history) -> None:
     from .plots import plot_site_accuracy
 
-    plot_site_accuracy(history, ax=ax)
+    names = _site_names(config)
+    excluded = [names[c] for c in config.exclude_clients] if names else []
+    plot_site_accuracy(history, ax=ax, site_names=names, excluded=excluded)
 
 
 def _label_distribution(config: ExperimentConfig, ax, history=None) -> None:

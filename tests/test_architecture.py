@@ -11,8 +11,8 @@ PACKAGE = pathlib.Path(fedlab.__file__).parent
 # and, whatever the layers, never in a circle.
 LAYERS = [
     {"validation", "registry", "runtime", "plots"},                       # foundations, no fedlab imports above
-    {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training", "seeded",
-     "distributed"},                                                       # components
+    {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
+     "seeded", "tensorboard", "distributed"},                              # components
     {"algorithms", "aggregation", "evaluation"},                           # components built on components
     {"config"},                                                            # the experiment, validated
     {"clients", "sampling"},                                               # who holds what, who trains

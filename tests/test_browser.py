@@ -21,6 +21,10 @@ import pytest
 
 from fedlab import reproduce
 
+# One pytest-xdist worker runs these: the browser test and the notebook test share one results cache
+# (the first and the second run of every notebook).
+pytestmark = pytest.mark.xdist_group("notebooks")
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = reproduce.ROOT / "build" / "test-artifacts" / "browser"
 VISIBLE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
@@ -53,7 +57,12 @@ def lab(tmp_path_factory, notebook_cache):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / ".jupyter"), JUPYTER_RUNTIME_DIR=str(root / ".runtime"))
+    settings = root / ".settings"
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no news pop-up over the panels
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / ".jupyter"), JUPYTER_RUNTIME_DIR=str(root / ".runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(settings))
     log = open(out / "lab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -88,30 +97,56 @@ def browser():
         chromium.close()
 
 
-def _accept_kernel_dialog(page):
-    """JupyterLab sometimes asks which kernel to start; the notebook's own (python3) is preselected."""
+def _accept_kernel_dialog(page) -> bool:
+    """JupyterLab sometimes asks which kernel to start (the notebook's own, python3, is preselected), at times late."""
     dialog = page.locator(".jp-Dialog button", has_text="Select")
-    try:
-        dialog.wait_for(state="visible", timeout=5_000)
-    except Exception:  # noqa: BLE001 - no dialog this time
-        return
-    dialog.click()
+    if dialog.count() and dialog.first.is_visible():
+        dialog.first.click()
+        return True
+    return False
 
 
-def _run_all(page, timeout_ms=600_000):
-    _accept_kernel_dialog(page)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000, state="attached")
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    # Done when no cell is queued or running ([*]) and the kernel is idle; a failing cell
-    # aborts the queue, which leaves later prompts empty for the caller to report.
-    page.wait_for_function(
-        """() => {
-            const prompts = [...document.querySelectorAll(
-                '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')].map(e => e.textContent);
-            const idle = document.querySelector(".jp-Notebook-ExecutionIndicator[data-status='idle']");
-            return idle && prompts.some(t => /\d/.test(t)) && !prompts.some(t => t.includes('*'));
-        }""", timeout=timeout_ms, polling=1000)
+PROMPTS = "els => els.map(e => e.textContent)"
+
+
+def _run_all(page, stall_s=420, total_s=900):
+    """Run All Cells, then wait until no cell is queued or running ([*]) and the kernel is idle.
+
+    Polled from here, so that a kernel dialog appearing late is answered (and Run All pressed again
+    if nothing started), and a notebook that stops making progress fails with what it was doing
+    instead of a bare timeout. A failing cell aborts the queue, which leaves later prompts empty for
+    the caller to report.
+    """
+    deadline = time.monotonic() + 120
+    while page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() == 0:
+        _accept_kernel_dialog(page)
+        if time.monotonic() > deadline:
+            pytest.fail("the kernel was not idle within 120 s of opening the notebook")
+        page.wait_for_timeout(500)
+    page.wait_for_timeout(1_000)  # a kernel dialog can still come up once the kernel is idle
+    started = last_change = time.monotonic()
+    clicks, clicked_at, last = 0, 0.0, None
+    while True:
+        _accept_kernel_dialog(page)
+        prompts = page.eval_on_selector_all(f"{VISIBLE} .jp-CodeCell .jp-InputPrompt", PROMPTS)
+        idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
+        nothing_started = not any(any(ch.isdigit() or ch == "*" for ch in p) for p in prompts)
+        if clicks == 0 or (nothing_started and clicks < 4 and time.monotonic() - clicked_at > 30):
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            clicks, clicked_at = clicks + 1, time.monotonic()
+        elif idle and any(any(ch.isdigit() for ch in p) for p in prompts) and not any("*" in p for p in prompts):
+            return
+        now = time.monotonic()
+        if prompts != last:
+            last, last_change = prompts, now
+        if now - last_change > stall_s or now - started > total_s:
+            status = page.eval_on_selector_all(".jp-Notebook-ExecutionIndicator", "els => els.map(e => "
+                                               "e.getAttribute('data-status'))")
+            dialogs = page.eval_on_selector_all(".jp-Dialog", "els => els.map(e => e.innerText.slice(0, 200))")
+            pytest.fail(f"notebook stalled for {now - last_change:.0f} s ({now - started:.0f} s in all): "
+                        f"prompts {prompts}, kernel {status}, dialogs {dialogs}")
+        page.wait_for_timeout(1_000)
 
 
 def _panel_image(page) -> str:

@@ -27,6 +27,9 @@ import fedlab as fl
 from fedlab.__main__ import main
 from fedlab.config import FIELD_NAMES
 
+# One pytest-xdist worker runs these: its tallies add up in one process (test_write_report).
+pytestmark = pytest.mark.xdist_group("fuzz")
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPORT = ROOT / "build" / "test-artifacts" / "fuzz-report.txt"
 TALLY: collections.Counter = collections.Counter()

@@ -1,10 +1,16 @@
 """Every notebook runs top to bottom in its fast setting and writes its figures and tables."""
 
 import json
+import pathlib
+import re
 
 import pytest
 
 from fedlab import reproduce
+
+# One pytest-xdist worker runs these: the browser test and the notebook test share one results cache
+# (the first and the second run of every notebook).
+pytestmark = pytest.mark.xdist_group("notebooks")
 
 NOTEBOOKS = reproduce.notebooks()
 
@@ -31,11 +37,29 @@ def test_notebook_runs_fast_twice_against_the_same_cache(path, tmp_path, noteboo
                                cache_dir=notebook_cache, timeout=900)
         assert list(figures.glob(f"{prefix}_*.png")), "the notebook saved no figure"
         assert list(results.glob(f"{prefix}_*.csv")), "the notebook saved no table"
+        noise = library_noise(run / "out" / path.name)
+        assert not noise, f"library log lines or warnings in the cell outputs: {noise[:3]}"
         tables.append(_tables(results))
     assert tables[0].keys() == tables[1].keys()
     for name in tables[0]:
         problem = reproduce.compare_tables(tables[0][name], tables[1][name])
         assert problem is None, f"{name}: {problem}"
+
+
+# A TensorFlow/absl C++ log line, or a Python warning raised by a library (fedlab's own warnings are allowed).
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |[IWEF]\d{4} \d\d:\d\d:\d\d|WARNING:|"
+                      r"To enable the following instructions)", re.M)
+WARNING_LINE = re.compile(r"^(?!.*fedlab).*\b\w*Warning: ", re.M)
+
+
+def library_noise(executed) -> list:
+    """Lines of an executed notebook's outputs that are library log noise, not results."""
+    found = []
+    for cell in json.loads(pathlib.Path(executed).read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", "")) if output.get("output_type") == "stream" else ""
+            found += [m.group(0) for m in LOG_LINE.finditer(text)] + [m.group(0) for m in WARNING_LINE.finditer(text)]
+    return found
 
 
 def _tables(folder):

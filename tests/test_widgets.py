@@ -15,6 +15,7 @@ def test_panel_trains_in_a_thread_then_reads_the_cache(tmp_path):
     assert panel.error is None and not panel.last_from_cache
     assert list(history["round"]) == [1, 2, 3] and history.loc[0, "local_epochs"] == 2
     assert panel.progress.value == 3 and panel.image.value != blank
+    assert not panel.run_button.disabled and panel.stop_button.disabled  # ready for the next run
     panel.run_button.click()
     again = panel.wait(timeout=300)
     assert panel.last_from_cache and again["eval_accuracy"].tolist() == history["eval_accuracy"].tolist()
@@ -27,5 +28,10 @@ def test_panel_reports_bad_settings_without_running():
     panel.base = BASE.replace(num_clients=10)
     panel.controls["clients_per_round"].max = 50
     panel.controls["clients_per_round"].value = 50
+    # shown once, beside the controls, and Run disabled until the setting is fixed
+    assert "clients_per_round" in panel.info_line.value and "num_clients=10" in panel.info_line.value
+    assert panel.run_button.disabled
     panel.run_button.click()
-    assert not panel.running and "clients_per_round" in panel.status.value
+    assert not panel.running and panel.status.value == ""
+    panel.controls["clients_per_round"].value = 4
+    assert not panel.run_button.disabled and "clients_per_round" not in panel.info_line.value

@@ -1,0 +1,67 @@
+"""Per-round metrics as TensorBoard event files, through TFF's own release manager (``tff.program``).
+
+``run_experiment(config, tensorboard_dir=DIR)`` (``--tensorboard DIR``) writes
+each run into ``DIR/<algorithm>-<config fingerprint>/`` with the run's
+``config.json`` beside its events, so ``tensorboard --logdir DIR`` shows every
+run of a sweep side by side. Rounds already written (a resumed run, a run read
+from the result cache) are not written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Iterable
+
+from .runtime import run_coroutine, tff
+from .storage import atomic_write
+
+MARKER = "last_round_written"
+
+
+def run_folder(root, config) -> pathlib.Path:
+    return pathlib.Path(root) / f"{config.algorithm}-{config.fingerprint()[:10]}"
+
+
+class TensorBoardLog:
+    """Writes a run's rows as scalars (one step per round) with ``tff.program.TensorBoardReleaseManager``."""
+
+    def __init__(self, root, config):
+        self.dir = run_folder(root, config)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.dir / "config.json", config.to_json() + "\n")
+        self.manager = tff().program.TensorBoardReleaseManager(str(self.dir))
+        marker = self.dir / MARKER
+        self.written = int(marker.read_text()) if marker.exists() and marker.read_text().strip().isdigit() else 0
+
+    def write(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            round_num = int(row["round"])
+            if round_num <= self.written:
+                continue
+            values = {k: float(v) for k, v in row.items()
+                      if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(float(v))}
+            run_coroutine(self.manager.release(values, key=round_num))
+            self.written = round_num
+        atomic_write(self.dir / MARKER, str(self.written))
+
+
+def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a run folder's event files: tag -> [(step, value)] (for tests and notebooks)."""
+    import tensorflow as tf
+
+    out: dict[str, list] = {}
+    for path in sorted(pathlib.Path(folder).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = value.simple_value if value.HasField("simple_value") else float(
+                    tf.make_ndarray(value.tensor))
+                out.setdefault(value.tag, []).append((int(event.step), number))
+    return out
+
+
+def describe(root) -> str:
+    runs = sorted(p.name for p in pathlib.Path(root).iterdir() if (p / "config.json").exists())
+    return json.dumps(runs)

@@ -1,0 +1,118 @@
+"""Record-level DP (dp="example"): DP-SGD inside every client, checked by hand, and its accounting (issue #20)."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fedlab as fl
+from fedlab import accounting
+from fedlab.algorithms import ALGORITHMS
+from fedlab.models import ModelSpec
+from fedlab.runtime import tff
+
+SPEC = ModelSpec("logreg", num_features=2, num_classes=3)
+RNG = np.random.default_rng(1)
+W0 = RNG.normal(size=(2, 3)).astype(np.float32)
+B0 = RNG.normal(size=3).astype(np.float32)
+X = np.array([[1.0, 2.0], [0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]], np.float32)
+Y = np.array([2, 0, 1, 1], np.int32)
+
+
+def grad(w, b, x, y):
+    z = x @ w + b
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    p[y] -= 1.0
+    return np.outer(x, p), p
+
+
+def one_round(z, clip, batch, lr=0.5, steps=1, key=(3, 4)):
+    process = ALGORITHMS["fedavg"].on_arrays(SPEC.functional_model(), client_lr=lr, server_lr=1.0,
+                                              example_dp=(z, clip))
+    state = process.set_model_weights(process.initialize(), tff().learning.models.ModelWeights([W0, B0], []))
+    data = {"x": X, "y": Y, "orders": np.arange(4)[None], "batch": np.int64(batch), "steps": np.int64(steps),
+            "skip": np.int64(0), "key": np.asarray(key, np.int64)}
+    return [np.asarray(w) for w in process.get_model_weights(process.next(state, [data]).state).trainable]
+
+
+def test_per_example_clipping_by_hand():
+    """No noise, and batch = n so that the Poisson rate is 1 and every example joins: the step is the sum of
+    the per-example gradients, each clipped to C, over the batch size. (Configs keep batch < n; the process
+    itself is called here.)"""
+    clip, lr = 0.8, 0.5
+    w, b = one_round(z=0.0, clip=clip, batch=4, lr=lr)
+    gw, gb = np.zeros_like(W0, np.float64), np.zeros_like(B0, np.float64)
+    for xi, yi in zip(X, Y):
+        dw, db = grad(W0.astype(np.float64), B0.astype(np.float64), xi, yi)
+        norm = math.sqrt((dw ** 2).sum() + (db ** 2).sum())
+        factor = min(1.0, clip / norm)
+        gw, gb = gw + factor * dw, gb + factor * db
+    np.testing.assert_allclose(w, W0 - lr * gw / 4, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b, B0 - lr * gb / 4, rtol=1e-5, atol=1e-6)
+    unclipped = W0 - lr * sum(grad(W0.astype(np.float64), B0.astype(np.float64), xi, yi)[0] for xi, yi in zip(X, Y)) / 4
+    assert not np.allclose(w, unclipped, atol=1e-3)  # the clip did bite
+
+
+def test_noise_on_the_batch_sum_has_std_z_clip_over_batch():
+    """A tiny clip makes the gradients vanish: the step is lr * noise / batch, noise std z * C."""
+    spec = ModelSpec("logreg", num_features=64, num_classes=10)
+    process = ALGORITHMS["fedavg"].on_arrays(spec.functional_model(), client_lr=1.0, server_lr=1.0,
+                                              example_dp=(2.0, 1e-3))
+    state = process.initialize()
+    before = [np.asarray(w) for w in process.get_model_weights(state).trainable]
+    x = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
+    data = {"x": x, "y": np.arange(20, dtype=np.int32) % 10, "orders": np.arange(20)[None], "batch": np.int64(5),
+            "steps": np.int64(1), "skip": np.int64(0), "key": np.asarray([7, 8], np.int64)}
+    after = [np.asarray(w) for w in process.get_model_weights(process.next(state, [data]).state).trainable]
+    step = np.concatenate([(a - b).ravel() for a, b in zip(after, before)])
+    assert step.std() == pytest.approx(2.0 * 1e-3 / 5, rel=0.1)
+    assert abs(step.mean()) < 4 * step.std() / math.sqrt(step.size)
+
+
+def test_runs_repeat_exactly_and_epsilon_is_per_site(heart_dir):
+    config = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
+                                 batch_size=4, local_steps=10, rounds=2, client_lr=0.05, dp="example",
+                                 noise_multiplier=1.1, clip_norm=1.0, eval_every=1)
+    a, b = fl.run_experiment(config, progress=False), fl.run_experiment(config, progress=False)
+    np.testing.assert_array_equal(a["eval_loss"], b["eval_loss"])
+    table = fl.privacy.site_epsilons(config)
+    assert list(table.steps) == [20, 20, 20, 20]
+    for row in table.itertuples():
+        assert row.epsilon == pytest.approx(accounting.epsilon(1.1, 4 / row.examples, 20, 1e-5))
+    assert a["epsilon"].iloc[-1] == pytest.approx(table.epsilon.max())  # the history gives the worst site
+    assert table.set_index("site").epsilon.idxmax() == "switzerland"  # the smallest site pays most
+
+
+def test_accounting_matches_tensorflow_privacy():
+    """TF Privacy's own DP-SGD accountant (Poisson q = batch/n, ceil(epochs n / batch) steps, RDP)."""
+    import tensorflow_privacy
+
+    n, batch, z, epochs, delta = 202, 4, 1.1, 30, 1e-5
+    theirs, _ = tensorflow_privacy.compute_dp_sgd_privacy(n, batch, z, epochs, delta)
+    ours = accounting.epsilon(z, batch / n, math.ceil(epochs * n / batch), delta, "rdp")
+    assert ours == pytest.approx(theirs, rel=0.02)
+    assert accounting.epsilon(z, batch / n, math.ceil(epochs * n / batch), delta, "pld") < ours
+
+
+def test_what_record_level_dp_cannot_honour_is_refused(heart_dir):
+    with pytest.raises(fl.ConfigError, match="dp: 'example'.*full-batch"):
+        fl.ExperimentConfig(algorithm="fedsgd", dp="example", noise_multiplier=1.0)
+    with pytest.raises(fl.ConfigError, match="batch_size: must be > 0"):
+        fl.ExperimentConfig(dp="example", noise_multiplier=1.0, batch_size=0)
+    too_big = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
+                                  batch_size=40, dp="example", noise_multiplier=1.0, rounds=1)
+    with pytest.raises(fl.ConfigError, match="batch_size: must be below the smallest client's 31 records"):
+        fl.run_experiment(too_big, progress=False)
+
+
+def test_privacy_cli_at_record_level():
+    run = [sys.executable, "-m", "fedlab", "privacy", "--examples", "202", "--batch-size", "4", "--steps", "1500",
+           "--delta", "1e-5"]
+    out = subprocess.run(run + ["--noise-multiplier", "1.0"], capture_output=True, text=True, timeout=120)
+    eps = float(out.stdout.strip().split("=")[1])
+    assert eps == pytest.approx(accounting.epsilon(1.0, 4 / 202, 1500, 1e-5), rel=1e-5)
+    back = subprocess.run(run + ["--target-epsilon", f"{eps}"], capture_output=True, text=True, timeout=120)
+    assert float(back.stdout.strip().split("=")[1]) == pytest.approx(1.0, rel=1e-3)
