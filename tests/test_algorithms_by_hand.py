@@ -147,7 +147,7 @@ def test_fedopt_three_rounds_equal_reddi_algorithm_2_by_hand(rule):
     # The same optimizer behind the compiled client loop gives the same weights.
     fast = entry.on_arrays(MODEL, client_lr=0.5, server_lr=0.1, params=entry.make_params(params))
     inputs = {"x": XB, "y": YB, "orders": np.arange(3)[None], "batch": np.int64(10), "steps": np.int64(-1),
-              "skip": np.int64(0)}
+              "skip": np.int64(0), "key": np.zeros(2, np.int64)}  # key: record-level DP's noise (unused here)
     state = fast.set_model_weights(fast.initialize(), tff().learning.models.ModelWeights([W0, B0], []))
     for _ in range(3):
         state = fast.next(state, [inputs]).state
