@@ -212,9 +212,10 @@ def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: 
             ax.text(i, value + 0.01, f"{value:.2f}", ha="center", fontsize="small")
         if left_out:
             ax.text(i, 0.04, "left out", ha="center", rotation=90, fontsize="x-small", va="bottom")
-    ax.set_xticks(range(len(sites)), sites)
+    ax.set_xticks(range(len(sites)), sites, rotation=20 if max(map(len, sites), default=0) > 8 else 0,
+                  ha="right" if max(map(len, sites), default=0) > 8 else "center")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (share of the site's test patients)")
+    ax.set_ylabel("accuracy (own test set)")
     ax.set_title(title, fontsize="medium")
     return fig, ax, table
 

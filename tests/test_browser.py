@@ -1,7 +1,7 @@
 """The notebooks as a user sees them: JupyterLab in headless Chromium, driven by Playwright.
 
 For every notebook (fast setting): open it, Run All Cells, and check that every
-cell ran, no cell shows a traceback, and every panel rendered as a widget (not
+cell ran, no cell shows a traceback or a library log line or warning, and every panel rendered as a widget (not
 its text fallback). For notebooks 01 and 03: move a slider, press Run, and check
 that the plot changed and the progress bar reached its end. Screenshots go to
 build/test-artifacts/browser/. Needs Debian's chromium (`make test` installs it as
@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from fedlab import reproduce
+from test_notebooks import noise_in
 
 # One pytest-xdist worker runs these: the browser test and the notebook test share one results cache
 # (the first and the second run of every notebook).
@@ -168,6 +169,9 @@ def test_notebook_in_jupyterlab(path, lab, browser, notebook_runs):
         assert prompts and all(p.strip("[]: ").isdigit() for p in prompts), f"cells that did not run: {prompts}"
         tracebacks = page.locator(".jp-OutputArea-output:has-text('Traceback')").count()
         assert tracebacks == 0, "a cell shows a traceback"
+        shown = page.eval_on_selector_all(f"{VISIBLE} .jp-OutputArea-output", "els => els.map(e => e.innerText)")
+        noise = [line for text in shown for line in noise_in(text)]
+        assert not noise, f"library log lines or warnings in the cell outputs: {noise[:3]}"
         assert page.locator(".jupyter-widgets").count() > 0, "no widget rendered"
         for fallback in ("HBox(children", "VBox(children", "Loading widget"):
             assert page.locator(f".jp-OutputArea-output:has-text('{fallback}')").count() == 0, fallback

@@ -52,13 +52,17 @@ LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |[IWEF]\d{
 WARNING_LINE = re.compile(r"^(?!.*fedlab).*\b\w*Warning: ", re.M)
 
 
+def noise_in(text: str) -> list:
+    """The library log lines and library warnings in a cell's output text."""
+    return [m.group(0) for m in LOG_LINE.finditer(text)] + [m.group(0) for m in WARNING_LINE.finditer(text)]
+
+
 def library_noise(executed) -> list:
     """Lines of an executed notebook's outputs that are library log noise, not results."""
     found = []
     for cell in json.loads(pathlib.Path(executed).read_text())["cells"]:
         for output in cell.get("outputs", []):
-            text = "".join(output.get("text", "")) if output.get("output_type") == "stream" else ""
-            found += [m.group(0) for m in LOG_LINE.finditer(text)] + [m.group(0) for m in WARNING_LINE.finditer(text)]
+            found += noise_in("".join(output.get("text", "")) if output.get("output_type") == "stream" else "")
     return found
 
 

@@ -35,6 +35,15 @@ def test_epsilon_by_round_matches_per_round_accounting():
     assert np.isnan(sparse[0]) and sparse[29] == pytest.approx(direct_epsilon(0.8, 0.1, 30, 1e-5, "pld"))
 
 
+def test_tff_dp_tutorial_calibration_is_reproduced():
+    """TFF's tutorial "Differential Privacy in TFF" (federated_learning_with_differential_privacy.ipynb): 3,383
+    EMNIST clients, 100 rounds, noise multiplier = 0.01 x clients per round, calibrated with dp-accounting's RDP to
+    (2, 1e-5)-DP, which gives 120 clients per round (noise 1.2). The smallest K whose epsilon is within 2 is 120 here."""
+    eps = {k: accounting.epsilon(0.01 * k, k / 3383, 100, 1e-5, "rdp") for k in (119, 120)}
+    assert eps[119] > 2.0 >= eps[120]
+    assert eps[120] == pytest.approx(1.98611, abs=1e-4)
+
+
 def test_pld_is_tighter_and_more_noise_buys_privacy():
     rdp, pld = accounting.epsilon(1.0, 0.1, 100, 1e-5, "rdp"), accounting.epsilon(1.0, 0.1, 100, 1e-5, "pld")
     assert pld < rdp < 1.3 * pld

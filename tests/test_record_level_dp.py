@@ -116,3 +116,22 @@ def test_privacy_cli_at_record_level():
     assert eps == pytest.approx(accounting.epsilon(1.0, 4 / 202, 1500, 1e-5), rel=1e-5)
     back = subprocess.run(run + ["--target-epsilon", f"{eps}"], capture_output=True, text=True, timeout=120)
     assert float(back.stdout.strip().split("=")[1]) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_loss_attack_is_tensorflow_privacys_threshold_attack():
+    """TF Privacy 0.9's wheel lacks its membership-inference library (``privacy_tests`` is missing), so the audit is
+    fedlab's. Its loss attack is that library's THRESHOLD_ATTACK: ``_run_threshold_attack`` in
+    tensorflow_privacy/privacy/privacy_tests/membership_inference_attack/membership_inference_attack.py takes
+    ``metrics.roc_curve`` of labels 0 (training) / 1 (test) against the loss and reports ``metrics.auc`` of it.
+    The same definition, ties included, gives fedlab's number."""
+    from sklearn import metrics
+
+    from fedlab.privacy import membership_inference
+
+    rng = np.random.default_rng(7)
+    members = np.round(rng.exponential(0.5, 300), 2)  # rounded: ties between members and non-members
+    others = np.round(rng.exponential(0.8, 200), 2)
+    fpr, tpr, _ = metrics.roc_curve(np.r_[np.zeros(300), np.ones(200)], np.r_[members, others])
+    library_auc = metrics.auc(fpr, tpr)
+    assert membership_inference(members, others)["loss_auc"] == pytest.approx(library_auc, abs=1e-12)
+    assert 0.55 < library_auc < 0.75  # the two loss distributions differ, and the attack sees it

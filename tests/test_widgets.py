@@ -35,3 +35,28 @@ def test_panel_reports_bad_settings_without_running():
     assert not panel.running and panel.status.value == ""
     panel.controls["clients_per_round"].value = 4
     assert not panel.run_button.disabled and "clients_per_round" not in panel.info_line.value
+
+
+def test_stop_ends_after_the_round_and_run_resumes_to_the_uninterrupted_history(tmp_path):
+    import time
+
+    from fedlab import run_experiment
+
+    config = BASE.replace(rounds=6)
+    panel = ExperimentPanel(config, ["local_epochs"], results_cache=tmp_path)
+    panel.run_button.click()
+    deadline = time.monotonic() + 300
+    while panel.progress.value < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    panel.stop_button.click()
+    panel.wait(timeout=300)
+    assert panel.history is None and panel.status.value.startswith("stopped after round")
+    stopped_at = int(panel.status.value.split()[3])
+    assert 1 <= stopped_at < 6 and "checkpoint is kept" in panel.status.value
+    assert not panel.run_button.disabled and panel.stop_button.disabled
+    panel.run_button.click()  # resumes from the kept checkpoint
+    resumed = panel.wait(timeout=300)
+    assert list(resumed["round"]) == [1, 2, 3, 4, 5, 6]
+    straight = run_experiment(config, progress=False)
+    cols = ["train_loss", "eval_loss", "eval_accuracy"]
+    assert resumed[cols].equals(straight[cols])
