@@ -160,17 +160,16 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
                 if example_dp is None:
                     xb, yb = batch_at(i)
                     output, loss, gradients = forward(trainable, xb, yb)
-                else:
-                    xb, yb, gradients = private_gradients(trainable, data["key"], i)
-                    output = model.predict_on_batch((trainable, non_trainable), xb, training=True)
-                    loss = tf.cond(tf.shape(xb)[0] > 0, lambda: model.loss(output=output, label=yb),
-                                   lambda: tf.constant(0.0))
+                else:  # nothing about the private batch leaves the client but the noised update
+                    _, _, gradients = private_gradients(trainable, data["key"], i)
                 if proximal_strength > 0.0:  # d/dw mu/2 ||w - w0||^2 = mu (w - w0)
                     gradients = tuple(g + proximal_strength * (w - w0)
                                       for g, w, w0 in zip(gradients, trainable, trainable0))
                 optimizer_state, trainable = client_optimizer.next(optimizer_state, trainable, tuple(gradients))
-                metrics_state, count = metrics_after(metrics_state, output, loss, yb)
-                return i + 1, tuple(trainable), optimizer_state, metrics_state, num_examples + count
+                if example_dp is None:
+                    metrics_state, count = metrics_after(metrics_state, output, loss, yb)
+                    num_examples += count
+                return i + 1, tuple(trainable), optimizer_state, metrics_state, num_examples
 
             _, trained, _, metrics_state, num_examples = tf.while_loop(
                 lambda i, *_: i < end, body,
@@ -179,7 +178,11 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
                  model.initialize_metrics_state(), tf.constant(0, tf.int64)))
             update = tuple(tf.nest.map_structure(tf.subtract, trainable0, trained))
         update, has_non_finite = tensor_utils.zero_all_if_any_non_finite(update)
-        if weighting == "examples":
+        if weighting == "examples" and example_dp is not None:
+            # Record-level DP: the expected number of records used (steps x batch), not the Poisson batches' real
+            # sizes, which the accounting does not cover; training metrics are not released either.
+            weight = tf.cast((end - skip) * batch, tf.float32)
+        elif weighting == "examples":
             weight = tf.cast(num_examples, tf.float32)
         elif weighting == "dataset":
             weight = tf.cast(n, tf.float32)

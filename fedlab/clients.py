@@ -190,6 +190,9 @@ def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_
     batches as a dataset inside TFF for the stock client work.
     """
     orders, batch, steps, skip = client_plan(len(x), config, round_num, client)
-    key = np.random.default_rng([config.seeds["noise"], round_num, client, 3]).integers(0, 2**31 - 1, 2)
+    # record-level DP's batch sampling and noise: from the noise seed, or fresh entropy when noise is unseeded
+    source = np.random.default_rng() if config.noise_source == "unseeded" else np.random.default_rng(
+        [config.seeds["noise"], round_num, client, 3])
+    key = source.integers(0, 2**31 - 1, 2)
     return collections.OrderedDict(x=x, y=y, orders=orders.astype(np.int64), batch=np.int64(batch),
                                    steps=np.int64(steps), skip=np.int64(skip), key=key.astype(np.int64))

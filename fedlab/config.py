@@ -200,6 +200,9 @@ class ExperimentConfig:
             if self.batch_size == 0:
                 raise ConfigError("batch_size", "must be > 0 with dp='example': DP-SGD samples batches of that "
                                                 "expected size")
+            if self.attacker_fraction > 0:
+                raise ConfigError("attacker_fraction", "must be 0 with dp='example': attackers train attack_boost "
+                                                       "times longer than the accounting of each site assumes")
         if self.user_level_dp and not algorithm.unweighted:
             raise ConfigError("algorithm", f"with dp={self.dp!r} must be one that takes an unweighted aggregator "
                                            f"({', '.join(_unweighted())}), got {self.algorithm!r}")

@@ -89,7 +89,7 @@ def run_experiment(
     cache = ResultCache(results_cache) if results_cache is not None else None
     checkpoint = Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
     key = cache_key(config, component_digests(config))
-    board = TensorBoardLog(tensorboard_dir, config) if tensorboard_dir is not None else None
+    board = TensorBoardLog(tensorboard_dir, config, key) if tensorboard_dir is not None else None
     if cache is not None:
         stored = cache.load(key, config.rounds)
         if stored is not None:
@@ -201,7 +201,8 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                     raise type(err)(err.worker, f"{err} (round {round_num}; {kept})") from None
                 state = output.state
                 train = output.metrics["client_work"]["train"]
-                row.update(train_loss=float(train["loss"]), train_accuracy=float(train["accuracy"]))
+                if config.dp != RECORD_LEVEL:  # record-level DP releases no training metrics: they stay NaN
+                    row.update(train_loss=float(train["loss"]), train_accuracy=float(train["accuracy"]))
                 row.update(_aggregator_metrics(output.metrics))
             seconds = time.perf_counter() - t0
             moved = round_bytes(config, *sizes, clients=len(chosen))

@@ -1,7 +1,7 @@
 """Per-round metrics as TensorBoard event files, through TFF's own release manager (``tff.program``).
 
 ``run_experiment(config, tensorboard_dir=DIR)`` (``--tensorboard DIR``) writes
-each run into ``DIR/<algorithm>-<config fingerprint>/`` with the run's
+each run into ``DIR/<algorithm>-<result-cache key>/`` with the run's
 ``config.json`` beside its events, so ``tensorboard --logdir DIR`` shows every
 run of a sweep side by side. Rounds already written (a resumed run, a run read
 from the result cache) are not written twice.
@@ -20,15 +20,17 @@ from .storage import atomic_write
 MARKER = "last_round_written"
 
 
-def run_folder(root, config) -> pathlib.Path:
-    return pathlib.Path(root) / f"{config.algorithm}-{config.fingerprint()[:10]}"
+def run_folder(root, config, key: str) -> pathlib.Path:
+    """``key``: the run's result-cache key (config, fedlab's code, the user's components), so that a run of other
+    code never shares a folder, or a record of rounds written, with this one."""
+    return pathlib.Path(root) / f"{config.algorithm}-{key[:12]}"
 
 
 class TensorBoardLog:
     """Writes a run's rows as scalars (one step per round) with ``tff.program.TensorBoardReleaseManager``."""
 
-    def __init__(self, root, config):
-        self.dir = run_folder(root, config)
+    def __init__(self, root, config, key: str):
+        self.dir = run_folder(root, config, key)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / "config.json", config.to_json() + "\n")
         self.manager = tff().program.TensorBoardReleaseManager(str(self.dir))
@@ -45,6 +47,9 @@ class TensorBoardLog:
                       and math.isfinite(float(v))}
             run_coroutine(self.manager.release(values, key=round_num))
             self.written = round_num
+        # TFF's release manager leaves flushing to TensorFlow (every 10 events or 120 s): flush its writer
+        # before the marker says the rounds are on disk, or a crash could lose them for good.
+        self.manager._summary_writer.flush()  # noqa: SLF001 - TFF 0.87 exposes no flush
         atomic_write(self.dir / MARKER, str(self.written))
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from .aggregation import names as aggregator_names
 from .algorithms import ALGORITHMS, hparam_spec, hparam_type
 from .clients import partition_report_for
-from .config import FIELD_NAMES, ExperimentConfig
+from .config import FIELD_NAMES, RECORD_LEVEL, ExperimentConfig
 from .data import DATASETS
 from .models import MODELS
 from .partition import PARTITIONERS
@@ -58,7 +58,8 @@ def default_control(field: str, config: ExperimentConfig):
         return w.FloatLogSlider(value=config.effective_delta, base=10, min=-9, max=-1, step=0.5,
                                 readout_format=".1e", **common)
     if field == "dp":
-        return w.Dropdown(options=["none", *aggregator_names("dp")], value=value, description=field, style=style,
+        return w.Dropdown(options=["none", *aggregator_names("dp"), RECORD_LEVEL], value=value, description=field,
+                          style=style,
                           layout=layout)
     if field == "quantization_bits":
         return w.IntSlider(value=value, min=0, max=16, **common)
@@ -145,7 +146,8 @@ class ExperimentPanel:
         self.controls = {f: (controls or {}).get(f) or default_control(f, base) for f in fields}
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
-                                    tooltip="end the run after the current round (its checkpoint is kept)")
+                                    tooltip="end the run after the current round" + (
+                                        " (its checkpoint is kept)" if results_cache is not None else ""))
         self.progress = w.IntProgress(value=0, min=0, max=base.rounds, description="rounds")
         self.status = w.HTML()
         self.info = info
@@ -157,6 +159,10 @@ class ExperimentPanel:
         self.error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        # Set under the lock by start(), cleared first thing as a run ends: Run, Stop and the status line
+        # read it, from the kernel's thread and the training thread alike.
+        self._lock = threading.Lock()
+        self._active = False
         from .runtime import current_context
 
         # TFF's context stack is per thread, and ipykernel 7 handles button clicks outside the
@@ -201,23 +207,23 @@ class ExperimentPanel:
             self.run_button.disabled = True
             return
         self.info_line.value = self.info(config) if self.info is not None else ""
-        # (called from the training thread as it ends, when that thread is still alive but done)
-        self.run_button.disabled = self.running and threading.current_thread() is not self._thread
+        self.run_button.disabled = self.running
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._active
 
     def start(self) -> None:
         """Starts a run in the background (the Run button calls this)."""
-        if self.running:
-            self.status.value = "<i>already running</i>"
-            return
         try:
             config = self.config()
         except ValueError:
             return  # the settings' error is already shown, and Run is disabled
-        self.error = None
+        with self._lock:
+            if self._active:
+                return  # Run is disabled while a run goes on; a click that raced it does nothing
+            self._active = True
+        self.error, self.history = None, None
         self._stop.clear()
         self.progress.max, self.progress.value = config.rounds, 0
         self.status.value = f"round 0/{config.rounds} · starting…"
@@ -227,7 +233,9 @@ class ExperimentPanel:
 
     def stop(self) -> None:
         """Ends the current run after its current round (the Stop button calls this)."""
-        if self.running:
+        with self._lock:
+            if not self._active or self._stop.is_set():
+                return
             self._stop.set()
             self.stop_button.disabled = True
             self.status.value += " · stopping after this round…"
@@ -248,7 +256,11 @@ class ExperimentPanel:
             return None
         import pathlib
 
-        return pathlib.Path(self.results_cache) / "panel-checkpoints" / config.fingerprint()
+        from .runner import component_digests
+        from .storage import cache_key
+
+        # keyed like the result cache (config, fedlab's code, the user's components): never resumed by other code
+        return pathlib.Path(self.results_cache) / "panel-checkpoints" / cache_key(config, component_digests(config))
 
     def _train(self, config: ExperimentConfig, context) -> None:
         from .runner import RunStopped
@@ -256,7 +268,8 @@ class ExperimentPanel:
 
         def on_round(row, history):
             self.progress.value = int(row["round"])
-            self.status.value = self._status(config, history, finished=False)
+            stopping = " · stopping after this round…" if self._stop.is_set() else ""
+            self.status.value = self._status(config, history, finished=False) + stopping
             self._draw(history, config)
 
         try:
@@ -278,7 +291,9 @@ class ExperimentPanel:
             self.error = err
             self.status.value = f"<b style='color:#b00'>{type(err).__name__}: {err}</b>"
         finally:
-            self.stop_button.disabled = True
+            with self._lock:
+                self._active = False
+                self.stop_button.disabled = True
             self._settings_changed()
 
     def _status(self, config: ExperimentConfig, history: pd.DataFrame, *, finished: bool) -> str:

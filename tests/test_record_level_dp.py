@@ -78,6 +78,10 @@ def test_runs_repeat_exactly_and_epsilon_is_per_site(heart_dir):
                                  noise_multiplier=1.1, clip_norm=1.0, eval_every=1)
     a, b = fl.run_experiment(config, progress=False), fl.run_experiment(config, progress=False)
     np.testing.assert_array_equal(a["eval_loss"], b["eval_loss"])
+    # nothing about the private batches leaves a site but the noised update: no training metrics released
+    assert a["train_loss"].isna().all() and a["train_accuracy"].isna().all(), a["train_loss"].tolist()
+    unseeded = fl.run_experiment(config.replace(noise_source="unseeded"), progress=False)
+    assert not np.array_equal(unseeded["eval_loss"], a["eval_loss"])  # fresh sampling and noise, not the seed's
     table = fl.privacy.site_epsilons(config)
     assert list(table.steps) == [20, 20, 20, 20]
     for row in table.itertuples():
@@ -102,6 +106,8 @@ def test_what_record_level_dp_cannot_honour_is_refused(heart_dir):
         fl.ExperimentConfig(algorithm="fedsgd", dp="example", noise_multiplier=1.0)
     with pytest.raises(fl.ConfigError, match="batch_size: must be > 0"):
         fl.ExperimentConfig(dp="example", noise_multiplier=1.0, batch_size=0)
+    with pytest.raises(fl.ConfigError, match="attacker_fraction: must be 0 with dp='example'"):
+        fl.ExperimentConfig(dp="example", noise_multiplier=1.0, attacker_fraction=0.2)
     too_big = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
                                   batch_size=40, dp="example", noise_multiplier=1.0, rounds=1)
     with pytest.raises(fl.ConfigError, match="batch_size: must be below the smallest client's 31 records"):

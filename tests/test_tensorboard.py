@@ -6,6 +6,8 @@ import pytest
 
 from fedlab import ExperimentConfig, run_experiment
 from fedlab.runner import RunStopped
+from fedlab.runner import component_digests
+from fedlab.storage import cache_key
 from fedlab.tensorboard import read_scalars, run_folder
 
 CONFIG = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=3, rounds=3, batch_size=16)
@@ -25,7 +27,7 @@ def test_events_hold_the_history_once_per_round_across_cache_and_resume(tmp_path
                              progress=False)
     run_experiment(CONFIG, tensorboard_dir=board, results_cache=cache, progress=False)  # read back: nothing new
 
-    folder = run_folder(board, CONFIG)
+    folder = run_folder(board, CONFIG, cache_key(CONFIG, component_digests(CONFIG)))
     assert (folder / "config.json").read_text().strip() == CONFIG.to_json()
     scalars = read_scalars(folder)
     for tag in ("train_loss", "eval_accuracy"):
