@@ -366,20 +366,24 @@ def plot_site_features(raw: pd.DataFrame, features: Sequence[str], *, axes=None)
 
 
 def gain_table(scores: pd.DataFrame, federated_method: str) -> pd.DataFrame:
-    """Each site's own-test accuracy: trained alone, federated (``federated_method``), pooled (mean over seeds)."""
+    """Each site's own-test accuracy: trained alone, federated (``federated_method``), pooled: the mean over seeds
+    and its standard deviation (``*_std``, NaN with one seed)."""
     rows = []
     for site in scores["site"].unique():
         own = scores[scores.site == site]
-        mean = lambda m: float(own[own.method == m]["accuracy"].mean())  # noqa: E731
-        rows.append({"site": site, "local": mean(f"local_{site}"), "federated": mean(federated_method),
-                     "pooled": mean("pooled")})
+        row = {"site": site}
+        for column, method in (("local", f"local_{site}"), ("federated", federated_method), ("pooled", "pooled")):
+            values = own[own.method == method]["accuracy"]
+            row[column], row[f"{column}_std"] = float(values.mean()), float(values.std())
+        rows.append(row)
     table = pd.DataFrame(rows)
     table["gain_from_federating"] = table["federated"] - table["local"]
-    return table
+    return table[["site", "local", "federated", "pooled", "gain_from_federating", "local_std", "federated_std",
+                  "pooled_std"]]
 
 
 def plot_federation_gain(table: pd.DataFrame, *, ax=None, federated_label: str = "federated"):
-    """Grouped bars per site: alone, federated, pooled."""
+    """Grouped bars per site: alone, federated, pooled; error bars of one standard deviation over seeds."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -387,7 +391,9 @@ def plot_federation_gain(table: pd.DataFrame, *, ax=None, federated_label: str =
     x = np.arange(len(table))
     for i, (column, label) in enumerate([("local", "trained alone"), ("federated", federated_label),
                                          ("pooled", "pooled (not possible in practice)")]):
-        ax.bar(x + (i - 1) * 0.27, table[column], width=0.27, label=label)
+        spread = table.get(f"{column}_std")
+        ax.bar(x + (i - 1) * 0.27, table[column], width=0.27, label=label, capsize=3,
+               yerr=None if spread is None or spread.isna().all() else spread.fillna(0))
     ax.set_xticks(x, table["site"])
     ax.set_ylabel("accuracy on the site's own test set")
     ax.set_ylim(0, 1.12)

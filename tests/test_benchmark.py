@@ -65,6 +65,8 @@ def test_gain_table_by_hand():
     ])
     table = crosssilo.gain_table(scores, "fedavg")
     assert table.loc[0, "local"] == pytest.approx(0.7) and table.loc[0, "gain_from_federating"] == pytest.approx(0.0)
+    assert table.loc[0, "local_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))  # over seeds
+    assert np.isnan(table.loc[0, "federated_std"])  # one seed: no spread to show
 
 
 def test_covariate_sites_follow_the_feature():
