@@ -88,9 +88,10 @@ def membership_inference(target_loss_members: np.ndarray, target_loss_nonmembers
     return out
 
 
-def audit_membership(config, history, *, reference_epochs: int = 20, seed: int = 0) -> dict[str, float]:
-    """Membership inference against a run's final global model.
+def membership_losses(config, history, *, reference_epochs: int = 20, seed: int = 0):
+    """The per-example losses a membership-inference audit of a run's final global model uses.
 
+    Returns ``(target_members, target_nonmembers, reference_members, reference_nonmembers)``.
     Members: training examples as the clients hold them; non-members: half of
     the held-out test set. The other half trains the reference model for the
     calibrated attack (same architecture, Adam, ``reference_epochs``). Members
@@ -118,13 +119,20 @@ def audit_membership(config, history, *, reference_epochs: int = 20, seed: int =
         return per_example_loss(model_logits(x), y, spec.binary)
 
     ref_logits = lambda x: reference(x, training=False).numpy()  # noqa: E731
-    result = membership_inference(
-        losses(target.logits, x_mem[mem_idx], y_mem[mem_idx]),
-        losses(target.logits, data.x_test[out_idx], data.y_test[out_idx]),
-        losses(ref_logits, x_mem[mem_idx], y_mem[mem_idx]),
-        losses(ref_logits, data.x_test[out_idx], data.y_test[out_idx]),
-    )
-    result.update(num_members=int(len(mem_idx)), num_nonmembers=int(len(out_idx)))
+    return (losses(target.logits, x_mem[mem_idx], y_mem[mem_idx]),
+            losses(target.logits, data.x_test[out_idx], data.y_test[out_idx]),
+            losses(ref_logits, x_mem[mem_idx], y_mem[mem_idx]),
+            losses(ref_logits, data.x_test[out_idx], data.y_test[out_idx]))
+
+
+def audit_membership(config, history, *, reference_epochs: int = 20, seed: int = 0) -> dict[str, float]:
+    """Membership inference against a run's final global model (:func:`membership_losses`, then
+    :func:`membership_inference`). The loss attack is TF Privacy's THRESHOLD_ATTACK and the calibrated one its
+    score offset from an "out" reference model (``tests/test_record_level_dp.py`` runs the library beside it)."""
+    target_in, target_out, reference_in, reference_out = membership_losses(
+        config, history, reference_epochs=reference_epochs, seed=seed)
+    result = membership_inference(target_in, target_out, reference_in, reference_out)
+    result.update(num_members=int(len(target_in)), num_nonmembers=int(len(target_out)))
     return result
 
 

@@ -124,20 +124,47 @@ def test_privacy_cli_at_record_level():
     assert float(back.stdout.strip().split("=")[1]) == pytest.approx(1.0, rel=1e-3)
 
 
-def test_loss_attack_is_tensorflow_privacys_threshold_attack():
-    """TF Privacy 0.9's wheel lacks its membership-inference library (``privacy_tests`` is missing), so the audit is
-    fedlab's. Its loss attack is that library's THRESHOLD_ATTACK: ``_run_threshold_attack`` in
-    tensorflow_privacy/privacy/privacy_tests/membership_inference_attack/membership_inference_attack.py takes
-    ``metrics.roc_curve`` of labels 0 (training) / 1 (test) against the loss and reports ``metrics.auc`` of it.
-    The same definition, ties included, gives fedlab's number."""
-    from sklearn import metrics
+def _library_threshold_auc(member_loss, nonmember_loss) -> float:
+    """TF Privacy's THRESHOLD_ATTACK (tensorflow-empirical-privacy, its ``privacy_tests`` package) on losses."""
+    from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import membership_inference_attack as mia
+    from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack.data_structures import (
+        AttackInputData, AttackType, SlicingSpec)
 
+    results = mia.run_attacks(AttackInputData(loss_train=np.asarray(member_loss), loss_test=np.asarray(nonmember_loss)),
+                              SlicingSpec(entire_dataset=True, by_class=False),
+                              attack_types=(AttackType.THRESHOLD_ATTACK,))
+    return float(results.single_attack_results[0].get_auc())
+
+
+def test_loss_attack_is_tensorflow_privacys_threshold_attack():
+    """TF Privacy 0.9's wheel leaves its membership-inference library out; tensorflow-empirical-privacy ships it.
+    Its THRESHOLD_ATTACK and fedlab's loss attack give the same AUC, ties between members and non-members included."""
     from fedlab.privacy import membership_inference
 
     rng = np.random.default_rng(7)
     members = np.round(rng.exponential(0.5, 300), 2)  # rounded: ties between members and non-members
     others = np.round(rng.exponential(0.8, 200), 2)
-    fpr, tpr, _ = metrics.roc_curve(np.r_[np.zeros(300), np.ones(200)], np.r_[members, others])
-    library_auc = metrics.auc(fpr, tpr)
+    library_auc = _library_threshold_auc(members, others)
     assert membership_inference(members, others)["loss_auc"] == pytest.approx(library_auc, abs=1e-12)
     assert 0.55 < library_auc < 0.75  # the two loss distributions differ, and the attack sees it
+
+
+def test_audit_agrees_with_tensorflow_privacys_library_on_the_same_models():
+    """On one DP-SGD run's final model and its reference model: fedlab's loss attack equals the library's threshold
+    attack, and its calibrated attack the library's score offset from an "out" reference (``advanced_mia``)."""
+    from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import advanced_mia
+
+    config = fl.ExperimentConfig(dataset="digits", num_clients=5, clients_per_round=5, rounds=3, batch_size=8,
+                                 dp="example", noise_multiplier=0.5, clip_norm=1.0)
+    history = fl.run_experiment(config, progress=False)
+    target_in, target_out, reference_in, reference_out = fl.privacy.membership_losses(config, history,
+                                                                                      reference_epochs=3)
+    ours = fl.privacy.membership_inference(target_in, target_out, reference_in, reference_out)
+    assert ours["loss_auc"] == pytest.approx(_library_threshold_auc(target_in, target_out), abs=1e-9)
+
+    def offset(target, reference):  # one reference model ("out" for every example), one statistic per example
+        return advanced_mia.compute_score_offset(target[:, None], None, [np.array([[r]]) for r in reference],
+                                                 option="out").ravel()
+
+    calibrated = _library_threshold_auc(offset(target_in, reference_in), offset(target_out, reference_out))
+    assert ours["calibrated_auc"] == pytest.approx(calibrated, abs=1e-9)
