@@ -29,3 +29,20 @@ def notebook_cache(tmp_path_factory) -> pathlib.Path:
 def notebook_runs() -> dict:
     """Notebook name -> the results folder of a run already made against ``notebook_cache`` (by the browser test)."""
     return {}
+
+
+def interrupt_after(run, config, round_num: int, checkpoint_dir) -> None:
+    """Runs ``config`` with a checkpoint and stops it after ``round_num`` through the runner's own ``stop`` event
+    (what Ctrl-C and the panel's Stop button use); ``run`` is ``run_experiment``."""
+    import threading
+
+    from fedlab.runner import RunStopped
+
+    stop = threading.Event()
+
+    def stop_then(row, history):
+        if row["round"] == round_num:
+            stop.set()
+
+    with pytest.raises(RunStopped):
+        run(config, checkpoint_dir=checkpoint_dir, progress=False, callback=stop_then, stop=stop)

@@ -16,6 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "tests" / "plugins" / "clinics.py"
 sys.path.insert(0, str(PLUGIN.parent))
 import clinics  # noqa: E402,F401  - registers the components
+from conftest import interrupt_after
 
 BASE = fl.ExperimentConfig(dataset="toy_clinics", partition="natural", num_clients=3, clients_per_round=3,
                            model="toy_linear", algorithm="scaled_fedavg", rounds=2, batch_size=10, seed=0)
@@ -63,15 +64,7 @@ def test_user_algorithm_by_hand_and_in_a_sweep(tmp_path):
 def test_user_components_checkpoint_and_resume(tmp_path):
     full = fl.run_experiment(BASE.replace(rounds=3), progress=False)
 
-    class Stop(Exception):
-        pass
-
-    def stop(row, history):
-        if row["round"] == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        fl.run_experiment(BASE.replace(rounds=3), checkpoint_dir=tmp_path, progress=False, callback=stop)
+    interrupt_after(fl.run_experiment, BASE.replace(rounds=3), 2, tmp_path)
     resumed = fl.run_experiment(BASE.replace(rounds=3), checkpoint_dir=tmp_path, progress=False)
     cols = ["round", "train_loss", "eval_loss", "eval_accuracy"]
     pd.testing.assert_frame_equal(resumed[cols], full[cols])

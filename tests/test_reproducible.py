@@ -9,6 +9,7 @@ import pytest
 from fedlab import ExperimentConfig, run_experiment
 from fedlab.runtime import tff
 from fedlab.seeded import seeded_gaussian, seeded_quantizing
+from conftest import interrupt_after
 
 BASE = ExperimentConfig(dataset="digits", num_clients=20, clients_per_round=6, rounds=3, eval_every=1, seed=4)
 NUMBERS = ["round", "train_loss", "eval_loss", "eval_accuracy", "clients_this_round"]
@@ -43,15 +44,7 @@ def test_dp_run_resumed_from_a_checkpoint_draws_the_same_noise(tmp_path):
     config = BASE.replace(dp="adaptive", noise_multiplier=0.8, rounds=4)
     full = run_experiment(config, progress=False)
 
-    class Stop(Exception):
-        pass
-
-    def stop(row, history):
-        if row["round"] == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_experiment(config, checkpoint_dir=tmp_path, progress=False, callback=stop)
+    interrupt_after(run_experiment, config, 2, tmp_path)
     resumed = run_experiment(config, checkpoint_dir=tmp_path, progress=False)
     pd.testing.assert_frame_equal(numbers(resumed), numbers(full))
 

@@ -8,6 +8,7 @@ from fedlab import ExperimentConfig, clients_table, processes, run_experiment
 from fedlab.evaluation import worst_fraction_mean
 from fedlab.sampling import sample_clients
 from fedlab.storage import CheckpointMismatchError
+from conftest import interrupt_after
 
 BASE = ExperimentConfig(dataset="digits", partition="dirichlet", alpha=0.5, num_clients=20, clients_per_round=5,
                         rounds=3, model="logreg", algorithm="fedavg", seed=0)
@@ -32,15 +33,7 @@ def test_same_config_same_numbers_other_seed_other_numbers():
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     full = run_experiment(BASE, progress=False)
 
-    class Interrupted(Exception):
-        pass
-
-    def stop_at_two(row, history):
-        if row["round"] == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        run_experiment(BASE, checkpoint_dir=tmp_path, progress=False, callback=stop_at_two)
+    interrupt_after(run_experiment, BASE, 2, tmp_path)
     seen = []
     resumed = run_experiment(BASE, checkpoint_dir=tmp_path, progress=False,
                              callback=lambda row, history: seen.append(row["round"]))
