@@ -1,6 +1,6 @@
 """Flower's simulation engine on the benchmark workload, in Flower's own environment.
 
-    .bench/flower/bin/python benchmarks/flower_system.py --workload build/bench/workload.npz --ks 10,50,100 --rounds 6
+    .bench/flower/bin/python benchmarks/flower_system.py --workload build/bench/workload.npz --ks 10,100,1000 --rounds 4
 
 A ClientApp and ServerApp of the kind Flower's PyTorch quickstart writes (Flower 1.42 Message API): the
 2NN in PyTorch, one epoch of SGD over a DataLoader with batch size 10, FedAvg weighted by examples, no
@@ -26,7 +26,7 @@ from flwr.simulation import run_simulation
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-NUM_CLIENTS, BATCH, LR = 100, 10, 0.1  # as benchmarks/workload.py
+NUM_CLIENTS, BATCH, LR = 1000, 10, 0.1  # as benchmarks/workload.py
 _DATA = {}
 
 

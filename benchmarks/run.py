@@ -1,6 +1,6 @@
 """`make bench`: fedlab against a plain Keras loop, Flower and the compute limit, in one run.
 
-    python benchmarks/run.py [--ks 10,50,100] [--rounds 6] [--flower-python .bench/flower/bin/python]
+    python benchmarks/run.py [--ks 10,100,1000] [--rounds 4] [--flower-python .bench/flower/bin/python]
                              [--out results/benchmarks] [--figures figures/benchmarks] [--smoke]
 
 Each system runs in its own process while this one samples the resident memory of that process and all
@@ -116,8 +116,8 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ks", default="10,50,100")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--ks", default="10,100,1000")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--flower-python", default=str(ROOT / ".bench" / "flower" / "bin" / "python"))
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     parser.add_argument("--figures", default=str(ROOT / "figures" / "benchmarks"))
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
 
     ks = [int(k) for k in args.ks.split(",")]
     rounds = args.rounds
-    systems = ["fedlab", "keras_loop", "limit", "flower"]
+    systems = ["fedlab", "fedlab_bookkeeping", "keras_loop", "limit", "flower"]
     if args.smoke:
         ks, rounds, systems = [2], 2, ["fedlab", "limit"]
     out, figures = pathlib.Path(args.out), pathlib.Path(args.figures)
@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     ratios = pd.DataFrame(index=wide.index)
     if "limit" in wide:
         ratios["fedlab / limit"] = wide["fedlab"] / wide["limit"]
+    if "fedlab_bookkeeping" in wide:
+        ratios["bookkeeping / fedlab"] = wide["fedlab_bookkeeping"] / wide["fedlab"]
     if "keras_loop" in wide:
         ratios["keras_loop / fedlab"] = wide["keras_loop"] / wide["fedlab"]
     if "flower" in wide:

@@ -69,7 +69,7 @@ def checkpoint_files(folder: pathlib.Path) -> list[str]:
 def test_checkpoint_holds_what_the_test_damages(saved_checkpoint):
     names = checkpoint_files(saved_checkpoint)
     assert "config.json" in names and "history.csv" in names
-    assert any(n.startswith("state/program_state_4/variables/variables.data") for n in names)
+    assert any(n == "state/program_state_4/state.npz" for n in names)
     assert "state/manifest_4.json" in names and "state/manifest_3.json" in names
 
 
