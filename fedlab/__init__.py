@@ -45,9 +45,11 @@ from .plots import (
     save_figure,
     save_table,
 )
+from .participation import participation_table
 from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
 from .sweeps import grid, round_times, run_sweep
+from .systems import DEVICE_PROFILES, Devices, devices_from_csv, register_device_profile, register_device_table
 from .validation import ConfigError
 from .widgets import ExperimentPanel, exclude_selector
 
@@ -59,9 +61,11 @@ __all__ = [
     "AlgorithmParams",
     "ConfigError",
     "DATASETS",
+    "DEVICE_PROFILES",
     "DataShape",
     "DataUnavailableError",
     "Dataset",
+    "Devices",
     "DirichletPartitioner",
     "ExperimentConfig",
     "ExperimentPanel",
@@ -81,6 +85,7 @@ __all__ = [
     "clients_table",
     "crosssilo",
     "dataset_for",
+    "devices_from_csv",
     "epsilon",
     "exclude_selector",
     "final_metrics",
@@ -89,6 +94,7 @@ __all__ = [
     "hparam",
     "load_dataset",
     "noise_multiplier_for",
+    "participation_table",
     "partition_for",
     "partition_report",
     "partition_report_for",
@@ -102,6 +108,8 @@ __all__ = [
     "register_aggregator",
     "register_algorithm",
     "register_dataset",
+    "register_device_profile",
+    "register_device_table",
     "register_model",
     "register_partitioner",
     "round_times",

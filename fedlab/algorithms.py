@@ -115,7 +115,9 @@ class Algorithm:
     a second builder of the same algorithm whose clients train on their
     arrays in one compiled loop (:mod:`fedlab.array_training`), taking also
     ``client_weighting`` and ``example_dp`` (record-level DP-SGD, as ``(z, C)``
-    or None); fedlab uses it whenever the model is functional.
+    or None); fedlab uses it whenever the model is functional. ``normalized``:
+    FedNova's normalised averaging: each round's client inputs carry tau_eff
+    (:func:`fedlab.array_training.with_tau_eff`).
     """
 
     name: str
@@ -126,6 +128,7 @@ class Algorithm:
     full_batch: bool = False
     functional_only: bool = False
     on_arrays: Optional[Callable[..., Any]] = None
+    normalized: bool = False
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -154,7 +157,8 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm", "algorithm")
 
 def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[str] = None, server_lr: float = 1.0,
                        unweighted: bool = False, full_batch: bool = False, functional_only: bool = False,
-                       on_arrays: Optional[Callable[..., Any]] = None, replace: bool = False):
+                       on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
+                       replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -171,7 +175,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
     except ConfigError as err:
         raise ValueError(f"params: the defaults of {params.__name__} are invalid ({err})") from None
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
-                                                               full_batch, functional_only, on_arrays),
+                                                               full_batch, functional_only, on_arrays, normalized),
                      paper=paper, replace=replace)
 
 
@@ -231,7 +235,7 @@ def sgd(learning_rate: float, momentum: Optional[float] = None):
 
 
 def on_arrays(server_optimizer: Callable[[float, Any], Any], *, proximal: Optional[str] = None,
-              full_batch: bool = False):
+              full_batch: bool = False, normalized: bool = False):
     """The ``on_arrays`` builder of an algorithm that trains clients with SGD and applies ``server_optimizer``.
 
     ``server_optimizer(server_lr, params)`` builds the server's TFF optimizer;
@@ -246,7 +250,8 @@ def on_arrays(server_optimizer: Callable[[float, Any], Any], *, proximal: Option
             model, client_lr=client_lr,
             server_optimizer=server_optimizer(client_lr if full_batch else server_lr, params),
             model_aggregator=model_aggregator, full_batch=full_batch, weighting=client_weighting,
-            proximal_strength=getattr(params, proximal) if proximal else 0.0, example_dp=example_dp)
+            proximal_strength=getattr(params, proximal) if proximal else 0.0, example_dp=example_dp,
+            normalized=normalized)
 
     build.__module__ = __name__
     return build
@@ -299,6 +304,20 @@ def build_fedprox(model, *, client_lr: float, server_lr: float = 1.0, params: Fe
     """
     return build_weighted_fed_prox(model, proximal_strength=params.mu, client_optimizer_fn=sgd(client_lr),
                                    server_optimizer_fn=sgd(server_lr), model_aggregator=model_aggregator)
+
+
+@register_algorithm("fednova", paper="Wang et al. 2020, arXiv:2007.07481", functional_only=True, normalized=True,
+                    on_arrays=on_arrays(lambda lr, p: sgd(lr), normalized=True))
+def build_fednova(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
+                  model_aggregator: Any = None):
+    """FedNova with local SGD: each update divided by its local steps tau_i, the weighted mean scaled by tau_eff.
+
+    Only on fedlab's compiled client loop (:func:`fedlab.array_training.build_client_update`): TFF 0.87's
+    client work cannot see the round's tau_eff. Clients that did more steps (a faster device, more data,
+    a longer deadline) no longer pull the model towards their own optimum.
+    """
+    raise ConfigError("algorithm", "fednova runs only on fedlab's compiled client loop (a functional model, "
+                                   "no frozen layers)")
 
 
 def _tff_adaptive(name: str):

@@ -58,11 +58,12 @@ def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = No
                        client_work=client_work, aggregator=state.aggregator, finalizer=finalizer)
 
 
-def client_data_type(x_spec, y_spec):
+def client_data_type(x_spec, y_spec, normalized: bool = False):
     """The TFF type of one client's input: arrays, example orders (E, n), batch size, step cap (-1: none), the
     batches of the first epoch to skip (where the previous round stopped), and the client's random key for this
-    round (record-level DP's Poisson batches and noise)."""
+    round (record-level DP's Poisson batches and noise); with ``normalized``, also the round's tau_eff."""
     t = tff()
+    extra = [("tau_eff", t.TensorType(np.float32, []))] if normalized else []
     return t.StructWithPythonType([
         ("x", t.TensorType(x_spec.dtype.as_numpy_dtype, x_spec.shape)),
         ("y", t.TensorType(y_spec.dtype.as_numpy_dtype, y_spec.shape)),
@@ -71,11 +72,35 @@ def client_data_type(x_spec, y_spec):
         ("steps", t.TensorType(np.int64, [])),
         ("skip", t.TensorType(np.int64, [])),
         ("key", t.TensorType(np.int64, [2])),
-    ], collections.OrderedDict)
+    ] + extra, collections.OrderedDict)
+
+
+def local_steps(inputs) -> int:
+    """tau_i: the local steps a client trains on ``inputs`` (:func:`fedlab.clients.client_inputs`), as
+    :func:`build_client_update` counts them."""
+    epochs, n = np.shape(inputs["orders"])
+    batch, steps, skip = int(inputs["batch"]), int(inputs["steps"]), int(inputs["skip"])
+    total = epochs * -(-n // batch)
+    end = min(total, skip + steps) if steps >= 0 else total
+    return end - skip
+
+
+def with_tau_eff(inputs: list, weighting: str) -> list:
+    """FedNova's round input: every client's inputs with tau_eff = sum_i p_i tau_i (Wang et al. 2020, eq. 5).
+
+    p_i is the client's share of the cohort's data (``examples``, ``dataset``)
+    or 1/m (``uniform``), the weights its normalised update is averaged with.
+    """
+    taus = np.array([local_steps(i) for i in inputs], dtype=np.float64)
+    sizes = np.array([np.shape(i["orders"])[1] for i in inputs], dtype=np.float64)
+    p = np.ones_like(sizes) if weighting == "uniform" else sizes
+    tau_eff = np.float32((p * taus).sum() / p.sum()) if len(inputs) else np.float32(0)
+    return [collections.OrderedDict(i, tau_eff=tau_eff) for i in inputs]
 
 
 def build_client_update(model, *, client_optimizer, proximal_strength: float = 0.0, full_batch: bool = False,
-                        weighting: str = "examples", example_dp: Optional[tuple[float, float]] = None):
+                        weighting: str = "examples", example_dp: Optional[tuple[float, float]] = None,
+                        normalized: bool = False):
     """The per-client training function: ``(initial weights, client data, learning rate) -> (ClientResult,
     metrics state)``. The learning rate is a tensor, so one built process serves every learning rate.
 
@@ -85,6 +110,14 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
     per-example gradient is clipped to L2 norm C, the clipped sum gets N(0, (z C)^2) noise and is divided
     by the expected batch size q n. A FedProx term, if any, is added after the noise (it depends on no
     example).
+
+    ``normalized``: FedNova (Wang et al. 2020, "Tackling the Objective Inconsistency Problem in
+    Heterogeneous Federated Optimization", arXiv:2007.07481) with plain local SGD (a_i = tau_i): the client
+    divides its update by its local steps tau_i and multiplies by the round's tau_eff (in its data, from
+    :func:`with_tau_eff`), and is weighted by its data-set size p_i (``examples`` and ``dataset``) or 1
+    (``uniform``). The weighted mean is then tau_eff sum_i p_i d_i, the paper's server update with server
+    learning rate 1. The server computes tau_eff from the steps it asked of each client and sends it with
+    the model; TFF 0.87's templates have no second aggregate for it.
     """
     import tensorflow as tf
     from tensorflow_federated.python.learning import tensor_utils
@@ -177,8 +210,13 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
                  client_optimizer.set_hparams(client_optimizer.initialize(specs), {"learning_rate": learning_rate}),
                  model.initialize_metrics_state(), tf.constant(0, tf.int64)))
             update = tuple(tf.nest.map_structure(tf.subtract, trainable0, trained))
+        if normalized:
+            tau = tf.cast(tf.maximum(end - skip, 1), tf.float32)
+            update = tuple(u * (data["tau_eff"] / tau) for u in update)
         update, has_non_finite = tensor_utils.zero_all_if_any_non_finite(update)
-        if weighting == "examples" and example_dp is not None:
+        if normalized and weighting != "uniform":  # FedNova's p_i: the client's share of the data
+            weight = tf.cast(n, tf.float32)
+        elif weighting == "examples" and example_dp is not None:
             # Record-level DP: the expected number of records used (steps x batch), not the Poisson batches' real
             # sizes, which the accounting does not cover; training metrics are not released either.
             weight = tf.cast((end - skip) * batch, tf.float32)
@@ -196,7 +234,8 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
 
 def build_array_process(model, *, client_lr: float, server_optimizer, model_aggregator: Any = None,
                         proximal_strength: float = 0.0, full_batch: bool = False, weighting: str = "examples",
-                        client_optimizer=None, example_dp: Optional[tuple[float, float]] = None):
+                        client_optimizer=None, example_dp: Optional[tuple[float, float]] = None,
+                        normalized: bool = False):
     """A ``tff.learning.templates.LearningProcess`` whose ``next(state, client_data)`` takes arrays per client.
 
     ``model``: a TFF functional model; ``server_optimizer``: a
@@ -218,11 +257,12 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
                                                   tuple(spec(w) for w in model.initial_weights[1]))
     weights_type = t.types.tensorflow_to_type(weights_spec)
     x_spec, y_spec = model.input_spec
-    data_type = client_data_type(x_spec, y_spec)
+    data_type = client_data_type(x_spec, y_spec, normalized)
     if example_dp is not None and full_batch:
         raise ValueError("example_dp: record-level DP-SGD needs batches, not one full-batch gradient")
     update = build_client_update(model, client_optimizer=client_optimizer, proximal_strength=float(proximal_strength),
-                                 full_batch=full_batch, weighting=weighting, example_dp=example_dp)
+                                 full_batch=full_batch, weighting=weighting, example_dp=example_dp,
+                                 normalized=normalized)
 
     @t.tensorflow.computation(weights_type, data_type, t.TensorType(np.float32))
     def train_client(initial_weights, data, learning_rate):

@@ -1,4 +1,4 @@
-"""What is registered: every data set, model, algorithm, partitioner and aggregator, with its paper."""
+"""What is registered: every data set, model, algorithm, partitioner, aggregator and device profile, with its paper."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from .algorithms import ALGORITHMS
 from .data import DATASETS
 from .models import MODELS
 from .partition import PARTITIONERS
+from .systems import DEVICE_PROFILES
 
 REGISTRIES = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS, "partitioner": PARTITIONERS,
-              "aggregator": AGGREGATORS}
+              "aggregator": AGGREGATORS, "devices": DEVICE_PROFILES}
 
 
 def catalog() -> pd.DataFrame:

@@ -28,6 +28,7 @@ from .data import DATASETS
 from .distributed import parse_workers
 from .models import MODELS
 from .partition import PARTITIONERS
+from .systems import DEVICE_PROFILES, POLICIES
 from .validation import ConfigError, boolean, integer, is_integer, number, one_of
 
 EXECUTION_FIELDS = ("workers",)  # where a run executes, not what it computes
@@ -86,6 +87,12 @@ class ExperimentConfig:
     sampling_seed: Optional[int] = None  # clients per round, local shuffling
     noise_seed: Optional[int] = None  # DP noise and stochastic rounding, with the round number
     noise_source: str = "seeded"  # seeded (reproducible simulation) or unseeded (fresh noise, for deployments)
+    device_profile: str = "uniform"  # clients' compute speed, bandwidth, availability (fedlab.systems)
+    straggler_policy: str = "wait"  # wait for all, drop the late at round_deadline, or take their partial work
+    round_deadline: Optional[float] = None  # simulated seconds a round may last (drop, partial)
+    over_selection: float = 1.0  # ask ceil(K x this) clients, use the first K to finish
+    dropout_rate: float = 0.0  # chance a selected client goes offline mid-round
+    systems_seed: Optional[int] = None  # devices, who is online, who drops out
     workers: tuple = ()  # "host:port" of TFF worker services (python -m fedlab worker); () runs locally
 
     def __init__(self, **values: Any) -> None:
@@ -133,7 +140,7 @@ class ExperimentConfig:
         if self.clients_per_round > not_excluded:
             raise ConfigError("clients_per_round", f"must be at most the {not_excluded} clients not excluded, "
                                                    f"got {self.clients_per_round}")
-        for name in ("seed", "data_seed", "model_seed", "sampling_seed", "noise_seed"):
+        for name in ("seed", "data_seed", "model_seed", "sampling_seed", "noise_seed", "systems_seed"):
             if getattr(self, name) is not None or name == "seed":
                 s(name, integer(name, getattr(self, name), 0, MAX_SEED))
         s("dp", one_of("dp", self.dp, ("none",) + aggregator_names("dp") + (RECORD_LEVEL,)))
@@ -150,6 +157,12 @@ class ExperimentConfig:
         s("freeze_layers", integer("freeze_layers", self.freeze_layers, 0, 1000))
         s("attacker_fraction", number("attacker_fraction", self.attacker_fraction, 0.0, 1.0, high_open=True))
         s("attack_boost", integer("attack_boost", self.attack_boost, 1, 1000))
+        s("device_profile", one_of("device_profile", self.device_profile, DEVICE_PROFILES.names()))
+        s("straggler_policy", one_of("straggler_policy", self.straggler_policy, POLICIES))
+        if self.round_deadline is not None:
+            s("round_deadline", number("round_deadline", self.round_deadline, 0.0, 1e9, low_open=True))
+        s("over_selection", number("over_selection", self.over_selection, 1.0, 10.0))
+        s("dropout_rate", number("dropout_rate", self.dropout_rate, 0.0, 1.0, high_open=True))
         if isinstance(self.workers, list):
             s("workers", tuple(self.workers))
         if not isinstance(self.workers, tuple):
@@ -243,6 +256,15 @@ class ExperimentConfig:
             images = [d.name for d in (e.component for e in DATASETS.entries()) if d.images]
             raise ConfigError("model", f"{self.model!r} needs an image dataset ({', '.join(images)}), "
                                        f"not {self.dataset!r}")
+        if self.straggler_policy == "wait" and self.round_deadline is not None:
+            raise ConfigError("round_deadline", "has no effect with straggler_policy='wait'; use 'drop' or 'partial', "
+                                                "or leave it unset")
+        if self.straggler_policy != "wait" and self.round_deadline is None:
+            raise ConfigError("round_deadline", f"must be set (simulated seconds > 0) with "
+                                                f"straggler_policy={self.straggler_policy!r}")
+        if self.user_level_dp and self.over_selection != 1.0:
+            raise ConfigError("over_selection", f"must be 1 with dp={self.dp!r}: Poisson sampling at rate K/N is what "
+                                                "the privacy accounting assumes")
         if self.workers and self.secure_aggregation:
             raise ConfigError("workers", "cannot be combined with secure_aggregation: TFF's worker does not implement "
                                          "secure sums, which fedlab simulates in this process")
@@ -254,12 +276,13 @@ class ExperimentConfig:
 
     @property
     def seeds(self) -> dict[str, int]:
-        """The four named seeds, each falling back to ``seed``."""
+        """The five named seeds, each falling back to ``seed``."""
         return {
             "data": self.seed if self.data_seed is None else self.data_seed,
             "model": self.seed if self.model_seed is None else self.model_seed,
             "sampling": self.seed if self.sampling_seed is None else self.sampling_seed,
             "noise": self.seed if self.noise_seed is None else self.noise_seed,
+            "systems": self.seed if self.systems_seed is None else self.systems_seed,
         }
 
     @property

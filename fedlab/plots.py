@@ -60,38 +60,46 @@ def axis_label(column: str) -> str:
     units = {"round": "round", "eval_accuracy": "test accuracy (share correct)",
              "eval_loss": "test loss (cross-entropy)", "train_loss": "training loss (cross-entropy)",
              "epsilon": "epsilon (at the run's delta)", "cumulative_bytes": "bytes sent (down + up)",
-             "seconds_per_round": "seconds per round", "clients_per_round": "clients per round"}
+             "seconds_per_round": "seconds per round", "clients_per_round": "clients per round",
+             "sim_hours": "simulated wall-clock hours", "sim_elapsed_seconds": "simulated wall-clock seconds"}
     return units.get(column, column.replace("_", " "))
 
 
 def learning_curve_table(history: pd.DataFrame, metric: str = "eval_accuracy",
-                         hue: Optional[Sequence[str] | str] = None) -> pd.DataFrame:
-    """Mean and standard deviation of ``metric`` per (hue..., round) over seeds."""
+                         hue: Optional[Sequence[str] | str] = None, x: str = "round") -> pd.DataFrame:
+    """Mean and standard deviation of ``metric`` per (hue..., round) over seeds; with another ``x`` (simulated
+    time, bytes), also its mean per round."""
     hue = [hue] if isinstance(hue, str) else list(hue or [])
-    if metric not in history.columns:
-        raise ValueError(f"metric: {metric!r} is not a column; columns are {', '.join(history.columns)}")
+    for column in (metric, x):
+        if column not in history.columns:
+            raise ValueError(f"{'metric' if column == metric else 'x'}: {column!r} is not a column; columns are "
+                             f"{', '.join(history.columns)}")
     data = history.dropna(subset=[metric])
     table = data.groupby(hue + ["round"], dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
+    if x != "round":
+        table[x] = data.groupby(hue + ["round"], dropna=False)[x].mean().to_numpy()
     return table.fillna({"std": 0.0})
 
 
 def plot_learning_curves(history: pd.DataFrame, *, metric: str = "eval_accuracy",
-                         hue: Optional[Sequence[str] | str] = None, ax=None, title: Optional[str] = None):
-    """One line per value of ``hue`` (mean over seeds, band = one standard deviation)."""
+                         hue: Optional[Sequence[str] | str] = None, ax=None, title: Optional[str] = None,
+                         x: str = "round"):
+    """One line per value of ``hue`` (mean over seeds, band = one standard deviation) against ``x`` (the
+    round, or a column such as simulated hours, averaged over seeds per round)."""
     fig, ax = _axis(ax)
-    table = learning_curve_table(history, metric, hue)
+    table = learning_curve_table(history, metric, hue, x)
     hue_cols = [hue] if isinstance(hue, str) else list(hue or [])
     groups = table.groupby(hue_cols, dropna=False) if hue_cols else [((), table)]
     for i, (key, group) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         label = ", ".join(str(v) for v in key) or metric
         look = _look(i)
-        ax.plot(group["round"], group["mean"], ms=3.5, markevery=max(1, len(group) // 12), label=label,
+        ax.plot(group[x], group["mean"], ms=3.5, markevery=max(1, len(group) // 12), label=label,
                 color=f"C{i % 10}", marker=look["marker"], linestyle=look["linestyle"])
         if (group["count"] > 1).any():
-            ax.fill_between(group["round"], group["mean"] - group["std"], group["mean"] + group["std"], alpha=0.2,
+            ax.fill_between(group[x], group["mean"] - group["std"], group["mean"] + group["std"], alpha=0.2,
                             color=f"C{i % 10}")
-    ax.set_xlabel("round")
+    ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(metric))
     if title:
         ax.set_title(title)

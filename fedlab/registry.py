@@ -94,8 +94,11 @@ def source_digest(obj: Any) -> str:
 
     fedlab's own code is covered by the hash of the package; a user's builder
     edited in a notebook must not be served a result its old version made. An
-    object whose source cannot be read hashes its qualified name and ``repr``.
+    object whose source cannot be read hashes its qualified name and ``repr``;
+    one made from data (a device table) carries its own ``fedlab_digest``.
     """
+    if getattr(obj, "fedlab_digest", None):
+        return str(obj.fedlab_digest)
     if _is_builtin(obj):
         return ""
     try:

@@ -33,7 +33,9 @@ from .partition import PARTITIONERS
 from .processes import get_process, initial_state, trainer_for
 from .registry import source_digest
 from .runtime import simulated_secure_sums, stop_local_workers
-from .sampling import sample_clients
+from .array_training import local_steps, with_tau_eff
+from .sampling import Scheduler
+from .systems import DEVICE_PROFILES
 from .storage import Checkpoint, ResultCache, cache_key
 from .tensorboard import TensorBoardLog
 from .validation import ConfigError
@@ -122,7 +124,8 @@ def run_experiment(
 def component_digests(config: ExperimentConfig) -> list[str]:
     """Digests of the user's components this config uses (fedlab's own are covered by its code version)."""
     algorithm = config.algorithm_entry
-    parts = [DATASETS[config.dataset].load, PARTITIONERS[config.partition].make, algorithm.build, algorithm.params]
+    parts = [DATASETS[config.dataset].load, PARTITIONERS[config.partition].make, algorithm.build, algorithm.params,
+             DEVICE_PROFILES[config.device_profile].draw]
     from .models import MODELS
 
     parts.append(MODELS[config.model].build)
@@ -170,6 +173,8 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     trainer = trainer_for(process, clients.x[0], clients.y[0])
     evaluator = evaluator_for(spec, spec.builder)
     true_labels = [data.y_train[p] for p in clients.parts]
+    sizes = spec.tensor_sizes()
+    scheduler = Scheduler(config, [len(x) for x in clients.x], sizes, clients.attackers)
 
     state = initial_state(process, config, spec)
     start, rows, client_rows = 0, [], []
@@ -178,9 +183,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         if saved is not None:
             state, start, rows, client_rows = saved, version, saved_rows, saved_clients
 
-    epsilons = _epsilons(config, clients)
-    sizes = spec.tensor_sizes()
+    epsilons = _epsilons(config, clients, scheduler)
     cumulative = float(rows[-1]["cumulative_bytes"]) if rows else 0.0
+    elapsed = float(rows[-1]["sim_elapsed_seconds"]) if rows else 0.0
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.rounds, initial=start, disable=not progress, desc=f"{config.algorithm} rounds",
@@ -188,11 +193,15 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     try:
         for round_num in range(start + 1, config.rounds + 1):
             t0 = time.perf_counter()
-            chosen = sample_clients(config, round_num)
+            schedule = scheduler.round(round_num)
+            chosen = schedule.completed
             row = {"round": round_num, "train_loss": np.nan, "train_accuracy": np.nan,
                    "eval_loss": np.nan, "eval_accuracy": np.nan, "clients_this_round": len(chosen)}
-            if len(chosen):  # a Poisson-sampled DP round can be empty: nothing is trained or released
-                inputs = [clients.inputs(config, round_num, int(c)) for c in chosen]
+            if len(chosen):  # a Poisson-sampled DP round, or one every client missed, is empty: nothing trained
+                inputs = [_planned(clients.inputs(config, round_num, int(c)), schedule.steps[int(c)])
+                          for c in chosen]
+                if config.algorithm_entry.normalized:
+                    inputs = with_tau_eff(inputs, config.client_weighting)
                 try:
                     output = trainer.next(state, inputs)
                 except WorkerError as err:
@@ -205,9 +214,13 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                     row.update(train_loss=float(train["loss"]), train_accuracy=float(train["accuracy"]))
                 row.update(_aggregator_metrics(output.metrics))
             seconds = time.perf_counter() - t0
-            moved = round_bytes(config, *sizes, clients=len(chosen))
+            moved = {"bytes_down": round_bytes(config, *sizes, clients=len(schedule.selected))["bytes_down"],
+                     "bytes_up": round_bytes(config, *sizes, clients=len(chosen))["bytes_up"]}
             cumulative += moved["bytes_down"] + moved["bytes_up"]
-            row.update(moved, cumulative_bytes=cumulative)
+            elapsed += schedule.round_seconds
+            row.update(moved, cumulative_bytes=cumulative, sim_round_seconds=schedule.round_seconds,
+                       sim_elapsed_seconds=elapsed, clients_selected=len(schedule.selected),
+                       clients_completed=len(chosen), clients_dropped=schedule.dropped)
             if epsilons is not None:
                 row.update(epsilon=epsilons[round_num - 1], delta=config.effective_delta)
             if round_num % config.eval_every == 0 or round_num == config.rounds:
@@ -237,7 +250,14 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     return rows, client_rows, final
 
 
-def _epsilons(config: ExperimentConfig, clients: Clients) -> Optional[np.ndarray]:
+def _planned(inputs, steps: int):
+    """A client's inputs with its step cap lowered to the ``steps`` the round's schedule allows (``partial``)."""
+    if steps < local_steps(inputs):
+        inputs = type(inputs)(inputs, steps=np.int64(steps))
+    return inputs
+
+
+def _epsilons(config: ExperimentConfig, clients: Clients, scheduler: Scheduler) -> Optional[np.ndarray]:
     """Epsilon after each round for a DP config (None without DP); PLD only at evaluated rounds.
 
     User-level: the Poisson-sampled Gaussian over rounds. Record-level: the
@@ -249,24 +269,27 @@ def _epsilons(config: ExperimentConfig, clients: Clients) -> Optional[np.ndarray
     if config.accountant == "pld":
         at = sorted({r for r in range(1, config.rounds + 1) if r % config.eval_every == 0} | {config.rounds})
     if config.dp == RECORD_LEVEL:
-        sites = record_level_site_epsilons(config, clients, at=at)
+        sites = record_level_site_epsilons(config, clients, at=at, scheduler=scheduler)
         computed = ~np.isnan(sites).all(axis=1)
         return np.where(computed, np.where(np.isnan(sites), -np.inf, sites).max(axis=1), np.nan)
     return epsilon_by_round(config.noise_multiplier, config.sampling_probability, config.rounds,
                             config.effective_delta, config.accountant, at=at)
 
 
-def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=None) -> np.ndarray:
-    """(rounds, clients) record-level epsilon of each client, from its size, steps and the rounds it trained in."""
+def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=None,
+                               scheduler: Optional[Scheduler] = None) -> np.ndarray:
+    """(rounds, clients) record-level epsilon of each client, from its size, steps and the rounds it trained in.
+
+    A client cut short by the round deadline (``partial``) is counted with its full steps: an upper bound.
+    """
     sizes = [len(x) for x in clients.x]
     steps = []
     for n in sizes:
         epochs, batch, cap = plan_size(n, config)
         steps.append(cap if cap >= 0 else epochs * -(-n // batch))
-    participation = np.zeros((config.rounds, config.num_clients), bool)
-    for r in range(1, config.rounds + 1):
-        participation[r - 1, sample_clients(config, r)] = True
-    return record_level_epsilons(config.noise_multiplier, sizes, config.batch_size, steps, participation,
+    if scheduler is None:
+        scheduler = Scheduler(config, sizes, spec_for(config, clients.data).tensor_sizes(), clients.attackers)
+    return record_level_epsilons(config.noise_multiplier, sizes, config.batch_size, steps, scheduler.participation(),
                                  config.effective_delta, config.accountant, at=at)
 
 

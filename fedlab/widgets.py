@@ -23,6 +23,7 @@ from .data import DATASETS
 from .models import MODELS
 from .partition import PARTITIONERS
 from .runner import run_experiment
+from .systems import DEVICE_PROFILES, POLICIES
 
 
 def default_control(field: str, config: ExperimentConfig):
@@ -70,6 +71,18 @@ def default_control(field: str, config: ExperimentConfig):
     if field == "robust":
         return w.Dropdown(options=["none", *aggregator_names("robust")], value=value, description=field, style=style,
                           layout=layout)
+    if field == "straggler_policy":
+        return w.Dropdown(options=list(POLICIES), value=value, description=field, style=style, layout=layout)
+    if field == "device_profile":
+        return w.Dropdown(options=list(DEVICE_PROFILES.names()), value=value, description=field, style=style,
+                          layout=layout)
+    if field == "round_deadline":  # simulated seconds, 1 s to about 3 h
+        return w.FloatLogSlider(value=60.0 if value is None else value, base=10, min=0, max=4, step=0.05,
+                                readout_format=".3g", **common)
+    if field == "over_selection":
+        return w.FloatSlider(value=value, min=1.0, max=3.0, step=0.1, **common)
+    if field == "dropout_rate":
+        return w.FloatSlider(value=value, min=0.0, max=0.9, step=0.05, **common)
     if field == "partition":
         options = [e.name for e in PARTITIONERS.entries() if not e.component.needs_sites]
         return w.Dropdown(options=options, value=value, description=field, style=style, layout=layout)

@@ -12,13 +12,13 @@ PACKAGE = pathlib.Path(fedlab.__file__).parent
 LAYERS = [
     {"validation", "registry", "runtime", "plots"},                       # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
-     "seeded", "tensorboard", "distributed"},                              # components
+     "seeded", "tensorboard", "distributed", "systems"},                              # components
     {"algorithms", "aggregation", "evaluation"},                           # components built on components
     {"config"},                                                            # the experiment, validated
     {"clients", "sampling"},                                               # who holds what, who trains
     {"processes"},                                                         # built TFF processes
     {"runner"},                                                            # the round loop
-    {"sweeps", "privacy", "crosssilo", "analysis", "catalog"},             # studies made of runs
+    {"sweeps", "privacy", "crosssilo", "analysis", "catalog", "participation"},           # studies made of runs
     {"widgets", "reproduce"},                                              # notebooks
     {"__main__", "__init__"},                                              # entry points
 ]
