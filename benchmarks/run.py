@@ -121,7 +121,10 @@ def main(argv=None) -> int:
     parser.add_argument("--flower-python", default=str(ROOT / ".bench" / "flower" / "bin" / "python"))
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     parser.add_argument("--figures", default=str(ROOT / "figures" / "benchmarks"))
-    parser.add_argument("--repeats", type=int, default=3, help="runs of every system, interleaved")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of every system, interleaved")
+    parser.add_argument("--flower-ks", default="10,100",
+                        help="Flower's K values: at K = 1000 (1,000 supernodes) Ray's simulation ran its first round "
+                             "for over 8 minutes and one actor grew past 10 GB on this 24 GB machine (2026-11-26)")
     parser.add_argument("--smoke", action="store_true", help="tiny run of fedlab and the limit only")
     args = parser.parse_args(argv)
     import workload
@@ -145,7 +148,9 @@ def main(argv=None) -> int:
             if system == "flower":
                 if not pathlib.Path(args.flower_python).exists():
                     raise SystemExit(f"--flower-python: {args.flower_python} does not exist; `make bench` creates it")
-                cmd = [args.flower_python, str(HERE / "flower_system.py")] + common
+                flower_ks = ",".join(k for k in args.flower_ks.split(",") if int(k) in ks)
+                cmd = [args.flower_python, str(HERE / "flower_system.py"), "--workload", str(data), "--ks",
+                       flower_ks, "--rounds", str(rounds)]
             else:
                 cmd = [sys.executable, str(HERE / "systems.py"), system] + common
             print(f"[bench] {system} (repeat {repeat + 1}) ...", flush=True)

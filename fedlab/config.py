@@ -256,6 +256,10 @@ class ExperimentConfig:
             images = [d.name for d in (e.component for e in DATASETS.entries()) if d.images]
             raise ConfigError("model", f"{self.model!r} needs an image dataset ({', '.join(images)}), "
                                        f"not {self.dataset!r}")
+        table_size = DEVICE_PROFILES[self.device_profile].clients
+        if table_size is not None and table_size != self.num_clients:
+            raise ConfigError("num_clients", f"must be {table_size} with device_profile {self.device_profile!r} "
+                                             f"(its table has {table_size} clients), got {self.num_clients}")
         if self.straggler_policy == "wait" and self.round_deadline is not None:
             raise ConfigError("round_deadline", "has no effect with straggler_policy='wait'; use 'drop' or 'partial', "
                                                 "or leave it unset")

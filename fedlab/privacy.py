@@ -20,7 +20,7 @@ from .clients import Clients, client_arrays_for, dataset_for, plan_size, spec_fo
 from .config import RECORD_LEVEL
 from .evaluation import Evaluator, per_example_loss
 from .runner import final_weights, record_level_site_epsilons, run_experiment
-from .sampling import sample_clients
+from .sampling import Scheduler
 
 
 def describe(config) -> str:
@@ -48,7 +48,9 @@ def site_epsilons(config):
         raise ValueError(f"dp: site epsilons are for record-level DP (dp='example'), got {config.dp!r}")
     spec = spec_for(config)
     clients = Clients.for_config(config, spec)
-    eps = record_level_site_epsilons(config, clients, at=[config.rounds])[-1]
+    scheduler = Scheduler(config, [len(x) for x in clients.x], spec.tensor_sizes(), clients.attackers)
+    eps = record_level_site_epsilons(config, clients, at=[config.rounds], scheduler=scheduler)[-1]
+    used = scheduler.participation().sum(axis=0)  # the rounds whose update each site sent
     data = dataset_for(config)
     names = data.site_names if data.site_names is not None and len(data.site_names) == config.num_clients \
         else [str(c) for c in range(config.num_clients)]
@@ -57,9 +59,8 @@ def site_epsilons(config):
         n = len(x)
         epochs, batch, cap = plan_size(n, config)
         per_round = cap if cap >= 0 else epochs * -(-n // batch)
-        taken = sum(k in set(sample_clients(config, r).tolist()) for r in range(1, config.rounds + 1))
         rows.append({"site": names[k], "examples": n, "sampling_probability": min(1.0, config.batch_size / n),
-                     "steps": per_round * taken, "epsilon": float(eps[k]), "delta": config.effective_delta})
+                     "steps": per_round * int(used[k]), "epsilon": float(eps[k]), "delta": config.effective_delta})
     return pd.DataFrame(rows)
 
 

@@ -185,7 +185,15 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
 
     epsilons = _epsilons(config, clients, scheduler)
     cumulative = float(rows[-1]["cumulative_bytes"]) if rows else 0.0
-    elapsed = float(rows[-1]["sim_elapsed_seconds"]) if rows else 0.0
+    elapsed = 0.0
+    for row in rows:  # the clock is a function of the config: rows saved before it existed get its columns too
+        schedule = scheduler.round(int(row["round"]))
+        elapsed += schedule.round_seconds
+        row.setdefault("sim_round_seconds", schedule.round_seconds)
+        row.setdefault("sim_elapsed_seconds", elapsed)
+        row.setdefault("clients_selected", len(schedule.selected))
+        row.setdefault("clients_completed", len(schedule.completed))
+        row.setdefault("clients_dropped", schedule.dropped)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.rounds, initial=start, disable=not progress, desc=f"{config.algorithm} rounds",

@@ -8,7 +8,6 @@ than K, and the straggler policy decides whose update is used (:class:`Scheduler
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import numpy as np
@@ -69,14 +68,21 @@ class Scheduler:
         self.devices: Devices = devices_for(config.device_profile, config.num_clients, config.seeds["systems"])
         one = round_bytes(config, *tensor_sizes, clients=1)
         self.bytes_down, self.bytes_up = one["bytes_down"], one["bytes_up"]
+        self._rounds: dict[int, RoundSchedule] = {}
 
-    @functools.lru_cache(maxsize=None)
     def round(self, round_num: int) -> RoundSchedule:
+        """Round ``round_num``'s schedule (computed once per scheduler)."""
+        if round_num not in self._rounds:
+            self._rounds[round_num] = self._schedule(round_num)
+        return self._rounds[round_num]
+
+    def _schedule(self, round_num: int) -> RoundSchedule:
         config = self.config
         rng = np.random.default_rng([config.seeds["sampling"], round_num])
         systems = np.random.default_rng([config.seeds["systems"], round_num, 1])
         online = systems.random(config.num_clients) < self.devices.availability
         leaves = systems.random(config.num_clients) < config.dropout_rate  # goes offline mid-round
+        tiebreak = systems.random(config.num_clients)  # equal finishing times: a random one first
         if config.user_level_dp:
             chosen = np.setdiff1d(poisson_sample(config.num_clients, config.sampling_probability, rng),
                                   config.exclude_clients)
@@ -89,7 +95,8 @@ class Scheduler:
         work = [work_of(self.client_sizes[c], self.config_of(int(c)), round_num) for c in selected]
         return schedule_round(self.devices, selected, work, keep=len(selected) if keep is None else keep,
                               policy=config.straggler_policy, deadline=config.round_deadline,
-                              offline=leaves[selected], bytes_down=self.bytes_down, bytes_up=self.bytes_up)
+                              offline=leaves[selected], bytes_down=self.bytes_down, bytes_up=self.bytes_up,
+                              tiebreak=tiebreak[selected])
 
     def config_of(self, client: int) -> ExperimentConfig:
         """The config client ``client`` trains with (an attacker trains ``attack_boost`` times longer)."""

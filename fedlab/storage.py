@@ -17,6 +17,7 @@ infinity included); config columns are rebuilt from the config itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -240,6 +241,9 @@ class Checkpoint:
                     f"checkpoint_dir: {config_path} is damaged ({err}); use a new folder or delete it") from None
             wanted = json.loads(json.dumps(config.experiment_dict()))
             saved.pop("workers", None)  # where the run executes: it may resume on other workers
+            for f in dataclasses.fields(config):  # a field added since the save: its default was in force
+                if f.name in wanted and f.name not in saved and f.default is not dataclasses.MISSING:
+                    saved[f.name] = json.loads(json.dumps(f.default))
             if saved != wanted:  # the same run on other workers may resume here
                 changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
                 raise CheckpointMismatchError(
@@ -271,6 +275,8 @@ class Checkpoint:
                 problem = check_manifest(self._version_dir(version), json.loads(manifest_path.read_text()))
                 if problem:
                     raise ValueError(problem)
+                if not (self._version_dir(version) / "state.npz").exists():
+                    raise ValueError("it was saved by an older fedlab (TFF's SavedModel), which this one does not read")
                 state = _load_state(self._version_dir(version) / "state.npz", state_template)
                 rows = rows_from_json((self._version_dir(version) / "history.json").read_bytes())
                 check_rounds(rows, version, "the saved history")

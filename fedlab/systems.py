@@ -56,11 +56,13 @@ class Devices:
             if value.shape != (n,):
                 raise ValueError(f"{name}: must hold one value per client ({n}), got shape {value.shape}")
             if not np.isfinite(value).all():
-                raise ValueError(f"{name}: must be finite, got {value[~np.isfinite(value)][0]}")
-            low_ok = (value >= 0).all() if name == "availability" else (value > 0).all()
-            if not low_ok or (name == "availability" and (value > 1).any()):
+                client = int(np.flatnonzero(~np.isfinite(value))[0])
+                raise ValueError(f"{name}: must be finite, got {value[client]} (client {client})")
+            bad = (value < 0) | (value > 1) if name == "availability" else value <= 0
+            if bad.any():
+                client = int(np.flatnonzero(bad)[0])
                 allowed = "in [0, 1]" if name == "availability" else "> 0"
-                raise ValueError(f"{name}: must be {allowed}, got {value.min() if not low_ok else value.max()}")
+                raise ValueError(f"{name}: must be {allowed}, got {value[client]:g} (client {client})")
             object.__setattr__(self, name, value)
 
     def __len__(self) -> int:
@@ -76,10 +78,12 @@ class Devices:
 
 @dataclasses.dataclass(frozen=True)
 class DeviceProfile:
-    """A registered profile: ``draw(num_clients, rng) -> Devices``."""
+    """A registered profile: ``draw(num_clients, rng) -> Devices``; ``clients``: the only number of clients it
+    has devices for (a device table), None if any."""
 
     name: str
     draw: Callable[[int, np.random.Generator], Devices]
+    clients: Optional[int] = None
 
 
 DEVICE_PROFILES: Registry[DeviceProfile] = Registry("device profile", "device_profile")
@@ -187,8 +191,9 @@ def register_device_table(name: str, path: str | os.PathLike, *, replace: bool =
         return devices
 
     draw.__doc__ = f"device table {pathlib.Path(path).name} ({len(devices)} clients)"
+    draw.__module__ = "fedlab_user_tables"  # the user's component, not fedlab's (may be registered again)
     draw.fedlab_digest = hashlib.sha256(text).hexdigest()[:12]  # the table, not this code, keys the cache
-    register_device_profile(name, replace=replace)(draw)
+    decorator(DEVICE_PROFILES, name, lambda d: DeviceProfile(name, d, len(devices)), replace=replace)(draw)
     return devices
 
 
@@ -249,12 +254,15 @@ class RoundSchedule:
 
 
 def schedule_round(devices: Devices, selected: Sequence[int], work: Sequence[Work], *, keep: int, policy: str,
-                   deadline: Optional[float], offline: Sequence[bool], bytes_down: float,
-                   bytes_up: float) -> RoundSchedule:
+                   deadline: Optional[float], offline: Sequence[bool], bytes_down: float, bytes_up: float,
+                   tiebreak: Optional[Sequence[float]] = None) -> RoundSchedule:
     """Applies ``policy`` to the ``selected`` clients (each with its ``work``); at most ``keep`` are used.
 
-    Clients finish in order of their round time (ties by id); the first
-    ``keep`` that finish (in time, for ``drop`` and ``partial``) are used.
+    Clients finish in order of their round time, ties broken by ``tiebreak``
+    (random draws, so equal devices share the work; None: by id); the first
+    ``keep`` that finish (in time, for ``drop`` and ``partial``) are used. The
+    round ends when the ``keep``-th finishes; short of that, when every client
+    still online has reported or (``drop``, ``partial``) the deadline passed.
     """
     if policy not in POLICIES:
         raise ValueError(f"straggler_policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
@@ -278,15 +286,14 @@ def schedule_round(devices: Devices, selected: Sequence[int], work: Sequence[Wor
             done_at[i] = deadline if done > 0 else np.inf
     elif policy == "drop":
         done_at = np.where(done_at <= deadline, done_at, np.inf)
-    order = np.lexsort((selected, done_at))
+    order = np.lexsort((selected if tiebreak is None else np.asarray(tiebreak), done_at))
     kept = [i for i in order if np.isfinite(done_at[i])][:keep]
     completed = np.sort(selected[kept])
     if len(kept) == keep:  # the quota is met when the keep-th client finishes
         seconds = float(done_at[kept[-1]])
-    elif policy == "wait":  # everyone who stayed online has reported
-        seconds = float(max((done_at[i] for i in kept), default=0.0))
-    else:  # the quota was not met: the server waited until the deadline
-        seconds = float(deadline)
+    else:  # every client still online has reported, or missed the deadline the server waited for
+        waited = finish if policy == "wait" else np.minimum(finish, deadline)
+        seconds = float(max(waited[~offline], default=0.0))
     return RoundSchedule(selected, completed, {int(c): steps[int(c)] for c in completed}, seconds)
 
 

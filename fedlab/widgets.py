@@ -209,6 +209,8 @@ class ExperimentPanel:
         values = {f: v for f, v in values.items() if f in FIELD_NAMES or f in own}  # others mean nothing here
         if "exclude_clients" in values and self.base.partition == "natural":
             values["clients_per_round"] = self.base.num_clients - len(set(values["exclude_clients"]))
+        if values.get("straggler_policy", self.base.straggler_policy) == "wait" and "round_deadline" in values:
+            values["round_deadline"] = None  # waiting for everyone has no deadline: the slider is ignored
         return self.base.replace(**values)
 
     def _settings_changed(self) -> None:

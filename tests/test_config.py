@@ -43,8 +43,9 @@ def test_replace_revalidates():
 
 
 def test_named_seeds_fall_back_to_seed():
-    assert ExperimentConfig(seed=7).seeds == {"data": 7, "model": 7, "sampling": 7, "noise": 7}
-    assert ExperimentConfig(seed=7, model_seed=1).seeds == {"data": 7, "model": 1, "sampling": 7, "noise": 7}
+    assert ExperimentConfig(seed=7).seeds == {"data": 7, "model": 7, "sampling": 7, "noise": 7, "systems": 7}
+    assert ExperimentConfig(seed=7, model_seed=1, systems_seed=2).seeds == {"data": 7, "model": 1, "sampling": 7,
+                                                                            "noise": 7, "systems": 2}
 
 
 def test_server_lr_default_depends_on_algorithm():
