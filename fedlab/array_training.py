@@ -125,7 +125,7 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
 
     client_result = tff().learning.templates.ClientResult
 
-    @tf.function
+    @tf.function(autograph=False)  # the loop and branches are written as tf.while_loop/tf.cond: nothing to convert
     def client_update(initial_weights, data, learning_rate):
         x, y, orders, batch, steps, skip = (data[k] for k in ("x", "y", "orders", "batch", "steps", "skip"))
         trainable0, non_trainable = tuple(initial_weights[0]), tuple(initial_weights[1])

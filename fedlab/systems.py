@@ -113,6 +113,7 @@ def devices_for(profile: str, num_clients: int, seed: int) -> Devices:
 # entries FedScale's own Oort docstring quotes. FedScale's client latency (fedscale/cloud/internal/
 # client_metadata.py): 3 x samples x ms / 1000 s of compute (backward = 2 x forward) plus (up + down) size over
 # the one bandwidth. fedlab's clock does the same: speed = 1000 / (3 ms) examples/s, down = up = kbit/s / 1000.
+# Provenance, sample and FedScale's code quoted: docs/fedscale_devices.md (quantiles: docs/fedscale_quantiles.csv).
 FEDSCALE_QUANTILES = np.array([0.0, 0.01, 0.02, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55,
                                0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 0.98, 0.99, 1.0])
 FEDSCALE_MS_PER_SAMPLE = np.array([15.0, 15, 18, 19, 21, 23, 23, 24, 25, 27, 28, 31, 41, 50, 72, 134, 143, 148, 154,

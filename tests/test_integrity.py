@@ -26,7 +26,9 @@ from fedlab.storage import CheckpointMismatchError, DamagedFileWarning, StorageE
 BASE = fl.ExperimentConfig(dataset="digits", partition="dirichlet", alpha=0.5, num_clients=10, clients_per_round=4,
                            rounds=4, seed=3, eval_every=1)
 NUMBERS = ["round", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "clients_this_round",
-           "bytes_up", "cumulative_bytes"]
+           "bytes_up", "cumulative_bytes", "sim_round_seconds", "sim_elapsed_seconds", "clients_completed"]
+SYSTEMS_FIELDS = ["device_profile", "straggler_policy", "round_deadline", "over_selection", "dropout_rate",
+                  "systems_seed"]
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,30 @@ def test_refused_config_leaves_the_folder_as_it_was(saved_checkpoint, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="rounds"):
         fl.run_experiment(BASE.replace(rounds=5), checkpoint_dir=folder, progress=False)
     assert (folder / "config.json").read_bytes() == before
+
+
+def test_checkpoint_from_before_the_systems_fields_resumes_in_full(saved_checkpoint, reference, tmp_path):
+    """A checkpoint written before device profiles existed: its config lacks their fields (their defaults were in
+    force) and its rows lack the clock's columns (recomputed from the config)."""
+    import json
+
+    from fedlab.storage import tree_manifest
+
+    folder = tmp_path / "older"
+    shutil.copytree(saved_checkpoint, folder)
+    shutil.rmtree(folder / "state" / "program_state_4")
+    (folder / "state" / "manifest_4.json").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in SYSTEMS_FIELDS}))
+    version = folder / "state" / "program_state_3"
+    rows = json.loads((version / "history.json").read_text())
+    clock = {"sim_round_seconds", "sim_elapsed_seconds", "clients_selected", "clients_completed", "clients_dropped"}
+    (version / "history.json").write_text(json.dumps([{k: v for k, v in r.items() if k not in clock} for r in rows]))
+    (folder / "state" / "manifest_3.json").write_text(json.dumps(tree_manifest(version)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DamagedFileWarning)
+        history = fl.run_experiment(BASE, checkpoint_dir=folder, progress=False)
+    same_numbers(history, reference)
 
 
 def test_history_csv_lost_or_cut_still_resumes_in_full(saved_checkpoint, reference, tmp_path):
