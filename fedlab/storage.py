@@ -149,6 +149,21 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
+def write_folder(target: pathlib.Path, write) -> None:
+    """Fills a temporary folder beside ``target`` with ``write(folder)``, then renames it to ``target``
+    (replacing an older one): the folder appears whole or not at all."""
+    target = pathlib.Path(target)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _set_aside(path: pathlib.Path) -> pathlib.Path:
     for i in range(1, 1000):
         target = path.with_name(f"{path.name}.damaged-{i}")
@@ -195,20 +210,14 @@ class ResultCache:
              config_json: str) -> None:
         """Writes the entry under a temporary name, then renames it into place."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
-        try:
+        def write(tmp: pathlib.Path) -> None:
             (tmp / "history.json").write_text(rows_to_json(rows))
             (tmp / "clients.json").write_text(rows_to_json(clients))
             (tmp / "config.json").write_text(config_json)
             np.savez(tmp / "weights.npz", *weights)
             (tmp / MANIFEST).write_text(json.dumps(tree_manifest(tmp), indent=1, sort_keys=True))
-            target = self.path(key)
-            if target.exists():
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        write_folder(self.path(key), write)
 
 
 class Checkpoint:
@@ -311,19 +320,16 @@ class Checkpoint:
             self._manifest_path(round_num).unlink()
         for stale in state_dir.glob(".program_state_*"):  # a save killed half-way (one writer per folder)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".program_state_{round_num}.", dir=state_dir))
-        try:
+        manifest = {}
+
+        def write(tmp: pathlib.Path) -> None:
             with open(tmp / "state.npz", "wb") as f:
                 np.savez(f, *[np.asarray(leaf) for leaf in _tree().flatten(state)])
             (tmp / "history.json").write_text(rows_to_json(rows))
             (tmp / "clients.json").write_text(rows_to_json(client_rows))
-            manifest = tree_manifest(tmp)
-            if version_dir.exists():
-                shutil.rmtree(version_dir)
-            os.rename(tmp, version_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            manifest.update(tree_manifest(tmp))
+
+        write_folder(version_dir, write)
         atomic_write(self._manifest_path(round_num), json.dumps(manifest, sort_keys=True))
         for version in self._versions()[:-self.keep]:
             with contextlib.suppress(FileNotFoundError):
