@@ -50,7 +50,7 @@ def _finite_and_sane(config: fl.ExperimentConfig) -> None:
         if isinstance(value, float):
             assert math.isfinite(value), f"{name}={value} accepted"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            assert abs(value) < 1e7 or name in ("seed", "data_seed", "model_seed", "sampling_seed"), \
+            assert abs(value) < 1e7 or name in ("seed", "data_seed", "model_seed", "sampling_seed", "noise_seed", "systems_seed"), \
                 f"{name}={value} accepted"
 
 
