@@ -22,7 +22,7 @@ from .catalog import catalog
 from .clients import client_arrays_for, dataset_for, partition_for, partition_report_for
 from .config import ExperimentConfig
 from .data import DATASETS, Dataset, DataUnavailableError, load_dataset, register_dataset
-from .distributed import LocalWorkers
+from .distributed import LocalWorkers, use_worker_tls
 from .models import MODELS, DataShape, ModelSpec, register_model
 from .partition import (
     PARTITIONERS,
@@ -41,6 +41,7 @@ from .plots import (
     plot_learning_curves,
     plot_metric_vs,
     plot_round_time,
+    plot_secagg_cost,
     plot_site_accuracy,
     save_figure,
     save_table,
@@ -48,6 +49,7 @@ from .plots import (
 from .participation import participation_table
 from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
+from .secagg import measure_cost as secagg_cost
 from .sweeps import grid, round_times, run_sweep
 from .systems import DEVICE_PROFILES, Devices, devices_from_csv, register_device_profile, register_device_table
 from .validation import ConfigError
@@ -103,6 +105,7 @@ __all__ = [
     "plot_learning_curves",
     "plot_metric_vs",
     "plot_round_time",
+    "plot_secagg_cost",
     "plot_site_accuracy",
     "privacy",
     "register_aggregator",
@@ -118,6 +121,8 @@ __all__ = [
     "run_sweep",
     "save_figure",
     "save_table",
+    "secagg_cost",
     "setup",
     "summarize",
+    "use_worker_tls",
 ]

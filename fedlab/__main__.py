@@ -1,4 +1,4 @@
-"""Command line: ``python -m fedlab run|list|privacy|worker|reproduce ...``.
+"""Command line: ``python -m fedlab run|list|privacy|worker|certs|reproduce ...``.
 
 Errors in the input are one line naming the option (``--alpha: must be > 0``)
 and exit status 2, with no traceback, before TensorFlow is imported. Every
@@ -153,6 +153,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                            help=f"{hparam_spec(f).help or name} ({', '.join(owners)}; default {f.default})")
 
 
+def _add_tls_options(parser: argparse.ArgumentParser, purpose: str, cert: str, key: str, checks: str) -> None:
+    group = parser.add_argument_group("mutual TLS (all three or none; python -m fedlab certs DIR makes a set)")
+    group.add_argument("--tls-cert", default=None, metavar="PEM", help=f"{purpose} this certificate (e.g. DIR/{cert})")
+    group.add_argument("--tls-key", default=None, metavar="PEM", help=f"the private key of --tls-cert (DIR/{key})")
+    group.add_argument("--tls-ca", default=None, metavar="PEM",
+                       help=f"the CA certificate that must have signed {checks} (DIR/ca.pem)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m fedlab", description="fedlab: federated learning experiments on TFF")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -169,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--tensorboard", type=_folder, default=None, metavar="DIR",
                      help="also write each round's metrics as TensorBoard events under DIR (tensorboard --logdir DIR)")
+    _add_tls_options(run, "with --workers: connect to the workers with mutual TLS, presenting", "client.pem",
+                     "client-key.pem", "the workers' certificates")
 
     listing = sub.add_parser("list", help="what is registered: data sets, models, algorithms, partitioners, "
                                           "aggregators, with their papers")
@@ -195,9 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--port", type=_number(int), required=True)
     work.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default 127.0.0.1: this machine only); '*' for every interface. "
-                           "Workers are unauthenticated: listen only on a private network")
+                           "Without --tls-* workers are unauthenticated: listen only on a private network")
     work.add_argument("--max-concurrent-calls", type=_number(int), default=-1,
                       help="TFF's limit on parallel calls of one computation (default: none)")
+    _add_tls_options(work, "accept only mutual-TLS connections (TFF's worker behind a TLS proxy), presenting",
+                     "server.pem", "server-key.pem", "every client's certificate")
+
+    certs = sub.add_parser("certs", help="make a local CA, a worker (server) and a driver (client) certificate in DIR, "
+                                         "for trying --tls-cert/--tls-key/--tls-ca")
+    certs.add_argument("dir", type=_folder, metavar="DIR")
+    certs.add_argument("--hosts", default="localhost,127.0.0.1",
+                       help="names and addresses the driver uses to reach the workers, comma-separated: the "
+                            "worker certificate is valid for these (default: localhost,127.0.0.1)")
+    certs.add_argument("--days", type=_number(int), default=365, help="validity (default: 365)")
+    certs.add_argument("--force", action="store_true", help="replace existing files in DIR")
 
     rep = sub.add_parser("reproduce", help="run every notebook; writes figures/ and results/")
     rep.add_argument("--fast", action="store_true", help="the test suite's fast setting")
@@ -222,6 +243,12 @@ def config_from_args(args: argparse.Namespace):
 # Commands -----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # validated before TensorFlow is imported
+    from .distributed import WorkerTLS, use_worker_tls
+
+    tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
+    if tls is not None and not config.workers:
+        raise UsageError("--tls-cert: mutual TLS is for runs on --workers HOST:PORT,...; this run is local")
+    use_worker_tls(tls)  # the process's setting, not the config's: the same numbers, the same cached result
     from .storage import Checkpoint, atomic_write, ensure_folder
 
     out = ensure_folder(args.out, "--out")
@@ -300,9 +327,34 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .distributed import serve
+    from .distributed import WorkerTLS, serve
 
-    return serve(args.port, args.host, max_concurrent_calls=args.max_concurrent_calls)
+    tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
+    return serve(args.port, args.host, max_concurrent_calls=args.max_concurrent_calls, tls=tls)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from .certs import make_certs, parse_hosts
+
+    hosts = parse_hosts(args.hosts)
+    try:
+        paths = make_certs(args.dir, hosts=hosts, days=args.days, force=args.force)
+    except FileExistsError as err:
+        raise UsageError(f"DIR: {err}") from None
+    except OSError as err:
+        raise UsageError(f"DIR: cannot write {err.filename or args.dir}: {err.strerror or err}") from None
+    for name, path in paths.items():
+        print(f"wrote {path}")
+    d, host = args.dir, hosts[0]
+    print(f"certificates valid for {', '.join(hosts)} for {args.days} days. Worker (on {host}):\n"
+          f"  python -m fedlab worker --host {host} --port 8000 --tls-cert {d / 'server.pem'} "
+          f"--tls-key {d / 'server-key.pem'} --tls-ca {d / 'ca.pem'}\n"
+          f"Driver:\n  python -m fedlab run ... --workers {host}:8000 --tls-cert {d / 'client.pem'} "
+          f"--tls-key {d / 'client-key.pem'} --tls-ca {d / 'ca.pem'}\n"
+          f"  (Python: fedlab.distributed.use_worker_tls(cert={str(d / 'client.pem')!r}, "
+          f"key={str(d / 'client-key.pem')!r}, ca={str(d / 'ca.pem')!r}))\n"
+          f"Keep ca-key.pem away from the workers: it signs new certificates.")
+    return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -322,7 +374,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "privacy": cmd_privacy, "worker": cmd_worker,
+COMMANDS = {"run": cmd_run, "list": cmd_list, "privacy": cmd_privacy, "worker": cmd_worker, "certs": cmd_certs,
             "reproduce": cmd_reproduce}
 
 

@@ -38,6 +38,7 @@ from typing import Callable, Optional
 
 from .registry import Registry, decorator
 from .runtime import tff
+from .secure_rounds import ProtocolSum
 from .seeded import seeded_gaussian, seeded_quantizing
 
 ROLES = ("dp", "robust", "secure", "compression")
@@ -149,6 +150,27 @@ def secure_aggregator(config):
     return agg.UnweightedMeanFactory(value_sum_factory=value, count_sum_factory=count)
 
 
+@register_aggregator("secagg", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
+def secagg_protocol(config) -> ProtocolSum:
+    """The SecAgg protocol, real cryptography: pairwise and self masks, Shamir-shared seeds, dropouts recovered.
+
+    :mod:`fedlab.secagg` runs it, :mod:`fedlab.secure_rounds` between the
+    round's two TFF computations; same clipping and b-bit encoding as ``secure``.
+    """
+    return ProtocolSum("secagg", config.quantization_bits, config.clip_norm, config.clients_per_round)
+
+
+@register_aggregator("secaggplus", role="secure", paper="Bell et al. 2020, doi:10.1145/3372297.3417885")
+def secagg_plus_protocol(config) -> ProtocolSum:
+    """SecAgg+: SecAgg on a sparse random graph, each client masking with and sharing to O(log n) neighbours."""
+    return ProtocolSum("secagg+", config.quantization_bits, config.clip_norm, config.clients_per_round)
+
+
+def protocol_names() -> tuple[str, ...]:
+    """The values of ``secure_protocol`` besides "none": registered secure aggregators that run a protocol."""
+    return tuple(name for name in names("secure") if name != "secure")
+
+
 @register_aggregator("compression", role="compression", paper="Suresh et al. 2017, arXiv:1611.00429")
 def compression_aggregator(config):
     """Weighted mean of updates uniformly quantised to quantization_bits bits (stochastic rounding)."""
@@ -183,6 +205,7 @@ def builders_in_use(config) -> list[AggregatorBuilder]:
     """The registered aggregator builders a config selects by name (its user-level DP mode and robust defence)."""
     chosen = [config.dp] if config.user_level_dp else []
     chosen += [config.robust] if config.robust != "none" else []
+    chosen += [config.secure_protocol] if config.secure_aggregation and config.secure_protocol != "none" else []
     return [AGGREGATORS[name] for name in chosen]
 
 
@@ -192,6 +215,8 @@ def make_aggregator(config):
         factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
                                 clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
                                 target_quantile=config.target_quantile, seeded=config.noise_source == "seeded")
+    elif config.secure_aggregation and config.secure_protocol != "none":
+        return AGGREGATORS[config.secure_protocol].build(config)  # clipped by its clients' encoding
     elif config.secure_aggregation:
         factory = AGGREGATORS["secure"].build(config)
     elif config.quantization_bits:
@@ -212,7 +237,7 @@ def aggregator_key(config) -> tuple:
     if config.user_level_dp:
         return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
                 config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source)
-    return ("mean", config.secure_aggregation, config.quantization_bits, config.robust,
+    return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
             config.noise_source if config.quantization_bits and not config.secure_aggregation else None,
             config.clip_norm if (config.secure_aggregation or config.robust != "none") else None,
             config.clients_per_round if config.secure_aggregation else None)
@@ -220,6 +245,8 @@ def aggregator_key(config) -> tuple:
 
 def bits_per_value_up(config) -> float:
     """Bits a client sends per trainable parameter."""
+    if config.secure_aggregation and config.secure_protocol != "none":
+        return AGGREGATORS[config.secure_protocol].build(config).modulus_bits  # ring elements mod 2^(b + ceil log2 K)
     if config.secure_aggregation:
         if config.quantization_bits:
             # symmetric modular sum: TFF sums in [0, 2m - 1) for modulus m
@@ -236,7 +263,8 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     Down: the full float32 model to every participant. Up: each trainable
     tensor at ``bits_per_value_up`` bits, plus per-tensor min and max (8 bytes)
     when compressed, plus one float32 weight. Not counted: secure aggregation's
-    key agreement and masking messages, which grow with K but not with the model.
+    key agreement and share messages, which grow with K but not with the model
+    (a protocol run reports them: history column ``secagg_bytes_per_client``).
     """
     params = int(sum(trainable_sizes))
     down = clients * 4 * (params + int(sum(non_trainable_sizes)))
@@ -250,7 +278,8 @@ def describe(config) -> Optional[str]:
     """One line on the aggregator in use, for panels and tables."""
     parts = []
     if config.secure_aggregation:
-        parts.append(f"secure aggregation ({config.quantization_bits or 32}-bit, clip {config.clip_norm:g})")
+        protocol = "" if config.secure_protocol == "none" else f", protocol {config.secure_protocol}"
+        parts.append(f"secure aggregation ({config.quantization_bits or 32}-bit, clip {config.clip_norm:g}{protocol})")
     elif config.quantization_bits:
         parts.append(f"{config.quantization_bits}-bit compression")
     if config.robust != "none":
@@ -260,6 +289,8 @@ def describe(config) -> Optional[str]:
 
 def method_name(config) -> str:
     """Short label of the update encoding: float32, compressed-4bit, secure-12bit, secure-32bit."""
+    if config.secure_aggregation and config.secure_protocol != "none":
+        return f"{config.secure_protocol}-{config.quantization_bits}bit"
     if config.secure_aggregation:
         return f"secure-{config.quantization_bits or 32}bit"
     if config.quantization_bits:

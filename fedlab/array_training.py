@@ -30,6 +30,7 @@ Departures from ``tff.learning.algorithms.build_weighted_fed_avg``, and why:
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Any, Optional
 
 import numpy as np
@@ -37,6 +38,21 @@ import numpy as np
 from .runtime import tff
 
 WEIGHTINGS = ("examples", "dataset", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTraining:
+    """The pieces of a compiled-loop process before aggregation: what an aggregation of fedlab's own
+    (:func:`_fused_mean_process`, :mod:`fedlab.secure_rounds`) builds its round from."""
+
+    model: Any  # the TFF functional model
+    weights_type: Any  # TFF type of ModelWeights
+    data_type: Any  # TFF type of one client's input (:func:`client_data_type`)
+    train_client: Any  # tf computation (weights, data, learning rate) -> (ClientResult, metrics state)
+    initial_weights_fn: Any  # tf computation () -> ModelWeights
+    client_work_state: Any  # tf computation () -> the client-work state (the client learning rate)
+    learning_rate_of: Any  # tf computation (client-work state) -> learning rate
+    server_optimizer: Any  # tff.learning.optimizers.Optimizer
 
 
 def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = None):
@@ -281,9 +297,12 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
     def initial_weights_fn():
         return t.learning.models.ModelWeights(*tf.nest.map_structure(tf.constant, model.initial_weights))
 
+    training = ClientTraining(model, weights_type, data_type, train_client, initial_weights_fn, client_work_state,
+                              learning_rate_of, server_optimizer)
     if model_aggregator is None:
-        return _fused_mean_process(t, model, weights_type, data_type, train_client, initial_weights_fn,
-                                   server_optimizer, client_work_state, learning_rate_of)
+        return _fused_mean_process(t, training)
+    if hasattr(model_aggregator, "build_round_process"):  # a protocol run outside TFF (fedlab.secure_rounds)
+        return model_aggregator.build_round_process(training)
     if isinstance(model_aggregator, t.aggregators.UnweightedAggregationFactory):
         model_aggregator = t.aggregators.as_weighted_aggregator(model_aggregator)
     update_type = weights_type.trainable
@@ -334,8 +353,7 @@ def _learning_process(t, init_fn, next_fn):
     return t.learning.templates.LearningProcess(init_fn, next_fn, get_model_weights, set_model_weights)
 
 
-def _fused_mean_process(t, model, weights_type, data_type, train_client, initial_weights_fn, server_optimizer,
-                        client_work_state, learning_rate_of):
+def _fused_mean_process(t, training: "ClientTraining"):
     """The plain weighted mean, fused: each client sends (weight x update, weight, metrics) and one
     ``federated_sum`` adds them all.
 
@@ -347,6 +365,11 @@ def _fused_mean_process(t, model, weights_type, data_type, train_client, initial
     """
     import tensorflow as tf
 
+    model, weights_type, data_type, train_client = (training.model, training.weights_type, training.data_type,
+                                                    training.train_client)
+    initial_weights_fn, client_work_state, learning_rate_of = (training.initial_weights_fn,
+                                                               training.client_work_state, training.learning_rate_of)
+    server_optimizer = training.server_optimizer
     templates = t.learning.templates
     state_class = templates.LearningAlgorithmState
     distributor = templates.build_broadcast_process(weights_type)

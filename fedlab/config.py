@@ -21,7 +21,7 @@ import json
 from typing import Any, Optional
 
 from .accounting import ACCOUNTANTS
-from .aggregation import names as aggregator_names
+from .aggregation import names as aggregator_names, protocol_names
 from .algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
 from .array_training import WEIGHTINGS
 from .data import DATASETS
@@ -77,6 +77,7 @@ class ExperimentConfig:
     accountant: str = "rdp"  # rdp or pld (dp-accounting)
     secure_aggregation: bool = False  # the server sees only the sum (range: clip_norm)
     quantization_bits: int = 0  # 0: float32 updates; b: b-bit compression, or b-bit secure sum
+    secure_protocol: str = "none"  # secagg or secagg+: run the protocol with real cryptography (none: the sum only)
     robust: str = "none"  # none, clip (L2-clip updates to clip_norm) or zeroing (drop updates above it)
     freeze_layers: int = 0  # partial updates: the first n weight layers are not trained or sent
     attacker_fraction: float = 0.0  # share of clients that flip their labels
@@ -153,6 +154,7 @@ class ExperimentConfig:
         s("noise_source", one_of("noise_source", self.noise_source, NOISE_SOURCES))
         s("secure_aggregation", boolean("secure_aggregation", self.secure_aggregation))
         s("quantization_bits", integer("quantization_bits", self.quantization_bits, 0, 16))
+        s("secure_protocol", one_of("secure_protocol", self.secure_protocol, ("none",) + protocol_names()))
         s("robust", one_of("robust", self.robust, ("none",) + aggregator_names("robust")))
         s("freeze_layers", integer("freeze_layers", self.freeze_layers, 0, 1000))
         s("attacker_fraction", number("attacker_fraction", self.attacker_fraction, 0.0, 1.0, high_open=True))
@@ -227,6 +229,8 @@ class ExperimentConfig:
                                            f"aggregator ({', '.join(_unweighted())}), got {self.algorithm!r}")
         if self.secure_aggregation and self.quantization_bits == 1:
             raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
+        if self.secure_protocol != "none":
+            self._check_protocol(algorithm)
         if model.weight_layers is not None and self.freeze_layers >= model.weight_layers:
             raise ConfigError("freeze_layers", f"must be below {model.weight_layers} for model {self.model!r} "
                                                "(something must stay trainable)")
@@ -271,7 +275,25 @@ class ExperimentConfig:
                                                 "the privacy accounting assumes")
         if self.workers and self.secure_aggregation:
             raise ConfigError("workers", "cannot be combined with secure_aggregation: TFF's worker does not implement "
-                                         "secure sums, which fedlab simulates in this process")
+                                         "secure sums, and the protocol's clients run in this process")
+
+    def _check_protocol(self, algorithm: Algorithm) -> None:
+        """A secure protocol sums b-bit integers between fedlab's compiled-loop clients and its server."""
+        if not self.secure_aggregation:
+            raise ConfigError("secure_protocol", f"{self.secure_protocol!r} needs secure_aggregation=True")
+        if self.quantization_bits < 2:
+            raise ConfigError("quantization_bits", f"must be 2..16 with secure_protocol={self.secure_protocol!r}: "
+                                                   "the protocol sums b-bit integers")
+        if self.clients_per_round < 2:
+            raise ConfigError("clients_per_round", f"must be 2 or more with secure_protocol={self.secure_protocol!r} "
+                                                   "(the sum of one client's update is that update)")
+        if algorithm.on_arrays is None or self.freeze_layers:
+            reason = "it has frozen layers" if self.freeze_layers else f"{self.algorithm} has no compiled client loop"
+            raise ConfigError("secure_protocol", f"needs fedlab's compiled client loop, and {reason}; "
+                                                 "use secure_protocol='none'")
+        if self.robust not in ("none", "clip"):
+            raise ConfigError("robust", f"must be none or clip with secure_protocol={self.secure_protocol!r} "
+                                        "(the protocol's clients already L2-clip to clip_norm)")
 
     # Derived values ----------------------------------------------------------
     @property

@@ -8,9 +8,13 @@ clients into one sub-round per worker, runs the client work and the partial
 aggregation on each worker, and merges the partial sums. Nothing here is a
 runtime of fedlab's own.
 
-Workers are unauthenticated gRPC services: whoever reaches the port can run
-any TensorFlow graph on that machine. ``python -m fedlab worker`` listens on
-127.0.0.1 unless given ``--host``; across machines, use a private network.
+Security: a plain worker is an unauthenticated gRPC service: whoever reaches the port can run any
+TensorFlow graph on that machine, so ``python -m fedlab worker`` listens on 127.0.0.1 unless given ``--host``.
+With ``--tls-cert/--tls-key/--tls-ca`` the worker accepts only mutual-TLS connections whose client
+certificate chains to the CA: TFF's worker then listens on a loopback port behind a gRPC proxy
+(:mod:`fedlab.tls_proxy`) that terminates TLS. The driver chooses its client certificate with
+:func:`use_worker_tls` (the CLI: ``run --tls-cert/--tls-key/--tls-ca``); it is a setting of this process,
+not of the experiment, so results and the result cache are the same with and without TLS.
 
 Failures: TFF retries an unavailable worker forever. fedlab checks every
 worker before a run (:class:`WorkerUnreachableError`) and turns a worker that
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -38,6 +43,7 @@ import time
 from typing import Iterable, Optional, Sequence
 
 from . import runtime
+from .validation import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 ALL_INTERFACES = ("*", "0.0.0.0", "::")
@@ -95,12 +101,90 @@ def _target(worker: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# Checking workers --------------------------------------------------------------
-def worker_ready(worker: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
-    """True if a gRPC connection to ``worker`` becomes ready within ``timeout`` seconds."""
+# TLS ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WorkerTLS:
+    """PEM files for mutual TLS: this side's certificate and key, and the CA that signed the other side's.
+
+    On the driver: the client certificate (:func:`use_worker_tls`); on a worker: the server certificate
+    (``python -m fedlab worker --tls-*``). Read once, by :meth:`load`.
+    """
+
+    cert: pathlib.Path
+    key: pathlib.Path
+    ca: pathlib.Path
+    pem: tuple = dataclasses.field(repr=False, default=())  # (cert, key, ca) bytes
+
+    @classmethod
+    def load(cls, cert, key, ca) -> Optional["WorkerTLS"]:
+        """None if all three are None; ConfigError (field ``tls_cert`` ...) if one is missing or unreadable."""
+        given = {"tls_cert": cert, "tls_key": key, "tls_ca": ca}
+        if all(v is None for v in given.values()):
+            return None
+        for field, value in given.items():
+            if value is None or not str(value).strip():
+                present = ", ".join("--" + f.replace("_", "-") for f, v in given.items() if v is not None)
+                raise ConfigError(field, "missing; mutual TLS needs --tls-cert, --tls-key and --tls-ca together "
+                                         f"(got only {present})")
+        pem = []
+        for field, value in given.items():
+            path = pathlib.Path(value).expanduser()
+            try:
+                data = path.read_bytes()
+            except OSError as err:
+                raise ConfigError(field, f"cannot read {path}: {err.strerror or err}") from None
+            marker = b"PRIVATE KEY-----" if field == "tls_key" else b"-----BEGIN CERTIFICATE-----"
+            if marker not in data:
+                kind = "a PEM private key" if field == "tls_key" else "a PEM certificate"
+                raise ConfigError(field, f"{path} is not {kind} (python -m fedlab certs DIR makes a set)")
+            pem.append(data)
+        return cls(pathlib.Path(cert), pathlib.Path(key), pathlib.Path(ca), tuple(pem))
+
+
+_CLIENT_TLS: Optional[WorkerTLS] = None
+
+
+def use_worker_tls(cert=None, key=None, ca=None) -> Optional[WorkerTLS]:
+    """From now on, connect to workers with mutual TLS: client ``cert``, its ``key``, and the ``ca`` of the workers.
+
+    Paths of PEM files (``python -m fedlab certs DIR`` makes a set: client.pem, client-key.pem, ca.pem), or a
+    :class:`WorkerTLS`; ``use_worker_tls(None)`` goes back to plaintext. A setting of this process, not of the
+    experiment: the numbers, and the cached results, are the same either way. Returns the previous setting.
+    """
+    global _CLIENT_TLS
+    previous = _CLIENT_TLS
+    _CLIENT_TLS = cert if isinstance(cert, WorkerTLS) else WorkerTLS.load(cert, key, ca)
+    return previous
+
+
+def worker_tls() -> Optional[WorkerTLS]:
+    """The client TLS setting of :func:`use_worker_tls` (None: plaintext)."""
+    return _CLIENT_TLS
+
+
+def _channel(worker: str, tls: Optional[WorkerTLS]):
     import grpc
 
-    channel = grpc.insecure_channel(_target(worker), _GRPC_OPTIONS)
+    if tls is None:
+        return grpc.insecure_channel(_target(worker), _GRPC_OPTIONS)
+    cert, key, ca = tls.pem
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    return grpc.secure_channel(_target(worker), credentials, _GRPC_OPTIONS)
+
+
+# Checking workers --------------------------------------------------------------
+def worker_ready(worker: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """True if a gRPC connection to ``worker`` becomes ready within ``timeout`` seconds.
+
+    With :func:`use_worker_tls` set, that includes the TLS handshake, both certificates checked.
+    """
+    return _ready(worker, timeout, _CLIENT_TLS)
+
+
+def _ready(worker: str, timeout: float, tls: Optional[WorkerTLS]) -> bool:
+    import grpc
+
+    channel = _channel(worker, tls)
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout)
         return True
@@ -110,23 +194,59 @@ def worker_ready(worker: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
         channel.close()
 
 
+def _port_answers(worker: str, timeout: float = 2.0) -> bool:
+    """True if something accepts a TCP connection on ``worker``'s port."""
+    host, port = parse_worker(worker)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _connection_error(worker: str, tls: Optional[WorkerTLS]) -> str:
+    """gRPC's own words on why a connection to ``worker`` fails (an SSL error, for a failed handshake)."""
+    import grpc
+
+    channel = _channel(worker, tls)
+    try:
+        channel.unary_unary("/fedlab.Probe/Probe")(b"", timeout=5.0)
+        return ""
+    except grpc.RpcError as err:
+        return " ".join(str(err.details() or "").split()) if err.code() == grpc.StatusCode.UNAVAILABLE else ""
+    finally:
+        channel.close()
+
+
 def _unreachable_message(worker: str, timeout: float) -> str:
     host, port = parse_worker(worker)
+    tls = _CLIENT_TLS
+    if _port_answers(worker):
+        if tls is None:
+            return (f"worker {worker}: the port answers but no plaintext gRPC connection was made within "
+                    f"{timeout:g} s. If the worker runs with --tls-cert (mutual TLS), give this side --tls-cert, "
+                    "--tls-key and --tls-ca too (in Python: fedlab.distributed.use_worker_tls); otherwise check "
+                    f"that port {port} is a TFF worker (python -m fedlab worker)")
+        why = _connection_error(worker, tls)
+        return (f"worker {worker}: the port answers but the TLS handshake failed within {timeout:g} s"
+                f"{f' ({why})' if why else ''}. Check that the worker runs with --tls-cert/--tls-key/--tls-ca, "
+                f"that its certificate is signed by {tls.ca} and names {host} (python -m fedlab certs DIR --hosts "
+                f"{host}), and that {tls.cert} is signed by the CA the worker was given as --tls-ca")
     return (f"worker {worker}: no TFF worker answered within {timeout:g} s. Check that "
-            f"`python -m fedlab worker --port {port}` is running on {host} "
-            f"({'with --host set to an address this machine can reach' if host not in ('127.0.0.1', 'localhost', '::1') else 'on this machine'}), "
+            f"`python -m fedlab worker --port {port}{' --tls-cert ...' if tls is not None else ''}` is running on "
+            f"{host} ({'with --host set to an address this machine can reach' if host not in ('127.0.0.1', 'localhost', '::1') else 'on this machine'}), "
             "that no firewall blocks the port, and that it runs TFF 0.87.0 like this side")
 
 
 def check_workers(workers: Sequence[str], timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Raises :class:`WorkerUnreachableError` for the first worker that does not answer."""
+    """Raises :class:`WorkerUnreachableError` for the first worker that does not answer (or refuses TLS)."""
     for worker in workers:
         if not worker_ready(worker, timeout):
             raise WorkerUnreachableError(worker, _unreachable_message(worker, timeout))
 
 
 # Execution context -------------------------------------------------------------
-def _guarded_stub(worker: str, timeout: float):
+def _guarded_stub(worker: str, timeout: float, tls: Optional[WorkerTLS] = None):
     """TFF's gRPC stub for ``worker``, turning "worker gone" into :class:`WorkerLostError`.
 
     TFF marks UNAVAILABLE as retryable and retries forever; a run would hang.
@@ -139,7 +259,7 @@ def _guarded_stub(worker: str, timeout: float):
 
     from tensorflow_federated.python.core.impl.executors import remote_executor_stub
 
-    channel = grpc.insecure_channel(_target(worker), _GRPC_OPTIONS)
+    channel = _channel(worker, tls)
     inner = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
 
     def guard(method):
@@ -148,7 +268,7 @@ def _guarded_stub(worker: str, timeout: float):
             try:
                 return method(*args, **kwargs)
             except (grpc.RpcError, executors_errors.RetryableError) as err:
-                if worker_ready(worker, timeout):
+                if _ready(worker, timeout, tls):
                     raise
                 raise WorkerLostError(worker, (
                     f"worker {worker} stopped answering during the run and did not come back within "
@@ -175,7 +295,7 @@ def _guarded_stub(worker: str, timeout: float):
     return stub
 
 
-def _async_context(worker: str, timeout: float):
+def _async_context(worker: str, timeout: float, tls: Optional[WorkerTLS]):
     from tensorflow_federated.python.core.backends.native import compiler
     from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
     from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
@@ -183,7 +303,7 @@ def _async_context(worker: str, timeout: float):
     from tensorflow_federated.python.core.impl.executors import remote_executor
     from tensorflow_federated.python.core.impl.types import placements
 
-    stub = _guarded_stub(worker, timeout)
+    stub = _guarded_stub(worker, timeout, tls)
 
     def stack_fn(cardinalities):  # as tff's local_cpp_executor_factory, with a stub of ours
         cardinalities.setdefault(placements.CLIENTS, 0)
@@ -199,15 +319,20 @@ def _async_context(worker: str, timeout: float):
     )
 
 
-@functools.lru_cache(maxsize=8)
 def execution_context(workers: tuple[str, ...], timeout: float = CONNECT_TIMEOUT_S):
     """TFF's mergeable-computation context over ``workers``: one sub-round per worker.
 
     Cached: TFF compiles a computation once per context, so a second run on
-    the same workers reuses the compiled form.
+    the same workers reuses the compiled form. Connects with the TLS setting
+    of :func:`use_worker_tls` at the time of the call.
     """
+    return _execution_context(tuple(workers), timeout, _CLIENT_TLS)
+
+
+@functools.lru_cache(maxsize=8)
+def _execution_context(workers: tuple[str, ...], timeout: float, tls: Optional[WorkerTLS]):
     return runtime.tff().backends.native.create_mergeable_comp_execution_context(
-        [_async_context(w, timeout) for w in workers])
+        [_async_context(w, timeout, tls) for w in workers])
 
 
 @contextlib.contextmanager
@@ -297,23 +422,29 @@ def resolve_host(host: str) -> Optional[str]:
         return None if address in ("0.0.0.0", "::") else address
 
 
-def serve(port: int, host: str = DEFAULT_HOST, *, max_concurrent_calls: int = -1, ready_timeout: float = 60.0) -> int:
+def serve(port: int, host: str = DEFAULT_HOST, *, max_concurrent_calls: int = -1, ready_timeout: float = 60.0,
+          tls: Optional[WorkerTLS] = None) -> int:
     """Runs one TFF worker service until SIGINT/SIGTERM; returns its exit status.
 
-    Prints one line once the worker listens (``listening on HOST:PORT``).
+    Prints one line once the worker listens (``listening on HOST port PORT``). With ``tls`` (the
+    worker's certificate, key and the clients' CA), TFF's worker listens on a free loopback port and
+    a mutual-TLS proxy (:mod:`fedlab.tls_proxy`) on ``host:port``; stopping one stops both.
     """
     if not 1 <= port <= 65535:
         raise ValueError(f"--port: must be an integer in 1..65535, got {port}")
     address = resolve_host(host)
-    env = dict(os.environ)
-    if address is not None:
-        env["LD_PRELOAD"] = " ".join(filter(None, [str(_bind_shim()), env.get("LD_PRELOAD", "")]))
-        env["FEDLAB_BIND_HOST"] = address
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if listening_addresses(port):
         raise ValueError(f"--port: {port} is already in use on this machine")
+    # Behind the proxy, TFF's worker must be reachable from this machine only: the proxy is its only client.
+    inner_port, inner_address = (port, address) if tls is None else (_free_port(), DEFAULT_HOST)
+    env = dict(os.environ)
+    if inner_address is not None:
+        env["LD_PRELOAD"] = " ".join(filter(None, [str(_bind_shim()), env.get("LD_PRELOAD", "")]))
+        env["FEDLAB_BIND_HOST"] = inner_address
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Started before the proxy's gRPC threads exist: forking a process with gRPC threads makes gRPC complain.
     process = subprocess.Popen(
-        [str(worker_binary()), f"--port={port}", f"--max_concurrent_computation_calls={max_concurrent_calls}"],
+        [str(worker_binary()), f"--port={inner_port}", f"--max_concurrent_computation_calls={max_concurrent_calls}"],
         env=env, stdin=subprocess.DEVNULL, preexec_fn=_default_signals)
 
     stopping = []
@@ -326,47 +457,73 @@ def serve(port: int, host: str = DEFAULT_HOST, *, max_concurrent_calls: int = -1
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     deadline = time.monotonic() + ready_timeout
-    while not listening_addresses(port):
+    while not listening_addresses(inner_port):
         if process.poll() is not None:
             print(f"fedlab worker: TFF's worker exited with status {process.returncode} before listening",
                   file=sys.stderr)
             return process.returncode or 1
         if time.monotonic() > deadline:
             process.kill()
-            print(f"fedlab worker: TFF's worker did not listen on port {port} within {ready_timeout:g} s",
+            print(f"fedlab worker: TFF's worker did not listen on port {inner_port} within {ready_timeout:g} s",
                   file=sys.stderr)
             return 1
         time.sleep(0.05)
-    bound = sorted(set(listening_addresses(port)))
-    wanted = "::" if address is None else address
-    if bound != [wanted] and not (address is None and bound in (["::"], ["0.0.0.0"], ["0.0.0.0", "::"])):
-        process.kill()
-        print(f"fedlab worker: TFF's worker listens on {', '.join(bound)}, not only on {wanted}; stopped it",
-              file=sys.stderr)
-        return 1
-    shown = "every interface" if address is None else address
-    print(f"fedlab worker: TFF worker service listening on {shown} port {port} (pid {process.pid}); "
-          "Ctrl-C or SIGTERM stops it", flush=True)
-    if address is None:
-        print("fedlab worker: warning: anyone who reaches this port can run TensorFlow graphs here; "
-              "keep it on a private network", file=sys.stderr, flush=True)
-    status = process.wait()
+    proxy = None
+    if tls is not None:
+        from . import tls_proxy
+
+        listen = f"[::]:{port}" if address is None else _target(f"{address}:{port}")
+        cert, key, ca = tls.pem
+        try:
+            proxy = tls_proxy.start(listen, f"127.0.0.1:{inner_port}", cert=cert, key=key, ca=ca)
+        except RuntimeError as err:
+            process.kill()
+            print(f"fedlab worker: the TLS proxy {err}", file=sys.stderr)
+            return 1
+    try:
+        for listener, wanted_address in ((inner_port, inner_address), (port, address)):
+            bound = sorted(set(listening_addresses(listener)))
+            wanted = "::" if wanted_address is None else wanted_address
+            if bound != [wanted] and not (wanted_address is None and bound in (["::"], ["0.0.0.0"], ["0.0.0.0", "::"])):
+                process.kill()
+                what = "TFF's worker" if listener == inner_port else "the TLS proxy"
+                print(f"fedlab worker: {what} listens on {', '.join(bound)}, not only on {wanted}; stopped it",
+                      file=sys.stderr)
+                return 1
+        shown = "every interface" if address is None else address
+        if tls is None:
+            print(f"fedlab worker: TFF worker service listening on {shown} port {port} (pid {process.pid}); "
+                  "Ctrl-C or SIGTERM stops it", flush=True)
+        else:
+            print(f"fedlab worker: TFF worker service listening on {shown} port {port} with mutual TLS "
+                  f"(clients need a certificate from {tls.ca}; TFF's worker on 127.0.0.1 port {inner_port}, "
+                  f"pid {process.pid}); Ctrl-C or SIGTERM stops it", flush=True)
+        if address is None and tls is None:
+            print("fedlab worker: warning: anyone who reaches this port can run TensorFlow graphs here; "
+                  "keep it on a private network, or use --tls-cert/--tls-key/--tls-ca", file=sys.stderr, flush=True)
+        status = process.wait()
+    finally:
+        if proxy is not None:
+            proxy.stop(grace=1.0).wait()
     return 0 if stopping else status
 
 
 class LocalWorkers:
     """``n`` worker services on this machine (``python -m fedlab worker``), for notebooks and tests.
 
-    ``with LocalWorkers(2) as workers: run_experiment(config.replace(workers=workers.addresses))``
+    ``with LocalWorkers(2) as workers: run_experiment(config.replace(workers=workers.addresses))``;
+    ``tls``: the workers' own certificate, key and the clients' CA (:class:`WorkerTLS`), for mutual TLS
+    (the driver then needs :func:`use_worker_tls`).
     """
 
     def __init__(self, n: int, *, ports: Optional[Sequence[int]] = None, host: str = DEFAULT_HOST,
-                 ready_timeout: float = 60.0):
+                 ready_timeout: float = 60.0, tls: Optional[WorkerTLS] = None):
         if ports is None:
             ports = [_free_port() for _ in range(n)]
         if len(ports) != n:
             raise ValueError(f"ports: need {n}, got {len(ports)}")
         self.host = host
+        self.tls = tls
         self.ports = list(ports)
         self.processes: list[subprocess.Popen] = []
         self._log_dir = pathlib.Path(tempfile.mkdtemp(prefix="fedlab-workers-"))
@@ -386,9 +543,11 @@ class LocalWorkers:
 
     def start(self, port: int) -> subprocess.Popen:
         log = self._log_dir / f"worker-{port}.log"
+        tls_args = [] if self.tls is None else \
+            ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca)]
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "fedlab", "worker", "--port", str(port), "--host", self.host],
+                [sys.executable, "-m", "fedlab", "worker", "--port", str(port), "--host", self.host, *tls_args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=str(pathlib.Path(__file__).resolve().parent.parent),
                 preexec_fn=lambda: runtime.die_with_parent(signal.SIGTERM))
@@ -397,7 +556,11 @@ class LocalWorkers:
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
         worker = f"{self.host}:{port}"
         deadline = time.monotonic() + timeout
-        while not worker_ready(worker, timeout=1.0):
+        # A TLS worker opens its port once TFF's worker behind it listens; this side may hold no client certificate.
+        ready = (lambda: bool(listening_addresses(port))) if self.tls is not None else \
+            (lambda: _ready(worker, 1.0, None))
+        while not ready():
+            time.sleep(0.05)
             if time.monotonic() > deadline:
                 raise WorkerUnreachableError(worker, f"local worker {worker} did not start; its log: "
                                                      f"{self._log_dir / f'worker-{port}.log'}")

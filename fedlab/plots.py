@@ -246,3 +246,35 @@ def plot_round_time(table: pd.DataFrame, *, ax=None, title: Optional[str] = None
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
     return fig, ax, table
+
+
+def plot_secagg_cost(table: pd.DataFrame, *, axes=None, dropout_rate: Optional[float] = None):
+    """Bytes per client and client/server seconds against clients, one line per protocol (log-log).
+
+    ``table``: as :func:`fedlab.secagg.measure_cost` returns it. ``dropout_rate``:
+    the rate drawn (default: the largest measured, the costly case for the server).
+    Dotted lines of slope 1 (bytes, client seconds) and 2 (server seconds) through
+    each protocol's first point: SecAgg's known growth, linear per client and
+    quadratic at the server.
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        with plt.rc_context(STYLE):
+            fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    rate = table.dropout_rate.max() if dropout_rate is None else dropout_rate
+    shown = table[np.isclose(table.dropout_rate, rate)]
+    panels = [("bytes_per_client", "bytes per client (sent + received)", 1),
+              ("client_seconds", "seconds per client", 1), ("server_seconds", "server seconds", 2)]
+    for ax, (column, label, slope) in zip(axes, panels):
+        for i, (name, group) in enumerate(shown.groupby("protocol", sort=False)):
+            group = group.sort_values("clients")
+            ax.plot(group.clients, group[column], color=f"C{i}", label=name, **_look(i))
+            n0, v0 = group.clients.iloc[0], group[column].iloc[0]
+            ax.plot(group.clients, v0 * (group.clients / n0) ** slope, ls=":", color=f"C{i}", alpha=0.6)
+        ax.set(xscale="log", yscale="log", xlabel="clients in the round", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize="small", title=f"dropout {rate:g}")
+    axes[0].set_title("communication (dotted: linear in n)")
+    axes[2].set_title("server (dotted: quadratic in n)")
+    return axes[0].figure, axes, shown

@@ -109,7 +109,8 @@ def run_experiment(
             if user_callback is not None:
                 user_callback(row, history)
     try:
-        with on_workers(config.workers), simulated_secure_sums(config.secure_aggregation):
+        with on_workers(config.workers), simulated_secure_sums(config.secure_aggregation
+                                                               and config.secure_protocol == "none"):
             rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop)
     finally:
         if config.dp != "none":
@@ -210,8 +211,12 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                           for c in chosen]
                 if config.algorithm_entry.normalized:
                     inputs = with_tau_eff(inputs, config.client_weighting)
+                extra = {}
+                if getattr(trainer, "takes_participants", False):  # a secure protocol: who dropped out matters
+                    extra = dict(clients=[int(c) for c in chosen], participants=[int(c) for c in schedule.selected],
+                                 graph_seed=_round_seed(config.seeds["systems"], round_num))
                 try:
-                    output = trainer.next(state, inputs)
+                    output = trainer.next(state, inputs, **extra)
                 except WorkerError as err:
                     kept = (f"the checkpoint in {checkpoint.dir} holds rounds 1-{round_num - 1}"
                             if checkpoint is not None else "no checkpoint_dir was given, so nothing was kept")
@@ -301,9 +306,23 @@ def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=No
                                  config.effective_delta, config.accountant, at=at)
 
 
+def _round_seed(seed: int, round_num: int) -> int:
+    """A 32-bit seed of (seed, round): public randomness of a protocol round (SecAgg+'s neighbour graph)."""
+    return int(np.random.SeedSequence([seed, round_num, 0x5EC]).generate_state(1)[0])
+
+
+SECAGG_COLUMNS = {"participants": "secagg_participants", "included": "secagg_included",
+                  "aborted": "secagg_aborted", "bytes_per_client": "secagg_bytes_per_client",
+                  "client_seconds": "seconds_secagg_client", "server_seconds": "seconds_secagg_server"}
+
+
 def _aggregator_metrics(metrics) -> dict:
-    """The DP aggregator's clip norm this round, when it reports one (adaptive clipping)."""
+    """The DP aggregator's clip norm this round, when it reports one (adaptive clipping); a secure protocol's
+    clients included, whether it stopped, its bytes per client and seconds (:mod:`fedlab.secure_rounds`)."""
     found = {}
+    secagg = dict(metrics.get("aggregator", {})).get("secagg")
+    if secagg is not None:
+        found.update({SECAGG_COLUMNS[k]: float(v) for k, v in secagg.items()})
 
     def walk(node, path):
         if isinstance(node, dict):

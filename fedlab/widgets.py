@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
-from .aggregation import names as aggregator_names
+from .aggregation import names as aggregator_names, protocol_names
 from .algorithms import ALGORITHMS, hparam_spec, hparam_type
 from .clients import partition_report_for
 from .config import FIELD_NAMES, RECORD_LEVEL, ExperimentConfig
@@ -66,6 +66,9 @@ def default_control(field: str, config: ExperimentConfig):
         return w.IntSlider(value=value, min=0, max=16, **common)
     if field == "secure_aggregation":
         return w.Checkbox(value=value, description=field, style=style, layout=layout)
+    if field == "secure_protocol":
+        return w.Dropdown(options=["none", *protocol_names()], value=value, description=field, style=style,
+                          layout=layout)
     if field == "attacker_fraction":
         return w.FloatSlider(value=value, min=0.0, max=0.5, step=0.05, **common)
     if field == "robust":
@@ -327,6 +330,8 @@ class ExperimentPanel:
             parts.append(f"ε = {last['epsilon']:.3g}")
         elif config.quantization_bits or config.secure_aggregation:
             parts.append(f"{last['cumulative_bytes'] / 1e6:.2f} MB sent")
+        if "secagg_bytes_per_client" in history and pd.notna(last.get("secagg_bytes_per_client")):
+            parts.append(f"{config.secure_protocol}: {last['secagg_bytes_per_client'] / 1e3:.0f} kB per client")
         if finished and history.attrs.get("from_cache"):
             parts.append("(from the result cache)")
         elif finished and int(last["round"]) == config.rounds:

@@ -9,10 +9,12 @@ EXPECTED = [
     "clients_table", "crosssilo", "dataset_for", "devices_from_csv", "epsilon", "exclude_selector", "final_metrics",
     "final_weights", "grid", "hparam", "load_dataset", "noise_multiplier_for", "participation_table",
     "partition_for", "partition_report", "partition_report_for", "plot_images", "plot_label_distribution",
-    "plot_learning_curves", "plot_metric_vs", "plot_round_time", "plot_site_accuracy", "privacy",
+    "plot_learning_curves", "plot_metric_vs", "plot_round_time", "plot_secagg_cost",
+    "plot_site_accuracy", "privacy",
     "register_aggregator", "register_algorithm", "register_dataset", "register_device_profile",
     "register_device_table", "register_model", "register_partitioner", "round_times", "rounds_to_target",
-    "run_experiment", "run_sweep", "save_figure", "save_table", "setup", "summarize",
+    "run_experiment", "run_sweep", "save_figure", "save_table", "secagg_cost", "setup", "summarize",
+    "use_worker_tls",
 ]
 
 

@@ -10,9 +10,9 @@ PACKAGE = pathlib.Path(fedlab.__file__).parent
 # Bottom to top. A module may import modules of its own layer or below, never above;
 # and, whatever the layers, never in a circle.
 LAYERS = [
-    {"validation", "registry", "runtime", "plots"},                       # foundations, no fedlab imports above
+    {"validation", "registry", "runtime", "plots", "certs", "tls_proxy"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
-     "seeded", "tensorboard", "distributed", "systems"},                              # components
+     "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds"},   # components
     {"algorithms", "aggregation", "evaluation"},                           # components built on components
     {"config"},                                                            # the experiment, validated
     {"clients", "sampling"},                                               # who holds what, who trains

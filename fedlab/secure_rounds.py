@@ -1,0 +1,205 @@
+"""Rounds whose updates are summed by the secure aggregation protocol itself (:mod:`fedlab.secagg`).
+
+TFF 0.87 runs secure sums as intrinsics its C++ runtime does not implement
+(fedlab otherwise runs their plain bodies: the right numbers, no masking).
+Here a round is split where the protocol sits:
+
+1. a TFF computation broadcasts the model, trains every client in fedlab's
+   compiled loop (:mod:`fedlab.array_training`) and encodes its update as TFF's
+   secure aggregator does: L2-clipped to C (``clipping_factory``), scaled by
+   (2^(b-1) - 1) / C and rounded (``DiscretizationFactory``), taken modulo
+   R = 2^(b + ceil(log2 K)); it returns each client's ring vector;
+2. the clients and the server run SecAgg or SecAgg+ in Python with real
+   cryptography; the server object receives only masked vectors and recovers
+   their sum modulo R, also when clients drop out after the key exchange;
+3. a second TFF computation decodes the sum (signed, / scale, / clients
+   included) and applies TFF's server-optimizer finalizer.
+
+The arithmetic of 1 and 3 is that of TFF's ``clipping_factory`` around
+``UnweightedMeanFactory(DiscretizationFactory(SecureModularSumFactory))``,
+operation for operation, so a round without dropouts gives the numbers of
+the simulated secure sum (``tests/test_secure_rounds.py``). Clients that
+dropped out after the key exchange are the round's ``participants`` that sent
+no update; the mean divides by the clients whose masked vector arrived. When
+too few clients remain for the protocol to unmask (:class:`SecAggAborted`),
+the round's update is lost and the model stays as it was: what a deployment
+would see.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .runtime import tff
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolSum:
+    """The aggregator slot's value for a secure protocol: how clients encode, which protocol sums.
+
+    ``bits``: b, quantisation bits of each coordinate; ``clip_norm``: C, the
+    L2 bound; ``clients``: K, the most clients a round includes (it sizes the
+    ring so that K b-bit values never wrap around).
+    """
+
+    protocol: str
+    bits: int
+    clip_norm: float
+    clients: int
+
+    @property
+    def modulus_bits(self) -> int:
+        """log2 R: R = 2^(b + ceil(log2 K)) holds the sum of K symmetric b-bit integers."""
+        return self.bits + math.ceil(math.log2(max(self.clients, 1)))
+
+    @property
+    def scale(self) -> float:
+        return (2 ** (self.bits - 1) - 1) / self.clip_norm
+
+    def build_round_process(self, training) -> "SecureRoundProcess":
+        return SecureRoundProcess(self, training)
+
+
+class SecureRoundProcess:
+    """A learning process (``initialize``, ``next``, ``get_model_weights``, ``set_model_weights``) whose
+    round runs the secure aggregation protocol between two TFF computations.
+
+    ``next(state, client_data, clients=..., participants=..., graph_seed=...)``:
+    ``clients`` are the ids of the clients whose data is given (default
+    0..n-1), ``participants`` every client that took part in the key exchange
+    (default: ``clients``); ``graph_seed`` draws SecAgg+'s neighbour graph.
+    """
+
+    takes_participants = True
+
+    def __init__(self, protocol: ProtocolSum, training) -> None:
+        import tensorflow as tf
+
+        t = tff()
+        self.protocol = protocol
+        templates = t.learning.templates
+        state_class = templates.LearningAlgorithmState
+        weights_type = training.weights_type
+        distributor = templates.build_broadcast_process(weights_type)
+        finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
+        metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
+        self._shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
+        modulus, scale, clip = 2 ** protocol.modulus_bits, np.float32(protocol.scale), np.float32(protocol.clip_norm)
+        update_type = weights_type.trainable
+        summed_type = t.types.tensorflow_to_type(
+            tuple(tf.TensorSpec(s, tf.int64) for s in self._shapes))
+
+        # clip and scale reach the graphs as inputs, as in TFF's factories: as constants, TensorFlow's optimizer
+        # would turn x / c into x * (1 / c), which rounds differently.
+        @t.tensorflow.computation(update_type, t.TensorType(np.float32), t.TensorType(np.float32))
+        def encode(update, clip, scale):
+            # TFF's clipping_factory (_clip_by_global_l2_norm), then DiscretizationFactory (deterministic rounding)
+            values = tf.nest.flatten(update)
+            norm = tf.math.sqrt(tf.reduce_sum(tf.stack([tf.cast(tf.norm(a, ord=2) ** 2, tf.float32)
+                                                         for a in values])))
+            values = tf.cond(tf.math.greater(norm, clip),
+                             lambda: [a / tf.cast(norm / clip, a.dtype) for a in values], lambda: values)
+            return tuple(tf.math.floormod(tf.cast(tf.cast(tf.round(tf.cast(a, tf.float32) * scale), tf.int32),
+                                                  tf.int64), modulus) for a in values)
+
+        # DiscretizationFactory's undiscretize, then UnweightedMeanFactory's division by the count, as two
+        # computations (in one, TensorFlow's optimizer may fold the two divisions into one).
+        @t.tensorflow.computation(summed_type, t.TensorType(np.float32))
+        def undiscretize(summed, scale):
+            return tuple(tf.cast(s, tf.float32) / scale for s in summed)
+
+        @t.tensorflow.computation(undiscretize.type_signature.result, t.TensorType(np.float32))
+        def divide(total, count):
+            return tuple(tf.math.divide(x, count) for x in total)
+
+        @t.federated_computation()
+        def init_fn():
+            return t.federated_zip(state_class(
+                t.federated_eval(training.initial_weights_fn, t.SERVER), distributor.initialize(),
+                t.federated_eval(training.client_work_state, t.SERVER), t.federated_value((), t.SERVER),
+                finalizer.initialize()))
+
+        state_type = init_fn.type_signature.result
+
+        @t.federated_computation(state_type, t.FederatedType(training.data_type, t.CLIENTS))
+        def clients_fn(state, client_data):
+            distributed = distributor.next(state.distributor, state.global_model_weights)
+            learning_rate = t.federated_broadcast(t.federated_map(training.learning_rate_of, state.client_work))
+            result, unfinalized = t.federated_map(training.train_client,
+                                                  (distributed.result, client_data, learning_rate))
+            constants = t.federated_broadcast(t.federated_value((clip, scale), t.SERVER))
+            encoded = t.federated_map(encode, (result.update, constants[0], constants[1]))
+            return encoded, metrics_aggregation(unfinalized)
+
+        @t.federated_computation(state_type, t.FederatedType(summed_type, t.SERVER),
+                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
+        def server_fn(state, summed, count):
+            total = t.federated_map(undiscretize, (summed, t.federated_value(scale, t.SERVER)))
+            mean = t.federated_map(divide, (total, count))
+            finalized = finalizer.next(state.finalizer, state.global_model_weights, mean)
+            new_state = t.federated_zip(state_class(finalized.result, state.distributor, state.client_work,
+                                                    state.aggregator, finalized.state))
+            return new_state, finalized.measurements
+
+        @t.tensorflow.computation(state_type.member)
+        def get_model_weights(state):
+            return state.global_model_weights
+
+        @t.tensorflow.computation(state_type.member, state_type.member.global_model_weights)
+        def set_model_weights(state, weights):
+            return state_class(global_model_weights=weights, distributor=state.distributor,
+                               client_work=state.client_work, aggregator=state.aggregator, finalizer=state.finalizer)
+
+        self.initialize = init_fn
+        self.get_model_weights = get_model_weights
+        self.set_model_weights = set_model_weights
+        self._clients_fn, self._server_fn = clients_fn, server_fn
+
+    def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
+             participants: Optional[Sequence[int]] = None, graph_seed: int = 0):
+        from . import secagg  # cryptography, loaded when a protocol round runs
+
+        ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
+        everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
+        encoded, train_metrics = self._clients_fn(state, client_data)
+        inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
+                  for cid, enc in zip(ids, encoded)}
+        stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
+        try:
+            if len(everyone) < 2:
+                raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took part")
+            result = secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
+                                         protocol=self.protocol.protocol, participants=everyone,
+                                         graph_seed=int(graph_seed))
+        except secagg.SecAggAborted as stopped:
+            warnings.warn(f"fedlab: {stopped}; the round's update is lost, the model is unchanged", stacklevel=2)
+            stats["aborted"] = 1
+            finalizer_measurements = collections.OrderedDict()
+        else:
+            stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
+                         client_seconds=result.client_seconds, server_seconds=result.server_seconds)
+            state, finalizer_measurements = self._server_fn(state, self.unflatten(result.total),
+                                                            np.float32(len(result.included)))
+        metrics = collections.OrderedDict(
+            distributor=collections.OrderedDict(),
+            client_work=collections.OrderedDict(train=train_metrics),
+            aggregator=collections.OrderedDict(secagg=stats), finalizer=finalizer_measurements)
+        return tff().learning.templates.LearningProcessOutput(state, metrics)
+
+    def unflatten(self, total: np.ndarray) -> tuple:
+        """The protocol's sum modulo R as signed integers in the shapes of the trainable tensors."""
+        modulus = 2 ** self.protocol.modulus_bits
+        signed = np.asarray(total, dtype=np.uint64).astype(np.int64)
+        signed = np.where(signed >= modulus // 2, signed - modulus, signed)
+        out, start = [], 0
+        for shape in self._shapes:
+            size = int(np.prod(shape, dtype=np.int64))
+            out.append(signed[start:start + size].reshape(shape))
+            start += size
+        return tuple(out)

@@ -1,0 +1,322 @@
+"""fedlab.secagg: SecAgg and SecAgg+ recover the exact modular sum, hide inputs, abort below t, count their cost."""
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from fedlab import secagg
+
+PROTOCOLS = secagg.PROTOCOLS
+
+
+def random_inputs(rng, ids, bits, length=16):
+    return {u: rng.integers(0, 2 ** bits, size=length, dtype=np.uint64) for u in ids}
+
+
+def modular_sum(inputs, bits):
+    """The plain sum mod 2**bits, in Python integers (no wrap-around to trust)."""
+    total = [sum(int(v[i]) for v in inputs.values()) % 2 ** bits for i in range(len(next(iter(inputs.values()))))]
+    return np.array(total, dtype=np.uint64)
+
+
+def group_size(protocol, n):
+    return n if protocol == "secagg" else secagg.neighbours_for(n) + 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sum
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("n", [2, 3, 10, 50])
+@pytest.mark.parametrize("bits", [1, 8, 24, 32, 62])
+def test_recovers_the_modular_sum_without_dropouts(protocol, n, bits):
+    rng = np.random.default_rng(n * 100 + bits)
+    inputs = random_inputs(rng, range(n), bits)
+    result = secagg.run_protocol(inputs, modulus_bits=bits, protocol=protocol)
+    assert result.total.dtype == np.uint64
+    np.testing.assert_array_equal(result.total, modular_sum(inputs, bits))
+    assert result.included == tuple(range(n))
+    assert result.threshold == secagg.threshold_for(group_size(protocol, n))
+    assert result.neighbours == (n - 1 if protocol == "secagg" else secagg.neighbours_for(n))
+
+
+@pytest.mark.parametrize("n, bits", [(3, 8), (3, 62), (10, 8), (10, 62), (50, 24)])
+def test_secagg_recovers_the_sum_with_up_to_n_minus_t_dropouts(n, bits):
+    rng = np.random.default_rng(n + bits)
+    t = secagg.threshold_for(n)
+    ids = [int(u) for u in rng.permutation(1000)[:n]]          # ids need not be 0..n-1
+    inputs = random_inputs(rng, ids, bits)
+    for early, late in [(1, 0), (n - t, 0), (0, n - t), (max(0, n - t - 1), 1 if n - t >= 1 else 0)]:
+        gone, stays = ids[:early], ids[early:]
+        arrived = {u: inputs[u] for u in stays}
+        result = secagg.run_protocol(arrived, modulus_bits=bits, participants=ids,
+                                     dropped_after_input=stays[:late])
+        # clients that dropped after sending their masked input still count; those before do not
+        np.testing.assert_array_equal(result.total, modular_sum(arrived, bits))
+        assert result.included == tuple(sorted(stays))
+        assert not set(gone) & set(result.included)
+
+
+@pytest.mark.parametrize("n", [10, 50])
+def test_secagg_plus_recovers_the_sum_with_dropouts_it_is_built_for(n):
+    # neighbours_for(n) survives round(0.3 n) random dropouts with probability >= 1 - 2**-10; seeds fixed
+    rng = np.random.default_rng(n)
+    inputs = random_inputs(rng, range(n), 24)
+    dropped = rng.choice(n, size=round(0.3 * n), replace=False).tolist()
+    for early, late in [(dropped, []), (dropped[:-1], dropped[-1:]), ([], dropped)]:
+        arrived = {u: v for u, v in inputs.items() if u not in early}
+        result = secagg.run_protocol(arrived, modulus_bits=24, protocol="secagg+", participants=range(n),
+                                     dropped_after_input=late, graph_seed=3)
+        np.testing.assert_array_equal(result.total, modular_sum(arrived, 24))
+        assert result.included == tuple(sorted(arrived))
+
+
+def test_each_client_sends_one_kind_of_share_per_client():
+    rng = np.random.default_rng(0)
+    inputs = random_inputs(rng, range(12), 16)
+    arrived = {u: v for u, v in inputs.items() if u not in (3, 7)}
+    _, server = secagg._simulate(arrived, modulus_bits=16, protocol="secagg", participants=range(12),
+                                 dropped_after_input=(5,), graph_seed=0, threshold=None, neighbours=None)
+    assert set(server.b_shares) == set(arrived)              # self-mask seeds of those whose input arrived
+    assert set(server.s_shares) == {3, 7}                    # mask keys of those who dropped before
+    for holder in server.responded:
+        assert not any(holder in server.b_shares[o] and holder in server.s_shares.get(o, {})
+                       for o in server.b_shares)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the server sees
+
+
+def arrays_in(value, seen=None):
+    """Every NumPy array reachable from ``value`` through attributes, mappings and sequences."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from arrays_in(item, seen)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from arrays_in(item, seen)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        yield from arrays_in(vars(value), seen)
+
+
+def test_masked_vectors_look_uniform_and_the_server_holds_no_input():
+    length, bits = 100_000, 8
+    inputs = {0: np.zeros(length, np.uint64), 1: np.full(length, 7, np.uint64), 2: np.arange(length) % 256}
+    result, server = secagg._simulate(inputs, modulus_bits=bits, protocol="secagg", participants=None,
+                                      dropped_after_input=(), graph_seed=0, threshold=None, neighbours=None)
+    np.testing.assert_array_equal(result.total, modular_sum(inputs, bits))
+    expected = length / 2 ** bits
+    for u, x in inputs.items():
+        y = server.masked[u]
+        assert not np.array_equal(y.astype(np.uint64), x)
+        assert np.mean(y == x) < 0.01                         # 1/256 agree by chance
+        counts = np.bincount(y.astype(np.int64), minlength=2 ** bits)
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 255 + 6 * np.sqrt(2 * 255), f"client {u}'s masked values are not flat: chi2 {chi2:.0f}"
+    held = list(arrays_in(server))
+    assert held, "the walk found the masked vectors"
+    for array in held:
+        for x in inputs.values():
+            assert not (array.shape == x.shape and np.array_equal(array.astype(np.uint64), x.astype(np.uint64)))
+
+
+def test_pairwise_seed_is_the_same_from_both_sides():
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    ab = secagg._derive(a.exchange(b.public_key()), b"mask")
+    ba = secagg._derive(b.exchange(a.public_key()), b"mask")
+    assert ab == ba
+    np.testing.assert_array_equal(secagg._prg(ab, 100, np.uint64), secagg._prg(ba, 100, np.uint64))
+    assert secagg._derive(a.exchange(b.public_key()), b"channel") != ab
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Aborts
+
+
+def test_too_many_dropouts_abort_with_a_one_line_message_and_t_survivors_suffice():
+    rng = np.random.default_rng(1)
+    inputs = random_inputs(rng, range(10), 12)
+    t = secagg.threshold_for(10)
+    assert t == 6
+    six = {u: inputs[u] for u in range(4, 10)}
+    result = secagg.run_protocol(six, modulus_bits=12, participants=range(10))
+    np.testing.assert_array_equal(result.total, modular_sum(six, 12))
+    seven = {u: inputs[u] for u in range(3, 10)}
+    result = secagg.run_protocol(seven, modulus_bits=12, participants=range(10), dropped_after_input=[3])
+    np.testing.assert_array_equal(result.total, modular_sum(seven, 12))
+
+    five = {u: inputs[u] for u in range(5, 10)}
+    with pytest.raises(secagg.SecAggAborted) as caught:
+        secagg.run_protocol(five, modulus_bits=12, participants=range(10))
+    assert str(caught.value) == ("secure aggregation stopped at masked input collection: "
+                                 "5 of 10 clients remain, the threshold is 6")
+    with pytest.raises(secagg.SecAggAborted) as caught:
+        secagg.run_protocol(seven, modulus_bits=12, participants=range(10), dropped_after_input=[3, 4])
+    assert str(caught.value) == "secure aggregation stopped at unmasking: 5 of 10 clients remain, the threshold is 6"
+    assert "\n" not in str(caught.value)
+
+
+def test_secagg_plus_aborts_when_a_neighbourhood_is_too_thin():
+    n = 30
+    rng = np.random.default_rng(2)
+    inputs = random_inputs(rng, range(n), 10)
+    k = secagg.neighbours_for(n)
+    t = secagg.threshold_for(k + 1)
+    graph = secagg._graph(list(range(n)), k, 0)
+    # drop every neighbour of client 0 but t - 2: with client 0 itself, t - 1 holders of its b remain
+    keep = sorted(graph[0])[:t - 2]
+    gone = set(graph[0]) - set(keep)
+    arrived = {u: v for u, v in inputs.items() if u not in gone}
+    with pytest.raises(secagg.SecAggAborted, match=r"^secure aggregation stopped at masked input collection: "
+                                                   r"\d+ of \d+ clients remain in the neighbourhood of client \d+, "
+                                                   rf"the threshold is {t}$"):
+        secagg.run_protocol(arrived, modulus_bits=10, protocol="secagg+", participants=range(n), graph_seed=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shamir
+
+
+def test_any_t_shares_reconstruct_the_secret_and_t_minus_1_do_not():
+    secret = os.urandom(32)
+    xs, t = list(range(1, 11)), 6
+    shares = secagg._shamir_split([secret], xs, t)
+    assert shares.shape == (10, 9) and shares.min() >= 0 and shares.max() < secagg.PRIME
+    chunks = secagg._to_chunks(secret)
+    rng = np.random.default_rng(0)
+    subsets = list(itertools.combinations(range(10), t))
+    for pick in [subsets[i] for i in rng.choice(len(subsets), 20, replace=False)]:
+        recovered = secagg._shamir_combine([xs[i] for i in pick], shares[list(pick)])
+        assert secagg._from_chunks(recovered) == secret
+    for pick in itertools.combinations(range(10), t - 1):
+        recovered = secagg._shamir_combine([xs[i] for i in pick], shares[list(pick)])
+        assert not np.array_equal(recovered, chunks)
+
+
+def test_shamir_shares_two_secrets_at_once_with_many_holders():
+    secrets = [os.urandom(32), bytes(32)]
+    xs = list(range(1, 1001))
+    shares = secagg._shamir_split(secrets, xs, 501)
+    picked = list(range(499, 1000))
+    recovered = secagg._shamir_combine([xs[i] for i in picked], shares[picked])
+    assert secagg._from_chunks(recovered[:9]) == secrets[0]
+    assert secagg._from_chunks(recovered[9:]) == secrets[1]
+
+
+def test_exact_modular_matrix_product():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, secagg.PRIME, size=(4, 700), dtype=np.int64)
+    b = rng.integers(0, secagg.PRIME, size=(700, 3), dtype=np.int64)
+    exact = [[sum(int(a[i, j]) * int(b[j, c]) for j in range(700)) % secagg.PRIME for c in range(3)]
+             for i in range(4)]
+    np.testing.assert_array_equal(secagg._matmul_mod(a, b), np.array(exact))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SecAgg+'s graph and the cost
+
+
+@pytest.mark.parametrize("n", [4, 10, 57, 200])
+def test_secagg_plus_neighbourhoods_have_k_members_and_are_symmetric(n):
+    ids = list(range(100, 100 + n))
+    k = secagg.neighbours_for(n)
+    graph = secagg._graph(ids, k, 5)
+    assert set(graph) == set(ids)
+    for u, near in graph.items():
+        assert len(near) == k and u not in near
+        assert all(u in graph[v] for v in near)
+    assert graph == secagg._graph(ids, k, 5)
+    if k < n - 2:
+        assert graph != secagg._graph(ids, k, 6)
+
+
+def test_neighbours_and_threshold_formulas():
+    for n in list(range(2, 120)) + [500, 1000, 10 ** 4, 10 ** 6]:
+        k = secagg.neighbours_for(n)
+        assert 1 <= k < n and (k % 2 == 0 or k == n - 1)
+    assert secagg.neighbours_for(1000) < 1000 // 5
+    assert secagg.neighbours_for(10 ** 6) < 2 * secagg.neighbours_for(1000)     # ~log n
+    assert [secagg.threshold_for(g) for g in (2, 3, 4, 5, 10, 11)] == [2, 2, 3, 3, 6, 6]
+
+
+def test_bytes_grow_linearly_for_secagg_and_slower_for_secagg_plus():
+    rng = np.random.default_rng(4)
+
+    def cost(protocol, n):
+        return secagg.run_protocol(random_inputs(rng, range(n), 16, length=8), modulus_bits=16,
+                                   protocol=protocol).bytes_per_client
+
+    # SecAgg+'s k (12 at n = 20, 42 at 80) only turns logarithmic past ~50 clients: compare 50 with 200
+    plain = {n: cost("secagg", n) for n in (20, 80)}
+    plus = {n: cost("secagg+", n) for n in (50, 200)}
+    assert 3.5 < plain[80] / plain[20] < 4.5
+    assert plus[200] / plus[50] < 2.5
+    assert plus[200] < plain[80]
+
+
+def test_bytes_per_client_counts_the_messages():
+    n, length, bits = 5, 10, 12
+    result = secagg.run_protocol(random_inputs(np.random.default_rng(5), range(n), bits, length),
+                                 modulus_bits=bits)
+    others = n - 1
+    keys = 64 + others * (4 + 64)
+    ciphertexts = 2 * others * (4 + 12 + 80 + 16)
+    vector = (length * bits + 7) // 8
+    unmasking = others * 4 + n * (4 + 36)
+    assert result.bytes_per_client == keys + ciphertexts + vector + unmasking
+    assert result.client_seconds > 0 and result.server_seconds > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+@pytest.mark.parametrize("change, argument", [
+    (dict(modulus_bits=0), "modulus_bits"),
+    (dict(modulus_bits=63), "modulus_bits"),
+    (dict(inputs={0: np.array([0, 256]), 1: np.array([1, 2])}), "inputs"),
+    (dict(inputs={0: np.array([0, -1]), 1: np.array([1, 2])}), "inputs"),
+    (dict(inputs={0: np.array([0, 1, 2]), 1: np.array([1, 2])}), "inputs"),
+    (dict(inputs={0: np.array([[0, 1]]), 1: np.array([[1, 2]])}), "inputs"),
+    (dict(inputs={0: np.array([0.5, 1]), 1: np.array([1.0, 2])}), "inputs"),
+    (dict(protocol="secagg++"), "protocol"),
+    (dict(participants=[0, 2]), "inputs"),
+    (dict(inputs={0: np.array([1, 2])}), "participants"),
+    (dict(participants=[0, 0, 1]), "participants"),
+    (dict(dropped_after_input=[7]), "dropped_after_input"),
+    (dict(threshold=1), "threshold"),
+    (dict(threshold=3), "threshold"),
+    (dict(protocol="secagg", neighbours=1, participants=[0, 1, 2]), "neighbours"),
+    (dict(protocol="secagg+", neighbours=3, participants=range(6)), "neighbours"),
+])
+def test_bad_arguments_raise_value_error_naming_the_argument(change, argument):
+    kwargs = dict(inputs={0: np.array([0, 1]), 1: np.array([1, 255])}, modulus_bits=8)
+    kwargs.update(change)
+    inputs = kwargs.pop("inputs")
+    with pytest.raises(ValueError, match=rf"^{argument}: ") as caught:
+        secagg.run_protocol(inputs, **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_measure_cost_table():
+    table = secagg.measure_cost(clients=(4, 6), dropout_rates=(0.0, 0.25), vector_length=8, modulus_bits=10)
+    assert list(table.columns) == ["protocol", "clients", "dropout_rate", "vector_length", "modulus_bits",
+                                   "threshold", "neighbours", "bytes_per_client", "client_seconds",
+                                   "server_seconds"]
+    assert len(table) == 8
+    assert set(table.protocol) == set(PROTOCOLS)
+    plain = table[table.protocol == "secagg"]
+    assert (plain.neighbours == plain.clients - 1).all()
+    assert (table.bytes_per_client > 0).all() and (table.server_seconds > 0).all()

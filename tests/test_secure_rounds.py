@@ -1,0 +1,86 @@
+"""Training rounds summed by the SecAgg / SecAgg+ protocol (fedlab.secure_rounds): the same numbers as the
+simulated secure sum, dropouts recovered, a round that cannot be unmasked leaves the model unchanged."""
+
+import numpy as np
+import pytest
+
+import fedlab as fl
+from fedlab.aggregation import bits_per_value_up, make_aggregator
+from fedlab.secure_rounds import ProtocolSum
+from fedlab.validation import ConfigError
+
+BASE = fl.ExperimentConfig(dataset="mnist5k", model="2nn", num_clients=10, clients_per_round=4, rounds=2,
+                           client_lr=0.05, batch_size=20, clip_norm=0.3, secure_aggregation=True, quantization_bits=8)
+
+
+def weights_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(fl.final_weights(a), fl.final_weights(b)))
+
+
+def test_a_protocol_round_gives_the_numbers_of_the_simulated_secure_sum():
+    simulated = fl.run_experiment(BASE, progress=False)
+    protocol = fl.run_experiment(BASE.replace(secure_protocol="secagg"), progress=False)
+    assert weights_equal(simulated, protocol)
+    for column in ("train_loss", "eval_loss", "eval_accuracy"):
+        np.testing.assert_array_equal(simulated[column], protocol[column], err_msg=column)
+    assert (protocol.secagg_included == 4).all() and (protocol.secagg_aborted == 0).all()
+    assert (protocol.secagg_bytes_per_client > 0).all()
+
+
+def test_dropouts_after_the_key_exchange_are_recovered():
+    # a quarter of the selected clients go offline mid-round: they took part in the key exchange, sent nothing
+    config = BASE.replace(num_clients=20, clients_per_round=8, rounds=3, dropout_rate=0.25, systems_seed=3)
+    simulated = fl.run_experiment(config, progress=False)
+    protocol = fl.run_experiment(config.replace(secure_protocol="secaggplus"), progress=False)
+    assert weights_equal(simulated, protocol)
+    assert (protocol.secagg_participants == 8).all()
+    assert (protocol.secagg_included == protocol.clients_completed).all()
+    assert (protocol.secagg_included < protocol.secagg_participants).any(), "no client dropped: choose another seed"
+
+
+def test_a_round_too_few_clients_survive_leaves_the_model_unchanged():
+    # SecAgg's threshold is a strict majority of the participants: with most dropping out, rounds stop
+    config = BASE.replace(clients_per_round=6, rounds=4, dropout_rate=0.6, systems_seed=1, secure_protocol="secagg")
+    with pytest.warns(UserWarning, match=r"fedlab: secure aggregation stopped at .* the threshold is \d+; the round's "
+                                         r"update is lost"):
+        history = fl.run_experiment(config, progress=False)
+    stopped = history.secagg_aborted == 1
+    assert stopped.any() and (~stopped).any(), "every round stopped, or none did: choose another seed"
+    for i in np.flatnonzero(stopped.to_numpy()):
+        if i > 0:  # nothing applied: the global model (and so its test loss) is the previous round's
+            assert history.eval_loss.iloc[i] == history.eval_loss.iloc[i - 1]
+    assert history.loc[stopped, "secagg_included"].eq(0).all()
+
+
+def test_the_ring_holds_the_sum_of_k_clients():
+    protocol = make_aggregator(BASE.replace(secure_protocol="secagg", clients_per_round=10))
+    assert isinstance(protocol, ProtocolSum)
+    assert protocol.modulus_bits == 8 + 4  # 10 clients: ceil(log2 10) = 4 more bits
+    assert protocol.scale == pytest.approx(127 / 0.3)
+    # K symmetric 8-bit values of at most 127 each never reach R / 2 = 2048 in absolute value
+    assert 10 * 127 < 2 ** protocol.modulus_bits // 2
+    assert bits_per_value_up(BASE.replace(secure_protocol="secaggplus", clients_per_round=10)) == 12
+
+
+def test_unflatten_reads_the_ring_as_signed_integers():
+    process = object.__new__(fl.secure_rounds.SecureRoundProcess)
+    process.protocol = ProtocolSum("secagg", 4, 1.0, 4)  # R = 2^6 = 64
+    process._shapes = [(2,), (1, 2)]
+    a, b = process.unflatten(np.array([0, 1, 63, 32], dtype=np.uint64))
+    np.testing.assert_array_equal(a, [0, 1])
+    np.testing.assert_array_equal(b, [[-1, -32]])
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(secure_aggregation=False), "secure_protocol"),
+    (dict(quantization_bits=0), "quantization_bits"),
+    (dict(freeze_layers=1), "secure_protocol"),
+    (dict(robust="zeroing"), "robust"),
+    (dict(clients_per_round=1), "clients_per_round"),
+    (dict(workers=("127.0.0.1:9",)), "workers"),
+    (dict(secure_protocol="secagg+"), "secure_protocol"),
+])
+def test_what_a_protocol_cannot_do_is_refused_in_one_line(changes, field):
+    with pytest.raises(ConfigError) as err:
+        BASE.replace(**{"secure_protocol": "secagg", **changes})
+    assert err.value.field == field and "\n" not in str(err.value)
