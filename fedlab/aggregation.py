@@ -37,6 +37,7 @@ import math
 from typing import Callable, Optional
 
 from .registry import Registry, decorator
+from .robust import CoordinateMedianFactory, KrumFactory, TrimmedMeanFactory, fraction_count
 from .runtime import tff
 from .secure_rounds import ProtocolSum
 from .seeded import seeded_gaussian, seeded_quantizing
@@ -56,17 +57,26 @@ class AggregatorBuilder:
     name: str
     role: str
     build: Callable
+    fraction: bool = False  # robust: build also takes fraction= (config.robust_fraction)
+    replaces_mean: bool = False  # robust: a statistic of the updates themselves, not a filter before the mean
 
 
 AGGREGATORS: Registry[AggregatorBuilder] = Registry("aggregator", "robust")
 
 
-def register_aggregator(name: str, *, role: str = "robust", paper: Optional[str] = None, replace: bool = False):
-    """Registers an aggregator builder under ``name`` for ``role`` (see :class:`AggregatorBuilder`)."""
+def register_aggregator(name: str, *, role: str = "robust", paper: Optional[str] = None, replace: bool = False,
+                        fraction: bool = False, replaces_mean: bool = False):
+    """Registers an aggregator builder under ``name`` for ``role`` (see :class:`AggregatorBuilder`).
+
+    Robust builders: ``fraction=True`` if ``build`` also takes ``fraction=`` (the config's
+    ``robust_fraction``); ``replaces_mean=True`` if it computes a statistic of the individual
+    updates (median, Krum), which secure aggregation, DP and compression would hide.
+    """
     if role not in ROLES:
         raise ValueError(f"role: must be one of {', '.join(ROLES)}; got {role!r}")
-    return decorator(AGGREGATORS, name, lambda build: AggregatorBuilder(name, role, build), paper=paper,
-                     replace=replace)
+    return decorator(AGGREGATORS, name,
+                     lambda build: AggregatorBuilder(name, role, build, fraction=fraction, replaces_mean=replaces_mean),
+                     paper=paper, replace=replace)
 
 
 def names(role: str) -> tuple[str, ...]:
@@ -193,12 +203,42 @@ def robust_zeroing(clip_norm: float, inner):
     return tff().aggregators.zeroing_factory(clip_norm, inner)
 
 
-def robust_aggregator(name: str, clip_norm: float, inner):
-    """The robust defence registered as ``name`` around ``inner``."""
+@register_aggregator("median", role="robust", replaces_mean=True, paper="Yin et al. 2018, arXiv:1803.01498")
+def robust_median(clip_norm: float, inner):
+    """Coordinate-wise median of the round's updates (unweighted; the mean of the two middle values if even)."""
+    return CoordinateMedianFactory()
+
+
+@register_aggregator("trimmed_mean", role="robust", fraction=True, replaces_mean=True,
+                     paper="Yin et al. 2018, arXiv:1803.01498")
+def robust_trimmed_mean(clip_norm: float, inner, *, fraction: float):
+    """Coordinate-wise trimmed mean: the floor(fraction x m) largest and smallest values of each coordinate dropped."""
+    return TrimmedMeanFactory(fraction)
+
+
+@register_aggregator("krum", role="robust", fraction=True, replaces_mean=True,
+                     paper="Blanchard et al. 2017, NeurIPS, arXiv:1703.02757")
+def robust_krum(clip_norm: float, inner, *, fraction: float):
+    """Krum: the update closest (squared L2) to its m - f - 2 nearest others, f = floor(fraction x m)."""
+    return KrumFactory(byzantine_fraction=fraction)
+
+
+@register_aggregator("multikrum", role="robust", fraction=True, replaces_mean=True,
+                     paper="Blanchard et al. 2017, NeurIPS, arXiv:1703.02757")
+def robust_multikrum(clip_norm: float, inner, *, fraction: float, clients_per_round: int = 10):
+    """Multi-Krum: the mean of the K - floor(fraction x K) updates with the best Krum scores."""
+    return KrumFactory(byzantine_fraction=fraction, multi=max(1, clients_per_round - fraction_count(fraction,
+                                                                                                   clients_per_round)))
+
+
+def robust_aggregator(name: str, clip_norm: float, inner, *, fraction: float = 0.2, clients_per_round: int = 10):
+    """The robust defence registered as ``name`` around ``inner`` (or instead of it, for median and Krum)."""
     entry = AGGREGATORS[name]
     if entry.role != "robust":
         raise ValueError(f"robust: must be one of none, {', '.join(names('robust'))}; got {name!r}")
-    return entry.build(clip_norm, inner)
+    if name == "multikrum":
+        return entry.build(clip_norm, inner, fraction=fraction, clients_per_round=clients_per_round)
+    return entry.build(clip_norm, inner, fraction=fraction) if entry.fraction else entry.build(clip_norm, inner)
 
 
 def builders_in_use(config) -> list[AggregatorBuilder]:
@@ -228,7 +268,8 @@ def make_aggregator(config):
     # Secure b-bit sums already L2-clip to C; clipping again would change nothing.
     if config.robust != "none" and not (config.robust == "clip" and config.secure_aggregation
                                         and config.quantization_bits):
-        factory = robust_aggregator(config.robust, config.clip_norm, factory)
+        factory = robust_aggregator(config.robust, config.clip_norm, factory, fraction=config.robust_fraction,
+                                    clients_per_round=config.clients_per_round)
     return factory
 
 
@@ -240,7 +281,13 @@ def aggregator_key(config) -> tuple:
     return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
             config.noise_source if config.quantization_bits and not config.secure_aggregation else None,
             config.clip_norm if (config.secure_aggregation or config.robust != "none") else None,
-            config.clients_per_round if config.secure_aggregation else None)
+            config.clients_per_round if config.secure_aggregation or config.robust == "multikrum" else None,
+            config.robust_fraction if uses_fraction(config) else None)
+
+
+def uses_fraction(config) -> bool:
+    """Whether the config's robust aggregator takes ``robust_fraction``."""
+    return config.robust != "none" and AGGREGATORS[config.robust].fraction
 
 
 def bits_per_value_up(config) -> float:

@@ -21,7 +21,7 @@ import json
 from typing import Any, Optional
 
 from .accounting import ACCOUNTANTS
-from .aggregation import names as aggregator_names, protocol_names
+from .aggregation import AGGREGATORS, names as aggregator_names, protocol_names, uses_fraction
 from .algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
 from .array_training import WEIGHTINGS
 from .data import DATASETS
@@ -78,7 +78,8 @@ class ExperimentConfig:
     secure_aggregation: bool = False  # the server sees only the sum (range: clip_norm)
     quantization_bits: int = 0  # 0: float32 updates; b: b-bit compression, or b-bit secure sum
     secure_protocol: str = "none"  # secagg or secagg+: run the protocol with real cryptography (none: the sum only)
-    robust: str = "none"  # none, clip (L2-clip updates to clip_norm) or zeroing (drop updates above it)
+    robust: str = "none"  # none, clip or zeroing (at clip_norm), median, trimmed_mean, krum, multikrum
+    robust_fraction: float = 0.2  # trimmed_mean: share cut at each end; krum, multikrum: share assumed Byzantine
     freeze_layers: int = 0  # partial updates: the first n weight layers are not trained or sent
     attacker_fraction: float = 0.0  # share of clients that flip their labels
     attack_boost: int = 1  # attackers train this many times longer (a larger, poisoned update)
@@ -156,6 +157,7 @@ class ExperimentConfig:
         s("quantization_bits", integer("quantization_bits", self.quantization_bits, 0, 16))
         s("secure_protocol", one_of("secure_protocol", self.secure_protocol, ("none",) + protocol_names()))
         s("robust", one_of("robust", self.robust, ("none",) + aggregator_names("robust")))
+        s("robust_fraction", number("robust_fraction", self.robust_fraction, 0.0, 0.5, high_open=True))
         s("freeze_layers", integer("freeze_layers", self.freeze_layers, 0, 1000))
         s("attacker_fraction", number("attacker_fraction", self.attacker_fraction, 0.0, 1.0, high_open=True))
         s("attack_boost", integer("attack_boost", self.attack_boost, 1, 1000))
@@ -231,6 +233,7 @@ class ExperimentConfig:
             raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
         if self.secure_protocol != "none":
             self._check_protocol(algorithm)
+        self._check_robust()
         if model.weight_layers is not None and self.freeze_layers >= model.weight_layers:
             raise ConfigError("freeze_layers", f"must be below {model.weight_layers} for model {self.model!r} "
                                                "(something must stay trainable)")
@@ -276,6 +279,19 @@ class ExperimentConfig:
         if self.workers and self.secure_aggregation:
             raise ConfigError("workers", "cannot be combined with secure_aggregation: TFF's worker does not implement "
                                          "secure sums, and the protocol's clients run in this process")
+
+    def _check_robust(self) -> None:
+        """Median and Krum need every update as it is: secure sums, DP noise and compression hide them."""
+        if self.robust_fraction != 0.2 and not uses_fraction(self):
+            raise ConfigError("robust_fraction", f"has no effect with robust={self.robust!r}; it is for "
+                                                 "trimmed_mean, krum and multikrum")
+        if self.robust == "none" or not AGGREGATORS[self.robust].replaces_mean:
+            return
+        hiding = ("secure_aggregation" if self.secure_aggregation else "dp" if self.user_level_dp
+                  else "quantization_bits" if self.quantization_bits else None)
+        if hiding is not None:
+            raise ConfigError("robust", f"{self.robust!r} needs each client's update as it is, which {hiding} "
+                                        "hides; use robust='clip' or 'zeroing' with it")
 
     def _check_protocol(self, algorithm: Algorithm) -> None:
         """A secure protocol sums b-bit integers between fedlab's compiled-loop clients and its server."""

@@ -248,33 +248,49 @@ def plot_round_time(table: pd.DataFrame, *, ax=None, title: Optional[str] = None
     return fig, ax, table
 
 
-def plot_secagg_cost(table: pd.DataFrame, *, axes=None, dropout_rate: Optional[float] = None):
-    """Bytes per client and client/server seconds against clients, one line per protocol (log-log).
+def plot_secagg_cost(table: pd.DataFrame, *, axes=None):
+    """What the secure aggregation protocols cost against the clients in a round, one colour per protocol (log-log).
 
-    ``table``: as :func:`fedlab.secagg.measure_cost` returns it. ``dropout_rate``:
-    the rate drawn (default: the largest measured, the costly case for the server).
-    Dotted lines of slope 1 (bytes, client seconds) and 2 (server seconds) through
-    each protocol's first point: SecAgg's known growth, linear per client and
-    quadratic at the server.
+    ``table``: as :func:`fedlab.secagg.measure_cost` returns it. Left: the
+    bytes a client sends and receives besides its masked vector (keys,
+    encrypted shares, unmasking shares), without dropouts; middle: a client's
+    seconds without dropouts; right: the server's seconds at every dropout rate
+    measured (line style), the costly part being the masks of clients that
+    dropped out. Dotted: slope 1 (left, middle) and 2 (right) through SecAgg's
+    first point, its known growth: linear per client, quadratic at the server.
     """
     import matplotlib.pyplot as plt
 
     if axes is None:
         with plt.rc_context(STYLE):
             fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    rate = table.dropout_rate.max() if dropout_rate is None else dropout_rate
-    shown = table[np.isclose(table.dropout_rate, rate)]
-    panels = [("bytes_per_client", "bytes per client (sent + received)", 1),
-              ("client_seconds", "seconds per client", 1), ("server_seconds", "server seconds", 2)]
-    for ax, (column, label, slope) in zip(axes, panels):
-        for i, (name, group) in enumerate(shown.groupby("protocol", sort=False)):
+    table = table.assign(overhead_bytes=table.bytes_per_client
+                         - np.ceil(table.vector_length * table.modulus_bits / 8))
+    calm = table[table.dropout_rate == 0]
+    panels = [(axes[0], calm, "overhead_bytes", "bytes per client besides its masked vector", 1),
+              (axes[1], calm, "client_seconds", "seconds per client", 1)]
+    for ax, rows, column, label, slope in panels:
+        for i, (name, group) in enumerate(rows.groupby("protocol", sort=False)):
             group = group.sort_values("clients")
-            ax.plot(group.clients, group[column], color=f"C{i}", label=name, **_look(i))
-            n0, v0 = group.clients.iloc[0], group[column].iloc[0]
-            ax.plot(group.clients, v0 * (group.clients / n0) ** slope, ls=":", color=f"C{i}", alpha=0.6)
-        ax.set(xscale="log", yscale="log", xlabel="clients in the round", ylabel=label)
+            ax.plot(group.clients, group[column], color=f"C{i}", label=name, marker=MARKERS[i % len(MARKERS)])
+            if i == 0:
+                n0, v0 = group.clients.iloc[0], group[column].iloc[0]
+                ax.plot(group.clients, v0 * group.clients / n0, ls=":", color="grey")
+        ax.set(ylabel=label)
+    for i, (name, group) in enumerate(table.groupby("protocol", sort=False)):
+        for j, (rate, rows) in enumerate(group.groupby("dropout_rate")):
+            rows = rows.sort_values("clients")
+            axes[2].plot(rows.clients, rows.server_seconds, color=f"C{i}", marker=MARKERS[i % len(MARKERS)],
+                         linestyle=LINESTYLES[j % len(LINESTYLES)], label=f"{name}, dropout {rate:g}")
+            if i == 0 and j == 0:
+                n0, v0 = rows.clients.iloc[0], rows.server_seconds.iloc[0]
+                axes[2].plot(rows.clients, v0 * (rows.clients / n0) ** 2, ls=":", color="grey")
+    axes[2].set(ylabel="server seconds")
+    for ax in axes:
+        ax.set(xscale="log", yscale="log", xlabel="clients in the round")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize="small", title=f"dropout {rate:g}")
-    axes[0].set_title("communication (dotted: linear in n)")
+        ax.legend(fontsize="small")
+    axes[0].set_title("keys and shares (dotted: linear in n)")
+    axes[1].set_title("client (dotted: linear in n)")
     axes[2].set_title("server (dotted: quadratic in n)")
-    return axes[0].figure, axes, shown
+    return axes[0].figure, axes, table

@@ -74,6 +74,8 @@ def default_control(field: str, config: ExperimentConfig):
     if field == "robust":
         return w.Dropdown(options=["none", *aggregator_names("robust")], value=value, description=field, style=style,
                           layout=layout)
+    if field == "robust_fraction":
+        return w.FloatSlider(value=value, min=0.0, max=0.45, step=0.05, **common)
     if field == "straggler_policy":
         return w.Dropdown(options=list(POLICIES), value=value, description=field, style=style, layout=layout)
     if field == "device_profile":

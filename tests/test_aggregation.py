@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedlab import ExperimentConfig, run_experiment
+from fedlab import ExperimentConfig, final_weights, run_experiment
 from fedlab import aggregation, attacks
 from fedlab.config import ConfigError
 from fedlab.runtime import simulated_secure_sums, tff
@@ -90,6 +90,49 @@ def test_combinations_tff_cannot_do_are_refused(changes, field):
     with pytest.raises(ConfigError) as info:
         BASE.replace(**changes)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"robust": "median", "secure_aggregation": True}, "robust"),
+    ({"robust": "krum", "quantization_bits": 4}, "robust"),
+    ({"robust": "trimmed_mean", "dp": "fixed", "noise_multiplier": 0.5}, "robust"),
+    ({"robust": "clip", "robust_fraction": 0.3}, "robust_fraction"),
+    ({"robust": "krum", "robust_fraction": 0.5}, "robust_fraction"),
+])
+def test_robust_statistics_need_the_updates_themselves(changes, field):
+    with pytest.raises(ConfigError) as info:
+        BASE.replace(**changes)
+    assert info.value.field == field and "\n" not in str(info.value)
+
+
+def test_one_round_of_the_median_moves_the_model_by_the_median_update():
+    """Server learning rate 1: the new global model is the old one plus the coordinate-wise median of the clients'
+    updates; each client's update is what a one-client round with the plain mean moves the model by."""
+    from fedlab.robust import coordinate_median
+
+    config = BASE.replace(clients_per_round=3, client_lr=0.1)
+    median = run_experiment(config.replace(robust="median"), progress=False)
+    # the three clients of round 1, each alone (same data, same batches: plans depend on (seed, round, client))
+    from fedlab.clients import Clients, dataset_for, spec_for
+    from fedlab.processes import get_process, initial_state, trainer_for
+    from fedlab.sampling import Scheduler
+
+    data = dataset_for(config)
+    spec = spec_for(config, data)
+    clients = Clients.for_config(config, spec)
+    chosen = Scheduler(config, [len(x) for x in clients.x], spec.tensor_sizes(), clients.attackers).round(1).completed
+    mean = config.replace(robust="none")
+    process = get_process(mean, spec)
+    trainer = trainer_for(process, clients.x[0], clients.y[0])
+    state = initial_state(process, mean, spec)
+    before = [np.asarray(w) for w in state.global_model_weights.trainable]
+    deltas = []
+    for c in chosen:
+        after = trainer.next(state, [clients.inputs(mean, 1, int(c))]).state.global_model_weights.trainable
+        deltas.append(np.concatenate([(np.asarray(a) - b).ravel() for a, b in zip(after, before)]))
+    expected = np.concatenate([b.ravel() for b in before]) + coordinate_median(np.stack(deltas))
+    got = np.concatenate([w.ravel() for w in final_weights(median)[:2]])  # logistic regression: kernel, bias
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_partial_updates_send_only_trainable_layers():
