@@ -337,9 +337,10 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
     return _learning_process(t, init_fn, next_fn)
 
 
-def _learning_process(t, init_fn, next_fn):
+def model_weights_accessors(t, state_type):
+    """``get_model_weights(state)`` and ``set_model_weights(state, weights)`` computations for a
+    ``LearningAlgorithmState`` of TFF type ``state_type`` (unplaced)."""
     state_class = t.learning.templates.LearningAlgorithmState
-    state_type = next_fn.type_signature.parameter[0].member
 
     @t.tensorflow.computation(state_type)
     def get_model_weights(state):
@@ -350,7 +351,12 @@ def _learning_process(t, init_fn, next_fn):
         return state_class(global_model_weights=weights, distributor=state.distributor,
                            client_work=state.client_work, aggregator=state.aggregator, finalizer=state.finalizer)
 
-    return t.learning.templates.LearningProcess(init_fn, next_fn, get_model_weights, set_model_weights)
+    return get_model_weights, set_model_weights
+
+
+def _learning_process(t, init_fn, next_fn):
+    accessors = model_weights_accessors(t, next_fn.type_signature.parameter[0].member)
+    return t.learning.templates.LearningProcess(init_fn, next_fn, *accessors)
 
 
 def _fused_mean_process(t, training: "ClientTraining"):

@@ -36,6 +36,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import secagg
+from .array_training import model_weights_accessors
 from .runtime import tff
 
 
@@ -147,24 +149,12 @@ class SecureRoundProcess:
                                                     state.aggregator, finalized.state))
             return new_state, finalized.measurements
 
-        @t.tensorflow.computation(state_type.member)
-        def get_model_weights(state):
-            return state.global_model_weights
-
-        @t.tensorflow.computation(state_type.member, state_type.member.global_model_weights)
-        def set_model_weights(state, weights):
-            return state_class(global_model_weights=weights, distributor=state.distributor,
-                               client_work=state.client_work, aggregator=state.aggregator, finalizer=state.finalizer)
-
         self.initialize = init_fn
-        self.get_model_weights = get_model_weights
-        self.set_model_weights = set_model_weights
+        self.get_model_weights, self.set_model_weights = model_weights_accessors(t, state_type.member)
         self._clients_fn, self._server_fn = clients_fn, server_fn
 
     def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
              participants: Optional[Sequence[int]] = None, graph_seed: int = 0):
-        from . import secagg  # cryptography, loaded when a protocol round runs
-
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
         encoded, train_metrics = self._clients_fn(state, client_data)
