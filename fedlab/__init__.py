@@ -18,6 +18,7 @@ from .accounting import epsilon, noise_multiplier_for
 from .aggregation import AGGREGATORS, register_aggregator
 from .algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm
 from .analysis import accounting_table, final_metrics, rounds_to_target, summarize
+from .attacks import ATTACKS, register_attack
 from .catalog import catalog
 from .clients import client_arrays_for, dataset_for, partition_for, partition_report_for
 from .config import ExperimentConfig
@@ -60,6 +61,7 @@ __version__ = "0.2.0"
 __all__ = [
     "AGGREGATORS",
     "ALGORITHMS",
+    "ATTACKS",
     "AlgorithmParams",
     "ConfigError",
     "DATASETS",
@@ -110,6 +112,7 @@ __all__ = [
     "privacy",
     "register_aggregator",
     "register_algorithm",
+    "register_attack",
     "register_dataset",
     "register_device_profile",
     "register_device_table",

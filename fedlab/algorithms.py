@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 from .fedprox import build_weighted_fed_prox
 from .registry import Registry, decorator
+from .scaffold import build_scaffold as build_scaffold_on_arrays
 from .runtime import tff
 from .validation import ConfigError, boolean, integer, number
 
@@ -317,6 +318,19 @@ def build_fednova(model, *, client_lr: float, server_lr: float = 1.0, params: An
     a longer deadline) no longer pull the model towards their own optimum.
     """
     raise ConfigError("algorithm", "fednova runs only on fedlab's compiled client loop (a functional model, "
+                                   "no frozen layers)")
+
+
+@register_algorithm("scaffold", paper="Karimireddy et al. 2020, ICML, arXiv:1910.06378", functional_only=True,
+                    on_arrays=build_scaffold_on_arrays)
+def build_scaffold(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
+                   model_aggregator: Any = None):
+    """SCAFFOLD: client and server control variates correct each local step for the client's drift.
+
+    Only on fedlab's compiled client loop (:mod:`fedlab.scaffold`): TFF 0.87's learning templates keep no
+    per-client state, and each client's control variate must outlive the round.
+    """
+    raise ConfigError("algorithm", "scaffold runs only on fedlab's compiled client loop (a functional model, "
                                    "no frozen layers)")
 
 

@@ -63,7 +63,8 @@ def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = No
     server optimizer's state. Built processes are therefore shared by every
     learning rate (a learning-rate sweep builds one process, not one per rate).
     """
-    client_work = collections.OrderedDict(learning_rate=np.float32(client_lr))
+    client_work = collections.OrderedDict(state.client_work if isinstance(state.client_work, dict) else ())
+    client_work["learning_rate"] = np.float32(client_lr)  # other entries (SCAFFOLD's control variates) stay
     finalizer = state.finalizer
     if server_lr is not None:
         if not (isinstance(finalizer, collections.OrderedDict) and "learning_rate" in finalizer):
@@ -74,12 +75,15 @@ def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = No
                        client_work=client_work, aggregator=state.aggregator, finalizer=finalizer)
 
 
-def client_data_type(x_spec, y_spec, normalized: bool = False):
+def client_data_type(x_spec, y_spec, normalized: bool = False, correction_type=None):
     """The TFF type of one client's input: arrays, example orders (E, n), batch size, step cap (-1: none), the
     batches of the first epoch to skip (where the previous round stopped), and the client's random key for this
-    round (record-level DP's Poisson batches and noise); with ``normalized``, also the round's tau_eff."""
+    round (record-level DP's Poisson batches and noise); with ``normalized``, also the round's tau_eff; with a
+    ``correction_type`` (the trainable weights' type), a ``correction`` added to every local gradient
+    (SCAFFOLD's c - c_i, :mod:`fedlab.scaffold`)."""
     t = tff()
     extra = [("tau_eff", t.TensorType(np.float32, []))] if normalized else []
+    extra += [("correction", correction_type)] if correction_type is not None else []
     return t.StructWithPythonType([
         ("x", t.TensorType(x_spec.dtype.as_numpy_dtype, x_spec.shape)),
         ("y", t.TensorType(y_spec.dtype.as_numpy_dtype, y_spec.shape)),
@@ -116,7 +120,7 @@ def with_tau_eff(inputs: list, weighting: str) -> list:
 
 def build_client_update(model, *, client_optimizer, proximal_strength: float = 0.0, full_batch: bool = False,
                         weighting: str = "examples", example_dp: Optional[tuple[float, float]] = None,
-                        normalized: bool = False):
+                        normalized: bool = False, corrected: bool = False):
     """The per-client training function: ``(initial weights, client data, learning rate) -> (ClientResult,
     metrics state)``. The learning rate is a tensor, so one built process serves every learning rate.
 
@@ -134,6 +138,9 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
     (``uniform``). The weighted mean is then tau_eff sum_i p_i d_i, the paper's server update with server
     learning rate 1. The server computes tau_eff from the steps it asked of each client and sends it with
     the model; TFF 0.87's templates have no second aggregate for it.
+
+    ``corrected``: every local gradient g becomes g + the client's ``correction`` (SCAFFOLD's
+    g - c_i + c, Karimireddy et al. 2020, Algorithm 1 line 10), before any proximal term.
     """
     import tensorflow as tf
     from tensorflow_federated.python.learning import tensor_utils
@@ -211,6 +218,8 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
                     output, loss, gradients = forward(trainable, xb, yb)
                 else:  # nothing about the private batch leaves the client but the noised update
                     _, _, gradients = private_gradients(trainable, data["key"], i)
+                if corrected:
+                    gradients = tuple(g + c for g, c in zip(gradients, data["correction"]))
                 if proximal_strength > 0.0:  # d/dw mu/2 ||w - w0||^2 = mu (w - w0)
                     gradients = tuple(g + proximal_strength * (w - w0)
                                       for g, w, w0 in zip(gradients, trainable, trainable0))
@@ -248,22 +257,19 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
     return client_update
 
 
-def build_array_process(model, *, client_lr: float, server_optimizer, model_aggregator: Any = None,
-                        proximal_strength: float = 0.0, full_batch: bool = False, weighting: str = "examples",
-                        client_optimizer=None, example_dp: Optional[tuple[float, float]] = None,
-                        normalized: bool = False):
-    """A ``tff.learning.templates.LearningProcess`` whose ``next(state, client_data)`` takes arrays per client.
+def client_training(model, *, client_lr: float, server_optimizer, proximal_strength: float = 0.0,
+                    full_batch: bool = False, weighting: str = "examples", client_optimizer=None,
+                    example_dp: Optional[tuple[float, float]] = None, normalized: bool = False,
+                    corrected: bool = False) -> ClientTraining:
+    """The compiled-loop client training of ``model`` and the computations around it (:class:`ClientTraining`).
 
-    ``model``: a TFF functional model; ``server_optimizer``: a
-    ``tff.learning.optimizers.Optimizer``; ``model_aggregator``: a weighted or
-    unweighted ``tff.aggregators`` factory (None: the weighted mean).
+    ``corrected``: each client's data carries a ``correction`` added to its gradients (SCAFFOLD).
     """
     import tensorflow as tf
 
     t = tff()
     if weighting not in WEIGHTINGS:
         raise ValueError(f"client_weighting: must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
-    templates = t.learning.templates
     client_optimizer = client_optimizer or t.learning.optimizers.build_sgdm(learning_rate=client_lr)
 
     def spec(array):
@@ -273,12 +279,12 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
                                                   tuple(spec(w) for w in model.initial_weights[1]))
     weights_type = t.types.tensorflow_to_type(weights_spec)
     x_spec, y_spec = model.input_spec
-    data_type = client_data_type(x_spec, y_spec, normalized)
+    data_type = client_data_type(x_spec, y_spec, normalized, weights_type.trainable if corrected else None)
     if example_dp is not None and full_batch:
         raise ValueError("example_dp: record-level DP-SGD needs batches, not one full-batch gradient")
     update = build_client_update(model, client_optimizer=client_optimizer, proximal_strength=float(proximal_strength),
                                  full_batch=full_batch, weighting=weighting, example_dp=example_dp,
-                                 normalized=normalized)
+                                 normalized=normalized, corrected=corrected)
 
     @t.tensorflow.computation(weights_type, data_type, t.TensorType(np.float32))
     def train_client(initial_weights, data, learning_rate):
@@ -297,8 +303,30 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
     def initial_weights_fn():
         return t.learning.models.ModelWeights(*tf.nest.map_structure(tf.constant, model.initial_weights))
 
-    training = ClientTraining(model, weights_type, data_type, train_client, initial_weights_fn, client_work_state,
-                              learning_rate_of, server_optimizer)
+    return ClientTraining(model, weights_type, data_type, train_client, initial_weights_fn, client_work_state,
+                          learning_rate_of, server_optimizer)
+
+
+def build_array_process(model, *, client_lr: float, server_optimizer, model_aggregator: Any = None,
+                        proximal_strength: float = 0.0, full_batch: bool = False, weighting: str = "examples",
+                        client_optimizer=None, example_dp: Optional[tuple[float, float]] = None,
+                        normalized: bool = False):
+    """A ``tff.learning.templates.LearningProcess`` whose ``next(state, client_data)`` takes arrays per client.
+
+    ``model``: a TFF functional model; ``server_optimizer``: a
+    ``tff.learning.optimizers.Optimizer``; ``model_aggregator``: a weighted or
+    unweighted ``tff.aggregators`` factory (None: the weighted mean), or an
+    object whose ``build_round_process(training)`` builds a round of its own
+    (a secure protocol, an attack on the updates).
+    """
+    t = tff()
+    templates = t.learning.templates
+    training = client_training(model, client_lr=client_lr, server_optimizer=server_optimizer,
+                               proximal_strength=proximal_strength, full_batch=full_batch, weighting=weighting,
+                               client_optimizer=client_optimizer, example_dp=example_dp, normalized=normalized)
+    (weights_type, data_type, train_client, initial_weights_fn, client_work_state,
+     learning_rate_of) = (training.weights_type, training.data_type, training.train_client,
+                          training.initial_weights_fn, training.client_work_state, training.learning_rate_of)
     if model_aggregator is None:
         return _fused_mean_process(t, training)
     if hasattr(model_aggregator, "build_round_process"):  # a protocol run outside TFF (fedlab.secure_rounds)

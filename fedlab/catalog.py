@@ -1,4 +1,5 @@
-"""What is registered: every data set, model, algorithm, partitioner, aggregator and device profile, with its paper."""
+"""What is registered: every data set, model, algorithm, partitioner, aggregator, attack and device profile, with its
+paper."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import pandas as pd
 
 from .aggregation import AGGREGATORS
 from .algorithms import ALGORITHMS
+from .attacks import ATTACKS
 from .data import DATASETS
 from .models import MODELS
 from .partition import PARTITIONERS
 from .systems import DEVICE_PROFILES
 
 REGISTRIES = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS, "partitioner": PARTITIONERS,
-              "aggregator": AGGREGATORS, "devices": DEVICE_PROFILES}
+              "aggregator": AGGREGATORS, "attack": ATTACKS, "devices": DEVICE_PROFILES}
 
 
 def catalog() -> pd.DataFrame:
@@ -26,6 +28,8 @@ def catalog() -> pd.DataFrame:
                 detail = ", ".join(params)
             elif kind == "aggregator":
                 detail = f"{entry.component.role}"
+            elif kind == "attack":
+                detail = entry.component.kind
             rows.append({"kind": kind, "name": entry.name, "summary": entry.summary, "parameters": detail,
                          "paper": entry.paper or "", "builtin": entry.builtin})
     return pd.DataFrame(rows, columns=["kind", "name", "summary", "parameters", "paper", "builtin"])

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .attacks import attacker_clients, poison_labels
+from .attacks import ATTACKS, attacker_clients, poison_labels
 from .config import ExperimentConfig
 from .data import DATASETS, Dataset, DatasetSource, load_dataset, stratified_split
 from .models import ModelSpec
@@ -101,7 +101,8 @@ class Clients:
         parts = partition_for(config, data)
         xs = add_feature_noise([data.x_train[p] for p in parts], config.feature_noise, seed=config.seeds["data"])
         attackers = frozenset(attacker_clients(config).tolist())
-        ys = [spec.prepare_labels(poison_labels(data.y_train[p], data.num_classes) if c in attackers
+        flips = ATTACKS[config.attack].kind == "data"  # an update attacker trains on its true labels
+        ys = [spec.prepare_labels(poison_labels(data.y_train[p], data.num_classes) if flips and c in attackers
                                   else data.y_train[p]) for c, p in enumerate(parts)]
         return cls(data, parts, xs, ys, attackers)
 
@@ -113,7 +114,9 @@ class Clients:
 
 
 def attacker_config(config: ExperimentConfig) -> ExperimentConfig:
-    """An attacker trains ``attack_boost`` times longer."""
+    """A label-flipping attacker trains ``attack_boost`` times longer (an update attacker trains as others do)."""
+    if ATTACKS[config.attack].kind != "data":
+        return config
     return config.replace(local_epochs=config.local_epochs * config.attack_boost,
                           local_steps=None if config.local_steps is None else config.local_steps * config.attack_boost)
 

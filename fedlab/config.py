@@ -24,6 +24,7 @@ from .accounting import ACCOUNTANTS
 from .aggregation import AGGREGATORS, names as aggregator_names, protocol_names, uses_fraction
 from .algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
 from .array_training import WEIGHTINGS
+from .attacks import ATTACKS
 from .data import DATASETS
 from .distributed import parse_workers
 from .models import MODELS
@@ -81,8 +82,9 @@ class ExperimentConfig:
     robust: str = "none"  # none, clip or zeroing (at clip_norm), median, trimmed_mean, krum, multikrum
     robust_fraction: float = 0.2  # trimmed_mean: share cut at each end; krum, multikrum: share assumed Byzantine
     freeze_layers: int = 0  # partial updates: the first n weight layers are not trained or sent
-    attacker_fraction: float = 0.0  # share of clients that flip their labels
-    attack_boost: int = 1  # attackers train this many times longer (a larger, poisoned update)
+    attacker_fraction: float = 0.0  # share of clients that attack
+    attack: str = "label_flip"  # what attackers do: label_flip (data), sign_flip, gaussian, alie (their updates)
+    attack_boost: int = 1  # label_flip: train this many times longer; sign_flip, gaussian: scale of the forgery
     seed: int = 0  # default for the three named seeds below
     data_seed: Optional[int] = None  # train/test split and partition
     model_seed: Optional[int] = None  # initial weights
@@ -160,6 +162,7 @@ class ExperimentConfig:
         s("robust_fraction", number("robust_fraction", self.robust_fraction, 0.0, 0.5, high_open=True))
         s("freeze_layers", integer("freeze_layers", self.freeze_layers, 0, 1000))
         s("attacker_fraction", number("attacker_fraction", self.attacker_fraction, 0.0, 1.0, high_open=True))
+        s("attack", one_of("attack", self.attack, ATTACKS.names()))
         s("attack_boost", integer("attack_boost", self.attack_boost, 1, 1000))
         s("device_profile", one_of("device_profile", self.device_profile, DEVICE_PROFILES.names()))
         s("straggler_policy", one_of("straggler_policy", self.straggler_policy, POLICIES))
@@ -234,6 +237,7 @@ class ExperimentConfig:
         if self.secure_protocol != "none":
             self._check_protocol(algorithm)
         self._check_robust()
+        self._check_attack(algorithm)
         if model.weight_layers is not None and self.freeze_layers >= model.weight_layers:
             raise ConfigError("freeze_layers", f"must be below {model.weight_layers} for model {self.model!r} "
                                                "(something must stay trainable)")
@@ -292,6 +296,24 @@ class ExperimentConfig:
         if hiding is not None:
             raise ConfigError("robust", f"{self.robust!r} needs each client's update as it is, which {hiding} "
                                         "hides; use robust='clip' or 'zeroing' with it")
+
+    def _check_attack(self, algorithm: Algorithm) -> None:
+        """An update attack forges updates between fedlab's compiled-loop clients and the aggregator."""
+        attack = ATTACKS[self.attack]
+        if self.attack_boost != 1 and not attack.boost:
+            raise ConfigError("attack_boost", f"must be 1 with attack={self.attack!r}, which it does not change")
+        if attack.kind != "update" or self.attacker_fraction == 0:
+            return
+        if algorithm.on_arrays is None or self.freeze_layers:
+            reason = "it has frozen layers" if self.freeze_layers else f"{self.algorithm} has no compiled client loop"
+            raise ConfigError("attack", f"{self.attack!r} forges updates after fedlab's compiled client loop, and "
+                                        f"{reason}; use attack='label_flip'")
+        if self.secure_protocol != "none":
+            raise ConfigError("secure_protocol", f"cannot be combined with attack={self.attack!r}: both split the "
+                                                 "round in this process")
+        if self.workers:
+            raise ConfigError("workers", f"cannot be combined with attack={self.attack!r}: the attackers forge "
+                                         "their updates in this process")
 
     def _check_protocol(self, algorithm: Algorithm) -> None:
         """A secure protocol sums b-bit integers between fedlab's compiled-loop clients and its server."""

@@ -17,11 +17,13 @@ import numpy as np
 from . import algorithms
 from .aggregation import aggregator_key, builders_in_use, make_aggregator
 from .array_training import with_learning_rates
+from .attacks import is_update_attack
 from .clients import batches
 from .config import ExperimentConfig
 from .models import ModelSpec
 from .runtime import tff
 from .seeded import set_noise_seed
+from .split_rounds import UpdateAttackRounds
 
 
 def uses_arrays(config: ExperimentConfig, spec: ModelSpec) -> bool:
@@ -40,8 +42,9 @@ def process_key(config: ExperimentConfig, spec: ModelSpec) -> tuple:
     rates = () if on_arrays else (config.client_lr, None if entry.full_batch else config.effective_server_lr)
     builders = tuple(builders_in_use(config))
     record_level = (config.noise_multiplier, config.clip_norm) if config.dp == "example" else None
+    attack = config.attack if is_update_attack(config) else None
     return (spec, spec.builder, entry, config.algorithm_params, on_arrays, rates, config.client_weighting,
-            aggregator_key(config), builders, record_level)
+            aggregator_key(config), builders, record_level, attack)
 
 
 # Processes whose ``next`` takes client arrays (fedlab.array_training), not datasets.
@@ -61,6 +64,8 @@ def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator
     entry = config.algorithm_entry
     if on_arrays is None:
         on_arrays = uses_arrays(config, spec)
+    if on_arrays and is_update_attack(config):  # the attackers forge their updates before the aggregator
+        model_aggregator = UpdateAttackRounds(config.attack, model_aggregator)
     if on_arrays:
         extra = {"example_dp": (config.noise_multiplier, config.clip_norm)} if config.dp == "example" else {}
         process = entry.on_arrays(spec.functional_model(), client_lr=config.client_lr,
@@ -136,6 +141,8 @@ def initial_state(process, config: ExperimentConfig, spec: ModelSpec):
         state = with_learning_rates(state, config.client_lr, server_lr)
     if config.noise_source == "seeded":
         state = set_noise_seed(state, config.seeds["noise"])
+    if hasattr(process, "client_state"):  # per-client state kept between rounds (SCAFFOLD's control variates)
+        state = process.client_state(state, config.num_clients)
     return state
 
 

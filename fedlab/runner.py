@@ -34,6 +34,7 @@ from .processes import get_process, initial_state, trainer_for
 from .registry import source_digest
 from .runtime import simulated_secure_sums, stop_local_workers
 from .array_training import local_steps, with_tau_eff
+from .attacks import ATTACKS, attack_rng, is_update_attack
 from .sampling import Scheduler
 from .systems import DEVICE_PROFILES
 from .storage import Checkpoint, ResultCache, cache_key
@@ -130,6 +131,8 @@ def component_digests(config: ExperimentConfig) -> list[str]:
     from .models import MODELS
 
     parts.append(MODELS[config.model].build)
+    if is_update_attack(config):
+        parts.append(ATTACKS[config.attack].apply)
     parts += [b.build for b in builders_in_use(config)]
     return [source_digest(p) for p in parts]
 
@@ -211,10 +214,8 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                           for c in chosen]
                 if config.algorithm_entry.normalized:
                     inputs = with_tau_eff(inputs, config.client_weighting)
-                extra = {}
-                if getattr(trainer, "takes_participants", False):  # a secure protocol: who dropped out matters
-                    extra = dict(clients=[int(c) for c in chosen], participants=[int(c) for c in schedule.selected],
-                                 graph_seed=_round_seed(config.seeds["systems"], round_num))
+                extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
+                                      schedule.selected, clients.attackers)
                 try:
                     output = trainer.next(state, inputs, **extra)
                 except WorkerError as err:
@@ -304,6 +305,21 @@ def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=No
         scheduler = Scheduler(config, sizes, spec_for(config, clients.data).tensor_sizes(), clients.attackers)
     return record_level_epsilons(config.noise_multiplier, sizes, config.batch_size, steps, scheduler.participation(),
                                  config.effective_delta, config.accountant, at=at)
+
+
+def _round_inputs(wanted, config: ExperimentConfig, round_num: int, chosen, selected, attackers) -> dict:
+    """What a process that runs part of its round in Python asks of the round (its ``round_inputs``): the
+    clients' ids, every client selected (a secure protocol's dropouts), SecAgg+'s graph seed, and, for an
+    attack on the updates, who attacks, ``attack_boost`` and the attackers' random generator."""
+    known = {
+        "clients": lambda: [int(c) for c in chosen],
+        "participants": lambda: [int(c) for c in selected],
+        "graph_seed": lambda: _round_seed(config.seeds["systems"], round_num),
+        "attackers": lambda: [int(c) in attackers for c in chosen],
+        "attack_boost": lambda: config.attack_boost,
+        "attack_rng": lambda: attack_rng(config.seeds["data"], round_num),
+    }
+    return {name: known[name]() for name in wanted}
 
 
 def _round_seed(seed: int, round_num: int) -> int:

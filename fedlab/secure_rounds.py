@@ -78,7 +78,7 @@ class SecureRoundProcess:
     (default: ``clients``); ``graph_seed`` draws SecAgg+'s neighbour graph.
     """
 
-    takes_participants = True
+    round_inputs = ("clients", "participants", "graph_seed")  # what the runner passes to next
 
     def __init__(self, protocol: ProtocolSum, training) -> None:
         import tensorflow as tf

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
+from .attacks import ATTACKS
 from .aggregation import names as aggregator_names, protocol_names
 from .algorithms import ALGORITHMS, hparam_spec, hparam_type
 from .clients import partition_report_for
@@ -71,6 +72,10 @@ def default_control(field: str, config: ExperimentConfig):
                           layout=layout)
     if field == "attacker_fraction":
         return w.FloatSlider(value=value, min=0.0, max=0.5, step=0.05, **common)
+    if field == "attack":
+        return w.Dropdown(options=list(ATTACKS.names()), value=value, description=field, style=style, layout=layout)
+    if field == "attack_boost":
+        return w.IntSlider(value=value, min=1, max=10, **common)
     if field == "robust":
         return w.Dropdown(options=["none", *aggregator_names("robust")], value=value, description=field, style=style,
                           layout=layout)

@@ -1,0 +1,180 @@
+"""Rounds split at the clients' updates, with Python between the clients and the server.
+
+Some algorithms and threat models need each client's update after training
+and before aggregation, outside TFF's computations: an attacker that forges
+its update from what it and its accomplices trained (:mod:`fedlab.attacks`),
+SCAFFOLD's client control variates that outlive the round
+(:mod:`fedlab.scaffold`). TFF 0.87's learning templates keep no per-client
+state and compose no step between client work and aggregator, so a round is
+split there:
+
+1. a TFF computation broadcasts the model, trains every client in fedlab's
+   compiled loop (:mod:`fedlab.array_training`) and returns each client's
+   update and weight (and the clients' metrics, summed then finalised);
+2. Python sees the updates: the round's attackers replace theirs by forgeries
+   (:meth:`SplitRoundProcess.forge`), a subclass updates state of its own
+   (:meth:`SplitRoundProcess.between`);
+3. a second TFF computation runs the config's ``tff.aggregators`` factory
+   (mean, clipping, median, Krum, DP ...) on them and applies the server
+   optimizer with TFF's finalizer.
+
+Without a step in between, the numbers are those of the one-computation
+process (``tests/test_split_rounds.py``). The state is the same
+``LearningAlgorithmState`` as other processes', held in Python between the
+two computations; ``client_work`` may hold arrays of a subclass's own
+(SCAFFOLD's control variates), which checkpoints save with the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .attacks import ATTACKS
+from .runtime import tff
+
+
+class SplitRoundProcess:
+    """A learning process (``initialize``, ``next``, ``get_model_weights``, ``set_model_weights``) whose round
+    is client training, :meth:`between`, then aggregation; ``round_inputs`` names what the runner passes to
+    ``next`` besides the state and the clients' data."""
+
+    ATTACK_INPUTS = ("attackers", "attack_boost", "attack_rng")
+
+    def __init__(self, training, model_aggregator=None, attack: Optional[str] = None) -> None:
+        t = tff()
+        self.attack = ATTACKS[attack] if attack is not None else None
+        self.round_inputs = ("clients",) + (self.ATTACK_INPUTS if attack is not None else ())
+        templates = t.learning.templates
+        self._state_class = templates.LearningAlgorithmState
+        weights_type = training.weights_type
+        if model_aggregator is None:
+            model_aggregator = t.aggregators.MeanFactory()
+        if isinstance(model_aggregator, t.aggregators.UnweightedAggregationFactory):
+            model_aggregator = t.aggregators.as_weighted_aggregator(model_aggregator)
+        aggregator = model_aggregator.create(weights_type.trainable, t.TensorType(np.float32))
+        finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
+        metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
+        self.training = training
+        self.shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
+        self.learning_rate_of = training.learning_rate_of
+
+        @t.federated_computation()
+        def init_fn():
+            return t.federated_zip(self._state_class(
+                t.federated_eval(training.initial_weights_fn, t.SERVER), t.federated_value((), t.SERVER),
+                t.federated_eval(training.client_work_state, t.SERVER), aggregator.initialize(),
+                finalizer.initialize()))
+
+        @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
+                                 t.FederatedType(training.data_type, t.CLIENTS),
+                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
+        def clients_fn(weights, client_data, learning_rate):
+            result, unfinalized = t.federated_map(training.train_client, (
+                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
+            return result.update, result.update_weight, metrics_aggregation(unfinalized)
+
+        state_type = init_fn.type_signature.result.member
+
+        @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
+                                 t.FederatedType(state_type.aggregator, t.SERVER),
+                                 t.FederatedType(state_type.finalizer, t.SERVER),
+                                 t.FederatedType(weights_type.trainable, t.CLIENTS),
+                                 t.FederatedType(t.TensorType(np.float32), t.CLIENTS))
+        def server_fn(weights, aggregator_state, finalizer_state, updates, update_weights):
+            aggregated = aggregator.next(aggregator_state, updates, update_weights)
+            finalized = finalizer.next(finalizer_state, weights, aggregated.result)
+            return (finalized.result, aggregated.state, finalized.state, aggregated.measurements,
+                    finalized.measurements)
+
+        self._init_fn, self._clients_fn, self._server_fn = init_fn, clients_fn, server_fn
+
+    # The learning process's interface ----------------------------------------------------------------
+    def initialize(self):
+        return self._init_fn()
+
+    @staticmethod
+    def get_model_weights(state):
+        return state.global_model_weights
+
+    def set_model_weights(self, state, weights):
+        return self._replace(state, global_model_weights=weights)
+
+    def _replace(self, state, **changes):
+        fields = dict(global_model_weights=state.global_model_weights, distributor=state.distributor,
+                      client_work=state.client_work, aggregator=state.aggregator, finalizer=state.finalizer)
+        fields.update(changes)
+        return self._state_class(**fields)
+
+    def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
+             attackers: Sequence[bool] = (), attack_boost: int = 1, attack_rng: Optional[np.random.Generator] = None):
+        ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
+        client_data = self.prepare(state, ids, client_data)
+        learning_rate = np.float32(state.client_work["learning_rate"])
+        updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights, client_data,
+                                                                  learning_rate)
+        updates = [tuple(np.asarray(u) for u in update) for update in updates]
+        update_weights = [np.float32(w) for w in update_weights]
+        if self.attack is not None:
+            updates = self.forge(updates, attackers, attack_boost, attack_rng)
+        state = self.between(state, ids, client_data, updates, update_weights)
+        weights, aggregator_state, finalizer_state, aggregated, finalized = self._server_fn(
+            state.global_model_weights, state.aggregator, state.finalizer, updates, update_weights)
+        state = self._replace(state, global_model_weights=weights, aggregator=aggregator_state,
+                              finalizer=finalizer_state)
+        metrics = collections.OrderedDict(
+            distributor=collections.OrderedDict(),
+            client_work=collections.OrderedDict(train=train_metrics),
+            aggregator=aggregated, finalizer=finalized)
+        return tff().learning.templates.LearningProcessOutput(state, metrics)
+
+    def prepare(self, state, clients: list, client_data: list) -> list:
+        """The clients' inputs before training (a subclass adds its own; default: as given)."""
+        return client_data
+
+    def between(self, state, clients: list, client_data: list, updates: list, update_weights: list):
+        """The state after the clients sent ``updates`` (a subclass keeps per-client state; default: unchanged)."""
+        return state
+
+    def forge(self, updates: list, attackers: Sequence[bool], boost: int, rng) -> list:
+        """``updates`` with the round's attackers' replaced by the attack's forgeries (:mod:`fedlab.attacks`)."""
+        who = [i for i, attacking in enumerate(attackers) if attacking]
+        if not who:
+            return updates
+        honest = np.stack([self.flatten(updates[i]) for i in who])
+        forged = self.attack.apply(honest, clients=len(updates), boost=boost,
+                                   rng=rng if rng is not None else np.random.default_rng(0))
+        if np.shape(forged) != honest.shape:
+            raise ValueError(f"attack {self.attack.name!r}: returned shape {np.shape(forged)}, "
+                             f"expected {honest.shape}")
+        updates = list(updates)
+        for row, i in enumerate(who):
+            updates[i] = self.unflatten(forged[row])
+        return updates
+
+    # Updates as flat vectors --------------------------------------------------------------------------
+    @staticmethod
+    def flatten(update: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.ravel(a) for a in update])
+
+    def unflatten(self, vector: np.ndarray, dtype=np.float32) -> tuple:
+        out, start = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape, dtype=np.int64))
+            out.append(np.asarray(vector[start:start + size], dtype=dtype).reshape(shape))
+            start += size
+        return tuple(out)
+
+
+class UpdateAttackRounds:
+    """The aggregator slot's value when attackers forge their updates: a split round (:class:`SplitRoundProcess`)
+    with the registered attack, around the config's aggregator (the defence)."""
+
+    def __init__(self, attack: str, model_aggregator=None) -> None:
+        self.attack = attack
+        self.model_aggregator = model_aggregator
+
+    def build_round_process(self, training) -> SplitRoundProcess:
+        return SplitRoundProcess(training, self.model_aggregator, self.attack)
