@@ -24,6 +24,8 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 from .fedprox import build_weighted_fed_prox
+from .personal import build_ditto as build_ditto_on_arrays, build_fedper as build_fedper_on_arrays
+from .qffl import build_qffl as build_qffl_on_arrays
 from .registry import Registry, decorator
 from .scaffold import build_scaffold as build_scaffold_on_arrays
 from .runtime import tff
@@ -118,7 +120,8 @@ class Algorithm:
     ``client_weighting`` and ``example_dp`` (record-level DP-SGD, as ``(z, C)``
     or None); fedlab uses it whenever the model is functional. ``normalized``:
     FedNova's normalised averaging: each round's client inputs carry tau_eff
-    (:func:`fedlab.array_training.with_tau_eff`).
+    (:func:`fedlab.array_training.with_tau_eff`). ``own_weighting``: the algorithm weights the clients'
+    updates itself (q-FFL), so ``client_weighting`` must stay at its default.
     """
 
     name: str
@@ -130,6 +133,7 @@ class Algorithm:
     functional_only: bool = False
     on_arrays: Optional[Callable[..., Any]] = None
     normalized: bool = False
+    own_weighting: bool = False
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -159,7 +163,7 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm", "algorithm")
 def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[str] = None, server_lr: float = 1.0,
                        unweighted: bool = False, full_batch: bool = False, functional_only: bool = False,
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
-                       replace: bool = False):
+                       own_weighting: bool = False, replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -176,7 +180,8 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
     except ConfigError as err:
         raise ValueError(f"params: the defaults of {params.__name__} are invalid ({err})") from None
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
-                                                               full_batch, functional_only, on_arrays, normalized),
+                                                               full_batch, functional_only, on_arrays, normalized,
+                                                               own_weighting),
                      paper=paper, replace=replace)
 
 
@@ -331,6 +336,61 @@ def build_scaffold(model, *, client_lr: float, server_lr: float = 1.0, params: A
     per-client state, and each client's control variate must outlive the round.
     """
     raise ConfigError("algorithm", "scaffold runs only on fedlab's compiled client loop (a functional model, "
+                                   "no frozen layers)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FedPerParams(AlgorithmParams):
+    personal_layers: int = hparam(1, low=1, high=100, help="last weight layers each client keeps (never sent)")
+
+
+@register_algorithm("fedper", params=FedPerParams, paper="Arivazhagan et al. 2019, arXiv:1912.00818",
+                    functional_only=True, on_arrays=build_fedper_on_arrays)
+def build_fedper(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
+                 model_aggregator: Any = None):
+    """FedPer: FedAvg on a shared body; the last personal_layers layers stay on each client (personalisation).
+
+    Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's head must outlive the round.
+    Its metric is each client's own model on its own held-out data (eval_per_client, local_test_fraction).
+    """
+    raise ConfigError("algorithm", "fedper runs only on fedlab's compiled client loop (a functional model, "
+                                   "no frozen layers)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DittoParams(AlgorithmParams):
+    lam: float = hparam(0.1, low=0.0, high=1000.0, log=True,
+                        help="Ditto's lambda: personal loss + lambda/2 ||v - w_global||^2")
+
+
+@register_algorithm("ditto", params=DittoParams, paper="Li et al. 2021, ICML, arXiv:2012.04221",
+                    functional_only=True, on_arrays=build_ditto_on_arrays)
+def build_ditto(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
+                model_aggregator: Any = None):
+    """Ditto: FedAvg, and each client's own model trained on its loss plus lambda/2 ||v - w_global||^2.
+
+    Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's model must outlive the
+    round. Its metric is each client's own model on its own held-out data (eval_per_client, local_test_fraction).
+    """
+    raise ConfigError("algorithm", "ditto runs only on fedlab's compiled client loop (a functional model, "
+                                   "no frozen layers)")
+
+
+@dataclasses.dataclass(frozen=True)
+class QFFLParams(AlgorithmParams):
+    q: float = hparam(1.0, low=0.0, high=100.0, help="fairness q: a client's loss counts as F^(q+1); 0 is FedAvg")
+
+
+@register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
+                    functional_only=True, own_weighting=True, on_arrays=build_qffl_on_arrays)
+def build_qffl(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
+               model_aggregator: Any = None):
+    """q-FFL by q-FedAvg: updates weighted by the clients' losses to the power q (fairer accuracy over clients).
+
+    Only on fedlab's compiled client loop (:mod:`fedlab.qffl`): each client's loss before training scales
+    its update between the clients and the server.
+    """
+    raise ConfigError("algorithm", "qffl runs only on fedlab's compiled client loop (a functional model, "
                                    "no frozen layers)")
 
 

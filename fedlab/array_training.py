@@ -75,15 +75,17 @@ def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = No
                        client_work=client_work, aggregator=state.aggregator, finalizer=finalizer)
 
 
-def client_data_type(x_spec, y_spec, normalized: bool = False, correction_type=None):
+def client_data_type(x_spec, y_spec, normalized: bool = False, correction_type=None, personal_type=None):
     """The TFF type of one client's input: arrays, example orders (E, n), batch size, step cap (-1: none), the
     batches of the first epoch to skip (where the previous round stopped), and the client's random key for this
     round (record-level DP's Poisson batches and noise); with ``normalized``, also the round's tau_eff; with a
     ``correction_type`` (the trainable weights' type), a ``correction`` added to every local gradient
-    (SCAFFOLD's c - c_i, :mod:`fedlab.scaffold`)."""
+    (SCAFFOLD's c - c_i, :mod:`fedlab.scaffold`); with a ``personal_type``, the client's own values of the last
+    trainable tensors, which it starts from instead of the server's (FedPer, :mod:`fedlab.personal`)."""
     t = tff()
     extra = [("tau_eff", t.TensorType(np.float32, []))] if normalized else []
     extra += [("correction", correction_type)] if correction_type is not None else []
+    extra += [("personal", personal_type)] if personal_type is not None else []
     return t.StructWithPythonType([
         ("x", t.TensorType(x_spec.dtype.as_numpy_dtype, x_spec.shape)),
         ("y", t.TensorType(y_spec.dtype.as_numpy_dtype, y_spec.shape)),
@@ -120,7 +122,8 @@ def with_tau_eff(inputs: list, weighting: str) -> list:
 
 def build_client_update(model, *, client_optimizer, proximal_strength: float = 0.0, full_batch: bool = False,
                         weighting: str = "examples", example_dp: Optional[tuple[float, float]] = None,
-                        normalized: bool = False, corrected: bool = False):
+                        normalized: bool = False, corrected: bool = False, personal: int = 0,
+                        anchor_to_server: bool = False):
     """The per-client training function: ``(initial weights, client data, learning rate) -> (ClientResult,
     metrics state)``. The learning rate is a tensor, so one built process serves every learning rate.
 
@@ -141,6 +144,11 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
 
     ``corrected``: every local gradient g becomes g + the client's ``correction`` (SCAFFOLD's
     g - c_i + c, Karimireddy et al. 2020, Algorithm 1 line 10), before any proximal term.
+
+    ``personal`` > 0: the last ``personal`` trainable tensors start from the client's own values (its
+    ``personal`` input), not the server's; the update holds the change of those too.
+    ``anchor_to_server``: the proximal term pulls towards the server's weights, not the starting point
+    (Ditto's personal model: start from v_k, penalise lambda/2 ||v - w_server||^2).
     """
     import tensorflow as tf
     from tensorflow_federated.python.learning import tensor_utils
@@ -152,6 +160,9 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
     def client_update(initial_weights, data, learning_rate):
         x, y, orders, batch, steps, skip = (data[k] for k in ("x", "y", "orders", "batch", "steps", "skip"))
         trainable0, non_trainable = tuple(initial_weights[0]), tuple(initial_weights[1])
+        server0 = trainable0
+        if personal:
+            trainable0 = trainable0[:-personal] + tuple(data["personal"])
         specs = tuple(tf.TensorSpec.from_tensor(w) for w in trainable0)
         n = tf.cast(tf.shape(orders)[1], tf.int64)
         per_epoch = (n + batch - 1) // batch
@@ -221,8 +232,9 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
                 if corrected:
                     gradients = tuple(g + c for g, c in zip(gradients, data["correction"]))
                 if proximal_strength > 0.0:  # d/dw mu/2 ||w - w0||^2 = mu (w - w0)
+                    anchor = server0 if anchor_to_server else trainable0
                     gradients = tuple(g + proximal_strength * (w - w0)
-                                      for g, w, w0 in zip(gradients, trainable, trainable0))
+                                      for g, w, w0 in zip(gradients, trainable, anchor))
                 optimizer_state, trainable = client_optimizer.next(optimizer_state, trainable, tuple(gradients))
                 if example_dp is None:
                     metrics_state, count = metrics_after(metrics_state, output, loss, yb)
@@ -260,10 +272,11 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
 def client_training(model, *, client_lr: float, server_optimizer, proximal_strength: float = 0.0,
                     full_batch: bool = False, weighting: str = "examples", client_optimizer=None,
                     example_dp: Optional[tuple[float, float]] = None, normalized: bool = False,
-                    corrected: bool = False) -> ClientTraining:
+                    corrected: bool = False, personal: int = 0, anchor_to_server: bool = False) -> ClientTraining:
     """The compiled-loop client training of ``model`` and the computations around it (:class:`ClientTraining`).
 
-    ``corrected``: each client's data carries a ``correction`` added to its gradients (SCAFFOLD).
+    ``corrected``: each client's data carries a ``correction`` added to its gradients (SCAFFOLD);
+    ``personal``: and its own values of the last ``personal`` trainable tensors (FedPer).
     """
     import tensorflow as tf
 
@@ -279,12 +292,15 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
                                                   tuple(spec(w) for w in model.initial_weights[1]))
     weights_type = t.types.tensorflow_to_type(weights_spec)
     x_spec, y_spec = model.input_spec
-    data_type = client_data_type(x_spec, y_spec, normalized, weights_type.trainable if corrected else None)
+    personal_type = (t.StructWithPythonType(list(weights_type.trainable)[-personal:], tuple) if personal else None)
+    data_type = client_data_type(x_spec, y_spec, normalized, weights_type.trainable if corrected else None,
+                                 personal_type)
     if example_dp is not None and full_batch:
         raise ValueError("example_dp: record-level DP-SGD needs batches, not one full-batch gradient")
     update = build_client_update(model, client_optimizer=client_optimizer, proximal_strength=float(proximal_strength),
                                  full_batch=full_batch, weighting=weighting, example_dp=example_dp,
-                                 normalized=normalized, corrected=corrected)
+                                 normalized=normalized, corrected=corrected, personal=personal,
+                                 anchor_to_server=anchor_to_server)
 
     @t.tensorflow.computation(weights_type, data_type, t.TensorType(np.float32))
     def train_client(initial_weights, data, learning_rate):

@@ -90,27 +90,55 @@ class Clients:
     """Everything about the clients one run needs: their arrays (as the model takes labels) and who attacks."""
 
     data: Dataset
-    parts: list
+    parts: list  # indices into data.x_train of what each client trains on
     x: list  # inputs per client, feature noise applied
     y: list  # labels per client, prepared for the loss, poisoned for attackers
     attackers: frozenset
+    test_x: Optional[list] = None  # with local_test_fraction: each client's own held-out inputs
+    test_y: Optional[list] = None  # and their true labels
 
     @classmethod
     def for_config(cls, config: ExperimentConfig, spec: ModelSpec) -> "Clients":
         data = dataset_for(config)
         parts = partition_for(config, data)
         xs = add_feature_noise([data.x_train[p] for p in parts], config.feature_noise, seed=config.seeds["data"])
+        test_x = test_y = None
+        if config.local_test_fraction > 0:
+            kept = [local_test_split(len(p), config.local_test_fraction, config.seeds["data"], c)
+                    for c, p in enumerate(parts)]
+            test_x = [x[held] for x, (_, held) in zip(xs, kept)]
+            test_y = [data.y_train[p[held]] for p, (_, held) in zip(parts, kept)]
+            xs = [x[train] for x, (train, _) in zip(xs, kept)]
+            parts = [p[train] for p, (train, _) in zip(parts, kept)]
         attackers = frozenset(attacker_clients(config).tolist())
         flips = ATTACKS[config.attack].kind == "data"  # an update attacker trains on its true labels
         ys = [spec.prepare_labels(poison_labels(data.y_train[p], data.num_classes) if flips and c in attackers
                                   else data.y_train[p]) for c, p in enumerate(parts)]
-        return cls(data, parts, xs, ys, attackers)
+        return cls(data, parts, xs, ys, attackers, test_x, test_y)
+
+    def evaluation_arrays(self) -> tuple[list, list]:
+        """What per-client evaluation uses: each client's held-out data if it keeps some, else its training
+        data (true labels, as the client holds them)."""
+        if self.test_x is not None:
+            return self.test_x, self.test_y
+        return self.x, [self.data.y_train[p] for p in self.parts]
 
     def inputs(self, config: ExperimentConfig, round_num: int, client: int) -> tuple:
         """What client ``client`` trains on in round ``round_num`` (see :func:`client_inputs`)."""
         if client in self.attackers:
             config = attacker_config(config)
         return client_inputs(self.x[client], self.y[client], config, round_num, client)
+
+
+def local_test_split(n: int, fraction: float, seed: int, client: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, test) in a client's n examples: round(fraction x n) of them, drawn from (seed, client),
+    held out to test on (at least one, and at least one left to train on, when n >= 2)."""
+    k = int(round(fraction * n))
+    k = min(max(k, 1), n - 1) if n >= 2 else 0
+    held = np.random.default_rng([seed, client, 0x7E57]).permutation(n)[:k]
+    mask = np.zeros(n, bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def attacker_config(config: ExperimentConfig) -> ExperimentConfig:

@@ -67,6 +67,7 @@ class ExperimentConfig:
     rounds: int = 10
     eval_every: int = 1
     eval_per_client: bool = False
+    local_test_fraction: float = 0.0  # > 0: each client keeps this share of its data to test on (never trained on)
     test_fraction: Optional[float] = None  # held-out share; None: the data set's default (1/3 heart disease, else 0.2)
     validation_fraction: float = 0.0  # > 0: evaluate on this share of the training data (per site), not the test set
     exclude_clients: tuple = ()  # clients that never train (they are still evaluated)
@@ -136,6 +137,7 @@ class ExperimentConfig:
         s("rounds", integer("rounds", self.rounds, 1, 1_000_000))
         s("eval_every", integer("eval_every", self.eval_every, 1, 1_000_000))
         s("eval_per_client", boolean("eval_per_client", self.eval_per_client))
+        s("local_test_fraction", number("local_test_fraction", self.local_test_fraction, 0.0, 0.9))
         if self.test_fraction is not None:
             s("test_fraction", number("test_fraction", self.test_fraction, 0.0, 1.0, low_open=True, high_open=True))
         s("validation_fraction", number("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True))
@@ -238,6 +240,10 @@ class ExperimentConfig:
             self._check_protocol(algorithm)
         self._check_robust()
         self._check_attack(algorithm)
+        personal = getattr(self.algorithm_params, "personal_layers", None)
+        if personal is not None and model.weight_layers is not None and personal >= model.weight_layers:
+            raise ConfigError("personal_layers", f"must be below {model.weight_layers} for model {self.model!r} "
+                                                 "(the body shared by the clients must keep a layer)")
         if model.weight_layers is not None and self.freeze_layers >= model.weight_layers:
             raise ConfigError("freeze_layers", f"must be below {model.weight_layers} for model {self.model!r} "
                                                "(something must stay trainable)")
@@ -253,6 +259,9 @@ class ExperimentConfig:
             raise ConfigError("client_weighting", f"{self.client_weighting!r} needs fedlab's compiled client loop, "
                                                   f"which {self.algorithm}{' with frozen layers' if self.freeze_layers else ''}"
                                                   " does not use; only 'examples' (TFF's weighting) is possible")
+        if algorithm.own_weighting and self.client_weighting != "examples":
+            raise ConfigError("client_weighting", f"must stay 'examples' for {self.algorithm}, which weights the "
+                                                  "clients' updates itself")
         if algorithm.full_batch and self.local_steps is not None:
             raise ConfigError("local_steps", f"must be unset for {self.algorithm} (one full-batch gradient per client)")
         if PARTITIONERS[self.partition].needs_sites and not data.has_sites:

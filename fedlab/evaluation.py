@@ -8,7 +8,7 @@ depend on the batch size of the forward pass.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,11 +78,15 @@ class Evaluator:
         out["mean_site_accuracy"] = float(np.mean(list(out.values())))
         return out
 
-    def client_rows(self, client_x: Sequence[np.ndarray], client_y: Sequence[np.ndarray], round_num: int) -> list[dict]:
-        """The model on each client's local (training) data, as that client holds it."""
+    def client_rows(self, client_x: Sequence[np.ndarray], client_y: Sequence[np.ndarray], round_num: int,
+                    weights_for: Optional[Callable[[int], Any]] = None) -> list[dict]:
+        """The model on each client's local data (its held-out share, or its training data), as that client holds
+        it; with ``weights_for(client)`` (``ModelWeights``), each client's own model (personalisation)."""
         rows = []
         for client, (x, y) in enumerate(zip(client_x, client_y)):
-            loss, acc = evaluate_logits(self.logits(x), y, self.spec.binary)
+            if weights_for is not None:
+                self.set_weights(weights_for(client))
+            loss, acc = evaluate_logits(self.logits(x), y, self.spec.binary) if len(y) else (np.nan, np.nan)
             rows.append({"round": round_num, "client": client, "num_examples": len(y), "loss": loss, "accuracy": acc})
         return rows
 
@@ -101,8 +105,9 @@ def worst_fraction_mean(values: Sequence[float], fraction: float = 0.1) -> float
 
 
 def client_summary(rows: list[dict]) -> dict:
-    """Mean, worst 10 % and spread of per-client accuracy: the history's fairness columns."""
-    accs = [r["accuracy"] for r in rows]
+    """Mean, worst 10 % and spread of per-client accuracy: the history's fairness columns (clients with nothing
+    to test on left out)."""
+    accs = [r["accuracy"] for r in rows if not np.isnan(r["accuracy"])]
     return {"client_accuracy_mean": float(np.mean(accs)), "client_accuracy_worst10": worst_fraction_mean(accs, 0.1),
             "client_accuracy_std": float(np.std(accs))}
 

@@ -176,7 +176,8 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     process = get_process(config, spec)
     trainer = trainer_for(process, clients.x[0], clients.y[0])
     evaluator = evaluator_for(spec, spec.builder)
-    true_labels = [data.y_train[p] for p in clients.parts]
+    eval_x, eval_y = clients.evaluation_arrays()
+    own_model = getattr(process, "client_weights", None)  # personalised: each client's own model (FedPer)
     sizes = spec.tensor_sizes()
     scheduler = Scheduler(config, [len(x) for x in clients.x], sizes, clients.attackers)
 
@@ -243,7 +244,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 if data.test_sites is not None and data.site_names is not None and len(data.site_names) <= 20:
                     row.update(evaluator.site_metrics(data))
                 if config.eval_per_client:
-                    per_client = evaluator.client_rows(clients.x, true_labels, round_num)
+                    per_client = evaluator.client_rows(
+                        eval_x, eval_y, round_num,
+                        weights_for=None if own_model is None else (lambda c, s=state: own_model(s, c)))
                     client_rows.extend(per_client)
                     row.update(client_summary(per_client))
             row["seconds"] = seconds

@@ -1,0 +1,185 @@
+"""Personalisation: FedPer's shared body and personal heads (fedlab.personal) checked by hand on a two-layer
+linear network, and each client's own held-out data (local_test_fraction)."""
+
+import collections
+
+import numpy as np
+import pytest
+
+import fedlab as fl
+from fedlab.algorithms import DittoParams, FedPerParams
+from fedlab.array_training import with_learning_rates
+from fedlab.clients import Clients, local_test_split, spec_for
+from fedlab.models import ModelSpec
+from fedlab.personal import build_ditto, build_fedper
+from fedlab.runtime import tff
+from fedlab.validation import ConfigError
+
+
+@fl.register_model("linear2_for_tests", weight_layers=2)
+def linear2(shape, seed):
+    """Two dense layers without activation (a body and a head), for checks by hand."""
+    import tensorflow as tf
+
+    return tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(shape.num_features,)),
+                                tf.keras.layers.Dense(2), tf.keras.layers.Dense(shape.num_outputs)])
+
+
+RNG = np.random.default_rng(3)
+W1, B1 = RNG.normal(size=(2, 2)).astype(np.float32), RNG.normal(size=2).astype(np.float32)
+W2, B2 = RNG.normal(size=(2, 3)).astype(np.float32), RNG.normal(size=3).astype(np.float32)
+X = [np.array([[1.0, 2.0]], np.float32),
+     np.array([[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]], np.float32),
+     np.array([[0.0, 1.0], [1.5, -0.5]], np.float32)]
+Y = [np.array([2], np.int32), np.array([0, 1, 1], np.int32), np.array([1, 0], np.int32)]
+BATCH = 2
+
+
+def inputs(i):
+    return collections.OrderedDict(x=X[i], y=Y[i], orders=np.arange(len(X[i]), dtype=np.int64)[None],
+                                   batch=np.int64(BATCH), steps=np.int64(-1), skip=np.int64(0),
+                                   key=np.zeros(2, np.int64))
+
+
+def grads(params, x, y):
+    """Mean softmax cross-entropy of (x W1 + b1) W2 + b2: gradients by the chain rule."""
+    w1, b1, w2, b2 = params
+    h = x @ w1 + b1
+    z = h @ w2 + b2
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    dz = p / len(y)
+    dh = dz @ w2.T
+    return x.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)
+
+
+def fedper_by_hand(rounds, lr, server_lr):
+    body = [W1.astype(np.float64), B1.astype(np.float64)]
+    heads = [[W2.astype(np.float64), B2.astype(np.float64)] for _ in X]
+    for sampled in rounds:
+        updates, weights = [], []
+        for i in sampled:
+            params = body + heads[i]
+            for j in range(0, len(X[i]), BATCH):
+                params = [p - lr * g for p, g in zip(params, grads(params, X[i][j:j + BATCH], Y[i][j:j + BATCH]))]
+            updates.append([b - p for b, p in zip(body, params[:2])])
+            heads[i] = params[2:]  # the head stays on the client
+            weights.append(len(X[i]))  # examples processed (one epoch)
+        body = [b - server_lr * sum(w * u[k] for w, u in zip(weights, updates)) / sum(weights)
+                for k, b in enumerate(body)]
+    return body, heads
+
+
+def test_fedper_two_rounds_equal_the_shared_body_and_personal_heads_by_hand():
+    lr, server_lr = 0.3, 0.9
+    model = ModelSpec("linear2_for_tests", 2, 3).functional_model()
+    process = build_fedper(model, client_lr=lr, server_lr=server_lr, params=FedPerParams(personal_layers=1))
+    weights = tff().learning.models.ModelWeights(trainable=(W1, B1, W2, B2), non_trainable=())
+    state = process.client_state(with_learning_rates(process.set_model_weights(process.initialize(), weights), lr),
+                                 len(X))
+    rounds = [[0, 1], [1, 2]]
+    for sampled in rounds:
+        state = process.next(state, [inputs(i) for i in sampled], clients=sampled).state
+    body, heads = fedper_by_hand(rounds, lr, server_lr)
+    trainable = process.get_model_weights(state).trainable
+    for got, expect in zip(trainable[:2], body):
+        np.testing.assert_allclose(got, expect, atol=1e-5)
+    np.testing.assert_array_equal(trainable[2], W2)  # the server's head never moves
+    np.testing.assert_array_equal(trainable[3], B2)
+    for i in range(len(X)):
+        own = process.client_weights(state, i).trainable
+        for got, expect in zip(own, body + heads[i]):
+            np.testing.assert_allclose(got, expect, atol=1e-5)
+    assert not np.allclose(heads[0][0], heads[2][0])  # the heads differ by client
+
+
+def logreg_grads(w, b, x, y):
+    z = x @ w + b
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    return x.T @ p / len(y), p.sum(axis=0) / len(y)
+
+
+def ditto_by_hand(rounds, lr, server_lr, lam):
+    """Li et al. 2021, Algorithm 1: FedAvg on w; v_k <- v_k - lr (grad F_k(v_k) + lam (v_k - w^t))."""
+    w = [W2.astype(np.float64), B2.astype(np.float64)]
+    own = [[W2.astype(np.float64), B2.astype(np.float64)] for _ in X]
+    for sampled in rounds:
+        updates, weights = [], []
+        for i in sampled:
+            local, v = list(w), own[i]
+            for j in range(0, len(X[i]), BATCH):
+                xb, yb = X[i][j:j + BATCH], Y[i][j:j + BATCH]
+                local = [p - lr * g for p, g in zip(local, logreg_grads(*local, xb, yb))]
+                v = [p - lr * (g + lam * (p - wt)) for p, g, wt in zip(v, logreg_grads(*v, xb, yb), w)]
+            own[i] = v
+            updates.append([a - b for a, b in zip(w, local)])
+            weights.append(len(X[i]))
+        w = [a - server_lr * sum(n * u[k] for n, u in zip(weights, updates)) / sum(weights) for k, a in enumerate(w)]
+    return w, own
+
+
+def test_ditto_two_rounds_equal_algorithm_1_by_hand():
+    lr, server_lr, lam = 0.3, 0.9, 0.5
+    model = ModelSpec("logreg", 2, 3).functional_model()
+    process = build_ditto(model, client_lr=lr, server_lr=server_lr, params=DittoParams(lam=lam))
+    weights = tff().learning.models.ModelWeights(trainable=(W2, B2), non_trainable=())
+    state = process.client_state(with_learning_rates(process.set_model_weights(process.initialize(), weights), lr),
+                                 len(X))
+    rounds = [[0, 1], [1, 2]]
+    for sampled in rounds:
+        state = process.next(state, [inputs(i) for i in sampled], clients=sampled).state
+    w, own = ditto_by_hand(rounds, lr, server_lr, lam)
+    for got, expect in zip(process.get_model_weights(state).trainable, w):
+        np.testing.assert_allclose(got, expect, atol=1e-5)
+    for i in range(len(X)):
+        for got, expect in zip(process.client_weights(state, i).trainable, own[i]):
+            np.testing.assert_allclose(got, expect, atol=1e-5)
+    assert not np.allclose(own[1][0], own[2][0]) and not np.allclose(own[1][0], w[0])
+
+
+def test_each_client_holds_out_its_own_test_share():
+    train, held = local_test_split(10, 0.2, seed=0, client=3)
+    assert len(held) == 2 and len(train) == 8 and not set(train) & set(held)
+    assert sorted(np.concatenate([train, held]).tolist()) == list(range(10))
+    np.testing.assert_array_equal(held, local_test_split(10, 0.2, seed=0, client=3)[1])
+    assert not np.array_equal(held, local_test_split(10, 0.2, seed=0, client=4)[1])
+    assert [len(local_test_split(n, 0.2, 0, 0)[1]) for n in (1, 2, 3)] == [0, 1, 1]  # something is left to train on
+    config = fl.ExperimentConfig(dataset="digits", num_clients=5, local_test_fraction=0.25)
+    spec = spec_for(config, fl.dataset_for(config))
+    clients, whole = Clients.for_config(config, spec), Clients.for_config(config.replace(local_test_fraction=0.0), spec)
+    for c in range(5):
+        assert len(clients.x[c]) + len(clients.test_x[c]) == len(whole.x[c])
+        assert len(clients.test_x[c]) == round(0.25 * len(whole.x[c]))
+
+
+def test_fedper_run_reports_each_clients_own_model_on_its_own_data():
+    base = fl.ExperimentConfig(dataset="digits", model="2nn", partition="dirichlet", alpha=0.1, num_clients=6,
+                               clients_per_round=6, rounds=3, client_lr=0.1, eval_per_client=True,
+                               local_test_fraction=0.3, eval_every=3)
+    fedavg = fl.run_experiment(base, progress=False)
+    sizes = [len(x) for x in Clients.for_config(base, spec_for(base, fl.dataset_for(base))).test_x]
+    for algorithm in ("fedper", "ditto"):
+        personal = fl.run_experiment(base.replace(algorithm=algorithm), progress=False)
+        table = fl.clients_table(personal)
+        assert len(table) == 6 and table.accuracy.notna().all()
+        assert personal.client_accuracy_mean.iloc[-1] == pytest.approx(table.accuracy.mean())
+        assert personal.client_accuracy_mean.iloc[-1] != fedavg.client_accuracy_mean.iloc[-1]
+        assert table.num_examples.tolist() == sizes  # evaluated on the held-out share
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(model="logreg"), "personal_layers"),  # one layer: nothing left to share
+    (dict(personal_layers=0), "personal_layers"),
+    (dict(local_test_fraction=0.95), "local_test_fraction"),
+    (dict(local_test_fraction=float("nan")), "local_test_fraction"),
+    (dict(dp="fixed", noise_multiplier=1.0), "algorithm"),
+    (dict(algorithm="ditto", lam=-1.0), "lam"),
+    (dict(algorithm="ditto", lam=float("inf")), "lam"),
+])
+def test_fedper_refuses_what_it_cannot_honour(changes, field):
+    with pytest.raises(ConfigError) as err:
+        fl.ExperimentConfig(**{"dataset": "digits", "model": "2nn", "algorithm": "fedper", **changes})
+    assert err.value.field == field and "\n" not in str(err.value)

@@ -1,0 +1,97 @@
+"""q-FFL by q-FedAvg (fedlab.qffl) against Li et al. 2020's Algorithm 2 computed by hand in NumPy, on a logistic
+regression (2 features, 3 classes) and three clients."""
+
+import collections
+
+import numpy as np
+import pytest
+
+import fedlab as fl
+from fedlab.algorithms import QFFLParams
+from fedlab.array_training import build_array_process, with_learning_rates
+from fedlab.models import ModelSpec
+from fedlab.qffl import build_qffl
+from fedlab.runtime import tff
+from fedlab.validation import ConfigError
+
+MODEL = ModelSpec("logreg", num_features=2, num_classes=3).functional_model()
+RNG = np.random.default_rng(5)
+W0 = RNG.normal(size=(2, 3)).astype(np.float32)
+B0 = RNG.normal(size=3).astype(np.float32)
+X = [np.array([[1.0, 2.0]], np.float32),
+     np.array([[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]], np.float32),
+     np.array([[0.0, 1.0], [1.5, -0.5]], np.float32)]
+Y = [np.array([2], np.int32), np.array([0, 1, 1], np.int32), np.array([1, 0], np.int32)]
+BATCH = 2
+
+
+def inputs(i):
+    return collections.OrderedDict(x=X[i], y=Y[i], orders=np.arange(len(X[i]), dtype=np.int64)[None],
+                                   batch=np.int64(BATCH), steps=np.int64(-1), skip=np.int64(0),
+                                   key=np.zeros(2, np.int64))
+
+
+def softmax_loss_and_grads(w, b, x, y):
+    z = x @ w + b
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    loss = float(-np.log(p[np.arange(len(y)), y]).mean())
+    p[np.arange(len(y)), y] -= 1.0
+    return loss, x.T @ p / len(y), p.sum(axis=0) / len(y)
+
+
+def q_fedavg_by_hand(rounds, lr, q):
+    """Algorithm 2: Delta w_k = L (w - w_k), Delta_k = F_k^q Delta w_k, h_k = q F_k^(q-1) |Delta w_k|^2 + L F_k^q."""
+    lipschitz = 1.0 / lr
+    w = [W0.astype(np.float64), B0.astype(np.float64)]
+    for sampled in rounds:
+        deltas, hs = [], []
+        for i in sampled:
+            loss = softmax_loss_and_grads(*w, X[i], Y[i])[0]  # F_k(w^t) on the whole local data set
+            local = list(w)
+            for j in range(0, len(X[i]), BATCH):
+                _, gw, gb = softmax_loss_and_grads(*local, X[i][j:j + BATCH], Y[i][j:j + BATCH])
+                local = [local[0] - lr * gw, local[1] - lr * gb]
+            delta_w = [lipschitz * (a - b) for a, b in zip(w, local)]
+            deltas.append([loss ** q * d for d in delta_w])
+            hs.append(q * loss ** (q - 1) * sum(float((d * d).sum()) for d in delta_w) + lipschitz * loss ** q)
+        w = [w[k] - sum(d[k] for d in deltas) / sum(hs) for k in range(2)]
+    return w
+
+
+def run(process, rounds, lr):
+    weights = tff().learning.models.ModelWeights(trainable=(W0, B0), non_trainable=())
+    state = with_learning_rates(process.set_model_weights(process.initialize(), weights), lr)
+    for sampled in rounds:
+        extra = dict(clients=sampled) if hasattr(process, "round_inputs") else {}
+        state = process.next(state, [inputs(i) for i in sampled], **extra).state
+    return process.get_model_weights(state).trainable
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0])
+def test_q_fedavg_two_rounds_equal_algorithm_2_by_hand(q):
+    lr, rounds = 0.4, [[0, 1, 2], [1, 2]]
+    got = run(build_qffl(MODEL, client_lr=lr, server_lr=1.0, params=QFFLParams(q=q)), rounds, lr)
+    for a, b in zip(got, q_fedavg_by_hand(rounds, lr, q)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_q_zero_is_fedavg_with_equal_weights():
+    lr, rounds = 0.4, [[0, 1, 2], [0, 2]]
+    optimizer = tff().learning.optimizers.build_sgdm(learning_rate=1.0)
+    fedavg = build_array_process(MODEL, client_lr=lr, server_optimizer=optimizer, weighting="uniform",
+                                 model_aggregator=tff().aggregators.MeanFactory())
+    qffl = build_qffl(MODEL, client_lr=lr, server_lr=1.0, params=QFFLParams(q=0.0))
+    for a, b in zip(run(qffl, rounds, lr), run(fedavg, rounds, lr)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(q=-1.0), "q"),
+    (dict(q=float("nan")), "q"),
+    (dict(client_weighting="uniform"), "client_weighting"),
+])
+def test_qffl_refuses_bad_settings_in_one_line(changes, field):
+    with pytest.raises(ConfigError) as err:
+        fl.ExperimentConfig(**{"dataset": "digits", "algorithm": "qffl", **changes})
+    assert err.value.field == field and "\n" not in str(err.value)
