@@ -67,14 +67,18 @@ class Evaluator:
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         return evaluate_logits(self.logits(x), y, self.spec.binary)
 
-    def site_metrics(self, data: Dataset) -> dict:
+    def site_metrics(self, data: Dataset, weights_for: Optional[Callable[[int], Any]] = None) -> dict:
         """Accuracy on each site's own held-out data, ``site_accuracy_<name>``, and their mean over sites,
-        ``mean_site_accuracy`` (the cross-silo benchmarks' headline; ``eval_accuracy`` pools all test data)."""
-        logits = self.logits(data.x_test)
+        ``mean_site_accuracy`` (the cross-silo benchmarks' headline; ``eval_accuracy`` pools all test data).
+        With ``weights_for(site)`` (``ModelWeights``), each site's own model (personalisation)."""
+        logits = self.logits(data.x_test) if weights_for is None else None
         out = {}
         for s, name in enumerate(data.site_names):
             idx = np.flatnonzero(data.test_sites == s)
-            out[f"site_accuracy_{name}"] = evaluate_logits(logits[idx], data.y_test[idx], self.spec.binary)[1]
+            if weights_for is not None:
+                self.set_weights(weights_for(s))
+            site_logits = logits[idx] if logits is not None else self.logits(data.x_test[idx])
+            out[f"site_accuracy_{name}"] = evaluate_logits(site_logits, data.y_test[idx], self.spec.binary)[1]
         out["mean_site_accuracy"] = float(np.mean(list(out.values())))
         return out
 

@@ -242,7 +242,10 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 evaluator.set_weights(state.global_model_weights)
                 row["eval_loss"], row["eval_accuracy"] = evaluator.evaluate(data.x_test, data.y_test)
                 if data.test_sites is not None and data.site_names is not None and len(data.site_names) <= 20:
-                    row.update(evaluator.site_metrics(data))
+                    # personalised, one client per site: each site's own model on its own test data
+                    by_site = own_model is not None and config.partition == "natural"
+                    row.update(evaluator.site_metrics(
+                        data, weights_for=(lambda c, s=state: own_model(s, c)) if by_site else None))
                 if config.eval_per_client:
                     per_client = evaluator.client_rows(
                         eval_x, eval_y, round_num,

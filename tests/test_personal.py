@@ -170,6 +170,20 @@ def test_fedper_run_reports_each_clients_own_model_on_its_own_data():
         assert table.num_examples.tolist() == sizes  # evaluated on the held-out share
 
 
+def test_with_one_client_per_site_each_site_is_scored_with_its_own_model():
+    from fedlab.evaluation import Evaluator
+
+    config = fl.ExperimentConfig(dataset="breast_cancer_sites", partition="natural", num_clients=4,
+                                 clients_per_round=4, rounds=4, client_lr=0.5, algorithm="ditto", lam=0.0)
+    history = fl.run_experiment(config, progress=False)
+    data = fl.dataset_for(config)
+    columns = [f"site_accuracy_{name}" for name in data.site_names]
+    own = history[columns].iloc[-1].to_numpy()
+    global_model = Evaluator(spec_for(config, data)).load(fl.final_weights(history)).site_metrics(data)
+    assert not np.allclose(own, [global_model[c] for c in columns])  # not the global model's scores
+    assert history.mean_site_accuracy.iloc[-1] == pytest.approx(own.mean())
+
+
 @pytest.mark.parametrize("changes, field", [
     (dict(model="logreg"), "personal_layers"),  # one layer: nothing left to share
     (dict(personal_layers=0), "personal_layers"),
