@@ -263,6 +263,20 @@ def on_arrays(server_optimizer: Callable[[float, Any], Any], *, proximal: Option
     return build
 
 
+def compiled_loop_only(name: str, doc: str):
+    """The ``build`` of an algorithm that exists only on fedlab's compiled client loop (its ``on_arrays``): TFF's
+    stock client work cannot express it, so a config that would need it (frozen layers) is refused in one line."""
+
+    def build(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None, model_aggregator: Any = None):
+        raise ConfigError("algorithm", f"{name} runs only on fedlab's compiled client loop (a functional model, "
+                                       "no frozen layers)")
+
+    build.__doc__ = doc
+    build.__module__ = __name__
+    build.__qualname__ = build.__name__ = f"build_{name}"
+    return build
+
+
 @register_algorithm("fedavg", paper="McMahan et al. 2017, arXiv:1602.05629", unweighted=True,
                     on_arrays=on_arrays(lambda lr, p: sgd(lr)))
 def build_fedavg(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
@@ -312,31 +326,20 @@ def build_fedprox(model, *, client_lr: float, server_lr: float = 1.0, params: Fe
                                    server_optimizer_fn=sgd(server_lr), model_aggregator=model_aggregator)
 
 
-@register_algorithm("fednova", paper="Wang et al. 2020, arXiv:2007.07481", functional_only=True, normalized=True,
-                    on_arrays=on_arrays(lambda lr, p: sgd(lr), normalized=True))
-def build_fednova(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
-                  model_aggregator: Any = None):
-    """FedNova with local SGD: each update divided by its local steps tau_i, the weighted mean scaled by tau_eff.
+register_algorithm("fednova", paper="Wang et al. 2020, arXiv:2007.07481", functional_only=True, normalized=True,
+                   on_arrays=on_arrays(lambda lr, p: sgd(lr), normalized=True))(compiled_loop_only("fednova", """\
+FedNova with local SGD: each update divided by its local steps tau_i, the weighted mean scaled by tau_eff.
 
-    Only on fedlab's compiled client loop (:func:`fedlab.array_training.build_client_update`): TFF 0.87's
-    client work cannot see the round's tau_eff. Clients that did more steps (a faster device, more data,
-    a longer deadline) no longer pull the model towards their own optimum.
-    """
-    raise ConfigError("algorithm", "fednova runs only on fedlab's compiled client loop (a functional model, "
-                                   "no frozen layers)")
+Only on fedlab's compiled client loop (:func:`fedlab.array_training.build_client_update`): TFF 0.87's
+client work cannot see the round's tau_eff. Clients that did more steps (a faster device, more data,
+a longer deadline) no longer pull the model towards their own optimum."""))
 
+register_algorithm("scaffold", paper="Karimireddy et al. 2020, ICML, arXiv:1910.06378", functional_only=True,
+                   on_arrays=build_scaffold_on_arrays)(compiled_loop_only("scaffold", """\
+SCAFFOLD: client and server control variates correct each local step for the client's drift.
 
-@register_algorithm("scaffold", paper="Karimireddy et al. 2020, ICML, arXiv:1910.06378", functional_only=True,
-                    on_arrays=build_scaffold_on_arrays)
-def build_scaffold(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
-                   model_aggregator: Any = None):
-    """SCAFFOLD: client and server control variates correct each local step for the client's drift.
-
-    Only on fedlab's compiled client loop (:mod:`fedlab.scaffold`): TFF 0.87's learning templates keep no
-    per-client state, and each client's control variate must outlive the round.
-    """
-    raise ConfigError("algorithm", "scaffold runs only on fedlab's compiled client loop (a functional model, "
-                                   "no frozen layers)")
+Only on fedlab's compiled client loop (:mod:`fedlab.scaffold`): TFF 0.87's learning templates keep no
+per-client state, and each client's control variate must outlive the round."""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,17 +347,12 @@ class FedPerParams(AlgorithmParams):
     personal_layers: int = hparam(1, low=1, high=100, help="last weight layers each client keeps (never sent)")
 
 
-@register_algorithm("fedper", params=FedPerParams, paper="Arivazhagan et al. 2019, arXiv:1912.00818",
-                    functional_only=True, on_arrays=build_fedper_on_arrays)
-def build_fedper(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
-                 model_aggregator: Any = None):
-    """FedPer: FedAvg on a shared body; the last personal_layers layers stay on each client (personalisation).
+register_algorithm("fedper", params=FedPerParams, paper="Arivazhagan et al. 2019, arXiv:1912.00818",
+                   functional_only=True, on_arrays=build_fedper_on_arrays)(compiled_loop_only("fedper", """\
+FedPer: FedAvg on a shared body; the last personal_layers layers stay on each client (personalisation).
 
-    Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's head must outlive the round.
-    Its metric is each client's own model on its own held-out data (eval_per_client, local_test_fraction).
-    """
-    raise ConfigError("algorithm", "fedper runs only on fedlab's compiled client loop (a functional model, "
-                                   "no frozen layers)")
+Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's head must outlive the round.
+Its metric is each client's own model on its own held-out data (eval_per_client, local_test_fraction)."""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,17 +361,12 @@ class DittoParams(AlgorithmParams):
                         help="Ditto's lambda: personal loss + lambda/2 ||v - w_global||^2")
 
 
-@register_algorithm("ditto", params=DittoParams, paper="Li et al. 2021, ICML, arXiv:2012.04221",
-                    functional_only=True, on_arrays=build_ditto_on_arrays)
-def build_ditto(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
-                model_aggregator: Any = None):
-    """Ditto: FedAvg, and each client's own model trained on its loss plus lambda/2 ||v - w_global||^2.
+register_algorithm("ditto", params=DittoParams, paper="Li et al. 2021, ICML, arXiv:2012.04221",
+                   functional_only=True, on_arrays=build_ditto_on_arrays)(compiled_loop_only("ditto", """\
+Ditto: FedAvg, and each client's own model trained on its loss plus lambda/2 ||v - w_global||^2.
 
-    Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's model must outlive the
-    round. Its metric is each client's own model on its own held-out data (eval_per_client, local_test_fraction).
-    """
-    raise ConfigError("algorithm", "ditto runs only on fedlab's compiled client loop (a functional model, "
-                                   "no frozen layers)")
+Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's model must outlive the
+round. Its metric is each client's own model on its own held-out data (eval_per_client, local_test_fraction)."""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,17 +374,13 @@ class QFFLParams(AlgorithmParams):
     q: float = hparam(1.0, low=0.0, high=100.0, help="fairness q: a client's loss counts as F^(q+1); 0 is FedAvg")
 
 
-@register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
-                    functional_only=True, own_weighting=True, on_arrays=build_qffl_on_arrays)
-def build_qffl(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None,
-               model_aggregator: Any = None):
-    """q-FFL by q-FedAvg: updates weighted by the clients' losses to the power q (fairer accuracy over clients).
+register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
+                   functional_only=True, own_weighting=True, on_arrays=build_qffl_on_arrays)(compiled_loop_only(
+    "qffl", """\
+q-FFL by q-FedAvg: updates weighted by the clients' losses to the power q (fairer accuracy over clients).
 
-    Only on fedlab's compiled client loop (:mod:`fedlab.qffl`): each client's loss before training scales
-    its update between the clients and the server.
-    """
-    raise ConfigError("algorithm", "qffl runs only on fedlab's compiled client loop (a functional model, "
-                                   "no frozen layers)")
+Only on fedlab's compiled client loop (:mod:`fedlab.qffl`): each client's loss before training scales
+its update between the clients and the server."""))
 
 
 def _tff_adaptive(name: str):

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from .array_training import client_training
-from .split_rounds import SplitRoundProcess, UpdateAttackRounds
+from .split_rounds import SplitRoundProcess, split_aggregator
 
 
 class PersonalLayersProcess(SplitRoundProcess):
@@ -85,9 +85,7 @@ def build_fedper(model, *, client_lr: float, server_lr: float, params=None, mode
     optimizer = tff().learning.optimizers.build_sgdm(learning_rate=server_lr)
     training = client_training(model, client_lr=client_lr, server_optimizer=optimizer, weighting=client_weighting,
                                example_dp=example_dp, personal=personal)
-    attack = None
-    if isinstance(model_aggregator, UpdateAttackRounds):
-        attack, model_aggregator = model_aggregator.attack, model_aggregator.model_aggregator
+    model_aggregator, attack = split_aggregator(model_aggregator)
     return PersonalLayersProcess(training, model_aggregator, attack, personal=personal)
 
 
@@ -147,7 +145,5 @@ def build_ditto(model, *, client_lr: float, server_lr: float, params=None, model
     personal = client_training(model, client_lr=client_lr, server_optimizer=optimizer, weighting=client_weighting,
                                proximal_strength=float(params.lam), personal=len(model.initial_weights[0]),
                                anchor_to_server=True)
-    attack = None
-    if isinstance(model_aggregator, UpdateAttackRounds):
-        attack, model_aggregator = model_aggregator.attack, model_aggregator.model_aggregator
+    model_aggregator, attack = split_aggregator(model_aggregator)
     return DittoProcess(training, personal, model_aggregator, attack)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .array_training import client_training
 from .runtime import tff
-from .split_rounds import SplitRoundProcess, UpdateAttackRounds
+from .split_rounds import SplitRoundProcess, split_aggregator
 
 
 class QFedAvgProcess(SplitRoundProcess):
@@ -55,15 +55,12 @@ class QFedAvgProcess(SplitRoundProcess):
             return t.federated_map(local_loss, (t.federated_broadcast(weights), client_data))
 
         self._losses_fn = losses_fn
-        self._losses = None
-
-    def prepare(self, state, clients, client_data):
-        self._losses = [float(v) for v in self._losses_fn(state.global_model_weights, client_data)]
-        return client_data
 
     def between(self, state, clients, client_data, updates, update_weights):
+        # F_k(w^t): the state still holds the model the clients started from
+        losses = [float(v) for v in self._losses_fn(state.global_model_weights, client_data)]
         lipschitz = 1.0 / float(state.client_work["learning_rate"])
-        for row, (update, loss) in enumerate(zip(updates, self._losses)):
+        for row, (update, loss) in enumerate(zip(updates, losses)):
             if update_weights[row] == 0:  # a non-finite update was zeroed: it stays out
                 continue
             delta_w = [lipschitz * np.asarray(u, np.float64) for u in update]
@@ -82,7 +79,5 @@ def build_qffl(model, *, client_lr: float, server_lr: float, params=None, model_
     optimizer = tff().learning.optimizers.build_sgdm(learning_rate=server_lr)
     training = client_training(model, client_lr=client_lr, server_optimizer=optimizer, weighting="uniform",
                                example_dp=example_dp)
-    attack = None
-    if isinstance(model_aggregator, UpdateAttackRounds):
-        attack, model_aggregator = model_aggregator.attack, model_aggregator.model_aggregator
+    model_aggregator, attack = split_aggregator(model_aggregator)
     return QFedAvgProcess(training, model_aggregator, attack, q=params.q)

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from .array_training import client_training, local_steps
-from .split_rounds import SplitRoundProcess, UpdateAttackRounds
+from .split_rounds import SplitRoundProcess, split_aggregator
 
 
 class ScaffoldProcess(SplitRoundProcess):
@@ -83,7 +83,5 @@ def build_scaffold(model, *, client_lr: float, server_lr: float, params=None, mo
     optimizer = tff().learning.optimizers.build_sgdm(learning_rate=server_lr)
     training = client_training(model, client_lr=client_lr, server_optimizer=optimizer, weighting=client_weighting,
                                example_dp=example_dp, corrected=True)
-    attack = None
-    if isinstance(model_aggregator, UpdateAttackRounds):
-        attack, model_aggregator = model_aggregator.attack, model_aggregator.model_aggregator
+    model_aggregator, attack = split_aggregator(model_aggregator)
     return ScaffoldProcess(training, model_aggregator, attack)

@@ -178,3 +178,11 @@ class UpdateAttackRounds:
 
     def build_round_process(self, training) -> SplitRoundProcess:
         return SplitRoundProcess(training, self.model_aggregator, self.attack)
+
+
+def split_aggregator(model_aggregator) -> tuple:
+    """``(aggregator, attack name or None)`` from the aggregator slot's value: a builder of its own split round
+    (SCAFFOLD, FedPer, Ditto, q-FFL) takes the attack from :class:`UpdateAttackRounds` and runs it itself."""
+    if isinstance(model_aggregator, UpdateAttackRounds):
+        return model_aggregator.model_aggregator, model_aggregator.attack
+    return model_aggregator, None

@@ -1,8 +1,6 @@
 """Personalisation: FedPer's shared body and personal heads (fedlab.personal) checked by hand on a two-layer
 linear network, and each client's own held-out data (local_test_fraction)."""
 
-import collections
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,8 @@ from fedlab.models import ModelSpec
 from fedlab.personal import build_ditto, build_fedper
 from fedlab.runtime import tff
 from fedlab.validation import ConfigError
+
+from by_hand import BATCH, X, Y, grad, inputs, softmax_delta
 
 
 @fl.register_model("linear2_for_tests", weight_layers=2)
@@ -28,28 +28,12 @@ def linear2(shape, seed):
 RNG = np.random.default_rng(3)
 W1, B1 = RNG.normal(size=(2, 2)).astype(np.float32), RNG.normal(size=2).astype(np.float32)
 W2, B2 = RNG.normal(size=(2, 3)).astype(np.float32), RNG.normal(size=3).astype(np.float32)
-X = [np.array([[1.0, 2.0]], np.float32),
-     np.array([[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]], np.float32),
-     np.array([[0.0, 1.0], [1.5, -0.5]], np.float32)]
-Y = [np.array([2], np.int32), np.array([0, 1, 1], np.int32), np.array([1, 0], np.int32)]
-BATCH = 2
-
-
-def inputs(i):
-    return collections.OrderedDict(x=X[i], y=Y[i], orders=np.arange(len(X[i]), dtype=np.int64)[None],
-                                   batch=np.int64(BATCH), steps=np.int64(-1), skip=np.int64(0),
-                                   key=np.zeros(2, np.int64))
-
-
 def grads(params, x, y):
     """Mean softmax cross-entropy of (x W1 + b1) W2 + b2: gradients by the chain rule."""
     w1, b1, w2, b2 = params
     h = x @ w1 + b1
     z = h @ w2 + b2
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0
-    dz = p / len(y)
+    _, dz = softmax_delta(z, y)
     dh = dz @ w2.T
     return x.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)
 
@@ -94,14 +78,6 @@ def test_fedper_two_rounds_equal_the_shared_body_and_personal_heads_by_hand():
     assert not np.allclose(heads[0][0], heads[2][0])  # the heads differ by client
 
 
-def logreg_grads(w, b, x, y):
-    z = x @ w + b
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0
-    return x.T @ p / len(y), p.sum(axis=0) / len(y)
-
-
 def ditto_by_hand(rounds, lr, server_lr, lam):
     """Li et al. 2021, Algorithm 1: FedAvg on w; v_k <- v_k - lr (grad F_k(v_k) + lam (v_k - w^t))."""
     w = [W2.astype(np.float64), B2.astype(np.float64)]
@@ -112,8 +88,8 @@ def ditto_by_hand(rounds, lr, server_lr, lam):
             local, v = list(w), own[i]
             for j in range(0, len(X[i]), BATCH):
                 xb, yb = X[i][j:j + BATCH], Y[i][j:j + BATCH]
-                local = [p - lr * g for p, g in zip(local, logreg_grads(*local, xb, yb))]
-                v = [p - lr * (g + lam * (p - wt)) for p, g, wt in zip(v, logreg_grads(*v, xb, yb), w)]
+                local = [p - lr * g for p, g in zip(local, grad(*local, xb, yb))]
+                v = [p - lr * (g + lam * (p - wt)) for p, g, wt in zip(v, grad(*v, xb, yb), w)]
             own[i] = v
             updates.append([a - b for a, b in zip(w, local)])
             weights.append(len(X[i]))

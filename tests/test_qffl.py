@@ -1,8 +1,6 @@
 """q-FFL by q-FedAvg (fedlab.qffl) against Li et al. 2020's Algorithm 2 computed by hand in NumPy, on a logistic
 regression (2 features, 3 classes) and three clients."""
 
-import collections
-
 import numpy as np
 import pytest
 
@@ -14,32 +12,12 @@ from fedlab.qffl import build_qffl
 from fedlab.runtime import tff
 from fedlab.validation import ConfigError
 
+from by_hand import BATCH, X, Y, grad, inputs, loss as local_loss
+
 MODEL = ModelSpec("logreg", num_features=2, num_classes=3).functional_model()
 RNG = np.random.default_rng(5)
 W0 = RNG.normal(size=(2, 3)).astype(np.float32)
 B0 = RNG.normal(size=3).astype(np.float32)
-X = [np.array([[1.0, 2.0]], np.float32),
-     np.array([[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]], np.float32),
-     np.array([[0.0, 1.0], [1.5, -0.5]], np.float32)]
-Y = [np.array([2], np.int32), np.array([0, 1, 1], np.int32), np.array([1, 0], np.int32)]
-BATCH = 2
-
-
-def inputs(i):
-    return collections.OrderedDict(x=X[i], y=Y[i], orders=np.arange(len(X[i]), dtype=np.int64)[None],
-                                   batch=np.int64(BATCH), steps=np.int64(-1), skip=np.int64(0),
-                                   key=np.zeros(2, np.int64))
-
-
-def softmax_loss_and_grads(w, b, x, y):
-    z = x @ w + b
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    loss = float(-np.log(p[np.arange(len(y)), y]).mean())
-    p[np.arange(len(y)), y] -= 1.0
-    return loss, x.T @ p / len(y), p.sum(axis=0) / len(y)
-
-
 def q_fedavg_by_hand(rounds, lr, q):
     """Algorithm 2: Delta w_k = L (w - w_k), Delta_k = F_k^q Delta w_k, h_k = q F_k^(q-1) |Delta w_k|^2 + L F_k^q."""
     lipschitz = 1.0 / lr
@@ -47,10 +25,10 @@ def q_fedavg_by_hand(rounds, lr, q):
     for sampled in rounds:
         deltas, hs = [], []
         for i in sampled:
-            loss = softmax_loss_and_grads(*w, X[i], Y[i])[0]  # F_k(w^t) on the whole local data set
+            loss = local_loss(*w, X[i], Y[i])  # F_k(w^t) on the whole local data set
             local = list(w)
             for j in range(0, len(X[i]), BATCH):
-                _, gw, gb = softmax_loss_and_grads(*local, X[i][j:j + BATCH], Y[i][j:j + BATCH])
+                gw, gb = grad(*local, X[i][j:j + BATCH], Y[i][j:j + BATCH])
                 local = [local[0] - lr * gw, local[1] - lr * gb]
             delta_w = [lipschitz * (a - b) for a, b in zip(w, local)]
             deltas.append([loss ** q * d for d in delta_w])

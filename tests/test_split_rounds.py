@@ -1,8 +1,6 @@
 """Rounds split at the clients' updates (fedlab.split_rounds): update attacks and SCAFFOLD, checked against
 NumPy computations by hand on a logistic regression (2 features, 3 classes, softmax cross-entropy)."""
 
-import collections
-
 import numpy as np
 import pytest
 
@@ -16,34 +14,13 @@ from fedlab.scaffold import build_scaffold
 from fedlab.split_rounds import SplitRoundProcess
 from fedlab.validation import ConfigError
 
+from by_hand import BATCH, X, Y, grad, inputs
+
 SPEC = ModelSpec("logreg", num_features=2, num_classes=3)
 MODEL = SPEC.functional_model()
 RNG = np.random.default_rng(0)
 W0 = RNG.normal(size=(2, 3)).astype(np.float32)
 B0 = RNG.normal(size=3).astype(np.float32)
-X = [np.array([[1.0, 2.0]], np.float32),
-     np.array([[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]], np.float32),
-     np.array([[0.0, 1.0], [1.5, -0.5]], np.float32)]
-Y = [np.array([2], np.int32), np.array([0, 1, 1], np.int32), np.array([1, 0], np.int32)]
-BATCH = 2
-
-
-def grad(w, b, x, y):
-    """Gradient of mean softmax cross-entropy of logits x @ w + b."""
-    z = x @ w + b
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0
-    g = p / len(y)
-    return x.T @ g, g.sum(axis=0)
-
-
-def inputs(i):
-    n = len(X[i])
-    return collections.OrderedDict(x=X[i], y=Y[i], orders=np.arange(n, dtype=np.int64)[None], batch=np.int64(BATCH),
-                                   steps=np.int64(-1), skip=np.int64(0), key=np.zeros(2, np.int64))
-
-
 def start(process, lr):
     from fedlab.array_training import with_learning_rates
 
