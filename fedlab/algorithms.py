@@ -121,7 +121,8 @@ class Algorithm:
     or None); fedlab uses it whenever the model is functional. ``normalized``:
     FedNova's normalised averaging: each round's client inputs carry tau_eff
     (:func:`fedlab.array_training.with_tau_eff`). ``own_weighting``: the algorithm weights the clients'
-    updates itself (q-FFL), so ``client_weighting`` must stay at its default.
+    updates itself (q-FFL), so ``client_weighting`` must stay at its default. ``in_driver``: part of its
+    round runs in Python in this process (:mod:`fedlab.split_rounds`), so it cannot run on workers.
     """
 
     name: str
@@ -134,6 +135,7 @@ class Algorithm:
     on_arrays: Optional[Callable[..., Any]] = None
     normalized: bool = False
     own_weighting: bool = False
+    in_driver: bool = False
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -163,7 +165,7 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm", "algorithm")
 def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[str] = None, server_lr: float = 1.0,
                        unweighted: bool = False, full_batch: bool = False, functional_only: bool = False,
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
-                       own_weighting: bool = False, replace: bool = False):
+                       own_weighting: bool = False, in_driver: bool = False, replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -181,7 +183,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
         raise ValueError(f"params: the defaults of {params.__name__} are invalid ({err})") from None
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
                                                                full_batch, functional_only, on_arrays, normalized,
-                                                               own_weighting),
+                                                               own_weighting, in_driver),
                      paper=paper, replace=replace)
 
 
@@ -335,7 +337,7 @@ client work cannot see the round's tau_eff. Clients that did more steps (a faste
 a longer deadline) no longer pull the model towards their own optimum."""))
 
 register_algorithm("scaffold", paper="Karimireddy et al. 2020, ICML, arXiv:1910.06378", functional_only=True,
-                   on_arrays=build_scaffold_on_arrays)(compiled_loop_only("scaffold", """\
+                   in_driver=True, on_arrays=build_scaffold_on_arrays)(compiled_loop_only("scaffold", """\
 SCAFFOLD: client and server control variates correct each local step for the client's drift.
 
 Only on fedlab's compiled client loop (:mod:`fedlab.scaffold`): TFF 0.87's learning templates keep no
@@ -348,7 +350,7 @@ class FedPerParams(AlgorithmParams):
 
 
 register_algorithm("fedper", params=FedPerParams, paper="Arivazhagan et al. 2019, arXiv:1912.00818",
-                   functional_only=True, on_arrays=build_fedper_on_arrays)(compiled_loop_only("fedper", """\
+                   functional_only=True, in_driver=True, on_arrays=build_fedper_on_arrays)(compiled_loop_only("fedper", """\
 FedPer: FedAvg on a shared body; the last personal_layers layers stay on each client (personalisation).
 
 Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's head must outlive the round.
@@ -362,7 +364,7 @@ class DittoParams(AlgorithmParams):
 
 
 register_algorithm("ditto", params=DittoParams, paper="Li et al. 2021, ICML, arXiv:2012.04221",
-                   functional_only=True, on_arrays=build_ditto_on_arrays)(compiled_loop_only("ditto", """\
+                   functional_only=True, in_driver=True, on_arrays=build_ditto_on_arrays)(compiled_loop_only("ditto", """\
 Ditto: FedAvg, and each client's own model trained on its loss plus lambda/2 ||v - w_global||^2.
 
 Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's model must outlive the
@@ -375,7 +377,8 @@ class QFFLParams(AlgorithmParams):
 
 
 register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
-                   functional_only=True, own_weighting=True, on_arrays=build_qffl_on_arrays)(compiled_loop_only(
+                   functional_only=True, own_weighting=True, in_driver=True,
+                   on_arrays=build_qffl_on_arrays)(compiled_loop_only(
     "qffl", """\
 q-FFL by q-FedAvg: updates weighted by the clients' losses to the power q (fairer accuracy over clients).
 

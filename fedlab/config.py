@@ -259,6 +259,9 @@ class ExperimentConfig:
             raise ConfigError("client_weighting", f"{self.client_weighting!r} needs fedlab's compiled client loop, "
                                                   f"which {self.algorithm}{' with frozen layers' if self.freeze_layers else ''}"
                                                   " does not use; only 'examples' (TFF's weighting) is possible")
+        if algorithm.in_driver and self.workers:
+            raise ConfigError("workers", f"cannot be combined with algorithm {self.algorithm!r}: part of its round "
+                                         "runs in this process, between two TFF computations")
         if algorithm.own_weighting and self.client_weighting != "examples":
             raise ConfigError("client_weighting", f"must stay 'examples' for {self.algorithm}, which weights the "
                                                   "clients' updates itself")

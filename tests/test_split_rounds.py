@@ -212,6 +212,7 @@ def test_scaffold_resumes_to_the_uninterrupted_result(tmp_path):
     (dict(dp="fixed", noise_multiplier=1.0), "algorithm"),
     (dict(secure_aggregation=True), "algorithm"),
     (dict(model="2nn", dataset="mnist5k", freeze_layers=1), "freeze_layers"),
+    (dict(workers=("127.0.0.1:9",)), "workers"),
 ])
 def test_scaffold_refuses_what_it_cannot_honour(changes, field):
     with pytest.raises(ConfigError) as err:
