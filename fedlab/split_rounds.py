@@ -57,9 +57,7 @@ class SplitRoundProcess:
         aggregator = model_aggregator.create(weights_type.trainable, t.TensorType(np.float32))
         finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
         metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
-        self.training = training
         self.shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
-        self.learning_rate_of = training.learning_rate_of
 
         @t.federated_computation()
         def init_fn():
