@@ -123,6 +123,8 @@ class Algorithm:
     (:func:`fedlab.array_training.with_tau_eff`). ``own_weighting``: the algorithm weights the clients'
     updates itself (q-FFL), so ``client_weighting`` must stay at its default. ``in_driver``: part of its
     round runs in Python in this process (:mod:`fedlab.split_rounds`), so it cannot run on workers.
+    ``personal``: each client ends with a model of its own (FedPer, Ditto), which per-client evaluation scores
+    (its process has ``client_weights(state, client)``), so local fine-tuning is not added to it.
     """
 
     name: str
@@ -136,6 +138,7 @@ class Algorithm:
     normalized: bool = False
     own_weighting: bool = False
     in_driver: bool = False
+    personal: bool = False
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -165,7 +168,8 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm", "algorithm")
 def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[str] = None, server_lr: float = 1.0,
                        unweighted: bool = False, full_batch: bool = False, functional_only: bool = False,
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
-                       own_weighting: bool = False, in_driver: bool = False, replace: bool = False):
+                       own_weighting: bool = False, in_driver: bool = False, personal: bool = False,
+                       replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -183,7 +187,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
         raise ValueError(f"params: the defaults of {params.__name__} are invalid ({err})") from None
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
                                                                full_batch, functional_only, on_arrays, normalized,
-                                                               own_weighting, in_driver),
+                                                               own_weighting, in_driver, personal),
                      paper=paper, replace=replace)
 
 
@@ -350,7 +354,8 @@ class FedPerParams(AlgorithmParams):
 
 
 register_algorithm("fedper", params=FedPerParams, paper="Arivazhagan et al. 2019, arXiv:1912.00818",
-                   functional_only=True, in_driver=True, on_arrays=build_fedper_on_arrays)(compiled_loop_only("fedper", """\
+                   functional_only=True, in_driver=True, personal=True,
+                   on_arrays=build_fedper_on_arrays)(compiled_loop_only("fedper", """\
 FedPer: FedAvg on a shared body; the last personal_layers layers stay on each client (personalisation).
 
 Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's head must outlive the round.
@@ -364,7 +369,8 @@ class DittoParams(AlgorithmParams):
 
 
 register_algorithm("ditto", params=DittoParams, paper="Li et al. 2021, ICML, arXiv:2012.04221",
-                   functional_only=True, in_driver=True, on_arrays=build_ditto_on_arrays)(compiled_loop_only("ditto", """\
+                   functional_only=True, in_driver=True, personal=True,
+                   on_arrays=build_ditto_on_arrays)(compiled_loop_only("ditto", """\
 Ditto: FedAvg, and each client's own model trained on its loss plus lambda/2 ||v - w_global||^2.
 
 Only on fedlab's compiled client loop (:mod:`fedlab.personal`): each client's model must outlive the

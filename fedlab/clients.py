@@ -227,3 +227,16 @@ def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_
     key = source.integers(0, 2**31 - 1, 2)
     return collections.OrderedDict(x=x, y=y, orders=orders.astype(np.int64), batch=np.int64(batch),
                                    steps=np.int64(steps), skip=np.int64(skip), key=key.astype(np.int64))
+
+
+def finetune_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int,
+                    client: int) -> collections.OrderedDict:
+    """What a client fine-tunes the global model on before it is scored at round ``round_num``
+    (:mod:`fedlab.finetune`): ``finetune_epochs`` shuffled epochs of its training share, drawn from
+    ``(sampling_seed, round, client)`` apart from its training orders, in batches of ``batch_size`` (0: all)."""
+    n = len(x)
+    rng = np.random.default_rng([config.seeds["sampling"], round_num, client, 4])
+    orders = np.stack([rng.permutation(n) for _ in range(config.finetune_epochs)])
+    batch = max(n, 1) if config.batch_size == 0 else config.batch_size
+    return collections.OrderedDict(x=x, y=y, orders=orders.astype(np.int64), batch=np.int64(batch),
+                                   steps=np.int64(-1), skip=np.int64(0), key=np.zeros(2, np.int64))

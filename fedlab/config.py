@@ -68,6 +68,7 @@ class ExperimentConfig:
     eval_every: int = 1
     eval_per_client: bool = False
     local_test_fraction: float = 0.0  # > 0: each client keeps this share of its data to test on (never trained on)
+    finetune_epochs: int = 0  # > 0: per-client evaluation scores the global model after that many local SGD epochs
     test_fraction: Optional[float] = None  # held-out share; None: the data set's default (1/3 heart disease, else 0.2)
     validation_fraction: float = 0.0  # > 0: evaluate on this share of the training data (per site), not the test set
     exclude_clients: tuple = ()  # clients that never train (they are still evaluated)
@@ -138,6 +139,7 @@ class ExperimentConfig:
         s("eval_every", integer("eval_every", self.eval_every, 1, 1_000_000))
         s("eval_per_client", boolean("eval_per_client", self.eval_per_client))
         s("local_test_fraction", number("local_test_fraction", self.local_test_fraction, 0.0, 0.9))
+        s("finetune_epochs", integer("finetune_epochs", self.finetune_epochs, 0, 1_000))
         if self.test_fraction is not None:
             s("test_fraction", number("test_fraction", self.test_fraction, 0.0, 1.0, low_open=True, high_open=True))
         s("validation_fraction", number("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True))
@@ -240,6 +242,7 @@ class ExperimentConfig:
             self._check_protocol(algorithm)
         self._check_robust()
         self._check_attack(algorithm)
+        self._check_finetune(algorithm)
         personal = getattr(self.algorithm_params, "personal_layers", None)
         if personal is not None and model.weight_layers is not None and personal >= model.weight_layers:
             raise ConfigError("personal_layers", f"must be below {model.weight_layers} for model {self.model!r} "
@@ -295,6 +298,19 @@ class ExperimentConfig:
         if self.workers and self.secure_aggregation:
             raise ConfigError("workers", "cannot be combined with secure_aggregation: TFF's worker does not implement "
                                          "secure sums, and the protocol's clients run in this process")
+
+    def _check_finetune(self, algorithm) -> None:
+        if not self.finetune_epochs:
+            return
+        if not self.eval_per_client:
+            raise ConfigError("finetune_epochs", "needs eval_per_client=True: the tuned models are scored on each "
+                                                 "client's own data")
+        if algorithm.personal:
+            raise ConfigError("finetune_epochs", f"must be 0 with {self.algorithm}: its clients keep models of "
+                                                 "their own, which per-client evaluation scores")
+        if self.freeze_layers:
+            raise ConfigError("finetune_epochs", "must be 0 with frozen layers: fine-tuning runs fedlab's compiled "
+                                                 "loop, which needs TFF's functional model")
 
     def _check_robust(self) -> None:
         """Median and Krum need every update as it is: secure sums, DP noise and compression hide them."""

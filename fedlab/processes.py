@@ -20,6 +20,7 @@ from .array_training import with_learning_rates
 from .attacks import is_update_attack
 from .clients import batches
 from .config import ExperimentConfig
+from .finetune import FineTuning
 from .models import ModelSpec
 from .runtime import tff
 from .seeded import set_noise_seed
@@ -92,6 +93,14 @@ def get_process(config: ExperimentConfig, spec: ModelSpec):
     key = process_key(config, spec)
     if key not in _PROCESS_CACHE:
         _PROCESS_CACHE[key] = build_process(config, spec)
+    return _PROCESS_CACHE[key]
+
+
+def get_finetuning(spec: ModelSpec) -> FineTuning:
+    """The local fine-tuning evaluation of ``spec``'s model (:mod:`fedlab.finetune`), built once per model."""
+    key = ("finetune", spec, spec.builder)
+    if key not in _PROCESS_CACHE:
+        _PROCESS_CACHE[key] = FineTuning(spec.functional_model())
     return _PROCESS_CACHE[key]
 
 

@@ -24,13 +24,13 @@ import pandas as pd
 
 from .accounting import epsilon_by_round, record_level_epsilons
 from .aggregation import builders_in_use, round_bytes
-from .clients import Clients, attacker_config, dataset_for, plan_size, spec_for
+from .clients import Clients, attacker_config, dataset_for, finetune_inputs, plan_size, spec_for
 from .config import RECORD_LEVEL, ExperimentConfig
 from .data import DATASETS
 from .distributed import WorkerError, on_workers
 from .evaluation import client_summary, clients_frame, evaluator_for
 from .partition import PARTITIONERS
-from .processes import get_process, initial_state, trainer_for
+from .processes import get_finetuning, get_process, initial_state, trainer_for
 from .registry import source_digest
 from .runtime import simulated_secure_sums, stop_local_workers
 from .array_training import local_steps, with_tau_eff
@@ -175,6 +175,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     check_cost(config, clients)
     process = get_process(config, spec)
     trainer = trainer_for(process, clients.x[0], clients.y[0])
+    # built before the evaluator's Keras model: TFF builds the functional model's copy in a graph of its own,
+    # which spoils a Keras model made, and not yet called, before it
+    tuning = get_finetuning(spec) if config.finetune_epochs else None
     evaluator = evaluator_for(spec, spec.builder)
     eval_x, eval_y = clients.evaluation_arrays()
     own_model = getattr(process, "client_weights", None)  # personalised: each client's own model (FedPer)
@@ -247,9 +250,13 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                     row.update(evaluator.site_metrics(
                         data, weights_for=(lambda c, s=state: own_model(s, c)) if by_site else None))
                 if config.eval_per_client:
-                    per_client = evaluator.client_rows(
-                        eval_x, eval_y, round_num,
-                        weights_for=None if own_model is None else (lambda c, s=state: own_model(s, c)))
+                    weights_for = None if own_model is None else (lambda c, s=state: own_model(s, c))
+                    if tuning is not None:  # each client scores the global model tuned on its own data
+                        own_data = [finetune_inputs(x, y, config, round_num, c)
+                                    for c, (x, y) in enumerate(zip(clients.x, clients.y))]
+                        weights_for = tuning.tuned_weights(state.global_model_weights, own_data,
+                                                           config.client_lr).__getitem__
+                    per_client = evaluator.client_rows(eval_x, eval_y, round_num, weights_for=weights_for)
                     client_rows.extend(per_client)
                     row.update(client_summary(per_client))
             row["seconds"] = seconds

@@ -13,7 +13,7 @@ LAYERS = [
     {"validation", "registry", "runtime", "plots", "certs", "tls_proxy"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold", "personal", "qffl",
-     "robust"},                                                            # components
+     "robust", "finetune"},                                                            # components
     {"algorithms", "aggregation", "evaluation"},                           # components built on components
     {"config"},                                                            # the experiment, validated
     {"clients", "sampling"},                                               # who holds what, who trains
