@@ -131,9 +131,11 @@ def main(argv=None) -> int:
 
     ks = [int(k) for k in args.ks.split(",")]
     rounds = args.rounds
-    systems = ["fedlab", "fedlab_bookkeeping", "keras_loop", "limit", "flower"]
+    # The limit runs with TensorFlow's default thread pools and with one intra-op thread (as fedlab's worker):
+    # the ratio takes the faster of the two at each K.
+    systems = ["fedlab", "fedlab_bookkeeping", "keras_loop", "limit", "limit_one_thread", "flower"]
     if args.smoke:
-        ks, rounds, systems = [2], 2, ["fedlab", "limit"]
+        ks, rounds, systems = [2], 2, ["fedlab", "limit", "limit_one_thread"]
     out, figures = pathlib.Path(args.out), pathlib.Path(args.figures)
     build = ROOT / "build" / "bench"
     out.mkdir(parents=True, exist_ok=True)
@@ -152,9 +154,10 @@ def main(argv=None) -> int:
                 cmd = [args.flower_python, str(HERE / "flower_system.py"), "--workload", str(data), "--ks",
                        flower_ks, "--rounds", str(rounds)]
             else:
-                cmd = [sys.executable, str(HERE / "systems.py"), system] + common
+                cmd = [sys.executable, str(HERE / "systems.py"), system.removesuffix("_one_thread")] + common
+            env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1") if system.endswith("_one_thread") else None
             print(f"[bench] {system} (repeat {repeat + 1}) ...", flush=True)
-            lines, peak, wall = run_system(cmd, build / f"{system}-{repeat + 1}.log")
+            lines, peak, wall = run_system(cmd, build / f"{system}-{repeat + 1}.log", env=env)
             for line in lines:  # the first round traces, compiles, starts actors: not timed
                 timed.setdefault((system, line["clients_per_round"]), []).append(line["round_seconds"][1:])
             memory.append({"system": system, "repeat": repeat + 1, "peak_rss_mb": peak / 2**20, "wall_seconds": wall})
@@ -185,7 +188,8 @@ def main(argv=None) -> int:
     wide = table.pivot(index="clients_per_round", columns="system", values="seconds_per_round")
     ratios = pd.DataFrame(index=wide.index)
     if "limit" in wide:
-        ratios["fedlab / limit"] = wide["fedlab"] / wide["limit"]
+        limit = wide[[c for c in ("limit", "limit_one_thread") if c in wide]].min(axis=1)
+        ratios["fedlab / limit"] = wide["fedlab"] / limit
     if "fedlab_bookkeeping" in wide:
         ratios["bookkeeping / fedlab"] = wide["fedlab_bookkeeping"] / wide["fedlab"]
     if "keras_loop" in wide:

@@ -14,7 +14,7 @@ def test_benchmark_smoke_run_writes_its_tables_and_figure(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(tmp_path / "round_time.csv")
     assert list(table.columns[:3]) == ["system", "clients_per_round", "seconds_per_round"]
-    assert set(table.system) == {"fedlab", "limit"}
+    assert set(table.system) == {"fedlab", "limit", "limit_one_thread"}
     assert (table.seconds_per_round > 0).all()
     memory = pd.read_csv(tmp_path / "memory.csv")
     assert (memory.peak_rss_mb > 50).all()  # a Python process with TensorFlow is far above this

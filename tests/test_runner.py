@@ -1,5 +1,7 @@
 """The runner: determinism, resume, caches, per-client evaluation (runs real TFF rounds)."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,3 +148,17 @@ def test_datasets_built_in_the_runtime_equal_datasets_built_in_python(changes):
     for a, b in zip(process.get_model_weights(in_python.state).trainable,
                     process.get_model_weights(in_runtime.state).trainable):
         np.testing.assert_array_equal(a, b)
+
+
+def test_tffs_worker_runs_with_one_intra_op_thread_unless_the_user_says_otherwise():
+    from fedlab.runtime import _children, worker_environment
+
+    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "TF_NUM_INTRAOP_THREADS": "1"}
+    assert worker_environment({"TF_NUM_INTRAOP_THREADS": "0"})["TF_NUM_INTRAOP_THREADS"] == "0"
+    run_experiment(ExperimentConfig(dataset="digits", rounds=1), progress=False)
+    workers = [pid for pid, cmd in _children() if cmd.endswith("worker_binary")]
+    assert workers, "no TFF worker found after a run"
+    with open(f"/proc/{workers[0]}/environ", "rb") as f:
+        environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    expected = os.environ.get("TF_NUM_INTRAOP_THREADS", "1").encode()
+    assert environ[b"TF_NUM_INTRAOP_THREADS"] == expected
