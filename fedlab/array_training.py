@@ -323,6 +323,22 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
                           learning_rate_of, server_optimizer)
 
 
+def client_updates_computation(training: ClientTraining):
+    """A federated computation (weights at the server, client data, learning rate at the server) -> each client's
+    update (start - trained) at the clients: training without aggregation (Ditto's own models, fine-tuning)."""
+    t = tff()
+
+    @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
+                             t.FederatedType(training.data_type, t.CLIENTS),
+                             t.FederatedType(t.TensorType(np.float32), t.SERVER))
+    def client_updates(weights, client_data, learning_rate):
+        result, _ = t.federated_map(training.train_client, (
+            t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
+        return result.update
+
+    return client_updates
+
+
 def build_array_process(model, *, client_lr: float, server_optimizer, model_aggregator: Any = None,
                         proximal_strength: float = 0.0, full_batch: bool = False, weighting: str = "examples",
                         client_optimizer=None, example_dp: Optional[tuple[float, float]] = None,

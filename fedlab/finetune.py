@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .array_training import client_training
+from .array_training import client_training, client_updates_computation
 from .runtime import tff
 
 
@@ -31,18 +31,8 @@ class FineTuning:
     """Tunes the global model on each client's arrays (:func:`fedlab.clients.finetune_inputs`) in one TFF call."""
 
     def __init__(self, model) -> None:
-        t = tff()
-        training = client_training(model, client_lr=1.0, server_optimizer=t.learning.optimizers.build_sgdm(1.0))
-
-        @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
-                                 t.FederatedType(training.data_type, t.CLIENTS),
-                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
-        def tune_fn(weights, client_data, learning_rate):
-            result, _ = t.federated_map(training.train_client, (
-                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
-            return result.update
-
-        self._tune_fn = tune_fn
+        training = client_training(model, client_lr=1.0, server_optimizer=tff().learning.optimizers.build_sgdm(1.0))
+        self._tune_fn = client_updates_computation(training)
 
     def tuned_weights(self, weights, client_data: Sequence, learning_rate: float) -> list:
         """Each client's tuned model (``ModelWeights``, frozen tensors as the global model's), in the order of

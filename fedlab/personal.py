@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from .array_training import client_training
+from .array_training import client_training, client_updates_computation
 from .split_rounds import SplitRoundProcess, split_aggregator
 
 
@@ -94,19 +94,7 @@ class DittoProcess(SplitRoundProcess):
 
     def __init__(self, training, personal_training, model_aggregator=None, attack: Optional[str] = None) -> None:
         super().__init__(training, model_aggregator, attack)
-        from .runtime import tff
-
-        t = tff()
-
-        @t.federated_computation(t.FederatedType(personal_training.weights_type, t.SERVER),
-                                 t.FederatedType(personal_training.data_type, t.CLIENTS),
-                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
-        def personal_fn(weights, client_data, learning_rate):
-            result, _ = t.federated_map(personal_training.train_client, (
-                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
-            return result.update
-
-        self._personal_fn = personal_fn
+        self._personal_fn = client_updates_computation(personal_training)
 
     def client_state(self, state, num_clients: int):
         """``state`` with every client's own model set to the server's (the initial) model."""
