@@ -156,6 +156,8 @@ def main(argv=None) -> int:
             else:
                 cmd = [sys.executable, str(HERE / "systems.py"), system.removesuffix("_one_thread")] + common
             env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1") if system.endswith("_one_thread") else None
+            if system.startswith("fedlab"):  # TFF's worker on one intra-op thread (fedlab.runtime.worker_environment)
+                env = dict(os.environ, FEDLAB_WORKER_INTRAOP_THREADS="1")
             print(f"[bench] {system} (repeat {repeat + 1}) ...", flush=True)
             lines, peak, wall = run_system(cmd, build / f"{system}-{repeat + 1}.log", env=env)
             for line in lines:  # the first round traces, compiles, starts actors: not timed

@@ -437,7 +437,7 @@ def serve(port: int, host: str = DEFAULT_HOST, *, max_concurrent_calls: int = -1
         raise ValueError(f"--port: {port} is already in use on this machine")
     # Behind the proxy, TFF's worker must be reachable from this machine only: the proxy is its only client.
     inner_port, inner_address = (port, address) if tls is None else (_free_port(), DEFAULT_HOST)
-    env = runtime.worker_environment()  # one intra-op thread, as the local runtime's worker
+    env = runtime.worker_environment()  # FEDLAB_WORKER_INTRAOP_THREADS, as for the local runtime's worker
     if inner_address is not None:
         env["LD_PRELOAD"] = " ".join(filter(None, [str(_bind_shim()), env.get("LD_PRELOAD", "")]))
         env["FEDLAB_BIND_HOST"] = inner_address

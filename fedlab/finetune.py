@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .array_training import client_training, client_updates_computation
+from .array_training import client_training, client_updates_computation, pack_clients
 from .runtime import tff
 
 
@@ -39,7 +39,7 @@ class FineTuning:
         ``client_data``."""
         if not client_data:
             return []
-        updates = self._tune_fn(weights, list(client_data), np.float32(learning_rate))
+        updates = self._tune_fn(weights, pack_clients(client_data), np.float32(learning_rate))
         model_weights = tff().learning.models.ModelWeights
         start = [np.asarray(w) for w in weights.trainable]
         frozen = tuple(np.asarray(w) for w in weights.non_trainable)

@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from .array_training import client_training, client_updates_computation
+from .array_training import client_training, client_updates_computation, pack_clients
 from .split_rounds import SplitRoundProcess, split_aggregator
 
 
@@ -108,7 +108,8 @@ class DittoProcess(SplitRoundProcess):
         models = [np.array(v, np.float32, copy=True) for v in work["personal"]]
         own = [collections.OrderedDict(data, personal=tuple(v[cid] for v in models))
                for cid, data in zip(clients, client_data)]
-        changes = self._personal_fn(state.global_model_weights, own, np.float32(work["learning_rate"]))
+        changes = self._personal_fn(state.global_model_weights, pack_clients(own),
+                                   np.float32(work["learning_rate"]))
         for cid, change in zip(clients, changes):
             for k, c in enumerate(change):
                 models[k][cid] -= np.asarray(c, np.float32)  # update = start - trained

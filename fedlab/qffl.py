@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from .array_training import client_training
+from .array_training import client_training, pack_clients
 from .runtime import tff
 from .split_rounds import SplitRoundProcess, split_aggregator
 
@@ -58,7 +58,7 @@ class QFedAvgProcess(SplitRoundProcess):
 
     def between(self, state, clients, client_data, updates, update_weights):
         # F_k(w^t): the state still holds the model the clients started from
-        losses = [float(v) for v in self._losses_fn(state.global_model_weights, client_data)]
+        losses = [float(v) for v in self._losses_fn(state.global_model_weights, pack_clients(client_data))]
         lipschitz = 1.0 / float(state.client_work["learning_rate"])
         for row, (update, loss) in enumerate(zip(updates, losses)):
             if update_weights[row] == 0:  # a non-finite update was zeroed: it stays out

@@ -50,18 +50,27 @@ _TRAMPOLINE = ("import ctypes, os, sys\n"
                "    pass\nos.execv(sys.argv[1], sys.argv[1:])")
 
 
+WORKER_THREADS_VARIABLE = "FEDLAB_WORKER_INTRAOP_THREADS"
+
+
 def worker_environment(environ=None) -> dict:
-    """The environment TFF's local worker binary starts with: this process's, with one intra-op thread.
+    """The environment TFF's worker binary starts with: this process's, and with ``FEDLAB_WORKER_INTRAOP_THREADS``
+    set, that many intra-op threads for the worker (``TF_NUM_INTRAOP_THREADS``) and for it alone.
 
     The worker runs the clients' computations side by side on its inter-op
     pool; with TensorFlow's default intra-op pool as well, each client's small
-    per-batch operations were handed between threads (``perf``: 27 % of the
-    worker's samples in system calls, most futex waits) and ``make bench``'s
-    rounds took 1.3 to 1.4 times as long. A ``TF_NUM_INTRAOP_THREADS`` set by
-    the user is kept (0: TensorFlow's default).
+    per-batch operations are handed between threads (``perf``: 27 % of the
+    worker's samples in system calls, most futex waits). One intra-op thread
+    made ``make bench``'s rounds 1.3 to 1.4 times faster. It is not the
+    default: a matrix product too large for one thread's share (full-batch
+    FedSGD on 400 examples) then sums in another order, and the committed
+    results were made with TensorFlow's default (``reproduce --check --only 01``
+    differs in the third decimal); the default changes with a new ``make figures``.
     """
     environ = dict(os.environ if environ is None else environ)
-    environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    threads = environ.get(WORKER_THREADS_VARIABLE)
+    if threads:
+        environ["TF_NUM_INTRAOP_THREADS"] = threads
     return environ
 
 

@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import secagg
-from .array_training import model_weights_accessors
+from .array_training import model_weights_accessors, pack_clients
 from .runtime import tff
 
 
@@ -157,7 +157,7 @@ class SecureRoundProcess:
              participants: Optional[Sequence[int]] = None, graph_seed: int = 0):
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
-        encoded, train_metrics = self._clients_fn(state, client_data)
+        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data))
         inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
                   for cid, enc in zip(ids, encoded)}
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)

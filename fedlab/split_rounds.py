@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .array_training import pack_clients
 from .attacks import ATTACKS
 from .runtime import tff
 
@@ -111,8 +112,8 @@ class SplitRoundProcess:
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         client_data = self.prepare(state, ids, client_data)
         learning_rate = np.float32(state.client_work["learning_rate"])
-        updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights, client_data,
-                                                                  learning_rate)
+        updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights,
+                                                                  pack_clients(client_data), learning_rate)
         updates = [tuple(np.asarray(u) for u in update) for update in updates]
         update_weights = [np.float32(w) for w in update_weights]
         if self.attack is not None:

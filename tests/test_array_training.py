@@ -78,3 +78,23 @@ def test_dataset_size_weighting_by_hand():
     for k, got in enumerate(w1):
         expected = w0[k] + sum(sizes[c] * deltas[c][k] for c in range(3)) / sizes.sum()
         np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_clients_input_packs_into_one_plan_and_unpacks_to_the_same_values():
+    import collections
+
+    import tensorflow as tf
+
+    from fedlab.array_training import pack_client_data, unpack_plan
+
+    orders = np.array([[4, 0, 2, 1, 3], [1, 3, 0, 4, 2]], np.int64)
+    data = collections.OrderedDict(x=np.ones((5, 2), np.float32), y=np.arange(5), orders=orders, batch=np.int64(3),
+                                   steps=np.int64(4), skip=np.int64(1), key=np.array([7, 9], np.int64),
+                                   tau_eff=np.float32(2.5))
+    packed = pack_client_data(data)
+    assert list(packed) == ["x", "y", "plan", "tau_eff"] and pack_client_data(packed) is packed
+    got = [np.asarray(v) for v in unpack_plan(tf.constant(packed["plan"]))]
+    np.testing.assert_array_equal(got[0], orders)
+    assert [int(v) for v in got[1:4]] == [3, 4, 1] and got[4].tolist() == [7, 9]
+    empty = pack_client_data(dict(data, orders=np.zeros((2, 0), np.int64)))  # a client holding nothing
+    assert np.asarray(unpack_plan(tf.constant(empty["plan"]))[0]).shape == (2, 0)

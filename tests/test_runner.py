@@ -150,15 +150,27 @@ def test_datasets_built_in_the_runtime_equal_datasets_built_in_python(changes):
         np.testing.assert_array_equal(a, b)
 
 
-def test_tffs_worker_runs_with_one_intra_op_thread_unless_the_user_says_otherwise():
-    from fedlab.runtime import _children, worker_environment
+WORKER_THREADS = """
+import fedlab as fl
+from fedlab.runtime import _children
+fl.run_experiment(fl.ExperimentConfig(dataset="digits", rounds=1), progress=False)
+worker = next(pid for pid, cmd in _children() if cmd.endswith("worker_binary"))
+environ = open(f"/proc/{worker}/environ", "rb").read().split(b"\\0")
+print([item.decode() for item in environ if item.startswith(b"TF_NUM_INTRAOP_THREADS=")])
+"""
 
-    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "TF_NUM_INTRAOP_THREADS": "1"}
-    assert worker_environment({"TF_NUM_INTRAOP_THREADS": "0"})["TF_NUM_INTRAOP_THREADS"] == "0"
-    run_experiment(ExperimentConfig(dataset="digits", rounds=1), progress=False)
-    workers = [pid for pid, cmd in _children() if cmd.endswith("worker_binary")]
-    assert workers, "no TFF worker found after a run"
-    with open(f"/proc/{workers[0]}/environ", "rb") as f:
-        environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    expected = os.environ.get("TF_NUM_INTRAOP_THREADS", "1").encode()
-    assert environ[b"TF_NUM_INTRAOP_THREADS"] == expected
+
+def test_tffs_worker_takes_its_intra_op_threads_from_fedlabs_variable_alone():
+    import subprocess
+    import sys
+
+    from fedlab.runtime import worker_environment
+
+    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin"}  # TensorFlow's default
+    assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "0"})[
+        "TF_NUM_INTRAOP_THREADS"] == "1"
+    env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
+    env["FEDLAB_WORKER_INTRAOP_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", WORKER_THREADS], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['TF_NUM_INTRAOP_THREADS=1']"
