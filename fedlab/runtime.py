@@ -68,8 +68,11 @@ def worker_environment(environ=None) -> dict:
     differs in the third decimal); the default changes with a new ``make figures``.
     """
     environ = dict(os.environ if environ is None else environ)
-    threads = environ.get(WORKER_THREADS_VARIABLE)
+    threads = environ.get(WORKER_THREADS_VARIABLE, "").strip()
     if threads:
+        if not threads.isdigit():
+            raise ValueError(f"{WORKER_THREADS_VARIABLE}: must be a whole number of threads >= 0 (0: TensorFlow's "
+                             f"default), got {threads!r}")
         environ["TF_NUM_INTRAOP_THREADS"] = threads
     return environ
 
@@ -108,6 +111,7 @@ def tff():
     """Imports TensorFlow Federated once (about 15 s), with TF's C++ logs quiet."""
     global _TFF
     if _TFF is None:
+        worker_environment()  # a bad FEDLAB_WORKER_INTRAOP_THREADS is said here, before the 15 s import
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import logging
 

@@ -169,6 +169,9 @@ def test_tffs_worker_takes_its_intra_op_threads_from_fedlabs_variable_alone():
     assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin"}  # TensorFlow's default
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "0"})[
         "TF_NUM_INTRAOP_THREADS"] == "1"
+    for bad in ("-1", "two", "nan", "1.5"):
+        with pytest.raises(ValueError, match="FEDLAB_WORKER_INTRAOP_THREADS: must be a whole number"):
+            worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": bad})
     env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
     env["FEDLAB_WORKER_INTRAOP_THREADS"] = "1"
     out = subprocess.run([sys.executable, "-c", WORKER_THREADS], env=env, capture_output=True, text=True, timeout=300)
