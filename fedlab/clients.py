@@ -224,9 +224,13 @@ def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_
     # record-level DP's batch sampling and noise: from the noise seed, or fresh entropy when noise is unseeded
     source = np.random.default_rng() if config.noise_source == "unseeded" else np.random.default_rng(
         [config.seeds["noise"], round_num, client, 3])
-    key = source.integers(0, 2**31 - 1, 2)
-    return collections.OrderedDict(x=x, y=y, orders=orders.astype(np.int64), batch=np.int64(batch),
-                                   steps=np.int64(steps), skip=np.int64(skip), key=key.astype(np.int64))
+    return _input(x, y, orders, batch, steps, skip, source.integers(0, 2**31 - 1, 2))
+
+
+def _input(x, y, orders, batch: int, steps: int, skip: int, key) -> collections.OrderedDict:
+    """A client's input to the compiled loop, with the dtypes it takes."""
+    return collections.OrderedDict(x=x, y=y, orders=np.asarray(orders, np.int64), batch=np.int64(batch),
+                                   steps=np.int64(steps), skip=np.int64(skip), key=np.asarray(key, np.int64))
 
 
 def finetune_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_num: int,
@@ -238,5 +242,4 @@ def finetune_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, roun
     rng = np.random.default_rng([config.seeds["sampling"], round_num, client, 4])
     orders = np.stack([rng.permutation(n) for _ in range(config.finetune_epochs)])
     batch = max(n, 1) if config.batch_size == 0 else config.batch_size
-    return collections.OrderedDict(x=x, y=y, orders=orders.astype(np.int64), batch=np.int64(batch),
-                                   steps=np.int64(-1), skip=np.int64(0), key=np.zeros(2, np.int64))
+    return _input(x, y, orders, batch, steps=-1, skip=0, key=np.zeros(2))
