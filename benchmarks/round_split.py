@@ -56,8 +56,8 @@ def main() -> int:
     clients.Clients.inputs = timed_inputs
 
     def worker() -> int:
-        found = [pid for pid in runtime.descendants(os.getpid()) if "worker_binary" in runtime.process_table()
-                 .get(pid, (0, "", 0))[1]]
+        table = runtime.process_table()
+        found = [pid for pid in runtime.descendants(os.getpid(), table) if "worker_binary" in table[pid][1]]
         if len(found) != 1:
             raise SystemExit(f"round_split: expected one local TFF worker, found {len(found)}")
         return found[0]
