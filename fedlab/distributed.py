@@ -42,7 +42,8 @@ import tempfile
 import time
 from typing import Iterable, Optional, Sequence
 
-from . import runtime
+from . import ports, runtime
+from .ports import listening_addresses
 from .validation import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -381,29 +382,6 @@ def _bind_shim() -> pathlib.Path:
     return library
 
 
-def listening_addresses(port: int) -> list[str]:
-    """Addresses with a TCP socket listening on ``port``, read from /proc/net (Linux)."""
-    found = []
-    for name, width in (("tcp", 8), ("tcp6", 32)):
-        path = pathlib.Path("/proc/net") / name
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state = fields[1], fields[3]
-            hex_addr, hex_port = local.split(":")
-            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
-                continue
-            raw = bytes.fromhex(hex_addr)
-            if width == 8:
-                found.append(str(ipaddress.IPv4Address(raw[::-1])))
-            else:  # four little-endian 32-bit words
-                words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-                address = ipaddress.IPv6Address(words)
-                found.append(str(address.ipv4_mapped or address))
-    return found
-
-
 def resolve_host(host: str) -> Optional[str]:
     """The address to listen on; None for every interface."""
     if not host.strip():
@@ -608,6 +586,4 @@ def _default_signals() -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.free_port()

@@ -5,7 +5,8 @@ only stops it when a Python object is garbage collected, which does not
 reliably happen at exit, and a surviving worker keeps its parent's pipes
 open (a ``subprocess.run`` of our CLI would then hang). We stop it at exit,
 and start it so that the kernel delivers SIGKILL to it when its parent dies
-(a run killed with SIGKILL leaves no orphaned worker behind).
+(a run killed with SIGKILL leaves no orphaned worker behind), on a port no
+outgoing connection can take, and wait for it to listen (:mod:`fedlab.ports`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import signal
 import subprocess
 import sys
+
+from . import ports
 
 _TFF = None
 
@@ -77,15 +80,41 @@ def worker_environment(environ=None) -> dict:
     return environ
 
 
+WORKER_START_TIMEOUT_S = 120.0
+
+
 class _PopenDyingWithParent(subprocess.Popen):
     """TFF's Popen of its worker binary, started through a trampoline that makes it die with this process,
-    in :func:`worker_environment`."""
+    in :func:`worker_environment`; it returns once the worker listens.
+
+    TFF then waits, without a limit, for its channel to the worker to be ready: a worker that exits
+    at start (its port taken, :mod:`fedlab.ports`) would leave the caller waiting forever. Here that is
+    an error naming the port and the worker's exit status, and so is a worker that does not listen
+    within ``WORKER_START_TIMEOUT_S``.
+    """
 
     def __init__(self, args, *rest, **kwargs):
         if sys.platform.startswith("linux") and isinstance(args, (list, tuple)):
             args = [sys.executable, "-S", "-c", _TRAMPOLINE, *map(str, args)]
         kwargs["env"] = worker_environment(kwargs.get("env"))
         super().__init__(args, *rest, **kwargs)
+        port = next((int(a.split("=", 1)[1]) for a in map(str, args) if a.startswith("--port=")), None)
+        if port is not None and ports.can_tell_listening():
+            self._wait_listening(port)
+
+    def _wait_listening(self, port: int) -> None:
+        import time
+
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while not ports.listening_addresses(port):
+            if self.poll() is not None:
+                raise RuntimeError(f"TFF's local worker exited with status {self.returncode} before listening on "
+                                   f"port {port} (taken by another program?); run the call again")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"TFF's local worker did not listen on port {port} within "
+                                   f"{WORKER_START_TIMEOUT_S:g} s; stopped it")
+            time.sleep(0.01)
 
 
 class _SubprocessForTff:
@@ -101,10 +130,21 @@ class _SubprocessForTff:
         return getattr(subprocess, name)
 
 
-def _worker_dies_with_parent() -> None:
+class _PortsForTff:
+    """What TFF's executor factory sees as ``portpicker``: its worker's port from :func:`fedlab.ports.free_port`,
+    below the ephemeral range that any outgoing connection can take a released port from."""
+
+    @staticmethod
+    def pick_unused_port(*_, **__) -> int:
+        return ports.free_port()
+
+
+def _patch_worker_start() -> None:
+    """TFF's local worker: started dying with this process, on a port from :mod:`fedlab.ports`, waited for."""
     from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
 
     executor_factory.subprocess = _SubprocessForTff()
+    executor_factory.portpicker = _PortsForTff()
 
 
 def tff():
@@ -120,7 +160,7 @@ def tff():
 
         tf.get_logger().setLevel("ERROR")
         logging.getLogger().addFilter(_quiet_library_notes)
-        _worker_dies_with_parent()
+        _patch_worker_start()
         atexit.register(_at_exit)
         _TFF = tensorflow_federated
     return _TFF

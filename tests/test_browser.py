@@ -110,13 +110,14 @@ def _accept_kernel_dialog(page) -> bool:
 PROMPTS = "els => els.map(e => e.textContent)"
 
 
-def _run_all(page, stall_s=420, total_s=900):
+def _run_all(page, log, stall_s=420, total_s=900):
     """Run All Cells, then wait until no cell is queued or running ([*]) and the kernel is idle.
 
     Polled from here, so that a kernel dialog appearing late is answered (and Run All pressed again
     if nothing started), and a notebook that stops making progress fails with what it was doing
     instead of a bare timeout. A failing cell aborts the queue, which leaves later prompts empty for
-    the caller to report.
+    the caller to report. A stall's message ends with the end of JupyterLab's log (``log``), where the
+    kernel's own stderr goes (TFF's worker's too).
     """
     deadline = time.monotonic() + 120
     while page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() == 0:
@@ -146,7 +147,8 @@ def _run_all(page, stall_s=420, total_s=900):
                                                "e.getAttribute('data-status'))")
             dialogs = page.eval_on_selector_all(".jp-Dialog", "els => els.map(e => e.innerText.slice(0, 200))")
             pytest.fail(f"notebook stalled for {now - last_change:.0f} s ({now - started:.0f} s in all): "
-                        f"prompts {prompts}, kernel {status}, dialogs {dialogs}")
+                        f"prompts {prompts}, kernel {status}, dialogs {dialogs}; the end of JupyterLab's log:\n"
+                        f"{log.read_text(errors='replace')[-2000:]}")
         page.wait_for_timeout(1_000)
 
 
@@ -163,7 +165,7 @@ def test_notebook_in_jupyterlab(path, lab, browser, notebook_runs):
         # a fresh workspace per notebook, so earlier notebooks are not reopened beside it
         page.goto(f"{url}/lab/workspaces/{path.stem}/tree/{path.name}?reset&token={token}")
         page.wait_for_selector(".jp-Notebook", timeout=120_000)
-        _run_all(page)
+        _run_all(page, results.parent / "lab.log")
         prompts = page.eval_on_selector_all(f"{VISIBLE} .jp-CodeCell .jp-InputPrompt",
                                             "els => els.map(e => e.textContent)")
         assert prompts and all(p.strip("[]: ").isdigit() for p in prompts), f"cells that did not run: {prompts}"

@@ -25,6 +25,7 @@ from fedlab.distributed import (
     listening_addresses,
     parse_workers,
 )
+from fedlab.ports import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=4, rounds=4)
@@ -32,9 +33,7 @@ COMPARED = ["train_loss", "train_accuracy", "eval_loss", "eval_accuracy"]
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # below the ephemeral range: no other test's connection takes it before the worker binds
 
 
 def assert_same_numbers(a, b):

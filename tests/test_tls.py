@@ -6,7 +6,6 @@ fresh in a temporary folder by fedlab.certs, a second set from another CA plays 
 
 import ipaddress
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from fedlab.distributed import (
     worker_ready,
     worker_tls,
 )
+from fedlab.ports import free_port
 
 from test_distributed import FAST, ROOT, assert_same_numbers
 
@@ -35,9 +35,7 @@ pytestmark = pytest.mark.xdist_group("tls")
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # below the ephemeral range: no other test's connection takes it before the worker binds
 
 
 @pytest.fixture(scope="module")
