@@ -6,6 +6,9 @@ not the arithmetic, is most of a round (``../shared/probes/client_work_probe.py`
 ``make bench``). Here each client receives its arrays and a plan (the
 example order of each local epoch, the batch size, a step cap) and trains in
 one ``tf.while_loop`` that gathers each batch by index: no tf.data, no Keras.
+On this machine's runtimes a client is sent its arrays' file paths instead,
+written once (:mod:`fedlab.array_files`), so a round does not serialise the
+same arrays again.
 
 Everything else is TFF's own: the broadcast distributor, the
 ``tff.aggregators`` factory (so DP, secure aggregation, compression and robust
@@ -35,6 +38,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import array_files
 from .runtime import tff
 
 WEIGHTINGS = ("examples", "dataset", "uniform")
@@ -75,9 +79,10 @@ def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = No
                        client_work=client_work, aggregator=state.aggregator, finalizer=finalizer)
 
 
-def client_data_type(x_spec, y_spec, normalized: bool = False, correction_type=None, personal_type=None):
-    """The TFF type of one client's input as TFF is sent it (:func:`pack_client_data`): its arrays and its
-    ``plan``, one int64 vector of batch size, step cap (-1: none), the batches of the first epoch to skip (where
+def client_data_type(x_spec, y_spec, normalized: bool = False, correction_type=None, personal_type=None,
+                     files: bool = False):
+    """The TFF type of one client's input as TFF is sent it (:func:`pack_client_data`): its arrays (with
+    ``files``, the paths of the files holding them, :mod:`fedlab.array_files`) and its ``plan``, one int64 vector of batch size, step cap (-1: none), the batches of the first epoch to skip (where
     the previous round stopped), the client's random key for this round (record-level DP's Poisson batches and
     noise), E and n, then the example orders (E, n) row by row; with ``normalized``, also the round's tau_eff;
     with a ``correction_type`` (the trainable weights' type), a ``correction`` added to every local gradient
@@ -87,19 +92,36 @@ def client_data_type(x_spec, y_spec, normalized: bool = False, correction_type=N
     extra = [("tau_eff", t.TensorType(np.float32, []))] if normalized else []
     extra += [("correction", correction_type)] if correction_type is not None else []
     extra += [("personal", personal_type)] if personal_type is not None else []
-    return t.StructWithPythonType([
-        ("x", t.TensorType(x_spec.dtype.as_numpy_dtype, x_spec.shape)),
-        ("y", t.TensorType(y_spec.dtype.as_numpy_dtype, y_spec.shape)),
-        ("plan", t.TensorType(np.int64, [None])),
-    ] + extra, collections.OrderedDict)
+    arrays = ([("x_file", t.TensorType(np.str_, [])), ("y_file", t.TensorType(np.str_, []))] if files else
+              [("x", t.TensorType(x_spec.dtype.as_numpy_dtype, x_spec.shape)),
+               ("y", t.TensorType(y_spec.dtype.as_numpy_dtype, y_spec.shape))])
+    return t.StructWithPythonType(arrays + [("plan", t.TensorType(np.int64, [None]))] + extra,
+                                  collections.OrderedDict)
+
+
+def reads_files(data_type) -> bool:
+    """Whether clients of this input type (:func:`client_data_type`) are sent their arrays' paths."""
+    from tensorflow_federated.python.common_libs import structure
+
+    return "x_file" in structure.name_list(data_type)
+
+
+def arrays_of(model, data):
+    """Inside a TF computation: a client's (x, y), read from their files or as sent (:func:`client_data_type`)."""
+    if "x_file" in data:
+        x_spec, y_spec = model.input_spec
+        return (array_files.read(data["x_file"], x_spec.dtype, x_spec.shape),
+                array_files.read(data["y_file"], y_spec.dtype, y_spec.shape))
+    return data["x"], data["y"]
 
 
 PLANNED = ("orders", "batch", "steps", "skip", "key")  # what a client's input holds that its plan packs
 
 
-def pack_client_data(data) -> collections.OrderedDict:
+def pack_client_data(data, files: bool = False) -> collections.OrderedDict:
     """One client's round input (:func:`fedlab.clients.client_inputs`: x, y, orders, batch, steps, skip, key and
-    any extra fields) with the five planning fields packed into one int64 ``plan`` (:func:`client_data_type`).
+    any extra fields) with the five planning fields packed into one int64 ``plan`` (:func:`client_data_type`);
+    with ``files``, x and y as the paths of files holding them (:mod:`fedlab.array_files`).
 
     TFF serialises each tensor of the clients' values one by one in Python: 100 clients of seven tensors took
     0.117 s, of three 0.060 s (timed alone); whole rounds gained a few per cent (README, "Performance").
@@ -110,15 +132,21 @@ def pack_client_data(data) -> collections.OrderedDict:
     orders = np.asarray(data["orders"], np.int64)
     head = [int(data["batch"]), int(data["steps"]), int(data["skip"]), *np.asarray(data["key"], np.int64).ravel(),
             orders.shape[0], orders.shape[1]]
-    packed = collections.OrderedDict(x=data["x"], y=data["y"],
-                                     plan=np.concatenate([np.asarray(head, np.int64), orders.ravel()]))
-    packed.update((k, v) for k, v in data.items() if k not in packed and k not in PLANNED)
+    if files:
+        x, y = np.asarray(data["x"]), np.asarray(data["y"])  # held by the packed input while TFF reads the files
+        packed = collections.OrderedDict(x_file=array_files.FILES.path(x), y_file=array_files.FILES.path(y))
+        packed._arrays = (x, y)
+    else:
+        packed = collections.OrderedDict(x=data["x"], y=data["y"])
+    packed["plan"] = np.concatenate([np.asarray(head, np.int64), orders.ravel()])
+    packed.update((k, v) for k, v in data.items() if k not in packed and k not in PLANNED and k not in ("x", "y"))
     return packed
 
 
-def pack_clients(client_data) -> list:
-    """:func:`pack_client_data` of every client's input."""
-    return [pack_client_data(d) for d in client_data]
+def pack_clients(client_data, data_type) -> list:
+    """:func:`pack_client_data` of every client's input, as a computation taking ``data_type`` is sent it."""
+    files = reads_files(data_type)
+    return [pack_client_data(d, files) for d in client_data]
 
 
 def unpack_plan(plan):
@@ -190,7 +218,7 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
 
     @tf.function(autograph=False)  # the loop and branches are written as tf.while_loop/tf.cond: nothing to convert
     def client_update(initial_weights, data, learning_rate):
-        x, y = data["x"], data["y"]
+        x, y = arrays_of(model, data)
         orders, batch, steps, skip, key = unpack_plan(data["plan"])
         trainable0, non_trainable = tuple(initial_weights[0]), tuple(initial_weights[1])
         server0 = trainable0
@@ -327,7 +355,7 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
     x_spec, y_spec = model.input_spec
     personal_type = (t.StructWithPythonType(list(weights_type.trainable)[-personal:], tuple) if personal else None)
     data_type = client_data_type(x_spec, y_spec, normalized, weights_type.trainable if corrected else None,
-                                 personal_type)
+                                 personal_type, files=array_files.enabled())
     if example_dp is not None and full_batch:
         raise ValueError("example_dp: record-level DP-SGD needs batches, not one full-batch gradient")
     update = build_client_update(model, client_optimizer=client_optimizer, proximal_strength=float(proximal_strength),
@@ -464,7 +492,8 @@ class PackingProcess:
         return self.process.initialize()
 
     def next(self, state, client_data):
-        return self.process.next(state, pack_clients(client_data))
+        data_type = self.process.next.type_signature.parameter[1].member
+        return self.process.next(state, pack_clients(client_data, data_type))
 
     def get_model_weights(self, state):
         return self.process.get_model_weights(state)

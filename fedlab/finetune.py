@@ -33,13 +33,14 @@ class FineTuning:
     def __init__(self, model) -> None:
         training = client_training(model, client_lr=1.0, server_optimizer=tff().learning.optimizers.build_sgdm(1.0))
         self._tune_fn = client_updates_computation(training)
+        self._data_type = training.data_type
 
     def tuned_weights(self, weights, client_data: Sequence, learning_rate: float) -> list:
         """Each client's tuned model (``ModelWeights``, frozen tensors as the global model's), in the order of
         ``client_data``."""
         if not client_data:
             return []
-        updates = self._tune_fn(weights, pack_clients(client_data), np.float32(learning_rate))
+        updates = self._tune_fn(weights, pack_clients(client_data, self._data_type), np.float32(learning_rate))
         model_weights = tff().learning.models.ModelWeights
         start = [np.asarray(w) for w in weights.trainable]
         frozen = tuple(np.asarray(w) for w in weights.non_trainable)

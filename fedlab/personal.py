@@ -95,6 +95,7 @@ class DittoProcess(SplitRoundProcess):
     def __init__(self, training, personal_training, model_aggregator=None, attack: Optional[str] = None) -> None:
         super().__init__(training, model_aggregator, attack)
         self._personal_fn = client_updates_computation(personal_training)
+        self._personal_type = personal_training.data_type
 
     def client_state(self, state, num_clients: int):
         """``state`` with every client's own model set to the server's (the initial) model."""
@@ -108,7 +109,7 @@ class DittoProcess(SplitRoundProcess):
         models = [np.array(v, np.float32, copy=True) for v in work["personal"]]
         own = [collections.OrderedDict(data, personal=tuple(v[cid] for v in models))
                for cid, data in zip(clients, client_data)]
-        changes = self._personal_fn(state.global_model_weights, pack_clients(own),
+        changes = self._personal_fn(state.global_model_weights, pack_clients(own, self._personal_type),
                                    np.float32(work["learning_rate"]))
         for cid, change in zip(clients, changes):
             for k, c in enumerate(change):

@@ -16,6 +16,8 @@ import numpy as np
 
 from . import algorithms
 from .aggregation import aggregator_key, builders_in_use, make_aggregator
+from .array_files import building_for_remote_workers
+from .array_files import enabled as array_files_enabled
 from .array_training import with_learning_rates
 from .attacks import is_update_attack
 from .clients import batches
@@ -36,7 +38,9 @@ def process_key(config: ExperimentConfig, spec: ModelSpec) -> tuple:
     """What a built process depends on; configs with the same key share one process.
 
     A compiled-loop process takes its learning rates from its state, so they
-    are not in its key: a learning-rate sweep builds one process.
+    are not in its key: a learning-rate sweep builds one process. One built for
+    remote workers is sent client arrays, one for this machine their files'
+    paths (:mod:`fedlab.array_files`).
     """
     entry = config.algorithm_entry
     on_arrays = uses_arrays(config, spec)
@@ -45,7 +49,12 @@ def process_key(config: ExperimentConfig, spec: ModelSpec) -> tuple:
     record_level = (config.noise_multiplier, config.clip_norm) if config.dp == "example" else None
     attack = config.attack if is_update_attack(config) else None
     return (spec, spec.builder, entry, config.algorithm_params, on_arrays, rates, config.client_weighting,
-            aggregator_key(config), builders, record_level, attack)
+            aggregator_key(config), builders, record_level, attack, _for_remote_workers(config))
+
+
+def _for_remote_workers(config: ExperimentConfig) -> bool:
+    """Whether a process for ``config`` is sent client arrays (remote workers), not their files' paths."""
+    return bool(config.workers) or not array_files_enabled()
 
 
 # Processes whose ``next`` takes client arrays (fedlab.array_training), not datasets.
@@ -69,10 +78,11 @@ def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator
         model_aggregator = UpdateAttackRounds(config.attack, model_aggregator)
     if on_arrays:
         extra = {"example_dp": (config.noise_multiplier, config.clip_norm)} if config.dp == "example" else {}
-        process = entry.on_arrays(spec.functional_model(), client_lr=config.client_lr,
-                                  server_lr=config.effective_server_lr, params=config.algorithm_params,
-                                  model_aggregator=model_aggregator, client_weighting=config.client_weighting,
-                                  **extra)
+        with building_for_remote_workers(_for_remote_workers(config)):
+            process = entry.on_arrays(spec.functional_model(), client_lr=config.client_lr,
+                                      server_lr=config.effective_server_lr, params=config.algorithm_params,
+                                      model_aggregator=model_aggregator, client_weighting=config.client_weighting,
+                                      **extra)
         _ON_ARRAYS.add(process)
         return process
     return algorithms.build(config.algorithm, spec.tff_model(), client_lr=config.client_lr,
@@ -96,11 +106,14 @@ def get_process(config: ExperimentConfig, spec: ModelSpec):
     return _PROCESS_CACHE[key]
 
 
-def get_finetuning(spec: ModelSpec) -> FineTuning:
-    """The local fine-tuning evaluation of ``spec``'s model (:mod:`fedlab.finetune`), built once per model."""
-    key = ("finetune", spec, spec.builder)
+def get_finetuning(spec: ModelSpec, remote: bool = False) -> FineTuning:
+    """The local fine-tuning evaluation of ``spec``'s model (:mod:`fedlab.finetune`), built once per model (and
+    once more for ``remote`` workers, which are sent the arrays, not their files' paths)."""
+    remote = remote or not array_files_enabled()
+    key = ("finetune", spec, spec.builder, remote)
     if key not in _PROCESS_CACHE:
-        _PROCESS_CACHE[key] = FineTuning(spec.functional_model())
+        with building_for_remote_workers(remote):
+            _PROCESS_CACHE[key] = FineTuning(spec.functional_model())
     return _PROCESS_CACHE[key]
 
 

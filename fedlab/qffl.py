@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from .array_training import client_training, pack_clients
+from .array_training import arrays_of, client_training, pack_clients
 from .runtime import tff
 from .split_rounds import SplitRoundProcess, split_aggregator
 
@@ -45,9 +45,10 @@ class QFedAvgProcess(SplitRoundProcess):
 
         @t.tensorflow.computation(training.weights_type, training.data_type)
         def local_loss(weights, data):  # F_k(w^t): the mean loss over the client's whole local data set
-            output = model.predict_on_batch((tuple(weights.trainable), tuple(weights.non_trainable)), data["x"],
+            x, y = arrays_of(model, data)
+            output = model.predict_on_batch((tuple(weights.trainable), tuple(weights.non_trainable)), x,
                                             training=False)
-            return model.loss(output=output, label=data["y"])
+            return model.loss(output=output, label=y)
 
         @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
                                  t.FederatedType(training.data_type, t.CLIENTS))
@@ -58,7 +59,7 @@ class QFedAvgProcess(SplitRoundProcess):
 
     def between(self, state, clients, client_data, updates, update_weights):
         # F_k(w^t): the state still holds the model the clients started from
-        losses = [float(v) for v in self._losses_fn(state.global_model_weights, pack_clients(client_data))]
+        losses = [float(v) for v in self._losses_fn(state.global_model_weights, pack_clients(client_data, self.data_type))]
         lipschitz = 1.0 / float(state.client_work["learning_rate"])
         for row, (update, loss) in enumerate(zip(updates, losses)):
             if update_weights[row] == 0:  # a non-finite update was zeroed: it stays out

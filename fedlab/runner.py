@@ -177,7 +177,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     trainer = trainer_for(process, clients.x[0], clients.y[0])
     # built before the evaluator's Keras model: TFF builds the functional model's copy in a graph of its own,
     # which spoils a Keras model made, and not yet called, before it
-    tuning = get_finetuning(spec) if config.finetune_epochs else None
+    tuning = get_finetuning(spec, bool(config.workers)) if config.finetune_epochs else None
     evaluator = evaluator_for(spec, spec.builder)
     eval_x, eval_y = clients.evaluation_arrays()
     own_model = getattr(process, "client_weights", None)  # personalised: each client's own model (FedPer)

@@ -130,6 +130,32 @@ class _SubprocessForTff:
         return getattr(subprocess, name)
 
 
+class _OsForTff:
+    """What TFF's executor factory sees as ``os``: the real module, but ``kill`` signals only a child of this
+    process and ignores one that is gone.
+
+    After a worker that could not start (:class:`_PopenDyingWithParent` raised), TFF's service manager still
+    holds the worker before it, which it has already waited for; its next call would ``kill`` that pid again:
+    ``ProcessLookupError`` on every later call, or, had the pid been reused, a signal to another program.
+    """
+
+    @staticmethod
+    def kill(pid: int, signum: int) -> None:
+        if os.path.isdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                return  # gone (and waited for)
+            if parent != os.getpid():
+                return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+
 class _PortsForTff:
     """What TFF's executor factory sees as ``portpicker``: its worker's port from :func:`fedlab.ports.free_port`,
     below the ephemeral range that any outgoing connection can take a released port from."""
@@ -144,6 +170,7 @@ def _patch_worker_start() -> None:
     from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
 
     executor_factory.subprocess = _SubprocessForTff()
+    executor_factory.os = _OsForTff()
     executor_factory.portpicker = _PortsForTff()
 
 

@@ -85,6 +85,7 @@ class SecureRoundProcess:
 
         t = tff()
         self.protocol = protocol
+        self.data_type = training.data_type  # what a client's packed input is (pack_clients)
         templates = t.learning.templates
         state_class = templates.LearningAlgorithmState
         weights_type = training.weights_type
@@ -157,7 +158,7 @@ class SecureRoundProcess:
              participants: Optional[Sequence[int]] = None, graph_seed: int = 0):
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
-        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data))
+        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
         inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
                   for cid, enc in zip(ids, encoded)}
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)

@@ -47,6 +47,7 @@ class SplitRoundProcess:
     def __init__(self, training, model_aggregator=None, attack: Optional[str] = None) -> None:
         t = tff()
         self.attack = ATTACKS[attack] if attack is not None else None
+        self.data_type = training.data_type  # what a client's packed input is (pack_clients)
         self.round_inputs = ("clients",) + (self.ATTACK_INPUTS if attack is not None else ())
         templates = t.learning.templates
         self._state_class = templates.LearningAlgorithmState
@@ -113,7 +114,8 @@ class SplitRoundProcess:
         client_data = self.prepare(state, ids, client_data)
         learning_rate = np.float32(state.client_work["learning_rate"])
         updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights,
-                                                                  pack_clients(client_data), learning_rate)
+                                                                  pack_clients(client_data, self.data_type),
+                                                                  learning_rate)
         updates = [tuple(np.asarray(u) for u in update) for update in updates]
         update_weights = [np.float32(w) for w in update_weights]
         if self.attack is not None:

@@ -62,7 +62,8 @@ def test_worker_that_cannot_bind_its_port_is_one_error_at_once(taken_port):
 
 
 def test_tff_call_whose_worker_cannot_start_fails_and_the_next_call_runs(taken_port, monkeypatch):
-    """Through TFF's own service manager, which waited forever for a worker that had exited (a notebook hung)."""
+    """Through TFF's own service manager, which waited forever for a worker that had exited (a notebook hung),
+    and which then still runs the next call."""
     import tensorflow as tf
 
     t = runtime.tff()
@@ -75,6 +76,7 @@ def test_tff_call_whose_worker_cannot_start_fails_and_the_next_call_runs(taken_p
     def one():
         return tf.constant(1)
 
+    assert one() == 1  # a worker runs: TFF's service manager holds it, and restarts from it below
     runtime.stop_local_workers()
     monkeypatch.setattr(ports, "free_port", lambda *a, **k: taken_port)
     outcome, context = [], runtime.current_context()
@@ -91,4 +93,6 @@ def test_tff_call_whose_worker_cannot_start_fails_and_the_next_call_runs(taken_p
     assert outcome, "the TFF call still waits for a worker that exited 60 s ago"
     assert isinstance(outcome[0], RuntimeError) and f"port {taken_port}" in str(outcome[0])
     monkeypatch.undo()
+    assert one() == 1  # TFF's service manager signalled the worker it held before, already gone: no error
+    runtime.stop_local_workers()
     assert one() == 1
