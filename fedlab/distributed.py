@@ -42,8 +42,8 @@ import tempfile
 import time
 from typing import Iterable, Optional, Sequence
 
-from . import ports, runtime
-from .ports import listening_addresses
+from . import runtime
+from .ports import free_port, listening_addresses
 from .validation import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -414,7 +414,7 @@ def serve(port: int, host: str = DEFAULT_HOST, *, max_concurrent_calls: int = -1
     if listening_addresses(port):
         raise ValueError(f"--port: {port} is already in use on this machine")
     # Behind the proxy, TFF's worker must be reachable from this machine only: the proxy is its only client.
-    inner_port, inner_address = (port, address) if tls is None else (_free_port(), DEFAULT_HOST)
+    inner_port, inner_address = (port, address) if tls is None else (free_port(), DEFAULT_HOST)
     env = runtime.worker_environment()  # FEDLAB_WORKER_INTRAOP_THREADS, as for the local runtime's worker
     if inner_address is not None:
         env["LD_PRELOAD"] = " ".join(filter(None, [str(_bind_shim()), env.get("LD_PRELOAD", "")]))
@@ -497,7 +497,7 @@ class LocalWorkers:
     def __init__(self, n: int, *, ports: Optional[Sequence[int]] = None, host: str = DEFAULT_HOST,
                  ready_timeout: float = 60.0, tls: Optional[WorkerTLS] = None):
         if ports is None:
-            ports = [_free_port() for _ in range(n)]
+            ports = [free_port() for _ in range(n)]
         if len(ports) != n:
             raise ValueError(f"ports: need {n}, got {len(ports)}")
         self.host = host
@@ -583,7 +583,3 @@ def _default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     runtime.die_with_parent(signal.SIGKILL)
-
-
-def _free_port() -> int:
-    return ports.free_port()

@@ -32,10 +32,6 @@ FAST = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=4, r
 COMPARED = ["train_loss", "train_accuracy", "eval_loss", "eval_accuracy"]
 
 
-def _free_port() -> int:
-    return free_port()  # below the ephemeral range: no other test's connection takes it before the worker binds
-
-
 def assert_same_numbers(a, b):
     # Workers sum each sub-round's updates before merging them: float32
     # additions in another order, so equal to rounding, not bit for bit.
@@ -87,13 +83,13 @@ def test_two_workers_give_the_local_numbers(workers):
 
 
 def test_unreachable_worker_is_named_before_the_run():
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     with pytest.raises(WorkerUnreachableError, match=f"worker {dead}.*python -m fedlab worker --port"):
         check_workers([dead], timeout=1.0)
 
 
 def test_cli_reports_unreachable_worker_in_one_line(tmp_path):
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     proc = subprocess.run([sys.executable, "-m", "fedlab", "run", "--workers", dead, "--out", str(tmp_path),
                            "--rounds", "1", "--quiet"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr
@@ -119,7 +115,7 @@ def test_killed_worker_is_reported_and_the_run_resumes(workers, tmp_path):
 
 
 def test_worker_command_stops_on_sigterm():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fedlab", "worker", "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -170,7 +166,7 @@ def _namespace_host():
 
 @pytest.mark.skipif(not _can_make_netns(), reason="needs root and iproute2 for a network namespace")
 def test_worker_on_another_network_host(tmp_path):
-    port = _free_port()
+    port = free_port()
     with _namespace_host() as ns:
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "fedlab", "worker", "--port", str(port)]
         on_loopback = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -34,10 +34,6 @@ EXECUTOR = "/tensorflow_federated.v0.ExecutorGroup/"
 pytestmark = pytest.mark.xdist_group("tls")
 
 
-def _free_port() -> int:
-    return free_port()  # below the ephemeral range: no other test's connection takes it before the worker binds
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     return make_certs(tmp_path_factory.mktemp("certs"))
@@ -146,8 +142,8 @@ def _cli(*args, timeout=120):
 def test_tls_options_go_together(certs, given, missing):
     files = {"--tls-cert": "server.pem", "--tls-key": "server-key.pem", "--tls-ca": "ca.pem"}
     options = [x for option in given for x in (option, str(certs[files[option]]))]
-    for command in (["worker", "--port", str(_free_port())],
-                    ["run", "--workers", f"127.0.0.1:{_free_port()}", "--out", os.devnull]):
+    for command in (["worker", "--port", str(free_port())],
+                    ["run", "--workers", f"127.0.0.1:{free_port()}", "--out", os.devnull]):
         proc = _cli(*command, *options)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"fedlab {command[0]}: error: {missing}: "
@@ -156,11 +152,11 @@ def test_tls_options_go_together(certs, given, missing):
 
 def test_unreadable_or_wrong_tls_file_is_one_line(certs, tmp_path):
     absent = tmp_path / "absent.pem"
-    proc = _cli("worker", "--port", str(_free_port()), "--tls-cert", str(certs["server.pem"]),
+    proc = _cli("worker", "--port", str(free_port()), "--tls-cert", str(certs["server.pem"]),
                 "--tls-key", str(absent), "--tls-ca", str(certs["ca.pem"]))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert f"--tls-key: cannot read {absent}" in proc.stderr
-    proc = _cli("run", "--workers", f"127.0.0.1:{_free_port()}", "--out", str(tmp_path / "o"),
+    proc = _cli("run", "--workers", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "o"),
                 "--tls-cert", str(certs["client-key.pem"]), "--tls-key", str(certs["client-key.pem"]),
                 "--tls-ca", str(certs["ca.pem"]))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
@@ -171,7 +167,7 @@ def test_unreadable_or_wrong_tls_file_is_one_line(certs, tmp_path):
 
 
 def test_tls_worker_command_stops_both_on_sigterm(certs):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fedlab", "worker", "--port", str(port),
                              "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server-key.pem"]),
                              "--tls-ca", str(certs["ca.pem"])], cwd=ROOT, stdout=subprocess.PIPE,
