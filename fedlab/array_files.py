@@ -82,7 +82,9 @@ class ArrayFiles:
         self._directory = None
         self._paths: dict[int, tuple[weakref.ref, str]] = {}
         self._count = 0
-        self._lock = threading.Lock()
+        # re-entrant: a weakref callback (:meth:`_forget`) can run in the middle of :meth:`path`, on the same
+        # thread, whenever an allocation there sets off the garbage collector; a plain Lock then deadlocks
+        self._lock = threading.RLock()
 
     @property
     def directory(self) -> pathlib.Path:

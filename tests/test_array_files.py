@@ -92,3 +92,25 @@ def test_directories_of_processes_that_were_killed_are_removed(tmp_path):
     assert not dead.exists() and alive.exists()
     assert files.directory.name.startswith(f"{array_files.PREFIX}{os.getpid()}-")
     files.close()
+
+
+def test_an_array_collected_while_a_path_is_being_recorded_does_not_deadlock(tmp_path):
+    """The garbage collector can run a file's weakref callback on the thread that is inside ``path``."""
+    import threading
+
+    files = ArrayFiles(tmp_path)
+    x = np.zeros(4)
+    path = files.path(x)
+    done = []
+
+    def collect_inside_path():
+        with files._lock:  # as inside ``path``, when an allocation there sets off the collector
+            files._forget(id(x), path)
+        done.append(True)
+
+    worker = threading.Thread(target=collect_inside_path, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert done, "the weakref callback waited for the lock its own thread holds"
+    assert not os.path.exists(path)
+    files.close()
