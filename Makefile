@@ -14,7 +14,7 @@ STAMP := $(VENV)/.fedlab-installed
 HEART_DIR ?= $(firstword $(wildcard $(CURDIR)/../shared/data/heart_disease) $(CURDIR)/data/heart_disease)
 export FEDLAB_HEART_DISEASE_DIR ?= $(HEART_DIR)
 
-.PHONY: env test browser figures check-figures lab bench clean
+.PHONY: env test browser soak figures check-figures lab bench clean
 
 env: $(STAMP)
 
@@ -36,6 +36,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "*** /usr/bin/chromium missing and not root: the browser test will be skipped ***"; fi; \
 	fi
+
+# The browser and notebook tests RUNS times in a row from a clean clone of HEAD (tools/soak.py): passes, failures,
+# stalls; LOAD busy processes beside them stand for the rest of the suite.
+RUNS ?= 5
+LOAD ?= 1
+soak: env browser
+	$(PY) tools/soak.py --runs $(RUNS) --load $(LOAD)
 
 figures: env
 	$(PY) -m fedlab reproduce

@@ -34,6 +34,8 @@ import weakref
 
 import numpy as np
 
+from .runtime import held
+
 PREFIX = "fedlab-arrays-"
 _local_files = contextvars.ContextVar("fedlab_local_array_files", default=True)
 
@@ -96,20 +98,20 @@ class ArrayFiles:
 
     def path(self, array: np.ndarray) -> str:
         """The file holding ``array`` (written now if this array object has none yet)."""
-        with self._lock:
+        with held(self._lock, "the index of the array files"):
             known = self._paths.get(id(array))
             if known is not None and known[0]() is array:
                 return known[1]
             self._count += 1
             path = str(self.directory / f"{self._count}.pb")
         _write_whole(path, array)
-        with self._lock:
+        with held(self._lock, "the index of the array files"):
             key = id(array)
             self._paths[key] = (weakref.ref(array, lambda _, key=key, path=path: self._forget(key, path)), path)
         return path
 
     def _forget(self, key: int, path: str) -> None:
-        with self._lock:
+        with held(self._lock, "the index of the array files"):
             known = self._paths.get(key)
             if known is not None and known[1] == path:
                 del self._paths[key]
@@ -121,7 +123,7 @@ class ArrayFiles:
 
     def close(self) -> None:
         """Deletes every file and the directory."""
-        with self._lock:
+        with held(self._lock, "the index of the array files"):
             self._paths.clear()
             directory, self._directory = self._directory, None
         if directory is not None:

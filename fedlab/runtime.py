@@ -7,16 +7,24 @@ open (a ``subprocess.run`` of our CLI would then hang). We stop it at exit,
 and start it so that the kernel delivers SIGKILL to it when its parent dies
 (a run killed with SIGKILL leaves no orphaned worker behind), on a port no
 outgoing connection can take, and wait for it to listen (:mod:`fedlab.ports`).
+
+Nothing here waits forever: a TFF call, the worker's start and its channel, a
+signalled worker's exit and a lock each have a bound (:func:`wait_limit`), and
+past it the caller gets one line saying what was waited for and where the
+waiting thread stood (:func:`where`).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 from . import ports
 
@@ -51,6 +59,66 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
 _TRAMPOLINE = ("import ctypes, os, sys\n"
                "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\nexcept (OSError, AttributeError):\n"
                "    pass\nos.execv(sys.argv[1], sys.argv[1:])")
+
+
+WAIT_LIMIT_VARIABLE = "FEDLAB_WAIT_LIMIT_S"
+DEFAULT_WAIT_LIMIT_S = 1800.0
+
+
+def wait_limit() -> float:
+    """Seconds fedlab waits for any one thing (a TFF call, a panel's next round, a lock) before it stops waiting
+    and says what it waited for: ``FEDLAB_WAIT_LIMIT_S``, default 1800 (a round of the largest workload in
+    ``make bench`` takes seconds)."""
+    raw = os.environ.get(WAIT_LIMIT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_WAIT_LIMIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{WAIT_LIMIT_VARIABLE}: must be a finite number of seconds > 0, got {raw!r}")
+    return value
+
+
+def where(thread: "threading.Thread | int | None") -> str:
+    """One line: where ``thread`` stands now: its innermost frame and, when that is in a library, the innermost
+    frame of fedlab's or the user's own code below it."""
+    ident = thread.ident if isinstance(thread, threading.Thread) else thread
+    frame = sys._current_frames().get(ident) if ident is not None else None
+    if frame is None:
+        return "nowhere (the thread has ended)"
+    import sysconfig
+
+    libraries = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")})
+
+    def own(path: str) -> bool:
+        return f"{os.sep}fedlab{os.sep}" in path or not path.startswith(libraries)
+
+    def at(f) -> str:
+        path = f.f_code.co_filename
+        cut = path.rfind(f"{os.sep}fedlab{os.sep}")
+        return f"{path[cut + 1:] if cut >= 0 else os.path.basename(path)}:{f.f_lineno} in {f.f_code.co_name}"
+
+    inner, caller = at(frame), None
+    f = frame if not own(frame.f_code.co_filename) else None
+    while f is not None and caller is None:
+        if own(f.f_code.co_filename):
+            caller = at(f)
+        f = f.f_back
+    return inner + (f", called from {caller}" if caller else "")
+
+
+@contextlib.contextmanager
+def held(lock, what: str):
+    """``with lock``, but waiting at most :func:`wait_limit` seconds for it (``TimeoutError`` names ``what``)."""
+    limit = wait_limit()
+    if not lock.acquire(timeout=limit):
+        raise TimeoutError(f"fedlab waited {limit:g} s for {what} ({WAIT_LIMIT_VARIABLE}); another thread holds it")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 WORKER_THREADS_VARIABLE = "FEDLAB_WORKER_INTRAOP_THREADS"
@@ -103,8 +171,6 @@ class _PopenDyingWithParent(subprocess.Popen):
             self._wait_listening(port)
 
     def _wait_listening(self, port: int) -> None:
-        import time
-
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while not ports.listening_addresses(port):
             if self.poll() is not None:
@@ -137,6 +203,8 @@ class _OsForTff:
     After a worker that could not start (:class:`_PopenDyingWithParent` raised), TFF's service manager still
     holds the worker before it, which it has already waited for; its next call would ``kill`` that pid again:
     ``ProcessLookupError`` on every later call, or, had the pid been reused, a signal to another program.
+    TFF follows its SIGINT with an unbounded ``wait()``; a worker that ignores SIGINT (a Jupyter kernel ignores
+    it between cells, and its children inherit that) gets SIGKILL after :data:`STOP_GRACE_S`.
     """
 
     @staticmethod
@@ -149,6 +217,9 @@ class _OsForTff:
                 return  # gone (and waited for)
             if parent != os.getpid():
                 return
+        if signum == signal.SIGINT:
+            stop_child(pid)
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
@@ -165,13 +236,84 @@ class _PortsForTff:
         return ports.free_port()
 
 
+def _ready_within_start_limit(stub_class):
+    """TFF's gRPC stub class, whose ``is_ready`` gives up on a channel that never was ready.
+
+    TFF's service manager polls ``is_ready`` without a limit after it starts a worker. Once
+    :data:`WORKER_START_TIMEOUT_S` has passed without the channel ever being ready, the poll raises (one line
+    naming the worker's address), and later polls say "not ready", so that TFF's next call starts a new worker.
+    """
+
+    class StubReadyWithinLimit(stub_class):
+        def __init__(self, channel, *args, **kwargs):
+            super().__init__(channel, *args, **kwargs)
+            self._fedlab_started = time.monotonic()
+            self._fedlab_ready_once = self._fedlab_gave_up = False
+
+        @property
+        def is_ready(self) -> bool:
+            ready = super().is_ready
+            self._fedlab_ready_once |= ready
+            if ready or self._fedlab_ready_once or self._fedlab_gave_up:
+                return ready
+            if time.monotonic() - self._fedlab_started > WORKER_START_TIMEOUT_S:
+                self._fedlab_gave_up = True
+                raise RuntimeError(f"TFF's local worker listens, but its gRPC channel was not ready within "
+                                   f"{WORKER_START_TIMEOUT_S:g} s; run the call again (a new worker starts)")
+            return False
+
+    return StubReadyWithinLimit
+
+
+def _bounded_run_coro_and_return_result(self, coro):
+    """TFF's ``AsyncThreadRunner.run_coro_and_return_result`` (every synchronous TFF call goes through it),
+    waiting at most :func:`wait_limit` seconds instead of forever.
+
+    Past the limit the call is cancelled, TFF's local worker is stopped (its next call starts a new one), and a
+    ``TimeoutError`` says where TFF's event-loop thread stood.
+    """
+    import asyncio
+
+    limit = wait_limit()
+    future = asyncio.run_coroutine_threadsafe(coro, self._event_loop)
+    try:
+        return future.result(timeout=limit)
+    except TimeoutError:
+        if future.done():
+            raise  # the computation's own TimeoutError
+        stuck = where(self._thread)
+        future.cancel()
+        stop_local_workers()
+        raise TimeoutError(f"a TFF call had no answer within {limit:g} s ({WAIT_LIMIT_VARIABLE}); TFF's event loop "
+                           f"was at {stuck}; the call is cancelled and TFF's local worker stopped (the next call "
+                           f"starts a new one)") from None
+
+
 def _patch_worker_start() -> None:
-    """TFF's local worker: started dying with this process, on a port from :mod:`fedlab.ports`, waited for."""
+    """TFF's local worker: started dying with this process, on a port from :mod:`fedlab.ports`, waited for with a
+    bound; every TFF call waits with a bound."""
+    from tensorflow_federated.python.common_libs import async_utils
     from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
 
     executor_factory.subprocess = _SubprocessForTff()
     executor_factory.os = _OsForTff()
     executor_factory.portpicker = _PortsForTff()
+    stub = executor_factory.remote_executor_grpc_stub
+    if not hasattr(stub, "fedlab_original"):
+        executor_factory.remote_executor_grpc_stub = _StubModule(stub)
+    async_utils.AsyncThreadRunner.run_coro_and_return_result = _bounded_run_coro_and_return_result
+
+
+class _StubModule:
+    """What TFF's executor factory sees as ``remote_executor_grpc_stub``: the real module, but its stub class
+    gives up on a channel that never became ready (:func:`_ready_within_start_limit`)."""
+
+    def __init__(self, module):
+        self.fedlab_original = module
+        self.RemoteExecutorGrpcStub = _ready_within_start_limit(module.RemoteExecutorGrpcStub)
+
+    def __getattr__(self, name):
+        return getattr(self.fedlab_original, name)
 
 
 def tff():
@@ -281,37 +423,48 @@ def stop_local_workers() -> None:
     _forget_stopped_service_managers()
     if not os.path.isdir("/proc"):
         return
-    import time
-
     for pid, cmd in _children():
-        if not cmd.endswith("worker_binary"):
-            continue
+        if cmd.endswith("worker_binary"):
+            stop_child(pid)
+
+
+STOP_GRACE_S = 2.0
+
+
+def stop_child(pid: int) -> None:
+    """SIGINT to a child, then SIGKILL if it has not exited within :data:`STOP_GRACE_S`; it is not reaped.
+
+    SIGINT can be ignored: a process started with ``cmd &`` from a script, or by a Jupyter kernel between
+    cells, passes SIG_IGN on to the worker.
+    """
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:  # for it to exit and release the pipes it inherited
         try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            continue
-        for _ in range(100):  # up to 2 s for it to exit and release the pipes it inherited
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break
-            except OSError:
-                break
-            time.sleep(0.02)
-        else:  # SIGINT ignored: a process started with `cmd &` from a script passes SIG_IGN on to the worker
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def run_coroutine(coro):
-    """Runs a coroutine (TFF's program-state manager is async) from plain code, in Jupyter too."""
+    """Runs a coroutine (TFF's release managers are async) from plain code, in Jupyter too, for at most
+    :func:`wait_limit` seconds."""
     import asyncio
 
+    bounded = asyncio.wait_for(coro, wait_limit())
     try:
         loop = asyncio.get_event_loop()  # Jupyter's loop (nest_asyncio lets it nest)
     except RuntimeError:  # a worker thread without a loop, e.g. the widget's
-        return asyncio.run(coro)
-    return loop.run_until_complete(coro)
+        return asyncio.run(bounded)
+    return loop.run_until_complete(bounded)
 
 
 def _forget_stopped_service_managers() -> None:

@@ -4,13 +4,16 @@ Training runs in a background thread so the notebook stays responsive; the
 curve is drawn with matplotlib into an ``ipywidgets.Image`` after every round
 (no front-end extension beyond ipywidgets is needed). Built TFF processes are
 cached by the runner, and finished runs by ``results_cache``, so the same
-settings twice come back at once.
+settings twice come back at once. A run that fails, or finishes no round
+within :func:`fedlab.runtime.wait_limit`, says so in the status line (where
+its thread stood, for a stall), and Run works again.
 """
 
 from __future__ import annotations
 
 import io
 import threading
+import time
 from typing import Callable, Optional, Sequence
 
 import pandas as pd
@@ -24,6 +27,7 @@ from .data import DATASETS
 from .models import MODELS
 from .partition import PARTITIONERS
 from .runner import run_experiment
+from .runtime import held, wait_limit, where
 from .systems import DEVICE_PROFILES, POLICIES
 
 
@@ -182,10 +186,12 @@ class ExperimentPanel:
         self.error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        # Set under the lock by start(), cleared first thing as a run ends: Run, Stop and the status line
-        # read it, from the kernel's thread and the training thread alike.
+        # Set under the lock by start(), cleared first thing as a run ends or stalls: Run, Stop and the status
+        # line read it, from the kernel's thread, the training thread and the run's watch alike.
         self._lock = threading.Lock()
         self._active = False
+        self._run_id = 0  # the current run's number: a stalled run's late updates, if any, are ignored
+        self._last_progress = 0.0  # time.monotonic() of the current run's start or latest round
         from .runtime import current_context
 
         # TFF's context stack is per thread, and ipykernel 7 handles button clicks outside the
@@ -244,21 +250,26 @@ class ExperimentPanel:
             config = self.config()
         except ValueError:
             return  # the settings' error is already shown, and Run is disabled
-        with self._lock:
+        with held(self._lock, "the panel's run state"):
             if self._active:
                 return  # Run is disabled while a run goes on; a click that raced it does nothing
             self._active = True
+            self._run_id += 1
+            self._last_progress = time.monotonic()
+            self._stop = threading.Event()  # a stalled run keeps its own, set
         self.error, self.history = None, None
-        self._stop.clear()
         self.progress.max, self.progress.value = config.rounds, 0
         self.status.value = f"round 0/{config.rounds} · starting…"
         self.run_button.disabled, self.stop_button.disabled = True, False
-        self._thread = threading.Thread(target=self._train, args=(config, self._context), daemon=True)
+        self._thread = threading.Thread(target=self._train, args=(config, self._context, self._run_id, self._stop),
+                                        daemon=True, name=f"fedlab panel run {self._run_id}")
         self._thread.start()
+        threading.Thread(target=self._watch, args=(self._run_id, self._thread, config), daemon=True,
+                         name=f"fedlab panel watch {self._run_id}").start()
 
     def stop(self) -> None:
         """Ends the current run after its current round (the Stop button calls this)."""
-        with self._lock:
+        with held(self._lock, "the panel's run state"):
             if not self._active or self._stop.is_set():
                 return
             self._stop.set()
@@ -266,15 +277,45 @@ class ExperimentPanel:
             self.status.value += " · stopping after this round…"
 
     def wait(self, timeout: Optional[float] = None) -> Optional[pd.DataFrame]:
-        """Blocks until the current run ends (TimeoutError after ``timeout`` seconds); re-raises its error."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError(f"the panel's run is still going after {timeout} s (round "
-                                   f"{self.progress.value} of {self.progress.max})")
+        """Blocks until the current run ends and returns its history, re-raising its error.
+
+        At most ``timeout`` seconds when given; in any case a run that finishes no round within
+        :func:`fedlab.runtime.wait_limit` ends the wait with a ``TimeoutError`` saying where its thread stood.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        thread = self._thread
+        while thread is not None and thread.is_alive() and self._active:
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the panel's run is still going after {timeout:g} s (round "
+                                   f"{self.progress.value} of {self.progress.max}); its thread is at {where(thread)}")
+            thread.join(min(1.0, left))
         if self.error is not None:
             raise self.error
         return self.history
+
+    def _watch(self, run_id: int, thread: threading.Thread, config: ExperimentConfig) -> None:
+        """Ends the panel's wait for a run that finishes no round within the wait limit: the status line says
+        where the run's thread stands, and Run works again (the stuck thread, should it ever finish a round,
+        stops there, and its updates are ignored)."""
+        limit = wait_limit()
+        while thread.is_alive():
+            thread.join(1.0)
+            with held(self._lock, "the panel's run state"):
+                if run_id != self._run_id or not self._active:
+                    return
+                quiet = time.monotonic() - self._last_progress
+                if quiet <= limit:
+                    continue
+                self._active = False
+                self._stop.set()
+                self.stop_button.disabled = True
+            self.error = TimeoutError(f"the panel's run finished no round in {quiet:.0f} s (round "
+                                      f"{self.progress.value} of {config.rounds}; the limit is FEDLAB_WAIT_LIMIT_S="
+                                      f"{limit:g}); its thread is at {where(thread)}")
+            self.status.value = f"<b style='color:#b00'>stalled: {self.error}. Run starts again.</b>"
+            self._settings_changed()
+            return
 
     def _checkpoint_dir(self, config: ExperimentConfig):
         if self.results_cache is None:
@@ -287,21 +328,30 @@ class ExperimentPanel:
         # keyed like the result cache (config, fedlab's code, the user's components): never resumed by other code
         return pathlib.Path(self.results_cache) / "panel-checkpoints" / cache_key(config, component_digests(config))
 
-    def _train(self, config: ExperimentConfig, context) -> None:
+    def _current(self, run_id: int) -> bool:
+        """Whether ``run_id`` is still the panel's run (not one given up on as stalled)."""
+        return run_id == self._run_id and self._active
+
+    def _train(self, config: ExperimentConfig, context, run_id: int, stop: threading.Event) -> None:
         from .runner import RunStopped
         from .runtime import real_stdio, run_in_context
 
         def on_round(row, history):
+            if not self._current(run_id):
+                return
+            self._last_progress = time.monotonic()
             self.progress.value = int(row["round"])
-            stopping = " · stopping after this round…" if self._stop.is_set() else ""
+            stopping = " · stopping after this round…" if stop.is_set() else ""
             self.status.value = self._status(config, history, finished=False) + stopping
             self._draw(history, config)
 
         try:
             with real_stdio():
                 history = run_in_context(context, run_experiment, config, results_cache=self.results_cache,
-                                         progress=False, callback=on_round, stop=self._stop,
+                                         progress=False, callback=on_round, stop=stop,
                                          checkpoint_dir=self._checkpoint_dir(config))
+            if not self._current(run_id):
+                return
             self.history = history
             self.last_from_cache = bool(history.attrs.get("from_cache"))
             self.progress.value = config.rounds
@@ -310,13 +360,17 @@ class ExperimentPanel:
             self._draw(history, config, current_in_previous=True)
             self.status.value = self._status(config, history, finished=True)
         except RunStopped as stopped:
-            kept = " (its checkpoint is kept: Run with these settings resumes it)" if self.results_cache else ""
-            self.status.value = f"stopped after round {stopped.round} of {config.rounds}{kept}"
+            if self._current(run_id):
+                kept = " (its checkpoint is kept: Run with these settings resumes it)" if self.results_cache else ""
+                self.status.value = f"stopped after round {stopped.round} of {config.rounds}{kept}"
         except BaseException as err:  # shown in the panel and re-raised by wait()
-            self.error = err
-            self.status.value = f"<b style='color:#b00'>{type(err).__name__}: {err}</b>"
+            if self._current(run_id):
+                self.error = err
+                self.status.value = f"<b style='color:#b00'>{type(err).__name__}: {err}</b>"
         finally:
-            with self._lock:
+            with held(self._lock, "the panel's run state"):
+                if run_id != self._run_id:
+                    return  # given up on as stalled; a newer run may be going
                 self._active = False
                 self.stop_button.disabled = True
             self._settings_changed()

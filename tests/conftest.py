@@ -3,12 +3,41 @@ import pathlib
 
 import pytest
 
+import stalls
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_HEART = ROOT.parent / "shared" / "data" / "heart_disease"
 
 # The loader reads the UCI files from this folder; CI has ../shared beside the clone.
 if "FEDLAB_HEART_DISEASE_DIR" not in os.environ and SHARED_HEART.is_dir():
     os.environ["FEDLAB_HEART_DISEASE_DIR"] = str(SHARED_HEART)
+
+
+# No test waits forever: past its limit a test fails with the stacks of every thread of its process and of the
+# processes it started (tests/stalls.py). Longer limits are marked on the test: @pytest.mark.stall_limit(seconds).
+DEFAULT_STALL_LIMIT_S = 600.0
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "stall_limit(seconds): the test's watchdog limit (default "
+                                       f"{DEFAULT_STALL_LIMIT_S:.0f} s)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    marker = item.get_closest_marker("stall_limit")
+    dog = stalls.Watchdog(float(marker.args[0]) if marker else DEFAULT_STALL_LIMIT_S, item.nodeid).start()
+    result = None
+    try:
+        result = yield
+    except BaseException:
+        if dog.message is None:  # an ordinary failure
+            dog.cancel()
+            raise
+    dog.cancel()
+    if dog.message is not None:  # the stall, not what it caused (a killed kernel, a KeyboardInterrupt-like error)
+        pytest.fail(dog.message, pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import urllib.request
 
 import pytest
 
+import stalls
 from fedlab import reproduce
 from test_notebooks import noise_in
 
@@ -81,7 +82,7 @@ def lab(tmp_path_factory, notebook_cache):
             time.sleep(0.5)
     else:
         pytest.fail("JupyterLab did not answer within 120 s")
-    yield url, token, out / "results"
+    yield url, token, out / "results", server.pid
     server.terminate()
     server.wait(timeout=30)
 
@@ -110,14 +111,23 @@ def _accept_kernel_dialog(page) -> bool:
 PROMPTS = "els => els.map(e => e.textContent)"
 
 
-def _run_all(page, log, stall_s=420, total_s=900):
+def _stalled(what: str, server_pid: int, log) -> str:
+    """What the kernel (and its TFF worker) were doing when a notebook stopped making progress, and the end of
+    JupyterLab's log, where the kernel's own stderr goes (TFF's worker's too); saved beside the screenshots."""
+    text = (f"{what}\nthe stacks of JupyterLab's kernels and their children:\n"
+            f"{stalls.report(server_pid, include_root=False)}\n\nthe end of JupyterLab's log:\n"
+            f"{log.read_text(errors='replace')[-2000:]}")
+    return f"{text}\n(saved in {stalls.save('browser-' + what[:60], text)})"
+
+
+def _run_all(page, log, server_pid, stall_s=300, total_s=900):
     """Run All Cells, then wait until no cell is queued or running ([*]) and the kernel is idle.
 
     Polled from here, so that a kernel dialog appearing late is answered (and Run All pressed again
     if nothing started), and a notebook that stops making progress fails with what it was doing
     instead of a bare timeout. A failing cell aborts the queue, which leaves later prompts empty for
-    the caller to report. A stall's message ends with the end of JupyterLab's log (``log``), where the
-    kernel's own stderr goes (TFF's worker's too).
+    the caller to report. A stall's message gives the stacks of every thread of the kernel and its TFF worker,
+    and the end of JupyterLab's log (``log``).
     """
     deadline = time.monotonic() + 120
     while page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() == 0:
@@ -146,9 +156,9 @@ def _run_all(page, log, stall_s=420, total_s=900):
             status = page.eval_on_selector_all(".jp-Notebook-ExecutionIndicator", "els => els.map(e => "
                                                "e.getAttribute('data-status'))")
             dialogs = page.eval_on_selector_all(".jp-Dialog", "els => els.map(e => e.innerText.slice(0, 200))")
-            pytest.fail(f"notebook stalled for {now - last_change:.0f} s ({now - started:.0f} s in all): "
-                        f"prompts {prompts}, kernel {status}, dialogs {dialogs}; the end of JupyterLab's log:\n"
-                        f"{log.read_text(errors='replace')[-2000:]}")
+            pytest.fail(_stalled(f"notebook stalled for {now - last_change:.0f} s ({now - started:.0f} s in all): "
+                                 f"prompts {prompts}, kernel {status}, dialogs {dialogs}", server_pid, log),
+                        pytrace=False)
         page.wait_for_timeout(1_000)
 
 
@@ -158,14 +168,16 @@ def _panel_image(page) -> str:
 
 @pytest.mark.parametrize("path", reproduce.notebooks(), ids=lambda p: p.stem)
 def test_notebook_in_jupyterlab(path, lab, browser, notebook_runs):
-    url, token, results = lab
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    url, token, results, server_pid = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         # a fresh workspace per notebook, so earlier notebooks are not reopened beside it
         page.goto(f"{url}/lab/workspaces/{path.stem}/tree/{path.name}?reset&token={token}")
         page.wait_for_selector(".jp-Notebook", timeout=120_000)
-        _run_all(page, results.parent / "lab.log")
+        _run_all(page, results.parent / "lab.log", server_pid)
         prompts = page.eval_on_selector_all(f"{VISIBLE} .jp-CodeCell .jp-InputPrompt",
                                             "els => els.map(e => e.textContent)")
         assert prompts and all(p.strip("[]: ").isdigit() for p in prompts), f"cells that did not run: {prompts}"
@@ -191,9 +203,13 @@ def test_notebook_in_jupyterlab(path, lab, browser, notebook_runs):
             page.keyboard.press("ArrowRight")
             page.locator(".jupyter-widgets button", has_text="Run").last.click()
             # finished: the status line shows a new result (not the cached one, not "running")
-            page.wait_for_function(
-                """([el, before]) => el.innerText !== before && el.innerText.includes('after')""",
-                arg=[status.element_handle(), status_before], timeout=300_000, polling=500)
+            try:
+                page.wait_for_function(
+                    """([el, before]) => el.innerText !== before && el.innerText.includes('after')""",
+                    arg=[status.element_handle(), status_before], timeout=300_000, polling=500)
+            except PlaywrightTimeout:
+                pytest.fail(_stalled(f"the panel's run did not finish within 300 s: status {status.inner_text()!r}",
+                                     server_pid, results.parent / "lab.log"), pytrace=False)
             width = page.locator(".widget-hprogress .progress-bar").last.evaluate("e => e.style.width")
             assert width == "100%", f"progress bar at {width}"
             assert _panel_image(page) != before, "the plot did not redraw"

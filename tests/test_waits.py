@@ -1,0 +1,139 @@
+"""Nothing waits forever: a TFF call, a panel's run and a lock each end past their bound with one line saying what
+was waited for and where the waiting thread stood; and the next call or Run works."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fedlab as fl
+from fedlab import runtime
+
+
+def test_the_wait_limit_is_read_from_the_environment_and_checked(monkeypatch):
+    monkeypatch.delenv(runtime.WAIT_LIMIT_VARIABLE, raising=False)
+    assert runtime.wait_limit() == runtime.DEFAULT_WAIT_LIMIT_S
+    monkeypatch.setenv(runtime.WAIT_LIMIT_VARIABLE, "2.5")
+    assert runtime.wait_limit() == 2.5
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        monkeypatch.setenv(runtime.WAIT_LIMIT_VARIABLE, bad)
+        with pytest.raises(ValueError, match=f"^{runtime.WAIT_LIMIT_VARIABLE}: must be a finite number"):
+            runtime.wait_limit()
+
+
+def test_a_held_lock_is_waited_for_within_the_limit(monkeypatch):
+    monkeypatch.setenv(runtime.WAIT_LIMIT_VARIABLE, "0.2")
+    lock = threading.Lock()
+    with runtime.held(lock, "the test's lock"):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="waited 0.2 s for the test's lock"):
+            with runtime.held(lock, "the test's lock"):
+                pass
+        assert time.monotonic() - started < 5
+    with runtime.held(lock, "the test's lock"):  # released by both
+        pass
+
+
+def test_where_names_the_innermost_frame_and_the_callers_own_code():
+    release = threading.Event()
+
+    def waiting_for_the_release():
+        release.wait(30)
+
+    thread = threading.Thread(target=waiting_for_the_release)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        line = runtime.where(thread)
+        assert "\n" not in line and "in wait" in line and "waiting_for_the_release" in line
+    finally:
+        release.set()
+        thread.join()
+    assert runtime.where(thread) == "nowhere (the thread has ended)"
+
+
+def _worker_pids():
+    return [pid for pid, cmd in runtime._children() if cmd.endswith("worker_binary")]
+
+
+@pytest.mark.slow
+def test_a_tff_call_to_a_frozen_worker_ends_at_the_limit_and_the_next_call_starts_a_new_worker(monkeypatch):
+    tff = runtime.tff()
+    import tensorflow as tf
+
+    @tff.tensorflow.computation(tf.float32)
+    def double(x):
+        return x * 2.0
+
+    assert double(1.5) == 3.0
+    frozen = _worker_pids()
+    assert frozen, "TFF's local worker is not a child of this process"
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)  # alive, listening, and never answering
+    monkeypatch.setenv(runtime.WAIT_LIMIT_VARIABLE, "3")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as caught:
+        double(2.0)
+    assert time.monotonic() - started < 30
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("a TFF call had no answer within 3 s (FEDLAB_WAIT_LIMIT_S); TFF's event loop was at ")
+    assert not set(frozen) & set(_worker_pids()), "the frozen worker was not stopped"
+    monkeypatch.delenv(runtime.WAIT_LIMIT_VARIABLE)
+    assert double(4.0) == 8.0  # a new worker
+
+
+def _register_gated(name: str, gate: threading.Event) -> None:
+    @fl.register_dataset(name, replace=True)
+    def gated(*, seed, test_fraction):
+        """Digits, once the test opens the gate: a loader that hangs until then."""
+        gate.wait(120)
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(200, 8)).astype(np.float32)
+        return fl.Dataset.from_arrays(name, x, (x[:, 0] > 0).astype(np.int32), seed=seed,
+                                      test_fraction=test_fraction)
+
+
+@pytest.mark.slow
+def test_a_panel_run_that_finishes_no_round_within_the_limit_says_where_it_stood_and_run_works_again(
+        tmp_path, monkeypatch):
+    gate = threading.Event()
+    _register_gated("gated_for_the_wait_test", gate)
+    monkeypatch.setenv(runtime.WAIT_LIMIT_VARIABLE, "2")
+    panel = fl.ExperimentPanel(fl.ExperimentConfig(dataset="gated_for_the_wait_test", num_clients=4,
+                                                   clients_per_round=2, rounds=2, seed=1), ["rounds"],
+                               results_cache=tmp_path)
+    panel.run_button.click()
+    stuck = panel._thread
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as caught:
+        panel.wait()  # no timeout given: the wait limit still bounds it
+    assert time.monotonic() - started < 30
+    message = str(caught.value)
+    assert message.startswith("the panel's run finished no round in ") and "\n" not in message
+    assert "FEDLAB_WAIT_LIMIT_S=2" in message and "gated" in message, message
+    assert "stalled" in panel.status.value and not panel.run_button.disabled and panel.stop_button.disabled
+    gate.set()  # the stuck run goes on, finds its stop set, and its late updates are ignored
+    stuck.join(300)
+    assert not stuck.is_alive() and "stalled" in panel.status.value and panel.history is None
+    monkeypatch.delenv(runtime.WAIT_LIMIT_VARIABLE)
+    panel.run_button.click()
+    history = panel.wait(timeout=300)
+    assert panel.error is None and list(history["round"]) == [1, 2]
+
+
+def test_a_panel_wait_with_a_timeout_says_where_the_run_stood(tmp_path):
+    gate = threading.Event()
+    _register_gated("gated_for_the_timeout_test", gate)
+    panel = fl.ExperimentPanel(fl.ExperimentConfig(dataset="gated_for_the_timeout_test", num_clients=4,
+                                                   clients_per_round=2, rounds=1, seed=1), ["rounds"])
+    panel.run_button.click()
+    try:
+        with pytest.raises(TimeoutError, match=r"still going after 0.5 s \(round 0 of 1\); its thread is at .*gated"):
+            panel.wait(timeout=0.5)
+    finally:
+        gate.set()
+    panel.wait(timeout=300)
