@@ -21,6 +21,7 @@ from .analysis import accounting_table, final_metrics, rounds_to_target, summari
 from .attacks import ATTACKS, register_attack
 from .catalog import catalog
 from .clients import client_arrays_for, dataset_for, partition_for, partition_report_for
+from .comparison import BASELINES, compare, register_baseline, tune
 from .config import ExperimentConfig
 from .data import DATASETS, Dataset, DataUnavailableError, load_dataset, register_dataset
 from .distributed import LocalWorkers, use_worker_tls
@@ -63,6 +64,7 @@ __all__ = [
     "ALGORITHMS",
     "ATTACKS",
     "AlgorithmParams",
+    "BASELINES",
     "ConfigError",
     "DATASETS",
     "DEVICE_PROFILES",
@@ -87,6 +89,7 @@ __all__ = [
     "catalog",
     "client_arrays_for",
     "clients_table",
+    "compare",
     "crosssilo",
     "dataset_for",
     "devices_from_csv",
@@ -113,6 +116,7 @@ __all__ = [
     "register_aggregator",
     "register_algorithm",
     "register_attack",
+    "register_baseline",
     "register_dataset",
     "register_device_profile",
     "register_device_table",
@@ -127,5 +131,6 @@ __all__ = [
     "secagg_cost",
     "setup",
     "summarize",
+    "tune",
     "use_worker_tls",
 ]

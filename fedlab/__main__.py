@@ -15,22 +15,29 @@ import dataclasses
 import importlib
 import importlib.util
 import pathlib
+import re
 import signal
 import sys
 import threading
 from typing import Optional, Sequence
 
-from .validation import ConfigError
+from .validation import ConfigError, one_line_warnings
 
 
 class UsageError(Exception):
     pass
 
 
+# argparse takes only -1 and -.5 for negative numbers; anything else after an option that starts with '-' is
+# taken for another option ("--delta: expected one argument"), hiding the range error the value deserves.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)  # --rou 3 must not silently mean --rounds
         super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER  # -1e-5 and -inf are values (no option looks like one)
 
     def error(self, message):  # one line instead of usage + message, the option first
         raise UsageError(message[len("argument "):] if message.startswith("argument ") else message)
@@ -309,7 +316,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         if not 1 <= args.batch_size < args.examples:
             raise ConfigError("batch_size", f"must be between 1 and examples - 1 = {args.examples - 1}, "
                                             f"got {args.batch_size}")
-        q, steps = args.batch_size / args.examples, args.steps
+        q, steps, unit = args.batch_size / args.examples, args.steps, "steps"
     else:
         if any(v is None for v in user):
             raise UsageError("--clients-per-round, --num-clients and --rounds are required (or, at record level, "
@@ -318,11 +325,12 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         if not 1 <= args.clients_per_round <= args.num_clients:
             raise ConfigError("clients_per_round", f"must be between 1 and num_clients={args.num_clients}, "
                                                    f"got {args.clients_per_round}")
-        q, steps = args.clients_per_round / args.num_clients, args.rounds
+        q, steps, unit = args.clients_per_round / args.num_clients, args.rounds, "rounds"
     if args.noise_multiplier is not None:
-        print(f"epsilon={epsilon(args.noise_multiplier, q, steps, args.delta, args.accountant):.6g}")
+        print(f"epsilon={epsilon(args.noise_multiplier, q, steps, args.delta, args.accountant, unit=unit):.6g}")
     else:
-        print(f"noise_multiplier={noise_multiplier_for(args.target_epsilon, q, steps, args.delta, args.accountant):.6g}")
+        z = noise_multiplier_for(args.target_epsilon, q, steps, args.delta, args.accountant, unit=unit)
+        print(f"noise_multiplier={z:.6g}")
     return 0
 
 
@@ -381,6 +389,7 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "privacy": cmd_privacy, "worker": 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = f"fedlab {argv[0]}" if argv and argv[0] in COMMANDS else "fedlab"
+    one_line_warnings()
     try:
         for name in plugin_names(argv):
             load_plugin(name)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Callable, Optional
 
 from .registry import Registry, decorator
@@ -41,6 +42,7 @@ from .robust import CoordinateMedianFactory, KrumFactory, TrimmedMeanFactory, fr
 from .runtime import tff
 from .secure_rounds import ProtocolSum
 from .seeded import seeded_gaussian, seeded_quantizing
+from .validation import SettingWarning
 
 ROLES = ("dp", "robust", "secure", "compression")
 
@@ -93,6 +95,48 @@ def quantization_error_bound(bits: int, clip_norm: float, clients: int) -> float
     """Largest per-coordinate error of a secure b-bit sum of ``clients`` values (deterministic rounding)."""
     scale = (2 ** (bits - 1) - 1) / clip_norm
     return clients * 0.5 / scale
+
+
+def _surviving_coordinates(bits: int, num_weights: int) -> float:
+    """Expected nonzero coordinates of an update of norm C spread over ``num_weights`` weights like a Gaussian
+    vector (coordinates of deviation C / sqrt(d)), after rounding to the secure sum's step C / (2^(b-1) - 1)."""
+    half_step = 0.5 / (2 ** (bits - 1) - 1)  # in units of C: a coordinate below it rounds to 0
+    return num_weights * math.erfc(half_step * math.sqrt(num_weights) / math.sqrt(2))
+
+
+def vanishing_updates(config, num_weights: int) -> Optional[str]:
+    """Why a secure b-bit sum would round every client update of a model with ``num_weights`` weights to zero,
+    or None.
+
+    Each update is L2-clipped to C and each coordinate rounded to the nearest
+    multiple of C / (2^(b-1) - 1) (``DiscretizationFactory``, deterministic
+    rounding): one below half that step becomes 0. Even at the full norm C an
+    update spread over d weights has coordinates of about C / sqrt(d); when
+    fewer than one of them is expected to survive, every round's sum is zero
+    and the model never moves (a 650-weight logistic regression: 2 and 3 bits
+    train nothing, 4 bits train). C cancels out: only b and d decide.
+    """
+    bits = config.quantization_bits
+    if not (config.secure_aggregation and bits) or _surviving_coordinates(bits, num_weights) >= 1:
+        return None
+    levels = 2 ** (bits - 1) - 1
+    step, surviving = config.clip_norm / levels, _surviving_coordinates(bits, num_weights)
+    enough = next((b for b in range(bits + 1, 17) if _surviving_coordinates(b, num_weights) >= 1), None)
+    advice = f"use quantization_bits >= {enough}" if enough else "no bit width up to 16 keeps them"
+    return (f"{bits} bits with secure aggregation round each coordinate of a client's update to a multiple of "
+            f"clip_norm/{levels} = {step:.3g}, so one below {step / 2:.3g} becomes 0; an update of norm "
+            f"clip_norm={config.clip_norm:g} spread over the model's {num_weights} weights has coordinates of about "
+            f"{config.clip_norm / math.sqrt(num_weights):.3g}, of which {surviving:.2g} are expected to survive: "
+            f"every update is expected to sum to zero and the model not to train; {advice}")
+
+
+def warn_if_updates_vanish(config, spec) -> None:
+    """Warns, before a run, when :func:`vanishing_updates` says its secure sums will all be zero."""
+    if not (config.secure_aggregation and config.quantization_bits):
+        return
+    message = vanishing_updates(config, spec.num_parameters())
+    if message is not None:
+        warnings.warn(SettingWarning("quantization_bits", message), stacklevel=3)
 
 
 # The named builders ----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""What is registered: every data set, model, algorithm, partitioner, aggregator, attack and device profile, with its
-paper."""
+"""What is registered: every data set, model, algorithm, partitioner, aggregator, attack, device profile and
+baseline, with its paper."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import pandas as pd
 from .aggregation import AGGREGATORS
 from .algorithms import ALGORITHMS
 from .attacks import ATTACKS
+from .comparison import BASELINES
 from .data import DATASETS
 from .models import MODELS
 from .partition import PARTITIONERS
 from .systems import DEVICE_PROFILES
 
 REGISTRIES = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS, "partitioner": PARTITIONERS,
-              "aggregator": AGGREGATORS, "attack": ATTACKS, "devices": DEVICE_PROFILES}
+              "aggregator": AGGREGATORS, "attack": ATTACKS, "devices": DEVICE_PROFILES, "baseline": BASELINES}
 
 
 def catalog() -> pd.DataFrame:

@@ -20,7 +20,7 @@ import hashlib
 import json
 from typing import Any, Optional
 
-from .accounting import ACCOUNTANTS
+from .accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, MAX_ROUNDS, check_pld, least_pld_noise
 from .aggregation import AGGREGATORS, names as aggregator_names, protocol_names, uses_fraction
 from .algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
 from .array_training import WEIGHTINGS
@@ -36,6 +36,9 @@ EXECUTION_FIELDS = ("workers",)  # where a run executes, not what it computes
 NOISE_SOURCES = ("seeded", "unseeded")
 RECORD_LEVEL = "example"  # dp="example": DP-SGD on the records inside every client
 MAX_SEED = 2**31 - 1
+# float32's resolution at 1 (2^-23): an update, or a DP-SGD gradient, held to a smaller L2 norm cannot move a
+# weight of magnitude 1 or more; robust="zeroing" keeps only updates that small.
+MIN_CLIP_NORM = 2.0**-23
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -135,7 +138,7 @@ class ExperimentConfig:
         s("carry_epochs", boolean("carry_epochs", self.carry_epochs))
         s("client_weighting", one_of("client_weighting", self.client_weighting, WEIGHTINGS))
         s("batch_size", integer("batch_size", self.batch_size, 0, 1_000_000))
-        s("rounds", integer("rounds", self.rounds, 1, 1_000_000))
+        s("rounds", integer("rounds", self.rounds, 1, MAX_ROUNDS))
         s("eval_every", integer("eval_every", self.eval_every, 1, 1_000_000))
         s("eval_per_client", boolean("eval_per_client", self.eval_per_client))
         s("local_test_fraction", number("local_test_fraction", self.local_test_fraction, 0.0, 0.9))
@@ -152,7 +155,7 @@ class ExperimentConfig:
             if getattr(self, name) is not None or name == "seed":
                 s(name, integer(name, getattr(self, name), 0, MAX_SEED))
         s("dp", one_of("dp", self.dp, ("none",) + aggregator_names("dp") + (RECORD_LEVEL,)))
-        s("noise_multiplier", number("noise_multiplier", self.noise_multiplier, 0.0, 1e4))
+        s("noise_multiplier", number("noise_multiplier", self.noise_multiplier, 0.0, MAX_NOISE_MULTIPLIER))
         s("clip_norm", number("clip_norm", self.clip_norm, 0.0, 1e6, low_open=True))
         s("target_quantile", number("target_quantile", self.target_quantile, 0.0, 1.0, low_open=True, high_open=True))
         if self.delta is not None:
@@ -298,6 +301,32 @@ class ExperimentConfig:
         if self.workers and self.secure_aggregation:
             raise ConfigError("workers", "cannot be combined with secure_aggregation: TFF's worker does not implement "
                                          "secure sums, and the protocol's clients run in this process")
+        self._check_accountant()
+        self._check_clip_norm()
+
+    def _check_clip_norm(self) -> None:
+        """A norm below float32's resolution at 1 leaves nothing that can move a weight: refused where it is used."""
+        users = [name for name, used in (("dp", self.dp != "none"), ("secure_aggregation", self.secure_aggregation),
+                                         ("robust", self.robust in ("clip", "zeroing"))) if used]
+        if users and self.clip_norm < MIN_CLIP_NORM:
+            raise ConfigError("clip_norm", f"must be in [{MIN_CLIP_NORM:.3g}, 1e+06] with {users[0]}={getattr(self, users[0])!r}: "
+                                           "below float32's resolution at 1, an update or gradient clipped to it "
+                                           "(or one robust='zeroing' keeps) cannot move the model's weights, got "
+                                           f"{self.clip_norm:g}")
+
+    def _check_accountant(self) -> None:
+        """PLD's privacy-loss grid must fit in memory: a run would compute it after its first rounds."""
+        if self.accountant != "pld" or self.noise_multiplier == 0:
+            return
+        if self.user_level_dp:
+            check_pld(self.noise_multiplier, self.sampling_probability, self.rounds)
+        elif self.dp == RECORD_LEVEL:  # a site's rate batch / records is below 1; the grid hardly depends on it
+            least = least_pld_noise(0.5, 1)
+            if self.noise_multiplier < least:
+                raise ConfigError("noise_multiplier", f"must be >= {least:.3g} with accountant='pld' and "
+                                                      f"dp={RECORD_LEVEL!r}: with less noise one DP-SGD step's "
+                                                      "privacy-loss grid is too large to compute; use "
+                                                      f"accountant='rdp', got {self.noise_multiplier:g}")
 
     def _check_finetune(self, algorithm) -> None:
         if not self.finetune_epochs:

@@ -37,12 +37,12 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .clients import dataset_for, spec_for
+from .clients import dataset_for
+from .comparison import metric_rows, scores_of
 from .config import ExperimentConfig
 from .data import HEART_DISEASE_SITES, Dataset, flamby_heart_disease_arrays, flamby_standardize, read_heart_disease_sites
-from .evaluation import Evaluator
 from .models import ModelSpec
-from .runner import final_weights, run_experiment
+from .runner import run_experiment
 
 PROTOCOL_LR = 0.001  # FLamby's LR for Fed-Heart-Disease
 FEDERATED = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -157,19 +157,9 @@ def heart_disease_config(algorithm: str = "fedavg", **changes) -> ExperimentConf
 
 
 def site_scores(logits: np.ndarray, data: Dataset) -> list[dict]:
-    """Accuracy (logit > 0) and ROC AUC on each site's test set; AUC is NaN where a site has one class."""
-    from sklearn.metrics import roc_auc_score
-
-    rows = []
-    z = np.asarray(logits).reshape(len(data.y_test), -1)
-    score = z[:, 0] if z.shape[1] == 1 else z[:, 1] - z[:, 0]
-    for s, name in enumerate(data.site_names):
-        idx = np.flatnonzero(data.test_sites == s)
-        y = data.y_test[idx]
-        auc = float(roc_auc_score(y, score[idx])) if len(np.unique(y)) == 2 else float("nan")
-        rows.append({"site": name, "accuracy": float(((score[idx] > 0).astype(int) == y).mean()), "auc": auc,
-                     "num_test": int(len(idx))})
-    return rows
+    """Accuracy (logit > 0), balanced accuracy and ROC AUC on each site's test set, with its size and prevalence
+    (:func:`fedlab.comparison.metric_rows`; the last two metrics NaN where a site's test set has one class)."""
+    return metric_rows(np.asarray(logits), data, binary=True).to_dict("records")
 
 
 def train_centralized(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, epochs: int = 50, batch_size: int = 4,
@@ -226,10 +216,8 @@ def secure_benchmark(configs: dict, seeds: Sequence[int], *, results_cache=None)
 
 
 def _scores_of(config: ExperimentConfig, history: pd.DataFrame, method: Optional[str]) -> pd.DataFrame:
-    data = dataset_for(config)
-    evaluator = Evaluator(spec_for(config, data)).load(final_weights(history))
-    rows = site_scores(evaluator.logits(data.x_test), data)
-    return pd.DataFrame([{"method": method or config.algorithm, "seed": config.seed, **r} for r in rows])
+    return scores_of(config, history).assign(method=method or config.algorithm, seed=config.seed)[
+        ["method", "seed", "site", "accuracy", "balanced_accuracy", "auc", "num_test", "prevalence"]]
 
 
 def patient_dp_benchmark(base: ExperimentConfig, noise_multipliers: Sequence[float], seeds: Sequence[int], *,
@@ -254,20 +242,22 @@ def patient_dp_benchmark(base: ExperimentConfig, noise_multipliers: Sequence[flo
     return table[["noise_multiplier", "epsilon", "seed", "site", "accuracy", "auc"]]
 
 
-def patient_dp_audit(base: ExperimentConfig, noise_multipliers: Sequence[float], *, results_cache=None,
+def patient_dp_audit(base: ExperimentConfig, noise_multipliers: Sequence[float],
+                     seeds: Optional[Sequence[int]] = None, *, results_cache=None,
                      reference_epochs: int = 20) -> pd.DataFrame:
-    """The membership-inference audit of each record-level DP run's final model (seed ``base.seed``): does DP-SGD
-    lower what an attacker learns about whether a patient's record was in training?"""
-    from .privacy import audit_membership, site_epsilons
+    """The membership-inference audit of each record-level DP run's final model, at each seed (default
+    ``base.seed``): does DP-SGD lower what an attacker learns about whether a patient's record was in training?
+    One row per (noise, seed) with :func:`fedlab.privacy.audit_columns`."""
+    from .privacy import audit_columns, audit_membership, site_epsilons
 
     rows = []
     for z in noise_multipliers:
-        config = base.replace(noise_multiplier=z)
-        history = run_experiment(config, results_cache=results_cache, progress=False)
-        result = audit_membership(config, history, reference_epochs=reference_epochs, seed=config.seed)
-        rows.append({"noise_multiplier": z, "worst_site_epsilon": float(site_epsilons(config).epsilon.max()),
-                     "attack_auc": result["loss_auc"], "calibrated_attack_auc": result["calibrated_auc"],
-                     "members": result["num_members"], "nonmembers": result["num_nonmembers"]})
+        for seed in (base.seed,) if seeds is None else seeds:
+            config = base.replace(noise_multiplier=z, seed=seed)
+            history = run_experiment(config, results_cache=results_cache, progress=False)
+            result = audit_membership(config, history, reference_epochs=reference_epochs, seed=seed)
+            rows.append({"noise_multiplier": z, "seed": seed,
+                         "worst_site_epsilon": float(site_epsilons(config).epsilon.max()), **audit_columns(result)})
     return pd.DataFrame(rows)
 
 

@@ -33,6 +33,7 @@ import importlib.util
 import ipaddress
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -73,8 +74,16 @@ class WorkerLostError(WorkerError):
 
 
 # Addresses -------------------------------------------------------------------
+# A host name as DNS has them (letters, digits, '-', and '_' as container names use it), dot-separated labels.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
 def parse_worker(text: str) -> tuple[str, int]:
-    """``"host:port"`` (``"[v6]:port"`` for IPv6) to ``(host, port)``; ValueError names what is wrong."""
+    """``"host:port"`` (``"[v6]:port"`` for IPv6) to ``(host, port)``; ValueError names what is wrong.
+
+    The host must be a host name or an IP address: a URL (``http://host:80``)
+    or a name with a space would be accepted by gRPC and then never answer.
+    """
     if not isinstance(text, str) or ":" not in text:
         raise ValueError(f"each worker must be 'host:port', got {text!r}")
     host, _, port = text.rpartition(":")
@@ -83,6 +92,14 @@ def parse_worker(text: str) -> tuple[str, int]:
         raise ValueError(f"each worker must be 'host:port', got {text!r} (no host)")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"worker {text!r}: port must be an integer in 1..65535")
+    if not _HOST_NAME.fullmatch(host) or len(host) > 253:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            hint = (" (no scheme such as http://)" if "://" in text
+                    else " (a host name has no spaces)" if " " in host else "")
+            raise ValueError(f"each worker must be 'host:port' with a host name or an IP address ('[v6]:port' "
+                             f"for IPv6), got {text!r}{hint}") from None
     return host, int(port)
 
 

@@ -41,6 +41,47 @@ def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[fl
     return loss, float((predicted == y).mean())
 
 
+def positive_scores(logits: np.ndarray, binary: bool) -> np.ndarray:
+    """One score per example that ranks the positive class (binary): the logit, or the logit difference."""
+    z = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
+    if binary or z.shape[1] == 1:
+        return z[:, 0]
+    return z[:, 1] - z[:, 0]
+
+
+def classification_metrics(logits: np.ndarray, y: np.ndarray, binary: bool, num_classes: int) -> dict:
+    """Accuracy, balanced accuracy and ROC AUC of logits against integer labels.
+
+    Balanced accuracy is the mean recall over the classes, so predicting the majority class scores
+    1 / classes whatever the prevalence. A test set that lacks a class has no balanced accuracy (binary:
+    the recall of the absent class is undefined) and no AUC: NaN, to be reported as undefined and left
+    out of means, never scored as the constant predictor's perfect 1.0. Multi-class: balanced accuracy over
+    the classes present, AUC one-vs-rest (macro) only with every class present.
+    """
+    y = np.asarray(y).reshape(-1)
+    nan = float("nan")
+    if len(y) == 0:
+        return {"accuracy": nan, "balanced_accuracy": nan, "auc": nan}
+    logits = np.asarray(logits, dtype=np.float64)
+    binary = binary or logits.reshape(len(y), -1).shape[1] == 1
+    predicted = (logits.reshape(-1) > 0).astype(int) if binary else logits.argmax(axis=1)
+    present = np.unique(y)
+    recalls = [float((predicted[y == c] == c).mean()) for c in present]
+    all_present = len(present) == (2 if binary else num_classes)
+    balanced = float(np.mean(recalls)) if (all_present or not binary) else nan
+    auc = nan
+    if all_present:
+        from sklearn.metrics import roc_auc_score
+
+        if binary:
+            auc = float(roc_auc_score(y, positive_scores(logits, True)))
+        else:
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+            auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=np.arange(num_classes)))
+    return {"accuracy": float((predicted == y).mean()), "balanced_accuracy": balanced, "auc": auc}
+
+
 class Evaluator:
     """Evaluates global model weights centrally with a Keras copy of the model."""
 
@@ -68,18 +109,25 @@ class Evaluator:
         return evaluate_logits(self.logits(x), y, self.spec.binary)
 
     def site_metrics(self, data: Dataset, weights_for: Optional[Callable[[int], Any]] = None) -> dict:
-        """Accuracy on each site's own held-out data, ``site_accuracy_<name>``, and their mean over sites,
-        ``mean_site_accuracy`` (the cross-silo benchmarks' headline; ``eval_accuracy`` pools all test data).
+        """Each site's own held-out data: ``site_accuracy_<name>``, ``site_balanced_accuracy_<name>`` and
+        ``site_auc_<name>`` (:func:`classification_metrics`; NaN where the site's test set has one class), and
+        their means over the sites where they are defined, ``mean_site_accuracy`` (the cross-silo benchmarks'
+        headline; ``eval_accuracy`` pools all test data), ``mean_site_balanced_accuracy``, ``mean_site_auc``.
         With ``weights_for(site)`` (``ModelWeights``), each site's own model (personalisation)."""
         logits = self.logits(data.x_test) if weights_for is None else None
-        out = {}
+        out, by_metric = {}, {"accuracy": [], "balanced_accuracy": [], "auc": []}
         for s, name in enumerate(data.site_names):
             idx = np.flatnonzero(data.test_sites == s)
             if weights_for is not None:
                 self.set_weights(weights_for(s))
             site_logits = logits[idx] if logits is not None else self.logits(data.x_test[idx])
-            out[f"site_accuracy_{name}"] = evaluate_logits(site_logits, data.y_test[idx], self.spec.binary)[1]
-        out["mean_site_accuracy"] = float(np.mean(list(out.values())))
+            scores = classification_metrics(site_logits, data.y_test[idx], self.spec.binary, self.spec.num_classes)
+            for metric, value in scores.items():
+                out[f"site_{metric}_{name}"] = value
+                by_metric[metric].append(value)
+        for metric, values in by_metric.items():
+            defined = [v for v in values if not np.isnan(v)]
+            out[f"mean_site_{metric}"] = float(np.mean(defined)) if defined else float("nan")
         return out
 
     def client_rows(self, client_x: Sequence[np.ndarray], client_y: Sequence[np.ndarray], round_num: int,

@@ -71,21 +71,71 @@ def _auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[member_scores, nonmember_scores]))
 
 
+AUDIT_FPRS = (0.01, 0.001)  # Carlini et al. 2022: an attack's worth is its true-positive rate at a low false-positive rate
+AUDIT_RESAMPLES = 1000
+
+
+def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float) -> float:
+    """The attack's true-positive rate at false-positive rate ``fpr`` (a higher score means "member"): the share
+    of members scored above the threshold that lets at most ``fpr`` of the non-members through. NaN when there
+    are fewer than ``1 / fpr`` non-members: such a rate cannot be measured on them."""
+    nonmembers = np.sort(np.asarray(nonmember_scores, dtype=float))[::-1]
+    if len(nonmembers) < 1 / fpr:
+        return float("nan")
+    allowed = int(np.floor(fpr * len(nonmembers)))  # non-members that may score above the threshold
+    threshold = nonmembers[allowed] if allowed < len(nonmembers) else -np.inf
+    return float(np.mean(np.asarray(member_scores, dtype=float) > threshold))
+
+
+def attack_report(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, confidence: float = 0.95,
+                  seed: int = 0) -> dict[str, float]:
+    """An attack as the field reports it (Carlini et al. 2022): AUC with a percentile-bootstrap interval (members
+    and non-members resampled separately, ``scipy.stats.bootstrap``), and the true-positive rate at 1 % and 0.1 %
+    false positives (NaN where there are too few non-members to measure it).
+
+    An AUC whose interval holds 0.5 is what an attacker who learns nothing gets by chance with this many
+    examples; one below 0.5 with an interval below 0.5 means members score *worse* than non-members (e.g. a
+    model less sure on its training data than on held-out data, or non-members drawn from an easier part of
+    the data), which is no evidence of privacy: the flipped attack would do as well.
+    """
+    from scipy import stats
+
+    members, nonmembers = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+
+    def auc(m, n, axis=-1):  # Mann-Whitney U / (n_m n_n): the chance a member outscores a non-member, ties half
+        m, n = np.asarray(m), np.asarray(n)
+        ranks = stats.rankdata(np.concatenate([m, n], axis=-1), axis=-1)
+        k = m.shape[-1]
+        return (ranks[..., :k].sum(axis=-1) - k * (k + 1) / 2) / (k * n.shape[-1])
+
+    result = stats.bootstrap((members, nonmembers), auc, paired=False, vectorized=True, batch=100,
+                             n_resamples=AUDIT_RESAMPLES, confidence_level=confidence, method="percentile",
+                             random_state=np.random.default_rng(seed))
+    out = {"auc": float(auc(members, nonmembers)), "auc_ci_low": float(result.confidence_interval.low),
+           "auc_ci_high": float(result.confidence_interval.high)}
+    for fpr in AUDIT_FPRS:
+        out[f"tpr_at_{fpr:g}_fpr"] = tpr_at_fpr(members, nonmembers, fpr)
+    return out
+
+
 def membership_inference(target_loss_members: np.ndarray, target_loss_nonmembers: np.ndarray,
                          reference_loss_members: Optional[np.ndarray] = None,
-                         reference_loss_nonmembers: Optional[np.ndarray] = None) -> dict[str, float]:
-    """Attack AUCs (0.5 = the attacker learns nothing about membership).
+                         reference_loss_nonmembers: Optional[np.ndarray] = None, *, seed: int = 0) -> dict[str, float]:
+    """Attack AUCs (0.5 = the attacker learns nothing about membership), each with its 95 % bootstrap interval
+    and its true-positive rate at 1 % and 0.1 % false positives (:func:`attack_report`).
 
-    ``loss_auc``: the loss-threshold attack (Yeom et al. 2018): lower loss means
-    member. ``calibrated_auc``: difficulty calibration (Watson et al. 2022,
+    ``loss_*``: the loss-threshold attack (Yeom et al. 2018): lower loss means
+    member. ``calibrated_*``: difficulty calibration (Watson et al. 2022,
     arXiv:2111.08440): the target's loss minus a reference model's loss on the
-    same example, which removes how hard the example is for any model; stronger
-    at the same cost. Needs the reference losses.
+    same example, which removes how hard the example is for any model. Needs the
+    reference losses. Neither is guaranteed to be the stronger on a given model.
     """
-    out = {"loss_auc": _auc(-np.asarray(target_loss_members), -np.asarray(target_loss_nonmembers))}
+    report = attack_report(-np.asarray(target_loss_members), -np.asarray(target_loss_nonmembers), seed=seed)
+    out = {f"loss_{k}": v for k, v in report.items()}
     if reference_loss_members is not None and reference_loss_nonmembers is not None:
-        out["calibrated_auc"] = _auc(np.asarray(reference_loss_members) - np.asarray(target_loss_members),
-                                     np.asarray(reference_loss_nonmembers) - np.asarray(target_loss_nonmembers))
+        report = attack_report(np.asarray(reference_loss_members) - np.asarray(target_loss_members),
+                               np.asarray(reference_loss_nonmembers) - np.asarray(target_loss_nonmembers), seed=seed)
+        out.update({f"calibrated_{k}": v for k, v in report.items()})
     return out
 
 
@@ -132,17 +182,30 @@ def audit_membership(config, history, *, reference_epochs: int = 20, seed: int =
     score offset from an "out" reference model (``tests/test_record_level_dp.py`` runs the library beside it)."""
     target_in, target_out, reference_in, reference_out = membership_losses(
         config, history, reference_epochs=reference_epochs, seed=seed)
-    result = membership_inference(target_in, target_out, reference_in, reference_out)
+    result = membership_inference(target_in, target_out, reference_in, reference_out, seed=seed)
     result.update(num_members=int(len(target_in)), num_nonmembers=int(len(target_out)))
     return result
+
+
+def audit_columns(result: dict) -> dict:
+    """:func:`audit_membership`'s result as table columns: ``attack_*`` (the loss-threshold attack: ``auc``, its
+    interval ``auc_ci_low``/``auc_ci_high``, ``tpr_at_0.01_fpr``, ``tpr_at_0.001_fpr``), ``calibrated_attack_*``,
+    ``members`` and ``nonmembers`` (how many examples each side of the audit had)."""
+    out = {}
+    for prefix, column in (("loss_", "attack_"), ("calibrated_", "calibrated_attack_")):
+        out.update({column + k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)})
+    out.update(members=result["num_members"], nonmembers=result["num_nonmembers"])
+    return out
 
 
 def privacy_utility(configs, *, results_cache=None, audit: bool = True, reference_epochs: int = 20):
     """One row per config: final accuracy, epsilon, and (``audit``) the attacks' AUCs.
 
     Runs come from ``results_cache`` when they are there; columns include
-    noise_multiplier, clients_per_round, epsilon, eval_accuracy, attack_auc
-    (the loss-threshold attack) and calibrated_attack_auc.
+    noise_multiplier, clients_per_round, epsilon, eval_accuracy and the audit's
+    :func:`audit_columns` (``attack_auc`` for the loss-threshold attack, with its
+    interval and true-positive rates at low false-positive rates, the same for
+    ``calibrated_attack_*``, and the number of members and non-members).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -156,7 +219,7 @@ def privacy_utility(configs, *, results_cache=None, audit: bool = True, referenc
         if config.dp != "none" and config.noise_multiplier == 0:
             row["epsilon"] = math.inf
         if audit:
-            result = audit_membership(config, history, reference_epochs=reference_epochs, seed=config.seed)
-            row.update(attack_auc=result["loss_auc"], calibrated_attack_auc=result["calibrated_auc"])
+            row.update(audit_columns(audit_membership(config, history, reference_epochs=reference_epochs,
+                                                      seed=config.seed)))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -22,8 +22,8 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from .accounting import epsilon_by_round, record_level_epsilons
-from .aggregation import builders_in_use, round_bytes
+from .accounting import check_pld, epsilon_by_round, record_level_epsilons
+from .aggregation import builders_in_use, round_bytes, warn_if_updates_vanish
 from .clients import Clients, attacker_config, dataset_for, finetune_inputs, plan_size, spec_for
 from .config import RECORD_LEVEL, ExperimentConfig
 from .data import DATASETS
@@ -149,8 +149,10 @@ def make_history(config: ExperimentConfig, rows: list[dict], client_rows: list[d
 
 
 def check_cost(config: ExperimentConfig, clients: Clients) -> None:
-    """Refuses, before any training, a config whose batch orders alone would not fit in memory, or whose
-    record-level DP batches are larger than a client's data (the sampling rate batch / n must be < 1)."""
+    """Refuses, before any training (and before TensorFlow is imported), a config whose batch orders alone would
+    not fit in memory, whose record-level DP batches are larger than a client's data (the sampling rate
+    batch / n must be < 1), or whose record-level PLD accounting could not hold a client's DP-SGD steps over
+    every round in memory (:func:`fedlab.accounting.check_pld`)."""
     if config.dp == RECORD_LEVEL:
         sizes = [len(x) for x in clients.x]
         smallest = int(np.argmin(sizes))
@@ -158,6 +160,16 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
             raise ConfigError("batch_size", f"must be below the smallest client's {sizes[smallest]} records "
                                             f"(client {smallest}) for record-level DP: its batches are Poisson "
                                             "samples at rate batch_size / records")
+        if config.accountant == "pld" and config.noise_multiplier > 0:
+            for client, n in enumerate(sizes):
+                epochs, batch, cap = plan_size(n, config)
+                per_round = cap if cap >= 0 else epochs * -(-n // batch)
+                try:
+                    check_pld(config.noise_multiplier, config.batch_size / n, per_round * config.rounds, "steps")
+                except ConfigError as err:
+                    raise ConfigError("rounds", f"{config.rounds} rounds of {per_round} DP-SGD steps at client "
+                                                f"{client} are too many for accountant='pld' ({err}); use fewer "
+                                                "rounds or steps, or accountant='rdp'") from None
     sizes = sorted((len(x) for x in clients.x), reverse=True)[: config.clients_per_round]
     boosted = attacker_config(config) if clients.attackers else config
     total = sum(plan_size(n, boosted)[0] * n * 8 for n in sizes)
@@ -174,6 +186,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     clients = Clients.for_config(config, spec)
     check_cost(config, clients)
     process = get_process(config, spec)
+    warn_if_updates_vanish(config, spec)  # once per run, before its first round
     trainer = trainer_for(process, clients.x[0], clients.y[0])
     # built before the evaluator's Keras model: TFF builds the functional model's copy in a graph of its own,
     # which spoils a Keras model made, and not yet called, before it

@@ -39,6 +39,7 @@ import numpy as np
 from . import secagg
 from .array_training import model_weights_accessors, pack_clients
 from .runtime import tff
+from .validation import FedlabWarning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,8 @@ class SecureRoundProcess:
                                          protocol=self.protocol.protocol, participants=everyone,
                                          graph_seed=int(graph_seed))
         except secagg.SecAggAborted as stopped:
-            warnings.warn(f"fedlab: {stopped}; the round's update is lost, the model is unchanged", stacklevel=2)
+            warnings.warn(f"fedlab: {stopped}; the round's update is lost, the model is unchanged", FedlabWarning,
+                          stacklevel=2)
             stats["aborted"] = 1
             finalizer_measurements = collections.OrderedDict()
         else:

@@ -7,8 +7,9 @@
   entry is moved aside with a warning and the run is computed again.
 * :class:`Checkpoint`: TFF's program state (its tensors in one ``.npz``) plus
   the run's history, saved together in one version folder (so they cannot
-  disagree), with a manifest per version. A damaged version is reported and the previous one
-  used; with none intact the run starts over (same seeds, same numbers).
+  disagree), with a manifest per version. A damaged version, or one whose folder is gone but whose
+  manifest is there, is reported in one line and the previous one used; with none intact the run
+  starts over (same seeds, same numbers).
 
 Histories are stored as JSON rows (floats round-trip exactly, NaN and
 infinity included); config columns are rebuilt from the config itself.
@@ -30,6 +31,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from .validation import FedlabWarning
+
 MANIFEST = "MANIFEST.json"
 
 
@@ -41,8 +44,8 @@ class CheckpointMismatchError(StorageError):
     """A checkpoint folder holds the run of another config."""
 
 
-class DamagedFileWarning(UserWarning):
-    """A stored result or checkpoint failed its check and was set aside."""
+class DamagedFileWarning(FedlabWarning):
+    """A stored result or checkpoint failed its check and was set aside (a UserWarning, printed as one line)."""
 
 
 def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
@@ -266,11 +269,16 @@ class Checkpoint:
         return self.dir / self.STATE / f"program_state_{version}"
 
     def _versions(self) -> list[int]:
-        found = []
+        """Saved rounds: a version folder or its manifest (a manifest without its folder: the folder was lost)."""
+        found = set()
         for path in (self.dir / self.STATE).glob("program_state_*"):
             suffix = path.name[len("program_state_"):]
             if path.is_dir() and suffix.isdigit():
-                found.append(int(suffix))
+                found.add(int(suffix))
+        for path in (self.dir / self.STATE).glob("manifest_*.json"):
+            suffix = path.name[len("manifest_"):-len(".json")]
+            if suffix.isdigit():
+                found.add(int(suffix))
         return sorted(found)
 
     def load(self, state_template) -> tuple[Any, int, list[dict], list[dict]]:
@@ -279,6 +287,8 @@ class Checkpoint:
         for version in reversed(self._versions()):
             try:
                 manifest_path = self._manifest_path(version)
+                if not self._version_dir(version).is_dir():
+                    raise ValueError(f"its folder {self._version_dir(version).name} is missing")
                 if not manifest_path.exists():
                     raise ValueError("it has no manifest (the save was interrupted)")
                 problem = check_manifest(self._version_dir(version), json.loads(manifest_path.read_text()))
@@ -291,15 +301,16 @@ class Checkpoint:
                 check_rounds(rows, version, "the saved history")
                 client_rows = rows_from_json((self._version_dir(version) / "clients.json").read_bytes())
             except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways
-                damaged.append(f"round {version}: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}")
+                reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                damaged.append(f"round {version} ({reason})")
                 continue
             if damaged:
-                warnings.warn(f"checkpoint {self.dir}: saved state of {'; '.join(damaged)} is damaged; "
+                warnings.warn(f"checkpoint {self.dir}: cannot use the saved state of {'; '.join(damaged)}; "
                               f"resuming from round {version}", DamagedFileWarning, stacklevel=3)
             return state, version, rows, client_rows
         if damaged:
             moved = _set_aside(self.dir / self.STATE)
-            warnings.warn(f"checkpoint {self.dir}: no intact saved state ({'; '.join(damaged)}); moved to "
+            warnings.warn(f"checkpoint {self.dir}: no intact saved state ({', '.join(damaged)}); moved to "
                           f"{moved.name}, starting again from round 1", DamagedFileWarning, stacklevel=3)
         return None, 0, [], []
 

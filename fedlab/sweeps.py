@@ -42,6 +42,12 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progre
     ``{"method": fedlab.aggregation.method_name}``; ``tensorboard_dir``: every
     run's metrics as TensorBoard events, one folder per run.
     """
+    if isinstance(configs, ExperimentConfig):
+        raise TypeError("configs: must be a list of ExperimentConfig, got one ExperimentConfig; pass [config], "
+                        "or a list from fedlab.grid(config, ...)")
+    if isinstance(configs, (str, bytes, dict)) or not isinstance(configs, Iterable):
+        raise TypeError(f"configs: must be a list of ExperimentConfig (e.g. from fedlab.grid), got "
+                        f"{type(configs).__name__}")
     configs = list(configs)
     if not configs:
         raise ValueError("configs: the sweep is empty; give at least one ExperimentConfig")
@@ -56,7 +62,25 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progre
         for column, fn in (labels or {}).items():
             history[column] = fn(config)
         histories.append(history)
-    return pd.concat(histories, ignore_index=True)
+    return stack_histories(histories)
+
+
+def stack_histories(histories: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The histories one under the other, as ``pd.concat`` stacked them with pandas 2.2, without its FutureWarning.
+
+    A config field that is None in one run and a number in another (``server_lr`` of FedAvg and of FedAvgM) is an
+    all-None object column in the first history and a float column in the second. pandas 2.2 leaves such all-NA
+    columns out when it chooses the stacked column's dtype (float, NaN for the None rows) and warns that a later
+    pandas will not (an object column); here they become float NaN first, so the result stays float and nothing
+    is deprecated.
+    """
+    numeric = {c for h in histories for c in h.columns if h[c].dtype.kind == "f" and h[c].notna().any()}
+    stacked = []
+    for history in histories:
+        empty = {c: "float64" for c in history.columns
+                 if c in numeric and history[c].dtype == object and history[c].isna().all()}
+        stacked.append(history.astype(empty) if empty else history)
+    return pd.concat(stacked, ignore_index=True)
 
 
 def round_times(base: ExperimentConfig, clients_per_round: Sequence[int], executions: dict, *, warmup: int = 1):

@@ -3,13 +3,14 @@
 Nothing here imports TensorFlow or another fedlab module. NumPy scalars are
 accepted where Python numbers are (``np.int64(3)`` is an integer), and NaN and
 infinity are refused wherever a number is asked for unless a bound says
-otherwise.
+otherwise. fedlab's warnings (:class:`FedlabWarning`) are one line too.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, Iterable, Optional
 
 
@@ -24,6 +25,35 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class FedlabWarning(UserWarning):
+    """fedlab's warnings, printed as one line: where, the category and the message, without the source line
+    Python's default format echoes under it (which would be fedlab's or TFF's code, not the user's)."""
+
+
+class SettingWarning(FedlabWarning):
+    """An allowed setting that cannot do what it is for (a run that would learn nothing); ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+_format_warning = warnings.formatwarning
+
+
+def _format_one_line(message, category, filename, lineno, line=None) -> str:
+    if isinstance(category, type) and issubclass(category, FedlabWarning):
+        return f"{filename}:{lineno}: {category.__name__}: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
+def one_line_warnings() -> None:
+    """Prints fedlab's warnings as one line (Python's documented ``warnings.formatwarning`` hook; other categories
+    keep their format). Installed by ``fl.setup()`` and the command line, not on import: a library should not
+    change the process's warning format for merely being imported."""
+    warnings.formatwarning = _format_one_line
 
 
 def is_integer(value: Any) -> bool:

@@ -426,11 +426,11 @@ class ExperimentPanel:
         for i, (old_config, old) in enumerate(earlier):
             data = old.dropna(subset=[self.metric])
             ax.plot(data["round"], data[self.metric], color=f"C{i + 1}", alpha=0.55, lw=1.2, marker=".", ms=3,
-                    label=self._label(old_config, shown))
+                    label=_wrapped(self._label(old_config, shown)))
         if history is not None and len(history):
             data = history.dropna(subset=[self.metric])
             ax.plot(data["round"], data[self.metric], marker="o", ms=3.5, color="C0", lw=2,
-                    label=self._label(config, shown) + " (latest)")
+                    label=_wrapped(self._label(config, shown) + " (latest)"))
         if ax.lines:
             fig.legend(loc="outside right upper", fontsize="small", title="runs", title_fontsize="small")
         ax.set_xlim(0.5, max(config.rounds, 1) + 0.5)
@@ -445,6 +445,15 @@ class ExperimentPanel:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
         self.image.value = buffer.getvalue()
+
+
+def _wrapped(label: str, width: int = 32) -> str:
+    """A legend label on lines of about ``width`` characters, broken between settings: the legend sits outside the
+    axes, and one line listing every control (six in notebook 05) is wider than the figure, which left constrained
+    layout no room for the axes (matplotlib warned and drew the figure without it)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False, break_on_hyphens=False)) or label
 
 
 def _short(value) -> str:

@@ -2,18 +2,18 @@ import fedlab
 
 # Guards the public surface: adding or removing a name is a deliberate change here.
 EXPECTED = [
-    "AGGREGATORS", "ALGORITHMS", "ATTACKS", "AlgorithmParams", "ConfigError", "DATASETS", "DEVICE_PROFILES", "DataShape",
+    "AGGREGATORS", "ALGORITHMS", "ATTACKS", "AlgorithmParams", "BASELINES", "ConfigError", "DATASETS", "DEVICE_PROFILES", "DataShape",
     "DataUnavailableError", "Dataset", "Devices", "DirichletPartitioner", "ExperimentConfig", "ExperimentPanel",
     "IidPartitioner", "LocalWorkers", "MODELS", "ModelSpec", "NaturalPartitioner", "PARTITIONERS", "Partitioner",
     "QuantitySkewPartitioner", "ShardPartitioner", "accounting_table", "aggregation", "catalog", "client_arrays_for",
-    "clients_table", "crosssilo", "dataset_for", "devices_from_csv", "epsilon", "exclude_selector", "final_metrics",
+    "clients_table", "compare", "crosssilo", "dataset_for", "devices_from_csv", "epsilon", "exclude_selector", "final_metrics",
     "final_weights", "grid", "hparam", "load_dataset", "noise_multiplier_for", "participation_table",
     "partition_for", "partition_report", "partition_report_for", "plot_images", "plot_label_distribution",
     "plot_learning_curves", "plot_metric_vs", "plot_round_time", "plot_secagg_cost",
     "plot_site_accuracy", "privacy",
-    "register_aggregator", "register_algorithm", "register_attack", "register_dataset", "register_device_profile",
+    "register_aggregator", "register_algorithm", "register_attack", "register_baseline", "register_dataset", "register_device_profile",
     "register_device_table", "register_model", "register_partitioner", "round_times", "rounds_to_target",
-    "run_experiment", "run_sweep", "save_figure", "save_table", "secagg_cost", "setup", "summarize",
+    "run_experiment", "run_sweep", "save_figure", "save_table", "secagg_cost", "setup", "summarize", "tune",
     "use_worker_tls",
 ]
 

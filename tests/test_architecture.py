@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(fedlab.__file__).parent
 # Bottom to top. A module may import modules of its own layer or below, never above;
 # and, whatever the layers, never in a circle.
 LAYERS = [
-    {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy"},  # foundations, no fedlab imports above
+    {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold", "personal", "qffl",
      "robust", "finetune"},                                                            # components
@@ -19,7 +19,7 @@ LAYERS = [
     {"clients", "sampling"},                                               # who holds what, who trains
     {"processes"},                                                         # built TFF processes
     {"runner"},                                                            # the round loop
-    {"sweeps", "privacy", "crosssilo", "analysis", "catalog", "participation"},           # studies made of runs
+    {"sweeps", "privacy", "crosssilo", "analysis", "catalog", "participation", "comparison"},           # studies made of runs
     {"widgets", "reproduce"},                                              # notebooks
     {"__main__", "__init__"},                                              # entry points
 ]

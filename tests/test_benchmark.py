@@ -76,6 +76,19 @@ def test_covariate_sites_follow_the_feature():
     assert data.site_names == ("site0", "site1", "site2", "site3")
 
 
+def test_covariate_sites_do_not_depend_on_the_cpus_sort():
+    """Equal values (breast cancer repeats 70 of its 456 training radii) keep their order in the data. numpy's
+    default quicksort left their order to the CPU (its AVX-512 sort orders ties otherwise), which moved patients
+    between sites and changed notebook 04's breast-cancer table from one machine to another."""
+    data = with_covariate_sites(load_breast_cancer(seed=0), feature=0, num_sites=4, mixing=0.0)
+    assert len(np.unique(data.x_train[:, 0])) < len(data.x_train)  # there are ties to break
+    for x, sites in ((data.x_train, data.train_sites), (data.x_test, data.test_sites)):
+        order = sorted(range(len(x)), key=lambda i: x[i, 0])  # Python's sort: stable, the same everywhere
+        ranks = np.empty(len(x), int)
+        ranks[order] = np.arange(len(x))
+        np.testing.assert_array_equal(sites, ranks * 4 // len(x))
+
+
 def test_site_accuracy_columns_and_fast_benchmark(heart_dir):
     config = crosssilo.heart_disease_config(rounds=2, local_steps=5, eval_every=1)
     history = run_experiment(config, progress=False)

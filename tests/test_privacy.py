@@ -133,13 +133,40 @@ def test_attack_aucs_by_hand():
     assert result["calibrated_auc"] == 1.0
 
 
+def test_true_positive_rate_at_a_low_false_positive_rate_by_hand():
+    nonmembers = np.arange(100.0)  # scores 0..99
+    members = np.array([99.5, 98.5, 97.0, 10.0])
+    # 1 % of 100 non-members may pass: the threshold is the second-highest non-member, 98; two members exceed it
+    assert privacy.tpr_at_fpr(members, nonmembers, 0.01) == 0.5
+    assert privacy.tpr_at_fpr(members, nonmembers, 0.05) == 0.75  # threshold 94
+    assert np.isnan(privacy.tpr_at_fpr(members, nonmembers, 0.001))  # 100 non-members cannot measure 0.1 %
+
+
+def test_attack_report_gives_the_auc_with_a_bootstrap_interval_that_narrows_with_more_examples():
+    rng = np.random.default_rng(3)
+    small = privacy.attack_report(rng.normal(0.3, 1, 60), rng.normal(0, 1, 60))
+    large = privacy.attack_report(rng.normal(0.3, 1, 2000), rng.normal(0, 1, 2000))
+    for report in (small, large):
+        assert report["auc_ci_low"] < report["auc"] < report["auc_ci_high"]
+    assert large["auc_ci_high"] - large["auc_ci_low"] < (small["auc_ci_high"] - small["auc_ci_low"]) / 3
+    assert 0.55 < large["auc_ci_low"] and large["auc_ci_high"] < 0.62  # the true AUC: Phi(0.3 / sqrt 2) = 0.584
+    assert np.isnan(small["tpr_at_0.01_fpr"]) and not np.isnan(large["tpr_at_0.001_fpr"])
+    # chance: members and non-members alike; the interval holds 0.5
+    chance = privacy.attack_report(rng.normal(0, 1, 124), rng.normal(0, 1, 124))
+    assert chance["auc_ci_low"] < 0.5 < chance["auc_ci_high"]
+
+
 def test_membership_audit_runs_on_a_finished_run():
     config = ExperimentConfig(dataset="digits", model="logreg", num_clients=4, clients_per_round=4, rounds=2,
                               test_fraction=0.5)
     history = run_experiment(config, progress=False)
     result = privacy.audit_membership(config, history, reference_epochs=2)
     assert 0.0 <= result["loss_auc"] <= 1.0 and 0.0 <= result["calibrated_auc"] <= 1.0
+    assert result["loss_auc_ci_low"] <= result["loss_auc"] <= result["loss_auc_ci_high"]
     assert result["num_members"] == result["num_nonmembers"] == 449
+    columns = privacy.audit_columns(result)
+    assert {"attack_auc", "attack_auc_ci_low", "attack_tpr_at_0.01_fpr", "calibrated_attack_auc", "members",
+            "nonmembers"} <= set(columns)
 
 
 def test_privacy_cli():

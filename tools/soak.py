@@ -64,7 +64,10 @@ def main(argv=None) -> int:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(args.clone)], check=True)
     print(f"[soak] {args.runs} runs of {' '.join(TESTS)} in a clean clone of {head} ({args.clone}), "
           f"{args.load} busy process(es) beside them", flush=True)
-    subprocess.run(["make", "-s", "env", "browser"], cwd=args.clone, check=True)
+    built = subprocess.run(["make", "-s", "env", "browser"], cwd=args.clone, capture_output=True, text=True)
+    if built.returncode:
+        print(built.stdout[-3000:] + built.stderr[-3000:], flush=True)
+        return 1
     load = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(args.load)]
     for p in load:
         p.start()
