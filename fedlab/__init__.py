@@ -39,6 +39,7 @@ from .partition import (
 )
 from .plots import (
     plot_images,
+    plot_comparison,
     plot_label_distribution,
     plot_learning_curves,
     plot_metric_vs,
@@ -49,6 +50,7 @@ from .plots import (
     save_table,
 )
 from .participation import participation_table
+from .report import findings, quote
 from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
 from .secagg import measure_cost as secagg_cost
@@ -97,6 +99,7 @@ __all__ = [
     "exclude_selector",
     "final_metrics",
     "final_weights",
+    "findings",
     "grid",
     "hparam",
     "load_dataset",
@@ -105,6 +108,7 @@ __all__ = [
     "partition_for",
     "partition_report",
     "partition_report_for",
+    "plot_comparison",
     "plot_images",
     "plot_label_distribution",
     "plot_learning_curves",
@@ -113,6 +117,7 @@ __all__ = [
     "plot_secagg_cost",
     "plot_site_accuracy",
     "privacy",
+    "quote",
     "register_aggregator",
     "register_algorithm",
     "register_attack",

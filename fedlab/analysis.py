@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .accounting import epsilon
+from .stats import interval
 
 
 def rounds_to_target(history: pd.DataFrame, target: float, by: Sequence[str],
@@ -37,9 +38,17 @@ def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 
 def summarize(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
-    """Mean, standard deviation and count of ``value`` over seeds (no std column when every group has one seed)."""
-    out = table.groupby(list(by), dropna=False)[value].agg(["mean", "std", "count"]).reset_index()
-    return out.drop(columns="std") if (out["count"] <= 1).all() else out
+    """Mean, standard deviation, count and the 95 % t-interval of the mean (``ci_low``, ``ci_high``) of ``value``
+    over seeds, per group of ``by`` (:func:`fedlab.stats.interval`; NaN bounds where a group has one seed)."""
+    rows = []
+    for key, group in table.groupby(list(by), dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        values = group[value].to_numpy(float)
+        mean, low, high, n = interval(values)
+        rows.append({**dict(zip(by, key)), "mean": mean,
+                     "std": float(np.nanstd(values, ddof=1)) if n > 1 else np.nan, "count": n,
+                     "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=[*by, "mean", "std", "count", "ci_low", "ci_high"])
 
 
 def accounting_table(noise_multipliers: Sequence[float], clients_per_round: Sequence[int], *, num_clients: int,

@@ -5,8 +5,10 @@ is the separate last step.
 One style for every figure of the package (:data:`STYLE`, applied by
 ``fl.setup()`` and by these functions): constrained layout, so legends and
 labels never overlap the next subplot; legends with titles; markers and line
-styles that keep identical runs visible on top of each other; bands or error
-bars wherever several seeds were run; a readable resolution.
+styles that keep identical runs visible on top of each other; wherever several
+seeds were run, bands or error bars of the 95 % Student's t interval of the mean
+over the seeds (:func:`fedlab.stats.interval`), said in the legend; a readable
+resolution.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .stats import interval
 
 
 STYLE = {
@@ -65,27 +69,43 @@ def axis_label(column: str) -> str:
     return units.get(column, column.replace("_", " "))
 
 
+INTERVAL_NOTE = "mean, 95 % t-interval over seeds"
+
+
+def _with_intervals(data: pd.DataFrame, keys: Sequence[str], value: str) -> pd.DataFrame:
+    """Per group of ``keys``: mean, std, count and the 95 % t-interval of the mean of ``value`` over the rows
+    (seeds); with one row, the interval is the mean itself (nothing to draw)."""
+    rows = []
+    for key, group in data.groupby(list(keys), dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        values = group[value].to_numpy(float)
+        mean, low, high, n = interval(values)
+        rows.append({**dict(zip(keys, key)), "mean": mean, "std": float(np.nanstd(values, ddof=1)) if n > 1 else 0.0,
+                     "count": n, "ci_low": low if n > 1 else mean, "ci_high": high if n > 1 else mean})
+    return pd.DataFrame(rows, columns=[*keys, "mean", "std", "count", "ci_low", "ci_high"])
+
+
 def learning_curve_table(history: pd.DataFrame, metric: str = "eval_accuracy",
                          hue: Optional[Sequence[str] | str] = None, x: str = "round") -> pd.DataFrame:
-    """Mean and standard deviation of ``metric`` per (hue..., round) over seeds; with another ``x`` (simulated
-    time, bytes), also its mean per round."""
+    """Mean, standard deviation and 95 % t-interval (``ci_low``, ``ci_high``) of ``metric`` per (hue..., round)
+    over seeds; with another ``x`` (simulated time, bytes), also its mean per round."""
     hue = [hue] if isinstance(hue, str) else list(hue or [])
     for column in (metric, x):
         if column not in history.columns:
             raise ValueError(f"{'metric' if column == metric else 'x'}: {column!r} is not a column; columns are "
                              f"{', '.join(history.columns)}")
     data = history.dropna(subset=[metric])
-    table = data.groupby(hue + ["round"], dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
+    table = _with_intervals(data, hue + ["round"], metric)
     if x != "round":
-        table[x] = data.groupby(hue + ["round"], dropna=False)[x].mean().to_numpy()
-    return table.fillna({"std": 0.0})
+        table[x] = data.groupby(hue + ["round"], dropna=False, sort=True)[x].mean().to_numpy()
+    return table
 
 
 def plot_learning_curves(history: pd.DataFrame, *, metric: str = "eval_accuracy",
                          hue: Optional[Sequence[str] | str] = None, ax=None, title: Optional[str] = None,
                          x: str = "round"):
-    """One line per value of ``hue`` (mean over seeds, band = one standard deviation) against ``x`` (the
-    round, or a column such as simulated hours, averaged over seeds per round)."""
+    """One line per value of ``hue`` (mean over seeds, band = its 95 % t-interval) against ``x`` (the round, or a
+    column such as simulated hours, averaged over seeds per round)."""
     fig, ax = _axis(ax)
     table = learning_curve_table(history, metric, hue, x)
     hue_cols = [hue] if isinstance(hue, str) else list(hue or [])
@@ -97,14 +117,14 @@ def plot_learning_curves(history: pd.DataFrame, *, metric: str = "eval_accuracy"
         ax.plot(group[x], group["mean"], ms=3.5, markevery=max(1, len(group) // 12), label=label,
                 color=f"C{i % 10}", marker=look["marker"], linestyle=look["linestyle"])
         if (group["count"] > 1).any():
-            ax.fill_between(group[x], group["mean"] - group["std"], group["mean"] + group["std"], alpha=0.2,
-                            color=f"C{i % 10}")
+            ax.fill_between(group[x], group["ci_low"], group["ci_high"], alpha=0.2, color=f"C{i % 10}")
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(metric))
     if title:
         ax.set_title(title)
-    if hue_cols:
-        ax.legend(title=", ".join(hue_cols), fontsize="small")
+    several = bool((table["count"] > 1).any())
+    if hue_cols or several:
+        ax.legend(title=", ".join(hue_cols) + (f" ({INTERVAL_NOTE})" if several else ""), fontsize="small")
     return fig, ax, table
 
 
@@ -159,15 +179,18 @@ def save_table(df: pd.DataFrame, name: str, directory: Optional[str | pathlib.Pa
 
 def plot_metric_vs(table: pd.DataFrame, *, x: str, y: str = "eval_accuracy", hue: Optional[str] = "algorithm",
                    logx: bool = False, ax=None, title: Optional[str] = None):
-    """Mean of ``y`` over seeds against ``x``, one line per ``hue``, error bars = one standard deviation."""
+    """Mean of ``y`` over seeds against ``x``, one line per ``hue``, error bars = the 95 % t-interval of the mean
+    over seeds (said in the legend's title)."""
     fig, ax = _axis(ax)
     keys = ([hue] if hue else []) + [x]
-    stats = table.groupby(keys, dropna=False)[y].agg(["mean", "std", "count"]).reset_index().fillna({"std": 0.0})
+    stats = _with_intervals(table, keys, y)
     groups = stats.groupby(hue, sort=False) if hue else [(y, stats)]
+    several = bool((stats["count"] > 1).any())
     for i, (name, group) in enumerate(groups):
         group = group.sort_values(x)
         look = _look(i)
-        ax.errorbar(group[x], group["mean"], yerr=group["std"] if (group["count"] > 1).any() else None,
+        spread = np.vstack([group["mean"] - group["ci_low"], group["ci_high"] - group["mean"]])
+        ax.errorbar(group[x], group["mean"], yerr=spread if several else None,
                     ms=4.5, capsize=3, label=str(name), color=f"C{i % 10}", **look)
     if logx:
         ax.set_xscale("log")
@@ -175,9 +198,35 @@ def plot_metric_vs(table: pd.DataFrame, *, x: str, y: str = "eval_accuracy", hue
     ax.set_ylabel(axis_label(y))
     if title:
         ax.set_title(title)
-    if hue:
-        ax.legend(title=hue.replace("_", " "), fontsize="small")
+    if hue or several:
+        ax.legend(title=(hue.replace("_", " ") if hue else "") + (f" ({INTERVAL_NOTE})" if several else ""),
+                  fontsize="small")
     return fig, ax, stats
+
+
+def plot_comparison(table: pd.DataFrame, *, metric: Optional[str] = None, ax=None, title: Optional[str] = None,
+                    chance: Optional[float] = None):
+    """A :func:`fedlab.compare` table as points with their 95 % intervals, one row per method (per site, a panel
+    of rows per site), best on top; ``chance`` draws what a constant scores (0.5 for balanced accuracy and AUC)."""
+    fig, ax = _axis(ax, figsize=(6.5, 0.35 * len(table) + 1.5))
+    rows = table if metric is None else table[table["metric"] == metric]
+    label = (rows["method"] + ((" · " + rows["site"]) if "site" in rows else "")).to_numpy()
+    order = np.arange(len(rows))[::-1]
+    low, high = rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)
+    mean = rows["mean"].to_numpy(float)
+    spread = np.vstack([np.where(np.isnan(low), 0, mean - low), np.where(np.isnan(high), 0, high - mean)])
+    ax.errorbar(mean, order, xerr=spread, fmt="o", capsize=3, color="C0")
+    ax.set_yticks(order, label)
+    if chance is not None:
+        ax.axvline(chance, color="k", ls=":", lw=1, label=f"a constant ({chance:g})")
+        ax.legend(fontsize="small", loc="lower right")
+    shown = metric or (rows["metric"].iloc[0] if len(rows) else "")
+    n = int(rows["n"].max()) if len(rows) else 0
+    kind = rows["interval"].iloc[0] if len(rows) and "interval" in rows else "t 95%"
+    ax.set_xlabel(f"{axis_label(shown)} (mean, {kind} interval over {n} seeds)")
+    if title:
+        ax.set_title(title)
+    return fig, ax, rows
 
 
 def plot_images(images: Sequence[np.ndarray], image_shape: tuple[int, int], *, titles: Optional[Sequence[str]] = None,

@@ -452,26 +452,34 @@ STOP_GRACE_S = 2.0
 
 
 def stop_child(pid: int) -> None:
-    """SIGINT to a child, then SIGKILL if it has not exited within :data:`STOP_GRACE_S`; it is not reaped.
+    """SIGINT to a child, then SIGKILL if it has not exited within :data:`STOP_GRACE_S`; returns once it has
+    exited (or another :data:`STOP_GRACE_S` has passed); it is not reaped.
 
     SIGINT can be ignored: a process started with ``cmd &`` from a script, or by a Jupyter kernel between
-    cells, passes SIG_IGN on to the worker.
+    cells, passes SIG_IGN on to the worker; a stopped process (SIGSTOP) keeps it pending.
     """
-    try:
-        os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline:  # for it to exit and release the pipes it inherited
+    for signum in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        if _exited_within(pid, STOP_GRACE_S):
+            return
+
+
+def _exited_within(pid: int, seconds: float) -> bool:
+    """Whether the child ``pid`` is a zombie (or gone) within ``seconds``: it has released what it held."""
+    deadline = time.monotonic() + seconds
+    while True:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
         except OSError:
-            return
+            return True
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def run_coroutine(coro):

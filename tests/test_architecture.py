@@ -19,7 +19,7 @@ LAYERS = [
     {"clients", "sampling"},                                               # who holds what, who trains
     {"processes"},                                                         # built TFF processes
     {"runner"},                                                            # the round loop
-    {"sweeps", "privacy", "crosssilo", "analysis", "catalog", "participation", "comparison"},           # studies made of runs
+    {"sweeps", "privacy", "crosssilo", "analysis", "catalog", "participation", "comparison", "report"},           # studies made of runs
     {"widgets", "reproduce"},                                              # notebooks
     {"__main__", "__init__"},                                              # entry points
 ]

@@ -81,7 +81,7 @@ def test_a_tff_call_to_a_frozen_worker_ends_at_the_limit_and_the_next_call_start
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("a TFF call had no answer within 3 s (FEDLAB_WAIT_LIMIT_S); TFF's event loop was at ")
-    assert not set(frozen) & set(_worker_pids()), "the frozen worker was not stopped"
+    assert not set(frozen) & set(_worker_pids()), "the frozen workers were not stopped"
     monkeypatch.delenv(runtime.WAIT_LIMIT_VARIABLE)
     assert double(4.0) == 8.0  # a new worker
 
