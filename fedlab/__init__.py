@@ -50,7 +50,7 @@ from .plots import (
     save_table,
 )
 from .participation import participation_table
-from .report import findings, quote
+from .report import compared, findings, quote
 from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
 from .secagg import measure_cost as secagg_cost
@@ -92,6 +92,7 @@ __all__ = [
     "client_arrays_for",
     "clients_table",
     "compare",
+    "compared",
     "crosssilo",
     "dataset_for",
     "devices_from_csv",

@@ -2,7 +2,8 @@
 
 A notebook's "What the full setting shows" is a cell that builds its Markdown from the tables it just computed
 (:func:`findings`), quoting each number with :func:`quote` (a mean with its 95 % interval, or a paired
-difference with its interval and p-value) or :func:`number`.
+difference with its interval and p-value), :func:`compared` (the difference in the words its interval
+supports) or :func:`number`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ def quote(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, sit
         text += f" [{row['diff_ci_low']:+.{digits}f}, {row['diff_ci_high']:+.{digits}f}]"
     p = float(row["p_value"])
     return text + ("" if math.isnan(p) else f" (p = {p:.2g})")
+
+
+def compared(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, site: Optional[str] = None,
+             digits: int = 3) -> str:
+    """A method against the table's reference in words the interval supports: "above <reference> by +0.031
+    [+0.010, +0.052] (p = 0.02)" when the paired interval excludes 0, "below ..." likewise, else "not
+    distinguishable from <reference> (+0.008 [-0.015, +0.031], p = 0.4)"."""
+    row = _row(table, method, metric, site)
+    low, high = float(row["diff_ci_low"]), float(row["diff_ci_high"])
+    change = quote(table, method, metric, site=site, digits=digits, difference=True)
+    if not math.isnan(low) and low > 0:
+        return f"above {row['reference']} by {change}"
+    if not math.isnan(high) and high < 0:
+        return f"below {row['reference']} by {change}"
+    return f"not distinguishable from {row['reference']} ({change})"
 
 
 def number(value: float, digits: int = 3) -> str:

@@ -6,7 +6,7 @@ EXPECTED = [
     "DataUnavailableError", "Dataset", "Devices", "DirichletPartitioner", "ExperimentConfig", "ExperimentPanel",
     "IidPartitioner", "LocalWorkers", "MODELS", "ModelSpec", "NaturalPartitioner", "PARTITIONERS", "Partitioner",
     "QuantitySkewPartitioner", "ShardPartitioner", "accounting_table", "aggregation", "catalog", "client_arrays_for",
-    "clients_table", "compare", "crosssilo", "dataset_for", "devices_from_csv", "epsilon", "exclude_selector", "final_metrics",
+    "clients_table", "compare", "compared", "crosssilo", "dataset_for", "devices_from_csv", "epsilon", "exclude_selector", "final_metrics",
     "final_weights", "findings", "grid", "hparam", "load_dataset", "noise_multiplier_for", "participation_table",
     "partition_for", "partition_report", "partition_report_for", "plot_comparison", "plot_images", "plot_label_distribution",
     "plot_learning_curves", "plot_metric_vs", "plot_round_time", "plot_secagg_cost",

@@ -254,3 +254,16 @@ def test_local_baseline_trains_each_site_on_its_own_data_and_pooled_on_all_of_it
                        reference="fedavg", metrics=["balanced_accuracy"], by_site=True)
     assert set(table.scores.method) == {"fedavg", "local", "pooled"} and len(table.scores) == 3 * 2 * 4
     assert table.n.eq(2).all() and table.query("method != 'fedavg'").n_pairs.eq(2).all()
+
+
+def test_quotes_are_built_from_the_table():
+    C.register_baseline("fixed_a")(_scored({0: [0.6, 0.8], 1: [0.7, 0.9], 2: [0.65, 0.85]}))
+    C.register_baseline("fixed_b")(_scored({0: [0.55, 0.65], 1: [0.7, 0.8], 2: [0.6, 0.7]}))
+    table = fl.compare({"A": "fixed_a", "B": "fixed_b"}, base=BASE, seeds=[0, 1, 2], reference="B",
+                       metrics=["accuracy"])
+    half = T_975_DF2 * 0.05 / math.sqrt(3)
+    assert fl.quote(table, "A") == f"0.750 [{0.75 - half:.3f}, {0.75 + half:.3f}]"
+    assert fl.compared(table, "A").startswith("above B by +0.083 [+0.")  # the paired interval excludes 0
+    assert fl.quote(table, "A", difference=True).endswith(f"(p = {table.p_value.iloc[0]:.2g})")
+    with pytest.raises(ValueError, match="^method: 0 rows of the table match"):
+        fl.quote(table, "C")
