@@ -17,7 +17,14 @@ from . import aggregation, crosssilo, privacy  # noqa: E402
 from .accounting import epsilon, noise_multiplier_for
 from .aggregation import AGGREGATORS, register_aggregator
 from .algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm
-from .analysis import accounting_table, final_metrics, rounds_to_target, summarize
+from .analysis import (
+    accounting_table,
+    final_metrics,
+    rounds_to_target,
+    summarize,
+    summarize_paired,
+    summarize_rounds_to_target,
+)
 from .attacks import ATTACKS, register_attack
 from .catalog import catalog
 from .clients import client_arrays_for, dataset_for, partition_for, partition_report_for
@@ -39,6 +46,7 @@ from .partition import (
 )
 from .plots import (
     plot_images,
+    plot_interval_heatmap,
     plot_comparison,
     plot_label_distribution,
     plot_learning_curves,
@@ -46,15 +54,16 @@ from .plots import (
     plot_round_time,
     plot_secagg_cost,
     plot_site_accuracy,
+    plot_site_comparison,
     save_figure,
     save_table,
 )
 from .participation import participation_table
-from .report import compared, findings, quote
+from .report import compared, findings, interval_table, interval_text, number, quote, ranking, tally
 from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
 from .secagg import measure_cost as secagg_cost
-from .sweeps import grid, round_times, run_sweep
+from .sweeps import client_scores, grid, round_times, run_sweep
 from .systems import DEVICE_PROFILES, Devices, devices_from_csv, register_device_profile, register_device_table
 from .validation import ConfigError
 from .widgets import ExperimentPanel, exclude_selector
@@ -90,6 +99,7 @@ __all__ = [
     "aggregation",
     "catalog",
     "client_arrays_for",
+    "client_scores",
     "clients_table",
     "compare",
     "compared",
@@ -103,22 +113,28 @@ __all__ = [
     "findings",
     "grid",
     "hparam",
+    "interval_table",
+    "interval_text",
     "load_dataset",
     "noise_multiplier_for",
+    "number",
     "participation_table",
     "partition_for",
     "partition_report",
     "partition_report_for",
     "plot_comparison",
     "plot_images",
+    "plot_interval_heatmap",
     "plot_label_distribution",
     "plot_learning_curves",
     "plot_metric_vs",
     "plot_round_time",
     "plot_secagg_cost",
     "plot_site_accuracy",
+    "plot_site_comparison",
     "privacy",
     "quote",
+    "ranking",
     "register_aggregator",
     "register_algorithm",
     "register_attack",
@@ -137,6 +153,9 @@ __all__ = [
     "secagg_cost",
     "setup",
     "summarize",
+    "summarize_paired",
+    "summarize_rounds_to_target",
+    "tally",
     "tune",
     "use_worker_tls",
 ]

@@ -273,11 +273,18 @@ class Comparison(pd.DataFrame):
     ``scores`` (method, seed, site, each metric, num_test, prevalence), ``tuning`` (every trial) and ``chosen``
     (label -> the settings chosen). Kept as pandas metadata, not in ``attrs``, so tables concatenate."""
 
-    _metadata = ["scores", "tuning", "chosen"]
+    _metadata = ["scores", "tuning", "chosen", "settings"]
 
     @property
     def _constructor(self):
         return Comparison
+
+    def per_site(self) -> "Comparison":
+        """The same comparison one row per method, metric and site (each site's test size and prevalence beside
+        it), from the same scores: nothing is run again."""
+        table = Comparison(summarize_scores(self.scores, **{**self.settings, "by_site": True}))
+        table.scores, table.tuning, table.chosen, table.settings = self.scores, self.tuning, self.chosen, self.settings
+        return table
 
 
 def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[ExperimentConfig] = None,
@@ -296,7 +303,7 @@ def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[Experim
     ``p_value`` (paired t-test). With ``space`` every method is tuned first on validation data with the same
     ``budget`` of trials (:func:`tune`; on ``tune_seeds``, default the first seed).
 
-    Returns a :class:`Comparison`: the table, with ``.scores``, ``.tuning`` and ``.chosen``.
+    Returns a :class:`Comparison`: the table, with ``.scores``, ``.tuning``, ``.chosen`` and ``.per_site()``.
     """
     items = _as_methods(methods)
     if any(isinstance(m, str) for m in items.values()) and not isinstance(base, ExperimentConfig):
@@ -331,9 +338,9 @@ def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[Experim
     frames = [_method_scores(method, base, seed, chosen[label], results_cache).assign(method=label, seed=seed)
               for label, method in items.items() for seed in seeds]
     scores = pd.concat(frames, ignore_index=True)[["method", "seed", "site", *METRICS, "num_test", "prevalence"]]
-    table = Comparison(summarize_scores(scores, reference=reference, metrics=metrics, by_site=by_site,
-                                        interval=interval, confidence=confidence))
-    table.scores, table.chosen = scores, chosen
+    settings = dict(reference=reference, metrics=list(metrics), interval=interval, confidence=confidence)
+    table = Comparison(summarize_scores(scores, by_site=by_site, **settings))
+    table.scores, table.chosen, table.settings = scores, chosen, settings
     table.tuning = pd.concat(tuning, ignore_index=True) if tuning else pd.DataFrame()
     return table
 

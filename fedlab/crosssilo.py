@@ -23,11 +23,12 @@ Datasets and Benchmarks, as its code runs (owkin/FLamby):
 What cannot be copied: PyTorch's random streams (initial weights, shuffles);
 seeds 0-4 here stand for FLamby's 42-46.
 
-**fedlab's study** (:func:`heart_disease_config`, :func:`tune_all`): fedlab's
-defaults (its own split and scaling, Glorot initialisation, examples-processed
-weighting) with the client learning rate tuned per algorithm on a validation
-split of the training data: a different question (how good can each method be
-made), kept apart from the reproduction.
+**fedlab's study** (:func:`heart_disease_config`, then :func:`fedlab.compare`):
+fedlab's defaults (its own split and scaling, Glorot initialisation,
+examples-processed weighting), every method and baseline tuned with the same
+budget on a validation split of the training data and scored on balanced
+accuracy and AUC: a different question (how good can each method be made),
+kept apart from the reproduction.
 """
 
 from __future__ import annotations
@@ -174,22 +175,6 @@ def train_centralized(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, epochs: 
     return model
 
 
-def baseline_scores(data: Dataset, *, seeds: Sequence[int], epochs: int = 50, batch_size: int = 4,
-                    lr: float = 1e-3) -> pd.DataFrame:
-    """``local_<site>`` (trained on one site, tested on all four) and ``pooled``, one row per (method, seed, site)."""
-    spec = ModelSpec("logreg", data.num_features, data.num_classes)
-    rows = []
-    for seed in seeds:
-        groups = {f"local_{name}": data.train_sites == s for s, name in enumerate(data.site_names)}
-        groups["pooled"] = np.ones(len(data.y_train), bool)
-        for method, mask in groups.items():
-            model = train_centralized(spec, data.x_train[mask], data.y_train[mask], epochs=epochs,
-                                      batch_size=batch_size, lr=lr, seed=seed)
-            logits = model(data.x_test, training=False).numpy()
-            rows += [{"method": method, "seed": seed, **r} for r in site_scores(logits, data)]
-    return pd.DataFrame(rows)
-
-
 def federated_scores(config: ExperimentConfig, *, method: Optional[str] = None, results_cache=None) -> pd.DataFrame:
     """One federated run's final global model on each site's test set."""
     history = run_experiment(config, results_cache=results_cache, progress=False)
@@ -197,7 +182,8 @@ def federated_scores(config: ExperimentConfig, *, method: Optional[str] = None, 
 
 
 def secure_benchmark(configs: dict, seeds: Sequence[int], *, results_cache=None) -> pd.DataFrame:
-    """Each labelled config at each seed: the mean over the sites of their test accuracy, and what a secure
+    """Each labelled config at each seed: the mean over the sites of their test accuracy and balanced accuracy
+    (over the sites where it is defined), and what a secure
     protocol (``secure_protocol``) did: rounds it stopped (too few sites left to unmask), sites included per
     round, kilobytes it moved per site per round (keys, shares, masked update; NaN without a protocol)."""
     rows = []
@@ -206,8 +192,9 @@ def secure_benchmark(configs: dict, seeds: Sequence[int], *, results_cache=None)
             config = base.replace(seed=seed)
             history = run_experiment(config, results_cache=results_cache, progress=False)
             protocol = "secagg_included" in history
-            rows.append({"method": label, "seed": seed,
-                         "accuracy": float(_scores_of(config, history, label)["accuracy"].mean()),
+            scores = _scores_of(config, history, label)
+            rows.append({"method": label, "seed": seed, "accuracy": float(scores["accuracy"].mean()),
+                         "balanced_accuracy": float(scores["balanced_accuracy"].mean()),
                          "rounds_stopped": int(history.secagg_aborted.sum()) if protocol else 0,
                          "sites_included": float(history.secagg_included.mean()) if protocol
                          else float(history.clients_this_round.mean()),
@@ -225,7 +212,7 @@ def patient_dp_benchmark(base: ExperimentConfig, noise_multipliers: Sequence[flo
     """Record-level DP (DP-SGD in every hospital) at several noise multipliers: one row per (noise, seed, site).
 
     Columns: noise_multiplier, epsilon (that site's record-level epsilon after the run, at
-    ``base.effective_delta``), seed, site, accuracy, auc. ``base`` must have ``dp="example"``.
+    ``base.effective_delta``), seed, site, accuracy, balanced_accuracy, auc. ``base`` must have ``dp="example"``.
     """
     from .privacy import site_epsilons
 
@@ -239,7 +226,7 @@ def patient_dp_benchmark(base: ExperimentConfig, noise_multipliers: Sequence[flo
             eps = site_epsilons(config).set_index("site")["epsilon"]
             frames.append(scores.assign(noise_multiplier=z, epsilon=scores["site"].map(eps)))
     table = pd.concat(frames, ignore_index=True)
-    return table[["noise_multiplier", "epsilon", "seed", "site", "accuracy", "auc"]]
+    return table[["noise_multiplier", "epsilon", "seed", "site", "accuracy", "balanced_accuracy", "auc"]]
 
 
 def patient_dp_audit(base: ExperimentConfig, noise_multipliers: Sequence[float],
@@ -261,42 +248,35 @@ def patient_dp_audit(base: ExperimentConfig, noise_multipliers: Sequence[float],
     return pd.DataFrame(rows)
 
 
-def plot_patient_dp(table: pd.DataFrame, *, ax=None):
-    """Accuracy on each hospital's own test patients against that hospital's record-level epsilon (log scale)."""
+def plot_patient_dp(table: pd.DataFrame, *, ax=None, metric: str = "balanced_accuracy"):
+    """``metric`` on each hospital's own test patients (mean over seeds, 95 % t-interval) against that hospital's
+    record-level epsilon (log scale); a hospital where the metric is undefined (one class) is left out."""
     import matplotlib.pyplot as plt
+
+    from .stats import interval
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(7.5, 4))
-    stats = table.groupby(["site", "noise_multiplier"]).agg(epsilon=("epsilon", "mean"),
-                                                          accuracy=("accuracy", "mean"),
-                                                          spread=("accuracy", "std")).reset_index()
-    for i, (site, group) in enumerate(stats.groupby("site", sort=False)):
+    rows = []
+    for (site, z), group in table.groupby(["site", "noise_multiplier"], sort=False):
+        mean, low, high, n = interval(group[metric].to_numpy(float))
+        rows.append({"site": site, "noise_multiplier": z, "epsilon": float(group.epsilon.mean()), "mean": mean,
+                     "ci_low": low, "ci_high": high, "n": n})
+    stats = pd.DataFrame(rows)
+    for i, (site, group) in enumerate(stats.dropna(subset=["mean"]).groupby("site", sort=False)):
         group = group.sort_values("epsilon")
-        ax.errorbar(group.epsilon, group.accuracy, yerr=group.spread.fillna(0), marker="o", capsize=3,
-                    label=site, color=f"C{i}")
+        spread = np.vstack([group["mean"] - group.ci_low.fillna(group["mean"]),
+                            group.ci_high.fillna(group["mean"]) - group["mean"]])
+        ax.errorbar(group.epsilon, group["mean"], yerr=spread, marker="o", capsize=3, label=site, color=f"C{i}")
     ax.set_xscale("log")
     ax.set_xlabel("record-level epsilon of the hospital (delta = 1e-5)")
-    ax.set_ylabel("accuracy on its own test patients")
+    ax.set_ylabel(f"{metric.replace('_', ' ')}, own test patients")
     ax.set_ylim(0, 1)
-    ax.legend(title="hospital", fontsize="small")
+    ax.axhline(0.5, color="k", ls=":", lw=1)
+    n = int(stats.n.max()) if len(stats) else 0
+    ax.legend(title=f"hospital (mean, 95 % t-interval over {n} seeds; dotted: a constant)", fontsize="small")
     ax.grid(alpha=0.3)
     return ax.figure, ax, stats
-
-
-def tune_client_lr(base: ExperimentConfig, grid: Sequence[float], *, validation_fraction: float = 0.2,
-                   results_cache=None) -> tuple[float, pd.DataFrame]:
-    """The client learning rate with the best mean-over-sites accuracy on a validation split of the training data.
-
-    The test sets are never looked at: each site's training data is split again.
-    """
-    rows = []
-    for lr in grid:
-        scores = federated_scores(base.replace(client_lr=lr, validation_fraction=validation_fraction),
-                                  results_cache=results_cache)
-        rows.append({"algorithm": base.algorithm, "client_lr": lr, "validation_accuracy": scores["accuracy"].mean()})
-    table = pd.DataFrame(rows)
-    best = float(table.sort_values(["validation_accuracy", "client_lr"], ascending=[False, True]).iloc[0]["client_lr"])
-    return best, table
 
 
 def benchmark_table(scores: pd.DataFrame) -> pd.DataFrame:
@@ -305,32 +285,6 @@ def benchmark_table(scores: pd.DataFrame) -> pd.DataFrame:
     table = per_seed.groupby("method")[["accuracy", "auc"]].agg(["mean", "std"])
     table.columns = [f"{a}_{b}" for a, b in table.columns]
     return table.reset_index().sort_values("accuracy_mean", ascending=False).reset_index(drop=True)
-
-
-def federated_benchmark(base: ExperimentConfig, algorithms: Sequence[str], seeds: Sequence[int], *,
-                        lrs: Optional[dict] = None, suffix: str = "", results_cache=None) -> pd.DataFrame:
-    """Per-site scores of each algorithm and seed (``lrs``: client learning rate per algorithm)."""
-    from tqdm.auto import tqdm
-
-    frames = []
-    for algorithm in tqdm(algorithms, desc=f"federated{suffix}"):
-        changes = {"algorithm": algorithm}
-        if lrs is not None:
-            changes["client_lr"] = lrs[algorithm]
-        for seed in seeds:
-            config = base.replace(seed=seed, **changes)
-            frames.append(federated_scores(config, method=algorithm + suffix, results_cache=results_cache))
-    return pd.concat(frames, ignore_index=True)
-
-
-def tune_all(base: ExperimentConfig, algorithms: Sequence[str], grid: Sequence[float], *,
-             results_cache=None) -> tuple[dict, pd.DataFrame]:
-    """Best client learning rate per algorithm on the validation split (seed ``base.seed``)."""
-    best, tables = {}, []
-    for algorithm in algorithms:
-        best[algorithm], table = tune_client_lr(base.replace(algorithm=algorithm), grid, results_cache=results_cache)
-        tables.append(table)
-    return best, pd.concat(tables, ignore_index=True)
 
 
 def site_summary(data: Dataset) -> pd.DataFrame:
@@ -376,39 +330,3 @@ def plot_site_features(raw: pd.DataFrame, features: Sequence[str], *, axes=None)
         ax.set_title(FEATURE_UNITS.get(feature, feature))
         ax.tick_params(axis="x", labelrotation=45, labelsize="small")
     return axes[0].figure, axes, raw.groupby("site")[list(features)].describe()
-
-
-def gain_table(scores: pd.DataFrame, federated_method: str) -> pd.DataFrame:
-    """Each site's own-test accuracy: trained alone, federated (``federated_method``), pooled: the mean over seeds
-    and its standard deviation (``*_std``, NaN with one seed)."""
-    rows = []
-    for site in scores["site"].unique():
-        own = scores[scores.site == site]
-        row = {"site": site}
-        for column, method in (("local", f"local_{site}"), ("federated", federated_method), ("pooled", "pooled")):
-            values = own[own.method == method]["accuracy"]
-            row[column], row[f"{column}_std"] = float(values.mean()), float(values.std())
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table["gain_from_federating"] = table["federated"] - table["local"]
-    return table[["site", "local", "federated", "pooled", "gain_from_federating", "local_std", "federated_std",
-                  "pooled_std"]]
-
-
-def plot_federation_gain(table: pd.DataFrame, *, ax=None, federated_label: str = "federated"):
-    """Grouped bars per site: alone, federated, pooled; error bars of one standard deviation over seeds."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7.5, 4))
-    x = np.arange(len(table))
-    for i, (column, label) in enumerate([("local", "trained alone"), ("federated", federated_label),
-                                         ("pooled", "pooled (not possible in practice)")]):
-        spread = table.get(f"{column}_std")
-        ax.bar(x + (i - 1) * 0.27, table[column], width=0.27, label=label, capsize=3,
-               yerr=None if spread is None or spread.isna().all() else spread.fillna(0))
-    ax.set_xticks(x, table["site"])
-    ax.set_ylabel("accuracy on the site's own test set")
-    ax.set_ylim(0, 1.12)
-    ax.legend(title="trained", fontsize="small", loc="upper center", ncol=3)
-    return ax.figure, ax, table

@@ -70,7 +70,7 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, binary: bool, num_
     all_present = len(present) == (2 if binary else num_classes)
     balanced = float(np.mean(recalls)) if (all_present or not binary) else nan
     auc = nan
-    if all_present:
+    if all_present and np.isfinite(logits).all():  # a diverged model (inf or NaN logits) ranks nothing
         from sklearn.metrics import roc_auc_score
 
         if binary:

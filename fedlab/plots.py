@@ -65,7 +65,12 @@ def axis_label(column: str) -> str:
              "eval_loss": "test loss (cross-entropy)", "train_loss": "training loss (cross-entropy)",
              "epsilon": "epsilon (at the run's delta)", "cumulative_bytes": "bytes sent (down + up)",
              "seconds_per_round": "seconds per round", "clients_per_round": "clients per round",
-             "sim_hours": "simulated wall-clock hours", "sim_elapsed_seconds": "simulated wall-clock seconds"}
+             "sim_hours": "simulated wall-clock hours", "sim_elapsed_seconds": "simulated wall-clock seconds",
+             "noise_multiplier": "noise multiplier z"}
+    for prefix, attack in (("attack_", "loss-threshold attack"), ("calibrated_attack_", "calibrated attack")):
+        units.update({prefix + "auc": f"{attack}: AUC (0.5 = chance)",
+                      prefix + "tpr_at_0.01_fpr": f"{attack}: TPR at 1 % FPR",
+                      prefix + "tpr_at_0.001_fpr": f"{attack}: TPR at 0.1 % FPR"})
     return units.get(column, column.replace("_", " "))
 
 
@@ -178,27 +183,49 @@ def save_table(df: pd.DataFrame, name: str, directory: Optional[str | pathlib.Pa
 
 
 def plot_metric_vs(table: pd.DataFrame, *, x: str, y: str = "eval_accuracy", hue: Optional[str] = "algorithm",
-                   logx: bool = False, ax=None, title: Optional[str] = None):
+                   logx: bool = False, ax=None, title: Optional[str] = None, chance: Optional[float] = None):
     """Mean of ``y`` over seeds against ``x``, one line per ``hue``, error bars = the 95 % t-interval of the mean
-    over seeds (said in the legend's title)."""
+    over seeds (said in the legend's title).
+
+    Rows whose ``x`` is infinite (epsilon of a run without noise) have no place on the axis: each ``hue``'s is
+    drawn as a dashed horizontal line at its mean (its interval a band), labelled ``x = ∞``, never joined to the
+    finite points. ``chance``: what an attacker or a model that learns nothing scores (0.5 for an AUC), drawn
+    dotted and kept in view.
+    """
     fig, ax = _axis(ax)
     keys = ([hue] if hue else []) + [x]
     stats = _with_intervals(table, keys, y)
     groups = stats.groupby(hue, sort=False) if hue else [(y, stats)]
     several = bool((stats["count"] > 1).any())
+    numeric = pd.api.types.is_numeric_dtype(stats[x])
+    unplaced = False
     for i, (name, group) in enumerate(groups):
         group = group.sort_values(x)
-        look = _look(i)
-        spread = np.vstack([group["mean"] - group["ci_low"], group["ci_high"] - group["mean"]])
-        ax.errorbar(group[x], group["mean"], yerr=spread if several else None,
-                    ms=4.5, capsize=3, label=str(name), color=f"C{i % 10}", **look)
+        infinite = np.isinf(group[x].to_numpy(float)) if numeric else np.zeros(len(group), bool)
+        look, color = _look(i), f"C{i % 10}"
+        shown = group[~infinite]
+        spread = np.vstack([shown["mean"] - shown["ci_low"], shown["ci_high"] - shown["mean"]])
+        if len(shown):
+            ax.errorbar(shown[x], shown["mean"], yerr=spread if several else None,
+                        ms=4.5, capsize=3, label=str(name), color=color, **look)
+        for _, row in group[infinite].iterrows():
+            unplaced = True
+            where = f"{x.replace('_', ' ')} = {'∞' if row[x] > 0 else '−∞'}"
+            ax.axhline(row["mean"], color=color, ls="--", lw=1.2, label=f"{name}, {where}" if hue else where)
+            if row["count"] > 1:
+                ax.axhspan(row["ci_low"], row["ci_high"], color=color, alpha=0.12, lw=0)
     if logx:
         ax.set_xscale("log")
+    if chance is not None:
+        ax.axhline(chance, color="k", ls=":", lw=1, label=f"chance ({chance:g})")
+        low, high = ax.get_ylim()
+        pad = 0.05 * (high - low) if high > low else 0.01
+        ax.set_ylim(min(low, chance - pad), max(high, chance + pad))
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
     if title:
         ax.set_title(title)
-    if hue or several:
+    if hue or several or unplaced or chance is not None:
         ax.legend(title=(hue.replace("_", " ") if hue else "") + (f" ({INTERVAL_NOTE})" if several else ""),
                   fontsize="small")
     return fig, ax, stats
@@ -224,6 +251,43 @@ def plot_comparison(table: pd.DataFrame, *, metric: Optional[str] = None, ax=Non
     n = int(rows["n"].max()) if len(rows) else 0
     kind = rows["interval"].iloc[0] if len(rows) and "interval" in rows else "t 95%"
     ax.set_xlabel(f"{axis_label(shown)} (mean, {kind} interval over {n} seeds)")
+    if title:
+        ax.set_title(title)
+    return fig, ax, rows
+
+
+def plot_site_comparison(table: pd.DataFrame, *, metric: str, methods: Optional[dict] = None, ax=None,
+                         title: Optional[str] = None, chance: Optional[float] = None):
+    """A by-site :func:`fedlab.compare` table (``by_site=True``) as grouped bars: one group per site (its test
+    size and prevalence under its name), one bar per method (``methods``: label shown -> method in the table),
+    error bars its 95 % interval over seeds; a site where the metric is undefined (one class in its test set)
+    is marked so instead of a bar."""
+    fig, ax = _axis(ax, figsize=(8, 4))
+    rows = table[table["metric"] == metric]
+    methods = methods or {m: m for m in rows["method"].unique()}
+    sites = list(dict.fromkeys(rows["site"]))
+    width = 0.8 / max(1, len(methods))
+    for i, (label, method) in enumerate(methods.items()):
+        part = rows[rows["method"] == method].set_index("site").reindex(sites)
+        mean = part["mean"].to_numpy(float)
+        low, high = part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float)
+        spread = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
+        x = np.arange(len(sites)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(x, np.nan_to_num(mean), width=width, yerr=spread, capsize=2, label=label, color=f"C{i % 10}")
+    info = rows.drop_duplicates("site").set_index("site")
+    names = [f"{s}\n(n={int(info.loc[s, 'num_test'])}, {100 * info.loc[s, 'prevalence']:.0f} % positive)"
+             if "prevalence" in info else s for s in sites]
+    ax.set_xticks(np.arange(len(sites)), names)
+    for j, s in enumerate(sites):
+        if rows[rows["site"] == s]["mean"].isna().all():
+            ax.text(j, 0.05, "undefined:\none class\nin the test set", ha="center", fontsize="x-small")
+    if chance is not None:
+        ax.axhline(chance, color="k", ls=":", lw=1)
+    n = int(rows["n"].max()) if len(rows) else 0
+    ax.set_ylabel(f"{axis_label(metric)}, site's own test set")
+    ax.set_ylim(0, 1.12)
+    ax.legend(title=f"mean, 95 % interval over {n} seeds" + ("; dotted: a constant" if chance is not None else ""),
+              fontsize="small", loc="upper center", ncol=min(4, len(methods)))
     if title:
         ax.set_title(title)
     return fig, ax, rows
@@ -300,7 +364,9 @@ def plot_round_time(table: pd.DataFrame, *, ax=None, title: Optional[str] = None
 def plot_secagg_cost(table: pd.DataFrame, *, axes=None):
     """What the secure aggregation protocols cost against the clients in a round, one colour per protocol (log-log).
 
-    ``table``: as :func:`fedlab.secagg.measure_cost` returns it. Left: the
+    ``table``: as :func:`fedlab.secagg.measure_cost` returns it, or several of them (one per seed) stacked: each
+    point is then the mean over the repeats with its 95 % t-interval (said in the legends; a lower end below
+    zero, which a log axis cannot show, is drawn at the axis). Left: the
     bytes a client sends and receives besides its masked vector (keys,
     encrypted shares, unmasking shares), without dropouts; middle: a client's
     seconds without dropouts; right: the server's seconds at every dropout rate
@@ -315,31 +381,72 @@ def plot_secagg_cost(table: pd.DataFrame, *, axes=None):
             fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     table = table.assign(overhead_bytes=table.bytes_per_client
                          - np.ceil(table.vector_length * table.modulus_bits / 8))
+    repeats = int(table.groupby(["protocol", "clients", "dropout_rate"]).size().max()) if len(table) else 1
+
+    def draw(ax, rows, column, i, label, linestyle="-"):
+        stats = _with_intervals(rows, ["clients"], column).sort_values("clients")
+        spread = None
+        if repeats > 1:
+            low = np.maximum(stats["ci_low"], 1e-3 * stats["mean"])  # a log axis has no room at or below 0
+            spread = np.vstack([stats["mean"] - low, stats["ci_high"] - stats["mean"]])
+        ax.errorbar(stats["clients"], stats["mean"], yerr=spread, color=f"C{i}", marker=MARKERS[i % len(MARKERS)],
+                    linestyle=linestyle, label=label, capsize=3 if spread is not None else 0)
+        return stats
+
     calm = table[table.dropout_rate == 0]
-    panels = [(axes[0], calm, "overhead_bytes", "bytes per client besides its masked vector", 1),
-              (axes[1], calm, "client_seconds", "seconds per client", 1)]
-    for ax, rows, column, label, slope in panels:
-        for i, (name, group) in enumerate(rows.groupby("protocol", sort=False)):
-            group = group.sort_values("clients")
-            ax.plot(group.clients, group[column], color=f"C{i}", label=name, marker=MARKERS[i % len(MARKERS)])
+    panels = [(axes[0], "overhead_bytes", "bytes per client besides its masked vector", 1),
+              (axes[1], "client_seconds", "seconds per client", 1)]
+    for ax, column, label, slope in panels:
+        for i, (name, group) in enumerate(calm.groupby("protocol", sort=False)):
+            stats = draw(ax, group, column, i, name)
             if i == 0:
-                n0, v0 = group.clients.iloc[0], group[column].iloc[0]
-                ax.plot(group.clients, v0 * group.clients / n0, ls=":", color="grey")
+                n0, v0 = stats["clients"].iloc[0], stats["mean"].iloc[0]
+                ax.plot(stats["clients"], v0 * stats["clients"] / n0, ls=":", color="grey")
         ax.set(ylabel=label)
     for i, (name, group) in enumerate(table.groupby("protocol", sort=False)):
         for j, (rate, rows) in enumerate(group.groupby("dropout_rate")):
-            rows = rows.sort_values("clients")
-            axes[2].plot(rows.clients, rows.server_seconds, color=f"C{i}", marker=MARKERS[i % len(MARKERS)],
-                         linestyle=LINESTYLES[j % len(LINESTYLES)], label=f"{name}, dropout {rate:g}")
+            stats = draw(axes[2], rows, "server_seconds", i, f"{name}, dropout {rate:g}",
+                         LINESTYLES[j % len(LINESTYLES)])
             if i == 0 and j == 0:
-                n0, v0 = rows.clients.iloc[0], rows.server_seconds.iloc[0]
-                axes[2].plot(rows.clients, v0 * (rows.clients / n0) ** 2, ls=":", color="grey")
+                n0, v0 = stats["clients"].iloc[0], stats["mean"].iloc[0]
+                axes[2].plot(stats["clients"], v0 * (stats["clients"] / n0) ** 2, ls=":", color="grey")
     axes[2].set(ylabel="server seconds")
+    note = f"mean, 95 % t-interval over {repeats} repeats" if repeats > 1 else None
     for ax in axes:
         ax.set(xscale="log", yscale="log", xlabel="clients in the round")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", title=note)
     axes[0].set_title("keys and shares (dotted: linear in n)")
     axes[1].set_title("client (dotted: linear in n)")
     axes[2].set_title("server (dotted: quadratic in n)")
     return axes[0].figure, axes, table
+
+
+def plot_interval_heatmap(table: pd.DataFrame, *, index: str, columns: str, ax=None, title: Optional[str] = None,
+                          rows: Optional[Sequence] = None, cols: Optional[Sequence] = None, vmin: float = 0.0,
+                          vmax: float = 1.0, cmap: str = "RdYlGn", digits: int = 2):
+    """A summary over seeds (``mean``, ``ci_low``, ``ci_high`` and ``n`` per value of ``index`` and ``columns``:
+    :func:`fedlab.summarize` or :func:`fedlab.summarize_paired`) as a grid coloured by the mean, every cell
+    printing its mean and 95 % t-interval over seeds (said in the title). ``rows``, ``cols``: their order
+    (default: as they first appear). Returns ``(fig, ax, the means as a grid)``."""
+    rows = list(dict.fromkeys(table[index])) if rows is None else list(rows)
+    cols = list(dict.fromkeys(table[columns])) if cols is None else list(cols)
+    fig, ax = _axis(ax, figsize=(1.45 * len(cols) + 2, 0.8 * len(rows) + 1.6))
+    cells = table.set_index([index, columns])
+    grid = cells["mean"].unstack(columns).reindex(index=rows, columns=cols)
+    ax.imshow(grid.to_numpy(float), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if (r, c) not in cells.index:
+                continue
+            cell = cells.loc[(r, c)]
+            low, high = float(cell["ci_low"]), float(cell["ci_high"])
+            text = f"{cell['mean']:.{digits}f}" + ("" if np.isnan(low) else f"\n[{low:.{digits}f}, {high:.{digits}f}]")
+            ax.text(j, i, text, ha="center", va="center", fontsize="small")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=25, ha="right")
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set(xlabel=columns.replace("_", " "), ylabel=index.replace("_", " "))
+    ax.grid(False)
+    seeds = table["n"] if "n" in table else table["count"]  # summarize_paired's n, summarize's count
+    ax.set_title((f"{title}\n" if title else "") + f"mean [95 % t-interval over {int(seeds.max())} seeds]")
+    return fig, ax, grid

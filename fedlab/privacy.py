@@ -198,6 +198,50 @@ def audit_columns(result: dict) -> dict:
     return out
 
 
+AUDIT_MEASURES = ("auc",) + tuple(f"tpr_at_{fpr:g}_fpr" for fpr in AUDIT_FPRS)
+AUDIT_ATTACKS = {"attack_": "loss threshold", "calibrated_attack_": "calibrated"}  # column prefix -> name
+
+
+def audit_summary(table, by=("clients_per_round", "noise_multiplier"), *,
+                  reference: Optional[str] = "loss threshold"):
+    """:func:`privacy_utility`'s audits over seeds, as the field reports them (Carlini et al. 2022).
+
+    One row per setting (``by``), attack (``method``: ``loss threshold``, ``calibrated``) and measure
+    (``metric``: ``auc``, ``tpr_at_0.01_fpr``, ``tpr_at_0.001_fpr``): the mean over seeds, its 95 % t-interval
+    (``ci_low``, ``ci_high``; each run's own bootstrap interval of its AUC stays in ``table``), ``n`` the seeds
+    where the measure is defined (a true-positive rate at 0.1 % false positives needs 1,000 non-members),
+    ``seeds``, ``epsilon``, and the fewest ``members`` and ``nonmembers`` a run's audit had. With ``reference``
+    (an attack), the other attack's difference from it, paired on the same model and examples (``diff``,
+    ``diff_ci_low``, ``diff_ci_high``, ``n_pairs``, ``p_value``): what says which attack finds more.
+    """
+    import pandas as pd
+
+    from .comparison import summarize_scores
+
+    by = [by] if isinstance(by, str) else list(by)
+    frames = []
+    for prefix, name in AUDIT_ATTACKS.items():
+        columns = {prefix + m: m for m in AUDIT_MEASURES if prefix + m in table}
+        if columns:
+            frames.append(table[[*by, "seed", *columns]].rename(columns=columns).assign(method=name))
+    if not frames:
+        raise ValueError("table: has no audit columns (attack_auc, ...); run privacy_utility with audit=True")
+    runs = pd.concat(frames, ignore_index=True)
+    if reference is not None and reference not in set(runs["method"]):
+        reference = None  # one attack only: nothing to pair with
+    rows = []
+    for key, group in runs.groupby(by, dropna=False, sort=False):
+        key = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        setting = table.loc[(table[by] == pd.Series(key)).all(axis=1)]
+        summary = summarize_scores(group, reference=reference, metrics=list(AUDIT_MEASURES))
+        rows.append(summary.drop(columns="sites").assign(
+            **key, epsilon=float(setting["epsilon"].iloc[0]), seeds=int(setting["seed"].nunique()),
+            members=int(setting["members"].min()), nonmembers=int(setting["nonmembers"].min())))
+    out = pd.concat(rows, ignore_index=True)
+    first = [*by, "epsilon", "method", "metric", "mean", "ci_low", "ci_high", "n", "seeds", "members", "nonmembers"]
+    return out[first + [c for c in out.columns if c not in first]]
+
+
 def privacy_utility(configs, *, results_cache=None, audit: bool = True, reference_epochs: int = 20):
     """One row per config: final accuracy, epsilon, and (``audit``) the attacks' AUCs.
 

@@ -3,13 +3,14 @@
 A notebook's "What the full setting shows" is a cell that builds its Markdown from the tables it just computed
 (:func:`findings`), quoting each number with :func:`quote` (a mean with its 95 % interval, or a paired
 difference with its interval and p-value), :func:`compared` (the difference in the words its interval
-supports) or :func:`number`.
+supports), :func:`ranking` (every method against a reference, the best say, in those words), :func:`tally`
+(many rows' intervals against chance) or :func:`number`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import pandas as pd
 
@@ -44,6 +45,8 @@ def quote(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, sit
         return interval_text(float(row["mean"]), float(row.get("ci_low", math.nan)),
                              float(row.get("ci_high", math.nan)), digits)
     diff = float(row["diff"])
+    if math.isnan(diff):  # no seed where both are defined (a run that never reached a target, say)
+        return "undefined"
     text = f"{diff:+.{digits}f}"
     if not math.isnan(float(row["diff_ci_low"])):
         text += f" [{row['diff_ci_low']:+.{digits}f}, {row['diff_ci_high']:+.{digits}f}]"
@@ -59,6 +62,8 @@ def compared(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, 
     row = _row(table, method, metric, site)
     low, high = float(row["diff_ci_low"]), float(row["diff_ci_high"])
     change = quote(table, method, metric, site=site, digits=digits, difference=True)
+    if math.isnan(float(row["diff"])):
+        return f"not comparable with {row['reference']} (no seed where both are defined)"
     if not math.isnan(low) and low > 0:
         return f"above {row['reference']} by {change}"
     if not math.isnan(high) and high < 0:
@@ -66,21 +71,86 @@ def compared(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, 
     return f"not distinguishable from {row['reference']} ({change})"
 
 
+def interval_table(table: pd.DataFrame, *, index: Union[str, Sequence[str]] = "method",
+                   columns: Union[str, Sequence[str]] = "metric", digits: int = 3) -> pd.DataFrame:
+    """A comparison or summary table as text cells "mean [low, high]", ``index`` by ``columns`` (a column, or a
+    list of them; rows and columns in the order they first appear): what a notebook shows."""
+    text = table.assign(shown=[interval_text(float(r["mean"]), float(r.get("ci_low", math.nan)),
+                                             float(r.get("ci_high", math.nan)), digits)
+                               for _, r in table.iterrows()])
+    shown = text.pivot(index=index, columns=columns, values="shown")
+
+    def order(keys):
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        return list(dict.fromkeys(text[keys[0]] if len(keys) == 1 else text[keys].itertuples(index=False, name=None)))
+
+    return shown.loc[order(index), order(columns)]
+
+
+def ranking(table: pd.DataFrame, metric: Optional[str] = None, *, site: Optional[str] = None,
+            digits: int = 3) -> str:
+    """Every method of ``table`` against its reference, grouped by what the paired interval supports: "fedyogi
+    0.897 [0.852, 0.942]; not distinguishable from it: scaffold (-0.014 [-0.050, +0.022], p = 0.3); below it:
+    fedavg (-0.058 [-0.090, -0.026], p = 0.01)" (within a group, the largest difference first). With the
+    reference chosen as the best (:func:`fedlab.summarize_paired` with ``reference="best"``) this is a ranking
+    that claims no more than the seeds support. Each interval is a 95 % interval of its own, not corrected for the
+    number of comparisons."""
+    rows = table
+    if metric is not None and "metric" in rows:
+        rows = rows[rows["metric"] == metric]
+    if site is not None:
+        rows = rows[rows["site"] == site]
+    references = rows["reference"].dropna().unique() if "reference" in rows else []
+    if len(references) != 1:
+        raise ValueError(f"table: must compare with one reference (metric={metric!r}, site={site!r}), got "
+                         f"{len(references)}")
+    reference = references[0]
+    groups: dict[str, list] = {"above it": [], "not distinguishable from it": [], "below it": [],
+                               "not comparable with it (no seed where both are defined)": []}
+    for _, row in rows[rows["method"] != reference].sort_values("diff", ascending=False).iterrows():
+        diff, low, high = float(row["diff"]), float(row["diff_ci_low"]), float(row["diff_ci_high"])
+        where = ("not comparable with it (no seed where both are defined)" if math.isnan(diff) else
+                 "above it" if low > 0 else "below it" if high < 0 else "not distinguishable from it")
+        change = f"{diff:+.{digits}f}"
+        if not (math.isnan(low) or math.isnan(high)):
+            change += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+        if not math.isnan(float(row["p_value"])):
+            change += f", p = {float(row['p_value']):.2g}"
+        groups[where].append(f"{row['method']} ({change})" if not math.isnan(diff) else str(row["method"]))
+    parts = [f"{reference} {quote(table, reference, metric, site=site, digits=digits)}"]
+    return "; ".join(parts + [f"{where}: {', '.join(names)}" for where, names in groups.items() if names])
+
+
+def tally(table: pd.DataFrame, value: float, *, difference: bool = False, digits: int = 3) -> str:
+    """Where the rows' 95 % intervals lie against ``value`` (chance, say), in words: "means from 0.497 to 0.513;
+    95 % interval above 0.5 in 2 of 18, below 0.5 in 0, holding 0.5 in 16" (and "undefined in n" for rows
+    without an interval). ``difference``: the rows' paired differences (``diff``, ``diff_ci_low``,
+    ``diff_ci_high``) instead of their means. Claims no more than each row's own interval supports."""
+    names = ("diff", "diff_ci_low", "diff_ci_high") if difference else ("mean", "ci_low", "ci_high")
+    mean, low, high = (table[c].astype(float) for c in names)
+    defined = int((low.notna() & high.notna()).sum())
+    above, below = int((low > value).sum()), int((high < value).sum())
+    sign = "+" if difference else ""
+    span = (f"{'differences' if difference else 'means'} from {mean.min():{sign}.{digits}f} to "
+            f"{mean.max():{sign}.{digits}f}" if mean.notna().any() else "undefined")
+    text = (f"{span}; 95 % interval above {value:g} in {above} of {len(table)}, below {value:g} in {below}, "
+            f"holding {value:g} in {defined - above - below}")
+    return text + (f", undefined in {len(table) - defined}" if defined < len(table) else "")
+
 def number(value: float, digits: int = 3) -> str:
     """A single number as the text quotes it."""
     return "undefined" if value is None or math.isnan(float(value)) else f"{float(value):.{digits}f}"
 
 
-def findings(text: str) -> str:
-    """Shows ``text`` as Markdown in a notebook (printed elsewhere) and returns it."""
+def findings(text: str) -> None:
+    """Shows ``text`` as Markdown in a notebook (printed elsewhere)."""
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
 
         if get_ipython() is not None:
             display(Markdown(text))
-            return text
+            return
     except ImportError:
         pass
     print(text)
-    return text

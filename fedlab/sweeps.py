@@ -1,4 +1,5 @@
-"""Many runs: grids of configs, sweeps that stack their histories, round-time measurements."""
+"""Many runs: grids of configs, sweeps that stack their histories (or each client's final score),
+round-time measurements."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .config import ExperimentConfig
-from .runner import run_experiment
+from .runner import clients_table, run_experiment
 from .validation import ConfigError
 
 
@@ -33,15 +34,7 @@ def grid(base: ExperimentConfig, **axes: Iterable[Any]) -> list[ExperimentConfig
     return [base.replace(**dict(zip(names, combo))) for combo in itertools.product(*(values[n] for n in names))]
 
 
-def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True,
-              labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None,
-              tensorboard_dir=None) -> pd.DataFrame:
-    """Runs several configs and stacks their histories (config fields tell them apart).
-
-    ``labels`` adds columns computed from each config, e.g.
-    ``{"method": fedlab.aggregation.method_name}``; ``tensorboard_dir``: every
-    run's metrics as TensorBoard events, one folder per run.
-    """
+def _config_list(configs) -> list[ExperimentConfig]:
     if isinstance(configs, ExperimentConfig):
         raise TypeError("configs: must be a list of ExperimentConfig, got one ExperimentConfig; pass [config], "
                         "or a list from fedlab.grid(config, ...)")
@@ -54,6 +47,19 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progre
     bad = [c for c in configs if not isinstance(c, ExperimentConfig)]
     if bad:
         raise TypeError(f"configs: every item must be an ExperimentConfig, got {type(bad[0]).__name__}")
+    return configs
+
+
+def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True,
+              labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None,
+              tensorboard_dir=None) -> pd.DataFrame:
+    """Runs several configs and stacks their histories (config fields tell them apart).
+
+    ``labels`` adds columns computed from each config, e.g.
+    ``{"method": fedlab.aggregation.method_name}``; ``tensorboard_dir``: every
+    run's metrics as TensorBoard events, one folder per run.
+    """
+    configs = _config_list(configs)
     from tqdm.auto import tqdm
 
     histories = []
@@ -63,6 +69,39 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progre
             history[column] = fn(config)
         histories.append(history)
     return stack_histories(histories)
+
+
+RUN_SUMMARY = ("eval_loss", "eval_accuracy", "client_accuracy_mean", "client_accuracy_worst10", "client_accuracy_std")
+
+
+def client_scores(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True,
+                  labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None) -> pd.DataFrame:
+    """Each client's score under each run's final model, for configs with ``eval_per_client``: one row per config
+    and client, from the last evaluated round (round, client, num_examples, loss, accuracy), beside the config's
+    fields (as a history has them), the ``labels`` columns (see :func:`run_sweep`), and the run's own summary of
+    that round (:data:`RUN_SUMMARY`: the global model's ``eval_loss`` and ``eval_accuracy`` on the test set, the
+    mean, worst 10 % and spread of the clients' accuracy), the same on each of its clients' rows.
+
+    A client is scored on its own held-out share with ``local_test_fraction`` > 0 (``num_examples`` counts it),
+    else on the data it trained on: not a held-out score.
+    """
+    configs = _config_list(configs)
+    without = [i for i, c in enumerate(configs) if not c.eval_per_client]
+    if without:
+        raise ConfigError("eval_per_client", f"must be True in every config to score each client (config "
+                                             f"{without[0]} of {len(configs)} has False)")
+    from tqdm.auto import tqdm
+
+    frames = []
+    for config in tqdm(configs, desc="configs", disable=not progress):
+        history = run_experiment(config, results_cache=results_cache, progress=False)
+        clients = clients_table(history)
+        last = clients[clients["round"] == clients["round"].max()].reset_index(drop=True)
+        evaluated = history.dropna(subset=["eval_accuracy"]).iloc[-1]
+        run = {**config.experiment_dict(), **{column: fn(config) for column, fn in (labels or {}).items()},
+               **{c: float(evaluated[c]) for c in RUN_SUMMARY if c in evaluated}}
+        frames.append(pd.concat([pd.DataFrame([run] * len(last)), last], axis=1))
+    return stack_histories(frames)
 
 
 def stack_histories(histories: Sequence[pd.DataFrame]) -> pd.DataFrame:

@@ -56,19 +56,6 @@ def test_site_scores_by_hand():
     assert rows[1]["accuracy"] == pytest.approx(2 / 3) and np.isnan(rows[1]["auc"])
 
 
-def test_gain_table_by_hand():
-    import pandas as pd
-
-    scores = pd.DataFrame([
-        {"method": "local_a", "site": "a", "accuracy": 0.6}, {"method": "fedavg", "site": "a", "accuracy": 0.7},
-        {"method": "pooled", "site": "a", "accuracy": 0.8}, {"method": "local_a", "site": "a", "accuracy": 0.8},
-    ])
-    table = crosssilo.gain_table(scores, "fedavg")
-    assert table.loc[0, "local"] == pytest.approx(0.7) and table.loc[0, "gain_from_federating"] == pytest.approx(0.0)
-    assert table.loc[0, "local_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))  # over seeds
-    assert np.isnan(table.loc[0, "federated_std"])  # one seed: no spread to show
-
-
 def test_covariate_sites_follow_the_feature():
     data = with_covariate_sites(load_breast_cancer(seed=0), feature=0, num_sites=4, mixing=0.0)
     means = [data.x_train[data.train_sites == s, 0].mean() for s in range(4)]

@@ -267,3 +267,15 @@ def test_quotes_are_built_from_the_table():
     assert fl.quote(table, "A", difference=True).endswith(f"(p = {table.p_value.iloc[0]:.2g})")
     with pytest.raises(ValueError, match="^method: 0 rows of the table match"):
         fl.quote(table, "C")
+
+
+def test_per_site_and_interval_table_come_from_the_same_scores():
+    C.register_baseline("fixed_a")(_scored({0: [0.6, 0.8], 1: [0.7, 0.9], 2: [0.65, 0.85]}))
+    table = fl.compare({"A": "fixed_a", "M": "majority_site"}, base=BASE, seeds=[0, 1, 2], reference="M",
+                       metrics=["accuracy"])
+    sites = table.per_site()
+    direct = fl.compare({"A": "fixed_a", "M": "majority_site"}, base=BASE, seeds=[0, 1, 2], reference="M",
+                        metrics=["accuracy"], by_site=True)
+    pd.testing.assert_frame_equal(pd.DataFrame(sites), pd.DataFrame(direct))
+    shown = fl.interval_table(sites, index="method", columns="site")
+    assert list(shown.index) == ["A", "M"] and shown.loc["A", "b"].startswith("0.850 [")

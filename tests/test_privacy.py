@@ -201,3 +201,29 @@ def test_worker_is_recycled_after_a_dp_run():
     again = run_experiment(config.replace(seed=1), progress=False)  # a new worker serves the next run
     plain = run_experiment(config.replace(dp="none", noise_multiplier=0.0), progress=False)
     assert len(again) == 2 and len(plain) == 2
+
+
+def test_audit_summary_by_hand():
+    import pandas as pd
+
+    import fedlab as fl
+
+    # two seeds of one setting; the calibrated attack is 0.02 above the loss attack on seed 0 and 0.04 on seed 1
+    runs = pd.DataFrame({"clients_per_round": 5, "noise_multiplier": 1.0, "seed": [0, 1], "epsilon": 4.4,
+                         "attack_auc": [0.50, 0.56], "attack_tpr_at_0.01_fpr": [0.01, 0.03],
+                         "attack_tpr_at_0.001_fpr": [np.nan, np.nan], "calibrated_attack_auc": [0.52, 0.60],
+                         "calibrated_attack_tpr_at_0.01_fpr": [0.02, 0.02],
+                         "calibrated_attack_tpr_at_0.001_fpr": [np.nan, np.nan], "members": [500, 500],
+                         "nonmembers": [500, 498]})
+    audit = privacy.audit_summary(runs)
+    assert len(audit) == 2 * 3 and set(audit.method) == {"loss threshold", "calibrated"}
+    row = audit[(audit.method == "loss threshold") & (audit.metric == "auc")].iloc[0]
+    half = 12.706204736174698 * 0.06 / 2  # t(0.975, 1 df) * sd (0.06 / sqrt 2) / sqrt 2
+    assert (row["mean"], row.ci_low, row.ci_high) == pytest.approx((0.53, 0.53 - half, 0.53 + half))
+    assert (row.n, row.seeds, row.members, row.nonmembers, row.epsilon) == (2, 2, 500, 498, 4.4)
+    calibrated = audit[(audit.method == "calibrated") & (audit.metric == "auc")].iloc[0]
+    assert (calibrated["diff"], calibrated.n_pairs) == (pytest.approx(0.03), 2)  # (0.02 + 0.04) / 2, paired
+    assert calibrated.diff_ci_low == pytest.approx(0.03 - 12.706204736174698 * 0.01)
+    tpr = audit[(audit.method == "calibrated") & (audit.metric == "tpr_at_0.001_fpr")].iloc[0]
+    assert tpr.n == 0 and np.isnan(tpr["mean"])  # 500 non-members cannot measure 0.1 %
+    assert fl.quote(audit[audit.metric == "auc"], "calibrated", difference=True).startswith("+0.030")

@@ -137,3 +137,77 @@ def test_a_panel_wait_with_a_timeout_says_where_the_run_stood(tmp_path):
     finally:
         gate.set()
     panel.wait(timeout=300)
+
+
+def _ignores_sigint(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        ignored = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    return bool(ignored & (1 << (signal.SIGINT - 1)))
+
+
+def _service_manager():
+    import gc
+
+    return next(o for o in gc.get_objects() if type(o).__name__ == "ServiceManager" and getattr(o, "_stub", None)
+                and o._process is not None and o._process.poll() is None)
+
+
+@pytest.mark.slow
+def test_tffs_restart_of_a_worker_that_ignores_sigint_is_bounded():
+    """A Jupyter kernel ignores SIGINT between cells, so a worker TFF starts then (a panel's run after a click)
+    inherits SIG_IGN. When TFF's service manager finds that worker's channel not ready, it sends SIGINT and waits
+    for it without a limit: with TFF's own ``os`` the call below waits forever; fedlab's follows with SIGKILL."""
+    import grpc
+
+    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+    tff = runtime.tff()
+    import tensorflow as tf
+
+    @tff.tensorflow.computation(tf.float32)
+    def double(x):
+        return x * 2.0
+
+    runtime.stop_local_workers()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the kernel does between cells
+    try:
+        assert double(1.0) == 2.0  # TFF starts a worker now: it inherits SIGINT ignored
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    manager = _service_manager()
+    worker = manager._process.pid
+    assert _ignores_sigint(worker)
+
+    # TFF's own os: the call waits on the worker it signalled, and goes on only once something else kills it
+    fedlab_os, executor_factory.os = executor_factory.os, os
+    # the channel went idle while the worker lives, and TFF builds a new executor (as after a retried error)
+    manager._stub._channel_status = grpc.ChannelConnectivity.IDLE
+    context = runtime.current_context()
+    context.executor_factory.clean_up_executor({})
+    caller = threading.Thread(target=runtime.run_in_context, args=(context, double, 3.0),
+                              daemon=True)
+    try:
+        caller.start()
+        caller.join(10)
+        assert caller.is_alive(), "TFF's restart did not wait on the worker that ignores SIGINT"
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        caller.join(60)
+        executor_factory.os = fedlab_os
+    assert not caller.is_alive()
+
+    runtime.stop_local_workers()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert double(1.0) == 2.0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    manager = _service_manager()
+    worker = manager._process.pid
+    assert _ignores_sigint(worker)
+    manager._stub._channel_status = grpc.ChannelConnectivity.IDLE
+    context.executor_factory.clean_up_executor({})
+    started = time.monotonic()
+    assert double(4.0) == 8.0  # fedlab's os: SIGINT, then SIGKILL after the grace, a new worker
+    assert time.monotonic() - started < runtime.STOP_GRACE_S + 30
+    assert worker not in _worker_pids()
