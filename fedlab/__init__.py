@@ -19,8 +19,10 @@ from .aggregation import AGGREGATORS, register_aggregator
 from .algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm
 from .analysis import (
     accounting_table,
+    fastest_to_target,
     final_metrics,
     rounds_to_target,
+    speedups,
     summarize,
     summarize_paired,
     summarize_rounds_to_target,
@@ -108,6 +110,7 @@ __all__ = [
     "devices_from_csv",
     "epsilon",
     "exclude_selector",
+    "fastest_to_target",
     "final_metrics",
     "final_weights",
     "findings",
@@ -152,6 +155,7 @@ __all__ = [
     "save_table",
     "secagg_cost",
     "setup",
+    "speedups",
     "summarize",
     "summarize_paired",
     "summarize_rounds_to_target",

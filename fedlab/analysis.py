@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .accounting import epsilon
-from .stats import interval, paired_difference
+from .stats import interval, paired_difference, summary_table
 
 
 def rounds_to_target(history: pd.DataFrame, target: float, by: Sequence[str],
@@ -31,6 +31,50 @@ def rounds_to_target(history: pd.DataFrame, target: float, by: Sequence[str],
     return pd.DataFrame(rows)
 
 
+def _require(table: pd.DataFrame, columns: Sequence[str], what: str = "") -> None:
+    """Refuses a table without one of ``columns``, in one line that names it (``what``: whose table it should be)."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"table: has no column {missing[0]!r}; columns are {', '.join(map(str, table.columns))}"
+                         + (f" ({what})" if what else ""))
+
+
+def _check_rounds(rounds: pd.DataFrame, by: list, reference: Optional[str], needs: Sequence[str]) -> None:
+    """:func:`rounds_to_target`'s table, grouped by ``by``, paired with ``reference``: refused in one line if not."""
+    if not by:
+        raise ValueError("by: must name at least one column (the method, say), got none")
+    _require(rounds, [*by, "seed", *needs], "fedlab.rounds_to_target's table")
+    if reference is not None and "method" not in by:
+        raise ValueError(f"by: must include 'method' to pair runs with the reference {reference!r}, got {by}")
+    if reference is not None and reference not in set(rounds["method"]):
+        raise ValueError(f"reference: {reference!r} is not a method of the table "
+                         f"({', '.join(map(str, rounds['method'].unique()))})")
+    repeated = rounds.duplicated([*by, "seed"])
+    if repeated.any():
+        key = dict(zip(by, rounds.loc[repeated.idxmax(), by]))
+        raise ValueError(f"by: several runs of {key} share a seed; add the column that tells them apart")
+
+
+def speedups(rounds: pd.DataFrame, by: Sequence[str], reference: str) -> pd.DataFrame:
+    """Each run's speedup over the ``reference`` method, per seed: :func:`rounds_to_target`'s table (one row per
+    run) with ``reference_rounds``, the first crossing of the reference's run at the same seed and the same other
+    ``by`` values (``by`` holds ``method``), and ``speedup``, that over the run's own first crossing (NaN unless
+    both reached the target; the reference's own runs: 1 where it reached).
+
+    Speedups at the same seeds pair: :func:`summarize_paired` over them compares the speedup of one method on two
+    partitions, say, seed by seed (``method="partition"``).
+    """
+    by = list(by)
+    if reference is None:
+        raise ValueError("reference: must name the method to take speedups over, got None")
+    _check_rounds(rounds, by, reference, ["rounds"])
+    others = [c for c in by if c != "method"]
+    ref = rounds.loc[rounds["method"] == reference, [*others, "seed", "rounds"]]
+    runs = rounds.drop(columns=["reference_rounds", "speedup"], errors="ignore").merge(
+        ref.rename(columns={"rounds": "reference_rounds"}), on=[*others, "seed"], how="left")
+    return runs.assign(speedup=runs["reference_rounds"].astype(float) / runs["rounds"].astype(float))
+
+
 def summarize_rounds_to_target(rounds: pd.DataFrame, by: Sequence[str], *,
                                 reference: Optional[str] = None) -> pd.DataFrame:
     """:func:`rounds_to_target`'s table (each seed's first crossing, one row per run) summarized over seeds.
@@ -45,44 +89,48 @@ def summarize_rounds_to_target(rounds: pd.DataFrame, by: Sequence[str], *,
     reference's run at the same seed and the same other ``by`` values, where both reached the target: on the
     ``rounds`` row, the paired difference (run minus reference, in rounds: ``diff``, ``diff_ci_low``,
     ``diff_ci_high``, ``n_pairs``, ``p_value``, :func:`fedlab.stats.paired_difference`); and a ``speedup`` row,
-    the reference's rounds over the run's per seed, its mean and interval (``n``: the pairs).
+    the reference's rounds over the run's per seed (:func:`speedups`), its mean and interval (``n``: the pairs).
+    Both are :func:`summarize_paired` over the seeds.
     """
     by = list(by)
-    if reference is not None and "method" not in by:
-        raise ValueError(f"by: must include 'method' to pair runs with the reference {reference!r}, got {by}")
-    if reference is not None and reference not in set(rounds["method"]):
-        raise ValueError(f"reference: {reference!r} is not a method of the table "
-                         f"({', '.join(map(str, rounds['method'].unique()))})")
-    others = [c for c in by if c != "method"]
-    rows = []
-    for key, group in rounds.groupby(by, dropna=False, sort=False):
-        key = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        per_seed = group.set_index("seed")["rounds"].astype(float)
-        if per_seed.index.duplicated().any():
-            raise ValueError(f"by: several runs of {key} share a seed; add the column that tells them apart")
-        counts = {"seeds": int(len(per_seed)), "reached": int(group["reached"].sum()), "interval": "t 95%"}
-        mean, low, high, n = interval(per_seed.to_numpy())
-        row = {**key, "metric": "rounds", "mean": mean, "ci_low": low, "ci_high": high, "n": n, **counts}
-        if reference is None:
-            rows.append(row)
-            continue
-        same = rounds["method"] == reference
-        for column in others:
-            same &= rounds[column] == key[column]
-        ref = rounds[same].set_index("seed")["rounds"].astype(float)
-        pairs = pd.concat([per_seed.rename("run"), ref.rename("reference")], axis=1, join="inner")
-        if key["method"] == reference:
-            row.update(reference=reference, diff=np.nan, diff_ci_low=np.nan, diff_ci_high=np.nan, n_pairs=0,
-                       p_value=np.nan)
-        else:
-            row.update(reference=reference, **paired_difference(pairs["run"], pairs["reference"]))
-        mean, low, high, n = interval((pairs["reference"] / pairs["run"]).to_numpy())
-        rows += [row, {**key, "metric": "speedup", "mean": mean, "ci_low": low, "ci_high": high, "n": n, **counts,
-                       "reference": reference}]
+    _check_rounds(rounds, by, reference, ["rounds", "reached"])
+    method = "method" if "method" in by else by[-1]  # without a reference, any column of by can be the "method"
+    table = rounds if reference is None else speedups(rounds, by, reference)
+    values = ["rounds"] if reference is None else ["rounds", "speedup"]
+    summary = summarize_paired(table, by, values, method=method, reference=reference)
+    summary = summary.rename(columns={"method": method})
+    paired = ["diff", "diff_ci_low", "diff_ci_high", "n_pairs", "p_value"]
+    if reference is not None:  # a speedup is already relative to the reference: no difference from it
+        summary[paired] = summary[paired].where(summary["metric"] == "rounds")
+    groups = rounds.groupby(by, dropna=False, sort=False)
+    counts = rounds.assign(_order=groups.ngroup()).groupby(by, dropna=False, sort=False).agg(
+        seeds=("seed", "size"), reached=("reached", "sum"), _order=("_order", "first")).reset_index()
+    summary = summary.merge(counts.astype({"reached": int}), on=by, how="left")
+    summary = summary.sort_values(["_order", "metric"], kind="stable").reset_index(drop=True)  # as before: by group
     columns = [*by, "metric", "mean", "ci_low", "ci_high", "n", "seeds", "reached", "interval"]
-    if reference is not None:
-        columns += ["reference", "diff", "diff_ci_low", "diff_ci_high", "n_pairs", "p_value"]
-    return pd.DataFrame(rows, columns=columns)
+    return summary[columns + (["reference", *paired] if reference is not None else [])]
+
+
+def fastest_to_target(summary: pd.DataFrame, by=(), *, exclude: Sequence[str] = ()) -> pd.DataFrame:
+    """The fastest method in each group of ``by`` (a column or a list; none: the whole table) of a
+    :func:`summarize_rounds_to_target` table: the one that reached the target at the most seeds, then at the
+    lowest mean first round over them (ties: the first in the table). ``exclude``: methods not to choose (the
+    reference, say). Returns their ``rounds`` rows, indexed by ``by``.
+
+    The rule is a choice, not a finding: a lowest mean can be indistinguishable from the next one. Quote the
+    chosen method with its interval and in words its paired interval supports (:func:`fedlab.compared`), or rank
+    every method against it (:func:`summarize_paired` with ``reference``, :func:`fedlab.ranking`).
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    _require(summary, [*by, "method", "metric", "mean", "reached"], "fedlab.summarize_rounds_to_target's table")
+    rows = summary[(summary["metric"] == "rounds") & ~summary["method"].isin(list(exclude))]
+    if not len(rows):
+        raise ValueError(f"exclude: leaves no method to choose from (methods: "
+                         f"{', '.join(map(str, summary['method'].unique()))})")
+    groups = rows.groupby(by, dropna=False, sort=False) if by else [((), rows)]
+    chosen = rows.loc[[group.sort_values(["reached", "mean"], ascending=[False, True], kind="stable",
+                                         na_position="last").index[0] for _, group in groups]]
+    return chosen.set_index(by) if by else chosen.reset_index(drop=True)
 
 
 def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
@@ -93,20 +141,13 @@ def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 def summarize(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
     """Mean, standard deviation, count and the 95 % t-interval of the mean (``ci_low``, ``ci_high``) of ``value``
-    over seeds, per group of ``by`` (:func:`fedlab.stats.interval`; NaN bounds where a group has one seed)."""
-    rows = []
-    for key, group in table.groupby(list(by), dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        values = group[value].to_numpy(float)
-        mean, low, high, n = interval(values)
-        rows.append({**dict(zip(by, key)), "mean": mean,
-                     "std": float(np.nanstd(values, ddof=1)) if n > 1 else np.nan, "count": n,
-                     "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows, columns=[*by, "mean", "std", "count", "ci_low", "ci_high"])
+    over seeds, per group of ``by`` (:func:`fedlab.stats.summary_table`; NaN bounds where a group has one seed)."""
+    return summary_table(table, list(by), value)
 
 
 def summarize_paired(table: pd.DataFrame, by: Sequence[str], value: str | Sequence[str], *, method: str = "method",
-                     reference: Optional[str] = None) -> pd.DataFrame:
+                     reference: Optional[str] = None, higher_is_better: bool = True, interval_method: str = "t",
+                     confidence: float = 0.95) -> pd.DataFrame:
     """:func:`summarize` in :func:`fedlab.compare`'s shape, with each method's difference from a reference paired
     over seeds: what a notebook quotes (:func:`fedlab.quote`, :func:`fedlab.compared`, :func:`fedlab.ranking`).
 
@@ -116,7 +157,8 @@ def summarize_paired(table: pd.DataFrame, by: Sequence[str], value: str | Sequen
     :func:`fedlab.stats.interval`) and, with ``reference``, the difference from the reference in the same group,
     paired over the seeds both have: ``diff``, ``diff_ci_low``, ``diff_ci_high``, ``n_pairs``, ``p_value``
     (:func:`fedlab.stats.paired_difference`). ``reference="best"``: in each group and metric, the method with the
-    highest mean (the ``reference`` column names it).
+    highest mean, or the lowest with ``higher_is_better=False`` (a loss, rounds, seconds; the ``reference``
+    column names it). ``interval_method``: ``"t"`` or ``"bootstrap"`` (:mod:`fedlab.stats`), at ``confidence``.
 
     Rows that share a group, method and seed are averaged first (one row per client, say: a seed counts once, with
     its mean over clients); leave no column out of ``by`` that tells runs apart. The method column is called
@@ -143,21 +185,23 @@ def summarize_paired(table: pd.DataFrame, by: Sequence[str], value: str | Sequen
         context = dict(zip(others, key if isinstance(key, tuple) else (key,)))
         for metric in values:
             series = {m: s.droplevel(by) for m, s in group[metric].groupby(level=method, dropna=False, sort=False)}
-            stats = {m: interval(s.to_numpy(float)) for m, s in series.items()}
+            stats = {m: interval(s.to_numpy(float), confidence=confidence, method=interval_method)
+                     for m, s in series.items()}
             ref = reference
             if reference == "best":
-                means = {m: st[0] for m, st in stats.items() if not np.isnan(st[0])}
+                means = {m: st[0] if higher_is_better else -st[0] for m, st in stats.items() if not np.isnan(st[0])}
                 ref = max(means, key=means.get) if means else None  # ties: the first in the table
             for m, seeds in series.items():
                 mean, low, high, n = stats[m]
                 row = {**context, "method": m, "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
-                       "n": n, "interval": "t 95%"}
+                       "n": n, "interval": f"{interval_method} {confidence:.0%}"}
                 if reference is not None and (ref is None or m == ref or ref not in series):
                     row.update(reference=ref, diff=np.nan, diff_ci_low=np.nan, diff_ci_high=np.nan, n_pairs=0,
                                p_value=np.nan)
                 elif reference is not None:
                     pairs = pd.concat([seeds.rename("run"), series[ref].rename("reference")], axis=1, join="inner")
-                    row.update(reference=ref, **paired_difference(pairs["run"], pairs["reference"]))
+                    row.update(reference=ref, **paired_difference(pairs["run"], pairs["reference"],
+                                                                  confidence=confidence, method=interval_method))
                 rows.append(row)
     columns = [("method" if c == method else c) for c in by] + ["metric", "mean", "ci_low", "ci_high", "n", "interval"]
     if reference is not None:

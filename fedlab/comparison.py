@@ -26,13 +26,14 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from .analysis import summarize_paired
 from .clients import dataset_for, spec_for
 from .config import FIELD_NAMES, ExperimentConfig
 from .data import Dataset
 from .evaluation import Evaluator, classification_metrics
 from .registry import Registry, decorator
 from .runner import final_weights, run_experiment
-from .stats import METHODS as INTERVALS, interval as mean_interval, paired_difference
+from .stats import METHODS as INTERVALS
 from .validation import ConfigError
 
 METRICS = ("accuracy", "balanced_accuracy", "auc")
@@ -190,14 +191,37 @@ def _candidates(space: Mapping[str, Sequence[Any]], budget: Optional[int], seed:
     return [grid[i] for i in keep]
 
 
+# What a search must not choose: the data the scores are computed on, and the seeds that the comparison repeats over.
+NOT_TUNABLE = ("validation_fraction", "test_fraction", "local_test_fraction", "seed", "data_seed", "model_seed",
+               "sampling_seed", "noise_seed", "systems_seed", "dataset", "partition", "num_clients", "workers")
+
+
 def _check_space(space: Mapping[str, Sequence[Any]], budget: Optional[int]) -> None:
     if not isinstance(space, Mapping):
         raise ConfigError("space", f"must map a setting to the values to try, got {type(space).__name__}")
+    fixed = [f for f in space if f in NOT_TUNABLE]
+    if fixed:
+        raise ConfigError("space", f"{fixed[0]!r} cannot be tuned: it decides what the scores are computed on or "
+                                   "repeated over, not how a method trains")
     for field, values in space.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)) or len(values) == 0:
             raise ConfigError("space", f"{field}: must be a non-empty list of values to try, got {values!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ConfigError("budget", f"must be a whole number of trials >= 1, got {budget!r}")
+
+
+def _check_tuning(validation_fraction: float, seeds, field: str) -> list[int]:
+    """The validation share must carve patients out of training (never 0: the search would score on the test
+    set), and the seeds must be whole, distinct and at least one."""
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) or \
+            not 0 < validation_fraction < 1:
+        raise ConfigError("validation_fraction", "must be between 0 and 1 (a share of each site's training records; "
+                                                 f"0 would tune on the test set), got {validation_fraction!r}")
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, (int, np.integer)) and not
+                                                             isinstance(s, bool) for s in seeds):
+        raise ConfigError(field, f"must be distinct whole numbers, at least one, got {seeds!r}")
+    return [int(s) for s in seeds]
 
 
 def _tune(method: MethodSpec, base: Optional[ExperimentConfig], space: Mapping[str, Sequence[Any]], *,
@@ -213,6 +237,9 @@ def _tune(method: MethodSpec, base: Optional[ExperimentConfig], space: Mapping[s
         rows.append({"method": label, **point, metric: float(np.nanmean(values)) if not np.all(np.isnan(values))
                      else np.nan, "trials": len(candidates) if own else 0})
     table = pd.DataFrame(rows)
+    if table[metric].isna().all():
+        raise ConfigError("space", f"{label}: every candidate's {metric} is undefined (a validation split with one "
+                                   "class, or training that diverged): nothing to choose from")
     order = table[metric].fillna(-np.inf).to_numpy()
     best = int(np.argmax(order))  # ties: the first candidate in grid order
     table["chosen"] = np.arange(len(table)) == best
@@ -233,6 +260,7 @@ def tune(config: ExperimentConfig, space: Mapping[str, Sequence[Any]], *, budget
     """
     _check_metric(metric)
     _check_space(space, budget)
+    seeds = _check_tuning(validation_fraction, seeds, "seeds")
     method: MethodSpec = config if baseline is None else BASELINES.entry(baseline).name
     unknown = [f for f in space if not _applies(method, config, f)]
     if unknown:
@@ -326,12 +354,13 @@ def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[Experim
     else:
         _check_metric(tune_metric, "tune_metric")
         _check_space(space, budget)
+        tune_seeds = _check_tuning(validation_fraction, seeds[:1] if tune_seeds is None else tune_seeds, "tune_seeds")
     chosen: dict[str, dict] = {label: {} for label in items}
     tuning = []
     if space is not None:
         for label, method in items.items():
             chosen[label], table = _tune(method, base, space, budget=budget, metric=tune_metric,
-                                         seeds=list(tune_seeds) if tune_seeds is not None else seeds[:1],
+                                         seeds=tune_seeds,
                                          validation_fraction=validation_fraction, results_cache=results_cache,
                                          label=label)
             tuning.append(table)
@@ -355,32 +384,20 @@ def _check_summary(interval: str, confidence: float) -> None:
 
 def summarize_scores(scores: pd.DataFrame, *, reference: Optional[str] = None, metrics: Sequence[str] = METRICS,
                      by_site: bool = False, interval: str = "t", confidence: float = 0.95) -> pd.DataFrame:
-    """:func:`compare`'s table from its per-seed, per-site scores (method, seed, site, metrics)."""
+    """:func:`compare`'s table from its per-seed, per-site scores (method, seed, site, metrics):
+    :func:`fedlab.summarize_paired` over the seeds of each method's mean over its sites (sites where a metric is
+    undefined left out: ``sites`` counts those that count), or per site with ``by_site`` (with each site's test
+    size and prevalence)."""
     _check_summary(interval, confidence)
     keys = ["method", "site"] if by_site else ["method"]
-    per_seed = (scores.groupby(keys + ["seed"], sort=False)[list(metrics)].mean() if not by_site
-                else scores.set_index(keys + ["seed"])[list(metrics)])
-    defined = scores.groupby(keys + ["seed"], sort=False)[list(metrics)].count().groupby(level=keys, sort=False).max()
-    rows = []
-    label = f"{interval} {confidence:.0%}"
-    for key, group in per_seed.groupby(level=keys if by_site else "method", sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        for metric in metrics:
-            values = group[metric].droplevel(keys)
-            mean, low, high, n = mean_interval(values.to_numpy(), confidence=confidence, method=interval)
-            row = dict(zip(keys, key), metric=metric, mean=mean, ci_low=low, ci_high=high, n=n, interval=label,
-                       sites=int(defined.loc[key if by_site else key[0], metric]))
-            if by_site:
-                site_rows = scores[(scores.method == key[0]) & (scores.site == key[1])]
-                row.update(num_test=int(site_rows.num_test.iloc[0]), prevalence=float(site_rows.prevalence.iloc[0]))
-            if reference is not None and key[0] != reference:
-                ref = per_seed.xs(reference, level="method")
-                ref = ref.xs(key[1], level="site") if by_site else ref
-                paired = pd.concat([values.rename("a"), ref[metric].rename("b")], axis=1, join="inner")
-                row.update(reference=reference, **paired_difference(paired.a, paired.b, confidence=confidence,
-                                                                    method=interval))
-            elif reference is not None:
-                row.update(reference=reference, diff=np.nan, diff_ci_low=np.nan, diff_ci_high=np.nan, n_pairs=0,
-                           p_value=np.nan)
-            rows.append(row)
-    return pd.DataFrame(rows)
+    table = summarize_paired(scores, keys, list(metrics), reference=reference, interval_method=interval,
+                             confidence=confidence)
+    defined = scores.groupby([*keys, "seed"], sort=False)[list(metrics)].count().groupby(level=keys, sort=False).max()
+    table["sites"] = [int(defined.loc[tuple(r[k] for k in keys) if by_site else r["method"], r["metric"]])
+                      for _, r in table.iterrows()]
+    if by_site:
+        info = scores.drop_duplicates(["method", "site"]).set_index(["method", "site"])
+        table["num_test"] = [int(info.loc[(r.method, r.site), "num_test"]) for r in table.itertuples()]
+        table["prevalence"] = [float(info.loc[(r.method, r.site), "prevalence"]) for r in table.itertuples()]
+    front = [*keys, "metric", "mean", "ci_low", "ci_high", "n", "interval", "sites"]
+    return table[front + [c for c in table.columns if c not in front]]

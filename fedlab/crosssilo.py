@@ -38,11 +38,13 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .analysis import summarize, summarize_paired
 from .clients import dataset_for
-from .comparison import metric_rows, scores_of
+from .comparison import BASELINES, metric_rows, scores_of
 from .config import ExperimentConfig
 from .data import HEART_DISEASE_SITES, Dataset, flamby_heart_disease_arrays, flamby_standardize, read_heart_disease_sites
 from .models import ModelSpec
+from .report import interval_table
 from .runner import run_experiment
 
 PROTOCOL_LR = 0.001  # FLamby's LR for Fed-Heart-Disease
@@ -253,16 +255,11 @@ def plot_patient_dp(table: pd.DataFrame, *, ax=None, metric: str = "balanced_acc
     record-level epsilon (log scale); a hospital where the metric is undefined (one class) is left out."""
     import matplotlib.pyplot as plt
 
-    from .stats import interval
-
     if ax is None:
         fig, ax = plt.subplots(figsize=(7.5, 4))
-    rows = []
-    for (site, z), group in table.groupby(["site", "noise_multiplier"], sort=False):
-        mean, low, high, n = interval(group[metric].to_numpy(float))
-        rows.append({"site": site, "noise_multiplier": z, "epsilon": float(group.epsilon.mean()), "mean": mean,
-                     "ci_low": low, "ci_high": high, "n": n})
-    stats = pd.DataFrame(rows)
+    stats = summarize(table, ["site", "noise_multiplier"], metric).merge(
+        table.groupby(["site", "noise_multiplier"], as_index=False).epsilon.mean(), on=["site", "noise_multiplier"])
+    stats = stats.rename(columns={"count": "n"})
     for i, (site, group) in enumerate(stats.dropna(subset=["mean"]).groupby("site", sort=False)):
         group = group.sort_values("epsilon")
         spread = np.vstack([group["mean"] - group.ci_low.fillna(group["mean"]),
@@ -277,6 +274,34 @@ def plot_patient_dp(table: pd.DataFrame, *, ax=None, metric: str = "balanced_acc
     ax.legend(title=f"hospital (mean, 95 % t-interval over {n} seeds; dotted: a constant)", fontsize="small")
     ax.grid(alpha=0.3)
     return ax.figure, ax, stats
+
+
+def with_majority(scores: pd.DataFrame, config: ExperimentConfig, *, method: str = "majority class") -> pd.DataFrame:
+    """``scores`` (method, seed, site, metrics) with the ``majority_site`` baseline's rows added at each of their
+    seeds (no model: each site predicts its own training majority), so that it can be compared like a method."""
+    constant = BASELINES["majority_site"](config)
+    rows = [constant.assign(method=method, seed=seed) for seed in scores["seed"].unique()]
+    return pd.concat([scores, *rows], ignore_index=True)
+
+
+def against_no_dp(dp_scores: pd.DataFrame, no_dp: pd.DataFrame, *, metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """Record-level DP's per-site scores (:func:`patient_dp_benchmark`) against the same config without DP
+    (``no_dp``: method, seed, site and the metric, e.g. a :func:`fedlab.compare` table's ``scores``), paired over the
+    seeds both have: one row per noise multiplier (method ``z = <noise>``) and the reference ``no DP``."""
+    runs = pd.concat([dp_scores.assign(method=[f"z = {z:g}" for z in dp_scores.noise_multiplier]),
+                      no_dp.assign(method="no DP")], ignore_index=True)
+    return summarize_paired(runs, ["method"], metric, reference="no DP")
+
+
+def audit_table(audit: pd.DataFrame, attack: str = "attack") -> pd.DataFrame:
+    """Each audit of :func:`patient_dp_audit` (a noise multiplier and a seed) as "AUC [bootstrap interval]",
+    noise multipliers by seeds, with the members and non-members each audit had: the per-audit interval is the
+    honest uncertainty when the seeds share one split of the data."""
+    shown = interval_table(audit.rename(columns={f"{attack}_auc": "mean", f"{attack}_auc_ci_low": "ci_low",
+                                                 f"{attack}_auc_ci_high": "ci_high"}),
+                           index="noise_multiplier", columns="seed")
+    counts = audit.groupby("noise_multiplier")[["members", "nonmembers"]].mean().astype(int)
+    return shown.join(counts)
 
 
 def benchmark_table(scores: pd.DataFrame) -> pd.DataFrame:

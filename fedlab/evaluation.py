@@ -56,7 +56,8 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, binary: bool, num_
     1 / classes whatever the prevalence. A test set that lacks a class has no balanced accuracy (binary:
     the recall of the absent class is undefined) and no AUC: NaN, to be reported as undefined and left
     out of means, never scored as the constant predictor's perfect 1.0. Multi-class: balanced accuracy over
-    the classes present, AUC one-vs-rest (macro) only with every class present.
+    the classes present (NaN with one class present, for the same reason), AUC one-vs-rest (macro) only with
+    every class present.
     """
     y = np.asarray(y).reshape(-1)
     nan = float("nan")
@@ -68,7 +69,7 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, binary: bool, num_
     present = np.unique(y)
     recalls = [float((predicted[y == c] == c).mean()) for c in present]
     all_present = len(present) == (2 if binary else num_classes)
-    balanced = float(np.mean(recalls)) if (all_present or not binary) else nan
+    balanced = float(np.mean(recalls)) if (all_present or (not binary and len(present) > 1)) else nan
     auc = nan
     if all_present and np.isfinite(logits).all():  # a diverged model (inf or NaN logits) ranks nothing
         from sklearn.metrics import roc_auc_score

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .stats import interval
+from .stats import summary_table
 
 
 STYLE = {
@@ -78,16 +78,12 @@ INTERVAL_NOTE = "mean, 95 % t-interval over seeds"
 
 
 def _with_intervals(data: pd.DataFrame, keys: Sequence[str], value: str) -> pd.DataFrame:
-    """Per group of ``keys``: mean, std, count and the 95 % t-interval of the mean of ``value`` over the rows
-    (seeds); with one row, the interval is the mean itself (nothing to draw)."""
-    rows = []
-    for key, group in data.groupby(list(keys), dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        values = group[value].to_numpy(float)
-        mean, low, high, n = interval(values)
-        rows.append({**dict(zip(keys, key)), "mean": mean, "std": float(np.nanstd(values, ddof=1)) if n > 1 else 0.0,
-                     "count": n, "ci_low": low if n > 1 else mean, "ci_high": high if n > 1 else mean})
-    return pd.DataFrame(rows, columns=[*keys, "mean", "std", "count", "ci_low", "ci_high"])
+    """:func:`fedlab.stats.summary_table`, with one seed's interval drawn as the mean itself (nothing to draw)."""
+    table = summary_table(data, list(keys), value)
+    one = table["count"] <= 1
+    table.loc[one, "ci_low"], table.loc[one, "ci_high"], table.loc[one, "std"] = (table.loc[one, "mean"],
+                                                                                    table.loc[one, "mean"], 0.0)
+    return table
 
 
 def learning_curve_table(history: pd.DataFrame, metric: str = "eval_accuracy",
@@ -233,21 +229,28 @@ def plot_metric_vs(table: pd.DataFrame, *, x: str, y: str = "eval_accuracy", hue
 
 def plot_comparison(table: pd.DataFrame, *, metric: Optional[str] = None, ax=None, title: Optional[str] = None,
                     chance: Optional[float] = None):
-    """A :func:`fedlab.compare` table as points with their 95 % intervals, one row per method (per site, a panel
-    of rows per site), best on top; ``chance`` draws what a constant scores (0.5 for balanced accuracy and AUC)."""
-    fig, ax = _axis(ax, figsize=(6.5, 0.35 * len(table) + 1.5))
-    rows = table if metric is None else table[table["metric"] == metric]
-    label = (rows["method"] + ((" · " + rows["site"]) if "site" in rows else "")).to_numpy()
-    order = np.arange(len(rows))[::-1]
-    low, high = rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)
+    """A :func:`fedlab.compare` table (one metric: ``metric``, needed when the table holds several) as points with
+    their 95 % intervals, one row per method (and site, for a by-site table), the highest mean on top; ``chance``
+    draws what a constant scores (0.5 for balanced accuracy and AUC). A row whose metric is undefined is listed
+    and marked so."""
+    rows = table
+    if "metric" in rows and rows["metric"].nunique() > 1:
+        if metric is None:
+            raise ValueError(f"metric: the table holds {', '.join(rows['metric'].unique())}; name the one to draw")
+        rows = rows[rows["metric"] == metric]
+    fig, ax = _axis(ax, figsize=(6.5, 0.35 * len(rows) + 1.5))
+    rows = rows.sort_values("mean", na_position="first")  # drawn bottom up: the highest mean on top
+    label = (rows["method"] + ((" · " + rows["site"].astype(str)) if "site" in rows else "")).to_numpy()
+    y = np.arange(len(rows))
     mean = rows["mean"].to_numpy(float)
+    low, high = rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)
     spread = np.vstack([np.where(np.isnan(low), 0, mean - low), np.where(np.isnan(high), 0, high - mean)])
-    ax.errorbar(mean, order, xerr=spread, fmt="o", capsize=3, color="C0")
-    ax.set_yticks(order, label)
+    ax.errorbar(mean, y, xerr=spread, fmt="o", capsize=3, color="C0")
+    ax.set_yticks(y, [f"{name} (undefined)" if np.isnan(m) else name for name, m in zip(label, mean)])
     if chance is not None:
         ax.axvline(chance, color="k", ls=":", lw=1, label=f"a constant ({chance:g})")
         ax.legend(fontsize="small", loc="lower right")
-    shown = metric or (rows["metric"].iloc[0] if len(rows) else "")
+    shown = metric or (rows["metric"].iloc[0] if "metric" in rows and len(rows) else "")
     n = int(rows["n"].max()) if len(rows) else 0
     kind = rows["interval"].iloc[0] if len(rows) and "interval" in rows else "t 95%"
     ax.set_xlabel(f"{axis_label(shown)} (mean, {kind} interval over {n} seeds)")
@@ -267,6 +270,7 @@ def plot_site_comparison(table: pd.DataFrame, *, metric: str, methods: Optional[
     methods = methods or {m: m for m in rows["method"].unique()}
     sites = list(dict.fromkeys(rows["site"]))
     width = 0.8 / max(1, len(methods))
+    undefined = {s for s in sites if rows[rows["site"] == s]["mean"].isna().all()}  # marked once, below
     for i, (label, method) in enumerate(methods.items()):
         part = rows[rows["method"] == method].set_index("site").reindex(sites)
         mean = part["mean"].to_numpy(float)
@@ -274,12 +278,15 @@ def plot_site_comparison(table: pd.DataFrame, *, metric: str, methods: Optional[
         spread = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
         x = np.arange(len(sites)) + (i - (len(methods) - 1) / 2) * width
         ax.bar(x, np.nan_to_num(mean), width=width, yerr=spread, capsize=2, label=label, color=f"C{i % 10}")
+        for xi, m, site in zip(x, mean, sites):  # a bar of height 0 would read as a score of 0
+            if np.isnan(m) and site not in undefined:
+                ax.text(xi, 0.02, "n/a", ha="center", rotation=90, fontsize="x-small")
     info = rows.drop_duplicates("site").set_index("site")
     names = [f"{s}\n(n={int(info.loc[s, 'num_test'])}, {100 * info.loc[s, 'prevalence']:.0f} % positive)"
              if "prevalence" in info else s for s in sites]
     ax.set_xticks(np.arange(len(sites)), names)
     for j, s in enumerate(sites):
-        if rows[rows["site"] == s]["mean"].isna().all():
+        if s in undefined:
             ax.text(j, 0.05, "undefined:\none class\nin the test set", ha="center", fontsize="x-small")
     if chance is not None:
         ax.axhline(chance, color="k", ls=":", lw=1)

@@ -213,19 +213,28 @@ def audit_summary(table, by=("clients_per_round", "noise_multiplier"), *,
     ``seeds``, ``epsilon``, and the fewest ``members`` and ``nonmembers`` a run's audit had. With ``reference``
     (an attack), the other attack's difference from it, paired on the same model and examples (``diff``,
     ``diff_ci_low``, ``diff_ci_high``, ``n_pairs``, ``p_value``): what says which attack finds more.
+
+    A table that lacks a column this needs (``by``, ``seed``, ``epsilon``, ``members``, ``nonmembers``, or one of
+    the measures of an attack it holds) is refused in one line that names the column.
     """
     import pandas as pd
 
     from .comparison import summarize_scores
 
     by = [by] if isinstance(by, str) else list(by)
-    frames = []
-    for prefix, name in AUDIT_ATTACKS.items():
-        columns = {prefix + m: m for m in AUDIT_MEASURES if prefix + m in table}
-        if columns:
-            frames.append(table[[*by, "seed", *columns]].rename(columns=columns).assign(method=name))
-    if not frames:
+    attacks = {prefix: name for prefix, name in AUDIT_ATTACKS.items()
+               if any(prefix + m in table.columns for m in AUDIT_MEASURES)}
+    if not attacks:
         raise ValueError("table: has no audit columns (attack_auc, ...); run privacy_utility with audit=True")
+    # every measure of each attack the table holds, and what each setting needs: refused in one line, named
+    needed = [*by, "seed", "epsilon", "members", "nonmembers", *(p + m for p in attacks for m in AUDIT_MEASURES)]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"table: has no column {missing[0]!r}; an audit summary needs {', '.join(needed)} "
+                         f"(privacy_utility's table with audit=True)")
+    frames = [table[[*by, "seed", *(prefix + m for m in AUDIT_MEASURES)]]
+              .rename(columns={prefix + m: m for m in AUDIT_MEASURES}).assign(method=name)
+              for prefix, name in attacks.items()]
     runs = pd.concat(frames, ignore_index=True)
     if reference is not None and reference not in set(runs["method"]):
         reference = None  # one attack only: nothing to pair with

@@ -24,7 +24,15 @@ def interval_text(mean: float, low: float = math.nan, high: float = math.nan, di
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _needs(table: pd.DataFrame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"table: has no column {missing[0]!r}, which {what} needs (a fedlab.compare or "
+                         f"fedlab.summarize_paired table{' with a reference' if 'diff' in missing[0] else ''})")
+
+
 def _row(table: pd.DataFrame, method: str, metric: Optional[str], site: Optional[str]) -> pd.Series:
+    _needs(table, ["method", "mean"], "a quote")
     rows = table[table["method"] == method]
     if metric is not None and "metric" in rows:
         rows = rows[rows["metric"] == metric]
@@ -40,6 +48,8 @@ def quote(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, sit
           digits: int = 3, difference: bool = False) -> str:
     """One row of a :func:`fedlab.compare` (or :func:`fedlab.summarize`) table as text: the mean and its 95 %
     interval, or with ``difference`` the paired difference from the reference, its interval and p-value."""
+    if difference:
+        _needs(table, ["diff", "diff_ci_low", "diff_ci_high", "p_value"], "a difference")
     row = _row(table, method, metric, site)
     if not difference:
         return interval_text(float(row["mean"]), float(row.get("ci_low", math.nan)),
@@ -58,7 +68,8 @@ def compared(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, 
              digits: int = 3) -> str:
     """A method against the table's reference in words the interval supports: "above <reference> by +0.031
     [+0.010, +0.052] (p = 0.02)" when the paired interval excludes 0, "below ..." likewise, else "not
-    distinguishable from <reference> (+0.008 [-0.015, +0.031], p = 0.4)"."""
+    distinguishable from <reference> (+0.008 [-0.015, +0.031] (p = 0.4))"."""
+    _needs(table, ["reference", "diff", "diff_ci_low", "diff_ci_high", "p_value"], "a comparison")
     row = _row(table, method, metric, site)
     low, high = float(row["diff_ci_low"]), float(row["diff_ci_high"])
     change = quote(table, method, metric, site=site, digits=digits, difference=True)
@@ -75,6 +86,8 @@ def interval_table(table: pd.DataFrame, *, index: Union[str, Sequence[str]] = "m
                    columns: Union[str, Sequence[str]] = "metric", digits: int = 3) -> pd.DataFrame:
     """A comparison or summary table as text cells "mean [low, high]", ``index`` by ``columns`` (a column, or a
     list of them; rows and columns in the order they first appear): what a notebook shows."""
+    keys = [k for part in (index, columns) for k in ([part] if isinstance(part, str) else list(part))]
+    _needs(table, ["mean", *keys], "an interval table")
     text = table.assign(shown=[interval_text(float(r["mean"]), float(r.get("ci_low", math.nan)),
                                              float(r.get("ci_high", math.nan)), digits)
                                for _, r in table.iterrows()])
@@ -95,6 +108,7 @@ def ranking(table: pd.DataFrame, metric: Optional[str] = None, *, site: Optional
     reference chosen as the best (:func:`fedlab.summarize_paired` with ``reference="best"``) this is a ranking
     that claims no more than the seeds support. Each interval is a 95 % interval of its own, not corrected for the
     number of comparisons."""
+    _needs(table, ["method", "diff", "diff_ci_low", "diff_ci_high", "p_value"], "a ranking")
     rows = table
     if metric is not None and "metric" in rows:
         rows = rows[rows["metric"] == metric]
@@ -127,6 +141,7 @@ def tally(table: pd.DataFrame, value: float, *, difference: bool = False, digits
     without an interval). ``difference``: the rows' paired differences (``diff``, ``diff_ci_low``,
     ``diff_ci_high``) instead of their means. Claims no more than each row's own interval supports."""
     names = ("diff", "diff_ci_low", "diff_ci_high") if difference else ("mean", "ci_low", "ci_high")
+    _needs(table, names, "a tally")
     mean, low, high = (table[c].astype(float) for c in names)
     defined = int((low.notna() & high.notna()).sum())
     above, below = int((low > value).sum()), int((high < value).sum())

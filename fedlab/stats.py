@@ -23,9 +23,15 @@ import math
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 METHODS = ("t", "bootstrap")
 BOOTSTRAP_RESAMPLES = 9999
+
+
+def no_spread(x: np.ndarray) -> bool:
+    """Whether the values are equal up to float rounding (0.8 - 0.7 and 0.7 - 0.6 differ in the last bit)."""
+    return float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
 
 
 def interval(values: Sequence[float], *, confidence: float = 0.95, method: str = "t",
@@ -43,7 +49,7 @@ def interval(values: Sequence[float], *, confidence: float = 0.95, method: str =
     mean = float(x.mean())
     if n == 1:
         return mean, math.nan, math.nan, 1
-    if np.all(x == x[0]):  # no spread: every seed gave the same number (a constant baseline)
+    if no_spread(x):  # every seed gave the same number (a constant baseline)
         return mean, mean, mean, n
     if method == "t":
         from scipy import special
@@ -71,7 +77,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, confidence: flo
     d = a[keep] - b[keep]
     mean, low, high, n = interval(d, confidence=confidence, method=method, seed=seed)
     p = math.nan
-    if n >= 2 and float(d.std(ddof=1)) == 0.0:
+    if n >= 2 and no_spread(d):
         # every pair differs by the same amount (two seeds, the same one-patient gap): no spread to test against;
         # a zero-width interval and p = 0 would claim a certainty that a handful of seeds cannot give
         low = high = math.nan
@@ -81,3 +87,22 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, confidence: flo
         t = mean / (float(d.std(ddof=1)) / math.sqrt(n))
         p = float(2 * special.stdtr(n - 1, -abs(t)))
     return {"diff": mean, "diff_ci_low": low, "diff_ci_high": high, "n_pairs": n, "p_value": p}
+
+
+def summary_table(data: pd.DataFrame, by: Sequence[str], value: str, *, confidence: float = 0.95,
+                  method: str = "t") -> pd.DataFrame:
+    """Per group of ``by``: ``mean``, ``std``, ``count`` and the interval of the mean (``ci_low``, ``ci_high``)
+    of ``value`` over the group's rows (its seeds), groups in sorted order. One row: NaN bounds and std."""
+    by = list(by)
+    missing = [c for c in [*by, value] if c not in data.columns]
+    if missing:
+        raise ValueError(f"table: has no column {missing[0]!r}; columns are {', '.join(map(str, data.columns))}")
+    rows = []
+    for key, group in data.groupby(by, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        values = group[value].to_numpy(float)
+        mean, low, high, n = interval(values, confidence=confidence, method=method)
+        rows.append({**dict(zip(by, key)), "mean": mean,
+                     "std": float(np.nanstd(values, ddof=1)) if n > 1 else math.nan, "count": n,
+                     "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=[*by, "mean", "std", "count", "ci_low", "ci_high"])

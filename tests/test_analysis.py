@@ -47,6 +47,9 @@ def test_rounds_to_target_over_seeds_by_hand():
     ref = _row(summary, "iid", "ref", "rounds")  # 10, 12 of three seeds: the unreached seed is left out
     assert (ref["mean"], ref.n, ref.seeds, ref.reached) == (pytest.approx(11.0), 2, 3, 2)
     assert math.isnan(ref["diff"]) and _row(summary, "iid", "ref", "speedup")["mean"] == 1.0
+    assert summary[summary.metric == "speedup"][["diff", "n_pairs", "p_value"]].isna().all().all()  # no difference
+    assert (summary.metric.tolist() == ["rounds", "speedup"] * 4 and summary.reference.eq("ref").all()
+            and summary.method.tolist() == ["ref", "ref", "A", "A"] * 2)  # each run's rows together, in table order
     # pairs stay within their partition: shards speedups 20/10 = 2, 30/10 = 3
     assert _row(summary, "shards", "A", "speedup")["mean"] == pytest.approx(2.5)
     assert _row(summary, "shards", "A", "rounds").reached == 2
@@ -73,6 +76,63 @@ def test_rounds_to_target_summary_reads_rounds_to_target():
     summary = fl.summarize_rounds_to_target(per_seed, by=["method"])
     assert summary.iloc[0][["mean", "n", "seeds", "reached"]].tolist() == [2.0, 1, 2, 1]
     assert math.isnan(summary.iloc[0].ci_low)  # one seed reached: no interval
+
+
+def test_speedups_per_seed_pair_across_partitions_by_hand():
+    speedup = fl.speedups(_rounds(), by=["partition", "method"], reference="ref")
+    a = speedup[speedup.method == "A"].set_index(["partition", "seed"]).speedup
+    # iid: 10/4 = 2.5, 12/8 = 1.5, the reference never reached at seed 2; shards: 20/10 = 2, 30/10 = 3, A never at 2
+    assert a.loc["iid"].tolist()[:2] == [2.5, 1.5] and a.loc["shards"].tolist()[:2] == [2.0, 3.0]
+    assert math.isnan(a["iid", 2]) and math.isnan(a["shards", 2])
+    assert speedup[speedup.method == "ref"].speedup.dropna().tolist() == [1.0] * 5
+    # A's speedup on shards against on iid, paired over the seeds where both are defined (0, 1): 2 - 2.5 = -0.5,
+    # 3 - 1.5 = +1.5; mean 0.5, sd sqrt(2), standard error 1, t = 0.5 on 1 df
+    across = fl.summarize_paired(speedup[speedup.method == "A"], ["partition"], "speedup", method="partition",
+                                 reference="iid")
+    shards = across.set_index("method").loc["shards"]
+    assert (shards["mean"], shards.n, shards["diff"], shards.n_pairs) == (2.5, 2, pytest.approx(0.5), 2)
+    assert (shards.diff_ci_low, shards.diff_ci_high) == pytest.approx((0.5 - T_975_DF1, 0.5 + T_975_DF1))
+    assert shards.p_value == pytest.approx(1 - 2 * math.atan(0.5) / math.pi)
+    assert fl.compared(across, "shards", "speedup", digits=1) == (
+        f"not distinguishable from iid (+0.5 [{0.5 - T_975_DF1:+.1f}, {0.5 + T_975_DF1:+.1f}] (p = 0.7))")
+    # the summary's speedup rows are these per-seed speedups' means
+    summary = fl.summarize_rounds_to_target(_rounds(), by=["partition", "method"], reference="ref")
+    assert _row(summary, "shards", "A", "speedup")["mean"] == shards["mean"]
+    with pytest.raises(ValueError, match="^reference: must name the method"):
+        fl.speedups(_rounds(), by=["partition", "method"], reference=None)
+
+
+def test_fastest_to_target_most_seeds_then_fewest_rounds_by_hand():
+    summary = pd.DataFrame(
+        [("p", "ref", "rounds", 2.0, 3), ("p", "X", "rounds", 8.0, 3), ("p", "Y", "rounds", 6.0, 3),
+         ("p", "Z", "rounds", 3.0, 2), ("p", "Z", "speedup", 100.0, 3),  # Z is soonest, but at fewer seeds
+         ("q", "X", "rounds", np.nan, 0), ("q", "Y", "rounds", np.nan, 0), ("q", "ref", "rounds", 9.0, 1)],
+        columns=["partition", "method", "metric", "mean", "reached"])
+    fastest = fl.fastest_to_target(summary, "partition", exclude=["ref"])
+    assert fastest.method.to_dict() == {"p": "Y", "q": "X"}  # q: no method reached, the first in the table
+    assert fastest.reached.to_dict() == {"p": 3, "q": 0} and fastest.loc["p", "metric"] == "rounds"
+    assert fastest["mean"].dtype == float and fastest.reached.dtype == summary.reached.dtype
+    assert fl.fastest_to_target(summary).method.tolist() == ["ref"]  # the whole table: reached 3, 2 rounds
+    with pytest.raises(ValueError, match="^exclude: leaves no method"):
+        fl.fastest_to_target(summary, "partition", exclude=["ref", "X", "Y", "Z"])
+    with pytest.raises(ValueError, match="^table: has no column 'reached'; "):
+        fl.fastest_to_target(summary.drop(columns="reached"), "partition")
+
+
+def test_rounds_to_target_summary_refuses_a_table_without_its_columns():
+    for column in ("rounds", "reached", "seed", "partition"):
+        with pytest.raises(ValueError, match=f"^table: has no column '{column}'; columns are ") as info:
+            fl.summarize_rounds_to_target(_rounds().drop(columns=column), by=["partition", "method"],
+                                          reference="ref")
+        assert len(str(info.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="^table: has no column 'rounds'; "):
+        fl.speedups(_rounds().drop(columns="rounds"), by=["partition", "method"], reference="ref")
+    with pytest.raises(ValueError, match="^by: must name at least one column"):
+        fl.summarize_rounds_to_target(_rounds(), by=[])
+    # without a reference, by need not hold 'method': any column of it groups the runs
+    by_partition = fl.summarize_rounds_to_target(_rounds()[_rounds().method == "A"], by=["partition"])
+    assert by_partition.partition.tolist() == ["iid", "shards"] and by_partition.reached.tolist() == [3, 2]
+    assert by_partition["mean"].tolist() == [pytest.approx(17 / 3), 10.0]
 
 
 def test_interval_table_with_several_index_columns_and_undefined_comparisons():

@@ -57,6 +57,9 @@ def test_paired_difference_on_a_constructed_case():
     # pairing matters: the same values unpaired would not separate
     shuffled = paired_difference(a, np.roll(b, 1))
     assert shuffled["p_value"] > out["p_value"]
+    for a_values, b_values in (([0.6, 0.7], [0.5, 0.6]), ([0.7, 0.8], [0.6, 0.7])):  # 0.1 up to float rounding
+        rounded = paired_difference(a_values, b_values)
+        assert math.isnan(rounded["p_value"]) and math.isnan(rounded["diff_ci_low"])
     same_gap = paired_difference([0.6, 0.7], [0.5, 0.6])  # no spread: nothing to test against
     assert same_gap["diff"] == pytest.approx(0.1) and math.isnan(same_gap["p_value"])
     assert math.isnan(same_gap["diff_ci_low"]) and math.isnan(same_gap["diff_ci_high"])
@@ -178,6 +181,25 @@ def test_tune_selects_on_validation_data_only_and_refuses_a_test_metric():
             fl.tune(BASE, {"client_lr": [0.1]}, metric=metric)
     with pytest.raises(fl.ConfigError, match="^space: 'lam' is not a setting of 'fedavg'"):
         fl.tune(BASE, {"lam": [0.1]})
+    with pytest.raises(fl.ConfigError, match="^validation_fraction: must be between 0 and 1 .*0 would tune on the test"):
+        fl.tune(BASE, {"client_lr": [0.1]}, baseline="recording", validation_fraction=0.0)
+    for field in ("validation_fraction", "test_fraction", "seed", "data_seed"):
+        with pytest.raises(fl.ConfigError, match=f"^space: '{field}' cannot be tuned"):
+            fl.tune(BASE, {field: [0.1, 0.2]}, baseline="recording")
+    with pytest.raises(fl.ConfigError, match="^seeds: must be distinct whole numbers, at least one"):
+        fl.tune(BASE, {"client_lr": [0.1]}, baseline="recording", seeds=[])
+    with pytest.raises(fl.ConfigError, match="^tune_seeds: must be distinct whole numbers"):
+        fl.compare({"r": "recording"}, base=BASE, space={"client_lr": [0.1]}, tune_seeds=[])
+
+
+def test_a_search_where_every_candidate_is_undefined_is_refused():
+    def undefined(config, *, results_cache=None):
+        return pd.DataFrame({"site": ["a"], "accuracy": [0.5], "balanced_accuracy": [np.nan], "auc": [np.nan],
+                             "num_test": [4], "prevalence": [1.0]})
+    C.register_baseline("undefined")(undefined)
+    with pytest.raises(fl.ConfigError, match="^space: undefined: every candidate's validation_balanced_accuracy is "
+                                             "undefined"):
+        fl.tune(BASE, {"client_lr": [0.1, 0.3]}, baseline="undefined")
 
 
 def test_compare_tunes_every_method_with_the_same_budget():
@@ -279,3 +301,23 @@ def test_per_site_and_interval_table_come_from_the_same_scores():
     pd.testing.assert_frame_equal(pd.DataFrame(sites), pd.DataFrame(direct))
     shown = fl.interval_table(sites, index="method", columns="site")
     assert list(shown.index) == ["A", "M"] and shown.loc["A", "b"].startswith("0.850 [")
+
+
+def test_a_one_class_test_set_has_no_balanced_accuracy_in_multiclass_either():
+    constant = np.eye(3)[[1, 1, 1]]  # always class 1, on a test set of class 1 only
+    scores = classification_metrics(constant, np.array([1, 1, 1]), False, 3)
+    assert scores["accuracy"] == 1.0 and math.isnan(scores["balanced_accuracy"]) and math.isnan(scores["auc"])
+    two = classification_metrics(constant, np.array([1, 1, 2]), False, 3)
+    assert two["balanced_accuracy"] == 0.5  # recall 1 on class 1, 0 on class 2: over the classes present
+
+
+def test_quotes_of_a_table_without_what_they_need_are_one_line():
+    plain = fl.summarize(pd.DataFrame({"method": ["a", "a"], "seed": [0, 1], "v": [0.5, 0.7]}), ["method"], "v")
+    with pytest.raises(ValueError, match="^table: has no column 'reference', which a comparison needs"):
+        fl.compared(plain, "a")
+    with pytest.raises(ValueError, match="^table: has no column 'diff', which a difference needs"):
+        fl.quote(plain, "a", difference=True)
+    with pytest.raises(ValueError, match="^table: has no column 'metric', which an interval table needs"):
+        fl.interval_table(plain)
+    with pytest.raises(ValueError, match="^table: has no column 'w'"):
+        fl.summarize(pd.DataFrame({"method": ["a"], "v": [1.0]}), ["method"], "w")

@@ -57,7 +57,10 @@ def test_summarize_paired_against_the_best_of_each_group_and_several_values():
                                 reference="best")
     assert _row(table, alpha=0.1, method="B", metric="eval_accuracy").reference == "A"
     assert _row(table, alpha=1.0, method="A", metric="eval_accuracy").reference == "B"
-    assert _row(table, alpha=0.1, method="A", metric="loss").reference == "B"  # the highest loss: "best" is max
+    assert _row(table, alpha=0.1, method="A", metric="loss").reference == "B"  # the highest value by default
+    losses = fl.summarize_paired(runs, ["alpha", "algorithm"], "loss", method="algorithm", reference="best",
+                                 higher_is_better=False)
+    assert _row(losses, alpha=0.1, method="B", metric="loss").reference == "A"  # the lowest loss is the best
     assert _row(table, alpha=0.1, method="B", metric="eval_accuracy")["diff"] == pytest.approx(-0.1)
     assert len(table) == 2 * 2 * 2
 
@@ -98,8 +101,31 @@ def test_ranking_says_what_the_paired_intervals_support():
     p = fl.quote(table, "C", difference=True).split("p = ")[1].rstrip(")")
     assert text == (f"A {a}; not distinguishable from it: B (+0.000 [-0.043, +0.043], p = 1); "
                     f"below it: C (-0.100 [-0.125, -0.075], p = {p})")
-    with pytest.raises(ValueError, match="^table: must compare with one reference"):
+    with pytest.raises(ValueError, match="^table: has no column .diff., which a ranking needs"):
         fl.ranking(fl.summarize_paired(runs, ["method"], "accuracy"))
+
+
+def test_ranking_against_the_lowest_mean_of_each_group():
+    # notebook 05: per defence, the attack with the lowest mean accuracy, and every other attack against it
+    accuracy = {("none", "X"): [0.10, 0.20, 0.15], ("none", "Y"): [0.12, 0.17, 0.19], ("none", "Z"): [0.80, 0.91, 0.84],
+                ("median", "X"): [0.85, 0.86, 0.87], ("median", "Y"): [0.60, 0.70, 0.65],
+                ("median", "Z"): [0.80, 0.81, 0.79]}
+    runs = pd.DataFrame([(d, a, s, v) for (d, a), values in accuracy.items() for s, v in enumerate(values)],
+                        columns=["defense", "attack", "seed", "eval_accuracy"])
+    table = fl.summarize_paired(runs, ["defense", "attack"], "eval_accuracy", method="attack", reference="best",
+                                higher_is_better=False)
+    assert set(table[table.defense == "none"].reference) == {"X"}  # mean 0.15: the lowest of 0.15, 0.16, 0.85
+    assert set(table[table.defense == "median"].reference) == {"Y"}  # 0.65 against 0.86 and 0.80
+    highest = fl.summarize_paired(runs, ["defense", "attack"], "eval_accuracy", method="attack", reference="best")
+    assert set(highest[highest.defense == "none"].reference) == {"Z"}
+    # X: 0.10, 0.20, 0.15: mean 0.15, sd 0.05, half-width 4.303 * 0.05 / sqrt(3) = 0.1242
+    # Z - X: 0.70, 0.71, 0.69: mean 0.70, sd 0.01, half-width 0.0248; t = 0.70 / (0.01 / sqrt(3)) = 121.2
+    # Y - X: +0.02, -0.03, +0.04: mean 0.01, sd sqrt(0.0013) = 0.03606, half-width 0.0896; t = 0.4804, p = 0.68
+    t_z = 0.70 / (0.01 / math.sqrt(3))
+    p_z = 1 - t_z / math.sqrt(2 + t_z * t_z)  # two-sided p on 2 df
+    assert fl.ranking(table[table.defense == "none"]) == (
+        f"X 0.150 [0.026, 0.274]; above it: Z (+0.700 [+0.675, +0.725], p = {p_z:.2g}); "
+        "not distinguishable from it: Y (+0.010 [-0.080, +0.100], p = 0.68)")
 
 
 def test_client_scores_are_each_clients_held_out_score_of_the_final_model():

@@ -227,3 +227,21 @@ def test_audit_summary_by_hand():
     tpr = audit[(audit.method == "calibrated") & (audit.metric == "tpr_at_0.001_fpr")].iloc[0]
     assert tpr.n == 0 and np.isnan(tpr["mean"])  # 500 non-members cannot measure 0.1 %
     assert fl.quote(audit[audit.metric == "auc"], "calibrated", difference=True).startswith("+0.030")
+
+
+def test_audit_summary_refuses_a_table_without_a_column_it_needs():
+    import pandas as pd
+
+    runs = pd.DataFrame({"clients_per_round": 5, "noise_multiplier": 1.0, "seed": [0, 1], "epsilon": 4.4,
+                         "attack_auc": [0.50, 0.56], "attack_tpr_at_0.01_fpr": [0.01, 0.03],
+                         "attack_tpr_at_0.001_fpr": [np.nan, np.nan], "members": 500, "nonmembers": 500})
+    assert set(privacy.audit_summary(runs).method) == {"loss threshold"}  # one attack: nothing to pair with
+    for column in ("attack_tpr_at_0.001_fpr", "members", "epsilon", "seed", "noise_multiplier"):
+        with pytest.raises(ValueError, match=f"^table: has no column '{column}'; an audit summary needs ") as info:
+            privacy.audit_summary(runs.drop(columns=column))
+        assert len(str(info.value).splitlines()) == 1
+    # the calibrated attack with one of its measures only: refused, not summarized without the others
+    with pytest.raises(ValueError, match="^table: has no column 'calibrated_attack_tpr_at_0.01_fpr'; "):
+        privacy.audit_summary(runs.assign(calibrated_attack_auc=[0.52, 0.60]))
+    with pytest.raises(ValueError, match="^table: has no audit columns"):
+        privacy.audit_summary(runs.drop(columns=[c for c in runs if c.startswith("attack_")]))
