@@ -125,6 +125,8 @@ class Algorithm:
     round runs in Python in this process (:mod:`fedlab.split_rounds`), so it cannot run on workers.
     ``personal``: each client ends with a model of its own (FedPer, Ditto), which per-client evaluation scores
     (its process has ``client_weights(state, client)``), so local fine-tuning is not added to it.
+    ``record_dp_gap``: why DP-SGD in every client (``dp="example"``) would not cover everything the algorithm
+    computes from a client's records ("" when it does), so that combination is refused with this reason.
     """
 
     name: str
@@ -139,6 +141,7 @@ class Algorithm:
     own_weighting: bool = False
     in_driver: bool = False
     personal: bool = False
+    record_dp_gap: str = ""
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -169,7 +172,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
                        unweighted: bool = False, full_batch: bool = False, functional_only: bool = False,
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
                        own_weighting: bool = False, in_driver: bool = False, personal: bool = False,
-                       replace: bool = False):
+                       record_dp_gap: str = "", replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -187,7 +190,8 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
         raise ValueError(f"params: the defaults of {params.__name__} are invalid ({err})") from None
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
                                                                full_batch, functional_only, on_arrays, normalized,
-                                                               own_weighting, in_driver, personal),
+                                                               own_weighting, in_driver, personal,
+                                                               record_dp_gap),
                      paper=paper, replace=replace)
 
 
@@ -370,6 +374,8 @@ class DittoParams(AlgorithmParams):
 
 register_algorithm("ditto", params=DittoParams, paper="Li et al. 2021, ICML, arXiv:2012.04221",
                    functional_only=True, in_driver=True, personal=True,
+                   record_dp_gap="each client's own model trains on its records a second time, without DP-SGD, "
+                                 "and its scores are released",
                    on_arrays=build_ditto_on_arrays)(compiled_loop_only("ditto", """\
 Ditto: FedAvg, and each client's own model trained on its loss plus lambda/2 ||v - w_global||^2.
 
@@ -384,6 +390,8 @@ class QFFLParams(AlgorithmParams):
 
 register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
                    functional_only=True, own_weighting=True, in_driver=True,
+                   record_dp_gap="each update is weighted by the client's exact training loss, which DP-SGD does "
+                                 "not noise",
                    on_arrays=build_qffl_on_arrays)(compiled_loop_only(
     "qffl", """\
 q-FFL by q-FedAvg: updates weighted by the clients' losses to the power q (fairer accuracy over clients).

@@ -224,6 +224,9 @@ class ExperimentConfig:
                           if self.freeze_layers else "it has no compiled client loop (on_arrays)")
                 raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
                                         f"{self.algorithm}: {reason}")
+            if algorithm.record_dp_gap:
+                raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
+                                        f"{self.algorithm}: {algorithm.record_dp_gap}")
             if self.batch_size == 0:
                 raise ConfigError("batch_size", "must be > 0 with dp='example': DP-SGD samples batches of that "
                                                 "expected size")

@@ -18,16 +18,18 @@ from .models import ModelSpec
 
 
 def per_example_loss(logits: np.ndarray, y: np.ndarray, binary: bool) -> np.ndarray:
-    """Cross-entropy of each example, float64: sigmoid for one logit, softmax otherwise."""
+    """Cross-entropy of each example, float64: sigmoid for one logit, softmax otherwise. A diverged model's
+    infinite or NaN logits give a NaN loss (the history says so), without NumPy's warning."""
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y).reshape(-1)
-    if binary:
-        z = logits.reshape(-1)
-        # log(1 + exp(-|z|)) + max(z, 0) - z*y: the stable form of BCE with logits.
-        return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(len(y)), y]
+    with np.errstate(invalid="ignore", over="ignore"):
+        if binary:
+            z = logits.reshape(-1)
+            # log(1 + exp(-|z|)) + max(z, 0) - z*y: the stable form of BCE with logits.
+            return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return -log_probs[np.arange(len(y)), y]
 
 
 def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[float, float]:

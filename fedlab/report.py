@@ -68,18 +68,37 @@ def compared(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, 
              digits: int = 3) -> str:
     """A method against the table's reference in words the interval supports: "above <reference> by +0.031
     [+0.010, +0.052] (p = 0.02)" when the paired interval excludes 0, "below ..." likewise, else "not
-    distinguishable from <reference> (+0.008 [-0.015, +0.031] (p = 0.4))"."""
+    distinguishable from <reference> (+0.008 [-0.015, +0.031] (p = 0.4))". A difference that is the same at every
+    seed has no interval and is said as such ("below <reference> by -1.0 at each of the 3 seeds (no spread, so no
+    interval)"), as is one seed alone."""
     _needs(table, ["reference", "diff", "diff_ci_low", "diff_ci_high", "p_value"], "a comparison")
     row = _row(table, method, metric, site)
     low, high = float(row["diff_ci_low"]), float(row["diff_ci_high"])
     change = quote(table, method, metric, site=site, digits=digits, difference=True)
     if math.isnan(float(row["diff"])):
         return f"not comparable with {row['reference']} (no seed where both are defined)"
+    unspread = _unspread(row, digits)
+    if unspread is not None:
+        return unspread.format(reference=row["reference"])
     if not math.isnan(low) and low > 0:
         return f"above {row['reference']} by {change}"
     if not math.isnan(high) and high < 0:
         return f"below {row['reference']} by {change}"
     return f"not distinguishable from {row['reference']} ({change})"
+
+
+def _unspread(row: pd.Series, digits: int) -> Optional[str]:
+    """The words for a difference without an interval: one pair, or pairs that all differ by the same amount
+    (the seeds agree, so there is no spread to test against; "not distinguishable" would misreport them)."""
+    diff, n = float(row["diff"]), int(row.get("n_pairs", 0) or 0)
+    if math.isnan(diff) or not math.isnan(float(row["diff_ci_low"])) or n < 1:
+        return None
+    if n == 1:
+        return f"{diff:+.{digits}f} from {{reference}} on the one seed where both are defined (no interval)"
+    if abs(diff) <= 1e-12:
+        return f"the same as {{reference}} at each of the {n} seeds (no spread, so no interval)"
+    side = "above" if diff > 0 else "below"
+    return f"{side} {{reference}} by {diff:+.{digits}f} at each of the {n} seeds (no spread, so no interval)"
 
 
 def interval_table(table: pd.DataFrame, *, index: Union[str, Sequence[str]] = "method",
@@ -120,9 +139,15 @@ def ranking(table: pd.DataFrame, metric: Optional[str] = None, *, site: Optional
                          f"{len(references)}")
     reference = references[0]
     groups: dict[str, list] = {"above it": [], "not distinguishable from it": [], "below it": [],
+                               "the same difference at every seed": [],
                                "not comparable with it (no seed where both are defined)": []}
     for _, row in rows[rows["method"] != reference].sort_values("diff", ascending=False).iterrows():
         diff, low, high = float(row["diff"]), float(row["diff_ci_low"]), float(row["diff_ci_high"])
+        unspread = _unspread(row, digits)
+        if unspread is not None and int(row.get("n_pairs", 0) or 0) >= 2:  # the same difference at every seed
+            groups["the same difference at every seed"].append(
+                f"{row['method']} ({diff:+.{digits}f} at each of {int(row['n_pairs'])})")
+            continue
         where = ("not comparable with it (no seed where both are defined)" if math.isnan(diff) else
                  "above it" if low > 0 else "below it" if high < 0 else "not distinguishable from it")
         change = f"{diff:+.{digits}f}"

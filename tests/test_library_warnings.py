@@ -94,3 +94,20 @@ def test_a_panel_listing_every_control_keeps_its_constrained_layout():
         warnings.simplefilter("error")
         panel._draw(history, config)
     assert panel.image.value != blank
+
+
+def test_a_diverged_models_logits_give_a_nan_loss_without_a_numpy_warning():
+    # notebook 05's full setting: a model under attack diverged and NumPy warned "invalid value encountered in
+    # subtract" into the cell's output
+    import warnings
+
+    import numpy as np
+
+    from fedlab.evaluation import evaluate_logits
+
+    logits = np.array([[np.inf, 0.0, -np.inf], [1.0, 2.0, 0.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, accuracy = evaluate_logits(logits, np.array([0, 1]), False)
+        binary, _ = evaluate_logits(np.array([np.nan, 1.0]), np.array([1, 1]), True)
+    assert np.isnan(loss) and accuracy == 1.0 and np.isnan(binary)

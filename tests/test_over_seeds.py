@@ -204,3 +204,20 @@ def test_a_diverged_model_has_an_accuracy_and_no_auc():
         scores = classification_metrics(logits, np.array([0, 0, 2, 1]), False, 3)
     # argmax: 0 (NaN row: its first entry), 0, 2, 0: three of four right
     assert scores["accuracy"] == 0.75 and math.isnan(scores["auc"])
+
+
+def test_a_difference_the_same_at_every_seed_is_said_as_such():
+    # notebook 01: K = 50 reached the target one round before K = 10 at each of the three seeds; no spread to build
+    # an interval from, and "not distinguishable" would misreport three agreeing seeds
+    runs = pd.DataFrame([(m, s, v) for m, values in {"ref": [6.0, 5.0, 6.0], "K": [5.0, 4.0, 5.0],
+                                                     "same": [6.0, 5.0, 6.0], "C": [9.0, 5.0, 7.0]}.items()
+                         for s, v in enumerate(values)], columns=["method", "seed", "rounds"])
+    table = fl.summarize_paired(runs, ["method"], "rounds", reference="ref")
+    assert np.isnan(_row(table, method="K").diff_ci_low) and np.isnan(_row(table, method="K").p_value)
+    assert fl.compared(table, "K", digits=1) == "below ref by -1.0 at each of the 3 seeds (no spread, so no interval)"
+    assert fl.compared(table, "same", digits=1) == "the same as ref at each of the 3 seeds (no spread, so no interval)"
+    assert fl.compared(table, "C", digits=1).startswith("not distinguishable from ref (+1.3 [-2.5, +5.1]")
+    assert fl.ranking(table, digits=1).endswith(
+        "the same difference at every seed: same (+0.0 at each of 3), K (-1.0 at each of 3)")
+    one = fl.summarize_paired(runs[runs.seed == 0].assign(seed=0), ["method"], "rounds", reference="ref")
+    assert fl.compared(one, "C", digits=1) == "+3.0 from ref on the one seed where both are defined (no interval)"

@@ -108,6 +108,12 @@ def test_what_record_level_dp_cannot_honour_is_refused(heart_dir):
         fl.ExperimentConfig(dp="example", noise_multiplier=1.0, batch_size=0)
     with pytest.raises(fl.ConfigError, match="attacker_fraction: must be 0 with dp='example'"):
         fl.ExperimentConfig(dp="example", noise_multiplier=1.0, attacker_fraction=0.2)
+    # what the algorithm computes from the records outside DP-SGD: q-FFL's loss weights, Ditto's own models
+    with pytest.raises(fl.ConfigError, match="^dp: 'example' .* by qffl: each update is weighted by the client's exact"):
+        fl.ExperimentConfig(model="logreg", algorithm="qffl", dp="example", noise_multiplier=1.0)
+    with pytest.raises(fl.ConfigError, match="^dp: 'example' .* by ditto: each client's own model trains on its"):
+        fl.ExperimentConfig(model="logreg", algorithm="ditto", dp="example", noise_multiplier=1.0)
+    fl.ExperimentConfig(model="2nn", algorithm="fedper", dp="example", noise_multiplier=1.0)  # one DP-SGD pass
     too_big = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
                                   batch_size=40, dp="example", noise_multiplier=1.0, rounds=1)
     with pytest.raises(fl.ConfigError, match="batch_size: must be below the smallest client's 31 records"):

@@ -1,0 +1,169 @@
+"""The README's numbers, rebuilt from the committed results/ with the functions the notebooks quote them with
+(fedlab.report): a number in the README cannot drift from the results it cites. When `make figures` changes a
+result, this test names the README sentence to update, with the new text."""
+
+import pathlib
+
+import pandas as pd
+import pytest
+
+import fedlab as fl
+from fedlab.evaluation import worst_fraction_mean
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+README = _flat((ROOT / "README.md").read_text())
+
+
+def _csv(name: str) -> pd.DataFrame:
+    return pd.read_csv(RESULTS / f"{name}.csv")
+
+
+def notebook_01():
+    rounds = _csv("01_rounds_to_target")
+    summary = fl.summarize_rounds_to_target(rounds, by=["partition", "method"], reference="FedSGD")
+    iid, shards = (summary[summary.partition == p] for p in ("iid", "shards"))
+    speedup = fl.speedups(rounds, by=["partition", "method"], reference="FedSGD")
+    across = fl.summarize_paired(speedup[speedup.method == "E=20, B=10"], ["partition"], "speedup",
+                                 method="partition", reference="iid")
+
+    def q(table, method):
+        return fl.quote(table, method, "rounds", digits=1)
+
+    def s(partition, **kw):
+        return fl.quote(across, partition, "speedup", digits=1, **kw)
+
+    return [f"reaches the target in {q(iid, 'E=20, B=10')} rounds where FedSGD needs {q(iid, 'FedSGD')}",
+            f"FedSGD needs {q(shards, 'FedSGD')} and the fastest setting (E = 5, B = 10) {q(shards, 'E=5, B=10')}",
+            f"over FedSGD is {s('iid')} on IID data and {s('shards')} on shards, below IID by "
+            f"{s('shards', difference=True)} paired over the seeds",
+            f"E = 20, B = 10 needs {s('iid')} times fewer rounds than FedSGD on IID data, {s('shards')} times on "
+            "two-digit shards"]
+
+
+def notebook_02():
+    tuned = _csv("02_tuned_comparison")
+    ranked = fl.summarize_paired(tuned, ["method"], "accuracy", reference="best")
+    final = _csv("02_alpha_sweep")
+    low = fl.summarize_paired(final[final.alpha == 0.05], ["algorithm"], "eval_accuracy", method="algorithm",
+                              reference="fedavg")
+    clients = _csv("02_personalisation")
+    per_seed = clients.groupby(["method", "seed"]).agg(
+        mean=("accuracy", "mean"), worst10=("accuracy", lambda a: worst_fraction_mean(a.dropna().to_numpy(), 0.1)))
+    personal = fl.summarize_paired(per_seed.reset_index(), ["method"], ["mean", "worst10"], reference="fedavg")
+    names = {"fedavg": "FedAvg", "fedavg + fine-tuning": "FedAvg fine-tuned for two local epochs before scoring",
+             "qffl": "q-FFL (q = 1)", "scaffold": "SCAFFOLD", "fedper": "FedPer", "ditto": "Ditto (λ = 0.1)"}
+    return [", ".join(f"{name} {fl.quote(personal, m, 'mean')} / {fl.quote(personal, m, 'worst10')}"
+                      for m, name in names.items()),
+            f"ranks nothing above the rest: {fl.ranking(ranked)}",
+            f"lift FedAvg's clients above FedAvg by {fl.quote(personal, 'fedavg + fine-tuning', 'mean', difference=True)}",
+            f"FedAvg {fl.quote(low, 'fedavg', 'eval_accuracy')}, FedAvgM {fl.quote(low, 'fedavgm', 'eval_accuracy')}, "
+            f"{fl.compared(low, 'fedavgm', 'eval_accuracy')}"]
+
+
+CLAIMS = [notebook_01, notebook_02]
+
+
+@pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)
+def test_the_readme_quotes_the_committed_results(claims):
+    missing = [text for text in claims() if _flat(text) not in README]
+    assert not missing, "README.md does not say (from results/):\n" + "\n".join(missing)
+
+
+def notebook_04():
+    study, sites = _csv("04_study"), _csv("04_study_sites")
+    b = "balanced_accuracy"
+    flamby = fl.crosssilo.with_majority(_csv("heart_disease_benchmark"), fl.crosssilo.flamby_config())
+    constant = fl.summarize_paired(flamby, ["method"], ["accuracy"], reference="majority class")
+    repro = _csv("04_flamby_reproduction").set_index("method")
+    rows = [f"| {repro.fedlab[m]:.3f} ± {repro.fedlab_std[m]:.3f} | {repro.difference[m]:+.3f} |".replace("+0.000", "0.000").replace("-0.000", "0.000")
+            for m in repro.index]
+    return rows + [
+        f"reaches a balanced accuracy of {fl.quote(study, 'fedavg', b)}, above each hospital alone by "
+        f"{fl.quote(study, 'fedavg', b, difference=True)}, where predicting each hospital's majority class scores "
+        f"{fl.quote(study, 'majority class', b)} and pooling every patient {fl.quote(study, 'pooled', b)}; its AUC "
+        f"is {fl.quote(study, 'fedavg', 'auc')} against {fl.quote(study, 'alone', 'auc')} alone. The gain is VA's "
+        f"({fl.compared(sites, 'fedavg', b, site='va')})",
+        f"Ditto's own models {fl.quote(study, 'ditto', b)}, {fl.compared(study, 'ditto', b)}, against FedAvg's shared "
+        f"model {fl.quote(study, 'fedavg', b)}; per hospital, Ditto is "
+        f"{fl.compared(sites, 'ditto', b, site='cleveland').replace('alone', 'alone in Cleveland', 1)}, where "
+        f"FedAvg's shared model is {fl.compared(sites, 'fedavg', b, site='cleveland')}",
+        f"scores {fl.quote(constant, 'majority class', 'accuracy')}; against it pooled training is "
+        f"{fl.compared(constant, 'pooled', 'accuracy')} and FedAvg {fl.compared(constant, 'fedavg', 'accuracy')}"]
+
+
+CLAIMS.append(notebook_04)
+
+
+def secagg_cost_rows():
+    cost = _csv("05_secagg_cost")
+    mean = cost.groupby(["clients", "dropout_rate", "protocol"])[
+        ["bytes_per_client", "client_seconds", "server_seconds"]].mean()
+    rows = []
+    for (clients, dropout), g in mean.groupby(level=[0, 1]):
+        a, b = g.loc[(clients, dropout, "secagg")], g.loc[(clients, dropout, "secagg+")]
+        rows.append(f"| {clients} | {dropout:g} | {a.bytes_per_client / 1e3:.1f} | {b.bytes_per_client / 1e3:.1f} | "
+                    f"{a.client_seconds:.4f} | {b.client_seconds:.4f} | {a.server_seconds:.3f} | "
+                    f"{b.server_seconds:.3f} |")
+    return rows
+
+
+THREATS = {"none": "none (no attackers)", "label_flip": "label flipping", "sign_flip": "sign flipping",
+           "gaussian": "Gaussian", "alie": "ALIE"}
+DEFENCES = ["none", "clip", "median", "trimmed_mean", "krum"]
+
+
+def threat_matrix_rows():
+    matrix = _csv("05_threat_matrix").fillna({"attack": "none"})
+    mean = matrix.groupby(["attack", "defense"]).eval_accuracy.mean()
+    return [f"| {name} | " + " | ".join(f"{mean[attack, d]:.3f}" for d in DEFENCES) + " |"
+            for attack, name in THREATS.items()]
+
+
+def notebook_05():
+    cost = _csv("05_secagg_cost")
+    cost_table = fl.summarize_paired(cost, ["clients", "dropout_rate", "protocol"],
+                                     ["overhead_kb", "server_seconds"], method="protocol", reference="secagg")
+    calm, stormy, fewest = (cost_table[(cost_table.clients == c) & (cost_table.dropout_rate == d)]
+                            for c, d in ((1000, 0.0), (1000, 0.3), (10, 0.0)))
+    attacked = _csv("05_attackers").query("attacker_fraction == 0.3")
+    attacked = attacked.assign(method=attacked.robust + ", " + attacked.client_weighting)
+    defences = fl.summarize_paired(attacked, ["method"], "eval_accuracy", reference="clip, examples")
+    matrix = _csv("05_threat_matrix").fillna({"attack": "none"})
+    krum_alie = matrix.query("attack == 'alie' and defense == 'krum'").eval_accuracy
+    clip = matrix.query("defense == 'clip'").groupby("attack").eval_accuracy.mean()
+
+    def q(table, method, metric, digits):
+        return fl.quote(table, method, metric, digits=digits)
+
+    def a(method):
+        return fl.quote(defences, method, "eval_accuracy")
+
+    return secagg_cost_rows() + threat_matrix_rows() + [
+        f"a SecAgg client sends and receives {q(fewest, 'secagg', 'overhead_kb', 1)} kB of keys and shares besides "
+        f"its masked vector at 10 clients and {q(calm, 'secagg', 'overhead_kb', 1)} kB at 1000; a SecAgg+ client "
+        f"at 1000: {q(calm, 'secagg+', 'overhead_kb', 1)} kB",
+        f"The server needs {q(calm, 'secagg', 'server_seconds', 2)} s for SecAgg at 1000 clients and "
+        f"{q(stormy, 'secagg', 'server_seconds', 2)} s when 30 % drop out after the key exchange",
+        f"SecAgg+ {q(calm, 'secagg+', 'server_seconds', 2)} s and {q(stormy, 'secagg+', 'server_seconds', 2)} s",
+        f"the plain mean ends at {a('none, examples')} and L2 clipping at {a('clip, examples')}",
+        f"clipping with equal weights reaches {a('clip, uniform')}, "
+        f"{fl.compared(defences, 'clip, uniform', 'eval_accuracy')}, beside the plain mean with equal weights "
+        f"{a('none, uniform')}, median {a('median, uniform')}, trimmed mean {a('trimmed_mean, uniform')} and Krum "
+        f"{a('krum, uniform')}",
+        f"(Krum {krum_alie.mean():.3f}, {krum_alie.min():.3f} in one seed)",
+        f"the most even ({clip.min():.2f} to {clip.max():.2f})"]
+
+
+CLAIMS.append(notebook_05)
+
+if __name__ == "__main__":  # prints what the README should say, to update it after `make figures`
+    for claims in CLAIMS:
+        print(f"# {claims.__name__}")
+        print("\n".join(claims()))
