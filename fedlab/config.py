@@ -334,6 +334,10 @@ class ExperimentConfig:
     def _check_finetune(self, algorithm) -> None:
         if not self.finetune_epochs:
             return
+        if self.dp == RECORD_LEVEL:
+            raise ConfigError("finetune_epochs", f"must be 0 with dp={RECORD_LEVEL!r}: fine-tuning trains on the "
+                                                 "records without DP-SGD and its scores are released, so the "
+                                                 "record-level guarantee would not cover them")
         if not self.eval_per_client:
             raise ConfigError("finetune_epochs", "needs eval_per_client=True: the tuned models are scored on each "
                                                  "client's own data")

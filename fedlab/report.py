@@ -12,7 +12,15 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
+
+from .stats import no_spread
+
+# ranking's groups for a difference without an interval (_unspread)
+_SAME = "the same difference at every seed"
+_ONE_SEED = "on one seed only (no interval)"
+_NO_INTERVAL = "with no interval"
 
 
 def interval_text(mean: float, low: float = math.nan, high: float = math.nan, digits: int = 3) -> str:
@@ -68,9 +76,10 @@ def compared(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, 
              digits: int = 3) -> str:
     """A method against the table's reference in words the interval supports: "above <reference> by +0.031
     [+0.010, +0.052] (p = 0.02)" when the paired interval excludes 0, "below ..." likewise, else "not
-    distinguishable from <reference> (+0.008 [-0.015, +0.031] (p = 0.4))". A difference that is the same at every
-    seed has no interval and is said as such ("below <reference> by -1.0 at each of the 3 seeds (no spread, so no
-    interval)"), as is one seed alone."""
+    distinguishable from <reference> (+0.008 [-0.015, +0.031] (p = 0.4))". A difference without an interval is
+    said as such: the same at every seed ("below <reference> by -1.0 at each of the 3 seeds (no spread, so no
+    interval)"), on one seed alone ("+3.0 from <reference> on the one seed where both are defined (no interval)"),
+    or in a table that does not count its pairs (no ``n_pairs``): "+3.0 from <reference> (no interval)"."""
     _needs(table, ["reference", "diff", "diff_ci_low", "diff_ci_high", "p_value"], "a comparison")
     row = _row(table, method, metric, site)
     low, high = float(row["diff_ci_low"]), float(row["diff_ci_high"])
@@ -79,7 +88,9 @@ def compared(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, 
         return f"not comparable with {row['reference']} (no seed where both are defined)"
     unspread = _unspread(row, digits)
     if unspread is not None:
-        return unspread.format(reference=row["reference"])
+        group, words = unspread
+        return words.format(reference=row["reference"]) + (" (no spread, so no interval)" if group == _SAME
+                                                           else " (no interval)")
     if not math.isnan(low) and low > 0:
         return f"above {row['reference']} by {change}"
     if not math.isnan(high) and high < 0:
@@ -87,18 +98,32 @@ def compared(table: pd.DataFrame, method: str, metric: Optional[str] = None, *, 
     return f"not distinguishable from {row['reference']} ({change})"
 
 
-def _unspread(row: pd.Series, digits: int) -> Optional[str]:
-    """The words for a difference without an interval: one pair, or pairs that all differ by the same amount
-    (the seeds agree, so there is no spread to test against; "not distinguishable" would misreport them)."""
-    diff, n = float(row["diff"]), int(row.get("n_pairs", 0) or 0)
-    if math.isnan(diff) or not math.isnan(float(row["diff_ci_low"])) or n < 1:
+def _pairs(row: pd.Series) -> int:
+    """The seeds a row's difference is paired over; 0 when the table does not say (no ``n_pairs``, None or NaN)."""
+    n = row.get("n_pairs")
+    return 0 if n is None or pd.isna(n) else int(n)
+
+
+def _unspread(row: pd.Series, digits: int) -> Optional[tuple[str, str]]:
+    """(:func:`ranking`'s group, the words, with ``{reference}`` to fill) for a defined difference without an
+    interval, else None: one pair; pairs that all differ by the same amount (no p-value either: the seeds agree, so
+    there is no spread to test against, and "not distinguishable" would misreport them); or a table that does not
+    say how many pairs (no ``n_pairs``) and gives neither an interval nor a p-value."""
+    diff, n, no_p = float(row["diff"]), _pairs(row), math.isnan(float(row["p_value"]))
+    if math.isnan(diff) or not math.isnan(float(row["diff_ci_low"])):
         return None
     if n == 1:
-        return f"{diff:+.{digits}f} from {{reference}} on the one seed where both are defined (no interval)"
-    if abs(diff) <= 1e-12:
-        return f"the same as {{reference}} at each of the {n} seeds (no spread, so no interval)"
-    side = "above" if diff > 0 else "below"
-    return f"{side} {{reference}} by {diff:+.{digits}f} at each of the {n} seeds (no spread, so no interval)"
+        return _ONE_SEED, f"{diff:+.{digits}f} from {{reference}} on the one seed where both are defined"
+    if n >= 2 and no_p:
+        mean = float(row.get("mean", math.nan))
+        mean = 0.0 if math.isnan(mean) else mean
+        if no_spread(np.array([mean, mean - diff])):  # 0 up to the rounding of the means it was taken from
+            return _SAME, f"the same as {{reference}} at each of the {n} seeds"
+        side = "above" if diff > 0 else "below"
+        return _SAME, f"{side} {{reference}} by {diff:+.{digits}f} at each of the {n} seeds"
+    if n == 0 and no_p:
+        return _NO_INTERVAL, f"{diff:+.{digits}f} from {{reference}}"
+    return None
 
 
 def interval_table(table: pd.DataFrame, *, index: Union[str, Sequence[str]] = "method",
@@ -123,10 +148,12 @@ def ranking(table: pd.DataFrame, metric: Optional[str] = None, *, site: Optional
             digits: int = 3) -> str:
     """Every method of ``table`` against its reference, grouped by what the paired interval supports: "fedyogi
     0.897 [0.852, 0.942]; not distinguishable from it: scaffold (-0.014 [-0.050, +0.022], p = 0.3); below it:
-    fedavg (-0.058 [-0.090, -0.026], p = 0.01)" (within a group, the largest difference first). With the
-    reference chosen as the best (:func:`fedlab.summarize_paired` with ``reference="best"``) this is a ranking
-    that claims no more than the seeds support. Each interval is a 95 % interval of its own, not corrected for the
-    number of comparisons."""
+    fedavg (-0.058 [-0.090, -0.026], p = 0.01)" (within a group, the largest difference first). Differences
+    without an interval are grouped and worded as :func:`compared` says them: "the same difference at every
+    seed: fedprox (below fedyogi by -0.010 at each of the 3 seeds)", "on one seed only (no interval)" and "with no
+    interval" (a table without ``n_pairs``). With the reference chosen as the best (:func:`fedlab.summarize_paired`
+    with ``reference="best"``) this is a ranking that claims no more than the seeds support. Each interval is a
+    95 % interval of its own, not corrected for the number of comparisons."""
     _needs(table, ["method", "diff", "diff_ci_low", "diff_ci_high", "p_value"], "a ranking")
     rows = table
     if metric is not None and "metric" in rows:
@@ -138,15 +165,15 @@ def ranking(table: pd.DataFrame, metric: Optional[str] = None, *, site: Optional
         raise ValueError(f"table: must compare with one reference (metric={metric!r}, site={site!r}), got "
                          f"{len(references)}")
     reference = references[0]
-    groups: dict[str, list] = {"above it": [], "not distinguishable from it": [], "below it": [],
-                               "the same difference at every seed": [],
+    groups: dict[str, list] = {"above it": [], "not distinguishable from it": [], "below it": [], _SAME: [],
+                               _ONE_SEED: [], _NO_INTERVAL: [],
                                "not comparable with it (no seed where both are defined)": []}
     for _, row in rows[rows["method"] != reference].sort_values("diff", ascending=False).iterrows():
         diff, low, high = float(row["diff"]), float(row["diff_ci_low"]), float(row["diff_ci_high"])
         unspread = _unspread(row, digits)
-        if unspread is not None and int(row.get("n_pairs", 0) or 0) >= 2:  # the same difference at every seed
-            groups["the same difference at every seed"].append(
-                f"{row['method']} ({diff:+.{digits}f} at each of {int(row['n_pairs'])})")
+        if unspread is not None:
+            group, words = unspread
+            groups[group].append(f"{row['method']} ({words.format(reference=reference)})")
             continue
         where = ("not comparable with it (no seed where both are defined)" if math.isnan(diff) else
                  "above it" if low > 0 else "below it" if high < 0 else "not distinguishable from it")

@@ -218,6 +218,35 @@ def test_a_difference_the_same_at_every_seed_is_said_as_such():
     assert fl.compared(table, "same", digits=1) == "the same as ref at each of the 3 seeds (no spread, so no interval)"
     assert fl.compared(table, "C", digits=1).startswith("not distinguishable from ref (+1.3 [-2.5, +5.1]")
     assert fl.ranking(table, digits=1).endswith(
-        "the same difference at every seed: same (+0.0 at each of 3), K (-1.0 at each of 3)")
+        "the same difference at every seed: same (the same as ref at each of the 3 seeds), "
+        "K (below ref by -1.0 at each of the 3 seeds)")
     one = fl.summarize_paired(runs[runs.seed == 0].assign(seed=0), ["method"], "rounds", reference="ref")
     assert fl.compared(one, "C", digits=1) == "+3.0 from ref on the one seed where both are defined (no interval)"
+
+
+def test_ranking_groups_the_differences_without_an_interval():
+    # L and K differ from ref by +1 and -1 at each of three seeds, "same" by 0; C ran at seed 0 only; B - ref is
+    # +2, -1, +0.5: mean 0.5, sd 1.5, half-width 4.303 * 1.5 / sqrt(3) = 3.73, t = 0.577, p = 1 - t / sqrt(2 + t^2)
+    runs = pd.DataFrame([(m, s, v) for m, values in {"ref": [6.0, 5.0, 6.0], "K": [5.0, 4.0, 5.0], "L": [7.0, 6.0, 7.0],
+                                                     "same": [6.0, 5.0, 6.0], "B": [8.0, 4.0, 6.5], "C": [9.0]}.items()
+                         for s, v in enumerate(values)], columns=["method", "seed", "rounds"])
+    table = fl.summarize_paired(runs, ["method"], "rounds", reference="ref")
+    assert _row(table, method="C").n_pairs == 1
+    assert fl.ranking(table, digits=1) == (
+        f"ref {fl.quote(table, 'ref', digits=1)}; not distinguishable from it: B (+0.5 [-3.2, +4.2], p = 0.62); "
+        "the same difference at every seed: L (above ref by +1.0 at each of the 3 seeds), "
+        "same (the same as ref at each of the 3 seeds), K (below ref by -1.0 at each of the 3 seeds); "
+        "on one seed only (no interval): C (+3.0 from ref on the one seed where both are defined)")
+
+
+def test_a_table_that_does_not_count_its_pairs_says_no_interval():
+    # a table of one's own without n_pairs, or with NaN there (tables put together with pd.concat): no crash, and
+    # a difference without an interval or p-value is said to have none, not "not distinguishable"
+    plain = pd.DataFrame({"method": ["ref", "A"], "mean": [0.8, 0.9], "reference": "ref", "diff": [np.nan, 0.1],
+                          "diff_ci_low": np.nan, "diff_ci_high": np.nan, "p_value": np.nan})
+    for table in (plain, plain.assign(n_pairs=np.nan), plain.assign(n_pairs=[0, None])):
+        assert fl.compared(table, "A") == "+0.100 from ref (no interval)"
+        assert fl.ranking(table) == "ref 0.800; with no interval: A (+0.100 from ref)"
+    # with a p-value the seeds did spread: no interval is not "the same at every seed"
+    assert fl.compared(plain.assign(n_pairs=3, p_value=[np.nan, 0.5]), "A") == (
+        "not distinguishable from ref (+0.100 (p = 0.5))")

@@ -113,6 +113,9 @@ def test_what_record_level_dp_cannot_honour_is_refused(heart_dir):
         fl.ExperimentConfig(model="logreg", algorithm="qffl", dp="example", noise_multiplier=1.0)
     with pytest.raises(fl.ConfigError, match="^dp: 'example' .* by ditto: each client's own model trains on its"):
         fl.ExperimentConfig(model="logreg", algorithm="ditto", dp="example", noise_multiplier=1.0)
+    # fine-tuning before scoring trains on the records outside DP-SGD, and its scores are released
+    with pytest.raises(fl.ConfigError, match="^finetune_epochs: must be 0 with dp='example': fine-tuning trains on"):
+        fl.ExperimentConfig(dp="example", noise_multiplier=1.0, eval_per_client=True, finetune_epochs=2)
     fl.ExperimentConfig(model="2nn", algorithm="fedper", dp="example", noise_multiplier=1.0)  # one DP-SGD pass
     too_big = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
                                   batch_size=40, dp="example", noise_multiplier=1.0, rounds=1)
