@@ -170,9 +170,7 @@ def summarize_paired(table: pd.DataFrame, by: Sequence[str], value: str | Sequen
         raise ValueError(f"by: must include the method column {method!r}, got {by}")
     if method != "method" and "method" in by:
         raise ValueError(f"by: holds a column 'method' besides the method column {method!r}; rename one")
-    missing = [c for c in [*by, "seed", *values] if c not in table.columns]
-    if missing:
-        raise ValueError(f"table: has no column {missing[0]!r}; columns are {', '.join(map(str, table.columns))}")
+    _require(table, [*by, "seed", *values])
     if reference not in (None, "best") and reference not in set(table[method]):
         raise ValueError(f"reference: {reference!r} is not a value of {method!r} "
                          f"({', '.join(map(str, table[method].unique()))}), nor 'best'")

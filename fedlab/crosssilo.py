@@ -44,6 +44,7 @@ from .comparison import BASELINES, metric_rows, scores_of
 from .config import ExperimentConfig
 from .data import HEART_DISEASE_SITES, Dataset, flamby_heart_disease_arrays, flamby_standardize, read_heart_disease_sites
 from .models import ModelSpec
+from .plots import interval_errors
 from .report import interval_table
 from .runner import run_experiment
 
@@ -262,9 +263,8 @@ def plot_patient_dp(table: pd.DataFrame, *, ax=None, metric: str = "balanced_acc
     stats = stats.rename(columns={"count": "n"})
     for i, (site, group) in enumerate(stats.dropna(subset=["mean"]).groupby("site", sort=False)):
         group = group.sort_values("epsilon")
-        spread = np.vstack([group["mean"] - group.ci_low.fillna(group["mean"]),
-                            group.ci_high.fillna(group["mean"]) - group["mean"]])
-        ax.errorbar(group.epsilon, group["mean"], yerr=spread, marker="o", capsize=3, label=site, color=f"C{i}")
+        ax.errorbar(group.epsilon, group["mean"], yerr=interval_errors(group["mean"], group.ci_low, group.ci_high),
+                    marker="o", capsize=3, label=site, color=f"C{i}")
     ax.set_xscale("log")
     ax.set_xlabel("record-level epsilon of the hospital (delta = 1e-5)")
     ax.set_ylabel(f"{metric.replace('_', ' ')}, own test patients")

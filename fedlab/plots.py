@@ -77,6 +77,14 @@ def axis_label(column: str) -> str:
 INTERVAL_NOTE = "mean, 95 % t-interval over seeds"
 
 
+def interval_errors(mean, low, high) -> np.ndarray:
+    """Error bars (2 x n: below, above) from each mean to its interval's bounds; none where either is undefined
+    (one seed, or no seed where the metric is defined)."""
+    mean, low, high = (np.asarray(v, dtype=float) for v in (mean, low, high))
+    below, above = mean - low, high - mean
+    return np.vstack([np.where(np.isnan(below), 0, below), np.where(np.isnan(above), 0, above)])
+
+
 def _with_intervals(data: pd.DataFrame, keys: Sequence[str], value: str) -> pd.DataFrame:
     """:func:`fedlab.stats.summary_table`, with one seed's interval drawn as the mean itself (nothing to draw)."""
     table = summary_table(data, list(keys), value)
@@ -243,9 +251,7 @@ def plot_comparison(table: pd.DataFrame, *, metric: Optional[str] = None, ax=Non
     label = (rows["method"] + ((" · " + rows["site"].astype(str)) if "site" in rows else "")).to_numpy()
     y = np.arange(len(rows))
     mean = rows["mean"].to_numpy(float)
-    low, high = rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)
-    spread = np.vstack([np.where(np.isnan(low), 0, mean - low), np.where(np.isnan(high), 0, high - mean)])
-    ax.errorbar(mean, y, xerr=spread, fmt="o", capsize=3, color="C0")
+    ax.errorbar(mean, y, xerr=interval_errors(mean, rows["ci_low"], rows["ci_high"]), fmt="o", capsize=3, color="C0")
     ax.set_yticks(y, [f"{name} (undefined)" if np.isnan(m) else name for name, m in zip(label, mean)])
     if chance is not None:
         ax.axvline(chance, color="k", ls=":", lw=1, label=f"a constant ({chance:g})")
@@ -274,10 +280,9 @@ def plot_site_comparison(table: pd.DataFrame, *, metric: str, methods: Optional[
     for i, (label, method) in enumerate(methods.items()):
         part = rows[rows["method"] == method].set_index("site").reindex(sites)
         mean = part["mean"].to_numpy(float)
-        low, high = part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float)
-        spread = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
         x = np.arange(len(sites)) + (i - (len(methods) - 1) / 2) * width
-        ax.bar(x, np.nan_to_num(mean), width=width, yerr=spread, capsize=2, label=label, color=f"C{i % 10}")
+        ax.bar(x, np.nan_to_num(mean), width=width, yerr=interval_errors(mean, part["ci_low"], part["ci_high"]),
+               capsize=2, label=label, color=f"C{i % 10}")
         for xi, m, site in zip(x, mean, sites):  # a bar of height 0 would read as a score of 0
             if np.isnan(m) and site not in undefined:
                 ax.text(xi, 0.02, "n/a", ha="center", rotation=90, fontsize="x-small")

@@ -39,13 +39,16 @@ def _needs(table: pd.DataFrame, columns, what: str) -> None:
                          f"fedlab.summarize_paired table{' with a reference' if 'diff' in missing[0] else ''})")
 
 
+def _select(table: pd.DataFrame, metric: Optional[str], site: Optional[str]) -> pd.DataFrame:
+    """The rows of ``metric`` (when the table has several) and ``site`` (None: every one)."""
+    if metric is not None and "metric" in table:
+        table = table[table["metric"] == metric]
+    return table if site is None else table[table["site"] == site]
+
+
 def _row(table: pd.DataFrame, method: str, metric: Optional[str], site: Optional[str]) -> pd.Series:
     _needs(table, ["method", "mean"], "a quote")
-    rows = table[table["method"] == method]
-    if metric is not None and "metric" in rows:
-        rows = rows[rows["metric"] == metric]
-    if site is not None:
-        rows = rows[rows["site"] == site]
+    rows = _select(table[table["method"] == method], metric, site)
     if len(rows) != 1:
         raise ValueError(f"method: {len(rows)} rows of the table match method={method!r}, metric={metric!r}, "
                          f"site={site!r}; exactly one must")
@@ -155,11 +158,7 @@ def ranking(table: pd.DataFrame, metric: Optional[str] = None, *, site: Optional
     with ``reference="best"``) this is a ranking that claims no more than the seeds support. Each interval is a
     95 % interval of its own, not corrected for the number of comparisons."""
     _needs(table, ["method", "diff", "diff_ci_low", "diff_ci_high", "p_value"], "a ranking")
-    rows = table
-    if metric is not None and "metric" in rows:
-        rows = rows[rows["metric"] == metric]
-    if site is not None:
-        rows = rows[rows["site"] == site]
+    rows = _select(table, metric, site)
     references = rows["reference"].dropna().unique() if "reference" in rows else []
     if len(references) != 1:
         raise ValueError(f"table: must compare with one reference (metric={metric!r}, site={site!r}), got "
@@ -203,6 +202,7 @@ def tally(table: pd.DataFrame, value: float, *, difference: bool = False, digits
     text = (f"{span}; 95 % interval above {value:g} in {above} of {len(table)}, below {value:g} in {below}, "
             f"holding {value:g} in {defined - above - below}")
     return text + (f", undefined in {len(table) - defined}" if defined < len(table) else "")
+
 
 def number(value: float, digits: int = 3) -> str:
     """A single number as the text quotes it."""
