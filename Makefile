@@ -13,6 +13,9 @@ STAMP := $(VENV)/.fedlab-installed
 # else data/heart_disease (where the loader downloads them, checksums checked).
 HEART_DIR ?= $(firstword $(wildcard $(CURDIR)/../shared/data/heart_disease) $(CURDIR)/data/heart_disease)
 export FEDLAB_HEART_DISEASE_DIR ?= $(HEART_DIR)
+# FLamby's Fed-TCGA-BRCA files, the same way (data/fed_tcga_brca is where the loader downloads them).
+TCGA_BRCA_DIR ?= $(firstword $(wildcard $(CURDIR)/../shared/data/fed_tcga_brca) $(CURDIR)/data/fed_tcga_brca)
+export FEDLAB_TCGA_BRCA_DIR ?= $(TCGA_BRCA_DIR)
 
 .PHONY: env test browser soak figures check-figures lab bench clean
 

@@ -13,7 +13,7 @@ import os as _os
 # warnings and stay visible; TF_CPP_MIN_LOG_LEVEL=0 in the environment shows TensorFlow's lines again.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from . import aggregation, crosssilo, privacy  # noqa: E402
+from . import aggregation, crosssilo, privacy, tcga  # noqa: E402
 from .accounting import epsilon, noise_multiplier_for
 from .aggregation import AGGREGATORS, register_aggregator
 from .algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm
@@ -66,6 +66,7 @@ from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
 from .secagg import measure_cost as secagg_cost
 from .sweeps import client_scores, grid, round_times, run_sweep
+from .tasks import LOSSES, METRICS, TASKS, Task, register_loss, register_metric, register_task
 from .systems import DEVICE_PROFILES, Devices, devices_from_csv, register_device_profile, register_device_table
 from .validation import ConfigError
 from .widgets import ExperimentPanel, exclude_selector
@@ -89,7 +90,9 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentPanel",
     "IidPartitioner",
+    "LOSSES",
     "LocalWorkers",
+    "METRICS",
     "MODELS",
     "ModelSpec",
     "NaturalPartitioner",
@@ -97,6 +100,8 @@ __all__ = [
     "Partitioner",
     "QuantitySkewPartitioner",
     "ShardPartitioner",
+    "TASKS",
+    "Task",
     "accounting_table",
     "aggregation",
     "catalog",
@@ -145,8 +150,11 @@ __all__ = [
     "register_dataset",
     "register_device_profile",
     "register_device_table",
+    "register_loss",
+    "register_metric",
     "register_model",
     "register_partitioner",
+    "register_task",
     "round_times",
     "rounds_to_target",
     "run_experiment",
@@ -160,6 +168,7 @@ __all__ = [
     "summarize_paired",
     "summarize_rounds_to_target",
     "tally",
+    "tcga",
     "tune",
     "use_worker_tls",
 ]

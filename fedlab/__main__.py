@@ -262,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     checkpoint_dir = None if args.no_checkpoint else out / "checkpoint"
     if checkpoint_dir is not None:
         Checkpoint(checkpoint_dir, config)  # refuses another config's checkpoint before anything is written
-    from .runner import RunStopped, clients_table, run_experiment
+    from .runner import RunStopped, clients_table, evaluated_rows, run_experiment
 
     # Ctrl-C ends the run after the current round, its checkpoint saved; a second Ctrl-C stops at once.
     # (A KeyboardInterrupt raised inside TensorFlow's or TFF's clean-up code can be swallowed there.)
@@ -289,8 +289,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     atomic_write(out / "history.csv", history.to_csv(index=False))
     if config.eval_per_client:
         atomic_write(out / "clients.csv", clients_table(history).to_csv(index=False))
-    last = history.dropna(subset=["eval_accuracy"]).iloc[-1]
-    print(f"round={int(last['round'])} eval_accuracy={last['eval_accuracy']:.4f} eval_loss={last['eval_loss']:.4f} "
+    last = evaluated_rows(history).iloc[-1]
+    metric = "eval_accuracy" if "eval_accuracy" in last else "eval_c_index"
+    print(f"round={int(last['round'])} {metric}={last[metric]:.4f} eval_loss={last['eval_loss']:.4f} "
           f"-> {out / 'history.csv'}")
     return 0
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .accounting import epsilon
+from .runner import evaluated_rows
 from .stats import interval, paired_difference, summary_table
 
 
@@ -135,7 +136,7 @@ def fastest_to_target(summary: pd.DataFrame, by=(), *, exclude: Sequence[str] = 
 
 def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """The last evaluated round of each run (one row per group of ``by`` and seed)."""
-    evaluated = history.dropna(subset=["eval_accuracy"])
+    evaluated = evaluated_rows(history)
     return evaluated.sort_values("round").groupby(list(by) + ["seed"], dropna=False).tail(1).reset_index(drop=True)
 
 

@@ -1,5 +1,5 @@
-"""What is registered: every data set, model, algorithm, partitioner, aggregator, attack, device profile and
-baseline, with its paper."""
+"""What is registered: every data set, task, loss, metric, model, algorithm, partitioner, aggregator, attack,
+device profile and baseline, with its paper."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from .data import DATASETS
 from .models import MODELS
 from .partition import PARTITIONERS
 from .systems import DEVICE_PROFILES
+from .tasks import LOSSES, METRICS, TASKS
 
-REGISTRIES = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS, "partitioner": PARTITIONERS,
+REGISTRIES = {"dataset": DATASETS, "task": TASKS, "loss": LOSSES, "metric": METRICS, "model": MODELS, "algorithm": ALGORITHMS, "partitioner": PARTITIONERS,
               "aggregator": AGGREGATORS, "attack": ATTACKS, "devices": DEVICE_PROFILES, "baseline": BASELINES}
 
 
@@ -31,6 +32,14 @@ def catalog() -> pd.DataFrame:
                 detail = f"{entry.component.role}"
             elif kind == "attack":
                 detail = entry.component.kind
+            elif kind == "dataset":
+                detail = entry.component.task
+            elif kind == "task":
+                detail = f"loss={entry.component.loss}, metrics={', '.join(entry.component.metrics)}"
+            elif kind == "loss":
+                detail = "" if entry.component.per_example else "couples a batch's records"
+            elif kind == "metric":
+                detail = entry.component.task
             rows.append({"kind": kind, "name": entry.name, "summary": entry.summary, "parameters": detail,
                          "paper": entry.paper or "", "builtin": entry.builtin})
     return pd.DataFrame(rows, columns=["kind", "name", "summary", "parameters", "paper", "builtin"])

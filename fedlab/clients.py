@@ -23,6 +23,7 @@ from .config import ExperimentConfig
 from .data import DATASETS, Dataset, DatasetSource, load_dataset, stratified_split
 from .models import ModelSpec
 from .partition import add_feature_noise, make_partitioner, partition_report
+from .tasks import TASKS
 
 
 @functools.lru_cache(maxsize=8)
@@ -50,7 +51,7 @@ def _validation_dataset(data: Dataset, fraction: float, seed: int) -> Dataset:
     train, val = [], []
     for s in np.unique(sites):
         idx = np.flatnonzero(sites == s)
-        tr, va = stratified_split(data.y_train[idx], fraction, seed + 17 + int(s))
+        tr, va = stratified_split(TASKS[data.task].strata(data.y_train[idx]), fraction, seed + 17 + int(s))
         train.append(idx[tr]), val.append(idx[va])
     train, val = np.concatenate(train), np.concatenate(val)
     return dataclasses.replace(
@@ -82,7 +83,8 @@ def client_arrays_for(config: ExperimentConfig) -> tuple[list[np.ndarray], list[
 
 def spec_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> ModelSpec:
     data = dataset_for(config) if data is None else data
-    return ModelSpec(config.model, data.num_features, data.num_classes, data.image_shape, config.freeze_layers)
+    return ModelSpec(config.model, data.num_features, data.num_classes, data.image_shape, config.freeze_layers,
+                     data.task)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,13 +30,14 @@ from .analysis import summarize_paired
 from .clients import dataset_for, spec_for
 from .config import FIELD_NAMES, ExperimentConfig
 from .data import Dataset
-from .evaluation import Evaluator, classification_metrics
+from .evaluation import Evaluator
 from .registry import Registry, decorator
-from .runner import final_weights, run_experiment
+from .runner import evaluated_rows, final_weights, run_experiment
 from .stats import METHODS as INTERVALS
+from .tasks import TASKS, Task
 from .validation import ConfigError
 
-METRICS = ("accuracy", "balanced_accuracy", "auc")
+METRICS = TASKS["classification"].metrics  # ("accuracy", "balanced_accuracy", "auc"); a task names its own
 VALIDATION_METRICS = tuple(f"validation_{m}" for m in METRICS)
 DEFAULT_VALIDATION_FRACTION = 0.2
 
@@ -51,16 +52,22 @@ def register_baseline(name: str, *, paper: Optional[str] = None, replace: bool =
     return decorator(BASELINES, name, lambda fn: fn, paper=paper, replace=replace)
 
 
-def metric_rows(logits: np.ndarray, data: Dataset, binary: bool) -> pd.DataFrame:
-    """The :data:`METRICS` on each site's test set (one row ``"all"`` without sites), with each site's test size
-    and prevalence (share of label 1; NaN beyond two classes)."""
+def metric_rows(logits: np.ndarray, data: Dataset, binary: Optional[bool] = None) -> pd.DataFrame:
+    """The metrics of the data's task (classification: :data:`METRICS`) on each site's test set (one row ``"all"``
+    without sites), with each site's test size and prevalence (classification: share of label 1, NaN beyond two
+    classes; survival: share of patients whose event was seen)."""
+    del binary  # the task knows (two classes: one logit)
+    task = TASKS[data.task]
     y = np.asarray(data.y_test)
     groups = ([("all", np.arange(len(y)))] if data.test_sites is None or data.site_names is None else
               [(name, np.flatnonzero(data.test_sites == s)) for s, name in enumerate(data.site_names)])
     rows = []
     for name, idx in groups:
-        scores = classification_metrics(logits[idx], y[idx], binary, data.num_classes)
-        prevalence = float((y[idx] == 1).mean()) if data.num_classes == 2 and len(idx) else np.nan
+        scores = task.scores(logits[idx], y[idx], data.num_classes)
+        if data.task == "survival":
+            prevalence = float(y[idx, 0].mean()) if len(idx) else np.nan
+        else:
+            prevalence = float((y[idx] == 1).mean()) if data.num_classes == 2 and len(idx) else np.nan
         rows.append({"site": name, **scores, "num_test": int(len(idx)), "prevalence": prevalence})
     return pd.DataFrame(rows)
 
@@ -71,9 +78,9 @@ def scores_of(config: ExperimentConfig, history: pd.DataFrame) -> pd.DataFrame:
     data = dataset_for(config)
     spec = spec_for(config, data)
     if config.algorithm_entry.personal and config.partition == "natural" and data.site_names is not None:
-        last = history.dropna(subset=["eval_accuracy"]).iloc[-1]
+        last = evaluated_rows(history).iloc[-1]
         table = metric_rows(np.zeros((len(data.y_test), 1)), data, spec.binary)  # sizes and prevalence
-        for metric in METRICS:
+        for metric in TASKS[data.task].metrics:
             table[metric] = [float(last[f"site_{metric}_{name}"]) for name in data.site_names]
         return table
     # a model of its own: the cached evaluator may be in use by a panel's run in another thread
@@ -89,6 +96,8 @@ def run_scores(config: ExperimentConfig, *, results_cache=None) -> pd.DataFrame:
 def _constant(config: ExperimentConfig, label_of_site: Callable[[Dataset, Optional[int]], int]) -> pd.DataFrame:
     data = dataset_for(config)
     spec = spec_for(config, data)
+    if data.task != "classification":  # one risk score for every patient: ranks nobody (a C-index of 0.5)
+        return metric_rows(np.zeros((len(data.y_test), 1)), data)
     predicted = np.zeros(len(data.y_test), int)
     if data.test_sites is None:
         predicted[:] = label_of_site(data, None)
@@ -170,13 +179,21 @@ def _applies(method: MethodSpec, base: Optional[ExperimentConfig], field: str) -
     return field in FIELD_NAMES or field in {f.name for f in config.algorithm_entry.param_fields()}
 
 
-def _check_metric(metric: str, field: str = "metric") -> None:
-    if metric not in VALIDATION_METRICS:
-        test = isinstance(metric, str) and (metric.removeprefix("test_") in METRICS
+def _task_of(config: Optional[ExperimentConfig]) -> Task:
+    """The task of the config's data set (classification without a config)."""
+    from .data import DATASETS
+
+    return TASKS[DATASETS[config.dataset].task] if isinstance(config, ExperimentConfig) else TASKS["classification"]
+
+
+def _check_metric(metric: str, field: str = "metric", task: Optional[Task] = None) -> None:
+    task = TASKS["classification"] if task is None else task
+    allowed = tuple(f"validation_{m}" for m in task.metrics)
+    if metric not in allowed:
+        test = isinstance(metric, str) and (metric.removeprefix("test_") in task.metrics
                                             or metric.startswith(("eval_", "test_")))
         why = (": choosing on the test set would report a number the choice has already seen" if test else "")
-        raise ConfigError(field, f"must be a validation metric ({', '.join(VALIDATION_METRICS)}), got "
-                                 f"{metric!r}{why}")
+        raise ConfigError(field, f"must be a validation metric ({', '.join(allowed)}), got {metric!r}{why}")
 
 
 def _candidates(space: Mapping[str, Sequence[Any]], budget: Optional[int], seed: int) -> list[dict]:
@@ -247,7 +264,7 @@ def _tune(method: MethodSpec, base: Optional[ExperimentConfig], space: Mapping[s
 
 
 def tune(config: ExperimentConfig, space: Mapping[str, Sequence[Any]], *, budget: Optional[int] = None,
-         metric: str = "validation_balanced_accuracy", seeds: Sequence[int] = (0,),
+         metric: Optional[str] = None, seeds: Sequence[int] = (0,),
          validation_fraction: float = DEFAULT_VALIDATION_FRACTION, baseline: Optional[str] = None,
          results_cache=None) -> tuple[ExperimentConfig, pd.DataFrame]:
     """The settings of ``space`` (setting -> values to try) that score best on ``metric``, measured on a
@@ -256,9 +273,12 @@ def tune(config: ExperimentConfig, space: Mapping[str, Sequence[Any]], *, budget
     ``budget``: at most that many candidates, drawn from the grid with a fixed generator (the same draw for
     every method with the same grid), so that methods compared are tuned with the same number of trials.
     ``baseline``: tune that registered baseline on ``config`` instead of ``config``'s own algorithm.
+    ``metric``: default ``validation_<the task's select_by>`` (classification: balanced accuracy).
     Returns the chosen config and the search's table (one row per candidate, its score, ``chosen``).
     """
-    _check_metric(metric)
+    task = _task_of(config)
+    metric = f"validation_{task.select_by}" if metric is None else metric
+    _check_metric(metric, task=task)
     _check_space(space, budget)
     seeds = _check_tuning(validation_fraction, seeds, "seeds")
     method: MethodSpec = config if baseline is None else BASELINES.entry(baseline).name
@@ -316,9 +336,9 @@ class Comparison(pd.DataFrame):
 
 
 def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[ExperimentConfig] = None,
-            reference: Optional[str] = None, metrics: Sequence[str] = METRICS, by_site: bool = False,
+            reference: Optional[str] = None, metrics: Optional[Sequence[str]] = None, by_site: bool = False,
             space: Optional[Mapping[str, Sequence[Any]]] = None, budget: Optional[int] = None,
-            tune_metric: str = "validation_balanced_accuracy", tune_seeds: Optional[Sequence[int]] = None,
+            tune_metric: Optional[str] = None, tune_seeds: Optional[Sequence[int]] = None,
             validation_fraction: float = DEFAULT_VALIDATION_FRACTION, interval: str = "t",
             confidence: float = 0.95, results_cache=None) -> pd.DataFrame:
     """Every method at every seed, one row per method and metric (and site, with ``by_site``).
@@ -331,16 +351,22 @@ def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[Experim
     ``p_value`` (paired t-test). With ``space`` every method is tuned first on validation data with the same
     ``budget`` of trials (:func:`tune`; on ``tune_seeds``, default the first seed).
 
+    ``metrics`` default to the data's task's (classification: accuracy, balanced accuracy, AUC; survival: the
+    C-index); ``tune_metric`` to ``validation_<the task's select_by>``.
+
     Returns a :class:`Comparison`: the table, with ``.scores``, ``.tuning``, ``.chosen`` and ``.per_site()``.
     """
     items = _as_methods(methods)
+    task = _task_of(next((m for m in items.values() if isinstance(m, ExperimentConfig)), base))
+    metrics = task.metrics if metrics is None else metrics
+    tune_metric = f"validation_{task.select_by}" if tune_metric is None else tune_metric
     if any(isinstance(m, str) for m in items.values()) and not isinstance(base, ExperimentConfig):
         raise ConfigError("base", "must be an ExperimentConfig when a method is a baseline name")
     if reference is not None and reference not in items:
         raise ConfigError("reference", f"must be one of the methods ({', '.join(items)}), got {reference!r}")
-    bad = [m for m in metrics if m not in METRICS]
+    bad = [m for m in metrics if m not in task.metrics]
     if isinstance(metrics, str) or bad or not metrics:
-        raise ConfigError("metrics", f"must be a list among {', '.join(METRICS)}, got {metrics!r}")
+        raise ConfigError("metrics", f"must be a list among {', '.join(task.metrics)}, got {metrics!r}")
     _check_summary(interval, confidence)
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, (int, np.integer)) for s in seeds):
@@ -352,7 +378,7 @@ def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[Experim
         if ignored:
             raise ConfigError(ignored[0], "means nothing without space (the settings to tune)")
     else:
-        _check_metric(tune_metric, "tune_metric")
+        _check_metric(tune_metric, "tune_metric", task)
         _check_space(space, budget)
         tune_seeds = _check_tuning(validation_fraction, seeds[:1] if tune_seeds is None else tune_seeds, "tune_seeds")
     chosen: dict[str, dict] = {label: {} for label in items}
@@ -366,7 +392,7 @@ def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[Experim
             tuning.append(table)
     frames = [_method_scores(method, base, seed, chosen[label], results_cache).assign(method=label, seed=seed)
               for label, method in items.items() for seed in seeds]
-    scores = pd.concat(frames, ignore_index=True)[["method", "seed", "site", *METRICS, "num_test", "prevalence"]]
+    scores = pd.concat(frames, ignore_index=True)[["method", "seed", "site", *task.metrics, "num_test", "prevalence"]]
     settings = dict(reference=reference, metrics=list(metrics), interval=interval, confidence=confidence)
     table = Comparison(summarize_scores(scores, by_site=by_site, **settings))
     table.scores, table.chosen, table.settings = scores, chosen, settings

@@ -30,6 +30,7 @@ from .distributed import parse_workers
 from .models import MODELS
 from .partition import PARTITIONERS
 from .systems import DEVICE_PROFILES, POLICIES
+from .tasks import LOSSES, TASKS
 from .validation import ConfigError, boolean, integer, is_integer, number, one_of
 
 EXECUTION_FIELDS = ("workers",)  # where a run executes, not what it computes
@@ -249,6 +250,7 @@ class ExperimentConfig:
         self._check_robust()
         self._check_attack(algorithm)
         self._check_finetune(algorithm)
+        self._check_task(algorithm, data)
         personal = getattr(self.algorithm_params, "personal_layers", None)
         if personal is not None and model.weight_layers is not None and personal >= model.weight_layers:
             raise ConfigError("personal_layers", f"must be below {model.weight_layers} for model {self.model!r} "
@@ -347,6 +349,29 @@ class ExperimentConfig:
         if self.freeze_layers:
             raise ConfigError("finetune_epochs", "must be 0 with frozen layers: fine-tuning runs fedlab's compiled "
                                                  "loop, which needs TFF's functional model")
+
+    def _check_task(self, algorithm: Algorithm, data) -> None:
+        """What a data set's task rules out: a loss that couples a batch's records has no per-record gradient for
+        DP-SGD; labels that are not classes cannot be flipped or dealt out by class; per-client and personalised
+        evaluation, fine-tuning and frozen layers score and build classifiers only."""
+        if data.task == "classification":
+            return
+        loss = LOSSES[TASKS[data.task].loss]
+        if self.dp == RECORD_LEVEL and not loss.per_example:
+            raise ConfigError("dp", f"'example' (DP-SGD) cannot be used on {self.dataset}: its loss {loss.name!r} "
+                                    "couples the records of a batch, so no record has a gradient of its own to clip")
+        if PARTITIONERS[self.partition].needs_classes:
+            raise ConfigError("partition", f"{self.partition!r} deals out by class label; {self.dataset} is a "
+                                           f"{data.task} data set without classes (use natural, iid or quantity)")
+        if ATTACKS[self.attack].kind == "data" and self.attacker_fraction > 0:
+            raise ConfigError("attack", f"{self.attack!r} flips class labels; {self.dataset} is a {data.task} data "
+                                        "set without classes (use an update attack)")
+        for field, used in (("algorithm", algorithm.personal), ("eval_per_client", self.eval_per_client),
+                            ("finetune_epochs", self.finetune_epochs), ("freeze_layers", self.freeze_layers)):
+            if used:
+                what = f"{self.algorithm!r} (personalised models)" if field == "algorithm" else "is"
+                raise ConfigError(field, f"{what} not available for {data.task} data ({self.dataset}) yet: it "
+                                         "scores or builds classifiers only")
 
     def _check_robust(self) -> None:
         """Median and Krum need every update as it is: secure sums, DP noise and compression hide them."""

@@ -1,7 +1,8 @@
 """Data sets as NumPy arrays with a held-out test split, and their registry.
 
-Every loader returns a :class:`Dataset`: flat float32 features, int32 labels,
-and, for naturally federated data, the site (client) of every example. Loaders
+Every loader returns a :class:`Dataset`: flat float32 features, labels (int32
+classes, or float32 (event, time) pairs for a survival data set), and, for
+naturally federated data, the site (client) of every example. Loaders
 are registered by name with :func:`register_dataset`, fedlab's own exactly as
 a user's. Nothing here imports TensorFlow; :mod:`fedlab.clients` turns arrays
 into what each client holds.
@@ -38,6 +39,27 @@ HEART_DISEASE_COLUMNS = (
     "age sex cp trestbps chol fbs restecg thalach exang oldpeak slope ca thal num".split()
 )
 
+TCGA_BRCA_ENV = "FEDLAB_TCGA_BRCA_DIR"
+# FLamby's clients 0-5 (fold2 "train_k"/"test_k"): the region of the tissue source site, pid[5:7] in centers.csv.
+TCGA_BRCA_REGIONS = ("northeast", "south", "west", "midwest", "europe", "canada")
+FLAMBY_COMMIT = "edacf54d5211520583b0133d55ac39b6fda8324b"
+TCGA_BRCA_URL = (
+    f"https://raw.githubusercontent.com/owkin/FLamby/{FLAMBY_COMMIT}/flamby/datasets/fed_tcga_brca/{{path}}"
+)
+# Each file's path under FLamby's flamby/datasets/fed_tcga_brca/ (the loader keeps them side by side).
+TCGA_BRCA_PATHS = {
+    "brca.csv": "brca.csv",
+    "centers.csv": "centers.csv",
+    "train_test_split.csv": "dataset_creation_scripts/train_test_split.csv",
+}
+# SHA-256 of the files in FLamby at that commit.
+TCGA_BRCA_SHA256 = {
+    "brca.csv": "07cb53423f7d579d33cfdbf2cba57b2aee75318b85866c68ce39a75b1f1ba020",
+    "centers.csv": "d610df2dae0203ea229c9579747ed3eb8d28e137c5378f55acc6fe6b4632bb1d",
+    "train_test_split.csv": "1249c6543a4060ff0fdaf8510fc37017755836db6c9fc5e6af96057c36510990",
+}
+TCGA_BRCA_TEST_FRACTION = 222 / 1088  # FLamby's fixed split: 866 training, 222 test patients
+
 
 class DataUnavailableError(RuntimeError):
     """The data set is not on this machine and could not be downloaded."""
@@ -49,7 +71,9 @@ class Dataset:
 
     ``train_sites``/``test_sites`` hold the natural client index of each
     example (None where the data has no natural clients); ``site_names``
-    names those indices.
+    names those indices. ``task``: "classification" (labels are int classes
+    0..num_classes-1) or "survival" (labels are float32 (n, 2) columns
+    (event, time): event 1 observed, 0 censored; ``num_classes`` is 0).
     """
 
     name: str
@@ -63,6 +87,7 @@ class Dataset:
     train_sites: Optional[np.ndarray] = None
     test_sites: Optional[np.ndarray] = None
     site_names: Optional[tuple[str, ...]] = None
+    task: str = "classification"
 
     @property
     def num_features(self) -> int:
@@ -121,7 +146,8 @@ class DatasetSource:
     ``sites``: None (no natural clients), the number of natural clients, or
     True (natural clients, how many depends on the data); ``images``: flat
     square-image features a CNN can reshape; ``test_fraction``: the loader's
-    own default share of held-out examples.
+    own default share of held-out examples; ``task``: what its labels are
+    (:attr:`Dataset.task`).
     """
 
     name: str
@@ -129,6 +155,7 @@ class DatasetSource:
     sites: Union[None, bool, int] = None
     images: bool = False
     test_fraction: float = 0.2
+    task: str = "classification"
 
     @property
     def has_sites(self) -> bool:
@@ -139,13 +166,15 @@ DATASETS: Registry[DatasetSource] = Registry("dataset", "dataset")
 
 
 def register_dataset(name: str, *, sites: Union[None, bool, int] = None, images: bool = False,
-                     test_fraction: float = 0.2, paper: Optional[str] = None, replace: bool = False):
+                     test_fraction: float = 0.2, task: str = "classification", paper: Optional[str] = None,
+                     replace: bool = False):
     """Registers ``loader(*, seed, test_fraction) -> Dataset`` under ``name``.
 
     ``sites``: the number of natural clients (for ``partition="natural"``), True
-    if the data has sites but their number varies, None if it has none.
+    if the data has sites but their number varies, None if it has none;
+    ``task``: "classification" or "survival" (what the loader's labels are).
     """
-    return decorator(DATASETS, name, lambda load: DatasetSource(name, load, sites, images, test_fraction),
+    return decorator(DATASETS, name, lambda load: DatasetSource(name, load, sites, images, test_fraction, task),
                      paper=paper, replace=replace)
 
 
@@ -243,27 +272,94 @@ def load_mnist5k(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     return _from_arrays("mnist5k", x / 255.0, y, seed=seed, test_fraction=test_fraction, image_shape=(28, 28))
 
 
+# Data sets fetched as files ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """A data set read from files in a folder, downloaded when missing: what its messages name."""
+
+    name: str  # the data set
+    env: str  # the environment variable naming the folder
+    publisher: str  # whose files they are
+    files: str  # the files, as the missing-file message lists them
+    url: str  # where they come from, as the missing-file message shows it
+
+
+def _data_dir(source: _Source, folder: str) -> pathlib.Path:
+    """$``source.env`` if set, else data/``folder`` in the checkout."""
+    env = os.environ.get(source.env)
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path(__file__).resolve().parent.parent / "data" / folder
+
+
+def _fetch(source: _Source, directory: pathlib.Path, files: dict, download: bool) -> dict[str, pathlib.Path]:
+    """``files``: key -> (file name, download URL, SHA-256). Each missing file is downloaded (when ``download``),
+    then checked; a checksum mismatch is an error, never silently used."""
+    paths = {}
+    for key, (name, url, expected) in files.items():
+        path = directory / name
+        if not path.exists():
+            if not download:
+                raise DataUnavailableError(_missing_message(source, directory, path))
+            _download(source, url, path, directory)
+        digest = _sha256(source, path)
+        if digest != expected:
+            raise DataUnavailableError(
+                f"{path}: SHA-256 is {digest}, expected {expected}; "
+                f"the file is not the one {source.publisher} publishes. Delete it and download it again."
+            )
+        paths[key] = path
+    return paths
+
+
+def _sha256(source: _Source, path: pathlib.Path) -> str:
+    """The file's SHA-256; DataUnavailableError naming it if it is a folder or cannot be read."""
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise DataUnavailableError(f"{source.name}: {path} is {kind}; it must be {source.publisher}'s file "
+                                   f"{path.name} ({source.env} names the folder that holds it)")
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise DataUnavailableError(f"{source.name}: cannot read {path}: {err.strerror or err}") from None
+
+
+def _missing_message(source: _Source, directory: pathlib.Path, path: pathlib.Path) -> str:
+    return (
+        f"{source.name}: {path} not found and it could not be downloaded. Put {source.files} in {directory}, or set "
+        f"{source.env} to the folder that holds them (source: {source.url})."
+    )
+
+
+def _download(source: _Source, url: str, path: pathlib.Path, directory: pathlib.Path) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            content = response.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise DataUnavailableError(f"{_missing_message(source, directory, path)} Download error: {err}") from err
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(content)
+        tmp.replace(path)
+    except OSError as err:  # e.g. the folder named is a file
+        raise DataUnavailableError(f"{source.name}: cannot write {path}: {err.strerror or err}") from None
+
+
 # Heart disease -----------------------------------------------------------------
+
+_HEART_DISEASE = _Source(
+    "heart_disease", HEART_DISEASE_ENV, "UCI",
+    f"the four UCI files processed.{{{','.join(HEART_DISEASE_SITES)}}}.data",
+    HEART_DISEASE_URL.format(site="<site>"),
+)
 
 
 def heart_disease_dir() -> pathlib.Path:
     """Where the UCI files are read from: $FEDLAB_HEART_DISEASE_DIR, else data/heart_disease."""
-    env = os.environ.get(HEART_DISEASE_ENV)
-    if env:
-        return pathlib.Path(env)
-    return pathlib.Path(__file__).resolve().parent.parent / "data" / "heart_disease"
-
-
-def _sha256(path: pathlib.Path) -> str:
-    """The file's SHA-256; DataUnavailableError naming it if it is a folder or cannot be read."""
-    if not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file"
-        raise DataUnavailableError(f"heart_disease: {path} is {kind}; it must be UCI's file "
-                                   f"{path.name} ({HEART_DISEASE_ENV} names the folder that holds it)")
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as err:
-        raise DataUnavailableError(f"heart_disease: cannot read {path}: {err.strerror or err}") from None
+    return _data_dir(_HEART_DISEASE, "heart_disease")
 
 
 def fetch_heart_disease(directory: Optional[pathlib.Path] = None, *, download: bool = True) -> dict[str, pathlib.Path]:
@@ -273,45 +369,9 @@ def fetch_heart_disease(directory: Optional[pathlib.Path] = None, *, download: b
     a file whose checksum differs is an error, never silently used.
     """
     directory = pathlib.Path(directory) if directory is not None else heart_disease_dir()
-    paths = {}
-    for site in HEART_DISEASE_SITES:
-        path = directory / f"processed.{site}.data"
-        if not path.exists():
-            if not download:
-                raise DataUnavailableError(_missing_message(directory, path))
-            _download(HEART_DISEASE_URL.format(site=site), path, directory)
-        digest = _sha256(path)
-        if digest != HEART_DISEASE_SHA256[site]:
-            raise DataUnavailableError(
-                f"{path}: SHA-256 is {digest}, expected {HEART_DISEASE_SHA256[site]}; "
-                "the file is not the one UCI publishes. Delete it and download it again."
-            )
-        paths[site] = path
-    return paths
-
-
-def _missing_message(directory: pathlib.Path, path: pathlib.Path) -> str:
-    return (
-        f"heart_disease: {path} not found and it could not be downloaded. Put the four UCI files "
-        f"processed.{{{','.join(HEART_DISEASE_SITES)}}}.data in {directory}, or set "
-        f"{HEART_DISEASE_ENV} to the folder that holds them "
-        f"(source: {HEART_DISEASE_URL.format(site='<site>')})."
-    )
-
-
-def _download(url: str, path: pathlib.Path, directory: pathlib.Path) -> None:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            content = response.read()
-    except (urllib.error.URLError, OSError) as err:
-        raise DataUnavailableError(f"{_missing_message(directory, path)} Download error: {err}") from err
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(content)
-        tmp.replace(path)
-    except OSError as err:  # e.g. the folder named is a file
-        raise DataUnavailableError(f"heart_disease: cannot write {path}: {err.strerror or err}") from None
+    files = {site: (f"processed.{site}.data", HEART_DISEASE_URL.format(site=site), HEART_DISEASE_SHA256[site])
+             for site in HEART_DISEASE_SITES}
+    return _fetch(_HEART_DISEASE, directory, files, download)
 
 
 def read_heart_disease_sites(directory: Optional[pathlib.Path] = None, *, download: bool = True):
@@ -432,6 +492,91 @@ def load_heart_disease_flamby(*, seed: int = 0, test_fraction: float = 1.0 - FLA
     return Dataset("heart_disease_flamby", x_train, arrays["y_train"], x_test, arrays["y_test"], num_classes=2,
                    feature_names=arrays["feature_names"], train_sites=arrays["train_sites"],
                    test_sites=arrays["test_sites"], site_names=HEART_DISEASE_SITES)
+
+
+# Fed-TCGA-BRCA -------------------------------------------------------------------
+#
+# Provenance and licence: The Cancer Genome Atlas BRCA project's open-access clinical data (NIH Genomic Data
+# Commons, portal.gdc.cancer.gov/projects/TCGA-BRCA), preprocessed by Andreux et al. 2020 (arXiv:2006.08997) and
+# distributed by FLamby (owkin/FLamby, flamby/datasets/fed_tcga_brca/, MIT licence, (c) 2022 Owkin). The files are
+# read from a folder outside the repository and never committed.
+
+_TCGA_BRCA = _Source(
+    "fed_tcga_brca", TCGA_BRCA_ENV, "FLamby",
+    "FLamby's three files brca.csv, centers.csv and train_test_split.csv side by side",
+    TCGA_BRCA_URL.format(path="{" + ",".join(TCGA_BRCA_PATHS.values()) + "}"),
+)
+
+
+def tcga_brca_dir() -> pathlib.Path:
+    """Where FLamby's Fed-TCGA-BRCA files are read from: $FEDLAB_TCGA_BRCA_DIR, else data/fed_tcga_brca."""
+    return _data_dir(_TCGA_BRCA, "fed_tcga_brca")
+
+
+def fetch_tcga_brca(directory: Optional[pathlib.Path] = None, *, download: bool = True) -> dict[str, pathlib.Path]:
+    """Paths of brca.csv, centers.csv and train_test_split.csv, verified against their SHA-256 sums.
+
+    Files missing from ``directory`` are downloaded from FLamby on GitHub (commit
+    edacf54) when ``download``; a file whose checksum differs is an error, never
+    silently used.
+    """
+    directory = pathlib.Path(directory) if directory is not None else tcga_brca_dir()
+    files = {name: (name, TCGA_BRCA_URL.format(path=path), TCGA_BRCA_SHA256[name])
+             for name, path in TCGA_BRCA_PATHS.items()}
+    return _fetch(_TCGA_BRCA, directory, files, download)
+
+
+def read_tcga_brca(directory: Optional[pathlib.Path] = None, *, download: bool = True):
+    """``brca.csv`` joined with FLamby's split (pandas), in ``brca.csv`` order.
+
+    Columns: ``pid``, the 39 features, ``E`` (1 death observed, 0 censored),
+    ``T`` (days), then ``fold`` ("train"/"test"), ``fold2`` ("train_k"/"test_k")
+    and ``client`` (k, an int: the region ``TCGA_BRCA_REGIONS[k]``). The 8
+    patients the split leaves out (region "Other") are dropped: 1,088 rows.
+    """
+    import pandas as pd
+
+    paths = fetch_tcga_brca(directory, download=download)
+    table = pd.read_csv(paths["brca.csv"])
+    split = pd.read_csv(paths["train_test_split.csv"]).set_index("pid")
+    table = table[table["pid"].isin(split.index)].reset_index(drop=True)
+    table["fold"] = split.loc[table["pid"], "fold"].to_numpy()
+    table["fold2"] = split.loc[table["pid"], "fold2"].to_numpy()
+    table["client"] = table["fold2"].str.rsplit("_", n=1).str[1].astype(int)
+    return table
+
+
+@register_dataset("fed_tcga_brca", sites=6, task="survival", test_fraction=TCGA_BRCA_TEST_FRACTION,
+                  paper="FLamby Fed-TCGA-BRCA (Ogier du Terrail et al. 2022); Andreux et al. 2020; "
+                        "TCGA-BRCA (GDC open access)")
+def load_tcga_brca(*, seed: int = 0, test_fraction: float = TCGA_BRCA_TEST_FRACTION,
+                   directory: Optional[pathlib.Path] = None) -> Dataset:
+    """Fed-TCGA-BRCA: survival of 1,088 breast-cancer patients in six regions, FLamby's fixed split.
+
+    The Cancer Genome Atlas BRCA clinical data (open access through the NIH
+    Genomic Data Commons), preprocessed by Andreux et al. 2020 and distributed
+    by FLamby (Ogier du Terrail et al. 2022, MIT licence). The client is the
+    region of the patient's tissue source site (``TCGA_BRCA_REGIONS``); FLamby's
+    ``train_test_split.csv`` gives 866 training and 222 test patients whatever
+    the seed. x: the 39 features as FLamby feeds them (float32, age in years
+    not scaled, the rest one-hot 0/1); y: float32 (n, 2) columns (E, T), event
+    and time in days. Rows are grouped by client 0..5 and, within a client, in
+    ``brca.csv`` order (FLamby's per-centre datasets).
+    """
+    del seed
+    if abs(test_fraction - TCGA_BRCA_TEST_FRACTION) > 1e-9:
+        raise ConfigError("test_fraction", "must be left unset for fed_tcga_brca (FLamby's fixed split: 866 training, "
+                                           "222 test patients)")
+    table = read_tcga_brca(directory)
+    table = table.iloc[np.argsort(table["client"].to_numpy(), kind="stable")]
+    features = table.columns[1:40]
+    x = table[features].to_numpy(dtype=np.float32)
+    y = table[["E", "T"]].to_numpy(dtype=np.float32)
+    sites = table["client"].to_numpy(dtype=np.int32)
+    test = (table["fold"] == "test").to_numpy()
+    return Dataset("fed_tcga_brca", x[~test], y[~test], x[test], y[test], num_classes=0,
+                   feature_names=tuple(features), train_sites=sites[~test], test_sites=sites[test],
+                   site_names=TCGA_BRCA_REGIONS, task="survival")
 
 
 @register_dataset("emnist", sites=True, images=True, paper="Cohen et al. 2017; Caldas et al. 2018 (LEAF)")

@@ -1,4 +1,4 @@
-"""Evaluating global model weights: held-out loss and accuracy, per site, per client.
+"""Evaluating global model weights: held-out loss and the task's metrics, per site, per client.
 
 Evaluation runs centrally on a Keras copy of the model (one per model spec in
 this process), in float64 NumPy after the forward pass, so that numbers do not
@@ -15,21 +15,7 @@ import pandas as pd
 
 from .data import Dataset
 from .models import ModelSpec
-
-
-def per_example_loss(logits: np.ndarray, y: np.ndarray, binary: bool) -> np.ndarray:
-    """Cross-entropy of each example, float64: sigmoid for one logit, softmax otherwise. A diverged model's
-    infinite or NaN logits give a NaN loss (the history says so), without NumPy's warning."""
-    logits = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(y).reshape(-1)
-    with np.errstate(invalid="ignore", over="ignore"):
-        if binary:
-            z = logits.reshape(-1)
-            # log(1 + exp(-|z|)) + max(z, 0) - z*y: the stable form of BCE with logits.
-            return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return -log_probs[np.arange(len(y)), y]
+from .tasks import LOSSES, classification_metrics, per_example_loss, positive_scores  # noqa: F401 (re-exported)
 
 
 def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[float, float]:
@@ -41,48 +27,6 @@ def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[fl
     loss = float(per_example_loss(logits, y, binary).mean())
     predicted = (logits.reshape(-1) > 0).astype(int) if binary else logits.argmax(axis=1)
     return loss, float((predicted == y).mean())
-
-
-def positive_scores(logits: np.ndarray, binary: bool) -> np.ndarray:
-    """One score per example that ranks the positive class (binary): the logit, or the logit difference."""
-    z = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
-    if binary or z.shape[1] == 1:
-        return z[:, 0]
-    return z[:, 1] - z[:, 0]
-
-
-def classification_metrics(logits: np.ndarray, y: np.ndarray, binary: bool, num_classes: int) -> dict:
-    """Accuracy, balanced accuracy and ROC AUC of logits against integer labels.
-
-    Balanced accuracy is the mean recall over the classes, so predicting the majority class scores
-    1 / classes whatever the prevalence. A test set that lacks a class has no balanced accuracy (binary:
-    the recall of the absent class is undefined) and no AUC: NaN, to be reported as undefined and left
-    out of means, never scored as the constant predictor's perfect 1.0. Multi-class: balanced accuracy over
-    the classes present (NaN with one class present, for the same reason), AUC one-vs-rest (macro) only with
-    every class present.
-    """
-    y = np.asarray(y).reshape(-1)
-    nan = float("nan")
-    if len(y) == 0:
-        return {"accuracy": nan, "balanced_accuracy": nan, "auc": nan}
-    logits = np.asarray(logits, dtype=np.float64)
-    binary = binary or logits.reshape(len(y), -1).shape[1] == 1
-    predicted = (logits.reshape(-1) > 0).astype(int) if binary else logits.argmax(axis=1)
-    present = np.unique(y)
-    recalls = [float((predicted[y == c] == c).mean()) for c in present]
-    all_present = len(present) == (2 if binary else num_classes)
-    balanced = float(np.mean(recalls)) if (all_present or (not binary and len(present) > 1)) else nan
-    auc = nan
-    if all_present and np.isfinite(logits).all():  # a diverged model (inf or NaN logits) ranks nothing
-        from sklearn.metrics import roc_auc_score
-
-        if binary:
-            auc = float(roc_auc_score(y, positive_scores(logits, True)))
-        else:
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-            auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=np.arange(num_classes)))
-    return {"accuracy": float((predicted == y).mean()), "balanced_accuracy": balanced, "auc": auc}
 
 
 class Evaluator:
@@ -109,22 +53,30 @@ class Evaluator:
         return np.concatenate([self.model(x[i:i + batch], training=False).numpy() for i in range(0, len(x), batch)])
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        return evaluate_logits(self.logits(x), y, self.spec.binary)
+        """(loss, the task's ``eval_metric``) on ``x, y``: for classification (loss, accuracy)."""
+        if self.spec.task == "classification":
+            return evaluate_logits(self.logits(x), y, self.spec.binary)
+        task = self.spec.task_entry
+        outputs = self.logits(x)
+        loss = LOSSES[task.loss].numpy(outputs, y, self.spec.num_classes)
+        return float(loss), float(task.scores(outputs, y, self.spec.num_classes)[task.eval_metric])
 
     def site_metrics(self, data: Dataset, weights_for: Optional[Callable[[int], Any]] = None) -> dict:
-        """Each site's own held-out data: ``site_accuracy_<name>``, ``site_balanced_accuracy_<name>`` and
-        ``site_auc_<name>`` (:func:`classification_metrics`; NaN where the site's test set has one class), and
-        their means over the sites where they are defined, ``mean_site_accuracy`` (the cross-silo benchmarks'
-        headline; ``eval_accuracy`` pools all test data), ``mean_site_balanced_accuracy``, ``mean_site_auc``.
+        """Each site's own held-out data: ``site_<metric>_<name>`` for each metric of the data's task (for
+        classification ``site_accuracy_<name>``, ``site_balanced_accuracy_<name>`` and ``site_auc_<name>``,
+        :func:`classification_metrics`; NaN where the site's test set has one class; for survival
+        ``site_c_index_<name>``), and their means over the sites where they are defined, ``mean_site_<metric>``
+        (``mean_site_accuracy`` is the cross-silo benchmarks' headline; ``eval_accuracy`` pools all test data).
         With ``weights_for(site)`` (``ModelWeights``), each site's own model (personalisation)."""
+        task = self.spec.task_entry
         logits = self.logits(data.x_test) if weights_for is None else None
-        out, by_metric = {}, {"accuracy": [], "balanced_accuracy": [], "auc": []}
+        out, by_metric = {}, {metric: [] for metric in task.metrics}
         for s, name in enumerate(data.site_names):
             idx = np.flatnonzero(data.test_sites == s)
             if weights_for is not None:
                 self.set_weights(weights_for(s))
             site_logits = logits[idx] if logits is not None else self.logits(data.x_test[idx])
-            scores = classification_metrics(site_logits, data.y_test[idx], self.spec.binary, self.spec.num_classes)
+            scores = task.scores(site_logits, data.y_test[idx], self.spec.num_classes)
             for metric, value in scores.items():
                 out[f"site_{metric}_{name}"] = value
                 by_metric[metric].append(value)

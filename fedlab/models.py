@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .registry import Registry, decorator
+from .tasks import LOSSES, TASKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +27,13 @@ class DataShape:
     num_features: int
     num_classes: int
     image_shape: Optional[tuple[int, int]] = None  # (height, width) when features are a flattened image
+    task: str = "classification"  # a fedlab.tasks name: what the labels mean
 
     @property
     def num_outputs(self) -> int:
-        """Logits the model must output: 1 for two classes, else one per class."""
-        return 1 if self.num_classes == 2 else self.num_classes
+        """Outputs the model must have: for classification 1 logit for two classes, else one per class; for
+        survival 1 (the risk score)."""
+        return TASKS[self.task].num_outputs(self.num_classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,12 @@ def logreg_torch(shape: DataShape, seed: int):
                                                       bias_initializer=init(1))])
 
 
+@register_model("cox_linear", weight_layers=1, paper="FLamby's Fed-TCGA-BRCA Baseline (nn.Linear(39, 1))")
+def cox_linear(shape: DataShape, seed: int):
+    """A linear risk score (a Cox model's log hazard ratio), initialised as PyTorch's nn.Linear."""
+    return logreg_torch(shape, seed)
+
+
 @register_model("2nn", weight_layers=3, paper="McMahan et al. 2017, arXiv:1602.05629")
 def two_nn(shape: DataShape, seed: int):
     """The 2NN: two hidden layers of 200 ReLU units."""
@@ -136,14 +145,20 @@ class ModelSpec:
     num_classes: int
     image_shape: Optional[tuple[int, int]] = None
     freeze_layers: int = 0  # the first n layers with weights stay at their initial values
+    task: str = "classification"  # a fedlab.tasks name: the loss, the labels and the metrics
 
     @property
     def binary(self) -> bool:
-        return self.num_classes == 2
+        """Two-class classification: one logit, binary cross-entropy."""
+        return self.task == "classification" and self.num_classes == 2
 
     @property
     def shape(self) -> DataShape:
-        return DataShape(self.num_features, self.num_classes, self.image_shape)
+        return DataShape(self.num_features, self.num_classes, self.image_shape, self.task)
+
+    @property
+    def task_entry(self):
+        return TASKS[self.task]
 
     @property
     def builder(self) -> ModelBuilder:
@@ -167,33 +182,18 @@ class ModelSpec:
     def input_spec(self):
         import tensorflow as tf
 
-        label_spec = tf.TensorSpec([None, 1], tf.float32) if self.binary else tf.TensorSpec([None], tf.int32)
-        return (tf.TensorSpec([None, self.num_features], tf.float32), label_spec)
+        return (tf.TensorSpec([None, self.num_features], tf.float32), self.task_entry.label_spec(self.num_classes))
 
     def prepare_labels(self, y: np.ndarray) -> np.ndarray:
-        """Labels in the form the loss expects: float column for binary, int vector otherwise."""
-        y = np.asarray(y)
-        return y.astype(np.float32).reshape(-1, 1) if self.binary else y.astype(np.int32)
+        """Labels in the form the loss expects (classification: a float column for two classes, an int vector
+        otherwise; survival: float32 (event, time) rows)."""
+        return self.task_entry.prepare_labels(y, self.num_classes)
 
     def loss(self):
-        import tensorflow as tf
-
-        if self.binary:
-            return tf.keras.losses.BinaryCrossentropy(from_logits=True)
-        return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return LOSSES[self.task_entry.loss].keras(self.num_classes)
 
     def metrics_constructor(self):
-        import tensorflow as tf
-
-        if self.binary:
-            return collections.OrderedDict(
-                accuracy=lambda: tf.keras.metrics.BinaryAccuracy(threshold=0.0),
-                loss=lambda: tf.keras.metrics.BinaryCrossentropy(from_logits=True),
-            )
-        return collections.OrderedDict(
-            accuracy=tf.keras.metrics.SparseCategoricalAccuracy,
-            loss=lambda: tf.keras.metrics.SparseCategoricalCrossentropy(from_logits=True),
-        )
+        return self.task_entry.train_metrics(self.num_classes)
 
     def functional_model(self, seed: int = 0):
         """The TFF functional model; faster in simulation than the Keras-model path."""

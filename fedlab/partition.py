@@ -210,21 +210,23 @@ class PartitionScheme:
 
     ``make`` reads what it needs from the config (``num_clients``, ``alpha``,
     ``shards_per_client``, ``seeds["data"]``); ``needs_sites``: only for data
-    with natural clients.
+    with natural clients; ``needs_classes``: it deals out by class label, so
+    only for classification data.
     """
 
     name: str
     make: Callable[..., Partitioner]
     needs_sites: bool = False
+    needs_classes: bool = False
 
 
 PARTITIONERS: Registry[PartitionScheme] = Registry("partitioner", "partition")
 
 
-def register_partitioner(name: str, *, needs_sites: bool = False, paper: Optional[str] = None,
-                         replace: bool = False):
+def register_partitioner(name: str, *, needs_sites: bool = False, needs_classes: bool = False,
+                         paper: Optional[str] = None, replace: bool = False):
     """Registers ``make(config, site_ids) -> Partitioner`` under ``name`` (``partition=name`` in a config)."""
-    return decorator(PARTITIONERS, name, lambda make: PartitionScheme(name, make, needs_sites),
+    return decorator(PARTITIONERS, name, lambda make: PartitionScheme(name, make, needs_sites, needs_classes),
                      paper=paper, replace=replace)
 
 
@@ -234,13 +236,13 @@ def _iid(config, site_ids=None) -> Partitioner:
     return IidPartitioner(config.num_clients, seed=config.seeds["data"])
 
 
-@register_partitioner("dirichlet", paper="Hsu, Qi and Brown 2019, arXiv:1909.06335")
+@register_partitioner("dirichlet", needs_classes=True, paper="Hsu, Qi and Brown 2019, arXiv:1909.06335")
 def _dirichlet(config, site_ids=None) -> Partitioner:
     """Label skew: each class split over clients in Dirichlet(alpha) proportions."""
     return DirichletPartitioner(config.num_clients, config.alpha, seed=config.seeds["data"])
 
 
-@register_partitioner("shards", paper="McMahan et al. 2017, arXiv:1602.05629")
+@register_partitioner("shards", needs_classes=True, paper="McMahan et al. 2017, arXiv:1602.05629")
 def _shards(config, site_ids=None) -> Partitioner:
     """Pathological non-IID: shards_per_client label shards per client."""
     return ShardPartitioner(config.num_clients, config.shards_per_client, seed=config.seeds["data"])

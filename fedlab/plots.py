@@ -322,22 +322,26 @@ def plot_images(images: Sequence[np.ndarray], image_shape: tuple[int, int], *, t
 
 
 def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: Optional[Sequence[str]] = None,
-                       excluded: Sequence[str] = (), title: str = "accuracy on each site's own test set"):
-    """Bars of the latest ``site_accuracy_<site>`` columns of a run (the global model per site).
+                       excluded: Sequence[str] = (), title: Optional[str] = None, metric: str = "accuracy"):
+    """Bars of the latest ``site_<metric>_<site>`` columns of a run (the global model per site; ``metric``:
+    ``accuracy``, or any per-site metric of the data's task, e.g. ``c_index``).
 
     Sites in ``excluded`` (left out of training, still evaluated) are hatched and marked.
     """
     fig, ax = _axis(ax, figsize=(5, 3.5))
-    table = pd.DataFrame(columns=["site", "accuracy"])
+    label = metric.replace("_", " ").replace("c index", "C-index")
+    title = f"{label} on each site's own test set" if title is None else title
+    prefix = f"site_{metric}_"
+    table = pd.DataFrame(columns=["site", metric])
     if history is not None and len(history):
-        columns = [c for c in history.columns if c.startswith("site_accuracy_")]
+        columns = [c for c in history.columns if c.startswith(prefix)]
         evaluated = history.dropna(subset=columns) if columns else history.iloc[0:0]
         if len(evaluated):
             last = evaluated.iloc[-1]
-            table = pd.DataFrame({"site": [c[len("site_accuracy_"):] for c in columns],
-                                  "accuracy": [float(last[c]) for c in columns]})
+            table = pd.DataFrame({"site": [c[len(prefix):] for c in columns],
+                                  metric: [float(last[c]) for c in columns]})
     sites = list(table["site"]) if len(table) else list(site_names or [])
-    values = list(table["accuracy"]) if len(table) else [0.0] * len(sites)
+    values = list(table[metric]) if len(table) else [0.0] * len(sites)
     for i, (site, value) in enumerate(zip(sites, values)):
         left_out = site in excluded
         ax.bar(i, value, color="0.85" if left_out else f"C{i}", edgecolor=f"C{i}", hatch="//" if left_out else None)
@@ -348,7 +352,7 @@ def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: 
     ax.set_xticks(range(len(sites)), sites, rotation=20 if max(map(len, sites), default=0) > 8 else 0,
                   ha="right" if max(map(len, sites), default=0) > 8 else "center")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (own test set)")
+    ax.set_ylabel(f"{label} (own test set)")
     ax.set_title(title, fontsize="medium")
     return fig, ax, table
 

@@ -19,7 +19,7 @@ from .accounting import epsilon
 from .clients import Clients, client_arrays_for, dataset_for, plan_size, spec_for
 from .config import RECORD_LEVEL
 from .evaluation import Evaluator, per_example_loss
-from .runner import final_weights, record_level_site_epsilons, run_experiment
+from .runner import evaluated_rows, final_weights, record_level_site_epsilons, run_experiment
 from .sampling import Scheduler
 
 
@@ -266,7 +266,7 @@ def privacy_utility(configs, *, results_cache=None, audit: bool = True, referenc
     rows = []
     for config in tqdm(configs, desc="privacy-utility"):
         history = run_experiment(config, results_cache=results_cache, progress=False)
-        last = history.dropna(subset=["eval_accuracy"]).iloc[-1]
+        last = evaluated_rows(history).iloc[-1]
         row = {**config.experiment_dict(), "eval_accuracy": float(last["eval_accuracy"]),
                "epsilon": (float(last["epsilon"]) if "epsilon" in history else math.inf)}
         if config.dp != "none" and config.noise_multiplier == 0:

@@ -3,7 +3,7 @@
 One row per round: ``round``, ``train_loss``, ``train_accuracy`` (client
 metrics during local training), ``eval_loss``, ``eval_accuracy`` (global
 model on the held-out test set, every ``eval_every`` rounds and at the last
-round), ``clients_this_round``, bytes moved, epsilon with DP, per-site and
+round; a survival task has no accuracy and reports ``eval_c_index``), ``clients_this_round``, bytes moved, epsilon with DP, per-site and
 per-client accuracy where they apply, ``seconds`` (wall time of the round),
 then every config field (the algorithm's hyperparameters included).
 
@@ -40,6 +40,7 @@ from .systems import DEVICE_PROFILES
 from .storage import Checkpoint, ResultCache, cache_key
 from .tensorboard import TensorBoardLog
 from .validation import ConfigError
+from .tasks import LOSSES, METRICS, TASKS
 
 MAX_ORDER_BYTES = 4 * 2**30  # per round: the batch orders of every client, int64
 
@@ -134,6 +135,9 @@ def component_digests(config: ExperimentConfig) -> list[str]:
     if is_update_attack(config):
         parts.append(ATTACKS[config.attack].apply)
     parts += [b.build for b in builders_in_use(config)]
+    task = TASKS[DATASETS[config.dataset].task]  # a loss or metric edited in a notebook must miss the cache
+    parts += [task.prepare_labels, LOSSES[task.loss].keras, LOSSES[task.loss].numpy,
+              *(METRICS[m].fn for m in task.metrics)]
     return [source_digest(p) for p in parts]
 
 
@@ -197,6 +201,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     sizes = spec.tensor_sizes()
     scheduler = Scheduler(config, [len(x) for x in clients.x], sizes, clients.attackers)
 
+    # the history's columns: classification's train_accuracy and eval_accuracy; a survival task's eval_c_index
+    eval_metric = spec.task_entry.eval_metric
+    train_extra = ("train_accuracy",) if spec.task == "classification" else ()
     state = initial_state(process, config, spec)
     start, rows, client_rows = 0, [], []
     if checkpoint is not None:
@@ -224,8 +231,8 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             t0 = time.perf_counter()
             schedule = scheduler.round(round_num)
             chosen = schedule.completed
-            row = {"round": round_num, "train_loss": np.nan, "train_accuracy": np.nan,
-                   "eval_loss": np.nan, "eval_accuracy": np.nan, "clients_this_round": len(chosen)}
+            row = {"round": round_num, "train_loss": np.nan, **dict.fromkeys(train_extra, np.nan),
+                   "eval_loss": np.nan, f"eval_{eval_metric}": np.nan, "clients_this_round": len(chosen)}
             if len(chosen):  # a Poisson-sampled DP round, or one every client missed, is empty: nothing trained
                 inputs = [_planned(clients.inputs(config, round_num, int(c)), schedule.steps[int(c)])
                           for c in chosen]
@@ -242,7 +249,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 state = output.state
                 train = output.metrics["client_work"]["train"]
                 if config.dp != RECORD_LEVEL:  # record-level DP releases no training metrics: they stay NaN
-                    row.update(train_loss=float(train["loss"]), train_accuracy=float(train["accuracy"]))
+                    row.update(train_loss=float(train["loss"]), **{c: float(train[c[6:]]) for c in train_extra})
                 row.update(_aggregator_metrics(output.metrics))
             seconds = time.perf_counter() - t0
             moved = {"bytes_down": round_bytes(config, *sizes, clients=len(schedule.selected))["bytes_down"],
@@ -256,7 +263,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 row.update(epsilon=epsilons[round_num - 1], delta=config.effective_delta)
             if round_num % config.eval_every == 0 or round_num == config.rounds:
                 evaluator.set_weights(state.global_model_weights)
-                row["eval_loss"], row["eval_accuracy"] = evaluator.evaluate(data.x_test, data.y_test)
+                row["eval_loss"], row[f"eval_{eval_metric}"] = evaluator.evaluate(data.x_test, data.y_test)
                 if data.test_sites is not None and data.site_names is not None and len(data.site_names) <= 20:
                     # personalised, one client per site: each site's own model on its own test data
                     by_site = own_model is not None and config.partition == "natural"
@@ -375,6 +382,13 @@ def _aggregator_metrics(metrics) -> dict:
 
     walk(dict(metrics.get("aggregator", {})), ())
     return found
+
+
+def evaluated_rows(history: pd.DataFrame) -> pd.DataFrame:
+    """The rounds at which the global model was evaluated (``eval_every`` and the last): those with an ``eval_*``
+    value (a diverged model's loss is NaN, its accuracy is not; survival has ``eval_c_index``, not accuracy)."""
+    columns = [c for c in ("eval_accuracy", "eval_c_index", "eval_loss") if c in history.columns]
+    return history[history[columns].notna().any(axis=1)]
 
 
 def final_weights(history: pd.DataFrame) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .config import ExperimentConfig
-from .runner import clients_table, run_experiment
+from .runner import clients_table, evaluated_rows, run_experiment
 from .validation import ConfigError
 
 
@@ -97,7 +97,7 @@ def client_scores(configs: Sequence[ExperimentConfig], *, results_cache=None, pr
         history = run_experiment(config, results_cache=results_cache, progress=False)
         clients = clients_table(history)
         last = clients[clients["round"] == clients["round"].max()].reset_index(drop=True)
-        evaluated = history.dropna(subset=["eval_accuracy"]).iloc[-1]
+        evaluated = evaluated_rows(history).iloc[-1]
         run = {**config.experiment_dict(), **{column: fn(config) for column, fn in (labels or {}).items()},
                **{c: float(evaluated[c]) for c in RUN_SUMMARY if c in evaluated}}
         frames.append(pd.concat([pd.DataFrame([run] * len(last)), last], axis=1))

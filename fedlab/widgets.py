@@ -11,6 +11,7 @@ its thread stood, for a stall), and Run works again.
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 import time
@@ -152,8 +153,8 @@ class ExperimentPanel:
     megabytes sent where they apply. The plot keeps up to ``keep_previous`` earlier runs, each labelled by
     only the settings that differ between the runs shown. ``side_plot(config, ax, history)`` optionally
     draws a second panel that updates with the settings and every round; ``"label_distribution"`` draws the
-    partition's labels per client, ``"site_accuracy"`` the global model's accuracy on each site (sites left
-    out of training hatched). With an ``exclude_clients`` control and the natural partition, every site not
+    partition's labels per client, ``"site_accuracy"`` (``"site_c_index"``) the global model's accuracy
+    (C-index) on each site (sites left out of training hatched). With an ``exclude_clients`` control and the natural partition, every site not
     excluded takes part in every round. With ``results_cache``, a stopped run keeps its checkpoint there
     and Run with the same settings resumes it.
     """
@@ -168,7 +169,8 @@ class ExperimentPanel:
         self.metric = metric
         self.results_cache = results_cache
         self.side_plot = {"label_distribution": _label_distribution,
-                          "site_accuracy": _site_accuracy}.get(side_plot, side_plot)
+                          "site_accuracy": _site_accuracy,
+                          "site_c_index": functools.partial(_site_accuracy, metric="c_index")}.get(side_plot, side_plot)
         self.keep_previous = keep_previous
         self.controls = {f: (controls or {}).get(f) or default_control(f, base) for f in fields}
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
@@ -435,7 +437,7 @@ class ExperimentPanel:
             fig.legend(loc="outside right upper", fontsize="small", title="runs", title_fontsize="small")
         ax.set_xlim(0.5, max(config.rounds, 1) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if "accuracy" in self.metric:
+        if "accuracy" in self.metric or "c_index" in self.metric:
             ax.set_ylim(0, 1)
         ax.set_xlabel("round")
         ax.set_ylabel(self.metric.replace("_", " "))
@@ -478,12 +480,12 @@ def exclude_selector(names: Sequence[str], excluded: Sequence[int] = ()):
                             description="exclude", rows=len(names), style={"description_width": "140px"})
 
 
-def _site_accuracy(config: ExperimentConfig, ax, history) -> None:
+def _site_accuracy(config: ExperimentConfig, ax, history, metric: str = "accuracy") -> None:
     from .plots import plot_site_accuracy
 
     names = _site_names(config)
     excluded = [names[c] for c in config.exclude_clients] if names else []
-    plot_site_accuracy(history, ax=ax, site_names=names, excluded=excluded)
+    plot_site_accuracy(history, ax=ax, site_names=names, excluded=excluded, metric=metric)
 
 
 def _label_distribution(config: ExperimentConfig, ax, history=None) -> None:

@@ -7,10 +7,13 @@ import stalls
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_HEART = ROOT.parent / "shared" / "data" / "heart_disease"
+SHARED_TCGA_BRCA = ROOT.parent / "shared" / "data" / "fed_tcga_brca"
 
-# The loader reads the UCI files from this folder; CI has ../shared beside the clone.
+# The loaders read the UCI and FLamby files from these folders; CI has ../shared beside the clone.
 if "FEDLAB_HEART_DISEASE_DIR" not in os.environ and SHARED_HEART.is_dir():
     os.environ["FEDLAB_HEART_DISEASE_DIR"] = str(SHARED_HEART)
+if "FEDLAB_TCGA_BRCA_DIR" not in os.environ and SHARED_TCGA_BRCA.is_dir():
+    os.environ["FEDLAB_TCGA_BRCA_DIR"] = str(SHARED_TCGA_BRCA)
 
 
 # No test waits forever: past its limit a test fails with the stacks of every thread of its process and of the
@@ -45,6 +48,24 @@ def heart_dir() -> pathlib.Path:
     path = pathlib.Path(os.environ.get("FEDLAB_HEART_DISEASE_DIR", ""))
     if not (path / "processed.cleveland.data").exists():
         pytest.fail(f"heart disease files not found in {path}; set FEDLAB_HEART_DISEASE_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tcga_dir() -> pathlib.Path:
+    """FLamby's Fed-TCGA-BRCA folder (it ships beside the checkout, like the heart-disease files: missing is a failure)."""
+    path = pathlib.Path(os.environ.get("FEDLAB_TCGA_BRCA_DIR", "") or ROOT / "data" / "fed_tcga_brca")
+    if not (path / "brca.csv").exists():
+        pytest.fail(f"Fed-TCGA-BRCA files not found in {path}; set FEDLAB_TCGA_BRCA_DIR (see data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def flamby_tcga_results() -> pathlib.Path:
+    """FLamby's published per-seed Fed-TCGA-BRCA results (../shared/data/flamby_tcga_brca_results)."""
+    path = ROOT.parent / "shared" / "data" / "flamby_tcga_brca_results"
+    if not list(path.glob("tcga_seed*.csv")):
+        pytest.fail(f"FLamby's Fed-TCGA-BRCA results not found in {path}")
     return path
 
 

@@ -13,13 +13,13 @@ LAYERS = [
     {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold", "personal", "qffl",
-     "robust", "finetune"},                                                            # components
+     "robust", "finetune", "tasks", "survival"},                                       # components
     {"algorithms", "aggregation", "evaluation"},                           # components built on components
     {"config"},                                                            # the experiment, validated
     {"clients", "sampling"},                                               # who holds what, who trains
     {"processes"},                                                         # built TFF processes
     {"runner"},                                                            # the round loop
-    {"sweeps", "privacy", "crosssilo", "analysis", "catalog", "participation", "comparison", "report"},           # studies made of runs
+    {"sweeps", "privacy", "crosssilo", "tcga", "analysis", "catalog", "participation", "comparison", "report"},           # studies made of runs
     {"widgets", "reproduce"},                                              # notebooks
     {"__main__", "__init__"},                                              # entry points
 ]

@@ -181,7 +181,37 @@ def notebook_05():
         f"the most even ({clip.min():.2f} to {clip.max():.2f})"]
 
 
-CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05]
+TCGA_LABELS = {"pooled": "pooled (all patients, one model)", "local_northeast": "Northeast alone",
+               "local_south": "South alone", "local_west": "West alone", "local_midwest": "Midwest alone",
+               "local_europe": "Europe alone", "local_canada": "Canada alone", "fedavg": "FedAvg",
+               "fedprox": "FedProx", "fedadam": "FedAdam", "fedyogi": "FedYogi", "fedadagrad": "FedAdagrad",
+               "scaffold": "SCAFFOLD"}
+
+
+def tcga_rows():
+    """The README's Fed-TCGA-BRCA table, row by row: method, published, fedlab, difference [Welch interval],
+    fedlab's seeds below 0.6."""
+    return [f"| {TCGA_LABELS[r.method]} | {r.flamby:.3f} ± {r.flamby_std:.3f} | {r.fedlab:.3f} ± {r.fedlab_std:.3f} | "
+            f"{r.difference:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}] | {r['seeds_below_0.6']} |"
+            for _, r in _csv("08_tcga_reproduction_table").iterrows()]
+
+
+def notebook_08():
+    age, cost = _csv("08_against_age"), _csv("08_region_dropout_cost")
+    own = "left-out region"
+    held = _csv("08_tcga_reproduction_table").within.all()
+    return tcga_rows() + [
+        f"{'Every' if held else 'Not every'} method's interval holds 0.",
+        f"FedAdagrad's shared model ranks patients with a C-index of {fl.quote(age, 'fedadagrad')} and FedAvg's "
+        f"{fl.quote(age, 'fedavg')}, where age alone, with no training, scores {fl.quote(age, 'age alone')}: "
+        f"FedAdagrad is {fl.compared(age, 'fedadagrad')}; the best region alone, Europe, "
+        f"{fl.compared(age, 'local_europe')}; pooling every patient {fl.compared(age, 'pooled')}",
+        f"Northeast, {fl.compared(cost, 'without northeast', site=own)}, and West, "
+        f"{fl.compared(cost, 'without west', site=own)}, lose by staying out; South's absence costs the other five "
+        f"regions ({fl.compared(cost, 'without south', site='other regions')})"]
+
+
+CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_08]
 
 
 @pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)
