@@ -290,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.eval_per_client:
         atomic_write(out / "clients.csv", clients_table(history).to_csv(index=False))
     last = evaluated_rows(history).iloc[-1]
-    metric = "eval_accuracy" if "eval_accuracy" in last else "eval_c_index"
+    metric = next(c for c in last.index if c.startswith("eval_") and c != "eval_loss" and c != "eval_every")
     print(f"round={int(last['round'])} {metric}={last[metric]:.4f} eval_loss={last['eval_loss']:.4f} "
           f"-> {out / 'history.csv'}")
     return 0

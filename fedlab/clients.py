@@ -24,6 +24,7 @@ from .data import DATASETS, Dataset, DatasetSource, load_dataset, stratified_spl
 from .models import ModelSpec
 from .partition import add_feature_noise, make_partitioner, partition_report
 from .tasks import TASKS
+from .validation import ConfigError
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,8 +69,11 @@ def partition_for(config: ExperimentConfig, data: Optional[Dataset] = None) -> l
 
 
 def partition_report_for(config: ExperimentConfig) -> pd.DataFrame:
-    """(client, label, count) table of the partition ``config`` makes."""
+    """(client, label, count) table of the partition ``config`` makes (classification data: labels are classes)."""
     data = dataset_for(config)
+    if data.task != "classification":
+        raise ConfigError("dataset", f"{config.dataset} is {data.task} data: its labels are not classes to count "
+                                     "per client")
     return partition_report(data.y_train, partition_for(config, data), data.num_classes)
 
 

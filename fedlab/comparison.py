@@ -9,7 +9,8 @@ data, against baselines a constant cannot beat, reported with 95 % intervals and
 * :func:`tune` chooses hyperparameters on a validation split carved from the training data (``validation_fraction``
   of each site's training records); a test-set metric as the selection metric is refused.
 * Baselines are registered methods (:func:`register_baseline`, the way a user adds one): ``majority_site`` (each
-  site predicts its own training majority), ``majority_global``, ``local`` (each site trains alone, with the
+  site predicts its own training majority), ``majority_global``, ``constant`` (the same as ``majority_site``; for
+  survival one risk score for everybody), ``local`` (each site trains alone, with the
   federation's optimizer, steps and tuning, and is scored on its own test set) and ``pooled`` (one client holding
   every site's training data).
 
@@ -64,10 +65,7 @@ def metric_rows(logits: np.ndarray, data: Dataset, binary: Optional[bool] = None
     rows = []
     for name, idx in groups:
         scores = task.scores(logits[idx], y[idx], data.num_classes)
-        if data.task == "survival":
-            prevalence = float(y[idx, 0].mean()) if len(idx) else np.nan
-        else:
-            prevalence = float((y[idx] == 1).mean()) if data.num_classes == 2 and len(idx) else np.nan
+        prevalence = task.prevalence(y[idx], data.num_classes)
         rows.append({"site": name, **scores, "num_test": int(len(idx)), "prevalence": prevalence})
     return pd.DataFrame(rows)
 
@@ -132,6 +130,13 @@ def majority_global(config: ExperimentConfig, *, results_cache=None) -> pd.DataF
     return _constant(config, lambda data, site: _majority(data.y_train, data.num_classes))
 
 
+@register_baseline("constant", paper="a constant: what any model must beat")
+def constant(config: ExperimentConfig, *, results_cache=None) -> pd.DataFrame:
+    """One answer for every record, no model: each site's majority class for classification (``majority_site``),
+    one risk score for everybody for survival (it orders no pair: a C-index of 0.5)."""
+    return majority_site(config)
+
+
 def _plain(config: ExperimentConfig, **changes) -> ExperimentConfig:
     """The config's training (client optimizer, learning rate, steps, rounds, seed) with FedAvg's plain mean."""
     return config.replace(algorithm="fedavg", **changes)
@@ -173,7 +178,7 @@ def _method_scores(method: MethodSpec, base: Optional[ExperimentConfig], seed: i
 def _applies(method: MethodSpec, base: Optional[ExperimentConfig], field: str) -> bool:
     """Whether ``field`` is a setting of ``method``: a config field or its algorithm's hyperparameter; constant
     baselines (the majority ones) have none."""
-    if isinstance(method, str) and method.startswith("majority"):
+    if isinstance(method, str) and (method.startswith("majority") or method == "constant"):
         return False
     config = method if isinstance(method, ExperimentConfig) else _plain(base)
     return field in FIELD_NAMES or field in {f.name for f in config.algorithm_entry.param_fields()}

@@ -66,7 +66,8 @@ def axis_label(column: str) -> str:
              "epsilon": "epsilon (at the run's delta)", "cumulative_bytes": "bytes sent (down + up)",
              "seconds_per_round": "seconds per round", "clients_per_round": "clients per round",
              "sim_hours": "simulated wall-clock hours", "sim_elapsed_seconds": "simulated wall-clock seconds",
-             "noise_multiplier": "noise multiplier z"}
+             "noise_multiplier": "noise multiplier z", "eval_c_index": "test C-index (0.5 = a constant)",
+             "mean_site_c_index": "C-index, mean over the sites (0.5 = a constant)"}
     for prefix, attack in (("attack_", "loss-threshold attack"), ("calibrated_attack_", "calibrated attack")):
         units.update({prefix + "auc": f"{attack}: AUC (0.5 = chance)",
                       prefix + "tpr_at_0.01_fpr": f"{attack}: TPR at 1 % FPR",
@@ -355,6 +356,24 @@ def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: 
     ax.set_ylabel(f"{label} (own test set)")
     ax.set_title(title, fontsize="medium")
     return fig, ax, table
+
+
+def plot_kaplan_meier(curves: pd.DataFrame, *, ax=None, title: Optional[str] = None):
+    """Kaplan-Meier survival curves as steps, one per ``region`` (columns region, time_years, at_risk, survival, as
+    :func:`fedlab.tcga.region_survival` gives them). A curve ends at its last time observed; it drops to 0 where
+    the last patient still followed died."""
+    fig, ax = _axis(ax, figsize=(7, 4))
+    for i, (region, curve) in enumerate(curves.groupby("region", sort=False)):
+        ax.step(np.r_[0.0, curve.time_years], np.r_[1.0, curve.survival], where="post", color=f"C{i}",
+                label=f"{region} (n={int(curve.at_risk.iloc[0])})")
+    ax.set_xlabel("years since diagnosis")
+    ax.set_ylabel("share still alive (Kaplan-Meier)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    return fig, ax, curves
 
 
 def plot_round_time(table: pd.DataFrame, *, ax=None, title: Optional[str] = None):

@@ -21,6 +21,9 @@ from .config import RECORD_LEVEL
 from .evaluation import Evaluator, per_example_loss
 from .runner import evaluated_rows, final_weights, record_level_site_epsilons, run_experiment
 from .sampling import Scheduler
+from .data import DATASETS
+from .tasks import TASKS
+from .validation import ConfigError
 
 
 def describe(config) -> str:
@@ -152,6 +155,9 @@ def membership_losses(config, history, *, reference_epochs: int = 20, seed: int 
 
     data = dataset_for(config)
     spec = spec_for(config, data)
+    if data.task != "classification":
+        raise ConfigError("dataset", f"a membership audit scores each record by its own loss; {config.dataset}'s "
+                                     f"{spec.task_entry.loss!r} loss couples the records of a batch and has none")
     xs, ys = client_arrays_for(config)
     x_mem, y_mem = np.concatenate(xs), np.concatenate(ys)
     rng = np.random.default_rng([seed, 11])
@@ -267,7 +273,8 @@ def privacy_utility(configs, *, results_cache=None, audit: bool = True, referenc
     for config in tqdm(configs, desc="privacy-utility"):
         history = run_experiment(config, results_cache=results_cache, progress=False)
         last = evaluated_rows(history).iloc[-1]
-        row = {**config.experiment_dict(), "eval_accuracy": float(last["eval_accuracy"]),
+        metric = f"eval_{TASKS[DATASETS[config.dataset].task].eval_metric}"
+        row = {**config.experiment_dict(), metric: float(last[metric]),
                "epsilon": (float(last["epsilon"]) if "epsilon" in history else math.inf)}
         if config.dp != "none" and config.noise_multiplier == 0:
             row["epsilon"] = math.inf

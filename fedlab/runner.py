@@ -201,9 +201,10 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
     sizes = spec.tensor_sizes()
     scheduler = Scheduler(config, [len(x) for x in clients.x], sizes, clients.attackers)
 
-    # the history's columns: classification's train_accuracy and eval_accuracy; a survival task's eval_c_index
+    # the history's columns: the task's training metrics besides the loss (classification: train_accuracy) and its
+    # eval_metric (eval_accuracy; a survival task's eval_c_index)
     eval_metric = spec.task_entry.eval_metric
-    train_extra = ("train_accuracy",) if spec.task == "classification" else ()
+    train_extra = tuple(f"train_{name}" for name in spec.metrics_constructor() if name != "loss")
     state = initial_state(process, config, spec)
     start, rows, client_rows = 0, [], []
     if checkpoint is not None:
@@ -385,10 +386,10 @@ def _aggregator_metrics(metrics) -> dict:
 
 
 def evaluated_rows(history: pd.DataFrame) -> pd.DataFrame:
-    """The rounds at which the global model was evaluated (``eval_every`` and the last): those with an ``eval_*``
-    value (a diverged model's loss is NaN, its accuracy is not; survival has ``eval_c_index``, not accuracy)."""
-    columns = [c for c in ("eval_accuracy", "eval_c_index", "eval_loss") if c in history.columns]
-    return history[history[columns].notna().any(axis=1)]
+    """The rounds at which the global model was evaluated: every ``eval_every``-th and the last, the runner's own
+    rule, so that a diverged model's round (its metrics NaN) stays in and is reported as such."""
+    rounds = history["round"]
+    return history[(rounds % history["eval_every"] == 0) | (rounds == history["rounds"])]
 
 
 def final_weights(history: pd.DataFrame) -> list[np.ndarray]:

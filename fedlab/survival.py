@@ -150,6 +150,15 @@ def c_index(scores: Any, y: Any, *, chunk: int = 4096) -> float:
     return (concordant + 0.5 * ties) / admissible
 
 
+def comparable_pairs(y: Any) -> int:
+    """How many pairs of patients a C-index on ``y`` compares (the admissible pairs of :func:`c_index`): its
+    resolution is 1 / that number."""
+    s, e, t = _scores_and_labels(np.zeros(len(np.asarray(y))), y)
+    deaths = e == 1
+    later = (t[deaths][:, None] < t[None, :]) | ((t[deaths][:, None] == t[None, :]) & (e == 0)[None, :])
+    return int(later.sum())
+
+
 def kaplan_meier(time: Any, event: Any):
     """The Kaplan-Meier product-limit estimate: a DataFrame with one row per distinct time, ascending.
 

@@ -129,7 +129,7 @@ def round_times(base: ExperimentConfig, clients_per_round: Sequence[int], execut
     The first ``warmup`` rounds (tracing, first contact with a worker) are not
     counted. Runs are never read from a results cache: timing is the point.
     Returns a DataFrame: execution, clients_per_round, seconds_per_round,
-    rounds_timed, eval_accuracy (last round).
+    rounds_timed, eval_accuracy (a survival task's eval_c_index; last round).
     """
     if base.rounds <= warmup:
         raise ValueError(f"rounds: must exceed warmup={warmup} to leave rounds to time, got {base.rounds}")
@@ -138,6 +138,7 @@ def round_times(base: ExperimentConfig, clients_per_round: Sequence[int], execut
         for name, workers in executions.items():
             history = run_experiment(base.replace(clients_per_round=k, workers=tuple(workers)), progress=False)
             timed = history["seconds"].iloc[warmup:]
+            metrics = {c: float(history[c].iloc[-1]) for c in ("eval_accuracy", "eval_c_index") if c in history}
             rows.append({"execution": name, "clients_per_round": k, "seconds_per_round": float(timed.median()),
-                         "rounds_timed": len(timed), "eval_accuracy": float(history["eval_accuracy"].iloc[-1])})
+                         "rounds_timed": len(timed), **metrics})
     return pd.DataFrame(rows)

@@ -57,7 +57,10 @@ class Task:
     ``select_by``: what tuning maximises on validation data; ``label_spec(num_classes)``: the TF spec of a batch's
     labels; ``prepare_labels(y, num_classes)``: labels as the loss takes them; ``num_outputs(num_classes)``: the
     model's outputs; ``train_metrics(num_classes)``: TFF's training metrics (a ``loss`` entry at least);
-    ``strata(y)``: one integer per record that a validation split keeps in proportion.
+    ``strata(y)``: one integer per record that a validation split keeps in proportion; ``prevalence(y,
+    num_classes)``: what a score table reports beside each site's size (the share of positives, of deaths seen);
+    ``joint(outputs, y, num_classes) -> dict``: optional, several of the task's metrics computed at once (each
+    metric's own function gives the same number).
     """
 
     name: str
@@ -69,6 +72,8 @@ class Task:
     num_outputs: Callable[[int], int]
     train_metrics: Callable[[int], "collections.OrderedDict"]
     strata: Callable[[np.ndarray], np.ndarray]
+    prevalence: Callable[[np.ndarray, int], float]
+    joint: Optional[Callable[[np.ndarray, np.ndarray, int], dict]] = None
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -81,7 +86,9 @@ class Task:
 
     def scores(self, outputs: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
         """Every metric of the task on these outputs and labels."""
-        return {name: float(METRICS[name].fn(outputs, y, num_classes)) for name in self.metrics}
+        shared = self.joint(outputs, y, num_classes) if self.joint is not None else {}
+        return {name: float(shared[name]) if name in shared else float(METRICS[name].fn(outputs, y, num_classes))
+                for name in self.metrics}
 
 
 LOSSES: Registry[Loss] = Registry("loss", "loss")
@@ -229,7 +236,11 @@ register_task(Task("classification", loss="cross_entropy", eval_metric="accuracy
                    label_spec=_classification_label_spec, prepare_labels=_classification_labels,
                    num_outputs=lambda num_classes: 1 if _binary(num_classes) else num_classes,
                    train_metrics=_classification_train_metrics,
-                   strata=lambda y: np.asarray(y).reshape(-1).astype(np.int64)),
+                   strata=lambda y: np.asarray(y).reshape(-1).astype(np.int64),
+                   prevalence=lambda y, num_classes: (float((np.asarray(y).reshape(-1) == 1).mean())
+                                                      if num_classes == 2 and len(y) else float("nan")),
+                   joint=lambda logits, y, num_classes: classification_metrics(logits, y, _binary(num_classes),
+                                                                               num_classes)),
               summary="Integer class labels: which class a record belongs to.")
 
 
@@ -285,7 +296,9 @@ register_task(Task("survival", loss="cox_breslow", eval_metric="c_index", select
                    label_spec=_survival_label_spec,
                    prepare_labels=lambda y, num_classes: np.asarray(y, np.float32).reshape(-1, 2),
                    num_outputs=lambda num_classes: 1, train_metrics=_survival_train_metrics,
-                   strata=lambda y: np.asarray(y).reshape(-1, 2)[:, 0].astype(np.int64)),
+                   strata=lambda y: np.asarray(y).reshape(-1, 2)[:, 0].astype(np.int64),
+                   prevalence=lambda y, num_classes: (float(np.asarray(y, np.float64).reshape(-1, 2)[:, 0].mean())
+                                                      if len(y) else float("nan"))),
               summary="Labels (event, time): event 1 = died at time, 0 = censored (alive at time); a risk score.")
 
 

@@ -8,16 +8,17 @@ clinical records (GDC open access). As FLamby's code runs (owkin/FLamby, ``bench
 * data: ``fed_tcga_brca``, FLamby's fixed split (866 training, 222 test patients), six regions as clients, 39 raw
   features (age in years, the rest one-hot);
 * model: a linear Cox model (``cox_linear``: nn.Linear(39, 1)'s initialisation); loss the Cox partial likelihood
-  of each batch (its patients are the risk set; Breslow ties where FLamby orders tied times by position, 0.2 % of
-  batches differ), the mean over the batch's patients; metric Harrell's C-index on each region's test set;
+  of each batch (its patients are the risk set; Breslow's rule for tied times, where FLamby orders them by their
+  position in the batch), the mean over the batch's patients; metric Harrell's C-index on each region's test set;
 * federated: 5 rounds of 100 client SGD steps of batch 8 (``get_nb_max_rounds(100)``), batches going on across
   rounds (``carry_epochs``), regions weighted by training-set size (``client_weighting="dataset"``), each
   strategy's hyperparameters from FLamby's config (:data:`TCGA_STRATEGIES`);
 * baselines: Adam (lr 0.1, eps 1e-8) for 30 epochs of batch 8, on one region (``local_<region>``) or on all
   training patients (``pooled``), every model tested on the six regions.
 
-Departures that cannot be avoided: PyTorch's random streams (seeds 0-4 stand for FLamby's 42-46); SCAFFOLD's
-server control variate is the paper's uniform mean of the clients' (FLamby weights it by data size).
+Departures: PyTorch's random streams cannot be copied (seeds 0-4 stand for FLamby's 42-46); SCAFFOLD's server
+control variate is the paper's uniform mean of the clients' (FLamby weights it by data size); the baselines' Adam is
+Keras', whose epsilon is added to the square root of the second moment before its bias correction, PyTorch's after.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from .data import TCGA_BRCA_REGIONS, Dataset
 from .evaluation import Evaluator
 from .runner import final_weights, run_experiment
 from .stats import summary_table
-from .survival import c_index, kaplan_meier
+from .survival import c_index, comparable_pairs, kaplan_meier
+from .validation import ConfigError
 
 # flamby/config_tcga_brca.json (learning_rate -> client_lr, server_learning_rate -> server_lr, tau -> server_epsilon;
 # FedAdagrad's beta2 is unused by Adagrad).
@@ -52,15 +54,26 @@ FLAMBY_TCGA_METHODS = {"Pooled Training": "pooled", **{f"Local {k}": f"local_{r}
                                                        enumerate(TCGA_BRCA_REGIONS)},
                        "FedAvg100": "fedavg", "FedProx100": "fedprox", "FedAdam100": "fedadam",
                        "FedYogi100": "fedyogi", "FedAdagrad100": "fedadagrad", "Scaffold100": "scaffold"}
-# FLamby's published C-index (flamby_tcga_brca_results, seeds 42-46): the mean over the six client_test sets per
-# seed, then mean and std (ddof=1) over the five seeds; tests/test_tcga.py recomputes them from the files.
-FLAMBY_TCGA_PUBLISHED = {
-    "pooled": (0.6759, 0.0949), "local_northeast": (0.7282, 0.0378), "local_south": (0.7496, 0.0369),
-    "local_west": (0.4977, 0.0260), "local_midwest": (0.6562, 0.0654), "local_europe": (0.7121, 0.0320),
-    "local_canada": (0.6913, 0.0081), "fedavg": (0.7319, 0.1811), "fedprox": (0.7290, 0.1683),
-    "fedadam": (0.8152, 0.0256), "fedyogi": (0.8152, 0.0256), "fedadagrad": (0.8129, 0.0048),
-    "scaffold": (0.6869, 0.0360),
+# FLamby's published C-index (flamby_tcga_brca_results, seeds 42-46): the mean over the six client_test sets at each
+# seed; tests/test_tcga.py recomputes them from the files.
+FLAMBY_TCGA_SEEDS = {
+    "pooled": (0.7798, 0.7408, 0.6173, 0.6970, 0.5448),
+    "local_northeast": (0.7754, 0.6791, 0.7054, 0.7297, 0.7516),
+    "local_south": (0.7604, 0.6919, 0.7470, 0.7547, 0.7940),
+    "local_west": (0.5240, 0.4661, 0.4811, 0.5243, 0.4928),
+    "local_midwest": (0.6216, 0.6494, 0.7703, 0.6290, 0.6106),
+    "local_europe": (0.7350, 0.7572, 0.6879, 0.6911, 0.6893),
+    "local_canada": (0.6860, 0.6929, 0.6948, 0.7020, 0.6810),
+    "fedavg": (0.8117, 0.4081, 0.8148, 0.8203, 0.8047),
+    "fedprox": (0.7987, 0.4296, 0.8075, 0.8283, 0.7811),
+    "fedadam": (0.8073, 0.7769, 0.8408, 0.8362, 0.8146),
+    "fedyogi": (0.8073, 0.7769, 0.8408, 0.8362, 0.8146),
+    "fedadagrad": (0.8195, 0.8163, 0.8088, 0.8090, 0.8111),
+    "scaffold": (0.6899, 0.7103, 0.6578, 0.7317, 0.6448),
 }
+# (mean, std with ddof=1) over FLamby's five seeds, as its README gives them
+FLAMBY_TCGA_PUBLISHED = {m: (float(np.mean(v)), float(np.std(v, ddof=1))) for m, v in FLAMBY_TCGA_SEEDS.items()}
+COLLAPSED = 0.6  # a mean C-index below this at a seed: the model ranks little better than a constant's 0.5
 POOLED_TEST = "pooled test"  # the site label of the scores on all 222 test patients at once
 BASELINE_LR, BASELINE_EPOCHS = 0.1, 30  # benchmarks/fed_benchmark.py: LR and NUM_EPOCHS_POOLED, Adam
 
@@ -68,7 +81,8 @@ BASELINE_LR, BASELINE_EPOCHS = 0.1, 30  # benchmarks/fed_benchmark.py: LR and NU
 def tcga_config(algorithm: str = "fedavg", **changes) -> ExperimentConfig:
     """A federated run under FLamby's Fed-TCGA-BRCA protocol with its hyperparameters for ``algorithm``."""
     if algorithm not in TCGA_STRATEGIES:
-        raise ValueError(f"algorithm: FLamby's TCGA-BRCA protocol has {', '.join(TCGA_STRATEGIES)}; got {algorithm!r}")
+        raise ConfigError("algorithm", f"FLamby's TCGA-BRCA protocol has {', '.join(TCGA_STRATEGIES)}; "
+                                       f"got {algorithm!r}")
     values = dict(dataset="fed_tcga_brca", partition="natural", num_clients=6, clients_per_round=6,
                   model="cox_linear", algorithm=algorithm, batch_size=8, local_steps=100, carry_epochs=True,
                   client_weighting="dataset", rounds=5, eval_every=5, **TCGA_STRATEGIES[algorithm])
@@ -82,7 +96,7 @@ def model_scores(outputs: np.ndarray, data: Dataset) -> pd.DataFrame:
     table = metric_rows(np.asarray(outputs), data)
     y = np.asarray(data.y_test)
     pooled = {"site": POOLED_TEST, "c_index": c_index(outputs, y), "num_test": len(y),
-              "prevalence": float(y[:, 0].mean())}
+              "prevalence": float(y[:, 0].astype(np.float64).mean())}
     return pd.concat([table, pd.DataFrame([pooled])], ignore_index=True)
 
 
@@ -152,28 +166,40 @@ def published_tcga(results_dir) -> pd.DataFrame:
 
 def reproduction_table(scores: pd.DataFrame) -> pd.DataFrame:
     """fedlab against FLamby's published numbers, one row per method: each one's mean and std over seeds of the
-    mean C-index over regions, the difference, the 95 % interval of the difference (Welch: the seeds are not
-    matched, PyTorch's streams cannot be copied), whether it holds 0, and how many of fedlab's seeds scored below 0.6
-    ("seeds_below_0.6": FLamby's FedAvg and FedProx collapsed to about 0.41 at one of five seeds)."""
+    mean C-index over regions, the difference and its 95 % interval (Welch: the seeds are not matched, PyTorch's
+    streams cannot be copied), ``half_width`` of that interval and ``within`` (it holds 0: not distinguishable at
+    that width, which for a method with a collapsed seed is wide), and how many seeds collapsed (mean C-index below
+    :data:`COLLAPSED`) in each; then the same means over the seeds that did not collapse (``typical_*``): a
+    comparison FLamby's one collapsed FedAvg and FedProx seed does not widen. A seed whose model diverged (NaN)
+    counts in ``diverged`` and is left out of the means."""
     from scipy import stats
 
     ours = per_seed(scores)
     rows = []
-    for method, (mean, std) in FLAMBY_TCGA_PUBLISHED.items():
-        values = ours.loc[ours.method == method, "c_index"].to_numpy()
+    for method, published in FLAMBY_TCGA_SEEDS.items():
+        values = ours.loc[ours.method == method, "c_index"].to_numpy(dtype=float)
         if len(values) == 0:
             continue
-        n, m = len(values), 5
-        diff = float(values.mean()) - mean
-        sd = float(values.std(ddof=1)) if n > 1 else np.nan
-        se2 = (sd ** 2 / n if n > 1 else np.nan, std ** 2 / m)
-        se = float(np.sqrt(sum(se2)))
+        theirs = np.asarray(published)
+        finite = values[np.isfinite(values)]
+        n, m = len(finite), len(theirs)
+        diff = float(finite.mean() - theirs.mean()) if n else np.nan
+        se2 = (finite.var(ddof=1) / n if n > 1 else np.nan, theirs.var(ddof=1) / m)
         dof = sum(se2) ** 2 / (se2[0] ** 2 / (n - 1) + se2[1] ** 2 / (m - 1)) if n > 1 else np.nan
-        half = float(stats.t.ppf(0.975, dof) * se) if n > 1 else np.nan
-        rows.append({"method": method, "fedlab": float(values.mean()), "fedlab_std": sd, "flamby": mean,
-                     "flamby_std": std, "difference": diff, "diff_ci_low": diff - half, "diff_ci_high": diff + half,
+        half = float(stats.t.ppf(0.975, dof) * np.sqrt(sum(se2))) if n > 1 else np.nan
+        kept, kept_theirs = finite[finite >= COLLAPSED], theirs[theirs >= COLLAPSED]
+        rows.append({"method": method, "fedlab": float(finite.mean()) if n else np.nan,
+                     "fedlab_std": float(finite.std(ddof=1)) if n > 1 else np.nan, "flamby": float(theirs.mean()),
+                     "flamby_std": float(theirs.std(ddof=1)), "difference": diff, "diff_ci_low": diff - half,
+                     "diff_ci_high": diff + half, "half_width": half,
                      "within": bool(abs(diff) <= half) if n > 1 else None,
-                     "seeds_below_0.6": int((values < 0.6).sum()), "seeds": n})
+                     "fedlab_collapsed": int((finite < COLLAPSED).sum()),
+                     "flamby_collapsed": int((theirs < COLLAPSED).sum()),
+                     "typical_fedlab": float(kept.mean()) if len(kept) else np.nan,
+                     "typical_flamby": float(kept_theirs.mean()) if len(kept_theirs) else np.nan,
+                     "typical_difference": (float(kept.mean() - kept_theirs.mean()) if len(kept) and len(kept_theirs)
+                                            else np.nan),
+                     "seeds": len(values), "diverged": int(len(values) - n)})
     return pd.DataFrame(rows)
 
 
@@ -184,45 +210,30 @@ def summary(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def region_summary(data: Dataset) -> pd.DataFrame:
-    """Per region: training and test patients, deaths seen in each, and the share of patients whose death was
-    seen (the rest are censored: alive at their last follow-up)."""
+    """Per region: training and test patients, the deaths seen in each (the rest are censored: alive at their last
+    follow-up), the pairs of test patients a C-index compares (its resolution is 1 / pairs), and the median time
+    observed (to death or to the last follow-up), in years."""
     rows = []
     for s, name in enumerate(data.site_names):
         train, test = data.y_train[data.train_sites == s], data.y_test[data.test_sites == s]
-        both = np.r_[train, test]
+        both = np.r_[train, test].astype(np.float64)
         rows.append({"region": name, "train_patients": len(train), "train_deaths": int(train[:, 0].sum()),
                      "test_patients": len(test), "test_deaths": int(test[:, 0].sum()),
+                     "test_comparable_pairs": comparable_pairs(test),
                      "deaths_percent": round(100 * float(both[:, 0].mean()), 1),
-                     "median_follow_up_years": round(float(np.median(both[:, 1])) / 365.25, 1)})
+                     "median_time_observed_years": round(float(np.median(both[:, 1])) / 365.25, 1)})
     return pd.DataFrame(rows)
 
 
 def region_survival(data: Dataset) -> pd.DataFrame:
     """Kaplan-Meier survival of each region's patients (training and test), in years: region, time_years,
-    at_risk, events, survival."""
+    at_risk, events, survival (draw it with :func:`fedlab.plot_kaplan_meier`)."""
     frames = []
     for s, name in enumerate(data.site_names):
         y = np.r_[data.y_train[data.train_sites == s], data.y_test[data.test_sites == s]]
         curve = kaplan_meier(y[:, 1], y[:, 0])
         frames.append(curve.assign(region=name, time_years=curve["time"] / 365.25))
     return pd.concat(frames, ignore_index=True)[["region", "time_years", "at_risk", "events", "survival"]]
-
-
-def plot_kaplan_meier(curves: pd.DataFrame, *, ax=None):
-    """Each region's Kaplan-Meier curve (:func:`region_survival`) as a step function; draws, never saves."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (region, curve) in enumerate(curves.groupby("region", sort=False)):
-        ax.step(np.r_[0.0, curve.time_years], np.r_[1.0, curve.survival], where="post", color=f"C{i}",
-                label=f"{region} (n={int(curve.at_risk.iloc[0])})")
-    ax.set_xlabel("years since diagnosis")
-    ax.set_ylabel("share still alive (Kaplan-Meier)")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return ax.figure, ax, curves
 
 
 def age_only_scores(data: Dataset) -> pd.DataFrame:
@@ -279,4 +290,19 @@ def dropout_cost(dropout: pd.DataFrame) -> pd.DataFrame:
                           "c_index": float(own.mean())},
                          {"region": region, "method": label, "seed": seed, "site": "other regions",
                           "c_index": float(others.mean())}]
-    return summarize_paired(pd.DataFrame(rows), ["region", "site", "method"], "c_index", reference="all regions")
+    table = summarize_paired(pd.DataFrame(rows), ["region", "site", "method"], "c_index", reference="all regions")
+    return table.assign(p_holm=holm(table["p_value"]))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN ones, e.g. the reference's, left out and kept NaN):
+    the k-th smallest of m is multiplied by m - k + 1, made non-decreasing, capped at 1. A difference counts only
+    where its adjusted p is below 0.05: the family's chance of one false finding stays below 5 %."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), np.nan)
+    known = np.flatnonzero(np.isfinite(p))
+    order = known[np.argsort(p[known], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out

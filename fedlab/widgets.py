@@ -30,6 +30,7 @@ from .partition import PARTITIONERS
 from .runner import run_experiment
 from .runtime import held, wait_limit, where
 from .systems import DEVICE_PROFILES, POLICIES
+from .tasks import TASKS
 
 
 def default_control(field: str, config: ExperimentConfig):
@@ -160,13 +161,14 @@ class ExperimentPanel:
     """
 
     def __init__(self, base: ExperimentConfig, fields: Sequence[str], *, results_cache=None,
-                 metric: str = "eval_accuracy", controls: Optional[dict] = None,
+                 metric: Optional[str] = None, controls: Optional[dict] = None,
                  side_plot: Optional[Callable] = None, info: Optional[Callable] = None,
                  keep_previous: int = 4):
         import ipywidgets as w
 
         self.base = base
-        self.metric = metric
+        # default: what the data's task reports on the test set (eval_accuracy; a survival task's eval_c_index)
+        self.metric = metric or f"eval_{TASKS[DATASETS[base.dataset].task].eval_metric}"
         self.results_cache = results_cache
         self.side_plot = {"label_distribution": _label_distribution,
                           "site_accuracy": _site_accuracy,
@@ -426,10 +428,12 @@ class ExperimentPanel:
         earlier = self.previous[:-1] if current_in_previous else self.previous
         shown = [c for c, _ in earlier] + [config]
         for i, (old_config, old) in enumerate(earlier):
+            if self.metric not in old:  # a run on data of another task (the dataset control moved)
+                continue
             data = old.dropna(subset=[self.metric])
             ax.plot(data["round"], data[self.metric], color=f"C{i + 1}", alpha=0.55, lw=1.2, marker=".", ms=3,
                     label=_wrapped(self._label(old_config, shown)))
-        if history is not None and len(history):
+        if history is not None and len(history) and self.metric in history:
             data = history.dropna(subset=[self.metric])
             ax.plot(data["round"], data[self.metric], marker="o", ms=3.5, color="C0", lw=2,
                     label=_wrapped(self._label(config, shown) + " (latest)"))

@@ -11,7 +11,7 @@ EXPECTED = [
     "exclude_selector", "fastest_to_target", "final_metrics", "final_weights", "findings", "grid", "hparam",
     "interval_table", "interval_text", "load_dataset", "noise_multiplier_for", "number", "participation_table",
     "partition_for", "partition_report", "partition_report_for", "plot_comparison", "plot_images",
-    "plot_interval_heatmap", "plot_label_distribution", "plot_learning_curves", "plot_metric_vs", "plot_round_time",
+    "plot_interval_heatmap", "plot_kaplan_meier", "plot_label_distribution", "plot_learning_curves", "plot_metric_vs", "plot_round_time",
     "plot_secagg_cost", "plot_site_accuracy", "plot_site_comparison", "privacy", "quote", "ranking",
     "register_aggregator", "register_algorithm", "register_attack", "register_baseline", "register_dataset",
     "register_device_profile", "register_device_table", "register_loss", "register_metric", "register_model",

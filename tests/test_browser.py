@@ -196,7 +196,9 @@ def test_notebook_in_jupyterlab(path, lab, browser, notebook_runs):
             panel_slider = page.locator(".widget-slider", has_text=field).last
             panel_slider.scroll_into_view_if_needed()
             before = _panel_image(page)
-            status = page.locator(".widget-html").filter(has_text="after").last
+            # the status line, fixed now: once Run is clicked it no longer says "after", and a lazy locator would
+            # then find another line that does (notebook 03's info line: "epsilon ... after R rounds")
+            status = page.locator(".widget-html").filter(has_text="after").last.element_handle()
             status_before = status.inner_text()
             panel_slider.locator(".noUi-handle").focus()
             page.keyboard.press("ArrowRight")
@@ -206,7 +208,7 @@ def test_notebook_in_jupyterlab(path, lab, browser, notebook_runs):
             try:
                 page.wait_for_function(
                     """([el, before]) => el.innerText !== before && el.innerText.includes('after')""",
-                    arg=[status.element_handle(), status_before], timeout=300_000, polling=500)
+                    arg=[status, status_before], timeout=300_000, polling=500)
             except PlaywrightTimeout:
                 pytest.fail(_stalled(f"the panel's run did not finish within 300 s: status {status.inner_text()!r}",
                                      server_pid, results.parent / "lab.log"), pytrace=False)

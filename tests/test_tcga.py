@@ -35,6 +35,7 @@ def test_survival_task_is_what_the_dataset_names():
     ({"algorithm": "ditto"}, "algorithm"),
     ({"eval_per_client": True}, "eval_per_client"),
     ({"model": "2nn", "freeze_layers": 1}, "freeze_layers"),
+    ({"eval_per_client": True, "finetune_epochs": 1}, "eval_per_client"),
 ])
 def test_what_survival_data_refuses_is_said_in_one_line(changes, field):
     with pytest.raises(fl.ConfigError) as err:
@@ -108,12 +109,24 @@ def test_compare_defaults_to_the_tasks_metrics(data):
         fl.compare({"fedavg": config}, seeds=[0], space={"client_lr": [0.1]}, tune_metric="validation_auc")
 
 
-def test_baselines_train_on_each_region_and_on_all(data):
+def test_baselines_train_on_each_region_and_on_all(data, monkeypatch):
+    trained = []
+    real = tcga.train_centralized
+
+    def recording(spec, x, y, **kwargs):
+        trained.append((x, y, kwargs))
+        return real(spec, x, y, **kwargs)
+
+    monkeypatch.setattr(tcga, "train_centralized", recording)
     table = tcga.tcga_baselines([0], epochs=1)
     methods = ["pooled", *(f"local_{r}" for r in data.site_names)]
     assert table.method.unique().tolist() == methods
     assert table.site.unique().tolist() == [*data.site_names, tcga.POOLED_TEST]
     assert table.c_index.between(0, 1).all()
+    assert np.array_equal(trained[0][0], data.x_train)  # pooled: every training patient
+    for s, (x, y, kwargs) in enumerate(trained[1:]):  # local_<region>: that region's patients only
+        assert np.array_equal(x, data.x_train[data.train_sites == s]) and np.array_equal(y, data.y_train[data.train_sites == s])
+        assert kwargs == {"epochs": 1, "batch_size": 8, "lr": 0.1, "seed": 0, "epsilon": 1e-8}
 
 
 def test_reproduction_table_welch_interval_agrees_with_scipy():
@@ -131,6 +144,7 @@ def test_reproduction_table_welch_interval_agrees_with_scipy():
         mean, std = tcga.FLAMBY_TCGA_PUBLISHED[method]
         test = stats.ttest_ind_from_stats(row.fedlab, row.fedlab_std, 5, mean, std, 5, equal_var=False)
         assert row.within == (test.pvalue > 0.05)
+        assert row.half_width == pytest.approx((row.diff_ci_high - row.diff_ci_low) / 2)
         assert row.difference == pytest.approx(row.fedlab - mean)
         assert (row.diff_ci_low + row.diff_ci_high) / 2 == pytest.approx(row.difference)
 
@@ -139,10 +153,64 @@ def test_published_constants_are_flambys_files(flamby_tcga_results):
     published = tcga.published_tcga(flamby_tcga_results)
     assert sorted(published.seed.unique()) == [42, 43, 44, 45, 46]
     per_seed = tcga.per_seed(published)
-    for method, (mean, std) in tcga.FLAMBY_TCGA_PUBLISHED.items():
-        values = per_seed.loc[per_seed.method == method, "c_index"]
-        assert len(values) == 5
-        assert values.mean() == pytest.approx(mean, abs=5e-5) and values.std() == pytest.approx(std, abs=5e-5)
+    for method, values in tcga.FLAMBY_TCGA_SEEDS.items():
+        files = per_seed[per_seed.method == method].sort_values("seed").c_index.to_numpy()
+        assert files == pytest.approx(values, abs=5e-5)
+    assert tcga.FLAMBY_TCGA_PUBLISHED["fedavg"] == pytest.approx((0.7319, 0.1811), abs=1e-4)  # FLamby's README
+
+
+def test_strategies_are_flambys_config(flamby_tcga_results):
+    import json
+
+    config = json.loads((flamby_tcga_results / "config_tcga_brca.json").read_text())["strategies"]
+    names = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam", "fedyogi": "FedYogi",
+             "fedadagrad": "FedAdagrad", "scaffold": "Scaffold"}
+    fields = {"client_lr": "learning_rate", "server_lr": "server_learning_rate", "server_epsilon": "tau",
+              "mu": "mu", "beta1": "beta1", "beta2": "beta2"}
+    for ours, theirs in names.items():
+        for field, value in tcga.TCGA_STRATEGIES[ours].items():
+            assert config[theirs][fields[field]] == value, (ours, field)
+        assert config[theirs]["optimizer_class"] == "torch.optim.SGD"
+
+
+def test_region_summary_counts_the_pairs_a_c_index_compares(data):
+    regions = fl.tcga.region_summary(data).set_index("region")
+    assert regions.loc["canada", "test_comparable_pairs"] == 3  # 11 test patients, 1 death (design measurement)
+    for s, name in enumerate(data.site_names):
+        y = data.y_test[data.test_sites == s]
+        brute = sum(1 for i in range(len(y)) for j in range(len(y)) if y[i, 0] == 1 and
+                    (y[i, 1] < y[j, 1] or (y[i, 1] == y[j, 1] and y[j, 0] == 0 and i != j)))
+        assert regions.loc[name, "test_comparable_pairs"] == brute
+
+
+def test_holm_by_hand():
+    p = [0.01, np.nan, 0.04, 0.03, 0.2]
+    # sorted 0.01, 0.03, 0.04, 0.2 (m = 4): 0.04, 0.09, 0.09 (made non-decreasing from 0.08), 0.2
+    assert tcga.holm(p)[[0, 3, 2, 4]] == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert math.isnan(tcga.holm(p)[1])
+
+
+def test_what_a_survival_run_cannot_report_is_refused_in_one_line(data):
+    config = tcga.tcga_config(rounds=1, local_steps=2)
+    with pytest.raises(fl.ConfigError, match="^dataset: fed_tcga_brca is survival data"):
+        fl.partition_report_for(config)
+    history = fl.run_experiment(config, progress=False)
+    from fedlab.privacy import audit_membership
+
+    with pytest.raises(fl.ConfigError, match="^dataset: a membership audit"):
+        audit_membership(config, history)
+    panel = fl.ExperimentPanel(config, ["client_lr"])
+    assert panel.metric == "eval_c_index"
+
+
+def test_a_diverged_survival_run_keeps_its_evaluated_round():
+    from fedlab.runner import evaluated_rows
+
+    history = pd.DataFrame({"round": [1, 2, 3, 4], "eval_every": 2, "rounds": 3,
+                            "eval_loss": [np.nan, np.nan, np.nan, np.nan], "eval_c_index": np.nan})
+    assert evaluated_rows(history)["round"].tolist() == [2, 3, 4]
+    last = fl.final_metrics(history.iloc[:3].assign(seed=0), by=[])
+    assert last["round"].tolist() == [3] and math.isnan(last["eval_c_index"].iloc[0])
 
 
 def test_age_alone_and_dropout_cost(data):
@@ -155,6 +223,7 @@ def test_age_alone_and_dropout_cost(data):
                 rows.append({"method": method, "seed": seed, "site": region,
                              "c_index": 0.7 + 0.01 * i + 0.01 * seed + (shift if region == "canada" else 0.0)})
     cost = tcga.dropout_cost(pd.DataFrame(rows)).set_index(["method", "site"])
+    assert "p_holm" in cost
     assert cost.loc[("without canada", "left-out region"), "diff"] == pytest.approx(-0.1)
     assert cost.loc[("without canada", "other regions"), "diff"] == pytest.approx(0.0, abs=1e-12)
     assert math.isnan(cost.loc[("without canada", "left-out region"), "p_value"])  # the same at every seed
