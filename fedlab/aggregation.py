@@ -21,6 +21,9 @@ under the value a config names it by: ``dp="fixed"``/``"adaptive"`` (role
   for K clients never to overflow. With b = 0, TFF's ``SecureSumFactory`` clips
   every coordinate to [-C, C] and quantises it to 32 bits. The mean is
   unweighted: weighting before a bounded secure sum would break its range.
+* **Homomorphic aggregation** (Cheon et al. 2017, CKKS): ``secure_protocol="ckks"``
+  encrypts float updates; the server takes their weighted mean on ciphertexts
+  without the key (:mod:`fedlab.ckks`, :mod:`fedlab.homomorphic_rounds`).
 * **Compression**: uniform quantisation of each tensor to b bits between its
   min and max (``EncodedSumFactory.quantize_above_threshold``), weighted mean.
 * **Robustness**: ``clipping_factory`` (L2-clip every update to C) or

@@ -173,8 +173,9 @@ def test_dropouts_are_left_out_and_the_weights_renormalised():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("changes", [dict(dp="example", noise_multiplier=1.0, clip_norm=1.0),
-                                     dict(algorithm="fedadam", server_lr=0.05)], ids=["record-level-dp", "fedadam"])
-def test_record_level_dp_and_an_adaptive_server_optimizer_run_on_the_decrypted_mean(changes):
+                                     dict(algorithm="fedadam", server_lr=0.05), dict(noise_source="unseeded")],
+                         ids=["record-level-dp", "fedadam", "os-randomness"])
+def test_record_level_dp_an_adaptive_server_optimizer_and_os_randomness_run_on_the_decrypted_mean(changes):
     config = BASE.replace(**changes)
     plain = fl.run_experiment(config, progress=False)
     encrypted = fl.run_experiment(config.replace(**CKKS), progress=False)
