@@ -63,6 +63,7 @@ import math
 import os
 import pathlib
 import tempfile
+import threading
 import time
 from typing import Mapping, Optional, Sequence
 
@@ -145,22 +146,29 @@ def _context(serialized: bytes, *, private: bool):
 
 
 class _Files:
+    """A private temporary folder (mode 0700) through which SEAL ciphertexts become bytes; a file per thread."""
+
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="fedlab-ckks-")
-        self._path = os.path.join(self._dir.name, "ciphertext")
+
+    @property
+    def _path(self) -> str:
+        return os.path.join(self._dir.name, f"ciphertext-{threading.get_ident()}")
 
     def dump(self, ciphertext) -> bytes:
-        ciphertext.save(self._path)
-        with open(self._path, "rb") as handle:
+        path = self._path
+        ciphertext.save(path)
+        with open(path, "rb") as handle:
             return handle.read()
 
     def load(self, seal_context, data: bytes):
         import tenseal.sealapi as seal
 
-        with open(self._path, "wb") as handle:
+        path = self._path
+        with open(path, "wb") as handle:
             handle.write(data)
         ciphertext = seal.Ciphertext()
-        ciphertext.load(seal_context, self._path)
+        ciphertext.load(seal_context, path)
         return ciphertext
 
 
@@ -268,7 +276,8 @@ def decrypt(ciphertexts: Sequence[bytes], length: int, secret_context: bytes) ->
 
     context = _context(secret_context, private=True)
     seal_context = context.seal_context().data
-    decryptor, encoder, files = seal.Decryptor(seal_context, context.secret_key().data), seal.CKKSEncoder(seal_context), _files()
+    decryptor = seal.Decryptor(seal_context, context.secret_key().data)
+    encoder, files = seal.CKKSEncoder(seal_context), _files()
     out = []
     for data in ciphertexts:
         plain = seal.Plaintext()
@@ -373,7 +382,8 @@ def measure_cost(*, clients: Sequence[int] = (10, 100, 1000), sizes: Sequence[in
         error = float(np.max(np.abs(result.mean - exact)))
         bound = error_bound(max(float(np.max(np.abs(v))) for v in vectors.values()))
         if error > bound:
-            raise RuntimeError(f"ckks: the decrypted mean is {error:.3g} from the exact one, above the bound {bound:.3g}")
+            raise RuntimeError(f"ckks: the decrypted mean is {error:.3g} from the exact one, above the bound "
+                               f"{bound:.3g}")
         per_client_server = result.server_seconds / timed_clients
         chunks = math.ceil(int(length) / SLOTS)
         for n in clients:

@@ -84,7 +84,7 @@ class ExperimentConfig:
     accountant: str = "rdp"  # rdp or pld (dp-accounting)
     secure_aggregation: bool = False  # the server sees only the sum (range: clip_norm)
     quantization_bits: int = 0  # 0: float32 updates; b: b-bit compression, or b-bit secure sum
-    secure_protocol: str = "none"  # secagg, secaggplus or ckks: run the protocol with real cryptography (none: the sum only)
+    secure_protocol: str = "none"  # secagg, secaggplus or ckks: the protocol with real cryptography (none: the sum only)
     robust: str = "none"  # none, clip or zeroing (at clip_norm), median, trimmed_mean, krum, multikrum
     robust_fraction: float = 0.2  # trimmed_mean: share cut at each end; krum, multikrum: share assumed Byzantine
     freeze_layers: int = 0  # partial updates: the first n weight layers are not trained or sent

@@ -160,6 +160,24 @@ def test_the_same_config_and_seed_give_the_same_history_twice():
 
 
 @pytest.mark.slow
+def test_a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(tmp_path):
+    import threading
+
+    from fedlab.runner import RunStopped
+
+    config = BASE.replace(**CKKS, rounds=3, algorithm="fedadam", server_lr=0.05)  # Adam's moments in the state
+    whole = fl.run_experiment(config, progress=False)
+    stop = threading.Event()
+    with pytest.raises(RunStopped):
+        fl.run_experiment(config, progress=False, checkpoint_dir=tmp_path, stop=stop,
+                          callback=lambda row, history: stop.set() if row["round"] == 1 else None)
+    resumed = fl.run_experiment(config, progress=False, checkpoint_dir=tmp_path)
+    pd.testing.assert_frame_equal(whole[RUN_COLUMNS], resumed[RUN_COLUMNS])
+    for a, b in zip(fl.final_weights(whole), fl.final_weights(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
 def test_dropouts_are_left_out_and_the_weights_renormalised():
     config = fl.ExperimentConfig(dataset="breast_cancer", model="logreg", num_clients=8, clients_per_round=6,
                                  rounds=3, client_lr=0.05, batch_size=8, dropout_rate=0.3, systems_seed=2)
