@@ -29,6 +29,7 @@ from .analysis import (
 )
 from .attacks import ATTACKS, register_attack
 from .catalog import catalog
+from .ckks import measure_cost as he_cost
 from .clients import client_arrays_for, dataset_for, partition_for, partition_report_for
 from .comparison import BASELINES, compare, register_baseline, tune
 from .config import ExperimentConfig
@@ -121,6 +122,7 @@ __all__ = [
     "final_weights",
     "findings",
     "grid",
+    "he_cost",
     "hparam",
     "interval_table",
     "interval_text",

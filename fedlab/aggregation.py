@@ -21,6 +21,9 @@ under the value a config names it by: ``dp="fixed"``/``"adaptive"`` (role
   for K clients never to overflow. With b = 0, TFF's ``SecureSumFactory`` clips
   every coordinate to [-C, C] and quantises it to 32 bits. The mean is
   unweighted: weighting before a bounded secure sum would break its range.
+* **Homomorphic aggregation** (Cheon et al. 2017, CKKS): ``secure_protocol="ckks"``
+  encrypts float updates; the server takes their weighted mean on ciphertexts
+  without the key (:mod:`fedlab.ckks`, :mod:`fedlab.homomorphic_rounds`).
 * **Compression**: uniform quantisation of each tensor to b bits between its
   min and max (``EncodedSumFactory.quantize_above_threshold``), weighted mean.
 * **Robustness**: ``clipping_factory`` (L2-clip every update to C) or
@@ -40,6 +43,7 @@ from typing import Callable, Optional
 from .registry import Registry, decorator
 from .robust import CoordinateMedianFactory, KrumFactory, TrimmedMeanFactory, fraction_count
 from .runtime import tff
+from .homomorphic_rounds import HomomorphicMean
 from .secure_rounds import ProtocolSum
 from .seeded import seeded_gaussian, seeded_quantizing
 from .validation import SettingWarning
@@ -220,6 +224,18 @@ def secagg_plus_protocol(config) -> ProtocolSum:
     return ProtocolSum("secagg+", config.quantization_bits, config.clip_norm, config.clients_per_round)
 
 
+@register_aggregator("ckks", role="secure", paper="Cheon et al. 2017 (CKKS), doi:10.1007/978-3-319-70694-8_15; "
+                                                "NVIDIA FLARE's HE aggregation")
+def ckks_protocol(config) -> HomomorphicMean:
+    """CKKS homomorphic aggregation: clients encrypt float updates, the server adds ciphertexts times plain weights.
+
+    :mod:`fedlab.ckks` encrypts and sums, :mod:`fedlab.homomorphic_rounds`
+    runs the round; the mean is weighted as ``client_weighting`` says, no
+    clipping or quantization; encryption seeded with ``noise_source="seeded"``.
+    """
+    return HomomorphicMean("ckks", seeded=config.noise_source == "seeded")
+
+
 def protocol_names() -> tuple[str, ...]:
     """The values of ``secure_protocol`` besides "none": registered secure aggregators that run a protocol."""
     return tuple(name for name in names("secure") if name != "secure")
@@ -323,7 +339,8 @@ def aggregator_key(config) -> tuple:
         return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
                 config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source)
     return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
-            config.noise_source if config.quantization_bits and not config.secure_aggregation else None,
+            config.noise_source if (config.quantization_bits and not config.secure_aggregation)
+            or config.secure_protocol == "ckks" else None,
             config.clip_norm if (config.secure_aggregation or config.robust != "none") else None,
             config.clients_per_round if config.secure_aggregation or config.robust == "multikrum" else None,
             config.robust_fraction if uses_fraction(config) else None)
@@ -336,6 +353,8 @@ def uses_fraction(config) -> bool:
 
 def bits_per_value_up(config) -> float:
     """Bits a client sends per trainable parameter."""
+    if config.secure_aggregation and config.secure_protocol == "ckks":
+        return 8 * HomomorphicMean.upload_bytes(1) / 4096  # a ciphertext's bits per slot (fewer values pay more)
     if config.secure_aggregation and config.secure_protocol != "none":
         return AGGREGATORS[config.secure_protocol].build(config).modulus_bits  # ring elements mod 2^(b + ceil log2 K)
     if config.secure_aggregation:
@@ -359,6 +378,8 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     """
     params = int(sum(trainable_sizes))
     down = clients * 4 * (params + int(sum(non_trainable_sizes)))
+    if config.secure_aggregation and config.secure_protocol == "ckks":  # whole ciphertexts of 4,096 slots
+        return {"bytes_down": float(down), "bytes_up": float(clients * (HomomorphicMean.upload_bytes(params) + 4))}
     per_client_up = params * bits_per_value_up(config) / 8 + 4
     if config.quantization_bits and not config.secure_aggregation and not config.user_level_dp:
         per_client_up += 8 * len(trainable_sizes)
@@ -368,7 +389,9 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
 def describe(config) -> Optional[str]:
     """One line on the aggregator in use, for panels and tables."""
     parts = []
-    if config.secure_aggregation:
+    if config.secure_aggregation and config.secure_protocol == "ckks":
+        parts.append("CKKS homomorphic aggregation (float updates, weighted mean)")
+    elif config.secure_aggregation:
         protocol = "" if config.secure_protocol == "none" else f", protocol {config.secure_protocol}"
         parts.append(f"secure aggregation ({config.quantization_bits or 32}-bit, clip {config.clip_norm:g}{protocol})")
     elif config.quantization_bits:
@@ -380,6 +403,8 @@ def describe(config) -> Optional[str]:
 
 def method_name(config) -> str:
     """Short label of the update encoding: float32, compressed-4bit, secure-12bit, secure-32bit."""
+    if config.secure_aggregation and config.secure_protocol == "ckks":
+        return "ckks"
     if config.secure_aggregation and config.secure_protocol != "none":
         return f"{config.secure_protocol}-{config.quantization_bits}bit"
     if config.secure_aggregation:

@@ -84,7 +84,7 @@ class ExperimentConfig:
     accountant: str = "rdp"  # rdp or pld (dp-accounting)
     secure_aggregation: bool = False  # the server sees only the sum (range: clip_norm)
     quantization_bits: int = 0  # 0: float32 updates; b: b-bit compression, or b-bit secure sum
-    secure_protocol: str = "none"  # secagg or secagg+: run the protocol with real cryptography (none: the sum only)
+    secure_protocol: str = "none"  # secagg, secaggplus or ckks: the protocol with real cryptography (none: the sum only)
     robust: str = "none"  # none, clip or zeroing (at clip_norm), median, trimmed_mean, krum, multikrum
     robust_fraction: float = 0.2  # trimmed_mean: share cut at each end; krum, multikrum: share assumed Byzantine
     freeze_layers: int = 0  # partial updates: the first n weight layers are not trained or sent
@@ -405,10 +405,15 @@ class ExperimentConfig:
                                          "their updates in this process")
 
     def _check_protocol(self, algorithm: Algorithm) -> None:
-        """A secure protocol sums b-bit integers between fedlab's compiled-loop clients and its server."""
+        """A secure protocol sums b-bit integers (CKKS: encrypted floats) between fedlab's compiled-loop clients
+        and its server."""
         if not self.secure_aggregation:
             raise ConfigError("secure_protocol", f"{self.secure_protocol!r} needs secure_aggregation=True")
-        if self.quantization_bits < 2:
+        ckks = self.secure_protocol == "ckks"
+        if ckks and self.quantization_bits:
+            raise ConfigError("quantization_bits", "must be 0 with secure_protocol='ckks': CKKS encrypts the float "
+                                                   f"updates as they are, got {self.quantization_bits}")
+        if not ckks and self.quantization_bits < 2:
             raise ConfigError("quantization_bits", f"must be 2..16 with secure_protocol={self.secure_protocol!r}: "
                                                    "the protocol sums b-bit integers")
         if self.clients_per_round < 2:
@@ -418,6 +423,9 @@ class ExperimentConfig:
             reason = "it has frozen layers" if self.freeze_layers else f"{self.algorithm} has no compiled client loop"
             raise ConfigError("secure_protocol", f"needs fedlab's compiled client loop, and {reason}; "
                                                  "use secure_protocol='none'")
+        if ckks and self.robust != "none":
+            raise ConfigError("robust", "must be none with secure_protocol='ckks': the server sees only ciphertexts "
+                                        "and its clients do not clip")
         if self.robust not in ("none", "clip"):
             raise ConfigError("robust", f"must be none or clip with secure_protocol={self.secure_protocol!r} "
                                         "(the protocol's clients already L2-clip to clip_norm)")

@@ -343,12 +343,14 @@ def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=No
 
 def _round_inputs(wanted, config: ExperimentConfig, round_num: int, chosen, selected, attackers) -> dict:
     """What a process that runs part of its round in Python asks of the round (its ``round_inputs``): the
-    clients' ids, every client selected (a secure protocol's dropouts), SecAgg+'s graph seed, and, for an
+    clients' ids, every client selected (a secure protocol's dropouts), SecAgg+'s graph seed, CKKS's encryption
+    seed of the round, and, for an
     attack on the updates, who attacks, ``attack_boost`` and the attackers' random generator."""
     known = {
         "clients": lambda: [int(c) for c in chosen],
         "participants": lambda: [int(c) for c in selected],
         "graph_seed": lambda: _round_seed(config.seeds["systems"], round_num),
+        "noise_seed": lambda: _round_seed(config.seeds["noise"], round_num),
         "attackers": lambda: [int(c) in attackers for c in chosen],
         "attack_boost": lambda: config.attack_boost,
         "attack_rng": lambda: attack_rng(config.seeds["data"], round_num),

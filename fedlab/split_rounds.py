@@ -60,6 +60,7 @@ class SplitRoundProcess:
         finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
         metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
         self.shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
+        self.weights_type, self.finalizer = weights_type, finalizer  # a subclass may aggregate outside TFF
 
         @t.federated_computation()
         def init_fn():

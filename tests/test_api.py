@@ -8,7 +8,7 @@ EXPECTED = [
     "ModelSpec", "NaturalPartitioner", "PARTITIONERS", "Partitioner", "QuantitySkewPartitioner", "ShardPartitioner",
     "TASKS", "Task", "accounting_table", "aggregation", "catalog", "client_arrays_for", "client_scores",
     "clients_table", "compare", "compared", "crosssilo", "dataset_for", "devices_from_csv", "epsilon",
-    "exclude_selector", "fastest_to_target", "final_metrics", "final_weights", "findings", "grid", "hparam",
+    "exclude_selector", "fastest_to_target", "final_metrics", "final_weights", "findings", "grid", "he_cost", "hparam",
     "interval_table", "interval_text", "load_dataset", "noise_multiplier_for", "number", "participation_table",
     "partition_for", "partition_report", "partition_report_for", "plot_comparison", "plot_images",
     "plot_interval_heatmap", "plot_kaplan_meier", "plot_label_distribution", "plot_learning_curves", "plot_metric_vs", "plot_round_time",

@@ -13,6 +13,7 @@ LAYERS = [
     {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold", "personal", "qffl",
+     "ckks", "homomorphic_rounds",
      "robust", "finetune", "tasks", "survival"},                                       # components
     {"algorithms", "aggregation", "evaluation"},                           # components built on components
     {"config"},                                                            # the experiment, validated
