@@ -140,6 +140,27 @@ def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return evaluated.sort_values("round").groupby(list(by) + ["seed"], dropna=False).tail(1).reset_index(drop=True)
 
 
+def protocol_costs(secagg: pd.DataFrame, ckks: pd.DataFrame) -> pd.DataFrame:
+    """What each way of summing the clients' updates costs one client and the server, per clients in the round and
+    values in the update: plain float32 (the update up and the model down, 8 bytes a value, no cryptography), SecAgg
+    and SecAgg+ (:func:`fedlab.secagg_cost` without dropouts, the mean over its repeats, at its vector length and
+    ring), CKKS (:func:`fedlab.he_cost`, whose server seconds are extrapolated from timed clients). Columns:
+    protocol, clients, vector_length, bytes_per_client (sent and received), bytes_per_value, client_seconds,
+    server_seconds, server_seconds_measured (False where extrapolated)."""
+    calm = secagg[secagg.dropout_rate == 0].groupby(["protocol", "clients", "vector_length"], as_index=False)[
+        ["bytes_per_client", "client_seconds", "server_seconds"]].mean().assign(server_seconds_measured=True)
+    he = ckks.rename(columns={"server_seconds_extrapolated": "server_seconds"}).assign(server_seconds_measured=False)
+    sizes = sorted(set(calm.vector_length) | set(he.vector_length))
+    plain = pd.DataFrame([{"protocol": "plain float32", "clients": n, "vector_length": d, "bytes_per_client": 8 * d,
+                           "client_seconds": 0.0, "server_seconds": 0.0, "server_seconds_measured": True}
+                          for d in sizes for n in sorted(set(he.clients) | set(calm.clients))])
+    columns = ["protocol", "clients", "vector_length", "bytes_per_client", "client_seconds", "server_seconds",
+               "server_seconds_measured"]
+    table = pd.concat([plain, calm[columns], he[columns]], ignore_index=True)
+    table.insert(4, "bytes_per_value", table.bytes_per_client / table.vector_length)
+    return table.sort_values(["vector_length", "clients", "protocol"], kind="stable").reset_index(drop=True)
+
+
 def summarize(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
     """Mean, standard deviation, count and the 95 % t-interval of the mean (``ci_low``, ``ci_high``) of ``value``
     over seeds, per group of ``by`` (:func:`fedlab.stats.summary_table`; NaN bounds where a group has one seed)."""

@@ -358,6 +358,40 @@ def plot_site_accuracy(history: Optional[pd.DataFrame], *, ax=None, site_names: 
     return fig, ax, table
 
 
+def plot_protocol_costs(table: pd.DataFrame, *, axes=None):
+    """Bytes per client (left) and the server's seconds (right) against the clients in a round, one colour per
+    protocol, one line style per vector length (log-log; ``table`` as :func:`fedlab.analysis.protocol_costs` gives
+    it). Hollow markers: server seconds extrapolated from timed clients, not measured."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        with plt.rc_context(STYLE):
+            fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    protocols = list(dict.fromkeys(table.protocol))
+    sizes = sorted(table.vector_length.unique())
+    for i, protocol in enumerate(protocols):
+        for j, size in enumerate(sizes):
+            rows = table[(table.protocol == protocol) & (table.vector_length == size)].sort_values("clients")
+            if rows.empty:
+                continue
+            style = dict(color=f"C{i}", linestyle=LINESTYLES[j % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)])
+            axes[0].plot(rows.clients, rows.bytes_per_client, label=f"{protocol}, {size:,} values", **style)
+            server = rows[rows.server_seconds > 0]
+            if len(server):
+                hollow = {} if server.server_seconds_measured.all() else {"markerfacecolor": "none"}
+                axes[1].plot(server.clients, server.server_seconds, label=f"{protocol}, {size:,} values",
+                             **style, **hollow)
+    for ax, label in ((axes[0], "bytes per client (sent + received)"), (axes[1], "server seconds per round")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("clients in the round")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize="x-small")
+    axes[1].set_title("hollow: extrapolated from timed clients", fontsize="small")
+    return axes[0].figure, axes, table
+
+
 def plot_kaplan_meier(curves: pd.DataFrame, *, ax=None, title: Optional[str] = None):
     """Kaplan-Meier survival curves as steps, one per ``region`` (columns region, time_years, at_risk, survival, as
     :func:`fedlab.tcga.region_survival` gives them). A curve ends at its last time observed; it drops to 0 where
