@@ -250,6 +250,11 @@ def test_tensorboard_events_decrypt_to_the_history(encrypted_run, plain, tmp_pat
     assert read_scalars(tmp_path / "plain")["train_loss"] == scalars["train_loss"]
     with pytest.raises(EncryptionError, match="is encrypted"):
         read_scalars(folder)
+    from fedlab.__main__ import main  # the command line's way: show RUN_FOLDER --to PLAIN
+
+    [cli_folder] = [p for p in (written / "cli-tb").iterdir() if p.is_dir()]
+    assert main(["show", str(cli_folder), "--to", str(tmp_path / "cli-plain"), "--encryption-key", str(key_file)]) == 0
+    assert read_scalars(tmp_path / "cli-plain")["train_loss"] == scalars["train_loss"]
 
 
 def test_a_tampered_checkpoint_version_is_damage_and_the_previous_one_is_used(encrypted_run, plain, tmp_path):
