@@ -210,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     ckks = kinds.add_parser("ckks", help="write the sites' shared CKKS secret context and the server's public one "
                                          "into DIR")
     ckks.add_argument("dir", type=_folder, metavar="DIR")
+    seal = kinds.add_parser("seal-data", help="write DIR/NAME.enc, encrypted, beside every data file in DIR (a "
+                                              "site's heart-disease or TCGA files); read instead of NAME with "
+                                              "--encryption-key")
+    seal.add_argument("dir", type=_folder, metavar="DIR")
+    seal.add_argument("--encryption-key", required=True, metavar="FILE", help="the AES-256 key to encrypt with")
+    seal.add_argument("--remove-plain", action="store_true",
+                      help="delete each plain file once its .enc decrypts back to it (its blocks may stay on the disk)")
 
     listing = sub.add_parser("list", help="what is registered: data sets, models, algorithms, partitioners, "
                                           "aggregators, with their papers")
@@ -372,6 +379,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
             raise UsageError(f"FILE: cannot write {args.file}: {err.strerror or err}") from None
         print(f"wrote {args.file} (AES-256 key, id {key.id_hex}, mode 0600). Use it with --encryption-key "
               f"{args.file} or fl.use_encryption(key_file={str(args.file)!r}); keep it off the disk it protects")
+        return 0
+    if args.kind == "seal-data":
+        _use_key(args)
+        from .data import seal_folder
+
+        written = seal_folder(args.dir, remove_plain=args.remove_plain)
+        if not written:
+            raise UsageError(f"DIR: no file to encrypt in {args.dir}")
+        for path in written:
+            print(f"wrote {path}")
         return 0
     try:
         from .ckks import write_keys

@@ -3,7 +3,9 @@
 ``fl.use_encryption(key_file=PATH)`` (``--encryption-key PATH``) turns it on;
 ``python -m fedlab keys new PATH`` makes a key. While it is on, the result
 cache, checkpoints, TensorBoard events and the command line's output are
-written encrypted, and client arrays are kept off disk (:mod:`fedlab.array_files`).
+written encrypted, a site's data files are read from their encrypted copies
+(``python -m fedlab keys seal-data DIR``), and client arrays are kept off disk
+(:mod:`fedlab.array_files`).
 
 A key file is two text lines, written whole with mode 0600::
 

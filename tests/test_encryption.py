@@ -322,3 +322,40 @@ def test_keys_ckks_writes_the_site_and_server_keys(tmp_path):
     assert main(["keys", "ckks", str(tmp_path / "ckks")]) == 0
     written = [p for p in (tmp_path / "ckks").iterdir() if p.is_file()]
     assert len(written) >= 2, written
+
+
+# A site's data files ---------------------------------------------------------------------------------
+def test_a_sites_data_files_read_encrypted_give_the_same_data(heart_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from fedlab.__main__ import main
+    from fedlab.data import DataUnavailableError
+
+    site = tmp_path / "site"
+    shutil.copytree(heart_dir, site)
+    plain = fl.load_dataset("heart_disease", seed=0)
+    key_file = new_key(tmp_path / "site.key").path
+    assert main(["keys", "seal-data", str(site), "--encryption-key", str(key_file), "--remove-plain"]) == 0
+    fl.use_encryption(None)
+    names = sorted(p.name for p in site.iterdir())
+    assert names and all(n.endswith(".enc") for n in names), names
+    for path in site.iterdir():
+        data = path.read_bytes()
+        assert data.startswith(MAGIC) and b"63.0,1.0,1.0,145.0" not in data  # Cleveland's first patient
+    monkeypatch.setenv("FEDLAB_HEART_DISEASE_DIR", str(site))
+    fl.use_encryption(key_file=key_file)
+    sealed = fl.load_dataset("heart_disease", seed=0)
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(sealed, field), getattr(plain, field))
+    fl.use_encryption(None)  # without the key: one line, and nothing is downloaded in its place
+    with pytest.raises(DataUnavailableError, match="processed.cleveland.data.enc is encrypted") as err:
+        fl.load_dataset("heart_disease", seed=0)
+    one_line(err)
+    assert sorted(p.name for p in site.iterdir()) == names
+    cleveland = site / "processed.cleveland.data.enc"
+    data = cleveland.read_bytes()
+    cleveland.write_bytes(data[:60] + bytes([data[60] ^ 4]) + data[61:])
+    fl.use_encryption(key_file=key_file)
+    with pytest.raises(DataUnavailableError, match="cleveland.data.enc is damaged") as err:
+        fl.load_dataset("heart_disease", seed=0)
+    one_line(err)
