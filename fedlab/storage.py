@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -36,8 +37,6 @@ import shutil
 import tempfile
 import warnings
 from typing import Any, Iterable, Optional
-
-import io
 
 import numpy as np
 

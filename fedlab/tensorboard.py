@@ -46,6 +46,7 @@ def _label(folder: pathlib.Path, name: str) -> str:
 
 
 def _drop_ram(writer, ram: str) -> None:
+    """Frees a collected log's in-memory events (a notebook's sweep would otherwise keep every run's)."""
     import tensorflow as tf
 
     writer.close()
@@ -80,8 +81,8 @@ class TensorBoardLog:
         self.events = (f"ram://fedlab-tensorboard/{os.getpid()}-{uuid.uuid4().hex}/{self.dir.name}" if self.sealed
                        else str(self.dir))
         self.manager = tff().program.TensorBoardReleaseManager(self.events)
-        if self.sealed:
-            weakref.finalize(self, _drop_ram, self.manager._summary_writer, self.events)  # noqa: SLF001
+        if self.sealed:  # not at exit: the process's memory goes with it
+            weakref.finalize(self, _drop_ram, self.manager._summary_writer, self.events).atexit = False  # noqa: SLF001
 
     def write(self, rows: Iterable[dict]) -> None:
         for row in rows:
@@ -106,9 +107,9 @@ class TensorBoardLog:
         write_sealed(self.dir / MARKER, str(self.written), _label(self.dir, MARKER))
 
 
-def _event_files(folder: pathlib.Path):
-    """(name, path readable by TF) of every event file in ``folder``; encrypted ones decrypted into ``ram://``
-    (deleted by the caller through the returned list's second element)."""
+def _event_files(folder: pathlib.Path) -> tuple[list[tuple[str, str]], str]:
+    """([(event file name, path TF reads it from)], ram folder): plain event files in ``folder`` as they are,
+    encrypted ones decrypted into the ``ram://`` folder, which the caller deletes."""
     import tensorflow as tf
 
     plain = [(p.name, str(p)) for p in sorted(folder.glob(EVENTS + "*"))]
