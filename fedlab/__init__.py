@@ -36,6 +36,7 @@ from .comparison import BASELINES, compare, register_baseline, tune
 from .config import ExperimentConfig
 from .data import DATASETS, Dataset, DataUnavailableError, load_dataset, register_dataset
 from .distributed import LocalWorkers, use_worker_tls
+from .encryption import use_encryption
 from .models import MODELS, DataShape, ModelSpec, register_model
 from .partition import (
     PARTITIONERS,
@@ -178,5 +179,6 @@ __all__ = [
     "tally",
     "tcga",
     "tune",
+    "use_encryption",
     "use_worker_tls",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fedlab run|list|privacy|worker|certs|reproduce ...``.
+"""Command line: ``python -m fedlab run|show|list|privacy|worker|certs|keys|reproduce ...``.
 
 Errors in the input are one line naming the option (``--alpha: must be > 0``)
 and exit status 2, with no traceback, before TensorFlow is imported. Every
@@ -168,6 +168,11 @@ def _add_tls_options(parser: argparse.ArgumentParser, purpose: str, cert: str, k
                        help=f"the CA certificate that must have signed {checks} (DIR/ca.pem)")
 
 
+def _add_encryption_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--encryption-key", default=None, metavar="FILE",
+                        help=f"{what} encrypted with the AES-256 key in FILE (python -m fedlab keys new FILE makes one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m fedlab", description="fedlab: federated learning experiments on TFF")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -186,6 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write each round's metrics as TensorBoard events under DIR (tensorboard --logdir DIR)")
     _add_tls_options(run, "with --workers: connect to the workers with mutual TLS, presenting", "client.pem",
                      "client-key.pem", "the workers' certificates")
+    _add_encryption_option(run, "write OUT/*.enc, the checkpoint and TensorBoard events (and read them back)")
+
+    show = sub.add_parser("show", help="print a file run --out wrote (history.csv, config.json, clients.csv; "
+                                       "decrypting a .enc one), or with --to write a TensorBoard run folder's "
+                                       "events in the clear")
+    show.add_argument("path", type=pathlib.Path, metavar="PATH",
+                      help="OUT/history.csv[.enc], or a run folder under --tensorboard DIR (with --to)")
+    show.add_argument("--to", type=_folder, default=None, metavar="PLAIN",
+                      help="write the run folder's event files, decrypted, into PLAIN (tensorboard --logdir PLAIN)")
+    _add_encryption_option(show, "read files")
+
+    keys = sub.add_parser("keys", help="make keys: an AES-256 key for encryption at rest (keys new FILE), "
+                                       "CKKS keys for homomorphic aggregation (keys ckks DIR)")
+    kinds = keys.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    new = kinds.add_parser("new", help="write a new AES-256 key to FILE (mode 0600) for --encryption-key")
+    new.add_argument("file", type=pathlib.Path, metavar="FILE")
+    ckks = kinds.add_parser("ckks", help="write the sites' shared CKKS secret context and the server's public one "
+                                         "into DIR")
+    ckks.add_argument("dir", type=_folder, metavar="DIR")
+    seal = kinds.add_parser("seal-data", help="write DIR/NAME.enc, encrypted, beside every data file in DIR (a "
+                                              "site's heart-disease or TCGA files); read instead of NAME with "
+                                              "--encryption-key")
+    seal.add_argument("dir", type=_folder, metavar="DIR")
+    seal.add_argument("--encryption-key", required=True, metavar="FILE", help="the AES-256 key to encrypt with")
+    seal.add_argument("--remove-plain", action="store_true",
+                      help="delete each plain file once its .enc decrypts back to it (its blocks may stay on the disk)")
 
     listing = sub.add_parser("list", help="what is registered: data sets, models, algorithms, partitioners, "
                                           "aggregators, with their papers")
@@ -248,15 +279,35 @@ def config_from_args(args: argparse.Namespace):
 
 
 # Commands -----------------------------------------------------------------------------------------
+ENCRYPTED_SUFFIX = ".enc"
+
+
+def _use_key(args: argparse.Namespace) -> bool:
+    """Turns encryption at rest on with ``--encryption-key`` (one line if the file is not a key); whether it is on."""
+    from .encryption import use_encryption
+
+    return use_encryption(args.encryption_key) is not None
+
+
+def _write_out(out: pathlib.Path, name: str, text: str, encrypted: bool) -> pathlib.Path:
+    """``OUT/name``, or ``OUT/name.enc`` encrypted (its label ``out/name``: renamed, it fails its check)."""
+    from .storage import write_sealed
+
+    path = out / (name + ENCRYPTED_SUFFIX if encrypted else name)
+    write_sealed(path, text, f"out/{name}")
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # validated before TensorFlow is imported
+    encrypted = _use_key(args)
     from .distributed import WorkerTLS, use_worker_tls
 
     tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
     if tls is not None and not config.workers:
         raise UsageError("--tls-cert: mutual TLS is for runs on --workers HOST:PORT,...; this run is local")
     use_worker_tls(tls)  # the process's setting, not the config's: the same numbers, the same cached result
-    from .storage import Checkpoint, atomic_write, ensure_folder
+    from .storage import Checkpoint, ensure_folder
 
     out = ensure_folder(args.out, "--out")
     checkpoint_dir = None if args.no_checkpoint else out / "checkpoint"
@@ -285,14 +336,69 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
-    atomic_write(out / "config.json", config.to_json() + "\n")
-    atomic_write(out / "history.csv", history.to_csv(index=False))
+    _write_out(out, "config.json", config.to_json() + "\n", encrypted)
+    written = _write_out(out, "history.csv", history.to_csv(index=False), encrypted)
     if config.eval_per_client:
-        atomic_write(out / "clients.csv", clients_table(history).to_csv(index=False))
+        _write_out(out, "clients.csv", clients_table(history).to_csv(index=False), encrypted)
     last = evaluated_rows(history).iloc[-1]
     metric = next(c for c in last.index if c.startswith("eval_") and c != "eval_loss" and c != "eval_every")
     print(f"round={int(last['round'])} {metric}={last[metric]:.4f} eval_loss={last['eval_loss']:.4f} "
-          f"-> {out / 'history.csv'}")
+          f"-> {written}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    _use_key(args)
+    path = args.path
+    if args.to is not None:
+        if not path.is_dir():
+            raise UsageError(f"--to: PATH must be a TensorBoard run folder (DIR/<algorithm>-<key>), got {path}")
+        from .tensorboard import export
+
+        written = export(path, args.to)
+        print(f"wrote {len(written)} event file(s) in the clear into {args.to}: tensorboard --logdir {args.to}")
+        return 0
+    if not path.is_file():
+        raise UsageError(f"PATH: {path} is not a file")
+    from .storage import read_sealed
+
+    name = path.name[:-len(ENCRYPTED_SUFFIX)] if path.name.endswith(ENCRYPTED_SUFFIX) else path.name
+    sys.stdout.write(read_sealed(path, f"out/{name}").decode())
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    if args.kind == "new":
+        from .encryption import new_key
+
+        try:
+            key = new_key(args.file)
+        except FileExistsError as err:
+            raise UsageError(f"FILE: {err}") from None
+        except OSError as err:
+            raise UsageError(f"FILE: cannot write {args.file}: {err.strerror or err}") from None
+        print(f"wrote {args.file} (AES-256 key, id {key.id_hex}, mode 0600). Use it with --encryption-key "
+              f"{args.file} or fl.use_encryption(key_file={str(args.file)!r}); keep it off the disk it protects")
+        return 0
+    if args.kind == "seal-data":
+        _use_key(args)
+        from .data import seal_folder
+
+        written = seal_folder(args.dir, remove_plain=args.remove_plain)
+        if not written:
+            raise UsageError(f"DIR: no file to encrypt in {args.dir}")
+        for path in written:
+            print(f"wrote {path}")
+        return 0
+    try:
+        from .ckks import write_keys
+    except ModuleNotFoundError as err:
+        if err.name != "fedlab.ckks":
+            raise
+        raise UsageError("fedlab.ckks is not available in this build") from None
+    written = write_keys(pathlib.Path(args.dir))
+    for path in (written.values() if isinstance(written, dict) else written or []):
+        print(f"wrote {path}")
     return 0
 
 
@@ -383,8 +489,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "privacy": cmd_privacy, "worker": cmd_worker, "certs": cmd_certs,
-            "reproduce": cmd_reproduce}
+COMMANDS = {"run": cmd_run, "show": cmd_show, "list": cmd_list, "privacy": cmd_privacy, "worker": cmd_worker,
+            "certs": cmd_certs, "keys": cmd_keys, "reproduce": cmd_reproduce}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -402,7 +508,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{prog}: error: {option_name(err.field)}: {err.message}", file=sys.stderr)
     except Exception as err:  # noqa: BLE001 - known failures: say them in one line
         known = ("WorkerUnreachableError", "WorkerLostError", "DataUnavailableError", "CheckpointMismatchError",
-                 "StorageError")
+                 "StorageError", "EncryptionError")
         if type(err).__name__ in known or isinstance(err, ValueError):
             print(f"{prog}: error: {err}", file=sys.stderr)
             return 1 if type(err).__name__.startswith("Worker") else 2

@@ -14,6 +14,13 @@ Only for runtimes that see this machine's files: TFF's local worker and its
 in-process test runtime. A process built for remote workers (``workers=``)
 is sent the arrays themselves (:func:`building_for_remote_workers`).
 
+With encryption at rest on (:mod:`fedlab.encryption`) no array file is
+written: TFF's worker is a separate C++ process that reads these files with
+``tf.io.read_file``, which cannot decrypt them, and TF's in-memory ``ram://``
+filesystem is that of the process that writes it, not the worker's. Processes
+built then are sent the arrays themselves, as for remote workers (the same
+bytes arrive, so the same numbers), at the cost the paragraph above measures.
+
 An array is known by its identity: fedlab makes a run's client arrays once
 and does not change them in place. Its file is deleted when the array is
 garbage collected, and the directory when this process exits; directories
@@ -34,6 +41,7 @@ import weakref
 
 import numpy as np
 
+from . import encryption
 from .runtime import held
 
 PREFIX = "fedlab-arrays-"
@@ -51,8 +59,9 @@ def building_for_remote_workers(remote: bool = True):
 
 
 def enabled() -> bool:
-    """Whether a process built now reads its clients' arrays from files (not while building for remote workers)."""
-    return _local_files.get()
+    """Whether a process built now reads its clients' arrays from files (not while building for remote workers,
+    nor with encryption at rest on: the files would hold the clients' data in the clear)."""
+    return _local_files.get() and encryption.current() is None
 
 
 def _alive(pid: int) -> bool:
@@ -98,6 +107,9 @@ class ArrayFiles:
 
     def path(self, array: np.ndarray) -> str:
         """The file holding ``array`` (written now if this array object has none yet)."""
+        if encryption.current() is not None:  # a process built before encryption was turned on
+            raise RuntimeError("array files: encryption at rest is on, and client arrays are never written to "
+                               "files then; this process was built before it was turned on (rebuild it)")
         with held(self._lock, "the index of the array files"):
             known = self._paths.get(id(array))
             if known is not None and known[0]() is array:

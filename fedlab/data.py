@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import pathlib
 import urllib.error
@@ -20,6 +21,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from . import encryption
 from .registry import Registry, decorator
 from .validation import ConfigError
 
@@ -300,10 +302,13 @@ def _fetch(source: _Source, directory: pathlib.Path, files: dict, download: bool
     paths = {}
     for key, (name, url, expected) in files.items():
         path = directory / name
-        if not path.exists():
+        sealed = directory / (name + SEALED_SUFFIX)
+        if sealed.exists() and (encryption.current() is not None or not path.exists()):
+            path = sealed  # read encrypted with encryption on; refused in one line with it off
+        elif not path.exists():
             if not download:
                 raise DataUnavailableError(_missing_message(source, directory, path))
-            _download(source, url, path, directory)
+            path = _download(source, url, path, directory)
         digest = _sha256(source, path)
         if digest != expected:
             raise DataUnavailableError(
@@ -321,9 +326,60 @@ def _sha256(source: _Source, path: pathlib.Path) -> str:
         raise DataUnavailableError(f"{source.name}: {path} is {kind}; it must be {source.publisher}'s file "
                                    f"{path.name} ({source.env} names the folder that holds it)")
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(data_bytes(path)).hexdigest()
     except OSError as err:
         raise DataUnavailableError(f"{source.name}: cannot read {path}: {err.strerror or err}") from None
+
+
+SEALED_SUFFIX = ".enc"
+
+
+def data_bytes(path: pathlib.Path) -> bytes:
+    """A data file's bytes; ``NAME.enc`` decrypted (its label ``data/NAME``: renamed, it fails its check), with a
+    one-line :class:`DataUnavailableError` if the key in use does not open it."""
+    path = pathlib.Path(path)
+    if not path.name.endswith(SEALED_SUFFIX):
+        return path.read_bytes()
+    try:
+        return encryption.unseal(path.read_bytes(), label=f"data/{path.name[:-len(SEALED_SUFFIX)]}", where=str(path))
+    except encryption.EncryptionError as err:
+        raise DataUnavailableError(str(err)) from None
+
+
+def readable(path: pathlib.Path):
+    """What ``pandas.read_csv`` reads: the path itself, or an encrypted file's bytes in memory."""
+    path = pathlib.Path(path)
+    return io.BytesIO(data_bytes(path)) if path.name.endswith(SEALED_SUFFIX) else path
+
+
+def seal_folder(directory, *, remove_plain: bool = False) -> list[pathlib.Path]:
+    """Writes ``NAME.enc`` beside every file ``NAME`` in ``directory`` (not hidden, not already ``.enc``), encrypted
+    with the key in use and checked by decrypting it back; with ``remove_plain`` the plain file is then deleted
+    (deleting does not erase its blocks from the disk)."""
+    if encryption.current() is None:
+        raise ConfigError("encryption_key", "is needed to encrypt data files (python -m fedlab keys new FILE)")
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise DataUnavailableError(f"{directory} is not a folder")
+    written = []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.name.endswith(SEALED_SUFFIX):
+            continue
+        data = path.read_bytes()
+        target = path.with_name(path.name + SEALED_SUFFIX)
+        _write_whole(target, encryption.seal(data, label=f"data/{path.name}"))
+        if data_bytes(target) != data:
+            raise DataUnavailableError(f"{target}: does not decrypt to {path.name}; it was not written whole")
+        if remove_plain:
+            path.unlink()
+        written.append(target)
+    return written
+
+
+def _write_whole(path: pathlib.Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _missing_message(source: _Source, directory: pathlib.Path, path: pathlib.Path) -> str:
@@ -333,12 +389,14 @@ def _missing_message(source: _Source, directory: pathlib.Path, path: pathlib.Pat
     )
 
 
-def _download(source: _Source, url: str, path: pathlib.Path, directory: pathlib.Path) -> None:
+def _download(source: _Source, url: str, path: pathlib.Path, directory: pathlib.Path) -> pathlib.Path:
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             content = response.read()
     except (urllib.error.URLError, OSError) as err:
         raise DataUnavailableError(f"{_missing_message(source, directory, path)} Download error: {err}") from err
+    if encryption.current() is not None:  # never on disk in the clear
+        content, path = encryption.seal(content, label=f"data/{path.name}"), path.with_name(path.name + SEALED_SUFFIX)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".part")
@@ -346,6 +404,7 @@ def _download(source: _Source, url: str, path: pathlib.Path, directory: pathlib.
         tmp.replace(path)
     except OSError as err:  # e.g. the folder named is a file
         raise DataUnavailableError(f"{source.name}: cannot write {path}: {err.strerror or err}") from None
+    return path
 
 
 # Heart disease -----------------------------------------------------------------
@@ -380,7 +439,7 @@ def read_heart_disease_sites(directory: Optional[pathlib.Path] = None, *, downlo
 
     paths = fetch_heart_disease(directory, download=download)
     return {
-        site: pd.read_csv(path, header=None, names=HEART_DISEASE_COLUMNS, na_values="?")
+        site: pd.read_csv(readable(path), header=None, names=HEART_DISEASE_COLUMNS, na_values="?")
         for site, path in paths.items()
     }
 
@@ -537,8 +596,8 @@ def read_tcga_brca(directory: Optional[pathlib.Path] = None, *, download: bool =
     import pandas as pd
 
     paths = fetch_tcga_brca(directory, download=download)
-    table = pd.read_csv(paths["brca.csv"])
-    split = pd.read_csv(paths["train_test_split.csv"]).set_index("pid")
+    table = pd.read_csv(readable(paths["brca.csv"]))
+    split = pd.read_csv(readable(paths["train_test_split.csv"])).set_index("pid")
     table = table[table["pid"].isin(split.index)].reset_index(drop=True)
     table["fold"] = split.loc[table["pid"], "fold"].to_numpy()
     table["fold2"] = split.loc[table["pid"], "fold2"].to_numpy()

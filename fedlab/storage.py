@@ -13,6 +13,14 @@
 
 Histories are stored as JSON rows (floats round-trip exactly, NaN and
 infinity included); config columns are rebuilt from the config itself.
+
+With encryption on (:mod:`fedlab.encryption`) every file here but the
+manifests is written encrypted, labelled with its path in its store (so a file
+moved to another entry or version fails its check); the manifests hold the
+checksums of the encrypted bytes, so damage is found without the key. A file
+that fails authentication is damaged, handled as above; a wrong key, or
+encryption on for a plain store (or off for an encrypted one), is a
+:class:`StorageError` in one line: nothing is set aside for a key typo.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -31,6 +40,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from .encryption import EncryptionError, seal, unseal
 from .validation import FedlabWarning
 
 MANIFEST = "MANIFEST.json"
@@ -62,6 +72,32 @@ def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_sealed(path: pathlib.Path, data: str | bytes, label: str) -> None:
+    """:func:`atomic_write` of ``data``, encrypted for ``label`` when encryption is on (:func:`fedlab.encryption.seal`)."""
+    atomic_write(path, seal(data, label=label))
+
+
+def read_sealed(path: pathlib.Path, label: str) -> bytes:
+    """The data of a file :func:`write_sealed` wrote; :class:`fedlab.encryption.EncryptionError` naming ``path``."""
+    return unseal(pathlib.Path(path).read_bytes(), label=label, where=str(path))
+
+
+def npz_bytes(arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(a) for a in arrays])
+    return buffer.getvalue()
+
+
+def npz_arrays(data: bytes) -> list[np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+def _key_problem(err: Exception) -> bool:
+    """A key that does not fit the file (not damage): reported, never set aside."""
+    return isinstance(err, EncryptionError) and not err.damaged
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -197,12 +233,13 @@ class ResultCache:
             problem = check_manifest(path, manifest)
             if problem:
                 raise ValueError(problem)
-            rows = rows_from_json((path / "history.json").read_text())
+            rows = rows_from_json(read_sealed(path / "history.json", f"results-cache/{key}/history.json"))
             check_rounds(rows, rounds, "history.json")
-            clients = rows_from_json((path / "clients.json").read_text())
-            with np.load(path / "weights.npz") as saved:
-                weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            clients = rows_from_json(read_sealed(path / "clients.json", f"results-cache/{key}/clients.json"))
+            weights = npz_arrays(read_sealed(path / "weights.npz", f"results-cache/{key}/weights.npz"))
         except (OSError, ValueError, KeyError) as err:
+            if _key_problem(err):
+                raise StorageError(f"results cache: {err}") from None
             moved = _set_aside(path)
             warnings.warn(f"results cache: entry {path.name} is damaged ({err}); moved to {moved.name}, "
                           "computing the run again", DamagedFileWarning, stacklevel=3)
@@ -214,10 +251,9 @@ class ResultCache:
         """Writes the entry under a temporary name, then renames it into place."""
         self.folder.mkdir(parents=True, exist_ok=True)
         def write(tmp: pathlib.Path) -> None:
-            (tmp / "history.json").write_text(rows_to_json(rows))
-            (tmp / "clients.json").write_text(rows_to_json(clients))
-            (tmp / "config.json").write_text(config_json)
-            np.savez(tmp / "weights.npz", *weights)
+            for name, data in (("history.json", rows_to_json(rows)), ("clients.json", rows_to_json(clients)),
+                               ("config.json", config_json), ("weights.npz", npz_bytes(weights))):
+                (tmp / name).write_bytes(seal(data, label=f"results-cache/{key}/{name}"))
             (tmp / MANIFEST).write_text(json.dumps(tree_manifest(tmp), indent=1, sort_keys=True))
 
         write_folder(self.path(key), write)
@@ -245,10 +281,12 @@ class Checkpoint:
                 "is unknown; use a new folder or delete it")
         if config_path.exists():
             try:
-                saved = json.loads(config_path.read_text())
+                saved = json.loads(read_sealed(config_path, "checkpoint/config.json"))
                 if not isinstance(saved, dict):
                     raise ValueError("not an object")
             except (OSError, ValueError) as err:
+                if _key_problem(err):
+                    raise CheckpointMismatchError(f"checkpoint_dir: {err}") from None
                 raise CheckpointMismatchError(
                     f"checkpoint_dir: {config_path} is damaged ({err}); use a new folder or delete it") from None
             wanted = json.loads(json.dumps(config.experiment_dict()))
@@ -296,11 +334,14 @@ class Checkpoint:
                     raise ValueError(problem)
                 if not (self._version_dir(version) / "state.npz").exists():
                     raise ValueError("it was saved by an older fedlab (TFF's SavedModel), which this one does not read")
-                state = _load_state(self._version_dir(version) / "state.npz", state_template)
-                rows = rows_from_json((self._version_dir(version) / "history.json").read_bytes())
+                folder, label = self._version_dir(version), f"checkpoint/program_state_{version}"
+                state = _load_state(read_sealed(folder / "state.npz", f"{label}/state.npz"), state_template)
+                rows = rows_from_json(read_sealed(folder / "history.json", f"{label}/history.json"))
                 check_rounds(rows, version, "the saved history")
-                client_rows = rows_from_json((self._version_dir(version) / "clients.json").read_bytes())
+                client_rows = rows_from_json(read_sealed(folder / "clients.json", f"{label}/clients.json"))
             except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways
+                if _key_problem(err):
+                    raise StorageError(f"checkpoint {self.dir}: {err}") from None
                 reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
                 damaged.append(f"round {version} ({reason})")
                 continue
@@ -325,7 +366,7 @@ class Checkpoint:
         state_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.dir / "config.json"
         if not config_path.exists():
-            atomic_write(config_path, self.config.to_json())
+            write_sealed(config_path, self.config.to_json(), "checkpoint/config.json")
         version_dir = self._version_dir(round_num)
         with contextlib.suppress(FileNotFoundError):  # left by a run interrupted after saving this round
             self._manifest_path(round_num).unlink()
@@ -334,10 +375,9 @@ class Checkpoint:
         manifest = {}
 
         def write(tmp: pathlib.Path) -> None:
-            with open(tmp / "state.npz", "wb") as f:
-                np.savez(f, *[np.asarray(leaf) for leaf in _tree().flatten(state)])
-            (tmp / "history.json").write_text(rows_to_json(rows))
-            (tmp / "clients.json").write_text(rows_to_json(client_rows))
+            for name, data in (("state.npz", npz_bytes(_tree().flatten(state))), ("history.json", rows_to_json(rows)),
+                               ("clients.json", rows_to_json(client_rows))):
+                (tmp / name).write_bytes(seal(data, label=f"checkpoint/program_state_{round_num}/{name}"))
             manifest.update(tree_manifest(tmp))
 
         write_folder(version_dir, write)
@@ -346,7 +386,7 @@ class Checkpoint:
             with contextlib.suppress(FileNotFoundError):
                 self._manifest_path(version).unlink()
             shutil.rmtree(self._version_dir(version), ignore_errors=True)
-        atomic_write(self.dir / "history.csv", history_csv)
+        write_sealed(self.dir / "history.csv", history_csv, "checkpoint/history.csv")
 
     def describe(self) -> str:
         """What the folder holds, for messages: "rounds 1-3" or "nothing yet"."""
@@ -360,11 +400,10 @@ def _tree():
     return tree
 
 
-def _load_state(path: pathlib.Path, template):
-    """The state saved in ``path``, in the structure of ``template``; ValueError if it does not fit."""
+def _load_state(data: bytes, template):
+    """The state in ``data`` (an ``.npz``'s bytes), in the structure of ``template``; ValueError if it does not fit."""
     expected = _tree().flatten(template)
-    with np.load(path, allow_pickle=False) as stored:
-        leaves = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    leaves = npz_arrays(data)
     if len(leaves) != len(expected):
         raise ValueError(f"its state has {len(leaves)} tensors, the process {len(expected)}")
     for i, (leaf, want) in enumerate(zip(leaves, expected)):

@@ -18,7 +18,7 @@ EXPECTED = [
     "register_device_table", "register_loss", "register_metric", "register_model", "register_partitioner",
     "register_task", "round_times", "rounds_to_target", "run_experiment", "run_sweep", "save_figure", "save_table",
     "secagg_cost", "setup", "speedups", "summarize", "summarize_paired", "summarize_rounds_to_target", "tally",
-    "tcga", "tune", "use_worker_tls",
+    "tcga", "tune", "use_encryption", "use_worker_tls",
 ]
 
 

@@ -10,7 +10,8 @@ PACKAGE = pathlib.Path(fedlab.__file__).parent
 # Bottom to top. A module may import modules of its own layer or below, never above;
 # and, whatever the layers, never in a circle.
 LAYERS = [
-    {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats"},  # foundations, no fedlab imports above
+    {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats",
+     "encryption"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold", "personal", "qffl",
      "ckks", "homomorphic_rounds",

@@ -1,0 +1,77 @@
+"""What encryption at rest costs a run: the benchmark workload with and without it, interleaved.
+
+    FEDLAB_WORKER_INTRAOP_THREADS=1 .venv/bin/python benchmarks/encryption_at_rest.py [--ks 10,100] [--rounds 8]
+        [--repeats 3]
+
+With encryption on, clients' arrays are sent to TFF's worker inline every round instead of as the paths of files
+written once (:mod:`fedlab.array_files`), and every checkpoint is encrypted. For each K: seconds of TFF's round
+call (the history's ``seconds``, median over rounds 3..R) and wall seconds per round of the whole run (checkpoint
+saved every round, evaluation at the last), plain then encrypted, ``--repeats`` times after one warm-up pair (which
+builds both processes); the ratio is encrypted / plain, median over the pairs with their range. Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+
+def one(config, encrypted: bool, key_file: str) -> tuple[float, float, float]:
+    import fedlab
+
+    fedlab.use_encryption(key_file if encrypted else None)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()
+            history = fedlab.run_experiment(config, checkpoint_dir=os.path.join(folder, "ckpt"), progress=False)
+            wall = (time.perf_counter() - t0) / config.rounds
+            disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
+    finally:
+        fedlab.use_encryption(None)
+    return float(np.median(history["seconds"].to_numpy()[2:])), wall, float(disk)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ks", default="10,100")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    import fedlab
+    import workload
+    from fedlab.encryption import new_key
+
+    fedlab.setup()
+    key_file = os.path.join(tempfile.mkdtemp(), "bench.key")
+    new_key(key_file)
+    print("K,mode,repeat,round_call_s,wall_s_per_round,checkpoint_bytes")
+    for k in [int(v) for v in args.ks.split(",")]:
+        config = workload.config(k, args.rounds)
+        ratios = {"round": [], "wall": []}
+        for repeat in range(args.repeats + 1):
+            measured = {}
+            for mode in ("plain", "encrypted"):
+                measured[mode] = one(config, mode == "encrypted", key_file)
+                if repeat:
+                    print(f"{k},{mode},{repeat},{measured[mode][0]:.4f},{measured[mode][1]:.4f},"
+                          f"{measured[mode][2]:.0f}", flush=True)
+            if repeat:
+                ratios["round"].append(measured["encrypted"][0] / measured["plain"][0])
+                ratios["wall"].append(measured["encrypted"][1] / measured["plain"][1])
+        for what, values in ratios.items():
+            print(f"# K={k} {what}: encrypted/plain median {np.median(values):.3f} "
+                  f"(range {min(values):.3f}-{max(values):.3f}, {len(values)} pairs)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
