@@ -390,14 +390,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         for path in written:
             print(f"wrote {path}")
         return 0
-    try:
-        from .ckks import write_keys
-    except ModuleNotFoundError as err:
-        if err.name != "fedlab.ckks":
-            raise
-        raise UsageError("fedlab.ckks is not available in this build") from None
-    written = write_keys(pathlib.Path(args.dir))
-    for path in (written.values() if isinstance(written, dict) else written or []):
+    from .ckks import write_keys
+
+    for path in write_keys(pathlib.Path(args.dir)):
         print(f"wrote {path}")
     return 0
 
