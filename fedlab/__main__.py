@@ -289,13 +289,36 @@ def _use_key(args: argparse.Namespace) -> bool:
     return use_encryption(args.encryption_key) is not None
 
 
-def _write_out(out: pathlib.Path, name: str, text: str, encrypted: bool) -> pathlib.Path:
-    """``OUT/name``, or ``OUT/name.enc`` encrypted (its label ``out/name``: renamed, it fails its check)."""
+def _out_label(name: str, config_json: Optional[bytes]) -> str:
+    """The label of ``OUT/name``: ``out/config.json`` for the run's config, ``out/run-<digest>/name`` for the others,
+    the digest of the ``config.json`` beside them (:func:`fedlab.storage.run_digest`): renamed, or copied from
+    another run's folder, a file fails its check."""
+    from .storage import run_digest
+
+    if name == "config.json" or config_json is None:  # None: a plain file, or refused before its label counts
+        return f"out/{name}"
+    return f"out/run-{run_digest(config_json)}/{name}"
+
+
+def _write_out(out: pathlib.Path, name: str, text: str, encrypted: bool, config_json: str) -> pathlib.Path:
+    """``OUT/name``, or ``OUT/name.enc`` encrypted (labelled by :func:`_out_label`)."""
     from .storage import write_sealed
 
     path = out / (name + ENCRYPTED_SUFFIX if encrypted else name)
-    write_sealed(path, text, f"out/{name}")
+    write_sealed(path, text, _out_label(name, config_json.encode()))
     return path
+
+
+def _run_config_beside(path: pathlib.Path) -> bytes:
+    """The encrypted ``config.json.enc`` that ``run --out`` wrote beside ``path``, decrypted: its digest is in the
+    file's label."""
+    from .storage import read_sealed
+
+    config = path.parent / ("config.json" + ENCRYPTED_SUFFIX)
+    if not config.is_file():
+        raise UsageError(f"PATH: {path} is bound to its run's config.json{ENCRYPTED_SUFFIX}, which is not beside it "
+                         f"in {path.parent}; show reads the files run --out wrote, in their folder")
+    return read_sealed(config, "out/config.json")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -336,10 +359,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
-    _write_out(out, "config.json", config.to_json() + "\n", encrypted)
-    written = _write_out(out, "history.csv", history.to_csv(index=False), encrypted)
+    config_json = config.to_json() + "\n"
+    _write_out(out, "config.json", config_json, encrypted, config_json)
+    written = _write_out(out, "history.csv", history.to_csv(index=False), encrypted, config_json)
     if config.eval_per_client:
-        _write_out(out, "clients.csv", clients_table(history).to_csv(index=False), encrypted)
+        _write_out(out, "clients.csv", clients_table(history).to_csv(index=False), encrypted, config_json)
     last = evaluated_rows(history).iloc[-1]
     metric = next(c for c in last.index if c.startswith("eval_") and c != "eval_loss" and c != "eval_every")
     print(f"round={int(last['round'])} {metric}={last[metric]:.4f} eval_loss={last['eval_loss']:.4f} "
@@ -348,7 +372,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    _use_key(args)
+    try:
+        return _show(args)
+    except OSError as err:
+        raise UsageError(_os_error(err, args.path)) from None
+
+
+def _os_error(err: OSError, default) -> str:
+    """An OSError in one line: the file it names (else ``default``) and why."""
+    return f"{err.filename or default}: {err.strerror or err}"
+
+
+def _show(args: argparse.Namespace) -> int:
+    encrypted = _use_key(args)
     path = args.path
     if args.to is not None:
         if not path.is_dir():
@@ -360,10 +396,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     if not path.is_file():
         raise UsageError(f"PATH: {path} is not a file")
-    from .storage import read_sealed
+    from .encryption import is_encrypted, unseal
 
     name = path.name[:-len(ENCRYPTED_SUFFIX)] if path.name.endswith(ENCRYPTED_SUFFIX) else path.name
-    sys.stdout.write(read_sealed(path, f"out/{name}").decode())
+    blob = path.read_bytes()
+    # an encrypted file's label names its run's config; any other is refused (or read) on its own
+    config_json = _run_config_beside(path) if encrypted and is_encrypted(blob) and name != "config.json" else None
+    sys.stdout.write(unseal(blob, label=_out_label(name, config_json), where=str(path)).decode())
     return 0
 
 
@@ -384,7 +423,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         _use_key(args)
         from .data import seal_folder
 
-        written = seal_folder(args.dir, remove_plain=args.remove_plain)
+        try:
+            written = seal_folder(args.dir, remove_plain=args.remove_plain)
+        except OSError as err:
+            raise UsageError(f"DIR: {_os_error(err, args.dir)}") from None
         if not written:
             raise UsageError(f"DIR: no file to encrypt in {args.dir}")
         for path in written:
@@ -392,7 +434,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     from .ckks import write_keys
 
-    for path in write_keys(pathlib.Path(args.dir)):
+    try:
+        paths = write_keys(pathlib.Path(args.dir))
+    except OSError as err:
+        raise UsageError(f"DIR: cannot write {_os_error(err, args.dir)}") from None
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

@@ -231,9 +231,12 @@ def ckks_protocol(config) -> HomomorphicMean:
 
     :mod:`fedlab.ckks` encrypts and sums, :mod:`fedlab.homomorphic_rounds`
     runs the round; the mean is weighted as ``client_weighting`` says, no
-    clipping or quantization; encryption seeded with ``noise_source="seeded"``.
+    clipping or quantization. With ``noise_source="seeded"`` the encryption is
+    seeded by the round's noise seed and the config's fingerprint (simulation
+    only: no confidentiality against whoever knows the config).
     """
-    return HomomorphicMean("ckks", seeded=config.noise_source == "seeded")
+    seeded = config.noise_source == "seeded"
+    return HomomorphicMean("ckks", seeded=seeded, run_digest=config.fingerprint() if seeded else "")
 
 
 def protocol_names() -> tuple[str, ...]:
@@ -341,6 +344,9 @@ def aggregator_key(config) -> tuple:
     return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
             config.noise_source if (config.quantization_bits and not config.secure_aggregation)
             or config.secure_protocol == "ckks" else None,
+            # seeded CKKS encrypts with the config's fingerprint in its seed: a process of its own per config
+            config.fingerprint() if config.secure_aggregation and config.secure_protocol == "ckks"
+            and config.noise_source == "seeded" else None,
             config.clip_norm if (config.secure_aggregation or config.robust != "none") else None,
             config.clients_per_round if config.secure_aggregation or config.robust == "multikrum" else None,
             config.robust_fraction if uses_fraction(config) else None)
@@ -375,11 +381,15 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     when compressed, plus one float32 weight. Not counted: secure aggregation's
     key agreement and share messages, which grow with K but not with the model
     (a protocol run reports them: history column ``secagg_bytes_per_client``).
+    CKKS (:mod:`fedlab.ckks`): up, each client's ciphertexts (uncompressed size,
+    from the parameters) plus its weight; down, the model and the encrypted
+    mean to every selected client (a key holder decrypts it).
     """
     params = int(sum(trainable_sizes))
     down = clients * 4 * (params + int(sum(non_trainable_sizes)))
     if config.secure_aggregation and config.secure_protocol == "ckks":  # whole ciphertexts of 4,096 slots
-        return {"bytes_down": float(down), "bytes_up": float(clients * (HomomorphicMean.upload_bytes(params) + 4))}
+        ciphertexts = HomomorphicMean.upload_bytes(params)
+        return {"bytes_down": float(down + clients * ciphertexts), "bytes_up": float(clients * (ciphertexts + 4))}
     per_client_up = params * bits_per_value_up(config) / 8 + 4
     if config.quantization_bits and not config.secure_aggregation and not config.user_level_dp:
         per_client_up += 8 * len(trainable_sizes)

@@ -141,23 +141,29 @@ def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 
 def protocol_costs(secagg: pd.DataFrame, ckks: pd.DataFrame) -> pd.DataFrame:
-    """What each way of summing the clients' updates costs one client and the server, per clients in the round and
-    values in the update: plain float32 (the update up and the model down, 8 bytes a value, no cryptography), SecAgg
-    and SecAgg+ (:func:`fedlab.secagg_cost` without dropouts, the mean over its repeats, at its vector length and
-    ring), CKKS (:func:`fedlab.he_cost`, whose server seconds are extrapolated from timed clients). Columns:
-    protocol, clients, vector_length, bytes_per_client (sent and received), bytes_per_value, client_seconds,
-    server_seconds, server_seconds_measured (False where extrapolated)."""
+    """What each way of summing the clients' updates costs one client and the server in a round, per clients in the
+    round and values in the update. Bytes are what a client sends and receives: plain float32, its update up and the
+    model down (8 bytes a value); SecAgg and SecAgg+ (:func:`fedlab.secagg_cost` without dropouts, the mean over its
+    repeats, at the vector length and ring it measured), the protocol's messages (keys, shares, the masked vector)
+    and the model down in float32; CKKS (:func:`fedlab.he_cost`), its ciphertexts up and the encrypted mean down
+    (the sites apply the mean themselves), with the server's seconds extrapolated from timed clients. Columns:
+    protocol, clients, vector_length, bytes_per_client, bytes_per_value_sent_received, client_seconds,
+    server_seconds, server_seconds_measured (False where extrapolated), max_error (CKKS: the decrypted mean's
+    largest error, measured)."""
     calm = secagg[secagg.dropout_rate == 0].groupby(["protocol", "clients", "vector_length"], as_index=False)[
-        ["bytes_per_client", "client_seconds", "server_seconds"]].mean().assign(server_seconds_measured=True)
+        ["bytes_per_client", "client_seconds", "server_seconds"]].mean()
+    calm = calm.assign(bytes_per_client=calm.bytes_per_client + 4 * calm.vector_length, server_seconds_measured=True,
+                       max_error=0.0)
     he = ckks.rename(columns={"server_seconds_extrapolated": "server_seconds"}).assign(server_seconds_measured=False)
     sizes = sorted(set(calm.vector_length) | set(he.vector_length))
     plain = pd.DataFrame([{"protocol": "plain float32", "clients": n, "vector_length": d, "bytes_per_client": 8 * d,
-                           "client_seconds": 0.0, "server_seconds": 0.0, "server_seconds_measured": True}
+                           "client_seconds": 0.0, "server_seconds": 0.0, "server_seconds_measured": True,
+                           "max_error": 0.0}
                           for d in sizes for n in sorted(set(he.clients) | set(calm.clients))])
     columns = ["protocol", "clients", "vector_length", "bytes_per_client", "client_seconds", "server_seconds",
-               "server_seconds_measured"]
+               "server_seconds_measured", "max_error"]
     table = pd.concat([plain, calm[columns], he[columns]], ignore_index=True)
-    table.insert(4, "bytes_per_value", table.bytes_per_client / table.vector_length)
+    table.insert(4, "bytes_per_value_sent_received", table.bytes_per_client / table.vector_length)
     return table.sort_values(["vector_length", "clients", "protocol"], kind="stable").reset_index(drop=True)
 
 

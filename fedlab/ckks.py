@@ -13,8 +13,22 @@ without it:
 * the server (:class:`CkksServer`) multiplies each client's ciphertexts by the
   client's plain weight w_i = n_i / sum n and adds them: the weighted mean,
   encrypted; it holds no secret key (``context.is_private()`` is False; a
-  decrypt attempt raises ``ValueError``);
+  decrypt attempt raises ``ValueError``) and never a plaintext;
 * the key holders decrypt the mean (:func:`decrypt`).
+
+What stays hidden, exactly: the aggregating object (:class:`CkksServer`)
+never holds a key or a plaintext. In this simulation the driver then decrypts
+the mean and the server step (TFF's finalizer, a SERVER-placed computation)
+runs on it in the clear, so the model is held in the clear by the
+simulation's server state; keeping the model encrypted (FedAvg's step at the
+sites) is not built. Decrypted results that reach the server can leak about
+the secret key (CKKS is not IND-CPA-D secure: Li and Micciancio 2021, "On the
+Security of Homomorphic Encryption on Approximate Numbers", EUROCRYPT,
+doi:10.1007/978-3-030-77870-5_23), and this simulation does hand the decrypted
+mean to the server step. With exactly two included clients each key holder
+can compute the other's update from the mean and its own; the rule of two or
+more updates (:mod:`fedlab.homomorphic_rounds`) only keeps the server from
+reading one client's update.
 
 Parameters (NVFlare's, and the issue's measurements): poly_modulus_degree
 N = 8192, coefficient moduli of 60, 40, 40 bits (log Q = 140 <= 218: 128-bit
@@ -29,26 +43,44 @@ a margin), checked at the site.
 
 **The error bound** (:func:`error_bound`): each decrypted coordinate of the
 weighted mean is within ``2^-24 (1 + M)`` of the exact weighted mean in float64
-(about 6e-8 (1 + M), M = the largest |value| of any client's update): the
-encoding rounds each value to 2^-40, the weight to 2^-40 (a relative 2^-40 / w_i on the
-product), and the fresh noise (SEAL's centred distribution, sigma 3.2) adds
-about 3.2 sqrt(N) / 2^40 = 3e-10 a slot. Measured (``tests/test_ckks.py``):
-4e-10 to 6e-10 on updates up to 0.25 in magnitude, 100 times below the bound and below float32's
-rounding of the mean (2^-24 relative); a training round's weights differ from plain FedAvg's by at most
+(about 6e-8 (1 + M), M = the largest |value| of any client's update), for at
+most 2^16 clients (:data:`MAX_CLIENTS`; more are refused): the encoding rounds
+each value to 2^-40, the weight to 2^-40 (a relative 2^-40 / w_i on the
+product), and the fresh noise adds about 3.2 sqrt(N) / 2^40 = 3e-10 a slot.
+SEAL's noise is random and Gaussian-like (sigma 3.2: a centred binomial by
+default, a clipped Gaussian in some builds), and the noise term is its typical
+size, not its worst case: the bound holds with high probability, not always. Measured
+(``tests/test_ckks.py``): 4e-10 to 6e-10 on updates up to 0.25 in magnitude,
+100 times below the bound and below float32's rounding of the mean (2^-24
+relative); a training round's weights differ from plain FedAvg's by at most
 one float32 step.
 
-**Reproducible from a seed.** SEAL draws its encryption randomness from the
-operating system unless the encryption parameters carry a seeded generator
-(``Blake2xbPRNGFactory``). A seeded generator gives every encryption under
-one SEAL context the same mask, which would let the server subtract two
-ciphertexts into the difference of their plaintexts; so each ciphertext is
-encrypted under a context of its own, seeded by (seed, client, chunk)
-(:func:`encrypt`'s ``seed``). Since the decryption of a sum that was never
-rescaled does not depend on the secret key, the decrypted mean is then a
-function of the updates, the weights and the seed alone: bit for bit the same
-in two runs, whatever keys each generated. Seeded encryption is for
-simulation only (anyone with the seed can remove the mask), like fedlab's
-seeded DP noise; ``seed=None`` uses SEAL's own randomness, as a deployment would.
+**Reproducible from a seed: simulation only.** SEAL draws its encryption
+randomness from the operating system unless the encryption parameters carry a
+seeded generator (``Blake2xbPRNGFactory``). A seeded generator gives every
+encryption under one SEAL context the same mask, which would let the server
+subtract two ciphertexts into the difference of their plaintexts; so each
+ciphertext is encrypted under a context of its own, seeded by (seed, client,
+chunk) (:func:`encrypt`'s ``seed``). :mod:`fedlab.homomorphic_rounds` puts the
+round's noise seed and the run's config digest (``config.fingerprint()``) in
+the seed, so two configs never encrypt with the same randomness. Since the
+decryption of a sum that was never rescaled does not depend on the secret key,
+the decrypted mean is then a function of the updates, the weights and the seed
+alone: bit for bit the same in two runs of one config, whatever keys each
+generated.
+
+**Seeded CKKS gives no confidentiality against anyone who knows the config**:
+from the config they know each ciphertext's mask and noise, hence the
+plaintext, and with the known zero padding of the last ciphertext, the secret
+key. It is for reproducible simulation only, like fedlab's seeded DP noise.
+The 128-bit security of the parameters applies to ``seed=None``
+(``noise_source="unseeded"``) only: SEAL's own randomness, as a deployment
+would use.
+
+Bytes are counted from the parameters (:func:`ciphertext_bytes`): SEAL's
+serialisation of a ciphertext without compression, the same in every process.
+The bytes fedlab passes around are SEAL's zstd-compressed ones, about 10%
+fewer and varying with the ciphertext.
 
 CKKS gives no integrity: a tampered ciphertext decrypts to garbage, so
 transport security (TLS) stays. Any holder of the shared key can read any
@@ -58,6 +90,7 @@ site's intercepted update.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import math
 import os
@@ -74,14 +107,17 @@ COEFF_MOD_BIT_SIZES = (60, 40, 40)
 SCALE_BITS = 40
 SLOTS = POLY_MODULUS_DEGREE // 2      # values a ciphertext holds
 MAX_MAGNITUDE = 2.0 ** 16             # |value| a site may encrypt: products at scale 2^80 stay below 2^99
+MAX_CLIENTS = 2 ** 16                 # clients a weighted sum may add: what error_bound assumes
 SECRET_FILE, PUBLIC_FILE = "ckks-secret.context", "ckks-public.context"
 
 
 def error_bound(magnitude: float) -> float:
     """Bound on |decrypted weighted mean - exact weighted mean| per coordinate, for updates with |x| <= magnitude.
 
-    2^-24 (1 + magnitude), for up to 2^16 clients: each client's weight is encoded to 2^-40 (K x magnitude x
-    2^-41 in all), its values to 2^-40 and its noise adds about 3e-10, both scaled by weights that sum to 1.
+    2^-24 (1 + magnitude), for up to :data:`MAX_CLIENTS` = 2^16 clients (a weighted sum of more is refused):
+    each client's weight is encoded to 2^-40 (K x magnitude x 2^-41 in all), its values to 2^-40 and its noise
+    adds about 3e-10, both scaled by weights that sum to 1. A high-probability bound: SEAL's noise is random,
+    Gaussian-like (sigma 3.2), and the noise term is its typical size 3.2 sqrt(N) / 2^40, not its worst case.
     """
     return 2.0 ** -24 * (1.0 + float(magnitude))
 
@@ -108,22 +144,38 @@ def make_keys() -> tuple[bytes, bytes]:
     return secret, public
 
 
-def write_keys(directory) -> tuple[pathlib.Path, pathlib.Path]:
+def write_keys(directory, *, force: bool = False) -> tuple[pathlib.Path, pathlib.Path]:
     """Writes a new key pair into ``directory``: (the sites' secret context, mode 0600; the server's public one).
 
-    Each file is written whole (a temporary file in the same folder, then ``os.replace``).
+    Refuses (``FileExistsError``, one line naming the file) to replace a secret context already there, unless
+    ``force=True``: what the old key encrypted could no longer be decrypted. Each file is written whole (a
+    temporary file in the same folder, then linked without replacing, or ``os.replace`` with ``force``).
     """
     directory = pathlib.Path(directory)
+    paths = directory / SECRET_FILE, directory / PUBLIC_FILE
+
+    def refuse():
+        raise FileExistsError(errno.EEXIST, "a CKKS secret context is already there; write_keys(..., force=True) "
+                                            "replaces it", str(paths[0]))
+
+    if not force and os.path.lexists(paths[0]):
+        refuse()
     directory.mkdir(parents=True, exist_ok=True)
     secret, public = make_keys()
-    paths = directory / SECRET_FILE, directory / PUBLIC_FILE
     for path, data, mode in ((paths[0], secret, 0o600), (paths[1], public, 0o644)):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
         try:
             os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            os.replace(tmp, path)
+            if force or path != paths[0]:
+                os.replace(tmp, path)
+            else:  # no replacing a secret context that appeared meanwhile
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    refuse()
+                os.unlink(tmp)
         except BaseException:
             pathlib.Path(tmp).unlink(missing_ok=True)
             raise
@@ -196,13 +248,20 @@ def _chunk_seed(seed: Sequence[int], chunk: int) -> list[int]:
 # Sites and server
 
 
+def in_range(vector) -> bool:
+    """Whether every value is finite with |value| < :data:`MAX_MAGNITUDE`: what :func:`encrypt` accepts."""
+    values = np.asarray(vector, dtype=np.float64)
+    return bool(values.size) and bool(np.all(np.abs(values) < MAX_MAGNITUDE))  # NaN compares False
+
+
 def encrypt(vector, secret_context: bytes, *, seed: Optional[Sequence[int]] = None) -> list[bytes]:
     """A site's vector as ciphertexts of :data:`SLOTS` values each (the last one padded with zeros).
 
-    ``seed``: integers (e.g. noise seed, round, client) from which each
+    ``seed``: integers (e.g. round seed, run digest, client) from which each
     ciphertext's encryption randomness is drawn, with a SEAL context of its own
-    (see the module docstring); None: SEAL's randomness from the OS.
-    Raises ValueError if a value is not finite or |value| >= :data:`MAX_MAGNITUDE`.
+    (see the module docstring: simulation only, no confidentiality against
+    whoever knows the seed); None: SEAL's randomness from the OS.
+    Raises ValueError if a value is not finite or |value| >= :data:`MAX_MAGNITUDE` (:func:`in_range`).
     """
     import tenseal.sealapi as seal
 
@@ -210,7 +269,7 @@ def encrypt(vector, secret_context: bytes, *, seed: Optional[Sequence[int]] = No
     if values.size == 0:
         raise ValueError("ckks: nothing to encrypt (an empty vector)")
     largest = float(np.max(np.abs(values)))
-    if not np.isfinite(largest) or largest >= MAX_MAGNITUDE:
+    if not in_range(values):
         raise ValueError(f"ckks: a value of {largest:.3g} is out of CKKS's range here (|x| < 2^16); lower client_lr "
                          "or the update's size")
     key = _context(secret_context, private=True).secret_key().data
@@ -229,7 +288,8 @@ class CkksServer:
     """The aggregating server: it holds the public context (parameters, no secret key) and adds ciphertexts.
 
     ``context``: TenSEAL's context object, ``context.is_private()`` False;
-    constructing one from the sites' secret context is refused.
+    constructing one from the sites' secret context is refused. It never holds
+    a key or a plaintext (what happens to the decrypted mean: the module docstring).
     """
 
     def __init__(self, public_context: bytes) -> None:
@@ -243,6 +303,8 @@ class CkksServer:
         start = time.perf_counter()
         if len(ciphertexts_per_client) != len(weights) or not weights:
             raise ValueError(f"ckks: {len(ciphertexts_per_client)} clients' ciphertexts and {len(weights)} weights")
+        if len(weights) > MAX_CLIENTS:
+            raise ValueError(f"ckks: {len(weights)} clients, more than the {MAX_CLIENTS} error_bound holds for")
         lengths = {len(c) for c in ciphertexts_per_client}
         if len(lengths) != 1:
             raise ValueError(f"ckks: the clients sent different numbers of ciphertexts ({sorted(lengths)})")
@@ -295,10 +357,13 @@ class CkksResult:
     """What a round of homomorphic aggregation gave and cost.
 
     ``mean``: float64, the decrypted weighted mean of the included clients'
-    vectors; ``included``: their ids, sorted; ``bytes_per_client``: bytes a
-    client sent (its ciphertexts) plus received (the encrypted mean), mean over
-    included clients; ``client_seconds``: mean wall seconds a client spent
-    encrypting plus decrypting; ``server_seconds``: the server's weighted sum.
+    vectors (zeros when no client has a positive weight, as TFF's mean
+    divides no-NaN); ``included``: their ids (positive weight), sorted;
+    ``bytes_per_client``: ciphertext bytes only, counted from the parameters
+    (:func:`ciphertext_bytes`): the ciphertexts an included client sent plus
+    the encrypted mean it received as a key holder (0 when none was included);
+    ``client_seconds``: mean wall seconds a client spent encrypting plus
+    decrypting; ``server_seconds``: the server's weighted sum.
     """
 
     mean: np.ndarray
@@ -310,15 +375,20 @@ class CkksResult:
 
 def run_round(updates: Mapping[int, np.ndarray], weights: Mapping[int, float], *, secret_context: bytes,
               public_context: bytes, seed: Optional[Sequence[int]] = None) -> CkksResult:
-    """Sites encrypt, the server takes the weighted mean (weights renormalised over ``updates``' clients), a site
-    decrypts. ``weights``: client id -> n_i (e.g. examples); ``seed``: integers, extended by each client's id."""
-    ids = sorted(int(c) for c in updates)
-    if not ids:
+    """Sites encrypt, the server takes the weighted mean (weights renormalised over the clients of ``updates``
+    with a positive weight; the others send nothing), a site decrypts. ``weights``: client id -> n_i (e.g.
+    examples); ``seed``: integers, extended by each client's id. No positive weight: a zero mean, nothing sent."""
+    if not updates:
         raise ValueError("ckks: no client sent an update")
-    raw = np.array([float(weights[c]) for c in ids])
-    if not (raw >= 0).all() or raw.sum() <= 0:
-        raise ValueError(f"ckks: the weights must be >= 0 with a positive sum, got {raw.tolist()}")
-    length = int(np.size(updates[ids[0]]))
+    raw = {int(c): float(weights[c]) for c in updates}
+    if not all(w >= 0 for w in raw.values()):  # NaN fails too
+        raise ValueError(f"ckks: the weights must be >= 0, got {list(raw.values())}")
+    length = int(np.size(next(iter(updates.values()))))
+    ids = sorted(c for c, w in raw.items() if w > 0)
+    if not ids:
+        return CkksResult(mean=np.zeros(length), included=(), bytes_per_client=0.0, client_seconds=0.0,
+                          server_seconds=0.0)
+    raw = np.array([raw[c] for c in ids])
     sent, seconds = {}, {}
     for c in ids:
         start = time.perf_counter()
@@ -329,23 +399,34 @@ def run_round(updates: Mapping[int, np.ndarray], weights: Mapping[int, float], *
     start = time.perf_counter()
     mean = decrypt(total, length, secret_context)
     decrypt_seconds = time.perf_counter() - start
-    down = sum(len(b) for b in total)
     return CkksResult(mean=mean, included=tuple(ids),
-                      bytes_per_client=float(np.mean([sum(len(b) for b in sent[c]) + down for c in ids])),
+                      bytes_per_client=float(np.mean([(len(sent[c]) + len(total)) * ciphertext_bytes() for c in ids])),
                       client_seconds=float(np.mean(list(seconds.values()))) + decrypt_seconds,
                       server_seconds=server.seconds)
 
 
-@functools.lru_cache(maxsize=None)
+SEAL_HEADER_BYTES = 16  # SEAL's Serialization::SEALHeader: magic, sizes, version, compression mode, total size
+
+
 def ciphertext_bytes() -> int:
-    """Bytes of one serialised ciphertext (SEAL compresses it: about 235 kB for 4,096 values)."""
-    secret, _ = make_keys()
-    values = np.random.default_rng(0).normal(0, 0.1, SLOTS)
-    return len(encrypt(values, secret, seed=(0,))[0])
+    """Bytes of one ciphertext as SEAL serialises it without compression, from the parameters: 262,257.
+
+    A fresh ciphertext, and the server's unrescaled weighted sum, is 2 polynomials at the first data level
+    (the moduli but the special prime: 2 of 3), N = 8192 coefficients of 8 bytes each: 262,144 bytes, plus SEAL's
+    header (16) and ``Ciphertext::save_members``' fields: parms_id (32), is_ntt_form (1), size, N, moduli count,
+    scale, correction factor (8 each), and the coefficient array's own header (16) and length (8).
+    ``tests/test_ckks.py`` checks it against an uncompressed serialisation that SEAL loads and decrypts.
+    SEAL's default (zstd) compression, what fedlab passes around, makes it about 10% smaller, varying with the key
+    and the ciphertext: not what is counted.
+    """
+    polynomials, moduli = 2, len(COEFF_MOD_BIT_SIZES) - 1
+    data = polynomials * moduli * POLY_MODULUS_DEGREE * 8
+    members = 32 + 1 + 8 + 8 + 8 + 8 + 8 + (SEAL_HEADER_BYTES + 8 + data)
+    return SEAL_HEADER_BYTES + members
 
 
 def upload_bytes(length: int) -> int:
-    """Bytes a client sends for a vector of ``length`` values: whole ciphertexts of 4,096 slots."""
+    """Bytes a client sends for a vector of ``length`` values: whole ciphertexts of 4,096 slots, uncompressed."""
     return math.ceil(length / SLOTS) * ciphertext_bytes()
 
 
@@ -363,9 +444,10 @@ def measure_cost(*, clients: Sequence[int] = (10, 100, 1000), sizes: Sequence[in
     randomness, as deployed), checked against the exact weighted mean
     (RuntimeError beyond :func:`error_bound`), and the server's seconds for n
     clients are n times the measured seconds per client: the column says so
-    (``server_seconds_extrapolated``). Bytes are exact. Columns: protocol,
+    (``server_seconds_extrapolated``). Bytes are counted from the parameters
+    (:func:`ciphertext_bytes`). Columns: protocol,
     clients, vector_length, ciphertexts, bytes_per_value, bytes_per_client
-    (sent + received), client_seconds (encrypt + decrypt, one client),
+    (ciphertexts sent + the encrypted mean received), client_seconds (encrypt + decrypt, one client),
     server_seconds_extrapolated, server_seconds_per_client, max_error.
     """
     import pandas as pd

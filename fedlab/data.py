@@ -353,17 +353,23 @@ def readable(path: pathlib.Path):
 
 
 def seal_folder(directory, *, remove_plain: bool = False) -> list[pathlib.Path]:
-    """Writes ``NAME.enc`` beside every file ``NAME`` in ``directory`` (not hidden, not already ``.enc``), encrypted
-    with the key in use and checked by decrypting it back; with ``remove_plain`` the plain file is then deleted
-    (deleting does not erase its blocks from the disk)."""
+    """Writes ``NAME.enc`` beside every file ``NAME`` in ``directory`` (not hidden, not already ``.enc``, not a key
+    file), encrypted with the key in use, written whole (a temporary file, fsync, rename) and checked by decrypting
+    it back; with ``remove_plain`` the plain file is then deleted (deleting does not erase its blocks from the disk).
+
+    A key file in the folder (one that begins with ``fedlab-aes256gcm-key``, the key in use or another) is left as
+    it is: encrypted under itself and deleted, the data could never be read again."""
     if encryption.current() is None:
         raise ConfigError("encryption_key", "is needed to encrypt data files (python -m fedlab keys new FILE)")
     directory = pathlib.Path(directory)
     if not directory.is_dir():
-        raise DataUnavailableError(f"{directory} is not a folder")
+        raise DataUnavailableError(f"DIR: {directory} is " + ("a file, not a folder" if directory.exists() else
+                                                             "not a folder (it does not exist)"))
     written = []
     for path in sorted(directory.iterdir()):
         if not path.is_file() or path.name.startswith(".") or path.name.endswith(SEALED_SUFFIX):
+            continue
+        if _is_key(path):
             continue
         data = path.read_bytes()
         target = path.with_name(path.name + SEALED_SUFFIX)
@@ -376,10 +382,24 @@ def seal_folder(directory, *, remove_plain: bool = False) -> list[pathlib.Path]:
     return written
 
 
+def _is_key(path: pathlib.Path) -> bool:
+    """A key file (its format line first), or the file of the key in use."""
+    key = encryption.current()
+    if key is not None and key.path is not None:
+        try:
+            if path.samefile(key.path):
+                return True
+        except OSError:
+            pass
+    return encryption.is_key_file(path)
+
+
 def _write_whole(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """``data`` to ``path`` through a temporary file in the same folder (fsync, then ``os.replace``); the temporary
+    file is removed on any error."""
+    from .storage import atomic_write
+
+    atomic_write(path, data)
 
 
 def _missing_message(source: _Source, directory: pathlib.Path, path: pathlib.Path) -> str:

@@ -13,22 +13,39 @@ aggregation replaced:
 3. **the key holders (the sites) decrypt the weighted mean update**, and a
    second TFF computation applies it with TFF's server-optimizer finalizer.
 
-Where the update is decrypted, and by whom: FedAvg's server step is
-w - lr x mean, so the mean could stay encrypted and the sites alone decrypt
-the model (NVIDIA FLARE keeps the global model encrypted). An adaptive server
-optimizer (FedAdam, FedYogi, server momentum) needs the mean in the clear to
-update its moments: the key holders decrypt it and the server optimizer runs
-on the decrypted mean. In this simulation both happen in the driver process,
-and the history's model is the decrypted one; a deployment would run the
-finalizer at the sites, so that the server never sees the mean nor the model.
+Where the update is decrypted, and by whom: the aggregating object
+(:class:`fedlab.ckks.CkksServer`) never holds a key or a plaintext. In this
+simulation the driver decrypts the mean and the server step (TFF's finalizer,
+a SERVER-placed computation) runs on it in the clear, so the model is held in
+the clear by the simulation's server state, and the decrypted mean reaches
+the server step, which can leak about the key (IND-CPA-D: Li and Micciancio
+2021). FedAvg's step w - lr x mean could be run at the sites to keep the model
+encrypted (NVIDIA FLARE does); that is not built. An adaptive server optimizer
+(FedAdam, FedYogi, server momentum) needs the mean in the clear anyway.
 
-No clipping or quantization: CKKS encrypts floats (|value| < 2^16). With
-dropouts the clients that sent nothing are left out and the weights
-renormalised over those that arrived; a round with fewer than two updates
-is stopped (the key holders would read that client's update) and the model
-stays as it was. The decrypted mean is within :func:`fedlab.ckks.error_bound`
-of the exact one and, with ``noise_source="seeded"``, the same bit for bit in
-two runs of one config (encryption seeded by (noise seed, round, client)).
+No clipping or quantization: CKKS encrypts floats (|value| < 2^16). A client
+whose update has a non-finite value (fedlab's compiled loop gives it weight 0)
+or one beyond the range (weight 0 here, with a one-line ``FedlabWarning``
+naming the client and the round) sends nothing, as do clients with weight 0.
+With dropouts the clients that sent nothing are left out and the weights
+renormalised over those that arrived. Only clients with a positive weight
+count: with none, the mean is 0 (as TFF's mean, which divides no-NaN) and the
+server step runs on it; with one, the round is stopped (the key holders would
+read that client's update) and the model stays as it was. With exactly two,
+each key holder can compute the other's update from the mean and its own: the
+rule only keeps the server from reading one client's update. The decrypted
+mean is within :func:`fedlab.ckks.error_bound` of the exact one (with high
+probability) and, with ``noise_source="seeded"``, the same bit for bit in two
+runs of one config.
+
+**Seeded encryption (``noise_source="seeded"``, the default) is for
+reproducible simulation only**: each ciphertext's randomness comes from (the
+round's noise seed, the run's config digest ``config.fingerprint()``, client,
+chunk), so two configs never share it, but anyone who knows the config knows
+it, and with it the plaintexts and the secret key. It gives no confidentiality
+against them; the 128-bit security claim applies to ``noise_source="unseeded"``
+only (SEAL's randomness from the OS). The state counts the rounds (its
+aggregator slot) to name them in warnings.
 """
 
 from __future__ import annotations
@@ -51,18 +68,21 @@ from .validation import FedlabWarning
 class HomomorphicMean:
     """The aggregator slot's value for ``secure_protocol="ckks"``: the weighted mean computed under CKKS.
 
-    ``seeded``: encryption randomness from ``(noise seed, round, client)`` (simulation) or from the OS.
+    ``seeded``: encryption randomness from (round's noise seed, ``run_digest``, client, chunk): simulation only,
+    no confidentiality against whoever knows the config; else from the OS. ``run_digest``: the config's
+    fingerprint (hex), so that two configs never encrypt with the same randomness.
     """
 
     protocol: str = "ckks"
     seeded: bool = True
+    run_digest: str = ""
 
     def build_round_process(self, training) -> "HomomorphicRoundProcess":
-        return HomomorphicRoundProcess(training, seeded=self.seeded)
+        return HomomorphicRoundProcess(training, seeded=self.seeded, run_digest=self.run_digest)
 
     @staticmethod
     def upload_bytes(parameters: int) -> int:
-        """Bytes a client sends for ``parameters`` trainable values (whole ciphertexts)."""
+        """Bytes a client sends for ``parameters`` trainable values (whole ciphertexts, uncompressed)."""
         return ckks.upload_bytes(parameters)
 
 
@@ -78,16 +98,20 @@ class HomomorphicRoundProcess(SplitRoundProcess):
 
     ``next(state, client_data, clients=..., participants=..., noise_seed=...)``:
     ``participants`` are the clients selected (those not in ``clients``
-    dropped out), ``noise_seed`` seeds the round's encryptions (None: the OS's).
+    dropped out), ``noise_seed`` seeds the round's encryptions with the run
+    digest (None: the OS's). The state's aggregator slot counts the rounds.
     """
 
     round_inputs = ("clients", "participants", "noise_seed")
 
-    def __init__(self, training, *, seeded: bool = True) -> None:
+    def __init__(self, training, *, seeded: bool = True, run_digest: str = "") -> None:
         super().__init__(training)
         t = tff()
         self.round_inputs = HomomorphicRoundProcess.round_inputs
         self.seeded = seeded
+        # Seeded CKKS is for reproducible simulation only: whoever knows the config knows this seed, hence every
+        # ciphertext's mask and noise. The digest keeps two configs in one process from sharing randomness.
+        self._digest = [int(run_digest[i:i + 8], 16) for i in range(0, len(run_digest), 8)]
         finalizer, weights_type = self.finalizer, self.weights_type
         state_type = self._init_fn.type_signature.result.member
 
@@ -100,6 +124,9 @@ class HomomorphicRoundProcess(SplitRoundProcess):
 
         self._apply_fn = apply_fn
 
+    def initialize(self):
+        return self._replace(super().initialize(), aggregator=collections.OrderedDict(rounds=np.int64(0)))
+
     def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
              participants: Optional[Sequence[int]] = None, noise_seed: Optional[int] = None):
         from .array_training import pack_clients
@@ -110,25 +137,40 @@ class HomomorphicRoundProcess(SplitRoundProcess):
         updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights,
                                                                   pack_clients(client_data, self.data_type),
                                                                   learning_rate)
+        round_num = int(state.aggregator["rounds"]) + 1
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
         finalized = collections.OrderedDict()
-        if len(ids) < 2:
-            warnings.warn(f"fedlab: ckks aggregation stopped: {len(ids)} of {len(everyone)} clients sent an update "
-                          "and the key holders would read it; the round's update is lost, the model is unchanged",
-                          FedlabWarning, stacklevel=2)
+        vectors, weights = {}, {}
+        for cid, update, w in zip(ids, updates, update_weights):
+            vectors[cid] = self.flatten([np.asarray(a) for a in update])
+            weights[cid] = float(w)
+            if weights[cid] > 0 and not ckks.in_range(vectors[cid]):
+                largest = float(np.max(np.abs(vectors[cid])))
+                warnings.warn(f"fedlab: ckks round {round_num}: client {cid}'s update reaches {largest:.3g}, beyond "
+                              "CKKS's range (|x| < 2^16): left out (weight 0)", FedlabWarning, stacklevel=2)
+                weights[cid] = 0.0
+            if weights[cid] <= 0:
+                vectors[cid] = np.zeros_like(vectors[cid])  # sends nothing: run_round leaves it out
+        positive = sum(w > 0 for w in weights.values())
+        if positive == 1:
+            warnings.warn(f"fedlab: ckks round {round_num} stopped: 1 of {len(everyone)} clients sent an update with "
+                          "a positive weight, and the mean would be that update; the round's update is lost, the "
+                          "model is unchanged", FedlabWarning, stacklevel=2)
             stats["aborted"] = 1
         else:
-            vectors = {cid: self.flatten([np.asarray(a) for a in update]) for cid, update in zip(ids, updates)}
-            weights = {cid: float(w) for cid, w in zip(ids, update_weights)}
             secret, public = _keys()
-            seed = None if not self.seeded or noise_seed is None else [int(noise_seed)]
-            result = ckks.run_round(vectors, weights, secret_context=secret, public_context=public, seed=seed)
-            stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
-                         client_seconds=result.client_seconds, server_seconds=result.server_seconds)
-            mean = self.unflatten(result.mean, dtype=np.float32)
+            seed = None if not self.seeded or noise_seed is None else [int(noise_seed), *self._digest]
+            if positive:
+                result = ckks.run_round(vectors, weights, secret_context=secret, public_context=public, seed=seed)
+                stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
+                             client_seconds=result.client_seconds, server_seconds=result.server_seconds)
+                mean = result.mean
+            else:  # no positive weight: TFF's weighted mean divides no-NaN, to 0
+                mean = np.zeros(sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes))
             weights_out, finalizer_state, finalized = self._apply_fn(state.global_model_weights, state.finalizer,
-                                                                     mean)
+                                                                     self.unflatten(mean, dtype=np.float32))
             state = self._replace(state, global_model_weights=weights_out, finalizer=finalizer_state)
+        state = self._replace(state, aggregator=collections.OrderedDict(rounds=np.int64(round_num)))
         metrics = collections.OrderedDict(
             distributor=collections.OrderedDict(),
             client_work=collections.OrderedDict(train=train_metrics),

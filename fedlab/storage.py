@@ -15,8 +15,12 @@ Histories are stored as JSON rows (floats round-trip exactly, NaN and
 infinity included); config columns are rebuilt from the config itself.
 
 With encryption on (:mod:`fedlab.encryption`) every file here but the
-manifests is written encrypted, labelled with its path in its store (so a file
-moved to another entry or version fails its check); the manifests hold the
+manifests is written encrypted, labelled with its path in its store and its
+run: a cache entry's folder is its result-cache key, and a checkpoint's files
+but ``config.json`` name the digest of that ``config.json``
+(:func:`run_digest`). So a file moved to another entry or version, or copied
+from another run's checkpoint (manifest entry and all), fails its check; the
+manifests hold the
 checksums of the encrypted bytes, so damage is found without the key. A file
 that fails authentication is damaged, handled as above; a wrong key, or
 encryption on for a plain store (or off for an encrypted one), is a
@@ -82,6 +86,13 @@ def write_sealed(path: pathlib.Path, data: str | bytes, label: str) -> None:
 def read_sealed(path: pathlib.Path, label: str) -> bytes:
     """The data of a file :func:`write_sealed` wrote; :class:`fedlab.encryption.EncryptionError` naming ``path``."""
     return unseal(pathlib.Path(path).read_bytes(), label=label, where=str(path))
+
+
+def run_digest(config_json: str | bytes) -> str:
+    """What binds a run's encrypted files to the run: SHA-256 of its ``config.json`` as written (first 32 hex
+    digits), in the labels of a checkpoint's files and of ``run --out``'s."""
+    data = config_json.encode() if isinstance(config_json, str) else bytes(config_json)
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def npz_bytes(arrays) -> bytes:
@@ -264,6 +275,9 @@ class Checkpoint:
 
     The folder's ``config.json`` is written with the first saved round, never
     for a refused run; ``history.csv`` beside the state is a readable copy.
+    With encryption on, every other file's label names :func:`run_digest` of
+    that ``config.json`` (``checkpoint/run-<digest>/...``): a version copied
+    from another run's checkpoint fails its check, as damage.
     """
 
     STATE = "state"
@@ -272,6 +286,7 @@ class Checkpoint:
         self.dir = pathlib.Path(directory)
         self.config = config
         self.keep = keep
+        self._run = None  # run_digest of config.json: of the saved one, or of the one the first save writes
         config_path = self.dir / "config.json"
         if self.dir.exists() and not self.dir.is_dir():
             raise StorageError(f"checkpoint_dir: {self.dir} is a file, not a folder")
@@ -281,7 +296,9 @@ class Checkpoint:
                 "is unknown; use a new folder or delete it")
         if config_path.exists():
             try:
-                saved = json.loads(read_sealed(config_path, "checkpoint/config.json"))
+                saved_bytes = read_sealed(config_path, "checkpoint/config.json")
+                self._run = run_digest(saved_bytes)
+                saved = json.loads(saved_bytes)
                 if not isinstance(saved, dict):
                     raise ValueError("not an object")
             except (OSError, ValueError) as err:
@@ -299,6 +316,12 @@ class Checkpoint:
                 raise CheckpointMismatchError(
                     f"checkpoint_dir: {self.dir} holds a run with other settings ({', '.join(changed)}); "
                     "use a new folder or delete it")
+
+    def _label(self, name: str) -> str:
+        """The label of the file ``name`` (relative to the folder): its path, under the run's config digest."""
+        if self._run is None:
+            self._run = run_digest(self.config.to_json())
+        return f"checkpoint/run-{self._run}/{name}"
 
     def _manifest_path(self, version: int) -> pathlib.Path:
         return self.dir / self.STATE / f"manifest_{version}.json"
@@ -334,7 +357,7 @@ class Checkpoint:
                     raise ValueError(problem)
                 if not (self._version_dir(version) / "state.npz").exists():
                     raise ValueError("it was saved by an older fedlab (TFF's SavedModel), which this one does not read")
-                folder, label = self._version_dir(version), f"checkpoint/program_state_{version}"
+                folder, label = self._version_dir(version), self._label(f"program_state_{version}")
                 state = _load_state(read_sealed(folder / "state.npz", f"{label}/state.npz"), state_template)
                 rows = rows_from_json(read_sealed(folder / "history.json", f"{label}/history.json"))
                 check_rounds(rows, version, "the saved history")
@@ -366,7 +389,9 @@ class Checkpoint:
         state_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.dir / "config.json"
         if not config_path.exists():
-            write_sealed(config_path, self.config.to_json(), "checkpoint/config.json")
+            config_json = self.config.to_json()
+            self._run = run_digest(config_json)
+            write_sealed(config_path, config_json, "checkpoint/config.json")
         version_dir = self._version_dir(round_num)
         with contextlib.suppress(FileNotFoundError):  # left by a run interrupted after saving this round
             self._manifest_path(round_num).unlink()
@@ -377,7 +402,7 @@ class Checkpoint:
         def write(tmp: pathlib.Path) -> None:
             for name, data in (("state.npz", npz_bytes(_tree().flatten(state))), ("history.json", rows_to_json(rows)),
                                ("clients.json", rows_to_json(client_rows))):
-                (tmp / name).write_bytes(seal(data, label=f"checkpoint/program_state_{round_num}/{name}"))
+                (tmp / name).write_bytes(seal(data, label=self._label(f"program_state_{round_num}/{name}")))
             manifest.update(tree_manifest(tmp))
 
         write_folder(version_dir, write)
@@ -386,7 +411,7 @@ class Checkpoint:
             with contextlib.suppress(FileNotFoundError):
                 self._manifest_path(version).unlink()
             shutil.rmtree(self._version_dir(version), ignore_errors=True)
-        write_sealed(self.dir / "history.csv", history_csv, "checkpoint/history.csv")
+        write_sealed(self.dir / "history.csv", history_csv, self._label("history.csv"))
 
     def describe(self) -> str:
         """What the folder holds, for messages: "rounds 1-3" or "nothing yet"."""

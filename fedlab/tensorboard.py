@@ -14,6 +14,12 @@ each event file is stored encrypted in the run folder as ``events.<...>.enc``
 an encrypted ``config.json``. :func:`read_scalars` decrypts them;
 :func:`export` (``python -m fedlab show RUN_FOLDER --to PLAIN``) writes
 plain event files where the user asks, for TensorBoard.
+
+The run folder's name holds the run's result-cache key, and every file's
+label names the folder: an event file or marker copied from another run's
+folder fails its check. A ``last_round_written`` marker that fails it is
+reported (:class:`fedlab.storage.DamagedFileWarning`, one line naming the
+file) and the run's rounds are written again.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ import math
 import os
 import pathlib
 import uuid
+import warnings
 import weakref
 from typing import Iterable
 
 from . import encryption
 from .encryption import EncryptionError
 from .runtime import run_coroutine, tff
-from .storage import StorageError, read_sealed, write_sealed
+from .storage import DamagedFileWarning, StorageError, read_sealed, write_sealed
 
 MARKER = "last_round_written"
 EVENTS = "events.out.tfevents."
@@ -71,8 +78,10 @@ class TensorBoardLog:
         try:
             text = read_sealed(marker, _label(self.dir, MARKER)).decode() if marker.exists() else ""
         except EncryptionError as err:
-            if err.damaged:
-                text = ""  # rounds are written again: a duplicate step is better than a lost one
+            if err.damaged:  # rounds are written again: a duplicate step is better than a lost one
+                warnings.warn(f"tensorboard_dir: {err}; writing the run's rounds again", DamagedFileWarning,
+                              stacklevel=2)
+                text = ""
             else:
                 raise StorageError(f"tensorboard_dir: {err}") from None
         self.written = int(text) if text.strip().isdigit() else 0

@@ -176,3 +176,22 @@ def test_tally_counts_which_intervals_exclude_a_value():
     paired = pd.DataFrame({"diff": [-0.02, 0.03], "diff_ci_low": [-0.05, 0.01], "diff_ci_high": [0.01, 0.05]})
     assert fl.tally(paired, 0, difference=True, digits=2) == (
         "differences from -0.02 to +0.03; 95 % interval above 0 in 1 of 2, below 0 in 0, holding 0 in 1")
+
+
+def test_protocol_costs_counts_what_a_client_sends_and_receives():
+    import pandas as pd
+
+    secagg = pd.DataFrame({"protocol": ["secagg", "secagg", "secagg"], "clients": [10, 10, 10],
+                           "dropout_rate": [0.0, 0.0, 0.1], "vector_length": [100, 100, 100],
+                           "bytes_per_client": [1000.0, 1200.0, 5000.0], "client_seconds": [0.1, 0.3, 9.0],
+                           "server_seconds": [1.0, 3.0, 9.0]})
+    ckks = pd.DataFrame({"protocol": ["ckks"], "clients": [10], "vector_length": [100],
+                         "bytes_per_client": [524514], "client_seconds": [0.05],
+                         "server_seconds_extrapolated": [0.5], "max_error": [1e-10]})
+    table = fl.protocol_costs(secagg, ckks).set_index("protocol")
+    assert table.loc["plain float32", "bytes_per_client"] == 800  # update up and model down, 4 bytes a value each
+    # the mean of the two runs without dropouts, plus the model the client downloads
+    assert table.loc["secagg", "bytes_per_client"] == 1100 + 400
+    assert table.loc["secagg", "server_seconds"] == 2.0 and bool(table.loc["secagg", "server_seconds_measured"])
+    assert table.loc["ckks", "bytes_per_value_sent_received"] == 5245.14
+    assert not table.loc["ckks", "server_seconds_measured"] and table.loc["ckks", "max_error"] == 1e-10

@@ -352,3 +352,151 @@ def test_a_sites_data_files_read_encrypted_give_the_same_data(heart_dir, tmp_pat
     with pytest.raises(DataUnavailableError, match="cleveland.data.enc is damaged") as err:
         fl.load_dataset("heart_disease", seed=0)
     one_line(err)
+
+
+# A file copied from another run ----------------------------------------------------------------------
+def _rows(last):
+    return [{"round": r, "train_loss": 1.0 / r} for r in range(1, last + 1)]
+
+
+def test_a_checkpoint_version_copied_from_another_run_is_damage_never_resumed_from(tmp_path):
+    """Same key, manifests rewritable: only the label's run digest tells run A's version from run B's."""
+    import shutil
+
+    from fedlab.storage import Checkpoint
+
+    fl.use_encryption(key_file=new_key(tmp_path / "k.key").path)
+    config_a, config_b = CONFIG, CONFIG.replace(seed=1)
+    state_a, state_b = [np.full(3, 1.0), np.zeros(2)], [np.full(3, 2.0), np.ones(2)]
+    a, b = Checkpoint(tmp_path / "a", config_a), Checkpoint(tmp_path / "b", config_b)
+    for r in (1, 2):
+        a.save(state_a, r, _rows(r), [], "round\n")
+        b.save(state_b, r, _rows(r), [], "round\n")
+    for name in ("program_state_2",):  # A's version 2, its folder and its manifest, over B's
+        shutil.rmtree(tmp_path / "b" / "state" / name)
+        shutil.copytree(tmp_path / "a" / "state" / name, tmp_path / "b" / "state" / name)
+    shutil.copy(tmp_path / "a" / "state" / "manifest_2.json", tmp_path / "b" / "state" / "manifest_2.json")
+    with pytest.warns(DamagedFileWarning, match="round 2 .*state.npz is damaged: it fails its authentication "
+                                                "check.*resuming from round 1") as record:
+        state, last, rows, _ = Checkpoint(tmp_path / "b", config_b).load([np.zeros(3), np.zeros(2)])
+    assert last == 1 and rows == _rows(1) and "\n" not in str(record[0].message)
+    np.testing.assert_array_equal(state[0], state_b[0])
+    # with only A's versions in B's folder, nothing is resumed from: set aside, starting again
+    shutil.rmtree(tmp_path / "b" / "state")
+    shutil.copytree(tmp_path / "a" / "state", tmp_path / "b" / "state")
+    with pytest.warns(DamagedFileWarning, match="no intact saved state .*starting again from round 1"):
+        assert Checkpoint(tmp_path / "b", config_b).load([np.zeros(3), np.zeros(2)])[1] == 0
+    # A's own folder still resumes (the digest is of the config.json it saved)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Checkpoint(tmp_path / "a", config_a).load([np.zeros(3), np.zeros(2)])[1] == 2
+
+
+def test_an_out_file_copied_from_another_run_is_refused_by_show(encrypted_run, tmp_path, capsys):
+    from fedlab.__main__ import main
+
+    root, key_file, written, history = encrypted_run
+    other = tmp_path / "other"
+    other.mkdir()
+    fl.use_encryption(key_file=key_file)
+    (other / "config.json.enc").write_bytes(encryption.seal(CONFIG.replace(seed=1).to_json() + "\n",
+                                                            label="out/config.json"))
+    fl.use_encryption(None)
+    (other / "history.csv.enc").write_bytes((written / "out" / "history.csv.enc").read_bytes())
+    assert main(["show", str(other / "history.csv.enc"), "--encryption-key", str(key_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is damaged" in err[0] and "another run's folder" in err[0], err
+    (other / "config.json.enc").unlink()  # no config beside it: one line saying so
+    assert main(["show", str(other / "history.csv.enc"), "--encryption-key", str(key_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.json.enc" in err[0], err
+
+
+# TensorBoard's marker ----------------------------------------------------------------------------------
+def test_a_damaged_tensorboard_marker_is_reported_and_rounds_written_again(tmp_path):
+    from fedlab.tensorboard import MARKER, TensorBoardLog, run_folder
+
+    fl.use_encryption(key_file=new_key(tmp_path / "k.key").path)
+    key = "0123456789abcdef-test"
+    folder = run_folder(tmp_path / "tb", CONFIG, key)
+    folder.mkdir(parents=True)
+    # a marker from another run's folder (the same key): it fails its check
+    (folder / MARKER).write_bytes(encryption.seal("2", label="tensorboard/other-run/last_round_written"))
+    with pytest.warns(DamagedFileWarning, match="tensorboard_dir: .*last_round_written is damaged") as record:
+        log = TensorBoardLog(tmp_path / "tb", CONFIG, key)
+    assert log.written == 0
+    [warning] = [w for w in record if issubclass(w.category, DamagedFileWarning)]
+    assert "\n" not in str(warning.message) and str(folder / MARKER) in str(warning.message)
+
+
+# Key files ---------------------------------------------------------------------------------------------
+def test_a_readable_key_file_is_warned_about(tmp_path):
+    from fedlab.encryption import KeyFileWarning
+
+    path = new_key(tmp_path / "k.key").path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_key(path)  # 0600: nothing to say
+    os.chmod(path, 0o644)
+    with pytest.warns(KeyFileWarning, match="can be read by its group and everyone \\(mode 0644\\); chmod 600") as rec:
+        load_key(path)
+    assert len(rec) == 1 and "\n" not in str(rec[0].message)
+
+
+def test_new_key_never_replaces_a_file_that_appears_after_its_check(tmp_path, monkeypatch):
+    path = tmp_path / "k.key"
+    path.write_text("someone else's\n")
+    monkeypatch.setattr(pathlib.Path, "exists", lambda self: False)  # the check passes; the file is there
+    with pytest.raises(FileExistsError, match="never replaced"):
+        new_key(path)
+    monkeypatch.undo()
+    assert path.read_text() == "someone else's\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["k.key"]  # no temporary file left
+
+
+def test_seal_data_leaves_key_files_in_the_folder_alone(tmp_path, capsys):
+    from fedlab.__main__ import main
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "a.csv").write_text("1,2\n3,4\n")
+    key = new_key(site / "site.key")  # the key in use, in the folder it seals
+    other = new_key(site / "zz-other.key")  # another key file
+    before = {p.name: p.read_bytes() for p in (site / "site.key", site / "zz-other.key")}
+    assert main(["keys", "seal-data", str(site), "--encryption-key", str(key.path), "--remove-plain"]) == 0
+    assert sorted(p.name for p in site.iterdir()) == ["a.csv.enc", "site.key", "zz-other.key"]
+    assert {n: (site / n).read_bytes() for n in before} == before
+    assert load_key(site / "site.key").id == key.id and load_key(site / "zz-other.key").id == other.id
+    fl.use_encryption(key_file=key.path)
+    assert encryption.unseal((site / "a.csv.enc").read_bytes(), label="data/a.csv") == b"1,2\n3,4\n"
+    capsys.readouterr()
+    assert main(["keys", "seal-data", str(tmp_path / "nowhere"), "--encryption-key", str(key.path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fedlab keys: error: DIR: {tmp_path / 'nowhere'} is not a folder (it does not exist)"], err
+
+
+def test_seal_data_leaves_no_temporary_file_when_a_write_fails(tmp_path, monkeypatch):
+    from fedlab import data
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "a.csv").write_text("1,2\n")
+    fl.use_encryption(key_file=new_key(tmp_path / "k.key").path)
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        data.seal_folder(site, remove_plain=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in site.iterdir()) == ["a.csv"]  # the plain file kept, nothing half-written
+
+
+def test_an_os_error_in_keys_ckks_is_one_line(tmp_path, capsys):
+    from fedlab.__main__ import main
+
+    (tmp_path / "file").write_text("not a folder\n")
+    assert main(["keys", "ckks", str(tmp_path / "file" / "ckks")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedlab keys: error: DIR: cannot write") and "Traceback" not in err[0]
