@@ -19,15 +19,18 @@ from .aggregation import AGGREGATORS, register_aggregator
 from .algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm
 from .analysis import (
     accounting_table,
-    protocol_costs,
+    at_time,
     fastest_to_target,
     final_metrics,
+    protocol_costs,
     rounds_to_target,
     speedups,
     summarize,
     summarize_paired,
     summarize_rounds_to_target,
+    time_to_target,
 )
+from .asynchronous import STALENESS, register_staleness
 from .attacks import ATTACKS, register_attack
 from .catalog import catalog
 from .ckks import measure_cost as he_cost
@@ -65,7 +68,7 @@ from .plots import (
     save_figure,
     save_table,
 )
-from .participation import participation_table
+from .participation import async_participation, async_steps_within, participation_table
 from .report import compared, findings, interval_table, interval_text, number, quote, ranking, tally
 from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
@@ -104,11 +107,15 @@ __all__ = [
     "PARTITIONERS",
     "Partitioner",
     "QuantitySkewPartitioner",
+    "STALENESS",
     "ShardPartitioner",
     "TASKS",
     "Task",
     "accounting_table",
     "aggregation",
+    "async_participation",
+    "async_steps_within",
+    "at_time",
     "catalog",
     "client_arrays_for",
     "client_scores",
@@ -163,6 +170,7 @@ __all__ = [
     "register_metric",
     "register_model",
     "register_partitioner",
+    "register_staleness",
     "register_task",
     "round_times",
     "rounds_to_target",
@@ -178,6 +186,7 @@ __all__ = [
     "summarize_rounds_to_target",
     "tally",
     "tcga",
+    "time_to_target",
     "tune",
     "use_encryption",
     "use_worker_tls",

@@ -270,6 +270,7 @@ def on_arrays(server_optimizer: Callable[[float, Any], Any], *, proximal: Option
             normalized=normalized)
 
     build.__module__ = __name__
+    build.takes_round_builders = True  # its aggregator may build a round of its own (protocols, attacks, FedBuff)
     return build
 
 

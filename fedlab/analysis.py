@@ -140,6 +140,39 @@ def final_metrics(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return evaluated.sort_values("round").groupby(list(by) + ["seed"], dropna=False).tail(1).reset_index(drop=True)
 
 
+def at_time(history: pd.DataFrame, seconds, by: Sequence[str], time: str = "sim_elapsed_seconds") -> pd.DataFrame:
+    """The last evaluated row of each run (group of ``by`` and seed) at or before ``seconds`` of simulated time:
+    runs compared at equal time, not at equal rounds. ``seconds``: one number, or a mapping seed -> number (each
+    seed's own time, e.g. when another policy's run of that seed ended). A run with no evaluation by then is left
+    out with a warning naming it."""
+    import warnings
+
+    evaluated = evaluated_rows(history).sort_values("round")
+    rows = []
+    for key, run in evaluated.groupby(list(by) + ["seed"], dropna=False, sort=False):
+        limit = seconds[run["seed"].iloc[0]] if hasattr(seconds, "__getitem__") else seconds
+        before = run[run[time] <= float(limit) * (1 + 1e-12)]
+        if before.empty:
+            warnings.warn(f"at_time: run {key} has no evaluated round by {float(limit):g} s", stacklevel=2)
+            continue
+        rows.append(before.iloc[-1])
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def time_to_target(history: pd.DataFrame, target: float, by: Sequence[str], metric: str = "eval_accuracy",
+                   time: str = "sim_elapsed_seconds") -> pd.DataFrame:
+    """Simulated seconds until ``metric`` first reaches ``target`` (evaluated rows), per group of ``by`` and seed:
+    ``seconds`` (NaN if never), ``reached``, ``seconds_budget`` (when the run ended)."""
+    rows = []
+    for key, run in evaluated_rows(history).groupby(list(by) + ["seed"], dropna=False, sort=True):
+        run = run.dropna(subset=[metric]).sort_values("round")
+        hit = run[run[metric] >= target]
+        rows.append({**dict(zip(list(by) + ["seed"], key)),
+                     "seconds": float(hit[time].iloc[0]) if len(hit) else np.nan, "reached": bool(len(hit)),
+                     "seconds_budget": float(run[time].max())})
+    return pd.DataFrame(rows)
+
+
 def protocol_costs(secagg: pd.DataFrame, ckks: pd.DataFrame) -> pd.DataFrame:
     """What each way of summing the clients' updates costs one client and the server in a round, per clients in the
     round and values in the update. Bytes are what a client sends and receives: plain float32, its update up and the

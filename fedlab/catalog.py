@@ -7,6 +7,7 @@ import pandas as pd
 
 from .aggregation import AGGREGATORS
 from .algorithms import ALGORITHMS
+from .asynchronous import STALENESS
 from .attacks import ATTACKS
 from .comparison import BASELINES
 from .data import DATASETS
@@ -16,7 +17,8 @@ from .systems import DEVICE_PROFILES
 from .tasks import LOSSES, METRICS, TASKS
 
 REGISTRIES = {"dataset": DATASETS, "task": TASKS, "loss": LOSSES, "metric": METRICS, "model": MODELS, "algorithm": ALGORITHMS, "partitioner": PARTITIONERS,
-              "aggregator": AGGREGATORS, "attack": ATTACKS, "devices": DEVICE_PROFILES, "baseline": BASELINES}
+              "aggregator": AGGREGATORS, "attack": ATTACKS, "devices": DEVICE_PROFILES, "staleness": STALENESS,
+              "baseline": BASELINES}
 
 
 def catalog() -> pd.DataFrame:

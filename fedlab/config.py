@@ -24,6 +24,7 @@ from .accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, MAX_ROUNDS, check_pld
 from .aggregation import AGGREGATORS, names as aggregator_names, protocol_names, uses_fraction
 from .algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
 from .array_training import WEIGHTINGS
+from .asynchronous import STALENESS
 from .attacks import ATTACKS
 from .data import DATASETS
 from .distributed import parse_workers
@@ -103,6 +104,9 @@ class ExperimentConfig:
     over_selection: float = 1.0  # ask ceil(K x this) clients, use the first K to finish
     dropout_rate: float = 0.0  # chance a selected client goes offline mid-round
     systems_seed: Optional[int] = None  # devices, who is online, who drops out
+    async_concurrency: int = 0  # > 0: FedBuff, this many clients training at once (0: synchronous rounds)
+    async_buffer: Optional[int] = None  # updates per server step (None: async_concurrency); rounds = server steps
+    async_staleness: str = "polynomial"  # how a stale update is weighted (fedlab.asynchronous.STALENESS)
     workers: tuple = ()  # "host:port" of TFF worker services (python -m fedlab worker); () runs locally
 
     def __init__(self, **values: Any) -> None:
@@ -178,6 +182,10 @@ class ExperimentConfig:
             s("round_deadline", number("round_deadline", self.round_deadline, 0.0, 1e9, low_open=True))
         s("over_selection", number("over_selection", self.over_selection, 1.0, 10.0))
         s("dropout_rate", number("dropout_rate", self.dropout_rate, 0.0, 1.0, high_open=True))
+        s("async_concurrency", integer("async_concurrency", self.async_concurrency, 0, self.num_clients))
+        if self.async_buffer is not None and self.async_concurrency:
+            s("async_buffer", integer("async_buffer", self.async_buffer, 1, self.async_concurrency))
+        s("async_staleness", one_of("async_staleness", self.async_staleness, STALENESS.names()))
         if isinstance(self.workers, list):
             s("workers", tuple(self.workers))
         if not isinstance(self.workers, tuple):
@@ -251,6 +259,7 @@ class ExperimentConfig:
         self._check_attack(algorithm)
         self._check_finetune(algorithm)
         self._check_task(algorithm, data)
+        self._check_async(algorithm)
         personal = getattr(self.algorithm_params, "personal_layers", None)
         if personal is not None and model.weight_layers is not None and personal >= model.weight_layers:
             raise ConfigError("personal_layers", f"must be below {model.weight_layers} for model {self.model!r} "
@@ -404,6 +413,44 @@ class ExperimentConfig:
             raise ConfigError("workers", f"cannot be combined with attack={self.attack!r}: the attackers forge "
                                          "their updates in this process")
 
+    def _check_async(self, algorithm: Algorithm) -> None:
+        """FedBuff's steps take the clients' updates in Python (:mod:`fedlab.buffered_rounds`) around the config's
+        aggregator: what needs a synchronous cohort is refused, saying why."""
+        if not self.async_concurrency:
+            for name, default in ASYNC_DEFAULTS.items():
+                if name != "async_concurrency" and getattr(self, name) != default:
+                    raise ConfigError(name, "has no effect with async_concurrency=0 (synchronous rounds); set "
+                                            "async_concurrency to the clients training at once, or leave it unset")
+            return
+        why = None
+        if algorithm.on_arrays is None or not getattr(algorithm.on_arrays, "takes_round_builders", False) \
+                or algorithm.normalized:
+            why = ("algorithm", f"must be one whose clients train in fedlab's compiled loop and whose server "
+                                f"applies an optimizer to the mean update ({', '.join(_buffered())}), got "
+                                f"{self.algorithm!r}")
+        elif self.freeze_layers:
+            why = ("freeze_layers", "must be 0: a model with frozen layers has no compiled client loop")
+        elif self.user_level_dp:
+            why = ("dp", f"cannot be {self.dp!r}: user-level DP's accounting assumes Poisson-sampled synchronous "
+                         "rounds, and an asynchronous client joins when it is free")
+        elif self.dp == RECORD_LEVEL:
+            why = ("dp", "cannot be 'example' with async_concurrency here: the record-level accounting counts the "
+                         "synchronous rounds a client trained in, not its asynchronous jobs")
+        elif self.secure_aggregation:
+            why = ("secure_aggregation", "cannot be combined with async_concurrency here: the secure sums and "
+                                         "protocols run over one synchronous cohort")
+        elif self.straggler_policy != "wait" or self.over_selection != 1.0:
+            field = "straggler_policy" if self.straggler_policy != "wait" else "over_selection"
+            why = (field, "must be left at its default: an asynchronous server never waits for a round, so "
+                          "deadlines and over-selection do not apply")
+        elif self.attacker_fraction > 0 and ATTACKS[self.attack].kind == "update":
+            why = ("attack", "must be a data attack (label flipping) with async_concurrency: update attacks forge "
+                             "from one synchronous cohort")
+        elif self.workers:
+            why = ("workers", "cannot be combined with async_concurrency: the buffered steps run in this process")
+        if why is not None:
+            raise ConfigError(*why)
+
     def _check_protocol(self, algorithm: Algorithm) -> None:
         """A secure protocol sums b-bit integers (CKKS: encrypted floats) between fedlab's compiled-loop clients
         and its server."""
@@ -452,6 +499,11 @@ class ExperimentConfig:
         return self.dp not in ("none", RECORD_LEVEL)
 
     @property
+    def effective_async_buffer(self) -> int:
+        """Updates per FedBuff server step: ``async_buffer``, or ``async_concurrency`` when unset (0: synchronous)."""
+        return self.async_concurrency if self.async_buffer is None else self.async_buffer
+
+    @property
     def effective_delta(self) -> float:
         if self.delta is not None:
             return self.delta
@@ -486,8 +538,14 @@ class ExperimentConfig:
         return out
 
     def experiment_dict(self) -> dict[str, Any]:
-        """The fields that determine the numbers: all but where it runs (:data:`EXECUTION_FIELDS`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        """The fields that determine the numbers: all but where it runs (:data:`EXECUTION_FIELDS`), and but the
+        asynchronous fields of a synchronous run (added later: a synchronous config keeps its fingerprint, hence
+        its cached results and its seeded CKKS noise)."""
+        out = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        if not self.async_concurrency:
+            for name in ASYNC_DEFAULTS:
+                out.pop(name)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -516,6 +574,14 @@ class ExperimentConfig:
 
 FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
 reserve_names(FIELD_NAMES)
+
+
+ASYNC_DEFAULTS = {"async_concurrency": 0, "async_buffer": None, "async_staleness": "polynomial"}
+
+
+def _buffered() -> list[str]:
+    return [e.name for e in ALGORITHMS.entries() if e.component.on_arrays is not None
+            and getattr(e.component.on_arrays, "takes_round_builders", False) and not e.component.normalized]
 
 
 def _unweighted() -> list[str]:

@@ -20,6 +20,7 @@ from .array_files import building_for_remote_workers
 from .array_files import enabled as array_files_enabled
 from .array_training import with_learning_rates
 from .attacks import is_update_attack
+from .buffered_rounds import BufferedRounds
 from .clients import batches
 from .config import ExperimentConfig
 from .finetune import FineTuning
@@ -49,7 +50,13 @@ def process_key(config: ExperimentConfig, spec: ModelSpec) -> tuple:
     record_level = (config.noise_multiplier, config.clip_norm) if config.dp == "example" else None
     attack = config.attack if is_update_attack(config) else None
     return (spec, spec.builder, entry, config.algorithm_params, on_arrays, rates, config.client_weighting,
-            aggregator_key(config), builders, record_level, attack, _for_remote_workers(config))
+            aggregator_key(config), builders, record_level, attack, _for_remote_workers(config),
+            async_slots(config) if config.async_concurrency else 0)
+
+
+def async_slots(config: ExperimentConfig) -> int:
+    """The most updates that can wait for a FedBuff step at once: every job in flight, and a buffer filling."""
+    return config.async_concurrency + config.effective_async_buffer
 
 
 def _for_remote_workers(config: ExperimentConfig) -> bool:
@@ -76,6 +83,8 @@ def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator
         on_arrays = uses_arrays(config, spec)
     if on_arrays and is_update_attack(config):  # the attackers forge their updates before the aggregator
         model_aggregator = UpdateAttackRounds(config.attack, model_aggregator)
+    if on_arrays and config.async_concurrency:  # FedBuff: updates wait in the state for their server step
+        model_aggregator = BufferedRounds(model_aggregator, async_slots(config))
     if on_arrays:
         extra = {"example_dp": (config.noise_multiplier, config.clip_norm)} if config.dp == "example" else {}
         with building_for_remote_workers(_for_remote_workers(config)):

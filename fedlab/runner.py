@@ -34,6 +34,7 @@ from .processes import get_finetuning, get_process, initial_state, trainer_for
 from .registry import source_digest
 from .runtime import simulated_secure_sums, stop_local_workers
 from .array_training import local_steps, with_tau_eff
+from .asynchronous import staleness_weights
 from .attacks import ATTACKS, attack_rng, is_update_attack
 from .sampling import Scheduler
 from .systems import DEVICE_PROFILES
@@ -212,6 +213,29 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         if saved is not None:
             state, start, rows, client_rows = saved, version, saved_rows, saved_clients
 
+    def evaluate(row: dict, state, round_num: int) -> None:
+        """The evaluated round's scores into ``row`` (per-client rows into ``client_rows``)."""
+        evaluator.set_weights(state.global_model_weights)
+        row["eval_loss"], row[f"eval_{eval_metric}"] = evaluator.evaluate(data.x_test, data.y_test)
+        if data.test_sites is not None and data.site_names is not None and len(data.site_names) <= 20:
+            # personalised, one client per site: each site's own model on its own test data
+            by_site = own_model is not None and config.partition == "natural"
+            row.update(evaluator.site_metrics(
+                data, weights_for=(lambda c, s=state: own_model(s, c)) if by_site else None))
+        if config.eval_per_client:
+            weights_for = None if own_model is None else (lambda c, s=state: own_model(s, c))
+            if tuning is not None:  # each client scores the global model tuned on its own data
+                own_data = [finetune_inputs(x, y, config, round_num, c)
+                            for c, (x, y) in enumerate(zip(clients.x, clients.y))]
+                weights_for = tuning.tuned_weights(state.global_model_weights, own_data,
+                                                   config.client_lr).__getitem__
+            per_client = evaluator.client_rows(eval_x, eval_y, round_num, weights_for=weights_for)
+            client_rows.extend(per_client)
+            row.update(client_summary(per_client))
+
+    if config.async_concurrency:
+        return _execute_async(config, process, clients, scheduler, state, start, rows, client_rows, checkpoint,
+                              evaluate, train_extra, eval_metric, sizes, progress, callback, stop)
     epsilons = _epsilons(config, clients, scheduler)
     cumulative = float(rows[-1]["cumulative_bytes"]) if rows else 0.0
     elapsed = 0.0
@@ -263,23 +287,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             if epsilons is not None:
                 row.update(epsilon=epsilons[round_num - 1], delta=config.effective_delta)
             if round_num % config.eval_every == 0 or round_num == config.rounds:
-                evaluator.set_weights(state.global_model_weights)
-                row["eval_loss"], row[f"eval_{eval_metric}"] = evaluator.evaluate(data.x_test, data.y_test)
-                if data.test_sites is not None and data.site_names is not None and len(data.site_names) <= 20:
-                    # personalised, one client per site: each site's own model on its own test data
-                    by_site = own_model is not None and config.partition == "natural"
-                    row.update(evaluator.site_metrics(
-                        data, weights_for=(lambda c, s=state: own_model(s, c)) if by_site else None))
-                if config.eval_per_client:
-                    weights_for = None if own_model is None else (lambda c, s=state: own_model(s, c))
-                    if tuning is not None:  # each client scores the global model tuned on its own data
-                        own_data = [finetune_inputs(x, y, config, round_num, c)
-                                    for c, (x, y) in enumerate(zip(clients.x, clients.y))]
-                        weights_for = tuning.tuned_weights(state.global_model_weights, own_data,
-                                                           config.client_lr).__getitem__
-                    per_client = evaluator.client_rows(eval_x, eval_y, round_num, weights_for=weights_for)
-                    client_rows.extend(per_client)
-                    row.update(client_summary(per_client))
+                evaluate(row, state, round_num)
             row["seconds"] = seconds
             rows.append(row)
             if checkpoint is not None or callback is not None:
@@ -291,6 +299,77 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 callback({**row, **config.experiment_dict()}, history)
             if stop is not None and stop.is_set() and round_num < config.rounds:
                 raise RunStopped(round_num)
+    finally:
+        bar.close()
+    final = [np.asarray(w) for w in state.global_model_weights.trainable] + \
+        [np.asarray(w) for w in state.global_model_weights.non_trainable]
+    return rows, client_rows, final
+
+
+def _execute_async(config: ExperimentConfig, process, clients: Clients, scheduler: Scheduler, state, start: int,
+                   rows: list, client_rows: list, checkpoint: Optional[Checkpoint], evaluate, train_extra: tuple,
+                   eval_metric: str, sizes, progress: bool, callback, stop):
+    """FedBuff's server steps (:mod:`fedlab.asynchronous`): one history row per step.
+
+    The jobs that start on a version are trained as soon as it exists and
+    wait in the state until the step that takes them. A row's training metrics
+    are those of the updates its step takes; its bytes, those of the jobs
+    started and the updates taken since the previous step.
+    """
+    plan = scheduler.asynchronous(config.rounds)
+    factors_of = {s.version: staleness_weights(config.async_staleness, s.staleness) for s in plan.steps}
+    one = round_bytes(config, *sizes, clients=1)
+
+    def train(version: int, state) -> dict:
+        jobs = plan.started_on(version)
+        inputs = [clients.inputs(config, job.number, job.client) for job in jobs]
+        return dict(zip((job.id for job in jobs), process.train(state, inputs)))
+
+    pending = process.held(state) if start else train(0, state)
+    cumulative = float(rows[-1]["cumulative_bytes"]) if rows else 0.0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.rounds, initial=start, disable=not progress, desc=f"{config.algorithm} async steps",
+               leave=False)
+    try:
+        for step in plan.steps[start:]:
+            t0 = time.perf_counter()
+            missing = [j for j in step.jobs if j not in pending]
+            if missing:
+                raise RuntimeError(f"async step {step.version}: the updates of jobs {missing} were never trained "
+                                   "(a checkpoint from another schedule?)")
+            results = [pending.pop(j) for j in step.jobs]
+            state, aggregated, _ = process.step(state, results, factors_of[step.version])
+            train_metrics = process.train_metrics(results)
+            if step.version < config.rounds:
+                pending.update(train(step.version, state))
+            state = process.hold(state, pending)
+            staleness = np.asarray(step.staleness)
+            row = {"round": step.version, "train_loss": float(train_metrics["loss"]),
+                   **{c: float(train_metrics[c[6:]]) for c in train_extra},
+                   "eval_loss": np.nan, f"eval_{eval_metric}": np.nan, "clients_this_round": len(step.jobs)}
+            row.update(_aggregator_metrics({"aggregator": aggregated}))
+            moved = {"bytes_down": one["bytes_down"] * step.started, "bytes_up": one["bytes_up"] * len(step.jobs)}
+            cumulative += moved["bytes_down"] + moved["bytes_up"]
+            previous = plan.steps[step.version - 2].time if step.version > 1 else 0.0
+            row.update(moved, cumulative_bytes=cumulative, sim_round_seconds=step.time - previous,
+                       sim_elapsed_seconds=step.time, clients_selected=step.started,
+                       clients_completed=len(step.jobs), clients_dropped=step.lost,
+                       staleness_mean=float(staleness.mean()), staleness_max=int(staleness.max()),
+                       clients_in_flight=step.in_flight)
+            if step.version % config.eval_every == 0 or step.version == config.rounds:
+                evaluate(row, state, step.version)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            if checkpoint is not None or callback is not None:
+                history = make_history(config, rows, client_rows, [], from_cache=False)
+            if checkpoint is not None:
+                checkpoint.save(state, step.version, rows, client_rows, history.to_csv(index=False))
+            bar.update(1)
+            if callback is not None:
+                callback({**row, **config.experiment_dict()}, history)
+            if stop is not None and stop.is_set() and step.version < config.rounds:
+                raise RunStopped(step.version)
     finally:
         bar.close()
     final = [np.asarray(w) for w in state.global_model_weights.trainable] + \

@@ -14,6 +14,7 @@ import numpy as np
 
 from .aggregation import round_bytes
 from .clients import attacker_config, plan_size
+from .asynchronous import AsyncPlan, plan
 from .config import ExperimentConfig
 from .systems import Devices, RoundSchedule, Work, devices_for, over_selected, schedule_round, step_sizes
 
@@ -97,6 +98,18 @@ class Scheduler:
                               policy=config.straggler_policy, deadline=config.round_deadline,
                               offline=leaves[selected], bytes_down=self.bytes_down, bytes_up=self.bytes_up,
                               tiebreak=tiebreak[selected])
+
+    def asynchronous(self, steps: int) -> AsyncPlan:
+        """FedBuff's schedule of ``steps`` server steps on these devices (:func:`fedlab.asynchronous.plan`):
+        client c's k-th job does the work of its round k."""
+        config = self.config
+        eligible = np.setdiff1d(np.arange(config.num_clients), config.exclude_clients)
+        return plan(self.devices, steps=steps, concurrency=config.async_concurrency,
+                    buffer=config.effective_async_buffer,
+                    work=lambda c, k: work_of(self.client_sizes[c], self.config_of(int(c)), k),
+                    bytes_down=self.bytes_down, bytes_up=self.bytes_up,
+                    seed=(config.seeds["sampling"], config.seeds["systems"]), dropout_rate=config.dropout_rate,
+                    eligible=eligible)
 
     def config_of(self, client: int) -> ExperimentConfig:
         """The config client ``client`` trains with (an attacker trains ``attack_boost`` times longer)."""

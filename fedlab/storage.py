@@ -311,6 +311,10 @@ class Checkpoint:
             for f in dataclasses.fields(config):  # a field added since the save: its default was in force
                 if f.name in wanted and f.name not in saved and f.default is not dataclasses.MISSING:
                     saved[f.name] = json.loads(json.dumps(f.default))
+                # a field the experiment leaves out at its default (a synchronous run's async_*)
+                if f.name not in wanted and f.name in saved and f.default is not dataclasses.MISSING \
+                        and saved[f.name] == json.loads(json.dumps(f.default)):
+                    del saved[f.name]
             if saved != wanted:  # the same run on other workers may resume here
                 changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
                 raise CheckpointMismatchError(

@@ -29,6 +29,7 @@ from .models import MODELS
 from .partition import PARTITIONERS
 from .runner import run_experiment
 from .runtime import held, wait_limit, where
+from .asynchronous import STALENESS
 from .systems import DEVICE_PROFILES, POLICIES
 from .tasks import TASKS
 
@@ -99,6 +100,13 @@ def default_control(field: str, config: ExperimentConfig):
         return w.FloatSlider(value=value, min=1.0, max=3.0, step=0.1, **common)
     if field == "dropout_rate":
         return w.FloatSlider(value=value, min=0.0, max=0.9, step=0.05, **common)
+    if field == "async_concurrency":  # 0: synchronous rounds
+        return w.IntSlider(value=value, min=0, max=config.num_clients, **common)
+    if field == "async_buffer":  # read only with async_concurrency > 0, at most it
+        return w.IntSlider(value=max(config.effective_async_buffer, 1), min=1, max=config.num_clients, **common)
+    if field == "async_staleness":
+        return w.Dropdown(options=list(STALENESS.names()), value=value, description=field, style=style,
+                          layout=layout)
     if field == "partition":
         options = [e.name for e in PARTITIONERS.entries() if not e.component.needs_sites]
         return w.Dropdown(options=options, value=value, description=field, style=style, layout=layout)
@@ -231,6 +239,9 @@ class ExperimentPanel:
             values["clients_per_round"] = self.base.num_clients - len(set(values["exclude_clients"]))
         if values.get("straggler_policy", self.base.straggler_policy) == "wait" and "round_deadline" in values:
             values["round_deadline"] = None  # waiting for everyone has no deadline: the slider is ignored
+        if "async_buffer" in values:  # synchronous rounds have no buffer; one larger than the clients in flight
+            concurrency = values.get("async_concurrency", self.base.async_concurrency)  # fills at most with them
+            values["async_buffer"] = min(values["async_buffer"], concurrency) if concurrency else None
         return self.base.replace(**values)
 
     def _settings_changed(self) -> None:

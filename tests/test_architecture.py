@@ -14,7 +14,7 @@ LAYERS = [
      "encryption"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold", "personal", "qffl",
-     "ckks", "homomorphic_rounds",
+     "ckks", "homomorphic_rounds", "asynchronous", "buffered_rounds",
      "robust", "finetune", "tasks", "survival"},                                       # components
     {"algorithms", "aggregation", "evaluation"},                           # components built on components
     {"config"},                                                            # the experiment, validated
