@@ -197,7 +197,7 @@ def secure_aggregator(config):
         from tensorflow_federated.python.aggregators.discretization import DiscretizationFactory
 
         value = DiscretizationFactory(
-            agg.SecureModularSumFactory(secure_modulus(config.quantization_bits, config.clients_per_round),
+            agg.SecureModularSumFactory(secure_modulus(config.quantization_bits, cohort_size(config)),
                                         symmetric_range=True),
             scale_factor=(2 ** (config.quantization_bits - 1) - 1) / config.clip_norm)
         # Discretisation needs every coordinate in [-C, C]: L2-clipping to C guarantees it.
@@ -332,8 +332,13 @@ def make_aggregator(config):
     if config.robust != "none" and not (config.robust == "clip" and config.secure_aggregation
                                         and config.quantization_bits):
         factory = robust_aggregator(config.robust, config.clip_norm, factory, fraction=config.robust_fraction,
-                                    clients_per_round=config.clients_per_round)
+                                    clients_per_round=cohort_size(config))
     return factory
+
+
+def cohort_size(config) -> int:
+    """How many updates one aggregation sees: the round's K, or a FedBuff step's buffer."""
+    return config.effective_async_buffer if config.async_concurrency else config.clients_per_round
 
 
 def aggregator_key(config) -> tuple:
@@ -348,7 +353,7 @@ def aggregator_key(config) -> tuple:
             config.fingerprint() if config.secure_aggregation and config.secure_protocol == "ckks"
             and config.noise_source == "seeded" else None,
             config.clip_norm if (config.secure_aggregation or config.robust != "none") else None,
-            config.clients_per_round if config.secure_aggregation or config.robust == "multikrum" else None,
+            cohort_size(config) if config.secure_aggregation or config.robust == "multikrum" else None,
             config.robust_fraction if uses_fraction(config) else None)
 
 
@@ -366,7 +371,7 @@ def bits_per_value_up(config) -> float:
     if config.secure_aggregation:
         if config.quantization_bits:
             # symmetric modular sum: TFF sums in [0, 2m - 1) for modulus m
-            return math.ceil(math.log2(2 * secure_modulus(config.quantization_bits, config.clients_per_round) - 1))
+            return math.ceil(math.log2(2 * secure_modulus(config.quantization_bits, cohort_size(config)) - 1))
         return 32 + math.ceil(math.log2(max(config.clients_per_round, 1)))  # 32-bit values, summed without overflow
     if config.quantization_bits and not config.user_level_dp:
         return config.quantization_bits

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from typing import Optional, Sequence
 
 import numpy as np
@@ -150,7 +152,7 @@ def at_time(history: pd.DataFrame, seconds, by: Sequence[str], time: str = "sim_
     evaluated = evaluated_rows(history).sort_values("round")
     rows = []
     for key, run in evaluated.groupby(list(by) + ["seed"], dropna=False, sort=False):
-        limit = seconds[run["seed"].iloc[0]] if hasattr(seconds, "__getitem__") else seconds
+        limit = seconds[run["seed"].iloc[0]] if isinstance(seconds, (Mapping, pd.Series)) else seconds
         before = run[run[time] <= float(limit) * (1 + 1e-12)]
         if before.empty:
             warnings.warn(f"at_time: run {key} has no evaluated round by {float(limit):g} s", stacklevel=2)

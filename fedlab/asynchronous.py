@@ -48,6 +48,7 @@ import numpy as np
 
 from .registry import Registry, decorator
 from .systems import Devices, Work, client_seconds
+from .validation import ConfigError
 
 # Staleness weights -------------------------------------------------------------------------------------
 
@@ -146,22 +147,25 @@ def plan(devices: Devices, *, steps: int, concurrency: int, buffer: int, work: C
     """
     clients = np.arange(len(devices)) if eligible is None else np.asarray(sorted(eligible), np.int64)
     if not 1 <= concurrency <= len(clients):
-        raise ValueError(f"async_concurrency: must be between 1 and the {len(clients)} eligible clients, "
-                         f"got {concurrency}")
+        raise ConfigError("async_concurrency", f"must be between 1 and the {len(clients)} eligible clients, "
+                                               f"got {concurrency}")
     if not 1 <= buffer <= concurrency:
-        raise ValueError(f"async_buffer: must be between 1 and async_concurrency={concurrency}, got {buffer}")
+        raise ConfigError("async_buffer", f"must be between 1 and async_concurrency={concurrency}, got {buffer}")
     rng = np.random.default_rng([*seed, 0xA5])
     jobs: list[Job] = []
     heap: list[tuple[float, float, int]] = []  # (finish, tie-break, job id)
     busy: set[int] = set()
     counts: dict[int, int] = {}
     availability = np.asarray(devices.availability, np.float64)
+    online = int((availability[clients] > 0).sum())
+    if online < concurrency:
+        raise ConfigError("async_concurrency", f"must be at most the {online} eligible clients whose devices are ever "
+                                               f"online (availability > 0), got {concurrency}")
     version, now = 0, 0.0
 
     def start() -> None:
         idle = np.array([c for c in clients if c not in busy], np.int64)
-        p = availability[idle]
-        p = p / p.sum() if p.sum() > 0 else np.full(len(idle), 1.0 / len(idle))
+        p = availability[idle] / availability[idle].sum()  # > 0: fewer are training than can be online
         client = int(rng.choice(idle, p=p))
         counts[client] = counts.get(client, 0) + 1
         down, compute, up = client_seconds(devices, [client], [work(client, counts[client]).examples],
@@ -175,7 +179,7 @@ def plan(devices: Devices, *, steps: int, concurrency: int, buffer: int, work: C
     for _ in range(concurrency):
         start()
     if not 0 <= dropout_rate < 1:
-        raise ValueError(f"dropout_rate: must be in [0, 1) with async_concurrency > 0, got {dropout_rate}")
+        raise ConfigError("dropout_rate", f"must be in [0, 1) with async_concurrency > 0, got {dropout_rate}")
     server_steps: list[ServerStep] = []
     buffered: list[int] = []
     started, lost = concurrency, 0

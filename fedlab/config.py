@@ -182,7 +182,8 @@ class ExperimentConfig:
             s("round_deadline", number("round_deadline", self.round_deadline, 0.0, 1e9, low_open=True))
         s("over_selection", number("over_selection", self.over_selection, 1.0, 10.0))
         s("dropout_rate", number("dropout_rate", self.dropout_rate, 0.0, 1.0, high_open=True))
-        s("async_concurrency", integer("async_concurrency", self.async_concurrency, 0, self.num_clients))
+        s("async_concurrency", integer("async_concurrency", self.async_concurrency, 0,
+                                       self.num_clients - len(self.exclude_clients)))
         if self.async_buffer is not None and self.async_concurrency:
             s("async_buffer", integer("async_buffer", self.async_buffer, 1, self.async_concurrency))
         s("async_staleness", one_of("async_staleness", self.async_staleness, STALENESS.names()))
@@ -436,9 +437,10 @@ class ExperimentConfig:
         elif self.dp == RECORD_LEVEL:
             why = ("dp", "cannot be 'example' with async_concurrency here: the record-level accounting counts the "
                          "synchronous rounds a client trained in, not its asynchronous jobs")
-        elif self.secure_aggregation:
-            why = ("secure_aggregation", "cannot be combined with async_concurrency here: the secure sums and "
-                                         "protocols run over one synchronous cohort")
+        elif self.secure_protocol != "none":
+            why = ("secure_protocol", "must be none with async_concurrency: the SecAgg/CKKS protocols run their own "
+                                      "synchronous round (TFF's secure sums, secure_aggregation=True, sum each "
+                                      "step's buffer)")
         elif self.straggler_policy != "wait" or self.over_selection != 1.0:
             field = "straggler_policy" if self.straggler_policy != "wait" else "over_selection"
             why = (field, "must be left at its default: an asynchronous server never waits for a round, so "
@@ -540,11 +542,13 @@ class ExperimentConfig:
     def experiment_dict(self) -> dict[str, Any]:
         """The fields that determine the numbers: all but where it runs (:data:`EXECUTION_FIELDS`), and but the
         asynchronous fields of a synchronous run (added later: a synchronous config keeps its fingerprint, hence
-        its cached results and its seeded CKKS noise)."""
+        its checkpoints and its seeded CKKS noise). An asynchronous run's buffer is given as its value."""
         out = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
         if not self.async_concurrency:
             for name in ASYNC_DEFAULTS:
                 out.pop(name)
+        else:
+            out["async_buffer"] = self.effective_async_buffer
         return out
 
     def to_json(self) -> str:

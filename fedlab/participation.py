@@ -42,7 +42,8 @@ def async_participation(config: ExperimentConfig) -> pd.DataFrame:
                                                 scheduler.bytes_up))
     client = np.array([j.client for j in jobs], np.int64)
     table["jobs_started"] = np.bincount(client, minlength=config.num_clients)
-    table["jobs_lost"] = np.bincount(client[[j.lost for j in jobs]], minlength=config.num_clients)
+    table["jobs_lost"] = np.bincount(client[[j.lost and j.finish <= last for j in jobs]],  # noticed by then
+                                     minlength=config.num_clients)
     used_clients = np.array([plan.jobs[j].client for j in used], np.int64)
     table["updates_used"] = np.bincount(used_clients, minlength=config.num_clients)
     table["share_of_updates"] = table.updates_used / max(len(used), 1)

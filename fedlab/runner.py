@@ -34,7 +34,7 @@ from .processes import get_finetuning, get_process, initial_state, trainer_for
 from .registry import source_digest
 from .runtime import simulated_secure_sums, stop_local_workers
 from .array_training import local_steps, with_tau_eff
-from .asynchronous import staleness_weights
+from .asynchronous import STALENESS, staleness_weights
 from .attacks import ATTACKS, attack_rng, is_update_attack
 from .sampling import Scheduler
 from .systems import DEVICE_PROFILES
@@ -136,6 +136,8 @@ def component_digests(config: ExperimentConfig) -> list[str]:
     if is_update_attack(config):
         parts.append(ATTACKS[config.attack].apply)
     parts += [b.build for b in builders_in_use(config)]
+    if config.async_concurrency:  # a staleness weighting edited in a notebook must miss the cache too
+        parts.append(STALENESS[config.async_staleness].weight)
     task = TASKS[DATASETS[config.dataset].task]  # a loss or metric edited in a notebook must miss the cache
     parts += [task.prepare_labels, LOSSES[task.loss].keras, LOSSES[task.loss].numpy,
               *(METRICS[m].fn for m in task.metrics)]
@@ -175,13 +177,16 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
                     raise ConfigError("rounds", f"{config.rounds} rounds of {per_round} DP-SGD steps at client "
                                                 f"{client} are too many for accountant='pld' ({err}); use fewer "
                                                 "rounds or steps, or accountant='rdp'") from None
-    sizes = sorted((len(x) for x in clients.x), reverse=True)[: config.clients_per_round]
+    # at once: the round's clients, or the jobs one FedBuff version can start (in flight, and a buffer filling)
+    at_once = config.async_concurrency + config.effective_async_buffer if config.async_concurrency \
+        else config.clients_per_round
+    sizes = sorted((len(x) for x in clients.x), reverse=True)[:at_once]
     boosted = attacker_config(config) if clients.attackers else config
     total = sum(plan_size(n, boosted)[0] * n * 8 for n in sizes)
     if total > MAX_ORDER_BYTES:
         field = "local_steps" if config.local_steps is not None else "local_epochs"
         raise ConfigError(field, f"would make the batch orders of one round about {total / 2**30:.1f} GiB "
-                                 f"({config.clients_per_round} clients of up to {sizes[0]} examples); "
+                                 f"({at_once} clients of up to {sizes[0]} examples); "
                                  f"at most {MAX_ORDER_BYTES / 2**30:.0f} GiB is allowed")
 
 

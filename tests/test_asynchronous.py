@@ -57,6 +57,33 @@ def test_a_full_buffer_steps_on_every_update_that_arrives_together():
     assert sorted((j.client, j.number, j.version) for j in p.jobs[2:4]) == [(0, 2, 1), (1, 2, 1)]
 
 
+def test_several_steps_at_one_instant_count_the_steps_between_them():
+    """Three equal devices, a buffer of 1: the three reports at t = 2 make three steps at that instant; the second
+    takes an update one step old, the third two; then the three restart on version 3."""
+    p = plan(two_devices((5.0, 5.0, 5.0)), steps=3, concurrency=3, buffer=1, work=ten_examples, bytes_down=0.0,
+             bytes_up=0.0, seed=(2,))
+    assert [(s.version, s.time, s.staleness) for s in p.steps] == [(1, 2.0, (0,)), (2, 2.0, (1,)), (3, 2.0, (2,))]
+    assert sorted(j for s in p.steps for j in s.jobs) == [0, 1, 2]
+    assert [j.version for j in p.jobs[3:]] == [3, 3, 3] and all(s.in_flight == 3 for s in p.steps)
+
+
+def test_a_longer_schedule_begins_with_the_shorter_one():
+    """Planning more steps draws the same first ones (async_steps_within plans ahead, the runner exactly)."""
+    devices = Devices(np.array([3.0, 5.0, 7.0, 11.0, 2.0]), np.ones(5), np.ones(5), np.array([1, .5, 1, .2, .9]))
+    short, long = (plan(devices, steps=n, concurrency=3, buffer=2, work=ten_examples, bytes_down=0.0, bytes_up=0.0,
+                        seed=(9,), dropout_rate=0.2) for n in (5, 40))
+    assert long.steps[:5] == short.steps
+    assert long.jobs[:len(short.jobs)] == short.jobs
+
+
+def test_clients_that_are_never_online_never_train():
+    devices = Devices(np.full(4, 5.0), np.ones(4), np.ones(4), np.array([1.0, 1.0, 0.0, 0.0]))
+    p = plan(devices, steps=10, concurrency=2, buffer=1, work=ten_examples, bytes_down=0.0, bytes_up=0.0, seed=(0,))
+    assert {j.client for j in p.jobs} == {0, 1}
+    with pytest.raises(ConfigError, match="async_concurrency: must be at most the 2 eligible clients"):
+        plan(devices, steps=1, concurrency=3, buffer=1, work=ten_examples, bytes_down=0.0, bytes_up=0.0, seed=(0,))
+
+
 def test_a_lost_job_frees_its_slot_and_sends_nothing():
     p = plan(two_devices(), steps=6, concurrency=2, buffer=1, work=ten_examples, bytes_down=0.0, bytes_up=0.0,
              seed=(3,), dropout_rate=0.5)
@@ -77,7 +104,7 @@ def test_the_schedule_is_a_function_of_its_seed():
 @pytest.mark.parametrize("kw, field", [
     (dict(concurrency=3, buffer=1), "async_concurrency"), (dict(concurrency=2, buffer=3), "async_buffer")])
 def test_the_schedule_refuses_impossible_sizes(kw, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ConfigError, match=field):
         plan(two_devices(), steps=1, work=ten_examples, bytes_down=0.0, bytes_up=0.0, seed=(0,), **kw)
 
 
@@ -189,7 +216,8 @@ def test_a_run_resumed_mid_stream_gives_the_uninterrupted_history(tmp_path):
     (dict(async_concurrency=2, algorithm="fednova"), "algorithm"),
     (dict(async_concurrency=2, dp="fixed", noise_multiplier=0.5, clip_norm=1.0), "dp"),
     (dict(async_concurrency=2, dp="example", noise_multiplier=0.5, clip_norm=1.0), "dp"),
-    (dict(async_concurrency=2, secure_aggregation=True), "secure_aggregation"),
+    (dict(async_concurrency=2, secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
+    (dict(async_concurrency=4, exclude_clients=(0, 1, 2, 3, 4)), "async_concurrency"),
     (dict(async_concurrency=2, straggler_policy="drop", round_deadline=10.0), "straggler_policy"),
     (dict(async_concurrency=2, attack="sign_flipping", attacker_fraction=0.25), "attack"),
 ])
@@ -243,3 +271,17 @@ def test_runs_compared_at_equal_simulated_time_and_time_to_target():
     reach = fl.time_to_target(history, 0.6, ["method"]).set_index("method")
     assert reach.loc["a", "seconds"] == 20.0 and reach.loc["b", "seconds"] == 8.0
     assert not fl.time_to_target(history, 0.95, ["method"]).reached.any()
+
+
+def test_secure_sums_and_robust_rules_see_a_steps_buffer():
+    """TFF's secure sum adds each step's buffer (its modulus sized for the buffer, not clients_per_round), with the
+    numbers of the plain sum up to float32; Multi-Krum keeps K - f of the buffer's updates."""
+    from fedlab.aggregation import aggregator_key, cohort_size
+
+    config = ASYNC.replace(rounds=3, clients_per_round=6)
+    assert cohort_size(config) == 2 and cohort_size(config.replace(async_concurrency=0, async_buffer=None)) == 6
+    assert aggregator_key(config.replace(robust="multikrum")) != aggregator_key(
+        config.replace(robust="multikrum", async_concurrency=0, async_buffer=None))
+    plain = fl.run_experiment(config, progress=False)
+    secure = fl.run_experiment(config.replace(secure_aggregation=True), progress=False)
+    np.testing.assert_allclose(secure.eval_loss, plain.eval_loss, rtol=1e-4)

@@ -226,6 +226,9 @@ def test_measure_cost_tabulates_bytes_and_seconds():
     assert (table.server_seconds_per_client > 0).all()
     # a real decryption's error: above zero (CKKS is approximate), inside the bound
     assert ((table.max_error > 0) & (table.max_error < ckks.error_bound(1))).all()
+    # the error comes from the seeded round: a second measurement writes the same table but for its seconds
+    again = ckks.measure_cost(clients=(10, 100), sizes=(100, 5000), timed_clients=2)
+    assert list(again.max_error) == list(table.max_error)
 
 
 # ---------------------------------------------------------------------------------------------------------------
