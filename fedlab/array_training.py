@@ -384,17 +384,20 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
                           learning_rate_of, server_optimizer)
 
 
-def client_updates_computation(training: ClientTraining):
+def client_updates_computation(training: ClientTraining, *, with_weights_and_metrics: bool = False):
     """A federated computation (weights at the server, client data, learning rate at the server) -> each client's
-    update (start - trained) at the clients: training without aggregation (Ditto's own models, fine-tuning)."""
+    update (start - trained) at the clients: training without aggregation (Ditto's own models, fine-tuning); with
+    ``with_weights_and_metrics``, each client's (update, weight, unfinalized metrics) (FedBuff's jobs)."""
     t = tff()
 
     @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
                              t.FederatedType(training.data_type, t.CLIENTS),
                              t.FederatedType(t.TensorType(np.float32), t.SERVER))
     def client_updates(weights, client_data, learning_rate):
-        result, _ = t.federated_map(training.train_client, (
+        result, unfinalized = t.federated_map(training.train_client, (
             t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
+        if with_weights_and_metrics:
+            return result.update, result.update_weight, unfinalized
         return result.update
 
     return client_updates

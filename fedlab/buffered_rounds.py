@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .array_training import pack_clients
+from .array_training import client_updates_computation, pack_clients
 from .runtime import tff
 from .split_rounds import SplitRoundProcess
 
@@ -53,13 +53,7 @@ class BufferedProcess(SplitRoundProcess):
         metrics_type = training.train_client.type_signature.result[1]
         metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
 
-        @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
-                                 t.FederatedType(training.data_type, t.CLIENTS),
-                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
-        def jobs_fn(weights, client_data, learning_rate):
-            result, unfinalized = t.federated_map(training.train_client, (
-                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
-            return result.update, result.update_weight, unfinalized
+        jobs_fn = client_updates_computation(training, with_weights_and_metrics=True)
 
         @t.federated_computation(t.FederatedType(metrics_type, t.CLIENTS))
         def metrics_fn(unfinalized):

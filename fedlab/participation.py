@@ -23,6 +23,17 @@ def _scheduler(config: ExperimentConfig) -> tuple[Scheduler, Clients]:
     return Scheduler(config, [len(x) for x in clients.x], spec.tensor_sizes(), clients.attackers), clients
 
 
+def _device_table(config: ExperimentConfig, scheduler: Scheduler, clients: Clients) -> pd.DataFrame:
+    """Each client's device, examples held, and round_seconds: download, round 1's local work and upload on it."""
+    table = scheduler.devices.table()
+    table.insert(1, "examples", [len(x) for x in clients.x])
+    everyone = np.arange(config.num_clients)
+    work = [work_of(len(x), scheduler.config_of(c), 1).examples for c, x in enumerate(clients.x)]
+    table["round_seconds"] = sum(client_seconds(scheduler.devices, everyone, work, scheduler.bytes_down,
+                                                scheduler.bytes_up))
+    return table
+
+
 def async_participation(config: ExperimentConfig) -> pd.DataFrame:
     """FedBuff's schedule per client (``async_concurrency`` > 0), without training: its device, examples held,
     round_seconds (one job on its device), jobs_started, jobs_lost, updates_used (by the config's ``rounds``
@@ -34,12 +45,7 @@ def async_participation(config: ExperimentConfig) -> pd.DataFrame:
     last = plan.steps[-1].time
     jobs = [j for j in plan.jobs if j.start < last or j.id in {i for s in plan.steps for i in s.jobs}]
     used = {j: t for s in plan.steps for j, t in zip(s.jobs, s.staleness)}
-    table = scheduler.devices.table()
-    table.insert(1, "examples", [len(x) for x in clients.x])
-    everyone = np.arange(config.num_clients)
-    work = [work_of(len(x), scheduler.config_of(c), 1).examples for c, x in enumerate(clients.x)]
-    table["round_seconds"] = sum(client_seconds(scheduler.devices, everyone, work, scheduler.bytes_down,
-                                                scheduler.bytes_up))
+    table = _device_table(config, scheduler, clients)
     client = np.array([j.client for j in jobs], np.int64)
     table["jobs_started"] = np.bincount(client, minlength=config.num_clients)
     table["jobs_lost"] = np.bincount(client[[j.lost and j.finish <= last for j in jobs]],  # noticed by then
@@ -83,12 +89,7 @@ def participation_table(config: ExperimentConfig) -> pd.DataFrame:
         schedule = scheduler.round(r)
         selected[schedule.selected] += 1
         completed[schedule.completed] += 1
-    table = scheduler.devices.table()
-    table.insert(1, "examples", [len(x) for x in clients.x])
-    everyone = np.arange(config.num_clients)
-    work = [work_of(len(x), scheduler.config_of(c), 1).examples for c, x in enumerate(clients.x)]
-    table["round_seconds"] = sum(client_seconds(scheduler.devices, everyone, work, scheduler.bytes_down,
-                                                scheduler.bytes_up))
+    table = _device_table(config, scheduler, clients)
     table["rounds_selected"] = selected
     table["rounds_completed"] = completed
     table["rounds_dropped"] = selected - completed
