@@ -232,6 +232,11 @@ def test_a_synchronous_config_keeps_its_fingerprint():
     and seeded noise predate them); set, they are."""
     config = fl.ExperimentConfig(dataset="digits", num_clients=8, clients_per_round=2)
     assert "async_concurrency" not in config.experiment_dict()
+    # the fingerprints fedlab gave these configs before the asynchronous fields existed (commit f8ad706)
+    assert config.fingerprint() == "71b9639ec7854264"
+    ckks = fl.ExperimentConfig(dataset="heart_disease", model="logreg", partition="natural", num_clients=4,
+                               clients_per_round=4, rounds=5, secure_aggregation=True, secure_protocol="ckks")
+    assert ckks.fingerprint() == "87d700b482a5ff14"
     assert config.replace(async_concurrency=2).fingerprint() != config.fingerprint()
     assert fl.ExperimentConfig.from_dict(config.replace(async_concurrency=2).to_dict()).async_concurrency == 2
 
