@@ -424,8 +424,7 @@ class ExperimentConfig:
                                             "async_concurrency to the clients training at once, or leave it unset")
             return
         why = None
-        if algorithm.on_arrays is None or not getattr(algorithm.on_arrays, "takes_round_builders", False) \
-                or algorithm.normalized:
+        if not _steps_on_buffers(algorithm):
             why = ("algorithm", f"must be one whose clients train in fedlab's compiled loop and whose server "
                                 f"applies an optimizer to the mean update ({', '.join(_buffered())}), got "
                                 f"{self.algorithm!r}")
@@ -583,9 +582,14 @@ reserve_names(FIELD_NAMES)
 ASYNC_DEFAULTS = {"async_concurrency": 0, "async_buffer": None, "async_staleness": "polynomial"}
 
 
+def _steps_on_buffers(algorithm: Algorithm) -> bool:
+    """Whether FedBuff's steps can wrap the algorithm: its compiled-loop builder takes a round builder in the
+    aggregator slot, and its server step needs no cohort-wide quantity (FedNova's tau_eff)."""
+    return getattr(algorithm.on_arrays, "takes_round_builders", False) and not algorithm.normalized
+
+
 def _buffered() -> list[str]:
-    return [e.name for e in ALGORITHMS.entries() if e.component.on_arrays is not None
-            and getattr(e.component.on_arrays, "takes_round_builders", False) and not e.component.normalized]
+    return [e.name for e in ALGORITHMS.entries() if _steps_on_buffers(e.component)]
 
 
 def _unweighted() -> list[str]:

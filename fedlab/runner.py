@@ -238,9 +238,23 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             client_rows.extend(per_client)
             row.update(client_summary(per_client))
 
+    def record(row: dict, state, round_num: int, bar) -> None:
+        """A finished round (or server step): into the history, the checkpoint and the callback; stopped if asked."""
+        rows.append(row)
+        if checkpoint is not None or callback is not None:
+            history = make_history(config, rows, client_rows, [], from_cache=False)
+        if checkpoint is not None:
+            checkpoint.save(state, round_num, rows, client_rows, history.to_csv(index=False))
+        bar.update(1)
+        if callback is not None:
+            callback({**row, **config.experiment_dict()}, history)
+        if stop is not None and stop.is_set() and round_num < config.rounds:
+            raise RunStopped(round_num)
+
     if config.async_concurrency:
-        return _execute_async(config, process, clients, scheduler, state, start, rows, client_rows, checkpoint,
-                              evaluate, train_extra, eval_metric, sizes, progress, callback, stop)
+        final = _execute_async(config, process, clients, scheduler, state, start, rows, evaluate, record,
+                               train_extra, eval_metric, sizes, progress)
+        return rows, client_rows, final
     epsilons = _epsilons(config, clients, scheduler)
     cumulative = float(rows[-1]["cumulative_bytes"]) if rows else 0.0
     elapsed = 0.0
@@ -294,27 +308,22 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             if round_num % config.eval_every == 0 or round_num == config.rounds:
                 evaluate(row, state, round_num)
             row["seconds"] = seconds
-            rows.append(row)
-            if checkpoint is not None or callback is not None:
-                history = make_history(config, rows, client_rows, [], from_cache=False)
-            if checkpoint is not None:
-                checkpoint.save(state, round_num, rows, client_rows, history.to_csv(index=False))
-            bar.update(1)
-            if callback is not None:
-                callback({**row, **config.experiment_dict()}, history)
-            if stop is not None and stop.is_set() and round_num < config.rounds:
-                raise RunStopped(round_num)
+            record(row, state, round_num, bar)
     finally:
         bar.close()
-    final = [np.asarray(w) for w in state.global_model_weights.trainable] + \
+    return rows, client_rows, _final_weights(state)
+
+
+def _final_weights(state) -> list[np.ndarray]:
+    """The model's trainable then non-trainable arrays."""
+    return [np.asarray(w) for w in state.global_model_weights.trainable] + \
         [np.asarray(w) for w in state.global_model_weights.non_trainable]
-    return rows, client_rows, final
 
 
 def _execute_async(config: ExperimentConfig, process, clients: Clients, scheduler: Scheduler, state, start: int,
-                   rows: list, client_rows: list, checkpoint: Optional[Checkpoint], evaluate, train_extra: tuple,
-                   eval_metric: str, sizes, progress: bool, callback, stop):
-    """FedBuff's server steps (:mod:`fedlab.asynchronous`): one history row per step.
+                   rows: list, evaluate, record, train_extra: tuple, eval_metric: str, sizes, progress: bool):
+    """FedBuff's server steps (:mod:`fedlab.asynchronous`): one history row per step, each passed to ``record``
+    (:func:`_execute`'s); returns the final weights.
 
     The jobs that start on a version are trained as soon as it exists and
     wait in the state until the step that takes them. A row's training metrics
@@ -365,21 +374,10 @@ def _execute_async(config: ExperimentConfig, process, clients: Clients, schedule
             if step.version % config.eval_every == 0 or step.version == config.rounds:
                 evaluate(row, state, step.version)
             row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            if checkpoint is not None or callback is not None:
-                history = make_history(config, rows, client_rows, [], from_cache=False)
-            if checkpoint is not None:
-                checkpoint.save(state, step.version, rows, client_rows, history.to_csv(index=False))
-            bar.update(1)
-            if callback is not None:
-                callback({**row, **config.experiment_dict()}, history)
-            if stop is not None and stop.is_set() and step.version < config.rounds:
-                raise RunStopped(step.version)
+            record(row, state, step.version, bar)
     finally:
         bar.close()
-    final = [np.asarray(w) for w in state.global_model_weights.trainable] + \
-        [np.asarray(w) for w in state.global_model_weights.non_trainable]
-    return rows, client_rows, final
+    return _final_weights(state)
 
 
 def _planned(inputs, steps: int):
