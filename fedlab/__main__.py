@@ -1,4 +1,4 @@
-"""Command line: ``python -m fedlab run|show|list|privacy|worker|certs|keys|reproduce ...``.
+"""Command line: ``python -m fedlab run|show|list|privacy|worker|site|certs|keys|reproduce ...``.
 
 Errors in the input are one line naming the option (``--alpha: must be > 0``)
 and exit status 2, with no traceback, before TensorFlow is imported. Every
@@ -104,6 +104,15 @@ def _workers(text: str) -> tuple:
     return workers
 
 
+def _sites(text: str) -> dict:
+    from .sites import parse_sites
+
+    try:
+        return parse_sites(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _number(kind):
     def parse(text: str):
         try:
@@ -189,8 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--tensorboard", type=_folder, default=None, metavar="DIR",
                      help="also write each round's metrics as TensorBoard events under DIR (tensorboard --logdir DIR)")
-    _add_tls_options(run, "with --workers: connect to the workers with mutual TLS, presenting", "client.pem",
-                     "client-key.pem", "the workers' certificates")
+    run.add_argument("--sites", type=_sites, default=None, metavar="NAME=HOST:PORT,...",
+                     help="run the data set's natural clients at site processes (python -m fedlab site), which "
+                          "hold the records; this process reads none")
+    _add_tls_options(run, "with --workers or --sites: connect with mutual TLS, presenting", "client.pem",
+                     "client-key.pem", "the workers' or sites' certificates")
     _add_encryption_option(run, "write OUT/*.enc, the checkpoint and TensorBoard events (and read them back)")
 
     show = sub.add_parser("show", help="print a file run --out wrote (history.csv, config.json, clients.csv; "
@@ -248,6 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="TFF's limit on parallel calls of one computation (default: none)")
     _add_tls_options(work, "accept only mutual-TLS connections (TFF's worker behind a TLS proxy), presenting",
                      "server.pem", "server-key.pem", "every client's certificate")
+
+    site = sub.add_parser("site", help="serve one site's own records to a driver (run --sites NAME=HOST:PORT,...): "
+                                       "it trains and scores here, only updates and scores leave")
+    site.add_argument("--dataset", default="heart_disease", help="the registered data set the site belongs to "
+                                                                  "(it needs a site loader: fl.register_site_loader)")
+    site.add_argument("--name", required=True, help="this site's name in the data set (heart_disease: cleveland, "
+                                                     "hungarian, switzerland, va)")
+    site.add_argument("--data", required=True, type=pathlib.Path, metavar="PATH",
+                      help="the folder holding this site's own file(s); nothing else is read")
+    site.add_argument("--port", type=_number(int), required=True)
+    site.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default 127.0.0.1: this machine only); without --tls-* anyone "
+                           "who reaches the port can ask for updates computed on the records")
+    _add_tls_options(site, "accept only drivers whose certificate the CA signed, presenting", "server.pem",
+                     "server-key.pem", "the drivers' certificates")
 
     certs = sub.add_parser("certs", help="make a local CA, a worker (server) and a driver (client) certificate in DIR, "
                                          "for trying --tls-cert/--tls-key/--tls-ca")
@@ -327,8 +354,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .distributed import WorkerTLS, use_worker_tls
 
     tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
-    if tls is not None and not config.workers:
-        raise UsageError("--tls-cert: mutual TLS is for runs on --workers HOST:PORT,...; this run is local")
+    if tls is not None and not (config.workers or args.sites):
+        raise UsageError("--tls-cert: mutual TLS is for runs on --workers or --sites; this run is local")
     use_worker_tls(tls)  # the process's setting, not the config's: the same numbers, the same cached result
     from .storage import Checkpoint, ensure_folder
 
@@ -350,7 +377,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         history = run_experiment(config, checkpoint_dir=checkpoint_dir, progress=not args.quiet, stop=stop,
-                                 tensorboard_dir=args.tensorboard)
+                                 tensorboard_dir=args.tensorboard, sites=args.sites)
     except (RunStopped, KeyboardInterrupt):
         kept = (f"the checkpoint in {checkpoint_dir} holds {Checkpoint(checkpoint_dir, config).describe()}; "
                 "run the same command again to resume" if checkpoint_dir is not None
@@ -489,6 +516,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return serve(args.port, args.host, max_concurrent_calls=args.max_concurrent_calls, tls=tls)
 
 
+def cmd_site(args: argparse.Namespace) -> int:
+    from .distributed import WorkerTLS
+    from .site_service import serve
+
+    tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
+    return serve(args.dataset, args.name, args.data, args.port, args.host, tls)
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from .certs import make_certs, parse_hosts
 
@@ -531,7 +566,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "show": cmd_show, "list": cmd_list, "privacy": cmd_privacy, "worker": cmd_worker,
-            "certs": cmd_certs, "keys": cmd_keys, "reproduce": cmd_reproduce}
+            "site": cmd_site, "certs": cmd_certs, "keys": cmd_keys, "reproduce": cmd_reproduce}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -548,11 +583,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:
         print(f"{prog}: error: {option_name(err.field)}: {err.message}", file=sys.stderr)
     except Exception as err:  # noqa: BLE001 - known failures: say them in one line
-        known = ("WorkerUnreachableError", "WorkerLostError", "DataUnavailableError", "CheckpointMismatchError",
+        known = ("WorkerUnreachableError", "WorkerLostError", "SiteUnreachableError", "SiteLostError", "SiteError",
+                 "DataUnavailableError", "CheckpointMismatchError",
                  "StorageError", "EncryptionError")
         if type(err).__name__ in known or isinstance(err, ValueError):
             print(f"{prog}: error: {err}", file=sys.stderr)
-            return 1 if type(err).__name__.startswith("Worker") else 2
+            return 1 if type(err).__name__.startswith(("Worker", "Site")) else 2
         raise
     return 2
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -401,6 +401,42 @@ def client_updates_computation(training: ClientTraining, *, with_weights_and_met
         return result.update
 
     return client_updates
+
+
+def metrics_computation(training: ClientTraining) -> tuple:
+    """(federated computation: the clients' unfinalized metrics -> finalized at the server, as TFF sums then
+    finalizes them; the unfinalized metrics' type): for clients trained one by one (jobs, sites)."""
+    t = tff()
+    metrics_type = training.train_client.type_signature.result[1]
+    metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
+
+    @t.federated_computation(t.FederatedType(metrics_type, t.CLIENTS))
+    def metrics_fn(unfinalized):
+        return metrics_aggregation(unfinalized)
+
+    return metrics_fn, metrics_type
+
+
+def structure():
+    """TFF's structure module (flatten, pack_sequence_as): how TFF itself orders a value's leaves."""
+    from tensorflow_federated.python.common_libs import structure as module
+
+    return module
+
+
+def metric_leaves(metrics) -> tuple:
+    """A client's unfinalized metrics as a flat tuple of arrays, in TFF's order."""
+    return tuple(np.asarray(m) for m in structure().flatten(structure().from_container(metrics, recursive=True)))
+
+
+def metric_leaf_specs(metrics_type) -> list[tuple]:
+    """(shape, dtype) of each unfinalized metrics leaf of a client computation's metrics type."""
+    return [(tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in structure().flatten(metrics_type)]
+
+
+def finalize_metric_leaves(metrics_fn, metrics_type, leaves: Sequence) -> object:
+    """The finalized metrics of clients whose unfinalized metrics are ``leaves`` (one flat tuple each)."""
+    return metrics_fn([structure().pack_sequence_as(metrics_type, list(m)) for m in leaves])
 
 
 def build_array_process(model, *, client_lr: float, server_optimizer, model_aggregator: Any = None,

@@ -19,16 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .array_training import client_updates_computation, pack_clients
-from .runtime import tff
 from .split_rounds import SplitRoundProcess
-
-
-def structure():
-    """TFF's structure module (flatten, pack_sequence_as): how TFF itself orders a value's leaves."""
-    from tensorflow_federated.python.common_libs import structure as module
-
-    return module
 
 
 class BufferedRounds:
@@ -48,34 +39,7 @@ class BufferedProcess(SplitRoundProcess):
 
     def __init__(self, training, model_aggregator=None, *, slots: int) -> None:
         super().__init__(training, model_aggregator)
-        t = tff()
         self.slots = slots
-        metrics_type = training.train_client.type_signature.result[1]
-        metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
-
-        jobs_fn = client_updates_computation(training, with_weights_and_metrics=True)
-
-        @t.federated_computation(t.FederatedType(metrics_type, t.CLIENTS))
-        def metrics_fn(unfinalized):
-            return metrics_aggregation(unfinalized)
-
-        self._jobs_fn, self._metrics_fn, self._metrics_type = jobs_fn, metrics_fn, metrics_type
-
-    # Jobs ------------------------------------------------------------------------------------------------
-    def train(self, state, client_data: list) -> list[tuple]:
-        """Each client input trained from the state's model: [(update, weight, unfinalized metrics leaves)]."""
-        if not client_data:
-            return []
-        learning_rate = np.float32(state.client_work["learning_rate"])
-        updates, weights, metrics = self._jobs_fn(state.global_model_weights,
-                                                  pack_clients(client_data, self.data_type), learning_rate)
-        return [(tuple(np.asarray(u, np.float32) for u in update), np.float32(weight),
-                 tuple(np.asarray(m) for m in structure().flatten(structure().from_container(m_, recursive=True))))
-                for update, weight, m_ in zip(updates, weights, metrics)]
-
-    def train_metrics(self, results: Sequence[tuple]):
-        """The finalized training metrics of ``results`` (summed, then finalized as TFF does)."""
-        return self._metrics_fn([structure().pack_sequence_as(self._metrics_type, list(r[2])) for r in results])
 
     # Waiting updates, in the state (checkpoints save them) --------------------------------------------------
     def client_state(self, state, num_clients: int):
@@ -101,7 +65,7 @@ class BufferedProcess(SplitRoundProcess):
                 leaves[k][i] = m
         work["pending_job"], work["pending_weight"], work["pending_update"] = ids, weights, tuple(updates)
         if leaves is None:
-            leaves = [np.zeros((self.slots,) + s, d) for s, d in self._metric_leaf_specs()]
+            leaves = [np.zeros((self.slots,) + s, d) for s, d in self.metric_leaf_specs()]
         work["pending_metrics"] = tuple(leaves)
         return self._replace(state, client_work=work)
 
@@ -115,10 +79,6 @@ class BufferedProcess(SplitRoundProcess):
                                  np.float32(work["pending_weight"][i]),
                                  tuple(np.asarray(m[i]) for m in work["pending_metrics"]))
         return out
-
-    def _metric_leaf_specs(self) -> list[tuple]:
-        """(shape, dtype) of each unfinalized metrics leaf, from the client computation's type."""
-        return [(tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in structure().flatten(self._metrics_type)]
 
     # The server's step ----------------------------------------------------------------------------------
     def step(self, state, results: Sequence[tuple], factors: Sequence[float]):

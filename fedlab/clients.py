@@ -122,6 +122,11 @@ class Clients:
                                   else data.y_train[p]) for c, p in enumerate(parts)]
         return cls(data, parts, xs, ys, attackers, test_x, test_y)
 
+    @property
+    def sizes(self) -> list[int]:
+        """How many examples each client trains on."""
+        return [len(x) for x in self.x]
+
     def evaluation_arrays(self) -> tuple[list, list]:
         """What per-client evaluation uses: each client's held-out data if it keeps some, else its training
         data (true labels, as the client holds them)."""
@@ -231,6 +236,15 @@ def client_inputs(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, round_
     source = np.random.default_rng() if config.noise_source == "unseeded" else np.random.default_rng(
         [config.seeds["noise"], round_num, client, 3])
     return _input(x, y, orders, batch, steps, skip, source.integers(0, 2**31 - 1, 2))
+
+
+def planned_inputs(inputs, steps: int):
+    """A client's inputs with its step cap lowered to the ``steps`` the round's schedule allows (``partial``)."""
+    from .array_training import local_steps
+
+    if steps < local_steps(inputs):
+        inputs = type(inputs)(inputs, steps=np.int64(steps))
+    return inputs
 
 
 def _input(x, y, orders, batch: int, steps: int, skip: int, key) -> collections.OrderedDict:

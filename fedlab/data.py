@@ -478,31 +478,49 @@ def load_heart_disease(
     training statistics. ``test_fraction`` defaults to FLamby's 1/3 whatever
     the config's general default.
     """
-    import pandas as pd
-
     tables = read_heart_disease_sites(directory)
     feature_names = None
     parts = {"x_train": [], "y_train": [], "x_test": [], "y_test": [], "train_sites": [], "test_sites": []}
     for site_index, site in enumerate(HEART_DISEASE_SITES):
-        table = tables[site].drop(columns=["slope", "ca", "thal"]).dropna()
-        table["cp"] = pd.Categorical(table["cp"].astype(int), categories=[1, 2, 3, 4])
-        table["restecg"] = pd.Categorical(table["restecg"].astype(int), categories=[0, 1, 2])
-        features = pd.get_dummies(table.drop(columns=["num"]), columns=["cp", "restecg"], drop_first=True)
-        feature_names = tuple(features.columns)
-        x = features.to_numpy(dtype=np.float32)
-        y = (table["num"].to_numpy() > 0).astype(np.int32)
-        train, test = stratified_split(y, test_fraction, seed + site_index)
-        x_train, x_test = _standardize(x[train], x[test])
-        parts["x_train"].append(x_train)
-        parts["x_test"].append(x_test)
-        parts["y_train"].append(y[train])
-        parts["y_test"].append(y[test])
-        parts["train_sites"].append(np.full(len(train), site_index, dtype=np.int32))
-        parts["test_sites"].append(np.full(len(test), site_index, dtype=np.int32))
+        site_arrays, feature_names = heart_disease_site_arrays(tables[site], site_index, seed, test_fraction)
+        for key, value in site_arrays.items():
+            parts[key].append(value)
+        parts["train_sites"].append(np.full(len(site_arrays["y_train"]), site_index, dtype=np.int32))
+        parts["test_sites"].append(np.full(len(site_arrays["y_test"]), site_index, dtype=np.int32))
     arrays = {key: np.concatenate(value) for key, value in parts.items()}
     return Dataset(
         "heart_disease", num_classes=2, feature_names=feature_names, site_names=HEART_DISEASE_SITES, **arrays
     )
+
+
+def heart_disease_site_arrays(table, site_index: int, seed: int, test_fraction: float) -> tuple[dict, tuple]:
+    """One hospital's arrays from its raw UCI table, FLamby's protocol (see :func:`load_heart_disease`):
+    ``({x_train, y_train, x_test, y_test}, feature names)``; needs no other hospital's records, so a site
+    process (:mod:`fedlab.site_service`) makes exactly the arrays the simulation gives that client."""
+    import pandas as pd
+
+    table = table.drop(columns=["slope", "ca", "thal"]).dropna()
+    table["cp"] = pd.Categorical(table["cp"].astype(int), categories=[1, 2, 3, 4])
+    table["restecg"] = pd.Categorical(table["restecg"].astype(int), categories=[0, 1, 2])
+    features = pd.get_dummies(table.drop(columns=["num"]), columns=["cp", "restecg"], drop_first=True)
+    x = features.to_numpy(dtype=np.float32)
+    y = (table["num"].to_numpy() > 0).astype(np.int32)
+    train, test = stratified_split(y, test_fraction, seed + site_index)
+    x_train, x_test = _standardize(x[train], x[test])
+    return {"x_train": x_train, "y_train": y[train], "x_test": x_test, "y_test": y[test]}, tuple(features.columns)
+
+
+def read_heart_disease_site(site: str, directory: Optional[pathlib.Path] = None):
+    """One hospital's raw table, read from its own file only (checksum checked; never downloaded)."""
+    import pandas as pd
+
+    if site not in HEART_DISEASE_SITES:
+        raise ConfigError("name", f"must be one of the heart_disease sites {', '.join(HEART_DISEASE_SITES)}, "
+                                  f"got {site!r}")
+    directory = pathlib.Path(directory) if directory is not None else heart_disease_dir()
+    files = {site: (f"processed.{site}.data", HEART_DISEASE_URL.format(site=site), HEART_DISEASE_SHA256[site])}
+    path = _fetch(_HEART_DISEASE, directory, files, download=False)[site]
+    return pd.read_csv(readable(path), header=None, names=HEART_DISEASE_COLUMNS, na_values="?")
 
 
 FLAMBY_SPLIT_SEED = 43  # flamby/datasets/fed_heart_disease/dataset.py: train_test_split(random_state=43)

@@ -50,7 +50,7 @@ from .validation import ConfigError
 DEFAULT_HOST = "127.0.0.1"
 ALL_INTERFACES = ("*", "0.0.0.0", "::")
 CONNECT_TIMEOUT_S = 10.0
-_GRPC_OPTIONS = [  # as TFF's own local runtime sets them
+GRPC_OPTIONS = [  # as TFF's own local runtime sets them
     ("grpc.max_message_length", 2 * 1000 * 1000 * 1000),
     ("grpc.max_receive_message_length", 2 * 1000 * 1000 * 1000),
     ("grpc.max_send_message_length", 2 * 1000 * 1000 * 1000),
@@ -180,14 +180,14 @@ def worker_tls() -> Optional[WorkerTLS]:
     return _CLIENT_TLS
 
 
-def _channel(worker: str, tls: Optional[WorkerTLS]):
+def grpc_channel(worker: str, tls: Optional[WorkerTLS]):
     import grpc
 
     if tls is None:
-        return grpc.insecure_channel(_target(worker), _GRPC_OPTIONS)
+        return grpc.insecure_channel(_target(worker), GRPC_OPTIONS)
     cert, key, ca = tls.pem
     credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    return grpc.secure_channel(_target(worker), credentials, _GRPC_OPTIONS)
+    return grpc.secure_channel(_target(worker), credentials, GRPC_OPTIONS)
 
 
 # Checking workers --------------------------------------------------------------
@@ -196,13 +196,13 @@ def worker_ready(worker: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
 
     With :func:`use_worker_tls` set, that includes the TLS handshake, both certificates checked.
     """
-    return _ready(worker, timeout, _CLIENT_TLS)
+    return channel_ready(worker, timeout, _CLIENT_TLS)
 
 
-def _ready(worker: str, timeout: float, tls: Optional[WorkerTLS]) -> bool:
+def channel_ready(worker: str, timeout: float, tls: Optional[WorkerTLS]) -> bool:
     import grpc
 
-    channel = _channel(worker, tls)
+    channel = grpc_channel(worker, tls)
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout)
         return True
@@ -212,7 +212,7 @@ def _ready(worker: str, timeout: float, tls: Optional[WorkerTLS]) -> bool:
         channel.close()
 
 
-def _port_answers(worker: str, timeout: float = 2.0) -> bool:
+def port_answers(worker: str, timeout: float = 2.0) -> bool:
     """True if something accepts a TCP connection on ``worker``'s port."""
     host, port = parse_worker(worker)
     try:
@@ -222,11 +222,11 @@ def _port_answers(worker: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _connection_error(worker: str, tls: Optional[WorkerTLS]) -> str:
+def connection_error(worker: str, tls: Optional[WorkerTLS]) -> str:
     """gRPC's own words on why a connection to ``worker`` fails (an SSL error, for a failed handshake)."""
     import grpc
 
-    channel = _channel(worker, tls)
+    channel = grpc_channel(worker, tls)
     try:
         channel.unary_unary("/fedlab.Probe/Probe")(b"", timeout=5.0)
         return ""
@@ -239,13 +239,13 @@ def _connection_error(worker: str, tls: Optional[WorkerTLS]) -> str:
 def _unreachable_message(worker: str, timeout: float) -> str:
     host, port = parse_worker(worker)
     tls = _CLIENT_TLS
-    if _port_answers(worker):
+    if port_answers(worker):
         if tls is None:
             return (f"worker {worker}: the port answers but no plaintext gRPC connection was made within "
                     f"{timeout:g} s. If the worker runs with --tls-cert (mutual TLS), give this side --tls-cert, "
                     "--tls-key and --tls-ca too (in Python: fedlab.distributed.use_worker_tls); otherwise check "
                     f"that port {port} is a TFF worker (python -m fedlab worker)")
-        why = _connection_error(worker, tls)
+        why = connection_error(worker, tls)
         return (f"worker {worker}: the port answers but the TLS handshake failed within {timeout:g} s"
                 f"{f' ({why})' if why else ''}. Check that the worker runs with --tls-cert/--tls-key/--tls-ca, "
                 f"that its certificate is signed by {tls.ca} and names {host} (python -m fedlab certs DIR --hosts "
@@ -277,7 +277,7 @@ def _guarded_stub(worker: str, timeout: float, tls: Optional[WorkerTLS] = None):
 
     from tensorflow_federated.python.core.impl.executors import remote_executor_stub
 
-    channel = _channel(worker, tls)
+    channel = grpc_channel(worker, tls)
     inner = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
 
     def guard(method):
@@ -286,7 +286,7 @@ def _guarded_stub(worker: str, timeout: float, tls: Optional[WorkerTLS] = None):
             try:
                 return method(*args, **kwargs)
             except (grpc.RpcError, executors_errors.RetryableError) as err:
-                if _ready(worker, timeout, tls):
+                if channel_ready(worker, timeout, tls):
                     raise
                 raise WorkerLostError(worker, (
                     f"worker {worker} stopped answering during the run and did not come back within "
@@ -553,7 +553,7 @@ class LocalWorkers:
         deadline = time.monotonic() + timeout
         # A TLS worker opens its port once TFF's worker behind it listens; this side may hold no client certificate.
         ready = (lambda: bool(listening_addresses(port))) if self.tls is not None else \
-            (lambda: _ready(worker, 1.0, None))
+            (lambda: channel_ready(worker, 1.0, None))
         while not ready():
             time.sleep(0.05)
             if time.monotonic() > deadline:

@@ -115,6 +115,18 @@ def get_process(config: ExperimentConfig, spec: ModelSpec):
     return _PROCESS_CACHE[key]
 
 
+def get_site_process(config: ExperimentConfig, spec: ModelSpec):
+    """The process of a federation of site processes (:mod:`fedlab.site_rounds`), built once per key: the same
+    on the driver (which aggregates and steps the server) and at every site (which trains its client)."""
+    from .site_rounds import SiteRounds
+
+    key = ("sites",) + process_key(config, spec)
+    if key not in _PROCESS_CACHE:
+        _PROCESS_CACHE[key] = build_process(config, spec, model_aggregator=SiteRounds(make_aggregator(config)),
+                                            on_arrays=True)
+    return _PROCESS_CACHE[key]
+
+
 def get_finetuning(spec: ModelSpec, remote: bool = False) -> FineTuning:
     """The local fine-tuning evaluation of ``spec``'s model (:mod:`fedlab.finetune`), built once per model (and
     once more for ``remote`` workers, which are sent the arrays, not their files' paths)."""

@@ -16,6 +16,8 @@ cache and checkpoints in :mod:`fedlab.storage`, workers in
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from typing import Callable, Optional
 
@@ -24,20 +26,22 @@ import pandas as pd
 
 from .accounting import check_pld, epsilon_by_round, record_level_epsilons
 from .aggregation import builders_in_use, round_bytes, warn_if_updates_vanish
-from .clients import Clients, attacker_config, dataset_for, finetune_inputs, plan_size, spec_for
+from .clients import Clients, attacker_config, dataset_for, finetune_inputs, plan_size, planned_inputs, spec_for
 from .config import RECORD_LEVEL, ExperimentConfig
 from .data import DATASETS
 from .distributed import WorkerError, on_workers
 from .evaluation import client_summary, clients_frame, evaluator_for
 from .partition import PARTITIONERS
-from .processes import get_finetuning, get_process, initial_state, trainer_for
+from .processes import get_finetuning, get_process, get_site_process, initial_state, trainer_for
 from .registry import source_digest
 from .runtime import simulated_secure_sums, stop_local_workers
-from .array_training import local_steps, with_tau_eff
+from .array_training import with_tau_eff
 from .asynchronous import STALENESS, staleness_weights
 from .attacks import ATTACKS, attack_rng, is_update_attack
 from .sampling import Scheduler
 from .systems import DEVICE_PROFILES
+from .sites import Federation, SiteClients, SiteJob
+from .sites import refusal as site_refusal
 from .storage import Checkpoint, ResultCache, cache_key
 from .tensorboard import TensorBoardLog
 from .validation import ConfigError
@@ -76,6 +80,7 @@ def run_experiment(
     callback: Optional[Callable[[dict, pd.DataFrame], None]] = None,
     stop=None,
     tensorboard_dir=None,
+    sites=None,
 ) -> pd.DataFrame:
     """Runs ``config`` and returns its history (one row per round).
 
@@ -88,12 +93,23 @@ def run_experiment(
     ``tensorboard_dir``: write each round's metrics as TensorBoard events
     (:mod:`fedlab.tensorboard`; ``tensorboard --logdir`` shows a sweep side by side).
     Per-client evaluation (``eval_per_client``): :func:`clients_table` of the result.
+    ``sites``: ``{name: "host:port"}`` of site processes (``python -m fedlab site``) that hold the data set's
+    natural clients; they train and score, this process never reads a record (:mod:`fedlab.sites`).
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"config: must be an ExperimentConfig, got {type(config).__name__}")
+    federation = None
+    if sites is not None:
+        try:
+            federation = Federation(sites)
+        except ValueError as err:
+            raise ConfigError("sites", str(err)) from None
+        refused = site_refusal(config)
+        if refused is not None:
+            raise ConfigError(*refused)
     cache = ResultCache(results_cache) if results_cache is not None else None
     checkpoint = Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
-    key = cache_key(config, component_digests(config))
+    key = cache_key(config, component_digests(config) + ([federation.key] if federation is not None else []))
     board = TensorBoardLog(tensorboard_dir, config, key) if tensorboard_dir is not None else None
     if cache is not None:
         stored = cache.load(key, config.rounds)
@@ -114,8 +130,10 @@ def run_experiment(
     try:
         with on_workers(config.workers), simulated_secure_sums(config.secure_aggregation
                                                                and config.secure_protocol == "none"):
-            rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop)
+            rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop, federation)
     finally:
+        if federation is not None:
+            federation.close()
         if config.dp != "none":
             # TFF's C++ worker keeps 5-10 MB per DP round (tools/dp_worker_memory.py); stopping it
             # frees that, and TFF's service manager starts a fresh one on the next call.
@@ -161,7 +179,7 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
     batch / n must be < 1), or whose record-level PLD accounting could not hold a client's DP-SGD steps over
     every round in memory (:func:`fedlab.accounting.check_pld`)."""
     if config.dp == RECORD_LEVEL:
-        sizes = [len(x) for x in clients.x]
+        sizes = clients.sizes
         smallest = int(np.argmin(sizes))
         if config.batch_size >= sizes[smallest]:
             raise ConfigError("batch_size", f"must be below the smallest client's {sizes[smallest]} records "
@@ -180,7 +198,7 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
     # at once: the round's clients, or the jobs one FedBuff version can start (in flight, and a buffer filling)
     at_once = config.async_concurrency + config.effective_async_buffer if config.async_concurrency \
         else config.clients_per_round
-    sizes = sorted((len(x) for x in clients.x), reverse=True)[:at_once]
+    sizes = sorted(clients.sizes, reverse=True)[:at_once]
     boosted = attacker_config(config) if clients.attackers else config
     total = sum(plan_size(n, boosted)[0] * n * 8 for n in sizes)
     if total > MAX_ORDER_BYTES:
@@ -190,22 +208,28 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
                                  f"at most {MAX_ORDER_BYTES / 2**30:.0f} GiB is allowed")
 
 
-def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progress: bool, callback, stop=None):
-    data = dataset_for(config)
-    spec = spec_for(config, data)
-    clients = Clients.for_config(config, spec)
+def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progress: bool, callback, stop=None,
+             federation: Optional[Federation] = None):
+    if federation is None:
+        data = dataset_for(config)
+        spec = spec_for(config, data)
+        clients = Clients.for_config(config, spec)
+    else:  # the sites hold the data: the driver learns their sizes and features, never a record
+        federation.connect(config)
+        data, spec, clients = None, federation.spec(config), SiteClients(federation)
     check_cost(config, clients)
-    process = get_process(config, spec)
+    process = get_process(config, spec) if federation is None else get_site_process(config, spec)
     warn_if_updates_vanish(config, spec)  # once per run, before its first round
-    trainer = trainer_for(process, clients.x[0], clients.y[0])
+    trainer = process if federation is not None else trainer_for(process, clients.x[0], clients.y[0])
     # built before the evaluator's Keras model: TFF builds the functional model's copy in a graph of its own,
     # which spoils a Keras model made, and not yet called, before it
     tuning = get_finetuning(spec, bool(config.workers)) if config.finetune_epochs else None
-    evaluator = evaluator_for(spec, spec.builder)
-    eval_x, eval_y = clients.evaluation_arrays()
+    if federation is None:
+        evaluator = evaluator_for(spec, spec.builder)
+        eval_x, eval_y = clients.evaluation_arrays()
     own_model = getattr(process, "client_weights", None)  # personalised: each client's own model (FedPer)
     sizes = spec.tensor_sizes()
-    scheduler = Scheduler(config, [len(x) for x in clients.x], sizes, clients.attackers)
+    scheduler = Scheduler(config, clients.sizes, sizes, clients.attackers)
 
     # the history's columns: the task's training metrics besides the loss (classification: train_accuracy) and its
     # eval_metric (eval_accuracy; a survival task's eval_c_index)
@@ -220,6 +244,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
 
     def evaluate(row: dict, state, round_num: int) -> None:
         """The evaluated round's scores into ``row`` (per-client rows into ``client_rows``)."""
+        if federation is not None:  # each site scores its own test split; only the scores arrive
+            row.update(federation.evaluate(config, _final_weights(state), eval_metric))
+            return
         evaluator.set_weights(state.global_model_weights)
         row["eval_loss"], row[f"eval_{eval_metric}"] = evaluator.evaluate(data.x_test, data.y_test)
         if data.test_sites is not None and data.site_names is not None and len(data.site_names) <= 20:
@@ -278,18 +305,14 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             row = {"round": round_num, "train_loss": np.nan, **dict.fromkeys(train_extra, np.nan),
                    "eval_loss": np.nan, f"eval_{eval_metric}": np.nan, "clients_this_round": len(chosen)}
             if len(chosen):  # a Poisson-sampled DP round, or one every client missed, is empty: nothing trained
-                inputs = [_planned(clients.inputs(config, round_num, int(c)), schedule.steps[int(c)])
+                inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
                           for c in chosen]
                 if config.algorithm_entry.normalized:
                     inputs = with_tau_eff(inputs, config.client_weighting)
                 extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
                                       schedule.selected, clients.attackers)
-                try:
+                with _lost_in(round_num, checkpoint):
                     output = trainer.next(state, inputs, **extra)
-                except WorkerError as err:
-                    kept = (f"the checkpoint in {checkpoint.dir} holds rounds 1-{round_num - 1}"
-                            if checkpoint is not None else "no checkpoint_dir was given, so nothing was kept")
-                    raise type(err)(err.worker, f"{err} (round {round_num}; {kept})") from None
                 state = output.state
                 train = output.metrics["client_work"]["train"]
                 if config.dp != RECORD_LEVEL:  # record-level DP releases no training metrics: they stay NaN
@@ -306,12 +329,24 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             if epsilons is not None:
                 row.update(epsilon=epsilons[round_num - 1], delta=config.effective_delta)
             if round_num % config.eval_every == 0 or round_num == config.rounds:
-                evaluate(row, state, round_num)
+                with _lost_in(round_num, checkpoint):
+                    evaluate(row, state, round_num)
             row["seconds"] = seconds
             record(row, state, round_num, bar)
     finally:
         bar.close()
     return rows, client_rows, _final_weights(state)
+
+
+@contextlib.contextmanager
+def _lost_in(round_num: int, checkpoint: Optional[Checkpoint]):
+    """A worker or site lost during round ``round_num``: its error says what the checkpoint holds."""
+    try:
+        yield
+    except WorkerError as err:
+        kept = (f"the checkpoint in {checkpoint.dir} holds rounds 1-{round_num - 1}"
+                if checkpoint is not None else "no checkpoint_dir was given, so nothing was kept")
+        raise type(err)(err.worker, f"{err} (round {round_num}; {kept})") from None
 
 
 def _final_weights(state) -> list[np.ndarray]:
@@ -381,10 +416,10 @@ def _execute_async(config: ExperimentConfig, process, clients: Clients, schedule
 
 
 def _planned(inputs, steps: int):
-    """A client's inputs with its step cap lowered to the ``steps`` the round's schedule allows (``partial``)."""
-    if steps < local_steps(inputs):
-        inputs = type(inputs)(inputs, steps=np.int64(steps))
-    return inputs
+    """A client's round input with the step cap its schedule allows (a site applies it to the inputs it makes)."""
+    if isinstance(inputs, SiteJob):
+        return dataclasses.replace(inputs, steps=steps)
+    return planned_inputs(inputs, steps)
 
 
 def _epsilons(config: ExperimentConfig, clients: Clients, scheduler: Scheduler) -> Optional[np.ndarray]:
@@ -412,7 +447,7 @@ def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=No
 
     A client cut short by the round deadline (``partial``) is counted with its full steps: an upper bound.
     """
-    sizes = [len(x) for x in clients.x]
+    sizes = clients.sizes
     steps = []
     for n in sizes:
         epochs, batch, cap = plan_size(n, config)

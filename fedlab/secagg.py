@@ -587,43 +587,86 @@ def _simulate(inputs: Mapping[int, np.ndarray], *, modulus_bits: int, protocol: 
     """run_protocol, also returning the server object (tests look inside it)."""
     setup, values, late = _validate(inputs, modulus_bits, protocol, participants, dropped_after_input,
                                     graph_seed, threshold, neighbours)
+    parties = {}
+    for u in sorted(setup.graph):
+        client = _Client(u, values.get(u), setup)
+        parties[u] = client if u in values and u not in late else _DropsOut(client, before_input=u not in values)
+    return run_parties(setup, parties)
+
+
+class PartyLost(Exception):
+    """A client that did not answer a stage of the protocol: from then on it has dropped out."""
+
+
+class _DropsOut:
+    """A simulated client that drops out before sending its masked input, or before unmasking."""
+
+    def __init__(self, client: _Client, before_input: bool) -> None:
+        self._client, self._before_input = client, before_input
+        self.advertise_keys, self.share_keys = client.advertise_keys, client.share_keys
+
+    @property
+    def seconds(self) -> float:
+        return self._client.seconds
+
+    def masked_input(self, inbox):
+        if self._before_input:
+            raise PartyLost("dropped out before sending its masked input")
+        return self._client.masked_input(inbox)
+
+    def unmask(self, survivors):
+        raise PartyLost("dropped out before unmasking")
+
+
+def run_parties(setup: _Setup, parties: Mapping[int, object]) -> tuple[SecAggResult, _Server]:
+    """The server's side of the four stages with every client in ``setup``: ``parties[u]`` answers as
+    :class:`_Client` does (here, or a site process's stub, :mod:`fedlab.site_rounds`); a party that raises
+    :class:`PartyLost` at a stage has dropped out there. Returns the result and the server object."""
     ids = sorted(setup.graph)
-    clients = {u: _Client(u, values.get(u), setup) for u in ids}
     server = _Server(setup)
     traffic = dict.fromkeys(ids, 0)            # bytes sent + received, per client
     key_message = _ID_BYTES + 2 * _KEY_BYTES
     cipher_message = _ID_BYTES + _NONCE_BYTES + _PLAIN_BYTES + _TAG_BYTES
+    packed = math.ceil(setup.length * setup.modulus_bits / 8)
+
+    def answer(u: int, stage: Callable):
+        try:
+            return stage()
+        except PartyLost:
+            return None
 
     for u in ids:                                                         # round 0: AdvertiseKeys
-        server.receive_keys(u, *clients[u].advertise_keys())
-        traffic[u] += 2 * _KEY_BYTES
+        keys = answer(u, parties[u].advertise_keys)
+        if keys is not None:
+            server.receive_keys(u, *keys)
+            traffic[u] += 2 * _KEY_BYTES
     server.close_advertise_keys()
-    for u in ids:                                                         # round 1: ShareKeys
+    for u in sorted(server.public_keys):                                  # round 1: ShareKeys
         keys = server.keys_for(u)
-        ciphertexts = clients[u].share_keys(keys)
-        server.receive_shares(u, ciphertexts)
-        traffic[u] += key_message * len(keys) + cipher_message * len(ciphertexts)
+        ciphertexts = answer(u, lambda: parties[u].share_keys(keys))
+        if ciphertexts is not None:
+            server.receive_shares(u, ciphertexts)
+            traffic[u] += key_message * len(keys) + cipher_message * len(ciphertexts)
     server.close_share_keys()
-    senders = [u for u in ids if u in values]
-    packed = math.ceil(setup.length * modulus_bits / 8)
-    for u in senders:                                                     # round 2: MaskedInputCollection
+    for u in sorted(server.shared):                                       # round 2: MaskedInputCollection
         inbox = server.mail_for(u)
-        server.receive_masked(u, clients[u].masked_input(inbox))
-        traffic[u] += cipher_message * len(inbox) + packed
+        y = answer(u, lambda: parties[u].masked_input(inbox))
+        if y is not None:
+            server.receive_masked(u, y)
+            traffic[u] += cipher_message * len(inbox) + packed
     server.close_masked_input()
-    for u in senders:                                                     # round 3: Unmasking
-        if u in late:
-            continue
+    for u in sorted(server.masked):                                       # round 3: Unmasking
         survivors = server.survivors_for(u)
-        b_shares, s_shares = clients[u].unmask(survivors)
-        server.receive_unmasking(u, b_shares, s_shares)
-        traffic[u] += _ID_BYTES * len(survivors) + (_ID_BYTES + _SHARE_BYTES) * (len(b_shares) + len(s_shares))
+        shares = answer(u, lambda: parties[u].unmask(survivors))
+        if shares is not None:
+            server.receive_unmasking(u, *shares)
+            traffic[u] += _ID_BYTES * len(survivors) + (_ID_BYTES + _SHARE_BYTES) * (len(shares[0]) + len(shares[1]))
     total = server.aggregate()
 
     k = len(next(iter(setup.graph.values())))
     result = SecAggResult(total=total, included=tuple(sorted(server.masked)), threshold=setup.threshold,
                           neighbours=k, bytes_per_client=float(np.mean(list(traffic.values()))),
-                          client_seconds=float(np.mean([c.seconds for c in clients.values()])),
+                          client_seconds=float(np.mean([parties[u].seconds for u in ids])),
                           server_seconds=server.seconds)
     return result, server
 
@@ -636,6 +679,33 @@ def _integer(name: str, value, low: Optional[int] = None, high: Optional[int] = 
         bounds = f"{low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{name}: must be {bounds}, got {value}")
     return value
+
+
+def make_setup(participants: Sequence[int], length: int, modulus_bits: int, protocol: str, graph_seed: int,
+               threshold: Optional[int] = None, neighbours: Optional[int] = None) -> _Setup:
+    """What every party knows before round 0, the same wherever it is computed: t, the graph (SecAgg+: drawn
+    from the public ``graph_seed``) and the Shamir points of the sorted ``participants``."""
+    n = len(participants)
+    if protocol == "secagg":
+        if neighbours is not None and neighbours != n - 1:
+            raise ValueError(f"neighbours: SecAgg links every client to all n - 1 = {n - 1} others, "
+                             f"got {neighbours}")
+        k = n - 1
+    elif neighbours is None:
+        k = neighbours_for(n)
+    else:
+        k = _integer("neighbours", neighbours, 1, n - 1)
+        if k % 2 and k != n - 1:
+            raise ValueError(f"neighbours: must be even or n - 1 = {n - 1} (a Harary ring), got {k}")
+    t = threshold_for(k + 1) if threshold is None else _integer("threshold", threshold, 2, k + 1)
+    ids = sorted(int(u) for u in participants)
+    return _Setup(modulus_bits=modulus_bits, length=int(length), threshold=t, graph=_graph(ids, k, graph_seed),
+                  points={u: i + 1 for i, u in enumerate(ids)})
+
+
+def new_client(client_id: int, value: np.ndarray, setup: _Setup) -> _Client:
+    """One client's role, holding ``value`` (its ring vector; None: it will send no input): what a site runs."""
+    return _Client(int(client_id), None if value is None else np.asarray(value, np.uint64), setup)
 
 
 def _validate(inputs, modulus_bits, protocol, participants, dropped_after_input, graph_seed, threshold,
@@ -674,22 +744,8 @@ def _validate(inputs, modulus_bits, protocol, participants, dropped_after_input,
     if len(lengths) > 1:
         raise ValueError(f"inputs: vectors must have the same length, got lengths {sorted(lengths)}")
 
-    n = len(everyone)
-    if protocol == "secagg":
-        if neighbours is not None and neighbours != n - 1:
-            raise ValueError(f"neighbours: SecAgg links every client to all n - 1 = {n - 1} others, "
-                             f"got {neighbours}")
-        k = n - 1
-    elif neighbours is None:
-        k = neighbours_for(n)
-    else:
-        k = _integer("neighbours", neighbours, 1, n - 1)
-        if k % 2 and k != n - 1:
-            raise ValueError(f"neighbours: must be even or n - 1 = {n - 1} (a Harary ring), got {k}")
-    t = threshold_for(k + 1) if threshold is None else _integer("threshold", threshold, 2, k + 1)
-    ids = sorted(everyone)
-    setup = _Setup(modulus_bits=modulus_bits, length=lengths.pop() if lengths else 0, threshold=t,
-                   graph=_graph(ids, k, graph_seed), points={u: i + 1 for i, u in enumerate(ids)})
+    setup = make_setup(everyone, lengths.pop() if lengths else 0, modulus_bits, protocol, graph_seed, threshold,
+                       neighbours)
     return setup, values, late
 
 

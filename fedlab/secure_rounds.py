@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Optional, Sequence
@@ -37,7 +38,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import secagg
-from .array_training import model_weights_accessors, pack_clients
+from .array_training import (finalize_metric_leaves, metric_leaf_specs, metric_leaves, metrics_computation,
+                             model_weights_accessors, pack_clients)
 from .runtime import tff
 from .validation import FedlabWarning
 
@@ -154,26 +156,26 @@ class SecureRoundProcess:
         self.initialize = init_fn
         self.get_model_weights, self.set_model_weights = model_weights_accessors(t, state_type.member)
         self._clients_fn, self._server_fn = clients_fn, server_fn
+        self._training, self._encode, self._constants = training, encode, (clip, scale)
 
     def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
              participants: Optional[Sequence[int]] = None, graph_seed: int = 0):
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
-        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
-        inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
-                  for cid, enc in zip(ids, encoded)}
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
+        train_metrics = None
         try:
             if len(everyone) < 2:
+                train_metrics = self.metrics_without_sum(state, client_data)
                 raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took part")
-            result = secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
-                                         protocol=self.protocol.protocol, participants=everyone,
-                                         graph_seed=int(graph_seed))
+            result, train_metrics = self.secure_sum(state, ids, client_data, everyone, int(graph_seed))
         except secagg.SecAggAborted as stopped:
             warnings.warn(f"fedlab: {stopped}; the round's update is lost, the model is unchanged", FedlabWarning,
                           stacklevel=2)
             stats["aborted"] = 1
             finalizer_measurements = collections.OrderedDict()
+            if train_metrics is None:
+                train_metrics = getattr(stopped, "train_metrics", None)
         else:
             stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
                          client_seconds=result.client_seconds, server_seconds=result.server_seconds)
@@ -184,6 +186,62 @@ class SecureRoundProcess:
             client_work=collections.OrderedDict(train=train_metrics),
             aggregator=collections.OrderedDict(secagg=stats), finalizer=finalizer_measurements)
         return tff().learning.templates.LearningProcessOutput(state, metrics)
+
+    def secure_sum(self, state, ids: list, client_data: list, everyone: list, graph_seed: int):
+        """(the protocol's :class:`secagg.SecAggResult`, the clients' finalized training metrics): here every
+        client is simulated in this process (a federation of site processes: :mod:`fedlab.site_rounds`)."""
+        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
+        inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
+                  for cid, enc in zip(ids, encoded)}
+        try:
+            return secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
+                                       protocol=self.protocol.protocol, participants=everyone,
+                                       graph_seed=graph_seed), train_metrics
+        except secagg.SecAggAborted as stopped:
+            stopped.train_metrics = train_metrics  # the clients trained: their metrics are reported
+            raise
+
+    def metrics_without_sum(self, state, client_data: list):
+        """The training metrics of a round too small for the protocol (its clients trained all the same)."""
+        return self._clients_fn(state, pack_clients(client_data, self.data_type))[1]
+
+    # A client trained alone (a site's): its ring vector and unfinalized metrics -----------------------------
+    @functools.cached_property
+    def _jobs(self) -> tuple:
+        """(jobs computation: weights, client data, learning rate -> each client's ring vector and unfinalized
+        metrics; metrics computation; unfinalized metrics type), built on first use."""
+        t = tff()
+        training, encode = self._training, self._encode
+
+        @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
+                                 t.FederatedType(training.data_type, t.CLIENTS),
+                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
+        def jobs_fn(weights, client_data, learning_rate):
+            result, unfinalized = t.federated_map(training.train_client, (
+                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
+            constants = t.federated_broadcast(t.federated_value(self._constants, t.SERVER))
+            return t.federated_map(encode, (result.update, constants[0], constants[1])), unfinalized
+
+        return (jobs_fn, *metrics_computation(training))
+
+    def encode_jobs(self, weights, learning_rate, client_data: list) -> list[tuple]:
+        """Each client input trained from ``weights`` and encoded for the ring: [(uint64 vector, metric leaves)]."""
+        encoded, metrics = self._jobs[0](weights, pack_clients(client_data, self.data_type),
+                                         np.float32(learning_rate))
+        return [(np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64), metric_leaves(m))
+                for enc, m in zip(encoded, metrics)]
+
+    def metric_leaf_specs(self) -> list[tuple]:
+        return metric_leaf_specs(self._jobs[2])
+
+    def train_metrics(self, leaves: Sequence[tuple]):
+        """The finalized training metrics of clients whose unfinalized metrics are ``leaves``."""
+        return finalize_metric_leaves(self._jobs[1], self._jobs[2], leaves)
+
+    @property
+    def length(self) -> int:
+        """How many ring elements a client's encoded update has (every trainable weight)."""
+        return sum(int(np.prod(s, dtype=np.int64)) for s in self._shapes)
 
     def unflatten(self, total: np.ndarray) -> tuple:
         """The protocol's sum modulo R as signed integers in the shapes of the trainable tensors."""

@@ -28,11 +28,13 @@ two computations; ``client_work`` may hold arrays of a subclass's own
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .array_training import pack_clients
+from .array_training import (client_updates_computation, finalize_metric_leaves, metric_leaf_specs, metric_leaves,
+                             metrics_computation, pack_clients)
 from .attacks import ATTACKS
 from .runtime import tff
 
@@ -61,6 +63,7 @@ class SplitRoundProcess:
         metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
         self.shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
         self.weights_type, self.finalizer = weights_type, finalizer  # a subclass may aggregate outside TFF
+        self._training = training
 
         @t.federated_computation()
         def init_fn():
@@ -113,12 +116,7 @@ class SplitRoundProcess:
              attackers: Sequence[bool] = (), attack_boost: int = 1, attack_rng: Optional[np.random.Generator] = None):
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         client_data = self.prepare(state, ids, client_data)
-        learning_rate = np.float32(state.client_work["learning_rate"])
-        updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights,
-                                                                  pack_clients(client_data, self.data_type),
-                                                                  learning_rate)
-        updates = [tuple(np.asarray(u) for u in update) for update in updates]
-        update_weights = [np.float32(w) for w in update_weights]
+        updates, update_weights, train_metrics = self.client_results(state, client_data)
         if self.attack is not None:
             updates = self.forge(updates, attackers, attack_boost, attack_rng)
         state = self.between(state, ids, client_data, updates, update_weights)
@@ -131,6 +129,44 @@ class SplitRoundProcess:
             client_work=collections.OrderedDict(train=train_metrics),
             aggregator=aggregated, finalizer=finalized)
         return tff().learning.templates.LearningProcessOutput(state, metrics)
+
+    def client_results(self, state, client_data: list) -> tuple[list, list, object]:
+        """Every client trained from the state's model: (updates, update weights, finalized training metrics)."""
+        learning_rate = np.float32(state.client_work["learning_rate"])
+        updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights,
+                                                                  pack_clients(client_data, self.data_type),
+                                                                  learning_rate)
+        return ([tuple(np.asarray(u) for u in update) for update in updates],
+                [np.float32(w) for w in update_weights], train_metrics)
+
+    # Jobs: clients trained one by one, their metrics summed later (FedBuff's jobs, a site's client) ----------
+    @functools.cached_property
+    def _jobs(self) -> tuple:
+        """(jobs computation, metrics computation, unfinalized metrics type), built on first use."""
+        return (client_updates_computation(self._training, with_weights_and_metrics=True),
+                *metrics_computation(self._training))
+
+    def train_jobs(self, weights, learning_rate, client_data: list) -> list[tuple]:
+        """Each client input trained from ``weights`` (``ModelWeights``) at ``learning_rate``:
+        [(update, weight, unfinalized metrics leaves)]."""
+        if not client_data:
+            return []
+        updates, update_weights, metrics = self._jobs[0](weights, pack_clients(client_data, self.data_type),
+                                                          np.float32(learning_rate))
+        return [(tuple(np.asarray(u, np.float32) for u in update), np.float32(weight), metric_leaves(m))
+                for update, weight, m in zip(updates, update_weights, metrics)]
+
+    def train(self, state, client_data: list) -> list[tuple]:
+        """:meth:`train_jobs` from the state's model and client learning rate."""
+        return self.train_jobs(state.global_model_weights, state.client_work["learning_rate"], client_data)
+
+    def train_metrics(self, results: Sequence[tuple]):
+        """The finalized training metrics of jobs' ``results`` (summed, then finalized as TFF does)."""
+        return finalize_metric_leaves(self._jobs[1], self._jobs[2], [r[2] for r in results])
+
+    def metric_leaf_specs(self) -> list[tuple]:
+        """(shape, dtype) of each unfinalized metrics leaf, from the client computation's type."""
+        return metric_leaf_specs(self._jobs[2])
 
     def prepare(self, state, clients: list, client_data: list) -> list:
         """The clients' inputs before training (a subclass adds its own; default: as given)."""

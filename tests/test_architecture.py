@@ -11,16 +11,16 @@ PACKAGE = pathlib.Path(fedlab.__file__).parent
 # and, whatever the layers, never in a circle.
 LAYERS = [
     {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats",
-     "encryption"},  # foundations, no fedlab imports above
+     "encryption", "wire"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold", "personal", "qffl",
      "ckks", "homomorphic_rounds", "asynchronous", "buffered_rounds",
-     "robust", "finetune", "tasks", "survival"},                                       # components
+     "robust", "finetune", "tasks", "survival", "site_data"},                                       # components
     {"algorithms", "aggregation", "evaluation"},                           # components built on components
     {"config"},                                                            # the experiment, validated
-    {"clients", "sampling"},                                               # who holds what, who trains
+    {"clients", "sampling", "sites", "site_rounds"},                       # who holds what, who trains
     {"processes"},                                                         # built TFF processes
-    {"runner"},                                                            # the round loop
+    {"runner", "site_service"},                                            # the round loop; a site's
     {"sweeps", "privacy", "crosssilo", "tcga", "analysis", "catalog", "participation", "comparison", "report"},           # studies made of runs
     {"widgets", "reproduce"},                                              # notebooks
     {"__main__", "__init__"},                                              # entry points

@@ -1,0 +1,154 @@
+"""Rounds whose clients are site processes: the sites train, the driver aggregates and steps the server.
+
+The round is split at the clients' updates as in :mod:`fedlab.split_rounds`
+(and, under secure aggregation, at the ring vectors as in
+:mod:`fedlab.secure_rounds`), the split made by the same classes: a site
+builds the same process from the config and runs its client part
+(:meth:`SplitRoundProcess.train_jobs`, :meth:`SecureRoundProcess.encode_jobs`)
+on its own records; the driver sends the model and runs the rest. With the
+same clients the numbers are those of the simulation, within float32
+summation order (``tests/test_sites.py``).
+
+Secure aggregation: each site is a client of the SecAgg/SecAgg+ protocol
+(:mod:`fedlab.secagg`) with its own keys, masks and shares; the driver is its
+server and only relays messages. A site that stops answering during the
+protocol has dropped out, as the protocol defines it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Optional
+
+import numpy as np
+
+from . import secagg, wire
+from .secure_rounds import ProtocolSum, SecureRoundProcess
+from .sites import SiteError, SiteJob, SiteLostError, call_all
+from .split_rounds import SplitRoundProcess
+
+
+class SiteRounds:
+    """The aggregator slot's value for a federation of sites: the config's aggregator (or secure protocol),
+    with the clients' part of every round run at the sites."""
+
+    def __init__(self, model_aggregator=None) -> None:
+        self.model_aggregator = model_aggregator
+
+    def build_round_process(self, training):
+        if isinstance(self.model_aggregator, ProtocolSum):
+            return SiteSecureProcess(self.model_aggregator, training)
+        return SiteProcess(training, self.model_aggregator)
+
+
+def weights_message(weights) -> dict:
+    """``ModelWeights`` as the arrays of a message: trainable then non-trainable tensors."""
+    return {**wire.pack_list([np.asarray(w) for w in weights.trainable], "trainable"),
+            **wire.pack_list([np.asarray(w) for w in weights.non_trainable], "non_trainable")}
+
+
+def job_header(job: SiteJob, learning_rate) -> dict:
+    return {"config": job.config, "round": int(job.round), "client": int(job.client), "steps": int(job.steps),
+            "learning_rate": float(np.float32(learning_rate))}
+
+
+class SiteProcess(SplitRoundProcess):
+    """A split round whose clients train at their sites (``next`` is given :class:`SiteJob` s)."""
+
+    def client_results(self, state, client_data: list) -> tuple[list, list, object]:
+        weights = weights_message(state.global_model_weights)
+        learning_rate = state.client_work["learning_rate"]
+
+        def train(job: SiteJob):
+            header, arrays = job.site.call("Train", job_header(job, learning_rate), weights)
+            return (tuple(np.asarray(u, np.float32) for u in wire.unpack_list(arrays, "update")),
+                    np.float32(header["weight"]), tuple(wire.unpack_list(arrays, "metrics")))
+
+        results = call_all(train, client_data)
+        return [r[0] for r in results], [r[1] for r in results], self.train_metrics(results)
+
+
+class _SiteParty:
+    """The driver's handle on one site's client role in the protocol: each stage one call to the site; a site
+    that stops answering has dropped out (:class:`secagg.PartyLost`). A participant that the round's schedule
+    drops (``trains=False``) exchanges keys and then sends no masked input, as in the simulation."""
+
+    def __init__(self, job: SiteJob, trains: bool, run: str, header: dict, weights: dict) -> None:
+        self.job, self.trains, self.run = job, trains, run
+        self._header, self._weights = header, weights
+        self.seconds = 0.0
+        self.metrics = None  # the site's unfinalized training metrics, once it trained
+        self._keys = None
+
+    def start(self) -> None:
+        """Trains and encodes at the site (or only makes keys), which then holds its role's secrets."""
+        try:
+            header, arrays = self.call("SecureTrain", {**self._header, "trains": self.trains},
+                                       self._weights if self.trains else {})
+        except secagg.PartyLost:
+            return
+        if self.trains:
+            self.metrics = tuple(wire.unpack_list(arrays, "metrics"))
+        self._keys = (arrays["channel_pk"].tobytes(), arrays["mask_pk"].tobytes())
+
+    def call(self, method: str, header: dict, arrays=()):
+        try:
+            answer, out = self.job.site.call(method, {**header, "run": self.run, "round": self.job.round}, arrays)
+        except SiteLostError as lost:
+            raise secagg.PartyLost(str(lost)) from None
+        self.seconds += float(answer.get("seconds", 0.0))
+        return answer, out
+
+    def advertise_keys(self):
+        if self._keys is None:
+            raise secagg.PartyLost("did not answer")
+        return self._keys
+
+    def share_keys(self, keys):
+        arrays = {**wire.pack_bytes({v: k[0] for v, k in keys.items()}, "channel"),
+                  **wire.pack_bytes({v: k[1] for v, k in keys.items()}, "mask")}
+        return wire.unpack_bytes(self.call("ShareKeys", {}, arrays)[1], "cipher")
+
+    def masked_input(self, inbox):
+        if not self.trains:
+            raise secagg.PartyLost("dropped out before sending its masked input (the round's schedule)")
+        return self.call("MaskedInput", {}, wire.pack_bytes(inbox, "mail"))[1]["y"]
+
+    def unmask(self, survivors):
+        arrays = self.call("Unmask", {"survivors": sorted(int(s) for s in survivors)})[1]
+        return wire.unpack_bytes(arrays, "b"), wire.unpack_bytes(arrays, "s")
+
+
+class SiteSecureProcess(SecureRoundProcess):
+    """A secure-protocol round whose clients (training, encoding and the protocol's client role) are sites."""
+
+    def secure_sum(self, state, ids: list, client_data: list, everyone: list, graph_seed: int):
+        jobs = dict(zip(ids, client_data))
+        weights = weights_message(state.global_model_weights)
+        learning_rate = state.client_work["learning_rate"]
+        run = secrets.token_hex(8)
+        setup = secagg.make_setup(everyone, self.length, self.protocol.modulus_bits, self.protocol.protocol, graph_seed)
+        some = client_data[0]
+        parties = {}
+        for u in everyone:
+            job = jobs[u] if u in jobs else some.other(u)
+            parties[u] = _SiteParty(job, u in jobs, run, {**job_header(job, learning_rate),
+                                                          "participants": list(everyone),
+                                                          "graph_seed": int(graph_seed)}, weights)
+        call_all(lambda party: party.start(), list(parties.values()))
+        trained = [p.metrics for p in parties.values() if p.metrics is not None]
+        train_metrics = self.train_metrics(trained) if trained else self.metrics_without_sum(state, [])
+        try:
+            result, _ = secagg.run_parties(setup, parties)
+        except secagg.SecAggAborted as stopped:
+            stopped.train_metrics = train_metrics
+            raise
+        return result, train_metrics
+
+    def metrics_without_sum(self, state, client_data: list):
+        """No site trained: the metrics of nobody (NaN), without calling a site."""
+        leaves = [np.zeros(shape, dtype) for shape, dtype in self.metric_leaf_specs()]
+        return self.train_metrics([tuple(leaves)])
+
+
+__all__ = ["SiteRounds", "SiteProcess", "SiteSecureProcess", "SiteError"]

@@ -1,0 +1,361 @@
+"""A site process: one hospital's records, kept in its process, trained on when a driver asks.
+
+``python -m fedlab site --dataset heart_disease --name cleveland --data PATH --port 8001 [--tls-*]``
+reads the site's own file with the data set's registered site loader
+(:mod:`fedlab.site_data`), prints what it serves, and answers a driver
+(:mod:`fedlab.sites`) over gRPC: what it holds (sizes and label balance), a
+round's training (the model in, an update out), the global model's scores on
+its test split (metrics out), and the client role of the SecAgg/SecAgg+
+protocol (its keys, masks and shares stay here). No call returns a record.
+
+Each call names the run's config; the site builds the same TFF computation
+from it as the driver (:func:`fedlab.processes.get_site_process`) and the same
+client inputs as the simulation gives that client (:func:`fedlab.clients.client_inputs`).
+
+Security: without ``--tls-*`` anyone who reaches the port can ask for updates
+computed on the records, so the site listens on 127.0.0.1 unless given
+``--host``. With ``--tls-cert/--tls-key/--tls-ca`` it accepts only drivers
+whose client certificate its CA signed (``python -m fedlab certs`` makes a set).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import secagg, wire
+from .clients import client_inputs, planned_inputs
+from .config import ExperimentConfig
+from .distributed import GRPC_OPTIONS, DEFAULT_HOST, WorkerTLS, resolve_host
+from . import runtime
+from .ports import free_port, listening_addresses
+from .runtime import wait_limit
+from .site_data import SiteData, load_site
+from .sites import SERVICE, SiteUnreachableError, refusal
+from .validation import ConfigError
+
+ROUNDS_KEPT = 4  # protocol rounds whose client role a site keeps (a round's role ends at its unmasking)
+
+
+class SiteRefusal(ValueError):
+    """A call the site will not answer; its one line goes back to the driver."""
+
+
+class Site:
+    """One site's records and its answers to a driver's calls (each: header, arrays -> header, arrays)."""
+
+    def __init__(self, dataset: str, name: str, directory) -> None:
+        self.dataset, self.name, self.directory = dataset, name, directory
+        self.records = load_site(dataset, name, directory, seed=0, test_fraction=None)  # fails here, in one line
+        self._roles: "collections.OrderedDict[tuple, secagg._Client]" = collections.OrderedDict()
+        # Every call runs on this one thread: TFF's context stack and the graphs Keras models are made in are
+        # per thread, and a model made on one thread fails on another once TFF has built a computation.
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedlab-site-tff")
+
+    def start_runtime(self) -> None:
+        """TFF set up on the site's call thread (before the port opens: a site that answers is ready)."""
+        from .runtime import setup
+
+        self._thread.submit(setup, quiet=True).result(timeout=wait_limit())
+
+    def answer(self, method: Callable, header: dict, arrays: dict):
+        """``method(header, arrays)`` on the call thread, waited for at most the wait limit."""
+        future = self._thread.submit(method, header, arrays)
+        try:
+            return future.result(timeout=wait_limit())
+        except concurrent.futures.TimeoutError:
+            raise RuntimeError(f"the call did not end within {wait_limit():g} s (FEDLAB_WAIT_LIMIT)") from None
+
+    # What a call is about ---------------------------------------------------------------------------------
+    def _config(self, header: dict) -> ExperimentConfig:
+        try:
+            config = ExperimentConfig.from_dict(json.loads(header["config"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise SiteRefusal(f"the call carries no valid config ({err})") from None
+        if config.dataset != self.dataset:
+            raise SiteRefusal(f"this site holds {self.dataset!r} data; the run's config asks for {config.dataset!r}")
+        refused = refusal(config)
+        if refused is not None:
+            raise SiteRefusal(f"{refused[0]}: {refused[1]}")
+        return config
+
+    def _data(self, config: ExperimentConfig) -> SiteData:
+        return load_site(self.dataset, self.name, self.directory, seed=config.seeds["data"],
+                         test_fraction=config.test_fraction)
+
+    def _spec(self, config: ExperimentConfig, site: SiteData):
+        from .clients import spec_for
+
+        return spec_for(config, site.data)
+
+    def _inputs(self, config: ExperimentConfig, header: dict):
+        site = self._data(config)
+        client = int(header["client"])
+        if client != site.index:
+            raise SiteRefusal(f"this is site {self.name!r}, client {site.index}; the driver asked for client {client}")
+        spec = self._spec(config, site)
+        inputs = client_inputs(site.data.x_train, spec.prepare_labels(site.data.y_train), config,
+                               int(header["round"]), client)
+        return spec, planned_inputs(inputs, int(header["steps"]))
+
+    @staticmethod
+    def _weights(process, arrays: dict):
+        from .runtime import tff
+
+        template = process.get_model_weights(process.initialize())
+        return tff().learning.models.ModelWeights(
+            trainable=type(template.trainable)(wire.unpack_list(arrays, "trainable")),
+            non_trainable=type(template.non_trainable)(wire.unpack_list(arrays, "non_trainable")))
+
+    # Calls ------------------------------------------------------------------------------------------------
+    def describe(self, header: dict, arrays: dict):
+        site = self._data(self._config(header)) if "config" in header else self.records
+        return site.describe(), {}
+
+    def train(self, header: dict, arrays: dict):
+        from .processes import get_site_process
+
+        config = self._config(header)
+        spec, inputs = self._inputs(config, header)
+        process = get_site_process(config, spec)
+        update, weight, leaves = process.train_jobs(self._weights(process, arrays), header["learning_rate"],
+                                                    [inputs])[0]
+        return {"weight": float(weight)}, {**wire.pack_list(update, "update"), **wire.pack_list(leaves, "metrics")}
+
+    def evaluate(self, header: dict, arrays: dict):
+        from .evaluation import Evaluator
+
+        config = self._config(header)
+        site = self._data(config)
+        spec = self._spec(config, site)
+        # a Keras model of its own each time: one made before TFF built a computation (the next run's) fails
+        evaluator = Evaluator(spec).load(wire.unpack_list(arrays, "weights"))
+        loss, metric = evaluator.evaluate(site.data.x_test, site.data.y_test)
+        scores = spec.task_entry.scores(evaluator.logits(site.data.x_test), site.data.y_test, spec.num_classes)
+        scores = {k: (None if np.isnan(v) else float(v)) for k, v in scores.items()}
+        return {"rows": int(len(site.data.y_test)), "loss": float(loss), "metric": float(metric),
+                "scores": scores}, {}
+
+    # SecAgg's client role: this site's keys, masks and shares never leave it -------------------------------
+    def secure_train(self, header: dict, arrays: dict):
+        """Round 0 of the protocol for this site: trains and encodes its update (``trains``), or, for a
+        participant the round's schedule drops, makes its keys only."""
+        from .processes import get_site_process
+
+        config = self._config(header)
+        spec, inputs = self._inputs(config, header)
+        process = get_site_process(config, spec)
+        vector, leaves = (process.encode_jobs(self._weights(process, arrays), header["learning_rate"],
+                                              [inputs])[0] if header.get("trains", True) else (None, ()))
+        protocol = process.protocol
+        setup = secagg.make_setup([int(u) for u in header["participants"]], process.length, protocol.modulus_bits,
+                                  protocol.protocol, int(header["graph_seed"]))
+        role = secagg.new_client(int(header["client"]), vector, setup)  # vector None: drops before its input
+        channel_pk, mask_pk = role.advertise_keys()
+        self._roles[(header["run"], int(header["round"]))] = role
+        while len(self._roles) > ROUNDS_KEPT:
+            self._roles.popitem(last=False)
+        return {"seconds": role.seconds}, {"channel_pk": np.frombuffer(channel_pk, np.uint8),
+                                           "mask_pk": np.frombuffer(mask_pk, np.uint8),
+                                           **wire.pack_list(leaves, "metrics")}
+
+    def _role(self, header: dict) -> "secagg._Client":
+        role = self._roles.get((header.get("run"), int(header.get("round", -1))))
+        if role is None:
+            raise SiteRefusal("no protocol round of that run is open at this site (restarted since?)")
+        return role
+
+    def share_keys(self, header: dict, arrays: dict):
+        role = self._role(header)
+        channel, mask = wire.unpack_bytes(arrays, "channel"), wire.unpack_bytes(arrays, "mask")
+        before = role.seconds
+        ciphertexts = role.share_keys({v: (channel[v], mask[v]) for v in channel})
+        return {"seconds": role.seconds - before}, wire.pack_bytes(ciphertexts, "cipher")
+
+    def masked_input(self, header: dict, arrays: dict):
+        role = self._role(header)
+        before = role.seconds
+        y = role.masked_input(wire.unpack_bytes(arrays, "mail"))
+        return {"seconds": role.seconds - before}, {"y": y}
+
+    def unmask(self, header: dict, arrays: dict):
+        role = self._role(header)
+        before = role.seconds
+        b_shares, s_shares = role.unmask([int(s) for s in header["survivors"]])
+        self._roles.pop((header["run"], int(header["round"])), None)
+        return {"seconds": role.seconds - before}, {**wire.pack_bytes(b_shares, "b"), **wire.pack_bytes(s_shares, "s")}
+
+    def handlers(self) -> dict[str, Callable]:
+        return {"Describe": self.describe, "Train": self.train, "Evaluate": self.evaluate,
+                "SecureTrain": self.secure_train, "ShareKeys": self.share_keys, "MaskedInput": self.masked_input,
+                "Unmask": self.unmask}
+
+
+def _rpc(name: str, method: Callable, site: Site):
+    """A gRPC handler around ``method``: a refusal is one line back to the driver (INVALID_ARGUMENT), any other
+    failure one line back (INTERNAL) and its traceback on the site's stderr."""
+    import grpc
+
+    def handle(request: bytes, context) -> bytes:
+        try:
+            header, arrays = wire.decode(request)
+            answer, out = site.answer(method, header, arrays)
+            return wire.encode(answer, out)
+        except (SiteRefusal, ConfigError, wire.MessageError) as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except Exception as err:  # noqa: BLE001 - the driver gets one line, the site's log the traceback
+            traceback.print_exc(file=sys.stderr)
+            context.abort(grpc.StatusCode.INTERNAL, f"{name} failed at site {site.name}: {type(err).__name__}: {err}")
+
+    return grpc.unary_unary_rpc_method_handler(handle)
+
+
+def start(site: Site, port: int, host: str = DEFAULT_HOST, tls: Optional[WorkerTLS] = None, threads: int = 8):
+    """A started gRPC server answering for ``site`` on ``host:port``; returns (server, bound port)."""
+    import grpc
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fedlab-site"),
+                         options=GRPC_OPTIONS)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        SERVICE, {name: _rpc(name, fn, site) for name, fn in site.handlers().items()}),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        cert, key, ca = tls.pem
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True))
+    if bound == 0:
+        raise OSError(f"cannot listen on {address} (in use, or not an address of this machine)")
+    server.start()
+    return server, bound
+
+
+def serve(dataset: str, name: str, directory, port: int, host: str = DEFAULT_HOST,
+          tls: Optional[WorkerTLS] = None) -> int:
+    """The ``python -m fedlab site`` command: loads the site's records, prints what it serves, answers until
+    SIGTERM or SIGINT."""
+    site = Site(dataset, name, directory)
+    resolved = resolve_host(host) if host not in ("0.0.0.0", "::", "*") else host
+    site.start_runtime()
+    server, bound = start(site, port, resolved or host, tls)
+    info = site.records.describe()
+    labels = ", ".join(f"{k}: {v}" for k, v in info["label_counts"].items())
+    print(f"site {name} ({dataset}): {info['train_rows'] + info['test_rows']} records ({info['train_rows']} train, "
+          f"{info['test_rows']} test at data seed 0), {info['features']} features, training labels {labels}; "
+          f"serving on {host}:{bound} {'with mutual TLS' if tls else 'WITHOUT TLS'}", flush=True)
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop(grace=2.0).wait(5.0)
+    return 0
+
+
+class LocalSites:
+    """Site processes on this machine (``python -m fedlab site``), one per name, for notebooks and tests.
+
+    ``with LocalSites(["cleveland", ...], data=PATH) as sites: run_experiment(config, sites=sites.addresses)``;
+    ``tls``: the sites' certificate, key and the drivers' CA (:class:`WorkerTLS`), for mutual TLS (the driver
+    then needs :func:`fedlab.distributed.use_worker_tls`). Each site reads only its own file under ``data``.
+    """
+
+    def __init__(self, names, *, data, dataset: str = "heart_disease", host: str = DEFAULT_HOST,
+                 tls: Optional[WorkerTLS] = None, ready_timeout: float = 120.0) -> None:
+
+        self.names, self.data, self.dataset, self.host, self.tls = list(names), data, dataset, host, tls
+        self.ports = {name: free_port() for name in self.names}
+        self.processes: dict = {}
+        self.log_dir = pathlib.Path(tempfile.mkdtemp(prefix="fedlab-sites-"))
+        atexit.register(self.stop)  # a kernel restart must not leave sites behind
+        try:
+            for name in self.names:
+                self.processes[name] = self._start(name)
+            for name in self.names:
+                self.wait_ready(name, ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {name: f"{self.host}:{port}" for name, port in self.ports.items()}
+
+    def _start(self, name: str):
+
+        tls_args = [] if self.tls is None else \
+            ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca)]
+        with open(self.log_dir / f"{name}.log", "ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "fedlab", "site", "--dataset", self.dataset, "--name", name, "--data",
+                 str(self.data), "--port", str(self.ports[name]), "--host", self.host, *tls_args],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=str(pathlib.Path(__file__).resolve().parent.parent),
+                preexec_fn=lambda: runtime.die_with_parent(signal.SIGTERM))
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def wait_ready(self, name: str, timeout: float = 120.0) -> None:
+        """Until site ``name`` says it serves (its port open); its own error line if it exits first."""
+        deadline = time.monotonic() + timeout
+        while "serving on" not in self.log(name):
+            process = self.processes[name]
+            if process.poll() is not None:
+                last = (self.log(name).strip().splitlines() or ["(no output)"])[-1]
+                raise SiteUnreachableError(self.addresses[name], f"site {name} exited at start: {last}")
+            if time.monotonic() > deadline:
+                raise SiteUnreachableError(self.addresses[name], f"site {name} did not start within {timeout:g} s; "
+                                                                 f"its log: {self.log_dir / f'{name}.log'}")
+            time.sleep(0.1)
+
+    def kill(self, name: str) -> None:
+        """Stops site ``name`` abruptly (SIGKILL, its TFF worker too): a hospital's machine that crashed."""
+
+        process = self.processes[name]
+        for pid in runtime.descendants(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
+
+    def restart(self, name: str, timeout: float = 120.0) -> None:
+        """Starts site ``name`` again on its port (after :meth:`kill`)."""
+        deadline = time.monotonic() + timeout
+        while listening_addresses(self.ports[name]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (self.log_dir / f"{name}.log").write_bytes(b"")
+        self.processes[name] = self._start(name)
+        self.wait_ready(name, timeout)
+
+    def stop(self) -> None:
+
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill(name)
+
+    def __enter__(self) -> "LocalSites":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,210 @@
+"""Hospitals as processes that keep their records (issue #35): site processes, a driver without data.
+
+Four site processes (``python -m fedlab site``) on loopback ports hold the four UCI hospitals; the driver
+runs the federation against them and must give the simulation's numbers within float32 summation order.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fedlab import ExperimentConfig, run_experiment
+from fedlab.certs import make_certs
+from fedlab.distributed import WorkerTLS, use_worker_tls
+from fedlab.runner import final_weights
+from fedlab.site_data import load_site
+from fedlab.site_service import LocalSites
+from fedlab.sites import SiteLostError, SiteUnreachableError, parse_sites
+from fedlab.validation import ConfigError, FedlabWarning
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sites")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ["FEDLAB_HEART_DISEASE_DIR"]
+NAMES = ["cleveland", "hungarian", "switzerland", "va"]
+BASE = ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4, rounds=3,
+                        local_epochs=1, batch_size=16)
+SCORES = ["train_loss", "eval_loss", "eval_accuracy", "mean_site_accuracy", "mean_site_balanced_accuracy",
+          "mean_site_auc"] + [f"site_auc_{n}" for n in NAMES]
+
+
+@pytest.fixture(scope="module")
+def sites():
+    with LocalSites(NAMES, data=DATA) as running:
+        yield running
+
+
+def assert_same_numbers(simulated, federated, columns=SCORES):
+    """Equal within float32 summation order: the driver sums the sites' updates in another order than TFF."""
+    assert list(simulated["round"]) == list(federated["round"])
+    np.testing.assert_allclose(federated[columns].to_numpy(float), simulated[columns].to_numpy(float),
+                               rtol=0, atol=1e-6)
+    for a, b in zip(final_weights(simulated), final_weights(federated)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+
+
+def test_a_site_makes_the_arrays_the_simulation_gives_its_client():
+    from fedlab.clients import dataset_for
+
+    data = dataset_for(BASE.replace(data_seed=3))
+    for index, name in enumerate(NAMES):
+        own = load_site("heart_disease", name, DATA, seed=3, test_fraction=None).data
+        rows = data.train_sites == index
+        np.testing.assert_array_equal(own.x_train, data.x_train[rows])
+        np.testing.assert_array_equal(own.y_train, data.y_train[rows])
+        np.testing.assert_array_equal(own.x_test, data.x_test[data.test_sites == index])
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"algorithm": "fedadam", "dp": "fixed", "noise_multiplier": 0.5, "clip_norm": 1.0},
+    {"dp": "example", "noise_multiplier": 1.0, "clip_norm": 1.0},
+    {"algorithm": "fedprox", "device_profile": "fedscale", "straggler_policy": "partial", "round_deadline": 20.0,
+     "dropout_rate": 0.2, "robust": "median"},
+], ids=["fedavg", "dp-fedadam", "dp-sgd", "fedprox-systems-median"])
+def test_sites_give_the_simulations_numbers(sites, changes):
+    config = BASE.replace(**changes)
+    federated = run_experiment(config, sites=sites.addresses, progress=False)
+    simulated = run_experiment(config, progress=False)
+    columns = [c for c in SCORES if not (config.dp == "example" and c == "train_loss")]  # DP-SGD releases none
+    assert_same_numbers(simulated, federated, columns)
+    assert federated["epsilon"].equals(simulated["epsilon"]) if "epsilon" in simulated else True
+    assert federated["sim_elapsed_seconds"].equals(simulated["sim_elapsed_seconds"])
+
+
+def test_secagg_runs_its_client_role_in_the_sites(sites, monkeypatch):
+    from fedlab.site_rounds import SiteSecureProcess
+
+    config = BASE.replace(secure_aggregation=True, secure_protocol="secaggplus", quantization_bits=8,
+                          device_profile="fedscale", dropout_rate=0.2)
+    simulated = run_experiment(config, progress=False)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the driver trained or encoded a client itself")
+
+    for name in ("_clients_fn", "encode_jobs"):  # the driver never holds a client's update in the clear
+        monkeypatch.setattr(SiteSecureProcess, name, never, raising=False)
+    federated = run_experiment(config, sites=sites.addresses, progress=False)
+    assert_same_numbers(simulated, federated)
+    for column in ("secagg_participants", "secagg_included", "secagg_aborted", "secagg_bytes_per_client"):
+        assert federated[column].equals(simulated[column]), column
+    assert federated["secagg_included"].max() == 4
+
+
+def test_a_driver_without_any_data_path_runs_the_federation(sites, tmp_path):
+    """The driver process gets no data folder at all (the loader would have nothing to read, and no network)."""
+    env = {k: v for k, v in os.environ.items() if k != "FEDLAB_HEART_DISEASE_DIR"}
+    env["FEDLAB_HEART_DISEASE_DIR"] = str(tmp_path / "no-data-here")
+    pairs = ",".join(f"{n}={a}" for n, a in sites.addresses.items())
+    proc = subprocess.run([sys.executable, "-m", "fedlab", "run", "--dataset", "heart_disease", "--partition",
+                           "natural", "--num-clients", "4", "--clients-per-round", "4", "--rounds", "3",
+                           "--local-epochs", "1", "--batch-size", "16", "--sites", pairs, "--quiet",
+                           "--out", str(tmp_path / "out")],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "no-data-here").exists()
+    import pandas as pd
+
+    federated = pd.read_csv(tmp_path / "out" / "history.csv")
+    simulated = run_experiment(BASE, progress=False)
+    np.testing.assert_allclose(federated[SCORES].to_numpy(float), simulated[SCORES].to_numpy(float), atol=1e-6)
+
+
+def test_a_site_killed_mid_run_stops_it_and_the_restarted_site_resumes(sites, tmp_path):
+    config = BASE.replace(rounds=4)
+
+    def kill_after_round_2(row, history):
+        if row["round"] == 2:
+            sites.kill("hungarian")
+
+    with pytest.raises(SiteLostError, match=r"site 'hungarian' .* stopped answering.*round 3.*holds rounds 1-2"):
+        run_experiment(config, sites=sites.addresses, checkpoint_dir=tmp_path, progress=False,
+                       callback=kill_after_round_2)
+    sites.restart("hungarian")
+    resumed = run_experiment(config, sites=sites.addresses, checkpoint_dir=tmp_path, progress=False)
+    assert_same_numbers(run_experiment(config, progress=False), resumed)
+
+
+def test_a_site_that_dies_during_secure_aggregation_is_a_dropout(sites):
+    config = BASE.replace(rounds=3, secure_aggregation=True, secure_protocol="secagg", quantization_bits=8)
+
+    def kill_after_round_1(row, history):
+        if row["round"] == 1:
+            sites.kill("va")
+
+    try:
+        with pytest.warns(FedlabWarning, match="site.s. va did not answer the evaluation"):
+            history = run_experiment(config, sites=sites.addresses, progress=False, callback=kill_after_round_1)
+    finally:
+        sites.restart("va")
+    # the protocol goes on without it (threshold 3 of 4): the model still moves, the sum is of 3
+    assert list(history["secagg_included"]) == [4, 3, 3]
+    assert list(history["secagg_aborted"]) == [0, 0, 0]
+    assert list(history["sites_evaluated"]) == [4, 3, 3]
+    assert history["site_accuracy_va"].isna().tolist() == [False, True, True]
+    assert history["eval_loss"].iloc[-1] != history["eval_loss"].iloc[0]
+
+
+def test_a_site_down_at_start_is_named_in_one_line(sites):
+    from fedlab.ports import free_port
+
+    addresses = {**sites.addresses, "va": f"127.0.0.1:{free_port()}"}
+    with pytest.raises(SiteUnreachableError, match=r"^site 'va' at 127\.0\.0\.1:\d+: no site answered") as err:
+        run_experiment(BASE, sites=addresses, progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_a_driver_whose_certificate_the_sites_ca_did_not_sign_is_refused(tmp_path):
+    site_certs, other_certs = make_certs(tmp_path / "site"), make_certs(tmp_path / "other")
+    server = WorkerTLS.load(site_certs["server.pem"], site_certs["server-key.pem"], site_certs["ca.pem"])
+    with LocalSites(["cleveland"], data=DATA, tls=server) as one:
+        from fedlab.sites import Federation
+
+        previous = use_worker_tls(other_certs["client.pem"], other_certs["client-key.pem"], site_certs["ca.pem"])
+        try:
+            link = Federation(one.addresses).links[0]
+            assert not link.ready(3.0)
+            assert "TLS handshake failed" in link.unreachable_message(3.0)
+            use_worker_tls(site_certs["client.pem"], site_certs["client-key.pem"], site_certs["ca.pem"])
+            link = Federation(one.addresses).links[0]
+            header, _ = link.call("Describe", {"config": BASE.to_json()})
+            assert header["site"] == "cleveland" and header["train_rows"] == 202
+        finally:
+            use_worker_tls(previous)
+
+
+def test_bad_sites_are_refused_in_one_line_before_any_call():
+    assert parse_sites("a=h:1, b=h:2") == {"a": "h:1", "b": "h:2"}
+    for bad, words in [("a", "name=host:port"), ("a=h:0", "1..65535"), ("a=h:1,a=h:2", "twice"),
+                       ("a=h:1,b=h:1", "same address"), ("", "no site")]:
+        with pytest.raises(ValueError, match=words):
+            parse_sites(bad)
+    for changes, field in [({"algorithm": "scaffold"}, "algorithm"), ({"partition": "iid"}, "partition"),
+                           ({"secure_aggregation": True}, "secure_aggregation"),
+                           ({"attacker_fraction": 0.25}, "attacker_fraction")]:
+        with pytest.raises(ConfigError, match=field):
+            run_experiment(BASE.replace(**changes), sites={"a": "127.0.0.1:1"}, progress=False)
+    proc = subprocess.run([sys.executable, "-m", "fedlab", "run", "--sites", "cleveland", "--out", "/tmp/x"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--sites" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "fedlab", "site", "--name", "nowhere", "--data", DATA,
+                           "--port", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cleveland" in proc.stderr, proc.stderr
+
+
+def test_a_site_tells_its_size_and_label_balance_never_a_record(sites):
+    from fedlab.sites import Federation
+
+    federation = Federation(sites.addresses)
+    federation.connect(BASE)
+    assert federation.names == NAMES
+    assert federation.sizes == [202, 174, 31, 86]
+    info = federation.infos[0]
+    assert set(info) == {"dataset", "site", "index", "site_names", "train_rows", "test_rows", "features",
+                         "num_classes", "task", "label_counts"}
+    assert json.loads(json.dumps(info)) == info  # numbers and names only
+    federation.close()
