@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     site.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default 127.0.0.1: this machine only); without --tls-* anyone "
                            "who reaches the port can ask for updates computed on the records")
+    site.add_argument("--ckks-secret", type=pathlib.Path, default=None, metavar="FILE",
+                      help="the sites' shared CKKS secret context (python -m fedlab keys ckks DIR), for runs with "
+                           "secure_protocol=ckks: this site encrypts its update and decrypts the weighted mean")
     _add_tls_options(site, "accept only drivers whose certificate the CA signed, presenting", "server.pem",
                      "server-key.pem", "the drivers' certificates")
 
@@ -521,7 +524,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     from .site_service import serve
 
     tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
-    return serve(args.dataset, args.name, args.data, args.port, args.host, tls)
+    return serve(args.dataset, args.name, args.data, args.port, args.host, tls, args.ckks_secret)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:

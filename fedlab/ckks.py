@@ -182,6 +182,31 @@ def write_keys(directory, *, force: bool = False) -> tuple[pathlib.Path, pathlib
     return paths
 
 
+def public_context_of(secret_context: bytes) -> bytes:
+    """The server's public context (parameters only, no key) of the sites' secret one: what a site tells a
+    driver."""
+    return _context(secret_context, private=True).serialize(save_public_key=False, save_secret_key=False,
+                                                             save_galois_keys=False, save_relin_keys=False)
+
+
+def read_secret_context(path) -> bytes:
+    """The sites' secret context from its file (``python -m fedlab keys ckks DIR``); ValueError in one line if
+    the file cannot be read or holds no secret key."""
+    path = pathlib.Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"ckks secret context: cannot read {path}: {err.strerror or err}") from None
+    try:
+        _context(data, private=True)
+    except ValueError:
+        raise ValueError(f"ckks secret context: {path} holds no secret key (the sites need "
+                         f"{SECRET_FILE}, not {PUBLIC_FILE})") from None
+    except Exception as err:  # noqa: BLE001 - TenSEAL's parse errors, in one line
+        raise ValueError(f"ckks secret context: {path} is not a TenSEAL context ({type(err).__name__})") from None
+    return data
+
+
 def _context(serialized: bytes, *, private: bool):
     import tenseal as ts
 

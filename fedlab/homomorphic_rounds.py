@@ -131,42 +131,78 @@ class HomomorphicRoundProcess(SplitRoundProcess):
              participants: Optional[Sequence[int]] = None, noise_seed: Optional[int] = None):
         from .array_training import pack_clients
 
-        ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
-        everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
+        ids, everyone, round_num, stats = self.round_of(state, client_data, clients, participants)
         learning_rate = np.float32(state.client_work["learning_rate"])
         updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights,
                                                                   pack_clients(client_data, self.data_type),
                                                                   learning_rate)
-        round_num = int(state.aggregator["rounds"]) + 1
-        stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
-        finalized = collections.OrderedDict()
         vectors, weights = {}, {}
         for cid, update, w in zip(ids, updates, update_weights):
             vectors[cid] = self.flatten([np.asarray(a) for a in update])
-            weights[cid] = float(w)
-            if weights[cid] > 0 and not ckks.in_range(vectors[cid]):
-                largest = float(np.max(np.abs(vectors[cid])))
-                warnings.warn(f"fedlab: ckks round {round_num}: client {cid}'s update reaches {largest:.3g}, beyond "
-                              "CKKS's range (|x| < 2^16): left out (weight 0)", FedlabWarning, stacklevel=2)
-                weights[cid] = 0.0
+            weights[cid] = self.checked_weight(round_num, cid, float(w), self.beyond_range(vectors[cid]))
             if weights[cid] <= 0:
                 vectors[cid] = np.zeros_like(vectors[cid])  # sends nothing: run_round leaves it out
-        positive = sum(w > 0 for w in weights.values())
-        if positive == 1:
-            warnings.warn(f"fedlab: ckks round {round_num} stopped: 1 of {len(everyone)} clients sent an update with "
-                          "a positive weight, and the mean would be that update; the round's update is lost, the "
-                          "model is unchanged", FedlabWarning, stacklevel=2)
-            stats["aborted"] = 1
-        else:
+        mean = None
+        if self.enough(round_num, weights, everyone, stats):
             secret, public = _keys()
-            seed = None if not self.seeded or noise_seed is None else [int(noise_seed), *self._digest]
-            if positive:
-                result = ckks.run_round(vectors, weights, secret_context=secret, public_context=public, seed=seed)
+            if any(w > 0 for w in weights.values()):
+                result = ckks.run_round(vectors, weights, secret_context=secret, public_context=public,
+                                        seed=self.round_seed(noise_seed))
                 stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
                              client_seconds=result.client_seconds, server_seconds=result.server_seconds)
                 mean = result.mean
             else:  # no positive weight: TFF's weighted mean divides no-NaN, to 0
-                mean = np.zeros(sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes))
+                mean = np.zeros(self.length)
+        return self.finish(state, mean, round_num, stats, train_metrics)
+
+    # The steps around the encrypted mean, shared with a federation of sites (fedlab.site_rounds) ---------------
+    @property
+    def length(self) -> int:
+        return sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+
+    def round_of(self, state, client_data: list, clients, participants) -> tuple:
+        """(client ids, everyone selected, this round's number, the round's protocol statistics so far)."""
+        ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
+        everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
+        stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
+        return ids, everyone, int(state.aggregator["rounds"]) + 1, stats
+
+    def round_seed(self, noise_seed: Optional[int]) -> Optional[list]:
+        """The round's encryption seed (each client extends it by its id); None: the OS's randomness."""
+        return None if not self.seeded or noise_seed is None else [int(noise_seed), *self._digest]
+
+    @staticmethod
+    def beyond_range(vector: np.ndarray) -> Optional[float]:
+        """The update's largest magnitude when it is beyond CKKS's range, else None."""
+        return None if ckks.in_range(vector) else float(np.max(np.abs(vector)))
+
+    @staticmethod
+    def checked_weight(round_num: int, client: int, weight: float, largest: Optional[float]) -> float:
+        """The client's weight, 0 (with a one-line warning) when its update reaches ``largest``, beyond CKKS's
+        range (:meth:`beyond_range`)."""
+        if weight > 0 and largest is not None:
+            warnings.warn(f"fedlab: ckks round {round_num}: client {client}'s update reaches {largest:.3g}, beyond "
+                          "CKKS's range (|x| < 2^16): left out (weight 0)", FedlabWarning, stacklevel=3)
+            return 0.0
+        return weight
+
+    @staticmethod
+    def enough(round_num: int, weights: dict, everyone: list, stats: dict) -> bool:
+        """False (the round stopped, with a warning) when exactly one client has a positive weight: the mean
+        would be that client's update."""
+        if sum(w > 0 for w in weights.values()) == 1:
+            warnings.warn(f"fedlab: ckks round {round_num} stopped: 1 of {len(everyone)} clients sent an update with "
+                          "a positive weight, and the mean would be that update; the round's update is lost, the "
+                          "model is unchanged", FedlabWarning, stacklevel=3)
+            stats["aborted"] = 1
+            return False
+        return True
+
+    def finish(self, state, mean: Optional[np.ndarray], round_num: int, stats: dict, train_metrics):
+        """The server step on the decrypted ``mean`` (None: the round stopped, the model unchanged), the round
+        counted, the round's output."""
+        finalized = collections.OrderedDict()
+        if mean is not None:
             weights_out, finalizer_state, finalized = self._apply_fn(state.global_model_weights, state.finalizer,
                                                                      self.unflatten(mean, dtype=np.float32))
             state = self._replace(state, global_model_weights=weights_out, finalizer=finalizer_state)

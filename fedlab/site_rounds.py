@@ -18,14 +18,17 @@ protocol has dropped out, as the protocol defines it.
 from __future__ import annotations
 
 import secrets
+import warnings
 from typing import Optional
 
 import numpy as np
 
-from . import secagg, wire
+from . import ckks, secagg, wire
+from .homomorphic_rounds import HomomorphicMean, HomomorphicRoundProcess
 from .secure_rounds import ProtocolSum, SecureRoundProcess
 from .sites import SiteError, SiteJob, SiteLostError, call_all
 from .split_rounds import SplitRoundProcess
+from .validation import FedlabWarning
 
 
 class SiteRounds:
@@ -38,7 +41,23 @@ class SiteRounds:
     def build_round_process(self, training):
         if isinstance(self.model_aggregator, ProtocolSum):
             return SiteSecureProcess(self.model_aggregator, training)
+        if isinstance(self.model_aggregator, HomomorphicMean):
+            return SiteHomomorphicProcess(training, seeded=self.model_aggregator.seeded,
+                                          run_digest=self.model_aggregator.run_digest)
         return SiteProcess(training, self.model_aggregator)
+
+
+def tolerating(job: SiteJob, call):
+    """``call(job)``; None, with a warning naming the site, when the site stops answering and the round's policy
+    (``straggler_policy`` drop or partial) goes on without a late client, else :class:`SiteLostError`."""
+    try:
+        return call(job)
+    except SiteLostError as lost:
+        if not job.tolerant:
+            raise
+        warnings.warn(f"fedlab: round {job.round}: {lost.args[0].split('. ')[0]}; the round goes on without it "
+                      "(straggler_policy)", FedlabWarning, stacklevel=2)
+        return None
 
 
 def weights_message(weights) -> dict:
@@ -64,7 +83,10 @@ class SiteProcess(SplitRoundProcess):
             return (tuple(np.asarray(u, np.float32) for u in wire.unpack_list(arrays, "update")),
                     np.float32(header["weight"]), tuple(wire.unpack_list(arrays, "metrics")))
 
-        results = call_all(train, client_data)
+        results = [r for r in call_all(lambda job: tolerating(job, train), client_data) if r is not None]
+        if client_data and not results:
+            job = client_data[0]
+            raise SiteLostError(job.site.address, f"round {job.round}: none of its sites answered")
         return [r[0] for r in results], [r[1] for r in results], self.train_metrics(results)
 
 
@@ -149,6 +171,48 @@ class SiteSecureProcess(SecureRoundProcess):
         """No site trained: the metrics of nobody (NaN), without calling a site."""
         leaves = [np.zeros(shape, dtype) for shape, dtype in self.metric_leaf_specs()]
         return self.train_metrics([tuple(leaves)])
+
+
+class SiteHomomorphicProcess(HomomorphicRoundProcess):
+    """A CKKS round whose clients are sites: each trains and encrypts its update with the sites' shared secret
+    context; the driver adds the ciphertexts with the public context only; a site decrypts the weighted mean.
+    The secret key never reaches the driver."""
+
+    def next(self, state, client_data: list, *, clients=None, participants=None, noise_seed=None):
+        ids, everyone, round_num, stats = self.round_of(state, client_data, clients, participants)
+        weights_arrays = weights_message(state.global_model_weights)
+        learning_rate = state.client_work["learning_rate"]
+        seed = self.round_seed(noise_seed)
+        answers = call_all(lambda job: tolerating(job, lambda job: job.site.call(
+            "HomomorphicTrain", {**job_header(job, learning_rate), "seed": seed}, weights_arrays)), client_data)
+        weights, sent, seconds, leaves = {}, {}, {}, []
+        for cid, answer in zip(ids, answers):
+            if answer is None:  # lost this round: it sends nothing
+                continue
+            header, arrays = answer
+            weights[cid] = self.checked_weight(round_num, cid, float(header["weight"]), header.get("largest"))
+            leaves.append(tuple(wire.unpack_list(arrays, "metrics")))
+            if weights[cid] > 0:
+                chunks = wire.unpack_bytes(arrays, "ct")
+                sent[cid], seconds[cid] = [chunks[k] for k in sorted(chunks)], float(header["seconds"])
+        mean = None
+        if self.enough(round_num, weights, everyone, stats):
+            positive = sorted(c for c, w in weights.items() if w > 0)
+            mean = np.zeros(self.length)  # no positive weight: TFF's weighted mean divides no-NaN, to 0
+            if positive:
+                holder = client_data[ids.index(positive[0])].site  # a key holder decrypts the mean
+                public = holder.call("PublicContext", {})[1]["context"].tobytes()
+                raw = np.array([weights[c] for c in positive])
+                server = ckks.CkksServer(public)
+                total = server.weighted_sum([sent[c] for c in positive], (raw / raw.sum()).tolist())
+                header, arrays = holder.call("Decrypt", {"length": self.length},
+                                             wire.pack_bytes(dict(enumerate(total)), "ct"))
+                mean = arrays["mean"]
+                stats.update(included=len(positive), server_seconds=server.seconds,
+                             bytes_per_client=float(np.mean([(len(sent[c]) + len(total)) * ckks.ciphertext_bytes()
+                                                             for c in positive])),
+                             client_seconds=float(np.mean([seconds[c] for c in positive])) + header["seconds"])
+        return self.finish(state, mean, round_num, stats, self.metrics_of(leaves))
 
 
 __all__ = ["SiteRounds", "SiteProcess", "SiteSecureProcess", "SiteError"]

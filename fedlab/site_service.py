@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import secagg, wire
+from . import ckks, secagg, wire
 from .clients import client_inputs, planned_inputs
 from .config import ExperimentConfig
 from .distributed import GRPC_OPTIONS, DEFAULT_HOST, WorkerTLS, resolve_host
@@ -59,8 +59,9 @@ class SiteRefusal(ValueError):
 class Site:
     """One site's records and its answers to a driver's calls (each: header, arrays -> header, arrays)."""
 
-    def __init__(self, dataset: str, name: str, directory) -> None:
+    def __init__(self, dataset: str, name: str, directory, ckks_secret: Optional[bytes] = None) -> None:
         self.dataset, self.name, self.directory = dataset, name, directory
+        self.ckks_secret = ckks_secret  # the sites' shared CKKS secret context (secure_protocol="ckks")
         self.records = load_site(dataset, name, directory, seed=0, test_fraction=None)  # fails here, in one line
         self._roles: "collections.OrderedDict[tuple, secagg._Client]" = collections.OrderedDict()
         # Every call runs on this one thread: TFF's context stack and the graphs Keras models are made in are
@@ -174,6 +175,43 @@ class Site:
                                            "mask_pk": np.frombuffer(mask_pk, np.uint8),
                                            **wire.pack_list(leaves, "metrics")}
 
+    # CKKS: this site encrypts its update, and decrypts the weighted mean, with the sites' secret context -------
+    def _secret(self) -> bytes:
+        if self.ckks_secret is None:
+            raise SiteRefusal(f"site {self.name} holds no CKKS secret context: start it with --ckks-secret FILE "
+                              "(python -m fedlab keys ckks DIR makes the sites' shared one)")
+        return self.ckks_secret
+
+    def homomorphic_train(self, header: dict, arrays: dict):
+        from .processes import get_site_process
+
+        secret = self._secret()
+        config = self._config(header)
+        spec, inputs = self._inputs(config, header)
+        process = get_site_process(config, spec)
+        update, weight, leaves = process.train_jobs(self._weights(process, arrays), header["learning_rate"],
+                                                    [inputs])[0]
+        vector, answer, chunks = process.flatten(update), {"weight": float(weight)}, []
+        largest = process.beyond_range(vector)
+        if weight > 0 and largest is not None:
+            answer["largest"] = largest  # the driver leaves it out, with a warning
+        elif weight > 0:
+            start = time.perf_counter()
+            seed = header.get("seed")
+            chunks = ckks.encrypt(vector, secret, seed=None if seed is None else [*seed, int(header["client"])])
+            answer["seconds"] = time.perf_counter() - start
+        return answer, {**wire.pack_bytes(dict(enumerate(chunks)), "ct"), **wire.pack_list(leaves, "metrics")}
+
+    def decrypt(self, header: dict, arrays: dict):
+        secret = self._secret()
+        chunks = wire.unpack_bytes(arrays, "ct")
+        start = time.perf_counter()
+        mean = ckks.decrypt([chunks[k] for k in sorted(chunks)], int(header["length"]), secret)
+        return {"seconds": time.perf_counter() - start}, {"mean": mean}
+
+    def public_context(self, header: dict, arrays: dict):
+        return {}, {"context": np.frombuffer(ckks.public_context_of(self._secret()), np.uint8)}
+
     def _role(self, header: dict) -> "secagg._Client":
         role = self._roles.get((header.get("run"), int(header.get("round", -1))))
         if role is None:
@@ -203,7 +241,8 @@ class Site:
     def handlers(self) -> dict[str, Callable]:
         return {"Describe": self.describe, "Train": self.train, "Evaluate": self.evaluate,
                 "SecureTrain": self.secure_train, "ShareKeys": self.share_keys, "MaskedInput": self.masked_input,
-                "Unmask": self.unmask}
+                "Unmask": self.unmask, "HomomorphicTrain": self.homomorphic_train, "Decrypt": self.decrypt,
+                "PublicContext": self.public_context}
 
 
 def _rpc(name: str, method: Callable, site: Site):
@@ -247,10 +286,10 @@ def start(site: Site, port: int, host: str = DEFAULT_HOST, tls: Optional[WorkerT
 
 
 def serve(dataset: str, name: str, directory, port: int, host: str = DEFAULT_HOST,
-          tls: Optional[WorkerTLS] = None) -> int:
+          tls: Optional[WorkerTLS] = None, ckks_secret=None) -> int:
     """The ``python -m fedlab site`` command: loads the site's records, prints what it serves, answers until
     SIGTERM or SIGINT."""
-    site = Site(dataset, name, directory)
+    site = Site(dataset, name, directory, None if ckks_secret is None else ckks.read_secret_context(ckks_secret))
     resolved = resolve_host(host) if host not in ("0.0.0.0", "::", "*") else host
     site.start_runtime()
     server, bound = start(site, port, resolved or host, tls)
@@ -276,9 +315,10 @@ class LocalSites:
     """
 
     def __init__(self, names, *, data, dataset: str = "heart_disease", host: str = DEFAULT_HOST,
-                 tls: Optional[WorkerTLS] = None, ready_timeout: float = 120.0) -> None:
+                 tls: Optional[WorkerTLS] = None, ckks_secret=None, ready_timeout: float = 120.0) -> None:
 
         self.names, self.data, self.dataset, self.host, self.tls = list(names), data, dataset, host, tls
+        self.ckks_secret = ckks_secret
         self.ports = {name: free_port() for name in self.names}
         self.processes: dict = {}
         self.log_dir = pathlib.Path(tempfile.mkdtemp(prefix="fedlab-sites-"))
@@ -300,6 +340,8 @@ class LocalSites:
 
         tls_args = [] if self.tls is None else \
             ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca)]
+        if self.ckks_secret is not None:
+            tls_args += ["--ckks-secret", str(self.ckks_secret)]
         with open(self.log_dir / f"{name}.log", "ab") as out:
             return subprocess.Popen(
                 [sys.executable, "-m", "fedlab", "site", "--dataset", self.dataset, "--name", name, "--data",

@@ -69,6 +69,7 @@ class SiteJob:
     round: int
     steps: int = -1
     links: tuple = ()  # every site of the federation, by client number (a protocol's other participants)
+    tolerant: bool = False  # a site lost in this round is left out (straggler_policy drop or partial)
 
     def other(self, client: int) -> "SiteJob":
         """The same round's call to another site (one that takes part in a protocol but sends no update)."""
@@ -195,8 +196,6 @@ def refusal(config: ExperimentConfig) -> Optional[tuple[str, str]]:
               ("feature_noise", config.feature_noise > 0, "a site's records are what it holds"),
               ("attacker_fraction", config.attacker_fraction > 0, "attacks are simulated, not run by hospitals"),
               ("async_concurrency", config.async_concurrency > 0, "FedBuff runs in simulation"),
-              ("secure_protocol", config.secure_aggregation and config.secure_protocol == "ckks",
-               "CKKS at sites is not built yet; secagg and secagg+ run with the client role at the sites"),
               ("secure_aggregation", config.secure_aggregation and config.secure_protocol == "none",
                "the simulated secure sum hides nothing across processes: give secure_protocol='secagg' or 'secagg+'")]
     for field, refused, why in checks:
@@ -329,4 +328,5 @@ class SiteClients:
 
     def inputs(self, config: ExperimentConfig, round_num: int, client: int) -> SiteJob:
         links = tuple(self.federation.links)
-        return SiteJob(links[client], config.to_json(), client, round_num, links=links)
+        return SiteJob(links[client], config.to_json(), client, round_num, links=links,
+                       tolerant=config.straggler_policy != "wait")

@@ -162,7 +162,11 @@ class SplitRoundProcess:
 
     def train_metrics(self, results: Sequence[tuple]):
         """The finalized training metrics of jobs' ``results`` (summed, then finalized as TFF does)."""
-        return finalize_metric_leaves(self._jobs[1], self._jobs[2], [r[2] for r in results])
+        return self.metrics_of([r[2] for r in results])
+
+    def metrics_of(self, leaves: Sequence[tuple]):
+        """The finalized training metrics of clients whose unfinalized metrics are ``leaves`` (flat tuples)."""
+        return finalize_metric_leaves(self._jobs[1], self._jobs[2], leaves)
 
     def metric_leaf_specs(self) -> list[tuple]:
         """(shape, dtype) of each unfinalized metrics leaf, from the client computation's type."""

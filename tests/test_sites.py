@@ -33,8 +33,11 @@ SCORES = ["train_loss", "eval_loss", "eval_accuracy", "mean_site_accuracy", "mea
 
 
 @pytest.fixture(scope="module")
-def sites():
-    with LocalSites(NAMES, data=DATA) as running:
+def sites(tmp_path_factory):
+    from fedlab.ckks import write_keys
+
+    secret, _ = write_keys(tmp_path_factory.mktemp("ckks"))  # the sites' shared CKKS secret; the driver gets none
+    with LocalSites(NAMES, data=DATA, ckks_secret=secret) as running:
         yield running
 
 
@@ -93,6 +96,39 @@ def test_secagg_runs_its_client_role_in_the_sites(sites, monkeypatch):
     for column in ("secagg_participants", "secagg_included", "secagg_aborted", "secagg_bytes_per_client"):
         assert federated[column].equals(simulated[column]), column
     assert federated["secagg_included"].max() == 4
+
+
+def test_ckks_keeps_the_secret_key_at_the_sites(sites, monkeypatch):
+    from fedlab import homomorphic_rounds
+
+    config = BASE.replace(secure_aggregation=True, secure_protocol="ckks", device_profile="fedscale",
+                          dropout_rate=0.2)
+    simulated = run_experiment(config, progress=False)
+
+    def no_key():
+        raise AssertionError("the driver made or read a CKKS secret key")
+
+    monkeypatch.setattr(homomorphic_rounds, "_keys", no_key)
+    federated = run_experiment(config, sites=sites.addresses, progress=False)
+    # seeded encryption: the decrypted mean is the simulation's bit for bit, whoever holds the key
+    assert_same_numbers(simulated, federated)
+    assert federated["secagg_included"].equals(simulated["secagg_included"])
+
+
+def test_a_lost_site_is_left_out_when_the_policy_drops_late_clients(sites):
+    config = BASE.replace(straggler_policy="drop", round_deadline=1e6)
+
+    def kill_after_round_1(row, history):
+        if row["round"] == 1:
+            sites.kill("switzerland")
+
+    try:
+        with pytest.warns(FedlabWarning, match="round 2: site 'switzerland' .* stopped answering"):
+            history = run_experiment(config, sites=sites.addresses, progress=False, callback=kill_after_round_1)
+    finally:
+        sites.restart("switzerland")
+    assert list(history["sites_evaluated"]) == [4, 3, 3]
+    assert history["eval_loss"].notna().all()
 
 
 def test_a_driver_without_any_data_path_runs_the_federation(sites, tmp_path):
