@@ -33,6 +33,7 @@ kept apart from the reproduction.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -355,3 +356,67 @@ def plot_site_features(raw: pd.DataFrame, features: Sequence[str], *, axes=None)
         ax.set_title(FEATURE_UNITS.get(feature, feature))
         ax.tick_params(axis="x", labelrotation=45, labelsize="small")
     return axes[0].figure, axes, raw.groupby("site")[list(features)].describe()
+
+
+# The hospitals as processes ------------------------------------------------------------------------------------
+EXECUTIONS = ("one process (simulation)", "four site processes")
+
+
+@contextlib.contextmanager
+def hospital_processes(directory=None, *, tls: bool = True):
+    """The four hospitals as four site processes on this machine (``python -m fedlab site``), each reading
+    only its own UCI file from ``directory`` (default: where the heart-disease loader reads); with ``tls``,
+    mutual TLS with certificates made for this session (the driver's set while the block runs)."""
+    import tempfile
+
+    from .certs import make_certs
+    from .data import heart_disease_dir
+    from .distributed import WorkerTLS, use_worker_tls
+    from .site_service import LocalSites
+
+    directory = heart_disease_dir() if directory is None else directory
+    with tempfile.TemporaryDirectory(prefix="fedlab-hospital-certs-") as certs_dir:
+        server = previous = None
+        if tls:
+            certs = make_certs(certs_dir)
+            server = WorkerTLS.load(certs["server.pem"], certs["server-key.pem"], certs["ca.pem"])
+            previous = use_worker_tls(certs["client.pem"], certs["client-key.pem"], certs["ca.pem"])
+        try:
+            with LocalSites(HEART_DISEASE_SITES, data=directory, tls=server) as sites:
+                yield sites
+        finally:
+            if tls:
+                use_worker_tls(previous)
+
+
+def sites_against_simulation(config: ExperimentConfig, sites, seeds: Sequence[int]) -> pd.DataFrame:
+    """``config`` at each seed run twice, side by side: in this process (the simulation) and with the clients at
+    ``sites`` (``{name: address}``); one row per execution, seed and round with the scores and the round's wall
+    seconds. No result cache: both are measured now."""
+    rows = []
+    for seed in seeds:
+        for execution, where in zip(EXECUTIONS, (None, sites)):
+            history = run_experiment(config.replace(seed=seed), sites=where, progress=False)
+            kept = history[["round", "eval_loss", "eval_accuracy", "mean_site_balanced_accuracy", "mean_site_auc",
+                            "seconds"]]
+            rows.append(kept.assign(execution=execution, seed=seed))
+    return pd.concat(rows, ignore_index=True)[["execution", "seed", "round", "eval_loss", "eval_accuracy",
+                                               "mean_site_balanced_accuracy", "mean_site_auc", "seconds"]]
+
+
+def sites_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per execution: the largest |difference| from the simulation in each score over every seed and round, and
+    the round time (median over the rounds after the first of each run, mean over the seeds)."""
+    scores = ["eval_loss", "eval_accuracy", "mean_site_balanced_accuracy", "mean_site_auc"]
+    simulated = table[table.execution == EXECUTIONS[0]].set_index(["seed", "round"])
+    rows = []
+    for execution, runs in table.groupby("execution", sort=False):
+        runs = runs.set_index(["seed", "round"])
+        later = runs[runs.index.get_level_values("round") > 1]
+        per_seed = later.groupby(level="seed").seconds.median()
+        rows.append({"execution": execution,
+                     "largest_difference": float((runs[scores] - simulated[scores]).abs().max().max()),
+                     "round_seconds": float(per_seed.mean())})
+    out = pd.DataFrame(rows)
+    out["time_vs_simulation"] = out.round_seconds / out.round_seconds.iloc[0]
+    return out

@@ -61,6 +61,13 @@ _TRAMPOLINE = ("import ctypes, os, sys\n"
                "    pass\nos.execv(sys.argv[1], sys.argv[1:])")
 
 
+def dying_with_parent(args) -> list[str]:
+    """``args`` (a program and its arguments) started through the trampoline: the program gets SIGKILL when the
+    thread that started it exits, and no fork() of this process runs (Linux; elsewhere ``args`` unchanged)."""
+    args = [str(a) for a in args]
+    return [sys.executable, "-S", "-c", _TRAMPOLINE, *args] if sys.platform.startswith("linux") else args
+
+
 WAIT_LIMIT_VARIABLE = "FEDLAB_WAIT_LIMIT_S"
 DEFAULT_WAIT_LIMIT_S = 1800.0
 

@@ -337,18 +337,17 @@ class LocalSites:
         return {name: f"{self.host}:{port}" for name, port in self.ports.items()}
 
     def _start(self, name: str):
-
         tls_args = [] if self.tls is None else \
             ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca)]
         if self.ckks_secret is not None:
             tls_args += ["--ckks-secret", str(self.ckks_secret)]
+        command = [sys.executable, "-m", "fedlab", "site", "--dataset", self.dataset, "--name", name, "--data",
+                   str(self.data), "--port", str(self.ports[name]), "--host", self.host, *tls_args]
         with open(self.log_dir / f"{name}.log", "ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "fedlab", "site", "--dataset", self.dataset, "--name", name, "--data",
-                 str(self.data), "--port", str(self.ports[name]), "--host", self.host, *tls_args],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=str(pathlib.Path(__file__).resolve().parent.parent),
-                preexec_fn=lambda: runtime.die_with_parent(signal.SIGTERM))
+            # through runtime's trampoline, not preexec_fn: no fork() of a process full of gRPC threads (whose
+            # fork handlers would log into a notebook), and the site dies with this process
+            return subprocess.Popen(runtime.dying_with_parent(command), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=str(pathlib.Path(__file__).resolve().parent.parent))
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
