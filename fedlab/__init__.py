@@ -73,6 +73,8 @@ from .report import compared, findings, interval_table, interval_text, number, q
 from .runner import clients_table, final_weights, run_experiment
 from .runtime import setup
 from .secagg import measure_cost as secagg_cost
+from .site_data import SITE_LOADERS, register_site_loader
+from .site_service import LocalSites
 from .sweeps import client_scores, grid, round_times, run_sweep
 from .tasks import LOSSES, METRICS, TASKS, Task, register_loss, register_metric, register_task
 from .systems import DEVICE_PROFILES, Devices, devices_from_csv, register_device_profile, register_device_table
@@ -99,7 +101,7 @@ __all__ = [
     "ExperimentPanel",
     "IidPartitioner",
     "LOSSES",
-    "LocalWorkers",
+    "LocalSites", "LocalWorkers",
     "METRICS",
     "MODELS",
     "ModelSpec",
@@ -107,7 +109,7 @@ __all__ = [
     "PARTITIONERS",
     "Partitioner",
     "QuantitySkewPartitioner",
-    "STALENESS",
+    "SITE_LOADERS", "STALENESS",
     "ShardPartitioner",
     "TASKS",
     "Task",
@@ -170,7 +172,7 @@ __all__ = [
     "register_metric",
     "register_model",
     "register_partitioner",
-    "register_staleness",
+    "register_site_loader", "register_staleness",
     "register_task",
     "round_times",
     "rounds_to_target",

@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     site = sub.add_parser("site", help="serve one site's own records to a driver (run --sites NAME=HOST:PORT,...): "
                                        "it trains and scores here, only updates and scores leave")
+    site.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                      help="import MODULE (or a .py file) first: a data set and site loader of your own")
     site.add_argument("--dataset", default="heart_disease", help="the registered data set the site belongs to "
                                                                   "(it needs a site loader: fl.register_site_loader)")
     site.add_argument("--name", required=True, help="this site's name in the data set (heart_disease: cleveland, "
@@ -276,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     site.add_argument("--ckks-secret", type=pathlib.Path, default=None, metavar="FILE",
                       help="the sites' shared CKKS secret context (python -m fedlab keys ckks DIR), for runs with "
                            "secure_protocol=ckks: this site encrypts its update and decrypts the weighted mean")
+    site.add_argument("--reproducible", action="store_true",
+                      help="accept the run's seeds for DP-SGD's noise and CKKS's encryption here, to check a federation "
+                           "against the simulation; the driver then knows that randomness: never with real records")
     _add_tls_options(site, "accept only drivers whose certificate the CA signed, presenting", "server.pem",
                      "server-key.pem", "the drivers' certificates")
 
@@ -524,7 +529,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     from .site_service import serve
 
     tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
-    return serve(args.dataset, args.name, args.data, args.port, args.host, tls, args.ckks_secret)
+    return serve(args.dataset, args.name, args.data, args.port, args.host, tls, args.ckks_secret, args.reproducible)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:

@@ -429,6 +429,11 @@ def metric_leaves(metrics) -> tuple:
     return tuple(np.asarray(m) for m in structure().flatten(structure().from_container(metrics, recursive=True)))
 
 
+def flat_length(shapes) -> int:
+    """How many numbers tensors of these shapes hold: the length of a flattened update."""
+    return sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
+
+
 def metric_leaf_specs(metrics_type) -> list[tuple]:
     """(shape, dtype) of each unfinalized metrics leaf of a client computation's metrics type."""
     return [(tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in structure().flatten(metrics_type)]

@@ -59,6 +59,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import ckks
+from .array_training import flat_length, pack_clients
 from .runtime import tff
 from .split_rounds import SplitRoundProcess
 from .validation import FedlabWarning
@@ -129,8 +130,6 @@ class HomomorphicRoundProcess(SplitRoundProcess):
 
     def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
              participants: Optional[Sequence[int]] = None, noise_seed: Optional[int] = None):
-        from .array_training import pack_clients
-
         ids, everyone, round_num, stats = self.round_of(state, client_data, clients, participants)
         learning_rate = np.float32(state.client_work["learning_rate"])
         updates, update_weights, train_metrics = self._clients_fn(state.global_model_weights,
@@ -158,7 +157,7 @@ class HomomorphicRoundProcess(SplitRoundProcess):
     # The steps around the encrypted mean, shared with a federation of sites (fedlab.site_rounds) ---------------
     @property
     def length(self) -> int:
-        return sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+        return flat_length(self.shapes)
 
     def round_of(self, state, client_data: list, clients, participants) -> tuple:
         """(client ids, everyone selected, this round's number, the round's protocol statistics so far)."""

@@ -39,6 +39,7 @@ from .array_training import with_tau_eff
 from .asynchronous import STALENESS, staleness_weights
 from .attacks import ATTACKS, attack_rng, is_update_attack
 from .sampling import Scheduler
+from .seeded import round_seed
 from .systems import DEVICE_PROFILES
 from .sites import Federation, SiteClients, SiteJob
 from .sites import refusal as site_refusal
@@ -466,18 +467,13 @@ def _round_inputs(wanted, config: ExperimentConfig, round_num: int, chosen, sele
     known = {
         "clients": lambda: [int(c) for c in chosen],
         "participants": lambda: [int(c) for c in selected],
-        "graph_seed": lambda: _round_seed(config.seeds["systems"], round_num),
-        "noise_seed": lambda: _round_seed(config.seeds["noise"], round_num),
+        "graph_seed": lambda: round_seed(config.seeds["systems"], round_num),
+        "noise_seed": lambda: round_seed(config.seeds["noise"], round_num),
         "attackers": lambda: [int(c) in attackers for c in chosen],
         "attack_boost": lambda: config.attack_boost,
         "attack_rng": lambda: attack_rng(config.seeds["data"], round_num),
     }
     return {name: known[name]() for name in wanted}
-
-
-def _round_seed(seed: int, round_num: int) -> int:
-    """A 32-bit seed of (seed, round): public randomness of a protocol round (SecAgg+'s neighbour graph)."""
-    return int(np.random.SeedSequence([seed, round_num, 0x5EC]).generate_state(1)[0])
 
 
 SECAGG_COLUMNS = {"participants": "secagg_participants", "included": "secagg_included",

@@ -38,8 +38,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import secagg
-from .array_training import (finalize_metric_leaves, metric_leaf_specs, metric_leaves, metrics_computation,
-                             model_weights_accessors, pack_clients)
+from .array_training import (finalize_metric_leaves, flat_length, metric_leaf_specs, metric_leaves,
+                             metrics_computation, model_weights_accessors, pack_clients)
 from .runtime import tff
 from .validation import FedlabWarning
 
@@ -241,7 +241,7 @@ class SecureRoundProcess:
     @property
     def length(self) -> int:
         """How many ring elements a client's encoded update has (every trainable weight)."""
-        return sum(int(np.prod(s, dtype=np.int64)) for s in self._shapes)
+        return flat_length(self._shapes)
 
     def unflatten(self, total: np.ndarray) -> tuple:
         """The protocol's sum modulo R as signed integers in the shapes of the trainable tensors."""

@@ -266,3 +266,8 @@ def set_noise_seed(state, seed: int):
 def expected_noise_std(noise_multiplier: float, clip: float, clients_per_round: float) -> float:
     """Standard deviation of the noise on each coordinate of the mean: z C / K."""
     return noise_multiplier * clip / clients_per_round if clients_per_round else math.inf
+
+
+def round_seed(seed: int, round_num: int) -> int:
+    """A 32-bit seed of (seed, round): public randomness of a protocol round (SecAgg+'s neighbour graph)."""
+    return int(np.random.SeedSequence([seed, round_num, 0x5EC]).generate_state(1)[0])

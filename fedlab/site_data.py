@@ -39,7 +39,8 @@ class SiteData:
         return {"dataset": self.data.name, "site": self.name, "index": self.index,
                 "site_names": list(self.data.site_names or ()), "train_rows": int(len(self.data.y_train)),
                 "test_rows": int(len(self.data.y_test)), "features": self.data.num_features,
-                "num_classes": int(self.data.num_classes), "task": self.data.task, "label_counts": balance}
+                "num_classes": int(self.data.num_classes), "task": self.data.task, "label_counts": balance,
+                "image_shape": list(self.data.image_shape) if self.data.image_shape else None}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,6 +60,13 @@ def tolerating(job: SiteJob, call):
         return None
 
 
+def nan_metrics(metrics):
+    """``metrics`` (finalized, nested) with NaN in place of every value: metrics of a round nobody trained in."""
+    if isinstance(metrics, dict):
+        return type(metrics)((k, nan_metrics(v)) for k, v in metrics.items())
+    return np.full(np.shape(metrics), np.nan, np.float32)
+
+
 def weights_message(weights) -> dict:
     """``ModelWeights`` as the arrays of a message: trainable then non-trainable tensors."""
     return {**wire.pack_list([np.asarray(w) for w in weights.trainable], "trainable"),
@@ -80,8 +87,11 @@ class SiteProcess(SplitRoundProcess):
 
         def train(job: SiteJob):
             header, arrays = job.site.call("Train", job_header(job, learning_rate), weights)
-            return (tuple(np.asarray(u, np.float32) for u in wire.unpack_list(arrays, "update")),
-                    np.float32(header["weight"]), tuple(wire.unpack_list(arrays, "metrics")))
+            update = tuple(np.asarray(u, np.float32) for u in wire.unpack_list(arrays, "update"))
+            if [u.shape for u in update] != [tuple(s) for s in self.shapes]:
+                raise SiteError(job.site.address, f"site {job.site.name!r} sent an update of shapes "
+                                                  f"{[u.shape for u in update]}, not the model's {self.shapes}")
+            return update, np.float32(header["weight"]), tuple(wire.unpack_list(arrays, "metrics"))
 
         results = [r for r in call_all(lambda job: tolerating(job, train), client_data) if r is not None]
         if client_data and not results:
@@ -95,8 +105,8 @@ class _SiteParty:
     that stops answering has dropped out (:class:`secagg.PartyLost`). A participant that the round's schedule
     drops (``trains=False``) exchanges keys and then sends no masked input, as in the simulation."""
 
-    def __init__(self, job: SiteJob, trains: bool, run: str, header: dict, weights: dict) -> None:
-        self.job, self.trains, self.run = job, trains, run
+    def __init__(self, job: SiteJob, trains: bool, run: str, header: dict, weights: dict, length: int) -> None:
+        self.job, self.trains, self.run, self.length = job, trains, run, length
         self._header, self._weights = header, weights
         self.seconds = 0.0
         self.metrics = None  # the site's unfinalized training metrics, once it trained
@@ -118,6 +128,12 @@ class _SiteParty:
             answer, out = self.job.site.call(method, {**header, "run": self.run, "round": self.job.round}, arrays)
         except SiteLostError as lost:
             raise secagg.PartyLost(str(lost)) from None
+        except SiteError as refused:
+            if method == "SecureTrain":  # the run's config or the site's policy: not a dropout
+                raise
+            warnings.warn(f"fedlab: round {self.job.round}: {refused}; it drops out of the protocol", FedlabWarning,
+                          stacklevel=2)
+            raise secagg.PartyLost(str(refused)) from None
         self.seconds += float(answer.get("seconds", 0.0))
         return answer, out
 
@@ -134,7 +150,12 @@ class _SiteParty:
     def masked_input(self, inbox):
         if not self.trains:
             raise secagg.PartyLost("dropped out before sending its masked input (the round's schedule)")
-        return self.call("MaskedInput", {}, wire.pack_bytes(inbox, "mail"))[1]["y"]
+        y = self.call("MaskedInput", {}, wire.pack_bytes(inbox, "mail"))[1].get("y")
+        if y is None or y.shape != (self.length,) or y.dtype.kind != "u":
+            warnings.warn(f"fedlab: round {self.job.round}: site {self.job.site.name!r} sent a malformed masked "
+                          "vector; it drops out of the protocol", FedlabWarning, stacklevel=2)
+            raise secagg.PartyLost("malformed masked input")
+        return y
 
     def unmask(self, survivors):
         arrays = self.call("Unmask", {"survivors": sorted(int(s) for s in survivors)})[1]
@@ -156,7 +177,7 @@ class SiteSecureProcess(SecureRoundProcess):
             job = jobs[u] if u in jobs else some.other(u)
             parties[u] = _SiteParty(job, u in jobs, run, {**job_header(job, learning_rate),
                                                           "participants": list(everyone),
-                                                          "graph_seed": int(graph_seed)}, weights)
+                                                          "graph_seed": int(graph_seed)}, weights, self.length)
         call_all(lambda party: party.start(), list(parties.values()))
         trained = [p.metrics for p in parties.values() if p.metrics is not None]
         train_metrics = self.train_metrics(trained) if trained else self.metrics_without_sum(state, [])
@@ -168,9 +189,8 @@ class SiteSecureProcess(SecureRoundProcess):
         return result, train_metrics
 
     def metrics_without_sum(self, state, client_data: list):
-        """No site trained: the metrics of nobody (NaN), without calling a site."""
-        leaves = [np.zeros(shape, dtype) for shape, dtype in self.metric_leaf_specs()]
-        return self.train_metrics([tuple(leaves)])
+        """No site trained: NaN in every training metric, without calling a site."""
+        return nan_metrics(self.train_metrics([tuple(np.zeros(s, d) for s, d in self.metric_leaf_specs())]))
 
 
 class SiteHomomorphicProcess(HomomorphicRoundProcess):
@@ -179,12 +199,15 @@ class SiteHomomorphicProcess(HomomorphicRoundProcess):
     The secret key never reaches the driver."""
 
     def next(self, state, client_data: list, *, clients=None, participants=None, noise_seed=None):
+        del noise_seed  # each site derives its encryption randomness itself (fedlab.site_service)
         ids, everyone, round_num, stats = self.round_of(state, client_data, clients, participants)
         weights_arrays = weights_message(state.global_model_weights)
         learning_rate = state.client_work["learning_rate"]
-        seed = self.round_seed(noise_seed)
+        run = secrets.token_hex(8)
         answers = call_all(lambda job: tolerating(job, lambda job: job.site.call(
-            "HomomorphicTrain", {**job_header(job, learning_rate), "seed": seed}, weights_arrays)), client_data)
+            "HomomorphicTrain", {**job_header(job, learning_rate), "run": run}, weights_arrays)), client_data)
+        if client_data and all(a is None for a in answers):
+            raise SiteLostError(client_data[0].site.address, f"round {client_data[0].round}: none of its sites answered")
         weights, sent, seconds, leaves = {}, {}, {}, []
         for cid, answer in zip(ids, answers):
             if answer is None:  # lost this round: it sends nothing
@@ -205,9 +228,12 @@ class SiteHomomorphicProcess(HomomorphicRoundProcess):
                 raw = np.array([weights[c] for c in positive])
                 server = ckks.CkksServer(public)
                 total = server.weighted_sum([sent[c] for c in positive], (raw / raw.sum()).tolist())
-                header, arrays = holder.call("Decrypt", {"length": self.length},
+                header, arrays = holder.call("Decrypt", {"length": self.length, "run": run, "included": len(positive),
+                                                         "round": client_data[0].round},
                                              wire.pack_bytes(dict(enumerate(total)), "ct"))
                 mean = arrays["mean"]
+                if mean.shape != (self.length,):
+                    raise SiteError(holder.address, f"site {holder.name!r} sent a mean of shape {mean.shape}")
                 stats.update(included=len(positive), server_seconds=server.seconds,
                              bytes_per_client=float(np.mean([(len(sent[c]) + len(total)) * ckks.ciphertext_bytes()
                                                              for c in positive])),

@@ -24,9 +24,11 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import ipaddress
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +47,7 @@ from .distributed import GRPC_OPTIONS, DEFAULT_HOST, WorkerTLS, resolve_host
 from . import runtime
 from .ports import free_port, listening_addresses
 from .runtime import wait_limit
+from .seeded import round_seed
 from .site_data import SiteData, load_site
 from .sites import SERVICE, SiteUnreachableError, refusal
 from .validation import ConfigError
@@ -56,14 +59,32 @@ class SiteRefusal(ValueError):
     """A call the site will not answer; its one line goes back to the driver."""
 
 
+class _Role:
+    """This site's client role in one protocol round, and the stage it is at: each stage once, in order."""
+
+    STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+
+    def __init__(self, client, setup) -> None:
+        self.client, self.setup, self.stage = client, setup, 0
+
+    def advance(self, stage: str) -> None:
+        wanted = self.STAGES.index(stage)
+        if wanted != self.stage + 1:
+            raise SiteRefusal(f"{stage}: out of order (this round is at {self.STAGES[self.stage]})")
+        self.stage = wanted
+
+
 class Site:
     """One site's records and its answers to a driver's calls (each: header, arrays -> header, arrays)."""
 
-    def __init__(self, dataset: str, name: str, directory, ckks_secret: Optional[bytes] = None) -> None:
+    def __init__(self, dataset: str, name: str, directory, ckks_secret: Optional[bytes] = None,
+                 reproducible: bool = False) -> None:
         self.dataset, self.name, self.directory = dataset, name, directory
         self.ckks_secret = ckks_secret  # the sites' shared CKKS secret context (secure_protocol="ckks")
+        self.reproducible = reproducible  # accepts the driver's seeds for its own noise and encryption
         self.records = load_site(dataset, name, directory, seed=0, test_fraction=None)  # fails here, in one line
-        self._roles: "collections.OrderedDict[tuple, secagg._Client]" = collections.OrderedDict()
+        self._roles: "collections.OrderedDict[tuple, _Role]" = collections.OrderedDict()  # SecAgg, per (run, round)
+        self._encrypted: "collections.OrderedDict[tuple, bool]" = collections.OrderedDict()  # CKKS: decrypted yet?
         # Every call runs on this one thread: TFF's context stack and the graphs Keras models are made in are
         # per thread, and a model made on one thread fails on another once TFF has built a computation.
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedlab-site-tff")
@@ -93,6 +114,13 @@ class Site:
         refused = refusal(config)
         if refused is not None:
             raise SiteRefusal(f"{refused[0]}: {refused[1]}")
+        seeded = [what for what, used in (("DP-SGD's noise (dp='example')", config.dp == "example"),
+                                          ("CKKS encryption", config.secure_protocol == "ckks")) if used]
+        if seeded and config.noise_source == "seeded" and not self.reproducible:
+            raise SiteRefusal(f"noise_source='seeded' would take {' and '.join(seeded)} at this site from seeds the "
+                              "driver knows (it could remove the noise, or read the plaintexts): use "
+                              "noise_source='unseeded', or start the site with --reproducible to check a "
+                              "federation against the simulation (never with records that need protecting)")
         return config
 
     def _data(self, config: ExperimentConfig) -> SiteData:
@@ -128,7 +156,9 @@ class Site:
         site = self._data(self._config(header)) if "config" in header else self.records
         return site.describe(), {}
 
-    def train(self, header: dict, arrays: dict):
+    def _trained(self, header: dict, arrays: dict) -> tuple:
+        """(config, process, update, weight, unfinalized metrics leaves) of this site's client for the call's
+        round, trained from the model the call carries."""
         from .processes import get_site_process
 
         config = self._config(header)
@@ -136,6 +166,10 @@ class Site:
         process = get_site_process(config, spec)
         update, weight, leaves = process.train_jobs(self._weights(process, arrays), header["learning_rate"],
                                                     [inputs])[0]
+        return config, process, update, weight, leaves
+
+    def train(self, header: dict, arrays: dict):
+        _, _, update, weight, leaves = self._trained(header, arrays)
         return {"weight": float(weight)}, {**wire.pack_list(update, "update"), **wire.pack_list(leaves, "metrics")}
 
     def evaluate(self, header: dict, arrays: dict):
@@ -166,14 +200,57 @@ class Site:
         protocol = process.protocol
         setup = secagg.make_setup([int(u) for u in header["participants"]], process.length, protocol.modulus_bits,
                                   protocol.protocol, int(header["graph_seed"]))
-        role = secagg.new_client(int(header["client"]), vector, setup)  # vector None: drops before its input
-        channel_pk, mask_pk = role.advertise_keys()
-        self._roles[(header["run"], int(header["round"]))] = role
-        while len(self._roles) > ROUNDS_KEPT:
-            self._roles.popitem(last=False)
-        return {"seconds": role.seconds}, {"channel_pk": np.frombuffer(channel_pk, np.uint8),
-                                           "mask_pk": np.frombuffer(mask_pk, np.uint8),
-                                           **wire.pack_list(leaves, "metrics")}
+        role = _Role(secagg.new_client(int(header["client"]), vector, setup), setup)  # vector None: drops out
+        channel_pk, mask_pk = role.client.advertise_keys()
+        self._remember(self._roles, (header["run"], int(header["round"])), role)
+        return {"seconds": role.client.seconds}, {"channel_pk": np.frombuffer(channel_pk, np.uint8),
+                                                  "mask_pk": np.frombuffer(mask_pk, np.uint8),
+                                                  **wire.pack_list(leaves, "metrics")}
+
+    @staticmethod
+    def _remember(table: collections.OrderedDict, key: tuple, value) -> None:
+        table[key] = value
+        while len(table) > ROUNDS_KEPT:
+            table.popitem(last=False)
+
+    def _role(self, header: dict, stage: str) -> "_Role":
+        """The open protocol round's client role, moved on to ``stage`` (each stage once, in order)."""
+        role = self._roles.get((header.get("run"), int(header.get("round", -1))))
+        if role is None:
+            raise SiteRefusal("no protocol round of that run is open at this site (restarted since?)")
+        role.advance(stage)
+        return role
+
+    def share_keys(self, header: dict, arrays: dict):
+        role = self._role(header, "share_keys")
+        channel, mask = wire.unpack_bytes(arrays, "channel"), wire.unpack_bytes(arrays, "mask")
+        if set(channel) != set(mask) or not set(channel) <= role.setup.graph[role.client.id]:
+            raise SiteRefusal("ShareKeys: the keys are not those of this site's neighbours")
+        before = role.client.seconds
+        ciphertexts = role.client.share_keys({v: (channel[v], mask[v]) for v in channel})
+        return {"seconds": role.client.seconds - before}, wire.pack_bytes(ciphertexts, "cipher")
+
+    def masked_input(self, header: dict, arrays: dict):
+        role = self._role(header, "masked_input")
+        inbox = wire.unpack_bytes(arrays, "mail")
+        if len(inbox) + 1 < role.setup.threshold:  # fewer would leave this site's input all but unmasked
+            raise SiteRefusal(f"MaskedInput: {len(inbox)} neighbours' shares, the threshold is {role.setup.threshold}")
+        before = role.client.seconds
+        y = role.client.masked_input(inbox)
+        return {"seconds": role.client.seconds - before}, {"y": y}
+
+    def unmask(self, header: dict, arrays: dict):
+        role = self._role(header, "unmask")
+        survivors = {int(s) for s in header["survivors"]}
+        alive = (survivors | {role.client.id}) & role.setup.group(role.client.id)  # this site's input arrived too
+        if len(alive) < role.setup.threshold:
+            raise SiteRefusal(f"Unmask: {len(alive)} of this site's group survive, the threshold is "
+                              f"{role.setup.threshold}")
+        before = role.client.seconds
+        b_shares, s_shares = role.client.unmask(survivors)
+        self._roles.pop((header["run"], int(header["round"])), None)
+        return {"seconds": role.client.seconds - before}, {**wire.pack_bytes(b_shares, "b"),
+                                                           **wire.pack_bytes(s_shares, "s")}
 
     # CKKS: this site encrypts its update, and decrypts the weighted mean, with the sites' secret context -------
     def _secret(self) -> bytes:
@@ -183,27 +260,35 @@ class Site:
         return self.ckks_secret
 
     def homomorphic_train(self, header: dict, arrays: dict):
-        from .processes import get_site_process
-
+        """Trains, then encrypts the update with the sites' secret context; the randomness is the OS's, or, for a
+        run with seeded noise at a ``--reproducible`` site, the simulation's seed (from the config, not the call)."""
         secret = self._secret()
-        config = self._config(header)
-        spec, inputs = self._inputs(config, header)
-        process = get_site_process(config, spec)
-        update, weight, leaves = process.train_jobs(self._weights(process, arrays), header["learning_rate"],
-                                                    [inputs])[0]
+        config, process, update, weight, leaves = self._trained(header, arrays)
         vector, answer, chunks = process.flatten(update), {"weight": float(weight)}, []
         largest = process.beyond_range(vector)
         if weight > 0 and largest is not None:
             answer["largest"] = largest  # the driver leaves it out, with a warning
         elif weight > 0:
+            round_num, client = int(header["round"]), int(header["client"])
+            seed = process.round_seed(round_seed(config.seeds["noise"], round_num))
             start = time.perf_counter()
-            seed = header.get("seed")
-            chunks = ckks.encrypt(vector, secret, seed=None if seed is None else [*seed, int(header["client"])])
+            chunks = ckks.encrypt(vector, secret, seed=None if seed is None else [*seed, client])
             answer["seconds"] = time.perf_counter() - start
+            self._remember(self._encrypted, (header["run"], round_num), False)
         return answer, {**wire.pack_bytes(dict(enumerate(chunks)), "ct"), **wire.pack_list(leaves, "metrics")}
 
     def decrypt(self, header: dict, arrays: dict):
+        """The weighted mean of a round this site encrypted for, decrypted once, and only a mean of 2 or more
+        clients (what the driver says: a driver that lies could still ask for one client's update; the trust
+        model is an honest-but-curious driver)."""
         secret = self._secret()
+        key = (header.get("run"), int(header.get("round", -1)))
+        if self._encrypted.get(key) is not False:
+            raise SiteRefusal("no round of that run is waiting for its mean here (decrypted already, or this site "
+                              "sent no update in it)")
+        if int(header.get("included", 0)) < 2:
+            raise SiteRefusal("a mean of fewer than 2 clients would be one client's update: not decrypted")
+        self._encrypted[key] = True
         chunks = wire.unpack_bytes(arrays, "ct")
         start = time.perf_counter()
         mean = ckks.decrypt([chunks[k] for k in sorted(chunks)], int(header["length"]), secret)
@@ -211,32 +296,6 @@ class Site:
 
     def public_context(self, header: dict, arrays: dict):
         return {}, {"context": np.frombuffer(ckks.public_context_of(self._secret()), np.uint8)}
-
-    def _role(self, header: dict) -> "secagg._Client":
-        role = self._roles.get((header.get("run"), int(header.get("round", -1))))
-        if role is None:
-            raise SiteRefusal("no protocol round of that run is open at this site (restarted since?)")
-        return role
-
-    def share_keys(self, header: dict, arrays: dict):
-        role = self._role(header)
-        channel, mask = wire.unpack_bytes(arrays, "channel"), wire.unpack_bytes(arrays, "mask")
-        before = role.seconds
-        ciphertexts = role.share_keys({v: (channel[v], mask[v]) for v in channel})
-        return {"seconds": role.seconds - before}, wire.pack_bytes(ciphertexts, "cipher")
-
-    def masked_input(self, header: dict, arrays: dict):
-        role = self._role(header)
-        before = role.seconds
-        y = role.masked_input(wire.unpack_bytes(arrays, "mail"))
-        return {"seconds": role.seconds - before}, {"y": y}
-
-    def unmask(self, header: dict, arrays: dict):
-        role = self._role(header)
-        before = role.seconds
-        b_shares, s_shares = role.unmask([int(s) for s in header["survivors"]])
-        self._roles.pop((header["run"], int(header["round"])), None)
-        return {"seconds": role.seconds - before}, {**wire.pack_bytes(b_shares, "b"), **wire.pack_bytes(s_shares, "s")}
 
     def handlers(self) -> dict[str, Callable]:
         return {"Describe": self.describe, "Train": self.train, "Evaluate": self.evaluate,
@@ -286,24 +345,39 @@ def start(site: Site, port: int, host: str = DEFAULT_HOST, tls: Optional[WorkerT
 
 
 def serve(dataset: str, name: str, directory, port: int, host: str = DEFAULT_HOST,
-          tls: Optional[WorkerTLS] = None, ckks_secret=None) -> int:
-    """The ``python -m fedlab site`` command: loads the site's records, prints what it serves, answers until
-    SIGTERM or SIGINT."""
-    site = Site(dataset, name, directory, None if ckks_secret is None else ckks.read_secret_context(ckks_secret))
-    resolved = resolve_host(host) if host not in ("0.0.0.0", "::", "*") else host
+          tls: Optional[WorkerTLS] = None, ckks_secret=None, reproducible: bool = False) -> int:
+    """The ``python -m fedlab site`` command: checks its arguments and loads the site's records (one line for
+    either), prints what it serves, answers until SIGTERM or SIGINT."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port: must be an integer in 1..65535, got {port}")
+    address = resolve_host(host)
+    loopback = address is not None and ipaddress.ip_address(address).is_loopback
+    if tls is None and not loopback:
+        raise ValueError(f"--host: {host} is reachable from other machines, and without --tls-cert/--tls-key/--tls-ca "
+                         "anyone who reaches it could ask for updates computed on this site's records")
+    if listening_addresses(port):
+        raise ValueError(f"--port: {port} is already in use on this machine")
+    secret = None if ckks_secret is None else ckks.read_secret_context(ckks_secret)
+    site = Site(dataset, name, directory, secret, reproducible)
     site.start_runtime()
-    server, bound = start(site, port, resolved or host, tls)
+    try:
+        server, bound = start(site, port, address or "0.0.0.0", tls)
+    except OSError as err:
+        raise ValueError(f"--port: {err}") from None
     info = site.records.describe()
     labels = ", ".join(f"{k}: {v}" for k, v in info["label_counts"].items())
     print(f"site {name} ({dataset}): {info['train_rows'] + info['test_rows']} records ({info['train_rows']} train, "
           f"{info['test_rows']} test at data seed 0), {info['features']} features, training labels {labels}; "
-          f"serving on {host}:{bound} {'with mutual TLS' if tls else 'WITHOUT TLS'}", flush=True)
+          f"serving on {host}:{bound} {'with mutual TLS' if tls else 'WITHOUT TLS (this machine only)'}"
+          f"{'; --reproducible: accepts seeded noise' if reproducible else ''}", flush=True)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     stopped.wait()
     server.stop(grace=2.0).wait(5.0)
-    return 0
+    # a TFF call still running on the site's call thread would hold a normal exit; its worker dies with us
+    sys.stdout.flush()
+    os._exit(0)
 
 
 class LocalSites:
@@ -315,10 +389,11 @@ class LocalSites:
     """
 
     def __init__(self, names, *, data, dataset: str = "heart_disease", host: str = DEFAULT_HOST,
-                 tls: Optional[WorkerTLS] = None, ckks_secret=None, ready_timeout: float = 120.0) -> None:
+                 tls: Optional[WorkerTLS] = None, ckks_secret=None, reproducible: bool = False,
+                 ready_timeout: float = 120.0) -> None:
 
         self.names, self.data, self.dataset, self.host, self.tls = list(names), data, dataset, host, tls
-        self.ckks_secret = ckks_secret
+        self.ckks_secret, self.reproducible = ckks_secret, reproducible
         self.ports = {name: free_port() for name in self.names}
         self.processes: dict = {}
         self.log_dir = pathlib.Path(tempfile.mkdtemp(prefix="fedlab-sites-"))
@@ -341,6 +416,8 @@ class LocalSites:
             ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca)]
         if self.ckks_secret is not None:
             tls_args += ["--ckks-secret", str(self.ckks_secret)]
+        if self.reproducible:
+            tls_args.append("--reproducible")
         command = [sys.executable, "-m", "fedlab", "site", "--dataset", self.dataset, "--name", name, "--data",
                    str(self.data), "--port", str(self.ports[name]), "--host", self.host, *tls_args]
         with open(self.log_dir / f"{name}.log", "ab") as out:
@@ -385,7 +462,7 @@ class LocalSites:
         self.wait_ready(name, timeout)
 
     def stop(self) -> None:
-
+        """Stops every site (SIGTERM, then SIGKILL after 15 s) and removes their logs."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
@@ -394,6 +471,8 @@ class LocalSites:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill(name)
+        atexit.unregister(self.stop)
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalSites":
         return self

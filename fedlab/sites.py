@@ -250,6 +250,10 @@ class Federation:
         if missing or len(infos) != len(names):
             raise ConfigError("sites", f"{config.dataset} has the sites {', '.join(names)}; a federation of its "
                                        f"natural clients needs each once (missing: {', '.join(missing) or 'none'})")
+        if sorted(i["index"] for i in infos) != list(range(len(names))):
+            raise ConfigError("sites", "the sites do not number the data set's clients 0.."
+                                       f"{len(names) - 1} once each: " + ", ".join(f"{i['site']} {i['index']}"
+                                                                                    for i in infos))
         if len({i["features"] for i in infos}) != 1:
             raise ConfigError("sites", "the sites hold different numbers of features: "
                                        + ", ".join(f"{i['site']} {i['features']}" for i in infos))
@@ -261,7 +265,8 @@ class Federation:
 
     def spec(self, config: ExperimentConfig) -> ModelSpec:
         info = self.infos[0]
-        return ModelSpec(config.model, int(info["features"]), int(info["num_classes"]), None, config.freeze_layers,
+        shape = tuple(info["image_shape"]) if info.get("image_shape") else None
+        return ModelSpec(config.model, int(info["features"]), int(info["num_classes"]), shape, config.freeze_layers,
                          info["task"])
 
     @property
@@ -279,15 +284,19 @@ class Federation:
         """The global model scored at every site on its own test split: pooled ``eval_loss`` and
         ``eval_<metric>`` (weighted by the sites' test rows, as one pooled test set gives them), each site's
         ``site_<metric>_<name>``, their means ``mean_site_<metric>`` over the sites where they are defined, and
-        ``sites_evaluated``. A site that stops answering (one the secure protocol went on without) is left out
-        with a warning naming it: its scores are NaN and the pooled ones are those of the other sites."""
+        ``sites_evaluated``. Where a round goes on without a lost site (a secure protocol's dropout,
+        ``straggler_policy`` drop or partial), one that stops answering is left out of the evaluation with a
+        warning naming it: its scores are NaN and the pooled ones are those of the other sites."""
         header = {"config": config.to_json()}
         arrays = wire.pack_list(weights, "weights")
+        tolerant = config.straggler_policy != "wait" or config.secure_protocol in ("secagg", "secaggplus")
 
         def score(link: SiteLink):
             try:
                 return link.call("Evaluate", header, arrays)[0]
             except SiteLostError:
+                if not tolerant:
+                    raise
                 return None
 
         answers = self.map(score, self.links)

@@ -24,7 +24,7 @@ from fedlab.validation import ConfigError, FedlabWarning
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sites")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ["FEDLAB_HEART_DISEASE_DIR"]
+DATA = os.environ.get("FEDLAB_HEART_DISEASE_DIR", os.path.join(ROOT, "..", "shared", "data", "heart_disease"))
 NAMES = ["cleveland", "hungarian", "switzerland", "va"]
 BASE = ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4, rounds=3,
                         local_epochs=1, batch_size=16)
@@ -37,7 +37,9 @@ def sites(tmp_path_factory):
     from fedlab.ckks import write_keys
 
     secret, _ = write_keys(tmp_path_factory.mktemp("ckks"))  # the sites' shared CKKS secret; the driver gets none
-    with LocalSites(NAMES, data=DATA, ckks_secret=secret) as running:
+    # --reproducible: the sites take the run's seeds for DP-SGD's noise and CKKS's encryption, so that a federation
+    # can equal the simulation (a site refuses them otherwise: test_a_site_refuses_randomness_the_driver_knows)
+    with LocalSites(NAMES, data=DATA, ckks_secret=secret, reproducible=True) as running:
         yield running
 
 
@@ -69,28 +71,34 @@ def test_a_site_makes_the_arrays_the_simulation_gives_its_client():
     {"algorithm": "fedprox", "device_profile": "fedscale", "straggler_policy": "partial", "round_deadline": 20.0,
      "dropout_rate": 0.2, "robust": "median"},
 ], ids=["fedavg", "dp-fedadam", "dp-sgd", "fedprox-systems-median"])
-def test_sites_give_the_simulations_numbers(sites, changes):
+def test_sites_give_the_simulations_numbers(sites, changes, monkeypatch):
     config = BASE.replace(**changes)
-    federated = run_experiment(config, sites=sites.addresses, progress=False)
     simulated = run_experiment(config, progress=False)
+    no_client_work_in_the_driver(monkeypatch)
+    federated = run_experiment(config, sites=sites.addresses, progress=False)
     columns = [c for c in SCORES if not (config.dp == "example" and c == "train_loss")]  # DP-SGD releases none
     assert_same_numbers(simulated, federated, columns)
     assert federated["epsilon"].equals(simulated["epsilon"]) if "epsilon" in simulated else True
     assert federated["sim_elapsed_seconds"].equals(simulated["sim_elapsed_seconds"])
 
 
-def test_secagg_runs_its_client_role_in_the_sites(sites, monkeypatch):
-    from fedlab.site_rounds import SiteSecureProcess
+def no_client_work_in_the_driver(monkeypatch):
+    """Every client computation of the split, secure and CKKS rounds packs its clients' inputs first: in the
+    driver that must never happen (it holds no inputs; it would train or encode a client itself)."""
+    from fedlab import homomorphic_rounds, secure_rounds, split_rounds
 
+    def never(*args, **kwargs):
+        raise AssertionError("the driver packed client inputs: it trained or encoded a client itself")
+
+    for module in (split_rounds, secure_rounds, homomorphic_rounds):
+        monkeypatch.setattr(module, "pack_clients", never)
+
+
+def test_secagg_runs_its_client_role_in_the_sites(sites, monkeypatch):
     config = BASE.replace(secure_aggregation=True, secure_protocol="secaggplus", quantization_bits=8,
                           device_profile="fedscale", dropout_rate=0.2)
     simulated = run_experiment(config, progress=False)
-
-    def never(*args, **kwargs):
-        raise AssertionError("the driver trained or encoded a client itself")
-
-    for name in ("_clients_fn", "encode_jobs"):  # the driver never holds a client's update in the clear
-        monkeypatch.setattr(SiteSecureProcess, name, never, raising=False)
+    no_client_work_in_the_driver(monkeypatch)
     federated = run_experiment(config, sites=sites.addresses, progress=False)
     assert_same_numbers(simulated, federated)
     for column in ("secagg_participants", "secagg_included", "secagg_aborted", "secagg_bytes_per_client"):
@@ -109,6 +117,7 @@ def test_ckks_keeps_the_secret_key_at_the_sites(sites, monkeypatch):
         raise AssertionError("the driver made or read a CKKS secret key")
 
     monkeypatch.setattr(homomorphic_rounds, "_keys", no_key)
+    no_client_work_in_the_driver(monkeypatch)
     federated = run_experiment(config, sites=sites.addresses, progress=False)
     # seeded encryption: the decrypted mean is the simulation's bit for bit, whoever holds the key
     assert_same_numbers(simulated, federated)
@@ -227,9 +236,21 @@ def test_bad_sites_are_refused_in_one_line_before_any_call():
     proc = subprocess.run([sys.executable, "-m", "fedlab", "run", "--sites", "cleveland", "--out", "/tmp/x"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--sites" in proc.stderr, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "fedlab", "site", "--name", "nowhere", "--data", DATA,
-                           "--port", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cleveland" in proc.stderr, proc.stderr
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        from fedlab.ports import free_port
+
+        free = str(free_port())
+        for args, words in [(["--name", "nowhere", "--port", free], "cleveland"),
+                            (["--name", "va", "--port", free, "--host", "0.0.0.0"], "--host: 0.0.0.0 is reachable"),
+                            (["--name", "va", "--port", port], f"--port: {port} is already in use")]:
+            proc = subprocess.run([sys.executable, "-m", "fedlab", "site", "--data", DATA, *args], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
 
 
 def test_a_site_tells_its_size_and_label_balance_never_a_record(sites):
@@ -241,6 +262,75 @@ def test_a_site_tells_its_size_and_label_balance_never_a_record(sites):
     assert federation.sizes == [202, 174, 31, 86]
     info = federation.infos[0]
     assert set(info) == {"dataset", "site", "index", "site_names", "train_rows", "test_rows", "features",
-                         "num_classes", "task", "label_counts"}
+                         "num_classes", "task", "label_counts", "image_shape"}
     assert json.loads(json.dumps(info)) == info  # numbers and names only
     federation.close()
+
+
+def test_a_users_site_loader_is_found_like_fedlabs(tmp_path):
+    import fedlab as fl
+    from fedlab.data import Dataset
+    from fedlab.site_data import SiteData
+
+    (tmp_path / "north.csv").write_text("1.0,2.0,1\n3.0,4.0,0\n5.0,6.0,1\n")
+
+    @fl.register_site_loader("heart_disease_csv_test", sites=("north", "south"))
+    def read_csv_site(site, directory, *, seed, test_fraction):
+        table = np.loadtxt(directory / f"{site}.csv", delimiter=",", dtype=np.float32)
+        return SiteData(Dataset("heart_disease_csv_test", table[:2, :2], table[:2, 2].astype(np.int32),
+                                table[2:, :2], table[2:, 2].astype(np.int32), num_classes=2,
+                                site_names=("north", "south")), 0, site)
+
+    try:
+        fl.register_dataset("heart_disease_csv_test", sites=2)(lambda *, seed, test_fraction: None)
+        site = load_site("heart_disease_csv_test", "north", tmp_path, seed=0, test_fraction=None)
+        assert site.describe()["train_rows"] == 2 and site.describe()["label_counts"] == {"0": 1, "1": 1}
+        with pytest.raises(ConfigError, match="north, south"):
+            load_site("heart_disease_csv_test", "east", tmp_path, seed=0, test_fraction=None)
+    finally:
+        from fedlab.data import DATASETS
+        from fedlab.site_data import SITE_LOADERS
+
+        SITE_LOADERS._entries.pop("heart_disease_csv_test", None)
+        DATASETS._entries.pop("heart_disease_csv_test", None)
+
+
+def test_a_site_refuses_randomness_the_driver_knows():
+    from fedlab.site_service import Site, SiteRefusal
+
+    site = Site("heart_disease", "cleveland", DATA)  # no --reproducible
+    for changes in ({"dp": "example", "noise_multiplier": 1.0, "clip_norm": 1.0},
+                    {"secure_aggregation": True, "secure_protocol": "ckks"}):
+        with pytest.raises(SiteRefusal, match="noise_source='seeded' .* the driver knows .* --reproducible"):
+            site._config({"config": BASE.replace(**changes).to_json()})
+        site._config({"config": BASE.replace(noise_source="unseeded", **changes).to_json()})  # fresh randomness
+    site._config({"config": BASE.replace(dp="fixed", noise_multiplier=0.5).to_json()})  # central noise: the driver's
+    with pytest.raises(SiteRefusal, match="holds 'heart_disease' data"):
+        site._config({"config": BASE.replace(dataset="fed_tcga_brca", num_clients=6, clients_per_round=6).to_json()})
+
+
+def test_a_sites_protocol_role_answers_each_stage_once_in_order_and_above_the_threshold():
+    from fedlab import secagg
+    from fedlab.site_service import Site, SiteRefusal, _Role
+
+    site = Site("heart_disease", "cleveland", DATA)
+    setup = secagg.make_setup([0, 1, 2, 3], 5, 10, "secagg", 0)
+    clients = {u: secagg.new_client(u, np.arange(5, dtype=np.uint64), setup) for u in range(4)}
+    keys = {u: c.advertise_keys() for u, c in clients.items()}
+    role = _Role(clients[0], setup)
+    site._roles[("run", 1)] = role
+    header = {"run": "run", "round": 1}
+    with pytest.raises(SiteRefusal, match="out of order"):
+        site.masked_input(header, {})
+    with pytest.raises(SiteRefusal, match="not those of this site's neighbours"):
+        site.share_keys(header, {"channel/0": np.zeros(32, np.uint8), "mask/0": np.zeros(32, np.uint8)})
+    role.stage = 0
+    from fedlab import wire
+
+    mail = {**wire.pack_bytes({v: keys[v][0] for v in (1, 2, 3)}, "channel"),
+            **wire.pack_bytes({v: keys[v][1] for v in (1, 2, 3)}, "mask")}
+    site.share_keys(header, mail)
+    with pytest.raises(SiteRefusal, match="out of order"):
+        site.share_keys(header, mail)  # each stage once
+    with pytest.raises(SiteRefusal, match="1 neighbours' shares, the threshold is 3"):
+        site.masked_input(header, wire.pack_bytes({1: b"x"}, "mail"))  # would leave its input nearly unmasked
