@@ -40,7 +40,7 @@ browser:
 	  else echo "*** /usr/bin/chromium missing and not root: the browser test will be skipped ***"; fi; \
 	fi
 
-# The browser and notebook tests RUNS times in a row from a clean clone of HEAD (tools/soak.py): passes, failures,
+# The browser, notebook and site-process tests RUNS times in a row from a clean clone of HEAD (tools/soak.py): passes, failures,
 # stalls; LOAD busy processes beside them stand for the rest of the suite.
 RUNS ?= 5
 LOAD ?= 1

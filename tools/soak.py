@@ -1,9 +1,10 @@
-"""The soak: the browser and notebook tests N times in a row from one clean clone; passes, failures, stalls.
+"""The soak: the browser, notebook and site-process tests N times in a row from one clean clone; passes,
+failures, stalls.
 
 A suite that passes once is evidence, not proof: an intermittent hang shows only when the same tests run
 again and again. This clones the checkout's committed HEAD beside it (``../soak-clone``, so that ../shared
 resolves as in CI), builds its environment once (``make env browser``), then runs
-``pytest tests/test_browser.py tests/test_notebooks.py`` ``--runs`` times. While they run, ``--load`` busy
+``pytest tests/test_browser.py tests/test_notebooks.py tests/test_sites.py`` ``--runs`` times. While they run, ``--load`` busy
 processes keep the other cores as busy as the rest of the suite keeps CI's second pytest worker. A failure whose
 message says a test stalled (its watchdog or the browser test's stall detection fired) counts as a stall; its
 report of every thread's stack is in the clone's build/test-artifacts/stalls/.
@@ -24,7 +25,7 @@ import time
 import xml.etree.ElementTree as ET
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_browser.py", "tests/test_notebooks.py"]
+TESTS = ["tests/test_browser.py", "tests/test_notebooks.py", "tests/test_sites.py"]  # the sites: processes
 STALL_WORDS = ("stalled", "still ran after", "did not finish within")
 
 
