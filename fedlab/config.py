@@ -243,15 +243,13 @@ class ExperimentConfig:
             if self.attacker_fraction > 0:
                 raise ConfigError("attacker_fraction", "must be 0 with dp='example': attackers train attack_boost "
                                                        "times longer than the accounting of each site assumes")
-        if self.user_level_dp and not algorithm.unweighted:
-            raise ConfigError("algorithm", f"with dp={self.dp!r} must be one that takes an unweighted aggregator "
-                                           f"({', '.join(_unweighted())}), got {self.algorithm!r}")
+        if self.user_level_dp:
+            self._check_unweighted(algorithm, f"dp={self.dp!r}")
         if self.user_level_dp and (self.quantization_bits or self.secure_aggregation):
             raise ConfigError("quantization_bits" if self.quantization_bits else "secure_aggregation",
                               "cannot be combined with dp here: TFF 0.87's DP factory owns the sum")
-        if self.secure_aggregation and not algorithm.unweighted:
-            raise ConfigError("algorithm", f"with secure_aggregation must be one that takes an unweighted "
-                                           f"aggregator ({', '.join(_unweighted())}), got {self.algorithm!r}")
+        if self.secure_aggregation:
+            self._check_unweighted(algorithm, "secure_aggregation")
         if self.secure_aggregation and self.quantization_bits == 1:
             raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
         if self.secure_protocol != "none":
@@ -452,6 +450,16 @@ class ExperimentConfig:
         if why is not None:
             raise ConfigError(*why)
 
+    def _check_unweighted(self, algorithm: Algorithm, what: str) -> None:
+        """An unweighted aggregator (user-level DP's, a secure sum's) must fit the algorithm (:func:`takes_unweighted`)."""
+        if takes_unweighted(algorithm, self.freeze_layers):
+            return
+        if takes_unweighted(algorithm):
+            raise ConfigError("freeze_layers", f"must be 0 with {what} and {self.algorithm}: with frozen layers it runs "
+                                               "TFF's Keras-model builder, which takes a weighted aggregator only")
+        raise ConfigError("algorithm", f"with {what} must be one that takes an unweighted aggregator "
+                                       f"({', '.join(_unweighted())}), got {self.algorithm!r}")
+
     def _check_protocol(self, algorithm: Algorithm) -> None:
         """A secure protocol sums b-bit integers (CKKS: encrypted floats) between fedlab's compiled-loop clients
         and its server."""
@@ -592,5 +600,17 @@ def _buffered() -> list[str]:
     return [e.name for e in ALGORITHMS.entries() if _steps_on_buffers(e.component)]
 
 
+def takes_unweighted(algorithm, freeze_layers: int = 0) -> bool:
+    """Whether an unweighted aggregator (user-level DP's, a secure sum's) fits the algorithm: registered so
+    (TFF's unweighted builders), or its round is fedlab's compiled client loop (an ``on_arrays`` builder made by
+    :func:`fedlab.algorithms.on_arrays`, which passes the aggregator on) with a plain mean of the updates, which
+    then weighs every client alike (:func:`fedlab.array_training.build_array_process`), as DP-FedAvg does.
+    Not an algorithm with per-client state or Python between training and aggregation, FedNova's normalised
+    weights or q-FFL's own, nor TFF's Keras path (frozen layers)."""
+    compiled_mean = (getattr(algorithm.on_arrays, "takes_round_builders", False) and freeze_layers == 0
+                     and not (algorithm.in_driver or algorithm.normalized or algorithm.own_weighting))
+    return algorithm.unweighted or compiled_mean
+
+
 def _unweighted() -> list[str]:
-    return [e.name for e in ALGORITHMS.entries() if e.component.unweighted]
+    return [e.name for e in ALGORITHMS.entries() if takes_unweighted(e.component)]

@@ -234,7 +234,7 @@ class SecureRoundProcess:
     def metric_leaf_specs(self) -> list[tuple]:
         return metric_leaf_specs(self._jobs[2])
 
-    def train_metrics(self, leaves: Sequence[tuple]):
+    def metrics_of(self, leaves: Sequence[tuple]):
         """The finalized training metrics of clients whose unfinalized metrics are ``leaves``."""
         return finalize_metric_leaves(self._jobs[1], self._jobs[2], leaves)
 

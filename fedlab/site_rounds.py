@@ -180,7 +180,7 @@ class SiteSecureProcess(SecureRoundProcess):
                                                           "graph_seed": int(graph_seed)}, weights, self.length)
         call_all(lambda party: party.start(), list(parties.values()))
         trained = [p.metrics for p in parties.values() if p.metrics is not None]
-        train_metrics = self.train_metrics(trained) if trained else self.metrics_without_sum(state, [])
+        train_metrics = self.metrics_of(trained) if trained else self.metrics_without_sum(state, [])
         try:
             result, _ = secagg.run_parties(setup, parties)
         except secagg.SecAggAborted as stopped:
@@ -190,7 +190,7 @@ class SiteSecureProcess(SecureRoundProcess):
 
     def metrics_without_sum(self, state, client_data: list):
         """No site trained: NaN in every training metric, without calling a site."""
-        return nan_metrics(self.train_metrics([tuple(np.zeros(s, d) for s, d in self.metric_leaf_specs())]))
+        return nan_metrics(self.metrics_of([tuple(np.zeros(s, d) for s, d in self.metric_leaf_specs())]))
 
 
 class SiteHomomorphicProcess(HomomorphicRoundProcess):

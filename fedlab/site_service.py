@@ -67,11 +67,15 @@ class _Role:
     def __init__(self, client, setup) -> None:
         self.client, self.setup, self.stage = client, setup, 0
 
-    def advance(self, stage: str) -> None:
-        wanted = self.STAGES.index(stage)
-        if wanted != self.stage + 1:
+    def expect(self, stage: str) -> None:
+        """Refuses ``stage`` unless it is the next one."""
+        if self.STAGES.index(stage) != self.stage + 1:
             raise SiteRefusal(f"{stage}: out of order (this round is at {self.STAGES[self.stage]})")
-        self.stage = wanted
+
+    def advance(self, stage: str) -> None:
+        """Moves on to ``stage``, once its message has been checked."""
+        self.expect(stage)
+        self.stage = self.STAGES.index(stage)
 
 
 class Site:
@@ -168,7 +172,16 @@ class Site:
                                                     [inputs])[0]
         return config, process, update, weight, leaves
 
+    def _expect_protocol(self, header: dict, *protocols: str) -> None:
+        """Refuses a call that does not fit the run's secure protocol: an update leaves only as the run's
+        protocol sends it (in the clear only without secure aggregation)."""
+        config = self._config(header)
+        protocol = config.secure_protocol if config.secure_aggregation else None
+        if protocol not in protocols:
+            raise SiteRefusal(f"this run's updates leave as {protocol or 'plain updates'}, not by this call")
+
     def train(self, header: dict, arrays: dict):
+        self._expect_protocol(header, None)
         _, _, update, weight, leaves = self._trained(header, arrays)
         return {"weight": float(weight)}, {**wire.pack_list(update, "update"), **wire.pack_list(leaves, "metrics")}
 
@@ -192,6 +205,7 @@ class Site:
         participant the round's schedule drops, makes its keys only."""
         from .processes import get_site_process
 
+        self._expect_protocol(header, "secagg", "secaggplus")
         config = self._config(header)
         spec, inputs = self._inputs(config, header)
         process = get_site_process(config, spec)
@@ -201,7 +215,7 @@ class Site:
         setup = secagg.make_setup([int(u) for u in header["participants"]], process.length, protocol.modulus_bits,
                                   protocol.protocol, int(header["graph_seed"]))
         role = _Role(secagg.new_client(int(header["client"]), vector, setup), setup)  # vector None: drops out
-        channel_pk, mask_pk = role.client.advertise_keys()
+        channel_pk, mask_pk = role.client.advertise_keys()  # stage 0, advertise_keys
         self._remember(self._roles, (header["run"], int(header["round"])), role)
         return {"seconds": role.client.seconds}, {"channel_pk": np.frombuffer(channel_pk, np.uint8),
                                                   "mask_pk": np.frombuffer(mask_pk, np.uint8),
@@ -214,11 +228,12 @@ class Site:
             table.popitem(last=False)
 
     def _role(self, header: dict, stage: str) -> "_Role":
-        """The open protocol round's client role, moved on to ``stage`` (each stage once, in order)."""
+        """The open protocol round's client role, if ``stage`` is its next (each stage once, in order; the caller
+        checks the message, then advances)."""
         role = self._roles.get((header.get("run"), int(header.get("round", -1))))
         if role is None:
             raise SiteRefusal("no protocol round of that run is open at this site (restarted since?)")
-        role.advance(stage)
+        role.expect(stage)
         return role
 
     def share_keys(self, header: dict, arrays: dict):
@@ -226,6 +241,7 @@ class Site:
         channel, mask = wire.unpack_bytes(arrays, "channel"), wire.unpack_bytes(arrays, "mask")
         if set(channel) != set(mask) or not set(channel) <= role.setup.graph[role.client.id]:
             raise SiteRefusal("ShareKeys: the keys are not those of this site's neighbours")
+        role.advance("share_keys")
         before = role.client.seconds
         ciphertexts = role.client.share_keys({v: (channel[v], mask[v]) for v in channel})
         return {"seconds": role.client.seconds - before}, wire.pack_bytes(ciphertexts, "cipher")
@@ -233,8 +249,11 @@ class Site:
     def masked_input(self, header: dict, arrays: dict):
         role = self._role(header, "masked_input")
         inbox = wire.unpack_bytes(arrays, "mail")
+        if not set(inbox) <= role.setup.graph[role.client.id]:
+            raise SiteRefusal("MaskedInput: shares from clients that are not this site's neighbours")
         if len(inbox) + 1 < role.setup.threshold:  # fewer would leave this site's input all but unmasked
             raise SiteRefusal(f"MaskedInput: {len(inbox)} neighbours' shares, the threshold is {role.setup.threshold}")
+        role.advance("masked_input")
         before = role.client.seconds
         y = role.client.masked_input(inbox)
         return {"seconds": role.client.seconds - before}, {"y": y}
@@ -246,6 +265,7 @@ class Site:
         if len(alive) < role.setup.threshold:
             raise SiteRefusal(f"Unmask: {len(alive)} of this site's group survive, the threshold is "
                               f"{role.setup.threshold}")
+        role.advance("unmask")
         before = role.client.seconds
         b_shares, s_shares = role.client.unmask(survivors)
         self._roles.pop((header["run"], int(header["round"])), None)
@@ -263,6 +283,7 @@ class Site:
         """Trains, then encrypts the update with the sites' secret context; the randomness is the OS's, or, for a
         run with seeded noise at a ``--reproducible`` site, the simulation's seed (from the config, not the call)."""
         secret = self._secret()
+        self._expect_protocol(header, "ckks")
         config, process, update, weight, leaves = self._trained(header, arrays)
         vector, answer, chunks = process.flatten(update), {"weight": float(weight)}, []
         largest = process.beyond_range(vector)
@@ -328,7 +349,7 @@ def start(site: Site, port: int, host: str = DEFAULT_HOST, tls: Optional[WorkerT
     import grpc
 
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fedlab-site"),
-                         options=GRPC_OPTIONS)
+                         options=GRPC_OPTIONS + [("grpc.so_reuseport", 0)])  # never share the port
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE, {name: _rpc(name, fn, site) for name, fn in site.handlers().items()}),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -197,7 +197,7 @@ def refusal(config: ExperimentConfig) -> Optional[tuple[str, str]]:
               ("attacker_fraction", config.attacker_fraction > 0, "attacks are simulated, not run by hospitals"),
               ("async_concurrency", config.async_concurrency > 0, "FedBuff runs in simulation"),
               ("secure_aggregation", config.secure_aggregation and config.secure_protocol == "none",
-               "the simulated secure sum hides nothing across processes: give secure_protocol='secagg' or 'secagg+'")]
+               "the simulated secure sum hides nothing across processes: give secure_protocol='secagg' or 'secaggplus'")]
     for field, refused, why in checks:
         if refused:
             return field, f"cannot be used with sites: {why}"
@@ -206,7 +206,7 @@ def refusal(config: ExperimentConfig) -> Optional[tuple[str, str]]:
 
 def runs_at_sites(entry) -> bool:
     """Whether an algorithm's round is the sites' training, then the driver's aggregation and server step."""
-    return entry.on_arrays is not None and not (entry.in_driver or entry.normalized)
+    return getattr(entry.on_arrays, "takes_round_builders", False) and not (entry.in_driver or entry.normalized)
 
 
 def config_task(config: ExperimentConfig) -> str:

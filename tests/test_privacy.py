@@ -72,8 +72,14 @@ def test_bad_privacy_parameters(kwargs, field):
 
 
 def test_dp_config_validation():
-    with pytest.raises(ConfigError, match="algorithm"):
-        ExperimentConfig(dp="fixed", algorithm="fedprox")
+    for algorithm in ("scaffold", "fednova", "qffl", "ditto", "fedper"):  # state, normalised or own weights
+        with pytest.raises(ConfigError, match="must be one that takes an unweighted aggregator") as err:
+            ExperimentConfig(dp="fixed", algorithm=algorithm)
+        assert err.value.field == "algorithm" and "fedprox" in str(err.value)
+    with pytest.raises(ConfigError, match="Keras-model builder") as err:  # frozen layers: TFF's weighted builder
+        ExperimentConfig(dp="fixed", algorithm="fedsgd", model="2nn", freeze_layers=1)
+    assert err.value.field == "freeze_layers"
+    ExperimentConfig(dp="fixed", algorithm="fedprox")  # fedlab's compiled loop with a plain mean
     with pytest.raises(ConfigError, match="target_quantile"):
         ExperimentConfig(dp="adaptive", target_quantile=1.0)
     assert ExperimentConfig(num_clients=100).effective_delta == pytest.approx(100 ** -1.1)
@@ -245,3 +251,23 @@ def test_audit_summary_refuses_a_table_without_a_column_it_needs():
         privacy.audit_summary(runs.assign(calibrated_attack_auc=[0.52, 0.60]))
     with pytest.raises(ValueError, match="^table: has no audit columns"):
         privacy.audit_summary(runs.drop(columns=[c for c in runs if c.startswith("attack_")]))
+
+
+@pytest.mark.slow
+def test_dp_fedprox_without_noise_or_clipping_is_fedprox_weighing_clients_alike():
+    # clients of unequal sizes, every client every round (q = 1), a clip no update reaches, no noise: the DP mean
+    # is sum / K, FedProx's uniform mean, not its examples-weighted one
+    base = ExperimentConfig(dataset="digits", partition="quantity", num_clients=4, clients_per_round=4, rounds=3,
+                            algorithm="fedprox", mu=0.1, batch_size=16)
+    private = run_experiment(base.replace(dp="fixed", noise_multiplier=0.0, clip_norm=1e6), progress=False)
+    uniform = run_experiment(base.replace(client_weighting="uniform"), progress=False)
+    weighted = run_experiment(base, progress=False)
+    for column in ("train_loss", "eval_loss", "eval_accuracy"):
+        np.testing.assert_allclose(private[column], uniform[column], rtol=0, atol=1e-6, err_msg=column)
+    assert not np.allclose(private.eval_loss, weighted.eval_loss, rtol=0, atol=1e-6)  # the weighting shows
+    # the noise reaches the model, and the accounting is the Gaussian mechanism's on the clipped sum
+    noisy = base.replace(dp="fixed", noise_multiplier=1.0, clip_norm=1.0, delta=1e-5)
+    fedprox = run_experiment(noisy, progress=False)
+    assert not np.allclose(fedprox.eval_loss, run_experiment(noisy.replace(noise_multiplier=0.0),
+                                                             progress=False).eval_loss)
+    assert fedprox.epsilon.iloc[-1] == pytest.approx(accounting.epsilon(1.0, 1.0, 3, 1e-5))

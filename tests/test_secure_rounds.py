@@ -27,6 +27,17 @@ def test_a_protocol_round_gives_the_numbers_of_the_simulated_secure_sum():
     assert (protocol.secagg_bytes_per_client > 0).all()
 
 
+@pytest.mark.parametrize("algorithm", ["fedprox", "fedsgd"])
+def test_the_protocol_sums_other_compiled_loop_algorithms_as_the_simulated_secure_sum(algorithm):
+    # FedProx and FedSGD run fedlab's compiled loop with a plain mean: the protocol's unweighted mean fits them
+    config = BASE.replace(algorithm=algorithm)
+    simulated = fl.run_experiment(config, progress=False)
+    protocol = fl.run_experiment(config.replace(secure_protocol="secagg"), progress=False)
+    assert weights_equal(simulated, protocol)
+    np.testing.assert_array_equal(simulated.eval_loss, protocol.eval_loss)
+    assert (protocol.secagg_included == 4).all()
+
+
 def test_dropouts_after_the_key_exchange_are_recovered():
     # a quarter of the selected clients go offline mid-round: they took part in the key exchange, sent nothing
     config = BASE.replace(num_clients=20, clients_per_round=8, rounds=3, dropout_rate=0.25, systems_seed=3)

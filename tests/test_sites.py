@@ -85,12 +85,12 @@ def test_sites_give_the_simulations_numbers(sites, changes, monkeypatch):
 def no_client_work_in_the_driver(monkeypatch):
     """Every client computation of the split, secure and CKKS rounds packs its clients' inputs first: in the
     driver that must never happen (it holds no inputs; it would train or encode a client itself)."""
-    from fedlab import homomorphic_rounds, secure_rounds, split_rounds
+    from fedlab import array_training, homomorphic_rounds, secure_rounds, split_rounds
 
     def never(*args, **kwargs):
         raise AssertionError("the driver packed client inputs: it trained or encoded a client itself")
 
-    for module in (split_rounds, secure_rounds, homomorphic_rounds):
+    for module in (array_training, split_rounds, secure_rounds, homomorphic_rounds):
         monkeypatch.setattr(module, "pack_clients", never)
 
 
@@ -166,10 +166,12 @@ def test_a_site_killed_mid_run_stops_it_and_the_restarted_site_resumes(sites, tm
         if row["round"] == 2:
             sites.kill("hungarian")
 
-    with pytest.raises(SiteLostError, match=r"site 'hungarian' .* stopped answering.*round 3.*holds rounds 1-2"):
-        run_experiment(config, sites=sites.addresses, checkpoint_dir=tmp_path, progress=False,
-                       callback=kill_after_round_2)
-    sites.restart("hungarian")
+    try:
+        with pytest.raises(SiteLostError, match=r"site 'hungarian' .* stopped answering.*round 3.*holds rounds 1-2"):
+            run_experiment(config, sites=sites.addresses, checkpoint_dir=tmp_path, progress=False,
+                           callback=kill_after_round_2)
+    finally:
+        sites.restart("hungarian")
     resumed = run_experiment(config, sites=sites.addresses, checkpoint_dir=tmp_path, progress=False)
     assert_same_numbers(run_experiment(config, progress=False), resumed)
 
@@ -324,13 +326,35 @@ def test_a_sites_protocol_role_answers_each_stage_once_in_order_and_above_the_th
         site.masked_input(header, {})
     with pytest.raises(SiteRefusal, match="not those of this site's neighbours"):
         site.share_keys(header, {"channel/0": np.zeros(32, np.uint8), "mask/0": np.zeros(32, np.uint8)})
-    role.stage = 0
     from fedlab import wire
 
     mail = {**wire.pack_bytes({v: keys[v][0] for v in (1, 2, 3)}, "channel"),
             **wire.pack_bytes({v: keys[v][1] for v in (1, 2, 3)}, "mask")}
-    site.share_keys(header, mail)
+    site.share_keys(header, mail)  # the refused ShareKeys above did not use up the stage
     with pytest.raises(SiteRefusal, match="out of order"):
         site.share_keys(header, mail)  # each stage once
     with pytest.raises(SiteRefusal, match="1 neighbours' shares, the threshold is 3"):
         site.masked_input(header, wire.pack_bytes({1: b"x"}, "mail"))  # would leave its input nearly unmasked
+    with pytest.raises(SiteRefusal, match="out of order"):
+        site.unmask({**header, "survivors": [1, 2, 3]}, {})  # the refused MaskedInput did not move the round on
+    role.stage = 2  # as if its masked input had gone: too few survivors to unmask
+    with pytest.raises(SiteRefusal, match="Unmask: 2 of this site's group survive, the threshold is 3"):
+        site.unmask({**header, "survivors": [1]}, {})
+
+
+def test_a_site_decrypts_a_mean_once_for_a_round_it_sent_an_update_in_and_of_two_or_more(tmp_path):
+    from fedlab import ckks, wire
+    from fedlab.site_service import Site, SiteRefusal
+
+    secret, _ = ckks.make_keys()
+    site = Site("heart_disease", "cleveland", DATA, ckks_secret=secret)
+    total = wire.pack_bytes(dict(enumerate(ckks.encrypt(np.arange(4.0), secret))), "ct")
+    header = {"run": "r", "round": 1, "length": 4, "included": 2}
+    with pytest.raises(SiteRefusal, match="no round of that run is waiting"):
+        site.decrypt(header, total)  # it sent no update in that round
+    site._encrypted[("r", 1)] = False  # as HomomorphicTrain leaves it
+    with pytest.raises(SiteRefusal, match="fewer than 2 clients"):
+        site.decrypt({**header, "included": 1}, total)
+    np.testing.assert_allclose(site.decrypt(header, total)[1]["mean"], np.arange(4.0), atol=1e-3)
+    with pytest.raises(SiteRefusal, match="no round of that run is waiting"):
+        site.decrypt(header, total)  # once
