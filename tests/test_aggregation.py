@@ -82,7 +82,7 @@ def test_attackers_and_poisoned_labels():
     ({"dp": "fixed", "secure_aggregation": True}, "secure_aggregation"),
     ({"dp": "fixed", "quantization_bits": 8}, "quantization_bits"),
     ({"quantization_bits": 17}, "quantization_bits"),
-    ({"secure_aggregation": True, "algorithm": "fedprox"}, "algorithm"),
+    ({"secure_aggregation": True, "algorithm": "scaffold"}, "algorithm"),
     ({"model": "2nn", "freeze_layers": 3}, "freeze_layers"),
     ({"attacker_fraction": 1.0}, "attacker_fraction"),
 ])
