@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import traceback
+import weakref
 from typing import Callable, Optional
 
 import numpy as np
@@ -89,6 +90,7 @@ class Site:
         self.records = load_site(dataset, name, directory, seed=0, test_fraction=None)  # fails here, in one line
         self._roles: "collections.OrderedDict[tuple, _Role]" = collections.OrderedDict()  # SecAgg, per (run, round)
         self._encrypted: "collections.OrderedDict[tuple, bool]" = collections.OrderedDict()  # CKKS: decrypted yet?
+        self._templates: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # process -> its ModelWeights
         # Every call runs on this one thread: TFF's context stack and the graphs Keras models are made in are
         # per thread, and a model made on one thread fails on another once TFF has built a computation.
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedlab-site-tff")
@@ -146,11 +148,14 @@ class Site:
                                int(header["round"]), client)
         return spec, planned_inputs(inputs, int(header["steps"]))
 
-    @staticmethod
-    def _weights(process, arrays: dict):
+    def _weights(self, process, arrays: dict):
+        """The model the call carries, in the containers ``process`` takes (their types found once per process:
+        ``initialize`` runs a TFF computation)."""
         from .runtime import tff
 
-        template = process.get_model_weights(process.initialize())
+        template = self._templates.get(process)
+        if template is None:
+            template = self._templates[process] = process.get_model_weights(process.initialize())
         return tff().learning.models.ModelWeights(
             trainable=type(template.trainable)(wire.unpack_list(arrays, "trainable")),
             non_trainable=type(template.non_trainable)(wire.unpack_list(arrays, "non_trainable")))
@@ -160,29 +165,28 @@ class Site:
         site = self._data(self._config(header)) if "config" in header else self.records
         return site.describe(), {}
 
-    def _trained(self, header: dict, arrays: dict) -> tuple:
-        """(config, process, update, weight, unfinalized metrics leaves) of this site's client for the call's
-        round, trained from the model the call carries."""
+    def _trained(self, config: ExperimentConfig, header: dict, arrays: dict) -> tuple:
+        """(process, update, weight, unfinalized metrics leaves) of this site's client for the call's round,
+        trained from the model the call carries."""
         from .processes import get_site_process
 
-        config = self._config(header)
         spec, inputs = self._inputs(config, header)
         process = get_site_process(config, spec)
         update, weight, leaves = process.train_jobs(self._weights(process, arrays), header["learning_rate"],
                                                     [inputs])[0]
-        return config, process, update, weight, leaves
+        return process, update, weight, leaves
 
-    def _expect_protocol(self, header: dict, *protocols: str) -> None:
-        """Refuses a call that does not fit the run's secure protocol: an update leaves only as the run's
-        protocol sends it (in the clear only without secure aggregation)."""
+    def _config_of(self, header: dict, *protocols: Optional[str]) -> ExperimentConfig:
+        """The call's config (:meth:`_config`), refused when the call does not fit the run's secure protocol: an
+        update leaves only as the run's protocol sends it (in the clear only without secure aggregation)."""
         config = self._config(header)
         protocol = config.secure_protocol if config.secure_aggregation else None
         if protocol not in protocols:
             raise SiteRefusal(f"this run's updates leave as {protocol or 'plain updates'}, not by this call")
+        return config
 
     def train(self, header: dict, arrays: dict):
-        self._expect_protocol(header, None)
-        _, _, update, weight, leaves = self._trained(header, arrays)
+        _, update, weight, leaves = self._trained(self._config_of(header, None), header, arrays)
         return {"weight": float(weight)}, {**wire.pack_list(update, "update"), **wire.pack_list(leaves, "metrics")}
 
     def evaluate(self, header: dict, arrays: dict):
@@ -205,8 +209,7 @@ class Site:
         participant the round's schedule drops, makes its keys only."""
         from .processes import get_site_process
 
-        self._expect_protocol(header, "secagg", "secaggplus")
-        config = self._config(header)
+        config = self._config_of(header, "secagg", "secaggplus")
         spec, inputs = self._inputs(config, header)
         process = get_site_process(config, spec)
         vector, leaves = (process.encode_jobs(self._weights(process, arrays), header["learning_rate"],
@@ -283,8 +286,8 @@ class Site:
         """Trains, then encrypts the update with the sites' secret context; the randomness is the OS's, or, for a
         run with seeded noise at a ``--reproducible`` site, the simulation's seed (from the config, not the call)."""
         secret = self._secret()
-        self._expect_protocol(header, "ckks")
-        config, process, update, weight, leaves = self._trained(header, arrays)
+        config = self._config_of(header, "ckks")
+        process, update, weight, leaves = self._trained(config, header, arrays)
         vector, answer, chunks = process.flatten(update), {"weight": float(weight)}, []
         largest = process.beyond_range(vector)
         if weight > 0 and largest is not None:
