@@ -562,12 +562,7 @@ class LocalWorkers:
 
     def kill(self, index: int) -> None:
         """Stops worker ``index`` abruptly (SIGKILL to the worker binary too): a crashed machine."""
-        process = self.processes[index]
-        for pid in runtime.descendants(process.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        process.kill()
-        process.wait()
+        runtime.kill_tree(self.processes[index])
 
     def restart(self, index: int, timeout: float = 60.0) -> None:
         port = self.ports[index]

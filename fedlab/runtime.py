@@ -458,6 +458,16 @@ def stop_local_workers() -> None:
 STOP_GRACE_S = 2.0
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL to ``process`` and every process under it (a TFF worker it started), then reaps it: a machine that
+    crashed."""
+    for pid in descendants(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.kill()
+    process.wait()
+
+
 def stop_child(pid: int) -> None:
     """SIGINT to a child, then SIGKILL if it has not exited within :data:`STOP_GRACE_S`; returns once it has
     exited (or another :data:`STOP_GRACE_S` has passed); it is not reaped.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
-import contextlib
 import ipaddress
 import json
 import os
@@ -468,13 +467,7 @@ class LocalSites:
 
     def kill(self, name: str) -> None:
         """Stops site ``name`` abruptly (SIGKILL, its TFF worker too): a hospital's machine that crashed."""
-
-        process = self.processes[name]
-        for pid in runtime.descendants(process.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        process.kill()
-        process.wait()
+        runtime.kill_tree(self.processes[name])
 
     def restart(self, name: str, timeout: float = 120.0) -> None:
         """Starts site ``name`` again on its port (after :meth:`kill`)."""

@@ -358,3 +358,25 @@ def test_a_site_decrypts_a_mean_once_for_a_round_it_sent_an_update_in_and_of_two
     np.testing.assert_allclose(site.decrypt(header, total)[1]["mean"], np.arange(4.0), atol=1e-3)
     with pytest.raises(SiteRefusal, match="no round of that run is waiting"):
         site.decrypt(header, total)  # once
+
+
+def test_a_message_carries_numbers_and_text_only_and_a_damaged_one_is_one_line():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedlab import wire
+
+    arrays = {"w/0": np.arange(6, dtype=np.float32).reshape(2, 3).T, "scalar": np.float32(2.5),
+              "bytes": np.frombuffer(b"key", np.uint8)}
+    message = wire.encode({"round": 3}, arrays)
+    # decoded from many threads at once (a driver reading its sites' answers): no AST parsing to trip on
+    with ThreadPoolExecutor(8) as pool:
+        for header, got in pool.map(wire.decode, [message] * 200):
+            assert header == {"round": 3} and set(got) == set(arrays)
+            for name, array in arrays.items():
+                np.testing.assert_array_equal(got[name], array)
+                assert got[name].shape == np.shape(array) and got[name].dtype == array.dtype
+    for damaged in (b"", message[:-1], message + b"x", b"XXXX" + message[4:]):
+        with pytest.raises(wire.MessageError, match="^not a fedlab message"):
+            wire.decode(damaged)
+    with pytest.raises(ValueError, match="not a number type"):
+        wire.encode({}, {"code": np.array([object()])})
