@@ -25,7 +25,9 @@ under the value a config names it by: ``dp="fixed"``/``"adaptive"`` (role
   encrypts float updates; the server takes their weighted mean on ciphertexts
   without the key (:mod:`fedlab.ckks`, :mod:`fedlab.homomorphic_rounds`).
 * **Compression**: uniform quantisation of each tensor to b bits between its
-  min and max (``EncodedSumFactory.quantize_above_threshold``), weighted mean.
+  min and max (``EncodedSumFactory.quantize_above_threshold``), weighted mean;
+  with a median, a trimmed mean or Krum, the server decodes each client's
+  quantised update and takes the statistic of them.
 * **Robustness**: ``clipping_factory`` (L2-clip every update to C) or
   ``zeroing_factory`` (drop any update whose norm exceeds C).
 
@@ -148,13 +150,26 @@ def warn_if_updates_vanish(config, spec) -> None:
 
 @register_aggregator("fixed", role="dp", paper="McMahan et al. 2018, arXiv:1710.06963")
 def dp_fixed(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5, *,
-             seeded: bool = True):
-    """User-level DP mean: clip each update to C, add Gaussian noise z*C to the sum, divide by the expected K."""
+             seeded: bool = True, record_sum=None):
+    """User-level DP mean: clip each update to C, add Gaussian noise z*C to the sum, divide by the expected K.
+
+    ``record_sum``: the factory that sums the clipped updates (TFF's secure sum: :func:`secure_record_sum`);
+    the server adds the noise to the sum it returns.
+    """
     if seeded:
         return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
-                               clip=clip_norm)
-    return tff().aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-        noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round), clip=float(clip_norm))
+                               clip=clip_norm, record_sum=record_sum)
+    if record_sum is None:
+        return tff().aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+            noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
+            clip=float(clip_norm))
+    import tensorflow_privacy as tfp
+
+    # what gaussian_fixed builds, with the clipped records summed by record_sum
+    query = tfp.NormalizedQuery(tfp.GaussianSumQuery(l2_norm_clip=float(clip_norm),
+                                                     stddev=float(clip_norm) * float(noise_multiplier)),
+                                denominator=float(clients_per_round))
+    return tff().aggregators.DifferentiallyPrivateFactory(query, record_aggregation_factory=record_sum)
 
 
 @register_aggregator("adaptive", role="dp", paper="Andrew et al. 2021, arXiv:1905.03871")
@@ -176,16 +191,56 @@ def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: fl
 
 
 def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: float, clip_norm: float,
-                  target_quantile: float = 0.5, seeded: bool = True):
+                  target_quantile: float = 0.5, seeded: bool = True, record_sum=None):
     """The DP aggregator registered as ``mode`` ("fixed", "adaptive", or a user's).
 
     ``seeded``: noise from the run's noise seed and the round (:mod:`fedlab.seeded`); False: TFF's own
-    factory, whose noise is fresh and unpredictable every run.
+    factory, whose noise is fresh and unpredictable every run. ``record_sum``: a secure sum of the clipped
+    updates under the noise (``fixed`` only).
     """
     entry = AGGREGATORS[mode]
     if entry.role != "dp":
         raise ValueError(f"dp: must be one of {', '.join(names('dp'))}; got {mode!r}")
+    if record_sum is not None:
+        return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded,
+                           record_sum=record_sum)
     return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded)
+
+
+def secure_record_sum(config):
+    """TFF's secure sum of updates already L2-clipped to C: the b-bit discretised modular sum, or, with b = 0, the
+    32-bit secure sum of coordinates clipped to [-C, C] (what :func:`secure_aggregator` averages)."""
+    agg = tff().aggregators
+    if config.quantization_bits:
+        from tensorflow_federated.python.aggregators.discretization import DiscretizationFactory
+
+        return DiscretizationFactory(
+            agg.SecureModularSumFactory(secure_modulus(config.quantization_bits, cohort_size(config)),
+                                        symmetric_range=True),
+            scale_factor=(2 ** (config.quantization_bits - 1) - 1) / config.clip_norm)
+    return agg.SecureSumFactory(upper_bound_threshold=float(config.clip_norm),
+                                lower_bound_threshold=-float(config.clip_norm))
+
+
+def dp_sensitivity(config, num_weights: int) -> float:
+    """The L2 sensitivity of user-level DP's sum: clip_norm, plus, under a secure sum, its rounding.
+
+    A secure sum adds each client's update rounded coordinate by coordinate: b bits round to the nearest
+    multiple of C / (2^(b-1) - 1) (``DiscretizationFactory``, deterministic), 32 bits to the nearest of
+    2C / (2^32 - 1) (``secure_quantized_sum``), each coordinate off by at most half a step. One client added or
+    removed therefore moves the sum by at most C + sqrt(d) * step / 2 for a model of d weights; the Gaussian
+    noise z * C is then z * C / that of the sensitivity (:func:`accounting_noise_multiplier`).
+    """
+    clip = float(config.clip_norm)
+    if not (config.user_level_dp and config.secure_aggregation):
+        return clip
+    step = clip / (2 ** (config.quantization_bits - 1) - 1) if config.quantization_bits else 2 * clip / (2 ** 32 - 1)
+    return clip + math.sqrt(num_weights) * step / 2
+
+
+def accounting_noise_multiplier(config, num_weights: int) -> float:
+    """The noise multiplier the privacy accounting uses: the config's z, relative to :func:`dp_sensitivity`."""
+    return float(config.noise_multiplier) * float(config.clip_norm) / dp_sensitivity(config, num_weights)
 
 
 @register_aggregator("secure", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
@@ -193,19 +248,9 @@ def secure_aggregator(config):
     """The server learns only the sum: b-bit discretised modular sum after L2 clipping, or 32-bit secure sum."""
     agg = tff().aggregators
     count = agg.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)
-    if config.quantization_bits:
-        from tensorflow_federated.python.aggregators.discretization import DiscretizationFactory
-
-        value = DiscretizationFactory(
-            agg.SecureModularSumFactory(secure_modulus(config.quantization_bits, cohort_size(config)),
-                                        symmetric_range=True),
-            scale_factor=(2 ** (config.quantization_bits - 1) - 1) / config.clip_norm)
-        # Discretisation needs every coordinate in [-C, C]: L2-clipping to C guarantees it.
-        return agg.clipping_factory(config.clip_norm,
-                                    agg.UnweightedMeanFactory(value_sum_factory=value, count_sum_factory=count))
-    value = agg.SecureSumFactory(upper_bound_threshold=float(config.clip_norm),
-                                 lower_bound_threshold=-float(config.clip_norm))
-    return agg.UnweightedMeanFactory(value_sum_factory=value, count_sum_factory=count)
+    mean = agg.UnweightedMeanFactory(value_sum_factory=secure_record_sum(config), count_sum_factory=count)
+    # Discretisation needs every coordinate in [-C, C]: L2-clipping to C guarantees it.
+    return agg.clipping_factory(config.clip_norm, mean) if config.quantization_bits else mean
 
 
 @register_aggregator("secagg", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
@@ -315,9 +360,11 @@ def builders_in_use(config) -> list[AggregatorBuilder]:
 def make_aggregator(config):
     """The ``tff.aggregators`` factory for ``config`` (None: TFF's default weighted mean)."""
     if config.user_level_dp:
+        # under a secure sum the server sees only the sum of the clipped updates, and adds the noise to it
         factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
                                 clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
-                                target_quantile=config.target_quantile, seeded=config.noise_source == "seeded")
+                                target_quantile=config.target_quantile, seeded=config.noise_source == "seeded",
+                                record_sum=secure_record_sum(config) if config.secure_aggregation else None)
     elif config.secure_aggregation and config.secure_protocol != "none":
         return AGGREGATORS[config.secure_protocol].build(config)  # clipped by its clients' encoding
     elif config.secure_aggregation:
@@ -328,6 +375,12 @@ def make_aggregator(config):
         factory = tff().aggregators.MeanFactory()
     else:
         return None
+    if config.robust != "none" and AGGREGATORS[config.robust].replaces_mean and config.quantization_bits:
+        # compressed updates (no secure sum: config refuses that): each client quantises, the server decodes every
+        # update and takes the statistic of them
+        statistic = robust_aggregator(config.robust, config.clip_norm, None, fraction=config.robust_fraction,
+                                      clients_per_round=cohort_size(config))
+        return seeded_quantizing(config.quantization_bits, statistic, fresh=config.noise_source != "seeded")
     # Secure b-bit sums already L2-clip to C; clipping again would change nothing.
     if config.robust != "none" and not (config.robust == "clip" and config.secure_aggregation
                                         and config.quantization_bits):
@@ -345,7 +398,8 @@ def aggregator_key(config) -> tuple:
     """What the aggregator depends on; part of the process-cache key."""
     if config.user_level_dp:
         return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
-                config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source)
+                config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source,
+                (config.quantization_bits, cohort_size(config)) if config.secure_aggregation else None)
     return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
             config.noise_source if (config.quantization_bits and not config.secure_aggregation)
             or config.secure_protocol == "ckks" else None,

@@ -7,7 +7,7 @@ An algorithm is a builder registered with :func:`register_algorithm`::
         return ...  # a tff.learning.templates.LearningProcess
 
 ``model`` is what TFF's builders take (a functional model, or a Keras-model
-function when layers are frozen); ``params`` an instance of the algorithm's
+function when layers are frozen and the algorithm has no compiled loop); ``params`` an instance of the algorithm's
 frozen :class:`AlgorithmParams` dataclass, whose fields (declared with
 :func:`hparam`) validate themselves and become config fields, command-line
 options, sweep axes and history columns. ``model_aggregator`` is where
@@ -21,6 +21,7 @@ fedlab's own algorithms below are registered through the same decorator.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Optional
 
 from .fedprox import build_weighted_fed_prox
@@ -113,12 +114,11 @@ class Algorithm:
     ``server_lr``: the server learning rate when a config leaves it unset;
     ``unweighted``: accepts an unweighted aggregator (user-level DP, secure
     aggregation); ``full_batch``: each client takes one full-batch gradient
-    step (FedSGD); ``functional_only``: needs TFF's functional model, so
-    frozen layers (Keras-model path) are refused. ``on_arrays``: optionally,
+    step (FedSGD). ``on_arrays``: optionally,
     a second builder of the same algorithm whose clients train on their
     arrays in one compiled loop (:mod:`fedlab.array_training`), taking also
     ``client_weighting`` and ``example_dp`` (record-level DP-SGD, as ``(z, C)``
-    or None); fedlab uses it whenever the model is functional. ``normalized``:
+    or None); fedlab uses it whenever there is one, frozen layers too. ``normalized``:
     FedNova's normalised averaging: each round's client inputs carry tau_eff
     (:func:`fedlab.array_training.with_tau_eff`). ``own_weighting``: the algorithm weights the clients'
     updates itself (q-FFL), so ``client_weighting`` must stay at its default. ``in_driver``: part of its
@@ -135,7 +135,6 @@ class Algorithm:
     server_lr: float = 1.0
     unweighted: bool = False
     full_batch: bool = False
-    functional_only: bool = False
     on_arrays: Optional[Callable[..., Any]] = None
     normalized: bool = False
     own_weighting: bool = False
@@ -169,7 +168,7 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm", "algorithm")
 
 
 def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[str] = None, server_lr: float = 1.0,
-                       unweighted: bool = False, full_batch: bool = False, functional_only: bool = False,
+                       unweighted: bool = False, full_batch: bool = False, functional_only: Optional[bool] = None,
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
                        own_weighting: bool = False, in_driver: bool = False, personal: bool = False,
                        record_dp_gap: str = "", replace: bool = False):
@@ -177,7 +176,12 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
     own hyperparameters (their names must not clash with config fields).
+    ``functional_only`` is accepted for algorithms registered before frozen
+    layers ran on functional models; it has no effect and warns.
     """
+    if functional_only is not None:
+        warnings.warn("register_algorithm: functional_only has no effect (frozen layers run on functional models "
+                      "now); leave it out", DeprecationWarning, stacklevel=2)
     if not (isinstance(params, type) and issubclass(params, AlgorithmParams) and dataclasses.is_dataclass(params)):
         raise TypeError(f"params: must be a dataclass subclassing fedlab.AlgorithmParams, got {params!r}")
     from_fields = {f.name for f in dataclasses.fields(params)}
@@ -189,7 +193,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
     except ConfigError as err:
         raise ValueError(f"params: the defaults of {params.__name__} are invalid ({err})") from None
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
-                                                               full_batch, functional_only, on_arrays, normalized,
+                                                               full_batch, on_arrays, normalized,
                                                                own_weighting, in_driver, personal,
                                                                record_dp_gap),
                      paper=paper, replace=replace)
@@ -276,11 +280,11 @@ def on_arrays(server_optimizer: Callable[[float, Any], Any], *, proximal: Option
 
 def compiled_loop_only(name: str, doc: str):
     """The ``build`` of an algorithm that exists only on fedlab's compiled client loop (its ``on_arrays``): TFF's
-    stock client work cannot express it, so a config that would need it (frozen layers) is refused in one line."""
+    stock client work cannot express it, and fedlab always builds it with its ``on_arrays`` builder."""
 
     def build(model, *, client_lr: float, server_lr: float = 1.0, params: Any = None, model_aggregator: Any = None):
-        raise ConfigError("algorithm", f"{name} runs only on fedlab's compiled client loop (a functional model, "
-                                       "no frozen layers)")
+        raise ConfigError("algorithm", f"{name} runs only on fedlab's compiled client loop (its "
+                                       "on_arrays builder)")
 
     build.__doc__ = doc
     build.__module__ = __name__
@@ -326,7 +330,7 @@ def build_fedsgd(model, *, client_lr: float, server_lr: float = 1.0, params: Any
 
 
 @register_algorithm("fedprox", params=FedProxParams, paper="Li et al. 2020, arXiv:1812.06127",
-                    functional_only=True, on_arrays=on_arrays(lambda lr, p: sgd(lr), proximal="mu"))
+                    on_arrays=on_arrays(lambda lr, p: sgd(lr), proximal="mu"))
 def build_fedprox(model, *, client_lr: float, server_lr: float = 1.0, params: FedProxParams = FedProxParams(),
                   model_aggregator: Any = None):
     """FedProx: clients minimise local loss + mu/2 ||w - w_server||^2.
@@ -337,7 +341,7 @@ def build_fedprox(model, *, client_lr: float, server_lr: float = 1.0, params: Fe
                                    server_optimizer_fn=sgd(server_lr), model_aggregator=model_aggregator)
 
 
-register_algorithm("fednova", paper="Wang et al. 2020, arXiv:2007.07481", functional_only=True, normalized=True,
+register_algorithm("fednova", paper="Wang et al. 2020, arXiv:2007.07481", normalized=True,
                    on_arrays=on_arrays(lambda lr, p: sgd(lr), normalized=True))(compiled_loop_only("fednova", """\
 FedNova with local SGD: each update divided by its local steps tau_i, the weighted mean scaled by tau_eff.
 
@@ -345,7 +349,7 @@ Only on fedlab's compiled client loop (:func:`fedlab.array_training.build_client
 client work cannot see the round's tau_eff. Clients that did more steps (a faster device, more data,
 a longer deadline) no longer pull the model towards their own optimum."""))
 
-register_algorithm("scaffold", paper="Karimireddy et al. 2020, ICML, arXiv:1910.06378", functional_only=True,
+register_algorithm("scaffold", paper="Karimireddy et al. 2020, ICML, arXiv:1910.06378",
                    in_driver=True, on_arrays=build_scaffold_on_arrays)(compiled_loop_only("scaffold", """\
 SCAFFOLD: client and server control variates correct each local step for the client's drift.
 
@@ -359,7 +363,7 @@ class FedPerParams(AlgorithmParams):
 
 
 register_algorithm("fedper", params=FedPerParams, paper="Arivazhagan et al. 2019, arXiv:1912.00818",
-                   functional_only=True, in_driver=True, personal=True,
+                   in_driver=True, personal=True,
                    on_arrays=build_fedper_on_arrays)(compiled_loop_only("fedper", """\
 FedPer: FedAvg on a shared body; the last personal_layers layers stay on each client (personalisation).
 
@@ -374,7 +378,7 @@ class DittoParams(AlgorithmParams):
 
 
 register_algorithm("ditto", params=DittoParams, paper="Li et al. 2021, ICML, arXiv:2012.04221",
-                   functional_only=True, in_driver=True, personal=True,
+                   in_driver=True, personal=True,
                    record_dp_gap="each client's own model trains on its records a second time, without DP-SGD, "
                                  "and its scores are released",
                    on_arrays=build_ditto_on_arrays)(compiled_loop_only("ditto", """\
@@ -390,7 +394,7 @@ class QFFLParams(AlgorithmParams):
 
 
 register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
-                   functional_only=True, own_weighting=True, in_driver=True,
+                   own_weighting=True, in_driver=True,
                    record_dp_gap="each update is weighted by the client's exact training loss, which DP-SGD does "
                                  "not noise",
                    on_arrays=build_qffl_on_arrays)(compiled_loop_only(

@@ -15,6 +15,7 @@ JSON and history columns they appear as plain fields.
 
 from __future__ import annotations
 
+import math
 import dataclasses
 import hashlib
 import json
@@ -229,9 +230,9 @@ class ExperimentConfig:
             raise ConfigError("noise_multiplier", "has no effect without dp; set dp to "
                                                   f"{' or '.join(aggregator_names('dp'))}, or leave it at 0")
         if self.dp == RECORD_LEVEL:
-            if algorithm.on_arrays is None or algorithm.full_batch or self.freeze_layers:
-                reason = ("it takes one full-batch gradient" if algorithm.full_batch else "it has frozen layers"
-                          if self.freeze_layers else "it has no compiled client loop (on_arrays)")
+            if algorithm.on_arrays is None or algorithm.full_batch:
+                reason = ("it takes one full-batch gradient" if algorithm.full_batch
+                          else "it has no compiled client loop (on_arrays)")
                 raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
                                         f"{self.algorithm}: {reason}")
             if algorithm.record_dp_gap:
@@ -240,14 +241,23 @@ class ExperimentConfig:
             if self.batch_size == 0:
                 raise ConfigError("batch_size", "must be > 0 with dp='example': DP-SGD samples batches of that "
                                                 "expected size")
-            if self.attacker_fraction > 0:
-                raise ConfigError("attacker_fraction", "must be 0 with dp='example': attackers train attack_boost "
-                                                       "times longer than the accounting of each site assumes")
+            if math.ceil(self.attacker_fraction * self.num_clients - 1e-9) >= self.num_clients:
+                raise ConfigError("attacker_fraction", f"must leave an honest client with dp='example' (the "
+                                                       f"guarantee is theirs), got {self.attacker_fraction:g} of "
+                                                       f"{self.num_clients}")
         if self.user_level_dp:
             self._check_unweighted(algorithm, f"dp={self.dp!r}")
-        if self.user_level_dp and (self.quantization_bits or self.secure_aggregation):
-            raise ConfigError("quantization_bits" if self.quantization_bits else "secure_aggregation",
-                              "cannot be combined with dp here: TFF 0.87's DP factory owns the sum")
+        if self.user_level_dp and self.secure_aggregation:
+            if self.secure_protocol != "none":
+                raise ConfigError("secure_protocol", f"must be 'none' with dp={self.dp!r} for now: the server's noise "
+                                                     "is added to TFF's secure sum, not yet to a protocol's")
+            if self.dp != "fixed":
+                raise ConfigError("dp", f"must be 'fixed' with secure_aggregation, got {self.dp!r}: the secure sum "
+                                        "rounds to a fixed range set by clip_norm, which an adaptive clip would leave")
+        elif self.user_level_dp and self.quantization_bits:
+            raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: compressing the clipped updates "
+                                                   "changes their norm, which the noise is calibrated to (a secure "
+                                                   "sum's rounding is accounted for: secure_aggregation=True)")
         if self.secure_aggregation:
             self._check_unweighted(algorithm, "secure_aggregation")
         if self.secure_aggregation and self.quantization_bits == 1:
@@ -266,18 +276,20 @@ class ExperimentConfig:
         if model.weight_layers is not None and self.freeze_layers >= model.weight_layers:
             raise ConfigError("freeze_layers", f"must be below {model.weight_layers} for model {self.model!r} "
                                                "(something must stay trainable)")
-        if self.freeze_layers and algorithm.functional_only:
-            raise ConfigError("freeze_layers", f"must be 0 with {self.algorithm} (it needs TFF's functional model, "
-                                               "which TFF 0.87 cannot build with frozen layers)")
+        if personal is not None and model.weight_layers is not None and personal + self.freeze_layers >= \
+                model.weight_layers:
+            raise ConfigError("freeze_layers", f"must be below {model.weight_layers - personal} with "
+                                               f"personal_layers={personal} for model {self.model!r} (the clients "
+                                               "must share a trainable layer)")
         if algorithm.full_batch and self.local_epochs != 1:
             raise ConfigError("local_epochs", f"must be 1 for {self.algorithm} (one full-batch gradient per client)")
         if self.carry_epochs and self.local_steps is None:
             raise ConfigError("carry_epochs", "needs local_steps: only a fixed number of batches per round can carry "
                                               "on where the last round stopped")
-        if self.client_weighting != "examples" and (algorithm.on_arrays is None or self.freeze_layers):
+        if self.client_weighting != "examples" and algorithm.on_arrays is None:
             raise ConfigError("client_weighting", f"{self.client_weighting!r} needs fedlab's compiled client loop, "
-                                                  f"which {self.algorithm}{' with frozen layers' if self.freeze_layers else ''}"
-                                                  " does not use; only 'examples' (TFF's weighting) is possible")
+                                                  f"which {self.algorithm} does not use; only 'examples' (TFF's "
+                                                  "weighting) is possible")
         if algorithm.in_driver and self.workers:
             raise ConfigError("workers", f"cannot be combined with algorithm {self.algorithm!r}: part of its round "
                                          "runs in this process, between two TFF computations")
@@ -354,9 +366,6 @@ class ExperimentConfig:
         if algorithm.personal:
             raise ConfigError("finetune_epochs", f"must be 0 with {self.algorithm}: its clients keep models of "
                                                  "their own, which per-client evaluation scores")
-        if self.freeze_layers:
-            raise ConfigError("finetune_epochs", "must be 0 with frozen layers: fine-tuning runs fedlab's compiled "
-                                                 "loop, which needs TFF's functional model")
 
     def _check_task(self, algorithm: Algorithm, data) -> None:
         """What a data set's task rules out: a loss that couples a batch's records has no per-record gradient for
@@ -382,14 +391,13 @@ class ExperimentConfig:
                                          "scores or builds classifiers only")
 
     def _check_robust(self) -> None:
-        """Median and Krum need every update as it is: secure sums, DP noise and compression hide them."""
+        """Median and Krum need every update: secure sums and DP noise hide them (compressed ones are decoded)."""
         if self.robust_fraction != 0.2 and not uses_fraction(self):
             raise ConfigError("robust_fraction", f"has no effect with robust={self.robust!r}; it is for "
                                                  "trimmed_mean, krum and multikrum")
         if self.robust == "none" or not AGGREGATORS[self.robust].replaces_mean:
             return
-        hiding = ("secure_aggregation" if self.secure_aggregation else "dp" if self.user_level_dp
-                  else "quantization_bits" if self.quantization_bits else None)
+        hiding = "secure_aggregation" if self.secure_aggregation else "dp" if self.user_level_dp else None
         if hiding is not None:
             raise ConfigError("robust", f"{self.robust!r} needs each client's update as it is, which {hiding} "
                                         "hides; use robust='clip' or 'zeroing' with it")
@@ -401,13 +409,12 @@ class ExperimentConfig:
             raise ConfigError("attack_boost", f"must be 1 with attack={self.attack!r}, which it does not change")
         if attack.kind != "update" or self.attacker_fraction == 0:
             return
-        if algorithm.on_arrays is None or self.freeze_layers:
-            reason = "it has frozen layers" if self.freeze_layers else f"{self.algorithm} has no compiled client loop"
-            raise ConfigError("attack", f"{self.attack!r} forges updates after fedlab's compiled client loop, and "
-                                        f"{reason}; use attack='label_flip'")
-        if self.secure_protocol != "none":
-            raise ConfigError("secure_protocol", f"cannot be combined with attack={self.attack!r}: both split the "
-                                                 "round in this process")
+        if algorithm.on_arrays is None:
+            raise ConfigError("attack", f"{self.attack!r} forges updates after fedlab's compiled client loop, which "
+                                        f"{self.algorithm} does not have; use attack='label_flip'")
+        if self.secure_protocol == "ckks":
+            raise ConfigError("secure_protocol", f"cannot be 'ckks' with attack={self.attack!r} yet: CKKS's round "
+                                                 "is not split where the attackers forge their updates")
         if self.workers:
             raise ConfigError("workers", f"cannot be combined with attack={self.attack!r}: the attackers forge "
                                          "their updates in this process")
@@ -426,8 +433,6 @@ class ExperimentConfig:
             why = ("algorithm", f"must be one whose clients train in fedlab's compiled loop and whose server "
                                 f"applies an optimizer to the mean update ({', '.join(_buffered())}), got "
                                 f"{self.algorithm!r}")
-        elif self.freeze_layers:
-            why = ("freeze_layers", "must be 0: a model with frozen layers has no compiled client loop")
         elif self.user_level_dp:
             why = ("dp", f"cannot be {self.dp!r}: user-level DP's accounting assumes Poisson-sampled synchronous "
                          "rounds, and an asynchronous client joins when it is free")
@@ -452,11 +457,8 @@ class ExperimentConfig:
 
     def _check_unweighted(self, algorithm: Algorithm, what: str) -> None:
         """An unweighted aggregator (user-level DP's, a secure sum's) must fit the algorithm (:func:`takes_unweighted`)."""
-        if takes_unweighted(algorithm, self.freeze_layers):
-            return
         if takes_unweighted(algorithm):
-            raise ConfigError("freeze_layers", f"must be 0 with {what} and {self.algorithm}: with frozen layers it runs "
-                                               "TFF's Keras-model builder, which takes a weighted aggregator only")
+            return
         raise ConfigError("algorithm", f"with {what} must be one that takes an unweighted aggregator "
                                        f"({', '.join(_unweighted())}), got {self.algorithm!r}")
 
@@ -475,13 +477,21 @@ class ExperimentConfig:
         if self.clients_per_round < 2:
             raise ConfigError("clients_per_round", f"must be 2 or more with secure_protocol={self.secure_protocol!r} "
                                                    "(the sum of one client's update is that update)")
-        if algorithm.on_arrays is None or self.freeze_layers:
-            reason = "it has frozen layers" if self.freeze_layers else f"{self.algorithm} has no compiled client loop"
-            raise ConfigError("secure_protocol", f"needs fedlab's compiled client loop, and {reason}; "
-                                                 "use secure_protocol='none'")
+        if algorithm.on_arrays is None:
+            raise ConfigError("secure_protocol", f"needs fedlab's compiled client loop, which {self.algorithm} does "
+                                                 "not have; use secure_protocol='none'")
+        if algorithm.in_driver and (ckks or not algorithm.personal):
+            why = ("CKKS's round is not split where the clients' own models are kept" if ckks else
+                   "its server reads each client's update between the clients and the server, which the protocol "
+                   "hides")
+            raise ConfigError("secure_protocol", f"cannot be combined with {self.algorithm} yet: {why}")
         if ckks and self.robust != "none":
             raise ConfigError("robust", "must be none with secure_protocol='ckks': the server sees only ciphertexts "
                                         "and its clients do not clip")
+        if self.robust != "none" and AGGREGATORS[self.robust].replaces_mean:
+            raise ConfigError("robust", f"{self.robust!r} needs each client's update as it is, which "
+                                        f"secure_protocol={self.secure_protocol!r} hides (the server learns only "
+                                        "the sum); use robust='clip' with it")
         if self.robust not in ("none", "clip"):
             raise ConfigError("robust", f"must be none or clip with secure_protocol={self.secure_protocol!r} "
                                         "(the protocol's clients already L2-clip to clip_norm)")
@@ -600,15 +610,19 @@ def _buffered() -> list[str]:
     return [e.name for e in ALGORITHMS.entries() if _steps_on_buffers(e.component)]
 
 
-def takes_unweighted(algorithm, freeze_layers: int = 0) -> bool:
+def takes_unweighted(algorithm) -> bool:
     """Whether an unweighted aggregator (user-level DP's, a secure sum's) fits the algorithm: registered so
     (TFF's unweighted builders), or its round is fedlab's compiled client loop (an ``on_arrays`` builder made by
     :func:`fedlab.algorithms.on_arrays`, which passes the aggregator on) with a plain mean of the updates, which
     then weighs every client alike (:func:`fedlab.array_training.build_array_process`), as DP-FedAvg does.
     Not an algorithm with per-client state or Python between training and aggregation, FedNova's normalised
-    weights or q-FFL's own, nor TFF's Keras path (frozen layers)."""
-    compiled_mean = (getattr(algorithm.on_arrays, "takes_round_builders", False) and freeze_layers == 0
-                     and not (algorithm.in_driver or algorithm.normalized or algorithm.own_weighting))
+    weights or q-FFL's own. A personalised algorithm (FedPer, Ditto) keeps only the clients' own models in
+    Python between training and aggregation, so its global update takes one: the DP guarantee and the secure sum
+    then cover the global model (FedPer's body), while each client's own model never leaves it."""
+    plain_mean = not (algorithm.normalized or algorithm.own_weighting)
+    compiled_mean = plain_mean and (
+        (getattr(algorithm.on_arrays, "takes_round_builders", False) and not algorithm.in_driver)
+        or (algorithm.on_arrays is not None and algorithm.personal))
     return algorithm.unweighted or compiled_mean
 
 

@@ -196,9 +196,18 @@ class ModelSpec:
         return self.task_entry.train_metrics(self.num_classes)
 
     def functional_model(self, seed: int = 0):
-        """The TFF functional model; faster in simulation than the Keras-model path."""
+        """The TFF functional model; faster in simulation than the Keras-model path.
+
+        With frozen layers, TFF 0.87's ``functional_model_from_keras`` mis-orders
+        the weights (it takes a frozen layer's variables for trainable ones), so
+        the model of every layer trainable is converted and wrapped
+        (:func:`_with_frozen_layers`): its weights are split as the Keras model
+        with frozen layers splits them, trainable then non-trainable.
+        """
         import tensorflow_federated as tff
 
+        if self.freeze_layers:
+            return _with_frozen_layers(self, seed)
         return tff.learning.models.functional_model_from_keras(
             self.build_keras(seed), self.loss(), self.input_spec(), self.metrics_constructor()
         )
@@ -210,11 +219,8 @@ class ModelSpec:
                 [int(np.prod(v.shape)) for v in model.non_trainable_variables])
 
     def tff_model(self, seed: int = 0):
-        """What TFF's builders take: the functional model, or, with frozen layers, a Keras-model function.
-
-        TFF 0.87's ``functional_model_from_keras`` mis-orders weights when a layer
-        is not trainable, so partial updates use the (slower) Keras-model path.
-        """
+        """What TFF's own builders take (algorithms without fedlab's compiled loop): the functional model, or,
+        with frozen layers, a Keras-model function (TFF's builders are not given fedlab's wrapped model)."""
         if self.freeze_layers == 0:
             return self.functional_model(seed)
         import tensorflow as tf
@@ -230,6 +236,56 @@ class ModelSpec:
 
     def num_parameters(self) -> int:
         return sum(self.tensor_sizes()[0])
+
+
+def _weight_paths(model, variables) -> list[tuple[int, int]]:
+    """(layer index, weight index) of each of ``variables`` in a Keras ``model``."""
+    where = {id(w): (i, k) for i, layer in enumerate(model.layers) for k, w in enumerate(layer.weights)}
+    return [where[id(v)] for v in variables]
+
+
+def _with_frozen_layers(spec: "ModelSpec", seed: int):
+    """``spec``'s functional model with its first ``freeze_layers`` weighted layers frozen.
+
+    TFF converts the model with every layer trainable (its weight order is then
+    right); this model's weights are ``(trainable, non_trainable)`` in the order
+    of the Keras model with the layers frozen (what TFF's Keras-model path and
+    ``ModelSpec.tensor_sizes`` give), and ``predict_on_batch`` puts them back in
+    the converted model's places. Loss and metrics are the converted model's.
+    """
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    whole = dataclasses.replace(spec, freeze_layers=0)
+    converted = whole.functional_model(seed)
+    keras_whole, keras_frozen = whole.build_keras(seed), spec.build_keras(seed)
+    slots = {path: ("t", i) for i, path in enumerate(_weight_paths(keras_whole, keras_whole.trainable_variables))}
+    slots.update({path: ("n", i) for i, path in
+                  enumerate(_weight_paths(keras_whole, keras_whole.non_trainable_variables))})
+    trainable_slots = [slots[p] for p in _weight_paths(keras_frozen, keras_frozen.trainable_variables)]
+    frozen_slots = [slots[p] for p in _weight_paths(keras_frozen, keras_frozen.non_trainable_variables)]
+    whole_weights = {"t": list(converted.initial_weights[0]), "n": list(converted.initial_weights[1])}
+    for kind, variables in (("t", keras_whole.trainable_variables), ("n", keras_whole.non_trainable_variables)):
+        # the same seed built both: equal values, in the same order, or the places below would be wrong
+        if len(whole_weights[kind]) != len(variables) or not all(
+                np.shape(w) == tuple(v.shape) and np.array_equal(w, v.numpy())
+                for w, v in zip(whole_weights[kind], variables)):
+            raise RuntimeError(f"model {spec.name!r}: TFF's converted weights are not in the Keras model's order")
+    counts = (len(whole_weights["t"]), len(whole_weights["n"]))
+    initial = (tuple(whole_weights[k][i] for k, i in trainable_slots),
+               tuple(whole_weights[k][i] for k, i in frozen_slots))
+
+    @tf.function
+    def predict_on_batch(model_weights, x, training=True):
+        places = {"t": [None] * counts[0], "n": [None] * counts[1]}
+        for (kind, i), w in zip(trainable_slots + frozen_slots, list(model_weights[0]) + list(model_weights[1])):
+            places[kind][i] = w
+        return converted.predict_on_batch((tuple(places["t"]), tuple(places["n"])), x, training)
+
+    metrics = (converted.initialize_metrics_state, converted.update_metrics_state, converted.finalize_metrics)
+    return tff.learning.models.FunctionalModel(initial_weights=initial, predict_on_batch_fn=predict_on_batch,
+                                               loss_fn=converted.loss, metrics_fns=metrics,
+                                               input_spec=converted.input_spec)
 
 
 def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[float, float]:

@@ -26,6 +26,13 @@ model v_k, from where it left it, for the same local steps on the same batches,
 on its loss plus lambda/2 ||v_k - w^t||^2, w^t the global model it received
 this round. Every v_k starts as the initial model. A second TFF computation in
 the split round trains the personal models (:class:`DittoProcess`).
+
+Both take an unweighted aggregator (user-level DP, TFF's secure sum) for what
+the server aggregates: FedPer's body (the zeroed head adds nothing to a clipped
+norm or a sum; DP noise lands on the server's head too, which no client uses),
+Ditto's global model. The guarantee covers that global model; each client's
+own head or model never leaves it and is outside it, as are the per-client
+scores of those own models.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import numpy as np
 
 from .array_training import client_training, client_updates_computation, pack_clients
 from .split_rounds import SplitRoundProcess, split_aggregator
+from .validation import ConfigError
 
 
 class PersonalLayersProcess(SplitRoundProcess):
@@ -82,6 +90,10 @@ def build_fedper(model, *, client_lr: float, server_lr: float, params=None, mode
     from .runtime import tff
 
     personal = 2 * int(params.personal_layers)  # each weight layer: kernel and bias
+    if personal >= len(model.initial_weights[0]):
+        raise ConfigError("personal_layers", f"must leave the clients a trainable layer to share: the model has "
+                                             f"{len(model.initial_weights[0]) // 2} trainable weight layers "
+                                             f"(frozen layers do not count), got {params.personal_layers}")
     optimizer = tff().learning.optimizers.build_sgdm(learning_rate=server_lr)
     training = client_training(model, client_lr=client_lr, server_optimizer=optimizer, weighting=client_weighting,
                                example_dp=example_dp, personal=personal)

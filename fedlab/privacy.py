@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from .accounting import epsilon
+from .aggregation import accounting_noise_multiplier
 from .clients import Clients, client_arrays_for, dataset_for, plan_size, spec_for
 from .config import RECORD_LEVEL
 from .evaluation import Evaluator, per_example_loss
@@ -36,15 +37,18 @@ def describe(config) -> str:
         return (f"<b>record-level epsilon = {worst.epsilon:.3g}</b> at delta = {config.effective_delta:.1e} per site "
                 f"after {config.rounds} rounds (worst site: {worst.site}, {int(worst.examples)} records, "
                 f"q = {worst.sampling_probability:.3g}, {int(worst.steps)} steps)")
-    eps = epsilon(config.noise_multiplier, config.sampling_probability, config.rounds, config.effective_delta,
-                  config.accountant)
+    # z relative to the sum's sensitivity (a secure sum's rounding adds to clip_norm: aggregation.dp_sensitivity)
+    z = (accounting_noise_multiplier(config, spec_for(config).num_parameters()) if config.secure_aggregation
+         else config.noise_multiplier)
+    eps = epsilon(z, config.sampling_probability, config.rounds, config.effective_delta, config.accountant)
     return (f"<b>epsilon = {eps:.3g}</b> at delta = {config.effective_delta:.1e} after {config.rounds} rounds "
             f"(q = {config.sampling_probability:.3g}, {config.accountant.upper()})")
 
 
 def site_epsilons(config):
     """Record-level DP (``dp="example"``): each site's records, sampling probability, DP-SGD steps and epsilon
-    after the config's rounds, at ``config.effective_delta`` per site."""
+    after the config's rounds, at ``config.effective_delta`` per site (NaN for an attacker: the adversary the
+    guarantee is held against, whose own records it does not cover)."""
     import pandas as pd
 
     if config.dp != RECORD_LEVEL:
@@ -53,6 +57,7 @@ def site_epsilons(config):
     clients = Clients.for_config(config, spec)
     scheduler = Scheduler(config, [len(x) for x in clients.x], spec.tensor_sizes(), clients.attackers)
     eps = record_level_site_epsilons(config, clients, at=[config.rounds], scheduler=scheduler)[-1]
+    eps[sorted(clients.attackers)] = np.nan  # attackers are the adversary: their own records have no guarantee
     used = scheduler.participation().sum(axis=0)  # the rounds whose update each site sent
     data = dataset_for(config)
     names = data.site_names if data.site_names is not None and len(data.site_names) == config.num_clients \

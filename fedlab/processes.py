@@ -32,7 +32,7 @@ from .split_rounds import UpdateAttackRounds
 
 def uses_arrays(config: ExperimentConfig, spec: ModelSpec) -> bool:
     """Whether the config's process trains clients on arrays in one compiled loop (:mod:`fedlab.array_training`)."""
-    return config.algorithm_entry.on_arrays is not None and spec.freeze_layers == 0
+    return config.algorithm_entry.on_arrays is not None
 
 
 def process_key(config: ExperimentConfig, spec: ModelSpec) -> tuple:
@@ -73,7 +73,7 @@ def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator
     """The learning process for ``config.algorithm`` with the config's hyperparameters and aggregator.
 
     ``on_arrays`` (None: whenever possible): the algorithm's compiled-loop
-    builder, which needs a functional model (no frozen layers); else TFF's
+    builder (a functional model, frozen layers too: :meth:`ModelSpec.functional_model`); else TFF's
     stock client work on datasets.
     """
     if model_aggregator is None:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .accounting import check_pld, epsilon_by_round, record_level_epsilons
-from .aggregation import builders_in_use, round_bytes, warn_if_updates_vanish
+from .aggregation import accounting_noise_multiplier, builders_in_use, round_bytes, warn_if_updates_vanish
 from .clients import Clients, attacker_config, dataset_for, finetune_inputs, plan_size, planned_inputs, spec_for
 from .config import RECORD_LEVEL, ExperimentConfig
 from .data import DATASETS
@@ -427,7 +427,9 @@ def _epsilons(config: ExperimentConfig, clients: Clients, scheduler: Scheduler) 
     """Epsilon after each round for a DP config (None without DP); PLD only at evaluated rounds.
 
     User-level: the Poisson-sampled Gaussian over rounds. Record-level: the
-    largest epsilon over the clients (:func:`record_level_site_epsilons`).
+    largest epsilon over the honest clients (:func:`record_level_site_epsilons`):
+    attackers are the adversary the guarantee is held against, and they may
+    train ``attack_boost`` times longer than DP-SGD's plan.
     """
     if config.dp == "none":
         return None
@@ -437,9 +439,12 @@ def _epsilons(config: ExperimentConfig, clients: Clients, scheduler: Scheduler) 
     if config.dp == RECORD_LEVEL:
         sites = record_level_site_epsilons(config, clients, at=at, scheduler=scheduler)
         computed = ~np.isnan(sites).all(axis=1)
+        sites[:, sorted(clients.attackers)] = np.nan
         return np.where(computed, np.where(np.isnan(sites), -np.inf, sites).max(axis=1), np.nan)
-    return epsilon_by_round(config.noise_multiplier, config.sampling_probability, config.rounds,
-                            config.effective_delta, config.accountant, at=at)
+    # z relative to the sum's sensitivity: clip_norm, plus a secure sum's rounding (aggregation.dp_sensitivity)
+    z = accounting_noise_multiplier(config, scheduler.num_weights)
+    return epsilon_by_round(z, config.sampling_probability, config.rounds, config.effective_delta, config.accountant,
+                            at=at)
 
 
 def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=None,

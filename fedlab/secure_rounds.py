@@ -84,8 +84,6 @@ class SecureRoundProcess:
     round_inputs = ("clients", "participants", "graph_seed")  # what the runner passes to next
 
     def __init__(self, protocol: ProtocolSum, training) -> None:
-        import tensorflow as tf
-
         t = tff()
         self.protocol = protocol
         self.data_type = training.data_type  # what a client's packed input is (pack_clients)
@@ -96,33 +94,10 @@ class SecureRoundProcess:
         finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
         metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
         self._shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
-        modulus, scale, clip = 2 ** protocol.modulus_bits, np.float32(protocol.scale), np.float32(protocol.clip_norm)
         update_type = weights_type.trainable
-        summed_type = t.types.tensorflow_to_type(
-            tuple(tf.TensorSpec(s, tf.int64) for s in self._shapes))
-
-        # clip and scale reach the graphs as inputs, as in TFF's factories: as constants, TensorFlow's optimizer
-        # would turn x / c into x * (1 / c), which rounds differently.
-        @t.tensorflow.computation(update_type, t.TensorType(np.float32), t.TensorType(np.float32))
-        def encode(update, clip, scale):
-            # TFF's clipping_factory (_clip_by_global_l2_norm), then DiscretizationFactory (deterministic rounding)
-            values = tf.nest.flatten(update)
-            norm = tf.math.sqrt(tf.reduce_sum(tf.stack([tf.cast(tf.norm(a, ord=2) ** 2, tf.float32)
-                                                         for a in values])))
-            values = tf.cond(tf.math.greater(norm, clip),
-                             lambda: [a / tf.cast(norm / clip, a.dtype) for a in values], lambda: values)
-            return tuple(tf.math.floormod(tf.cast(tf.cast(tf.round(tf.cast(a, tf.float32) * scale), tf.int32),
-                                                  tf.int64), modulus) for a in values)
-
-        # DiscretizationFactory's undiscretize, then UnweightedMeanFactory's division by the count, as two
-        # computations (in one, TensorFlow's optimizer may fold the two divisions into one).
-        @t.tensorflow.computation(summed_type, t.TensorType(np.float32))
-        def undiscretize(summed, scale):
-            return tuple(tf.cast(s, tf.float32) / scale for s in summed)
-
-        @t.tensorflow.computation(undiscretize.type_signature.result, t.TensorType(np.float32))
-        def divide(total, count):
-            return tuple(tf.math.divide(x, count) for x in total)
+        encode, undiscretize, divide = protocol_codec(protocol, update_type, self._shapes)
+        clip, scale = np.float32(protocol.clip_norm), np.float32(protocol.scale)
+        summed_type = undiscretize.type_signature.parameter[0]
 
         @t.federated_computation()
         def init_fn():
@@ -245,12 +220,56 @@ class SecureRoundProcess:
 
     def unflatten(self, total: np.ndarray) -> tuple:
         """The protocol's sum modulo R as signed integers in the shapes of the trainable tensors."""
-        modulus = 2 ** self.protocol.modulus_bits
-        signed = np.asarray(total, dtype=np.uint64).astype(np.int64)
-        signed = np.where(signed >= modulus // 2, signed - modulus, signed)
-        out, start = [], 0
-        for shape in self._shapes:
-            size = int(np.prod(shape, dtype=np.int64))
-            out.append(signed[start:start + size].reshape(shape))
-            start += size
-        return tuple(out)
+        return signed_sum(total, self.protocol.modulus_bits, self._shapes)
+
+
+def signed_sum(total: np.ndarray, modulus_bits: int, shapes: Sequence[tuple]) -> tuple:
+    """A protocol's sum modulo R = 2^modulus_bits as signed integers in ``shapes``."""
+    modulus = 2 ** modulus_bits
+    signed = np.asarray(total, dtype=np.uint64).astype(np.int64)
+    signed = np.where(signed >= modulus // 2, signed - modulus, signed)
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(signed[start:start + size].reshape(shape))
+        start += size
+    return tuple(out)
+
+
+def protocol_codec(protocol: ProtocolSum, update_type, shapes: Sequence[tuple]) -> tuple:
+    """TFF computations (encode, undiscretize, divide) of a protocol's clients and server.
+
+    ``encode(update, clip, scale)``: a client's update as ring elements, TFF's
+    ``clipping_factory`` then ``DiscretizationFactory`` (deterministic rounding)
+    operation for operation, modulo R; ``undiscretize(summed, scale)`` and
+    ``divide(total, count)``: the server's decoding of the sum and
+    ``UnweightedMeanFactory``'s division, as two computations (in one,
+    TensorFlow's optimizer may fold the two divisions into one). Clip and scale
+    are inputs, as in TFF's factories: as constants, TensorFlow's optimizer
+    would turn x / c into x * (1 / c), which rounds differently.
+    """
+    import tensorflow as tf
+
+    t = tff()
+    modulus = 2 ** protocol.modulus_bits
+    summed_type = t.types.tensorflow_to_type(tuple(tf.TensorSpec(s, tf.int64) for s in shapes))
+
+    @t.tensorflow.computation(update_type, t.TensorType(np.float32), t.TensorType(np.float32))
+    def encode(update, clip, scale):  # TFF's clipping_factory (_clip_by_global_l2_norm), then discretization
+        values = tf.nest.flatten(update)
+        norm = tf.math.sqrt(tf.reduce_sum(tf.stack([tf.cast(tf.norm(a, ord=2) ** 2, tf.float32)
+                                                     for a in values])))
+        values = tf.cond(tf.math.greater(norm, clip),
+                         lambda: [a / tf.cast(norm / clip, a.dtype) for a in values], lambda: values)
+        return tuple(tf.math.floormod(tf.cast(tf.cast(tf.round(tf.cast(a, tf.float32) * scale), tf.int32),
+                                              tf.int64), modulus) for a in values)
+
+    @t.tensorflow.computation(summed_type, t.TensorType(np.float32))
+    def undiscretize(summed, scale):
+        return tuple(tf.cast(s, tf.float32) / scale for s in summed)
+
+    @t.tensorflow.computation(undiscretize.type_signature.result, t.TensorType(np.float32))
+    def divide(total, count):
+        return tuple(tf.math.divide(x, count) for x in total)
+
+    return encode, undiscretize, divide

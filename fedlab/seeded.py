@@ -57,16 +57,26 @@ def _state_type(extra=None):
 
 
 def seeded_gaussian(*, noise_multiplier: float, clients_per_round: float, clip: float, adaptive: bool = False,
-                    target_quantile: float = 0.5, clipped_count_stddev=None):
-    """User-level DP mean with seeded Gaussian noise (fixed or adaptive clipping): an unweighted TFF factory."""
+                    target_quantile: float = 0.5, clipped_count_stddev=None, record_sum=None):
+    """User-level DP mean with seeded Gaussian noise (fixed or adaptive clipping): an unweighted TFF factory.
+
+    ``record_sum``: an unweighted factory that sums the clipped updates (a secure sum), the noise then added to
+    its result; fixed clipping only, and its state must not change between rounds (each round starts from its
+    initial state: a fixed scale, or none).
+    """
     return _gaussian_class()(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round, clip=clip,
                              adaptive=adaptive, target_quantile=target_quantile,
-                             clipped_count_stddev=clipped_count_stddev)
+                             clipped_count_stddev=clipped_count_stddev, record_sum=record_sum)
 
 
-def seeded_quantizing(bits: int):
-    """The weighted mean of updates quantised to ``bits`` with seeded stochastic rounding: a weighted TFF factory."""
-    return _quantizing_class()(bits)
+def seeded_quantizing(bits: int, inner=None, *, fresh: bool = False):
+    """The weighted mean of updates quantised to ``bits`` with seeded stochastic rounding: a weighted TFF factory.
+
+    ``inner``: an unweighted factory (a median, a trimmed mean, Krum) that takes the clients' quantised updates,
+    as the server decodes them, instead of the mean; ``fresh``: the rounding's randomness drawn anew every round
+    (``noise_source="unseeded"``), not from the run's noise seed.
+    """
+    return _quantizing_class()(bits, inner, fresh=fresh)
 
 
 # TFF's factory base classes are subclassed on first use: importing TFF takes 15 s.
@@ -83,7 +93,10 @@ def _gaussian_class():
     class _SeededGaussian(t.aggregators.UnweightedAggregationFactory):
         def __init__(self, *, noise_multiplier: float, clients_per_round: float, clip: float,
                      adaptive: bool = False, target_quantile: float = 0.5, learning_rate: float = 0.2,
-                     clipped_count_stddev: float | None = None):
+                     clipped_count_stddev: float | None = None, record_sum=None):
+            if adaptive and record_sum is not None:
+                raise ValueError("record_sum: a secure sum of the updates needs a fixed clip (adaptive=False)")
+            self.record_sum = record_sum
             self.noise_multiplier = float(noise_multiplier)
             self.clients_per_round = float(clients_per_round)
             self.clip = float(clip)
@@ -104,6 +117,7 @@ def _gaussian_class():
         def create(self, value_type):
             state_type = _state_type({"clip": t.TensorType(np.float32, [])})
             clip0 = self.clip
+            records = self.record_sum.create(value_type) if self.record_sum is not None else None
 
             @t.tensorflow.computation()
             def initial_state():
@@ -149,8 +163,9 @@ def _gaussian_class():
             def next_fn(state, value):
                 clip_at_clients = t.federated_broadcast(t.federated_map(_clip_of_state(state_type), state))
                 clipped, below = t.federated_map(clip_record, (value, clip_at_clients))
-                mean, new_state, clip = t.federated_map(
-                    noised_mean, (t.federated_sum(clipped), t.federated_sum(below), state))
+                total = (t.federated_sum(clipped) if records is None
+                         else records.next(records.initialize(), clipped).result)
+                mean, new_state, clip = t.federated_map(noised_mean, (total, t.federated_sum(below), state))
                 measurements = t.federated_zip(collections.OrderedDict(
                     dp_query_metrics=t.federated_zip(collections.OrderedDict(clip=clip))))
                 return t.templates.MeasuredProcessOutput(new_state, mean, measurements)
@@ -179,13 +194,15 @@ def _quantizing_class():
     t = tff()
 
     class _SeededQuantizing(t.aggregators.WeightedAggregationFactory):
-        def __init__(self, bits: int):
+        def __init__(self, bits: int, inner=None, *, fresh: bool = False):
             if not 1 <= int(bits) <= 16:
                 raise ValueError(f"quantization_bits: must be in 1..16, got {bits}")
-            self.bits = int(bits)
+            self.bits, self.inner, self.fresh = int(bits), inner, fresh
 
         def create(self, value_type, weight_type):
-            state_type = _state_type()
+            inner = self.inner.create(value_type) if self.inner is not None else None
+            state_type = _state_type({"inner": inner.initialize.type_signature.result.member}
+                                     if inner is not None else None)
             levels = float(2 ** self.bits - 1)
 
             @t.tensorflow.computation()
@@ -210,17 +227,30 @@ def _quantizing_class():
                     out.append(((floor + up) / levels * span + lo) * weight)
                 return tf.nest.pack_sequence_as(value, out), weight
 
+            @t.tensorflow.computation(value_type, t.TensorType(np.int64, [2]))
+            def decoded(value, seed):
+                """A client's update quantised, as the server decodes it (the weighted mean's rounding)."""
+                return quantize(value, tf.constant(1.0, tf.float32), seed)[0]
+
             @t.tensorflow.computation(value_type, weight_type)
             def divide(total, weight_total):
                 return tf.nest.map_structure(lambda v: tf.math.divide_no_nan(v, weight_total), total)
 
-            @t.tensorflow.computation(state_type)
+            fresh = self.fresh
+
+            @t.tensorflow.computation(_state_type())
             def round_seed(state):
+                if fresh:  # from the clock, as TFF's own rounding does (discretization, DP): nothing in the state
+                    return tf.stack([tf.cast(tf.timestamp() * 1e6, tf.int64), state["round"]])
                 return _fold(state[SEED_KEY], state["round"])
 
-            @t.tensorflow.computation(state_type)
+            @t.tensorflow.computation(_state_type())
             def advance(state):
                 return collections.OrderedDict([(SEED_KEY, state[SEED_KEY]), ("round", state["round"] + 1)])
+
+            if inner is not None:
+                return self._around(inner, state_type, initial_state, decoded, round_seed, advance, value_type,
+                                    weight_type)
 
             @t.federated_computation()
             def init_fn():
@@ -234,6 +264,40 @@ def _quantizing_class():
                 mean = t.federated_map(divide, (t.federated_sum(weighted), t.federated_sum(weights)))
                 return t.templates.MeasuredProcessOutput(t.federated_map(advance, state), mean,
                                                          t.federated_value((), t.SERVER))
+
+            return t.templates.AggregationProcess(init_fn, next_fn)
+
+        @staticmethod
+        def _around(inner, state_type, initial_state, decoded, round_seed, advance, value_type, weight_type):
+            """The process whose clients quantise their updates and whose server gives them, decoded, to
+            ``inner`` (the clients' weights are not used: a median or Krum weighs every update alike)."""
+
+            @t.tensorflow.computation(_state_type(), inner.initialize.type_signature.result.member)
+            def join(seeds, inner_state):
+                return collections.OrderedDict([(SEED_KEY, seeds[SEED_KEY]), ("round", seeds["round"]),
+                                                ("inner", inner_state)])
+
+            @t.tensorflow.computation(state_type)
+            def seeds_of(state):
+                return collections.OrderedDict([(SEED_KEY, state[SEED_KEY]), ("round", state["round"])])
+
+            @t.tensorflow.computation(state_type)
+            def inner_of(state):
+                return state["inner"]
+
+            @t.federated_computation()
+            def init_fn():
+                return t.federated_map(join, (t.federated_eval(initial_state, t.SERVER), inner.initialize()))
+
+            @t.federated_computation(init_fn.type_signature.result, t.FederatedType(value_type, t.CLIENTS),
+                                     t.FederatedType(weight_type, t.CLIENTS))
+            def next_fn(state, value, weight):
+                seeds = t.federated_map(seeds_of, state)
+                seed = t.federated_broadcast(t.federated_map(round_seed, seeds))
+                output = inner.next(t.federated_map(inner_of, state), t.federated_map(decoded, (value, seed)))
+                return t.templates.MeasuredProcessOutput(
+                    t.federated_map(join, (t.federated_map(advance, seeds), output.state)), output.result,
+                    output.measurements)
 
             return t.templates.AggregationProcess(init_fn, next_fn)
 

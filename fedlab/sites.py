@@ -188,7 +188,6 @@ def refusal(config: ExperimentConfig) -> Optional[tuple[str, str]]:
         return "algorithm", (f"{config.algorithm!r} cannot run on sites yet: sites train in the compiled client "
                              f"loop and keep no per-client state between rounds ({able} do)")
     checks = [("workers", bool(config.workers), "sites are the workers here"),
-              ("freeze_layers", config.freeze_layers > 0, "the compiled client loop trains every layer"),
               ("finetune_epochs", config.finetune_epochs > 0, "fine-tuning evaluation is not run at sites yet"),
               ("eval_per_client", config.eval_per_client, "per-site scores are reported as site_<metric>_<name>"),
               ("local_test_fraction", config.local_test_fraction > 0, "a site tests on its own test split"),

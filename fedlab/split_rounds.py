@@ -16,7 +16,13 @@ split there:
    (:meth:`SplitRoundProcess.between`);
 3. a second TFF computation runs the config's ``tff.aggregators`` factory
    (mean, clipping, median, Krum, DP ...) on them and applies the server
-   optimizer with TFF's finalizer.
+   optimizer with TFF's finalizer; or, when the aggregator is a secure
+   protocol (:class:`~fedlab.secure_rounds.ProtocolSum`), each update is
+   encoded as the protocol's clients encode it, SecAgg or SecAgg+ sums them in
+   Python (:mod:`fedlab.secagg`, dropouts included) and a second computation
+   decodes the sum and applies the finalizer (:meth:`SplitRoundProcess.protocol_step`).
+   So forged updates and the personalised algorithms' own models stack with
+   the protocol in one split round.
 
 Without a step in between, the numbers are those of the one-computation
 process (``tests/test_split_rounds.py``). The state is the same
@@ -29,14 +35,18 @@ from __future__ import annotations
 
 import collections
 import functools
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
+from . import secagg
 from .array_training import (client_updates_computation, finalize_metric_leaves, metric_leaf_specs, metric_leaves,
                              metrics_computation, pack_clients)
 from .attacks import ATTACKS
 from .runtime import tff
+from .secure_rounds import ProtocolSum, protocol_codec, signed_sum
+from .validation import FedlabWarning
 
 
 class SplitRoundProcess:
@@ -45,16 +55,19 @@ class SplitRoundProcess:
     ``next`` besides the state and the clients' data."""
 
     ATTACK_INPUTS = ("attackers", "attack_boost", "attack_rng")
+    PROTOCOL_INPUTS = ("participants", "graph_seed")
 
     def __init__(self, training, model_aggregator=None, attack: Optional[str] = None) -> None:
         t = tff()
         self.attack = ATTACKS[attack] if attack is not None else None
+        self.protocol = model_aggregator if isinstance(model_aggregator, ProtocolSum) else None
         self.data_type = training.data_type  # what a client's packed input is (pack_clients)
-        self.round_inputs = ("clients",) + (self.ATTACK_INPUTS if attack is not None else ())
+        self.round_inputs = (("clients",) + (self.ATTACK_INPUTS if attack is not None else ())
+                             + (self.PROTOCOL_INPUTS if self.protocol is not None else ()))
         templates = t.learning.templates
         self._state_class = templates.LearningAlgorithmState
         weights_type = training.weights_type
-        if model_aggregator is None:
+        if model_aggregator is None or self.protocol is not None:  # the protocol's sum replaces the aggregator
             model_aggregator = t.aggregators.MeanFactory()
         if isinstance(model_aggregator, t.aggregators.UnweightedAggregationFactory):
             model_aggregator = t.aggregators.as_weighted_aggregator(model_aggregator)
@@ -94,6 +107,31 @@ class SplitRoundProcess:
                     finalized.measurements)
 
         self._init_fn, self._clients_fn, self._server_fn = init_fn, clients_fn, server_fn
+        if self.protocol is not None:
+            self._protocol_fns = self._protocol_computations(weights_type, state_type.finalizer, finalizer)
+
+    def _protocol_computations(self, weights_type, finalizer_state_type, finalizer) -> tuple:
+        """(encode every client's update for the ring, decode the sum and step the server): the protocol's
+        client and server arithmetic (:func:`fedlab.secure_rounds.protocol_codec`)."""
+        t = tff()
+        encode, undiscretize, divide = protocol_codec(self.protocol, weights_type.trainable, self.shapes)
+        clip, scale = np.float32(self.protocol.clip_norm), np.float32(self.protocol.scale)
+
+        @t.federated_computation(t.FederatedType(weights_type.trainable, t.CLIENTS))
+        def encode_fn(updates):
+            constants = t.federated_broadcast(t.federated_value((clip, scale), t.SERVER))
+            return t.federated_map(encode, (updates, constants[0], constants[1]))
+
+        @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
+                                 t.FederatedType(finalizer_state_type, t.SERVER),
+                                 t.FederatedType(undiscretize.type_signature.parameter[0], t.SERVER),
+                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
+        def decode_fn(weights, finalizer_state, summed, count):
+            total = t.federated_map(undiscretize, (summed, t.federated_value(scale, t.SERVER)))
+            finalized = finalizer.next(finalizer_state, weights, t.federated_map(divide, (total, count)))
+            return finalized.result, finalized.state, finalized.measurements
+
+        return encode_fn, decode_fn
 
     # The learning process's interface ----------------------------------------------------------------
     def initialize(self):
@@ -113,22 +151,63 @@ class SplitRoundProcess:
         return self._state_class(**fields)
 
     def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
-             attackers: Sequence[bool] = (), attack_boost: int = 1, attack_rng: Optional[np.random.Generator] = None):
+             attackers: Sequence[bool] = (), attack_boost: int = 1, attack_rng: Optional[np.random.Generator] = None,
+             participants: Optional[Sequence[int]] = None, graph_seed: int = 0):
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         client_data = self.prepare(state, ids, client_data)
         updates, update_weights, train_metrics = self.client_results(state, client_data)
         if self.attack is not None:
             updates = self.forge(updates, attackers, attack_boost, attack_rng)
         state = self.between(state, ids, client_data, updates, update_weights)
-        weights, aggregator_state, finalizer_state, aggregated, finalized = self._server_fn(
-            state.global_model_weights, state.aggregator, state.finalizer, updates, update_weights)
-        state = self._replace(state, global_model_weights=weights, aggregator=aggregator_state,
-                              finalizer=finalizer_state)
+        if self.protocol is not None:
+            state, aggregated, finalized = self.protocol_step(state, ids, updates, participants, graph_seed)
+        else:
+            weights, aggregator_state, finalizer_state, aggregated, finalized = self._server_fn(
+                state.global_model_weights, state.aggregator, state.finalizer, updates, update_weights)
+            state = self._replace(state, global_model_weights=weights, aggregator=aggregator_state,
+                                  finalizer=finalizer_state)
         metrics = collections.OrderedDict(
             distributor=collections.OrderedDict(),
             client_work=collections.OrderedDict(train=train_metrics),
             aggregator=aggregated, finalizer=finalized)
         return tff().learning.templates.LearningProcessOutput(state, metrics)
+
+    def protocol_step(self, state, ids: list, updates: list, participants, graph_seed: int) -> tuple:
+        """(state, aggregator measurements, finalizer measurements) after the protocol sums ``updates``.
+
+        Every client encodes its update as :class:`~fedlab.secure_rounds.SecureRoundProcess`'s clients do; the
+        clients in ``participants`` but not in ``ids`` took part in the key exchange and dropped out before
+        sending. The mean divides by the clients whose masked vector arrived; when too few remain to unmask, the
+        round's update is lost and the global model stays as it was (a warning says so); what the clients keep
+        (FedPer's heads, Ditto's own models) they trained locally and keep. Attackers (:meth:`forge`) encode
+        their forgeries as honest clients do, clipped to C: a real one could send any ring element, which the
+        protocol bounds by nothing but the ring.
+        """
+        encode_fn, decode_fn = self._protocol_fns
+        everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
+        stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
+        finalized = collections.OrderedDict()
+        try:
+            if len(everyone) < 2:
+                raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took part")
+            encoded = encode_fn(updates)
+            inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
+                      for cid, enc in zip(ids, encoded)}
+            result = secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
+                                         protocol=self.protocol.protocol, participants=everyone,
+                                         graph_seed=int(graph_seed))
+        except secagg.SecAggAborted as stopped:
+            warnings.warn(f"fedlab: {stopped}; the round's update is lost, the model is unchanged", FedlabWarning,
+                          stacklevel=3)
+            stats["aborted"] = 1
+        else:
+            stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
+                         client_seconds=result.client_seconds, server_seconds=result.server_seconds)
+            summed = signed_sum(result.total, self.protocol.modulus_bits, self.shapes)
+            weights, finalizer_state, finalized = decode_fn(state.global_model_weights, state.finalizer, summed,
+                                                            np.float32(len(result.included)))
+            state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
+        return state, collections.OrderedDict(secagg=stats), finalized
 
     def client_results(self, state, client_data: list) -> tuple[list, list, object]:
         """Every client trained from the state's model: (updates, update weights, finalized training metrics)."""

@@ -79,7 +79,7 @@ def test_attackers_and_poisoned_labels():
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"dp": "fixed", "secure_aggregation": True}, "secure_aggregation"),
+    ({"dp": "adaptive", "secure_aggregation": True}, "dp"),
     ({"dp": "fixed", "quantization_bits": 8}, "quantization_bits"),
     ({"quantization_bits": 17}, "quantization_bits"),
     ({"secure_aggregation": True, "algorithm": "scaffold"}, "algorithm"),
@@ -94,7 +94,7 @@ def test_combinations_tff_cannot_do_are_refused(changes, field):
 
 @pytest.mark.parametrize("changes, field", [
     ({"robust": "median", "secure_aggregation": True}, "robust"),
-    ({"robust": "krum", "quantization_bits": 4}, "robust"),
+    ({"robust": "krum", "secure_aggregation": True, "quantization_bits": 4}, "robust"),
     ({"robust": "trimmed_mean", "dp": "fixed", "noise_multiplier": 0.5}, "robust"),
     ({"robust": "clip", "robust_fraction": 0.3}, "robust_fraction"),
     ({"robust": "krum", "robust_fraction": 0.5}, "robust_fraction"),
@@ -142,3 +142,30 @@ def test_partial_updates_send_only_trainable_layers():
     assert full.loc[0, "bytes_up"] == 5 * (55210 * 4 + 4)
     assert frozen.loc[0, "bytes_up"] == 5 * (2010 * 4 + 4)
     assert frozen.loc[0, "bytes_down"] == full.loc[0, "bytes_down"]
+
+
+@pytest.mark.parametrize("frozen", [1, 2])
+def test_frozen_layers_in_the_compiled_loop_give_tffs_keras_path_numbers(frozen, monkeypatch):
+    """TFF 0.87's functional_model_from_keras mis-orders a frozen layer's weights; fedlab's wrapper
+    (ModelSpec.functional_model) splits them as TFF's Keras-model path does, and trains to its numbers."""
+    from fedlab import processes
+    from fedlab.clients import spec_for
+
+    config = BASE.replace(model="2nn", freeze_layers=frozen, rounds=3, local_steps=5)
+    spec = spec_for(config)
+    model, keras = spec.functional_model(), spec.build_keras()
+    assert [w.shape for w in model.initial_weights[0]] == [tuple(v.shape) for v in keras.trainable_variables]
+    assert [w.shape for w in model.initial_weights[1]] == [tuple(v.shape) for v in keras.non_trainable_variables]
+    for got, want in zip(model.initial_weights[1], keras.non_trainable_variables):
+        np.testing.assert_array_equal(got, want.numpy())
+    assert processes.uses_arrays(config, spec)
+    compiled = run_experiment(config, progress=False)
+    monkeypatch.setattr(processes, "uses_arrays", lambda config, spec: False)  # TFF's Keras-model builder
+    monkeypatch.setattr(processes, "_PROCESS_CACHE", {})
+    keras_path = run_experiment(config, progress=False)
+    columns = ["train_loss", "eval_loss", "eval_accuracy", "bytes_up"]
+    np.testing.assert_allclose(compiled[columns].to_numpy(float), keras_path[columns].to_numpy(float), atol=1e-6)
+    after = final_weights(compiled)[len(keras.trainable_variables):]  # trainable, then frozen tensors
+    assert len(after) == len(keras.non_trainable_variables) == 2 * frozen
+    for got, want in zip(after, keras.non_trainable_variables):
+        np.testing.assert_array_equal(got, want.numpy())  # the frozen layers never moved

@@ -89,7 +89,6 @@ def test_a_run_scores_each_client_with_the_final_model_tuned_on_its_own_data():
     (dict(eval_per_client=False), "finetune_epochs"),
     (dict(algorithm="ditto"), "finetune_epochs"),
     (dict(algorithm="fedper", model="2nn"), "finetune_epochs"),
-    (dict(freeze_layers=1, model="2nn"), "finetune_epochs"),
     (dict(finetune_epochs=-1), "finetune_epochs"),
     (dict(finetune_epochs=1.5), "finetune_epochs"),
 ])

@@ -205,9 +205,10 @@ def test_with_one_client_per_site_each_site_is_scored_with_its_own_model(monkeyp
 @pytest.mark.parametrize("changes, field", [
     (dict(model="logreg"), "personal_layers"),  # one layer: nothing left to share
     (dict(personal_layers=0), "personal_layers"),
+    (dict(personal_layers=1, freeze_layers=2), "freeze_layers"),  # 2NN: 3 layers, 2 frozen, 1 personal
     (dict(local_test_fraction=0.95), "local_test_fraction"),
     (dict(local_test_fraction=float("nan")), "local_test_fraction"),
-    (dict(dp="fixed", noise_multiplier=1.0), "algorithm"),
+    (dict(secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),  # CKKS's round is not split
     (dict(algorithm="ditto", lam=-1.0), "lam"),
     (dict(algorithm="ditto", lam=float("inf")), "lam"),
     (dict(algorithm="ditto", workers=("127.0.0.1:9",)), "workers"),
@@ -217,3 +218,60 @@ def test_fedper_refuses_what_it_cannot_honour(changes, field):
     with pytest.raises(ConfigError) as err:
         fl.ExperimentConfig(**{"dataset": "digits", "model": "2nn", "algorithm": "fedper", **changes})
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_fedper_with_frozen_layers_shares_the_layer_between_them():
+    """2NN, first layer frozen, last layer personal: the middle layer is the body the server averages."""
+    config = fl.ExperimentConfig(dataset="digits", model="2nn", algorithm="fedper", personal_layers=1, freeze_layers=1,
+                                 num_clients=4, clients_per_round=4, rounds=2, local_steps=2)
+    history = fl.run_experiment(config, progress=False)
+    spec = spec_for(config)
+    keras = spec.build_keras()
+    weights = fl.final_weights(history)  # trainable (middle, last), then frozen (first)
+    assert [w.shape for w in weights] == [tuple(v.shape) for v in keras.trainable_variables + keras.non_trainable_variables]
+    np.testing.assert_array_equal(weights[-2], keras.non_trainable_variables[0].numpy())  # frozen: as built
+    assert not np.array_equal(weights[0], keras.trainable_variables[0].numpy())  # the shared body moved
+    np.testing.assert_array_equal(weights[2], keras.trainable_variables[2].numpy())  # the global head: never sent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["fedper", "ditto"])
+def test_dp_personalisation_without_noise_or_clipping_weighs_clients_alike(algorithm):
+    """User-level DP on FedPer's body and Ditto's global model: with no noise and a clip no update reaches, the DP
+    mean (sum / K) is the uniform mean; with noise, the noise reaches the model and epsilon is DP-FedAvg's."""
+    from fedlab import accounting
+
+    base = fl.ExperimentConfig(dataset="digits", model="2nn", partition="quantity", num_clients=4, clients_per_round=4,
+                               rounds=3, algorithm=algorithm, local_steps=3, batch_size=16)
+    private = fl.run_experiment(base.replace(dp="fixed", noise_multiplier=0.0, clip_norm=1e6), progress=False)
+    uniform = fl.run_experiment(base.replace(client_weighting="uniform"), progress=False)
+    weighted = fl.run_experiment(base, progress=False)
+    for column in ("train_loss", "eval_loss", "eval_accuracy"):
+        np.testing.assert_allclose(private[column], uniform[column], rtol=0, atol=1e-6, err_msg=column)
+    for a, b in zip(fl.final_weights(private), fl.final_weights(uniform)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert not np.allclose(private.eval_loss, weighted.eval_loss, rtol=0, atol=1e-6)  # the weighting shows
+    noisy = base.replace(dp="fixed", noise_multiplier=1.0, clip_norm=1.0, delta=1e-5)
+    released = fl.run_experiment(noisy, progress=False)
+    quiet = fl.run_experiment(noisy.replace(noise_multiplier=0.0), progress=False)
+    shared = 4 if algorithm == "fedper" else 6  # FedPer: the body (noise on the server's unused head shows nothing)
+    for a, b in zip(fl.final_weights(released)[:shared], fl.final_weights(quiet)[:shared]):
+        assert not np.allclose(a, b)
+    assert released.epsilon.iloc[-1] == pytest.approx(accounting.epsilon(1.0, 1.0, 3, 1e-5))
+
+
+@pytest.mark.slow
+def test_fedper_with_a_secure_sum_is_the_uniform_mean_within_the_quantisation_bound():
+    """TFF's secure sum of 16-bit clipped updates: FedPer's body moves by the uniform mean of the clients' body
+    updates, within the rounding of the sum (each of K values off by at most half a step), its head not at all."""
+    from fedlab import aggregation
+
+    base = fl.ExperimentConfig(dataset="digits", model="2nn", partition="quantity", num_clients=4, clients_per_round=4,
+                               rounds=1, algorithm="fedper", local_steps=3, batch_size=16)
+    secure = base.replace(secure_aggregation=True, quantization_bits=16, clip_norm=10.0)
+    summed = fl.final_weights(fl.run_experiment(secure, progress=False))
+    uniform = fl.final_weights(fl.run_experiment(base.replace(client_weighting="uniform"), progress=False))
+    bound = aggregation.quantization_error_bound(16, 10.0, 4) / 4  # of the mean
+    gaps = [float(np.abs(a - b).max()) for a, b in zip(summed, uniform)]
+    assert max(gaps) <= bound + 1e-6 and max(gaps[:4]) > 0  # the body: rounded, not untouched
+    np.testing.assert_array_equal(summed[4], uniform[4])  # the head (last layer) is the clients' own: unchanged

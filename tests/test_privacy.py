@@ -72,14 +72,14 @@ def test_bad_privacy_parameters(kwargs, field):
 
 
 def test_dp_config_validation():
-    for algorithm in ("scaffold", "fednova", "qffl", "ditto", "fedper"):  # state, normalised or own weights
+    for algorithm in ("scaffold", "fednova", "qffl"):  # state the server reads, normalised or own weights
         with pytest.raises(ConfigError, match="must be one that takes an unweighted aggregator") as err:
             ExperimentConfig(dp="fixed", algorithm=algorithm)
         assert err.value.field == "algorithm" and "fedprox" in str(err.value)
-    with pytest.raises(ConfigError, match="Keras-model builder") as err:  # frozen layers: TFF's weighted builder
-        ExperimentConfig(dp="fixed", algorithm="fedsgd", model="2nn", freeze_layers=1)
-    assert err.value.field == "freeze_layers"
+    ExperimentConfig(dp="fixed", algorithm="fedsgd", model="2nn", freeze_layers=1)  # frozen layers: compiled loop
     ExperimentConfig(dp="fixed", algorithm="fedprox")  # fedlab's compiled loop with a plain mean
+    ExperimentConfig(dp="fixed", algorithm="ditto")  # personalised: the global model takes the DP mean
+    ExperimentConfig(dp="fixed", algorithm="fedper", model="2nn")
     with pytest.raises(ConfigError, match="target_quantile"):
         ExperimentConfig(dp="adaptive", target_quantile=1.0)
     assert ExperimentConfig(num_clients=100).effective_delta == pytest.approx(100 ** -1.1)
@@ -271,3 +271,36 @@ def test_dp_fedprox_without_noise_or_clipping_is_fedprox_weighing_clients_alike(
     assert not np.allclose(fedprox.eval_loss, run_experiment(noisy.replace(noise_multiplier=0.0),
                                                              progress=False).eval_loss)
     assert fedprox.epsilon.iloc[-1] == pytest.approx(accounting.epsilon(1.0, 1.0, 3, 1e-5))
+
+
+@pytest.mark.slow
+def test_dp_on_a_secure_sum_adds_the_noise_to_the_sum_and_accounts_for_its_rounding():
+    # every client every round (q = 1), a clip no update reaches, no noise: DP on TFF's 16-bit secure sum is the
+    # secure mean (sum / K); with noise it moves the model; epsilon uses z relative to the rounded sensitivity
+    base = ExperimentConfig(dataset="digits", model="2nn", num_clients=4, clients_per_round=4, rounds=2,
+                            local_steps=3, batch_size=16, secure_aggregation=True, quantization_bits=16,
+                            clip_norm=10.0)
+    secure = run_experiment(base, progress=False)
+    private = run_experiment(base.replace(dp="fixed", noise_multiplier=0.0), progress=False)
+    for column in ("train_loss", "eval_loss", "eval_accuracy"):
+        np.testing.assert_allclose(private[column], secure[column], rtol=0, atol=1e-6, err_msg=column)
+    noisy = base.replace(dp="fixed", noise_multiplier=1.0, delta=1e-5)
+    released = run_experiment(noisy, progress=False)
+    assert not np.allclose(released.eval_loss, private.eval_loss)
+    # by hand: 64*200+200 + 200*200+200 + 200*10+10 = 55,210 weights; step 10 / (2^15 - 1); z C / (C + sqrt(d) step/2)
+    step = 10.0 / (2 ** 15 - 1)
+    z = 1.0 * 10.0 / (10.0 + math.sqrt(55210) * step / 2)
+    assert released.epsilon.iloc[-1] == pytest.approx(accounting.epsilon(z, 1.0, 2, 1e-5))
+    assert released.epsilon.iloc[-1] > accounting.epsilon(1.0, 1.0, 2, 1e-5)  # the rounding costs privacy
+    assert privacy.describe(noisy).startswith(f"<b>epsilon = {released.epsilon.iloc[-1]:.3g}</b>")
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(dp="adaptive", secure_aggregation=True), "dp"),
+    (dict(dp="fixed", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8), "secure_protocol"),
+    (dict(dp="fixed", quantization_bits=8), "quantization_bits"),
+])
+def test_dp_with_what_it_cannot_stack_on_is_refused_in_one_line(changes, field):
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig(**{"noise_multiplier": 1.0, **changes})
+    assert err.value.field == field and "\n" not in str(err.value)

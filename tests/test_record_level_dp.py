@@ -90,6 +90,34 @@ def test_runs_repeat_exactly_and_epsilon_is_per_site(heart_dir):
     assert table.set_index("site").epsilon.idxmax() == "switzerland"  # the smallest site pays most
 
 
+def test_with_attackers_the_epsilon_is_the_worst_honest_sites(heart_dir):
+    """Attackers are the adversary the guarantee is held against (and train attack_boost times longer than DP-SGD's
+    plan): the history's epsilon is the largest over the honest sites. A data seed that makes the smallest site,
+    whose epsilon is the largest, an attacker shows the difference."""
+    from fedlab.attacks import attacker_clients
+
+    base = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
+                               batch_size=4, local_steps=10, rounds=2, client_lr=0.05, dp="example",
+                               noise_multiplier=1.1, clip_norm=1.0, attack="label_flip", attacker_fraction=0.25,
+                               attack_boost=3)
+    worst = int(fl.privacy.site_epsilons(base.replace(attacker_fraction=0.0)).epsilon.to_numpy().argmax())
+    config = next(c for c in (base.replace(data_seed=s) for s in range(50)) if worst in attacker_clients(c))
+    history = fl.run_experiment(config, progress=False)
+    table = fl.privacy.site_epsilons(config)
+    attackers = attacker_clients(config)
+    assert table.epsilon.iloc[attackers].isna().all()  # the adversary's own records have no guarantee
+    honest = [e for k, e in enumerate(table.epsilon) if k not in attackers]
+    assert history["epsilon"].iloc[-1] == pytest.approx(max(honest)) == pytest.approx(table.epsilon.max())
+    from fedlab.clients import Clients, spec_for
+    from fedlab.runner import record_level_site_epsilons
+
+    every_site = record_level_site_epsilons(config, Clients.for_config(config, spec_for(config)), at=[2])[-1]
+    assert max(honest) < every_site.max()  # an attacker's own figure would have been the largest
+    assert fl.privacy.describe(config).startswith(f"<b>record-level epsilon = {max(honest):.3g}</b>")
+    with pytest.raises(fl.ConfigError, match="^attacker_fraction: must leave an honest client"):
+        config.replace(attacker_fraction=0.8)  # ceil(0.8 x 4) = 4 attackers of 4
+
+
 def test_accounting_matches_tensorflow_privacy():
     """TF Privacy's own DP-SGD accountant (Poisson q = batch/n, ceil(epochs n / batch) steps, RDP)."""
     import tensorflow_privacy
@@ -106,8 +134,6 @@ def test_what_record_level_dp_cannot_honour_is_refused(heart_dir):
         fl.ExperimentConfig(algorithm="fedsgd", dp="example", noise_multiplier=1.0)
     with pytest.raises(fl.ConfigError, match="batch_size: must be > 0"):
         fl.ExperimentConfig(dp="example", noise_multiplier=1.0, batch_size=0)
-    with pytest.raises(fl.ConfigError, match="attacker_fraction: must be 0 with dp='example'"):
-        fl.ExperimentConfig(dp="example", noise_multiplier=1.0, attacker_fraction=0.2)
     # what the algorithm computes from the records outside DP-SGD: q-FFL's loss weights, Ditto's own models
     with pytest.raises(fl.ConfigError, match="^dp: 'example' .* by qffl: each update is weighted by the client's exact"):
         fl.ExperimentConfig(model="logreg", algorithm="qffl", dp="example", noise_multiplier=1.0)

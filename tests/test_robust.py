@@ -154,3 +154,32 @@ def test_tff_process_keeps_other_structures_and_dtypes():
     np.testing.assert_allclose(output.result[0], [[2.5], [-2.5]], rtol=1e-6)
     np.testing.assert_allclose(output.result[1], 25.0, rtol=1e-6)
     assert output.measurements["trimmed_per_side"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("robust")
+@pytest.mark.parametrize("name, reference", [("median", robust.coordinate_median),
+                                             ("krum", lambda rows: rows[robust.krum_selection(rows, 0)[0]])])
+def test_a_statistic_of_compressed_updates_is_taken_of_what_the_server_decodes(name, reference):
+    """8-bit compression with a median or Krum (fedlab.aggregation.make_aggregator): every client quantises its
+    update between its own min and max, the server decodes each and takes the statistic; the clients' weights
+    play no part. Updates already on their quantisation grid decode to themselves, so the result is the
+    statistic of the updates by hand; off the grid, each decoded value is a neighbouring grid point."""
+    from fedlab import ExperimentConfig, aggregation
+    from fedlab.runtime import tff
+
+    t = tff()
+    config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, quantization_bits=2,
+                              robust=name, robust_fraction=0.0 if name == "krum" else 0.2)
+    process = aggregation.make_aggregator(config).create(t.types.TensorType(np.float32, [4]),
+                                                        t.TensorType(np.float32))
+    # 2 bits: 4 levels lo + k (hi - lo) / 3; each client's values are on its own grid
+    on_grid = np.array([[0, 3, 1, 2], [6, 0, 2, 4], [-1, 2, 1, 0]], np.float32)
+    output = process.next(process.initialize(), list(on_grid), [1.0, 100.0, 1.0])
+    np.testing.assert_allclose(output.result, reference(on_grid.astype(np.float64)), rtol=0, atol=1e-6)
+    off_grid = on_grid.copy()
+    off_grid[0, 2:] = [1.4, 0.2]  # client 0: lo 0, hi 3 kept, so 1.4 decodes to 1 or 2 and 0.2 to 0 or 1
+    decoded = np.asarray(process.next(process.initialize(), list(off_grid), [1.0, 1.0, 1.0]).result)
+    candidates = [reference(np.array([a, *on_grid[1:]], np.float64))
+                  for a in ([0, 3, b, c] for b in (1, 2) for c in (0, 1))]
+    assert any(np.allclose(decoded, c, rtol=0, atol=1e-6) for c in candidates), decoded

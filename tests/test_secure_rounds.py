@@ -38,9 +38,33 @@ def test_the_protocol_sums_other_compiled_loop_algorithms_as_the_simulated_secur
     assert (protocol.secagg_included == 4).all()
 
 
-def test_dropouts_after_the_key_exchange_are_recovered():
+@pytest.mark.parametrize("changes", [
+    dict(algorithm="fedper"),
+    dict(algorithm="ditto", lam=0.1),
+    dict(attack="sign_flip", attacker_fraction=0.3, attack_boost=3),
+    dict(algorithm="fedper", attack="sign_flip", attacker_fraction=0.3),
+], ids=["fedper", "ditto", "sign-flip", "fedper-sign-flip"])
+def test_the_protocol_stacks_on_a_split_round_with_the_simulated_secure_sums_numbers(changes):
+    # FedPer's and Ditto's own models, forged updates: Python between the clients and the server; the protocol then
+    # sums the updates in the same split round (SplitRoundProcess.protocol_step), as TFF's simulated secure sum does
+    config = BASE.replace(**changes)
+    simulated = fl.run_experiment(config, progress=False)
+    protocol = fl.run_experiment(config.replace(secure_protocol="secagg"), progress=False)
+    assert weights_equal(simulated, protocol)
+    for column in ("train_loss", "eval_loss", "eval_accuracy"):
+        np.testing.assert_array_equal(simulated[column], protocol[column], err_msg=column)
+    assert (protocol.secagg_included == 4).all() and (protocol.secagg_aborted == 0).all()
+    without = BASE.replace(**{k: v for k, v in changes.items() if k == "algorithm"} if "attack" in changes else {})
+    plain = fl.run_experiment(without.replace(secure_protocol="secagg"), progress=False)
+    # Ditto's global model is FedAvg's, unchanged; FedPer's head and forged updates change the global model
+    assert weights_equal(plain, protocol) == (changes.get("algorithm") == "ditto" and "attack" not in changes)
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedper"])  # FedPer: the protocol in a split round
+def test_dropouts_after_the_key_exchange_are_recovered(algorithm):
     # a quarter of the selected clients go offline mid-round: they took part in the key exchange, sent nothing
-    config = BASE.replace(num_clients=20, clients_per_round=8, rounds=3, dropout_rate=0.25, systems_seed=3)
+    config = BASE.replace(algorithm=algorithm, num_clients=20, clients_per_round=8, rounds=3, dropout_rate=0.25,
+                          systems_seed=3)
     simulated = fl.run_experiment(config, progress=False)
     protocol = fl.run_experiment(config.replace(secure_protocol="secaggplus"), progress=False)
     assert weights_equal(simulated, protocol)
@@ -49,9 +73,11 @@ def test_dropouts_after_the_key_exchange_are_recovered():
     assert (protocol.secagg_included < protocol.secagg_participants).any(), "no client dropped: choose another seed"
 
 
-def test_a_round_too_few_clients_survive_leaves_the_model_unchanged():
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedper"])  # FedPer: the protocol in a split round
+def test_a_round_too_few_clients_survive_leaves_the_model_unchanged(algorithm):
     # SecAgg's threshold is a strict majority of the participants: with most dropping out, rounds stop
-    config = BASE.replace(clients_per_round=6, rounds=4, dropout_rate=0.6, systems_seed=1, secure_protocol="secagg")
+    config = BASE.replace(algorithm=algorithm, clients_per_round=6, rounds=4, dropout_rate=0.6, systems_seed=1,
+                          secure_protocol="secagg")
     with pytest.warns(UserWarning, match=r"fedlab: secure aggregation stopped at .* the threshold is \d+; the round's "
                                          r"update is lost"):
         history = fl.run_experiment(config, progress=False)
@@ -85,11 +111,14 @@ def test_unflatten_reads_the_ring_as_signed_integers():
 @pytest.mark.parametrize("changes, field", [
     (dict(secure_aggregation=False), "secure_protocol"),
     (dict(quantization_bits=0), "quantization_bits"),
-    (dict(freeze_layers=1), "secure_protocol"),
     (dict(robust="zeroing"), "robust"),
     (dict(clients_per_round=1), "clients_per_round"),
     (dict(workers=("127.0.0.1:9",)), "workers"),
     (dict(secure_protocol="secagg+"), "secure_protocol"),
+    (dict(algorithm="scaffold"), "algorithm"),  # its server reads each update: no unweighted aggregator
+    (dict(algorithm="qffl"), "algorithm"),
+    (dict(algorithm="fedper", secure_protocol="ckks", quantization_bits=0), "secure_protocol"),
+    (dict(attack="sign_flip", attacker_fraction=0.3, secure_protocol="ckks", quantization_bits=0), "secure_protocol"),
 ])
 def test_what_a_protocol_cannot_do_is_refused_in_one_line(changes, field):
     with pytest.raises(ConfigError) as err:

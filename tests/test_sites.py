@@ -70,7 +70,8 @@ def test_a_site_makes_the_arrays_the_simulation_gives_its_client():
     {"dp": "example", "noise_multiplier": 1.0, "clip_norm": 1.0},
     {"algorithm": "fedprox", "device_profile": "fedscale", "straggler_policy": "partial", "round_deadline": 20.0,
      "dropout_rate": 0.2, "robust": "median"},
-], ids=["fedavg", "dp-fedadam", "dp-sgd", "fedprox-systems-median"])
+    {"model": "2nn", "freeze_layers": 1},
+], ids=["fedavg", "dp-fedadam", "dp-sgd", "fedprox-systems-median", "2nn-first-layer-frozen"])
 def test_sites_give_the_simulations_numbers(sites, changes, monkeypatch):
     config = BASE.replace(**changes)
     simulated = run_experiment(config, progress=False)

@@ -123,9 +123,7 @@ def test_a_run_under_attack_forges_only_the_attackers_updates():
 @pytest.mark.parametrize("changes, field", [
     (dict(attack="poison"), "attack"),
     (dict(attack="alie", attack_boost=2), "attack_boost"),
-    (dict(attack="sign_flip", freeze_layers=1, model="2nn", dataset="mnist5k"), "attack"),
-    (dict(attack="sign_flip", secure_aggregation=True, quantization_bits=8, secure_protocol="secagg"),
-     "secure_protocol"),
+    (dict(attack="sign_flip", secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
     (dict(attack="gaussian", workers=("127.0.0.1:9",)), "workers"),
 ])
 def test_bad_attack_settings_are_refused_in_one_line(changes, field):
@@ -211,7 +209,6 @@ def test_scaffold_resumes_to_the_uninterrupted_result(tmp_path):
 @pytest.mark.parametrize("changes, field", [
     (dict(dp="fixed", noise_multiplier=1.0), "algorithm"),
     (dict(secure_aggregation=True), "algorithm"),
-    (dict(model="2nn", dataset="mnist5k", freeze_layers=1), "freeze_layers"),
     (dict(workers=("127.0.0.1:9",)), "workers"),
 ])
 def test_scaffold_refuses_what_it_cannot_honour(changes, field):

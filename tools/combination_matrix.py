@@ -1,11 +1,16 @@
-"""Which pairs of settings a researcher combines does fedlab accept? (issue #33's matrix, measured at config time)
+"""Which pairs of settings a researcher combines does fedlab accept, and do the accepted ones run? (issue #33)
 
-One setting from each of nine groups (algorithms, DP, secure aggregation, compression, robust rules, attacks,
-systems, frozen layers, fine-tuning), every pair of settings from two different groups, each made into an
-``ExperimentConfig``: accepted, or refused with its one line. Writes ``build/combinations.csv`` and prints the
-counts and the refusals grouped by reason. Configs only: nothing is trained (TensorFlow is not imported).
+One setting from each of ten groups (algorithms, DP, secure aggregation, compression, robust rules, attacks,
+systems, frozen layers, fine-tuning, workers), every pair of settings from two different groups, each made into
+an ``ExperimentConfig``: accepted, or refused with its one line. A refusal is either **impossible** (listed in
+:data:`IMPOSSIBLE` with the field it names and the reason it holds in any system) or one of fedlab's **limits** (listed in
+:data:`LIMITS`, the work left for issue #33); ``tests/test_combinations.py`` fails on a refusal in neither list,
+on a listed pair that is accepted, and on an accepted pair that crashes in two rounds.
 
-    python tools/combination_matrix.py
+    python tools/combination_matrix.py            # counts and refusals by reason; build/combinations.csv
+    python tools/combination_matrix.py --readme   # rewrites the matrix in README.md (a test checks it is current)
+
+Configs only: nothing here trains (TensorFlow is not imported).
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from fedlab import ExperimentConfig  # noqa: E402
 from fedlab.validation import ConfigError  # noqa: E402
 
 BASE = dict(dataset="digits", model="2nn", num_clients=10, clients_per_round=5, rounds=2, batch_size=16)
 ALGORITHMS = ["fedavg", "fedavgm", "fedsgd", "fedprox", "fednova", "scaffold", "fedper", "ditto", "qffl", "fedadam"]
+WORKER = "127.0.0.1:1"  # a placeholder address: the running test puts a live worker's address in its place
 GROUPS = {
     "algorithm": {name: {"algorithm": name} for name in ALGORITHMS},
     "dp": {"user DP fixed": {"dp": "fixed", "noise_multiplier": 0.5, "clip_norm": 1.0},
@@ -42,46 +49,120 @@ GROUPS = {
                 "dropouts": {"dropout_rate": 0.2}},
     "frozen": {"frozen layers": {"freeze_layers": 1}},
     "finetune": {"fine-tuning": {"finetune_epochs": 1, "eval_per_client": True}},
+    "workers": {"workers": {"workers": (WORKER,)}},
 }
+
+# Refused in any system: the field the refusal must name, and why no system could run the pair.
+_HIDDEN = "a median, a trimmed mean and Krum are statistics of each client's update, which secure aggregation hides"
+_OWN_MODELS = "its clients keep models of their own: fine-tuning a copy of the global model scores something else"
+IMPOSSIBLE = {
+    **{frozenset((secure, robust)): ("robust", _HIDDEN)
+       for secure in ("secure sum", "SecAgg", "SecAgg+") for robust in ("median", "krum", "trimmed_mean")},
+    frozenset(("fedper", "fine-tuning")): ("finetune_epochs", _OWN_MODELS),
+    frozenset(("ditto", "fine-tuning")): ("finetune_epochs", _OWN_MODELS),
+    frozenset(("record DP", "fine-tuning")): ("finetune_epochs", "fine-tuning trains on the records without DP-SGD "
+                                              "and its scores are released: the record-level guarantee would not "
+                                              "cover them"),
+}
+
+# fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
+_UNWEIGHTED = ("fednova", "scaffold", "fedper", "ditto", "qffl")
+_SPLIT = ("scaffold", "fedper", "ditto", "qffl")
+LIMITS = {frozenset(pair) for pair in [
+    *[(a, s) for a in _UNWEIGHTED for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")
+      if a not in ("fedper", "ditto")],
+    *[(dp, s) for dp in ("user DP fixed", "user DP adaptive") for s in ("secure sum", "SecAgg", "SecAgg+", "8-bit")
+      if (dp, s) != ("user DP fixed", "secure sum")],
+    *[(dp, r) for dp in ("user DP fixed", "user DP adaptive") for r in ("median", "krum", "trimmed_mean")],
+    *[(a, "record DP") for a in ("fedsgd", "ditto", "qffl")],
+    *[(dp, "over-selection") for dp in ("user DP fixed", "user DP adaptive")],
+    *[(a, "workers") for a in _SPLIT],
+    *[(x, "workers") for x in ("secure sum", "SecAgg", "SecAgg+", "sign flip")],
+]}
 
 
 def settings():
+    """(group, label, fields) of every setting."""
     for group, members in GROUPS.items():
         for label, fields in members.items():
             yield group, label, fields
 
 
-def main() -> int:
+def pairs():
+    """(group_a, label_a, group_b, label_b, config fields) of every pair of settings from two groups."""
+    for (g1, l1, f1), (g2, l2, f2) in itertools.combinations(list(settings()), 2):
+        if g1 != g2:
+            yield g1, l1, g2, l2, {**BASE, **f1, **f2}
+
+
+def verdict(a: str, b: str, fields: dict) -> dict:
+    """How fedlab answers one pair: accepted, impossible, limit, or unlisted (a refusal in neither list)."""
+    pair = frozenset((a, b))
+    try:
+        ExperimentConfig(**fields)
+    except ConfigError as err:
+        kind = ("impossible" if IMPOSSIBLE.get(pair, ("",))[0] == err.field else "limit" if pair in LIMITS
+                else "unlisted")
+        return {"verdict": kind, "field": err.field, "reason": err.message}
+    except (TypeError, ValueError) as err:
+        return {"verdict": "crashed", "field": "", "reason": f"{type(err).__name__}: {err}"}
+    return {"verdict": "accepted", "field": "", "reason": ""}
+
+
+def table():
     import pandas as pd
 
-    rows = []
-    for (g1, l1, f1), (g2, l2, f2) in itertools.combinations(list(settings()), 2):
-        if g1 == g2:
-            continue
-        fields = {**BASE, **f1, **f2}
-        try:
-            ExperimentConfig(**fields)
-            verdict, field, why = "accepted", "", ""
-        except ConfigError as err:
-            verdict, field, why = "refused", err.field, err.message
-        except (TypeError, ValueError) as err:
-            verdict, field, why = "crashed", "", f"{type(err).__name__}: {err}"
-        rows.append({"group_a": g1, "a": l1, "group_b": g2, "b": l2, "verdict": verdict, "field": field,
-                     "reason": why})
-    table = pd.DataFrame(rows)
+    return pd.DataFrame([{"group_a": g1, "a": l1, "group_b": g2, "b": l2, **verdict(l1, l2, fields)}
+                         for g1, l1, g2, l2, fields in pairs()])
+
+
+MARK = {"accepted": "✓", "impossible": "✗", "limit": "·", "unlisted": "?", "crashed": "!"}
+BEGIN, END = "<!-- combinations:begin (python tools/combination_matrix.py --readme) -->", "<!-- combinations:end -->"
+
+
+def readme_section(frame) -> str:
+    """The README's matrix: every setting against every algorithm, then the other refused pairs, generated."""
+    counts = collections.Counter(frame.verdict)
+    lines = [BEGIN, "",
+             f"{len(frame)} pairs of settings from {len(GROUPS)} groups: **{counts['accepted']} run**, "
+             f"{counts['impossible']} are refused because no system could run them (✗), {counts['limit']} are "
+             f"refused by a limit of fedlab's today (·), {counts['unlisted'] + counts['crashed']} otherwise. "
+             "`tests/test_combinations.py` runs every accepted pair for two rounds.", "",
+             "| setting | " + " | ".join(ALGORITHMS) + " |", "|---|" + "---|" * len(ALGORITHMS)]
+    by_pair = {frozenset((r.a, r.b)): r.verdict for r in frame.itertuples()}
+    for group, label, _ in settings():
+        if group != "algorithm":
+            lines.append(f"| {label} | " + " | ".join(MARK[by_pair[frozenset((label, a))]] for a in ALGORITHMS)
+                         + " |")
+    lines += ["", "Refused pairs without an algorithm, and why:", ""]
+    others = frame[(frame.verdict != "accepted") & (frame.group_a != "algorithm")]
+    for (kind, reason), rows in others.groupby(["verdict", "reason"], sort=True):
+        listed = "; ".join(f"{a} + {b}" for a, b in zip(rows.a, rows.b))
+        lines.append(f"- {MARK[kind]} {listed}: {reason}")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    frame = table()
     out = ROOT / "build" / "combinations.csv"
     out.parent.mkdir(exist_ok=True)
-    table.to_csv(out, index=False)
-    counts = collections.Counter(table.verdict)
-    print(f"{len(table)} pairs: " + ", ".join(f"{v} {counts[v]}" for v in ("accepted", "refused", "crashed"))
-          + f" -> {out}")
-    refused = table[table.verdict != "accepted"].copy()
+    frame.to_csv(out, index=False)
+    counts = collections.Counter(frame.verdict)
+    print(f"{len(frame)} pairs: " + ", ".join(f"{v} {counts[v]}" for v in MARK) + f" -> {out}")
+    refused = frame[frame.verdict != "accepted"].copy()
     refused["why"] = [r.split(", got ")[0].split(" cannot be honoured by ")[0] for r in refused.reason]
-    for (field, reason), pairs in sorted(refused.groupby(["field", "why"]), key=lambda kv: -len(kv[1])):
-        print(f"\n{len(pairs):3d} x {field}: {reason}")
-        print("      " + "; ".join(f"{a} + {b}" for a, b in zip(pairs.a, pairs.b)))
+    for (kind, field, reason), rows in sorted(refused.groupby(["verdict", "field", "why"]), key=lambda kv: -len(kv[1])):
+        print(f"\n{len(rows):3d} {kind} x {field}: {reason}")
+        print("      " + "; ".join(f"{a} + {b}" for a, b in zip(rows.a, rows.b)))
+    if "--readme" in argv:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        start, end = text.index(BEGIN), text.index(END) + len(END)
+        readme.write_text(text[:start] + readme_section(frame) + text[end:])
+        print(f"\nrewrote the matrix in {readme}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,81 @@
+"""Every pair of settings a researcher combines: refused only as listed, and the accepted ones run (issue #33).
+
+The pairs, and which refusals are impossible in any system and which are
+fedlab's limits today, are in ``tools/combination_matrix.py``; the README's
+matrix is generated from them.
+"""
+
+import importlib.util
+import math
+import pathlib
+import warnings
+
+import pytest
+
+from fedlab import ExperimentConfig, run_experiment
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("combination_matrix", ROOT / "tools" / "combination_matrix.py")
+matrix = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(matrix)
+
+TABLE = matrix.table()
+ACCEPTED = [(g1, a, g2, b, fields) for g1, a, g2, b, fields in matrix.pairs()
+            if TABLE[(TABLE.a == a) & (TABLE.b == b)].verdict.item() == "accepted"]
+TINY = dict(num_clients=6, clients_per_round=3, local_steps=2)
+KEEP_PROCESSES = 16  # built processes kept between pairs (neighbouring pairs share them); more is only memory
+
+
+def test_every_refusal_is_listed_as_impossible_or_as_a_limit():
+    unlisted = TABLE[TABLE.verdict.isin(["unlisted", "crashed"])]
+    assert unlisted.empty, "refused or crashed without being listed:\n" + unlisted.to_string()
+    listed = set(matrix.IMPOSSIBLE) | matrix.LIMITS
+    accepted = {frozenset((a, b)) for a, b in zip(TABLE.a, TABLE.b)} & listed
+    accepted &= {frozenset((r.a, r.b)) for r in TABLE.itertuples() if r.verdict == "accepted"}
+    assert not accepted, f"listed as refused but accepted (take them off the lists): {sorted(map(sorted, accepted))}"
+    assert not set(matrix.IMPOSSIBLE) & matrix.LIMITS
+    pairs = {frozenset((a, b)) for a, b in zip(TABLE.a, TABLE.b)}
+    assert listed <= pairs, f"listed pairs that are not in the matrix: {sorted(map(sorted, listed - pairs))}"
+
+
+def test_the_readme_matrix_is_generated_from_the_current_code():
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(matrix.BEGIN), readme.index(matrix.END) + len(matrix.END)
+    assert readme[start:end] == matrix.readme_section(TABLE), "run: python tools/combination_matrix.py --readme"
+
+
+def test_the_matrix_counts_what_the_issue_counts():
+    assert len(TABLE) == 371  # issue #33: nine groups and workers, every pair from two groups
+    assert (TABLE.verdict == "impossible").sum() == len(matrix.IMPOSSIBLE)
+
+
+@pytest.fixture(scope="module")
+def worker_address():
+    from fedlab.distributed import LocalWorkers
+
+    with LocalWorkers(1) as workers:
+        yield workers.addresses[0]
+
+
+def _marks(g1, g2):
+    return [pytest.mark.xdist_group("matrix-workers")] if "workers" in (g1, g2) else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fields", [pytest.param(f, id=f"{a} + {b}", marks=_marks(g1, g2))
+                                    for g1, a, g2, b, f in ACCEPTED])
+def test_an_accepted_pair_runs_two_rounds(fields, request):
+    from fedlab import processes
+
+    if len(processes._PROCESS_CACHE) > KEEP_PROCESSES:
+        processes._PROCESS_CACHE.clear()
+    fields = {**fields, **TINY}
+    if fields.get("algorithm") == "fedsgd":
+        del fields["local_steps"]  # one full-batch gradient per client
+    if fields.get("workers"):
+        fields["workers"] = (request.getfixturevalue("worker_address"),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # settings warnings (few clients for a defence, etc.) are not the point
+        history = run_experiment(ExperimentConfig(**fields), progress=False)
+    assert list(history["round"]) == [1, 2]
+    assert math.isfinite(history["eval_loss"].iloc[-1])
