@@ -228,14 +228,17 @@ def dp_sensitivity(config, num_weights: int) -> float:
     A secure sum adds each client's update rounded coordinate by coordinate: b bits round to the nearest
     multiple of C / (2^(b-1) - 1) (``DiscretizationFactory``, deterministic), 32 bits to the nearest of
     2C / (2^32 - 1) (``secure_quantized_sum``), each coordinate off by at most half a step. One client added or
-    removed therefore moves the sum by at most C + sqrt(d) * step / 2 for a model of d weights; the Gaussian
-    noise z * C is then z * C / that of the sensitivity (:func:`accounting_noise_multiplier`).
+    removed therefore moves the sum by at most C + sqrt(d) * step / 2 for a model of d weights, and by at most
+    2C (rounding never more than doubles a coordinate); the Gaussian noise z * C is then z * C / the smaller of
+    the two (:func:`accounting_noise_multiplier`).
     """
     clip = float(config.clip_norm)
     if not (config.user_level_dp and config.secure_aggregation):
         return clip
     step = clip / (2 ** (config.quantization_bits - 1) - 1) if config.quantization_bits else 2 * clip / (2 ** 32 - 1)
-    return clip + math.sqrt(num_weights) * step / 2
+    # rounding to the nearest multiple never more than doubles a coordinate (below half a step it gives 0), so
+    # the rounded update's norm is also at most 2C: the better of the two bounds
+    return min(clip + math.sqrt(num_weights) * step / 2, 2 * clip)
 
 
 def accounting_noise_multiplier(config, num_weights: int) -> float:
@@ -390,7 +393,11 @@ def make_aggregator(config):
 
 
 def cohort_size(config) -> int:
-    """How many updates one aggregation sees: the round's K, or a FedBuff step's buffer."""
+    """The most updates one aggregation sees: the round's K, or a FedBuff step's buffer; under user-level DP,
+    whose rounds Poisson-sample every client at rate K/N, every client not excluded (a secure sum's modulus must
+    hold them all, or a crowded round could wrap around)."""
+    if config.user_level_dp:
+        return config.num_clients - len(config.exclude_clients)
     return config.effective_async_buffer if config.async_concurrency else config.clients_per_round
 
 

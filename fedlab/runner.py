@@ -219,6 +219,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         federation.connect(config)
         data, spec, clients = None, federation.spec(config), SiteClients(federation)
     check_cost(config, clients)
+    _check_rounded_dp_accounting(config, spec)
     process = get_process(config, spec) if federation is None else get_site_process(config, spec)
     warn_if_updates_vanish(config, spec)  # once per run, before its first round
     trainer = process if federation is not None else trainer_for(process, clients.x[0], clients.y[0])
@@ -421,6 +422,22 @@ def _planned(inputs, steps: int):
     if isinstance(inputs, SiteJob):
         return dataclasses.replace(inputs, steps=steps)
     return planned_inputs(inputs, steps)
+
+
+def _check_rounded_dp_accounting(config: ExperimentConfig, spec) -> None:
+    """User-level DP on a secure sum is accounted at a smaller noise multiplier than the config's (the rounding
+    adds to the sensitivity: :func:`fedlab.aggregation.dp_sensitivity`); PLD must hold it, checked before any
+    training as the config checks the config's own."""
+    if not (config.accountant == "pld" and config.user_level_dp and config.secure_aggregation
+            and config.noise_multiplier > 0):
+        return
+    z = accounting_noise_multiplier(config, int(sum(spec.tensor_sizes()[0])))
+    try:
+        check_pld(z, config.sampling_probability, config.rounds)
+    except ConfigError as err:
+        raise ConfigError("accountant", f"'pld' cannot hold these rounds at the noise multiplier the rounded secure "
+                                        f"sum leaves ({z:.3g} relative to its sensitivity): {err.message}; use "
+                                        "accountant='rdp', or more quantization_bits") from None
 
 
 def _epsilons(config: ExperimentConfig, clients: Clients, scheduler: Scheduler) -> Optional[np.ndarray]:

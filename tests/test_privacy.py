@@ -293,6 +293,28 @@ def test_dp_on_a_secure_sum_adds_the_noise_to_the_sum_and_accounts_for_its_round
     assert released.epsilon.iloc[-1] == pytest.approx(accounting.epsilon(z, 1.0, 2, 1e-5))
     assert released.epsilon.iloc[-1] > accounting.epsilon(1.0, 1.0, 2, 1e-5)  # the rounding costs privacy
     assert privacy.describe(noisy).startswith(f"<b>epsilon = {released.epsilon.iloc[-1]:.3g}</b>")
+    fresh = run_experiment(noisy.replace(noise_source="unseeded"), progress=False)  # TFF's own DP factory
+    assert fresh.epsilon.iloc[-1] == released.epsilon.iloc[-1]
+    assert not np.allclose(fresh.eval_loss, released.eval_loss)
+    # Poisson rounds can exceed K: the ring holds all N clients (8 bits + ceil(log2 100) = 15, summed in 16 bits)
+    wide = ExperimentConfig(num_clients=100, clients_per_round=10, dp="fixed", noise_multiplier=1.0,
+                            secure_aggregation=True, quantization_bits=8)
+    assert aggregation.secure_modulus(8, aggregation.cohort_size(wide)) == 2 ** 15
+    assert aggregation.bits_per_value_up(wide) == 16
+    # at 4 bits the rounding bound (C + sqrt(d) step / 2, step = C / 7) is far above 2C: the 2C bound is used
+    assert aggregation.dp_sensitivity(base.replace(dp="fixed", noise_multiplier=1.0, quantization_bits=4),
+                                      55210) == 20.0
+
+
+def test_pld_refuses_before_training_what_the_rounded_secure_sum_leaves_it():
+    # z = 0.2 fits PLD's grid for 1,000 rounds at q = 0.1 (its least is 0.15): the config is accepted; 4-bit rounding
+    # doubles the sensitivity (2C), so the run accounts at z = 0.1, which does not fit: refused before any round
+    config = ExperimentConfig(dataset="digits", model="2nn", num_clients=20, clients_per_round=2, rounds=1000,
+                              dp="fixed", noise_multiplier=0.2, secure_aggregation=True, quantization_bits=4,
+                              accountant="pld")
+    with pytest.raises(ConfigError) as err:
+        run_experiment(config, progress=False)
+    assert err.value.field == "accountant" and "0.1 relative to its sensitivity" in err.value.message
 
 
 @pytest.mark.parametrize("changes, field", [
