@@ -227,11 +227,6 @@ def _quantizing_class():
                     out.append(((floor + up) / levels * span + lo) * weight)
                 return tf.nest.pack_sequence_as(value, out), weight
 
-            @t.tensorflow.computation(value_type, t.TensorType(np.int64, [2]))
-            def decoded(value, seed):
-                """A client's update quantised, as the server decodes it (the weighted mean's rounding)."""
-                return quantize(value, tf.constant(1.0, tf.float32), seed)[0]
-
             @t.tensorflow.computation(value_type, weight_type)
             def divide(total, weight_total):
                 return tf.nest.map_structure(lambda v: tf.math.divide_no_nan(v, weight_total), total)
@@ -249,6 +244,11 @@ def _quantizing_class():
                 return collections.OrderedDict([(SEED_KEY, state[SEED_KEY]), ("round", state["round"] + 1)])
 
             if inner is not None:
+                @t.tensorflow.computation(value_type, t.TensorType(np.int64, [2]))
+                def decoded(value, seed):
+                    """A client's update quantised, as the server decodes it (the weighted mean's rounding)."""
+                    return quantize(value, tf.constant(1.0, tf.float32), seed)[0]
+
                 return self._around(inner, state_type, initial_state, decoded, round_seed, advance, value_type,
                                     weight_type)
 

@@ -322,12 +322,13 @@ class ExperimentPanel:
                 quiet = time.monotonic() - self._last_progress
                 if quiet <= limit:
                     continue
+                # the error is set before the run is marked inactive: wait() reads it as soon as _active is False
+                self.error = TimeoutError(f"the panel's run finished no round in {quiet:.0f} s (round "
+                                          f"{self.progress.value} of {config.rounds}; the limit is "
+                                          f"FEDLAB_WAIT_LIMIT_S={limit:g}); its thread is at {where(thread)}")
                 self._active = False
                 self._stop.set()
                 self.stop_button.disabled = True
-            self.error = TimeoutError(f"the panel's run finished no round in {quiet:.0f} s (round "
-                                      f"{self.progress.value} of {config.rounds}; the limit is FEDLAB_WAIT_LIMIT_S="
-                                      f"{limit:g}); its thread is at {where(thread)}")
             self.status.value = f"<b style='color:#b00'>stalled: {self.error}. Run starts again.</b>"
             self._settings_changed()
             return

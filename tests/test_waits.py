@@ -103,6 +103,13 @@ def test_a_panel_run_that_finishes_no_round_within_the_limit_says_where_it_stood
     gate = threading.Event()
     _register_gated("gated_for_the_wait_test", gate)
     monkeypatch.setenv(runtime.WAIT_LIMIT_VARIABLE, "2")
+    from fedlab import widgets
+
+    def slow_where(thread, _where=widgets.where):  # widens the window a loaded machine opened now and then: the
+        time.sleep(1.5)  # watcher once marked the run inactive before its error was set, and wait() returned None
+        return _where(thread)
+
+    monkeypatch.setattr(widgets, "where", slow_where)
     panel = fl.ExperimentPanel(fl.ExperimentConfig(dataset="gated_for_the_wait_test", num_clients=4,
                                                    clients_per_round=2, rounds=2, seed=1), ["rounds"],
                                results_cache=tmp_path)

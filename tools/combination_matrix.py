@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import pathlib
 import sys
 
@@ -159,7 +160,9 @@ def main(argv: list[str]) -> int:
         readme = ROOT / "README.md"
         text = readme.read_text()
         start, end = text.index(BEGIN), text.index(END) + len(END)
-        readme.write_text(text[:start] + readme_section(frame) + text[end:])
+        partial = readme.with_name(readme.name + ".partial")  # written whole, then put in place
+        partial.write_text(text[:start] + readme_section(frame) + text[end:])
+        os.replace(partial, readme)
         print(f"\nrewrote the matrix in {readme}")
     return 0
 
