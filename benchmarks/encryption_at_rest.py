@@ -4,7 +4,7 @@
         [--repeats 3] [--out results/benchmarks]
 
 With encryption on, clients' arrays are sent to TFF's worker inline every round instead of as the paths of files
-written once (:mod:`fedlab.array_files`), and every checkpoint is encrypted. For each K: seconds of TFF's round
+written once (:mod:`fedlab.core.array_files`), and every checkpoint is encrypted. For each K: seconds of TFF's round
 call (the history's ``seconds``, median over rounds 3..R) and wall seconds per round of the whole run (checkpoint
 saved every round, evaluation at the last), plain then encrypted, ``--repeats`` times after one warm-up pair (which
 builds both processes); the ratio is encrypted / plain, median over the pairs with their range. Run it alone.
@@ -53,7 +53,7 @@ def write_table(path: str, rows: list[dict]) -> None:
 
     import pandas as pd
 
-    from fedlab.storage import atomic_write
+    from fedlab.core.storage import atomic_write
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     buffer = io.StringIO()
@@ -73,7 +73,7 @@ def main() -> int:
     table_path, table = os.path.join(args.out, "encryption_at_rest.csv"), []
     import fedlab
     import workload
-    from fedlab.encryption import new_key
+    from fedlab.core.encryption import new_key
 
     fedlab.setup()
     key_file = os.path.join(tempfile.mkdtemp(), "bench.key")

@@ -31,7 +31,7 @@ def main() -> int:
         raise SystemExit("perf is not installed (Debian: apt-get install linux-perf)")
     import fedlab
     import workload
-    from fedlab.runtime import _children
+    from fedlab.core.runtime import _children
 
     data = os.path.join(tempfile.mkdtemp(prefix="fedlab-perf-"), "perf.data")
     recorder = {}

@@ -40,7 +40,8 @@ def main() -> int:
         raise SystemExit("round_split: needs Linux's /proc")
     import fedlab
     import workload
-    from fedlab import clients, runtime
+    from fedlab.experiment import clients
+    from fedlab.core import runtime
 
     fedlab.setup()
     spent = [0.0]

@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` and all its descendants, from /proc."""
-    from fedlab.runtime import descendants, process_table
+    from fedlab.core.runtime import descendants, process_table
 
     table = process_table()
     return sum(table[p][2] for p in [pid] + descendants(pid, table) if p in table)
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
             else:
                 cmd = [sys.executable, str(HERE / "systems.py"), system.removesuffix("_one_thread")] + common
             env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1") if system.endswith("_one_thread") else None
-            if system.startswith("fedlab"):  # TFF's worker on one intra-op thread (fedlab.runtime.worker_environment)
+            if system.startswith("fedlab"):  # TFF's worker on one intra-op thread (fedlab.core.runtime.worker_environment)
                 env = dict(os.environ, FEDLAB_WORKER_INTRAOP_THREADS="1")
             print(f"[bench] {system} (repeat {repeat + 1}) ...", flush=True)
             lines, peak, wall = run_system(cmd, build / f"{system}-{repeat + 1}.log", env=env)

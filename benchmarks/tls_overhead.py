@@ -1,8 +1,8 @@
-"""Round time on a plain worker and on a mutual-TLS worker (TFF's worker behind fedlab.tls_proxy).
+"""Round time on a plain worker and on a mutual-TLS worker (TFF's worker behind fedlab.workers.tls_proxy).
 
     .venv/bin/python benchmarks/tls_overhead.py [--clients-per-round 10] [--rounds 6] [--repeats 3]
 
-Starts one local plain worker and one TLS worker (certificates from fedlab.certs in a temporary folder),
+Starts one local plain worker and one TLS worker (certificates from fedlab.workers.certs in a temporary folder),
 runs the benchmark workload (benchmarks/workload.py: 2NN on mnist5k, K clients per round) on each,
 interleaved, ``--repeats`` times, after one warm-up run each (TFF compiles once per worker). Prints the
 median seconds per round of each run (round 1 left out) and the ratio TLS / plain.
@@ -39,8 +39,8 @@ def main() -> int:
     args = parser.parse_args()
     import workload
 
-    from fedlab.certs import make_certs
-    from fedlab.distributed import LocalWorkers, WorkerTLS, use_worker_tls
+    from fedlab.workers.certs import make_certs
+    from fedlab.workers.distributed import LocalWorkers, WorkerTLS, use_worker_tls
 
     certs = make_certs(tempfile.mkdtemp(prefix="fedlab-tls-bench-"))
     server = WorkerTLS.load(certs["server.pem"], certs["server-key.pem"], certs["ca.pem"])

@@ -52,8 +52,8 @@ def config(clients_per_round: int, rounds: int, **changes):
 
 def export(path: pathlib.Path, ks, rounds: int) -> pathlib.Path:
     """x_train, y_train, each client's example ids, and the clients of every (K, round)."""
-    from fedlab.clients import dataset_for, partition_for
-    from fedlab.sampling import sample_clients
+    from fedlab.experiment.clients import dataset_for, partition_for
+    from fedlab.experiment.sampling import sample_clients
 
     base = config(max(ks), rounds)
     data = dataset_for(base)

@@ -13,11 +13,12 @@ import os as _os
 # warnings and stay visible; TF_CPP_MIN_LOG_LEVEL=0 in the environment shows TensorFlow's lines again.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from . import aggregation, crosssilo, privacy, tcga  # noqa: E402
-from .accounting import epsilon, noise_multiplier_for
-from .aggregation import AGGREGATORS, register_aggregator
-from .algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm
-from .analysis import (
+from .aggregators import aggregation  # noqa: E402
+from .studies import crosssilo, privacy, tcga  # noqa: E402
+from .protection.accounting import epsilon, noise_multiplier_for
+from .aggregators.aggregation import AGGREGATORS, register_aggregator
+from .algorithms.algorithms import ALGORITHMS, AlgorithmParams, hparam, register_algorithm
+from .studies.analysis import (
     accounting_table,
     at_time,
     fastest_to_target,
@@ -30,18 +31,18 @@ from .analysis import (
     summarize_rounds_to_target,
     time_to_target,
 )
-from .asynchronous import STALENESS, register_staleness
-from .attacks import ATTACKS, register_attack
-from .catalog import catalog
-from .ckks import measure_cost as he_cost
-from .clients import client_arrays_for, dataset_for, partition_for, partition_report_for
-from .comparison import BASELINES, compare, register_baseline, tune
-from .config import ExperimentConfig
-from .data import DATASETS, Dataset, DataUnavailableError, load_dataset, register_dataset
-from .distributed import LocalWorkers, use_worker_tls
-from .encryption import use_encryption
-from .models import MODELS, DataShape, ModelSpec, register_model
-from .partition import (
+from .systems.asynchronous import STALENESS, register_staleness
+from .rounds.attacks import ATTACKS, register_attack
+from .studies.catalog import catalog
+from .protection.ckks import measure_cost as he_cost
+from .experiment.clients import client_arrays_for, dataset_for, partition_for, partition_report_for
+from .studies.comparison import BASELINES, compare, register_baseline, tune
+from .experiment.config import ExperimentConfig
+from .data.data import DATASETS, Dataset, DataUnavailableError, load_dataset, register_dataset
+from .workers.distributed import LocalWorkers, use_worker_tls
+from .core.encryption import use_encryption
+from .models.models import MODELS, DataShape, ModelSpec, register_model
+from .data.partition import (
     PARTITIONERS,
     DirichletPartitioner,
     IidPartitioner,
@@ -52,7 +53,7 @@ from .partition import (
     partition_report,
     register_partitioner,
 )
-from .plots import (
+from .reporting.plots import (
     plot_images,
     plot_interval_heatmap,
     plot_comparison,
@@ -68,18 +69,18 @@ from .plots import (
     save_figure,
     save_table,
 )
-from .participation import async_participation, async_steps_within, participation_table
-from .report import compared, findings, interval_table, interval_text, number, quote, ranking, tally
-from .runner import clients_table, final_weights, run_experiment
-from .runtime import setup
-from .secagg import measure_cost as secagg_cost
-from .site_data import SITE_LOADERS, register_site_loader
-from .site_service import LocalSites
-from .sweeps import client_scores, grid, round_times, run_sweep
-from .tasks import LOSSES, METRICS, TASKS, Task, register_loss, register_metric, register_task
-from .systems import DEVICE_PROFILES, Devices, devices_from_csv, register_device_profile, register_device_table
-from .validation import ConfigError
-from .widgets import ExperimentPanel, exclude_selector
+from .studies.participation import async_participation, async_steps_within, participation_table
+from .reporting.report import compared, findings, interval_table, interval_text, number, quote, ranking, tally
+from .experiment.runner import clients_table, final_weights, run_experiment
+from .core.runtime import setup
+from .protection.secagg import measure_cost as secagg_cost
+from .data.site_data import SITE_LOADERS, register_site_loader
+from .experiment.site_service import LocalSites
+from .experiment.sweeps import client_scores, grid, round_times, run_sweep
+from .data.tasks import LOSSES, METRICS, TASKS, Task, register_loss, register_metric, register_task
+from .systems.systems import DEVICE_PROFILES, Devices, devices_from_csv, register_device_profile, register_device_table
+from .core.validation import ConfigError
+from .notebook.widgets import ExperimentPanel, exclude_selector
 
 __version__ = "0.2.0"
 

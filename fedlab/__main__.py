@@ -21,7 +21,7 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from .validation import ConfigError, one_line_warnings
+from .core.validation import ConfigError, one_line_warnings
 
 
 class UsageError(Exception):
@@ -93,7 +93,7 @@ def _int_tuple(text: str) -> tuple:
 
 
 def _workers(text: str) -> tuple:
-    from .distributed import parse_workers
+    from .workers.distributed import parse_workers
 
     try:
         workers = parse_workers(text)
@@ -105,7 +105,7 @@ def _workers(text: str) -> tuple:
 
 
 def _sites(text: str) -> dict:
-    from .sites import parse_sites
+    from .experiment.sites import parse_sites
 
     try:
         return parse_sites(text)
@@ -145,8 +145,8 @@ _NOT_OPTIONS = ("algorithm_params",)  # set through the hyperparameters' own opt
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from .catalog import hyperparameters
-    from .config import ExperimentConfig
+    from .studies.catalog import hyperparameters
+    from .experiment.config import ExperimentConfig
 
     defaults = ExperimentConfig()
     for f in dataclasses.fields(ExperimentConfig):
@@ -159,7 +159,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                 default=getattr(defaults, f.name),
                                 metavar=f.name.upper(), help=f"default: {getattr(defaults, f.name)}")
     group = parser.add_argument_group("algorithm hyperparameters (each applies to the algorithms named)")
-    from .algorithms import hparam_spec, hparam_type
+    from .algorithms.algorithms import hparam_spec, hparam_type
 
     for name, (f, owners) in hyperparameters().items():
         kind = hparam_type(f)
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .config import ExperimentConfig
+    from .experiment.config import ExperimentConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
               if f.name not in _NOT_OPTIONS}
@@ -319,16 +319,16 @@ ENCRYPTED_SUFFIX = ".enc"
 
 def _use_key(args: argparse.Namespace) -> bool:
     """Turns encryption at rest on with ``--encryption-key`` (one line if the file is not a key); whether it is on."""
-    from .encryption import use_encryption
+    from .core.encryption import use_encryption
 
     return use_encryption(args.encryption_key) is not None
 
 
 def _out_label(name: str, config_json: Optional[bytes]) -> str:
     """The label of ``OUT/name``: ``out/config.json`` for the run's config, ``out/run-<digest>/name`` for the others,
-    the digest of the ``config.json`` beside them (:func:`fedlab.storage.run_digest`): renamed, or copied from
+    the digest of the ``config.json`` beside them (:func:`fedlab.core.storage.run_digest`): renamed, or copied from
     another run's folder, a file fails its check."""
-    from .storage import run_digest
+    from .core.storage import run_digest
 
     if name == "config.json" or config_json is None:  # None: a plain file, or refused before its label counts
         return f"out/{name}"
@@ -337,7 +337,7 @@ def _out_label(name: str, config_json: Optional[bytes]) -> str:
 
 def _write_out(out: pathlib.Path, name: str, text: str, encrypted: bool, config_json: str) -> pathlib.Path:
     """``OUT/name``, or ``OUT/name.enc`` encrypted (labelled by :func:`_out_label`)."""
-    from .storage import write_sealed
+    from .core.storage import write_sealed
 
     path = out / (name + ENCRYPTED_SUFFIX if encrypted else name)
     write_sealed(path, text, _out_label(name, config_json.encode()))
@@ -347,7 +347,7 @@ def _write_out(out: pathlib.Path, name: str, text: str, encrypted: bool, config_
 def _run_config_beside(path: pathlib.Path) -> bytes:
     """The encrypted ``config.json.enc`` that ``run --out`` wrote beside ``path``, decrypted: its digest is in the
     file's label."""
-    from .storage import read_sealed
+    from .core.storage import read_sealed
 
     config = path.parent / ("config.json" + ENCRYPTED_SUFFIX)
     if not config.is_file():
@@ -359,19 +359,19 @@ def _run_config_beside(path: pathlib.Path) -> bytes:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # validated before TensorFlow is imported
     encrypted = _use_key(args)
-    from .distributed import WorkerTLS, use_worker_tls
+    from .workers.distributed import WorkerTLS, use_worker_tls
 
     tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
     if tls is not None and not (config.workers or args.sites):
         raise UsageError("--tls-cert: mutual TLS is for runs on --workers or --sites; this run is local")
     use_worker_tls(tls)  # the process's setting, not the config's: the same numbers, the same cached result
-    from .storage import Checkpoint, ensure_folder
+    from .core.storage import Checkpoint, ensure_folder
 
     out = ensure_folder(args.out, "--out")
     checkpoint_dir = None if args.no_checkpoint else out / "checkpoint"
     if checkpoint_dir is not None:
         Checkpoint(checkpoint_dir, config)  # refuses another config's checkpoint before anything is written
-    from .runner import RunStopped, clients_table, evaluated_rows, run_experiment
+    from .experiment.runner import RunStopped, clients_table, evaluated_rows, run_experiment
 
     # Ctrl-C ends the run after the current round, its checkpoint saved; a second Ctrl-C stops at once.
     # (A KeyboardInterrupt raised inside TensorFlow's or TFF's clean-up code can be swallowed there.)
@@ -424,14 +424,14 @@ def _show(args: argparse.Namespace) -> int:
     if args.to is not None:
         if not path.is_dir():
             raise UsageError(f"--to: PATH must be a TensorBoard run folder (DIR/<algorithm>-<key>), got {path}")
-        from .tensorboard import export
+        from .experiment.tensorboard import export
 
         written = export(path, args.to)
         print(f"wrote {len(written)} event file(s) in the clear into {args.to}: tensorboard --logdir {args.to}")
         return 0
     if not path.is_file():
         raise UsageError(f"PATH: {path} is not a file")
-    from .encryption import is_encrypted, unseal
+    from .core.encryption import is_encrypted, unseal
 
     name = path.name[:-len(ENCRYPTED_SUFFIX)] if path.name.endswith(ENCRYPTED_SUFFIX) else path.name
     blob = path.read_bytes()
@@ -443,7 +443,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     if args.kind == "new":
-        from .encryption import new_key
+        from .core.encryption import new_key
 
         try:
             key = new_key(args.file)
@@ -456,7 +456,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     if args.kind == "seal-data":
         _use_key(args)
-        from .data import seal_folder
+        from .data.data import seal_folder
 
         try:
             written = seal_folder(args.dir, remove_plain=args.remove_plain)
@@ -467,7 +467,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         for path in written:
             print(f"wrote {path}")
         return 0
-    from .ckks import write_keys
+    from .protection.ckks import write_keys
 
     try:
         paths = write_keys(pathlib.Path(args.dir))
@@ -479,15 +479,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import format_catalog
+    from .studies.catalog import format_catalog
 
     print(format_catalog())
     return 0
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from .accounting import epsilon, noise_multiplier_for
-    from .validation import integer
+    from .protection.accounting import epsilon, noise_multiplier_for
+    from .core.validation import integer
 
     user = [args.clients_per_round, args.num_clients, args.rounds]
     record = [args.examples, args.batch_size, args.steps]
@@ -518,22 +518,22 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .distributed import WorkerTLS, serve
+    from .workers.distributed import WorkerTLS, serve
 
     tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
     return serve(args.port, args.host, max_concurrent_calls=args.max_concurrent_calls, tls=tls)
 
 
 def cmd_site(args: argparse.Namespace) -> int:
-    from .distributed import WorkerTLS
-    from .site_service import serve
+    from .workers.distributed import WorkerTLS
+    from .experiment.site_service import serve
 
     tls = WorkerTLS.load(args.tls_cert, args.tls_key, args.tls_ca)
     return serve(args.dataset, args.name, args.data, args.port, args.host, tls, args.ckks_secret, args.reproducible)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from .certs import make_certs, parse_hosts
+    from .workers.certs import make_certs, parse_hosts
 
     hosts = parse_hosts(args.hosts)
     try:
@@ -550,14 +550,14 @@ def cmd_certs(args: argparse.Namespace) -> int:
           f"--tls-key {d / 'server-key.pem'} --tls-ca {d / 'ca.pem'}\n"
           f"Driver:\n  python -m fedlab run ... --workers {host}:8000 --tls-cert {d / 'client.pem'} "
           f"--tls-key {d / 'client-key.pem'} --tls-ca {d / 'ca.pem'}\n"
-          f"  (Python: fedlab.distributed.use_worker_tls(cert={str(d / 'client.pem')!r}, "
+          f"  (Python: fedlab.workers.distributed.use_worker_tls(cert={str(d / 'client.pem')!r}, "
           f"key={str(d / 'client-key.pem')!r}, ca={str(d / 'ca.pem')!r}))\n"
           f"Keep ca-key.pem away from the workers: it signs new certificates.")
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from . import reproduce
+    from .notebook import reproduce
 
     kwargs = {}
     if args.figures_dir is not None:

@@ -86,7 +86,7 @@ def interrupt_after(run, config, round_num: int, checkpoint_dir) -> None:
     (what Ctrl-C and the panel's Stop button use); ``run`` is ``run_experiment``."""
     import threading
 
-    from fedlab.runner import RunStopped
+    from fedlab.experiment.runner import RunStopped
 
     stop = threading.Event()
 

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from fedlab.runtime import descendants, process_table
+from fedlab.core.runtime import descendants, process_table
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "build" / "test-artifacts" / "stalls"
 PY_SPY = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from fedlab import ExperimentConfig, final_weights, run_experiment
-from fedlab import aggregation, attacks
-from fedlab.config import ConfigError
-from fedlab.runtime import simulated_secure_sums, tff
+from fedlab.aggregators import aggregation
+from fedlab.rounds import attacks
+from fedlab.experiment.config import ConfigError
+from fedlab.core.runtime import simulated_secure_sums, tff
 
 # logistic regression on digits: a 64x10 kernel and 10 biases = 650 float32 parameters
 BASE = ExperimentConfig(dataset="digits", num_clients=20, clients_per_round=5, rounds=1, clip_norm=1.0)
@@ -108,14 +109,14 @@ def test_robust_statistics_need_the_updates_themselves(changes, field):
 def test_one_round_of_the_median_moves_the_model_by_the_median_update():
     """Server learning rate 1: the new global model is the old one plus the coordinate-wise median of the clients'
     updates; each client's update is what a one-client round with the plain mean moves the model by."""
-    from fedlab.robust import coordinate_median
+    from fedlab.aggregators.robust import coordinate_median
 
     config = BASE.replace(clients_per_round=3, client_lr=0.1)
     median = run_experiment(config.replace(robust="median"), progress=False)
     # the three clients of round 1, each alone (same data, same batches: plans depend on (seed, round, client))
-    from fedlab.clients import Clients, dataset_for, spec_for
-    from fedlab.processes import get_process, initial_state, trainer_for
-    from fedlab.sampling import Scheduler
+    from fedlab.experiment.clients import Clients, dataset_for, spec_for
+    from fedlab.experiment.processes import get_process, initial_state, trainer_for
+    from fedlab.experiment.sampling import Scheduler
 
     data = dataset_for(config)
     spec = spec_for(config, data)
@@ -148,8 +149,8 @@ def test_partial_updates_send_only_trainable_layers():
 def test_frozen_layers_in_the_compiled_loop_give_tffs_keras_path_numbers(frozen, monkeypatch):
     """TFF 0.87's functional_model_from_keras mis-orders a frozen layer's weights; fedlab's wrapper
     (ModelSpec.functional_model) splits them as TFF's Keras-model path does, and trains to its numbers."""
-    from fedlab import processes
-    from fedlab.clients import spec_for
+    from fedlab.experiment import processes
+    from fedlab.experiment.clients import spec_for
 
     config = BASE.replace(model="2nn", freeze_layers=frozen, rounds=3, local_steps=5)
     spec = spec_for(config)

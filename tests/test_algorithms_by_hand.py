@@ -7,10 +7,10 @@ mean over the batch). Client A holds 1 example, client B holds 3.
 import numpy as np
 import pytest
 
-from fedlab import algorithms
-from fedlab.algorithms import FedAvgMParams, FedProxParams
-from fedlab.models import ModelSpec
-from fedlab.runtime import tff
+from fedlab.algorithms import algorithms
+from fedlab.algorithms.algorithms import FedAvgMParams, FedProxParams
+from fedlab.models.models import ModelSpec
+from fedlab.core.runtime import tff
 
 from by_hand import grad
 
@@ -152,7 +152,7 @@ def test_fedopt_three_rounds_equal_reddi_algorithm_2_by_hand(rule):
 
 
 def test_tff_own_fedprox_has_the_proximal_sign_flipped():
-    """Documents the TFF 0.87.0 bug fedlab.fedprox works around; fails once TFF fixes it."""
+    """Documents the TFF 0.87.0 bug fedlab.algorithms.fedprox works around; fails once TFF fixes it."""
     lr, mu = 0.5, 2.0
     t = tff()
     process = t.learning.algorithms.build_weighted_fed_prox(

@@ -1,4 +1,4 @@
-"""Tables read off histories (fedlab.analysis), checked with numbers worked out by hand."""
+"""Tables read off histories (fedlab.studies.analysis), checked with numbers worked out by hand."""
 
 import math
 

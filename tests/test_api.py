@@ -34,7 +34,7 @@ def test_notebooks_use_only_the_public_api():
     import json
     import re
 
-    from fedlab import reproduce
+    from fedlab.notebook import reproduce
 
     for path in reproduce.notebooks():
         code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]

@@ -1,4 +1,4 @@
-"""Clients read their arrays from files written once (fedlab.array_files): the numbers of clients sent their arrays
+"""Clients read their arrays from files written once (fedlab.core.array_files): the numbers of clients sent their arrays
 every round, files that go with their arrays, and processes for remote workers still sent the arrays."""
 
 import gc
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab import array_files, processes
-from fedlab.array_files import ArrayFiles, building_for_remote_workers
+from fedlab.core import array_files
+from fedlab.experiment import processes
+from fedlab.core.array_files import ArrayFiles, building_for_remote_workers
 
 
 def _history(config):
@@ -46,9 +47,9 @@ def test_clients_reading_files_give_the_numbers_of_clients_sent_their_arrays(cha
 
 
 def test_a_process_reads_files_here_and_takes_arrays_for_remote_workers():
-    from fedlab.array_training import client_training, reads_files
-    from fedlab.clients import dataset_for, spec_for
-    from fedlab.runtime import tff
+    from fedlab.rounds.array_training import client_training, reads_files
+    from fedlab.experiment.clients import dataset_for, spec_for
+    from fedlab.core.runtime import tff
 
     config = fl.ExperimentConfig(dataset="digits", num_clients=4, clients_per_round=4)
     model = spec_for(config, dataset_for(config)).functional_model()

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from fedlab import ExperimentConfig, processes
-from fedlab.clients import Clients, dataset_for, spec_for
+from fedlab import ExperimentConfig
+from fedlab.experiment import processes
+from fedlab.experiment.clients import Clients, dataset_for, spec_for
 
 
 def _round(config, on_arrays, round_num=2):
@@ -35,7 +36,7 @@ def _round(config, on_arrays, round_num=2):
     dict(secure_aggregation=True, quantization_bits=12, clip_norm=1.0),
 ], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "fedavg")
 def test_compiled_loop_equals_tff_stock_client_work(changes):
-    from fedlab.runtime import simulated_secure_sums
+    from fedlab.core.runtime import simulated_secure_sums
 
     config = ExperimentConfig(**{"dataset": "digits", "num_clients": 6, "clients_per_round": 6, **changes})
     with simulated_secure_sums(config.secure_aggregation):
@@ -56,8 +57,8 @@ def test_dataset_size_weighting_by_hand():
                               local_steps=2, batch_size=5, client_lr=0.1)
     spec = spec_for(config, dataset_for(config))
     clients = Clients.for_config(config, spec)
-    from fedlab.array_training import build_array_process
-    from fedlab.runtime import tff
+    from fedlab.rounds.array_training import build_array_process
+    from fedlab.core.runtime import tff
 
     sizes = np.array([len(x) for x in clients.x], float)
     assert len(set(sizes)) == 3
@@ -85,7 +86,7 @@ def test_a_clients_input_packs_into_one_plan_and_unpacks_to_the_same_values():
 
     import tensorflow as tf
 
-    from fedlab.array_training import pack_client_data, unpack_plan
+    from fedlab.rounds.array_training import pack_client_data, unpack_plan
 
     orders = np.array([[4, 0, 2, 1, 3], [1, 3, 0, 4, 2]], np.int64)
     data = collections.OrderedDict(x=np.ones((5, 2), np.float32), y=np.arange(5), orders=orders, batch=np.int64(3),

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab.array_training import with_learning_rates
-from fedlab.asynchronous import plan, staleness_weights
-from fedlab.runtime import tff
-from fedlab.systems import Devices, Work
-from fedlab.validation import ConfigError
+from fedlab.rounds.array_training import with_learning_rates
+from fedlab.systems.asynchronous import plan, staleness_weights
+from fedlab.core.runtime import tff
+from fedlab.systems.systems import Devices, Work
+from fedlab.core.validation import ConfigError
 
 from by_hand import BATCH, X, Y, grad, inputs
 
@@ -114,9 +114,9 @@ def test_the_schedule_refuses_impossible_sizes(kw, field):
 def test_a_server_step_scales_each_update_by_its_staleness_weight():
     """Clients 1 and 2 train from w0 (one epoch, batches of 2); the step takes their updates with staleness
     weights 1 and 1/sqrt(3): w1 = w0 - lr_server * sum_i n_i s_i (w0 - w_i) / sum_i n_i (FedAvg, examples)."""
-    from fedlab.buffered_rounds import BufferedProcess
-    from fedlab.array_training import client_training
-    from fedlab.models import ModelSpec
+    from fedlab.rounds.buffered_rounds import BufferedProcess
+    from fedlab.rounds.array_training import client_training
+    from fedlab.models.models import ModelSpec
 
     spec = ModelSpec("logreg", num_features=2, num_classes=3)
     model = spec.functional_model()
@@ -192,7 +192,7 @@ def test_a_run_resumed_mid_stream_gives_the_uninterrupted_history(tmp_path):
     the same history and final model as without the stop."""
     import threading
 
-    from fedlab.runner import RunStopped
+    from fedlab.experiment.runner import RunStopped
 
     whole = fl.run_experiment(ASYNC, progress=False)
     stop = threading.Event()
@@ -281,7 +281,7 @@ def test_runs_compared_at_equal_simulated_time_and_time_to_target():
 def test_secure_sums_and_robust_rules_see_a_steps_buffer():
     """TFF's secure sum adds each step's buffer (its modulus sized for the buffer, not clients_per_round), with the
     numbers of the plain sum up to float32; Multi-Krum keeps K - f of the buffer's updates."""
-    from fedlab.aggregation import aggregator_key, cohort_size
+    from fedlab.aggregators.aggregation import aggregator_key, cohort_size
 
     config = ASYNC.replace(rounds=3, clients_per_round=6)
     assert cohort_size(config) == 2 and cohort_size(config.replace(async_concurrency=0, async_buffer=None)) == 6

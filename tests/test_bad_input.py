@@ -25,10 +25,10 @@ import warnings
 import pytest
 
 import fedlab as fl
-from fedlab import accounting
+from fedlab.protection import accounting
 from fedlab.__main__ import main
-from fedlab.storage import DamagedFileWarning
-from fedlab.validation import SettingWarning
+from fedlab.core.storage import DamagedFileWarning
+from fedlab.core.validation import SettingWarning
 
 pytestmark = pytest.mark.xdist_group("bad_input")
 
@@ -162,7 +162,7 @@ LOGREG_DIGITS = 650  # 64 features x 10 classes + 10 biases
 def test_secure_sum_that_rounds_every_update_to_zero_is_explained():
     """The step of a b-bit secure sum is clip_norm / (2^(b-1) - 1); what survives rounding depends on b and the
     model's size only (clip_norm cancels)."""
-    from fedlab.aggregation import vanishing_updates
+    from fedlab.aggregators.aggregation import vanishing_updates
 
     secure = fl.ExperimentConfig(secure_aggregation=True, quantization_bits=2)
     assert vanishing_updates(secure, LOGREG_DIGITS) == (

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from fedlab import ExperimentConfig, crosssilo, dataset_for, run_experiment
-from fedlab.data import Dataset, load_breast_cancer, with_covariate_sites
-from fedlab.clients import client_dataset
-from fedlab.sampling import sample_clients
+from fedlab import ExperimentConfig, dataset_for, run_experiment
+from fedlab.studies import crosssilo
+from fedlab.data.data import Dataset, load_breast_cancer, with_covariate_sites
+from fedlab.experiment.clients import client_dataset
+from fedlab.experiment.sampling import sample_clients
 
 
 def test_local_steps_gives_exactly_that_many_batches():

@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 
 import stalls
-from fedlab import reproduce
+from fedlab.notebook import reproduce
 from test_notebooks import noise_in
 
 # One pytest-xdist worker runs these: the browser test and the notebook test share one results cache

@@ -1,4 +1,4 @@
-"""CKKS homomorphic aggregation (fedlab.ckks, fedlab.homomorphic_rounds): the weighted mean within the stated
+"""CKKS homomorphic aggregation (fedlab.protection.ckks, fedlab.rounds.homomorphic_rounds): the weighted mean within the stated
 bound of the exact one, a server that cannot decrypt, reproducible from the seed, rounds equal to plain FedAvg."""
 
 import os
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab import ckks
-from fedlab.validation import ConfigError, FedlabWarning
+from fedlab.protection import ckks
+from fedlab.core.validation import ConfigError, FedlabWarning
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_the_bytes_counted_are_seals_uncompressed_serialisation_of_a_ciphertext_
 
 BYTES_SCRIPT = """
 import numpy as np
-from fedlab import ckks
+from fedlab.protection import ckks
 secret, public = ckks.make_keys()
 rng = np.random.default_rng()
 updates = {c: rng.normal(0, 0.1, 5000) for c in range(3)}
@@ -294,7 +294,7 @@ def test_the_same_config_and_seed_give_the_same_history_twice():
 def test_a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(tmp_path):
     import threading
 
-    from fedlab.runner import RunStopped
+    from fedlab.experiment.runner import RunStopped
 
     config = BASE.replace(**CKKS, rounds=3, algorithm="fedadam", server_lr=0.05)  # Adam's moments in the state
     whole = fl.run_experiment(config, progress=False)
@@ -335,8 +335,8 @@ def test_record_level_dp_an_adaptive_server_optimizer_and_os_randomness_run_on_t
 
 def _round_with(updates_of, monkeypatch, clients=(0, 1, 2)):
     """Round 1 of BASE under CKKS with the clients' trained updates and weights changed by ``updates_of``."""
-    from fedlab.clients import Clients, dataset_for, spec_for
-    from fedlab.processes import get_process, initial_state, trainer_for
+    from fedlab.experiment.clients import Clients, dataset_for, spec_for
+    from fedlab.experiment.processes import get_process, initial_state, trainer_for
 
     config = BASE.replace(**CKKS)
     data = dataset_for(config)

@@ -51,7 +51,7 @@ def test_the_matrix_counts_what_the_issue_counts():
 
 @pytest.fixture(scope="module")
 def worker_address():
-    from fedlab.distributed import LocalWorkers
+    from fedlab.workers.distributed import LocalWorkers
 
     with LocalWorkers(1) as workers:
         yield workers.addresses[0]
@@ -65,7 +65,7 @@ def _marks(g1, g2):
 @pytest.mark.parametrize("fields", [pytest.param(f, id=f"{a} + {b}", marks=_marks(g1, g2))
                                     for g1, a, g2, b, f in ACCEPTED])
 def test_an_accepted_pair_runs_two_rounds(fields, request):
-    from fedlab import processes
+    from fedlab.experiment import processes
 
     if len(processes._PROCESS_CACHE) > KEEP_PROCESSES:
         processes._PROCESS_CACHE.clear()

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab import comparison as C
-from fedlab.evaluation import classification_metrics
-from fedlab.stats import interval, paired_difference
+from fedlab.studies import comparison as C
+from fedlab.experiment.evaluation import classification_metrics
+from fedlab.reporting.stats import interval, paired_difference
 
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (tables)
 T_975_DF4 = 2.7764451051977987

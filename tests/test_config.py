@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from fedlab.config import ConfigError, ExperimentConfig
+from fedlab.experiment.config import ConfigError, ExperimentConfig
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fedlab import data
+from fedlab.data import data
 
 
 def test_stratified_split_by_hand():

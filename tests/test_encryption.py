@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab import array_files, encryption
-from fedlab.encryption import MAGIC, EncryptionError, Key, decrypt, encrypt, load_key, new_key
-from fedlab.storage import DamagedFileWarning, StorageError
-from fedlab.validation import ConfigError
+from fedlab.core import array_files, encryption
+from fedlab.core.encryption import MAGIC, EncryptionError, Key, decrypt, encrypt, load_key, new_key
+from fedlab.core.storage import DamagedFileWarning, StorageError
+from fedlab.core.validation import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -236,7 +236,7 @@ def test_the_cache_reads_back_with_its_key_only(encrypted_run, plain, tmp_path):
 
 
 def test_tensorboard_events_decrypt_to_the_history(encrypted_run, plain, tmp_path):
-    from fedlab.tensorboard import export, read_scalars
+    from fedlab.experiment.tensorboard import export, read_scalars
 
     root, key_file, written, history = encrypted_run
     [folder] = [p for p in (written / "tb").iterdir() if p.is_dir()]
@@ -260,7 +260,7 @@ def test_tensorboard_events_decrypt_to_the_history(encrypted_run, plain, tmp_pat
 def test_a_tampered_checkpoint_version_is_damage_and_the_previous_one_is_used(encrypted_run, plain, tmp_path):
     """An authentication failure is damage, handled as a wrong checksum is: here the attacker also rewrote the
     manifest, so only GCM's tag can tell."""
-    from fedlab.storage import sha256
+    from fedlab.core.storage import sha256
 
     root, key_file, written, history = encrypted_run
     import shutil
@@ -322,7 +322,7 @@ def test_a_sites_data_files_read_encrypted_give_the_same_data(heart_dir, tmp_pat
     import shutil
 
     from fedlab.__main__ import main
-    from fedlab.data import DataUnavailableError
+    from fedlab.data.data import DataUnavailableError
 
     site = tmp_path / "site"
     shutil.copytree(heart_dir, site)
@@ -363,7 +363,7 @@ def test_a_checkpoint_version_copied_from_another_run_is_damage_never_resumed_fr
     """Same key, manifests rewritable: only the label's run digest tells run A's version from run B's."""
     import shutil
 
-    from fedlab.storage import Checkpoint
+    from fedlab.core.storage import Checkpoint
 
     fl.use_encryption(key_file=new_key(tmp_path / "k.key").path)
     config_a, config_b = CONFIG, CONFIG.replace(seed=1)
@@ -414,7 +414,7 @@ def test_an_out_file_copied_from_another_run_is_refused_by_show(encrypted_run, t
 
 # TensorBoard's marker ----------------------------------------------------------------------------------
 def test_a_damaged_tensorboard_marker_is_reported_and_rounds_written_again(tmp_path):
-    from fedlab.tensorboard import MARKER, TensorBoardLog, run_folder
+    from fedlab.experiment.tensorboard import MARKER, TensorBoardLog, run_folder
 
     fl.use_encryption(key_file=new_key(tmp_path / "k.key").path)
     key = "0123456789abcdef-test"
@@ -431,7 +431,7 @@ def test_a_damaged_tensorboard_marker_is_reported_and_rounds_written_again(tmp_p
 
 # Key files ---------------------------------------------------------------------------------------------
 def test_a_readable_key_file_is_warned_about(tmp_path):
-    from fedlab.encryption import KeyFileWarning
+    from fedlab.core.encryption import KeyFileWarning
 
     path = new_key(tmp_path / "k.key").path
     with warnings.catch_warnings():
@@ -476,7 +476,7 @@ def test_seal_data_leaves_key_files_in_the_folder_alone(tmp_path, capsys):
 
 
 def test_seal_data_leaves_no_temporary_file_when_a_write_fails(tmp_path, monkeypatch):
-    from fedlab import data
+    from fedlab.data import data
 
     site = tmp_path / "site"
     site.mkdir()

@@ -1,16 +1,16 @@
-"""Local fine-tuning evaluation (fedlab.finetune): each client's tuned model checked against SGD by hand, and a
+"""Local fine-tuning evaluation (fedlab.rounds.finetune): each client's tuned model checked against SGD by hand, and a
 run's per-client scores against the final global model tuned by hand and evaluated on each client's held-out data."""
 
 import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab.clients import Clients, finetune_inputs, spec_for
-from fedlab.evaluation import Evaluator, evaluate_logits
-from fedlab.finetune import FineTuning
-from fedlab.models import ModelSpec
-from fedlab.runtime import tff
-from fedlab.validation import ConfigError
+from fedlab.experiment.clients import Clients, finetune_inputs, spec_for
+from fedlab.experiment.evaluation import Evaluator, evaluate_logits
+from fedlab.rounds.finetune import FineTuning
+from fedlab.models.models import ModelSpec
+from fedlab.core.runtime import tff
+from fedlab.core.validation import ConfigError
 
 from by_hand import X, Y, grad
 
@@ -48,7 +48,7 @@ def test_each_client_tunes_the_global_model_on_its_own_data_as_by_hand(epochs, b
 
 
 def test_tuning_orders_are_drawn_per_client_and_round_apart_from_training():
-    from fedlab.clients import client_plan
+    from fedlab.experiment.clients import client_plan
 
     config = fl.ExperimentConfig(num_clients=3, clients_per_round=3, eval_per_client=True, finetune_epochs=2)
     x, y = np.zeros((20, 2), np.float32), np.zeros(20, np.int32)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import fedlab as fl
 from fedlab.__main__ import main
-from fedlab.config import FIELD_NAMES
+from fedlab.experiment.config import FIELD_NAMES
 
 # One pytest-xdist worker runs these: its tallies add up in one process (test_write_report).
 pytestmark = pytest.mark.xdist_group("fuzz")

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab.storage import CheckpointMismatchError, DamagedFileWarning, StorageError
+from fedlab.core.storage import CheckpointMismatchError, DamagedFileWarning, StorageError
 
 BASE = fl.ExperimentConfig(dataset="digits", partition="dirichlet", alpha=0.5, num_clients=10, clients_per_round=4,
                            rounds=4, seed=3, eval_every=1)
@@ -127,7 +127,7 @@ def test_checkpoint_from_before_the_systems_fields_resumes_in_full(saved_checkpo
     force) and its rows lack the clock's columns (recomputed from the config)."""
     import json
 
-    from fedlab.storage import tree_manifest
+    from fedlab.core.storage import tree_manifest
 
     folder = tmp_path / "older"
     shutil.copytree(saved_checkpoint, folder)
@@ -204,14 +204,14 @@ CLI_CONFIG = fl.ExperimentConfig(dataset="digits", partition="dirichlet", alpha=
 
 
 def _tff_workers_of(pid: int) -> list[int]:
-    from fedlab.runtime import descendants, process_table
+    from fedlab.core.runtime import descendants, process_table
 
     table = process_table()
     return [p for p in descendants(pid, table) if table[p][1].endswith("worker_binary")]
 
 
 def _orphaned_workers(before: set[int]) -> list[int]:
-    from fedlab.runtime import process_table
+    from fedlab.core.runtime import process_table
 
     return [pid for pid, (parent, cmd, _) in process_table().items()
             if cmd.endswith("worker_binary") and parent == 1 and pid not in before]
@@ -228,7 +228,7 @@ def _wait_for_round(out: pathlib.Path, round_num: int, process, timeout=240) -> 
 def test_interrupted_cli_run_resumes_to_the_uninterrupted_history(tmp_path):
     """Ctrl-C at a random round, then SIGKILL at a later one, then the same command to the end: the history is
     the uninterrupted run's, and no TFF worker outlives the killed run."""
-    from fedlab.runtime import process_table
+    from fedlab.core.runtime import process_table
 
     rng = np.random.default_rng(2026)  # random rounds, drawn from a fixed seed
     first = int(rng.integers(1, 5))

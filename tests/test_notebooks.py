@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from fedlab import reproduce
+from fedlab.notebook import reproduce
 
 # One pytest-xdist worker runs these: the browser test and the notebook test share one results cache
 # (the first and the second run of every notebook).
@@ -60,7 +60,7 @@ def fedlab_warning_categories() -> frozenset:
     """Names of fedlab's own warning categories: FedlabWarning and its subclasses (importing fedlab loads every
     module that defines one)."""
     import fedlab  # noqa: F401
-    from fedlab.validation import FedlabWarning
+    from fedlab.core.validation import FedlabWarning
 
     found, todo = set(), [FedlabWarning]
     while todo:

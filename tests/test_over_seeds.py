@@ -196,7 +196,7 @@ def test_secagg_cost_over_repeats_is_drawn_as_means_with_intervals():
 def test_a_diverged_model_has_an_accuracy_and_no_auc():
     import warnings
 
-    from fedlab.evaluation import classification_metrics
+    from fedlab.experiment.evaluation import classification_metrics
 
     logits = np.array([[np.nan, np.nan, np.nan], [np.inf, 0.0, -np.inf], [0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
     with warnings.catch_warnings():

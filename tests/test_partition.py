@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedlab.partition import (
+from fedlab.data.partition import (
     DirichletPartitioner,
     IidPartitioner,
     NaturalPartitioner,

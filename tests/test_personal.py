@@ -1,17 +1,17 @@
-"""Personalisation: FedPer's shared body and personal heads (fedlab.personal) checked by hand on a two-layer
+"""Personalisation: FedPer's shared body and personal heads (fedlab.algorithms.personal) checked by hand on a two-layer
 linear network, and each client's own held-out data (local_test_fraction)."""
 
 import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab.algorithms import DittoParams, FedPerParams
-from fedlab.array_training import with_learning_rates
-from fedlab.clients import Clients, local_test_split, spec_for
-from fedlab.models import ModelSpec
-from fedlab.personal import build_ditto, build_fedper
-from fedlab.runtime import tff
-from fedlab.validation import ConfigError
+from fedlab.algorithms.algorithms import DittoParams, FedPerParams
+from fedlab.rounds.array_training import with_learning_rates
+from fedlab.experiment.clients import Clients, local_test_split, spec_for
+from fedlab.models.models import ModelSpec
+from fedlab.algorithms.personal import build_ditto, build_fedper
+from fedlab.core.runtime import tff
+from fedlab.core.validation import ConfigError
 
 from by_hand import BATCH, X, Y, grad, inputs, softmax_delta
 
@@ -162,8 +162,8 @@ def test_with_one_client_per_site_each_site_is_scored_with_its_own_model(monkeyp
     own models (``lam=0``: each trained on its own site alone) are checked to be other than the global model,
     their weights far further apart than rounding moves them.
     """
-    from fedlab.evaluation import Evaluator
-    from fedlab.personal import DittoProcess
+    from fedlab.experiment.evaluation import Evaluator
+    from fedlab.algorithms.personal import DittoProcess
 
     real_client_weights = DittoProcess.client_weights
     own, stand_ins, asked = {}, {}, []
@@ -239,7 +239,7 @@ def test_fedper_with_frozen_layers_shares_the_layer_between_them():
 def test_dp_personalisation_without_noise_or_clipping_weighs_clients_alike(algorithm):
     """User-level DP on FedPer's body and Ditto's global model: with no noise and a clip no update reaches, the DP
     mean (sum / K) is the uniform mean; with noise, the noise reaches the model and epsilon is DP-FedAvg's."""
-    from fedlab import accounting
+    from fedlab.protection import accounting
 
     base = fl.ExperimentConfig(dataset="digits", model="2nn", partition="quantity", num_clients=4, clients_per_round=4,
                                rounds=3, algorithm=algorithm, local_steps=3, batch_size=16)
@@ -264,7 +264,7 @@ def test_dp_personalisation_without_noise_or_clipping_weighs_clients_alike(algor
 def test_fedper_with_a_secure_sum_is_the_uniform_mean_within_the_quantisation_bound():
     """TFF's secure sum of 16-bit clipped updates: FedPer's body moves by the uniform mean of the clients' body
     updates, within the rounding of the sum (each of K values off by at most half a step), its head not at all."""
-    from fedlab import aggregation
+    from fedlab.aggregators import aggregation
 
     base = fl.ExperimentConfig(dataset="digits", model="2nn", partition="quantity", num_clients=4, clients_per_round=4,
                                rounds=1, algorithm="fedper", local_steps=3, batch_size=16)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from fedlab import ports, runtime
-from fedlab.distributed import worker_binary
+from fedlab.core import ports, runtime
+from fedlab.workers.distributed import worker_binary
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Privacy: accounting against dp-accounting, the noise that reaches the aggregate, clipping, the audit."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -7,9 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from fedlab import ExperimentConfig, accounting, privacy, run_experiment
-from fedlab import aggregation
-from fedlab.config import ConfigError
+from fedlab import ExperimentConfig, final_weights, run_experiment
+from fedlab.aggregators.seeded import round_seed
+from fedlab.rounds.secure_rounds import ProtocolSum
+from fedlab.protection import accounting
+from fedlab.studies import privacy
+from fedlab.aggregators import aggregation
+from fedlab.experiment.config import ConfigError
 
 
 def direct_epsilon(z, q, rounds, delta, accountant):
@@ -86,7 +91,7 @@ def test_dp_config_validation():
 
 
 def _aggregate(factory, values):
-    from fedlab.runtime import tff
+    from fedlab.core.runtime import tff
 
     t = tff()
     process = factory.create(t.types.TensorType(np.float32, [len(values[0])]))
@@ -196,7 +201,7 @@ def test_privacy_cli():
 
 def test_worker_is_recycled_after_a_dp_run():
     """TFF's worker grows on the DP path; fedlab stops it after a DP run and TFF starts a fresh one."""
-    from fedlab.runtime import _children
+    from fedlab.core.runtime import _children
 
     config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, rounds=2, dp="fixed",
                               noise_multiplier=0.5, delta=1e-3)
@@ -306,6 +311,72 @@ def test_dp_on_a_secure_sum_adds_the_noise_to_the_sum_and_accounts_for_its_round
                                       55210) == 20.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["secagg", "secaggplus"])
+def test_dp_on_the_secagg_protocol_noises_the_unmasked_sum_as_on_tffs_secure_sum(protocol):
+    # every client every round (q = 1), a clip no update reaches: without noise, DP on the protocol's sum is DP on
+    # TFF's secure sum (the same clipping and 16-bit rounding, sum / K); with noise, the server's draw of std z C
+    # is added to the unmasked sum and divided by K, reproducibly, and epsilon is the secure sum's (same rounding)
+    base = ExperimentConfig(dataset="digits", model="2nn", num_clients=4, clients_per_round=4, rounds=1,
+                            local_steps=3, batch_size=16, secure_aggregation=True, quantization_bits=16,
+                            clip_norm=10.0, dp="fixed", noise_multiplier=0.0, delta=1e-5)
+    on_sum = run_experiment(base, progress=False)
+    clean = run_experiment(base.replace(secure_protocol=protocol), progress=False)
+    for column in ("train_loss", "eval_loss", "eval_accuracy"):
+        np.testing.assert_allclose(clean[column], on_sum[column], rtol=0, atol=1e-6, err_msg=column)
+    for a, b in zip(final_weights(clean), final_weights(on_sum)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    noisy = base.replace(secure_protocol=protocol, noise_multiplier=1.0)
+    released = run_experiment(noisy, progress=False)
+    # FedAvg's server step is minus the mean update (TFF's update is the client's start minus its end; server
+    # learning rate 1): the model moved by exactly minus the noise / K
+    moved = np.concatenate([(a - b).ravel() for a, b in zip(final_weights(released), final_weights(clean))])
+    assert moved.std() * 4 == pytest.approx(1.0 * 10.0, rel=0.03)  # 55,210 draws of std z C / K
+    protocol_sum = aggregation.make_aggregator(noisy)
+    assert (protocol_sum.noise_stddev, protocol_sum.denominator, protocol_sum.seeded) == (10.0, 4.0, True)
+    drawn = protocol_sum.noise([(moved.size,)], round_seed(noisy.seeds["noise"], 1))[0]
+    np.testing.assert_allclose(-moved * 4, drawn, rtol=0, atol=5e-5)  # the round's seeded draw, nothing else
+    again = run_experiment(noisy, progress=False)
+    for a, b in zip(final_weights(again), final_weights(released)):
+        np.testing.assert_array_equal(a, b)
+    on_sum_noisy = run_experiment(base.replace(noise_multiplier=1.0), progress=False)
+    assert released.epsilon.iloc[-1] == on_sum_noisy.epsilon.iloc[-1] > accounting.epsilon(1.0, 1.0, 1, 1e-5)
+    fresh = run_experiment(noisy.replace(noise_source="unseeded"), progress=False)
+    assert not np.allclose(fresh.eval_loss, released.eval_loss) and fresh.epsilon.iloc[-1] == released.epsilon.iloc[-1]
+
+
+@pytest.mark.slow
+def test_a_protocol_round_that_aborts_under_dp_still_releases_the_noise():
+    # Poisson rounds at q = 2/8: a round with fewer than 2 clients aborts the protocol; under central DP the model
+    # moves by the server's noise alone (left exactly as it was, it would tell who was sampled apart)
+    config = ExperimentConfig(dataset="digits", num_clients=8, clients_per_round=2, rounds=8, dp="fixed",
+                              noise_multiplier=1.0, clip_norm=1.0, secure_aggregation=True, secure_protocol="secagg",
+                              quantization_bits=12, seed=3)
+    with pytest.warns(UserWarning, match="the model moves by the server's DP noise alone"):
+        history = run_experiment(config, progress=False)
+    aborted = history.index[history.secagg_aborted == 1]
+    assert len(aborted) and (history.loc[aborted, "clients_this_round"] < 2).all()
+    moved = [r for r in aborted if r > 0 and history.eval_loss[r] != history.eval_loss[r - 1]]
+    assert moved == [r for r in aborted if r > 0] and moved, history[["clients_this_round", "secagg_aborted"]]
+
+
+def test_the_protocols_central_noise_is_seeded_by_the_round_and_fresh_when_unseeded():
+    dp = ProtocolSum("secagg", 8, 2.0, 10, noise_stddev=3.0, denominator=5.0)
+    shapes = [(300, 100), (100,)]
+    first, second = dp.noise(shapes, 11), dp.noise(shapes, 12)
+    assert [a.shape for a in first] == shapes and all(a.dtype == np.float32 for a in first)
+    np.testing.assert_array_equal(first[0], dp.noise(shapes, 11)[0])
+    assert not np.array_equal(first[0], second[0])
+    assert np.concatenate([a.ravel() for a in first]).std() == pytest.approx(3.0, rel=0.02)
+    assert dp.count(7) == 5.0
+    with pytest.raises(ValueError, match="noise_seed"):
+        dp.noise(shapes, None)  # a fixed default would draw the same noise every round
+    unseeded = dataclasses.replace(dp, seeded=False)
+    assert not np.array_equal(unseeded.noise(shapes, 11)[0], unseeded.noise(shapes, 11)[0])
+    plain = ProtocolSum("secagg", 8, 2.0, 10)  # no central DP: no noise, the clients included
+    assert not any(a.any() for a in plain.noise(shapes, 11)) and plain.count(7) == 7.0
+
+
 def test_pld_refuses_before_training_what_the_rounded_secure_sum_leaves_it():
     # z = 0.2 fits PLD's grid for 1,000 rounds at q = 0.1 (its least is 0.15): the config is accepted; 4-bit rounding
     # doubles the sensitivity (2C), so the run accounts at z = 0.1, which does not fit: refused before any round
@@ -319,7 +390,8 @@ def test_pld_refuses_before_training_what_the_rounded_secure_sum_leaves_it():
 
 @pytest.mark.parametrize("changes, field", [
     (dict(dp="adaptive", secure_aggregation=True), "dp"),
-    (dict(dp="fixed", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8), "secure_protocol"),
+    (dict(dp="fixed", secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
+    (dict(dp="adaptive", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8), "dp"),
     (dict(dp="fixed", quantization_bits=8), "quantization_bits"),
 ])
 def test_dp_with_what_it_cannot_stack_on_is_refused_in_one_line(changes, field):

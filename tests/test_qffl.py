@@ -1,16 +1,16 @@
-"""q-FFL by q-FedAvg (fedlab.qffl) against Li et al. 2020's Algorithm 2 computed by hand in NumPy, on a logistic
+"""q-FFL by q-FedAvg (fedlab.algorithms.qffl) against Li et al. 2020's Algorithm 2 computed by hand in NumPy, on a logistic
 regression (2 features, 3 classes) and three clients."""
 
 import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab.algorithms import QFFLParams
-from fedlab.array_training import build_array_process, with_learning_rates
-from fedlab.models import ModelSpec
-from fedlab.qffl import build_qffl
-from fedlab.runtime import tff
-from fedlab.validation import ConfigError
+from fedlab.algorithms.algorithms import QFFLParams
+from fedlab.rounds.array_training import build_array_process, with_learning_rates
+from fedlab.models.models import ModelSpec
+from fedlab.algorithms.qffl import build_qffl
+from fedlab.core.runtime import tff
+from fedlab.core.validation import ConfigError
 
 from by_hand import BATCH, X, Y, grad, inputs, loss as local_loss
 

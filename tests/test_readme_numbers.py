@@ -1,5 +1,5 @@
 """The README's numbers, rebuilt from the committed results/ with the functions the notebooks quote them with
-(fedlab.report): a number in the README cannot drift from the results it cites. When `make figures` changes a
+(fedlab.reporting.report): a number in the README cannot drift from the results it cites. When `make figures` changes a
 result, this test names the README sentence to update, with the new text."""
 
 import pathlib
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab.evaluation import worst_fraction_mean
+from fedlab.experiment.evaluation import worst_fraction_mean
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"

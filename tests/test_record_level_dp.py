@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab import accounting
-from fedlab.algorithms import ALGORITHMS
-from fedlab.models import ModelSpec
-from fedlab.runtime import tff
+from fedlab.protection import accounting
+from fedlab.algorithms.algorithms import ALGORITHMS
+from fedlab.models.models import ModelSpec
+from fedlab.core.runtime import tff
 
 SPEC = ModelSpec("logreg", num_features=2, num_classes=3)
 RNG = np.random.default_rng(1)
@@ -94,7 +94,7 @@ def test_with_attackers_the_epsilon_is_the_worst_honest_sites(heart_dir):
     """Attackers are the adversary the guarantee is held against (and train attack_boost times longer than DP-SGD's
     plan): the history's epsilon is the largest over the honest sites. A data seed that makes the smallest site,
     whose epsilon is the largest, an attacker shows the difference."""
-    from fedlab.attacks import attacker_clients
+    from fedlab.rounds.attacks import attacker_clients
 
     base = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
                                batch_size=4, local_steps=10, rounds=2, client_lr=0.05, dp="example",
@@ -108,8 +108,8 @@ def test_with_attackers_the_epsilon_is_the_worst_honest_sites(heart_dir):
     assert table.epsilon.iloc[attackers].isna().all()  # the adversary's own records have no guarantee
     honest = [e for k, e in enumerate(table.epsilon) if k not in attackers]
     assert history["epsilon"].iloc[-1] == pytest.approx(max(honest)) == pytest.approx(table.epsilon.max())
-    from fedlab.clients import Clients, spec_for
-    from fedlab.runner import record_level_site_epsilons
+    from fedlab.experiment.clients import Clients, spec_for
+    from fedlab.experiment.runner import record_level_site_epsilons
 
     every_site = record_level_site_epsilons(config, Clients.for_config(config, spec_for(config)), at=[2])[-1]
     assert max(honest) < every_site.max()  # an attacker's own figure would have been the largest
@@ -174,7 +174,7 @@ def _library_threshold_auc(member_loss, nonmember_loss) -> float:
 def test_loss_attack_is_tensorflow_privacys_threshold_attack():
     """TF Privacy 0.9's wheel leaves its membership-inference library out; tensorflow-empirical-privacy ships it.
     Its THRESHOLD_ATTACK and fedlab's loss attack give the same AUC, ties between members and non-members included."""
-    from fedlab.privacy import membership_inference
+    from fedlab.studies.privacy import membership_inference
 
     rng = np.random.default_rng(7)
     members = np.round(rng.exponential(0.5, 300), 2)  # rounded: ties between members and non-members

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from fedlab import reproduce
-from fedlab.reproduce import Numerics
+from fedlab.notebook import reproduce
+from fedlab.notebook.reproduce import Numerics
 
 # /proc/cpuinfo flags of three CPUs (the ones that matter here)
 SAPPHIRE_RAPIDS = {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16",

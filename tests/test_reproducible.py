@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from fedlab import ExperimentConfig, run_experiment
-from fedlab.runtime import tff
-from fedlab.seeded import seeded_gaussian, seeded_quantizing
+from fedlab.core.runtime import tff
+from fedlab.aggregators.seeded import seeded_gaussian, seeded_quantizing
 from conftest import interrupt_after
 
 BASE = ExperimentConfig(dataset="digits", num_clients=20, clients_per_round=6, rounds=3, eval_every=1, seed=4)

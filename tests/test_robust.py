@@ -1,11 +1,11 @@
-"""Byzantine-robust aggregators (fedlab.robust): NumPy references by hand, then TFF's processes against them."""
+"""Byzantine-robust aggregators (fedlab.aggregators.robust): NumPy references by hand, then TFF's processes against them."""
 
 import collections
 
 import numpy as np
 import pytest
 
-from fedlab import robust
+from fedlab.aggregators import robust
 
 # Five 2-d updates; the last is an outlier.
 #   P0 = (0, 0), P1 = (1, 0), P2 = (0, 2), P3 = (2, 2), P4 = (40, -30)
@@ -101,7 +101,7 @@ FACTORIES = {
 @pytest.mark.slow
 @pytest.mark.xdist_group("robust")
 def test_tff_process_matches_numpy_and_ignores_an_outlier(name):
-    from fedlab.runtime import tff
+    from fedlab.core.runtime import tff
 
     t = tff()
     make, reference = FACTORIES[name]
@@ -136,7 +136,7 @@ def test_tff_process_matches_numpy_and_ignores_an_outlier(name):
 @pytest.mark.slow
 @pytest.mark.xdist_group("robust")
 def test_tff_process_keeps_other_structures_and_dtypes():
-    from fedlab.runtime import tff
+    from fedlab.core.runtime import tff
 
     t = tff()
     # a bare tensor
@@ -161,12 +161,13 @@ def test_tff_process_keeps_other_structures_and_dtypes():
 @pytest.mark.parametrize("name, reference", [("median", robust.coordinate_median),
                                              ("krum", lambda rows: rows[robust.krum_selection(rows, 0)[0]])])
 def test_a_statistic_of_compressed_updates_is_taken_of_what_the_server_decodes(name, reference):
-    """8-bit compression with a median or Krum (fedlab.aggregation.make_aggregator): every client quantises its
+    """8-bit compression with a median or Krum (fedlab.aggregators.aggregation.make_aggregator): every client quantises its
     update between its own min and max, the server decodes each and takes the statistic; the clients' weights
     play no part. Updates already on their quantisation grid decode to themselves, so the result is the
     statistic of the updates by hand; off the grid, each decoded value is a neighbouring grid point."""
-    from fedlab import ExperimentConfig, aggregation
-    from fedlab.runtime import tff
+    from fedlab import ExperimentConfig
+    from fedlab.aggregators import aggregation
+    from fedlab.core.runtime import tff
 
     t = tff()
     config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, quantization_bits=2,

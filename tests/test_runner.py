@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedlab import ExperimentConfig, clients_table, processes, run_experiment
-from fedlab.evaluation import worst_fraction_mean
-from fedlab.sampling import sample_clients
-from fedlab.storage import CheckpointMismatchError
+from fedlab import ExperimentConfig, clients_table, run_experiment
+from fedlab.experiment import processes
+from fedlab.experiment.evaluation import worst_fraction_mean
+from fedlab.experiment.sampling import sample_clients
+from fedlab.core.storage import CheckpointMismatchError
 from conftest import interrupt_after
 
 BASE = ExperimentConfig(dataset="digits", partition="dirichlet", alpha=0.5, num_clients=20, clients_per_round=5,
@@ -126,10 +127,10 @@ def test_every_algorithm_model_and_dataset_learns(changes, heart_dir):
 ], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
 def test_datasets_built_in_the_runtime_equal_datasets_built_in_python(changes):
     """The runner sends client arrays and TFF builds the datasets (fast); the result is the Python-built one's."""
-    from fedlab.attacks import attacker_clients, poison_labels
-    from fedlab.clients import client_dataset, client_inputs, dataset_for, partition_for, spec_for
-    from fedlab.partition import add_feature_noise
-    from fedlab.processes import trainer_on_arrays
+    from fedlab.rounds.attacks import attacker_clients, poison_labels
+    from fedlab.experiment.clients import client_dataset, client_inputs, dataset_for, partition_for, spec_for
+    from fedlab.data.partition import add_feature_noise
+    from fedlab.experiment.processes import trainer_on_arrays
 
     config = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=6, **changes)
     data = dataset_for(config)
@@ -152,7 +153,7 @@ def test_datasets_built_in_the_runtime_equal_datasets_built_in_python(changes):
 
 WORKER_THREADS = """
 import fedlab as fl
-from fedlab.runtime import _children
+from fedlab.core.runtime import _children
 fl.run_experiment(fl.ExperimentConfig(dataset="digits", rounds=1), progress=False)
 worker = next(pid for pid, cmd in _children() if cmd.endswith("worker_binary"))
 environ = open(f"/proc/{worker}/environ", "rb").read().split(b"\\0")
@@ -164,7 +165,7 @@ def test_tffs_worker_takes_its_intra_op_threads_from_fedlabs_variable_alone():
     import subprocess
     import sys
 
-    from fedlab.runtime import worker_environment
+    from fedlab.core.runtime import worker_environment
 
     assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin"}  # TensorFlow's default
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "0"})[

@@ -1,4 +1,4 @@
-"""fedlab.secagg: SecAgg and SecAgg+ recover the exact modular sum, hide inputs, abort below t, count their cost."""
+"""fedlab.protection.secagg: SecAgg and SecAgg+ recover the exact modular sum, hide inputs, abort below t, count their cost."""
 
 import itertools
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fedlab import secagg
+from fedlab.protection import secagg
 
 PROTOCOLS = secagg.PROTOCOLS
 

@@ -1,13 +1,13 @@
-"""Training rounds summed by the SecAgg / SecAgg+ protocol (fedlab.secure_rounds): the same numbers as the
+"""Training rounds summed by the SecAgg / SecAgg+ protocol (fedlab.rounds.secure_rounds): the same numbers as the
 simulated secure sum, dropouts recovered, a round that cannot be unmasked leaves the model unchanged."""
 
 import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab.aggregation import bits_per_value_up, make_aggregator
-from fedlab.secure_rounds import ProtocolSum
-from fedlab.validation import ConfigError
+from fedlab.aggregators.aggregation import bits_per_value_up, make_aggregator
+from fedlab.rounds.secure_rounds import ProtocolSum
+from fedlab.core.validation import ConfigError
 
 BASE = fl.ExperimentConfig(dataset="mnist5k", model="2nn", num_clients=10, clients_per_round=4, rounds=2,
                            client_lr=0.05, batch_size=20, clip_norm=0.3, secure_aggregation=True, quantization_bits=8)
@@ -100,7 +100,7 @@ def test_the_ring_holds_the_sum_of_k_clients():
 
 
 def test_unflatten_reads_the_ring_as_signed_integers():
-    process = object.__new__(fl.secure_rounds.SecureRoundProcess)
+    process = object.__new__(fl.rounds.secure_rounds.SecureRoundProcess)
     process.protocol = ProtocolSum("secagg", 4, 1.0, 4)  # R = 2^6 = 64
     process._shapes = [(2,), (1, 2)]
     a, b = process.unflatten(np.array([0, 1, 63, 32], dtype=np.uint64))

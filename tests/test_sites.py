@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from fedlab import ExperimentConfig, run_experiment
-from fedlab.certs import make_certs
-from fedlab.distributed import WorkerTLS, use_worker_tls
-from fedlab.runner import final_weights
-from fedlab.site_data import load_site
-from fedlab.site_service import LocalSites
-from fedlab.sites import SiteLostError, SiteUnreachableError, parse_sites
-from fedlab.validation import ConfigError, FedlabWarning
+from fedlab.workers.certs import make_certs
+from fedlab.workers.distributed import WorkerTLS, use_worker_tls
+from fedlab.experiment.runner import final_weights
+from fedlab.data.site_data import load_site
+from fedlab.experiment.site_service import LocalSites
+from fedlab.experiment.sites import SiteLostError, SiteUnreachableError, parse_sites
+from fedlab.core.validation import ConfigError, FedlabWarning
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sites")]
 
@@ -34,7 +34,7 @@ SCORES = ["train_loss", "eval_loss", "eval_accuracy", "mean_site_accuracy", "mea
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
-    from fedlab.ckks import write_keys
+    from fedlab.protection.ckks import write_keys
 
     secret, _ = write_keys(tmp_path_factory.mktemp("ckks"))  # the sites' shared CKKS secret; the driver gets none
     # --reproducible: the sites take the run's seeds for DP-SGD's noise and CKKS's encryption, so that a federation
@@ -53,7 +53,7 @@ def assert_same_numbers(simulated, federated, columns=SCORES):
 
 
 def test_a_site_makes_the_arrays_the_simulation_gives_its_client():
-    from fedlab.clients import dataset_for
+    from fedlab.experiment.clients import dataset_for
 
     data = dataset_for(BASE.replace(data_seed=3))
     for index, name in enumerate(NAMES):
@@ -86,7 +86,7 @@ def test_sites_give_the_simulations_numbers(sites, changes, monkeypatch):
 def no_client_work_in_the_driver(monkeypatch):
     """Every client computation of the split, secure and CKKS rounds packs its clients' inputs first: in the
     driver that must never happen (it holds no inputs; it would train or encode a client itself)."""
-    from fedlab import array_training, homomorphic_rounds, secure_rounds, split_rounds
+    from fedlab.rounds import array_training, homomorphic_rounds, secure_rounds, split_rounds
 
     def never(*args, **kwargs):
         raise AssertionError("the driver packed client inputs: it trained or encoded a client itself")
@@ -108,7 +108,7 @@ def test_secagg_runs_its_client_role_in_the_sites(sites, monkeypatch):
 
 
 def test_ckks_keeps_the_secret_key_at_the_sites(sites, monkeypatch):
-    from fedlab import homomorphic_rounds
+    from fedlab.rounds import homomorphic_rounds
 
     config = BASE.replace(secure_aggregation=True, secure_protocol="ckks", device_profile="fedscale",
                           dropout_rate=0.2)
@@ -198,7 +198,7 @@ def test_a_site_that_dies_during_secure_aggregation_is_a_dropout(sites):
 
 
 def test_a_site_down_at_start_is_named_in_one_line(sites):
-    from fedlab.ports import free_port
+    from fedlab.core.ports import free_port
 
     addresses = {**sites.addresses, "va": f"127.0.0.1:{free_port()}"}
     with pytest.raises(SiteUnreachableError, match=r"^site 'va' at 127\.0\.0\.1:\d+: no site answered") as err:
@@ -210,7 +210,7 @@ def test_a_driver_whose_certificate_the_sites_ca_did_not_sign_is_refused(tmp_pat
     site_certs, other_certs = make_certs(tmp_path / "site"), make_certs(tmp_path / "other")
     server = WorkerTLS.load(site_certs["server.pem"], site_certs["server-key.pem"], site_certs["ca.pem"])
     with LocalSites(["cleveland"], data=DATA, tls=server) as one:
-        from fedlab.sites import Federation
+        from fedlab.experiment.sites import Federation
 
         previous = use_worker_tls(other_certs["client.pem"], other_certs["client-key.pem"], site_certs["ca.pem"])
         try:
@@ -245,7 +245,7 @@ def test_bad_sites_are_refused_in_one_line_before_any_call():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        from fedlab.ports import free_port
+        from fedlab.core.ports import free_port
 
         free = str(free_port())
         for args, words in [(["--name", "nowhere", "--port", free], "cleveland"),
@@ -257,7 +257,7 @@ def test_bad_sites_are_refused_in_one_line_before_any_call():
 
 
 def test_a_site_tells_its_size_and_label_balance_never_a_record(sites):
-    from fedlab.sites import Federation
+    from fedlab.experiment.sites import Federation
 
     federation = Federation(sites.addresses)
     federation.connect(BASE)
@@ -272,8 +272,8 @@ def test_a_site_tells_its_size_and_label_balance_never_a_record(sites):
 
 def test_a_users_site_loader_is_found_like_fedlabs(tmp_path):
     import fedlab as fl
-    from fedlab.data import Dataset
-    from fedlab.site_data import SiteData
+    from fedlab.data.data import Dataset
+    from fedlab.data.site_data import SiteData
 
     (tmp_path / "north.csv").write_text("1.0,2.0,1\n3.0,4.0,0\n5.0,6.0,1\n")
 
@@ -291,15 +291,15 @@ def test_a_users_site_loader_is_found_like_fedlabs(tmp_path):
         with pytest.raises(ConfigError, match="north, south"):
             load_site("heart_disease_csv_test", "east", tmp_path, seed=0, test_fraction=None)
     finally:
-        from fedlab.data import DATASETS
-        from fedlab.site_data import SITE_LOADERS
+        from fedlab.data.data import DATASETS
+        from fedlab.data.site_data import SITE_LOADERS
 
         SITE_LOADERS._entries.pop("heart_disease_csv_test", None)
         DATASETS._entries.pop("heart_disease_csv_test", None)
 
 
 def test_a_site_refuses_randomness_the_driver_knows():
-    from fedlab.site_service import Site, SiteRefusal
+    from fedlab.experiment.site_service import Site, SiteRefusal
 
     site = Site("heart_disease", "cleveland", DATA)  # no --reproducible
     for changes in ({"dp": "example", "noise_multiplier": 1.0, "clip_norm": 1.0},
@@ -307,14 +307,18 @@ def test_a_site_refuses_randomness_the_driver_knows():
         with pytest.raises(SiteRefusal, match="noise_source='seeded' .* the driver knows .* --reproducible"):
             site._config({"config": BASE.replace(**changes).to_json()})
         site._config({"config": BASE.replace(noise_source="unseeded", **changes).to_json()})  # fresh randomness
-    site._config({"config": BASE.replace(dp="fixed", noise_multiplier=0.5).to_json()})  # central noise: the driver's
+    central = {"dp": "fixed", "noise_multiplier": 0.5}  # the driver's noise: a site knowing its seed could remove it
+    with pytest.raises(SiteRefusal, match="noise_source='seeded' .* seeds this site reads .* --reproducible"):
+        site._config({"config": BASE.replace(**central).to_json()})
+    site._config({"config": BASE.replace(noise_source="unseeded", **central).to_json()})
+    Site("heart_disease", "cleveland", DATA, reproducible=True)._config({"config": BASE.replace(**central).to_json()})
     with pytest.raises(SiteRefusal, match="holds 'heart_disease' data"):
         site._config({"config": BASE.replace(dataset="fed_tcga_brca", num_clients=6, clients_per_round=6).to_json()})
 
 
 def test_a_sites_protocol_role_answers_each_stage_once_in_order_and_above_the_threshold():
-    from fedlab import secagg
-    from fedlab.site_service import Site, SiteRefusal, _Role
+    from fedlab.protection import secagg
+    from fedlab.experiment.site_service import Site, SiteRefusal, _Role
 
     site = Site("heart_disease", "cleveland", DATA)
     setup = secagg.make_setup([0, 1, 2, 3], 5, 10, "secagg", 0)
@@ -327,7 +331,7 @@ def test_a_sites_protocol_role_answers_each_stage_once_in_order_and_above_the_th
         site.masked_input(header, {})
     with pytest.raises(SiteRefusal, match="not those of this site's neighbours"):
         site.share_keys(header, {"channel/0": np.zeros(32, np.uint8), "mask/0": np.zeros(32, np.uint8)})
-    from fedlab import wire
+    from fedlab.workers import wire
 
     mail = {**wire.pack_bytes({v: keys[v][0] for v in (1, 2, 3)}, "channel"),
             **wire.pack_bytes({v: keys[v][1] for v in (1, 2, 3)}, "mask")}
@@ -344,8 +348,9 @@ def test_a_sites_protocol_role_answers_each_stage_once_in_order_and_above_the_th
 
 
 def test_a_site_decrypts_a_mean_once_for_a_round_it_sent_an_update_in_and_of_two_or_more(tmp_path):
-    from fedlab import ckks, wire
-    from fedlab.site_service import Site, SiteRefusal
+    from fedlab.protection import ckks
+    from fedlab.workers import wire
+    from fedlab.experiment.site_service import Site, SiteRefusal
 
     secret, _ = ckks.make_keys()
     site = Site("heart_disease", "cleveland", DATA, ckks_secret=secret)
@@ -364,7 +369,7 @@ def test_a_site_decrypts_a_mean_once_for_a_round_it_sent_an_update_in_and_of_two
 def test_a_message_carries_numbers_and_text_only_and_a_damaged_one_is_one_line():
     from concurrent.futures import ThreadPoolExecutor
 
-    from fedlab import wire
+    from fedlab.workers import wire
 
     arrays = {"w/0": np.arange(6, dtype=np.float32).reshape(2, 3).T, "scalar": np.float32(2.5),
               "bytes": np.frombuffer(b"key", np.uint8)}

@@ -1,18 +1,18 @@
-"""Rounds split at the clients' updates (fedlab.split_rounds): update attacks and SCAFFOLD, checked against
+"""Rounds split at the clients' updates (fedlab.rounds.split_rounds): update attacks and SCAFFOLD, checked against
 NumPy computations by hand on a logistic regression (2 features, 3 classes, softmax cross-entropy)."""
 
 import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab import attacks
-from fedlab.array_training import build_array_process, client_training
-from fedlab.clients import Clients, spec_for
-from fedlab.models import ModelSpec
-from fedlab.runtime import tff
-from fedlab.scaffold import build_scaffold
-from fedlab.split_rounds import SplitRoundProcess
-from fedlab.validation import ConfigError
+from fedlab.rounds import attacks
+from fedlab.rounds.array_training import build_array_process, client_training
+from fedlab.experiment.clients import Clients, spec_for
+from fedlab.models.models import ModelSpec
+from fedlab.core.runtime import tff
+from fedlab.algorithms.scaffold import build_scaffold
+from fedlab.rounds.split_rounds import SplitRoundProcess
+from fedlab.core.validation import ConfigError
 
 from by_hand import BATCH, X, Y, grad, inputs
 
@@ -22,7 +22,7 @@ RNG = np.random.default_rng(0)
 W0 = RNG.normal(size=(2, 3)).astype(np.float32)
 B0 = RNG.normal(size=3).astype(np.float32)
 def start(process, lr):
-    from fedlab.array_training import with_learning_rates
+    from fedlab.rounds.array_training import with_learning_rates
 
     weights = tff().learning.models.ModelWeights(trainable=(W0, B0), non_trainable=())
     state = process.set_model_weights(process.initialize(), weights)
@@ -189,7 +189,7 @@ def test_scaffold_two_rounds_equal_algorithm_1_by_hand(weighting):
 def test_scaffold_resumes_to_the_uninterrupted_result(tmp_path):
     import threading
 
-    from fedlab.runner import RunStopped
+    from fedlab.experiment.runner import RunStopped
 
     config = fl.ExperimentConfig(dataset="digits", num_clients=5, clients_per_round=3, rounds=3, client_lr=0.1,
                                  algorithm="scaffold", partition="dirichlet", alpha=0.3)

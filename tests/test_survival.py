@@ -1,4 +1,4 @@
-"""fedlab.survival: the Cox loss, the C-index and Kaplan-Meier, by hand and against lifelines.
+"""fedlab.data.survival: the Cox loss, the C-index and Kaplan-Meier, by hand and against lifelines.
 
 The hand cases have three or five patients. The real-data tests read FLamby's Fed-TCGA-BRCA CSVs with pandas
 (not through fedlab's loader) from FEDLAB_TCGA_BRCA_DIR, by default ../shared/data/fed_tcga_brca beside the
@@ -18,8 +18,8 @@ import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.utils import concordance_index
 
-from fedlab import survival
-from fedlab.survival import c_index, cox_loss, kaplan_meier
+from fedlab.data import survival
+from fedlab.data.survival import c_index, cox_loss, kaplan_meier
 
 LN2 = math.log(2.0)
 S = np.array([LN2, 0.0, 0.0])
@@ -129,7 +129,7 @@ def test_keras_loss_serialises_for_tff():
 
 
 def test_import_does_not_import_tensorflow():
-    code = "import sys, fedlab.survival; print('tensorflow' in sys.modules)"
+    code = "import sys, fedlab.data.survival; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

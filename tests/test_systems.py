@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab.array_training import local_steps, with_tau_eff
-from fedlab.sampling import Scheduler, sample_clients, work_of
-from fedlab.systems import Devices, Work, client_seconds, devices_for, schedule_round, step_sizes
+from fedlab.rounds.array_training import local_steps, with_tau_eff
+from fedlab.experiment.sampling import Scheduler, sample_clients, work_of
+from fedlab.systems.systems import Devices, Work, client_seconds, devices_for, schedule_round, step_sizes
 
 # Two devices. Model 1 MB down, 0.5 MB up; 200 examples of work (20 steps of 10).
 # client 0: down 8e6 bit / 8 Mbit/s = 1 s, compute 200 / 100 = 2 s, up 4e6 / 2e6 = 2 s -> 5 s
@@ -88,7 +88,7 @@ def test_step_sizes_and_work_follow_the_client_plan():
     np.testing.assert_array_equal(step_sizes(25, 10, 2), [10, 10, 5, 10, 10, 5])
     config = fl.ExperimentConfig(dataset="digits", num_clients=4, clients_per_round=2, local_epochs=2, batch_size=10)
     data = fl.dataset_for(config)
-    from fedlab.clients import client_inputs, client_plan
+    from fedlab.experiment.clients import client_inputs, client_plan
 
     for client, part in enumerate(fl.partition_for(config, data)):
         got = client_inputs(data.x_train[part], data.y_train[part], config, 3, client)
@@ -204,7 +204,7 @@ def test_profiles_are_drawn_with_the_systems_seed():
 
 def test_fedscale_profile_follows_its_trace():
     """FedScale's quantiles: 41 ms a sample and 6,075 kbit/s at the median; a training sample costs 3 passes."""
-    from fedlab.systems import FEDSCALE_KBPS, FEDSCALE_MS_PER_SAMPLE
+    from fedlab.systems.systems import FEDSCALE_KBPS, FEDSCALE_MS_PER_SAMPLE
 
     devices = devices_for("fedscale", 20_000, 0)
     ms = 1000 / (3 * devices.speed)
@@ -242,12 +242,12 @@ def sgd_steps(w, b, x, y, lr, epochs, steps):
 def test_fednova_by_hand_over_two_rounds(b_steps):
     """Client A: 1 example, 3 epochs (tau 3); client B: 3 examples, 2 epochs (tau 6, or 2 when cut short).
     x <- x + tau_eff * sum_i p_i Delta_i / tau_i, p = (1/4, 3/4), tau_eff = sum_i p_i tau_i (Wang et al. eq. 5)."""
-    t = fl.runtime.tff()
+    t = fl.core.runtime.tff()
     entry = fl.ALGORITHMS["fednova"]
     process = entry.on_arrays(MODEL, client_lr=0.1, server_lr=1.0, params=entry.make_params())
     state = process.set_model_weights(process.initialize(),
                                       t.learning.models.ModelWeights(trainable=[W0, B0], non_trainable=[]))
-    from fedlab.array_training import with_learning_rates
+    from fedlab.rounds.array_training import with_learning_rates
 
     state = with_learning_rates(state, 0.1, 1.0)
     w, b = W0.astype(np.float64), B0.astype(np.float64)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab import tcga
-from fedlab.survival import c_index
+from fedlab.studies import tcga
+from fedlab.data.survival import c_index
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_a_users_metric_is_computed_wherever_the_tasks_are(data):
 
     try:
         assert "events_share_test" in fl.TASKS["survival"].metrics
-        table = fl.comparison.metric_rows(np.zeros((len(data.y_test), 1)), data)
+        table = fl.studies.comparison.metric_rows(np.zeros((len(data.y_test), 1)), data)
         expected = [data.y_test[data.test_sites == s, 0].mean() for s in range(6)]
         assert table["events_share_test"].tolist() == pytest.approx(expected)
         assert (table["c_index"] == 0.5).all()  # a constant ranks nobody
@@ -137,7 +137,7 @@ def test_reproduction_table_welch_interval_agrees_with_scipy():
     rows = []
     for method, (mean, std) in tcga.FLAMBY_TCGA_PUBLISHED.items():
         for seed, value in enumerate(mean + rng.normal(0, 0.05, 5) + rng.choice([0, 0.08])):
-            rows += [{"method": method, "seed": seed, "site": r, "c_index": value} for r in fl.data.TCGA_BRCA_REGIONS]
+            rows += [{"method": method, "seed": seed, "site": r, "c_index": value} for r in fl.data.data.TCGA_BRCA_REGIONS]
     table = tcga.reproduction_table(pd.DataFrame(rows)).set_index("method")
     assert len(table) == len(tcga.FLAMBY_TCGA_PUBLISHED)
     for method, row in table.iterrows():
@@ -195,7 +195,7 @@ def test_what_a_survival_run_cannot_report_is_refused_in_one_line(data):
     with pytest.raises(fl.ConfigError, match="^dataset: fed_tcga_brca is survival data"):
         fl.partition_report_for(config)
     history = fl.run_experiment(config, progress=False)
-    from fedlab.privacy import audit_membership
+    from fedlab.studies.privacy import audit_membership
 
     with pytest.raises(fl.ConfigError, match="^dataset: a membership audit"):
         audit_membership(config, history)
@@ -204,7 +204,7 @@ def test_what_a_survival_run_cannot_report_is_refused_in_one_line(data):
 
 
 def test_a_diverged_survival_run_keeps_its_evaluated_round():
-    from fedlab.runner import evaluated_rows
+    from fedlab.experiment.runner import evaluated_rows
 
     history = pd.DataFrame({"round": [1, 2, 3, 4], "eval_every": 2, "rounds": 3,
                             "eval_loss": [np.nan, np.nan, np.nan, np.nan], "eval_c_index": np.nan})

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab import data
+from fedlab.data import data
 
 # FLamby's per-region split (its README and train_test_split.csv): patients and events, training / test.
 SIZES = {"northeast": (248, 63), "south": (156, 40), "west": (164, 42), "midwest": (129, 33), "europe": (129, 33),

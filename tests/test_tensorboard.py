@@ -5,10 +5,10 @@ import threading
 import pytest
 
 from fedlab import ExperimentConfig, run_experiment
-from fedlab.runner import RunStopped
-from fedlab.runner import component_digests
-from fedlab.storage import cache_key
-from fedlab.tensorboard import read_scalars, run_folder
+from fedlab.experiment.runner import RunStopped
+from fedlab.experiment.runner import component_digests
+from fedlab.core.storage import cache_key
+from fedlab.experiment.tensorboard import read_scalars, run_folder
 
 CONFIG = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=3, rounds=3, batch_size=16)
 

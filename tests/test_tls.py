@@ -1,7 +1,7 @@
-"""Mutual TLS between the driver and its workers (python -m fedlab worker --tls-*, fedlab.distributed.use_worker_tls).
+"""Mutual TLS between the driver and its workers (python -m fedlab worker --tls-*, fedlab.workers.distributed.use_worker_tls).
 
-One TLS worker for the module (TFF's worker on a loopback port behind fedlab.tls_proxy); certificates are made
-fresh in a temporary folder by fedlab.certs, a second set from another CA plays the stranger.
+One TLS worker for the module (TFF's worker on a loopback port behind fedlab.workers.tls_proxy); certificates are made
+fresh in a temporary folder by fedlab.workers.certs, a second set from another CA plays the stranger.
 """
 
 import ipaddress
@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from fedlab import run_experiment
-from fedlab.certs import make_certs
-from fedlab.distributed import (
+from fedlab.workers.certs import make_certs
+from fedlab.workers.distributed import (
     LocalWorkers,
     WorkerTLS,
     WorkerUnreachableError,
@@ -25,7 +25,7 @@ from fedlab.distributed import (
     worker_ready,
     worker_tls,
 )
-from fedlab.ports import free_port
+from fedlab.core.ports import free_port
 
 from test_distributed import FAST, ROOT, assert_same_numbers
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab import runtime
+from fedlab.core import runtime
 
 
 def test_the_wait_limit_is_read_from_the_environment_and_checked(monkeypatch):
@@ -103,7 +103,7 @@ def test_a_panel_run_that_finishes_no_round_within_the_limit_says_where_it_stood
     gate = threading.Event()
     _register_gated("gated_for_the_wait_test", gate)
     monkeypatch.setenv(runtime.WAIT_LIMIT_VARIABLE, "2")
-    from fedlab import widgets
+    from fedlab.notebook import widgets
 
     def slow_where(thread, _where=widgets.where):  # widens the window a loaded machine opened now and then: the
         time.sleep(1.5)  # watcher once marked the run inactive before its error was set, and wait() returned None

@@ -1,7 +1,7 @@
 """Measures TFF's C++ worker memory after plain and DP runs (the DP path grows; see README, Known limits)."""
 import os, time
 from fedlab import ExperimentConfig, run_experiment
-from fedlab.runtime import _children
+from fedlab.core.runtime import _children
 def worker_rss():
     for pid, cmd in _children():
         if cmd.endswith("worker_binary"):

@@ -1,0 +1,1 @@
+"""Aggregation stages: means, robust rules, compression, central DP, secure sums; seeded randomness for them."""

@@ -1,0 +1,498 @@
+"""Model-update aggregators: DP, secure aggregation, compression, robust defences, and their byte cost.
+
+All are TFF's own ``tff.aggregators`` factories, built by named functions
+(:func:`dp_aggregator`, :func:`secure_aggregator`,
+:func:`compression_aggregator`, :func:`robust_aggregator`) that
+:func:`make_aggregator` composes for a config, as TFF's
+``model_update_aggregator`` does. Each is registered in :data:`AGGREGATORS`
+under the value a config names it by: ``dp="fixed"``/``"adaptive"`` (role
+``dp``), ``robust="clip"``/``"zeroing"`` (role ``robust``), and the
+``secure`` and ``compression`` encodings. A user adds a defence with
+``@fl.register_aggregator("name", role="robust")`` on
+``build(clip_norm, inner_factory) -> factory``.
+
+* **User-level DP** (McMahan et al. 2018): TFF's ``DifferentiallyPrivateFactory``,
+  fixed clipping or adaptive clipping to a quantile (Andrew et al. 2021).
+
+* **Secure aggregation** (Bonawitz et al. 2017): the server learns only the sum.
+  With ``quantization_bits`` b > 0 each client's update is L2-clipped to C,
+  scaled by (2^(b-1) - 1) / C and rounded to integers (``DiscretizationFactory``),
+  then summed modulo 2^(b + ceil(log2 K)) (``SecureModularSumFactory``), enough
+  for K clients never to overflow. With b = 0, TFF's ``SecureSumFactory`` clips
+  every coordinate to [-C, C] and quantises it to 32 bits. The mean is
+  unweighted: weighting before a bounded secure sum would break its range.
+* **Homomorphic aggregation** (Cheon et al. 2017, CKKS): ``secure_protocol="ckks"``
+  encrypts float updates; the server takes their weighted mean on ciphertexts
+  without the key (:mod:`fedlab.protection.ckks`, :mod:`fedlab.rounds.homomorphic_rounds`).
+* **Compression**: uniform quantisation of each tensor to b bits between its
+  min and max (``EncodedSumFactory.quantize_above_threshold``), weighted mean;
+  with a median, a trimmed mean or Krum, the server decodes each client's
+  quantised update and takes the statistic of them.
+* **Robustness**: ``clipping_factory`` (L2-clip every update to C) or
+  ``zeroing_factory`` (drop any update whose norm exceeds C).
+
+TFF 0.87 cannot put compression inside secure aggregation or DP (each replaces
+the sum); those combinations are refused when the config is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Callable, Optional
+
+from ..core.registry import Registry, decorator
+from .robust import CoordinateMedianFactory, KrumFactory, TrimmedMeanFactory, fraction_count
+from ..core.runtime import tff
+from ..rounds.homomorphic_rounds import HomomorphicMean
+from ..rounds.secure_rounds import ProtocolSum
+from .seeded import seeded_gaussian, seeded_quantizing
+from ..core.validation import SettingWarning
+
+ROLES = ("dp", "robust", "secure", "compression")
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorBuilder:
+    """A registered aggregator: ``role`` says which config field selects it and how ``build`` is called.
+
+    dp: ``build(noise_multiplier, clients_per_round, clip_norm, target_quantile, *, seeded)``;
+    robust: ``build(clip_norm, inner_factory)``; secure and compression:
+    ``build(config)``. Each returns a ``tff.aggregators`` factory.
+    """
+
+    name: str
+    role: str
+    build: Callable
+    fraction: bool = False  # robust: build also takes fraction= (config.robust_fraction)
+    replaces_mean: bool = False  # robust: a statistic of the updates themselves, not a filter before the mean
+
+
+AGGREGATORS: Registry[AggregatorBuilder] = Registry("aggregator", "robust")
+
+
+def register_aggregator(name: str, *, role: str = "robust", paper: Optional[str] = None, replace: bool = False,
+                        fraction: bool = False, replaces_mean: bool = False):
+    """Registers an aggregator builder under ``name`` for ``role`` (see :class:`AggregatorBuilder`).
+
+    Robust builders: ``fraction=True`` if ``build`` also takes ``fraction=`` (the config's
+    ``robust_fraction``); ``replaces_mean=True`` if it computes a statistic of the individual
+    updates (median, Krum), which secure aggregation, DP and compression would hide.
+    """
+    if role not in ROLES:
+        raise ValueError(f"role: must be one of {', '.join(ROLES)}; got {role!r}")
+    return decorator(AGGREGATORS, name,
+                     lambda build: AggregatorBuilder(name, role, build, fraction=fraction, replaces_mean=replaces_mean),
+                     paper=paper, replace=replace)
+
+
+def names(role: str) -> tuple[str, ...]:
+    """The registered aggregator names for ``role`` (the values a config field takes besides "none")."""
+    return tuple(e.name for e in AGGREGATORS.entries() if e.component.role == role)
+
+
+def secure_modulus(bits: int, clients_per_round: int) -> int:
+    """Modulus for K clients' b-bit symmetric integers to sum without wrapping around."""
+    return 2 ** (bits + math.ceil(math.log2(max(clients_per_round, 1))))
+
+
+def quantization_error_bound(bits: int, clip_norm: float, clients: int) -> float:
+    """Largest per-coordinate error of a secure b-bit sum of ``clients`` values (deterministic rounding)."""
+    scale = (2 ** (bits - 1) - 1) / clip_norm
+    return clients * 0.5 / scale
+
+
+def _surviving_coordinates(bits: int, num_weights: int) -> float:
+    """Expected nonzero coordinates of an update of norm C spread over ``num_weights`` weights like a Gaussian
+    vector (coordinates of deviation C / sqrt(d)), after rounding to the secure sum's step C / (2^(b-1) - 1)."""
+    half_step = 0.5 / (2 ** (bits - 1) - 1)  # in units of C: a coordinate below it rounds to 0
+    return num_weights * math.erfc(half_step * math.sqrt(num_weights) / math.sqrt(2))
+
+
+def vanishing_updates(config, num_weights: int) -> Optional[str]:
+    """Why a secure b-bit sum would round every client update of a model with ``num_weights`` weights to zero,
+    or None.
+
+    Each update is L2-clipped to C and each coordinate rounded to the nearest
+    multiple of C / (2^(b-1) - 1) (``DiscretizationFactory``, deterministic
+    rounding): one below half that step becomes 0. Even at the full norm C an
+    update spread over d weights has coordinates of about C / sqrt(d); when
+    fewer than one of them is expected to survive, every round's sum is zero
+    and the model never moves (a 650-weight logistic regression: 2 and 3 bits
+    train nothing, 4 bits train). C cancels out: only b and d decide.
+    """
+    bits = config.quantization_bits
+    if not (config.secure_aggregation and bits) or _surviving_coordinates(bits, num_weights) >= 1:
+        return None
+    levels = 2 ** (bits - 1) - 1
+    step, surviving = config.clip_norm / levels, _surviving_coordinates(bits, num_weights)
+    enough = next((b for b in range(bits + 1, 17) if _surviving_coordinates(b, num_weights) >= 1), None)
+    advice = f"use quantization_bits >= {enough}" if enough else "no bit width up to 16 keeps them"
+    return (f"{bits} bits with secure aggregation round each coordinate of a client's update to a multiple of "
+            f"clip_norm/{levels} = {step:.3g}, so one below {step / 2:.3g} becomes 0; an update of norm "
+            f"clip_norm={config.clip_norm:g} spread over the model's {num_weights} weights has coordinates of about "
+            f"{config.clip_norm / math.sqrt(num_weights):.3g}, of which {surviving:.2g} are expected to survive: "
+            f"every update is expected to sum to zero and the model not to train; {advice}")
+
+
+def warn_if_updates_vanish(config, spec) -> None:
+    """Warns, before a run, when :func:`vanishing_updates` says its secure sums will all be zero."""
+    if not (config.secure_aggregation and config.quantization_bits):
+        return
+    message = vanishing_updates(config, spec.num_parameters())
+    if message is not None:
+        warnings.warn(SettingWarning("quantization_bits", message), stacklevel=3)
+
+
+# The named builders ----------------------------------------------------------------------------------
+
+
+@register_aggregator("fixed", role="dp", paper="McMahan et al. 2018, arXiv:1710.06963")
+def dp_fixed(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5, *,
+             seeded: bool = True, record_sum=None):
+    """User-level DP mean: clip each update to C, add Gaussian noise z*C to the sum, divide by the expected K.
+
+    ``record_sum``: the factory that sums the clipped updates (TFF's secure sum: :func:`secure_record_sum`);
+    the server adds the noise to the sum it returns.
+    """
+    if seeded:
+        return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+                               clip=clip_norm, record_sum=record_sum)
+    if record_sum is None:
+        return tff().aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+            noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
+            clip=float(clip_norm))
+    import tensorflow_privacy as tfp
+
+    # what gaussian_fixed builds, with the clipped records summed by record_sum
+    query = tfp.NormalizedQuery(tfp.GaussianSumQuery(l2_norm_clip=float(clip_norm),
+                                                     stddev=float(clip_norm) * float(noise_multiplier)),
+                                denominator=float(clients_per_round))
+    return tff().aggregators.DifferentiallyPrivateFactory(query, record_aggregation_factory=record_sum)
+
+
+@register_aggregator("adaptive", role="dp", paper="Andrew et al. 2021, arXiv:1905.03871")
+def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5,
+                *, seeded: bool = True):
+    """User-level DP mean with the clip norm adapted to a quantile of the update norms (starting at C)."""
+    # The clipped-count query shares the budget: TFF raises the update noise to
+    # (z^-2 - (2 s)^-2)^-1/2 for count noise s. Its default s = 0.05 K leaves nothing
+    # for small K; s >= z caps the update noise at z / sqrt(3/4), about 1.15 z.
+    count_stddev = max(0.05 * float(clients_per_round), float(noise_multiplier))
+    if seeded:
+        return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+                               clip=clip_norm, adaptive=True, target_quantile=target_quantile,
+                               clipped_count_stddev=count_stddev)
+    return tff().aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+        noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
+        initial_l2_norm_clip=float(clip_norm), target_unclipped_quantile=float(target_quantile),
+        clipped_count_stddev=count_stddev)
+
+
+def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: float, clip_norm: float,
+                  target_quantile: float = 0.5, seeded: bool = True, record_sum=None):
+    """The DP aggregator registered as ``mode`` ("fixed", "adaptive", or a user's).
+
+    ``seeded``: noise from the run's noise seed and the round (:mod:`fedlab.aggregators.seeded`); False: TFF's own
+    factory, whose noise is fresh and unpredictable every run. ``record_sum``: a secure sum of the clipped
+    updates under the noise (``fixed`` only).
+    """
+    entry = AGGREGATORS[mode]
+    if entry.role != "dp":
+        raise ValueError(f"dp: must be one of {', '.join(names('dp'))}; got {mode!r}")
+    if record_sum is not None:
+        return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded,
+                           record_sum=record_sum)
+    return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded)
+
+
+def secure_record_sum(config):
+    """TFF's secure sum of updates already L2-clipped to C: the b-bit discretised modular sum, or, with b = 0, the
+    32-bit secure sum of coordinates clipped to [-C, C] (what :func:`secure_aggregator` averages)."""
+    agg = tff().aggregators
+    if config.quantization_bits:
+        from tensorflow_federated.python.aggregators.discretization import DiscretizationFactory
+
+        return DiscretizationFactory(
+            agg.SecureModularSumFactory(secure_modulus(config.quantization_bits, cohort_size(config)),
+                                        symmetric_range=True),
+            scale_factor=(2 ** (config.quantization_bits - 1) - 1) / config.clip_norm)
+    return agg.SecureSumFactory(upper_bound_threshold=float(config.clip_norm),
+                                lower_bound_threshold=-float(config.clip_norm))
+
+
+def dp_sensitivity(config, num_weights: int) -> float:
+    """The L2 sensitivity of user-level DP's sum: clip_norm, plus, under a secure sum, its rounding.
+
+    A secure sum adds each client's update rounded coordinate by coordinate: b bits round to the nearest
+    multiple of C / (2^(b-1) - 1) (``DiscretizationFactory``, deterministic), 32 bits to the nearest of
+    2C / (2^32 - 1) (``secure_quantized_sum``), each coordinate off by at most half a step. One client added or
+    removed therefore moves the sum by at most C + sqrt(d) * step / 2 for a model of d weights, and by at most
+    2C (rounding never more than doubles a coordinate); the Gaussian noise z * C is then z * C / the smaller of
+    the two (:func:`accounting_noise_multiplier`).
+    """
+    clip = float(config.clip_norm)
+    if not (config.user_level_dp and config.secure_aggregation):
+        return clip
+    step = clip / (2 ** (config.quantization_bits - 1) - 1) if config.quantization_bits else 2 * clip / (2 ** 32 - 1)
+    # rounding to the nearest multiple never more than doubles a coordinate (below half a step it gives 0), so
+    # the rounded update's norm is also at most 2C: the better of the two bounds
+    return min(clip + math.sqrt(num_weights) * step / 2, 2 * clip)
+
+
+def accounting_noise_multiplier(config, num_weights: int) -> float:
+    """The noise multiplier the privacy accounting uses: the config's z, relative to :func:`dp_sensitivity`."""
+    return float(config.noise_multiplier) * float(config.clip_norm) / dp_sensitivity(config, num_weights)
+
+
+@register_aggregator("secure", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
+def secure_aggregator(config):
+    """The server learns only the sum: b-bit discretised modular sum after L2 clipping, or 32-bit secure sum."""
+    agg = tff().aggregators
+    count = agg.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)
+    mean = agg.UnweightedMeanFactory(value_sum_factory=secure_record_sum(config), count_sum_factory=count)
+    # Discretisation needs every coordinate in [-C, C]: L2-clipping to C guarantees it.
+    return agg.clipping_factory(config.clip_norm, mean) if config.quantization_bits else mean
+
+
+@register_aggregator("secagg", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
+def secagg_protocol(config) -> ProtocolSum:
+    """The SecAgg protocol, real cryptography: pairwise and self masks, Shamir-shared seeds, dropouts recovered.
+
+    :mod:`fedlab.protection.secagg` runs it, :mod:`fedlab.rounds.secure_rounds` between the
+    round's two TFF computations; same clipping and b-bit encoding as ``secure``.
+    """
+    return ProtocolSum("secagg", config.quantization_bits, config.clip_norm, cohort_size(config))
+
+
+@register_aggregator("secaggplus", role="secure", paper="Bell et al. 2020, doi:10.1145/3372297.3417885")
+def secagg_plus_protocol(config) -> ProtocolSum:
+    """SecAgg+: SecAgg on a sparse random graph, each client masking with and sharing to O(log n) neighbours."""
+    return ProtocolSum("secagg+", config.quantization_bits, config.clip_norm, cohort_size(config))
+
+
+@register_aggregator("ckks", role="secure", paper="Cheon et al. 2017 (CKKS), doi:10.1007/978-3-319-70694-8_15; "
+                                                "NVIDIA FLARE's HE aggregation")
+def ckks_protocol(config) -> HomomorphicMean:
+    """CKKS homomorphic aggregation: clients encrypt float updates, the server adds ciphertexts times plain weights.
+
+    :mod:`fedlab.protection.ckks` encrypts and sums, :mod:`fedlab.rounds.homomorphic_rounds`
+    runs the round; the mean is weighted as ``client_weighting`` says, no
+    clipping or quantization. With ``noise_source="seeded"`` the encryption is
+    seeded by the round's noise seed and the config's fingerprint (simulation
+    only: no confidentiality against whoever knows the config).
+    """
+    seeded = config.noise_source == "seeded"
+    return HomomorphicMean("ckks", seeded=seeded, run_digest=config.fingerprint() if seeded else "")
+
+
+def protocol_names() -> tuple[str, ...]:
+    """The values of ``secure_protocol`` besides "none": registered secure aggregators that run a protocol."""
+    return tuple(name for name in names("secure") if name != "secure")
+
+
+@register_aggregator("compression", role="compression", paper="Suresh et al. 2017, arXiv:1611.00429")
+def compression_aggregator(config):
+    """Weighted mean of updates uniformly quantised to quantization_bits bits (stochastic rounding)."""
+    if config.noise_source == "seeded":
+        return seeded_quantizing(config.quantization_bits)
+    agg = tff().aggregators
+    return agg.MeanFactory(agg.EncodedSumFactory.quantize_above_threshold(
+        quantization_bits=config.quantization_bits, threshold=0))
+
+
+@register_aggregator("clip", role="robust", paper="Sun et al. 2019, arXiv:1911.07963")
+def robust_clip(clip_norm: float, inner):
+    """L2-clip every update to clip_norm before the inner aggregator."""
+    return tff().aggregators.clipping_factory(clip_norm, inner)
+
+
+@register_aggregator("zeroing", role="robust")
+def robust_zeroing(clip_norm: float, inner):
+    """Drop (zero) any update whose L2 norm exceeds clip_norm."""
+    return tff().aggregators.zeroing_factory(clip_norm, inner)
+
+
+@register_aggregator("median", role="robust", replaces_mean=True, paper="Yin et al. 2018, arXiv:1803.01498")
+def robust_median(clip_norm: float, inner):
+    """Coordinate-wise median of the round's updates (unweighted; the mean of the two middle values if even)."""
+    return CoordinateMedianFactory()
+
+
+@register_aggregator("trimmed_mean", role="robust", fraction=True, replaces_mean=True,
+                     paper="Yin et al. 2018, arXiv:1803.01498")
+def robust_trimmed_mean(clip_norm: float, inner, *, fraction: float):
+    """Coordinate-wise trimmed mean: the floor(fraction x m) largest and smallest values of each coordinate dropped."""
+    return TrimmedMeanFactory(fraction)
+
+
+@register_aggregator("krum", role="robust", fraction=True, replaces_mean=True,
+                     paper="Blanchard et al. 2017, NeurIPS, arXiv:1703.02757")
+def robust_krum(clip_norm: float, inner, *, fraction: float):
+    """Krum: the update closest (squared L2) to its m - f - 2 nearest others, f = floor(fraction x m)."""
+    return KrumFactory(byzantine_fraction=fraction)
+
+
+@register_aggregator("multikrum", role="robust", fraction=True, replaces_mean=True,
+                     paper="Blanchard et al. 2017, NeurIPS, arXiv:1703.02757")
+def robust_multikrum(clip_norm: float, inner, *, fraction: float, clients_per_round: int = 10):
+    """Multi-Krum: the mean of the K - floor(fraction x K) updates with the best Krum scores."""
+    return KrumFactory(byzantine_fraction=fraction, multi=max(1, clients_per_round - fraction_count(fraction,
+                                                                                                   clients_per_round)))
+
+
+def robust_aggregator(name: str, clip_norm: float, inner, *, fraction: float = 0.2, clients_per_round: int = 10):
+    """The robust defence registered as ``name`` around ``inner`` (or instead of it, for median and Krum)."""
+    entry = AGGREGATORS[name]
+    if entry.role != "robust":
+        raise ValueError(f"robust: must be one of none, {', '.join(names('robust'))}; got {name!r}")
+    if name == "multikrum":
+        return entry.build(clip_norm, inner, fraction=fraction, clients_per_round=clients_per_round)
+    return entry.build(clip_norm, inner, fraction=fraction) if entry.fraction else entry.build(clip_norm, inner)
+
+
+def builders_in_use(config) -> list[AggregatorBuilder]:
+    """The registered aggregator builders a config selects by name (its user-level DP mode and robust defence)."""
+    chosen = [config.dp] if config.user_level_dp else []
+    chosen += [config.robust] if config.robust != "none" else []
+    chosen += [config.secure_protocol] if config.secure_aggregation and config.secure_protocol != "none" else []
+    return [AGGREGATORS[name] for name in chosen]
+
+
+def make_aggregator(config):
+    """The ``tff.aggregators`` factory for ``config`` (None: TFF's default weighted mean)."""
+    if config.user_level_dp and config.secure_aggregation and config.secure_protocol != "none":
+        # the protocol's sum of the clipped, rounded updates, unmasked by the server, which adds the noise to it
+        # and divides by the expected K (config allows dp='fixed' only: the ring is sized by a fixed clip)
+        return dataclasses.replace(AGGREGATORS[config.secure_protocol].build(config),
+                                   noise_stddev=float(config.noise_multiplier) * float(config.clip_norm),
+                                   denominator=float(config.clients_per_round),
+                                   seeded=config.noise_source == "seeded")
+    if config.user_level_dp:
+        # under a secure sum the server sees only the sum of the clipped updates, and adds the noise to it
+        factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
+                                clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
+                                target_quantile=config.target_quantile, seeded=config.noise_source == "seeded",
+                                record_sum=secure_record_sum(config) if config.secure_aggregation else None)
+    elif config.secure_aggregation and config.secure_protocol != "none":
+        return AGGREGATORS[config.secure_protocol].build(config)  # clipped by its clients' encoding
+    elif config.secure_aggregation:
+        factory = AGGREGATORS["secure"].build(config)
+    elif config.quantization_bits:
+        factory = AGGREGATORS["compression"].build(config)
+    elif config.robust != "none":
+        factory = tff().aggregators.MeanFactory()
+    else:
+        return None
+    if config.robust != "none" and AGGREGATORS[config.robust].replaces_mean and config.quantization_bits:
+        # compressed updates (no secure sum: config refuses that): each client quantises, the server decodes every
+        # update and takes the statistic of them
+        statistic = robust_aggregator(config.robust, config.clip_norm, None, fraction=config.robust_fraction,
+                                      clients_per_round=cohort_size(config))
+        return seeded_quantizing(config.quantization_bits, statistic, fresh=config.noise_source != "seeded")
+    # Secure b-bit sums already L2-clip to C; clipping again would change nothing.
+    if config.robust != "none" and not (config.robust == "clip" and config.secure_aggregation
+                                        and config.quantization_bits):
+        factory = robust_aggregator(config.robust, config.clip_norm, factory, fraction=config.robust_fraction,
+                                    clients_per_round=cohort_size(config))
+    return factory
+
+
+def cohort_size(config) -> int:
+    """The most updates one aggregation sees: the round's K, or a FedBuff step's buffer; under user-level DP,
+    whose rounds Poisson-sample every client at rate K/N, every client not excluded (a secure sum's modulus must
+    hold them all, or a crowded round could wrap around)."""
+    if config.user_level_dp:
+        return config.num_clients - len(config.exclude_clients)
+    return config.effective_async_buffer if config.async_concurrency else config.clients_per_round
+
+
+def aggregator_key(config) -> tuple:
+    """What the aggregator depends on; part of the process-cache key."""
+    if config.user_level_dp:
+        return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
+                config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source,
+                (config.quantization_bits, cohort_size(config), config.secure_protocol)
+                if config.secure_aggregation else None)
+    return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
+            config.noise_source if (config.quantization_bits and not config.secure_aggregation)
+            or config.secure_protocol == "ckks" else None,
+            # seeded CKKS encrypts with the config's fingerprint in its seed: a process of its own per config
+            config.fingerprint() if config.secure_aggregation and config.secure_protocol == "ckks"
+            and config.noise_source == "seeded" else None,
+            config.clip_norm if (config.secure_aggregation or config.robust != "none") else None,
+            cohort_size(config) if config.secure_aggregation or config.robust == "multikrum" else None,
+            config.robust_fraction if uses_fraction(config) else None)
+
+
+def uses_fraction(config) -> bool:
+    """Whether the config's robust aggregator takes ``robust_fraction``."""
+    return config.robust != "none" and AGGREGATORS[config.robust].fraction
+
+
+def bits_per_value_up(config) -> float:
+    """Bits a client sends per trainable parameter."""
+    if config.secure_aggregation and config.secure_protocol == "ckks":
+        return 8 * HomomorphicMean.upload_bytes(1) / 4096  # a ciphertext's bits per slot (fewer values pay more)
+    if config.secure_aggregation and config.secure_protocol != "none":
+        return AGGREGATORS[config.secure_protocol].build(config).modulus_bits  # ring elements mod 2^(b + ceil log2 K)
+    if config.secure_aggregation:
+        if config.quantization_bits:
+            # symmetric modular sum: TFF sums in [0, 2m - 1) for modulus m
+            return math.ceil(math.log2(2 * secure_modulus(config.quantization_bits, cohort_size(config)) - 1))
+        return 32 + math.ceil(math.log2(max(config.clients_per_round, 1)))  # 32-bit values, summed without overflow
+    if config.quantization_bits and not config.user_level_dp:
+        return config.quantization_bits
+    return 32
+
+
+def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> dict[str, float]:
+    """Bytes moved in one round with ``clients`` participants.
+
+    Down: the full float32 model to every participant. Up: each trainable
+    tensor at ``bits_per_value_up`` bits, plus per-tensor min and max (8 bytes)
+    when compressed, plus one float32 weight. Not counted: secure aggregation's
+    key agreement and share messages, which grow with K but not with the model
+    (a protocol run reports them: history column ``secagg_bytes_per_client``).
+    CKKS (:mod:`fedlab.protection.ckks`): up, each client's ciphertexts (uncompressed size,
+    from the parameters) plus its weight; down, the model and the encrypted
+    mean to every selected client (a key holder decrypts it).
+    """
+    params = int(sum(trainable_sizes))
+    down = clients * 4 * (params + int(sum(non_trainable_sizes)))
+    if config.secure_aggregation and config.secure_protocol == "ckks":  # whole ciphertexts of 4,096 slots
+        ciphertexts = HomomorphicMean.upload_bytes(params)
+        return {"bytes_down": float(down + clients * ciphertexts), "bytes_up": float(clients * (ciphertexts + 4))}
+    per_client_up = params * bits_per_value_up(config) / 8 + 4
+    if config.quantization_bits and not config.secure_aggregation and not config.user_level_dp:
+        per_client_up += 8 * len(trainable_sizes)
+    return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
+
+
+def describe(config) -> Optional[str]:
+    """One line on the aggregator in use, for panels and tables."""
+    parts = []
+    if config.secure_aggregation and config.secure_protocol == "ckks":
+        parts.append("CKKS homomorphic aggregation (float updates, weighted mean)")
+    elif config.secure_aggregation:
+        protocol = "" if config.secure_protocol == "none" else f", protocol {config.secure_protocol}"
+        parts.append(f"secure aggregation ({config.quantization_bits or 32}-bit, clip {config.clip_norm:g}{protocol})")
+    elif config.quantization_bits:
+        parts.append(f"{config.quantization_bits}-bit compression")
+    if config.robust != "none":
+        parts.append(f"{config.robust} at norm {config.clip_norm:g}")
+    return ", ".join(parts) or "plain mean"
+
+
+def method_name(config) -> str:
+    """Short label of the update encoding: float32, compressed-4bit, secure-12bit, secure-32bit."""
+    if config.secure_aggregation and config.secure_protocol == "ckks":
+        return "ckks"
+    if config.secure_aggregation and config.secure_protocol != "none":
+        return f"{config.secure_protocol}-{config.quantization_bits}bit"
+    if config.secure_aggregation:
+        return f"secure-{config.quantization_bits or 32}bit"
+    if config.quantization_bits:
+        return f"compressed-{config.quantization_bits}bit"
+    return "float32"

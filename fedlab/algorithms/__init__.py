@@ -1,0 +1,1 @@
+"""Federated algorithms (FedAvg, FedProx, FedOpt, SCAFFOLD, FedNova, FedPer, Ditto, q-FFL, ...) and their registry."""

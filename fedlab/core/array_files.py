@@ -1,0 +1,163 @@
+"""Client arrays written once to files that TFF's runtime on this machine reads, so that rounds send paths.
+
+TFF 0.87's Python side turns every tensor of every client's input into
+protocol buffers and sends it to its worker, every round: at 100 clients,
+83 % of the samples of TFF's execution thread were in
+``RemoteExecutor.create_value`` (py-spy), 12.5 MB a round
+(``benchmarks/round_split.py``). A client's arrays are the same every round.
+Here each array is written once, as a serialised ``TensorProto``, into a
+directory of this process; a round carries the file's path, and the client's
+computation reads it (``tf.io.read_file`` and ``tf.io.parse_tensor``) where it
+trains. The same bytes arrive, so the numbers are the same.
+
+Only for runtimes that see this machine's files: TFF's local worker and its
+in-process test runtime. A process built for remote workers (``workers=``)
+is sent the arrays themselves (:func:`building_for_remote_workers`).
+
+With encryption at rest on (:mod:`fedlab.core.encryption`) no array file is
+written: TFF's worker is a separate C++ process that reads these files with
+``tf.io.read_file``, which cannot decrypt them, and TF's in-memory ``ram://``
+filesystem is that of the process that writes it, not the worker's. Processes
+built then are sent the arrays themselves, as for remote workers (the same
+bytes arrive, so the same numbers), at the cost the paragraph above measures.
+
+An array is known by its identity: fedlab makes a run's client arrays once
+and does not change them in place. Its file is deleted when the array is
+garbage collected, and the directory when this process exits; directories
+left by processes that were killed are removed by the next one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import contextvars
+import os
+import pathlib
+import shutil
+import tempfile
+import threading
+import weakref
+
+import numpy as np
+
+from . import encryption
+from .runtime import held
+
+PREFIX = "fedlab-arrays-"
+_local_files = contextvars.ContextVar("fedlab_local_array_files", default=True)
+
+
+@contextlib.contextmanager
+def building_for_remote_workers(remote: bool = True):
+    """While ``remote``, processes built here take client arrays themselves, not paths (:func:`enabled`)."""
+    token = _local_files.set(not remote)
+    try:
+        yield
+    finally:
+        _local_files.reset(token)
+
+
+def enabled() -> bool:
+    """Whether a process built now reads its clients' arrays from files (not while building for remote workers,
+    nor with encryption at rest on: the files would hold the clients' data in the clear)."""
+    return _local_files.get() and encryption.current() is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_abandoned(root: pathlib.Path) -> None:
+    """Directories of this kind whose process no longer runs (killed before its exit handler)."""
+    for path in root.glob(f"{PREFIX}*"):
+        try:
+            pid = int(path.name[len(PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class ArrayFiles:
+    """Paths of files holding arrays as serialised ``TensorProto`` s, each written once per array object."""
+
+    def __init__(self, root=None) -> None:
+        self._root = pathlib.Path(root or tempfile.gettempdir())
+        self._directory = None
+        self._paths: dict[int, tuple[weakref.ref, str]] = {}
+        self._count = 0
+        # re-entrant: a weakref callback (:meth:`_forget`) can run in the middle of :meth:`path`, on the same
+        # thread, whenever an allocation there sets off the garbage collector; a plain Lock then deadlocks
+        self._lock = threading.RLock()
+
+    @property
+    def directory(self) -> pathlib.Path:
+        if self._directory is None:
+            _remove_abandoned(self._root)
+            self._directory = pathlib.Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=self._root))
+            atexit.register(self.close)
+        return self._directory
+
+    def path(self, array: np.ndarray) -> str:
+        """The file holding ``array`` (written now if this array object has none yet)."""
+        if encryption.current() is not None:  # a process built before encryption was turned on
+            raise RuntimeError("array files: encryption at rest is on, and client arrays are never written to "
+                               "files then; this process was built before it was turned on (rebuild it)")
+        with held(self._lock, "the index of the array files"):
+            known = self._paths.get(id(array))
+            if known is not None and known[0]() is array:
+                return known[1]
+            self._count += 1
+            path = str(self.directory / f"{self._count}.pb")
+        _write_whole(path, array)
+        with held(self._lock, "the index of the array files"):
+            key = id(array)
+            self._paths[key] = (weakref.ref(array, lambda _, key=key, path=path: self._forget(key, path)), path)
+        return path
+
+    def _forget(self, key: int, path: str) -> None:
+        with held(self._lock, "the index of the array files"):
+            known = self._paths.get(key)
+            if known is not None and known[1] == path:
+                del self._paths[key]
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def close(self) -> None:
+        """Deletes every file and the directory."""
+        with held(self._lock, "the index of the array files"):
+            self._paths.clear()
+            directory, self._directory = self._directory, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _write_whole(path: str, array: np.ndarray) -> None:
+    """The array's ``TensorProto`` at ``path``, written whole (a temporary file renamed) or not at all."""
+    import tensorflow as tf
+
+    data = tf.make_tensor_proto(array).SerializeToString()
+    partial = f"{path}.partial"
+    with open(partial, "wb") as f:
+        f.write(data)
+    os.replace(partial, path)
+
+
+FILES = ArrayFiles()  # this process's
+
+
+def read(path, dtype, shape):
+    """Inside a TF computation: the array at ``path`` (a string tensor) with ``dtype`` and static ``shape``."""
+    import tensorflow as tf
+
+    return tf.ensure_shape(tf.io.parse_tensor(tf.io.read_file(path), dtype), shape)

@@ -1,0 +1,1 @@
+"""Model builders (Keras and TFF functional models) and their registry."""

@@ -1,0 +1,1 @@
+"""What notebooks use: the experiment panel and reproducing every notebook."""

@@ -1,0 +1,364 @@
+"""Privacy accounting for user-level DP-FedAvg: epsilon after some rounds, and its inverse.
+
+A DP-FedAvg round is a Poisson-subsampled Gaussian mechanism: each client
+joins with probability ``q = clients_per_round / num_clients``, its update is
+clipped to L2 norm C, and Gaussian noise of standard deviation ``z * C`` is
+added to the sum (McMahan et al. 2018, "Learning Differentially Private
+Recurrent Language Models", arXiv:1710.06963). Epsilon is reported at
+``delta`` for the add-or-remove-one-client relation, with Google's
+``dp-accounting`` library (RDP or PLD). Nothing here imports TensorFlow.
+
+What the library cannot do is refused up front, in one line naming the
+parameter: PLD keeps the privacy-loss distribution on a grid of 1e-4 steps,
+so little noise (the grid of one round grows as 1/z^2) or many rounds (the
+composed grid grows with them) would need terabytes (:func:`check_pld`).
+Rounds and noise are bounded as :class:`~fedlab.experiment.config.ExperimentConfig`
+bounds them, so what ``fedlab privacy`` answers is what ``fedlab run`` runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..core.validation import ConfigError, integer, number, one_of
+
+ACCOUNTANTS = ("rdp", "pld")
+MAX_ROUNDS = 1_000_000  # ExperimentConfig.rounds allows no more: neither does the accounting of rounds
+MAX_NOISE_MULTIPLIER = 1e4  # likewise ExperimentConfig.noise_multiplier
+LEAST_SEARCHED_NOISE = 1e-3  # noise_multiplier_for searches [this, MAX_NOISE_MULTIPLIER]
+# dp-accounting's PLDAccountant: losses on a grid of this step, tails below e^-50 cut, composition by FFT with
+# tails below 1e-15 cut (its defaults, which _accountant keeps).
+PLD_STEP = 1e-4
+PLD_TAIL = 1e-15
+MAX_PLD_ROUND_POINTS = 2**22  # one round's grid: built point by point (about 10 us each, 200 bytes)
+MAX_PLD_POINTS = 2**25  # the composed grid: FFT arrays of about 80 bytes a point, so about 3 GB
+
+
+class PrivacyParameterError(ConfigError):
+    """A privacy parameter is outside what is allowed; ``field`` names it."""
+
+
+UNITS = ("rounds", "steps")  # what is composed: DP-FedAvg rounds (user level) or DP-SGD steps (record level)
+
+
+def _check(noise_multiplier: Optional[float], sampling_probability: float, rounds: int, delta: float,
+           accountant: str, unit: str = "rounds") -> None:
+    try:
+        if noise_multiplier is not None:
+            number("noise_multiplier", noise_multiplier, 0.0, MAX_NOISE_MULTIPLIER)
+        try:
+            number("sampling_probability", sampling_probability, 0.0, 1.0, low_open=True)
+        except ConfigError as err:
+            raise ConfigError("sampling_probability", f"{err.message} (clients_per_round / num_clients)") from None
+        one_of("unit", unit, UNITS)
+        # A run takes at most MAX_ROUNDS rounds; its DP-SGD steps (rounds x steps per round) are not bounded so.
+        integer(unit, rounds, 1, MAX_ROUNDS if unit == "rounds" else None)
+        number("delta", delta, 0.0, 1.0, low_open=True, high_open=True)
+        one_of("accountant", accountant, ACCOUNTANTS)
+    except ConfigError as err:
+        raise PrivacyParameterError(err.field, err.message) from None
+    if accountant == "pld" and noise_multiplier:
+        check_pld(noise_multiplier, sampling_probability, rounds, unit)
+
+
+def _accountant(name: str):
+    import dp_accounting
+
+    if name == "rdp":
+        return _rdp_accountant()
+    return dp_accounting.pld.PLDAccountant()
+
+
+def _rdp_accountant():
+    """dp-accounting's RDP accountant, but an RDP value below zero is zero.
+
+    RDP is never negative; for much noise and a small sampling rate
+    (q/z below about 1e-7) the library's sums cancel to about -1e-12 and
+    ``get_epsilon`` then refuses ("Renyi divergence cannot be negative").
+    Raising those values to zero only moves them toward the truth.
+    """
+    import dp_accounting
+
+    class RdpAccountant(dp_accounting.rdp.RdpAccountant):
+        def get_epsilon_and_optimal_order(self, target_delta):
+            self._rdp = np.maximum(self._rdp, 0.0)
+            return super().get_epsilon_and_optimal_order(target_delta)
+
+        def get_epsilon(self, target_delta):
+            return self.get_epsilon_and_optimal_order(target_delta)[0]
+
+    return RdpAccountant()
+
+
+# What the PLD accountant can hold ------------------------------------------------------------------------
+def _pld_round_points(noise_multiplier: float, sampling_probability: float) -> list[float]:
+    """Grid points of one round's privacy-loss distribution, for each one dp-accounting builds (removal, and
+    addition when q < 1), from the library's own connect-the-dots bounds: nothing is allocated."""
+    from dp_accounting.pld import privacy_loss_mechanism as plm
+
+    kinds = [plm.AdjacencyType.REMOVE] + ([plm.AdjacencyType.ADD] if sampling_probability < 1 else [])
+    points = []
+    for kind in kinds:
+        try:
+            with np.errstate(all="ignore"):  # per thread (warnings.catch_warnings is not)
+                bounds = plm.GaussianPrivacyLoss(noise_multiplier, sampling_prob=sampling_probability,
+                                                 adjacency_type=kind).connect_dots_bounds()
+                n = (bounds.epsilon_upper - bounds.epsilon_lower) / PLD_STEP + 2
+        except (ArithmeticError, ValueError):
+            n = math.inf
+        points.append(float(n) if math.isfinite(n) else math.inf)
+    return points
+
+
+@functools.lru_cache(maxsize=64)
+def _pld_shape(noise_multiplier: float, sampling_probability: float):
+    """(points of one round, coarse copies of its distributions as (losses, probabilities)), or no copies when one
+    round is already too large. The copies have about 2000 points; the composed grid's size is estimated on them
+    with the Chernoff bounds dp-accounting itself truncates with (``common.compute_self_convolve_bounds``)."""
+    ones = _pld_round_points(noise_multiplier, sampling_probability)
+    if max(ones) > MAX_PLD_ROUND_POINTS:
+        return ones, None
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    with np.errstate(all="ignore"):
+        coarse = pld.from_gaussian_mechanism(noise_multiplier, sampling_prob=sampling_probability,
+                                             value_discretization_interval=max(ones) * PLD_STEP / 2000)
+    pmfs = [coarse._pmf_remove] + ([coarse._pmf_add] if sampling_probability < 1 else [])  # noqa: SLF001
+    shapes = []
+    for pmf in pmfs:
+        dense = pmf.to_dense_pmf()
+        shapes.append((np.arange(dense.size) * dense._discretization, np.asarray(dense._probs)))  # noqa: SLF001
+    return ones, shapes
+
+
+def pld_points(noise_multiplier: float, sampling_probability: float, count: int) -> float:
+    """About how many grid points dp-accounting's PLD accountant needs for ``count`` compositions (rounds or
+    steps) of the Poisson-subsampled Gaussian: the largest array it allocates (within a factor of about 2)."""
+    from scipy import special
+
+    ones, shapes = _pld_shape(float(noise_multiplier), float(sampling_probability))
+    if shapes is None or count == 1:
+        return max(ones)
+    log_bound = math.log(2 / PLD_TAIL)
+    points = 0.0
+    for one, (losses, probs) in zip(ones, shapes):
+        span = one * PLD_STEP  # one round's range of losses; the library's orders are 1..20 over it
+        orders = np.arange(1, 21) / span
+        with np.errstate(all="ignore"):
+            up = special.logsumexp(orders[:, None] * losses, b=probs, axis=1)
+            down = special.logsumexp(-orders[:, None] * losses, b=probs, axis=1)
+        high = min(float(np.min((count * up + log_bound) / orders)), count * span)
+        low = max(float(np.max((count * down + log_bound) / -orders)), 0.0)
+        points = max(points, (high - low) / PLD_STEP + 1)
+    return points
+
+
+def _pld_fits(noise_multiplier: float, sampling_probability: float, count: int) -> bool:
+    _, shapes = _pld_shape(float(noise_multiplier), float(sampling_probability))
+    return shapes is not None and pld_points(noise_multiplier, sampling_probability, count) <= MAX_PLD_POINTS
+
+
+@functools.lru_cache(maxsize=64)
+def least_pld_noise(sampling_probability: float, count: int) -> float:
+    """The smallest noise multiplier (3 digits, rounded up) whose ``count`` compositions the PLD accountant holds;
+    inf if not even ``MAX_NOISE_MULTIPLIER`` is enough."""
+    if not _pld_fits(MAX_NOISE_MULTIPLIER, sampling_probability, count):
+        return math.inf
+    low, high = math.log(1e-9), math.log(MAX_NOISE_MULTIPLIER)
+    for _ in range(40):  # bisection in log z: the grids shrink as z grows
+        mid = (low + high) / 2
+        low, high = (low, mid) if _pld_fits(math.exp(mid), sampling_probability, count) else (mid, high)
+    z = math.exp(high)
+    digits = 2 - math.floor(math.log10(z))
+    return math.ceil(z * 10**digits) / 10**digits
+
+
+def _most_pld_compositions(noise_multiplier: float, sampling_probability: float) -> int:
+    low, high = 1, 2
+    while pld_points(noise_multiplier, sampling_probability, high) <= MAX_PLD_POINTS:
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if pld_points(noise_multiplier, sampling_probability, mid) <= MAX_PLD_POINTS \
+            else (low, mid)
+    return low
+
+
+def check_pld(noise_multiplier: float, sampling_probability: float, count: int, unit: str = "rounds") -> None:
+    """Refuses what dp-accounting's PLD accountant could not hold in memory, naming the parameter to change.
+
+    One round's grid spans the privacy losses the noise allows (about 0.5/z^2,
+    in steps of 1e-4: 35 PiB at z = 1e-6); composing ``count`` rounds widens
+    it. Both are estimated without allocating (:func:`pld_points`) and
+    bounded by ``MAX_PLD_ROUND_POINTS`` and ``MAX_PLD_POINTS``.
+    """
+    z, q = float(noise_multiplier), float(sampling_probability)
+    if z == 0 or _pld_fits(z, q, count):
+        return
+    least = least_pld_noise(q, count)
+    one = max(_pld_shape(z, q)[0])
+    if one > MAX_PLD_ROUND_POINTS:
+        if math.isinf(least):  # more noise would still leave too many compositions: say the first thing to change
+            least, count = least_pld_noise(q, 1), 1
+        what = f"{count} {unit}" if count != 1 else f"1 {unit[:-1]}"
+        raise PrivacyParameterError(
+            "noise_multiplier", f"must be >= {least:.3g} with accountant='pld' at sampling probability {q:.3g} and "
+                                f"{what}: with less noise its privacy-loss grid is too large to compute (one round "
+                                f"alone {one:.3g} points, at most {MAX_PLD_ROUND_POINTS}); use accountant='rdp', "
+                                f"got {z:g}")
+    most = _most_pld_compositions(z, q)
+    more_noise = f" or noise_multiplier >= {least:.3g}" if math.isfinite(least) else ""
+    raise PrivacyParameterError(
+        unit, f"must be <= {most} with accountant='pld' at noise_multiplier={z:g} and sampling probability {q:.3g}: "
+              f"more would make its privacy-loss grid exceed {MAX_PLD_POINTS} points (here "
+              f"{pld_points(z, q, count):.3g}); use accountant='rdp'{more_noise}, got {count}")
+
+
+def _round_event(noise_multiplier: float, sampling_probability: float):
+    import dp_accounting
+
+    return dp_accounting.PoissonSampledDpEvent(sampling_probability, dp_accounting.GaussianDpEvent(noise_multiplier))
+
+
+def epsilon(noise_multiplier: float, sampling_probability: float, rounds: int, delta: float,
+            accountant: str = "rdp", *, unit: str = "rounds") -> float:
+    """Epsilon after ``rounds`` Poisson-sampled Gaussian rounds (inf when there is no noise).
+
+    ``unit="steps"``: ``rounds`` counts DP-SGD steps (record level), which a
+    run may take more of than its ``MAX_ROUNDS`` rounds.
+    """
+    _check(noise_multiplier, sampling_probability, rounds, delta, accountant, unit)
+    if noise_multiplier == 0:
+        return math.inf
+    acc = _accountant(accountant)
+    acc.compose(_round_event(noise_multiplier, sampling_probability), int(rounds))
+    return float(acc.get_epsilon(delta))
+
+
+def epsilon_by_round(noise_multiplier: float, sampling_probability: float, rounds: int, delta: float,
+                     accountant: str = "rdp", at: Optional[Sequence[int]] = None, *,
+                     unit: str = "rounds") -> np.ndarray:
+    """Epsilon after each of rounds 1..``rounds`` (NaN for rounds not in ``at``, when given).
+
+    RDP composes additively, so round r's RDP is r times one round's and
+    every round costs one conversion. PLD has no such shortcut (about a second
+    per round asked for), so pass ``at`` to ask for a few rounds only.
+    """
+    _check(noise_multiplier, sampling_probability, rounds, delta, accountant, unit)
+    if noise_multiplier == 0:
+        return np.full(rounds, math.inf)
+    wanted = set(range(1, rounds + 1)) if at is None else {int(r) for r in at}
+    out = np.full(rounds, np.nan)
+    if accountant == "rdp":
+        acc = _accountant(accountant)
+        event = _round_event(noise_multiplier, sampling_probability)
+        from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+        acc.compose(event, 1)
+        # the accountant's own RDP curve, raised to >= 0 as _rdp_accountant does
+        orders, one_round = acc._orders, np.maximum(acc._rdp, 0.0)  # noqa: SLF001
+        for r in sorted(wanted):
+            out[r - 1] = compute_epsilon(orders, r * one_round, delta)[0]
+        return out
+    for r in sorted(wanted):  # a fresh self-composition per round is far faster than composing one by one
+        out[r - 1] = epsilon(noise_multiplier, sampling_probability, r, delta, accountant, unit=unit)
+    return out
+
+
+def noise_multiplier_for(target_epsilon: float, sampling_probability: float, rounds: int, delta: float,
+                         accountant: str = "rdp", *, unit: str = "rounds") -> float:
+    """The smallest noise multiplier whose epsilon after ``rounds`` is at most ``target_epsilon``.
+
+    The search covers noise multipliers from ``LEAST_SEARCHED_NOISE`` to
+    ``MAX_NOISE_MULTIPLIER`` (with PLD, from the least its grid can hold); a
+    target outside what they give is refused, saying the range.
+    """
+    import dp_accounting
+
+    _check(None, sampling_probability, rounds, delta, accountant, unit)
+    try:
+        number("target_epsilon", target_epsilon, 0.0, low_open=True)
+    except ConfigError as err:
+        raise PrivacyParameterError(err.field, err.message) from None
+    q, target = float(sampling_probability), float(target_epsilon)
+
+    def rdp_epsilon(z: float) -> float:
+        return epsilon(z, q, rounds, delta, "rdp", unit=unit)
+
+    def calibrate(name, bracket):
+        return float(dp_accounting.calibrate_dp_mechanism(
+            lambda: _accountant(name),
+            lambda z: dp_accounting.SelfComposedDpEvent(_round_event(z, q), int(rounds)),
+            target, delta, bracket_interval=bracket, tol=1e-4,
+        ))
+
+    least = rdp_epsilon(MAX_NOISE_MULTIPLIER)
+    if accountant == "rdp":
+        most = rdp_epsilon(LEAST_SEARCHED_NOISE)
+        if not least <= target <= most:
+            bound, z, which = (f"<= {most:.6g}", LEAST_SEARCHED_NOISE, "the least noise searched") if target > most \
+                else (f">= {least:.6g}", MAX_NOISE_MULTIPLIER, "the most allowed")
+            raise PrivacyParameterError("target_epsilon", f"must be {bound} at these settings (what "
+                                                          f"noise_multiplier={z:g}, {which}, gives), got {target:g}")
+        return calibrate("rdp", dp_accounting.LowerEndpointAndGuess(LEAST_SEARCHED_NOISE, 1.0))
+    # PLD is tighter, so its z lies below RDP's; below least_pld_noise its grid is too large to compute.
+    floor = max(least_pld_noise(q, int(rounds)), LEAST_SEARCHED_NOISE)
+    if math.isinf(floor):  # too many compositions for PLD whatever the noise: that error
+        check_pld(MAX_NOISE_MULTIPLIER, q, int(rounds), unit)
+    out_of_reach = PrivacyParameterError(
+        "target_epsilon", f"cannot be reached with accountant='pld' at these settings: it needs a noise_multiplier "
+                          f"below {floor:.3g}, and with less noise PLD's privacy-loss grid is too large to compute; "
+                          f"use accountant='rdp', got {target:g}")
+    if target > rdp_epsilon(floor):  # PLD's epsilon is below RDP's: less noise than floor would be needed
+        raise out_of_reach
+    z_rdp = (calibrate("rdp", dp_accounting.LowerEndpointAndGuess(LEAST_SEARCHED_NOISE, 1.0)) if target >= least
+             else MAX_NOISE_MULTIPLIER)
+    high = z_rdp
+    for low in dict.fromkeys((max(high / 4, floor), floor)):  # z_rdp / 4 first, as before; then all PLD holds
+        try:
+            return calibrate("pld", dp_accounting.ExplicitBracketInterval(low, high))
+        except (ValueError, dp_accounting.mechanism_calibration.NoOptimumFoundError):
+            reached = epsilon(high, q, rounds, delta, "pld", unit=unit)
+            if reached > target:  # PLD's grid of 1e-4 steps resolves epsilon no finer
+                raise PrivacyParameterError(
+                    "target_epsilon", f"must be >= {reached:.6g} with accountant='pld' at these settings (what "
+                                      f"noise_multiplier={high:g}"
+                                      f"{', the most allowed,' if high == MAX_NOISE_MULTIPLIER else ''} gives), "
+                                      f"got {target:g}") from None
+            high = low
+    raise out_of_reach
+
+
+def record_level_epsilons(noise_multiplier: float, sizes: Sequence[int], batch_size: int,
+                          steps_per_round: Sequence[int], participation: np.ndarray, delta: float,
+                          accountant: str = "rdp", at: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Record-level epsilon of every client after every round: an array (rounds, clients).
+
+    DP-SGD in client k is a Poisson-subsampled Gaussian mechanism per step with
+    q_k = batch_size / n_k (Abadi et al. 2016), composed over every step the
+    client has taken: ``steps_per_round[k]`` in each round it took part in
+    (``participation``, booleans of shape (rounds, clients)). Zero before a
+    client's first step; infinite without noise. ``at``: rounds to compute
+    (others NaN; PLD costs about a second per point).
+    """
+    participation = np.asarray(participation, bool)
+    rounds, clients = participation.shape
+    out = np.full((rounds, clients), np.nan)
+    wanted = np.arange(1, rounds + 1) if at is None else np.asarray(sorted(set(at)), int)
+    for k in range(clients):
+        q = min(1.0, batch_size / sizes[k])
+        steps = np.cumsum(participation[:, k]) * int(steps_per_round[k])
+        needed = sorted({int(steps[r - 1]) for r in wanted if steps[r - 1] > 0})
+        curve = {}
+        if needed:
+            values = epsilon_by_round(noise_multiplier, q, max(needed), delta, accountant, at=needed,
+                                      unit="steps")
+            curve = {s: values[s - 1] for s in needed}
+        for r in wanted:
+            s = int(steps[r - 1])
+            out[r - 1, k] = 0.0 if s == 0 else curve[s]
+    return out

@@ -1,0 +1,1 @@
+"""The round's engines: fedlab's compiled client loop, split rounds (a Python stage between the clients' work and the server's update), the secure and homomorphic rounds, buffered rounds, update attacks and fine-tuning evaluation."""

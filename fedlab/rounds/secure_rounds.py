@@ -1,0 +1,326 @@
+"""Rounds whose updates are summed by the secure aggregation protocol itself (:mod:`fedlab.protection.secagg`).
+
+TFF 0.87 runs secure sums as intrinsics its C++ runtime does not implement
+(fedlab otherwise runs their plain bodies: the right numbers, no masking).
+Here a round is split where the protocol sits:
+
+1. a TFF computation broadcasts the model, trains every client in fedlab's
+   compiled loop (:mod:`fedlab.rounds.array_training`) and encodes its update as TFF's
+   secure aggregator does: L2-clipped to C (``clipping_factory``), scaled by
+   (2^(b-1) - 1) / C and rounded (``DiscretizationFactory``), taken modulo
+   R = 2^(b + ceil(log2 K)); it returns each client's ring vector;
+2. the clients and the server run SecAgg or SecAgg+ in Python with real
+   cryptography; the server object receives only masked vectors and recovers
+   their sum modulo R, also when clients drop out after the key exchange;
+3. a second TFF computation decodes the sum (signed, / scale, / clients
+   included; under user-level DP, plus the server's Gaussian noise, / the
+   expected K: :class:`ProtocolSum`) and applies TFF's server-optimizer
+   finalizer.
+
+The arithmetic of 1 and 3 is that of TFF's ``clipping_factory`` around
+``UnweightedMeanFactory(DiscretizationFactory(SecureModularSumFactory))``,
+operation for operation, so a round without dropouts gives the numbers of
+the simulated secure sum (``tests/test_secure_rounds.py``). Clients that
+dropped out after the key exchange are the round's ``participants`` that sent
+no update; the mean divides by the clients whose masked vector arrived. When
+too few clients remain for the protocol to unmask (:class:`SecAggAborted`),
+the round's update is lost and the model stays as it was: what a deployment
+would see.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..protection import secagg
+from .array_training import (finalize_metric_leaves, flat_length, metric_leaf_specs, metric_leaves,
+                             metrics_computation, model_weights_accessors, pack_clients)
+from ..core.runtime import tff
+from ..core.validation import FedlabWarning
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolSum:
+    """The aggregator slot's value for a secure protocol: how clients encode, which protocol sums.
+
+    ``bits``: b, quantisation bits of each coordinate; ``clip_norm``: C, the
+    L2 bound; ``clients``: K, the most clients a round includes (it sizes the
+    ring so that K b-bit values never wrap around).
+
+    Central DP on the protocol's sum (user-level DP, ``dp='fixed'``): the server
+    adds Gaussian noise of standard deviation ``noise_stddev`` (z * C) to the sum
+    it unmasked and divides by ``denominator`` (the expected clients of a round,
+    as TFF's ``DifferentiallyPrivateFactory.gaussian_fixed`` does) instead of the
+    clients included. ``seeded``: the noise comes from the round's noise seed
+    (reproducible simulation), else from the operating system's entropy.
+    """
+
+    protocol: str
+    bits: int
+    clip_norm: float
+    clients: int
+    noise_stddev: float = 0.0
+    denominator: float = 0.0
+    seeded: bool = True
+
+    @property
+    def modulus_bits(self) -> int:
+        """log2 R: R = 2^(b + ceil(log2 K)) holds the sum of K symmetric b-bit integers."""
+        return self.bits + math.ceil(math.log2(max(self.clients, 1)))
+
+    @property
+    def scale(self) -> float:
+        return (2 ** (self.bits - 1) - 1) / self.clip_norm
+
+    def build_round_process(self, training) -> "SecureRoundProcess":
+        return SecureRoundProcess(self, training)
+
+    @property
+    def central_dp(self) -> bool:
+        return self.denominator > 0
+
+    def noise(self, shapes: Sequence[tuple], noise_seed: Optional[int]) -> tuple:
+        """The server's noise for the round's sum, one float32 array per weight (zeros without central DP).
+
+        Seeded noise needs the round's ``noise_seed``: a fixed default would draw the same noise every round."""
+        if not self.central_dp or self.noise_stddev == 0:
+            return tuple(np.zeros(shape, np.float32) for shape in shapes)
+        if self.seeded and noise_seed is None:
+            raise ValueError("noise_seed: seeded central DP needs the round's seed (the runner passes it)")
+        rng = np.random.default_rng([int(noise_seed), 0xD9] if self.seeded else None)
+        return tuple(rng.normal(0.0, self.noise_stddev, size=shape).astype(np.float32) for shape in shapes)
+
+    def count(self, included: int) -> np.float32:
+        """What the noised sum is divided by: the expected clients under central DP, else the clients included."""
+        return np.float32(self.denominator if self.central_dp else included)
+
+
+class SecureRoundProcess:
+    """A learning process (``initialize``, ``next``, ``get_model_weights``, ``set_model_weights``) whose
+    round runs the secure aggregation protocol between two TFF computations.
+
+    ``next(state, client_data, clients=..., participants=..., graph_seed=...)``:
+    ``clients`` are the ids of the clients whose data is given (default
+    0..n-1), ``participants`` every client that took part in the key exchange
+    (default: ``clients``); ``graph_seed`` draws SecAgg+'s neighbour graph;
+    ``noise_seed`` the server's DP noise of the round (seeded central DP).
+    """
+
+    round_inputs = ("clients", "participants", "graph_seed", "noise_seed")  # what the runner passes to next
+
+    def __init__(self, protocol: ProtocolSum, training) -> None:
+        t = tff()
+        self.protocol = protocol
+        self.data_type = training.data_type  # what a client's packed input is (pack_clients)
+        templates = t.learning.templates
+        state_class = templates.LearningAlgorithmState
+        weights_type = training.weights_type
+        distributor = templates.build_broadcast_process(weights_type)
+        finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
+        metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
+        self._shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
+        update_type = weights_type.trainable
+        encode, undiscretize, divide = protocol_codec(protocol, update_type, self._shapes)
+        clip, scale = np.float32(protocol.clip_norm), np.float32(protocol.scale)
+        summed_type = undiscretize.type_signature.parameter[0]
+
+        @t.federated_computation()
+        def init_fn():
+            return t.federated_zip(state_class(
+                t.federated_eval(training.initial_weights_fn, t.SERVER), distributor.initialize(),
+                t.federated_eval(training.client_work_state, t.SERVER), t.federated_value((), t.SERVER),
+                finalizer.initialize()))
+
+        state_type = init_fn.type_signature.result
+
+        @t.federated_computation(state_type, t.FederatedType(training.data_type, t.CLIENTS))
+        def clients_fn(state, client_data):
+            distributed = distributor.next(state.distributor, state.global_model_weights)
+            learning_rate = t.federated_broadcast(t.federated_map(training.learning_rate_of, state.client_work))
+            result, unfinalized = t.federated_map(training.train_client,
+                                                  (distributed.result, client_data, learning_rate))
+            constants = t.federated_broadcast(t.federated_value((clip, scale), t.SERVER))
+            encoded = t.federated_map(encode, (result.update, constants[0], constants[1]))
+            return encoded, metrics_aggregation(unfinalized)
+
+        @t.federated_computation(state_type, t.FederatedType(summed_type, t.SERVER),
+                                 t.FederatedType(divide.type_signature.parameter[1], t.SERVER),
+                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
+        def server_fn(state, summed, noise, count):
+            total = t.federated_map(undiscretize, (summed, t.federated_value(scale, t.SERVER)))
+            mean = t.federated_map(divide, (total, noise, count))
+            finalized = finalizer.next(state.finalizer, state.global_model_weights, mean)
+            new_state = t.federated_zip(state_class(finalized.result, state.distributor, state.client_work,
+                                                    state.aggregator, finalized.state))
+            return new_state, finalized.measurements
+
+        self.initialize = init_fn
+        self.get_model_weights, self.set_model_weights = model_weights_accessors(t, state_type.member)
+        self._clients_fn, self._server_fn = clients_fn, server_fn
+        self._training, self._encode, self._constants = training, encode, (clip, scale)
+
+    def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
+             participants: Optional[Sequence[int]] = None, graph_seed: int = 0,
+             noise_seed: Optional[int] = None):
+        ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
+        everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
+        stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
+        train_metrics = None
+        try:
+            if len(everyone) < 2:
+                train_metrics = self.metrics_without_sum(state, client_data)
+                raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took part")
+            result, train_metrics = self.secure_sum(state, ids, client_data, everyone, int(graph_seed))
+        except secagg.SecAggAborted as stopped:
+            warnings.warn(f"fedlab: {stopped}; {lost_round(self.protocol)}", FedlabWarning, stacklevel=2)
+            stats["aborted"] = 1
+            finalizer_measurements = collections.OrderedDict()
+            if train_metrics is None:
+                train_metrics = getattr(stopped, "train_metrics", None)
+            if self.protocol.central_dp:  # the noise is released all the same (see lost_round)
+                state, finalizer_measurements = self._server_fn(
+                    state, tuple(np.zeros(s, np.int64) for s in self._shapes),
+                    self.protocol.noise(self._shapes, noise_seed), self.protocol.count(0))
+        else:
+            stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
+                         client_seconds=result.client_seconds, server_seconds=result.server_seconds)
+            state, finalizer_measurements = self._server_fn(state, self.unflatten(result.total),
+                                                            self.protocol.noise(self._shapes, noise_seed),
+                                                            self.protocol.count(len(result.included)))
+        metrics = collections.OrderedDict(
+            distributor=collections.OrderedDict(),
+            client_work=collections.OrderedDict(train=train_metrics),
+            aggregator=collections.OrderedDict(secagg=stats), finalizer=finalizer_measurements)
+        return tff().learning.templates.LearningProcessOutput(state, metrics)
+
+    def secure_sum(self, state, ids: list, client_data: list, everyone: list, graph_seed: int):
+        """(the protocol's :class:`secagg.SecAggResult`, the clients' finalized training metrics): here every
+        client is simulated in this process (a federation of site processes: :mod:`fedlab.experiment.site_rounds`)."""
+        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
+        inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
+                  for cid, enc in zip(ids, encoded)}
+        try:
+            return secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
+                                       protocol=self.protocol.protocol, participants=everyone,
+                                       graph_seed=graph_seed), train_metrics
+        except secagg.SecAggAborted as stopped:
+            stopped.train_metrics = train_metrics  # the clients trained: their metrics are reported
+            raise
+
+    def metrics_without_sum(self, state, client_data: list):
+        """The training metrics of a round too small for the protocol (its clients trained all the same)."""
+        return self._clients_fn(state, pack_clients(client_data, self.data_type))[1]
+
+    # A client trained alone (a site's): its ring vector and unfinalized metrics -----------------------------
+    @functools.cached_property
+    def _jobs(self) -> tuple:
+        """(jobs computation: weights, client data, learning rate -> each client's ring vector and unfinalized
+        metrics; metrics computation; unfinalized metrics type), built on first use."""
+        t = tff()
+        training, encode = self._training, self._encode
+
+        @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
+                                 t.FederatedType(t.TensorType(np.float32), t.SERVER),
+                                 t.FederatedType(training.data_type, t.CLIENTS))
+        def jobs_fn(weights, learning_rate, client_data):  # client data last (client_updates_computation)
+            result, unfinalized = t.federated_map(training.train_client, (
+                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
+            constants = t.federated_broadcast(t.federated_value(self._constants, t.SERVER))
+            return t.federated_map(encode, (result.update, constants[0], constants[1])), unfinalized
+
+        return (jobs_fn, *metrics_computation(training))
+
+    def encode_jobs(self, weights, learning_rate, client_data: list) -> list[tuple]:
+        """Each client input trained from ``weights`` and encoded for the ring: [(uint64 vector, metric leaves)]."""
+        encoded, metrics = self._jobs[0](weights, np.float32(learning_rate),
+                                         pack_clients(client_data, self.data_type))
+        return [(np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64), metric_leaves(m))
+                for enc, m in zip(encoded, metrics)]
+
+    def metric_leaf_specs(self) -> list[tuple]:
+        return metric_leaf_specs(self._jobs[2])
+
+    def metrics_of(self, leaves: Sequence[tuple]):
+        """The finalized training metrics of clients whose unfinalized metrics are ``leaves``."""
+        return finalize_metric_leaves(self._jobs[1], self._jobs[2], leaves)
+
+    @property
+    def length(self) -> int:
+        """How many ring elements a client's encoded update has (every trainable weight)."""
+        return flat_length(self._shapes)
+
+    def unflatten(self, total: np.ndarray) -> tuple:
+        """The protocol's sum modulo R as signed integers in the shapes of the trainable tensors."""
+        return signed_sum(total, self.protocol.modulus_bits, self._shapes)
+
+
+def lost_round(protocol: ProtocolSum) -> str:
+    """What an aborted protocol round releases. Under central DP the server still adds its noise to an empty sum
+    and steps the model: whether a round aborts depends on who was sampled, and a model left exactly as it was
+    would tell one user's presence apart in a way the subsampled Gaussian's accounting does not cover."""
+    if protocol.central_dp:
+        return "the round's update is lost; the model moves by the server's DP noise alone"
+    return "the round's update is lost, the model is unchanged"
+
+
+def signed_sum(total: np.ndarray, modulus_bits: int, shapes: Sequence[tuple]) -> tuple:
+    """A protocol's sum modulo R = 2^modulus_bits as signed integers in ``shapes``."""
+    modulus = 2 ** modulus_bits
+    signed = np.asarray(total, dtype=np.uint64).astype(np.int64)
+    signed = np.where(signed >= modulus // 2, signed - modulus, signed)
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(signed[start:start + size].reshape(shape))
+        start += size
+    return tuple(out)
+
+
+def protocol_codec(protocol: ProtocolSum, update_type, shapes: Sequence[tuple]) -> tuple:
+    """TFF computations (encode, undiscretize, divide) of a protocol's clients and server.
+
+    ``encode(update, clip, scale)``: a client's update as ring elements, TFF's
+    ``clipping_factory`` then ``DiscretizationFactory`` (deterministic rounding)
+    operation for operation, modulo R; ``undiscretize(summed, scale)`` and
+    ``divide(total, noise, count)``: the server's decoding of the sum and
+    ``UnweightedMeanFactory``'s division (under central DP, of the sum plus the
+    server's noise: :meth:`ProtocolSum.noise`), as two computations (in one,
+    TensorFlow's optimizer may fold the two divisions into one). Clip and scale
+    are inputs, as in TFF's factories: as constants, TensorFlow's optimizer
+    would turn x / c into x * (1 / c), which rounds differently.
+    """
+    import tensorflow as tf
+
+    t = tff()
+    modulus = 2 ** protocol.modulus_bits
+    summed_type = t.types.tensorflow_to_type(tuple(tf.TensorSpec(s, tf.int64) for s in shapes))
+
+    @t.tensorflow.computation(update_type, t.TensorType(np.float32), t.TensorType(np.float32))
+    def encode(update, clip, scale):  # TFF's clipping_factory (_clip_by_global_l2_norm), then discretization
+        values = tf.nest.flatten(update)
+        norm = tf.math.sqrt(tf.reduce_sum(tf.stack([tf.cast(tf.norm(a, ord=2) ** 2, tf.float32)
+                                                     for a in values])))
+        values = tf.cond(tf.math.greater(norm, clip),
+                         lambda: [a / tf.cast(norm / clip, a.dtype) for a in values], lambda: values)
+        return tuple(tf.math.floormod(tf.cast(tf.cast(tf.round(tf.cast(a, tf.float32) * scale), tf.int32),
+                                              tf.int64), modulus) for a in values)
+
+    @t.tensorflow.computation(summed_type, t.TensorType(np.float32))
+    def undiscretize(summed, scale):
+        return tuple(tf.cast(s, tf.float32) / scale for s in summed)
+
+    @t.tensorflow.computation(undiscretize.type_signature.result, undiscretize.type_signature.result,
+                              t.TensorType(np.float32))
+    def divide(total, noise, count):
+        if protocol.central_dp:  # built without the addition otherwise: the protocol's mean bit for bit
+            total = tuple(x + n for x, n in zip(total, noise))
+        return tuple(tf.math.divide(x, count) for x in total)
+
+    return encode, undiscretize, divide

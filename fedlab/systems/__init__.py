@@ -1,0 +1,1 @@
+"""Systems heterogeneity: device profiles, the simulated clock, and asynchronous rounds' staleness."""
