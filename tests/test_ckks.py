@@ -400,7 +400,7 @@ def test_fewer_than_two_positive_weight_updates_stop_the_round(monkeypatch):
     (dict(clients_per_round=1), "clients_per_round", "must be 2 or more"),
     (dict(secure_aggregation=False), "secure_protocol", "needs secure_aggregation=True"),
     (dict(robust="clip"), "robust", "must be none with secure_protocol='ckks'"),
-    (dict(dp="fixed", noise_multiplier=1.0), "secure_protocol", "noise is added to TFF's secure sum"),
+    (dict(dp="fixed", noise_multiplier=1.0), "secure_protocol", "CKKS sums them unclipped"),
 ])
 def test_what_ckks_cannot_do_is_refused_in_one_line(changes, field, message):
     with pytest.raises(ConfigError, match=message) as err:

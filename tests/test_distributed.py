@@ -99,7 +99,8 @@ SPLIT_ON_WORKERS = {  # rounds split in the driver: clients' work on the workers
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SPLIT_ON_WORKERS)
 def test_split_rounds_and_protocols_on_two_workers_give_the_local_numbers(workers, name):
-    # 3 clients on 2 workers (2 + 1): each client's update must come back as that client's, in order
+    # 3 clients on 2 workers (2 + 1; Poisson-sampled under DP): each client's update must come back as that
+    # client's, in order
     config = SPLIT.replace(**SPLIT_ON_WORKERS[name])
     local = run_experiment(config, progress=False)
     remote = run_experiment(config.replace(workers=workers.addresses), progress=False)
@@ -134,6 +135,22 @@ def test_workers_results_are_merged_and_concatenated_in_the_workers_order():
     merged, _ = asyncio.run(m._invoke_merge_in_async_pool(Comp, ["a", "b", "c"], workers))
     assert merged == ["a", "b", "c"]
     assert asyncio.run(m._invoke_after_merge_in_async_pool(Comp, merged, ["a", "b", "c"], workers)) == ["a", "b", "c"]
+
+
+def test_each_worker_is_given_its_own_clients_wherever_their_argument_sits():
+    # TFF 0.87 split an argument struct by its last element's counters: both workers got clients [1, 2]
+    from fedlab.core.runtime import tff
+
+    t = tff()
+    from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context as m
+
+    clients_first = t.StructType([t.FederatedType(np.float32, t.CLIENTS), t.FederatedType(np.float32, t.SERVER)])
+    parts = m._split_value_into_subrounds([[1.0, 2.0, 3.0], 7.0], clients_first, 2)
+    assert [list(p[0]) for p in parts] == [[1.0, 2.0], [3.0]] and [p[1] for p in parts] == [7.0, 7.0]
+    nested = t.StructType([t.StructType([t.FederatedType(np.float32, t.CLIENTS)]),
+                           t.FederatedType(np.float32, t.SERVER)])
+    parts = m._split_value_into_subrounds([[[1.0, 2.0, 3.0]], 7.0], nested, 2)
+    assert [list(p[0][0]) for p in parts] == [[1.0, 2.0], [3.0]]
 
 
 def test_unreachable_worker_is_named_before_the_run():

@@ -211,8 +211,6 @@ def test_with_one_client_per_site_each_site_is_scored_with_its_own_model(monkeyp
     (dict(secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),  # CKKS's round is not split
     (dict(algorithm="ditto", lam=-1.0), "lam"),
     (dict(algorithm="ditto", lam=float("inf")), "lam"),
-    (dict(algorithm="ditto", workers=("127.0.0.1:9",)), "workers"),
-    (dict(workers=("127.0.0.1:9",)), "workers"),
 ])
 def test_fedper_refuses_what_it_cannot_honour(changes, field):
     with pytest.raises(ConfigError) as err:

@@ -314,14 +314,16 @@ def test_dp_on_a_secure_sum_adds_the_noise_to_the_sum_and_accounts_for_its_round
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["secagg", "secaggplus"])
 def test_dp_on_the_secagg_protocol_noises_the_unmasked_sum_as_on_tffs_secure_sum(protocol):
-    # every client every round (q = 1), a clip no update reaches: without noise, DP on the protocol's sum is DP on
-    # TFF's secure sum (the same clipping and 16-bit rounding, sum / K); with noise, the server's draw of std z C
-    # is added to the unmasked sum and divided by K, reproducibly, and epsilon is the secure sum's (same rounding)
-    base = ExperimentConfig(dataset="digits", model="2nn", num_clients=4, clients_per_round=4, rounds=1,
+    # a Poisson round of 3 clients at K = 4 (q = 2/3), a clip no update reaches: without noise, DP on the protocol's
+    # sum is DP on TFF's secure sum (the same clipping and 16-bit rounding, sum / the expected K, not / 3); with
+    # noise, the server's draw of std z C is added to the unmasked sum and divided by K, reproducibly, and epsilon
+    # is the secure sum's (same rounding)
+    base = ExperimentConfig(dataset="digits", model="2nn", num_clients=6, clients_per_round=4, rounds=1,
                             local_steps=3, batch_size=16, secure_aggregation=True, quantization_bits=16,
-                            clip_norm=10.0, dp="fixed", noise_multiplier=0.0, delta=1e-5)
+                            clip_norm=10.0, dp="fixed", noise_multiplier=0.0, delta=1e-5, seed=0)
     on_sum = run_experiment(base, progress=False)
     clean = run_experiment(base.replace(secure_protocol=protocol), progress=False)
+    assert list(clean.clients_this_round) == [3]  # fewer than K: dividing by the clients included would differ
     for column in ("train_loss", "eval_loss", "eval_accuracy"):
         np.testing.assert_allclose(clean[column], on_sum[column], rtol=0, atol=1e-6, err_msg=column)
     for a, b in zip(final_weights(clean), final_weights(on_sum)):
@@ -340,7 +342,7 @@ def test_dp_on_the_secagg_protocol_noises_the_unmasked_sum_as_on_tffs_secure_sum
     for a, b in zip(final_weights(again), final_weights(released)):
         np.testing.assert_array_equal(a, b)
     on_sum_noisy = run_experiment(base.replace(noise_multiplier=1.0), progress=False)
-    assert released.epsilon.iloc[-1] == on_sum_noisy.epsilon.iloc[-1] > accounting.epsilon(1.0, 1.0, 1, 1e-5)
+    assert released.epsilon.iloc[-1] == on_sum_noisy.epsilon.iloc[-1] > accounting.epsilon(1.0, 4 / 6, 1, 1e-5)
     fresh = run_experiment(noisy.replace(noise_source="unseeded"), progress=False)
     assert not np.allclose(fresh.eval_loss, released.eval_loss) and fresh.epsilon.iloc[-1] == released.epsilon.iloc[-1]
 
@@ -356,6 +358,7 @@ def test_a_protocol_round_that_aborts_under_dp_still_releases_the_noise():
         history = run_experiment(config, progress=False)
     aborted = history.index[history.secagg_aborted == 1]
     assert len(aborted) and (history.loc[aborted, "clients_this_round"] < 2).all()
+    assert np.isfinite(history.eval_loss).all() and all(np.isfinite(w).all() for w in final_weights(history))
     moved = [r for r in aborted if r > 0 and history.eval_loss[r] != history.eval_loss[r - 1]]
     assert moved == [r for r in aborted if r > 0] and moved, history[["clients_this_round", "secagg_aborted"]]
 
@@ -385,7 +388,7 @@ def test_pld_refuses_before_training_what_the_rounded_secure_sum_leaves_it():
                               accountant="pld")
     with pytest.raises(ConfigError) as err:
         run_experiment(config, progress=False)
-    assert err.value.field == "accountant" and "0.1 relative to its sensitivity" in err.value.message
+    assert err.value.field == "accountant" and "sensitivity (0.1: a secure sum" in err.value.message
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -68,7 +68,6 @@ def test_q_zero_is_fedavg_with_equal_weights():
     (dict(q=-1.0), "q"),
     (dict(q=float("nan")), "q"),
     (dict(client_weighting="uniform"), "client_weighting"),
-    (dict(workers=("127.0.0.1:9",)), "workers"),
 ])
 def test_qffl_refuses_bad_settings_in_one_line(changes, field):
     with pytest.raises(ConfigError) as err:

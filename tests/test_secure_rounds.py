@@ -113,7 +113,6 @@ def test_unflatten_reads_the_ring_as_signed_integers():
     (dict(quantization_bits=0), "quantization_bits"),
     (dict(robust="zeroing"), "robust"),
     (dict(clients_per_round=1), "clients_per_round"),
-    (dict(workers=("127.0.0.1:9",)), "workers"),
     (dict(secure_protocol="secagg+"), "secure_protocol"),
     (dict(algorithm="scaffold"), "algorithm"),  # its server reads each update: no unweighted aggregator
     (dict(algorithm="qffl"), "algorithm"),

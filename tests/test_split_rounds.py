@@ -124,7 +124,6 @@ def test_a_run_under_attack_forges_only_the_attackers_updates():
     (dict(attack="poison"), "attack"),
     (dict(attack="alie", attack_boost=2), "attack_boost"),
     (dict(attack="sign_flip", secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
-    (dict(attack="gaussian", workers=("127.0.0.1:9",)), "workers"),
 ])
 def test_bad_attack_settings_are_refused_in_one_line(changes, field):
     with pytest.raises(ConfigError) as err:
@@ -209,7 +208,6 @@ def test_scaffold_resumes_to_the_uninterrupted_result(tmp_path):
 @pytest.mark.parametrize("changes, field", [
     (dict(dp="fixed", noise_multiplier=1.0), "algorithm"),
     (dict(secure_aggregation=True), "algorithm"),
-    (dict(workers=("127.0.0.1:9",)), "workers"),
 ])
 def test_scaffold_refuses_what_it_cannot_honour(changes, field):
     with pytest.raises(ConfigError) as err:

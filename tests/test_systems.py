@@ -116,6 +116,25 @@ def test_uniform_profile_selects_what_the_sampler_always_did():
                                       sample_clients(dp, r))
 
 
+def test_over_selection_under_dp_asks_at_the_higher_rate_uses_the_first_k_and_accounts_for_displacement():
+    from fedlab.protection import accounting
+
+    config = fl.ExperimentConfig(dataset="digits", num_clients=40, clients_per_round=4, rounds=30, seed=2,
+                                 dp="fixed", noise_multiplier=1.0, clip_norm=1.0, over_selection=2.0,
+                                 device_profile="fedscale", delta=1e-4)
+    assert config.sampling_probability == 0.2  # asked at 2K/N
+    scheduler = Scheduler(config, [45] * 40, ([640, 10], []))
+    asked = [len(scheduler.round(r).selected) for r in range(1, 31)]
+    assert np.mean(asked) == pytest.approx(8, rel=0.25)  # Poisson at 0.2 of 40 (of those online)
+    for r in range(1, 31):
+        s = scheduler.round(r)
+        assert len(s.completed) == min(4, len(s.selected))  # the first K to finish (the wait policy)
+    # one user can displace another: the sum's sensitivity is 2C, so epsilon is that of z / 2 at q = 0.2
+    history = fl.run_experiment(config.replace(rounds=3), progress=False)
+    np.testing.assert_allclose(history.epsilon, accounting.epsilon_by_round(0.5, 0.2, 3, 1e-4))
+    assert fl.privacy.describe(config.replace(rounds=3)).startswith(f"<b>epsilon = {history.epsilon.iloc[-1]:.3g}")
+
+
 def test_offline_clients_are_never_selected_and_over_selection_asks_more(tmp_path):
     table = pd.DataFrame({"client": range(10), "examples_per_second": [100.0] * 5 + [10.0] * 5,
                           "down_mbps": 10.0, "up_mbps": 5.0, "availability": [1.0] * 8 + [0.0] * 2})
@@ -188,8 +207,7 @@ def test_config_refuses_policies_that_make_no_sense():
                            (dict(over_selection=float("nan")), "over_selection"),
                            (dict(dropout_rate=1.0), "dropout_rate"),
                            (dict(straggler_policy="partial", round_deadline=float("inf")), "round_deadline"),
-                           (dict(device_profile="pigeon"), "device_profile"),
-                           (dict(dp="fixed", noise_multiplier=1.0, over_selection=1.5), "over_selection")]:
+                           (dict(device_profile="pigeon"), "device_profile")]:
         with pytest.raises(fl.ConfigError, match=f"^{field}"):
             fl.ExperimentConfig(**base, **changes)
 

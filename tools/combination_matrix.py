@@ -75,7 +75,6 @@ LIMITS = {frozenset(pair) for pair in [
       if dp != "user DP fixed" or s == "8-bit"],
     *[(dp, r) for dp in ("user DP fixed", "user DP adaptive") for r in ("median", "krum", "trimmed_mean")],
     *[(a, "record DP") for a in ("fedsgd", "ditto", "qffl")],
-    *[(dp, "over-selection") for dp in ("user DP fixed", "user DP adaptive")],
     ("secure sum", "workers"),
 ]}
 

@@ -223,7 +223,8 @@ def secure_record_sum(config):
 
 
 def dp_sensitivity(config, num_weights: int) -> float:
-    """The L2 sensitivity of user-level DP's sum: clip_norm, plus, under a secure sum, its rounding.
+    """The L2 sensitivity of user-level DP's sum: clip_norm, plus, under a secure sum, its rounding; twice that
+    with over-selection.
 
     A secure sum adds each client's update rounded coordinate by coordinate: b bits round to the nearest
     multiple of C / (2^(b-1) - 1) (``DiscretizationFactory``, deterministic), 32 bits to the nearest of
@@ -231,14 +232,21 @@ def dp_sensitivity(config, num_weights: int) -> float:
     removed therefore moves the sum by at most C + sqrt(d) * step / 2 for a model of d weights, and by at most
     2C (rounding never more than doubles a coordinate); the Gaussian noise z * C is then z * C / the smaller of
     the two (:func:`accounting_noise_multiplier`).
+
+    With ``over_selection`` > 1 the round asks clients at rate min(1, over_selection x K / N) (Poisson) and uses
+    the first K to finish, on devices drawn without looking at the data. A user added to the round can then
+    displace another, whose update leaves the sum as theirs enters: one user moves the sum by at most twice one
+    update's bound (and the Poisson rate is the rate of being asked, :attr:`ExperimentConfig.sampling_probability`).
     """
-    clip = float(config.clip_norm)
-    if not (config.user_level_dp and config.secure_aggregation):
-        return clip
-    step = clip / (2 ** (config.quantization_bits - 1) - 1) if config.quantization_bits else 2 * clip / (2 ** 32 - 1)
-    # rounding to the nearest multiple never more than doubles a coordinate (below half a step it gives 0), so
-    # the rounded update's norm is also at most 2C: the better of the two bounds
-    return min(clip + math.sqrt(num_weights) * step / 2, 2 * clip)
+    bound = float(config.clip_norm)
+    if config.user_level_dp and config.secure_aggregation:
+        clip = bound
+        step = clip / (2 ** (config.quantization_bits - 1) - 1) if config.quantization_bits else 2 * clip / (2 ** 32 - 1)
+        # rounding to the nearest multiple never more than doubles a coordinate (below half a step it gives 0), so
+        # the rounded update's norm is also at most 2C: the better of the two bounds
+        bound = min(clip + math.sqrt(num_weights) * step / 2, 2 * clip)
+    displaced = config.user_level_dp and config.over_selection > 1
+    return 2 * bound if displaced else bound
 
 
 def accounting_noise_multiplier(config, num_weights: int) -> float:

@@ -122,7 +122,8 @@ class Algorithm:
     FedNova's normalised averaging: each round's client inputs carry tau_eff
     (:func:`fedlab.rounds.array_training.with_tau_eff`). ``own_weighting``: the algorithm weights the clients'
     updates itself (q-FFL), so ``client_weighting`` must stay at its default. ``in_driver``: part of its
-    round runs in Python in this process (:mod:`fedlab.rounds.split_rounds`), so it cannot run on workers.
+    round runs in Python in this process (:mod:`fedlab.rounds.split_rounds`); on workers its TFF computations
+    run there, its Python stage here.
     ``personal``: each client ends with a model of its own (FedPer, Ditto), which per-client evaluation scores
     (its process has ``client_weights(state, client)``), so local fine-tuning is not added to it.
     ``record_dp_gap``: why DP-SGD in every client (``dp="example"``) would not cover everything the algorithm

@@ -313,20 +313,44 @@ def _patch_worker_start() -> None:
 
 
 def _patch_mergeable_order() -> None:
-    """Workers' results in the workers' order, not the order they finish in.
+    """Each worker its own clients, and the workers' results in the workers' order.
 
-    TFF 0.87's mergeable context (``workers=``: the clients split among workers in order) merges the workers'
-    partial aggregates, and concatenates a computation's clients-placed results, in the order the workers
-    finish (``_run_in_async_context_pool`` takes ``asyncio.wait(FIRST_COMPLETED)``). Two runs on two workers
-    could then sum in different orders, and a computation returning each client's value (a split round's
-    updates) returned them permuted: the first worker's clients after the second's when it finished last.
-    Here every worker's result is kept with its index, then merged, or concatenated, in index order."""
+    TFF 0.87's mergeable context (``workers=``: the clients split among workers in order) has two bugs that a
+    computation returning each client's value (a split round's updates) meets:
+
+    - it merges the workers' partial aggregates, and concatenates the clients-placed results, in the order the
+      workers finish (``_run_in_async_context_pool`` takes ``asyncio.wait(FIRST_COMPLETED)``): the results came
+      back permuted, and two runs could sum in different orders. Here every worker's result is kept with its
+      index, then merged, or concatenated, in index order;
+    - it splits an argument struct by the counters of its last element (``_partition_value``), so with a
+      clients-placed argument before a server-placed one every worker was given the first worker's clients.
+      Here the counters come from the element that was split, wherever it sits."""
     import asyncio
 
+    from tensorflow_federated.python.common_libs import structure
     from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context as m
+    from tensorflow_federated.python.core.impl.types import computation_types
 
     if getattr(m, "fedlab_in_order", False):
         return
+    split_one = m._partition_value
+
+    def partition_value(val, type_signature):
+        if not isinstance(type_signature, computation_types.StructType):
+            return split_one(val, type_signature)
+        parts = [(name, partition_value(m._PartitioningValue(element, val.num_remaining_clients,
+                                                              val.num_remaining_partitions, val.last_client_index),
+                                        element_type))
+                 for (_, element), (name, element_type) in zip(
+                     structure.iter_elements(structure.from_container(val.payload)),
+                     structure.iter_elements(type_signature))]
+        if not parts:
+            raise ValueError(f"Expected the value to not be empty, found {val}.")
+        split = [part for _, part in parts if part.num_remaining_partitions != val.num_remaining_partitions]
+        counters = split[0] if split else parts[-1][1]
+        return m._PartitioningValue(structure.Struct([(name, part.payload) for name, part in parts]),
+                                    counters.num_remaining_clients, counters.num_remaining_partitions,
+                                    counters.last_client_index)
 
     async def indexed_results(run, arg_list, execution_contexts) -> tuple[list, object]:
         def task_fn(item, context):
@@ -358,6 +382,7 @@ def _patch_mergeable_order() -> None:
             lambda arg, ctx: m._compute_after_merged(comp, arg, merge_result, ctx), arg_list, execution_contexts)
         return results
 
+    m._partition_value = partition_value
     m._invoke_merge_in_async_pool = invoke_merge
     m._invoke_after_merge_in_async_pool = invoke_after_merge
     m.fedlab_in_order = True

@@ -318,9 +318,6 @@ class ExperimentConfig:
         if self.straggler_policy != "wait" and self.round_deadline is None:
             raise ConfigError("round_deadline", f"must be set (simulated seconds > 0) with "
                                                 f"straggler_policy={self.straggler_policy!r}")
-        if self.user_level_dp and self.over_selection != 1.0:
-            raise ConfigError("over_selection", f"must be 1 with dp={self.dp!r}: Poisson sampling at rate K/N is what "
-                                                "the privacy accounting assumes")
         if self.workers and self.secure_aggregation and self.secure_protocol == "none":
             raise ConfigError("workers", "cannot be combined with TFF's secure sum (secure_aggregation with "
                                          "secure_protocol='none'): TFF's worker does not implement its secure-sum "
@@ -527,8 +524,9 @@ class ExperimentConfig:
 
     @property
     def sampling_probability(self) -> float:
-        """q: the chance a client joins a round (Poisson sampling when dp is on)."""
-        return self.clients_per_round / self.num_clients
+        """q: the chance a client is asked to join a round (Poisson sampling when dp is on): K/N, or, with
+        ``over_selection``, min(1, over_selection x K / N), of whom the first K to finish are used."""
+        return min(1.0, self.clients_per_round * self.over_selection / self.num_clients)
 
     @property
     def effective_server_lr(self) -> float:

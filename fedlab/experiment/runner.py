@@ -428,16 +428,17 @@ def _check_rounded_dp_accounting(config: ExperimentConfig, spec) -> None:
     """User-level DP on a secure sum is accounted at a smaller noise multiplier than the config's (the rounding
     adds to the sensitivity: :func:`fedlab.aggregators.aggregation.dp_sensitivity`); PLD must hold it, checked before any
     training as the config checks the config's own."""
-    if not (config.accountant == "pld" and config.user_level_dp and config.secure_aggregation
-            and config.noise_multiplier > 0):
+    if not (config.accountant == "pld" and config.user_level_dp and config.noise_multiplier > 0
+            and (config.secure_aggregation or config.over_selection > 1)):
         return
     z = accounting_noise_multiplier(config, int(sum(spec.tensor_sizes()[0])))
     try:
         check_pld(z, config.sampling_probability, config.rounds)
     except ConfigError as err:
-        raise ConfigError("accountant", f"'pld' cannot hold these rounds at the noise multiplier the rounded secure "
-                                        f"sum leaves ({z:.3g} relative to its sensitivity): {err.message}; use "
-                                        "accountant='rdp', or more quantization_bits") from None
+        raise ConfigError("accountant", f"'pld' cannot hold these rounds at the noise multiplier relative to the "
+                                        f"sum's sensitivity ({z:.3g}: a secure sum's rounding and over-selection add "
+                                        f"to it): {err.message}; use accountant='rdp', more quantization_bits, or "
+                                        "no over_selection") from None
 
 
 def _epsilons(config: ExperimentConfig, clients: Clients, scheduler: Scheduler) -> Optional[np.ndarray]:

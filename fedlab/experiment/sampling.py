@@ -85,10 +85,11 @@ class Scheduler:
         online = systems.random(config.num_clients) < self.devices.availability
         leaves = systems.random(config.num_clients) < config.dropout_rate  # goes offline mid-round
         tiebreak = systems.random(config.num_clients)  # equal finishing times: a random one first
-        if config.user_level_dp:
+        if config.user_level_dp:  # Poisson at q (with over-selection, the rate of being asked; the first K used)
             chosen = np.setdiff1d(poisson_sample(config.num_clients, config.sampling_probability, rng),
                                   config.exclude_clients)
-            selected, keep = chosen[online[chosen]], None
+            selected = chosen[online[chosen]]
+            keep = config.clients_per_round if config.over_selection > 1 else None
         else:
             eligible = np.setdiff1d(np.arange(config.num_clients), config.exclude_clients)
             eligible = eligible[online[eligible]]

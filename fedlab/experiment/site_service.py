@@ -127,7 +127,8 @@ class Site:
                               "driver knows (it could remove the noise, or read the plaintexts): use "
                               "noise_source='unseeded', or start the site with --reproducible to check a "
                               "federation against the simulation (never with records that need protecting)")
-        if config.user_level_dp and config.noise_source == "seeded" and not self.reproducible:
+        if config.user_level_dp and config.noise_multiplier > 0 and config.noise_source == "seeded" \
+                and not self.reproducible:
             raise SiteRefusal("noise_source='seeded' would draw the server's user-level DP noise from seeds this "
                               "site reads in the config (it could remove the noise from the models it receives): use "
                               "noise_source='unseeded', or start the site with --reproducible to check a "

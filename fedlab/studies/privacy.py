@@ -37,9 +37,10 @@ def describe(config) -> str:
         return (f"<b>record-level epsilon = {worst.epsilon:.3g}</b> at delta = {config.effective_delta:.1e} per site "
                 f"after {config.rounds} rounds (worst site: {worst.site}, {int(worst.examples)} records, "
                 f"q = {worst.sampling_probability:.3g}, {int(worst.steps)} steps)")
-    # z relative to the sum's sensitivity (a secure sum's rounding adds to clip_norm: aggregation.dp_sensitivity)
-    z = (accounting_noise_multiplier(config, spec_for(config).num_parameters()) if config.secure_aggregation
-         else config.noise_multiplier)
+    # z relative to the sum's sensitivity (a secure sum's rounding adds to clip_norm, over-selection doubles it:
+    # aggregation.dp_sensitivity)
+    z = (accounting_noise_multiplier(config, spec_for(config).num_parameters())
+         if config.secure_aggregation or config.over_selection > 1 else config.noise_multiplier)
     eps = epsilon(z, config.sampling_probability, config.rounds, config.effective_delta, config.accountant)
     return (f"<b>epsilon = {eps:.3g}</b> at delta = {config.effective_delta:.1e} after {config.rounds} rounds "
             f"(q = {config.sampling_probability:.3g}, {config.accountant.upper()})")
