@@ -233,7 +233,9 @@ def test_bad_sites_are_refused_in_one_line_before_any_call():
             parse_sites(bad)
     for changes, field in [({"algorithm": "scaffold"}, "algorithm"), ({"partition": "iid"}, "partition"),
                            ({"secure_aggregation": True}, "secure_aggregation"),
-                           ({"attacker_fraction": 0.25}, "attacker_fraction")]:
+                           ({"attacker_fraction": 0.25}, "attacker_fraction"),
+                           ({"dp": "fixed", "noise_multiplier": 1.0, "secure_aggregation": True,
+                             "secure_protocol": "secagg", "quantization_bits": 8}, "dp")]:
         with pytest.raises(ConfigError, match=field):
             run_experiment(BASE.replace(**changes), sites={"a": "127.0.0.1:1"}, progress=False)
     proc = subprocess.run([sys.executable, "-m", "fedlab", "run", "--sites", "cleveland", "--out", "/tmp/x"],
@@ -311,6 +313,7 @@ def test_a_site_refuses_randomness_the_driver_knows():
     with pytest.raises(SiteRefusal, match="noise_source='seeded' .* seeds this site reads .* --reproducible"):
         site._config({"config": BASE.replace(**central).to_json()})
     site._config({"config": BASE.replace(noise_source="unseeded", **central).to_json()})
+    site._config({"config": BASE.replace(dp="fixed", noise_multiplier=0.0).to_json()})  # no noise to remove
     Site("heart_disease", "cleveland", DATA, reproducible=True)._config({"config": BASE.replace(**central).to_json()})
     with pytest.raises(SiteRefusal, match="holds 'heart_disease' data"):
         site._config({"config": BASE.replace(dataset="fed_tcga_brca", num_clients=6, clients_per_round=6).to_json()})

@@ -102,7 +102,7 @@ class ExperimentConfig:
     device_profile: str = "uniform"  # clients' compute speed, bandwidth, availability (fedlab.systems.systems)
     straggler_policy: str = "wait"  # wait for all, drop the late at round_deadline, or take their partial work
     round_deadline: Optional[float] = None  # simulated seconds a round may last (drop, partial)
-    over_selection: float = 1.0  # ask ceil(K x this) clients, use the first K to finish
+    over_selection: float = 1.0  # ask ceil(K x this) clients (Poisson at this x K/N under DP), use the first K
     dropout_rate: float = 0.0  # chance a selected client goes offline mid-round
     systems_seed: Optional[int] = None  # devices, who is online, who drops out
     async_concurrency: int = 0  # > 0: FedBuff, this many clients training at once (0: synchronous rounds)
@@ -252,6 +252,18 @@ class ExperimentConfig:
                 raise ConfigError("secure_protocol", f"cannot be {self.secure_protocol!r} with dp={self.dp!r}: "
                                                      "user-level DP's noise is calibrated to clipped updates, which "
                                                      "only 'secagg' and 'secaggplus' sum (CKKS sums them unclipped)")
+            if self.secure_protocol != "none":
+                # whether the protocol aborts (too few survivors) must not depend on one user: under central DP
+                # every sampled client's update is summed (one alone too: secure_rounds.lone_client)
+                for field, used, allowed in (("over_selection", self.over_selection != 1, "1"),
+                                             ("dropout_rate", self.dropout_rate > 0, "0"),
+                                             ("straggler_policy", self.straggler_policy != "wait", "'wait'")):
+                    if used:
+                        raise ConfigError(field, f"must be {allowed} with dp={self.dp!r} on "
+                                                 f"secure_protocol={self.secure_protocol!r}: a client left out after "
+                                                 "the key exchange can make the protocol abort, and whether it "
+                                                 "aborts would then depend on one user, which the accounting does "
+                                                 "not cover")
             if self.dp != "fixed":
                 raise ConfigError("dp", f"must be 'fixed' with secure_aggregation, got {self.dp!r}: the secure sum "
                                         "rounds to a fixed range set by clip_norm, which an adaptive clip would leave")

@@ -459,7 +459,8 @@ def _epsilons(config: ExperimentConfig, clients: Clients, scheduler: Scheduler) 
         computed = ~np.isnan(sites).all(axis=1)
         sites[:, sorted(clients.attackers)] = np.nan
         return np.where(computed, np.where(np.isnan(sites), -np.inf, sites).max(axis=1), np.nan)
-    # z relative to the sum's sensitivity: clip_norm, plus a secure sum's rounding (aggregation.dp_sensitivity)
+    # z relative to the sum's sensitivity: clip_norm, plus a secure sum's rounding, twice that with over-selection
+    # (aggregation.dp_sensitivity), at q = config.sampling_probability
     z = accounting_noise_multiplier(config, scheduler.num_weights)
     return epsilon_by_round(z, config.sampling_probability, config.rounds, config.effective_delta, config.accountant,
                             at=at)

@@ -1,7 +1,8 @@
 """Which clients take part in a round: a function of ``(sampling_seed, round)`` and the devices.
 
 K of N without replacement; with user-level DP on, Poisson sampling instead (each client
-joins with probability K/N), as the privacy accounting assumes. With a device profile
+joins with probability K/N, or is asked with min(1, over_selection x K/N) of which the first K
+are used), as the privacy accounting assumes. With a device profile
 (:mod:`fedlab.systems.systems`) only online clients can be selected, ``over_selection`` asks more
 than K, and the straggler policy decides whose update is used (:class:`Scheduler`).
 """

@@ -195,6 +195,9 @@ def refusal(config: ExperimentConfig) -> Optional[tuple[str, str]]:
               ("feature_noise", config.feature_noise > 0, "a site's records are what it holds"),
               ("attacker_fraction", config.attacker_fraction > 0, "attacks are simulated, not run by hospitals"),
               ("async_concurrency", config.async_concurrency > 0, "FedBuff runs in simulation"),
+              ("dp", config.user_level_dp and config.secure_protocol != "none",
+               "user-level DP on a secure protocol runs in simulation for now (a round of one site is summed "
+               "without the protocol there)"),
               ("secure_aggregation", config.secure_aggregation and config.secure_protocol == "none",
                "the simulated secure sum hides nothing across processes: give secure_protocol='secagg' or 'secaggplus'")]
     for field, refused, why in checks:

@@ -173,6 +173,15 @@ class SecureRoundProcess:
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
         train_metrics = None
+        if lone_client(self.protocol, ids, everyone):
+            encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
+            stats["included"] = 1
+            state, finalizer_measurements = self._server_fn(
+                state, self.unflatten(np.concatenate([np.ravel(a) for a in encoded[0]]).astype(np.uint64)),
+                self.protocol.noise(self._shapes, noise_seed), self.protocol.count(1))
+            return tff().learning.templates.LearningProcessOutput(state, collections.OrderedDict(
+                distributor=collections.OrderedDict(), client_work=collections.OrderedDict(train=train_metrics),
+                aggregator=collections.OrderedDict(secagg=stats), finalizer=finalizer_measurements))
         try:
             if len(everyone) < 2:
                 train_metrics = self.metrics_without_sum(state, client_data)
@@ -261,10 +270,20 @@ class SecureRoundProcess:
         return signed_sum(total, self.protocol.modulus_bits, self._shapes)
 
 
+def lone_client(protocol: ProtocolSum, ids: Sequence[int], everyone: Sequence[int]) -> bool:
+    """Whether a round under central DP has one client, whose update is then summed without the protocol.
+
+    A sum of one client is that client's update, which the protocol cannot hide and refuses to compute. Under
+    central DP the round is summed all the same (one update, then the server's noise): had it released the noise
+    alone, adding a user to it would move the released sum by two updates (theirs and the lone client's), twice
+    the sensitivity the accounting uses. Dropouts, over-selection and deadlines, which would make whether the
+    protocol aborts depend on one user, are refused with central DP on a protocol (``ExperimentConfig``)."""
+    return protocol.central_dp and len(ids) == 1 and len(everyone) == 1
+
+
 def lost_round(protocol: ProtocolSum) -> str:
-    """What an aborted protocol round releases. Under central DP the server still adds its noise to an empty sum
-    and steps the model: whether a round aborts depends on who was sampled, and a model left exactly as it was
-    would tell one user's presence apart in a way the subsampled Gaussian's accounting does not cover."""
+    """What an aborted protocol round releases: under central DP the server still adds its noise to an empty sum
+    and steps the model (no simulated round aborts then: :func:`lone_client`)."""
     if protocol.central_dp:
         return "the round's update is lost; the model moves by the server's DP noise alone"
     return "the round's update is lost, the model is unchanged"

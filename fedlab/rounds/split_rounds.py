@@ -45,7 +45,7 @@ from .array_training import (client_updates_computation, finalize_metric_leaves,
                              metrics_computation, pack_clients)
 from .attacks import ATTACKS
 from ..core.runtime import tff
-from .secure_rounds import ProtocolSum, lost_round, protocol_codec, signed_sum
+from .secure_rounds import ProtocolSum, lone_client, lost_round, protocol_codec, signed_sum
 from ..core.validation import FedlabWarning
 
 
@@ -193,14 +193,21 @@ class SplitRoundProcess:
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
         finalized = collections.OrderedDict()
         try:
-            if len(everyone) < 2:
-                raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took part")
-            encoded = encode_fn(updates)
-            inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
-                      for cid, enc in zip(ids, encoded)}
-            result = secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
-                                         protocol=self.protocol.protocol, participants=everyone,
-                                         graph_seed=int(graph_seed))
+            if lone_client(self.protocol, ids, everyone):  # summed without the protocol (see lone_client)
+                total, included = np.concatenate([np.ravel(a) for a in encode_fn(updates)[0]]).astype(np.uint64), 1
+            else:
+                if len(everyone) < 2:
+                    raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took "
+                                               "part")
+                encoded = encode_fn(updates)
+                inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
+                          for cid, enc in zip(ids, encoded)}
+                result = secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
+                                             protocol=self.protocol.protocol, participants=everyone,
+                                             graph_seed=int(graph_seed))
+                total, included = result.total, len(result.included)
+                stats.update(bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
+                             server_seconds=result.server_seconds)
         except secagg.SecAggAborted as stopped:
             warnings.warn(f"fedlab: {stopped}; {lost_round(self.protocol)}", FedlabWarning, stacklevel=3)
             stats["aborted"] = 1
@@ -208,10 +215,8 @@ class SplitRoundProcess:
                 return state, collections.OrderedDict(secagg=stats), finalized
             summed, included = tuple(np.zeros(s, np.int64) for s in self.shapes), 0  # the noise alone
         else:
-            stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
-                         client_seconds=result.client_seconds, server_seconds=result.server_seconds)
-            summed = signed_sum(result.total, self.protocol.modulus_bits, self.shapes)
-            included = len(result.included)
+            stats["included"] = included
+            summed = signed_sum(total, self.protocol.modulus_bits, self.shapes)
         weights, finalizer_state, finalized = decode_fn(state.global_model_weights, state.finalizer, summed,
                                                         self.protocol.noise(self.shapes, noise_seed),
                                                         self.protocol.count(included))
