@@ -364,6 +364,35 @@ def test_a_round_of_one_client_under_dp_on_the_protocol_is_summed_as_on_tffs_sec
     assert np.isfinite(noisy.eval_loss).all() and all(np.isfinite(w).all() for w in final_weights(noisy))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed, sampled", [(3, 0), (9, 1)])  # round 1 samples nobody; one client
+def test_an_empty_or_one_client_round_under_dp_on_the_protocol_releases_exactly_the_noise_over_k(seed, sampled):
+    # the accounting's Poisson-sampled Gaussian releases (sum + noise) / K whatever the round's size: an empty
+    # round moves the model by the noise alone, a round of one by its update plus the noise
+    clean = ExperimentConfig(dataset="digits", num_clients=8, clients_per_round=2, rounds=1, dp="fixed",
+                             noise_multiplier=0.0, clip_norm=1.0, secure_aggregation=True, secure_protocol="secagg",
+                             quantization_bits=12, seed=seed)
+    noisy = clean.replace(noise_multiplier=1.0)
+    base, released = run_experiment(clean, progress=False), run_experiment(noisy, progress=False)
+    assert list(released.clients_this_round) == [sampled]
+    moved = np.concatenate([(a - b).ravel() for a, b in zip(final_weights(released), final_weights(base))])
+    drawn = aggregation.make_aggregator(noisy).noise([(moved.size,)], round_seed(noisy.seeds["noise"], 1))[0]
+    np.testing.assert_allclose(-moved * 2, drawn, rtol=0, atol=5e-5)
+
+
+def test_an_attack_adapting_to_the_cohort_is_told_the_expected_k_under_user_dp():
+    # "A little is enough" scales its shift with the round's clients: under user-level DP one honest user would
+    # then move every attacker's update; it is told the public expected K instead
+    from fedlab.experiment.runner import _round_inputs
+
+    config = ExperimentConfig(dataset="digits", num_clients=20, clients_per_round=5, attack="alie",
+                              attacker_fraction=0.2)
+    chosen = [1, 2, 3]
+    assert _round_inputs(("attack_clients",), config, 1, chosen, chosen, set())["attack_clients"] == 3
+    private = config.replace(dp="fixed", noise_multiplier=1.0)
+    assert _round_inputs(("attack_clients",), private, 1, chosen, chosen, set())["attack_clients"] == 5
+
+
 def test_pld_is_checked_before_training_at_the_noise_over_selection_leaves():
     # z = 0.2 at q' = 2K/N = 0.2 fits PLD's grid for 1,000 rounds (the config's own check); displacement doubles
     # the sensitivity, so the run accounts at z = 0.1, which does not: refused before any round

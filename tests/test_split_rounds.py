@@ -82,7 +82,7 @@ def test_a_sign_flipping_attacker_moves_the_mean_by_hand():
     optimizer = tff().learning.optimizers.build_sgdm(learning_rate=server_lr)
     process = SplitRoundProcess(client_training(MODEL, client_lr=lr, server_optimizer=optimizer),
                                 tff().aggregators.MeanFactory(), attack="sign_flip")
-    assert process.round_inputs == ("clients", "attackers", "attack_boost", "attack_rng")
+    assert process.round_inputs == ("clients", "attackers", "attack_boost", "attack_rng", "attack_clients")
     state = process.next(start(process, lr), [inputs(0), inputs(1), inputs(2)], clients=[0, 1, 2],
                          attackers=[False, True, False], attack_boost=boost).state
     (ua, _), (ub, _), (uc, _) = (local_sgd(W0, B0, i, lr) for i in range(3))

@@ -409,8 +409,8 @@ def make_aggregator(config):
 
 def cohort_size(config) -> int:
     """The most updates one aggregation sees: the round's K, or a FedBuff step's buffer; under user-level DP,
-    whose rounds Poisson-sample every client (at rate K/N, or more with over-selection), every client not excluded (a secure sum's modulus must
-    hold them all, or a crowded round could wrap around)."""
+    whose rounds Poisson-sample every client (at rate K/N, or more with over-selection), every client not
+    excluded (a secure sum's modulus must hold them all, or a crowded round could wrap around)."""
     if config.user_level_dp:
         return config.num_clients - len(config.exclude_clients)
     return config.effective_async_buffer if config.async_concurrency else config.clients_per_round

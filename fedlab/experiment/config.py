@@ -252,6 +252,9 @@ class ExperimentConfig:
                 raise ConfigError("secure_protocol", f"cannot be {self.secure_protocol!r} with dp={self.dp!r}: "
                                                      "user-level DP's noise is calibrated to clipped updates, which "
                                                      "only 'secagg' and 'secaggplus' sum (CKKS sums them unclipped)")
+            if self.dp != "fixed":
+                raise ConfigError("dp", f"must be 'fixed' with secure_aggregation, got {self.dp!r}: the secure sum "
+                                        "rounds to a fixed range set by clip_norm, which an adaptive clip would leave")
             if self.secure_protocol != "none":
                 # whether the protocol aborts (too few survivors) must not depend on one user: under central DP
                 # every sampled client's update is summed (one alone too: secure_rounds.lone_client)
@@ -264,9 +267,6 @@ class ExperimentConfig:
                                                  "the key exchange can make the protocol abort, and whether it "
                                                  "aborts would then depend on one user, which the accounting does "
                                                  "not cover")
-            if self.dp != "fixed":
-                raise ConfigError("dp", f"must be 'fixed' with secure_aggregation, got {self.dp!r}: the secure sum "
-                                        "rounds to a fixed range set by clip_norm, which an adaptive clip would leave")
         elif self.user_level_dp and self.quantization_bits:
             raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: compressing the clipped updates "
                                                    "changes their norm, which the noise is calibrated to (a secure "

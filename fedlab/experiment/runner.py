@@ -320,6 +320,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 if config.dp != RECORD_LEVEL:  # record-level DP releases no training metrics: they stay NaN
                     row.update(train_loss=float(train["loss"]), **{c: float(train[c[6:]]) for c in train_extra})
                 row.update(_aggregator_metrics(output.metrics))
+            elif hasattr(trainer, "empty_round"):  # central DP on a protocol: the noise of an empty sum
+                state = trainer.empty_round(state, **_round_inputs(("noise_seed",), config, round_num, chosen,
+                                                                   schedule.selected, clients.attackers))
             seconds = time.perf_counter() - t0
             moved = {"bytes_down": round_bytes(config, *sizes, clients=len(schedule.selected))["bytes_down"],
                      "bytes_up": round_bytes(config, *sizes, clients=len(chosen))["bytes_up"]}
@@ -495,6 +498,9 @@ def _round_inputs(wanted, config: ExperimentConfig, round_num: int, chosen, sele
         "noise_seed": lambda: round_seed(config.seeds["noise"], round_num),
         "attackers": lambda: [int(c) in attackers for c in chosen],
         "attack_boost": lambda: config.attack_boost,
+        # the cohort size an attack adapts to ("A little is enough"): under user-level DP the public expected K,
+        # else the clients of the round (who is sampled must not move every attacker's update: one honest user would)
+        "attack_clients": lambda: config.clients_per_round if config.user_level_dp else len(chosen),
         "attack_rng": lambda: attack_rng(config.seeds["data"], round_num),
     }
     return {name: known[name]() for name in wanted}

@@ -25,7 +25,9 @@ dropped out after the key exchange are the round's ``participants`` that sent
 no update; the mean divides by the clients whose masked vector arrived. When
 too few clients remain for the protocol to unmask (:class:`SecAggAborted`),
 the round's update is lost and the model stays as it was: what a deployment
-would see.
+would see. Under central DP (:class:`ProtocolSum`) every sampled client's
+update is summed (:func:`lone_client`), an empty round releases the noise
+alone (``empty_round``), and what could make the protocol abort is refused.
 """
 
 from __future__ import annotations
@@ -208,6 +210,14 @@ class SecureRoundProcess:
             client_work=collections.OrderedDict(train=train_metrics),
             aggregator=collections.OrderedDict(secagg=stats), finalizer=finalizer_measurements)
         return tff().learning.templates.LearningProcessOutput(state, metrics)
+
+    def empty_round(self, state, noise_seed: Optional[int] = None):
+        """The state after a round that sampled no client: under central DP the server still adds its noise to the
+        empty sum (the accounting's Poisson-sampled Gaussian releases it); else unchanged."""
+        if not self.protocol.central_dp:
+            return state
+        return self._server_fn(state, tuple(np.zeros(s, np.int64) for s in self._shapes),
+                               self.protocol.noise(self._shapes, noise_seed), self.protocol.count(0))[0]
 
     def secure_sum(self, state, ids: list, client_data: list, everyone: list, graph_seed: int):
         """(the protocol's :class:`secagg.SecAggResult`, the clients' finalized training metrics): here every

@@ -54,7 +54,7 @@ class SplitRoundProcess:
     is client training, :meth:`between`, then aggregation; ``round_inputs`` names what the runner passes to
     ``next`` besides the state and the clients' data."""
 
-    ATTACK_INPUTS = ("attackers", "attack_boost", "attack_rng")
+    ATTACK_INPUTS = ("attackers", "attack_boost", "attack_rng", "attack_clients")
     PROTOCOL_INPUTS = ("participants", "graph_seed", "noise_seed")
 
     def __init__(self, training, model_aggregator=None, attack: Optional[str] = None) -> None:
@@ -153,13 +153,14 @@ class SplitRoundProcess:
 
     def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
              attackers: Sequence[bool] = (), attack_boost: int = 1, attack_rng: Optional[np.random.Generator] = None,
+             attack_clients: Optional[int] = None,
              participants: Optional[Sequence[int]] = None, graph_seed: int = 0,
              noise_seed: Optional[int] = None):
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         client_data = self.prepare(state, ids, client_data)
         updates, update_weights, train_metrics = self.client_results(state, client_data)
         if self.attack is not None:
-            updates = self.forge(updates, attackers, attack_boost, attack_rng)
+            updates = self.forge(updates, attackers, attack_boost, attack_rng, clients=attack_clients)
         state = self.between(state, ids, client_data, updates, update_weights)
         if self.protocol is not None:
             state, aggregated, finalized = self.protocol_step(state, ids, updates, participants, graph_seed,
@@ -223,6 +224,17 @@ class SplitRoundProcess:
         state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
         return state, collections.OrderedDict(secagg=stats), finalized
 
+    def empty_round(self, state, noise_seed: Optional[int] = None):
+        """The state after a round that sampled no client: under central DP on a protocol the server still adds
+        its noise to the empty sum (the accounting's Poisson-sampled Gaussian releases it); else unchanged."""
+        if self.protocol is None or not self.protocol.central_dp:
+            return state
+        _, decode_fn = self._protocol_fns
+        weights, finalizer_state, _ = decode_fn(state.global_model_weights, state.finalizer,
+                                                tuple(np.zeros(s, np.int64) for s in self.shapes),
+                                                self.protocol.noise(self.shapes, noise_seed), self.protocol.count(0))
+        return self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
+
     def client_results(self, state, client_data: list) -> tuple[list, list, object]:
         """Every client trained from the state's model: (updates, update weights, finalized training metrics)."""
         learning_rate = np.float32(state.client_work["learning_rate"])
@@ -272,13 +284,14 @@ class SplitRoundProcess:
         """The state after the clients sent ``updates`` (a subclass keeps per-client state; default: unchanged)."""
         return state
 
-    def forge(self, updates: list, attackers: Sequence[bool], boost: int, rng) -> list:
-        """``updates`` with the round's attackers' replaced by the attack's forgeries (:mod:`fedlab.rounds.attacks`)."""
+    def forge(self, updates: list, attackers: Sequence[bool], boost: int, rng, clients: Optional[int] = None) -> list:
+        """``updates`` with the round's attackers' replaced by the attack's forgeries (:mod:`fedlab.rounds.attacks`);
+        ``clients``: the cohort size the attack is told (default: the round's updates)."""
         who = [i for i, attacking in enumerate(attackers) if attacking]
         if not who:
             return updates
         honest = np.stack([self.flatten(updates[i]) for i in who])
-        forged = self.attack.apply(honest, clients=len(updates), boost=boost,
+        forged = self.attack.apply(honest, clients=len(updates) if clients is None else int(clients), boost=boost,
                                    rng=rng if rng is not None else np.random.default_rng(0))
         if np.shape(forged) != honest.shape:
             raise ValueError(f"attack {self.attack.name!r}: returned shape {np.shape(forged)}, "
