@@ -175,20 +175,19 @@ class SecureRoundProcess:
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
         train_metrics = None
-        if lone_client(self.protocol, ids, everyone):
-            encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
-            stats["included"] = 1
-            state, finalizer_measurements = self._server_fn(
-                state, self.unflatten(np.concatenate([np.ravel(a) for a in encoded[0]]).astype(np.uint64)),
-                self.protocol.noise(self._shapes, noise_seed), self.protocol.count(1))
-            return tff().learning.templates.LearningProcessOutput(state, collections.OrderedDict(
-                distributor=collections.OrderedDict(), client_work=collections.OrderedDict(train=train_metrics),
-                aggregator=collections.OrderedDict(secagg=stats), finalizer=finalizer_measurements))
         try:
-            if len(everyone) < 2:
-                train_metrics = self.metrics_without_sum(state, client_data)
-                raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took part")
-            result, train_metrics = self.secure_sum(state, ids, client_data, everyone, int(graph_seed))
+            if lone_client(self.protocol, ids, everyone):  # summed without the protocol (see lone_client)
+                encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
+                total, included = np.concatenate([np.ravel(a) for a in encoded[0]]).astype(np.uint64), 1
+            else:
+                if len(everyone) < 2:
+                    train_metrics = self.metrics_without_sum(state, client_data)
+                    raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took "
+                                               "part")
+                result, train_metrics = self.secure_sum(state, ids, client_data, everyone, int(graph_seed))
+                total, included = result.total, len(result.included)
+                stats.update(bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
+                             server_seconds=result.server_seconds)
         except secagg.SecAggAborted as stopped:
             warnings.warn(f"fedlab: {stopped}; {lost_round(self.protocol)}", FedlabWarning, stacklevel=2)
             stats["aborted"] = 1
@@ -196,15 +195,12 @@ class SecureRoundProcess:
             if train_metrics is None:
                 train_metrics = getattr(stopped, "train_metrics", None)
             if self.protocol.central_dp:  # the noise is released all the same (see lost_round)
-                state, finalizer_measurements = self._server_fn(
-                    state, tuple(np.zeros(s, np.int64) for s in self._shapes),
-                    self.protocol.noise(self._shapes, noise_seed), self.protocol.count(0))
+                state = self.empty_round(state, noise_seed)
         else:
-            stats.update(included=len(result.included), bytes_per_client=result.bytes_per_client,
-                         client_seconds=result.client_seconds, server_seconds=result.server_seconds)
-            state, finalizer_measurements = self._server_fn(state, self.unflatten(result.total),
+            stats["included"] = included
+            state, finalizer_measurements = self._server_fn(state, self.unflatten(total),
                                                             self.protocol.noise(self._shapes, noise_seed),
-                                                            self.protocol.count(len(result.included)))
+                                                            self.protocol.count(included))
         metrics = collections.OrderedDict(
             distributor=collections.OrderedDict(),
             client_work=collections.OrderedDict(train=train_metrics),
