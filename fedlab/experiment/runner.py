@@ -33,6 +33,7 @@ from ..workers.distributed import WorkerError, on_workers
 from .evaluation import client_summary, clients_frame, evaluator_for
 from ..data.partition import PARTITIONERS
 from .processes import get_finetuning, get_process, get_site_process, initial_state, trainer_for
+from ..core import profiling
 from ..core.registry import source_digest
 from ..core.runtime import simulated_secure_sums, stop_local_workers
 from ..rounds.array_training import with_tau_eff
@@ -108,12 +109,24 @@ def run_experiment(
         refused = site_refusal(config)
         if refused is not None:
             raise ConfigError(*refused)
+    with profiling.run(algorithm=config.algorithm, dataset=config.dataset, model=config.model,
+                       clients_per_round=config.clients_per_round, rounds=config.rounds, seed=config.seed) as timer:
+        history = _run(config, federation, checkpoint_dir, results_cache, progress, callback, stop, tensorboard_dir)
+        if timer is not None:
+            timer.fields["from_cache"] = bool(history.attrs["from_cache"])
+    return history
+
+
+def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_dir, results_cache, progress: bool,
+         callback, stop, tensorboard_dir) -> pd.DataFrame:
+    """:func:`run_experiment` once its arguments are checked: from the cache, or run and stored."""
     cache = ResultCache(results_cache) if results_cache is not None else None
     checkpoint = Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
     key = cache_key(config, component_digests(config) + ([federation.key] if federation is not None else []))
     board = TensorBoardLog(tensorboard_dir, config, key) if tensorboard_dir is not None else None
     if cache is not None:
-        stored = cache.load(key, config.rounds)
+        with profiling.phase("cache"):
+            stored = cache.load(key, config.rounds)
         if stored is not None:
             history = make_history(config, stored["rows"], stored["clients"], stored["weights"], from_cache=True)
             if board is not None:
@@ -140,7 +153,8 @@ def run_experiment(
             # frees that, and TFF's service manager starts a fresh one on the next call.
             stop_local_workers()
     if cache is not None:
-        cache.save(key, rows, client_rows, weights, config.to_json())
+        with profiling.phase("cache"):
+            cache.save(key, rows, client_rows, weights, config.to_json())
     return make_history(config, rows, client_rows, weights, from_cache=False)
 
 
@@ -211,33 +225,35 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
 
 def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progress: bool, callback, stop=None,
              federation: Optional[Federation] = None):
-    if federation is None:
-        data = dataset_for(config)
-        spec = spec_for(config, data)
-        clients = Clients.for_config(config, spec)
-    else:  # the sites hold the data: the driver learns their sizes and features, never a record
-        federation.connect(config)
-        data, spec, clients = None, federation.spec(config), SiteClients(federation)
+    with profiling.phase("data"):
+        if federation is None:
+            data = dataset_for(config)
+            spec = spec_for(config, data)
+            clients = Clients.for_config(config, spec)
+        else:  # the sites hold the data: the driver learns their sizes and features, never a record
+            federation.connect(config)
+            data, spec, clients = None, federation.spec(config), SiteClients(federation)
     check_cost(config, clients)
     _check_rounded_dp_accounting(config, spec)
-    process = get_process(config, spec) if federation is None else get_site_process(config, spec)
-    warn_if_updates_vanish(config, spec)  # once per run, before its first round
-    trainer = process if federation is not None else trainer_for(process, clients.x[0], clients.y[0])
-    # built before the evaluator's Keras model: TFF builds the functional model's copy in a graph of its own,
-    # which spoils a Keras model made, and not yet called, before it
-    tuning = get_finetuning(spec, bool(config.workers)) if config.finetune_epochs else None
-    if federation is None:
-        evaluator = evaluator_for(spec, spec.builder)
-        eval_x, eval_y = clients.evaluation_arrays()
-    own_model = getattr(process, "client_weights", None)  # personalised: each client's own model (FedPer)
-    sizes = spec.tensor_sizes()
-    scheduler = Scheduler(config, clients.sizes, sizes, clients.attackers)
+    with profiling.phase("build"):
+        process = get_process(config, spec) if federation is None else get_site_process(config, spec)
+        warn_if_updates_vanish(config, spec)  # once per run, before its first round
+        trainer = process if federation is not None else trainer_for(process, clients.x[0], clients.y[0])
+        # built before the evaluator's Keras model: TFF builds the functional model's copy in a graph of its own,
+        # which spoils a Keras model made, and not yet called, before it
+        tuning = get_finetuning(spec, bool(config.workers)) if config.finetune_epochs else None
+        if federation is None:
+            evaluator = evaluator_for(spec, spec.builder)
+            eval_x, eval_y = clients.evaluation_arrays()
+        own_model = getattr(process, "client_weights", None)  # personalised: each client's own model (FedPer)
+        sizes = spec.tensor_sizes()
+        scheduler = Scheduler(config, clients.sizes, sizes, clients.attackers)
 
-    # the history's columns: the task's training metrics besides the loss (classification: train_accuracy) and its
-    # eval_metric (eval_accuracy; a survival task's eval_c_index)
-    eval_metric = spec.task_entry.eval_metric
-    train_extra = tuple(f"train_{name}" for name in spec.metrics_constructor() if name != "loss")
-    state = initial_state(process, config, spec)
+        # the history's columns: the task's training metrics besides the loss (classification: train_accuracy) and
+        # its eval_metric (eval_accuracy; a survival task's eval_c_index)
+        eval_metric = spec.task_entry.eval_metric
+        train_extra = tuple(f"train_{name}" for name in spec.metrics_constructor() if name != "loss")
+        state = initial_state(process, config, spec)
     start, rows, client_rows = 0, [], []
     if checkpoint is not None:
         saved, version, saved_rows, saved_clients = checkpoint.load(state)
@@ -246,6 +262,10 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
 
     def evaluate(row: dict, state, round_num: int) -> None:
         """The evaluated round's scores into ``row`` (per-client rows into ``client_rows``)."""
+        with profiling.phase("evaluate"):
+            _evaluate(row, state, round_num)
+
+    def _evaluate(row: dict, state, round_num: int) -> None:
         if federation is not None:  # each site scores its own test split; only the scores arrive
             row.update(federation.evaluate(config, _final_weights(state), eval_metric))
             return
@@ -269,6 +289,10 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
 
     def record(row: dict, state, round_num: int, bar) -> None:
         """A finished round (or server step): into the history, the checkpoint and the callback; stopped if asked."""
+        with profiling.phase("bookkeeping"):
+            _record(row, state, round_num, bar)
+
+    def _record(row: dict, state, round_num: int, bar) -> None:
         rows.append(row)
         if checkpoint is not None or callback is not None:
             history = make_history(config, rows, client_rows, [], from_cache=False)
@@ -307,13 +331,14 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             row = {"round": round_num, "train_loss": np.nan, **dict.fromkeys(train_extra, np.nan),
                    "eval_loss": np.nan, f"eval_{eval_metric}": np.nan, "clients_this_round": len(chosen)}
             if len(chosen):  # a Poisson-sampled DP round, or one every client missed, is empty: nothing trained
-                inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
-                          for c in chosen]
-                if config.algorithm_entry.normalized:
-                    inputs = with_tau_eff(inputs, config.client_weighting)
-                extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
-                                      schedule.selected, clients.attackers)
-                with _lost_in(round_num, checkpoint):
+                with profiling.phase("inputs"):
+                    inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
+                              for c in chosen]
+                    if config.algorithm_entry.normalized:
+                        inputs = with_tau_eff(inputs, config.client_weighting)
+                    extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
+                                          schedule.selected, clients.attackers)
+                with _lost_in(round_num, checkpoint), profiling.phase("round"):
                     output = trainer.next(state, inputs, **extra)
                 state = output.state
                 train = output.metrics["client_work"]["train"]
@@ -376,8 +401,10 @@ def _execute_async(config: ExperimentConfig, process, clients: Clients, schedule
 
     def train(version: int, state) -> dict:
         jobs = plan.started_on(version)
-        inputs = [clients.inputs(config, job.number, job.client) for job in jobs]
-        return dict(zip((job.id for job in jobs), process.train(state, inputs)))
+        with profiling.phase("inputs"):
+            inputs = [clients.inputs(config, job.number, job.client) for job in jobs]
+        with profiling.phase("round"):
+            return dict(zip((job.id for job in jobs), process.train(state, inputs)))
 
     pending = process.held(state) if start else train(0, state)
     cumulative = float(rows[-1]["cumulative_bytes"]) if rows else 0.0
@@ -393,8 +420,9 @@ def _execute_async(config: ExperimentConfig, process, clients: Clients, schedule
                 raise RuntimeError(f"async step {step.version}: the updates of jobs {missing} were never trained "
                                    "(a checkpoint from another schedule?)")
             results = [pending.pop(j) for j in step.jobs]
-            state, aggregated, _ = process.step(state, results, factors_of[step.version])
-            train_metrics = process.train_metrics(results)
+            with profiling.phase("round"):
+                state, aggregated, _ = process.step(state, results, factors_of[step.version])
+                train_metrics = process.train_metrics(results)
             if step.version < config.rounds:
                 pending.update(train(step.version, state))
             state = process.hold(state, pending)

@@ -1,0 +1,92 @@
+"""Where a run spends its time, by phase: what ``benchmarks/figures_profile.py`` adds up over ``make figures``.
+
+Off unless ``$FEDLAB_PROFILE`` names a file. Then every :func:`fedlab.run_experiment` in this process appends
+one JSON line to it when it ends: the notebook cell that started it (IPython's execution count, else None), a
+few config fields, whether it came from the results cache, its wall time, and the seconds spent in each of
+:data:`PHASES` (what is left of the wall time is ``other``: the round loop's own Python). Off, :func:`phase`
+costs one context-variable lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import sys
+import time
+from typing import Iterator, Optional
+
+ENV = "FEDLAB_PROFILE"
+PHASES = (
+    "cache",        # reading a finished run back, or storing one
+    "data",         # loading the data set, partitioning it, the clients' arrays
+    "build",        # TFF processes and their tracing, the evaluator, the initial state
+    "inputs",       # each round's client inputs (sampling, batch orders, packing for TFF)
+    "round",        # TFF's call: the clients' work, aggregation, the server step
+    "evaluate",     # the global model's (and each client's) scores
+    "bookkeeping",  # the history, checkpoints, callbacks, TensorBoard
+)
+
+_current: contextvars.ContextVar[Optional["RunTimer"]] = contextvars.ContextVar("fedlab_profile", default=None)
+
+
+class RunTimer:
+    """Seconds per phase of one run."""
+
+    def __init__(self, fields: dict) -> None:
+        self.fields = dict(fields)  # what the run's line says of it besides its seconds
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if name not in self.seconds:
+            raise ValueError(f"phase: must be one of {', '.join(PHASES)}, got {name!r}")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+
+def _cell() -> Optional[int]:
+    """The execution count of the notebook cell running now (papermill numbers the cells it runs 1, 2, ...)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "execution_count", None)
+
+
+@contextlib.contextmanager
+def run(**fields) -> Iterator[Optional[RunTimer]]:
+    """Times one run when ``$FEDLAB_PROFILE`` is set (yields None, and records nothing, when it is not).
+
+    ``fields`` go into the run's line; the caller may add to ``timer.fields`` before the block ends (``from_cache``).
+    """
+    path = os.environ.get(ENV)
+    if not path or _current.get() is not None:  # a run inside a run (a study's helper) is counted by the outer one
+        yield None
+        return
+    timer = RunTimer(fields)
+    token = _current.set(timer)
+    cell = _cell()
+    try:
+        yield timer
+    finally:
+        _current.reset(token)
+        wall = time.perf_counter() - timer.start
+        line = {"cell": cell, **timer.fields, "wall": wall, **timer.seconds,
+                "other": wall - sum(timer.seconds.values())}
+        with open(path, "a", encoding="utf-8") as f:  # one short line, appended in one write
+            f.write(json.dumps(line, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Counts the block's seconds in ``name`` (one of :data:`PHASES`) for the run being timed, if any."""
+    timer = _current.get()
+    if timer is None:
+        yield
+        return
+    with timer.phase(name):
+        yield
