@@ -194,3 +194,7 @@ __all__ = [
     "use_encryption",
     "use_worker_tls",
 ]
+
+from .core import registry as _registry  # noqa: E402
+
+_registry.fedlab_imported()  # components registered from here on are the user's: a worker process has not got them

@@ -26,6 +26,7 @@ LAYERS = [
     {"clients", "sampling", "sites", "site_rounds"},                       # who holds what, who trains
     {"processes"},                                                         # built TFF processes
     {"runner", "site_service"},                                            # the round loop; a site's
+    {"pool"},                                                              # runs spread over the cores
     {"sweeps", "privacy", "crosssilo", "tcga", "analysis", "catalog", "participation", "comparison", "report"},
     {"widgets", "reproduce"},                                              # notebooks
     {"__main__", "__init__"},                                              # entry points

@@ -50,11 +50,28 @@ class RunTimer:
             self.seconds[name] += time.perf_counter() - t0
 
 
-def _cell() -> Optional[int]:
-    """The execution count of the notebook cell running now (papermill numbers the cells it runs 1, 2, ...)."""
+_cell: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("fedlab_profile_cell", default=None)
+
+
+def current_cell() -> Optional[int]:
+    """The execution count of the notebook cell running now (papermill numbers the cells it runs 1, 2, ...), or
+    the one :func:`in_cell` names (a sweep's worker process runs the cell's runs)."""
+    given = _cell.get()
+    if given is not None:
+        return given
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
     return getattr(shell, "execution_count", None)
+
+
+@contextlib.contextmanager
+def in_cell(cell: Optional[int]) -> Iterator[None]:
+    """Runs in the block count as started by notebook cell ``cell``."""
+    token = _cell.set(cell)
+    try:
+        yield
+    finally:
+        _cell.reset(token)
 
 
 @contextlib.contextmanager
@@ -69,7 +86,7 @@ def run(**fields) -> Iterator[Optional[RunTimer]]:
         return
     timer = RunTimer(fields)
     token = _current.set(timer)
-    cell = _cell()
+    cell = current_cell()
     try:
         yield timer
     finally:

@@ -33,6 +33,7 @@ class Entry(Generic[T]):
     summary: str = ""
     paper: Optional[str] = None
     builtin: bool = False
+    at_import: bool = False  # fedlab's, registered as fedlab was imported: every fresh process has it
 
 
 class Registry(Generic[T]):
@@ -53,7 +54,7 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is built into fedlab; pick another name "
                              "(or pass replace=True to shadow it)")
         entry = Entry(name, component, summary or _first_line(source if source is not None else component),
-                      paper, builtin)
+                      paper, builtin, builtin and not _fedlab_imported)
         self._entries[name] = entry
         return entry
 
@@ -77,6 +78,16 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+_fedlab_imported = False
+
+
+def fedlab_imported() -> None:
+    """Called once ``import fedlab`` has registered fedlab's components: entries added later are not
+    ``at_import`` (a worker process that imports fedlab does not have them)."""
+    global _fedlab_imported
+    _fedlab_imported = True
 
 
 def _is_builtin(obj: Any) -> bool:

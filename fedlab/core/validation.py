@@ -26,6 +26,9 @@ class ConfigError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self):  # pickled as (field, message): a sweep's worker process raises it in the sweep's
+        return type(self), (self.field, self.message)
+
 
 class FedlabWarning(UserWarning):
     """fedlab's warnings, printed as one line: where, the category and the message, without the source line
@@ -38,6 +41,10 @@ class SettingWarning(FedlabWarning):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+    def __reduce__(self):
+        return type(self), (self.field, self.message)
 
 
 _format_warning = warnings.formatwarning

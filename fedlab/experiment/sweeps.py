@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .config import ExperimentConfig
+from .pool import run_all
 from .runner import clients_table, evaluated_rows, run_experiment
 from ..core.validation import ConfigError
 
@@ -52,22 +53,21 @@ def _config_list(configs) -> list[ExperimentConfig]:
 
 def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True,
               labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None,
-              tensorboard_dir=None) -> pd.DataFrame:
+              tensorboard_dir=None, processes: Optional[int] = None) -> pd.DataFrame:
     """Runs several configs and stacks their histories (config fields tell them apart).
 
     ``labels`` adds columns computed from each config, e.g.
     ``{"method": fedlab.aggregators.aggregation.method_name}``; ``tensorboard_dir``: every
-    run's metrics as TensorBoard events, one folder per run.
+    run's metrics as TensorBoard events, one folder per run. The runs not in ``results_cache`` train side by
+    side in ``processes`` worker processes (default: one per core; :mod:`fedlab.experiment.pool`), with the
+    same numbers as one after the other.
     """
     configs = _config_list(configs)
-    from tqdm.auto import tqdm
-
-    histories = []
-    for config in tqdm(configs, desc="configs", disable=not progress):
-        history = run_experiment(config, results_cache=results_cache, progress=False, tensorboard_dir=tensorboard_dir)
+    histories = run_all(configs, results_cache=results_cache, progress=progress, processes=processes,
+                        tensorboard_dir=tensorboard_dir)
+    for config, history in zip(configs, histories):
         for column, fn in (labels or {}).items():
             history[column] = fn(config)
-        histories.append(history)
     return stack_histories(histories)
 
 
@@ -75,12 +75,14 @@ RUN_SUMMARY = ("eval_loss", "eval_accuracy", "client_accuracy_mean", "client_acc
 
 
 def client_scores(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True,
-                  labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None) -> pd.DataFrame:
+                  labels: Optional[dict[str, Callable[[ExperimentConfig], object]]] = None,
+                  processes: Optional[int] = None) -> pd.DataFrame:
     """Each client's score under each run's final model, for configs with ``eval_per_client``: one row per config
     and client, from the last evaluated round (round, client, num_examples, loss, accuracy), beside the config's
     fields (as a history has them), the ``labels`` columns (see :func:`run_sweep`), and the run's own summary of
     that round (:data:`RUN_SUMMARY`: the global model's ``eval_loss`` and ``eval_accuracy`` on the test set, the
-    mean, worst 10 % and spread of the clients' accuracy), the same on each of its clients' rows.
+    mean, worst 10 % and spread of the clients' accuracy), the same on each of its clients' rows. Runs are spread
+    over ``processes`` as :func:`run_sweep`'s are.
 
     A client is scored on its own held-out share with ``local_test_fraction`` > 0 (``num_examples`` counts it),
     else on the data it trained on: not a held-out score.
@@ -90,11 +92,9 @@ def client_scores(configs: Sequence[ExperimentConfig], *, results_cache=None, pr
     if without:
         raise ConfigError("eval_per_client", f"must be True in every config to score each client (config "
                                              f"{without[0]} of {len(configs)} has False)")
-    from tqdm.auto import tqdm
-
     frames = []
-    for config in tqdm(configs, desc="configs", disable=not progress):
-        history = run_experiment(config, results_cache=results_cache, progress=False)
+    histories = run_all(configs, results_cache=results_cache, progress=progress, processes=processes)
+    for config, history in zip(configs, histories):
         clients = clients_table(history)
         last = clients[clients["round"] == clients["round"].max()].reset_index(drop=True)
         evaluated = evaluated_rows(history).iloc[-1]

@@ -33,6 +33,7 @@ from ..experiment.config import FIELD_NAMES, ExperimentConfig
 from ..data.data import Dataset
 from ..experiment.evaluation import Evaluator
 from ..core.registry import Registry, decorator
+from ..experiment.pool import spread
 from ..experiment.runner import evaluated_rows, final_weights, run_experiment
 from ..reporting.stats import METHODS as INTERVALS
 from ..data.tasks import TASKS, Task
@@ -46,11 +47,29 @@ Baseline = Callable[..., pd.DataFrame]
 BASELINES: Registry[Baseline] = Registry("baseline", "baseline")
 
 
-def register_baseline(name: str, *, paper: Optional[str] = None, replace: bool = False):
+# What a baseline trains, by its registered name: runs(config) -> the configs it runs (see register_baseline)
+BASELINE_RUNS: dict[str, Callable[[ExperimentConfig], list[ExperimentConfig]]] = {}
+
+
+def register_baseline(name: str, *, paper: Optional[str] = None, replace: bool = False,
+                      runs: Optional[Callable[[ExperimentConfig], Sequence[ExperimentConfig]]] = None):
     """Registers ``baseline(config, *, results_cache) -> DataFrame`` under ``name``: one row per test site of
     ``dataset_for(config)`` with the :data:`METRICS` (a ``site`` column; ``"all"`` without sites). The config
-    carries the seed, the tuned hyperparameters and, while tuning, ``validation_fraction``."""
-    return decorator(BASELINES, name, lambda fn: fn, paper=paper, replace=replace)
+    carries the seed, the tuned hyperparameters and, while tuning, ``validation_fraction``.
+
+    ``runs(config)``: the configs the baseline runs with :func:`fedlab.run_experiment` for ``config``, known
+    before it runs, so that :func:`compare` and :func:`tune` train them side by side with the other methods'
+    (:mod:`fedlab.experiment.pool`); without it the baseline's runs train one after the other when it is called.
+    """
+    def register(fn):
+        decorator(BASELINES, name, lambda f: f, paper=paper, replace=replace)(fn)
+        if runs is None:
+            BASELINE_RUNS.pop(name, None)
+        else:
+            BASELINE_RUNS[name] = lambda config: list(runs(config))
+        return fn
+
+    return register
 
 
 def metric_rows(logits: np.ndarray, data: Dataset, binary: Optional[bool] = None) -> pd.DataFrame:
@@ -142,30 +161,45 @@ def _plain(config: ExperimentConfig, **changes) -> ExperimentConfig:
     return config.replace(algorithm="fedavg", **changes)
 
 
-@register_baseline("local", paper="Ogier du Terrail et al. 2022 (FLamby's local baselines)")
-def local(config: ExperimentConfig, *, results_cache=None) -> pd.DataFrame:
-    """Each site trains alone, with the config's client optimizer, learning rate and steps for its rounds (the
-    other sites excluded), and is scored on its own test set."""
+def local_runs(config: ExperimentConfig) -> list[ExperimentConfig]:
+    """Baseline ``local``'s runs: site ``s`` alone (every other site excluded), for each site."""
     data = dataset_for(config)
     if config.partition != "natural" or data.site_names is None:
         raise ConfigError("partition", "baseline 'local' needs the natural partition of a data set with sites")
-    rows = []
-    for s in range(config.num_clients):
-        others = tuple(c for c in range(config.num_clients) if c != s)
-        scores = run_scores(_plain(config, exclude_clients=others, clients_per_round=1), results_cache=results_cache)
-        rows.append(scores.iloc[s])
+    return [_plain(config, exclude_clients=tuple(c for c in range(config.num_clients) if c != s),
+                   clients_per_round=1) for s in range(config.num_clients)]
+
+
+@register_baseline("local", paper="Ogier du Terrail et al. 2022 (FLamby's local baselines)", runs=local_runs)
+def local(config: ExperimentConfig, *, results_cache=None) -> pd.DataFrame:
+    """Each site trains alone, with the config's client optimizer, learning rate and steps for its rounds (the
+    other sites excluded), and is scored on its own test set."""
+    rows = [run_scores(run, results_cache=results_cache).iloc[s] for s, run in enumerate(local_runs(config))]
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-@register_baseline("pooled", paper="Ogier du Terrail et al. 2022 (FLamby's pooled baseline)")
+def pooled_runs(config: ExperimentConfig) -> list[ExperimentConfig]:
+    """Baseline ``pooled``'s run: one client holding every site's training records."""
+    return [_plain(config, partition="iid", num_clients=1, clients_per_round=1, exclude_clients=())]
+
+
+@register_baseline("pooled", paper="Ogier du Terrail et al. 2022 (FLamby's pooled baseline)", runs=pooled_runs)
 def pooled(config: ExperimentConfig, *, results_cache=None) -> pd.DataFrame:
     """All training records in one place (not possible in practice): one client holding every site's data, with
     the config's client optimizer, learning rate, steps and rounds; scored on each site's test set."""
-    return run_scores(_plain(config, partition="iid", num_clients=1, clients_per_round=1, exclude_clients=()),
-                      results_cache=results_cache)
+    return run_scores(pooled_runs(config)[0], results_cache=results_cache)
 
 
 MethodSpec = Union[ExperimentConfig, str]
+
+
+def _runs_of(method: MethodSpec, base: Optional[ExperimentConfig], seed: int, changes: dict) -> list:
+    """The configs :func:`_method_scores` runs, where they are known before it runs (a baseline registered
+    without ``runs``: none, so it trains its own one after the other; a constant one trains none)."""
+    if isinstance(method, ExperimentConfig):
+        return [method.replace(seed=seed, **changes)]
+    runs = BASELINE_RUNS.get(method)
+    return runs(base.replace(seed=seed, **changes)) if runs is not None else []
 
 
 def _method_scores(method: MethodSpec, base: Optional[ExperimentConfig], seed: int, changes: dict,
@@ -246,11 +280,26 @@ def _check_tuning(validation_fraction: float, seeds, field: str) -> list[int]:
     return [int(s) for s in seeds]
 
 
+def _tuning_points(method: MethodSpec, base: Optional[ExperimentConfig], space: Mapping[str, Sequence[Any]],
+                   budget: Optional[int]) -> tuple[dict, list[dict]]:
+    """The part of ``space`` that applies to ``method``, and the candidates drawn from it."""
+    own = {f: v for f, v in space.items() if _applies(method, base, f)}
+    return own, (_candidates(own, budget, seed=0) if own else [{}])
+
+
+def _tuning_runs(items: Mapping[str, MethodSpec], base: Optional[ExperimentConfig],
+                 space: Mapping[str, Sequence[Any]], budget: Optional[int], seeds: Sequence[int],
+                 validation_fraction: float) -> list[ExperimentConfig]:
+    """Every run the tuning of ``items`` makes (known ahead: trained side by side)."""
+    return [run for method in items.values() for point in _tuning_points(method, base, space, budget)[1]
+            for seed in seeds
+            for run in _runs_of(method, base, seed, {**point, "validation_fraction": validation_fraction})]
+
+
 def _tune(method: MethodSpec, base: Optional[ExperimentConfig], space: Mapping[str, Sequence[Any]], *,
           budget: Optional[int], metric: str, seeds: Sequence[int], validation_fraction: float, results_cache,
           label: str) -> tuple[dict, pd.DataFrame]:
-    own = {f: v for f, v in space.items() if _applies(method, base, f)}
-    candidates = _candidates(own, budget, seed=0) if own else [{}]
+    own, candidates = _tuning_points(method, base, space, budget)
     name = metric.removeprefix("validation_")
     rows = []
     for point in candidates:
@@ -290,9 +339,11 @@ def tune(config: ExperimentConfig, space: Mapping[str, Sequence[Any]], *, budget
     unknown = [f for f in space if not _applies(method, config, f)]
     if unknown:
         raise ConfigError("space", f"{unknown[0]!r} is not a setting of {baseline or config.algorithm!r}")
-    best, table = _tune(method, config, space, budget=budget, metric=metric, seeds=seeds,
-                        validation_fraction=validation_fraction, results_cache=results_cache,
-                        label=baseline or config.algorithm)
+    runs = _tuning_runs({"": method}, config, space, budget, seeds, validation_fraction)
+    with spread(runs, results_cache) as done:
+        best, table = _tune(method, config, space, budget=budget, metric=metric, seeds=seeds,
+                            validation_fraction=validation_fraction, results_cache=done.cache,
+                            label=baseline or config.algorithm)
     return config.replace(**best), table
 
 
@@ -389,14 +440,18 @@ def compare(methods, *, seeds: Sequence[int] = (0, 1, 2), base: Optional[Experim
     chosen: dict[str, dict] = {label: {} for label in items}
     tuning = []
     if space is not None:
-        for label, method in items.items():
-            chosen[label], table = _tune(method, base, space, budget=budget, metric=tune_metric,
-                                         seeds=tune_seeds,
-                                         validation_fraction=validation_fraction, results_cache=results_cache,
-                                         label=label)
-            tuning.append(table)
-    frames = [_method_scores(method, base, seed, chosen[label], results_cache).assign(method=label, seed=seed)
-              for label, method in items.items() for seed in seeds]
+        runs = _tuning_runs(items, base, space, budget, tune_seeds, validation_fraction)
+        with spread(runs, results_cache) as done:
+            for label, method in items.items():
+                chosen[label], table = _tune(method, base, space, budget=budget, metric=tune_metric,
+                                             seeds=tune_seeds, validation_fraction=validation_fraction,
+                                             results_cache=done.cache, label=label)
+                tuning.append(table)
+    runs = [run for label, method in items.items() for seed in seeds
+            for run in _runs_of(method, base, seed, chosen[label])]
+    with spread(runs, results_cache) as done:
+        frames = [_method_scores(method, base, seed, chosen[label], done.cache).assign(method=label, seed=seed)
+                  for label, method in items.items() for seed in seeds]
     scores = pd.concat(frames, ignore_index=True)[["method", "seed", "site", *task.metrics, "num_test", "prevalence"]]
     settings = dict(reference=reference, metrics=list(metrics), interval=interval, confidence=confidence)
     table = Comparison(summarize_scores(scores, by_site=by_site, **settings))

@@ -47,6 +47,7 @@ from ..data.data import HEART_DISEASE_SITES, Dataset, flamby_heart_disease_array
 from ..models.models import ModelSpec
 from ..reporting.plots import interval_errors
 from ..reporting.report import interval_table
+from ..experiment.pool import spread
 from ..experiment.runner import run_experiment
 
 PROTOCOL_LR = 0.001  # FLamby's LR for Fed-Heart-Disease
@@ -115,10 +116,9 @@ def flamby_benchmark(seeds: Sequence[int], *, algorithms: Sequence[str] = tuple(
     frames = [flamby_baselines(seeds, **({"epochs": changes["baseline_epochs"]} if "baseline_epochs" in changes
                                          else {}))]
     changes = {k: v for k, v in changes.items() if k != "baseline_epochs"}
-    for algorithm in algorithms:
-        for seed in seeds:
-            config = flamby_config(algorithm, seed=seed, **changes)
-            frames.append(federated_scores(config, method=algorithm, results_cache=results_cache))
+    runs = [(algorithm, flamby_config(algorithm, seed=seed, **changes)) for algorithm in algorithms for seed in seeds]
+    with spread([config for _, config in runs], results_cache) as done:
+        frames += [federated_scores(config, method=algorithm, results_cache=done.cache) for algorithm, config in runs]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -191,18 +191,19 @@ def secure_benchmark(configs: dict, seeds: Sequence[int], *, results_cache=None)
     protocol (``secure_protocol``) did: rounds it stopped (too few sites left to unmask), sites included per
     round, kilobytes it moved per site per round (keys, shares, masked update; NaN without a protocol)."""
     rows = []
-    for label, base in configs.items():
-        for seed in seeds:
-            config = base.replace(seed=seed)
-            history = run_experiment(config, results_cache=results_cache, progress=False)
-            protocol = "secagg_included" in history
-            scores = _scores_of(config, history, label)
-            rows.append({"method": label, "seed": seed, "accuracy": float(scores["accuracy"].mean()),
-                         "balanced_accuracy": float(scores["balanced_accuracy"].mean()),
-                         "rounds_stopped": int(history.secagg_aborted.sum()) if protocol else 0,
-                         "sites_included": float(history.secagg_included.mean()) if protocol
-                         else float(history.clients_this_round.mean()),
-                         "kb_per_site": float(history.secagg_bytes_per_client.mean()) / 1e3 if protocol else np.nan})
+    runs = [(label, base.replace(seed=seed)) for label, base in configs.items() for seed in seeds]
+    with spread([config for _, config in runs], results_cache) as done:
+        histories = [run_experiment(config, results_cache=done.cache, progress=False) for _, config in runs]
+    for (label, config), history in zip(runs, histories):
+        seed = config.seed
+        protocol = "secagg_included" in history
+        scores = _scores_of(config, history, label)
+        rows.append({"method": label, "seed": seed, "accuracy": float(scores["accuracy"].mean()),
+                     "balanced_accuracy": float(scores["balanced_accuracy"].mean()),
+                     "rounds_stopped": int(history.secagg_aborted.sum()) if protocol else 0,
+                     "sites_included": float(history.secagg_included.mean()) if protocol
+                     else float(history.clients_this_round.mean()),
+                     "kb_per_site": float(history.secagg_bytes_per_client.mean()) / 1e3 if protocol else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -223,10 +224,10 @@ def patient_dp_benchmark(base: ExperimentConfig, noise_multipliers: Sequence[flo
     if base.dp != "example":
         raise ValueError(f"base: must have dp='example' (record-level DP), got dp={base.dp!r}")
     frames = []
-    for z in noise_multipliers:
-        for seed in seeds:
-            config = base.replace(noise_multiplier=z, seed=seed)
-            scores = federated_scores(config, method=f"patient_dp_z{z}", results_cache=results_cache)
+    runs = [(z, base.replace(noise_multiplier=z, seed=seed)) for z in noise_multipliers for seed in seeds]
+    with spread([config for _, config in runs], results_cache) as done:
+        for z, config in runs:
+            scores = federated_scores(config, method=f"patient_dp_z{z}", results_cache=done.cache)
             eps = site_epsilons(config).set_index("site")["epsilon"]
             frames.append(scores.assign(noise_multiplier=z, epsilon=scores["site"].map(eps)))
     table = pd.concat(frames, ignore_index=True)
@@ -242,13 +243,15 @@ def patient_dp_audit(base: ExperimentConfig, noise_multipliers: Sequence[float],
     from .privacy import audit_columns, audit_membership, site_epsilons
 
     rows = []
-    for z in noise_multipliers:
-        for seed in (base.seed,) if seeds is None else seeds:
-            config = base.replace(noise_multiplier=z, seed=seed)
-            history = run_experiment(config, results_cache=results_cache, progress=False)
-            result = audit_membership(config, history, reference_epochs=reference_epochs, seed=seed)
-            rows.append({"noise_multiplier": z, "seed": seed,
-                         "worst_site_epsilon": float(site_epsilons(config).epsilon.max()), **audit_columns(result)})
+    runs = [(z, base.replace(noise_multiplier=z, seed=seed)) for z in noise_multipliers
+            for seed in ((base.seed,) if seeds is None else seeds)]
+    with spread([config for _, config in runs], results_cache) as done:
+        histories = [run_experiment(config, results_cache=done.cache, progress=False) for _, config in runs]
+    for (z, config), history in zip(runs, histories):
+        seed = config.seed
+        result = audit_membership(config, history, reference_epochs=reference_epochs, seed=seed)
+        rows.append({"noise_multiplier": z, "seed": seed,
+                     "worst_site_epsilon": float(site_epsilons(config).epsilon.max()), **audit_columns(result)})
     return pd.DataFrame(rows)
 
 

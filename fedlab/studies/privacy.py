@@ -20,6 +20,7 @@ from ..aggregators.aggregation import accounting_noise_multiplier
 from ..experiment.clients import Clients, client_arrays_for, dataset_for, plan_size, spec_for
 from ..experiment.config import RECORD_LEVEL
 from ..experiment.evaluation import Evaluator, per_example_loss
+from ..experiment.pool import spread
 from ..experiment.runner import evaluated_rows, final_weights, record_level_site_epsilons, run_experiment
 from ..experiment.sampling import Scheduler
 from ..data.data import DATASETS
@@ -276,8 +277,10 @@ def privacy_utility(configs, *, results_cache=None, audit: bool = True, referenc
     from tqdm.auto import tqdm
 
     rows = []
-    for config in tqdm(configs, desc="privacy-utility"):
-        history = run_experiment(config, results_cache=results_cache, progress=False)
+    configs = list(configs)
+    with spread(configs, results_cache) as done:
+        histories = [run_experiment(config, results_cache=done.cache, progress=False) for config in configs]
+    for config, history in zip(tqdm(configs, desc="privacy-utility"), histories):
         last = evaluated_rows(history).iloc[-1]
         metric = f"eval_{TASKS[DATASETS[config.dataset].task].eval_metric}"
         row = {**config.experiment_dict(), metric: float(last[metric]),

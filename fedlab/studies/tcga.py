@@ -35,6 +35,7 @@ from ..experiment.config import ExperimentConfig
 from .crosssilo import train_centralized
 from ..data.data import TCGA_BRCA_REGIONS, Dataset
 from ..experiment.evaluation import Evaluator
+from ..experiment.pool import spread
 from ..experiment.runner import final_weights, run_experiment
 from ..reporting.stats import summary_table
 from ..data.survival import c_index, comparable_pairs, kaplan_meier
@@ -135,10 +136,9 @@ def tcga_benchmark(seeds: Sequence[int], *, algorithms: Sequence[str] = tuple(TC
     """Per-region scores of FLamby's protocol: the baselines and every strategy, for each seed (method, seed,
     site, c_index, num_test, prevalence; site ``"pooled test"``: all test patients at once)."""
     frames = [tcga_baselines(seeds, epochs=baseline_epochs)]
-    for algorithm in algorithms:
-        for seed in seeds:
-            frames.append(federated_scores(tcga_config(algorithm, seed=seed, **changes), method=algorithm,
-                                           results_cache=results_cache))
+    runs = [(algorithm, tcga_config(algorithm, seed=seed, **changes)) for algorithm in algorithms for seed in seeds]
+    with spread([config for _, config in runs], results_cache) as done:
+        frames += [federated_scores(config, method=algorithm, results_cache=done.cache) for algorithm, config in runs]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -246,14 +246,16 @@ def region_dropout(algorithm: str, seeds: Sequence[int], *, results_cache=None, 
     """fedlab's own question: what each region's absence costs. For every region left out of training
     (``exclude_clients``) and for none, the final model's C-index on every region's test set: method
     ``"without <region>"`` or ``"all regions"``, seed, site, c_index."""
-    frames = []
+    runs = []
     for left_out in (None, *range(len(TCGA_BRCA_REGIONS))):
         label = "all regions" if left_out is None else f"without {TCGA_BRCA_REGIONS[left_out]}"
         for seed in seeds:
             config = tcga_config(algorithm, seed=seed, **changes)
             if left_out is not None:
                 config = config.replace(exclude_clients=(left_out,), clients_per_round=len(TCGA_BRCA_REGIONS) - 1)
-            frames.append(federated_scores(config, method=label, results_cache=results_cache))
+            runs.append((label, config))
+    with spread([config for _, config in runs], results_cache) as done:
+        frames = [federated_scores(config, method=label, results_cache=done.cache) for label, config in runs]
     return pd.concat(frames, ignore_index=True)
 
 
