@@ -4,13 +4,16 @@ and each run inside a cell split by phase (:mod:`fedlab.core.profiling`).
     python benchmarks/figures_profile.py [--fast] [--only 01 02] [--out results/benchmarks/figures_profile.csv]
                                          [--scratch build/profile]
 
-The notebooks write their figures, tables and cache into SCRATCH (emptied first: every run is trained, none read
-back), never into figures/ or results/. One CSV row per notebook cell that took at least a second, then one row per
-notebook (``cell`` = "all"): the cell's wall seconds (papermill's), its first line of code, the runs it started
-(trained and read from the cache), their rounds, the seconds of those runs in each phase (``cache``, ``data``,
-``build``, ``inputs``, ``round``, ``evaluate``, ``bookkeeping``, and ``other``: the round loop's own Python), and
-``outside_runs``: the cell's seconds outside any run (plots, tables, statistics, a study's own work). A notebook's
-row adds ``kernel``: its wall time outside its cells (kernel start, papermill). Prints the notebook totals.
+The notebooks write their figures, tables and cache into SCRATCH, emptied first (every run is trained: none is in
+the cache at the start), never into figures/ or results/. One CSV row per notebook cell that took at least a
+second, then one row per notebook (``cell`` = "all"): the cell's wall seconds (papermill's), its first line of
+code, the runs it trained and those it read from the cache (a run a sweep's worker process trained and this
+process then read back counts once, as trained), their rounds, ``in_runs``: the seconds this process spent inside
+runs, ``in_workers``: the seconds runs took in a sweep's worker processes (side by side: they add up to more than
+the wall time), the seconds of all those runs in each phase (``cache``, ``data``, ``build``, ``inputs``,
+``round``, ``evaluate``, ``bookkeeping``, ``other``), and ``outside_runs``: the cell's seconds outside any run in
+this process (plots, tables, statistics, a study's own work, waiting for worker processes). A notebook's row adds
+``kernel``: its wall time outside its cells (kernel start, papermill). Prints the notebook totals.
 """
 
 from __future__ import annotations
@@ -37,20 +40,26 @@ SECONDS = (*PHASES, "other")
 def cell_rows(executed: pathlib.Path, runs: pd.DataFrame) -> list[dict]:
     """One row per code cell of an executed notebook, with the phases of the runs it started."""
     nb = json.loads(executed.read_text())
+    if len(runs):
+        trained_in_workers = set(runs.loc[runs["worker"] & ~runs["from_cache"], "key"])
+        runs = runs[~(runs["from_cache"] & ~runs["worker"] & runs["key"].isin(trained_in_workers))]  # read back
     rows = []
     for cell in nb["cells"]:
         if cell["cell_type"] != "code" or cell.get("execution_count") is None:
             continue
         count = cell["execution_count"]
-        mine = runs[runs["cell"] == count] if len(runs) else runs
+        mine = runs[runs["cell"] == count] if len(runs) else pd.DataFrame(columns=["from_cache", "worker", "wall",
+                                                                                   "rounds", *SECONDS])
         source = "".join(cell["source"]).strip().splitlines()
+        here = mine[~mine["worker"].astype(bool)]
         row = {"cell": count, "step": (source[0] if source else "")[:80],
                "seconds": float(cell["metadata"]["papermill"]["duration"] or 0.0),
-               "runs_trained": int((~mine["from_cache"]).sum()) if len(mine) else 0,
-               "runs_cached": int(mine["from_cache"].sum()) if len(mine) else 0,
-               "rounds_trained": int(mine.loc[~mine["from_cache"], "rounds"].sum()) if len(mine) else 0,
-               "in_runs": float(mine["wall"].sum()) if len(mine) else 0.0}
-        row.update({s: float(mine[s].sum()) if len(mine) else 0.0 for s in SECONDS})
+               "runs_trained": int((~mine["from_cache"].astype(bool)).sum()),
+               "runs_cached": int(mine["from_cache"].astype(bool).sum()),
+               "rounds_trained": int(mine.loc[~mine["from_cache"].astype(bool), "rounds"].sum()),
+               "in_runs": float(here["wall"].sum()),
+               "in_workers": float(mine.loc[mine["worker"].astype(bool), "wall"].sum())}
+        row.update({s: float(mine[s].sum()) for s in SECONDS})
         row["outside_runs"] = row["seconds"] - row["in_runs"]
         rows.append(row)
     return rows
@@ -79,8 +88,10 @@ def main(argv=None) -> int:
                                 cache_dir=scratch / "cache")
         wall = time.perf_counter() - t0
         runs = pd.read_json(log, lines=True) if log.exists() and log.stat().st_size else pd.DataFrame()
-        if len(runs):  # a run that raised wrote its line without from_cache
+        if len(runs):  # a run that raised wrote its line without from_cache (or key)
             runs["from_cache"] = runs.get("from_cache", pd.Series(False, index=runs.index)).fillna(False).astype(bool)
+            runs["worker"] = runs["worker"].astype(bool)
+            runs["key"] = runs.get("key", pd.Series("", index=runs.index)).fillna("")
         cells = pd.DataFrame(cell_rows(executed, runs))
         total = {"cell": "all", "step": "(the whole notebook)", "seconds": wall,
                  **{c: cells[c].sum() for c in cells.columns if c not in ("cell", "step", "seconds")},
@@ -101,8 +112,8 @@ def main(argv=None) -> int:
     table.to_csv(partial, index=False)
     partial.replace(args.out)  # whole or not at all
     totals = table[table["cell"] == "all"]
-    print(totals[["notebook", "seconds", "in_runs", "round", "evaluate", "build", "data", "inputs", "other",
-                  "outside_runs", "runs_trained"]].to_string(index=False))
+    print(totals[["notebook", "seconds", "in_runs", "in_workers", "round", "evaluate", "build", "data", "inputs",
+                  "other", "outside_runs", "runs_trained"]].to_string(index=False))
     print(f"all notebooks: {totals['seconds'].sum():.0f} s; written {args.out}")
     return 0
 

@@ -23,11 +23,19 @@ def weights(history):
 
 
 @pytest.mark.slow
-def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_path):
+def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_path, monkeypatch):
+    import json
+
     configs = fl.grid(BASE, seed=[0, 1], client_lr=[0.05, 0.2])
     alone = [fl.run_experiment(c, progress=False) for c in configs]
+    monkeypatch.setenv("FEDLAB_PROFILE", str(tmp_path / "profile.jsonl"))
     spread = pool.run_all(configs, results_cache=tmp_path / "cache", processes=2, progress=False)
     assert len(list((tmp_path / "cache").iterdir())) == 4  # each trained once, in a worker process
+    lines = [json.loads(line) for line in (tmp_path / "profile.jsonl").read_text().splitlines()]
+    trained = {line["key"] for line in lines if line["worker"] and not line["from_cache"]}
+    read_back = {line["key"] for line in lines if not line["worker"] and line["from_cache"]}
+    assert len(lines) == 8 and len(trained) == 4 and trained == read_back  # the profile tells the two apart
+    monkeypatch.delenv("FEDLAB_PROFILE")
     for one, other in zip(alone, spread):
         assert not other.attrs["from_cache"]  # trained by this call
         assert one[METRICS].equals(other[METRICS])
@@ -103,9 +111,80 @@ def test_an_error_in_a_worker_process_is_raised_here_and_its_warnings_too(tmp_pa
 def test_a_sweep_whose_runs_make_no_progress_stops_and_says_which(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDLAB_WAIT_LIMIT_S", "1")  # a worker process takes longer than that to import TFF
     configs = [BASE.replace(seed=s) for s in range(3)]
-    with pytest.raises(pool.SweepStalled, match=r"^no run of the sweep finished a round within 1 s "
-                                                r"\(FEDLAB_WAIT_LIMIT_S\); going: .*; stopped the worker processes$"):
+    with pytest.raises(pool.SweepStalled, match=r"^no round finished within 1 s \(FEDLAB_WAIT_LIMIT_S\) in "
+                                                r".*; stopped the worker processes$"):
         with pool.spread(configs, tmp_path, processes=2):
             pass
-    assert pool._EXECUTOR is None
+    assert pool._SHARED is None
     assert not multiprocessing.active_children()  # its worker processes were stopped, not left running
+
+
+def test_a_worker_error_keeps_its_traceback_and_a_users_mistake_stays_one_line(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise KeyError("weights")
+
+    monkeypatch.setattr(pool, "run_experiment", broken)
+    error, _ = pool._train(BASE, str(tmp_path), None, None, str(tmp_path / "beat"))
+    assert isinstance(error, KeyError) and "in a sweep's worker process:" in error.__notes__[0]
+    assert "in broken" in error.__notes__[0] and "raise KeyError" in error.__notes__[0]
+
+    def mistake(*args, **kwargs):
+        raise ConfigError("batch_size", "must be below 5")
+
+    monkeypatch.setattr(pool, "run_experiment", mistake)
+    error, _ = pool._train(BASE, str(tmp_path), None, None, str(tmp_path / "beat"))
+    assert isinstance(error, ConfigError) and not getattr(error, "__notes__", None)
+
+    class Unpicklable(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+
+    copy = pool._picklable(Unpicklable(1, 2))
+    assert type(copy) is RuntimeError and str(copy) == "Unpicklable: 1 and 2"
+
+
+def test_warnings_of_a_worker_keep_their_category_place_and_module(monkeypatch, tmp_path):
+    import importlib
+    import sys
+
+    (tmp_path / "pool_test_library.py").write_text(
+        "import warnings\n\ndef remark():\n    warnings.warn(\"a library's remark\", UserWarning)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    library = importlib.import_module("pool_test_library")
+
+    def noisy_run(*args, **kwargs):
+        library.remark()
+        warnings.warn(SettingWarning("quantization_bits", "rounds to zero"))
+
+    monkeypatch.setattr(pool, "run_experiment", noisy_run)
+    error, caught = pool._train(BASE, str(tmp_path), None, None, str(tmp_path / "beat"))
+    sys.modules.pop("pool_test_library")
+    assert error is None
+    (text, category, filename, _, module), (setting, *_rest) = caught
+    assert (str(text), category, module) == ("a library's remark", UserWarning, "pool_test_library")
+    assert filename == library.__file__
+    assert isinstance(setting, SettingWarning) and setting.field == "quantization_bits"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=UserWarning, module="pool_test_library")  # a quiet filter
+        registry = {}
+        for message, category, filename, lineno, module in caught * 2:  # as the sweep's process raises them
+            warnings.warn_explicit(message, category, filename, lineno, module=module, registry=registry)
+    assert [type(w.message) for w in seen] == [SettingWarning]  # the filter applies; shown once per place
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_runs_its_sweep_once(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "sweep.py"
+    script.write_text("import fedlab as fl\nprint('top level ran', flush=True)\n"
+                      "base = fl.ExperimentConfig(dataset='digits', model='logreg', num_clients=6, clients_per_round=2,"
+                      " rounds=2)\n"
+                      "table = fl.run_sweep(fl.grid(base, seed=[0, 1]), processes=2, progress=False)\n"
+                      "print('rows', len(table), flush=True)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["top level ran", "rows 4"]

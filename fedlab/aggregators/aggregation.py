@@ -361,10 +361,13 @@ def robust_aggregator(name: str, clip_norm: float, inner, *, fraction: float = 0
 
 
 def builders_in_use(config) -> list[AggregatorBuilder]:
-    """The registered aggregator builders a config selects by name (its user-level DP mode and robust defence)."""
+    """The registered aggregator builders a config selects by name (its user-level DP mode, robust defence, secure
+    protocol, and the ``secure`` or ``compression`` encoding)."""
     chosen = [config.dp] if config.user_level_dp else []
     chosen += [config.robust] if config.robust != "none" else []
     chosen += [config.secure_protocol] if config.secure_aggregation and config.secure_protocol != "none" else []
+    chosen += ["secure"] if config.secure_aggregation and config.secure_protocol == "none" else []
+    chosen += ["compression"] if config.quantization_bits and not config.secure_aggregation else []
     return [AGGREGATORS[name] for name in chosen]
 
 

@@ -1,10 +1,11 @@
 """Where a run spends its time, by phase: what ``benchmarks/figures_profile.py`` adds up over ``make figures``.
 
 Off unless ``$FEDLAB_PROFILE`` names a file. Then every :func:`fedlab.run_experiment` in this process appends
-one JSON line to it when it ends: the notebook cell that started it (IPython's execution count, else None), a
-few config fields, whether it came from the results cache, its wall time, and the seconds spent in each of
-:data:`PHASES` (what is left of the wall time is ``other``: the round loop's own Python). Off, :func:`phase`
-costs one context-variable lookup.
+one JSON line to it when it ends: the notebook cell that started it (IPython's execution count, else None),
+whether a sweep's worker process ran it, a few config fields, its result-cache key and whether it came from the
+cache, its wall time, and the seconds spent in each of :data:`PHASES`; ``other`` is the rest of its wall time
+(the privacy accounting, a checkpoint read, stopping TFF's worker after a DP run, the round loop's own Python).
+Off, :func:`phase` costs one context-variable lookup.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RunTimer:
 
 
 _cell: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("fedlab_profile_cell", default=None)
+_in_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("fedlab_profile_worker", default=False)
 
 
 def current_cell() -> Optional[int]:
@@ -65,13 +67,14 @@ def current_cell() -> Optional[int]:
 
 
 @contextlib.contextmanager
-def in_cell(cell: Optional[int]) -> Iterator[None]:
-    """Runs in the block count as started by notebook cell ``cell``."""
-    token = _cell.set(cell)
+def in_cell(cell: Optional[int], *, worker: bool = False) -> Iterator[None]:
+    """Runs in the block count as started by notebook cell ``cell`` (``worker``: in a sweep's worker process)."""
+    token, worker_token = _cell.set(cell), _in_worker.set(worker)
     try:
         yield
     finally:
         _cell.reset(token)
+        _in_worker.reset(worker_token)
 
 
 @contextlib.contextmanager
@@ -92,7 +95,7 @@ def run(**fields) -> Iterator[Optional[RunTimer]]:
     finally:
         _current.reset(token)
         wall = time.perf_counter() - timer.start
-        line = {"cell": cell, **timer.fields, "wall": wall, **timer.seconds,
+        line = {"cell": cell, "worker": _in_worker.get(), **timer.fields, "wall": wall, **timer.seconds,
                 "other": wall - sum(timer.seconds.values())}
         with open(path, "a", encoding="utf-8") as f:  # one short line, appended in one write
             f.write(json.dumps(line, default=str) + "\n")
@@ -107,3 +110,10 @@ def phase(name: str) -> Iterator[None]:
         return
     with timer.phase(name):
         yield
+
+
+def note(**fields) -> None:
+    """Adds ``fields`` to the line of the run being timed, if any."""
+    timer = _current.get()
+    if timer is not None:
+        timer.fields.update(fields)

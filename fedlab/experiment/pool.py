@@ -10,13 +10,15 @@ process would have stored (``tests/test_pool.py`` checks the weights are bit-ide
 Runs stay in this process when they could not run elsewhere or when spreading them gains nothing: a component
 registered after fedlab was imported (a notebook's own data set or algorithm: a worker process does not have
 it), ``workers=...`` (the TFF workers serve one driver), an encryption key that is not in a file, fewer than
-two runs to train, or one process allowed (``processes=1``, ``$FEDLAB_SWEEP_PROCESSES=1``).
+two runs to train, or one process allowed (``processes=1``, ``$FEDLAB_SWEEP_PROCESSES=1``). A worker process
+does not import the program's ``__main__`` (a script without an ``if __name__ == "__main__"`` guard is safe).
 
 The worker processes live as long as this one and are reused by the next sweep (their TFF processes stay built);
-they are started again when the environment changes. Nothing waits forever: when no run makes a round's
-progress for :func:`fedlab.core.runtime.wait_limit` seconds, the sweep stops, says which runs were going, and
-stops the worker processes. A run that fails in a worker process raises its error here; fedlab's own
-warnings raised there are raised again here.
+they are started again when the environment changes. Nothing waits forever: when a run finishes no round for
+:func:`fedlab.core.runtime.wait_limit` seconds, or no run starts or finishes for as long, the sweep stops, says
+which runs were going, and stops its worker processes. A run that fails in a worker process raises its error
+here (with the worker's traceback as a note, unless it is a :class:`ConfigError`); the warnings raised there are
+raised again here, once per message and place as Python's default shows them.
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.context
+from multiprocessing import popen_spawn_posix
 import os
 import pathlib
 import pickle
+import sys
 import tempfile
 import threading
 import time
+import traceback
+import types
 import warnings
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -42,7 +49,7 @@ from ..core import encryption, profiling
 from ..core.registry import Entry
 from ..core.runtime import wait_limit
 from ..core.storage import ResultCache, cache_key
-from ..core.validation import FedlabWarning
+from ..core.validation import ConfigError
 from ..data.data import DATASETS
 from ..data.partition import PARTITIONERS
 from ..data.tasks import LOSSES, METRICS, TASKS
@@ -122,8 +129,8 @@ def run_all(configs: Sequence[ExperimentConfig], *, results_cache=None, progress
         histories = []
         for i, config in enumerate(configs):
             history = run_experiment(config, results_cache=done.cache, progress=False, tensorboard_dir=tensorboard_dir)
-            if i in done.trained:
-                history.attrs["from_cache"] = False  # trained by this call, in a worker process
+            if i in done.trained or results_cache is None:
+                history.attrs["from_cache"] = False  # trained by this call (in a worker process, or a config twice)
             else:
                 bar.update(1)
             histories.append(history)
@@ -161,7 +168,7 @@ def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes
             bar = stack.enter_context(tqdm(total=len(todo), desc="runs side by side", unit="run",
                                            disable=not progress))
             on_done = lambda i: bar.update(1)  # noqa: E731
-        _train_all(configs, todo, cache, min(processes, len(todo)), on_done)
+        _train_all(configs, todo, cache, processes, on_done)
         yield Spread(cache, frozenset(todo))
 
 
@@ -183,90 +190,165 @@ def spreadable(configs: Sequence[ExperimentConfig], cache_dir) -> list[int]:
 
 def _train_all(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: str, processes: int,
                on_done: Callable[[int], None]) -> None:
+    _load_data_here(configs[i] for i in todo)
     key = encryption.current()
-    key_file = str(key.path) if key is not None else None
+    key_file = str(pathlib.Path(key.path).resolve()) if key is not None else None
     cell = profiling.current_cell()
-    with tempfile.TemporaryDirectory(prefix="fedlab-sweep-") as beats:
-        executor = _executor(processes)
-        futures = {executor.submit(_train, configs[i], str(pathlib.Path(cache_dir).resolve()), key_file, cell,
-                                   os.path.join(beats, str(i))): i for i in todo}
+    cache_dir = str(pathlib.Path(cache_dir).resolve())
+    with tempfile.TemporaryDirectory(prefix="fedlab-sweep-") as beats, _executor(processes) as executor:
+        futures = {}
         try:
+            for i in todo:
+                futures[executor.submit(_train, configs[i], cache_dir, key_file, cell,
+                                        os.path.join(beats, str(i)))] = i
             _collect(futures, configs, beats, on_done)
         except BaseException:
             for future in futures:
                 future.cancel()
             if not all(f.done() for f in futures):
-                _stop_executor()
+                executor.stop()  # runs still going: abandoned, their half-written cache folders removed
+                _remove_partial(cache_dir, [configs[futures[f]] for f in futures if not f.done()])
             raise
 
 
+def _load_data_here(configs) -> None:
+    """Each data set once in this process before the workers start: a missing file is downloaded once (the
+    workers would race), and a data set that cannot be had says so here, in one line."""
+    from .clients import dataset_for
+
+    seen = set()
+    for config in configs:
+        if config.dataset not in seen:
+            seen.add(config.dataset)
+            dataset_for(config)
+
+
+def _remove_partial(cache_dir: str, configs) -> None:
+    """The temporary folders a killed run's cache entry was being written in (``storage.write_folder``)."""
+    import shutil
+
+    for config in configs:
+        for partial in pathlib.Path(cache_dir).glob(f".{cache_key(config, component_digests(config))}.*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def _collect(futures: dict, configs, beats: str, on_done) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
     pending = set(futures)
-    last = time.monotonic()
     limit = wait_limit()
+    last = time.monotonic()  # when a run last started or finished
     while pending:
-        done, pending = concurrent.futures.wait(pending, timeout=min(limit, 5.0),
+        done, pending = concurrent.futures.wait(pending, timeout=min(limit, 2.0),
                                                 return_when=concurrent.futures.FIRST_COMPLETED)
         for future in done:
             i = futures[future]
-            error, caught = future.result()
-            for warning in caught:
-                warnings.warn(warning)
+            try:
+                error, caught = future.result()
+            except BrokenProcessPool:
+                going = sorted(futures[f] for f in pending | {future} if _beat_age(beats, futures[f]) is not None)
+                raise RuntimeError(f"a worker process of the sweep ended abruptly (killed, out of memory, or it could "
+                                   f"not start: its standard error says why); going: {_runs(going, configs)}; the "
+                                   "runs not stored are trained again next time") from None
+            for message, category, filename, lineno, module in caught:
+                warnings.warn_explicit(message, category, filename, lineno, module=module, registry=_WARNED)
             if error is not None:
                 raise error
-            if on_done is not None:
-                on_done(i)
-        beat = max([last] + [_mtime(os.path.join(beats, str(futures[f]))) for f in pending])
-        if done:
+            on_done(i)
             last = time.monotonic()
-        elif time.monotonic() - max(last, beat) > limit:
-            going = sorted(futures[f] for f in pending if os.path.exists(os.path.join(beats, str(futures[f]))))
-            raise SweepStalled(
-                f"no run of the sweep finished a round within {limit:g} s (FEDLAB_WAIT_LIMIT_S); going: "
-                + ("; ".join(f"run {i + 1} of {len(configs)} ({configs[i].algorithm}, seed {configs[i].seed})"
-                             for i in going) or "none yet (the worker processes were starting)")
-                + "; stopped the worker processes")
+        ages = {futures[f]: _beat_age(beats, futures[f]) for f in pending}
+        started = {i: age for i, age in ages.items() if age is not None}
+        last = max([last] + [time.monotonic() - age for age in started.values()])
+        stuck = sorted(i for i, age in started.items() if age > limit)
+        if stuck or (pending and time.monotonic() - last > limit):
+            raise SweepStalled(f"no round finished within {limit:g} s (FEDLAB_WAIT_LIMIT_S) in "
+                               + (_runs(stuck, configs) if stuck else "the sweep (no run started: the worker "
+                                  "processes were starting)") + "; stopped the worker processes")
 
 
-def _mtime(path: str) -> float:
-    """When the run writing heartbeats to ``path`` last finished a round, on this process's monotonic clock."""
+def _runs(indices, configs) -> str:
+    return "; ".join(f"run {i + 1} of {len(configs)} ({configs[i].algorithm}, seed {configs[i].seed})"
+                     for i in indices) or "none"
+
+
+def _beat_age(beats: str, i: int) -> Optional[float]:
+    """Seconds since run ``i`` last finished a round (or started), None if it has not started."""
     try:
-        return time.monotonic() - (time.time() - os.stat(path).st_mtime)
+        return max(0.0, time.time() - os.stat(os.path.join(beats, str(i))).st_mtime)
     except OSError:
-        return float("-inf")
+        return None
+
+
+_WARNED: dict = {}  # warnings raised again here: once per message, category and place, as Python's "default"
 
 
 # The worker processes, kept for the next sweep while the environment is the same ------------------------------
 
+# Variables that change without changing what a run does (pytest names the running test in one)
+VOLATILE = frozenset({"PYTEST_CURRENT_TEST"})
+
+
+class _Executor:
+    """A process pool in use by one sweep; the shared one stays for the next sweep, a private one (made when
+    another thread's sweep holds the shared one with other settings) is shut down at the end."""
+
+    def __init__(self, pool: concurrent.futures.ProcessPoolExecutor, shared: bool) -> None:
+        self.pool, self.shared = pool, shared
+
+    def submit(self, *args):
+        return self.pool.submit(*args)
+
+    def stop(self) -> None:
+        """Stops the worker processes now (a stalled or interrupted sweep)."""
+        global _SHARED, _SHARED_KEY
+        with _LOCK:
+            if self.shared and _SHARED is self.pool:
+                _SHARED, _SHARED_KEY = None, None
+        _kill(self.pool)
+
+    def __enter__(self) -> "_Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _USERS
+        with _LOCK:
+            if self.shared:
+                _USERS -= 1
+        if not self.shared:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 _LOCK = threading.Lock()
-_EXECUTOR: Optional[concurrent.futures.ProcessPoolExecutor] = None
-_EXECUTOR_KEY: Optional[tuple] = None
+_SHARED: Optional[concurrent.futures.ProcessPoolExecutor] = None
+_SHARED_KEY: Optional[tuple] = None
+_USERS = 0  # sweeps using the shared pool now
 
 
-def _executor(processes: int) -> concurrent.futures.ProcessPoolExecutor:
-    global _EXECUTOR, _EXECUTOR_KEY
-    key = (processes, tuple(sorted(os.environ.items())))
+def _executor(processes: int) -> _Executor:
+    global _SHARED, _SHARED_KEY, _USERS
+    key = (processes, tuple(sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)))
     with _LOCK:
-        broken = _EXECUTOR is not None and getattr(_EXECUTOR, "_broken", False)
-        if _EXECUTOR is None or _EXECUTOR_KEY != key or broken:
-            old, _EXECUTOR = _EXECUTOR, None
-            if old is not None:
-                old.shutdown(wait=False, cancel_futures=True)
-            _EXECUTOR = concurrent.futures.ProcessPoolExecutor(
-                processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
-            _EXECUTOR_KEY = key
-        return _EXECUTOR
+        usable = _SHARED is not None and not getattr(_SHARED, "_broken", False)
+        if usable and _SHARED_KEY == key:
+            _USERS += 1
+            return _Executor(_SHARED, True)
+        if _USERS and usable:  # another thread's sweep uses the shared pool: this one gets its own
+            return _Executor(_new_pool(processes), False)
+        old, _SHARED, _SHARED_KEY = _SHARED, _new_pool(processes), key
+        _USERS += 1
+        shared = _Executor(_SHARED, True)
+    if old is not None:
+        old.shutdown(wait=False, cancel_futures=True)
+    return shared
 
 
-def _stop_executor() -> None:
-    """Stops the worker processes now (a stalled or interrupted sweep): their runs are abandoned."""
-    global _EXECUTOR, _EXECUTOR_KEY
-    with _LOCK:
-        executor, _EXECUTOR, _EXECUTOR_KEY = _EXECUTOR, None, None
-    if executor is None:
-        return
-    processes = list(getattr(executor, "_processes", {}).values())  # CPython's; no public way to stop a busy pool
-    executor.shutdown(wait=False, cancel_futures=True)
+def _new_pool(processes: int) -> concurrent.futures.ProcessPoolExecutor:
+    return concurrent.futures.ProcessPoolExecutor(processes, mp_context=_WITHOUT_MAIN, initializer=_start_worker)
+
+
+def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's; no public way to stop a busy pool
+    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.kill()
     for process in processes:
@@ -275,11 +357,37 @@ def _stop_executor() -> None:
 
 def shutdown() -> None:
     """Stops the worker processes (they stop by themselves when this process ends)."""
-    global _EXECUTOR, _EXECUTOR_KEY
+    global _SHARED, _SHARED_KEY
     with _LOCK:
-        executor, _EXECUTOR, _EXECUTOR_KEY = _EXECUTOR, None, None
-    if executor is not None:
-        executor.shutdown(wait=True, cancel_futures=True)
+        pool, _SHARED, _SHARED_KEY = _SHARED, None, None
+    if pool is not None:
+        _kill(pool)
+
+
+class _PopenWithoutMain(popen_spawn_posix.Popen):
+    """Spawns a worker process that does not import this program's ``__main__``: what it runs is fedlab's, and a
+    script without an ``if __name__ == "__main__"`` guard would otherwise run again in every worker."""
+
+    def _launch(self, process_obj):
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")  # multiprocessing reads it while it pickles
+        try:
+            super()._launch(process_obj)
+        finally:
+            sys.modules["__main__"] = main
+
+
+class _ProcessWithoutMain(multiprocessing.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        return _PopenWithoutMain(process_obj)
+
+
+class _SpawnWithoutMain(multiprocessing.context.SpawnContext):
+    Process = _ProcessWithoutMain
+
+
+_WITHOUT_MAIN = _SpawnWithoutMain()
 
 
 # In a worker process ------------------------------------------------------------------------------------------
@@ -296,13 +404,11 @@ def _start_worker() -> None:
         os._exit(1)
 
     threading.Thread(target=orphaned, daemon=True, name="fedlab-sweep-orphaned").start()
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow")
     tff()
 
 
 def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], cell: Optional[int], beat: str):
-    """Runs ``config`` into the cache; returns (the error or None, fedlab's warnings), both picklable."""
+    """Runs ``config`` into the cache; returns (the error or None, the warnings raised), both picklable."""
     encryption.use_encryption(key_file)
     pathlib.Path(beat).touch()
 
@@ -311,22 +417,41 @@ def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], ce
 
     error = None
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FedlabWarning)
+        warnings.simplefilter("always")
         try:
-            with profiling.in_cell(cell):
+            with profiling.in_cell(cell, worker=True):
                 run_experiment(config, results_cache=cache_dir, progress=False, callback=heartbeat)
         except Exception as err:  # raised again in the sweep's process
-            error = err
-    mine = [w.message for w in caught if isinstance(w.message, FedlabWarning)]
-    return _picklable(error), [w for w in mine if _picklable(w) is w]
+            if not isinstance(err, ConfigError):  # a user's mistake says so in one line; anything else, where
+                err.add_note("in a sweep's worker process:\n" + traceback.format_exc().rstrip())
+            error = _picklable(err)
+    seen = []
+    for w in caught:
+        message = w.message if _picklable(w.message) is w.message else str(w.message)
+        if _picklable(w.category) is w.category:
+            seen.append((message, w.category, w.filename, w.lineno, _module_of(w.filename)))
+    return error, seen
+
+
+def _module_of(filename: str) -> Optional[str]:
+    """The name of the loaded module whose file is ``filename`` (what warning filters match), None if none is."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return None
 
 
 def _picklable(value):
-    """``value`` if it survives pickling, else a RuntimeError with its type and message."""
+    """``value`` if it survives pickling, else a RuntimeError with its type, message and notes."""
     if value is None:
         return None
     try:
         pickle.loads(pickle.dumps(value))
         return value
     except Exception:
-        return RuntimeError(f"{type(value).__name__}: {value}")
+        if not isinstance(value, BaseException):
+            return None
+        copy = RuntimeError(f"{type(value).__name__}: {value}")
+        for note in getattr(value, "__notes__", ()):
+            copy.add_note(note)
+        return copy

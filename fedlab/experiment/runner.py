@@ -123,6 +123,7 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
     cache = ResultCache(results_cache) if results_cache is not None else None
     checkpoint = Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
     key = cache_key(config, component_digests(config) + ([federation.key] if federation is not None else []))
+    profiling.note(key=key)
     board = TensorBoardLog(tensorboard_dir, config, key) if tensorboard_dir is not None else None
     if cache is not None:
         with profiling.phase("cache"):
