@@ -40,9 +40,11 @@ SECONDS = (*PHASES, "other")
 def cell_rows(executed: pathlib.Path, runs: pd.DataFrame) -> list[dict]:
     """One row per code cell of an executed notebook, with the phases of the runs it started."""
     nb = json.loads(executed.read_text())
-    if len(runs):
-        trained_in_workers = set(runs.loc[runs["worker"] & ~runs["from_cache"], "key"])
-        runs = runs[~(runs["from_cache"] & ~runs["worker"] & runs["key"].isin(trained_in_workers))]  # read back
+    if len(runs):  # a run a worker trained for a cell, then read back by the cell: counted once, as trained
+        trained = set(zip(*runs.loc[runs["worker"] & ~runs["from_cache"], ["cell", "key"]].to_numpy().T)) \
+            if (runs["worker"] & ~runs["from_cache"]).any() else set()
+        read_back = [(c, k) in trained for c, k in zip(runs["cell"], runs["key"])]
+        runs = runs[~(runs["from_cache"] & ~runs["worker"] & pd.Series(read_back, index=runs.index))]
     rows = []
     for cell in nb["cells"]:
         if cell["cell_type"] != "code" or cell.get("execution_count") is None:

@@ -109,6 +109,7 @@ def test_an_error_in_a_worker_process_is_raised_here_and_its_warnings_too(tmp_pa
 
 @pytest.mark.slow
 def test_a_sweep_whose_runs_make_no_progress_stops_and_says_which(tmp_path, monkeypatch):
+    pool.shutdown()  # no idle worker processes left by earlier tests
     monkeypatch.setenv("FEDLAB_WAIT_LIMIT_S", "1")  # a worker process takes longer than that to import TFF
     configs = [BASE.replace(seed=s) for s in range(3)]
     with pytest.raises(pool.SweepStalled, match=r"^no round finished within 1 s \(FEDLAB_WAIT_LIMIT_S\) in "
@@ -188,3 +189,40 @@ def test_a_script_without_a_main_guard_runs_its_sweep_once(tmp_path):
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["top level ran", "rows 4"]
+
+
+@pytest.mark.slow
+def test_a_worker_process_killed_mid_sweep_is_named_and_the_next_sweep_starts_new_ones(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import tempfile
+
+    pool.shutdown()  # no idle worker processes left by earlier tests
+    configs = [BASE.replace(seed=s, rounds=40) for s in range(4)]
+    outcome = {}
+    beats = tmp_path / "tmp"
+    beats.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(beats))  # where the sweep keeps its heartbeat files
+
+    def sweep():
+        try:
+            pool.run_all(configs, results_cache=tmp_path, processes=2, progress=False)
+        except Exception as err:  # noqa: BLE001 - what the test looks at
+            outcome["error"] = err
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not list(beats.glob("fedlab-sweep-*/*")):  # a run has started
+        assert time.monotonic() < deadline and thread.is_alive(), "no run started"
+        time.sleep(0.05)
+    multiprocessing.active_children()[0].kill()  # out of memory, say
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    message = str(outcome.get("error", ""))
+    assert message.startswith("a worker process of the sweep ended abruptly (killed, out of memory, or it could not "
+                              "start: its standard error says why); going: run "), message
+    assert not list(tmp_path.glob(".*"))  # no half-written cache entry left
+    histories = pool.run_all(configs, results_cache=tmp_path, processes=2, progress=False)
+    assert [h["round"].max() for h in histories] == [40] * 4

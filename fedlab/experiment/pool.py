@@ -129,10 +129,10 @@ def run_all(configs: Sequence[ExperimentConfig], *, results_cache=None, progress
         histories = []
         for i, config in enumerate(configs):
             history = run_experiment(config, results_cache=done.cache, progress=False, tensorboard_dir=tensorboard_dir)
+            if i not in done.trained:
+                bar.update(1)  # the spread ones were counted as they were stored
             if i in done.trained or results_cache is None:
                 history.attrs["from_cache"] = False  # trained by this call (in a worker process, or a config twice)
-            else:
-                bar.update(1)
             histories.append(history)
         return histories
 
@@ -195,19 +195,27 @@ def _train_all(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: 
     key_file = str(pathlib.Path(key.path).resolve()) if key is not None else None
     cell = profiling.current_cell()
     cache_dir = str(pathlib.Path(cache_dir).resolve())
+    from concurrent.futures.process import BrokenProcessPool
+
     with tempfile.TemporaryDirectory(prefix="fedlab-sweep-") as beats, _executor(processes) as executor:
-        futures = {}
+        futures, stored = {}, set()
         try:
             for i in todo:
                 futures[executor.submit(_train, configs[i], cache_dir, key_file, cell,
                                         os.path.join(beats, str(i)))] = i
-            _collect(futures, configs, beats, on_done)
+            _collect(futures, configs, beats, lambda i: (stored.add(i), on_done(i)))
+        except BrokenProcessPool:
+            going = [i for i in todo if i not in stored and _beat_age(beats, i) is not None]
+            _remove_partial(cache_dir, [configs[i] for i in todo if i not in stored])
+            raise RuntimeError(f"a worker process of the sweep ended abruptly (killed, out of memory, or it could not "
+                               f"start: its standard error says why); going: {_runs(going, configs)}; the runs not "
+                               "stored are trained again next time") from None
         except BaseException:
             for future in futures:
                 future.cancel()
             if not all(f.done() for f in futures):
-                executor.stop()  # runs still going: abandoned, their half-written cache folders removed
-                _remove_partial(cache_dir, [configs[futures[f]] for f in futures if not f.done()])
+                executor.stop()  # runs still going: abandoned
+            _remove_partial(cache_dir, [configs[i] for i in todo if i not in stored])  # their half-written entries
             raise
 
 
@@ -233,8 +241,6 @@ def _remove_partial(cache_dir: str, configs) -> None:
 
 
 def _collect(futures: dict, configs, beats: str, on_done) -> None:
-    from concurrent.futures.process import BrokenProcessPool
-
     pending = set(futures)
     limit = wait_limit()
     last = time.monotonic()  # when a run last started or finished
@@ -243,15 +249,10 @@ def _collect(futures: dict, configs, beats: str, on_done) -> None:
                                                 return_when=concurrent.futures.FIRST_COMPLETED)
         for future in done:
             i = futures[future]
-            try:
-                error, caught = future.result()
-            except BrokenProcessPool:
-                going = sorted(futures[f] for f in pending | {future} if _beat_age(beats, futures[f]) is not None)
-                raise RuntimeError(f"a worker process of the sweep ended abruptly (killed, out of memory, or it could "
-                                   f"not start: its standard error says why); going: {_runs(going, configs)}; the "
-                                   "runs not stored are trained again next time") from None
+            error, caught = future.result()  # BrokenProcessPool: said by _train_all
             for message, category, filename, lineno, module in caught:
-                warnings.warn_explicit(message, category, filename, lineno, module=module, registry=_WARNED)
+                warnings.warn_explicit(message, category, filename, lineno, module=module,
+                                       registry=_WARNED.setdefault(module or filename, {}))
             if error is not None:
                 raise error
             on_done(i)
@@ -279,7 +280,7 @@ def _beat_age(beats: str, i: int) -> Optional[float]:
         return None
 
 
-_WARNED: dict = {}  # warnings raised again here: once per message, category and place, as Python's "default"
+_WARNED: dict = {}  # per module, the warnings raised again here: once per message and place, as Python's "default"
 
 
 # The worker processes, kept for the next sweep while the environment is the same ------------------------------
@@ -289,8 +290,8 @@ VOLATILE = frozenset({"PYTEST_CURRENT_TEST"})
 
 
 class _Executor:
-    """A process pool in use by one sweep; the shared one stays for the next sweep, a private one (made when
-    another thread's sweep holds the shared one with other settings) is shut down at the end."""
+    """A process pool in use by one sweep; the shared one stays for the next sweep, a private one (made while
+    another thread's sweep uses the shared one) is shut down at the end."""
 
     def __init__(self, pool: concurrent.futures.ProcessPoolExecutor, shared: bool) -> None:
         self.pool, self.shared = pool, shared
@@ -329,11 +330,11 @@ def _executor(processes: int) -> _Executor:
     key = (processes, tuple(sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)))
     with _LOCK:
         usable = _SHARED is not None and not getattr(_SHARED, "_broken", False)
+        if usable and _USERS:  # another thread's sweep uses the shared pool: this one gets its own, so that
+            return _Executor(_new_pool(processes), False)  # stopping one never stops the other's runs
         if usable and _SHARED_KEY == key:
             _USERS += 1
             return _Executor(_SHARED, True)
-        if _USERS and usable:  # another thread's sweep uses the shared pool: this one gets its own
-            return _Executor(_new_pool(processes), False)
         old, _SHARED, _SHARED_KEY = _SHARED, _new_pool(processes), key
         _USERS += 1
         shared = _Executor(_SHARED, True)
@@ -369,12 +370,16 @@ class _PopenWithoutMain(popen_spawn_posix.Popen):
     script without an ``if __name__ == "__main__"`` guard would otherwise run again in every worker."""
 
     def _launch(self, process_obj):
-        main = sys.modules["__main__"]
-        sys.modules["__main__"] = types.ModuleType("__main__")  # multiprocessing reads it while it pickles
-        try:
-            super()._launch(process_obj)
-        finally:
-            sys.modules["__main__"] = main
+        with _MAIN_SWAP:  # two threads starting workers must not keep each other's stand-in
+            main = sys.modules["__main__"]
+            sys.modules["__main__"] = types.ModuleType("__main__")  # multiprocessing reads it while it pickles
+            try:
+                super()._launch(process_obj)
+            finally:
+                sys.modules["__main__"] = main
+
+
+_MAIN_SWAP = threading.Lock()
 
 
 class _ProcessWithoutMain(multiprocessing.context.SpawnProcess):
