@@ -17,7 +17,7 @@ export FEDLAB_HEART_DISEASE_DIR ?= $(HEART_DIR)
 TCGA_BRCA_DIR ?= $(firstword $(wildcard $(CURDIR)/../shared/data/fed_tcga_brca) $(CURDIR)/data/fed_tcga_brca)
 export FEDLAB_TCGA_BRCA_DIR ?= $(TCGA_BRCA_DIR)
 
-.PHONY: env test browser soak figures check-figures lab bench clean
+.PHONY: env test browser soak figures check-figures profile-figures lab bench clean
 
 env: $(STAMP)
 
@@ -54,6 +54,11 @@ figures: env
 # with the committed one (exit 1 on any difference).
 check-figures: env
 	$(PY) -m fedlab reproduce --check
+
+# Where `make figures` spends its time, per notebook cell and phase (scratch folder, empty cache; figures/ untouched)
+# -> results/benchmarks/figures_profile.csv
+profile-figures: env
+	$(PY) benchmarks/figures_profile.py
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/

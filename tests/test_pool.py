@@ -41,6 +41,11 @@ def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_
         assert one[METRICS].equals(other[METRICS])
         for a, b in zip(weights(one), weights(other)):
             np.testing.assert_array_equal(a, b)  # bit for bit
+    import threading
+
+    # nothing of the pool outlives the sweep: no worker process, no thread (a later fork() would be unsafe)
+    assert not multiprocessing.active_children()
+    assert not [t.name for t in threading.enumerate() if "Executor" in type(t).__name__ or "Feeder" in t.name]
     again = pool.run_all(configs, results_cache=tmp_path / "cache", processes=2, progress=False)
     assert all(h.attrs["from_cache"] for h in again)
     # without a results cache the spread runs pass through a temporary one, removed after
@@ -109,14 +114,12 @@ def test_an_error_in_a_worker_process_is_raised_here_and_its_warnings_too(tmp_pa
 
 @pytest.mark.slow
 def test_a_sweep_whose_runs_make_no_progress_stops_and_says_which(tmp_path, monkeypatch):
-    pool.shutdown()  # no idle worker processes left by earlier tests
     monkeypatch.setenv("FEDLAB_WAIT_LIMIT_S", "1")  # a worker process takes longer than that to import TFF
     configs = [BASE.replace(seed=s) for s in range(3)]
     with pytest.raises(pool.SweepStalled, match=r"^no round finished within 1 s \(FEDLAB_WAIT_LIMIT_S\) in "
                                                 r".*; stopped the worker processes$"):
         with pool.spread(configs, tmp_path, processes=2):
             pass
-    assert pool._SHARED is None
     assert not multiprocessing.active_children()  # its worker processes were stopped, not left running
 
 
@@ -198,7 +201,6 @@ def test_a_worker_process_killed_mid_sweep_is_named_and_the_next_sweep_starts_ne
 
     import tempfile
 
-    pool.shutdown()  # no idle worker processes left by earlier tests
     configs = [BASE.replace(seed=s, rounds=40) for s in range(4)]
     outcome = {}
     beats = tmp_path / "tmp"

@@ -13,8 +13,8 @@ it), ``workers=...`` (the TFF workers serve one driver), an encryption key that 
 two runs to train, or one process allowed (``processes=1``, ``$FEDLAB_SWEEP_PROCESSES=1``). A worker process
 does not import the program's ``__main__`` (a script without an ``if __name__ == "__main__"`` guard is safe).
 
-The worker processes live as long as this one and are reused by the next sweep (their TFF processes stay built);
-they are started again when the environment changes. Nothing waits forever: when a run finishes no round for
+The worker processes live for one sweep (they start with its first run, about ten seconds, and build their TFF
+processes once for all the runs they train). Nothing waits forever: when a run finishes no round for
 :func:`fedlab.core.runtime.wait_limit` seconds, or no run starts or finishes for as long, the sweep stops, says
 which runs were going, and stops its worker processes. A run that fails in a worker process raises its error
 here (with the worker's traceback as a note, unless it is a :class:`ConfigError`); the warnings raised there are
@@ -283,86 +283,53 @@ def _beat_age(beats: str, i: int) -> Optional[float]:
 _WARNED: dict = {}  # per module, the warnings raised again here: once per message and place, as Python's "default"
 
 
-# The worker processes, kept for the next sweep while the environment is the same ------------------------------
-
-# Variables that change without changing what a run does (pytest names the running test in one)
-VOLATILE = frozenset({"PYTEST_CURRENT_TEST"})
+# The worker processes: started for one sweep and stopped at its end ----------------------------------------------
+# (a pool kept for the next sweep would keep its threads in this process, and a later fork() of a process with
+# Python threads running, such as subprocess's preexec_fn, can abort in the child)
 
 
 class _Executor:
-    """A process pool in use by one sweep; the shared one stays for the next sweep, a private one (made while
-    another thread's sweep uses the shared one) is shut down at the end."""
+    """The process pool of one sweep."""
 
-    def __init__(self, pool: concurrent.futures.ProcessPoolExecutor, shared: bool) -> None:
-        self.pool, self.shared = pool, shared
+    def __init__(self, processes: int) -> None:
+        self.pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=_WITHOUT_MAIN,
+                                                           initializer=_start_worker)
 
     def submit(self, *args):
         return self.pool.submit(*args)
 
     def stop(self) -> None:
-        """Stops the worker processes now (a stalled or interrupted sweep)."""
-        global _SHARED, _SHARED_KEY
-        with _LOCK:
-            if self.shared and _SHARED is self.pool:
-                _SHARED, _SHARED_KEY = None, None
-        _kill(self.pool)
+        """Stops the worker processes now (a stalled or interrupted sweep): their runs are abandoned."""
+        _close(self.pool, kill=True)
 
     def __enter__(self) -> "_Executor":
         return self
 
     def __exit__(self, *exc) -> None:
-        global _USERS
-        with _LOCK:
-            if self.shared:
-                _USERS -= 1
-        if not self.shared:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-_LOCK = threading.Lock()
-_SHARED: Optional[concurrent.futures.ProcessPoolExecutor] = None
-_SHARED_KEY: Optional[tuple] = None
-_USERS = 0  # sweeps using the shared pool now
+        _close(self.pool, kill=False)
 
 
 def _executor(processes: int) -> _Executor:
-    global _SHARED, _SHARED_KEY, _USERS
-    key = (processes, tuple(sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)))
-    with _LOCK:
-        usable = _SHARED is not None and not getattr(_SHARED, "_broken", False)
-        if usable and _USERS:  # another thread's sweep uses the shared pool: this one gets its own, so that
-            return _Executor(_new_pool(processes), False)  # stopping one never stops the other's runs
-        if usable and _SHARED_KEY == key:
-            _USERS += 1
-            return _Executor(_SHARED, True)
-        old, _SHARED, _SHARED_KEY = _SHARED, _new_pool(processes), key
-        _USERS += 1
-        shared = _Executor(_SHARED, True)
-    if old is not None:
-        old.shutdown(wait=False, cancel_futures=True)
-    return shared
+    return _Executor(processes)
 
 
-def _new_pool(processes: int) -> concurrent.futures.ProcessPoolExecutor:
-    return concurrent.futures.ProcessPoolExecutor(processes, mp_context=_WITHOUT_MAIN, initializer=_start_worker)
-
-
-def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's; no public way to stop a busy pool
+def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool) -> None:
+    """Shuts ``pool`` down (its idle workers exit; ``kill``: busy ones too) and waits, within the wait limit, for
+    its processes and its manager thread to end."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's: no public way to stop them
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
+    if kill:
+        for process in processes:
+            process.kill()
+    deadline = time.monotonic() + wait_limit()
     for process in processes:
-        process.kill()
-    for process in processes:
-        process.join(timeout=wait_limit())
-
-
-def shutdown() -> None:
-    """Stops the worker processes (they stop by themselves when this process ends)."""
-    global _SHARED, _SHARED_KEY
-    with _LOCK:
-        pool, _SHARED, _SHARED_KEY = _SHARED, None, None
-    if pool is not None:
-        _kill(pool)
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5.0)
+    if manager is not None:
+        manager.join(timeout=max(1.0, deadline - time.monotonic()))
 
 
 class _PopenWithoutMain(popen_spawn_posix.Popen):
