@@ -2,7 +2,7 @@
 and each run inside a cell split by phase (:mod:`fedlab.core.profiling`).
 
     python benchmarks/figures_profile.py [--fast] [--only 01 02] [--out results/benchmarks/figures_profile.csv]
-                                         [--scratch build/profile]
+                                         [--scratch build/profile] [--tabulate]
 
 The notebooks write their figures, tables and cache into SCRATCH, emptied first (every run is trained: none is in
 the cache at the start), never into figures/ or results/. One CSV row per notebook cell that took at least a
@@ -13,7 +13,9 @@ runs, ``in_workers``: the seconds runs took in a sweep's worker processes (side 
 the wall time), the seconds of all those runs in each phase (``cache``, ``data``, ``build``, ``inputs``,
 ``round``, ``evaluate``, ``bookkeeping``, ``other``), and ``outside_runs``: the cell's seconds outside any run in
 this process (plots, tables, statistics, a study's own work, waiting for worker processes). A notebook's row adds
-``kernel``: its wall time outside its cells (kernel start, papermill). Prints the notebook totals.
+``kernel``: its wall time outside its cells (kernel start, papermill), and ``complete``: whether every cell ran.
+``--tabulate`` runs nothing and tables what an earlier, or interrupted, profile left in SCRATCH (a notebook's
+seconds are then its cells' sum, ``kernel`` unknown). Prints the notebook totals.
 """
 
 from __future__ import annotations
@@ -67,44 +69,67 @@ def cell_rows(executed: pathlib.Path, runs: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def read_runs(log: pathlib.Path) -> pd.DataFrame:
+    """The run lines a notebook's runs wrote (columns a profile made before they existed filled in)."""
+    runs = pd.read_json(log, lines=True) if log.exists() and log.stat().st_size else pd.DataFrame()
+    if len(runs):  # a run that raised wrote its line without from_cache (or key)
+        for column, default in (("from_cache", False), ("worker", False), ("key", "")):
+            runs[column] = runs[column].fillna(default) if column in runs else default
+        runs["from_cache"] = runs["from_cache"].astype(bool)
+        runs["worker"] = runs["worker"].astype(bool)
+    return runs
+
+
+def notebook_frame(path: pathlib.Path, executed: pathlib.Path, log: pathlib.Path, wall) -> tuple:
+    """The rows of one notebook (its cells of a second or more, then its total) and the total alone. ``wall``:
+    the notebook's wall seconds (None when tabulating afterwards: the cells' sum, ``kernel`` unknown)."""
+    cells = pd.DataFrame(cell_rows(executed, read_runs(log)))
+    code = [c for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code"]
+    complete = all(c.get("execution_count") is not None and c["metadata"].get("papermill", {}).get("duration")
+                   is not None for c in code)
+    total = {"cell": "all", "step": "(the whole notebook)",
+             "seconds": float(cells["seconds"].sum()) if wall is None else wall,
+             **{c: cells[c].sum() for c in cells.columns if c not in ("cell", "step", "seconds")},
+             "kernel": float("nan") if wall is None else wall - cells["seconds"].sum(), "complete": complete}
+    frame = pd.concat([cells[cells["seconds"] >= 1.0], pd.DataFrame([total])], ignore_index=True)
+    frame.insert(0, "notebook", path.stem)
+    return frame, total
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fast", action="store_true", help="the notebooks' test setting (default: full)")
     parser.add_argument("--only", nargs="*", help="notebooks whose names start with these (default: all)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" / "figures_profile.csv")
     parser.add_argument("--scratch", type=pathlib.Path, default=ROOT / "build" / "profile")
+    parser.add_argument("--tabulate", action="store_true",
+                        help="run nothing: tabulate what an earlier (or interrupted) profile left in SCRATCH")
     args = parser.parse_args(argv)
 
     paths = notebooks(args.only)  # a bad --only says so before anything runs
     scratch = args.scratch.resolve()
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    if not args.tabulate:
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
     frames = []
     for path in paths:
-        log = scratch / f"{path.stem}.jsonl"
-        os.environ[ENV] = str(log)  # the notebook's kernel inherits it
-        print(f"[profile] {path.name} ({'fast' if args.fast else 'full'}) ...", flush=True)
-        t0 = time.perf_counter()
-        executed = run_notebook(path, fast=args.fast, figures_dir=scratch / "figures",
-                                results_dir=scratch / "results", output_dir=scratch / "notebooks",
-                                cache_dir=scratch / "cache")
-        wall = time.perf_counter() - t0
-        runs = pd.read_json(log, lines=True) if log.exists() and log.stat().st_size else pd.DataFrame()
-        if len(runs):  # a run that raised wrote its line without from_cache (or key)
-            runs["from_cache"] = runs.get("from_cache", pd.Series(False, index=runs.index)).fillna(False).astype(bool)
-            runs["worker"] = runs["worker"].astype(bool)
-            runs["key"] = runs.get("key", pd.Series("", index=runs.index)).fillna("")
-        cells = pd.DataFrame(cell_rows(executed, runs))
-        total = {"cell": "all", "step": "(the whole notebook)", "seconds": wall,
-                 **{c: cells[c].sum() for c in cells.columns if c not in ("cell", "step", "seconds")},
-                 "kernel": wall - cells["seconds"].sum()}
-        frame = pd.concat([cells[cells["seconds"] >= 1.0], pd.DataFrame([total])], ignore_index=True)
-        frame.insert(0, "notebook", path.stem)
+        log, executed = scratch / f"{path.stem}.jsonl", scratch / "notebooks" / path.name
+        wall = None
+        if not args.tabulate:
+            os.environ[ENV] = str(log)  # the notebook's kernel inherits it
+            print(f"[profile] {path.name} ({'fast' if args.fast else 'full'}) ...", flush=True)
+            t0 = time.perf_counter()
+            run_notebook(path, fast=args.fast, figures_dir=scratch / "figures", results_dir=scratch / "results",
+                         output_dir=scratch / "notebooks", cache_dir=scratch / "cache")
+            wall = time.perf_counter() - t0
+        elif not executed.exists():
+            continue
+        frame, total = notebook_frame(path, executed, log, wall)
         frames.append(frame)
-        print(f"[profile] {path.name} done in {wall:.0f} s: in runs {total['in_runs']:.0f} s (round "
-              f"{total['round']:.0f}, evaluate {total['evaluate']:.0f}, build {total['build']:.0f}, data "
-              f"{total['data']:.0f}, inputs {total['inputs']:.0f}), outside runs {total['outside_runs']:.0f} s, "
-              f"{total['runs_trained']} runs trained", flush=True)
+        print(f"[profile] {path.name} {'done' if total['complete'] else 'stopped'} after {total['seconds']:.0f} s: "
+              f"in runs {total['in_runs']:.0f} s (round {total['round']:.0f}, evaluate {total['evaluate']:.0f}, "
+              f"build {total['build']:.0f}, data {total['data']:.0f}, inputs {total['inputs']:.0f}), outside runs "
+              f"{total['outside_runs']:.0f} s, {total['runs_trained']} runs trained", flush=True)
     os.environ.pop(ENV, None)
     table = pd.concat(frames, ignore_index=True)
     numeric = table.select_dtypes("float").columns
