@@ -37,6 +37,8 @@ from fedlab.core.profiling import ENV, PHASES  # noqa: E402
 from fedlab.notebook.reproduce import notebooks, run_notebook  # noqa: E402
 
 SECONDS = (*PHASES, "other")
+CELL_COLUMNS = ("cell", "step", "seconds", "runs_trained", "runs_cached", "rounds_trained", "in_runs", "in_workers",
+                *SECONDS, "outside_runs")
 
 
 def cell_rows(executed: pathlib.Path, runs: pd.DataFrame) -> list[dict]:
@@ -83,7 +85,8 @@ def read_runs(log: pathlib.Path) -> pd.DataFrame:
 def notebook_frame(path: pathlib.Path, executed: pathlib.Path, log: pathlib.Path, wall) -> tuple:
     """The rows of one notebook (its cells of a second or more, then its total) and the total alone. ``wall``:
     the notebook's wall seconds (None when tabulating afterwards: the cells' sum, ``kernel`` unknown)."""
-    cells = pd.DataFrame(cell_rows(executed, read_runs(log)))
+    cells = pd.DataFrame(cell_rows(executed, read_runs(log)), columns=list(CELL_COLUMNS))  # none: a notebook
+    # stopped before its first cell ended
     code = [c for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code"]
     complete = all(c.get("execution_count") is not None and c["metadata"].get("papermill", {}).get("duration")
                    is not None for c in code)
@@ -91,7 +94,8 @@ def notebook_frame(path: pathlib.Path, executed: pathlib.Path, log: pathlib.Path
              "seconds": float(cells["seconds"].sum()) if wall is None else wall,
              **{c: cells[c].sum() for c in cells.columns if c not in ("cell", "step", "seconds")},
              "kernel": float("nan") if wall is None else wall - cells["seconds"].sum(), "complete": complete}
-    frame = pd.concat([cells[cells["seconds"] >= 1.0], pd.DataFrame([total])], ignore_index=True)
+    long = cells[cells["seconds"] >= 1.0]
+    frame = pd.concat([long, pd.DataFrame([total])] if len(long) else [pd.DataFrame([total])], ignore_index=True)
     frame.insert(0, "notebook", path.stem)
     return frame, total
 
@@ -131,6 +135,8 @@ def main(argv=None) -> int:
               f"build {total['build']:.0f}, data {total['data']:.0f}, inputs {total['inputs']:.0f}), outside runs "
               f"{total['outside_runs']:.0f} s, {total['runs_trained']} runs trained", flush=True)
     os.environ.pop(ENV, None)
+    if not frames:
+        raise SystemExit(f"--tabulate: no executed notebook in {scratch / 'notebooks'}")
     table = pd.concat(frames, ignore_index=True)
     numeric = table.select_dtypes("float").columns
     table[numeric] = table[numeric].round(2)

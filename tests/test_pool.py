@@ -228,3 +228,109 @@ def test_a_worker_process_killed_mid_sweep_is_named_and_the_next_sweep_starts_ne
     assert not list(tmp_path.glob(".*"))  # no half-written cache entry left
     histories = pool.run_all(configs, results_cache=tmp_path, processes=2, progress=False)
     assert [h["round"].max() for h in histories] == [40] * 4
+
+
+def test_a_broken_pool_stops_the_survivors_first_and_counts_the_runs_that_had_finished(tmp_path, monkeypatch):
+    import concurrent.futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    finished, going = concurrent.futures.Future(), concurrent.futures.Future()
+    finished.set_result((None, []))  # stored whole before the pool broke, not yet collected
+    going.set_running_or_notify_cancel()
+    calls = []
+
+    class Executor:
+        def __init__(self):
+            self.futures = iter([finished, going])
+
+        def submit(self, *args):
+            return next(self.futures)
+
+        def stop(self):
+            calls.append("stop")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            calls.append("close")
+
+    def broken(futures, configs, beats, on_done):
+        for i in futures.values():
+            (pathlib.Path(beats) / str(i)).touch()  # both runs had started
+        raise BrokenProcessPool()
+
+    import pathlib
+
+    monkeypatch.setattr(pool, "_executor", lambda processes: Executor())
+    monkeypatch.setattr(pool, "_collect", broken)
+    monkeypatch.setattr(pool, "_load_data_here", lambda configs: None)
+    monkeypatch.setattr(pool, "_remove_partial", lambda cache, configs: calls.append(("remove", len(configs))))
+    configs = [BASE.replace(seed=s) for s in range(2)]
+    with pytest.raises(RuntimeError) as raised:
+        pool._train_all(configs, [0, 1], str(tmp_path), 2, lambda i: None)
+    assert "going: run 2 of 2 (fedavg, seed 1);" in str(raised.value)  # not run 1: it had finished
+    assert calls == ["stop", ("remove", 1), "close"]  # the survivors stopped before their partial entries go
+
+
+def test_whether_a_run_was_stored_is_read_off_its_future():
+    import concurrent.futures
+
+    def future(result=None, error=None, cancel=False):
+        f = concurrent.futures.Future()
+        if cancel:
+            f.cancel()
+        elif error is not None:
+            f.set_exception(error)
+        elif result is not None:
+            f.set_result(result)
+        return f
+
+    assert pool._stored(future(result=(None, [])))
+    assert not pool._stored(future(result=(ValueError("x"), [])))  # the run raised: no entry
+    assert not pool._stored(future(error=RuntimeError("broken")))
+    assert not pool._stored(future(cancel=True))
+    assert not pool._stored(future())  # still going
+
+
+def test_a_worker_process_that_outlives_the_wait_is_said(monkeypatch):
+    class Stuck:
+        pid = 4242
+
+        def join(self, timeout=None):
+            pass
+
+        def kill(self):
+            pass
+
+        def is_alive(self):
+            return True
+
+    class Pool:
+        _processes = {4242: Stuck()}
+        _executor_manager_thread = None
+
+        def shutdown(self, wait, cancel_futures):
+            pass
+
+    monkeypatch.setattr(pool, "wait_limit", lambda: 0.01)
+    with pytest.warns(RuntimeWarning, match=r"did not all end within 0.01 s \(FEDLAB_WAIT_LIMIT_S\): still running: "
+                                            r"4242$"):
+        pool._close(Pool(), kill=True)
+
+
+def test_a_profile_stopped_before_its_first_cell_ended_is_tabulated(tmp_path):
+    import importlib.util
+    import json
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("figures_profile", ROOT / "benchmarks" / "figures_profile.py")
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    executed = tmp_path / "nb.ipynb"
+    executed.write_text(json.dumps({"cells": [{"cell_type": "code", "execution_count": None, "source": ["x = 1"],
+                                               "metadata": {}}]}))
+    frame, total = profile.notebook_frame(tmp_path / "01_x.ipynb", executed, tmp_path / "none.jsonl", None)
+    assert total["complete"] is False and total["seconds"] == 0.0 and total["runs_trained"] == 0
+    assert frame["cell"].tolist() == ["all"]

@@ -271,7 +271,21 @@ def notebook_08():
                     f"p = {fl.number(r.p_holm, 2)}" for r in held.itertuples())]
 
 
-CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08]
+def stacked_seeds():
+    """The README's table of benchmarks/stacked_seeds.py (results/benchmarks/stacked_seeds.csv)."""
+    t = _csv("benchmarks/stacked_seeds")
+    one, sequential, stacked, product = t.itertuples()
+    return [f"| one seed's client | {one.seconds:.2g} | 1 | {one.gflop_per_s:.0f} |",
+            f"| 10 seeds' clients one after the other | {sequential.seconds:.2g} | {sequential.ratio_to_one:.1f} | "
+            f"{sequential.gflop_per_s:.0f} |",
+            f"| 10 seeds' clients stacked | {stacked.seconds:.2g} | {stacked.ratio_to_one:.1f} | "
+            f"{stacked.gflop_per_s:.0f} |",
+            f"| one 2000×2000 matrix product | {product.seconds:.2g} | | {product.gflop_per_s:.0f} |",
+            f"stacked, they reach {stacked.gflop_per_s:.0f}",
+            f"its updates equal the ones trained alone within {stacked.max_abs_difference:.1e}"]
+
+
+CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds]
 
 
 @pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)

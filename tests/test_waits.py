@@ -218,3 +218,28 @@ def test_tffs_restart_of_a_worker_that_ignores_sigint_is_bounded():
     assert double(4.0) == 8.0  # fedlab's os: SIGINT, then SIGKILL after the grace, a new worker
     assert time.monotonic() - started < runtime.STOP_GRACE_S + 30
     assert worker not in _worker_pids()
+
+
+def test_a_program_started_through_the_trampoline_gets_the_chosen_signal_when_its_starting_thread_ends(tmp_path):
+    import subprocess
+    import sys
+
+    said = tmp_path / "said"
+    child = ("import signal, sys, time\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (open({str(said)!r}, 'w').write('term'), sys.exit(0)))\n"
+             f"open({str(said)!r} + '.ready', 'w').close()\n"
+             "time.sleep(120)\n")
+    started = {}
+
+    def start():  # the signal comes when this thread ends, as for LocalWorkers started from a widget's thread
+        started["process"] = subprocess.Popen(runtime.dying_with_parent([sys.executable, "-c", child], signal.SIGTERM))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(str(said) + ".ready"):
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join(timeout=90)
+    assert started["process"].wait(timeout=60) == 0  # it handled SIGTERM (not killed by SIGKILL)
+    assert said.read_text() == "term"

@@ -56,16 +56,20 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
 # Sets PR_SET_PDEATHSIG (SIGKILL) and execs the real program: the worker keeps the setting across exec.
 # A trampoline rather than ``preexec_fn``: with ``preexec_fn`` Python must fork() a process full of gRPC
 # threads, and gRPC's fork handlers then log "Other threads are currently calling into gRPC" into notebooks.
-_TRAMPOLINE = ("import ctypes, os, sys\n"
-               "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\nexcept (OSError, AttributeError):\n"
-               "    pass\nos.execv(sys.argv[1], sys.argv[1:])")
+def _trampoline(signum: int) -> str:
+    return ("import ctypes, os, sys\n"
+            f"try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, {int(signum)}, 0, 0, 0)\n"
+            "except (OSError, AttributeError):\n    pass\nos.execv(sys.argv[1], sys.argv[1:])")
 
 
-def dying_with_parent(args) -> list[str]:
-    """``args`` (a program and its arguments) started through the trampoline: the program gets SIGKILL when the
+_TRAMPOLINE = _trampoline(signal.SIGKILL)
+
+
+def dying_with_parent(args, signum: int = signal.SIGKILL) -> list[str]:
+    """``args`` (a program and its arguments) started through the trampoline: the program gets ``signum`` when the
     thread that started it exits, and no fork() of this process runs (Linux; elsewhere ``args`` unchanged)."""
     args = [str(a) for a in args]
-    return [sys.executable, "-S", "-c", _TRAMPOLINE, *args] if sys.platform.startswith("linux") else args
+    return [sys.executable, "-S", "-c", _trampoline(signum), *args] if sys.platform.startswith("linux") else args
 
 
 WAIT_LIMIT_VARIABLE = "FEDLAB_WAIT_LIMIT_S"

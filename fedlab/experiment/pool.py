@@ -205,6 +205,8 @@ def _train_all(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: 
                                         os.path.join(beats, str(i)))] = i
             _collect(futures, configs, beats, lambda i: (stored.add(i), on_done(i)))
         except BrokenProcessPool:
+            executor.stop()  # the workers still alive are writing: stopped before their partial entries go
+            stored.update(futures[f] for f in futures if _stored(f))  # finished before the break, not yet collected
             going = [i for i in todo if i not in stored and _beat_age(beats, i) is not None]
             _remove_partial(cache_dir, [configs[i] for i in todo if i not in stored])
             raise RuntimeError(f"a worker process of the sweep ended abruptly (killed, out of memory, or it could not "
@@ -217,6 +219,14 @@ def _train_all(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: 
                 executor.stop()  # runs still going: abandoned
             _remove_partial(cache_dir, [configs[i] for i in todo if i not in stored])  # their half-written entries
             raise
+
+
+def _stored(future) -> bool:
+    """Whether ``future``'s run ended without an error (its cache entry is whole)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    error, _ = future.result()
+    return error is None
 
 
 def _load_data_here(configs) -> None:
@@ -330,6 +340,12 @@ def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool) -> None:
             process.join(timeout=5.0)
     if manager is not None:
         manager.join(timeout=max(1.0, deadline - time.monotonic()))
+    alive = [p.pid for p in processes if p.is_alive()] + (["its manager thread"] if manager is not None
+                                                          and manager.is_alive() else [])
+    if alive:  # said, not waited for: nothing of a sweep should outlive it
+        warnings.warn(f"the sweep's worker processes did not all end within {wait_limit():g} s "
+                      f"(FEDLAB_WAIT_LIMIT_S): still running: {', '.join(map(str, alive))}", RuntimeWarning,
+                      stacklevel=2)
 
 
 class _PopenWithoutMain(popen_spawn_posix.Popen):

@@ -541,11 +541,13 @@ class LocalWorkers:
         tls_args = [] if self.tls is None else \
             ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca)]
         with open(log, "ab") as out:
+            # SIGTERM when this thread ends, so that the worker stops TFF's worker behind it; through the trampoline,
+            # not preexec_fn: no fork() of this process, which may have gRPC's and a sweep's threads running
             process = subprocess.Popen(
-                [sys.executable, "-m", "fedlab", "worker", "--port", str(port), "--host", self.host, *tls_args],
+                runtime.dying_with_parent([sys.executable, "-m", "fedlab", "worker", "--port", str(port), "--host",
+                                           self.host, *tls_args], signal.SIGTERM),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=str(pathlib.Path(__file__).resolve().parents[2]),
-                preexec_fn=lambda: runtime.die_with_parent(signal.SIGTERM))
+                cwd=str(pathlib.Path(__file__).resolve().parents[2]))
         return process
 
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
