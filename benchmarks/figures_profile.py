@@ -85,8 +85,9 @@ def read_runs(log: pathlib.Path) -> pd.DataFrame:
 def notebook_frame(path: pathlib.Path, executed: pathlib.Path, log: pathlib.Path, wall) -> tuple:
     """The rows of one notebook (its cells of a second or more, then its total) and the total alone. ``wall``:
     the notebook's wall seconds (None when tabulating afterwards: the cells' sum, ``kernel`` unknown)."""
-    cells = pd.DataFrame(cell_rows(executed, read_runs(log)), columns=list(CELL_COLUMNS))  # none: a notebook
-    # stopped before its first cell ended
+    rows = cell_rows(executed, read_runs(log))
+    assert all(set(row) == set(CELL_COLUMNS) for row in rows), "CELL_COLUMNS: not what cell_rows gives"
+    cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))  # no rows: a notebook stopped before its first cell ended
     code = [c for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code"]
     complete = all(c.get("execution_count") is not None and c["metadata"].get("papermill", {}).get("duration")
                    is not None for c in code)

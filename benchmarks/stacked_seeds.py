@@ -3,16 +3,18 @@
 
     python benchmarks/stacked_seeds.py [--seeds 10] [--repeats 30] [--out results/benchmarks/stacked_seeds.csv]
 
-One process, one TensorFlow graph, one thread pool, so the ratios are measured side by side. Each seed's first
-client of round 1 (notebook 01's setting: mnist5k, the 2NN, two label shards each, E = 5, B = 10) is trained
+One process, one TensorFlow graph, one thread pool, the three measurements interleaved in every repeat, so the
+ratios are measured side by side. Each seed's client 0, in round 1 (notebook 01's setting: mnist5k, the 2NN, two
+label shards each, E = 5, B = 10), is trained
 
 * alone, by fedlab's own client update (:func:`fedlab.rounds.array_training.build_client_update`), the
   computation each client runs inside TFF's worker;
 * every seed one after the other, by the same update;
 * every seed stacked: one loop whose step computes all seeds' gradients at once (``tf.vectorized_map`` over a
   leading seed axis of the weights and the batches: batched matrix products), the issue's "leading experiment
-  axis". Written here for the measurement only (plain SGD, clients of equal size); its updates are checked
-  against the ones trained alone.
+  axis". Written here for the measurement only (plain SGD, clients of equal size, and, unlike fedlab's update,
+  no training metrics and no check for non-finite updates, so it does a little less per step); its updates are
+  checked against the ones trained alone.
 
 It also measures what this machine's TensorFlow reaches on one large matrix product, and prints what a 10-seed
 sweep at 2x one seed would ask of the clients' arithmetic. Writes every measurement to OUT.
@@ -31,15 +33,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def median_seconds(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()  # warm: kernels chosen, memory allocated
-    times = []
+def median_seconds(fns: dict, repeats: int) -> dict:
+    """The median seconds of each of ``fns``, timed in turn within every repeat (drift hits them alike)."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()  # warm: kernels chosen, memory allocated
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -121,10 +126,11 @@ def main(argv=None) -> int:
     session = tf.compat.v1.Session(graph=graph)
     session.run(initialize)
 
-    one_s = median_seconds(lambda: session.run(alone[0]), args.repeats)
-    sequential_s = median_seconds(lambda: [session.run(a) for a in alone], max(1, args.repeats // 3))
-    stacked_s = median_seconds(lambda: session.run(stacked), args.repeats)
-    matmul_s = median_seconds(lambda: session.run(product), 5)
+    seconds = median_seconds({"one": lambda: session.run(alone[0]),
+                              "sequential": lambda: [session.run(a) for a in alone],
+                              "stacked": lambda: session.run(stacked),
+                              "product": lambda: session.run(product)}, args.repeats)
+    one_s, sequential_s, stacked_s, matmul_s = (seconds[k] for k in ("one", "sequential", "stacked", "product"))
 
     each = session.run(alone)
     together = session.run(stacked)
@@ -132,7 +138,9 @@ def main(argv=None) -> int:
     n_examples, steps = len(inputs[0]["x"]), int(array_training.local_steps(client_inputs(
         clients.x[0], clients.y[0], base, 0, 0)))
     params = [w.shape for w in model.initial_weights[0] if len(w.shape) == 2]
-    flops_per_example = 6 * sum(a * b for a, b in params)  # forward 2ab, backward 4ab per dense layer
+    # per dense layer a x b: forward 2ab, the weights' gradient 2ab, and the input's gradient 2ab except for the
+    # first layer, whose input is the data (TensorFlow does not compute that one)
+    flops_per_example = sum((4 if i == 0 else 6) * a * b for i, (a, b) in enumerate(params))
     flops = flops_per_example * steps * base.batch_size  # one client's local training
     rows = [
         {"measure": "one seed's client (fedlab's update)", "seconds": one_s, "ratio_to_one": 1.0},
@@ -148,12 +156,14 @@ def main(argv=None) -> int:
     table.loc[len(table)] = {"measure": "one 2000x2000 matrix product", "seconds": matmul_s,
                              "ratio_to_one": float("nan"), "gflop_per_s": 2 * 2000 ** 3 / matmul_s / 1e9,
                              "max_abs_difference": float("nan")}
+    need = args.seeds * flops / (2 * one_s) / 1e9  # GFLOP/s for the seeds' clients in 2x one seed's time
+    table = table.assign(local_steps=steps, mflop_per_client=flops / 1e6, need_gflop_per_s_for_2x=need,
+                         threads=os.environ.get("TF_NUM_INTRAOP_THREADS", "default"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
     table.to_csv(partial, index=False, float_format="%.6g")
     partial.replace(args.out)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    need = args.seeds * flops / (2 * one_s) / 1e9
     print(f"\none client: {steps} local steps of {base.batch_size} of its {n_examples} examples, {flops / 1e6:.0f} "
           f"MFLOP; the stacked updates equal the ones trained alone within {worst:.1e}.\n"
           f"{args.seeds} seeds' clients in 2x one seed's time need {need:.0f} GFLOP/s on batches of "

@@ -246,8 +246,9 @@ def test_a_broken_pool_stops_the_survivors_first_and_counts_the_runs_that_had_fi
         def submit(self, *args):
             return next(self.futures)
 
-        def stop(self):
+        def stop(self, warn=True):
             calls.append("stop")
+            return ""
 
         def __enter__(self):
             return self

@@ -3,6 +3,7 @@ was waited for and where the waiting thread stood; and the next call or Run work
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -220,9 +221,9 @@ def test_tffs_restart_of_a_worker_that_ignores_sigint_is_bounded():
     assert worker not in _worker_pids()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_program_started_through_the_trampoline_gets_the_chosen_signal_when_its_starting_thread_ends(tmp_path):
     import subprocess
-    import sys
 
     said = tmp_path / "said"
     child = ("import signal, sys, time\n"
@@ -234,12 +235,29 @@ def test_a_program_started_through_the_trampoline_gets_the_chosen_signal_when_it
     def start():  # the signal comes when this thread ends, as for LocalWorkers started from a widget's thread
         started["process"] = subprocess.Popen(runtime.dying_with_parent([sys.executable, "-c", child], signal.SIGTERM))
         deadline = time.monotonic() + 60
-        while not os.path.exists(str(said) + ".ready"):
-            assert time.monotonic() < deadline, "the child did not start"
+        while not os.path.exists(str(said) + ".ready") and time.monotonic() < deadline:
             time.sleep(0.02)
 
     thread = threading.Thread(target=start)
     thread.start()
     thread.join(timeout=90)
-    assert started["process"].wait(timeout=60) == 0  # it handled SIGTERM (not killed by SIGKILL)
-    assert said.read_text() == "term"
+    try:
+        assert os.path.exists(str(said) + ".ready"), "the child did not start"
+        assert started["process"].wait(timeout=60) == 0  # it handled SIGTERM (not killed by SIGKILL)
+        assert said.read_text() == "term"
+    finally:
+        started["process"].kill()
+        started["process"].wait(timeout=30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_trampoline_whose_parent_ended_before_the_signal_was_set_does_not_run_the_program(tmp_path, monkeypatch):
+    import subprocess
+
+    ran = tmp_path / "ran"
+    with monkeypatch.context() as m:  # as if the process that built the command had ended: the child's parent differs
+        m.setattr(os, "getpid", lambda: 1)
+        command = runtime.dying_with_parent([sys.executable, "-c", f"open({str(ran)!r}, 'w').close()"])
+    assert subprocess.run(command, timeout=60).returncode == 1
+    assert not ran.exists()
+    assert subprocess.run(runtime.dying_with_parent(command[4:]), timeout=60).returncode == 0 and ran.exists()

@@ -57,12 +57,13 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
 # A trampoline rather than ``preexec_fn``: with ``preexec_fn`` Python must fork() a process full of gRPC
 # threads, and gRPC's fork handlers then log "Other threads are currently calling into gRPC" into notebooks.
 def _trampoline(signum: int) -> str:
+    """The trampoline's code for a child of this process: if this process ended before the child set the signal
+    (the signal is then tied to its new parent), the child exits instead of running the program."""
     return ("import ctypes, os, sys\n"
             f"try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, {int(signum)}, 0, 0, 0)\n"
-            "except (OSError, AttributeError):\n    pass\nos.execv(sys.argv[1], sys.argv[1:])")
-
-
-_TRAMPOLINE = _trampoline(signal.SIGKILL)
+            "except (OSError, AttributeError):\n    pass\n"
+            f"if os.getppid() != {os.getpid()}:\n    os._exit(1)\n"
+            "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def dying_with_parent(args, signum: int = signal.SIGKILL) -> list[str]:
@@ -174,7 +175,7 @@ class _PopenDyingWithParent(subprocess.Popen):
 
     def __init__(self, args, *rest, **kwargs):
         if sys.platform.startswith("linux") and isinstance(args, (list, tuple)):
-            args = [sys.executable, "-S", "-c", _TRAMPOLINE, *map(str, args)]
+            args = dying_with_parent(args)
         kwargs["env"] = worker_environment(kwargs.get("env"))
         super().__init__(args, *rest, **kwargs)
         port = next((int(a.split("=", 1)[1]) for a in map(str, args) if a.startswith("--port=")), None)

@@ -205,13 +205,15 @@ def _train_all(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: 
                                         os.path.join(beats, str(i)))] = i
             _collect(futures, configs, beats, lambda i: (stored.add(i), on_done(i)))
         except BrokenProcessPool:
-            executor.stop()  # the workers still alive are writing: stopped before their partial entries go
+            alive = executor.stop(warn=False)  # the workers still alive are writing: stopped before their partial
+            # entries go
             stored.update(futures[f] for f in futures if _stored(f))  # finished before the break, not yet collected
             going = [i for i in todo if i not in stored and _beat_age(beats, i) is not None]
             _remove_partial(cache_dir, [configs[i] for i in todo if i not in stored])
             raise RuntimeError(f"a worker process of the sweep ended abruptly (killed, out of memory, or it could not "
                                f"start: its standard error says why); going: {_runs(going, configs)}; the runs not "
-                               "stored are trained again next time") from None
+                               "stored are trained again next time"
+                               + (f"; still running after {wait_limit():g} s: {alive}" if alive else "")) from None
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -308,9 +310,10 @@ class _Executor:
     def submit(self, *args):
         return self.pool.submit(*args)
 
-    def stop(self) -> None:
-        """Stops the worker processes now (a stalled or interrupted sweep): their runs are abandoned."""
-        _close(self.pool, kill=True)
+    def stop(self, warn: bool = True) -> str:
+        """Stops the worker processes now (a stalled or interrupted sweep): their runs are abandoned. Returns what
+        still ran after the wait (warned of unless ``warn`` is False)."""
+        return _close(self.pool, kill=True, warn=warn)
 
     def __enter__(self) -> "_Executor":
         return self
@@ -323,9 +326,10 @@ def _executor(processes: int) -> _Executor:
     return _Executor(processes)
 
 
-def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool) -> None:
+def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool, warn: bool = True) -> str:
     """Shuts ``pool`` down (its idle workers exit; ``kill``: busy ones too) and waits, within the wait limit, for
-    its processes and its manager thread to end."""
+    its processes and its manager thread to end. Returns what still ran after that ("" if nothing), and warns of
+    it unless ``warn`` is False."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's: no public way to stop them
     manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
@@ -340,12 +344,12 @@ def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool) -> None:
             process.join(timeout=5.0)
     if manager is not None:
         manager.join(timeout=max(1.0, deadline - time.monotonic()))
-    alive = [p.pid for p in processes if p.is_alive()] + (["its manager thread"] if manager is not None
-                                                          and manager.is_alive() else [])
-    if alive:  # said, not waited for: nothing of a sweep should outlive it
+    alive = ", ".join(map(str, [p.pid for p in processes if p.is_alive()]
+                          + (["its manager thread"] if manager is not None and manager.is_alive() else [])))
+    if alive and warn:  # said, not waited for: nothing of a sweep should outlive it
         warnings.warn(f"the sweep's worker processes did not all end within {wait_limit():g} s "
-                      f"(FEDLAB_WAIT_LIMIT_S): still running: {', '.join(map(str, alive))}", RuntimeWarning,
-                      stacklevel=2)
+                      f"(FEDLAB_WAIT_LIMIT_S): still running: {alive}", RuntimeWarning, stacklevel=2)
+    return alive
 
 
 class _PopenWithoutMain(popen_spawn_posix.Popen):
