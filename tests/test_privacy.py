@@ -441,9 +441,78 @@ def test_pld_refuses_before_training_what_the_rounded_secure_sum_leaves_it():
           dropout_rate=0.1), "dropout_rate"),
     (dict(dp="fixed", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8,
           straggler_policy="drop", round_deadline=5.0), "straggler_policy"),
-    (dict(dp="fixed", quantization_bits=8), "quantization_bits"),
 ])
 def test_dp_with_what_it_cannot_stack_on_is_refused_in_one_line(changes, field):
     with pytest.raises(ConfigError) as err:
         ExperimentConfig(**{"noise_multiplier": 1.0, **changes})
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def _record_sum(values, bits):
+    """Each value through DP's compressed record sum alone: what the client sends, as the server decodes it."""
+    from fedlab.aggregators.seeded import quantizing_sum
+
+    return [_aggregate(quantizing_sum(bits), [v]) for v in values]
+
+
+def test_dp_with_compression_quantises_the_clipped_updates_within_the_clip_and_noises_their_sum():
+    # 2 bits: 4 values per tensor, between its min and max; norms below the clip C = 1, so clipping changes nothing
+    rng = np.random.default_rng(3)
+    values = [(v / np.linalg.norm(v) * s).astype(np.float32) for v, s in zip(rng.normal(size=(3, 400)),
+                                                                                [0.9, 0.5, 0.99])]
+    sent = _record_sum(values, 2)
+    for v, q in zip(values, sent):
+        lo, hi = v.min(), v.max()
+        # a 2-bit code times the scale that keeps it no longer than v: q / s is on the grid lo + k (hi - lo) / 3
+        grid = lo + np.arange(4) * (hi - lo) / 3
+        scale = min(1.0, np.linalg.norm(v) / np.linalg.norm(_aggregate_unscaled(v)))
+        np.testing.assert_allclose(np.min(np.abs(q[:, None] / scale - grid[None, :]), axis=1), 0, atol=2e-6)
+        assert np.linalg.norm(q) <= np.linalg.norm(v) * (1 + 1e-6) <= 1.0  # within the clip: sensitivity C
+        assert np.abs(q / scale - v).max() <= (hi - lo) / 3 + 1e-6  # each coordinate rounded to a neighbour
+    # many random vectors: stochastic rounding often lengthens one; the scale never lets it out
+    for v in rng.normal(size=(50, 30)).astype(np.float32) * 0.05:
+        assert np.linalg.norm(_record_sum([v], 1)[0]) <= np.linalg.norm(v) * (1 + 1e-6)
+    # DP on top, no noise: the mean is the sum of what the clients sent over K (K = 3 here)
+    factory = aggregation.dp_aggregator(mode="fixed", noise_multiplier=0.0, clients_per_round=3, clip_norm=1.0,
+                                        record_sum=aggregation.compressed_record_sum(
+                                            ExperimentConfig(quantization_bits=2)))
+    np.testing.assert_allclose(_aggregate(factory, values), np.sum(sent, axis=0) / 3, atol=1e-6)
+    # with noise z = 2 on zero updates: the released sum is the noise, of std z C (20,000 draws)
+    dim = 20000
+    zeros = [np.zeros(dim, np.float32)] * 4
+    noisy = aggregation.dp_aggregator(mode="fixed", noise_multiplier=2.0, clients_per_round=4, clip_norm=0.5,
+                                      record_sum=aggregation.compressed_record_sum(
+                                          ExperimentConfig(quantization_bits=8)))
+    assert (_aggregate(noisy, zeros) * 4).std() == pytest.approx(2.0 * 0.5, rel=0.03)
+
+
+def _aggregate_unscaled(v):
+    """``v`` through the same seeded 2-bit rounding, before the scale (a weighted mean of one client)."""
+    from fedlab.core.runtime import tff
+    from fedlab.aggregators.seeded import _fold, _stochastic_round, _update_digest
+    import tensorflow as tf
+
+    flat = [tf.constant(v)]
+    key = _fold(_fold(tf.constant([0x5EC, 2], tf.int64), _update_digest(flat)), 0)
+    del tff
+    return _stochastic_round(flat[0], 3.0, key).numpy()
+
+
+@pytest.mark.slow
+def test_dp_with_compression_runs_its_accounting_and_bytes_as_dp_alone_and_repeats():
+    base = ExperimentConfig(dataset="digits", model="logreg", num_clients=10, clients_per_round=3, rounds=2,
+                            local_epochs=1, batch_size=10, dp="fixed", noise_multiplier=0.5, clip_norm=1.0,
+                            delta=1e-5)
+    compressed = base.replace(quantization_bits=8)
+    plain, first, again = (run_experiment(c, progress=False) for c in (base, compressed, compressed))
+    assert first[["eval_loss", "eval_accuracy"]].equals(again[["eval_loss", "eval_accuracy"]])  # seeded
+    assert not np.allclose(first.eval_loss, plain.eval_loss)  # the rounding reaches the model
+    assert first.epsilon.tolist() == plain.epsilon.tolist()  # the clip still bounds every update
+    assert aggregation.dp_sensitivity(compressed, 650) == 1.0
+    # up: 650 weights at 8 bits, a min and a max per tensor (2 tensors), the weight; 32 bits without compression
+    assert aggregation.round_bytes(compressed, [640, 10], [], 3)["bytes_up"] == 3 * (650 + 16 + 4)
+    assert aggregation.round_bytes(base, [640, 10], [], 3)["bytes_up"] == 3 * (650 * 4 + 4)
+    for adaptive in (compressed.replace(dp="adaptive"), compressed.replace(dp="adaptive", noise_source="unseeded"),
+                     compressed.replace(noise_source="unseeded")):
+        history = run_experiment(adaptive, progress=False)
+        assert np.isfinite(history.eval_loss).all() and history.epsilon.iloc[-1] > 0

@@ -27,12 +27,14 @@ under the value a config names it by: ``dp="fixed"``/``"adaptive"`` (role
 * **Compression**: uniform quantisation of each tensor to b bits between its
   min and max (``EncodedSumFactory.quantize_above_threshold``), weighted mean;
   with a median, a trimmed mean or Krum, the server decodes each client's
-  quantised update and takes the statistic of them.
+  quantised update and takes the statistic of them. Under user-level DP the
+  clipped updates are quantised and each tensor scaled back to no longer than
+  it was (:func:`compressed_record_sum`): the clip still bounds every update.
 * **Robustness**: ``clipping_factory`` (L2-clip every update to C) or
   ``zeroing_factory`` (drop any update whose norm exceeds C).
 
-TFF 0.87 cannot put compression inside secure aggregation or DP (each replaces
-the sum); those combinations are refused when the config is made.
+TFF 0.87 cannot put compression inside secure aggregation (its discretisation
+replaces the sum); that combination is refused when the config is made.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from .robust import CoordinateMedianFactory, KrumFactory, TrimmedMeanFactory, fr
 from ..core.runtime import tff
 from ..rounds.homomorphic_rounds import HomomorphicMean
 from ..rounds.secure_rounds import ProtocolSum
-from .seeded import seeded_gaussian, seeded_quantizing
+from .seeded import quantizing_sum, seeded_gaussian, seeded_quantizing
 from ..core.validation import SettingWarning
 
 ROLES = ("dp", "robust", "secure", "compression")
@@ -174,8 +176,12 @@ def dp_fixed(noise_multiplier: float, clients_per_round: float, clip_norm: float
 
 @register_aggregator("adaptive", role="dp", paper="Andrew et al. 2021, arXiv:1905.03871")
 def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5,
-                *, seeded: bool = True):
-    """User-level DP mean with the clip norm adapted to a quantile of the update norms (starting at C)."""
+                *, seeded: bool = True, record_sum=None):
+    """User-level DP mean with the clip norm adapted to a quantile of the update norms (starting at C).
+
+    ``record_sum``: the factory that sums the clipped updates, one that never lengthens an update
+    (:func:`compressed_record_sum`: a secure sum's range would need a fixed clip).
+    """
     # The clipped-count query shares the budget: TFF raises the update noise to
     # (z^-2 - (2 s)^-2)^-1/2 for count noise s. Its default s = 0.05 K leaves nothing
     # for small K; s >= z caps the update noise at z / sqrt(3/4), about 1.15 z.
@@ -183,11 +189,24 @@ def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: fl
     if seeded:
         return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
                                clip=clip_norm, adaptive=True, target_quantile=target_quantile,
-                               clipped_count_stddev=count_stddev)
-    return tff().aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
-        noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
-        initial_l2_norm_clip=float(clip_norm), target_unclipped_quantile=float(target_quantile),
-        clipped_count_stddev=count_stddev)
+                               clipped_count_stddev=count_stddev, record_sum=record_sum)
+    if record_sum is None:
+        return tff().aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+            noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
+            initial_l2_norm_clip=float(clip_norm), target_unclipped_quantile=float(target_quantile),
+            clipped_count_stddev=count_stddev)
+    import tensorflow_privacy as tfp
+    from tensorflow_federated.python.aggregators.differential_privacy import adaptive_clip_noise_params
+
+    # what gaussian_adaptive builds, with the clipped records (and their below-the-clip bits) summed by record_sum
+    value_noise, count_noise = adaptive_clip_noise_params(float(noise_multiplier), float(clients_per_round),
+                                                          count_stddev)
+    query = tfp.QuantileAdaptiveClipSumQuery(
+        initial_l2_norm_clip=float(clip_norm), noise_multiplier=value_noise,
+        target_unclipped_quantile=float(target_quantile), learning_rate=0.2, clipped_count_stddev=count_noise,
+        expected_num_records=float(clients_per_round), geometric_update=True)
+    return tff().aggregators.DifferentiallyPrivateFactory(
+        tfp.NormalizedQuery(query, denominator=float(clients_per_round)), record_aggregation_factory=record_sum)
 
 
 def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: float, clip_norm: float,
@@ -195,8 +214,8 @@ def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: floa
     """The DP aggregator registered as ``mode`` ("fixed", "adaptive", or a user's).
 
     ``seeded``: noise from the run's noise seed and the round (:mod:`fedlab.aggregators.seeded`); False: TFF's own
-    factory, whose noise is fresh and unpredictable every run. ``record_sum``: a secure sum of the clipped
-    updates under the noise (``fixed`` only).
+    factory, whose noise is fresh and unpredictable every run. ``record_sum``: the sum of the clipped updates
+    under the noise (a secure sum, ``fixed`` only; or :func:`compressed_record_sum`).
     """
     entry = AGGREGATORS[mode]
     if entry.role != "dp":
@@ -220,6 +239,14 @@ def secure_record_sum(config):
             scale_factor=(2 ** (config.quantization_bits - 1) - 1) / config.clip_norm)
     return agg.SecureSumFactory(upper_bound_threshold=float(config.clip_norm),
                                 lower_bound_threshold=-float(config.clip_norm))
+
+
+def compressed_record_sum(config):
+    """The sum of user-level DP's clipped updates, each compressed to ``quantization_bits`` bits as
+    :func:`compression_aggregator` compresses (stochastic rounding, seeded by default) and then scaled tensor by
+    tensor to no longer than it was: the clip C still bounds every update, so the noise and the accounting are
+    those of DP alone (:func:`fedlab.aggregators.seeded.quantizing_sum`)."""
+    return quantizing_sum(config.quantization_bits, fresh=config.noise_source != "seeded")
 
 
 def dp_sensitivity(config, num_weights: int) -> float:
@@ -382,10 +409,12 @@ def make_aggregator(config):
                                    seeded=config.noise_source == "seeded")
     if config.user_level_dp:
         # under a secure sum the server sees only the sum of the clipped updates, and adds the noise to it
+        record_sum = (secure_record_sum(config) if config.secure_aggregation else
+                      compressed_record_sum(config) if config.quantization_bits else None)
         factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
                                 clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
                                 target_quantile=config.target_quantile, seeded=config.noise_source == "seeded",
-                                record_sum=secure_record_sum(config) if config.secure_aggregation else None)
+                                record_sum=record_sum)
     elif config.secure_aggregation and config.secure_protocol != "none":
         return AGGREGATORS[config.secure_protocol].build(config)  # clipped by its clients' encoding
     elif config.secure_aggregation:
@@ -425,7 +454,7 @@ def aggregator_key(config) -> tuple:
         return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
                 config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source,
                 (config.quantization_bits, cohort_size(config), config.secure_protocol)
-                if config.secure_aggregation else None)
+                if config.secure_aggregation else config.quantization_bits)
     return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
             config.noise_source if (config.quantization_bits and not config.secure_aggregation)
             or config.secure_protocol == "ckks" else None,
@@ -453,7 +482,7 @@ def bits_per_value_up(config) -> float:
             # symmetric modular sum: TFF sums in [0, 2m - 1) for modulus m
             return math.ceil(math.log2(2 * secure_modulus(config.quantization_bits, cohort_size(config)) - 1))
         return 32 + math.ceil(math.log2(max(config.clients_per_round, 1)))  # 32-bit values, summed without overflow
-    if config.quantization_bits and not config.user_level_dp:
+    if config.quantization_bits:
         return config.quantization_bits
     return 32
 
@@ -476,7 +505,7 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
         ciphertexts = HomomorphicMean.upload_bytes(params)
         return {"bytes_down": float(down + clients * ciphertexts), "bytes_up": float(clients * (ciphertexts + 4))}
     per_client_up = params * bits_per_value_up(config) / 8 + 4
-    if config.quantization_bits and not config.secure_aggregation and not config.user_level_dp:
+    if config.quantization_bits and not config.secure_aggregation:
         per_client_up += 8 * len(trainable_sizes)
     return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
 

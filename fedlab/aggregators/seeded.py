@@ -21,6 +21,9 @@ draws exactly what an uninterrupted local run draws.
   ``EncodedSumFactory.quantize_above_threshold(threshold=0)``; a client's
   rounding is keyed by the round's seed and a hash of its own update, since a
   TFF client does not know its index.
+* :func:`quantizing_sum`: the same quantisation as the sum of user-level DP's
+  clipped updates, each quantised tensor then scaled down to no longer than it
+  was, so the clip the noise is calibrated to still bounds it.
 
 **What a seed means for privacy.** The noise is Gaussian with the stated
 variance whatever the seed, so the accounting is unchanged *for someone who does
@@ -60,13 +63,48 @@ def seeded_gaussian(*, noise_multiplier: float, clients_per_round: float, clip: 
                     target_quantile: float = 0.5, clipped_count_stddev=None, record_sum=None):
     """User-level DP mean with seeded Gaussian noise (fixed or adaptive clipping): an unweighted TFF factory.
 
-    ``record_sum``: an unweighted factory that sums the clipped updates (a secure sum), the noise then added to
-    its result; fixed clipping only, and its state must not change between rounds (each round starts from its
-    initial state: a fixed scale, or none).
+    ``record_sum``: an unweighted factory that sums the clipped updates (a secure sum, or :func:`quantizing_sum`),
+    the noise then added to its result; its state must not change between rounds (each round starts from its
+    initial state: a fixed scale, or none); fixed clipping only, unless it never lengthens an update
+    (``keeps_norm``).
     """
     return _gaussian_class()(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round, clip=clip,
                              adaptive=adaptive, target_quantile=target_quantile,
                              clipped_count_stddev=clipped_count_stddev, record_sum=record_sum)
+
+
+def quantizing_sum(bits: int, *, fresh: bool = False):
+    """The sum of the clients' values, each tensor quantised to ``bits`` as :func:`seeded_quantizing` does and then
+    multiplied by min(1, its norm before / after): an unweighted TFF factory, the ``record_sum`` of user-level DP
+    with compression.
+
+    Stochastic rounding can lengthen a tensor (a coordinate moves up to one step of (max - min) / (2^b - 1));
+    scaling it back keeps every client's update within the clip C, so one user still moves the sum by at most C
+    and the noise z C keeps its meaning. The scaled tensor is still b-bit codes between a min and a max (both
+    scaled): what a client sends is unchanged. Its state never changes: a client's rounding is keyed by a hash
+    of its update (with ``fresh``, also the clock), not by the round.
+    """
+    return _quantizing_sum_class()(bits, fresh=fresh)
+
+
+def _stochastic_round(v, levels: float, seed):
+    """``v`` uniformly quantised to ``levels`` + 1 values between its min and max, rounding up with probability the
+    remainder (unbiased), as the server decodes it."""
+    import tensorflow as tf
+
+    lo, hi = tf.reduce_min(v), tf.reduce_max(v)
+    span = tf.where(hi > lo, hi - lo, tf.ones_like(hi))
+    scaled = (v - lo) / span * levels
+    floor = tf.floor(scaled)
+    up = tf.cast(tf.random.stateless_uniform(tf.shape(v), seed=seed, dtype=v.dtype) < scaled - floor, v.dtype)
+    return (floor + up) / levels * span + lo
+
+
+def _update_digest(flat):
+    """A hash of a client's update (its key for the rounding: a TFF client knows no index)."""
+    import tensorflow as tf
+
+    return tf.add_n([tf.reduce_sum(tf.cast(tf.bitcast(v, tf.int32), tf.int64)) for v in flat])
 
 
 def seeded_quantizing(bits: int, inner=None, *, fresh: bool = False):
@@ -94,7 +132,7 @@ def _gaussian_class():
         def __init__(self, *, noise_multiplier: float, clients_per_round: float, clip: float,
                      adaptive: bool = False, target_quantile: float = 0.5, learning_rate: float = 0.2,
                      clipped_count_stddev: float | None = None, record_sum=None):
-            if adaptive and record_sum is not None:
+            if adaptive and record_sum is not None and not getattr(record_sum, "keeps_norm", False):
                 raise ValueError("record_sum: a secure sum of the updates needs a fixed clip (adaptive=False)")
             self.record_sum = record_sum
             self.noise_multiplier = float(noise_multiplier)
@@ -213,18 +251,8 @@ def _quantizing_class():
             @t.tensorflow.computation(value_type, weight_type, t.TensorType(np.int64, [2]))
             def quantize(value, weight, seed):
                 flat = tf.nest.flatten(value)
-                # The client's key: the round's seed and a hash of its own update (it knows no index).
-                digest = tf.add_n([tf.reduce_sum(tf.cast(tf.bitcast(v, tf.int32), tf.int64)) for v in flat])
-                key = _fold(seed, digest)
-                out = []
-                for i, v in enumerate(flat):
-                    lo, hi = tf.reduce_min(v), tf.reduce_max(v)
-                    span = tf.where(hi > lo, hi - lo, tf.ones_like(hi))
-                    scaled = (v - lo) / span * levels
-                    floor = tf.floor(scaled)
-                    up = tf.cast(tf.random.stateless_uniform(tf.shape(v), seed=_fold(key, i), dtype=v.dtype)
-                                 < scaled - floor, v.dtype)
-                    out.append(((floor + up) / levels * span + lo) * weight)
+                key = _fold(seed, _update_digest(flat))  # the round's seed and a hash of the client's own update
+                out = [_stochastic_round(v, levels, _fold(key, i)) * weight for i, v in enumerate(flat)]
                 return tf.nest.pack_sequence_as(value, out), weight
 
             @t.tensorflow.computation(value_type, weight_type)
@@ -303,6 +331,53 @@ def _quantizing_class():
 
     _CLASSES["quantizing"] = _SeededQuantizing
     return _SeededQuantizing
+
+
+def _quantizing_sum_class():
+    if "quantizing_sum" in _CLASSES:
+        return _CLASSES["quantizing_sum"]
+    import tensorflow as tf
+
+    t = tff()
+
+    class _QuantizingSum(t.aggregators.UnweightedAggregationFactory):
+        keeps_norm = True  # no client's value comes out longer than it went in (seeded_gaussian's record_sum)
+
+        def __init__(self, bits: int, *, fresh: bool = False):
+            if not 1 <= int(bits) <= 16:
+                raise ValueError(f"quantization_bits: must be in 1..16, got {bits}")
+            self.bits, self.fresh = int(bits), fresh
+
+        def create(self, value_type):
+            levels, fresh, bits = float(2 ** self.bits - 1), self.fresh, self.bits
+
+            @t.tensorflow.computation(value_type)
+            def quantize(value):
+                flat = tf.nest.flatten(value)
+                key = tf.constant([0x5EC, bits], tf.int64)
+                if fresh:  # from the clock, as TFF's own rounding does
+                    key = tf.stack([tf.cast(tf.timestamp() * 1e6, tf.int64), tf.constant(bits, tf.int64)])
+                key = _fold(key, _update_digest(flat))
+                out = []
+                for i, v in enumerate(flat):
+                    q = _stochastic_round(v, levels, _fold(key, i))
+                    before, after = tf.norm(tf.reshape(v, [-1])), tf.norm(tf.reshape(q, [-1]))
+                    out.append(q * tf.minimum(tf.constant(1.0, v.dtype), tf.math.divide_no_nan(before, after)))
+                return tf.nest.pack_sequence_as(value, out)
+
+            @t.federated_computation()
+            def init_fn():
+                return t.federated_value((), t.SERVER)
+
+            @t.federated_computation(init_fn.type_signature.result, t.FederatedType(value_type, t.CLIENTS))
+            def next_fn(state, value):
+                return t.templates.MeasuredProcessOutput(state, t.federated_sum(t.federated_map(quantize, value)),
+                                                         t.federated_value((), t.SERVER))
+
+            return t.templates.AggregationProcess(init_fn, next_fn)
+
+    _CLASSES["quantizing_sum"] = _QuantizingSum
+    return _QuantizingSum
 
 
 def set_noise_seed(state, seed: int):

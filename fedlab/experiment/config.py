@@ -267,10 +267,6 @@ class ExperimentConfig:
                                                  "the key exchange can make the protocol abort, and whether it "
                                                  "aborts would then depend on one user, which the accounting does "
                                                  "not cover")
-        elif self.user_level_dp and self.quantization_bits:
-            raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: compressing the clipped updates "
-                                                   "changes their norm, which the noise is calibrated to (a secure "
-                                                   "sum's rounding is accounted for: secure_aggregation=True)")
         if self.secure_aggregation:
             self._check_unweighted(algorithm, "secure_aggregation")
         if self.secure_aggregation and self.quantization_bits == 1:
