@@ -81,7 +81,6 @@ def test_attackers_and_poisoned_labels():
 
 @pytest.mark.parametrize("changes, field", [
     ({"dp": "adaptive", "secure_aggregation": True}, "dp"),
-    ({"dp": "fixed", "quantization_bits": 8}, "quantization_bits"),
     ({"quantization_bits": 17}, "quantization_bits"),
     ({"secure_aggregation": True, "algorithm": "scaffold"}, "algorithm"),
     ({"model": "2nn", "freeze_layers": 3}, "freeze_layers"),

@@ -470,13 +470,17 @@ def test_dp_with_compression_quantises_the_clipped_updates_within_the_clip_and_n
         assert np.linalg.norm(q) <= np.linalg.norm(v) * (1 + 1e-6) <= 1.0  # within the clip: sensitivity C
         assert np.abs(q / scale - v).max() <= (hi - lo) / 3 + 1e-6  # each coordinate rounded to a neighbour
     # many random vectors: stochastic rounding often lengthens one; the scale never lets it out
-    for v in rng.normal(size=(50, 30)).astype(np.float32) * 0.05:
+    for v in rng.normal(size=(15, 30)).astype(np.float32) * 0.05:
         assert np.linalg.norm(_record_sum([v], 1)[0]) <= np.linalg.norm(v) * (1 + 1e-6)
     # DP on top, no noise: the mean is the sum of what the clients sent over K (K = 3 here)
     factory = aggregation.dp_aggregator(mode="fixed", noise_multiplier=0.0, clients_per_round=3, clip_norm=1.0,
                                         record_sum=aggregation.compressed_record_sum(
                                             ExperimentConfig(quantization_bits=2)))
     np.testing.assert_allclose(_aggregate(factory, values), np.sum(sent, axis=0) / 3, atol=1e-6)
+    adaptive = aggregation.dp_aggregator(mode="adaptive", noise_multiplier=0.0, clients_per_round=3, clip_norm=1.0,
+                                         record_sum=aggregation.compressed_record_sum(
+                                             ExperimentConfig(quantization_bits=2)))  # its first round's clip: C
+    np.testing.assert_allclose(_aggregate(adaptive, values), np.sum(sent, axis=0) / 3, atol=1e-6)
     # with noise z = 2 on zero updates: the released sum is the noise, of std z C (20,000 draws)
     dim = 20000
     zeros = [np.zeros(dim, np.float32)] * 4
@@ -509,6 +513,17 @@ def test_dp_with_compression_runs_its_accounting_and_bytes_as_dp_alone_and_repea
     assert not np.allclose(first.eval_loss, plain.eval_loss)  # the rounding reaches the model
     assert first.epsilon.tolist() == plain.epsilon.tolist()  # the clip still bounds every update
     assert aggregation.dp_sensitivity(compressed, 650) == 1.0
+    import fedlab as fl
+
+    @fl.register_aggregator("dp_without_record_sum", role="dp")
+    def _without(noise_multiplier, clients_per_round, clip_norm, target_quantile=0.5, *, seeded=True):
+        return aggregation.dp_fixed(noise_multiplier, clients_per_round, clip_norm, seeded=seeded)
+
+    try:
+        with pytest.raises(ConfigError, match="^quantization_bits: must be 0 with dp='dp_without_record_sum'"):
+            compressed.replace(dp="dp_without_record_sum")
+    finally:
+        aggregation.AGGREGATORS._entries.pop("dp_without_record_sum", None)
     # up: 650 weights at 8 bits, a min and a max per tensor (2 tensors), the weight; 32 bits without compression
     assert aggregation.round_bytes(compressed, [640, 10], [], 3)["bytes_up"] == 3 * (650 + 16 + 4)
     assert aggregation.round_bytes(base, [640, 10], [], 3)["bytes_up"] == 3 * (650 * 4 + 4)

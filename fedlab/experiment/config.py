@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import dataclasses
+import inspect
 import hashlib
 import json
 from typing import Any, Optional
@@ -267,6 +268,10 @@ class ExperimentConfig:
                                                  "the key exchange can make the protocol abort, and whether it "
                                                  "aborts would then depend on one user, which the accounting does "
                                                  "not cover")
+        elif self.user_level_dp and self.quantization_bits and \
+                "record_sum" not in inspect.signature(AGGREGATORS[self.dp].build).parameters:
+            raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: its builder takes no record_sum= "
+                                                   "(the sum of the clipped updates that compression goes into)")
         if self.secure_aggregation:
             self._check_unweighted(algorithm, "secure_aggregation")
         if self.secure_aggregation and self.quantization_bits == 1:
