@@ -74,7 +74,6 @@ LIMITS = {frozenset(pair) for pair in [
     *[("user DP adaptive", s) for s in ("secure sum", "SecAgg", "SecAgg+")],
     *[(dp, r) for dp in ("user DP fixed", "user DP adaptive") for r in ("median", "krum", "trimmed_mean")],
     *[(a, "record DP") for a in ("fedsgd", "ditto", "qffl")],
-    ("secure sum", "workers"),
 ]}
 
 

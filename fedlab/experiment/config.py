@@ -331,11 +331,6 @@ class ExperimentConfig:
         if self.straggler_policy != "wait" and self.round_deadline is None:
             raise ConfigError("round_deadline", f"must be set (simulated seconds > 0) with "
                                                 f"straggler_policy={self.straggler_policy!r}")
-        if self.workers and self.secure_aggregation and self.secure_protocol == "none":
-            raise ConfigError("workers", "cannot be combined with TFF's secure sum (secure_aggregation with "
-                                         "secure_protocol='none'): TFF's worker does not implement its secure-sum "
-                                         "intrinsics; use secure_protocol='secagg' or 'secaggplus', whose protocol "
-                                         "runs in this process between the workers' computations")
         self._check_accountant()
         self._check_clip_norm()
 

@@ -143,8 +143,9 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
             if user_callback is not None:
                 user_callback(row, history)
     try:
-        with on_workers(config.workers), simulated_secure_sums(config.secure_aggregation
-                                                               and config.secure_protocol == "none"):
+        tff_secure_sums = config.secure_aggregation and config.secure_protocol == "none"
+        with on_workers(config.workers, secure_sums=tff_secure_sums), \
+                simulated_secure_sums(tff_secure_sums and not config.workers):
             rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop, federation)
     finally:
         if federation is not None:

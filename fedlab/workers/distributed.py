@@ -337,31 +337,55 @@ def _async_context(worker: str, timeout: float, tls: Optional[WorkerTLS]):
     )
 
 
-def execution_context(workers: tuple[str, ...], timeout: float = CONNECT_TIMEOUT_S):
+def execution_context(workers: tuple[str, ...], timeout: float = CONNECT_TIMEOUT_S, secure_sums: bool = False):
     """TFF's mergeable-computation context over ``workers``: one sub-round per worker.
+
+    ``secure_sums``: TFF's secure-sum intrinsics, which its worker does not implement, are first replaced by their
+    plain bodies (the clipping, quantisation and modular sum done in the clear), as TFF's test backend does for
+    the local runtime (:func:`fedlab.core.runtime.simulated_secure_sums`): the numbers of secure aggregation, each
+    worker adding its own clients' share, without its cryptography.
 
     Cached: TFF compiles a computation once per context, so a second run on
     the same workers reuses the compiled form. Connects with the TLS setting
     of :func:`use_worker_tls` at the time of the call.
     """
-    return _execution_context(tuple(workers), timeout, _CLIENT_TLS)
+    return _execution_context(tuple(workers), timeout, _CLIENT_TLS, bool(secure_sums))
 
 
 @functools.lru_cache(maxsize=8)
-def _execution_context(workers: tuple[str, ...], timeout: float, tls: Optional[WorkerTLS]):
-    return runtime.tff().backends.native.create_mergeable_comp_execution_context(
-        [_async_context(w, timeout, tls) for w in workers])
+def _execution_context(workers: tuple[str, ...], timeout: float, tls: Optional[WorkerTLS], secure_sums: bool = False):
+    contexts = [_async_context(w, timeout, tls) for w in workers]
+    if not secure_sums:
+        return runtime.tff().backends.native.create_mergeable_comp_execution_context(contexts)
+    from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
+    from tensorflow_federated.python.core.backends.test import compiler as test_compiler
+    from tensorflow_federated.python.core.impl.computation import computation_impl
+    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+    from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context
+
+    def compile_secure_sums_in_the_clear(comp):
+        plain = test_compiler.replace_secure_intrinsics_with_bodies(comp)
+        # the replacement is rebuilt from its proto, which keeps no Python containers (ModelWeights, the
+        # state's named tuples): the original's type gives them back to the results
+        plain = computation_impl.ConcreteComputation(computation_proto=plain.to_compiled_building_block().proto,
+                                                     context_stack=context_stack_impl.context_stack,
+                                                     annotated_type=comp.type_signature)
+        return mergeable_comp_compiler.compile_to_mergeable_comp_form(plain)
+
+    return mergeable_comp_execution_context.MergeableCompExecutionContext(
+        async_contexts=contexts, compiler_fn=compile_secure_sums_in_the_clear)
 
 
 @contextlib.contextmanager
-def on_workers(workers: Sequence[str], timeout: float = CONNECT_TIMEOUT_S):
-    """Installs the context for ``workers`` (no-op for none) after checking each answers."""
+def on_workers(workers: Sequence[str], timeout: float = CONNECT_TIMEOUT_S, secure_sums: bool = False):
+    """Installs the context for ``workers`` (no-op for none) after checking each answers; ``secure_sums``: TFF's
+    secure sums simulated in the clear (:func:`execution_context`)."""
     workers = tuple(workers)
     if not workers:
         yield
         return
     check_workers(workers, timeout)
-    with runtime.tff().framework.get_context_stack().install(execution_context(workers, timeout)):
+    with runtime.tff().framework.get_context_stack().install(execution_context(workers, timeout, secure_sums)):
         yield
 
 
