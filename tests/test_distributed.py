@@ -116,16 +116,24 @@ TFF_SECURE_SUMS = {  # TFF's secure-sum intrinsics, which its worker lacks, run 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TFF_SECURE_SUMS)
-def test_tffs_secure_sums_on_two_workers_give_the_local_numbers(workers, name):
+def test_tffs_secure_sums_on_two_workers_give_the_local_numbers(workers, name, monkeypatch):
+    from tensorflow_federated.python.core.backends.test import compiler as test_compiler
+
     config = SPLIT.replace(**TFF_SECURE_SUMS[name])
     local = run_experiment(config, progress=False)
+    replaced, replace = [], test_compiler.replace_secure_intrinsics_with_bodies
+    monkeypatch.setattr(test_compiler, "replace_secure_intrinsics_with_bodies",
+                        lambda comp: replaced.append(comp) or replace(comp))
     remote = run_experiment(config.replace(workers=workers.addresses), progress=False)
+    assert replaced  # the workers' context compiled the secure sums in the clear (the local one is TFF's own)
+    assert remote.clients_this_round.max() >= 2  # a round split between the two workers
     assert_same_numbers(local, remote)
     for a, b in zip(final_weights(local), final_weights(remote)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    if config.quantization_bits:  # the secure sum's rounding happened there (32 bits round below 1e-7)
-        plain = run_experiment(config.replace(secure_aggregation=False, quantization_bits=0), progress=False)
-        assert not np.allclose(final_weights(remote)[0], final_weights(plain)[0], atol=1e-6)
+    if config.quantization_bits:  # rounded to b bits there: not the same clipped, unweighted mean in floats
+        floats = run_experiment(config.replace(secure_aggregation=False, quantization_bits=0, robust="clip",
+                                               client_weighting="uniform"), progress=False)
+        assert not np.allclose(final_weights(remote)[0], final_weights(floats)[0], rtol=0, atol=1e-6)
 
 
 def test_workers_results_are_merged_and_concatenated_in_the_workers_order():

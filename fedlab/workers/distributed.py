@@ -360,16 +360,13 @@ def _execution_context(workers: tuple[str, ...], timeout: float, tls: Optional[W
     from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
     from tensorflow_federated.python.core.backends.test import compiler as test_compiler
     from tensorflow_federated.python.core.impl.computation import computation_impl
-    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
     from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context
 
     def compile_secure_sums_in_the_clear(comp):
-        plain = test_compiler.replace_secure_intrinsics_with_bodies(comp)
-        # the replacement is rebuilt from its proto, which keeps no Python containers (ModelWeights, the
-        # state's named tuples): the original's type gives them back to the results
-        plain = computation_impl.ConcreteComputation(computation_proto=plain.to_compiled_building_block().proto,
-                                                     context_stack=context_stack_impl.context_stack,
-                                                     annotated_type=comp.type_signature)
+        # the replacement is rebuilt from its proto, which keeps no Python containers (ModelWeights, the state's
+        # named tuples): the original's type gives them back to the results
+        plain = computation_impl.ConcreteComputation.with_type(
+            test_compiler.replace_secure_intrinsics_with_bodies(comp), comp.type_signature)
         return mergeable_comp_compiler.compile_to_mergeable_comp_form(plain)
 
     return mergeable_comp_execution_context.MergeableCompExecutionContext(
