@@ -16,7 +16,7 @@ FOLDER_RANK = {folder: i for i, folder in enumerate(FOLDERS)}
 # and, whatever the layers, never in a circle.
 LAYERS = [
     {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats",
-     "encryption", "wire", "profiling"},  # foundations, no fedlab imports above
+     "encryption", "wire", "profiling", "spawning"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold",
      "personal", "qffl", "ckks", "homomorphic_rounds", "asynchronous", "buffered_rounds",

@@ -289,7 +289,15 @@ def stacked_seeds():
             f"about half of the training ({stacked.ratio_to_one:.1f}× instead of {sequential.ratio_to_one:.1f}×)"]
 
 
-CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds]
+def secagg_cost_speed():
+    """The README's sentence on benchmarks/secagg_cost_speed.py (results/benchmarks/secagg_cost_speed.csv)."""
+    one, spread = _csv("benchmarks/secagg_cost_speed").itertuples()
+    return [f"{one.seconds:.1f} s in one process, {spread.seconds:.1f} s spread "
+            f"({spread.ratio_to_one_process:.2f} of the time), the same table but for its seconds columns, with a "
+            f"mean client time of {one.mean_client_seconds:.4f} s against {spread.mean_client_seconds:.4f} s"]
+
+
+CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds, secagg_cost_speed]
 
 
 @pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)

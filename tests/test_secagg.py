@@ -320,3 +320,17 @@ def test_measure_cost_table():
     plain = table[table.protocol == "secagg"]
     assert (plain.neighbours == plain.clients - 1).all()
     assert (table.bytes_per_client > 0).all() and (table.server_seconds > 0).all()
+
+
+def test_the_cost_table_of_several_seeds_spread_over_processes_is_the_table_of_each_seed_in_order():
+    import pandas as pd
+
+    kw = dict(clients=(5, 12), dropout_rates=(0.0, 0.25), vector_length=300, modulus_bits=20)
+    one_by_one = pd.concat([secagg.measure_cost(**kw, seed=s).assign(seed=s) for s in (3, 4)], ignore_index=True)
+    spread = secagg.measure_cost(**kw, seeds=(3, 4), processes=2)
+    fixed = [c for c in one_by_one.columns if not c.endswith("_seconds")]
+    assert list(spread.columns) == list(one_by_one.columns)  # seed last, as the notebook's table had it
+    assert spread[fixed].equals(one_by_one[fixed])  # the same rows in the same order
+    assert (spread[["client_seconds", "server_seconds"]] > 0).all().all()
+    with pytest.raises(ValueError, match="^processes: must be >= 1, got 0$"):
+        secagg.measure_cost(**kw, processes=0)

@@ -26,9 +26,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import multiprocessing
-import multiprocessing.context
-from multiprocessing import popen_spawn_posix
 import os
 import pathlib
 import pickle
@@ -37,7 +34,6 @@ import tempfile
 import threading
 import time
 import traceback
-import types
 import warnings
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -46,6 +42,7 @@ import pandas as pd
 from ..aggregators.aggregation import builders_in_use
 from ..algorithms.algorithms import ALGORITHMS
 from ..core import encryption, profiling
+from ..core.spawning import WITHOUT_MAIN
 from ..core.registry import Entry
 from ..core.runtime import wait_limit
 from ..core.storage import ResultCache, cache_key
@@ -304,7 +301,7 @@ class _Executor:
     """The process pool of one sweep."""
 
     def __init__(self, processes: int) -> None:
-        self.pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=_WITHOUT_MAIN,
+        self.pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=WITHOUT_MAIN,
                                                            initializer=_start_worker)
 
     def submit(self, *args):
@@ -352,34 +349,6 @@ def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool, warn: bo
     return alive
 
 
-class _PopenWithoutMain(popen_spawn_posix.Popen):
-    """Spawns a worker process that does not import this program's ``__main__``: what it runs is fedlab's, and a
-    script without an ``if __name__ == "__main__"`` guard would otherwise run again in every worker."""
-
-    def _launch(self, process_obj):
-        with _MAIN_SWAP:  # two threads starting workers must not keep each other's stand-in
-            main = sys.modules["__main__"]
-            sys.modules["__main__"] = types.ModuleType("__main__")  # multiprocessing reads it while it pickles
-            try:
-                super()._launch(process_obj)
-            finally:
-                sys.modules["__main__"] = main
-
-
-_MAIN_SWAP = threading.Lock()
-
-
-class _ProcessWithoutMain(multiprocessing.context.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj):
-        return _PopenWithoutMain(process_obj)
-
-
-class _SpawnWithoutMain(multiprocessing.context.SpawnContext):
-    Process = _ProcessWithoutMain
-
-
-_WITHOUT_MAIN = _SpawnWithoutMain()
 
 
 # In a worker process ------------------------------------------------------------------------------------------

@@ -755,7 +755,8 @@ def _validate(inputs, modulus_bits, protocol, participants, dropped_after_input,
 
 def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int] = (10, 100, 1000),
                  dropout_rates: Sequence[float] = (0.0, 0.1, 0.3), vector_length: int = 7850,
-                 modulus_bits: int = 24, seed: int = 0) -> "pandas.DataFrame":
+                 modulus_bits: int = 24, seed: int = 0, seeds: Optional[Sequence[int]] = None,
+                 processes: Optional[int] = 1) -> "pandas.DataFrame":
     """One protocol run on random inputs per (protocol, clients, dropout rate): a table of what it cost.
 
     round(rate * n) clients, drawn with ``seed``, drop out after round 1
@@ -766,6 +767,12 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     sum (RuntimeError if it differs). Columns: protocol, clients, dropout_rate,
     vector_length, modulus_bits, threshold, neighbours, bytes_per_client,
     client_seconds, server_seconds (seconds of wall time).
+
+    ``seeds``: every seed's measurements, one after the other, with a last column ``seed`` (instead of ``seed``).
+    ``processes``: the (seed, clients, dropout rate) settings spread over that many worker processes (None: one
+    per core), each setting's protocols run one after the other in one of them; the rows come in the same order.
+    Every process measures its own runs on its own core, so the seconds are those of one core either way, with
+    the other core busy too.
     """
     import pandas as pd
 
@@ -777,22 +784,61 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     for rate in dropout_rates:
         if not 0 <= rate < 1:
             raise ValueError(f"dropout_rates: must be in [0, 1), got {rate}")
-    rows = []
-    for n in clients:
-        n = _integer("clients", n, 2)
-        for rate in dropout_rates:
-            rng = np.random.default_rng([seed, n, round(rate * 10 ** 6)])
-            vectors = rng.integers(0, 2 ** modulus_bits, size=(n, vector_length), dtype=np.uint64)
-            dropped = set(rng.choice(n, size=round(rate * n), replace=False).tolist())
-            inputs = {u: vectors[u] for u in range(n) if u not in dropped}
-            expected = vectors[sorted(inputs)].sum(axis=0, dtype=np.uint64) & np.uint64(2 ** modulus_bits - 1)
-            for protocol in protocols:
-                result = run_protocol(inputs, modulus_bits=modulus_bits, protocol=protocol, participants=range(n))
-                if not np.array_equal(result.total, expected):
-                    raise RuntimeError(f"{protocol} with {n} clients and dropout {rate}: the recovered sum differs "
-                                       "from the plain modular sum")
-                rows.append(dict(protocol=protocol, clients=n, dropout_rate=float(rate), vector_length=vector_length,
-                                 modulus_bits=modulus_bits, threshold=result.threshold, neighbours=result.neighbours,
-                                 bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
-                                 server_seconds=result.server_seconds))
+    clients = [_integer("clients", n, 2) for n in clients]
+    each = [_integer("seeds", s, 0) for s in seeds] if seeds is not None else [_integer("seed", seed, 0)]
+    if processes is None:
+        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = _integer("processes", processes, 1)
+    settings = [(s, n, float(rate)) for s in each for n in clients for rate in dropout_rates]
+    args = (tuple(protocols), vector_length, modulus_bits)
+    if processes == 1 or len(settings) < 2:
+        tables = [_cost_rows(s, n, rate, *args) for s, n, rate in settings]
+    else:
+        tables = _spread_cost(settings, args, processes)
+    rows = [dict(row, seed=s) if seeds is not None else row
+            for (s, _, _), table in zip(settings, tables) for row in table]
     return pd.DataFrame(rows)
+
+
+def _cost_rows(seed: int, n: int, rate: float, protocols: tuple, vector_length: int, modulus_bits: int) -> list:
+    """:func:`measure_cost`'s rows of one (seed, clients, dropout rate) setting, every protocol on the same inputs."""
+    rng = np.random.default_rng([seed, n, round(rate * 10 ** 6)])
+    vectors = rng.integers(0, 2 ** modulus_bits, size=(n, vector_length), dtype=np.uint64)
+    dropped = set(rng.choice(n, size=round(rate * n), replace=False).tolist())
+    inputs = {u: vectors[u] for u in range(n) if u not in dropped}
+    expected = vectors[sorted(inputs)].sum(axis=0, dtype=np.uint64) & np.uint64(2 ** modulus_bits - 1)
+    rows = []
+    for protocol in protocols:
+        result = run_protocol(inputs, modulus_bits=modulus_bits, protocol=protocol, participants=range(n))
+        if not np.array_equal(result.total, expected):
+            raise RuntimeError(f"{protocol} with {n} clients and dropout {rate}: the recovered sum differs "
+                               "from the plain modular sum")
+        rows.append(dict(protocol=protocol, clients=n, dropout_rate=float(rate), vector_length=vector_length,
+                         modulus_bits=modulus_bits, threshold=result.threshold, neighbours=result.neighbours,
+                         bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
+                         server_seconds=result.server_seconds))
+    return rows
+
+
+def _spread_cost(settings: list, args: tuple, processes: int) -> list:
+    """:func:`_cost_rows` of every setting in ``processes`` worker processes, the largest first; in order."""
+    import concurrent.futures
+
+    from ..core.runtime import wait_limit
+    from ..core.spawning import WITHOUT_MAIN
+
+    order = sorted(range(len(settings)), key=lambda i: -settings[i][1])  # 1,000 clients take minutes, 10 no time
+    pool = concurrent.futures.ProcessPoolExecutor(min(processes, len(settings)), mp_context=WITHOUT_MAIN)
+    limit, futures = wait_limit(), {}
+    try:
+        for i in order:
+            futures[i] = pool.submit(_cost_rows, *settings[i], *args)
+        return [futures[i].result(timeout=limit) for i in range(len(settings))]
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"secagg_cost: a setting (seed, clients, dropout rate) gave no result within {limit:g} s "
+                           "(FEDLAB_WAIT_LIMIT_S) in a worker process; stopped them") from None
+    finally:
+        if not all(f.done() for f in futures.values()):  # a timeout, an error, an interrupt: the rest abandoned
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
