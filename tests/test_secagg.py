@@ -334,3 +334,14 @@ def test_the_cost_table_of_several_seeds_spread_over_processes_is_the_table_of_e
     assert (spread[["client_seconds", "server_seconds"]] > 0).all().all()
     with pytest.raises(ValueError, match="^processes: must be >= 1, got 0$"):
         secagg.measure_cost(**kw, processes=0)
+
+
+def test_a_spread_cost_measurement_that_fails_says_which_setting_and_stops_its_workers(monkeypatch):
+    import multiprocessing
+
+    with pytest.raises(ValueError, match="^seeds: must name at least one seed, got none$"):
+        secagg.measure_cost(clients=(4,), seeds=[])
+    # a worker's setting that fails: its error here, naming it, the other workers stopped
+    with pytest.raises(ValueError, match="^participants: must be 2..1048576 clients, got 1$"):
+        secagg._spread_cost([(0, 4, 0.0), (0, 1, 0.0), (0, 5, 0.0)], (("secagg",), 8, 10), 2)
+    assert not multiprocessing.active_children()

@@ -9,8 +9,11 @@ children are given a stand-in ``__main__``: what they run is fedlab's. Used by a
 from __future__ import annotations
 
 import multiprocessing.context
+import os
+import signal
 import sys
 import threading
+import time
 import types
 from multiprocessing import popen_spawn_posix
 
@@ -43,3 +46,50 @@ class _SpawnWithoutMain(multiprocessing.context.SpawnContext):
 
 
 WITHOUT_MAIN = _SpawnWithoutMain()
+
+
+# In a worker process -----------------------------------------------------------------------------------------
+
+
+def exit_with_parent() -> None:
+    """Ends this worker process when the process that started it is gone (killed): mid-task or not."""
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True, name="fedlab-worker-orphaned").start()
+
+
+def quiet_worker() -> None:
+    """A pool's worker initializer: exits with its parent, and ignores SIGINT, which a notebook's interrupt sends
+    to the whole process group (the parent stops its workers itself; a traceback from each would be noise)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
+
+
+# In the parent ------------------------------------------------------------------------------------------------
+
+
+def stop_pool(pool, *, kill: bool, limit: float) -> str:
+    """Shuts ``pool`` (a ``ProcessPoolExecutor``) down: its idle workers exit, and with ``kill`` the busy ones are
+    killed; waits at most ``limit`` seconds for its processes and its manager thread to end. Returns what still
+    ran after that ("" if nothing)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's: no public way to stop them
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    if kill:
+        for process in processes:
+            process.kill()
+    deadline = time.monotonic() + limit
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5.0)
+    if manager is not None:
+        manager.join(timeout=max(1.0, deadline - time.monotonic()))
+    return ", ".join(map(str, [p.pid for p in processes if p.is_alive()]
+                          + (["its manager thread"] if manager is not None and manager.is_alive() else [])))

@@ -31,7 +31,6 @@ import pathlib
 import pickle
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -42,7 +41,7 @@ import pandas as pd
 from ..aggregators.aggregation import builders_in_use
 from ..algorithms.algorithms import ALGORITHMS
 from ..core import encryption, profiling
-from ..core.spawning import WITHOUT_MAIN
+from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
 from ..core.registry import Entry
 from ..core.runtime import wait_limit
 from ..core.storage import ResultCache, cache_key
@@ -327,28 +326,11 @@ def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool, warn: bo
     """Shuts ``pool`` down (its idle workers exit; ``kill``: busy ones too) and waits, within the wait limit, for
     its processes and its manager thread to end. Returns what still ran after that ("" if nothing), and warns of
     it unless ``warn`` is False."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's: no public way to stop them
-    manager = getattr(pool, "_executor_manager_thread", None)
-    pool.shutdown(wait=False, cancel_futures=True)
-    if kill:
-        for process in processes:
-            process.kill()
-    deadline = time.monotonic() + wait_limit()
-    for process in processes:
-        process.join(timeout=max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=5.0)
-    if manager is not None:
-        manager.join(timeout=max(1.0, deadline - time.monotonic()))
-    alive = ", ".join(map(str, [p.pid for p in processes if p.is_alive()]
-                          + (["its manager thread"] if manager is not None and manager.is_alive() else [])))
+    alive = stop_pool(pool, kill=kill, limit=wait_limit())
     if alive and warn:  # said, not waited for: nothing of a sweep should outlive it
         warnings.warn(f"the sweep's worker processes did not all end within {wait_limit():g} s "
                       f"(FEDLAB_WAIT_LIMIT_S): still running: {alive}", RuntimeWarning, stacklevel=2)
     return alive
-
-
 
 
 # In a worker process ------------------------------------------------------------------------------------------
@@ -357,14 +339,7 @@ def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool, warn: bo
 def _start_worker() -> None:
     from ..core.runtime import tff
 
-    parent = os.getppid()
-
-    def orphaned() -> None:  # the sweep's process is gone (killed): this one goes too, mid-run or not
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=orphaned, daemon=True, name="fedlab-sweep-orphaned").start()
+    quiet_worker()  # the sweep's process gone: this one goes too; a notebook's interrupt is the sweep's to handle
     tff()
 
 

@@ -771,8 +771,9 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     ``seeds``: every seed's measurements, one after the other, with a last column ``seed`` (instead of ``seed``).
     ``processes``: the (seed, clients, dropout rate) settings spread over that many worker processes (None: one
     per core), each setting's protocols run one after the other in one of them; the rows come in the same order.
-    Every process measures its own runs on its own core, so the seconds are those of one core either way, with
-    the other core busy too.
+    Each process times its own runs; spread, the other cores are busy too, which slows a run a little (shared
+    caches and memory): the seconds are comparable between protocols within a table, not with a table measured
+    in one process.
     """
     import pandas as pd
 
@@ -786,6 +787,8 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
             raise ValueError(f"dropout_rates: must be in [0, 1), got {rate}")
     clients = [_integer("clients", n, 2) for n in clients]
     each = [_integer("seeds", s, 0) for s in seeds] if seeds is not None else [_integer("seed", seed, 0)]
+    if not each:
+        raise ValueError("seeds: must name at least one seed, got none")
     if processes is None:
         processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = _integer("processes", processes, 1)
@@ -811,8 +814,8 @@ def _cost_rows(seed: int, n: int, rate: float, protocols: tuple, vector_length: 
     for protocol in protocols:
         result = run_protocol(inputs, modulus_bits=modulus_bits, protocol=protocol, participants=range(n))
         if not np.array_equal(result.total, expected):
-            raise RuntimeError(f"{protocol} with {n} clients and dropout {rate}: the recovered sum differs "
-                               "from the plain modular sum")
+            raise RuntimeError(f"{protocol} with {n} clients, dropout {rate}, seed {seed}: the recovered sum "
+                               "differs from the plain modular sum")
         rows.append(dict(protocol=protocol, clients=n, dropout_rate=float(rate), vector_length=vector_length,
                          modulus_bits=modulus_bits, threshold=result.threshold, neighbours=result.neighbours,
                          bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
@@ -821,24 +824,28 @@ def _cost_rows(seed: int, n: int, rate: float, protocols: tuple, vector_length: 
 
 
 def _spread_cost(settings: list, args: tuple, processes: int) -> list:
-    """:func:`_cost_rows` of every setting in ``processes`` worker processes, the largest first; in order."""
+    """:func:`_cost_rows` of every setting in ``processes`` worker processes, the largest first; in order. A
+    setting's error is raised as soon as it comes; the wait ends when no setting finishes within the wait limit."""
     import concurrent.futures
 
     from ..core.runtime import wait_limit
-    from ..core.spawning import WITHOUT_MAIN
+    from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
 
     order = sorted(range(len(settings)), key=lambda i: -settings[i][1])  # 1,000 clients take minutes, 10 no time
-    pool = concurrent.futures.ProcessPoolExecutor(min(processes, len(settings)), mp_context=WITHOUT_MAIN)
-    limit, futures = wait_limit(), {}
+    pool = concurrent.futures.ProcessPoolExecutor(min(processes, len(settings)), mp_context=WITHOUT_MAIN,
+                                                  initializer=quiet_worker)
+    limit, results, pending = wait_limit(), {}, set()
     try:
-        for i in order:
-            futures[i] = pool.submit(_cost_rows, *settings[i], *args)
-        return [futures[i].result(timeout=limit) for i in range(len(settings))]
-    except concurrent.futures.TimeoutError:
-        raise TimeoutError(f"secagg_cost: a setting (seed, clients, dropout rate) gave no result within {limit:g} s "
-                           "(FEDLAB_WAIT_LIMIT_S) in a worker process; stopped them") from None
+        futures = {pool.submit(_cost_rows, *settings[i], *args): i for i in order}
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=limit,
+                                                    return_when=concurrent.futures.FIRST_EXCEPTION)
+            if not done:
+                raise TimeoutError(f"secagg_cost: no setting (seed, clients, dropout rate) finished within {limit:g} "
+                                   "s (FEDLAB_WAIT_LIMIT_S) in the worker processes; stopped them")
+            for future in done:
+                results[futures[future]] = future.result()  # a worker's error, raised here
+        return [results[i] for i in range(len(settings))]
     finally:
-        if not all(f.done() for f in futures.values()):  # a timeout, an error, an interrupt: the rest abandoned
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop_pool(pool, kill=bool(pending), limit=limit)  # an error or an interrupt: the rest abandoned
