@@ -80,7 +80,7 @@ def test_attackers_and_poisoned_labels():
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"dp": "adaptive", "secure_aggregation": True}, "dp"),
+    ({"dp": "adaptive", "secure_aggregation": True, "secure_protocol": "secagg", "quantization_bits": 8}, "dp"),
     ({"quantization_bits": 17}, "quantization_bits"),
     ({"secure_aggregation": True, "algorithm": "scaffold"}, "algorithm"),
     ({"model": "2nn", "freeze_layers": 3}, "freeze_layers"),
@@ -95,7 +95,7 @@ def test_combinations_tff_cannot_do_are_refused(changes, field):
 @pytest.mark.parametrize("changes, field", [
     ({"robust": "median", "secure_aggregation": True}, "robust"),
     ({"robust": "krum", "secure_aggregation": True, "quantization_bits": 4}, "robust"),
-    ({"robust": "trimmed_mean", "dp": "fixed", "noise_multiplier": 0.5}, "robust"),
+    ({"robust": "trimmed_mean", "dp": "fixed", "noise_multiplier": 0.5, "secure_aggregation": True}, "robust"),
     ({"robust": "clip", "robust_fraction": 0.3}, "robust_fraction"),
     ({"robust": "krum", "robust_fraction": 0.5}, "robust_fraction"),
 ])

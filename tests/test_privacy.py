@@ -432,7 +432,6 @@ def test_pld_refuses_before_training_what_the_rounded_secure_sum_leaves_it():
 
 
 @pytest.mark.parametrize("changes, field", [
-    (dict(dp="adaptive", secure_aggregation=True), "dp"),
     (dict(dp="fixed", secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
     (dict(dp="adaptive", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8), "dp"),
     (dict(dp="fixed", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8, over_selection=1.5),

@@ -71,8 +71,7 @@ _UNWEIGHTED = ("fednova", "scaffold", "fedper", "ditto", "qffl")
 LIMITS = {frozenset(pair) for pair in [
     *[(a, s) for a in _UNWEIGHTED for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")
       if a not in ("fedper", "ditto")],
-    *[("user DP adaptive", s) for s in ("secure sum", "SecAgg", "SecAgg+")],
-    *[(dp, r) for dp in ("user DP fixed", "user DP adaptive") for r in ("median", "krum", "trimmed_mean")],
+    *[("user DP adaptive", s) for s in ("SecAgg", "SecAgg+")],
     *[(a, "record DP") for a in ("fedsgd", "ditto", "qffl")],
 ]}
 

@@ -69,23 +69,33 @@ class AggregatorBuilder:
     build: Callable
     fraction: bool = False  # robust: build also takes fraction= (config.robust_fraction)
     replaces_mean: bool = False  # robust: a statistic of the updates themselves, not a filter before the mean
+    # robust statistic: sensitivity(fraction, most_updates) bounds, in units of the clip C, how far one update of
+    # norm <= C added to or removed from a round's updates moves it (user-level DP's noise is z x that x C)
+    sensitivity: Optional[Callable[[float, int], float]] = None
 
 
 AGGREGATORS: Registry[AggregatorBuilder] = Registry("aggregator", "robust")
 
 
 def register_aggregator(name: str, *, role: str = "robust", paper: Optional[str] = None, replace: bool = False,
-                        fraction: bool = False, replaces_mean: bool = False):
+                        fraction: bool = False, replaces_mean: bool = False,
+                        sensitivity: Optional[Callable[[float, int], float]] = None):
     """Registers an aggregator builder under ``name`` for ``role`` (see :class:`AggregatorBuilder`).
 
     Robust builders: ``fraction=True`` if ``build`` also takes ``fraction=`` (the config's
     ``robust_fraction``); ``replaces_mean=True`` if it computes a statistic of the individual
-    updates (median, Krum), which secure aggregation, DP and compression would hide.
+    updates (median, Krum), which secure aggregation hides; such a statistic runs under user-level
+    DP only with ``sensitivity(fraction, most_updates)``: the bound, in units of the clip C, on how far
+    one update of norm at most C added or removed moves it, with at most ``most_updates`` in a round.
     """
     if role not in ROLES:
         raise ValueError(f"role: must be one of {', '.join(ROLES)}; got {role!r}")
+    if sensitivity is not None and not replaces_mean:
+        raise ValueError("sensitivity: is for a statistic of the updates (replaces_mean=True); a filter before the "
+                         "mean keeps the mean's")
     return decorator(AGGREGATORS, name,
-                     lambda build: AggregatorBuilder(name, role, build, fraction=fraction, replaces_mean=replaces_mean),
+                     lambda build: AggregatorBuilder(name, role, build, fraction=fraction, replaces_mean=replaces_mean,
+                                                     sensitivity=sensitivity),
                      paper=paper, replace=replace)
 
 
@@ -152,15 +162,18 @@ def warn_if_updates_vanish(config, spec) -> None:
 
 @register_aggregator("fixed", role="dp", paper="McMahan et al. 2018, arXiv:1710.06963")
 def dp_fixed(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5, *,
-             seeded: bool = True, record_sum=None):
+             seeded: bool = True, record_sum=None, statistic=None, sensitivity: float = 1.0):
     """User-level DP mean: clip each update to C, add Gaussian noise z*C to the sum, divide by the expected K.
 
     ``record_sum``: the factory that sums the clipped updates (TFF's secure sum: :func:`secure_record_sum`; or
     the compressed sum: :func:`compressed_record_sum`); the server adds the noise to the sum it returns.
+    ``statistic``: a robust statistic of the clipped updates instead of their mean, noised at z x
+    ``sensitivity`` x C (:func:`dp_statistic`).
     """
-    if seeded:
+    if seeded or statistic is not None:
         return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
-                               clip=clip_norm, record_sum=record_sum)
+                               clip=clip_norm, record_sum=record_sum, statistic=statistic, sensitivity=sensitivity,
+                               fresh=not seeded)
     if record_sum is None:
         return tff().aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
             noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
@@ -176,20 +189,23 @@ def dp_fixed(noise_multiplier: float, clients_per_round: float, clip_norm: float
 
 @register_aggregator("adaptive", role="dp", paper="Andrew et al. 2021, arXiv:1905.03871")
 def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5,
-                *, seeded: bool = True, record_sum=None):
+                *, seeded: bool = True, record_sum=None, statistic=None, sensitivity: float = 1.0):
     """User-level DP mean with the clip norm adapted to a quantile of the update norms (starting at C).
 
-    ``record_sum``: the factory that sums the clipped updates, one that never lengthens an update
-    (:func:`compressed_record_sum`: a secure sum's range would need a fixed clip).
+    ``record_sum``: the factory that sums the clipped updates (:func:`compressed_record_sum`, or a secure sum,
+    whose fixed range the clients' updates then reach in units of the first clip: :func:`seeded_gaussian`);
+    ``statistic``: a robust statistic of the clipped updates instead of their mean (:func:`dp_statistic`).
     """
     # The clipped-count query shares the budget: TFF raises the update noise to
     # (z^-2 - (2 s)^-2)^-1/2 for count noise s. Its default s = 0.05 K leaves nothing
     # for small K; s >= z caps the update noise at z / sqrt(3/4), about 1.15 z.
     count_stddev = max(0.05 * float(clients_per_round), float(noise_multiplier))
-    if seeded:
+    in_units = record_sum is not None and not getattr(record_sum, "keeps_norm", False)  # a secure sum's range
+    if seeded or statistic is not None or in_units:
         return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
                                clip=clip_norm, adaptive=True, target_quantile=target_quantile,
-                               clipped_count_stddev=count_stddev, record_sum=record_sum)
+                               clipped_count_stddev=count_stddev, record_sum=record_sum, statistic=statistic,
+                               sensitivity=sensitivity, fresh=not seeded)
     if record_sum is None:
         return tff().aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
             noise_multiplier=float(noise_multiplier), clients_per_round=float(clients_per_round),
@@ -210,20 +226,25 @@ def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: fl
 
 
 def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: float, clip_norm: float,
-                  target_quantile: float = 0.5, seeded: bool = True, record_sum=None):
+                  target_quantile: float = 0.5, seeded: bool = True, record_sum=None, statistic=None,
+                  sensitivity: float = 1.0):
     """The DP aggregator registered as ``mode`` ("fixed", "adaptive", or a user's).
 
-    ``seeded``: noise from the run's noise seed and the round (:mod:`fedlab.aggregators.seeded`); False: TFF's own
-    factory, whose noise is fresh and unpredictable every run. ``record_sum``: the sum of the clipped updates
-    under the noise (a secure sum, ``fixed`` only; or :func:`compressed_record_sum`).
+    ``seeded``: noise from the run's noise seed and the round (:mod:`fedlab.aggregators.seeded`); False: fresh
+    noise every run (TFF's own factory where it has one). ``record_sum``: the sum of the clipped updates under
+    the noise (a secure sum; or :func:`compressed_record_sum`). ``statistic``, ``sensitivity``: a robust
+    statistic of the clipped updates instead of their mean, and its bound (:func:`dp_statistic`); a builder
+    that takes neither is refused by the config.
     """
     entry = AGGREGATORS[mode]
     if entry.role != "dp":
         raise ValueError(f"dp: must be one of {', '.join(names('dp'))}; got {mode!r}")
+    extra = {}
     if record_sum is not None:
-        return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded,
-                           record_sum=record_sum)
-    return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded)
+        extra["record_sum"] = record_sum
+    if statistic is not None:
+        extra.update(statistic=statistic, sensitivity=sensitivity)
+    return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded, **extra)
 
 
 def secure_record_sum(config):
@@ -351,28 +372,63 @@ def robust_zeroing(clip_norm: float, inner):
     return tff().aggregators.zeroing_factory(clip_norm, inner)
 
 
-@register_aggregator("median", role="robust", replaces_mean=True, paper="Yin et al. 2018, arXiv:1803.01498")
+def median_sensitivity(fraction: float, most_updates: int) -> float:
+    """(1 + sqrt(2)) / 2: how far, in units of C, one update v of norm <= C added to or removed from a round's
+    updates x_1..x_n (norms <= C) moves their coordinate median m (the mean of the two middle values for even n).
+
+    n = 0: the median goes from 0 to v, by ||v|| <= C. Even n = 2k: in each coordinate j the new median is v_j
+    clamped between the two middle values x_(k) <= x_(k+1), so it moves by at most half their gap g_j. At least k
+    values lie at or beyond each of them, so sum_i x_ij^2 >= (k / 2) g_j^2 (if they have opposite signs, k (x_(k)^2
+    + x_(k+1)^2) >= (k / 2) g_j^2; if not, g_j is at most the larger); summing over j, sum_j g_j^2 <= (2 / k) 2k C^2
+    and the move is at most C. Odd n = 2k + 1: m_j = x_(k+1), and the new median is the mean of m_j and v_j clamped
+    to the next value on v_j's side, so it moves by at most |v_j - m_j| / 2, in all ||v - m|| / 2 <= (||v|| +
+    ||m||) / 2. At least k + 1 values have |x_ij| >= |m_j|, so ||m||^2 <= (2k + 1) / (k + 1) C^2 < 2 C^2. Removing v
+    is the same pair of rounds. (A search over random rounds found no move beyond C: the bound may not be tight.)
+    """
+    return (1.0 + math.sqrt(2.0)) / 2.0
+
+
+def trimmed_mean_sensitivity(fraction: float, most_updates: int) -> float:
+    """2 max_n sqrt(n / (n - 2 floor(fraction n))) over rounds of n <= ``most_updates`` updates, in units of C.
+
+    A coordinate of the trimmed mean is the mean of the n - 2b middle values (b = floor(fraction n)), so its
+    square is at most their mean square, at most sum_i x_ij^2 / (n - 2b); summing over j, its norm is at most
+    C sqrt(n / (n - 2b)) (at most C / sqrt(1 - 2 fraction)). One update added or removed changes n and maybe b,
+    so the bound is on both rounds' results: twice the largest norm. (Not tight: a search over random rounds
+    found no move beyond C.)
+    """
+    return 2.0 * max(math.sqrt(n / (n - 2 * fraction_count(fraction, n))) for n in range(1, max(most_updates, 1) + 1))
+
+
+def krum_sensitivity(fraction: float, most_updates: int) -> float:
+    """2: Krum returns one update, Multi-Krum a mean of some, so its result has norm <= C whatever the round; one
+    update added or removed can change the choice, moving the result by at most 2C."""
+    return 2.0
+
+
+@register_aggregator("median", role="robust", replaces_mean=True, paper="Yin et al. 2018, arXiv:1803.01498",
+                     sensitivity=median_sensitivity)
 def robust_median(clip_norm: float, inner):
     """Coordinate-wise median of the round's updates (unweighted; the mean of the two middle values if even)."""
     return CoordinateMedianFactory()
 
 
 @register_aggregator("trimmed_mean", role="robust", fraction=True, replaces_mean=True,
-                     paper="Yin et al. 2018, arXiv:1803.01498")
+                     paper="Yin et al. 2018, arXiv:1803.01498", sensitivity=trimmed_mean_sensitivity)
 def robust_trimmed_mean(clip_norm: float, inner, *, fraction: float):
     """Coordinate-wise trimmed mean: the floor(fraction x m) largest and smallest values of each coordinate dropped."""
     return TrimmedMeanFactory(fraction)
 
 
 @register_aggregator("krum", role="robust", fraction=True, replaces_mean=True,
-                     paper="Blanchard et al. 2017, NeurIPS, arXiv:1703.02757")
+                     paper="Blanchard et al. 2017, NeurIPS, arXiv:1703.02757", sensitivity=krum_sensitivity)
 def robust_krum(clip_norm: float, inner, *, fraction: float):
     """Krum: the update closest (squared L2) to its m - f - 2 nearest others, f = floor(fraction x m)."""
     return KrumFactory(byzantine_fraction=fraction)
 
 
 @register_aggregator("multikrum", role="robust", fraction=True, replaces_mean=True,
-                     paper="Blanchard et al. 2017, NeurIPS, arXiv:1703.02757")
+                     paper="Blanchard et al. 2017, NeurIPS, arXiv:1703.02757", sensitivity=krum_sensitivity)
 def robust_multikrum(clip_norm: float, inner, *, fraction: float, clients_per_round: int = 10):
     """Multi-Krum: the mean of the K - floor(fraction x K) updates with the best Krum scores."""
     return KrumFactory(byzantine_fraction=fraction, multi=max(1, clients_per_round - fraction_count(fraction,
@@ -387,6 +443,26 @@ def robust_aggregator(name: str, clip_norm: float, inner, *, fraction: float = 0
     if name == "multikrum":
         return entry.build(clip_norm, inner, fraction=fraction, clients_per_round=clients_per_round)
     return entry.build(clip_norm, inner, fraction=fraction) if entry.fraction else entry.build(clip_norm, inner)
+
+
+def dp_statistic(config):
+    """(statistic, sensitivity) for user-level DP with a robust statistic, or (None, 1.0).
+
+    Robust aggregate, then noise: the updates are clipped to C (the current clip, if adaptive), the statistic
+    (a median, a trimmed mean, Krum) is taken of them, and Gaussian noise z s C is added to it, with s the
+    statistic's registered sensitivity (:func:`median_sensitivity`, :func:`trimmed_mean_sensitivity`,
+    :func:`krum_sensitivity`) at the most updates a round can hold (:func:`cohort_size`). One user moves the
+    statistic by at most s C, as one user moves the mean's sum by at most C, so the noise multiplier relative to
+    the sensitivity is z and the accounting is the mean's. The mean divides its noise by the expected K; a
+    statistic does not, so at the same z its noise is about s K times the mean's: robustness costs privacy here.
+    Multi-Krum keeps the K - f best of a round of the expected K.
+    """
+    if not (config.user_level_dp and config.robust != "none" and AGGREGATORS[config.robust].replaces_mean):
+        return None, 1.0
+    entry = AGGREGATORS[config.robust]
+    statistic = robust_aggregator(config.robust, config.clip_norm, None, fraction=config.robust_fraction,
+                                  clients_per_round=config.clients_per_round)
+    return statistic, float(entry.sensitivity(config.robust_fraction, cohort_size(config)))
 
 
 def builders_in_use(config) -> list[AggregatorBuilder]:
@@ -413,10 +489,13 @@ def make_aggregator(config):
         # under a secure sum the server sees only the sum of the clipped updates, and adds the noise to it
         record_sum = (secure_record_sum(config) if config.secure_aggregation else
                       compressed_record_sum(config) if config.quantization_bits else None)
+        statistic, sensitivity = dp_statistic(config)
         factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
                                 clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
                                 target_quantile=config.target_quantile, seeded=config.noise_source == "seeded",
-                                record_sum=record_sum)
+                                record_sum=record_sum, statistic=statistic, sensitivity=sensitivity)
+        if statistic is not None:
+            return factory
     elif config.secure_aggregation and config.secure_protocol != "none":
         return AGGREGATORS[config.secure_protocol].build(config)  # clipped by its clients' encoding
     elif config.secure_aggregation:
@@ -456,7 +535,8 @@ def aggregator_key(config) -> tuple:
         return ("dp", config.dp, config.noise_multiplier, config.clients_per_round, config.clip_norm,
                 config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source,
                 (config.quantization_bits, cohort_size(config), config.secure_protocol)
-                if config.secure_aggregation else config.quantization_bits)
+                if config.secure_aggregation else config.quantization_bits,
+                config.robust_fraction if uses_fraction(config) else None)
     return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
             config.noise_source if (config.quantization_bits and not config.secure_aggregation)
             or config.secure_protocol == "ckks" else None,

@@ -53,6 +53,13 @@ def _fold(seed, *values):
     return seed
 
 
+def _clock_key(second):
+    """A fresh key from the clock (microseconds) and ``second``: what TFF's own rounding and noise draw anew."""
+    import tensorflow as tf
+
+    return tf.stack([tf.cast(tf.timestamp() * 1e6, tf.int64), tf.cast(second, tf.int64)])
+
+
 def _state_type(extra=None):
     t = tff()
     fields = [(SEED_KEY, t.TensorType(np.int64, [2])), ("round", t.TensorType(np.int64, []))]
@@ -60,17 +67,27 @@ def _state_type(extra=None):
 
 
 def seeded_gaussian(*, noise_multiplier: float, clients_per_round: float, clip: float, adaptive: bool = False,
-                    target_quantile: float = 0.5, clipped_count_stddev=None, record_sum=None):
+                    target_quantile: float = 0.5, clipped_count_stddev=None, record_sum=None, statistic=None,
+                    sensitivity: float = 1.0, fresh: bool = False):
     """User-level DP mean with seeded Gaussian noise (fixed or adaptive clipping): an unweighted TFF factory.
 
     ``record_sum``: an unweighted factory that sums the clipped updates (a secure sum, or :func:`quantizing_sum`),
     the noise then added to its result; its state must not change between rounds (each round starts from its
-    initial state: a fixed scale, or none); fixed clipping only, unless it never lengthens an update
-    (``keeps_norm``).
+    initial state: a fixed scale, or none). Under an adaptive clip C_t, a sum that may lengthen an update (a secure
+    sum's fixed range, unlike ``keeps_norm``) is given each clipped update times C / C_t (norm at most the initial
+    clip C, which sized its range) and its result is multiplied back by C_t / C; the clients' below-the-clip bits
+    and their count are then summed by TFF's secure sum too.
+
+    ``statistic``: instead of the sum divided by the expected K, an unweighted factory (a median, a trimmed mean,
+    Krum) of the clipped updates, with ``sensitivity`` (s) the bound, in units of the clip, on how far one update
+    added or removed moves it; the noise on it is then z s C_t, and the accounting that of the mean at z.
+
+    ``fresh``: the noise drawn anew from the clock each round (``noise_source="unseeded"``), not from the seed.
     """
     return _gaussian_class()(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round, clip=clip,
                              adaptive=adaptive, target_quantile=target_quantile,
-                             clipped_count_stddev=clipped_count_stddev, record_sum=record_sum)
+                             clipped_count_stddev=clipped_count_stddev, record_sum=record_sum, statistic=statistic,
+                             sensitivity=sensitivity, fresh=fresh)
 
 
 def quantizing_sum(bits: int, *, fresh: bool = False):
@@ -133,10 +150,17 @@ def _gaussian_class():
     class _SeededGaussian(t.aggregators.UnweightedAggregationFactory):
         def __init__(self, *, noise_multiplier: float, clients_per_round: float, clip: float,
                      adaptive: bool = False, target_quantile: float = 0.5, learning_rate: float = 0.2,
-                     clipped_count_stddev: float | None = None, record_sum=None):
-            if adaptive and record_sum is not None and not getattr(record_sum, "keeps_norm", False):
-                raise ValueError("record_sum: a secure sum of the updates needs a fixed clip (adaptive=False)")
-            self.record_sum = record_sum
+                     clipped_count_stddev: float | None = None, record_sum=None, statistic=None,
+                     sensitivity: float = 1.0, fresh: bool = False):
+            if record_sum is not None and statistic is not None and not hasattr(record_sum, "client_map"):
+                raise ValueError("statistic: takes the clipped updates themselves; record_sum must be one that maps "
+                                 "each client's update (client_map, as quantizing_sum), not only their sum")
+            if not (math.isfinite(sensitivity) and sensitivity > 0):
+                raise ValueError(f"sensitivity: must be a finite number > 0, got {sensitivity!r}")
+            self.record_sum, self.statistic = record_sum, statistic
+            self.sensitivity, self.fresh = float(sensitivity), fresh
+            # an adaptive clip leaves a sum's fixed range: the clients send their updates in units of the first clip
+            self.rescaled = adaptive and record_sum is not None and not getattr(record_sum, "keeps_norm", False)
             self.noise_multiplier = float(noise_multiplier)
             self.clients_per_round = float(clients_per_round)
             self.clip = float(clip)
@@ -158,6 +182,12 @@ def _gaussian_class():
             state_type = _state_type({"clip": t.TensorType(np.float32, [])})
             clip0 = self.clip
             records = self.record_sum.create(value_type) if self.record_sum is not None else None
+            statistic = self.statistic.create(value_type) if self.statistic is not None else None
+            # a statistic of compressed updates: each client's clipped update quantised (no longer than it was)
+            encode = self.record_sum.client_map(value_type) if statistic is not None and records is not None else None
+            rescaled, fresh = self.rescaled, self.fresh
+            bits_sum = (t.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0).create(
+                t.TensorType(np.int32, [2])) if rescaled else None)
 
             @t.tensorflow.computation()
             def initial_state():
@@ -173,15 +203,32 @@ def _gaussian_class():
                 below = tf.cast(norm <= clip, tf.float32) - 0.5
                 return tf.nest.pack_sequence_as(value, clipped), below
 
-            noise_multiplier, count_stddev = self.value_noise_multiplier, self.count_stddev
-            denominator, adaptive = self.clients_per_round, self.adaptive
+            @t.tensorflow.computation(value_type, t.TensorType(np.float32, []))
+            def in_first_clip_units(value, clip):
+                return tf.nest.map_structure(lambda v: v * tf.cast(clip0 / clip, v.dtype), value)
+
+            @t.tensorflow.computation(t.TensorType(np.float32, []))
+            def bit_and_one(below):
+                return tf.stack([tf.cast(below > 0, tf.int32), tf.constant(1, tf.int32)])
+
+            @t.tensorflow.computation(t.TensorType(np.int32, [2]))
+            def shifted_count(sums):
+                return tf.cast(sums[0], tf.float32) - 0.5 * tf.cast(sums[1], tf.float32)
+
+            # noise z s C_t: s = 1 for the sum (then divided by the expected K), a statistic's own bound otherwise
+            noise_multiplier = self.value_noise_multiplier * self.sensitivity
+            count_stddev = self.count_stddev
+            denominator = self.clients_per_round if statistic is None else 1.0
+            expected, adaptive = self.clients_per_round, self.adaptive
             target, lr = self.target_quantile, self.learning_rate
 
             @t.tensorflow.computation(value_type, t.TensorType(np.float32, []), state_type)
             def noised_mean(total, below, state):
-                seed = _fold(state[SEED_KEY], state["round"])
+                seed = _clock_key(state["round"]) if fresh else _fold(state[SEED_KEY], state["round"])
                 clip = state["clip"]
                 flat = tf.nest.flatten(total)
+                if rescaled:  # the sum came in units of the first clip
+                    flat = [v * tf.cast(clip / clip0, v.dtype) for v in flat]
                 noised = [v + tf.random.stateless_normal(tf.shape(v), seed=_fold(seed, 1, i),
                                                          stddev=noise_multiplier * clip, dtype=v.dtype)
                           for i, v in enumerate(flat)]
@@ -189,7 +236,7 @@ def _gaussian_class():
                 new_clip = clip
                 if adaptive:
                     noisy_below = below + tf.random.stateless_normal([], seed=_fold(seed, 2), stddev=count_stddev)
-                    fraction = tf.clip_by_value(noisy_below / denominator + 0.5, 0.0, 1.0)
+                    fraction = tf.clip_by_value(noisy_below / expected + 0.5, 0.0, 1.0)
                     new_clip = tf.maximum(clip * tf.math.exp(-lr * (fraction - target)), 0.0)
                 new_state = collections.OrderedDict([(SEED_KEY, state[SEED_KEY]), ("round", state["round"] + 1),
                                                      ("clip", new_clip)])
@@ -203,9 +250,22 @@ def _gaussian_class():
             def next_fn(state, value):
                 clip_at_clients = t.federated_broadcast(t.federated_map(_clip_of_state(state_type), state))
                 clipped, below = t.federated_map(clip_record, (value, clip_at_clients))
-                total = (t.federated_sum(clipped) if records is None
-                         else records.next(records.initialize(), clipped).result)
-                mean, new_state, clip = t.federated_map(noised_mean, (total, t.federated_sum(below), state))
+                if statistic is not None:
+                    sent = clipped if encode is None else t.federated_map(encode, clipped)
+                    total = statistic.next(statistic.initialize(), sent).result
+                elif records is None:
+                    total = t.federated_sum(clipped)
+                elif rescaled:
+                    sent = t.federated_map(in_first_clip_units, (clipped, clip_at_clients))
+                    total = records.next(records.initialize(), sent).result
+                else:
+                    total = records.next(records.initialize(), clipped).result
+                if rescaled:  # the bits and their count summed securely too, then shifted by -0.5 each
+                    sums = bits_sum.next(bits_sum.initialize(), t.federated_map(bit_and_one, below)).result
+                    below_sum = t.federated_map(shifted_count, sums)
+                else:
+                    below_sum = t.federated_sum(below)
+                mean, new_state, clip = t.federated_map(noised_mean, (total, below_sum, state))
                 measurements = t.federated_zip(collections.OrderedDict(
                     dp_query_metrics=t.federated_zip(collections.OrderedDict(clip=clip))))
                 return t.templates.MeasuredProcessOutput(new_state, mean, measurements)
@@ -266,7 +326,7 @@ def _quantizing_class():
             @t.tensorflow.computation(_state_type())
             def round_seed(state):
                 if fresh:  # from the clock, as TFF's own rounding does (discretization, DP): nothing in the state
-                    return tf.stack([tf.cast(tf.timestamp() * 1e6, tf.int64), state["round"]])
+                    return _clock_key(state["round"])
                 return _fold(state[SEED_KEY], state["round"])
 
             @t.tensorflow.computation(_state_type())
@@ -350,7 +410,8 @@ def _quantizing_sum_class():
                 raise ValueError(f"quantization_bits: must be in 1..16, got {bits}")
             self.bits, self.fresh = int(bits), fresh
 
-        def create(self, value_type):
+        def client_map(self, value_type):
+            """The TFF computation a client applies to its value before the sum (quantise, scale back)."""
             levels, fresh, bits = float(2 ** self.bits - 1), self.fresh, self.bits
 
             @t.tensorflow.computation(value_type)
@@ -358,7 +419,7 @@ def _quantizing_sum_class():
                 flat = tf.nest.flatten(value)
                 key = tf.constant([0x5EC, bits], tf.int64)
                 if fresh:  # from the clock, as TFF's own rounding does
-                    key = tf.stack([tf.cast(tf.timestamp() * 1e6, tf.int64), tf.constant(bits, tf.int64)])
+                    key = _clock_key(bits)
                 key = _fold(key, _update_digest(flat))
                 out = []
                 for i, v in enumerate(flat):
@@ -366,6 +427,11 @@ def _quantizing_sum_class():
                     before, after = tf.norm(tf.reshape(v, [-1])), tf.norm(tf.reshape(q, [-1]))
                     out.append(q * tf.minimum(tf.constant(1.0, v.dtype), tf.math.divide_no_nan(before, after)))
                 return tf.nest.pack_sequence_as(value, out)
+
+            return quantize
+
+        def create(self, value_type):
+            quantize = self.client_map(value_type)
 
             @t.federated_computation()
             def init_fn():

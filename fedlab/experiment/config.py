@@ -253,9 +253,10 @@ class ExperimentConfig:
                 raise ConfigError("secure_protocol", f"cannot be {self.secure_protocol!r} with dp={self.dp!r}: "
                                                      "user-level DP's noise is calibrated to clipped updates, which "
                                                      "only 'secagg' and 'secaggplus' sum (CKKS sums them unclipped)")
-            if self.dp != "fixed":
-                raise ConfigError("dp", f"must be 'fixed' with secure_aggregation, got {self.dp!r}: the secure sum "
-                                        "rounds to a fixed range set by clip_norm, which an adaptive clip would leave")
+            if self.dp != "fixed" and self.secure_protocol != "none":
+                raise ConfigError("dp", f"must be 'fixed' with secure_protocol={self.secure_protocol!r}, got "
+                                        f"{self.dp!r}: fedlab's protocol round does not carry an adaptive clip yet "
+                                        "(use secure_protocol='none', TFF's secure sum, with it)")
             if self.secure_protocol != "none":
                 # whether the protocol aborts (too few survivors) must not depend on one user: under central DP
                 # every sampled client's update is summed (one alone too: secure_rounds.lone_client)
@@ -396,16 +397,25 @@ class ExperimentConfig:
                                          "scores or builds classifiers only")
 
     def _check_robust(self) -> None:
-        """Median and Krum need every update: secure sums and DP noise hide them (compressed ones are decoded)."""
+        """Median and Krum need every update: secure sums hide them (compressed ones are decoded; under DP the
+        noise goes on the statistic)."""
         if self.robust_fraction != 0.2 and not uses_fraction(self):
             raise ConfigError("robust_fraction", f"has no effect with robust={self.robust!r}; it is for "
                                                  "trimmed_mean, krum and multikrum")
         if self.robust == "none" or not AGGREGATORS[self.robust].replaces_mean:
             return
-        hiding = "secure_aggregation" if self.secure_aggregation else "dp" if self.user_level_dp else None
-        if hiding is not None:
-            raise ConfigError("robust", f"{self.robust!r} needs each client's update as it is, which {hiding} "
-                                        "hides; use robust='clip' or 'zeroing' with it")
+        if self.secure_aggregation:
+            raise ConfigError("robust", f"{self.robust!r} needs each client's update as it is, which "
+                                        "secure_aggregation hides; use robust='clip' or 'zeroing' with it")
+        if self.user_level_dp:
+            # robust aggregate, then noise calibrated to the statistic's bound (aggregation.dp_statistic)
+            if AGGREGATORS[self.robust].sensitivity is None:
+                raise ConfigError("robust", f"{self.robust!r} states no bound on how far one update moves it "
+                                            "(register_aggregator(..., sensitivity=)), which dp's noise is "
+                                            "calibrated to")
+            if "statistic" not in inspect.signature(AGGREGATORS[self.dp].build).parameters:
+                raise ConfigError("robust", f"must be none, clip or zeroing with dp={self.dp!r}: its builder takes "
+                                            "no statistic= (the robust statistic the noise goes on)")
 
     def _check_attack(self, algorithm: Algorithm) -> None:
         """An update attack forges updates between fedlab's compiled-loop clients and the aggregator."""
