@@ -16,6 +16,8 @@ STATISTICS = {
     "median": (coordinate_median, aggregation.median_sensitivity),
     "trimmed_mean": (lambda a: trimmed_mean(a, 0.2), aggregation.trimmed_mean_sensitivity),
     "krum": (lambda a: krum(a, fraction_count(0.2, len(a))), aggregation.krum_sensitivity),
+    # Multi-Krum keeps K - floor(0.2 K) = 4 of a round of the expected K = 5
+    "multikrum": (lambda a: krum(a, fraction_count(0.2, len(a)), 4), aggregation.krum_sensitivity),
 }
 
 
@@ -33,7 +35,7 @@ def _rounds(rng, trials):
         yield a / np.where(norms == 0, 1.0, norms) * np.where(rng.random((n, 1)) < 0.5, 1.0, rng.random((n, 1)))
 
 
-@pytest.mark.parametrize("name", STATISTICS)
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "krum"])
 def test_one_update_added_or_removed_moves_a_statistic_by_at_most_its_sensitivity(name):
     statistic, sensitivity = STATISTICS[name]
     bound = sensitivity(0.2, 10)
@@ -52,6 +54,18 @@ def test_the_sensitivities_by_hand():
     assert aggregation.trimmed_mean_sensitivity(0.2, 10) == pytest.approx(2 * math.sqrt(5 / 3))
     assert aggregation.trimmed_mean_sensitivity(0.2, 4) == pytest.approx(2.0)  # nothing trimmed below 5: the mean
     assert aggregation.krum_sensitivity(0.2, 10) == 2.0
+    # a fraction within 1e-9 of a half trims everything at even n: the factory takes the median (norm <= sqrt 2 C)
+    # and at odd n keeps one value (sqrt(n / 1)): 2 sqrt(9) at n <= 10
+    assert aggregation.trimmed_mean_sensitivity(0.4999999999, 10) == pytest.approx(6.0)
+
+
+def test_the_noise_of_a_statistic_is_built_for_the_clients_it_may_see():
+    """The process cache must not hand a statistic sized for fewer clients to a config with more."""
+    config = ExperimentConfig(dp="fixed", noise_multiplier=1.0, robust="trimmed_mean", robust_fraction=0.1,
+                              num_clients=8, clients_per_round=4)
+    more = config.replace(num_clients=20)
+    assert aggregation.dp_statistic(config)[1] != aggregation.dp_statistic(more)[1]
+    assert aggregation.aggregator_key(config) != aggregation.aggregator_key(more)
 
 
 def _process(factory, dim, rounds, values, seed=5):
@@ -69,7 +83,7 @@ def _process(factory, dim, rounds, values, seed=5):
     return outputs
 
 
-@pytest.mark.parametrize("robust", ["median", "trimmed_mean", "krum"])
+@pytest.mark.parametrize("robust", ["median", "trimmed_mean", "krum", "multikrum"])
 def test_dp_on_a_statistic_takes_it_of_the_clipped_updates_and_noises_it_at_z_s_c(robust):
     config = ExperimentConfig(dp="fixed", noise_multiplier=0.0, clip_norm=1.0, robust=robust, num_clients=10,
                               clients_per_round=5)
@@ -89,6 +103,23 @@ def test_dp_on_a_statistic_takes_it_of_the_clipped_updates_and_noises_it_at_z_s_
     fresh = aggregation.make_aggregator(noisy.replace(noise_source="unseeded"))
     [(a, _)], [(b, _)] = (_process(fresh, 20_000, 1, [np.zeros(20_000, np.float32)] * 5) for _ in range(2))
     assert not np.allclose(a, b) and a.std() == pytest.approx(2.0 * sensitivity * 0.5, rel=0.03)
+
+
+def test_an_adaptive_clip_moves_as_under_the_mean_with_a_statistic_of_the_clipped_updates():
+    """No noise: round 1 takes the median at the first clip C = 1, and the clip steps by exp(-0.2 (b - q)) with b
+    the share of updates at or below it (TF Privacy's rule, as for the mean); round 2 uses the new clip."""
+    config = ExperimentConfig(dp="adaptive", noise_multiplier=0.0, clip_norm=1.0, robust="median", num_clients=10,
+                              clients_per_round=3, target_quantile=0.5)
+    values = [np.array([3.0, 4.0], np.float32), np.array([0.3, 0.4], np.float32), np.array([0.0, 1.0], np.float32)]
+    factory = aggregation.make_aggregator(config)
+    factory.count_stddev = 0.0  # the count's noise off too, to follow the clip by hand
+    (first, clip1), (second, clip2) = _process(factory, 2, 2, values)
+    np.testing.assert_allclose(first, coordinate_median(np.stack([[0.6, 0.8], values[1], values[2]])), atol=1e-6)
+    assert clip1 == 1.0
+    new_clip = math.exp(-0.2 * (2 / 3 - 0.5))  # norms 5, 0.5, 1.0: two at or below 1
+    assert clip2 == pytest.approx(new_clip, rel=1e-6)
+    np.testing.assert_allclose(second, coordinate_median(np.stack([v * min(1.0, new_clip / np.linalg.norm(v))
+                                                                   for v in values])), atol=1e-6)
 
 
 def test_dp_on_a_statistic_of_compressed_updates_takes_it_of_what_the_clients_sent():
@@ -111,17 +142,22 @@ def test_dp_on_a_statistic_of_compressed_updates_takes_it_of_what_the_clients_se
 def test_an_adaptive_clip_on_a_secure_sum_releases_what_it_releases_in_the_clear(bits):
     """Same seed, same noise: the secure sum (updates in units of the first clip, bits summed securely) gives the
     clear sum's clips exactly and its means within the rounding of a secure sum (K x half a step of C_t / 2^15)."""
-    base = ExperimentConfig(dp="adaptive", noise_multiplier=0.5, clip_norm=1.0, num_clients=10, clients_per_round=4)
+    # updates far above the first clip C = 1 and mostly along one axis, a target of 0.9: the clip grows past C,
+    # so a clipped update's largest coordinate leaves the range [-C, C] that sized the secure sum (at 0 bits), and
+    # four of them the ring of four clients' b-bit values (16 bits)
+    base = ExperimentConfig(dp="adaptive", noise_multiplier=0.5, clip_norm=1.0, num_clients=4, clients_per_round=4,
+                            target_quantile=0.9)
     secure = base.replace(secure_aggregation=True, quantization_bits=bits)
     rng = np.random.default_rng(3)
-    values = [(v / np.linalg.norm(v) * s).astype(np.float32) for v, s in zip(rng.normal(size=(4, 30)),
-                                                                                [0.3, 2.0, 0.6, 5.0])]
-    clear = _process(aggregation.make_aggregator(base), 30, 4, values)
+    values = [((np.eye(30)[0] + 0.1 * v) / np.linalg.norm(np.eye(30)[0] + 0.1 * v) * s).astype(np.float32)
+              for v, s in zip(rng.normal(size=(4, 30)), [6.0, 8.0, 10.0, 12.0])]
+    clear = _process(aggregation.make_aggregator(base), 30, 6, values)
     with simulated_secure_sums(True):  # what the runner runs TFF's secure sums in (the C++ runtime has none)
-        hidden = _process(aggregation.make_aggregator(secure), 30, 4, values)
+        hidden = _process(aggregation.make_aggregator(secure), 30, 6, values)
     clips = [c for _, c in clear]
-    assert [c for _, c in hidden] == clips and len(set(clips)) == 4  # the clip moves every round, the same way
-    for (a, clip), (b, _) in zip(clear, hidden):
+    assert [c for _, c in hidden] == clips and len(set(clips)) == 6  # the clip moves every round, the same way
+    assert clips[-1] > 1.5  # and leaves the first clip's range behind
+    for (a, clip), (b, _) in zip(clear, hidden):  # mean error: K half-steps of C_t / (2^15 - 1), over K
         step = clip / (2 ** 15 - 1) if bits else 2 * clip / (2 ** 32 - 1)
         np.testing.assert_allclose(b, a, atol=4 * step / 2 / 4 + 1e-6)
 

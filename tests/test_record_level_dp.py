@@ -72,6 +72,73 @@ def test_noise_on_the_batch_sum_has_std_z_clip_over_batch():
     assert abs(step.mean()) < 4 * step.std() / math.sqrt(step.size)
 
 
+def test_fedsgd_under_dp_sgd_is_one_step_on_every_records_clipped_gradient_by_hand():
+    """FedSGD's full batch under DP-SGD: every record joins (q = 1), each gradient clipped to C, their noised sum
+    over n is the update, applied with step client_lr."""
+    clip, lr = 0.8, 0.5
+    process = ALGORITHMS["fedsgd"].on_arrays(SPEC.functional_model(), client_lr=lr, server_lr=1.0,
+                                              example_dp=(0.0, clip))
+    state = process.set_model_weights(process.initialize(), tff().learning.models.ModelWeights([W0, B0], []))
+    data = {"x": X, "y": Y, "orders": np.arange(4)[None], "batch": np.int64(4), "steps": np.int64(-1),
+            "skip": np.int64(0), "key": np.asarray([3, 4], np.int64)}
+    w, b = [np.asarray(v) for v in process.get_model_weights(process.next(state, [data]).state).trainable]
+    gw, gb = np.zeros_like(W0, np.float64), np.zeros_like(B0, np.float64)
+    for xi, yi in zip(X, Y):
+        dw, db = grad(W0.astype(np.float64), B0.astype(np.float64), xi, yi)
+        factor = min(1.0, clip / math.sqrt((dw ** 2).sum() + (db ** 2).sum()))
+        gw, gb = gw + factor * dw, gb + factor * db
+    np.testing.assert_allclose(w, W0 - lr * gw / 4, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b, B0 - lr * gb / 4, rtol=1e-5, atol=1e-6)
+
+
+def test_fedsgd_under_dp_sgd_accounts_one_unsampled_step_a_round(heart_dir):
+    config = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
+                                 algorithm="fedsgd", batch_size=0, rounds=3, client_lr=0.05, dp="example",
+                                 noise_multiplier=1.1, clip_norm=1.0, eval_every=1)
+    history = fl.run_experiment(config, progress=False)
+    table = fl.privacy.site_epsilons(config)
+    assert list(table.steps) == [3, 3, 3, 3] and list(table.sampling_probability) == [1.0] * 4
+    assert table.epsilon.tolist() == pytest.approx([accounting.epsilon(1.1, 1.0, 3, 1e-5)] * 4)
+    assert history["epsilon"].iloc[-1] == pytest.approx(table.epsilon.max())
+    assert history["train_loss"].isna().all()  # nothing but the noised update leaves a site
+
+
+def test_ditto_under_dp_sgd_trains_its_own_models_with_noise_of_their_own():
+    """A clip so small that the gradients vanish: the global model and the client's own model each move by their
+    noise alone, lr z C / batch in std; drawn from keys of their own, the two are uncorrelated (the same noise in
+    both would cancel in their difference and release the records' clipped gradients)."""
+    from fedlab.algorithms.algorithms import DittoParams
+    from fedlab.algorithms.personal import build_ditto
+    from fedlab.rounds.array_training import with_learning_rates
+
+    spec = ModelSpec("logreg", num_features=64, num_classes=10)
+    process = build_ditto(spec.functional_model(), client_lr=1.0, server_lr=1.0, params=DittoParams(lam=0.0),
+                          example_dp=(2.0, 1e-3))
+    state = process.client_state(with_learning_rates(process.initialize(), 1.0), 1)
+    before = np.concatenate([np.ravel(w) for w in process.get_model_weights(state).trainable])
+    x = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
+    data = {"x": x, "y": np.arange(20, dtype=np.int32) % 10, "orders": np.arange(20)[None], "batch": np.int64(5),
+            "steps": np.int64(1), "skip": np.int64(0), "key": np.asarray([7, 8], np.int64)}
+    state = process.next(state, [data], clients=[0]).state
+    moved = np.concatenate([np.ravel(w) for w in process.get_model_weights(state).trainable]) - before
+    own = np.concatenate([np.ravel(w) for w in process.client_weights(state, 0).trainable]) - before
+    for step in (moved, own):
+        assert step.std() == pytest.approx(2.0 * 1e-3 / 5, rel=0.1)
+    assert abs(np.corrcoef(moved, own)[0, 1]) < 0.15
+
+
+def test_ditto_under_dp_sgd_accounts_both_passes(heart_dir):
+    config = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
+                                 algorithm="ditto", batch_size=4, local_steps=5, rounds=2, client_lr=0.05,
+                                 dp="example", noise_multiplier=1.1, clip_norm=1.0, eval_every=1)
+    table = fl.privacy.site_epsilons(config)
+    assert list(table.steps) == [20, 20, 20, 20]  # 2 rounds x 5 steps x 2 passes (the global and the own model)
+    for row in table.itertuples():
+        assert row.epsilon == pytest.approx(accounting.epsilon(1.1, 4 / row.examples, 20, 1e-5))
+    history = fl.run_experiment(config, progress=False)
+    assert history["epsilon"].iloc[-1] == pytest.approx(table.epsilon.max())
+
+
 def test_runs_repeat_exactly_and_epsilon_is_per_site(heart_dir):
     config = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
                                  batch_size=4, local_steps=10, rounds=2, client_lr=0.05, dp="example",
@@ -130,15 +197,11 @@ def test_accounting_matches_tensorflow_privacy():
 
 
 def test_what_record_level_dp_cannot_honour_is_refused(heart_dir):
-    with pytest.raises(fl.ConfigError, match="dp: 'example'.*full-batch"):
-        fl.ExperimentConfig(algorithm="fedsgd", dp="example", noise_multiplier=1.0)
     with pytest.raises(fl.ConfigError, match="batch_size: must be > 0"):
         fl.ExperimentConfig(dp="example", noise_multiplier=1.0, batch_size=0)
     # what the algorithm computes from the records outside DP-SGD: q-FFL's loss weights, Ditto's own models
     with pytest.raises(fl.ConfigError, match="^dp: 'example' .* by qffl: each update is weighted by the client's exact"):
         fl.ExperimentConfig(model="logreg", algorithm="qffl", dp="example", noise_multiplier=1.0)
-    with pytest.raises(fl.ConfigError, match="^dp: 'example' .* by ditto: each client's own model trains on its"):
-        fl.ExperimentConfig(model="logreg", algorithm="ditto", dp="example", noise_multiplier=1.0)
     # fine-tuning before scoring trains on the records outside DP-SGD, and its scores are released
     with pytest.raises(fl.ConfigError, match="^finetune_epochs: must be 0 with dp='example': fine-tuning trains on"):
         fl.ExperimentConfig(dp="example", noise_multiplier=1.0, eval_per_client=True, finetune_epochs=2)

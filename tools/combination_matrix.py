@@ -72,7 +72,7 @@ LIMITS = {frozenset(pair) for pair in [
     *[(a, s) for a in _UNWEIGHTED for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")
       if a not in ("fedper", "ditto")],
     *[("user DP adaptive", s) for s in ("SecAgg", "SecAgg+")],
-    *[(a, "record DP") for a in ("fedsgd", "ditto", "qffl")],
+    ("qffl", "record DP"),
 ]}
 
 

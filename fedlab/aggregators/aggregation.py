@@ -394,10 +394,15 @@ def trimmed_mean_sensitivity(fraction: float, most_updates: int) -> float:
     A coordinate of the trimmed mean is the mean of the n - 2b middle values (b = floor(fraction n)), so its
     square is at most their mean square, at most sum_i x_ij^2 / (n - 2b); summing over j, its norm is at most
     C sqrt(n / (n - 2b)) (at most C / sqrt(1 - 2 fraction)). One update added or removed changes n and maybe b,
-    so the bound is on both rounds' results: twice the largest norm. (Not tight: a search over random rounds
-    found no move beyond C.)
+    so the bound is on both rounds' results: twice the largest norm. Where nothing would be left (n - 2b < 1,
+    a fraction within 1e-9 of 0.5) the factory takes the median, of norm at most sqrt(2) C
+    (:func:`median_sensitivity`). (Not tight: a search over random rounds found no move beyond C.)
     """
-    return 2.0 * max(math.sqrt(n / (n - 2 * fraction_count(fraction, n))) for n in range(1, max(most_updates, 1) + 1))
+    def largest(n: int) -> float:
+        kept = n - 2 * fraction_count(fraction, n)
+        return math.sqrt(n / kept) if kept >= 1 else math.sqrt(2.0)
+
+    return 2.0 * max(largest(n) for n in range(1, max(most_updates, 1) + 1))
 
 
 def krum_sensitivity(fraction: float, most_updates: int) -> float:
@@ -536,7 +541,10 @@ def aggregator_key(config) -> tuple:
                 config.target_quantile if config.dp == "adaptive" else None, config.robust, config.noise_source,
                 (config.quantization_bits, cohort_size(config), config.secure_protocol)
                 if config.secure_aggregation else config.quantization_bits,
-                config.robust_fraction if uses_fraction(config) else None)
+                config.robust_fraction if uses_fraction(config) else None,
+                # a statistic's noise is sized by the most updates a round can hold (dp_statistic)
+                cohort_size(config) if config.robust != "none" and AGGREGATORS[config.robust].replaces_mean
+                else None)
     return ("mean", config.secure_aggregation, config.secure_protocol, config.quantization_bits, config.robust,
             config.noise_source if (config.quantization_bits and not config.secure_aggregation)
             or config.secure_protocol == "ckks" else None,

@@ -30,7 +30,8 @@ variance whatever the seed, so the accounting is unchanged *for someone who does
 not know the seed*; whoever knows the seed and the config can regenerate the
 noise and remove it, and then there is no privacy at all. Seeded noise is for
 simulation, where reproducing a figure is the point. A deployment sets
-``noise_source="unseeded"``, which uses TFF's own factories and fresh noise.
+``noise_source="unseeded"``: TFF's own factories where they stack, else these with ``fresh`` keys drawn from
+the system's entropy each round (:func:`_fresh_key`), never from the clock.
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ def _fold(seed, *values):
     return seed
 
 
-def _clock_key(second):
-    """A fresh key from the clock (microseconds) and ``second``: what TFF's own rounding and noise draw anew."""
+def _fresh_key():
+    """A key no one can predict: two int64s from TensorFlow's unseeded generator, which seeds itself from the
+    operating system's entropy (as TF Privacy's noise and TFF's own rounding do). Not the clock: a key of the
+    time and the round could be found by trying every microsecond around a round, and the noise removed."""
     import tensorflow as tf
 
-    return tf.stack([tf.cast(tf.timestamp() * 1e6, tf.int64), tf.cast(second, tf.int64)])
+    return tf.random.uniform([2], minval=0, maxval=tf.int64.max, dtype=tf.int64)
 
 
 def _state_type(extra=None):
@@ -82,7 +85,7 @@ def seeded_gaussian(*, noise_multiplier: float, clients_per_round: float, clip: 
     Krum) of the clipped updates, with ``sensitivity`` (s) the bound, in units of the clip, on how far one update
     added or removed moves it; the noise on it is then z s C_t, and the accounting that of the mean at z.
 
-    ``fresh``: the noise drawn anew from the clock each round (``noise_source="unseeded"``), not from the seed.
+    ``fresh``: the noise drawn anew each round from the system's entropy (``noise_source="unseeded"``), not the seed.
     """
     return _gaussian_class()(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round, clip=clip,
                              adaptive=adaptive, target_quantile=target_quantile,
@@ -101,7 +104,7 @@ def quantizing_sum(bits: int, *, fresh: bool = False):
     scaled): what a client sends is unchanged. Since rounding adds variance, the quantised tensor is longer than
     the original more often than not, so the scale biases updates towards shorter ones: barely at 8 bits, by a
     good fraction at 1 or 2. Its state never changes: a client's rounding is keyed by a hash of its update (with
-    ``fresh``, also the clock), not by the round or the noise seed.
+    ``fresh``, also a key from the system's entropy), not by the round or the noise seed.
     """
     return _quantizing_sum_class()(bits, fresh=fresh)
 
@@ -224,7 +227,7 @@ def _gaussian_class():
 
             @t.tensorflow.computation(value_type, t.TensorType(np.float32, []), state_type)
             def noised_mean(total, below, state):
-                seed = _clock_key(state["round"]) if fresh else _fold(state[SEED_KEY], state["round"])
+                seed = _fresh_key() if fresh else _fold(state[SEED_KEY], state["round"])
                 clip = state["clip"]
                 flat = tf.nest.flatten(total)
                 if rescaled:  # the sum came in units of the first clip
@@ -325,8 +328,8 @@ def _quantizing_class():
 
             @t.tensorflow.computation(_state_type())
             def round_seed(state):
-                if fresh:  # from the clock, as TFF's own rounding does (discretization, DP): nothing in the state
-                    return _clock_key(state["round"])
+                if fresh:  # from the system's entropy, as TFF's own rounding (nothing in the state)
+                    return _fresh_key()
                 return _fold(state[SEED_KEY], state["round"])
 
             @t.tensorflow.computation(_state_type())
@@ -418,8 +421,8 @@ def _quantizing_sum_class():
             def quantize(value):
                 flat = tf.nest.flatten(value)
                 key = tf.constant([0x5EC, bits], tf.int64)
-                if fresh:  # from the clock, as TFF's own rounding does
-                    key = _clock_key(bits)
+                if fresh:  # from the system's entropy, as TFF's own rounding
+                    key = _fresh_key()
                 key = _fold(key, _update_digest(flat))
                 out = []
                 for i, v in enumerate(flat):

@@ -128,6 +128,8 @@ class Algorithm:
     (its process has ``client_weights(state, client)``), so local fine-tuning is not added to it.
     ``record_dp_gap``: why DP-SGD in every client (``dp="example"``) would not cover everything the algorithm
     computes from a client's records ("" when it does), so that combination is refused with this reason.
+    ``record_dp_passes``: the DP-SGD passes a client makes over its records in a round (Ditto: 2, the global
+    and its own model), each of the plan's steps: the record-level accounting counts them all.
     """
 
     name: str
@@ -142,6 +144,7 @@ class Algorithm:
     in_driver: bool = False
     personal: bool = False
     record_dp_gap: str = ""
+    record_dp_passes: int = 1
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -172,7 +175,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
                        unweighted: bool = False, full_batch: bool = False, functional_only: Optional[bool] = None,
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
                        own_weighting: bool = False, in_driver: bool = False, personal: bool = False,
-                       record_dp_gap: str = "", replace: bool = False):
+                       record_dp_gap: str = "", record_dp_passes: int = 1, replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -183,6 +186,8 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
     if functional_only is not None:
         warnings.warn("register_algorithm: functional_only has no effect (frozen layers run on functional models "
                       "now); leave it out", DeprecationWarning, stacklevel=2)
+    if isinstance(record_dp_passes, bool) or not isinstance(record_dp_passes, int) or record_dp_passes < 1:
+        raise ValueError(f"record_dp_passes: must be an integer >= 1, got {record_dp_passes!r}")
     if not (isinstance(params, type) and issubclass(params, AlgorithmParams) and dataclasses.is_dataclass(params)):
         raise TypeError(f"params: must be a dataclass subclassing fedlab.AlgorithmParams, got {params!r}")
     from_fields = {f.name for f in dataclasses.fields(params)}
@@ -196,7 +201,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
                                                                full_batch, on_arrays, normalized,
                                                                own_weighting, in_driver, personal,
-                                                               record_dp_gap),
+                                                               record_dp_gap, int(record_dp_passes)),
                      paper=paper, replace=replace)
 
 
@@ -379,9 +384,7 @@ class DittoParams(AlgorithmParams):
 
 
 register_algorithm("ditto", params=DittoParams, paper="Li et al. 2021, ICML, arXiv:2012.04221",
-                   in_driver=True, personal=True,
-                   record_dp_gap="each client's own model trains on its records a second time, without DP-SGD, "
-                                 "and its scores are released",
+                   in_driver=True, personal=True, record_dp_passes=2,
                    on_arrays=build_ditto_on_arrays)(compiled_loop_only("ditto", """\
 Ditto: FedAvg, and each client's own model trained on its loss plus lambda/2 ||v - w_global||^2.
 

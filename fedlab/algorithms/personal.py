@@ -25,7 +25,10 @@ trained by FedAvg, unchanged; besides, each selected client k trains its own
 model v_k, from where it left it, for the same local steps on the same batches,
 on its loss plus lambda/2 ||v_k - w^t||^2, w^t the global model it received
 this round. Every v_k starts as the initial model. A second TFF computation in
-the split round trains the personal models (:class:`DittoProcess`).
+the split round trains the personal models (:class:`DittoProcess`). Under
+record-level DP (``dp="example"``) both passes run DP-SGD, the own model's with
+Poisson batches and noise of its own (not the same batches), and a round
+counts both passes' steps in the accounting (``record_dp_passes=2``).
 
 Both take an unweighted aggregator (user-level DP, TFF's secure sum) for what
 the server aggregates: FedPer's body (the zeroed head adds nothing to a clipped
@@ -42,7 +45,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..rounds.array_training import client_training, client_updates_computation, pack_clients
+from ..rounds.array_training import client_training, client_updates_computation, pack_clients, rekeyed
 from ..rounds.split_rounds import SplitRoundProcess, split_aggregator
 from ..core.validation import ConfigError
 
@@ -104,10 +107,14 @@ def build_fedper(model, *, client_lr: float, server_lr: float, params=None, mode
 class DittoProcess(SplitRoundProcess):
     """Ditto's rounds: FedAvg on the global model, and each selected client's own model trained towards it."""
 
-    def __init__(self, training, personal_training, model_aggregator=None, attack: Optional[str] = None) -> None:
+    PERSONAL_KEY = 0xD1770  # DP-SGD: the own model's pass draws batches and noise of its own (array_training.rekeyed)
+
+    def __init__(self, training, personal_training, model_aggregator=None, attack: Optional[str] = None, *,
+                 private: bool = False) -> None:
         super().__init__(training, model_aggregator, attack)
         self._personal_fn = client_updates_computation(personal_training)
         self._personal_type = personal_training.data_type
+        self.private = private
 
     def client_state(self, state, num_clients: int):
         """``state`` with every client's own model set to the server's (the initial) model."""
@@ -119,7 +126,8 @@ class DittoProcess(SplitRoundProcess):
     def between(self, state, clients, client_data, updates, update_weights):
         work = collections.OrderedDict(state.client_work)
         models = [np.array(v, np.float32, copy=True) for v in work["personal"]]
-        own = [collections.OrderedDict(data, personal=tuple(v[cid] for v in models))
+        own = [collections.OrderedDict(rekeyed(data, self.PERSONAL_KEY) if self.private else data,
+                                       personal=tuple(v[cid] for v in models))
                for cid, data in zip(clients, client_data)]
         changes = self._personal_fn(state.global_model_weights, np.float32(work["learning_rate"]),
                                     pack_clients(own, self._personal_type))
@@ -146,6 +154,6 @@ def build_ditto(model, *, client_lr: float, server_lr: float, params=None, model
                                example_dp=example_dp)
     personal = client_training(model, client_lr=client_lr, server_optimizer=optimizer, weighting=client_weighting,
                                proximal_strength=float(params.lam), personal=len(model.initial_weights[0]),
-                               anchor_to_server=True)
+                               anchor_to_server=True, example_dp=example_dp)
     model_aggregator, attack = split_aggregator(model_aggregator)
-    return DittoProcess(training, personal, model_aggregator, attack)
+    return DittoProcess(training, personal, model_aggregator, attack, private=example_dp is not None)

@@ -178,6 +178,15 @@ def plan_size(n: int, config: ExperimentConfig) -> tuple[int, int, int]:
     return epochs, batch, -1 if config.local_steps is None else config.local_steps
 
 
+def dp_sgd_steps(n: int, config: ExperimentConfig) -> tuple[int, int]:
+    """(DP-SGD steps in one round, expected batch) of a client holding ``n`` records under record-level DP: the
+    plan's steps times the algorithm's passes over the records (Ditto: 2); the Poisson rate is batch / n (1 for
+    a full batch: FedSGD's one step on every record)."""
+    epochs, batch, cap = plan_size(n, config)
+    per_pass = cap if cap >= 0 else epochs * -(-n // batch)
+    return per_pass * config.algorithm_entry.record_dp_passes, batch
+
+
 def client_plan(n: int, config: ExperimentConfig, round_num: int, client: int) -> tuple[np.ndarray, int, int, int]:
     """What a client trains on in one round: (E, n) example orders, batch size, step cap (-1: none), batches to skip.
 

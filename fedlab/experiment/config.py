@@ -231,15 +231,13 @@ class ExperimentConfig:
             raise ConfigError("noise_multiplier", "has no effect without dp; set dp to "
                                                   f"{' or '.join(aggregator_names('dp'))}, or leave it at 0")
         if self.dp == RECORD_LEVEL:
-            if algorithm.on_arrays is None or algorithm.full_batch:
-                reason = ("it takes one full-batch gradient" if algorithm.full_batch
-                          else "it has no compiled client loop (on_arrays)")
+            if algorithm.on_arrays is None:
                 raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
-                                        f"{self.algorithm}: {reason}")
+                                        f"{self.algorithm}: it has no compiled client loop (on_arrays)")
             if algorithm.record_dp_gap:
                 raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
                                         f"{self.algorithm}: {algorithm.record_dp_gap}")
-            if self.batch_size == 0:
+            if self.batch_size == 0 and not algorithm.full_batch:  # full batch: every record, q = 1 (DP-GD)
                 raise ConfigError("batch_size", "must be > 0 with dp='example': DP-SGD samples batches of that "
                                                 "expected size")
             if math.ceil(self.attacker_fraction * self.num_clients - 1e-9) >= self.num_clients:
@@ -351,8 +349,8 @@ class ExperimentConfig:
             return
         if self.user_level_dp:
             check_pld(self.noise_multiplier, self.sampling_probability, self.rounds)
-        elif self.dp == RECORD_LEVEL:  # a site's rate batch / records is below 1; the grid hardly depends on it
-            least = least_pld_noise(0.5, 1)
+        elif self.dp == RECORD_LEVEL:  # a site's rate batch / records (1 for a full batch); the grid hardly
+            least = least_pld_noise(1.0 if self.algorithm_entry.full_batch else 0.5, 1)  # depends on it below 1
             if self.noise_multiplier < least:
                 raise ConfigError("noise_multiplier", f"must be >= {least:.3g} with accountant='pld' and "
                                                       f"dp={RECORD_LEVEL!r}: with less noise one DP-SGD step's "

@@ -26,7 +26,8 @@ import pandas as pd
 
 from ..protection.accounting import check_pld, epsilon_by_round, record_level_epsilons
 from ..aggregators.aggregation import accounting_noise_multiplier, builders_in_use, round_bytes, warn_if_updates_vanish
-from .clients import Clients, attacker_config, dataset_for, finetune_inputs, plan_size, planned_inputs, spec_for
+from .clients import (Clients, attacker_config, dataset_for, dp_sgd_steps, finetune_inputs, plan_size, planned_inputs,
+                      spec_for)
 from .config import RECORD_LEVEL, ExperimentConfig
 from ..data.data import DATASETS
 from ..workers.distributed import WorkerError, on_workers
@@ -198,16 +199,15 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
     if config.dp == RECORD_LEVEL:
         sizes = clients.sizes
         smallest = int(np.argmin(sizes))
-        if config.batch_size >= sizes[smallest]:
+        if config.batch_size >= sizes[smallest] and not config.algorithm_entry.full_batch:
             raise ConfigError("batch_size", f"must be below the smallest client's {sizes[smallest]} records "
                                             f"(client {smallest}) for record-level DP: its batches are Poisson "
                                             "samples at rate batch_size / records")
         if config.accountant == "pld" and config.noise_multiplier > 0:
             for client, n in enumerate(sizes):
-                epochs, batch, cap = plan_size(n, config)
-                per_round = cap if cap >= 0 else epochs * -(-n // batch)
+                per_round, batch = dp_sgd_steps(n, config)
                 try:
-                    check_pld(config.noise_multiplier, config.batch_size / n, per_round * config.rounds, "steps")
+                    check_pld(config.noise_multiplier, min(1.0, batch / n), per_round * config.rounds, "steps")
                 except ConfigError as err:
                     raise ConfigError("rounds", f"{config.rounds} rounds of {per_round} DP-SGD steps at client "
                                                 f"{client} are too many for accountant='pld' ({err}); use fewer "
@@ -506,13 +506,11 @@ def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=No
     A client cut short by the round deadline (``partial``) is counted with its full steps: an upper bound.
     """
     sizes = clients.sizes
-    steps = []
-    for n in sizes:
-        epochs, batch, cap = plan_size(n, config)
-        steps.append(cap if cap >= 0 else epochs * -(-n // batch))
+    planned = [dp_sgd_steps(n, config) for n in sizes]  # (steps, batch): q = batch / n, 1 for a full batch
     if scheduler is None:
         scheduler = Scheduler(config, sizes, spec_for(config, clients.data).tensor_sizes(), clients.attackers)
-    return record_level_epsilons(config.noise_multiplier, sizes, config.batch_size, steps, scheduler.participation(),
+    return record_level_epsilons(config.noise_multiplier, sizes, [b for _, b in planned], [s for s, _ in planned],
+                                 scheduler.participation(),
                                  config.effective_delta, config.accountant, at=at)
 
 

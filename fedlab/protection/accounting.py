@@ -333,13 +333,14 @@ def noise_multiplier_for(target_epsilon: float, sampling_probability: float, rou
     raise out_of_reach
 
 
-def record_level_epsilons(noise_multiplier: float, sizes: Sequence[int], batch_size: int,
+def record_level_epsilons(noise_multiplier: float, sizes: Sequence[int], batch_size,
                           steps_per_round: Sequence[int], participation: np.ndarray, delta: float,
                           accountant: str = "rdp", at: Optional[Sequence[int]] = None) -> np.ndarray:
     """Record-level epsilon of every client after every round: an array (rounds, clients).
 
     DP-SGD in client k is a Poisson-subsampled Gaussian mechanism per step with
-    q_k = batch_size / n_k (Abadi et al. 2016), composed over every step the
+    q_k = batch_size / n_k (Abadi et al. 2016; ``batch_size`` one for all, or each client's: a full batch is
+    q = 1, no subsampling), composed over every step the
     client has taken: ``steps_per_round[k]`` in each round it took part in
     (``participation``, booleans of shape (rounds, clients)). Zero before a
     client's first step; infinite without noise. ``at``: rounds to compute
@@ -349,8 +350,9 @@ def record_level_epsilons(noise_multiplier: float, sizes: Sequence[int], batch_s
     rounds, clients = participation.shape
     out = np.full((rounds, clients), np.nan)
     wanted = np.arange(1, rounds + 1) if at is None else np.asarray(sorted(set(at)), int)
+    batches = np.broadcast_to(np.asarray(batch_size, float), (clients,))
     for k in range(clients):
-        q = min(1.0, batch_size / sizes[k])
+        q = min(1.0, batches[k] / sizes[k])
         steps = np.cumsum(participation[:, k]) * int(steps_per_round[k])
         needed = sorted({int(steps[r - 1]) for r in wanted if steps[r - 1] > 0})
         curve = {}

@@ -143,6 +143,27 @@ def pack_client_data(data, files: bool = False) -> collections.OrderedDict:
     return packed
 
 
+def rekeyed(data, salt: int) -> collections.OrderedDict:
+    """A client's input (packed or not) with its DP-SGD key replaced by one derived from it and ``salt``: another
+    DP-SGD pass over the same records draws its own Poisson batches and noise (the same noise twice would cancel
+    in the difference of the two results)."""
+    out = collections.OrderedDict(data)
+    if hasattr(data, "_arrays"):
+        out._arrays = data._arrays
+
+    def derive(key):
+        entropy = [int(k) % (1 << 64) for k in np.asarray(key).ravel()] + [int(salt)]
+        return np.random.SeedSequence(entropy).generate_state(2, np.uint32).astype(np.int64)
+
+    if "plan" in out:
+        plan = np.array(out["plan"], np.int64, copy=True)
+        plan[3:5] = derive(plan[3:5])  # after batch, steps, skip (pack_client_data)
+        out["plan"] = plan
+    else:
+        out["key"] = derive(out["key"])
+    return out
+
+
 def pack_clients(client_data, data_type) -> list:
     """:func:`pack_client_data` of every client's input, as a computation taking ``data_type`` is sent it."""
     files = reads_files(data_type)
@@ -192,7 +213,8 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
     examples (each with probability q = batch / n, keyed by the client's ``key`` and the step), every
     per-example gradient is clipped to L2 norm C, the clipped sum gets N(0, (z C)^2) noise and is divided
     by the expected batch size q n. A FedProx term, if any, is added after the noise (it depends on no
-    example).
+    example). With ``full_batch`` (FedSGD) the batch is every record (q = 1) and the one noised mean
+    gradient is the update.
 
     ``normalized``: FedNova (Wang et al. 2020, "Tackling the Objective Inconsistency Problem in
     Heterogeneous Federated Optimization", arXiv:2007.07481) with plain local SGD (a_i = tau_i): the client
@@ -277,7 +299,12 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
                 metrics_state, batch_output=variable.BatchOutput(loss=loss, predictions=output, num_examples=count),
                 labels=yb), tf.cast(count, tf.int64)
 
-        if full_batch:  # FedSGD: the mean gradient of the whole local data set is the update
+        if full_batch and example_dp is not None:
+            # FedSGD under DP-SGD: every record's gradient clipped, their sum noised, over n (q = 1: DP-GD); as
+            # with batches, nothing about the records leaves the client but the noised update
+            metrics_state, num_examples = model.initialize_metrics_state(), tf.constant(0, tf.int64)
+            update = private_gradients(trainable0, key, skip)[2]
+        elif full_batch:  # FedSGD: the mean gradient of the whole local data set is the update
             xb, yb = batch_at(skip)
             output, loss, gradients = forward(trainable0, xb, yb)
             metrics_state, num_examples = metrics_after(model.initialize_metrics_state(), output, loss, yb)
@@ -356,8 +383,6 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
     personal_type = (t.StructWithPythonType(list(weights_type.trainable)[-personal:], tuple) if personal else None)
     data_type = client_data_type(x_spec, y_spec, normalized, weights_type.trainable if corrected else None,
                                  personal_type, files=array_files.enabled())
-    if example_dp is not None and full_batch:
-        raise ValueError("example_dp: record-level DP-SGD needs batches, not one full-batch gradient")
     update = build_client_update(model, client_optimizer=client_optimizer, proximal_strength=float(proximal_strength),
                                  full_batch=full_batch, weighting=weighting, example_dp=example_dp,
                                  normalized=normalized, corrected=corrected, personal=personal,

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..protection.accounting import epsilon
 from ..aggregators.aggregation import accounting_noise_multiplier
-from ..experiment.clients import Clients, client_arrays_for, dataset_for, plan_size, spec_for
+from ..experiment.clients import Clients, client_arrays_for, dataset_for, dp_sgd_steps, spec_for
 from ..experiment.config import RECORD_LEVEL
 from ..experiment.evaluation import Evaluator, per_example_loss
 from ..experiment.pool import spread
@@ -67,9 +67,8 @@ def site_epsilons(config):
     rows = []
     for k, x in enumerate(clients.x):
         n = len(x)
-        epochs, batch, cap = plan_size(n, config)
-        per_round = cap if cap >= 0 else epochs * -(-n // batch)
-        rows.append({"site": names[k], "examples": n, "sampling_probability": min(1.0, config.batch_size / n),
+        per_round, batch = dp_sgd_steps(n, config)
+        rows.append({"site": names[k], "examples": n, "sampling_probability": min(1.0, batch / n),
                      "steps": per_round * int(used[k]), "epsilon": float(eps[k]), "delta": config.effective_delta})
     return pd.DataFrame(rows)
 
