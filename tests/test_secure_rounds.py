@@ -43,9 +43,11 @@ def test_the_protocol_sums_other_compiled_loop_algorithms_as_the_simulated_secur
     dict(algorithm="ditto", lam=0.1),
     dict(attack="sign_flip", attacker_fraction=0.3, attack_boost=3),
     dict(algorithm="fedper", attack="sign_flip", attacker_fraction=0.3),
-], ids=["fedper", "ditto", "sign-flip", "fedper-sign-flip"])
+    dict(algorithm="scaffold"),  # its control variates' change summed with each update
+], ids=["fedper", "ditto", "sign-flip", "fedper-sign-flip", "scaffold"])
 def test_the_protocol_stacks_on_a_split_round_with_the_simulated_secure_sums_numbers(changes):
-    # FedPer's and Ditto's own models, forged updates: Python between the clients and the server; the protocol then
+    # FedPer's and Ditto's own models, SCAFFOLD's control variates, forged updates: Python between the clients and
+    # the server; the protocol then
     # sums the updates in the same split round (SplitRoundProcess.protocol_step), as TFF's simulated secure sum does
     config = BASE.replace(**changes)
     simulated = fl.run_experiment(config, progress=False)
@@ -114,7 +116,7 @@ def test_unflatten_reads_the_ring_as_signed_integers():
     (dict(robust="zeroing"), "robust"),
     (dict(clients_per_round=1), "clients_per_round"),
     (dict(secure_protocol="secagg+"), "secure_protocol"),
-    (dict(algorithm="scaffold"), "algorithm"),  # its server reads each update: no unweighted aggregator
+    (dict(algorithm="fednova"), "algorithm"),  # its normalised weights: no unweighted aggregator
     (dict(algorithm="qffl"), "algorithm"),
     (dict(algorithm="fedper", secure_protocol="ckks", quantization_bits=0), "secure_protocol"),
     (dict(attack="sign_flip", attacker_fraction=0.3, secure_protocol="ckks", quantization_bits=0), "secure_protocol"),

@@ -145,8 +145,12 @@ def test_a_users_update_attack_is_registered_like_fedlabs():
 # SCAFFOLD -----------------------------------------------------------------------------------------
 
 
-def scaffold_by_hand(rounds, lr, server_lr, weighting):
-    """Karimireddy et al. 2020, Algorithm 1, option II, in NumPy (float64): x, c and every c_i."""
+def scaffold_by_hand(rounds, lr, server_lr, weighting, clip=None, denominator=None):
+    """Karimireddy et al. 2020, Algorithm 1, option II, in NumPy (float64): x, c and every c_i.
+
+    ``clip``: as under user-level DP without noise: each client's (update, lr x its control change) clipped
+    together to L2 norm ``clip``, the model moved by the sum of the clipped updates over ``denominator``, c by the
+    sum of the clipped changes over n (D mean(s) / (lr n)); each client's own c_i moves unclipped."""
     n = len(X)
     x = (W0.astype(np.float64), B0.astype(np.float64))
     c = (np.zeros((2, 3)), np.zeros(3))
@@ -156,11 +160,17 @@ def scaffold_by_hand(rounds, lr, server_lr, weighting):
         for i in sampled:
             update, steps = local_sgd(*x, i, lr, correction=(c[0] - ci[i][0], c[1] - ci[i][1]))
             new = tuple(ci[i][k] - c[k] + update[k] / (steps * lr) for k in range(2))  # c_i+ (x - y_i: TFF's update)
-            deltas.append(tuple(new[k] - ci[i][k] for k in range(2)))
+            delta = tuple(new[k] - ci[i][k] for k in range(2))
             ci[i] = new
+            if clip is not None:
+                norm = np.sqrt(sum(np.sum(u ** 2) for u in update) + sum(np.sum((lr * d) ** 2) for d in delta))
+                factor = min(1.0, clip / norm)
+                update, delta = tuple(factor * u for u in update), tuple(factor * d for d in delta)
+            deltas.append(delta)
             updates.append(update)
             weights.append(1.0 if weighting == "uniform" else float(len(X[i])))  # 1 epoch: examples processed
-        mean = [sum(w * u[k] for w, u in zip(weights, updates)) / sum(weights) for k in range(2)]
+        total = sum(weights) if denominator is None else denominator
+        mean = [sum(w * u[k] for w, u in zip(weights, updates)) / total for k in range(2)]
         x = tuple(x[k] - server_lr * mean[k] for k in range(2))  # x + eta_g mean(y_i - x)
         c = tuple(c[k] + sum(d[k] for d in deltas) / n for k in range(2))
     return x, c, ci
@@ -205,9 +215,54 @@ def test_scaffold_resumes_to_the_uninterrupted_result(tmp_path):
     assert fedavg.eval_loss.iloc[-1] != whole.eval_loss.iloc[-1]  # the corrections changed something
 
 
+def _scaffold_rounds(process, lr, rounds):
+    state = process.client_state(start(process, lr), len(X))
+    for sampled in rounds:
+        state = process.next(state, [inputs(i) for i in sampled], clients=sampled).state
+    return state
+
+
+def _assert_scaffold_state(state, x, c, ci, process, atol=1e-5):
+    for got, expect in zip(process.get_model_weights(state).trainable, x):
+        np.testing.assert_allclose(got, expect, atol=atol)
+    for got, expect in zip(state.client_work["server_control"], c):
+        np.testing.assert_allclose(got, expect, atol=atol)
+    for i in range(len(X)):
+        for got, expect in zip(state.client_work["client_controls"], ci[i]):
+            np.testing.assert_allclose(got[i], expect, atol=atol)
+
+
+def test_scaffold_through_an_aggregator_that_hides_the_updates_releases_only_sums_and_equals_algorithm_1():
+    """A secure mean (unweighted): each client sends lr (c_i+ - c_i) beside its update, the server moves c by the
+    mean the aggregator releases times the clients summed over lr N: the paper's numbers with equal weights."""
+    lr, server_lr, rounds = 0.5, 0.8, [[0, 1], [1, 2]]
+    hiding = tff().aggregators.UnweightedMeanFactory()
+    hiding.hides_updates, hiding.mean_denominator = True, None
+    process = build_scaffold(MODEL, client_lr=lr, server_lr=server_lr, model_aggregator=hiding)
+    assert process.side_shapes == [(2, 3), (3,)]
+    state = _scaffold_rounds(process, lr, rounds)
+    _assert_scaffold_state(state, *scaffold_by_hand(rounds, lr, server_lr, "uniform"), process)
+
+
+def test_dp_scaffold_clips_the_update_and_the_control_change_together_by_hand():
+    """User-level DP without noise, a clip that bites: (update, lr x control change) clipped as one vector, the
+    model moved by their sum over the expected K = 2, c by the clipped changes' sum over N."""
+    from fedlab.aggregators.aggregation import make_aggregator
+
+    lr, server_lr, rounds, clip = 0.5, 0.8, [[0, 1], [1, 2]], 0.3
+    config = fl.ExperimentConfig(dataset="digits", algorithm="scaffold", dp="fixed", noise_multiplier=0.0,
+                                 clip_norm=clip, num_clients=3, clients_per_round=2)
+    process = build_scaffold(MODEL, client_lr=lr, server_lr=server_lr, model_aggregator=make_aggregator(config))
+    state = _scaffold_rounds(process, lr, rounds)
+    expected = scaffold_by_hand(rounds, lr, server_lr, "uniform", clip=clip, denominator=2)
+    _assert_scaffold_state(state, *expected, process)
+    unclipped = scaffold_by_hand(rounds, lr, server_lr, "uniform", denominator=2)
+    assert not np.allclose(expected[0][0], unclipped[0][0], atol=1e-3)  # the clip did bite
+
+
 @pytest.mark.parametrize("changes, field", [
-    (dict(dp="fixed", noise_multiplier=1.0), "algorithm"),
-    (dict(secure_aggregation=True), "algorithm"),
+    (dict(dp="fixed", noise_multiplier=1.0, robust="median"), "robust"),
+    (dict(secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
 ])
 def test_scaffold_refuses_what_it_cannot_honour(changes, field):
     with pytest.raises(ConfigError) as err:

@@ -279,7 +279,8 @@ def dp_sensitivity(config, num_weights: int) -> float:
     A secure sum adds each client's update rounded coordinate by coordinate: b bits round to the nearest
     multiple of C / (2^(b-1) - 1) (``DiscretizationFactory``, deterministic), 32 bits to the nearest of
     2C / (2^32 - 1) (``secure_quantized_sum``), each coordinate off by at most half a step. One client added or
-    removed therefore moves the sum by at most C + sqrt(d) * step / 2 for a model of d weights, and by at most
+    removed therefore moves the sum by at most C + sqrt(d) * step / 2 for d values sent (the model's weights,
+    and as many again for SCAFFOLD's control variates: ``side_sums``), and by at most
     2C (rounding never more than doubles a coordinate); the Gaussian noise z * C is then z * C / the smaller of
     the two (:func:`accounting_noise_multiplier`).
 
@@ -294,7 +295,9 @@ def dp_sensitivity(config, num_weights: int) -> float:
         step = clip / (2 ** (config.quantization_bits - 1) - 1) if config.quantization_bits else 2 * clip / (2 ** 32 - 1)
         # rounding to the nearest multiple never more than doubles a coordinate (below half a step it gives 0), so
         # the rounded update's norm is also at most 2C: the better of the two bounds
-        bound = min(clip + math.sqrt(num_weights) * step / 2, 2 * clip)
+        # the values rounded: the update's, and those an algorithm sends beside it (SCAFFOLD's control variates)
+        values = num_weights * (1 + config.algorithm_entry.side_sums)
+        bound = min(clip + math.sqrt(values) * step / 2, 2 * clip)
     displaced = config.user_level_dp and config.over_selection > 1
     return 2 * bound if displaced else bound
 
@@ -482,7 +485,22 @@ def builders_in_use(config) -> list[AggregatorBuilder]:
 
 
 def make_aggregator(config):
-    """The ``tff.aggregators`` factory for ``config`` (None: TFF's default weighted mean)."""
+    """The ``tff.aggregators`` factory for ``config`` (None: TFF's default weighted mean).
+
+    A factory that hides each client's update from the server (user-level DP's, a secure sum's) is marked
+    ``hides_updates``, with ``mean_denominator`` the count its mean divides by when fixed (DP's expected K; None:
+    the clients it was given): a split round then sends what its server needs besides through it
+    (SCAFFOLD's control variates, :class:`fedlab.rounds.split_rounds.SplitRoundProcess`).
+    """
+    factory = _make_aggregator(config)
+    if factory is not None and not isinstance(factory, (ProtocolSum, HomomorphicMean)) and (
+            config.user_level_dp or config.secure_aggregation):
+        factory.hides_updates = True
+        factory.mean_denominator = float(config.clients_per_round) if config.user_level_dp else None
+    return factory
+
+
+def _make_aggregator(config):
     if config.user_level_dp and config.secure_aggregation and config.secure_protocol != "none":
         # the protocol's sum of the clipped, rounded updates, unmasked by the server, which adds the noise to it
         # and divides by the expected K (config allows dp='fixed' only: the ring is sized by a fixed clip)
@@ -587,16 +605,20 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     (a protocol run reports them: history column ``secagg_bytes_per_client``).
     CKKS (:mod:`fedlab.protection.ckks`): up, each client's ciphertexts (uncompressed size,
     from the parameters) plus its weight; down, the model and the encrypted
-    mean to every selected client (a key holder decrypts it).
+    mean to every selected client (a key holder decrypts it). Under user-level DP or a secure sum, SCAFFOLD
+    sends its control variates' change beside its update (``side_sums``): twice the values up.
     """
     params = int(sum(trainable_sizes))
     down = clients * 4 * (params + int(sum(non_trainable_sizes)))
     if config.secure_aggregation and config.secure_protocol == "ckks":  # whole ciphertexts of 4,096 slots
         ciphertexts = HomomorphicMean.upload_bytes(params)
         return {"bytes_down": float(down + clients * ciphertexts), "bytes_up": float(clients * (ciphertexts + 4))}
+    tensors = len(trainable_sizes)
+    if config.user_level_dp or config.secure_aggregation:  # what a client sends beside its update (SCAFFOLD's s_i)
+        params, tensors = params * (1 + config.algorithm_entry.side_sums), tensors * (1 + config.algorithm_entry.side_sums)
     per_client_up = params * bits_per_value_up(config) / 8 + 4
     if config.quantization_bits and not config.secure_aggregation:
-        per_client_up += 8 * len(trainable_sizes)
+        per_client_up += 8 * tensors
     return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
 
 

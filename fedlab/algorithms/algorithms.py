@@ -130,6 +130,8 @@ class Algorithm:
     computes from a client's records ("" when it does), so that combination is refused with this reason.
     ``record_dp_passes``: the DP-SGD passes a client makes over its records in a round (Ditto: 2, the global
     and its own model), each of the plan's steps: the record-level accounting counts them all.
+    ``side_sums``: model-sized vectors a client sends beside its update through an aggregator that hides the
+    updates (SCAFFOLD: 1, its control variates), clipped, rounded and noised with it.
     """
 
     name: str
@@ -145,6 +147,7 @@ class Algorithm:
     personal: bool = False
     record_dp_gap: str = ""
     record_dp_passes: int = 1
+    side_sums: int = 0
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -175,7 +178,8 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
                        unweighted: bool = False, full_batch: bool = False, functional_only: Optional[bool] = None,
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
                        own_weighting: bool = False, in_driver: bool = False, personal: bool = False,
-                       record_dp_gap: str = "", record_dp_passes: int = 1, replace: bool = False):
+                       record_dp_gap: str = "", record_dp_passes: int = 1, side_sums: int = 0,
+                       replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -201,7 +205,8 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
     return decorator(ALGORITHMS, name, lambda build: Algorithm(name, build, params, float(server_lr), unweighted,
                                                                full_batch, on_arrays, normalized,
                                                                own_weighting, in_driver, personal,
-                                                               record_dp_gap, int(record_dp_passes)),
+                                                               record_dp_gap, int(record_dp_passes),
+                                                               int(side_sums)),
                      paper=paper, replace=replace)
 
 
@@ -356,7 +361,7 @@ client work cannot see the round's tau_eff. Clients that did more steps (a faste
 a longer deadline) no longer pull the model towards their own optimum."""))
 
 register_algorithm("scaffold", paper="Karimireddy et al. 2020, ICML, arXiv:1910.06378",
-                   in_driver=True, on_arrays=build_scaffold_on_arrays)(compiled_loop_only("scaffold", """\
+                   in_driver=True, unweighted=True, side_sums=1, on_arrays=build_scaffold_on_arrays)(compiled_loop_only("scaffold", """\
 SCAFFOLD: client and server control variates correct each local step for the client's drift.
 
 Only on fedlab's compiled client loop (:mod:`fedlab.algorithms.scaffold`): TFF 0.87's learning templates keep no

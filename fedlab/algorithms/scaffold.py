@@ -26,6 +26,21 @@ Departures from the paper, and why:
   or that took no step keeps its c_i and adds nothing to c;
 * K_i is the steps client i actually took (a deadline's ``partial`` work or
   ``local_steps`` may differ between clients), not one K for all.
+
+Under an aggregator that hides each update from the server (user-level DP, TFF's
+secure sum, the SecAgg/SecAgg+ protocols), the server must learn the control
+variates' change only as that aggregator releases it: each client keeps its c_i
+and sends, beside its update, s_i = eta_l (c_i+ - c_i) (the side values of
+:class:`~fedlab.rounds.split_rounds.SplitRoundProcess`, about one local step's
+size, so that the joint L2 clip bounds both without crushing the update). The
+aggregator treats (y_i - x, s_i) as one vector: clipped together to C, summed
+securely together, noised together, so DP's sensitivity and accounting are those
+of one update (the secure sum's rounding over both halves). The server then sets
+c <- c + D mean(s) / (eta_l N), D the count the mean divided by (DP's expected K,
+else the clients summed): the paper's c + (1/N) sum_i (c_i+ - c_i), from what the
+aggregator released (with DP, its noise too; a clipped client's s_i is shortened
+with its update). Then the mean of the model updates is unweighted, as the
+aggregator makes it.
 """
 
 from __future__ import annotations
@@ -36,11 +51,17 @@ from typing import Optional
 import numpy as np
 
 from ..rounds.array_training import client_training, local_steps
+from ..rounds.secure_rounds import ProtocolSum
 from ..rounds.split_rounds import SplitRoundProcess, split_aggregator
 
 
 class ScaffoldProcess(SplitRoundProcess):
     """SCAFFOLD's rounds: clients corrected by c - c_i, control variates updated between clients and server."""
+
+    def __init__(self, training, model_aggregator=None, attack: Optional[str] = None) -> None:
+        hides = isinstance(model_aggregator, ProtocolSum) or bool(getattr(model_aggregator, "hides_updates", False))
+        shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
+        super().__init__(training, model_aggregator, attack, side_shapes=shapes if hides else ())
 
     def client_state(self, state, num_clients: int):
         """``state`` with zero control variates: the server's c and ``num_clients`` clients' c_i."""
@@ -62,16 +83,29 @@ class ScaffoldProcess(SplitRoundProcess):
         controls = [np.array(ci, np.float32, copy=True) for ci in work["client_controls"]]
         num_clients = controls[0].shape[0]
         total = [np.zeros_like(c) for c in server]
-        for cid, data, update, weight in zip(clients, client_data, updates, update_weights):
+        for row, (cid, data, update, weight) in enumerate(zip(clients, client_data, updates, update_weights)):
             steps = local_steps(data)
-            if steps == 0 or weight == 0:
-                continue
-            for k, u in enumerate(update):  # c_i+ = c_i - c + (x - y_i) / (K_i eta_l); delta = c_i+ - c_i
-                delta = np.asarray(u, np.float32) / np.float32(steps * learning_rate) - server[k]
-                controls[k][cid] += delta
-                total[k] += delta
-        work["server_control"] = tuple(c + t / np.float32(num_clients) for c, t in zip(server, total))
+            deltas = [np.zeros_like(c) for c in server]
+            if steps > 0 and weight != 0:
+                for k, u in enumerate(update):  # c_i+ = c_i - c + (x - y_i) / (K_i eta_l); delta = c_i+ - c_i
+                    deltas[k] = np.asarray(u, np.float32) / np.float32(steps * learning_rate) - server[k]
+                    controls[k][cid] += deltas[k]
+                    total[k] += deltas[k]
+            if self.side_shapes:  # the client sends eta_l delta beside its update; the server sees only the sum
+                updates[row] = tuple(update) + tuple(np.float32(learning_rate) * d for d in deltas)
+        if not self.side_shapes:
+            work["server_control"] = tuple(c + t / np.float32(num_clients) for c, t in zip(server, total))
         work["client_controls"] = tuple(controls)
+        return self._replace(state, client_work=work)
+
+    def after(self, state, side_mean, denominator):
+        """c <- c + D mean(s) / (eta_l N): the clients' control changes as the aggregator released their sum."""
+        work = collections.OrderedDict(state.client_work)
+        learning_rate = np.float32(work["learning_rate"])
+        num_clients = np.float32(work["client_controls"][0].shape[0])
+        work["server_control"] = tuple(np.asarray(c, np.float32) + np.float32(denominator) * m / (learning_rate
+                                                                                                 * num_clients)
+                                       for c, m in zip(work["server_control"], side_mean))
         return self._replace(state, client_work=work)
 
 

@@ -411,6 +411,10 @@ class ExperimentConfig:
                 raise ConfigError("robust", f"{self.robust!r} states no bound on how far one update moves it "
                                             "(register_aggregator(..., sensitivity=)), which dp's noise is "
                                             "calibrated to")
+            if self.algorithm_entry.side_sums:
+                raise ConfigError("robust", f"must be none, clip or zeroing with {self.algorithm} under dp: its "
+                                            "control variates' change is released as the noised mean of what the "
+                                            "clients send, which a robust statistic is not")
             if "statistic" not in inspect.signature(AGGREGATORS[self.dp].build).parameters:
                 raise ConfigError("robust", f"must be none, clip or zeroing with dp={self.dp!r}: its builder takes "
                                             "no statistic= (the robust statistic the noise goes on)")
@@ -490,7 +494,7 @@ class ExperimentConfig:
         if algorithm.on_arrays is None:
             raise ConfigError("secure_protocol", f"needs fedlab's compiled client loop, which {self.algorithm} does "
                                                  "not have; use secure_protocol='none'")
-        if algorithm.in_driver and (ckks or not algorithm.personal):
+        if algorithm.in_driver and (ckks or not (algorithm.personal or algorithm.side_sums)):
             why = ("CKKS's round is not split where the clients' own models are kept" if ckks else
                    "its server reads each client's update between the clients and the server, which the protocol "
                    "hides")
@@ -629,7 +633,8 @@ def takes_unweighted(algorithm) -> bool:
     Not an algorithm with per-client state or Python between training and aggregation, FedNova's normalised
     weights or q-FFL's own. A personalised algorithm (FedPer, Ditto) keeps only the clients' own models in
     Python between training and aggregation, so its global update takes one: the DP guarantee and the secure sum
-    then cover the global model (FedPer's body), while each client's own model never leaves it."""
+    then cover the global model (FedPer's body), while each client's own model never leaves it. SCAFFOLD
+    (registered ``unweighted``) sends its control variates' change through the aggregator with its update."""
     plain_mean = not (algorithm.normalized or algorithm.own_weighting)
     compiled_mean = plain_mean and (
         (getattr(algorithm.on_arrays, "takes_round_builders", False) and not algorithm.in_driver)

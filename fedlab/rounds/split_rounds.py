@@ -57,10 +57,18 @@ class SplitRoundProcess:
     ATTACK_INPUTS = ("attackers", "attack_boost", "attack_rng", "attack_clients")
     PROTOCOL_INPUTS = ("participants", "graph_seed", "noise_seed")
 
-    def __init__(self, training, model_aggregator=None, attack: Optional[str] = None) -> None:
+    def __init__(self, training, model_aggregator=None, attack: Optional[str] = None, *,
+                 side_shapes: Sequence[tuple] = ()) -> None:
         t = tff()
         self.attack = ATTACKS[attack] if attack is not None else None
         self.protocol = model_aggregator if isinstance(model_aggregator, ProtocolSum) else None
+        # an aggregator that hides the updates from the server (user-level DP, a secure sum: make_aggregator marks
+        # them) and the denominator of its mean (DP's expected K; None: the updates it was given)
+        self.hides_updates = self.protocol is not None or bool(getattr(model_aggregator, "hides_updates", False))
+        self.mean_denominator = getattr(model_aggregator, "mean_denominator", None)
+        # values each client sends beside its update, aggregated with it by the same aggregator (clipped with it,
+        # summed securely, noised with it): SCAFFOLD's control variates under an aggregator that hides updates
+        self.side_shapes = [tuple(s) for s in side_shapes]
         self.data_type = training.data_type  # what a client's packed input is (pack_clients)
         self.round_inputs = (("clients",) + (self.ATTACK_INPUTS if attack is not None else ())
                              + (self.PROTOCOL_INPUTS if self.protocol is not None else ()))
@@ -71,10 +79,16 @@ class SplitRoundProcess:
             model_aggregator = t.aggregators.MeanFactory()
         if isinstance(model_aggregator, t.aggregators.UnweightedAggregationFactory):
             model_aggregator = t.aggregators.as_weighted_aggregator(model_aggregator)
-        aggregator = model_aggregator.create(weights_type.trainable, t.TensorType(np.float32))
+        self.shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
+        value_type = weights_type.trainable
+        if self.side_shapes:  # the update and the side values as one tuple of tensors
+            value_type = t.StructWithPythonType(list(weights_type.trainable)
+                                                + [t.TensorType(np.float32, s) for s in self.side_shapes], tuple)
+        self.value_type, self.value_shapes = value_type, self.shapes + self.side_shapes
+        aggregator = model_aggregator.create(value_type, t.TensorType(np.float32))
         finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
         metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
-        self.shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
+        split = self._split_computations(value_type, weights_type) if self.side_shapes else None
         self.weights_type, self.finalizer = weights_type, finalizer  # a subclass may aggregate outside TFF
         self._training = training
 
@@ -98,26 +112,46 @@ class SplitRoundProcess:
         @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
                                  t.FederatedType(state_type.aggregator, t.SERVER),
                                  t.FederatedType(state_type.finalizer, t.SERVER),
-                                 t.FederatedType(weights_type.trainable, t.CLIENTS),
+                                 t.FederatedType(value_type, t.CLIENTS),
                                  t.FederatedType(t.TensorType(np.float32), t.CLIENTS))
         def server_fn(weights, aggregator_state, finalizer_state, updates, update_weights):
             aggregated = aggregator.next(aggregator_state, updates, update_weights)
-            finalized = finalizer.next(finalizer_state, weights, aggregated.result)
+            if split is None:
+                finalized = finalizer.next(finalizer_state, weights, aggregated.result)
+                return (finalized.result, aggregated.state, finalized.state, aggregated.measurements,
+                        finalized.measurements)
+            finalized = finalizer.next(finalizer_state, weights, t.federated_map(split[0], aggregated.result))
             return (finalized.result, aggregated.state, finalized.state, aggregated.measurements,
-                    finalized.measurements)
+                    finalized.measurements, t.federated_map(split[1], aggregated.result))
 
         self._init_fn, self._clients_fn, self._server_fn = init_fn, clients_fn, server_fn
         if self.protocol is not None:
-            self._protocol_fns = self._protocol_computations(weights_type, state_type.finalizer, finalizer)
+            self._protocol_fns = self._protocol_computations(weights_type, state_type.finalizer, finalizer, split)
 
-    def _protocol_computations(self, weights_type, finalizer_state_type, finalizer) -> tuple:
-        """(encode every client's update for the ring, decode the sum and step the server): the protocol's
-        client and server arithmetic (:func:`fedlab.rounds.secure_rounds.protocol_codec`)."""
+    def _split_computations(self, value_type, weights_type) -> tuple:
+        """(the update's part, the side values' part) of an aggregated value: TFF computations."""
         t = tff()
-        encode, undiscretize, divide = protocol_codec(self.protocol, weights_type.trainable, self.shapes)
+        count = len(self.shapes)
+
+        @t.tensorflow.computation(value_type)
+        def update_part(value):
+            return tuple(value[:count])
+
+        @t.tensorflow.computation(value_type)
+        def side_part(value):
+            return tuple(value[count:])
+
+        return update_part, side_part
+
+    def _protocol_computations(self, weights_type, finalizer_state_type, finalizer, split=None) -> tuple:
+        """(encode every client's update for the ring, decode the sum and step the server): the protocol's
+        client and server arithmetic (:func:`fedlab.rounds.secure_rounds.protocol_codec`); with side values,
+        they are encoded and summed with the update, and the decoding returns their mean too."""
+        t = tff()
+        encode, undiscretize, divide = protocol_codec(self.protocol, self.value_type, self.value_shapes)
         clip, scale = np.float32(self.protocol.clip_norm), np.float32(self.protocol.scale)
 
-        @t.federated_computation(t.FederatedType(weights_type.trainable, t.CLIENTS))
+        @t.federated_computation(t.FederatedType(self.value_type, t.CLIENTS))
         def encode_fn(updates):
             constants = t.federated_broadcast(t.federated_value((clip, scale), t.SERVER))
             return t.federated_map(encode, (updates, constants[0], constants[1]))
@@ -129,8 +163,12 @@ class SplitRoundProcess:
                                  t.FederatedType(t.TensorType(np.float32), t.SERVER))
         def decode_fn(weights, finalizer_state, summed, noise, count):
             total = t.federated_map(undiscretize, (summed, t.federated_value(scale, t.SERVER)))
-            finalized = finalizer.next(finalizer_state, weights, t.federated_map(divide, (total, noise, count)))
-            return finalized.result, finalized.state, finalized.measurements
+            mean = t.federated_map(divide, (total, noise, count))
+            if split is None:
+                finalized = finalizer.next(finalizer_state, weights, mean)
+                return finalized.result, finalized.state, finalized.measurements
+            finalized = finalizer.next(finalizer_state, weights, t.federated_map(split[0], mean))
+            return finalized.result, finalized.state, finalized.measurements, t.federated_map(split[1], mean)
 
         return encode_fn, decode_fn
 
@@ -166,10 +204,13 @@ class SplitRoundProcess:
             state, aggregated, finalized = self.protocol_step(state, ids, updates, participants, graph_seed,
                                                               noise_seed)
         else:
-            weights, aggregator_state, finalizer_state, aggregated, finalized = self._server_fn(
+            weights, aggregator_state, finalizer_state, aggregated, finalized, *side = self._server_fn(
                 state.global_model_weights, state.aggregator, state.finalizer, updates, update_weights)
             state = self._replace(state, global_model_weights=weights, aggregator=aggregator_state,
                                   finalizer=finalizer_state)
+            if self.side_shapes:
+                denominator = self.mean_denominator if self.mean_denominator is not None else len(updates)
+                state = self.after(state, [np.asarray(v, np.float32) for v in side[0]], float(denominator))
         metrics = collections.OrderedDict(
             distributor=collections.OrderedDict(),
             client_work=collections.OrderedDict(train=train_metrics),
@@ -214,14 +255,17 @@ class SplitRoundProcess:
             stats["aborted"] = 1
             if not self.protocol.central_dp:
                 return state, collections.OrderedDict(secagg=stats), finalized
-            summed, included = tuple(np.zeros(s, np.int64) for s in self.shapes), 0  # the noise alone
+            summed, included = tuple(np.zeros(s, np.int64) for s in self.value_shapes), 0  # the noise alone
         else:
             stats["included"] = included
-            summed = signed_sum(total, self.protocol.modulus_bits, self.shapes)
-        weights, finalizer_state, finalized = decode_fn(state.global_model_weights, state.finalizer, summed,
-                                                        self.protocol.noise(self.shapes, noise_seed),
-                                                        self.protocol.count(included))
+            summed = signed_sum(total, self.protocol.modulus_bits, self.value_shapes)
+        weights, finalizer_state, finalized, *side = decode_fn(state.global_model_weights, state.finalizer, summed,
+                                                               self.protocol.noise(self.value_shapes, noise_seed),
+                                                               self.protocol.count(included))
         state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
+        if self.side_shapes:
+            state = self.after(state, [np.asarray(v, np.float32) for v in side[0]],
+                               float(self.protocol.count(included)))
         return state, collections.OrderedDict(secagg=stats), finalized
 
     def empty_round(self, state, noise_seed: Optional[int] = None):
@@ -230,10 +274,14 @@ class SplitRoundProcess:
         if self.protocol is None or not self.protocol.central_dp:
             return state
         _, decode_fn = self._protocol_fns
-        weights, finalizer_state, _ = decode_fn(state.global_model_weights, state.finalizer,
-                                                tuple(np.zeros(s, np.int64) for s in self.shapes),
-                                                self.protocol.noise(self.shapes, noise_seed), self.protocol.count(0))
-        return self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
+        weights, finalizer_state, _, *side = decode_fn(state.global_model_weights, state.finalizer,
+                                                       tuple(np.zeros(s, np.int64) for s in self.value_shapes),
+                                                       self.protocol.noise(self.value_shapes, noise_seed),
+                                                       self.protocol.count(0))
+        state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
+        if self.side_shapes:
+            state = self.after(state, [np.asarray(v, np.float32) for v in side[0]], float(self.protocol.count(0)))
+        return state
 
     def client_results(self, state, client_data: list) -> tuple[list, list, object]:
         """Every client trained from the state's model: (updates, update weights, finalized training metrics)."""
@@ -281,7 +329,13 @@ class SplitRoundProcess:
         return client_data
 
     def between(self, state, clients: list, client_data: list, updates: list, update_weights: list):
-        """The state after the clients sent ``updates`` (a subclass keeps per-client state; default: unchanged)."""
+        """The state after the clients sent ``updates`` (a subclass keeps per-client state; default: unchanged).
+        With ``side_shapes``, it appends each client's side values to its update (in place)."""
+        return state
+
+    def after(self, state, side_mean: list, denominator: float):
+        """The state after aggregation, given the aggregated mean of the side values and the count it divided
+        by (a subclass's server state moved by what the aggregator released; default: unchanged)."""
         return state
 
     def forge(self, updates: list, attackers: Sequence[bool], boost: int, rng, clients: Optional[int] = None) -> list:
