@@ -116,7 +116,6 @@ def test_unflatten_reads_the_ring_as_signed_integers():
     (dict(robust="zeroing"), "robust"),
     (dict(clients_per_round=1), "clients_per_round"),
     (dict(secure_protocol="secagg+"), "secure_protocol"),
-    (dict(algorithm="fednova"), "algorithm"),  # its normalised weights: no unweighted aggregator
     (dict(algorithm="qffl"), "algorithm"),
     (dict(algorithm="fedper", secure_protocol="ckks", quantization_bits=0), "secure_protocol"),
     (dict(attack="sign_flip", attacker_fraction=0.3, secure_protocol="ckks", quantization_bits=0), "secure_protocol"),
@@ -125,3 +124,18 @@ def test_what_a_protocol_cannot_do_is_refused_in_one_line(changes, field):
     with pytest.raises(ConfigError) as err:
         BASE.replace(**{"secure_protocol": "secagg", **changes})
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_fednova_takes_a_secure_sums_plain_mean_with_tau_eff_the_mean_of_the_clients_steps():
+    # unequal data (Dirichlet), one epoch each: unequal tau_i; a clip no update reaches and 16 bits: the secure
+    # sum's mean is FedNova's with p_i = 1/m (client_weighting="uniform") within its rounding, the protocol's exactly
+    base = fl.ExperimentConfig(dataset="digits", model="logreg", num_clients=6, clients_per_round=3, rounds=2,
+                               client_lr=0.1, batch_size=10, algorithm="fednova", partition="dirichlet", alpha=0.3)
+    uniform = fl.run_experiment(base.replace(client_weighting="uniform"), progress=False)
+    secure = base.replace(secure_aggregation=True, quantization_bits=16, clip_norm=20.0)
+    simulated = fl.run_experiment(secure, progress=False)
+    np.testing.assert_allclose(simulated.eval_loss, uniform.eval_loss, atol=2e-3)
+    assert weights_equal(simulated, fl.run_experiment(secure.replace(secure_protocol="secagg"), progress=False))
+    by_examples = fl.run_experiment(base, progress=False)  # p_i = the clients' data: another model
+    assert np.abs(by_examples.eval_loss - uniform.eval_loss).max() > 10 * np.abs(simulated.eval_loss
+                                                                             - uniform.eval_loss).max()

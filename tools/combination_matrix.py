@@ -67,9 +67,9 @@ IMPOSSIBLE = {
 }
 
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
-_UNWEIGHTED = ("fednova", "qffl")
 LIMITS = {frozenset(pair) for pair in [
-    *[(a, s) for a in _UNWEIGHTED for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")],
+    *[("qffl", s) for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")],
+    *[("fednova", dp) for dp in ("user DP fixed", "user DP adaptive")],
     *[("user DP adaptive", s) for s in ("SecAgg", "SecAgg+")],
     ("qffl", "record DP"),
 ]}

@@ -271,7 +271,8 @@ class ExperimentConfig:
                 "record_sum" not in inspect.signature(AGGREGATORS[self.dp].build).parameters:
             raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: its builder takes no record_sum= "
                                                    "(the sum of the clipped updates that compression goes into)")
-        if self.secure_aggregation:
+        if self.secure_aggregation and not (algorithm.normalized and not self.user_level_dp):
+            # FedNova's normalised updates take a secure sum's plain mean: its p_i = 1/m, tau_eff their mean
             self._check_unweighted(algorithm, "secure_aggregation")
         if self.secure_aggregation and self.quantization_bits == 1:
             raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
@@ -473,6 +474,10 @@ class ExperimentConfig:
         """An unweighted aggregator (user-level DP's, a secure sum's) must fit the algorithm (:func:`takes_unweighted`)."""
         if takes_unweighted(algorithm):
             return
+        if algorithm.normalized and what.startswith("dp="):
+            raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with {what} yet: FedNova's tau_eff, the "
+                                           "mean local steps of the round's clients, would scale every update by who "
+                                           "was sampled, which the accounting does not cover")
         raise ConfigError("algorithm", f"with {what} must be one that takes an unweighted aggregator "
                                        f"({', '.join(_unweighted())}), got {self.algorithm!r}")
 

@@ -336,8 +336,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 with profiling.phase("inputs"):
                     inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
                               for c in chosen]
-                    if config.algorithm_entry.normalized:
-                        inputs = with_tau_eff(inputs, config.client_weighting)
+                    if config.algorithm_entry.normalized:  # a secure sum's mean weighs the clients alike
+                        inputs = with_tau_eff(inputs, "uniform" if config.secure_aggregation
+                                              else config.client_weighting)
                     extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
                                           schedule.selected, clients.attackers)
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
