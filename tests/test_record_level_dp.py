@@ -204,7 +204,12 @@ def test_what_record_level_dp_cannot_honour_is_refused(heart_dir):
         fl.ExperimentConfig(model="logreg", algorithm="qffl", dp="example", noise_multiplier=1.0)
     # fine-tuning before scoring trains on the records outside DP-SGD, and its scores are released
     with pytest.raises(fl.ConfigError, match="^finetune_epochs: must be 0 with dp='example': fine-tuning trains on"):
-        fl.ExperimentConfig(dp="example", noise_multiplier=1.0, eval_per_client=True, finetune_epochs=2)
+        fl.ExperimentConfig(dp="example", noise_multiplier=1.0, eval_per_client=True, finetune_epochs=2,
+                            local_test_fraction=0.2)
+    # per-client scores on the training records themselves would be released outside DP-SGD
+    with pytest.raises(fl.ConfigError, match="^local_test_fraction: must be > 0 with dp='example' and eval_per_"):
+        fl.ExperimentConfig(model="logreg", algorithm="ditto", dp="example", noise_multiplier=1.0,
+                            eval_per_client=True)
     fl.ExperimentConfig(model="2nn", algorithm="fedper", dp="example", noise_multiplier=1.0)  # one DP-SGD pass
     too_big = fl.ExperimentConfig(dataset="heart_disease", partition="natural", num_clients=4, clients_per_round=4,
                                   batch_size=40, dp="example", noise_multiplier=1.0, rounds=1)

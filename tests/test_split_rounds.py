@@ -148,9 +148,9 @@ def test_a_users_update_attack_is_registered_like_fedlabs():
 def scaffold_by_hand(rounds, lr, server_lr, weighting, clip=None, denominator=None):
     """Karimireddy et al. 2020, Algorithm 1, option II, in NumPy (float64): x, c and every c_i.
 
-    ``clip``: as under user-level DP without noise: each client's (update, lr x its control change) clipped
-    together to L2 norm ``clip``, the model moved by the sum of the clipped updates over ``denominator``, c by the
-    sum of the clipped changes over n (D mean(s) / (lr n)); each client's own c_i moves unclipped."""
+    ``clip``: as under user-level DP without noise: each client's (update, lr c_i+) clipped together to L2 norm
+    ``clip``, the model moved by the sum of the clipped updates over ``denominator`` (the expected K), c the sum
+    of the clipped lr c_i+ over K and lr (estimated afresh each round); each client's own c_i moves unclipped."""
     n = len(X)
     x = (W0.astype(np.float64), B0.astype(np.float64))
     c = (np.zeros((2, 3)), np.zeros(3))
@@ -162,17 +162,20 @@ def scaffold_by_hand(rounds, lr, server_lr, weighting, clip=None, denominator=No
             new = tuple(ci[i][k] - c[k] + update[k] / (steps * lr) for k in range(2))  # c_i+ (x - y_i: TFF's update)
             delta = tuple(new[k] - ci[i][k] for k in range(2))
             ci[i] = new
-            if clip is not None:
-                norm = np.sqrt(sum(np.sum(u ** 2) for u in update) + sum(np.sum((lr * d) ** 2) for d in delta))
+            if clip is not None:  # what the client sends: the update and lr c_i+, clipped together
+                norm = np.sqrt(sum(np.sum(u ** 2) for u in update) + sum(np.sum((lr * v) ** 2) for v in new))
                 factor = min(1.0, clip / norm)
-                update, delta = tuple(factor * u for u in update), tuple(factor * d for d in delta)
+                update, delta = tuple(factor * u for u in update), tuple(factor * v for v in new)
             deltas.append(delta)
             updates.append(update)
             weights.append(1.0 if weighting == "uniform" else float(len(X[i])))  # 1 epoch: examples processed
         total = sum(weights) if denominator is None else denominator
         mean = [sum(w * u[k] for w, u in zip(weights, updates)) / total for k in range(2)]
         x = tuple(x[k] - server_lr * mean[k] for k in range(2))  # x + eta_g mean(y_i - x)
-        c = tuple(c[k] + sum(d[k] for d in deltas) / n for k in range(2))
+        if clip is None:
+            c = tuple(c[k] + sum(d[k] for d in deltas) / n for k in range(2))
+        else:
+            c = tuple(sum(d[k] for d in deltas) / denominator for k in range(2))
     return x, c, ci
 
 
@@ -244,20 +247,57 @@ def test_scaffold_through_an_aggregator_that_hides_the_updates_releases_only_sum
     _assert_scaffold_state(state, *scaffold_by_hand(rounds, lr, server_lr, "uniform"), process)
 
 
-def test_dp_scaffold_clips_the_update_and_the_control_change_together_by_hand():
-    """User-level DP without noise, a clip that bites: (update, lr x control change) clipped as one vector, the
-    model moved by their sum over the expected K = 2, c by the clipped changes' sum over N."""
+def test_dp_scaffold_clips_the_update_and_the_control_variate_together_and_estimates_c_afresh_by_hand():
+    """User-level DP without noise, a clip that bites: (update, lr c_i+) clipped as one vector, the model moved by
+    the clipped updates' sum over the expected K = 2 (one client in round 1, three in round 2: not their count), c
+    the clipped lr c_i+'s sum over K and lr."""
     from fedlab.aggregators.aggregation import make_aggregator
 
-    lr, server_lr, rounds, clip = 0.5, 0.8, [[0, 1], [1, 2]], 0.3
+    lr, server_lr, rounds, clip = 0.5, 0.8, [[0], [0, 1, 2]], 0.3
     config = fl.ExperimentConfig(dataset="digits", algorithm="scaffold", dp="fixed", noise_multiplier=0.0,
                                  clip_norm=clip, num_clients=3, clients_per_round=2)
     process = build_scaffold(MODEL, client_lr=lr, server_lr=server_lr, model_aggregator=make_aggregator(config))
     state = _scaffold_rounds(process, lr, rounds)
     expected = scaffold_by_hand(rounds, lr, server_lr, "uniform", clip=clip, denominator=2)
     _assert_scaffold_state(state, *expected, process)
-    unclipped = scaffold_by_hand(rounds, lr, server_lr, "uniform", denominator=2)
+    unclipped = scaffold_by_hand(rounds, lr, server_lr, "uniform", clip=1e9, denominator=2)
     assert not np.allclose(expected[0][0], unclipped[0][0], atol=1e-3)  # the clip did bite
+
+
+def test_scaffold_on_a_16_bit_secure_sum_moves_c_by_the_released_changes():
+    """TFF's secure sum, 16 bits, a clip no update reaches: the paper's numbers with equal weights, within the
+    rounding (the model by half a step of C / (2^15 - 1) a coordinate, c by D / (lr N) of that)."""
+    from fedlab.aggregators.aggregation import make_aggregator
+    from fedlab.core.runtime import simulated_secure_sums
+
+    lr, server_lr, rounds = 0.5, 0.8, [[0, 1], [1, 2]]
+    config = fl.ExperimentConfig(dataset="digits", algorithm="scaffold", secure_aggregation=True, quantization_bits=16,
+                                 clip_norm=20.0, num_clients=3, clients_per_round=2)
+    process = build_scaffold(MODEL, client_lr=lr, server_lr=server_lr, model_aggregator=make_aggregator(config))
+    with simulated_secure_sums(True):
+        state = _scaffold_rounds(process, lr, rounds)
+    x, c, ci = scaffold_by_hand(rounds, lr, server_lr, "uniform")
+    _assert_scaffold_state(state, x, c, ci, process, atol=2 * 20.0 / (2 ** 15 - 1) / lr)
+    assert np.abs(state.client_work["server_control"][0]).max() > 0.01  # c moved: the changes were not rounded away
+
+
+def test_a_protocol_round_that_aborts_leaves_every_control_variate_as_it_was():
+    import warnings
+
+    from fedlab.rounds.secure_rounds import ProtocolSum
+
+    lr = 0.5
+    process = build_scaffold(MODEL, client_lr=lr, server_lr=0.8,
+                             model_aggregator=ProtocolSum("secagg", 16, 20.0, 3))
+    state = process.client_state(start(process, lr), len(X))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        after = process.next(state, [inputs(0)], clients=[0], participants=[0, 1], side_scale=1.0).state
+    assert any("secure aggregation" in str(w.message) or "abort" in str(w.message).lower() for w in caught)
+    assert "pending_controls" not in after.client_work
+    for before, now in zip(state.client_work["client_controls"] + state.client_work["server_control"],
+                           after.client_work["client_controls"] + after.client_work["server_control"]):
+        np.testing.assert_array_equal(before, now)
 
 
 @pytest.mark.parametrize("changes, field", [

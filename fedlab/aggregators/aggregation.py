@@ -135,16 +135,19 @@ def vanishing_updates(config, num_weights: int) -> Optional[str]:
     train nothing, 4 bits train). C cancels out: only b and d decide.
     """
     bits = config.quantization_bits
-    if not (config.secure_aggregation and bits) or _surviving_coordinates(bits, num_weights) >= 1:
+    side = config.algorithm_entry.side_sums  # values sent beside the update, clipped with it (SCAFFOLD's)
+    values = num_weights * (1 + side)
+    if not (config.secure_aggregation and bits) or _surviving_coordinates(bits, values) >= 1:
         return None
     levels = 2 ** (bits - 1) - 1
-    step, surviving = config.clip_norm / levels, _surviving_coordinates(bits, num_weights)
-    enough = next((b for b in range(bits + 1, 17) if _surviving_coordinates(b, num_weights) >= 1), None)
+    step, surviving = config.clip_norm / levels, _surviving_coordinates(bits, values)
+    enough = next((b for b in range(bits + 1, 17) if _surviving_coordinates(b, values) >= 1), None)
     advice = f"use quantization_bits >= {enough}" if enough else "no bit width up to 16 keeps them"
     return (f"{bits} bits with secure aggregation round each coordinate of a client's update to a multiple of "
             f"clip_norm/{levels} = {step:.3g}, so one below {step / 2:.3g} becomes 0; an update of norm "
-            f"clip_norm={config.clip_norm:g} spread over the model's {num_weights} weights has coordinates of about "
-            f"{config.clip_norm / math.sqrt(num_weights):.3g}, of which {surviving:.2g} are expected to survive: "
+            f"clip_norm={config.clip_norm:g} spread over the model's {num_weights} weights"
+            f"{' and as many control-variate values' if side else ''} has coordinates of about "
+            f"{config.clip_norm / math.sqrt(values):.3g}, of which {surviving:.2g} are expected to survive: "
             f"every update is expected to sum to zero and the model not to train; {advice}")
 
 

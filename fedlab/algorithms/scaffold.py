@@ -28,19 +28,22 @@ Departures from the paper, and why:
   ``local_steps`` may differ between clients), not one K for all.
 
 Under an aggregator that hides each update from the server (user-level DP, TFF's
-secure sum, the SecAgg/SecAgg+ protocols), the server must learn the control
-variates' change only as that aggregator releases it: each client keeps its c_i
-and sends, beside its update, s_i = eta_l (c_i+ - c_i) (the side values of
-:class:`~fedlab.rounds.split_rounds.SplitRoundProcess`, about one local step's
-size, so that the joint L2 clip bounds both without crushing the update). The
-aggregator treats (y_i - x, s_i) as one vector: clipped together to C, summed
-securely together, noised together, so DP's sensitivity and accounting are those
-of one update (the secure sum's rounding over both halves). The server then sets
-c <- c + D mean(s) / (eta_l N), D the count the mean divided by (DP's expected K,
-else the clients summed): the paper's c + (1/N) sum_i (c_i+ - c_i), from what the
-aggregator released (with DP, its noise too; a clipped client's s_i is shortened
-with its update). Then the mean of the model updates is unweighted, as the
-aggregator makes it.
+secure sum, the SecAgg/SecAgg+ protocols), the server learns the control variates
+only as that aggregator releases them. Each client sends, beside its update, s_i =
+kappa eta_l v_i (the side values of :class:`~fedlab.rounds.split_rounds.SplitRoundProcess`),
+kappa the config's local steps (or epochs): about the size of an update, so that
+a b-bit sum does not round it away and the joint clip bounds both. The aggregator
+treats (y_i - x, s_i) as one vector: clipped together to C, summed securely
+together, noised together, so DP's sensitivity and accounting are those of one
+update (the secure sum's rounding over both halves). With a secure sum, v_i =
+c_i+ - c_i and the server sets c <- c + D mean(s) / (kappa eta_l N), D the clients
+summed: the paper's c + (1/N) sum_i (c_i+ - c_i). Under DP, v_i = c_i+ and c <-
+mean(s) / (kappa eta_l), the mean of the round's c_i+ over the expected K: c is
+estimated afresh every round, since noise added to a running sum of changes would
+stay in c and grow as a random walk (measured: SCAFFOLD under DP diverged that way
+on heart_disease). A client's c_i changes when the sum is released (a protocol
+round that aborts leaves every c_i and c as they were). The mean of the model
+updates is unweighted, as the aggregator makes it.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ class ScaffoldProcess(SplitRoundProcess):
         hides = isinstance(model_aggregator, ProtocolSum) or bool(getattr(model_aggregator, "hides_updates", False))
         shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
         super().__init__(training, model_aggregator, attack, side_shapes=shapes if hides else ())
+        # DP noise on what the clients send: c is estimated afresh every round, or the noise would pile up in it
+        self.noised = self.mean_denominator is not None or (self.protocol is not None and self.protocol.central_dp)
+        if hides:
+            self.round_inputs = self.round_inputs + ("side_scale",)
 
     def client_state(self, state, num_clients: int):
         """``state`` with zero control variates: the server's c and ``num_clients`` clients' c_i."""
@@ -76,6 +83,20 @@ class ScaffoldProcess(SplitRoundProcess):
                                                                for c, ci in zip(server, controls)))
                 for cid, data in zip(clients, client_data)]
 
+    def next(self, state, client_data: list, *, side_scale: float = 1.0, **inputs):
+        """A round; ``side_scale`` (kappa, a constant of the config: its local steps, or epochs) sizes what a client
+        sends beside its update under an aggregator that hides it. A round whose sum is lost (a protocol that
+        aborts) leaves every c_i as it was, as c."""
+        if self.side_shapes:
+            work = collections.OrderedDict(state.client_work, side_scale=np.float32(side_scale))
+            state = self._replace(state, client_work=work)
+        output = super().next(state, client_data, **inputs)
+        if "pending_controls" not in output.state.client_work:
+            return output
+        work = collections.OrderedDict(output.state.client_work)
+        del work["pending_controls"]  # never released: the clients keep their c_i
+        return type(output)(state=self._replace(output.state, client_work=work), metrics=output.metrics)
+
     def between(self, state, clients, client_data, updates, update_weights):
         work = collections.OrderedDict(state.client_work)
         learning_rate = float(work["learning_rate"])
@@ -83,29 +104,49 @@ class ScaffoldProcess(SplitRoundProcess):
         controls = [np.array(ci, np.float32, copy=True) for ci in work["client_controls"]]
         num_clients = controls[0].shape[0]
         total = [np.zeros_like(c) for c in server]
+        pending = []
+        scale = np.float32(work.get("side_scale", 1.0) * learning_rate)
         for row, (cid, data, update, weight) in enumerate(zip(clients, client_data, updates, update_weights)):
             steps = local_steps(data)
             deltas = [np.zeros_like(c) for c in server]
             if steps > 0 and weight != 0:
                 for k, u in enumerate(update):  # c_i+ = c_i - c + (x - y_i) / (K_i eta_l); delta = c_i+ - c_i
                     deltas[k] = np.asarray(u, np.float32) / np.float32(steps * learning_rate) - server[k]
-                    controls[k][cid] += deltas[k]
-                    total[k] += deltas[k]
-            if self.side_shapes:  # the client sends eta_l delta beside its update; the server sees only the sum
-                updates[row] = tuple(update) + tuple(np.float32(learning_rate) * d for d in deltas)
-        if not self.side_shapes:
+                    if not self.side_shapes:
+                        controls[k][cid] += deltas[k]
+                        total[k] += deltas[k]
+            if self.side_shapes:  # the client sends kappa eta_l (its c_i+, or delta) beside its update
+                pending.append(deltas)
+                sent = [controls[k][cid] + d for k, d in enumerate(deltas)] if self.noised else deltas
+                updates[row] = tuple(update) + tuple(scale * v for v in sent)
+        if self.side_shapes:  # each c_i moves when the sum is released (after), not before
+            work["pending_controls"] = (np.asarray(clients, np.int64), pending)
+        else:
             work["server_control"] = tuple(c + t / np.float32(num_clients) for c, t in zip(server, total))
-        work["client_controls"] = tuple(controls)
+            work["client_controls"] = tuple(controls)
         return self._replace(state, client_work=work)
 
     def after(self, state, side_mean, denominator):
-        """c <- c + D mean(s) / (eta_l N): the clients' control changes as the aggregator released their sum."""
+        """The released mean m of what the clients sent moves the control variates. Without noise (a secure sum):
+        c <- c + D m / (kappa eta_l N), the paper's c + sum_i delta_i / N. Under DP: c <- D m / (kappa eta_l K),
+        K the expected clients (D = K): the released mean of the round's c_i+, so that no round's noise stays in
+        c. Each client's c_i takes its change now."""
         work = collections.OrderedDict(state.client_work)
-        learning_rate = np.float32(work["learning_rate"])
-        num_clients = np.float32(work["client_controls"][0].shape[0])
-        work["server_control"] = tuple(np.asarray(c, np.float32) + np.float32(denominator) * m / (learning_rate
-                                                                                                 * num_clients)
-                                       for c, m in zip(work["server_control"], side_mean))
+        scale = np.float32(work.get("side_scale", 1.0) * float(work["learning_rate"]))
+        controls = [np.array(ci, np.float32, copy=True) for ci in work["client_controls"]]
+        num_clients = np.float32(controls[0].shape[0])
+        clients, pending = work.pop("pending_controls", (np.zeros(0, np.int64), []))
+        for cid, deltas in zip(clients, pending):
+            for k, d in enumerate(deltas):
+                controls[k][cid] += d
+        if self.noised:
+            work["server_control"] = tuple(np.float32(denominator) * m / (scale * np.float32(self.mean_denominator
+                                                                                             or denominator))
+                                           for m in side_mean)
+        else:
+            work["server_control"] = tuple(np.asarray(c, np.float32) + np.float32(denominator) * m
+                                           / (scale * num_clients) for c, m in zip(work["server_control"], side_mean))
+        work["client_controls"] = tuple(controls)
         return self._replace(state, client_work=work)
 
 

@@ -237,6 +237,10 @@ class ExperimentConfig:
             if algorithm.record_dp_gap:
                 raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
                                         f"{self.algorithm}: {algorithm.record_dp_gap}")
+            if self.eval_per_client and self.local_test_fraction == 0 and not self.finetune_epochs:  # else below
+                raise ConfigError("local_test_fraction", "must be > 0 with dp='example' and eval_per_client: "
+                                                         "without it each client is scored on its training records, "
+                                                         "and those scores are released outside DP-SGD")
             if self.batch_size == 0 and not algorithm.full_batch:  # full batch: every record, q = 1 (DP-GD)
                 raise ConfigError("batch_size", "must be > 0 with dp='example': DP-SGD samples batches of that "
                                                 "expected size")
@@ -500,7 +504,7 @@ class ExperimentConfig:
             raise ConfigError("secure_protocol", f"needs fedlab's compiled client loop, which {self.algorithm} does "
                                                  "not have; use secure_protocol='none'")
         if algorithm.in_driver and (ckks or not (algorithm.personal or algorithm.side_sums)):
-            why = ("CKKS's round is not split where the clients' own models are kept" if ckks else
+            why = ("CKKS's round is not split where the clients keep state of their own" if ckks else
                    "its server reads each client's update between the clients and the server, which the protocol "
                    "hides")
             raise ConfigError("secure_protocol", f"cannot be combined with {self.algorithm} yet: {why}")

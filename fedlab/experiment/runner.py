@@ -531,6 +531,8 @@ def _round_inputs(wanted, config: ExperimentConfig, round_num: int, chosen, sele
         # else the clients of the round (who is sampled must not move every attacker's update: one honest user would)
         "attack_clients": lambda: config.clients_per_round if config.user_level_dp else len(chosen),
         "attack_rng": lambda: attack_rng(config.seeds["data"], round_num),
+        # a constant of the config sizing what a client sends beside its update (SCAFFOLD's control variates)
+        "side_scale": lambda: float(config.local_steps or config.local_epochs),
     }
     return {name: known[name]() for name in wanted}
 
