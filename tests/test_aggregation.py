@@ -82,7 +82,7 @@ def test_attackers_and_poisoned_labels():
 @pytest.mark.parametrize("changes, field", [
     ({"dp": "adaptive", "secure_aggregation": True, "secure_protocol": "secagg", "quantization_bits": 8}, "dp"),
     ({"quantization_bits": 17}, "quantization_bits"),
-    ({"secure_aggregation": True, "algorithm": "qffl"}, "algorithm"),
+    ({"secure_aggregation": True, "dp": "fixed", "noise_multiplier": 1.0, "algorithm": "qffl"}, "algorithm"),
     ({"dp": "fixed", "noise_multiplier": 1.0, "algorithm": "fednova"}, "algorithm"),
     ({"model": "2nn", "freeze_layers": 3}, "freeze_layers"),
     ({"attacker_fraction": 1.0}, "attacker_fraction"),

@@ -116,7 +116,6 @@ def test_unflatten_reads_the_ring_as_signed_integers():
     (dict(robust="zeroing"), "robust"),
     (dict(clients_per_round=1), "clients_per_round"),
     (dict(secure_protocol="secagg+"), "secure_protocol"),
-    (dict(algorithm="qffl"), "algorithm"),
     (dict(algorithm="fedper", secure_protocol="ckks", quantization_bits=0), "secure_protocol"),
     (dict(attack="sign_flip", attacker_fraction=0.3, secure_protocol="ckks", quantization_bits=0), "secure_protocol"),
 ])

@@ -68,7 +68,7 @@ IMPOSSIBLE = {
 
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
 LIMITS = {frozenset(pair) for pair in [
-    *[("qffl", s) for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")],
+    *[("qffl", dp) for dp in ("user DP fixed", "user DP adaptive")],
     *[("fednova", dp) for dp in ("user DP fixed", "user DP adaptive")],
     *[("user DP adaptive", s) for s in ("SecAgg", "SecAgg+")],
     ("qffl", "record DP"),

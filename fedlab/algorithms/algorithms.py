@@ -130,8 +130,10 @@ class Algorithm:
     computes from a client's records ("" when it does), so that combination is refused with this reason.
     ``record_dp_passes``: the DP-SGD passes a client makes over its records in a round (Ditto: 2, the global
     and its own model), each of the plan's steps: the record-level accounting counts them all.
-    ``side_sums``: model-sized vectors a client sends beside its update through an aggregator that hides the
-    updates (SCAFFOLD: 1, its control variates), clipped, rounded and noised with it.
+    ``side_values``: what a client of a split-round algorithm sends beside its update through an aggregator
+    that hides the updates, so that its server needs only sums ("" if it needs each update: refused with secure
+    aggregation); ``side_sums``: how many model-sized vectors that is (SCAFFOLD: 1, its control variates; q-FFL:
+    0, one weight), clipped, rounded and noised with the update.
     """
 
     name: str
@@ -148,6 +150,7 @@ class Algorithm:
     record_dp_gap: str = ""
     record_dp_passes: int = 1
     side_sums: int = 0
+    side_values: str = ""
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -179,7 +182,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
                        own_weighting: bool = False, in_driver: bool = False, personal: bool = False,
                        record_dp_gap: str = "", record_dp_passes: int = 1, side_sums: int = 0,
-                       replace: bool = False):
+                       side_values: str = "", replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -206,7 +209,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
                                                                full_batch, on_arrays, normalized,
                                                                own_weighting, in_driver, personal,
                                                                record_dp_gap, int(record_dp_passes),
-                                                               int(side_sums)),
+                                                               int(side_sums), side_values),
                      paper=paper, replace=replace)
 
 
@@ -361,7 +364,8 @@ client work cannot see the round's tau_eff. Clients that did more steps (a faste
 a longer deadline) no longer pull the model towards their own optimum."""))
 
 register_algorithm("scaffold", paper="Karimireddy et al. 2020, ICML, arXiv:1910.06378",
-                   in_driver=True, unweighted=True, side_sums=1, on_arrays=build_scaffold_on_arrays)(compiled_loop_only("scaffold", """\
+                   in_driver=True, unweighted=True, side_sums=1, side_values="its control variates",
+                   on_arrays=build_scaffold_on_arrays)(compiled_loop_only("scaffold", """\
 SCAFFOLD: client and server control variates correct each local step for the client's drift.
 
 Only on fedlab's compiled client loop (:mod:`fedlab.algorithms.scaffold`): TFF 0.87's learning templates keep no
@@ -403,7 +407,7 @@ class QFFLParams(AlgorithmParams):
 
 
 register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
-                   own_weighting=True, in_driver=True,
+                   own_weighting=True, in_driver=True, side_values="its weight h_k",
                    record_dp_gap="each update is weighted by the client's exact training loss, which DP-SGD does "
                                  "not noise",
                    on_arrays=build_qffl_on_arrays)(compiled_loop_only(

@@ -275,8 +275,10 @@ class ExperimentConfig:
                 "record_sum" not in inspect.signature(AGGREGATORS[self.dp].build).parameters:
             raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: its builder takes no record_sum= "
                                                    "(the sum of the clipped updates that compression goes into)")
-        if self.secure_aggregation and not (algorithm.normalized and not self.user_level_dp):
-            # FedNova's normalised updates take a secure sum's plain mean: its p_i = 1/m, tau_eff their mean
+        if self.secure_aggregation and not ((algorithm.normalized or algorithm.side_values)
+                                            and not self.user_level_dp):
+            # FedNova's normalised updates take a secure sum's plain mean: its p_i = 1/m, tau_eff their mean; q-FFL
+            # sends its weight h_k beside its update, and steps by the ratio of the two sums
             self._check_unweighted(algorithm, "secure_aggregation")
         if self.secure_aggregation and self.quantization_bits == 1:
             raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
@@ -503,7 +505,7 @@ class ExperimentConfig:
         if algorithm.on_arrays is None:
             raise ConfigError("secure_protocol", f"needs fedlab's compiled client loop, which {self.algorithm} does "
                                                  "not have; use secure_protocol='none'")
-        if algorithm.in_driver and (ckks or not (algorithm.personal or algorithm.side_sums)):
+        if algorithm.in_driver and (ckks or not (algorithm.personal or algorithm.side_values)):
             why = ("CKKS's round is not split where the clients keep state of their own" if ckks else
                    "its server reads each client's update between the clients and the server, which the protocol "
                    "hides")
