@@ -85,7 +85,7 @@ def test_dp_config_validation():
     ExperimentConfig(dp="fixed", algorithm="fedsgd", model="2nn", freeze_layers=1)  # frozen layers: compiled loop
     ExperimentConfig(dp="fixed", algorithm="fedprox")  # fedlab's compiled loop with a plain mean
     ExperimentConfig(dp="fixed", algorithm="ditto")  # personalised: the global model takes the DP mean
-    ExperimentConfig(dp="fixed", algorithm="scaffold")  # its control variates noised with its update
+    ExperimentConfig(dp="fixed", algorithm="scaffold", local_steps=5)  # its control variates noised with its update
     ExperimentConfig(dp="fixed", algorithm="fedper", model="2nn")
     with pytest.raises(ConfigError, match="target_quantile"):
         ExperimentConfig(dp="adaptive", target_quantile=1.0)

@@ -114,6 +114,7 @@ def test_unflatten_reads_the_ring_as_signed_integers():
     (dict(secure_aggregation=False), "secure_protocol"),
     (dict(quantization_bits=0), "quantization_bits"),
     (dict(robust="zeroing"), "robust"),
+    (dict(algorithm="qffl"), "algorithm"),  # its weights, unbounded, would be clipped with the updates
     (dict(clients_per_round=1), "clients_per_round"),
     (dict(secure_protocol="secagg+"), "secure_protocol"),
     (dict(algorithm="fedper", secure_protocol="ckks", quantization_bits=0), "secure_protocol"),
@@ -136,5 +137,7 @@ def test_fednova_takes_a_secure_sums_plain_mean_with_tau_eff_the_mean_of_the_cli
     np.testing.assert_allclose(simulated.eval_loss, uniform.eval_loss, atol=2e-3)
     assert weights_equal(simulated, fl.run_experiment(secure.replace(secure_protocol="secagg"), progress=False))
     by_examples = fl.run_experiment(base, progress=False)  # p_i = the clients' data: another model
+    ckks = fl.run_experiment(base.replace(secure_aggregation=True, secure_protocol="ckks"), progress=False)
+    np.testing.assert_allclose(ckks.eval_loss, by_examples.eval_loss, atol=1e-4)  # CKKS weighs as asked
     assert np.abs(by_examples.eval_loss - uniform.eval_loss).max() > 10 * np.abs(simulated.eval_loss
                                                                              - uniform.eval_loss).max()

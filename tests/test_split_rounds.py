@@ -255,7 +255,7 @@ def test_dp_scaffold_clips_the_update_and_the_control_variate_together_and_estim
 
     lr, server_lr, rounds, clip = 0.5, 0.8, [[0], [0, 1, 2]], 0.3
     config = fl.ExperimentConfig(dataset="digits", algorithm="scaffold", dp="fixed", noise_multiplier=0.0,
-                                 clip_norm=clip, num_clients=3, clients_per_round=2)
+                                 clip_norm=clip, num_clients=3, clients_per_round=2, local_steps=2)
     process = build_scaffold(MODEL, client_lr=lr, server_lr=server_lr, model_aggregator=make_aggregator(config))
     state = _scaffold_rounds(process, lr, rounds)
     expected = scaffold_by_hand(rounds, lr, server_lr, "uniform", clip=clip, denominator=2)
@@ -281,18 +281,23 @@ def test_scaffold_on_a_16_bit_secure_sum_moves_c_by_the_released_changes():
     assert np.abs(state.client_work["server_control"][0]).max() > 0.01  # c moved: the changes were not rounded away
 
 
-def test_a_protocol_round_that_aborts_leaves_every_control_variate_as_it_was():
+@pytest.mark.parametrize("central_dp", [False, True])
+def test_a_protocol_round_that_aborts_leaves_every_control_variate_as_it_was(central_dp):
+    """Under central DP the aborted round still releases the server's noise on the model, but tells nothing of
+    the clients' control variates."""
     import warnings
 
     from fedlab.rounds.secure_rounds import ProtocolSum
 
     lr = 0.5
-    process = build_scaffold(MODEL, client_lr=lr, server_lr=0.8,
-                             model_aggregator=ProtocolSum("secagg", 16, 20.0, 3))
+    protocol = ProtocolSum("secagg", 16, 20.0, 3, noise_stddev=0.5 if central_dp else 0.0,
+                           denominator=2.0 if central_dp else 0.0)
+    process = build_scaffold(MODEL, client_lr=lr, server_lr=0.8, model_aggregator=protocol)
     state = process.client_state(start(process, lr), len(X))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        after = process.next(state, [inputs(0)], clients=[0], participants=[0, 1], side_scale=1.0).state
+        after = process.next(state, [inputs(0)], clients=[0], participants=[0, 1], side_scale=1.0,
+                             noise_seed=7).state
     assert any("secure aggregation" in str(w.message) or "abort" in str(w.message).lower() for w in caught)
     assert "pending_controls" not in after.client_work
     for before, now in zip(state.client_work["client_controls"] + state.client_work["server_control"],
@@ -300,8 +305,21 @@ def test_a_protocol_round_that_aborts_leaves_every_control_variate_as_it_was():
         np.testing.assert_array_equal(before, now)
 
 
+def test_scaffold_on_a_secure_sum_resumes_to_the_uninterrupted_result(tmp_path):
+    from conftest import interrupt_after
+
+    config = fl.ExperimentConfig(dataset="digits", num_clients=5, clients_per_round=3, rounds=3, client_lr=0.1,
+                                 algorithm="scaffold", secure_aggregation=True, quantization_bits=16, clip_norm=5.0)
+    whole = fl.run_experiment(config, progress=False)
+    interrupt_after(fl.run_experiment, config, 1, tmp_path)
+    resumed = fl.run_experiment(config, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(whole.eval_loss, resumed.eval_loss)
+    assert not list(tmp_path.rglob("*damaged*"))  # resumed from round 1's state, not started again
+
+
 @pytest.mark.parametrize("changes, field", [
-    (dict(dp="fixed", noise_multiplier=1.0, robust="median"), "robust"),
+    (dict(dp="fixed", noise_multiplier=1.0, robust="median", local_steps=5), "robust"),
+    (dict(dp="fixed", noise_multiplier=1.0), "local_steps"),
     (dict(secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
 ])
 def test_scaffold_refuses_what_it_cannot_honour(changes, field):

@@ -68,8 +68,8 @@ IMPOSSIBLE = {
 
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
 LIMITS = {frozenset(pair) for pair in [
-    *[("qffl", dp) for dp in ("user DP fixed", "user DP adaptive")],
-    *[("fednova", dp) for dp in ("user DP fixed", "user DP adaptive")],
+    *[("qffl", s) for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")],
+    *[(a, dp) for a in ("fednova", "scaffold") for dp in ("user DP fixed", "user DP adaptive")],
     *[("user DP adaptive", s) for s in ("SecAgg", "SecAgg+")],
     ("qffl", "record DP"),
 ]}

@@ -500,6 +500,8 @@ def make_aggregator(config):
             config.user_level_dp or config.secure_aggregation):
         factory.hides_updates = True
         factory.mean_denominator = float(config.clients_per_round) if config.user_level_dp else None
+        # the L2 clip every client's value takes before the sum (b-bit secure sums, DP), or None
+        factory.l2_clip = float(config.clip_norm) if config.user_level_dp or config.quantization_bits else None
     return factory
 
 

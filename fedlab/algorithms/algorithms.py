@@ -132,8 +132,8 @@ class Algorithm:
     and its own model), each of the plan's steps: the record-level accounting counts them all.
     ``side_values``: what a client of a split-round algorithm sends beside its update through an aggregator
     that hides the updates, so that its server needs only sums ("" if it needs each update: refused with secure
-    aggregation); ``side_sums``: how many model-sized vectors that is (SCAFFOLD: 1, its control variates; q-FFL:
-    0, one weight), clipped, rounded and noised with the update.
+    aggregation); ``side_sums``: how many model-sized vectors that is (SCAFFOLD: 1, its control variates),
+    clipped, rounded and noised with the update.
     """
 
     name: str
@@ -407,7 +407,7 @@ class QFFLParams(AlgorithmParams):
 
 
 register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
-                   own_weighting=True, in_driver=True, side_values="its weight h_k",
+                   own_weighting=True, in_driver=True,
                    record_dp_gap="each update is weighted by the client's exact training loss, which DP-SGD does "
                                  "not noise",
                    on_arrays=build_qffl_on_arrays)(compiled_loop_only(

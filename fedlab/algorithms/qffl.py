@@ -19,15 +19,6 @@ mean is sum_k Delta_k / sum_k h_k, which the server applies at ``server_lr``
 (1, the paper's step, by default). q = 0 is FedAvg with every client weighted
 equally (tested). The weights h_k replace ``client_weighting`` (a config
 setting another is refused).
-
-Under secure aggregation (TFF's secure sum, SecAgg, SecAgg+) the server learns
-only sums: each client sends eta Delta_k and, beside it, eta h_k (a side value of
-:class:`~fedlab.rounds.split_rounds.SplitRoundProcess`; eta keeps both about an
-update's size), the aggregator clips, rounds and sums them as one vector, and
-the server steps by the ratio of the two means, sum_k Delta_k / sum_k h_k. A
-clip that bites shortens a client's Delta_k and h_k alike, which reweighs the
-clients; with a clip no update reaches it is the paper's step within the
-rounding (tested).
 """
 
 from __future__ import annotations
@@ -38,7 +29,6 @@ import numpy as np
 
 from ..rounds.array_training import arrays_of, client_training, pack_clients
 from ..core.runtime import tff
-from ..rounds.secure_rounds import ProtocolSum
 from ..rounds.split_rounds import SplitRoundProcess, split_aggregator
 
 
@@ -46,8 +36,7 @@ class QFedAvgProcess(SplitRoundProcess):
     """q-FedAvg's rounds: each update scaled by F_k^q / h_k and weighted by h_k."""
 
     def __init__(self, training, model_aggregator=None, attack: Optional[str] = None, *, q: float) -> None:
-        hides = isinstance(model_aggregator, ProtocolSum) or bool(getattr(model_aggregator, "hides_updates", False))
-        super().__init__(training, model_aggregator, attack, side_shapes=[()] if hides else ())
+        super().__init__(training, model_aggregator, attack)
         import tensorflow as tf
 
         t = tff()
@@ -72,42 +61,17 @@ class QFedAvgProcess(SplitRoundProcess):
         # F_k(w^t): the state still holds the model the clients started from
         losses = [float(v) for v in self._losses_fn(state.global_model_weights, pack_clients(client_data, self.data_type))]
         lipschitz = 1.0 / float(state.client_work["learning_rate"])
-        learning_rate = 1.0 / lipschitz
         for row, (update, loss) in enumerate(zip(updates, losses)):
             if update_weights[row] == 0:  # a non-finite update was zeroed: it stays out
-                if self.side_shapes:
-                    updates[row] = tuple(update) + (np.float32(0.0),)
                 continue
             delta_w = [lipschitz * np.asarray(u, np.float64) for u in update]
             squared = sum(float(np.sum(d * d)) for d in delta_w)
             loss = max(loss, 1e-12)
             h = self.q * loss ** (self.q - 1) * squared + lipschitz * loss ** self.q if self.q else lipschitz
-            if self.side_shapes:  # eta Delta_k and eta h_k, summed (securely) as one vector
-                updates[row] = (tuple((learning_rate * loss ** self.q * d).astype(np.float32) for d in delta_w)
-                                + (np.float32(learning_rate * h),))
-                continue
             scale = loss ** self.q / h
             updates[row] = tuple((scale * d).astype(np.float32) for d in delta_w)
             update_weights[row] = np.float32(h)
         return state
-
-    def _split_computations(self, value_type, weights_type) -> tuple:
-        """Under secure aggregation: the server's step, the ratio of the means of eta Delta_k and eta h_k
-        (sum_k Delta_k / sum_k h_k: their common count cancels)."""
-        import tensorflow as tf
-
-        t = tff()
-        count = len(self.shapes)
-
-        @t.tensorflow.computation(value_type)
-        def step(value):
-            return tuple(tf.math.divide_no_nan(v, tf.cast(value[count], v.dtype)) for v in value[:count])
-
-        @t.tensorflow.computation(value_type)
-        def side_part(value):
-            return tuple(value[count:])
-
-        return step, side_part
 
 
 def build_qffl(model, *, client_lr: float, server_lr: float, params=None, model_aggregator=None,

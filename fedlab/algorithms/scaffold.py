@@ -31,8 +31,11 @@ Under an aggregator that hides each update from the server (user-level DP, TFF's
 secure sum, the SecAgg/SecAgg+ protocols), the server learns the control variates
 only as that aggregator releases them. Each client sends, beside its update, s_i =
 kappa eta_l v_i (the side values of :class:`~fedlab.rounds.split_rounds.SplitRoundProcess`),
-kappa the config's local steps (or epochs): about the size of an update, so that
-a b-bit sum does not round it away and the joint clip bounds both. The aggregator
+kappa the local steps (the config's ``local_steps``, which user-level DP requires;
+else the mean steps planned for the round's clients, the runner's ``side_scale``):
+about the size of an update, so that a b-bit sum does not round it away and the
+joint clip bounds both. When the clip bites, a client of a secure sum keeps the
+share of its change that was summed, so that c stays the mean of the c_i. The aggregator
 treats (y_i - x, s_i) as one vector: clipped together to C, summed securely
 together, noised together, so DP's sensitivity and accounting are those of one
 update (the secure sum's rounding over both halves). With a secure sum, v_i =
@@ -75,6 +78,8 @@ class ScaffoldProcess(SplitRoundProcess):
         work = collections.OrderedDict(state.client_work)
         work["server_control"] = tuple(np.zeros(s, np.float32) for s in self.shapes)
         work["client_controls"] = tuple(np.zeros((num_clients,) + s, np.float32) for s in self.shapes)
+        if self.side_shapes:  # set by every round (next); here so that a checkpoint's state has the same leaves
+            work["side_scale"] = np.float32(1.0)
         return self._replace(state, client_work=work)
 
     def prepare(self, state, clients, client_data):
@@ -116,9 +121,15 @@ class ScaffoldProcess(SplitRoundProcess):
                         controls[k][cid] += deltas[k]
                         total[k] += deltas[k]
             if self.side_shapes:  # the client sends kappa eta_l (its c_i+, or delta) beside its update
-                pending.append(deltas)
                 sent = [controls[k][cid] + d for k, d in enumerate(deltas)] if self.noised else deltas
                 updates[row] = tuple(update) + tuple(scale * v for v in sent)
+                if not self.noised and self.l2_clip is not None:
+                    # the sum takes the change clipped with the update: the client keeps that much of it, so that
+                    # c stays the mean of the c_i (under DP c is estimated afresh: each c_i keeps its own)
+                    norm = np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in updates[row]))
+                    factor = np.float32(min(1.0, self.l2_clip / norm)) if norm > 0 else np.float32(1.0)
+                    deltas = [factor * d for d in deltas]
+                pending.append(deltas)
         if self.side_shapes:  # each c_i moves when the sum is released (after), not before
             work["pending_controls"] = (np.asarray(clients, np.int64), pending)
         else:

@@ -250,6 +250,11 @@ class ExperimentConfig:
                                                        f"{self.num_clients}")
         if self.user_level_dp:
             self._check_unweighted(algorithm, f"dp={self.dp!r}")
+            if algorithm.side_sums and self.local_steps is None:
+                raise ConfigError("local_steps", f"must be set with {self.algorithm} under dp={self.dp!r}: its clients "
+                                                 f"send {algorithm.side_values} scaled by the public number of local "
+                                                 "steps (with epochs it depends on each client's data, and too small "
+                                                 "a scale leaves them to the noise)")
         if self.user_level_dp and self.secure_aggregation:
             if self.secure_protocol not in ("none", "secagg", "secaggplus"):
                 raise ConfigError("secure_protocol", f"cannot be {self.secure_protocol!r} with dp={self.dp!r}: "
@@ -480,6 +485,10 @@ class ExperimentConfig:
         """An unweighted aggregator (user-level DP's, a secure sum's) must fit the algorithm (:func:`takes_unweighted`)."""
         if takes_unweighted(algorithm):
             return
+        if algorithm.own_weighting and what == "secure_aggregation":
+            raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with secure aggregation yet: its server "
+                                           "needs each update's own weight (q-FFL: the loss to the power q, "
+                                           "unbounded), which a secure sum's fixed range would clip with the update")
         if algorithm.normalized and what.startswith("dp="):
             raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with {what} yet: FedNova's tau_eff, the "
                                            "mean local steps of the round's clients, would scale every update by who "

@@ -37,7 +37,7 @@ from .processes import get_finetuning, get_process, get_site_process, initial_st
 from ..core import profiling
 from ..core.registry import source_digest
 from ..core.runtime import simulated_secure_sums, stop_local_workers
-from ..rounds.array_training import with_tau_eff
+from ..rounds.array_training import local_steps, with_tau_eff
 from ..systems.asynchronous import STALENESS, staleness_weights
 from ..rounds.attacks import ATTACKS, attack_rng, is_update_attack
 from .sampling import Scheduler
@@ -337,10 +337,10 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                     inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
                               for c in chosen]
                     if config.algorithm_entry.normalized:  # a secure sum's mean weighs the clients alike
-                        inputs = with_tau_eff(inputs, "uniform" if config.secure_aggregation
-                                              else config.client_weighting)
+                        plain_mean = config.secure_aggregation and config.secure_protocol != "ckks"
+                        inputs = with_tau_eff(inputs, "uniform" if plain_mean else config.client_weighting)
                     extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
-                                          schedule.selected, clients.attackers)
+                                          schedule.selected, clients.attackers, inputs)
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
                     output = trainer.next(state, inputs, **extra)
                 state = output.state
@@ -515,7 +515,8 @@ def record_level_site_epsilons(config: ExperimentConfig, clients: Clients, at=No
                                  config.effective_delta, config.accountant, at=at)
 
 
-def _round_inputs(wanted, config: ExperimentConfig, round_num: int, chosen, selected, attackers) -> dict:
+def _round_inputs(wanted, config: ExperimentConfig, round_num: int, chosen, selected, attackers,
+                  inputs=()) -> dict:
     """What a process that runs part of its round in Python asks of the round (its ``round_inputs``): the
     clients' ids, every client selected (a secure protocol's dropouts), SecAgg+'s graph seed, CKKS's encryption
     seed of the round, and, for an
@@ -531,8 +532,11 @@ def _round_inputs(wanted, config: ExperimentConfig, round_num: int, chosen, sele
         # else the clients of the round (who is sampled must not move every attacker's update: one honest user would)
         "attack_clients": lambda: config.clients_per_round if config.user_level_dp else len(chosen),
         "attack_rng": lambda: attack_rng(config.seeds["data"], round_num),
-        # a constant of the config sizing what a client sends beside its update (SCAFFOLD's control variates)
-        "side_scale": lambda: float(config.local_steps or config.local_epochs),
+        # what sizes a client's values sent beside its update (SCAFFOLD's control variates) to an update's: the
+        # config's local steps (under user-level DP it must set them: nothing about who was sampled may enter), or
+        # the mean steps the server planned for the round's clients (secure aggregation hides updates, not plans)
+        "side_scale": lambda: float(config.local_steps) if config.local_steps else float(
+            np.mean([local_steps(i) for i in inputs]) if len(inputs) else config.local_epochs),
     }
     return {name: known[name]() for name in wanted}
 

@@ -66,6 +66,8 @@ class SplitRoundProcess:
         # them) and the denominator of its mean (DP's expected K; None: the updates it was given)
         self.hides_updates = self.protocol is not None or bool(getattr(model_aggregator, "hides_updates", False))
         self.mean_denominator = getattr(model_aggregator, "mean_denominator", None)
+        self.l2_clip = (self.protocol.clip_norm if self.protocol is not None
+                        else getattr(model_aggregator, "l2_clip", None))  # what each client's value is clipped to
         # values each client sends beside its update, aggregated with it by the same aggregator (clipped with it,
         # summed securely, noised with it): SCAFFOLD's control variates under an aggregator that hides updates
         self.side_shapes = [tuple(s) for s in side_shapes]
@@ -263,7 +265,7 @@ class SplitRoundProcess:
                                                                self.protocol.noise(self.value_shapes, noise_seed),
                                                                self.protocol.count(included))
         state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
-        if self.side_shapes:
+        if self.side_shapes and not stats["aborted"]:  # a lost sum (its noise alone) tells nothing of the clients
             state = self.after(state, [np.asarray(v, np.float32) for v in side[0]],
                                float(self.protocol.count(included)))
         return state, collections.OrderedDict(secagg=stats), finalized
@@ -278,10 +280,7 @@ class SplitRoundProcess:
                                                        tuple(np.zeros(s, np.int64) for s in self.value_shapes),
                                                        self.protocol.noise(self.value_shapes, noise_seed),
                                                        self.protocol.count(0))
-        state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
-        if self.side_shapes:
-            state = self.after(state, [np.asarray(v, np.float32) for v in side[0]], float(self.protocol.count(0)))
-        return state
+        return self._replace(state, global_model_weights=weights, finalizer=finalizer_state)  # no client: no side
 
     def client_results(self, state, client_data: list) -> tuple[list, list, object]:
         """Every client trained from the state's model: (updates, update weights, finalized training metrics)."""
