@@ -281,6 +281,33 @@ def test_scaffold_on_a_16_bit_secure_sum_moves_c_by_the_released_changes():
     assert np.abs(state.client_work["server_control"][0]).max() > 0.01  # c moved: the changes were not rounded away
 
 
+def test_on_a_clipped_secure_sum_c_stays_the_mean_of_the_clients_control_variates():
+    """A clip that bites (0.3): each client keeps the share of its change the sum took, so c is the mean of all
+    N c_i after every round, within the 16-bit rounding."""
+    from fedlab.aggregators.aggregation import make_aggregator
+    from fedlab.core.runtime import simulated_secure_sums
+
+    lr, rounds = 0.5, [[0, 1], [1, 2], [0, 2]]
+    config = fl.ExperimentConfig(dataset="digits", algorithm="scaffold", secure_aggregation=True, quantization_bits=16,
+                                 clip_norm=0.3, num_clients=3, clients_per_round=2)
+    process = build_scaffold(MODEL, client_lr=lr, server_lr=0.8, model_aggregator=make_aggregator(config))
+    with simulated_secure_sums(True):
+        state = _scaffold_rounds(process, lr, rounds)
+    for c, ci in zip(state.client_work["server_control"], state.client_work["client_controls"]):
+        np.testing.assert_allclose(c, ci.mean(axis=0), atol=3 * 3 * 0.3 / (2 ** 15 - 1) / lr)
+    x, c, _ = scaffold_by_hand(rounds, lr, 0.8, "uniform")
+    assert not np.allclose(process.get_model_weights(state).trainable[0], x[0], atol=1e-3)  # the clip did bite
+
+
+def test_dp_scaffold_runs_with_either_clip_and_local_steps():
+    for dp in ("fixed", "adaptive"):
+        history = fl.run_experiment(fl.ExperimentConfig(dataset="digits", model="logreg", num_clients=6,
+                                                        clients_per_round=3, rounds=2, local_steps=3, batch_size=10,
+                                                        algorithm="scaffold", dp=dp, noise_multiplier=0.5),
+                                    progress=False)
+        assert np.isfinite(history.eval_loss).all() and history.epsilon.iloc[-1] > 0
+
+
 @pytest.mark.parametrize("central_dp", [False, True])
 def test_a_protocol_round_that_aborts_leaves_every_control_variate_as_it_was(central_dp):
     """Under central DP the aborted round still releases the server's noise on the model, but tells nothing of
@@ -320,6 +347,8 @@ def test_scaffold_on_a_secure_sum_resumes_to_the_uninterrupted_result(tmp_path):
 @pytest.mark.parametrize("changes, field", [
     (dict(dp="fixed", noise_multiplier=1.0, robust="median", local_steps=5), "robust"),
     (dict(dp="fixed", noise_multiplier=1.0), "local_steps"),
+    (dict(secure_aggregation=True), "quantization_bits"),  # 32 bits clamp coordinates: no share to keep
+    (dict(secure_aggregation=True, quantization_bits=8, robust="zeroing"), "robust"),
     (dict(secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
 ])
 def test_scaffold_refuses_what_it_cannot_honour(changes, field):

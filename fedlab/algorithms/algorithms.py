@@ -130,10 +130,10 @@ class Algorithm:
     computes from a client's records ("" when it does), so that combination is refused with this reason.
     ``record_dp_passes``: the DP-SGD passes a client makes over its records in a round (Ditto: 2, the global
     and its own model), each of the plan's steps: the record-level accounting counts them all.
-    ``side_values``: what a client of a split-round algorithm sends beside its update through an aggregator
-    that hides the updates, so that its server needs only sums ("" if it needs each update: refused with secure
-    aggregation); ``side_sums``: how many model-sized vectors that is (SCAFFOLD: 1, its control variates),
-    clipped, rounded and noised with the update.
+    ``side_values``: what a split-round algorithm whose server reads more than the updates (SCAFFOLD: its
+    control variates) has its clients send beside their update through an aggregator that hides the updates,
+    so that its server needs only sums ("" if it reads nothing more, or cannot do with sums); ``side_sums``: how
+    many model-sized vectors that is, clipped, rounded and noised with the update.
     """
 
     name: str

@@ -89,9 +89,9 @@ class ScaffoldProcess(SplitRoundProcess):
                 for cid, data in zip(clients, client_data)]
 
     def next(self, state, client_data: list, *, side_scale: float = 1.0, **inputs):
-        """A round; ``side_scale`` (kappa, a constant of the config: its local steps, or epochs) sizes what a client
-        sends beside its update under an aggregator that hides it. A round whose sum is lost (a protocol that
-        aborts) leaves every c_i as it was, as c."""
+        """A round; ``side_scale`` (kappa: the config's local steps, or the mean steps planned for the round's
+        clients, from the runner) sizes what a client sends beside its update under an aggregator that hides it.
+        A round whose sum is lost (a protocol that aborts) leaves every c_i as it was, as c."""
         if self.side_shapes:
             work = collections.OrderedDict(state.client_work, side_scale=np.float32(side_scale))
             state = self._replace(state, client_work=work)

@@ -280,11 +280,16 @@ class ExperimentConfig:
                 "record_sum" not in inspect.signature(AGGREGATORS[self.dp].build).parameters:
             raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: its builder takes no record_sum= "
                                                    "(the sum of the clipped updates that compression goes into)")
-        if self.secure_aggregation and not ((algorithm.normalized or algorithm.side_values)
-                                            and not self.user_level_dp):
-            # FedNova's normalised updates take a secure sum's plain mean: its p_i = 1/m, tau_eff their mean; q-FFL
-            # sends its weight h_k beside its update, and steps by the ratio of the two sums
+        if self.secure_aggregation and not (algorithm.normalized and not self.user_level_dp):
+            # FedNova's normalised updates take a secure sum's plain mean: its p_i = 1/m, tau_eff their mean
             self._check_unweighted(algorithm, "secure_aggregation")
+        if algorithm.side_sums and self.secure_aggregation and self.secure_protocol == "none" and \
+                not self.user_level_dp and (not self.quantization_bits or self.robust == "zeroing"):
+            raise ConfigError("quantization_bits" if not self.quantization_bits else "robust",
+                              f"{self.algorithm} on a secure sum needs quantization_bits > 0 and robust other than "
+                              "'zeroing': its clients keep the share of their control-variate change that the sum "
+                              "took, which they know only from an L2 clip (32 bits clamp each coordinate, zeroing "
+                              "drops the whole vector)")
         if self.secure_aggregation and self.quantization_bits == 1:
             raise ConfigError("quantization_bits", "must be 0 or 2..16 with secure aggregation (1 bit has no sign)")
         if self.secure_protocol != "none":
@@ -485,7 +490,7 @@ class ExperimentConfig:
         """An unweighted aggregator (user-level DP's, a secure sum's) must fit the algorithm (:func:`takes_unweighted`)."""
         if takes_unweighted(algorithm):
             return
-        if algorithm.own_weighting and what == "secure_aggregation":
+        if algorithm.own_weighting and what == "secure_aggregation" and self.secure_protocol != "ckks":
             raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with secure aggregation yet: its server "
                                            "needs each update's own weight (q-FFL: the loss to the power q, "
                                            "unbounded), which a secure sum's fixed range would clip with the update")
