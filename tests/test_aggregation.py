@@ -80,7 +80,6 @@ def test_attackers_and_poisoned_labels():
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"dp": "adaptive", "secure_aggregation": True, "secure_protocol": "secagg", "quantization_bits": 8}, "dp"),
     ({"quantization_bits": 17}, "quantization_bits"),
     ({"secure_aggregation": True, "dp": "fixed", "noise_multiplier": 1.0, "algorithm": "qffl"}, "algorithm"),
     ({"dp": "fixed", "noise_multiplier": 1.0, "algorithm": "fednova"}, "algorithm"),

@@ -1,5 +1,6 @@
 """User-level DP stacked on what it used to refuse (issue #33): a robust statistic under central DP (robust
-aggregate, then noise at the statistic's sensitivity), and an adaptive clip on TFF's secure sum."""
+aggregate, then noise at the statistic's sensitivity), and an adaptive clip on TFF's secure sum and on the
+SecAgg/SecAgg+ protocol."""
 
 import math
 
@@ -183,3 +184,102 @@ def test_dp_on_a_statistic_reports_the_epsilon_of_dp_alone_and_is_refused_where_
         base.replace(robust="boundless", dp="none", noise_multiplier=0.0)  # without DP it needs none
     finally:
         aggregation.AGGREGATORS._entries.pop("boundless", None)
+
+
+def test_an_adaptive_clip_on_the_protocol_steps_by_tf_privacys_rule_by_hand():
+    from fedlab.rounds.secure_rounds import ProtocolSum
+
+    z_v, s = aggregation.adaptive_noise_split(1.0, 4)
+    assert s == 1.0 and z_v ** -2 + (2 * s) ** -2 == pytest.approx(1.0)  # composed back to the config's z
+    protocol = ProtocolSum("secagg", 8, 2.0, 4, noise_stddev=z_v * 2.0, denominator=4.0, adaptive=True,
+                           target_quantile=0.9, count_stddev=0.0)
+    # 3 of 4 clients at or below C_t = 1.5: b = 0.75, C_t exp(-0.2 (0.75 - 0.9))
+    assert protocol.next_clip(1.5, 3, 4, None) == pytest.approx(1.5 * math.exp(0.2 * 0.15), rel=1e-7)
+    assert protocol.next_clip(1.5, 0, 0, None) == pytest.approx(1.5 * math.exp(-0.2 * (0.5 - 0.9)), rel=1e-7)
+    assert protocol.constants(1.5) == (np.float32(1.5), np.float32(127 / 1.5))
+    assert protocol.divisor(3, 1.5) == np.float32(4 * 2.0 / 1.5)  # K, in units of the first clip
+    noisy = ProtocolSum("secagg", 8, 2.0, 4, denominator=4.0, adaptive=True, count_stddev=1.0)
+    moves = [noisy.next_clip(1.0, 2, 4, seed) for seed in range(2000)]
+    assert moves[:3] == [noisy.next_clip(1.0, 2, 4, seed) for seed in range(3)]  # seeded by the round
+    fractions = 0.5 - np.log(np.asarray(moves, np.float64)) / 0.2  # b = 0.5 + N(0, 1) / 4, clipped to [0, 1]
+    inside = (fractions > 1e-6) & (fractions < 1 - 1e-6)
+    assert len(set(np.asarray(moves)[inside])) == inside.sum() > 1800  # a fresh draw each round
+    assert np.mean(fractions[inside] - 0.5) == pytest.approx(0.0, abs=0.02)
+    assert np.mean(fractions <= 1e-6) == pytest.approx(0.0228, abs=0.01)  # P(N(0, 1) / 4 < -0.5)
+    with pytest.raises(ValueError, match="noise_seed"):
+        noisy.next_clip(1.0, 2, 4, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])  # the protocol's own round; a split round, side values
+def test_an_adaptive_clip_on_the_protocol_releases_what_tffs_secure_sum_releases(algorithm, monkeypatch):
+    """Without noise (z = 0, the count's noise off too): SecAgg under an adaptive clip gives the clips of TFF's
+    secure sum under the same adaptive clip (its rule checked by hand above and against the clear sum) and its
+    losses within the rounding, in rounds with clients (the seed samples some every round); with noise, the
+    protocol's z_v and count noise are TFF's split of z, and both report the same epsilon."""
+    from fedlab.experiment import processes
+
+    monkeypatch.setattr(processes, "_PROCESS_CACHE", {})  # built afresh with the count's noise off
+    monkeypatch.setattr(aggregation, "adaptive_count_stddev", lambda noise_multiplier, clients_per_round: 0.0)
+    base = ExperimentConfig(dataset="digits", model="2nn", algorithm=algorithm, num_clients=8, clients_per_round=4,
+                            rounds=6, local_steps=3, dp="adaptive", noise_multiplier=0.0, clip_norm=0.3,
+                            target_quantile=0.9, secure_aggregation=True, quantization_bits=12, seed=11)
+    on_sum, protocol = (run_experiment(base.replace(secure_protocol=p), progress=False) for p in ("none", "secagg"))
+    clips = on_sum.clip_norm_this_round.tolist()
+    assert len(set(clips)) == 6 and max(clips) > 0.3  # it moves every round, past the first clip
+    np.testing.assert_allclose(protocol.clip_norm_this_round, clips, rtol=1e-5)
+    np.testing.assert_allclose(protocol.eval_loss, on_sum.eval_loss, rtol=0, atol=1e-5)
+    assert (protocol.secagg_included == protocol.clients_this_round).all()
+    monkeypatch.undo()
+    noisy = base.replace(noise_multiplier=1.0, rounds=2)
+    built = aggregation.make_aggregator(noisy.replace(secure_protocol="secagg"))
+    # s = max(0.05 K, z) = 1, z_v = (1 - (2 s)^-2)^-1/2: the noise sizes of TFF's gaussian_adaptive at z = 1
+    assert (built.adaptive, built.count_stddev) == (True, 1.0)
+    assert built.noise_stddev == pytest.approx(0.3 / math.sqrt(0.75), rel=1e-12)
+    assert run_experiment(noisy.replace(secure_protocol="secagg"), progress=False).epsilon.tolist() == \
+        run_experiment(noisy, progress=False).epsilon.tolist()
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedper"])  # the protocol's own round; a split round
+def test_an_adaptive_clip_on_the_protocol_resumes_from_a_checkpoint_to_the_uninterrupted_result(algorithm, tmp_path):
+    from conftest import interrupt_after
+
+    config = ExperimentConfig(dataset="digits", model="2nn", algorithm=algorithm, num_clients=6, clients_per_round=3,
+                              rounds=3, local_steps=2, dp="adaptive", noise_multiplier=0.5, clip_norm=0.5,
+                              secure_aggregation=True, secure_protocol="secaggplus", quantization_bits=10, seed=4)
+    whole = run_experiment(config, progress=False)
+    assert whole.clip_norm_this_round.nunique() == 3  # the clip, in the state, moves every round
+    interrupt_after(run_experiment, config, 2, tmp_path)
+    resumed = run_experiment(config, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(whole.clip_norm_this_round, resumed.clip_norm_this_round)
+    np.testing.assert_array_equal(whole.eval_loss, resumed.eval_loss)
+    assert not list(tmp_path.rglob("*damaged*"))
+
+
+@pytest.mark.parametrize("engine", ["protocol round", "split round"])
+def test_an_empty_round_under_an_adaptive_clip_on_the_protocol_releases_noise_at_the_current_clip(engine):
+    """A round that sampled nobody: the model moves by the round's seeded draw x C_t / C / K (noise z_v C_t over
+    K), and the clip by the noised count of nobody."""
+    from fedlab.core.runtime import tff
+    from fedlab.models.models import ModelSpec
+    from fedlab.rounds.array_training import client_training
+    from fedlab.rounds.secure_rounds import ProtocolSum, SecureRoundProcess
+    from fedlab.rounds.split_rounds import SplitRoundProcess
+
+    protocol = ProtocolSum("secagg", 12, 2.0, 4, noise_stddev=3.0, denominator=4.0, adaptive=True,
+                           target_quantile=0.8, count_stddev=0.5)
+    model = ModelSpec("logreg", num_features=2, num_classes=3).functional_model()
+    training = client_training(model, client_lr=0.1, server_optimizer=tff().learning.optimizers.build_sgdm(1.0))
+    process = (SecureRoundProcess(protocol, training) if engine == "protocol round"
+               else SplitRoundProcess(training, protocol))
+    state = process.initialize()
+    assert float(state.aggregator["clip"]) == 2.0
+    state = type(state)(global_model_weights=state.global_model_weights, distributor=state.distributor,
+                        client_work=state.client_work, aggregator={"clip": np.float32(0.5)}, finalizer=state.finalizer)
+    after = process.empty_round(state, noise_seed=21)
+    moved = [np.asarray(a) - np.asarray(b) for a, b in zip(process.get_model_weights(after).trainable,
+                                                          process.get_model_weights(state).trainable)]
+    drawn = protocol.noise([m.shape for m in moved], 21)
+    for m, n in zip(moved, drawn):  # the server optimizer steps by -1 x the mean
+        np.testing.assert_allclose(-m, n * (0.5 / 2.0) / 4.0, rtol=1e-6, atol=1e-7)
+    assert float(after.aggregator["clip"]) == protocol.next_clip(0.5, 0, 0, 21) != 0.5

@@ -435,7 +435,8 @@ def test_pld_refuses_before_training_what_the_rounded_secure_sum_leaves_it():
 
 @pytest.mark.parametrize("changes, field", [
     (dict(dp="fixed", secure_aggregation=True, secure_protocol="ckks"), "secure_protocol"),
-    (dict(dp="adaptive", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8), "dp"),
+    (dict(dp="adaptive", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8,
+          dropout_rate=0.1), "dropout_rate"),
     (dict(dp="fixed", secure_aggregation=True, secure_protocol="secagg", quantization_bits=8, over_selection=1.5),
      "over_selection"),
     (dict(dp="fixed", secure_aggregation=True, secure_protocol="secaggplus", quantization_bits=8,
@@ -523,6 +524,8 @@ def test_dp_with_compression_runs_its_accounting_and_bytes_as_dp_alone_and_repea
     try:
         with pytest.raises(ConfigError, match="^quantization_bits: must be 0 with dp='dp_without_record_sum'"):
             compressed.replace(dp="dp_without_record_sum")
+        with pytest.raises(ConfigError, match="^dp: must be 'fixed' or 'adaptive' with secure_protocol='secagg'"):
+            compressed.replace(dp="dp_without_record_sum", secure_aggregation=True, secure_protocol="secagg")
     finally:
         aggregation.AGGREGATORS._entries.pop("dp_without_record_sum", None)
     # up: 650 weights at 8 bits, a min and a max per tensor (2 tensors), the weight; 32 bits without compression

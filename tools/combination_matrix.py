@@ -70,7 +70,6 @@ IMPOSSIBLE = {
 LIMITS = {frozenset(pair) for pair in [
     *[("qffl", s) for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")],
     *[(a, dp) for a in ("fednova", "scaffold") for dp in ("user DP fixed", "user DP adaptive")],
-    *[("user DP adaptive", s) for s in ("SecAgg", "SecAgg+")],
     ("qffl", "record DP"),
 ]}
 

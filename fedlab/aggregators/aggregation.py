@@ -199,10 +199,7 @@ def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: fl
     whose fixed range the clients' updates then reach in units of the first clip: :func:`seeded_gaussian`);
     ``statistic``: a robust statistic of the clipped updates instead of their mean (:func:`dp_statistic`).
     """
-    # The clipped-count query shares the budget: TFF raises the update noise to
-    # (z^-2 - (2 s)^-2)^-1/2 for count noise s. Its default s = 0.05 K leaves nothing
-    # for small K; s >= z caps the update noise at z / sqrt(3/4), about 1.15 z.
-    count_stddev = max(0.05 * float(clients_per_round), float(noise_multiplier))
+    count_stddev = adaptive_count_stddev(noise_multiplier, clients_per_round)
     in_units = record_sum is not None and not getattr(record_sum, "keeps_norm", False)  # a secure sum's range
     if seeded or statistic is not None or in_units:
         return seeded_gaussian(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
@@ -226,6 +223,23 @@ def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: fl
         expected_num_records=float(clients_per_round), geometric_update=True)
     return tff().aggregators.DifferentiallyPrivateFactory(
         tfp.NormalizedQuery(query, denominator=float(clients_per_round)), record_aggregation_factory=record_sum)
+
+
+def adaptive_count_stddev(noise_multiplier: float, clients_per_round: float) -> float:
+    """The noise s of an adaptive clip's count of clients below the clip (:func:`dp_adaptive`).
+
+    The clipped-count query shares the budget: TFF raises the update noise to (z^-2 - (2 s)^-2)^-1/2 for count
+    noise s. Its default s = 0.05 K leaves nothing for small K; s >= z caps the update noise at z / sqrt(3/4),
+    about 1.15 z."""
+    return max(0.05 * float(clients_per_round), float(noise_multiplier))
+
+
+def adaptive_noise_split(noise_multiplier: float, clients_per_round: float) -> tuple[float, float]:
+    """(z_v, s): the update noise multiplier and the count's noise of an adaptive clip at the config's z, composed
+    back to z (z_v^-2 + (2 s)^-2 = z^-2; Andrew et al. 2021, TFF's ``adaptive_clip_noise_params``); z = 0: (0, s)."""
+    s = adaptive_count_stddev(noise_multiplier, clients_per_round)
+    z = float(noise_multiplier)
+    return ((z ** -2 - (2 * s) ** -2) ** -0.5 if z > 0 else 0.0), s
 
 
 def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: float, clip_norm: float,
@@ -508,11 +522,16 @@ def make_aggregator(config):
 def _make_aggregator(config):
     if config.user_level_dp and config.secure_aggregation and config.secure_protocol != "none":
         # the protocol's sum of the clipped, rounded updates, unmasked by the server, which adds the noise to it
-        # and divides by the expected K (config allows dp='fixed' only: the ring is sized by a fixed clip)
+        # and divides by the expected K; an adaptive clip's clients encode in its units and add their bit
+        # (ProtocolSum), its noise split between the updates and the bits' count as dp_adaptive's
+        value_noise, count_stddev = float(config.noise_multiplier), 0.0
+        if config.dp == "adaptive":
+            value_noise, count_stddev = adaptive_noise_split(config.noise_multiplier, config.clients_per_round)
         return dataclasses.replace(AGGREGATORS[config.secure_protocol].build(config),
-                                   noise_stddev=float(config.noise_multiplier) * float(config.clip_norm),
+                                   noise_stddev=value_noise * float(config.clip_norm),
                                    denominator=float(config.clients_per_round),
-                                   seeded=config.noise_source == "seeded")
+                                   seeded=config.noise_source == "seeded", adaptive=config.dp == "adaptive",
+                                   target_quantile=float(config.target_quantile), count_stddev=count_stddev)
     if config.user_level_dp:
         # under a secure sum the server sees only the sum of the clipped updates, and adds the noise to it
         record_sum = (secure_record_sum(config) if config.secure_aggregation else
@@ -621,6 +640,9 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     tensors = len(trainable_sizes)
     if config.user_level_dp or config.secure_aggregation:  # what a client sends beside its update (SCAFFOLD's s_i)
         params, tensors = params * (1 + config.algorithm_entry.side_sums), tensors * (1 + config.algorithm_entry.side_sums)
+    if config.user_level_dp and config.dp == "adaptive" and config.secure_aggregation \
+            and config.secure_protocol != "none":
+        params += 1  # the bit [norm <= C_t] as one more ring element (ProtocolSum)
     per_client_up = params * bits_per_value_up(config) / 8 + 4
     if config.quantization_bits and not config.secure_aggregation:
         per_client_up += 8 * tensors

@@ -260,10 +260,10 @@ class ExperimentConfig:
                 raise ConfigError("secure_protocol", f"cannot be {self.secure_protocol!r} with dp={self.dp!r}: "
                                                      "user-level DP's noise is calibrated to clipped updates, which "
                                                      "only 'secagg' and 'secaggplus' sum (CKKS sums them unclipped)")
-            if self.dp != "fixed" and self.secure_protocol != "none":
-                raise ConfigError("dp", f"must be 'fixed' with secure_protocol={self.secure_protocol!r}, got "
-                                        f"{self.dp!r}: fedlab's protocol round does not carry an adaptive clip yet "
-                                        "(use secure_protocol='none', TFF's secure sum, with it)")
+            if self.dp not in ("fixed", "adaptive") and self.secure_protocol != "none":
+                raise ConfigError("dp", f"must be 'fixed' or 'adaptive' with secure_protocol={self.secure_protocol!r}, "
+                                        f"got {self.dp!r}: the protocol's server adds the noise of these two itself "
+                                        "(a registered DP aggregator runs on secure_protocol='none', TFF's secure sum)")
             if self.secure_protocol != "none":
                 # whether the protocol aborts (too few survivors) must not depend on one user: under central DP
                 # every sampled client's update is summed (one alone too: secure_rounds.lone_client)

@@ -8,7 +8,9 @@ Here a round is split where the protocol sits:
    compiled loop (:mod:`fedlab.rounds.array_training`) and encodes its update as TFF's
    secure aggregator does: L2-clipped to C (``clipping_factory``), scaled by
    (2^(b-1) - 1) / C and rounded (``DiscretizationFactory``), taken modulo
-   R = 2^(b + ceil(log2 K)); it returns each client's ring vector;
+   R = 2^(b + ceil(log2 K)); it returns each client's ring vector (under an
+   adaptive clip C_t stands for C, and the vector ends with the client's bit:
+   :class:`ProtocolSum`);
 2. the clients and the server run SecAgg or SecAgg+ in Python with real
    cryptography; the server object receives only masked vectors and recovers
    their sum modulo R, also when clients drop out after the key exchange;
@@ -33,6 +35,7 @@ alone (``empty_round``), and what could make the protocol abort is refused.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import functools
 import math
@@ -56,12 +59,24 @@ class ProtocolSum:
     L2 bound; ``clients``: K, the most clients a round includes (it sizes the
     ring so that K b-bit values never wrap around).
 
-    Central DP on the protocol's sum (user-level DP, ``dp='fixed'``): the server
+    Central DP on the protocol's sum (user-level DP): the server
     adds Gaussian noise of standard deviation ``noise_stddev`` (z * C) to the sum
     it unmasked and divides by ``denominator`` (the expected clients of a round,
     as TFF's ``DifferentiallyPrivateFactory.gaussian_fixed`` does) instead of the
     clients included. ``seeded``: the noise comes from the round's noise seed
     (reproducible simulation), else from the operating system's entropy.
+
+    ``adaptive`` (user-level DP, ``dp='adaptive'``; Andrew et al. 2021, as TF
+    Privacy's ``QuantileAdaptiveClipSumQuery``): the clip C_t moves to the
+    ``target_quantile`` of the update norms. A client clips its update to C_t
+    and encodes it at scale (2^(b-1) - 1) / C_t, so that it fills the ring as
+    under the first clip C, and appends its bit [norm <= C_t] as one more ring
+    element; the protocol sums both. The server decodes the sum in units of C
+    (``scale``), adds its noise (``noise_stddev``, z_v C, in units of C too)
+    and divides by K C / C_t (:meth:`divisor`): the mean of the clipped updates
+    plus noise z_v C_t, over K. The bits' sum moves the clip (:meth:`next_clip`,
+    with its own noise ``count_stddev``); z_v and ``count_stddev`` split the
+    config's z as TFF's ``gaussian_adaptive`` does.
     """
 
     protocol: str
@@ -71,6 +86,10 @@ class ProtocolSum:
     noise_stddev: float = 0.0
     denominator: float = 0.0
     seeded: bool = True
+    adaptive: bool = False
+    target_quantile: float = 0.5
+    count_stddev: float = 0.0
+    clip_learning_rate: float = 0.2
 
     @property
     def modulus_bits(self) -> int:
@@ -100,8 +119,39 @@ class ProtocolSum:
         return tuple(rng.normal(0.0, self.noise_stddev, size=shape).astype(np.float32) for shape in shapes)
 
     def count(self, included: int) -> np.float32:
-        """What the noised sum is divided by: the expected clients under central DP, else the clients included."""
+        """The clients the mean is over: the expected clients under central DP, else the clients included."""
         return np.float32(self.denominator if self.central_dp else included)
+
+    def divisor(self, included: int, clip: float) -> np.float32:
+        """What the decoded sum (in units of the first clip C) plus noise is divided by: :meth:`count`, times
+        C / C_t under an adaptive clip C_t (its clients encoded at C_t's scale)."""
+        if not self.adaptive:
+            return self.count(included)
+        return np.float32(float(self.count(included)) * self.clip_norm / float(clip))
+
+    def constants(self, clip: float) -> tuple:
+        """(clip, scale) as float32, what a client encodes with this round: C_t and (2^(b-1) - 1) / C_t under an
+        adaptive clip, else C's."""
+        if not self.adaptive:
+            return np.float32(self.clip_norm), np.float32(self.scale)
+        return np.float32(clip), np.float32((2 ** (self.bits - 1) - 1) / float(clip))
+
+    def initial_aggregator_state(self):
+        """What a round process keeps in the state's ``aggregator`` slot: the clip, if adaptive; else nothing."""
+        return collections.OrderedDict(clip=np.float32(self.clip_norm)) if self.adaptive else ()
+
+    def next_clip(self, clip: float, below: int, included: int, noise_seed: Optional[int]) -> np.float32:
+        """The next round's clip, C_t exp(-0.2 (b - gamma)) (TF Privacy's geometric update): b is the noised share
+        of clients at or below C_t, (bits summed - 0.5 x clients included + N(0, ``count_stddev``^2)) / K + 0.5
+        clipped to [0, 1] (TF Privacy's shifted count, sensitivity 0.5), gamma the target quantile."""
+        noise = 0.0
+        if self.count_stddev > 0:
+            if self.seeded and noise_seed is None:
+                raise ValueError("noise_seed: seeded central DP needs the round's seed (the runner passes it)")
+            rng = np.random.default_rng([int(noise_seed), 0xDA] if self.seeded else None)
+            noise = float(rng.normal(0.0, self.count_stddev))
+        fraction = min(max((below - 0.5 * included + noise) / self.denominator + 0.5, 0.0), 1.0)
+        return np.float32(float(clip) * math.exp(-self.clip_learning_rate * (fraction - self.target_quantile)))
 
 
 class SecureRoundProcess:
@@ -130,25 +180,26 @@ class SecureRoundProcess:
         self._shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
         update_type = weights_type.trainable
         encode, undiscretize, divide = protocol_codec(protocol, update_type, self._shapes)
-        clip, scale = np.float32(protocol.clip_norm), np.float32(protocol.scale)
+        scale = np.float32(protocol.scale)
         summed_type = undiscretize.type_signature.parameter[0]
+        constants_type = t.FederatedType((t.TensorType(np.float32), t.TensorType(np.float32)), t.SERVER)
 
         @t.federated_computation()
         def init_fn():
             return t.federated_zip(state_class(
                 t.federated_eval(training.initial_weights_fn, t.SERVER), distributor.initialize(),
-                t.federated_eval(training.client_work_state, t.SERVER), t.federated_value((), t.SERVER),
-                finalizer.initialize()))
+                t.federated_eval(training.client_work_state, t.SERVER),
+                t.federated_value(protocol.initial_aggregator_state(), t.SERVER), finalizer.initialize()))
 
         state_type = init_fn.type_signature.result
 
-        @t.federated_computation(state_type, t.FederatedType(training.data_type, t.CLIENTS))
-        def clients_fn(state, client_data):
+        @t.federated_computation(state_type, t.FederatedType(training.data_type, t.CLIENTS), constants_type)
+        def clients_fn(state, client_data, clip_and_scale):
             distributed = distributor.next(state.distributor, state.global_model_weights)
             learning_rate = t.federated_broadcast(t.federated_map(training.learning_rate_of, state.client_work))
             result, unfinalized = t.federated_map(training.train_client,
                                                   (distributed.result, client_data, learning_rate))
-            constants = t.federated_broadcast(t.federated_value((clip, scale), t.SERVER))
+            constants = t.federated_broadcast(clip_and_scale)
             encoded = t.federated_map(encode, (result.update, constants[0], constants[1]))
             return encoded, metrics_aggregation(unfinalized)
 
@@ -166,7 +217,7 @@ class SecureRoundProcess:
         self.initialize = init_fn
         self.get_model_weights, self.set_model_weights = model_weights_accessors(t, state_type.member)
         self._clients_fn, self._server_fn = clients_fn, server_fn
-        self._training, self._encode, self._constants = training, encode, (clip, scale)
+        self._training, self._encode, self._constants = training, encode, protocol.constants(protocol.clip_norm)
 
     def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
              participants: Optional[Sequence[int]] = None, graph_seed: int = 0,
@@ -174,10 +225,11 @@ class SecureRoundProcess:
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
-        train_metrics = None
+        train_metrics, clip_before = None, current_clip(state)
         try:
             if lone_client(self.protocol, ids, everyone):  # summed without the protocol (see lone_client)
-                encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
+                encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type),
+                                                          self.protocol.constants(current_clip(state)))
                 total, included = np.concatenate([np.ravel(a) for a in encoded[0]]).astype(np.uint64), 1
             else:
                 if len(everyone) < 2:
@@ -198,27 +250,33 @@ class SecureRoundProcess:
                 state = self.empty_round(state, noise_seed)
         else:
             stats["included"] = included
+            clip = current_clip(state)
             state, finalizer_measurements = self._server_fn(state, self.unflatten(total),
                                                             self.protocol.noise(self._shapes, noise_seed),
-                                                            self.protocol.count(included))
+                                                            self.protocol.divisor(included, clip))
+            state = moved_clip(self.protocol, state, clip, total, included, noise_seed)
         metrics = collections.OrderedDict(
             distributor=collections.OrderedDict(),
             client_work=collections.OrderedDict(train=train_metrics),
-            aggregator=collections.OrderedDict(secagg=stats), finalizer=finalizer_measurements)
+            aggregator=aggregator_measurements(self.protocol, stats, clip_before), finalizer=finalizer_measurements)
         return tff().learning.templates.LearningProcessOutput(state, metrics)
 
     def empty_round(self, state, noise_seed: Optional[int] = None):
         """The state after a round that sampled no client: under central DP the server still adds its noise to the
-        empty sum (the accounting's Poisson-sampled Gaussian releases it); else unchanged."""
+        empty sum (the accounting's Poisson-sampled Gaussian releases it, and under an adaptive clip the noised
+        count of an empty round moves the clip); else unchanged."""
         if not self.protocol.central_dp:
             return state
-        return self._server_fn(state, tuple(np.zeros(s, np.int64) for s in self._shapes),
-                               self.protocol.noise(self._shapes, noise_seed), self.protocol.count(0))[0]
+        clip = current_clip(state)
+        state = self._server_fn(state, tuple(np.zeros(s, np.int64) for s in self._shapes),
+                                self.protocol.noise(self._shapes, noise_seed), self.protocol.divisor(0, clip))[0]
+        return moved_clip(self.protocol, state, clip, None, 0, noise_seed)
 
     def secure_sum(self, state, ids: list, client_data: list, everyone: list, graph_seed: int):
         """(the protocol's :class:`secagg.SecAggResult`, the clients' finalized training metrics): here every
         client is simulated in this process (a federation of site processes: :mod:`fedlab.experiment.site_rounds`)."""
-        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type))
+        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type),
+                                                  self.protocol.constants(current_clip(state)))
         inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
                   for cid, enc in zip(ids, encoded)}
         try:
@@ -231,7 +289,8 @@ class SecureRoundProcess:
 
     def metrics_without_sum(self, state, client_data: list):
         """The training metrics of a round too small for the protocol (its clients trained all the same)."""
-        return self._clients_fn(state, pack_clients(client_data, self.data_type))[1]
+        return self._clients_fn(state, pack_clients(client_data, self.data_type),
+                                self.protocol.constants(current_clip(state)))[1]
 
     # A client trained alone (a site's): its ring vector and unfinalized metrics -----------------------------
     @functools.cached_property
@@ -254,6 +313,9 @@ class SecureRoundProcess:
 
     def encode_jobs(self, weights, learning_rate, client_data: list) -> list[tuple]:
         """Each client input trained from ``weights`` and encoded for the ring: [(uint64 vector, metric leaves)]."""
+        if self.protocol.adaptive:  # the jobs encode at the first clip; a site is not told the round's C_t
+            raise ValueError("protocol: an adaptive clip's clients encode at the round's clip, which jobs run at a "
+                             "site are not given (sites refuse user-level DP on the protocol)")
         encoded, metrics = self._jobs[0](weights, np.float32(learning_rate),
                                          pack_clients(client_data, self.data_type))
         return [(np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64), metric_leaves(m))
@@ -268,8 +330,9 @@ class SecureRoundProcess:
 
     @property
     def length(self) -> int:
-        """How many ring elements a client's encoded update has (every trainable weight)."""
-        return flat_length(self._shapes)
+        """How many ring elements a client's encoded update has (every trainable weight, and the bit of an
+        adaptive clip)."""
+        return flat_length(self._shapes) + int(self.protocol.adaptive)
 
     def unflatten(self, total: np.ndarray) -> tuple:
         """The protocol's sum modulo R as signed integers in the shapes of the trainable tensors."""
@@ -285,6 +348,35 @@ def lone_client(protocol: ProtocolSum, ids: Sequence[int], everyone: Sequence[in
     the sensitivity the accounting uses. Dropouts, over-selection and deadlines, which would make whether the
     protocol aborts depend on one user, are refused with central DP on a protocol (``ExperimentConfig``)."""
     return protocol.central_dp and len(ids) == 1 and len(everyone) == 1
+
+
+def current_clip(state) -> Optional[float]:
+    """The adaptive clip a protocol round process keeps in the state's ``aggregator`` slot; None without one."""
+    aggregator = state.aggregator
+    return float(np.asarray(aggregator["clip"])) if isinstance(aggregator, collections.abc.Mapping) \
+        and "clip" in aggregator else None
+
+
+def moved_clip(protocol: ProtocolSum, state, clip: Optional[float], total: Optional[np.ndarray], included: int,
+               noise_seed: Optional[int]):
+    """``state`` with the next round's clip (:meth:`ProtocolSum.next_clip`) under an adaptive clip, from the
+    bits' sum, the last ring element of ``total`` (None: an empty sum); else ``state``."""
+    if not protocol.adaptive:
+        return state
+    below = int(np.asarray(total, np.uint64)[-1]) if total is not None else 0  # K bits < R / 2: no wrap
+    new = protocol.next_clip(clip, below, included, noise_seed)
+    return type(state)(global_model_weights=state.global_model_weights, distributor=state.distributor,
+                       client_work=state.client_work, aggregator=collections.OrderedDict(clip=new),
+                       finalizer=state.finalizer)
+
+
+def aggregator_measurements(protocol: ProtocolSum, stats: dict, clip: Optional[float]) -> collections.OrderedDict:
+    """A protocol round's aggregator measurements: the protocol's ``stats``, and the clip of the round under an
+    adaptive clip (as TFF's DP factories report it)."""
+    measurements = collections.OrderedDict(secagg=stats)
+    if protocol.adaptive:
+        measurements["dp_query_metrics"] = collections.OrderedDict(clip=np.float32(clip))
+    return measurements
 
 
 def lost_round(protocol: ProtocolSum) -> str:
@@ -334,8 +426,11 @@ def protocol_codec(protocol: ProtocolSum, update_type, shapes: Sequence[tuple]) 
                                                      for a in values])))
         values = tf.cond(tf.math.greater(norm, clip),
                          lambda: [a / tf.cast(norm / clip, a.dtype) for a in values], lambda: values)
-        return tuple(tf.math.floormod(tf.cast(tf.cast(tf.round(tf.cast(a, tf.float32) * scale), tf.int32),
-                                              tf.int64), modulus) for a in values)
+        encoded = tuple(tf.math.floormod(tf.cast(tf.cast(tf.round(tf.cast(a, tf.float32) * scale), tf.int32),
+                                                 tf.int64), modulus) for a in values)
+        if protocol.adaptive:  # the client's bit [norm <= C_t], summed with its update (ProtocolSum)
+            encoded += (tf.reshape(tf.cast(norm <= clip, tf.int64), [1]),)
+        return encoded
 
     @t.tensorflow.computation(summed_type, t.TensorType(np.float32))
     def undiscretize(summed, scale):

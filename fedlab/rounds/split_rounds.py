@@ -45,7 +45,8 @@ from .array_training import (client_updates_computation, finalize_metric_leaves,
                              metrics_computation, pack_clients)
 from .attacks import ATTACKS
 from ..core.runtime import tff
-from .secure_rounds import ProtocolSum, lone_client, lost_round, protocol_codec, signed_sum
+from .secure_rounds import (ProtocolSum, aggregator_measurements, current_clip, lone_client, lost_round,
+                            moved_clip, protocol_codec, signed_sum)
 from ..core.validation import FedlabWarning
 
 
@@ -94,12 +95,15 @@ class SplitRoundProcess:
         self.weights_type, self.finalizer = weights_type, finalizer  # a subclass may aggregate outside TFF
         self._training = training
 
+        adaptive = self.protocol is not None and self.protocol.adaptive  # the protocol's clip kept in the state
+
         @t.federated_computation()
         def init_fn():
             return t.federated_zip(self._state_class(
                 t.federated_eval(training.initial_weights_fn, t.SERVER), t.federated_value((), t.SERVER),
-                t.federated_eval(training.client_work_state, t.SERVER), aggregator.initialize(),
-                finalizer.initialize()))
+                t.federated_eval(training.client_work_state, t.SERVER),
+                t.federated_value(self.protocol.initial_aggregator_state(), t.SERVER) if adaptive
+                else aggregator.initialize(), finalizer.initialize()))
 
         @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
                                  t.FederatedType(t.TensorType(np.float32), t.SERVER),
@@ -112,7 +116,7 @@ class SplitRoundProcess:
         state_type = init_fn.type_signature.result.member
 
         @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
-                                 t.FederatedType(state_type.aggregator, t.SERVER),
+                                 aggregator.initialize.type_signature.result,  # (not the protocol's clip)
                                  t.FederatedType(state_type.finalizer, t.SERVER),
                                  t.FederatedType(value_type, t.CLIENTS),
                                  t.FederatedType(t.TensorType(np.float32), t.CLIENTS))
@@ -151,11 +155,12 @@ class SplitRoundProcess:
         they are encoded and summed with the update, and the decoding returns their mean too."""
         t = tff()
         encode, undiscretize, divide = protocol_codec(self.protocol, self.value_type, self.value_shapes)
-        clip, scale = np.float32(self.protocol.clip_norm), np.float32(self.protocol.scale)
+        scale = np.float32(self.protocol.scale)
 
-        @t.federated_computation(t.FederatedType(self.value_type, t.CLIENTS))
-        def encode_fn(updates):
-            constants = t.federated_broadcast(t.federated_value((clip, scale), t.SERVER))
+        @t.federated_computation(t.FederatedType(self.value_type, t.CLIENTS),
+                                 t.FederatedType((t.TensorType(np.float32), t.TensorType(np.float32)), t.SERVER))
+        def encode_fn(updates, clip_and_scale):  # (C_t, its scale): ProtocolSum.constants
+            constants = t.federated_broadcast(clip_and_scale)
             return t.federated_map(encode, (updates, constants[0], constants[1]))
 
         @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
@@ -236,14 +241,17 @@ class SplitRoundProcess:
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
         finalized = collections.OrderedDict()
+        clip = current_clip(state)
+        constants = self.protocol.constants(clip)
         try:
             if lone_client(self.protocol, ids, everyone):  # summed without the protocol (see lone_client)
-                total, included = np.concatenate([np.ravel(a) for a in encode_fn(updates)[0]]).astype(np.uint64), 1
+                total = np.concatenate([np.ravel(a) for a in encode_fn(updates, constants)[0]]).astype(np.uint64)
+                included = 1
             else:
                 if len(everyone) < 2:
                     raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took "
                                                "part")
-                encoded = encode_fn(updates)
+                encoded = encode_fn(updates, constants)
                 inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
                           for cid, enc in zip(ids, encoded)}
                 result = secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
@@ -256,19 +264,20 @@ class SplitRoundProcess:
             warnings.warn(f"fedlab: {stopped}; {lost_round(self.protocol)}", FedlabWarning, stacklevel=3)
             stats["aborted"] = 1
             if not self.protocol.central_dp:
-                return state, collections.OrderedDict(secagg=stats), finalized
-            summed, included = tuple(np.zeros(s, np.int64) for s in self.value_shapes), 0  # the noise alone
+                return state, aggregator_measurements(self.protocol, stats, clip), finalized
+            total, summed, included = None, tuple(np.zeros(s, np.int64) for s in self.value_shapes), 0  # noise alone
         else:
             stats["included"] = included
             summed = signed_sum(total, self.protocol.modulus_bits, self.value_shapes)
         weights, finalizer_state, finalized, *side = decode_fn(state.global_model_weights, state.finalizer, summed,
                                                                self.protocol.noise(self.value_shapes, noise_seed),
-                                                               self.protocol.count(included))
+                                                               self.protocol.divisor(included, clip))
         state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
+        state = moved_clip(self.protocol, state, clip, total, included, noise_seed)
         if self.side_shapes and not stats["aborted"]:  # a lost sum (its noise alone) tells nothing of the clients
             state = self.after(state, [np.asarray(v, np.float32) for v in side[0]],
                                float(self.protocol.count(included)))
-        return state, collections.OrderedDict(secagg=stats), finalized
+        return state, aggregator_measurements(self.protocol, stats, clip), finalized
 
     def empty_round(self, state, noise_seed: Optional[int] = None):
         """The state after a round that sampled no client: under central DP on a protocol the server still adds
@@ -276,11 +285,13 @@ class SplitRoundProcess:
         if self.protocol is None or not self.protocol.central_dp:
             return state
         _, decode_fn = self._protocol_fns
+        clip = current_clip(state)
         weights, finalizer_state, _, *side = decode_fn(state.global_model_weights, state.finalizer,
                                                        tuple(np.zeros(s, np.int64) for s in self.value_shapes),
                                                        self.protocol.noise(self.value_shapes, noise_seed),
-                                                       self.protocol.count(0))
-        return self._replace(state, global_model_weights=weights, finalizer=finalizer_state)  # no client: no side
+                                                       self.protocol.divisor(0, clip))
+        state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)  # no client: no side
+        return moved_clip(self.protocol, state, clip, None, 0, noise_seed)
 
     def client_results(self, state, client_data: list) -> tuple[list, list, object]:
         """Every client trained from the state's model: (updates, update weights, finalized training metrics)."""
