@@ -211,7 +211,7 @@ def test_an_adaptive_clip_on_the_protocol_steps_by_tf_privacys_rule_by_hand():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])  # the protocol's own round; a split round, side values
+@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])  # the fused protocol round; split, side values
 def test_an_adaptive_clip_on_the_protocol_releases_what_tffs_secure_sum_releases(algorithm, monkeypatch):
     """Without noise (z = 0, the count's noise off too): SecAgg under an adaptive clip gives the clips of TFF's
     secure sum under the same adaptive clip (its rule checked by hand above and against the clear sum) and its
@@ -240,7 +240,7 @@ def test_an_adaptive_clip_on_the_protocol_releases_what_tffs_secure_sum_releases
         run_experiment(noisy, progress=False).epsilon.tolist()
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedper"])  # the protocol's own round; a split round
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedper"])  # the fused protocol round; split at the updates
 def test_an_adaptive_clip_on_the_protocol_resumes_from_a_checkpoint_to_the_uninterrupted_result(algorithm, tmp_path):
     from conftest import interrupt_after
 
@@ -256,22 +256,22 @@ def test_an_adaptive_clip_on_the_protocol_resumes_from_a_checkpoint_to_the_unint
     assert not list(tmp_path.rglob("*damaged*"))
 
 
-@pytest.mark.parametrize("engine", ["protocol round", "split round"])
-def test_an_empty_round_under_an_adaptive_clip_on_the_protocol_releases_noise_at_the_current_clip(engine):
+@pytest.mark.parametrize("fused", [True, False])  # trained and encoded in one computation; split at the updates
+def test_an_empty_round_under_an_adaptive_clip_on_the_protocol_releases_noise_at_the_current_clip(fused):
     """A round that sampled nobody: the model moves by the round's seeded draw x C_t / C / K (noise z_v C_t over
     K), and the clip by the noised count of nobody."""
     from fedlab.core.runtime import tff
     from fedlab.models.models import ModelSpec
     from fedlab.rounds.array_training import client_training
-    from fedlab.rounds.secure_rounds import ProtocolSum, SecureRoundProcess
+    from fedlab.rounds.secure_rounds import ProtocolSum
     from fedlab.rounds.split_rounds import SplitRoundProcess
 
     protocol = ProtocolSum("secagg", 12, 2.0, 4, noise_stddev=3.0, denominator=4.0, adaptive=True,
                            target_quantile=0.8, count_stddev=0.5)
     model = ModelSpec("logreg", num_features=2, num_classes=3).functional_model()
     training = client_training(model, client_lr=0.1, server_optimizer=tff().learning.optimizers.build_sgdm(1.0))
-    process = (SecureRoundProcess(protocol, training) if engine == "protocol round"
-               else SplitRoundProcess(training, protocol))
+    process = SplitRoundProcess(training, protocol, None if fused else "sign_flip")
+    assert process.fused == fused
     state = process.initialize()
     assert float(state.aggregator["clip"]) == 2.0
     state = type(state)(global_model_weights=state.global_model_weights, distributor=state.distributor,

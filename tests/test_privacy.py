@@ -350,7 +350,7 @@ def test_dp_on_the_secagg_protocol_noises_the_unmasked_sum_as_on_tffs_secure_sum
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedper"])  # SecureRoundProcess; the split round's protocol step
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedper"])  # the fused protocol round; split at the updates
 def test_a_round_of_one_client_under_dp_on_the_protocol_is_summed_as_on_tffs_secure_sum(algorithm):
     # Poisson rounds at q = 2/8 bring one client now and then: under central DP its update is summed without the
     # protocol (a sum of one is the update), never dropped, so the rounds are TFF's secure sum's within 1e-6

@@ -1,5 +1,6 @@
-"""Training rounds summed by the SecAgg / SecAgg+ protocol (fedlab.rounds.secure_rounds): the same numbers as the
-simulated secure sum, dropouts recovered, a round that cannot be unmasked leaves the model unchanged."""
+"""Training rounds summed by the SecAgg / SecAgg+ protocol (fedlab.rounds.split_rounds, with the protocol's stage
+in fedlab.rounds.secure_rounds): the same numbers as the simulated secure sum, dropouts recovered, a round that
+cannot be unmasked leaves the model unchanged."""
 
 import numpy as np
 import pytest
@@ -101,11 +102,11 @@ def test_the_ring_holds_the_sum_of_k_clients():
     assert bits_per_value_up(BASE.replace(secure_protocol="secaggplus", clients_per_round=10)) == 12
 
 
-def test_unflatten_reads_the_ring_as_signed_integers():
-    process = object.__new__(fl.rounds.secure_rounds.SecureRoundProcess)
-    process.protocol = ProtocolSum("secagg", 4, 1.0, 4)  # R = 2^6 = 64
-    process._shapes = [(2,), (1, 2)]
-    a, b = process.unflatten(np.array([0, 1, 63, 32], dtype=np.uint64))
+def test_the_sum_is_read_from_the_ring_as_signed_integers():
+    from fedlab.rounds.secure_rounds import signed_sum
+
+    protocol = ProtocolSum("secagg", 4, 1.0, 4)  # R = 2^6 = 64
+    a, b = signed_sum(np.array([0, 1, 63, 32], dtype=np.uint64), protocol.modulus_bits, [(2,), (1, 2)])
     np.testing.assert_array_equal(a, [0, 1])
     np.testing.assert_array_equal(b, [[-1, -32]])
 

@@ -84,14 +84,14 @@ def test_sites_give_the_simulations_numbers(sites, changes, monkeypatch):
 
 
 def no_client_work_in_the_driver(monkeypatch):
-    """Every client computation of the split, secure and CKKS rounds packs its clients' inputs first: in the
-    driver that must never happen (it holds no inputs; it would train or encode a client itself)."""
-    from fedlab.rounds import array_training, homomorphic_rounds, secure_rounds, split_rounds
+    """Every client computation of the split (and secure protocol) and CKKS rounds packs its clients' inputs
+    first: in the driver that must never happen (it holds no inputs; it would train or encode a client itself)."""
+    from fedlab.rounds import array_training, homomorphic_rounds, split_rounds
 
     def never(*args, **kwargs):
         raise AssertionError("the driver packed client inputs: it trained or encoded a client itself")
 
-    for module in (array_training, split_rounds, secure_rounds, homomorphic_rounds):
+    for module in (array_training, split_rounds, homomorphic_rounds):
         monkeypatch.setattr(module, "pack_clients", never)
 
 

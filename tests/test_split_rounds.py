@@ -355,3 +355,29 @@ def test_scaffold_refuses_what_it_cannot_honour(changes, field):
     with pytest.raises(ConfigError) as err:
         fl.ExperimentConfig(**{"dataset": "digits", "algorithm": "scaffold", **changes})
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_a_protocol_round_trained_and_encoded_in_one_computation_is_the_split_rounds_bit_for_bit():
+    """With nothing between the clients' training and their encoding, one computation does both (fused); a step
+    between (here one that changes nothing) splits the round at the updates: the same numbers, dropouts included."""
+    from fedlab.rounds.secure_rounds import ProtocolSum
+
+    class WithAStepBetween(SplitRoundProcess):
+        def between(self, state, clients, client_data, updates, update_weights):
+            return state
+
+    lr, protocol = 0.5, ProtocolSum("secagg+", 12, 2.0, 3)
+    optimizer = tff().learning.optimizers.build_sgdm(learning_rate=0.8)
+    processes = [cls(client_training(MODEL, client_lr=lr, server_optimizer=optimizer), protocol)
+                 for cls in (SplitRoundProcess, WithAStepBetween)]
+    assert [p.fused for p in processes] == [True, False]
+    states = [start(p, lr) for p in processes]
+    for round_num, (ids, everyone) in enumerate([([0, 1, 2], None), ([1, 2], [0, 1, 2]), ([0, 2], None)]):
+        outputs = [p.next(s, [inputs(i) for i in ids], clients=ids, participants=everyone, graph_seed=round_num)
+                   for p, s in zip(processes, states)]
+        states = [o.state for o in outputs]
+        assert outputs[0].metrics["aggregator"]["secagg"]["included"] == len(ids)
+        for a, b in zip(*(p.get_model_weights(s).trainable for p, s in zip(processes, states))):
+            np.testing.assert_array_equal(a, b)
+        assert outputs[0].metrics["client_work"] == outputs[1].metrics["client_work"]
+    assert not np.array_equal(processes[0].get_model_weights(states[0]).trainable[0], W0)

@@ -338,8 +338,9 @@ def secure_aggregator(config):
 def secagg_protocol(config) -> ProtocolSum:
     """The SecAgg protocol, real cryptography: pairwise and self masks, Shamir-shared seeds, dropouts recovered.
 
-    :mod:`fedlab.protection.secagg` runs it, :mod:`fedlab.rounds.secure_rounds` between the
-    round's two TFF computations; same clipping and b-bit encoding as ``secure``.
+    :mod:`fedlab.protection.secagg` runs it, :mod:`fedlab.rounds.split_rounds` between the
+    round's TFF computations (the clients' training and encoding, the server's decoding and step); same clipping
+    and b-bit encoding as ``secure``.
     """
     return ProtocolSum("secagg", config.quantization_bits, config.clip_norm, cohort_size(config))
 

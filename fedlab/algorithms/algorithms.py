@@ -279,7 +279,11 @@ def on_arrays(server_optimizer: Callable[[float, Any], Any], *, proximal: Option
     def build(model, *, client_lr: float, server_lr: float, params: Any = None, model_aggregator: Any = None,
               client_weighting: str = "examples", example_dp: Optional[tuple[float, float]] = None):
         from ..rounds.array_training import build_array_process
+        from ..rounds.secure_rounds import ProtocolSum
+        from ..rounds.split_rounds import SplitRounds
 
+        if isinstance(model_aggregator, ProtocolSum):  # the protocol's round is split at the clients' ring vectors
+            model_aggregator = SplitRounds(model_aggregator)
         return build_array_process(
             model, client_lr=client_lr,
             server_optimizer=server_optimizer(client_lr if full_batch else server_lr, params),

@@ -57,15 +57,14 @@ from typing import Optional
 import numpy as np
 
 from ..rounds.array_training import client_training, local_steps
-from ..rounds.secure_rounds import ProtocolSum
-from ..rounds.split_rounds import SplitRoundProcess, split_aggregator
+from ..rounds.split_rounds import SplitRoundProcess, hides_updates, split_aggregator
 
 
 class ScaffoldProcess(SplitRoundProcess):
     """SCAFFOLD's rounds: clients corrected by c - c_i, control variates updated between clients and server."""
 
     def __init__(self, training, model_aggregator=None, attack: Optional[str] = None) -> None:
-        hides = isinstance(model_aggregator, ProtocolSum) or bool(getattr(model_aggregator, "hides_updates", False))
+        hides = hides_updates(model_aggregator)
         shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
         super().__init__(training, model_aggregator, attack, side_shapes=shapes if hides else ())
         # DP noise on what the clients send: c is estimated afresh every round, or the noise would pile up in it
@@ -103,38 +102,44 @@ class ScaffoldProcess(SplitRoundProcess):
         return type(output)(state=self._replace(output.state, client_work=work), metrics=output.metrics)
 
     def between(self, state, clients, client_data, updates, update_weights):
+        """Each client's control-variate change delta_i = c_i+ - c_i, c_i+ = c_i - c + (x - y_i) / (K_i eta_l)
+        (option II; zero for a client that took no step). Seen by the server, c_i and c take it now; under an
+        aggregator that hides the updates, each client sends kappa eta_l times its c_i+ (under DP) or delta_i
+        beside its update, and the changes wait for the sum's release (:meth:`after`)."""
         work = collections.OrderedDict(state.client_work)
         learning_rate = float(work["learning_rate"])
         server = [np.asarray(c, np.float32) for c in work["server_control"]]
         controls = [np.array(ci, np.float32, copy=True) for ci in work["client_controls"]]
-        num_clients = controls[0].shape[0]
-        total = [np.zeros_like(c) for c in server]
-        pending = []
-        scale = np.float32(work.get("side_scale", 1.0) * learning_rate)
-        for row, (cid, data, update, weight) in enumerate(zip(clients, client_data, updates, update_weights)):
+        changes = []
+        for data, update, weight in zip(client_data, updates, update_weights):
             steps = local_steps(data)
-            deltas = [np.zeros_like(c) for c in server]
             if steps > 0 and weight != 0:
-                for k, u in enumerate(update):  # c_i+ = c_i - c + (x - y_i) / (K_i eta_l); delta = c_i+ - c_i
-                    deltas[k] = np.asarray(u, np.float32) / np.float32(steps * learning_rate) - server[k]
-                    if not self.side_shapes:
-                        controls[k][cid] += deltas[k]
-                        total[k] += deltas[k]
-            if self.side_shapes:  # the client sends kappa eta_l (its c_i+, or delta) beside its update
-                sent = [controls[k][cid] + d for k, d in enumerate(deltas)] if self.noised else deltas
-                updates[row] = tuple(update) + tuple(scale * v for v in sent)
-                if not self.noised and self.l2_clip is not None:
-                    # the sum takes the change clipped with the update: the client keeps that much of it, so that
-                    # c stays the mean of the c_i (under DP c is estimated afresh: each c_i keeps its own)
-                    norm = np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in updates[row]))
-                    factor = np.float32(min(1.0, self.l2_clip / norm)) if norm > 0 else np.float32(1.0)
-                    deltas = [factor * d for d in deltas]
-                pending.append(deltas)
-        if self.side_shapes:  # each c_i moves when the sum is released (after), not before
-            work["pending_controls"] = (np.asarray(clients, np.int64), pending)
-        else:
-            work["server_control"] = tuple(c + t / np.float32(num_clients) for c, t in zip(server, total))
+                changes.append([np.asarray(u, np.float32) / np.float32(steps * learning_rate) - c
+                                for u, c in zip(update, server)])
+            else:
+                changes.append([np.zeros_like(c) for c in server])
+        if not self.side_shapes:
+            total = [np.zeros_like(c) for c in server]
+            for cid, deltas in zip(clients, changes):
+                for k, d in enumerate(deltas):
+                    controls[k][cid] += d
+                    total[k] += d
+            work["server_control"] = tuple(c + t / np.float32(controls[0].shape[0]) for c, t in zip(server, total))
             work["client_controls"] = tuple(controls)
+            return self._replace(state, client_work=work)
+        scale = np.float32(work.get("side_scale", 1.0) * learning_rate)
+        pending = []
+        for row, (cid, deltas) in enumerate(zip(clients, changes)):
+            sent = [controls[k][cid] + d for k, d in enumerate(deltas)] if self.noised else deltas
+            updates[row] = tuple(updates[row]) + tuple(scale * v for v in sent)
+            if not self.noised and self.l2_clip is not None:
+                # the sum takes the change clipped with the update: the client keeps that much of it, so that c
+                # stays the mean of the c_i (under DP c is estimated afresh: each c_i keeps its own)
+                norm = np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in updates[row]))
+                factor = np.float32(min(1.0, self.l2_clip / norm)) if norm > 0 else np.float32(1.0)
+                deltas = [factor * d for d in deltas]
+            pending.append(deltas)
+        work["pending_controls"] = (np.asarray(clients, np.int64), pending)  # each c_i moves when released (after)
         return self._replace(state, client_work=work)
 
     def after(self, state, side_mean, denominator):

@@ -27,7 +27,7 @@ from ..rounds.finetune import FineTuning
 from ..models.models import ModelSpec
 from ..core.runtime import tff
 from ..aggregators.seeded import set_noise_seed
-from ..rounds.split_rounds import UpdateAttackRounds
+from ..rounds.split_rounds import SplitRounds
 
 
 def uses_arrays(config: ExperimentConfig, spec: ModelSpec) -> bool:
@@ -82,7 +82,7 @@ def build_process(config: ExperimentConfig, spec: ModelSpec, *, model_aggregator
     if on_arrays is None:
         on_arrays = uses_arrays(config, spec)
     if on_arrays and is_update_attack(config):  # the attackers forge their updates before the aggregator
-        model_aggregator = UpdateAttackRounds(config.attack, model_aggregator)
+        model_aggregator = SplitRounds(model_aggregator, config.attack)
     if on_arrays and config.async_concurrency:  # FedBuff: updates wait in the state for their server step
         model_aggregator = BufferedRounds(model_aggregator, async_slots(config))
     if on_arrays:

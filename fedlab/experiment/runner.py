@@ -548,7 +548,7 @@ SECAGG_COLUMNS = {"participants": "secagg_participants", "included": "secagg_inc
 
 def _aggregator_metrics(metrics) -> dict:
     """The DP aggregator's clip norm this round, when it reports one (adaptive clipping); a secure protocol's
-    clients included, whether it stopped, its bytes per client and seconds (:mod:`fedlab.rounds.secure_rounds`)."""
+    clients included, whether it stopped, its bytes per client and seconds (:mod:`fedlab.rounds.split_rounds`)."""
     found = {}
     secagg = dict(metrics.get("aggregator", {})).get("secagg")
     if secagg is not None:

@@ -1,10 +1,10 @@
 """Rounds whose clients are site processes: the sites train, the driver aggregates and steps the server.
 
 The round is split at the clients' updates as in :mod:`fedlab.rounds.split_rounds`
-(and, under secure aggregation, at the ring vectors as in
-:mod:`fedlab.rounds.secure_rounds`), the split made by the same classes: a site
+(and, under secure aggregation, at the ring vectors, as there with the
+protocol's stage of :mod:`fedlab.rounds.secure_rounds`), the split made by the same classes: a site
 builds the same process from the config and runs its client part
-(:meth:`SplitRoundProcess.train_jobs`, :meth:`SecureRoundProcess.encode_jobs`)
+(:meth:`SplitRoundProcess.train_jobs`, :meth:`SplitRoundProcess.encode_jobs`)
 on its own records; the driver sends the model and runs the rest. With the
 same clients the numbers are those of the simulation, within float32
 summation order (``tests/test_sites.py``).
@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from typing import Optional
 
 import numpy as np
 
 from ..protection import ckks, secagg
 from ..workers import wire
 from ..rounds.homomorphic_rounds import HomomorphicMean, HomomorphicRoundProcess
-from ..rounds.secure_rounds import ProtocolSum, SecureRoundProcess
+from ..rounds.secure_rounds import ProtocolSum
 from .sites import SiteError, SiteJob, SiteLostError, call_all
 from ..rounds.split_rounds import SplitRoundProcess
 from ..core.validation import FedlabWarning
@@ -41,7 +40,7 @@ class SiteRounds:
 
     def build_round_process(self, training):
         if isinstance(self.model_aggregator, ProtocolSum):
-            return SiteSecureProcess(self.model_aggregator, training)
+            return SiteSecureProcess(training, self.model_aggregator)
         if isinstance(self.model_aggregator, HomomorphicMean):
             return SiteHomomorphicProcess(training, seeded=self.model_aggregator.seeded,
                                           run_digest=self.model_aggregator.run_digest)
@@ -163,8 +162,14 @@ class _SiteParty:
         return wire.unpack_bytes(arrays, "b"), wire.unpack_bytes(arrays, "s")
 
 
-class SiteSecureProcess(SecureRoundProcess):
-    """A secure-protocol round whose clients (training, encoding and the protocol's client role) are sites."""
+class SiteSecureProcess(SplitRoundProcess):
+    """A secure-protocol round whose clients (training, encoding and the protocol's client role) are sites: the
+    fused protocol round (:meth:`SplitRoundProcess.fused_protocol_step`) with the sites' protocol as its sum."""
+
+    def __init__(self, training, protocol: ProtocolSum) -> None:
+        super().__init__(training, protocol)
+        if not self.fused:  # the driver holds no client inputs: nothing may run between training and encoding
+            raise ValueError("protocol: a site round must train and encode at the sites in one step")
 
     def secure_sum(self, state, ids: list, client_data: list, everyone: list, graph_seed: int):
         jobs = dict(zip(ids, client_data))

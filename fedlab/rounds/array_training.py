@@ -47,7 +47,7 @@ WEIGHTINGS = ("examples", "dataset", "uniform")
 @dataclasses.dataclass(frozen=True)
 class ClientTraining:
     """The pieces of a compiled-loop process before aggregation: what an aggregation of fedlab's own
-    (:func:`_fused_mean_process`, :mod:`fedlab.rounds.secure_rounds`) builds its round from."""
+    (:func:`_fused_mean_process`, :mod:`fedlab.rounds.split_rounds`) builds its round from."""
 
     model: Any  # the TFF functional model
     weights_type: Any  # TFF type of ModelWeights
@@ -484,7 +484,7 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
     ``tff.learning.optimizers.Optimizer``; ``model_aggregator``: a weighted or
     unweighted ``tff.aggregators`` factory (None: the weighted mean), or an
     object whose ``build_round_process(training)`` builds a round of its own
-    (a secure protocol, an attack on the updates).
+    (a split round for a secure protocol or an attack on the updates, FedBuff's, sites', CKKS's).
     """
     t = tff()
     templates = t.learning.templates
@@ -496,7 +496,7 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
                           training.initial_weights_fn, training.client_work_state, training.learning_rate_of)
     if model_aggregator is None:
         return _fused_mean_process(t, training)
-    if hasattr(model_aggregator, "build_round_process"):  # a protocol run outside TFF (fedlab.rounds.secure_rounds)
+    if hasattr(model_aggregator, "build_round_process"):  # a round of its own (fedlab.rounds.split_rounds, ...)
         return model_aggregator.build_round_process(training)
     if isinstance(model_aggregator, t.aggregators.UnweightedAggregationFactory):
         model_aggregator = t.aggregators.as_weighted_aggregator(model_aggregator)

@@ -1,22 +1,25 @@
-"""Rounds whose updates are summed by the secure aggregation protocol itself (:mod:`fedlab.protection.secagg`).
+"""The secure aggregation protocol as a stage of a round (:mod:`fedlab.protection.secagg` runs the protocol).
 
 TFF 0.87 runs secure sums as intrinsics its C++ runtime does not implement
 (fedlab otherwise runs their plain bodies: the right numbers, no masking).
-Here a round is split where the protocol sits:
+A round with the protocol is split where the protocol sits
+(:class:`~fedlab.rounds.split_rounds.SplitRoundProcess`, which this module's
+pieces serve):
 
 1. a TFF computation broadcasts the model, trains every client in fedlab's
-   compiled loop (:mod:`fedlab.rounds.array_training`) and encodes its update as TFF's
-   secure aggregator does: L2-clipped to C (``clipping_factory``), scaled by
-   (2^(b-1) - 1) / C and rounded (``DiscretizationFactory``), taken modulo
-   R = 2^(b + ceil(log2 K)); it returns each client's ring vector (under an
-   adaptive clip C_t stands for C, and the vector ends with the client's bit:
-   :class:`ProtocolSum`);
+   compiled loop (:mod:`fedlab.rounds.array_training`) and encodes its update
+   (in a computation of its own when Python runs between: forged updates,
+   per-client state) as TFF's secure aggregator does (:func:`protocol_codec`): L2-clipped to C
+   (``clipping_factory``), scaled by (2^(b-1) - 1) / C and rounded
+   (``DiscretizationFactory``), taken modulo R = 2^(b + ceil(log2 K)); it
+   returns each client's ring vector (under an adaptive clip C_t stands for C,
+   and the vector ends with the client's bit: :class:`ProtocolSum`);
 2. the clients and the server run SecAgg or SecAgg+ in Python with real
    cryptography; the server object receives only masked vectors and recovers
    their sum modulo R, also when clients drop out after the key exchange;
-3. a second TFF computation decodes the sum (signed, / scale, / clients
-   included; under user-level DP, plus the server's Gaussian noise, / the
-   expected K: :class:`ProtocolSum`) and applies TFF's server-optimizer
+3. a second TFF computation decodes the sum (:func:`signed_sum`, / scale, /
+   clients included; under user-level DP, plus the server's Gaussian noise, /
+   the expected K: :class:`ProtocolSum`) and applies TFF's server-optimizer
    finalizer.
 
 The arithmetic of 1 and 3 is that of TFF's ``clipping_factory`` around
@@ -27,9 +30,9 @@ dropped out after the key exchange are the round's ``participants`` that sent
 no update; the mean divides by the clients whose masked vector arrived. When
 too few clients remain for the protocol to unmask (:class:`SecAggAborted`),
 the round's update is lost and the model stays as it was: what a deployment
-would see. Under central DP (:class:`ProtocolSum`) every sampled client's
-update is summed (:func:`lone_client`), an empty round releases the noise
-alone (``empty_round``), and what could make the protocol abort is refused.
+would see (:func:`lost_round`). Under central DP (:class:`ProtocolSum`) every
+sampled client's update is summed (:func:`lone_client`), an empty round
+releases the noise alone, and what could make the protocol abort is refused.
 """
 
 from __future__ import annotations
@@ -37,18 +40,12 @@ from __future__ import annotations
 import collections
 import collections.abc
 import dataclasses
-import functools
 import math
-import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ..protection import secagg
-from .array_training import (finalize_metric_leaves, flat_length, metric_leaf_specs, metric_leaves,
-                             metrics_computation, model_weights_accessors, pack_clients)
 from ..core.runtime import tff
-from ..core.validation import FedlabWarning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +97,6 @@ class ProtocolSum:
     def scale(self) -> float:
         return (2 ** (self.bits - 1) - 1) / self.clip_norm
 
-    def build_round_process(self, training) -> "SecureRoundProcess":
-        return SecureRoundProcess(self, training)
-
     @property
     def central_dp(self) -> bool:
         return self.denominator > 0
@@ -137,7 +131,8 @@ class ProtocolSum:
         return np.float32(clip), np.float32((2 ** (self.bits - 1) - 1) / float(clip))
 
     def initial_aggregator_state(self):
-        """What a round process keeps in the state's ``aggregator`` slot: the clip, if adaptive; else nothing."""
+        """What a round process keeps in the state's ``aggregator`` slot for the protocol: the clip, if adaptive;
+        else nothing (the split round then keeps its unused mean's empty state there)."""
         return collections.OrderedDict(clip=np.float32(self.clip_norm)) if self.adaptive else ()
 
     def next_clip(self, clip: float, below: int, included: int, noise_seed: Optional[int]) -> np.float32:
@@ -152,191 +147,6 @@ class ProtocolSum:
             noise = float(rng.normal(0.0, self.count_stddev))
         fraction = min(max((below - 0.5 * included + noise) / self.denominator + 0.5, 0.0), 1.0)
         return np.float32(float(clip) * math.exp(-self.clip_learning_rate * (fraction - self.target_quantile)))
-
-
-class SecureRoundProcess:
-    """A learning process (``initialize``, ``next``, ``get_model_weights``, ``set_model_weights``) whose
-    round runs the secure aggregation protocol between two TFF computations.
-
-    ``next(state, client_data, clients=..., participants=..., graph_seed=...)``:
-    ``clients`` are the ids of the clients whose data is given (default
-    0..n-1), ``participants`` every client that took part in the key exchange
-    (default: ``clients``); ``graph_seed`` draws SecAgg+'s neighbour graph;
-    ``noise_seed`` the server's DP noise of the round (seeded central DP).
-    """
-
-    round_inputs = ("clients", "participants", "graph_seed", "noise_seed")  # what the runner passes to next
-
-    def __init__(self, protocol: ProtocolSum, training) -> None:
-        t = tff()
-        self.protocol = protocol
-        self.data_type = training.data_type  # what a client's packed input is (pack_clients)
-        templates = t.learning.templates
-        state_class = templates.LearningAlgorithmState
-        weights_type = training.weights_type
-        distributor = templates.build_broadcast_process(weights_type)
-        finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
-        metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
-        self._shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
-        update_type = weights_type.trainable
-        encode, undiscretize, divide = protocol_codec(protocol, update_type, self._shapes)
-        scale = np.float32(protocol.scale)
-        summed_type = undiscretize.type_signature.parameter[0]
-        constants_type = t.FederatedType((t.TensorType(np.float32), t.TensorType(np.float32)), t.SERVER)
-
-        @t.federated_computation()
-        def init_fn():
-            return t.federated_zip(state_class(
-                t.federated_eval(training.initial_weights_fn, t.SERVER), distributor.initialize(),
-                t.federated_eval(training.client_work_state, t.SERVER),
-                t.federated_value(protocol.initial_aggregator_state(), t.SERVER), finalizer.initialize()))
-
-        state_type = init_fn.type_signature.result
-
-        @t.federated_computation(state_type, t.FederatedType(training.data_type, t.CLIENTS), constants_type)
-        def clients_fn(state, client_data, clip_and_scale):
-            distributed = distributor.next(state.distributor, state.global_model_weights)
-            learning_rate = t.federated_broadcast(t.federated_map(training.learning_rate_of, state.client_work))
-            result, unfinalized = t.federated_map(training.train_client,
-                                                  (distributed.result, client_data, learning_rate))
-            constants = t.federated_broadcast(clip_and_scale)
-            encoded = t.federated_map(encode, (result.update, constants[0], constants[1]))
-            return encoded, metrics_aggregation(unfinalized)
-
-        @t.federated_computation(state_type, t.FederatedType(summed_type, t.SERVER),
-                                 t.FederatedType(divide.type_signature.parameter[1], t.SERVER),
-                                 t.FederatedType(t.TensorType(np.float32), t.SERVER))
-        def server_fn(state, summed, noise, count):
-            total = t.federated_map(undiscretize, (summed, t.federated_value(scale, t.SERVER)))
-            mean = t.federated_map(divide, (total, noise, count))
-            finalized = finalizer.next(state.finalizer, state.global_model_weights, mean)
-            new_state = t.federated_zip(state_class(finalized.result, state.distributor, state.client_work,
-                                                    state.aggregator, finalized.state))
-            return new_state, finalized.measurements
-
-        self.initialize = init_fn
-        self.get_model_weights, self.set_model_weights = model_weights_accessors(t, state_type.member)
-        self._clients_fn, self._server_fn = clients_fn, server_fn
-        self._training, self._encode, self._constants = training, encode, protocol.constants(protocol.clip_norm)
-
-    def next(self, state, client_data: list, *, clients: Optional[Sequence[int]] = None,
-             participants: Optional[Sequence[int]] = None, graph_seed: int = 0,
-             noise_seed: Optional[int] = None):
-        ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
-        everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
-        stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
-        train_metrics, clip_before = None, current_clip(state)
-        try:
-            if lone_client(self.protocol, ids, everyone):  # summed without the protocol (see lone_client)
-                encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type),
-                                                          self.protocol.constants(current_clip(state)))
-                total, included = np.concatenate([np.ravel(a) for a in encoded[0]]).astype(np.uint64), 1
-            else:
-                if len(everyone) < 2:
-                    train_metrics = self.metrics_without_sum(state, client_data)
-                    raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took "
-                                               "part")
-                result, train_metrics = self.secure_sum(state, ids, client_data, everyone, int(graph_seed))
-                total, included = result.total, len(result.included)
-                stats.update(bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
-                             server_seconds=result.server_seconds)
-        except secagg.SecAggAborted as stopped:
-            warnings.warn(f"fedlab: {stopped}; {lost_round(self.protocol)}", FedlabWarning, stacklevel=2)
-            stats["aborted"] = 1
-            finalizer_measurements = collections.OrderedDict()
-            if train_metrics is None:
-                train_metrics = getattr(stopped, "train_metrics", None)
-            if self.protocol.central_dp:  # the noise is released all the same (see lost_round)
-                state = self.empty_round(state, noise_seed)
-        else:
-            stats["included"] = included
-            clip = current_clip(state)
-            state, finalizer_measurements = self._server_fn(state, self.unflatten(total),
-                                                            self.protocol.noise(self._shapes, noise_seed),
-                                                            self.protocol.divisor(included, clip))
-            state = moved_clip(self.protocol, state, clip, total, included, noise_seed)
-        metrics = collections.OrderedDict(
-            distributor=collections.OrderedDict(),
-            client_work=collections.OrderedDict(train=train_metrics),
-            aggregator=aggregator_measurements(self.protocol, stats, clip_before), finalizer=finalizer_measurements)
-        return tff().learning.templates.LearningProcessOutput(state, metrics)
-
-    def empty_round(self, state, noise_seed: Optional[int] = None):
-        """The state after a round that sampled no client: under central DP the server still adds its noise to the
-        empty sum (the accounting's Poisson-sampled Gaussian releases it, and under an adaptive clip the noised
-        count of an empty round moves the clip); else unchanged."""
-        if not self.protocol.central_dp:
-            return state
-        clip = current_clip(state)
-        state = self._server_fn(state, tuple(np.zeros(s, np.int64) for s in self._shapes),
-                                self.protocol.noise(self._shapes, noise_seed), self.protocol.divisor(0, clip))[0]
-        return moved_clip(self.protocol, state, clip, None, 0, noise_seed)
-
-    def secure_sum(self, state, ids: list, client_data: list, everyone: list, graph_seed: int):
-        """(the protocol's :class:`secagg.SecAggResult`, the clients' finalized training metrics): here every
-        client is simulated in this process (a federation of site processes: :mod:`fedlab.experiment.site_rounds`)."""
-        encoded, train_metrics = self._clients_fn(state, pack_clients(client_data, self.data_type),
-                                                  self.protocol.constants(current_clip(state)))
-        inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
-                  for cid, enc in zip(ids, encoded)}
-        try:
-            return secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
-                                       protocol=self.protocol.protocol, participants=everyone,
-                                       graph_seed=graph_seed), train_metrics
-        except secagg.SecAggAborted as stopped:
-            stopped.train_metrics = train_metrics  # the clients trained: their metrics are reported
-            raise
-
-    def metrics_without_sum(self, state, client_data: list):
-        """The training metrics of a round too small for the protocol (its clients trained all the same)."""
-        return self._clients_fn(state, pack_clients(client_data, self.data_type),
-                                self.protocol.constants(current_clip(state)))[1]
-
-    # A client trained alone (a site's): its ring vector and unfinalized metrics -----------------------------
-    @functools.cached_property
-    def _jobs(self) -> tuple:
-        """(jobs computation: weights, client data, learning rate -> each client's ring vector and unfinalized
-        metrics; metrics computation; unfinalized metrics type), built on first use."""
-        t = tff()
-        training, encode = self._training, self._encode
-
-        @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
-                                 t.FederatedType(t.TensorType(np.float32), t.SERVER),
-                                 t.FederatedType(training.data_type, t.CLIENTS))
-        def jobs_fn(weights, learning_rate, client_data):  # client data last (client_updates_computation)
-            result, unfinalized = t.federated_map(training.train_client, (
-                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
-            constants = t.federated_broadcast(t.federated_value(self._constants, t.SERVER))
-            return t.federated_map(encode, (result.update, constants[0], constants[1])), unfinalized
-
-        return (jobs_fn, *metrics_computation(training))
-
-    def encode_jobs(self, weights, learning_rate, client_data: list) -> list[tuple]:
-        """Each client input trained from ``weights`` and encoded for the ring: [(uint64 vector, metric leaves)]."""
-        if self.protocol.adaptive:  # the jobs encode at the first clip; a site is not told the round's C_t
-            raise ValueError("protocol: an adaptive clip's clients encode at the round's clip, which jobs run at a "
-                             "site are not given (sites refuse user-level DP on the protocol)")
-        encoded, metrics = self._jobs[0](weights, np.float32(learning_rate),
-                                         pack_clients(client_data, self.data_type))
-        return [(np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64), metric_leaves(m))
-                for enc, m in zip(encoded, metrics)]
-
-    def metric_leaf_specs(self) -> list[tuple]:
-        return metric_leaf_specs(self._jobs[2])
-
-    def metrics_of(self, leaves: Sequence[tuple]):
-        """The finalized training metrics of clients whose unfinalized metrics are ``leaves``."""
-        return finalize_metric_leaves(self._jobs[1], self._jobs[2], leaves)
-
-    @property
-    def length(self) -> int:
-        """How many ring elements a client's encoded update has (every trainable weight, and the bit of an
-        adaptive clip)."""
-        return flat_length(self._shapes) + int(self.protocol.adaptive)
-
-    def unflatten(self, total: np.ndarray) -> tuple:
-        """The protocol's sum modulo R as signed integers in the shapes of the trainable tensors."""
-        return signed_sum(total, self.protocol.modulus_bits, self._shapes)
 
 
 def lone_client(protocol: ProtocolSum, ids: Sequence[int], everyone: Sequence[int]) -> bool:

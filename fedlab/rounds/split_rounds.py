@@ -17,12 +17,19 @@ split there:
 3. a second TFF computation runs the config's ``tff.aggregators`` factory
    (mean, clipping, median, Krum, DP ...) on them and applies the server
    optimizer with TFF's finalizer; or, when the aggregator is a secure
-   protocol (:class:`~fedlab.rounds.secure_rounds.ProtocolSum`), each update is
-   encoded as the protocol's clients encode it, SecAgg or SecAgg+ sums them in
-   Python (:mod:`fedlab.protection.secagg`, dropouts included) and a second computation
-   decodes the sum and applies the finalizer (:meth:`SplitRoundProcess.protocol_step`).
+   protocol (:class:`~fedlab.rounds.secure_rounds.ProtocolSum`), a computation
+   encodes each update as the protocol's clients encode it, SecAgg or SecAgg+
+   sums them in Python (:mod:`fedlab.protection.secagg`, dropouts included) and
+   another computation decodes the sum and applies the finalizer
+   (:meth:`SplitRoundProcess.protocol_step`).
    So forged updates and the personalised algorithms' own models stack with
    the protocol in one split round.
+
+The round is split once, where Python must see something: with a protocol and
+nothing between the clients' training and their encoding (no attack, no
+per-client state, no side values), one computation trains and encodes and the
+protocol sums its ring vectors (:meth:`SplitRoundProcess.secure_sum`, which a
+federation of site processes replaces: :mod:`fedlab.experiment.site_rounds`).
 
 Without a step in between, the numbers are those of the one-computation
 process (``tests/test_split_rounds.py``). The state is the same
@@ -41,8 +48,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..protection import secagg
-from .array_training import (client_updates_computation, finalize_metric_leaves, metric_leaf_specs, metric_leaves,
-                             metrics_computation, pack_clients)
+from .array_training import (client_updates_computation, finalize_metric_leaves, flat_length, metric_leaf_specs,
+                             metric_leaves, metrics_computation, pack_clients)
 from .attacks import ATTACKS
 from ..core.runtime import tff
 from .secure_rounds import (ProtocolSum, aggregator_measurements, current_clip, lone_client, lost_round,
@@ -52,8 +59,9 @@ from ..core.validation import FedlabWarning
 
 class SplitRoundProcess:
     """A learning process (``initialize``, ``next``, ``get_model_weights``, ``set_model_weights``) whose round
-    is client training, :meth:`between`, then aggregation; ``round_inputs`` names what the runner passes to
-    ``next`` besides the state and the clients' data."""
+    is client training, :meth:`between`, then aggregation (with a protocol and nothing between, training and
+    encoding in one computation: :attr:`fused`); ``round_inputs`` names what the runner passes to ``next``
+    besides the state and the clients' data."""
 
     ATTACK_INPUTS = ("attackers", "attack_boost", "attack_rng", "attack_clients")
     PROTOCOL_INPUTS = ("participants", "graph_seed", "noise_seed")
@@ -63,15 +71,19 @@ class SplitRoundProcess:
         t = tff()
         self.attack = ATTACKS[attack] if attack is not None else None
         self.protocol = model_aggregator if isinstance(model_aggregator, ProtocolSum) else None
-        # an aggregator that hides the updates from the server (user-level DP, a secure sum: make_aggregator marks
-        # them) and the denominator of its mean (DP's expected K; None: the updates it was given)
-        self.hides_updates = self.protocol is not None or bool(getattr(model_aggregator, "hides_updates", False))
+        # whether the aggregator hides the updates from the server (hides_updates) and the denominator of its mean
+        # (DP's expected K; None: the updates it was given)
+        self.hides_updates = hides_updates(model_aggregator)
         self.mean_denominator = getattr(model_aggregator, "mean_denominator", None)
         self.l2_clip = (self.protocol.clip_norm if self.protocol is not None
                         else getattr(model_aggregator, "l2_clip", None))  # what each client's value is clipped to
         # values each client sends beside its update, aggregated with it by the same aggregator (clipped with it,
         # summed securely, noised with it): SCAFFOLD's control variates under an aggregator that hides updates
         self.side_shapes = [tuple(s) for s in side_shapes]
+        # nothing runs in Python between the clients' training and the protocol's encoding: one computation does both
+        self.fused = self.protocol is not None and attack is None and not self.side_shapes and all(
+            getattr(type(self), name) is getattr(SplitRoundProcess, name)
+            for name in ("prepare", "between", "client_results"))
         self.data_type = training.data_type  # what a client's packed input is (pack_clients)
         self.round_inputs = (("clients",) + (self.ATTACK_INPUTS if attack is not None else ())
                              + (self.PROTOCOL_INPUTS if self.protocol is not None else ()))
@@ -91,7 +103,7 @@ class SplitRoundProcess:
         aggregator = model_aggregator.create(value_type, t.TensorType(np.float32))
         finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
         metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
-        split = self._split_computations(value_type, weights_type) if self.side_shapes else None
+        split = self._split_computations(value_type) if self.side_shapes else None
         self.weights_type, self.finalizer = weights_type, finalizer  # a subclass may aggregate outside TFF
         self._training = training
 
@@ -132,9 +144,10 @@ class SplitRoundProcess:
 
         self._init_fn, self._clients_fn, self._server_fn = init_fn, clients_fn, server_fn
         if self.protocol is not None:
-            self._protocol_fns = self._protocol_computations(weights_type, state_type.finalizer, finalizer, split)
+            self._protocol_fns = self._protocol_computations(weights_type, state_type.finalizer, finalizer, split,
+                                                             metrics_aggregation)
 
-    def _split_computations(self, value_type, weights_type) -> tuple:
+    def _split_computations(self, value_type) -> tuple:
         """(the update's part, the side values' part) of an aggregated value: TFF computations."""
         t = tff()
         count = len(self.shapes)
@@ -149,19 +162,35 @@ class SplitRoundProcess:
 
         return update_part, side_part
 
-    def _protocol_computations(self, weights_type, finalizer_state_type, finalizer, split=None) -> tuple:
-        """(encode every client's update for the ring, decode the sum and step the server): the protocol's
-        client and server arithmetic (:func:`fedlab.rounds.secure_rounds.protocol_codec`); with side values,
-        they are encoded and summed with the update, and the decoding returns their mean too."""
+    def _protocol_computations(self, weights_type, finalizer_state_type, finalizer, split=None,
+                               metrics_aggregation=None) -> tuple:
+        """(encode every client's update for the ring, decode the sum and step the server, train and encode in
+        one computation or None): the protocol's client and server arithmetic
+        (:func:`fedlab.rounds.secure_rounds.protocol_codec`); with side values, they are encoded and summed with
+        the update, and the decoding returns their mean too."""
         t = tff()
+        training = self._training
         encode, undiscretize, divide = protocol_codec(self.protocol, self.value_type, self.value_shapes)
         scale = np.float32(self.protocol.scale)
+        constants_type = t.FederatedType((t.TensorType(np.float32), t.TensorType(np.float32)), t.SERVER)
+        self._encode = encode
 
-        @t.federated_computation(t.FederatedType(self.value_type, t.CLIENTS),
-                                 t.FederatedType((t.TensorType(np.float32), t.TensorType(np.float32)), t.SERVER))
+        @t.federated_computation(t.FederatedType(self.value_type, t.CLIENTS), constants_type)
         def encode_fn(updates, clip_and_scale):  # (C_t, its scale): ProtocolSum.constants
             constants = t.federated_broadcast(clip_and_scale)
             return t.federated_map(encode, (updates, constants[0], constants[1]))
+
+        train_encode_fn = None
+        if self.fused:
+            @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
+                                     t.FederatedType(t.TensorType(np.float32), t.SERVER),
+                                     t.FederatedType(training.data_type, t.CLIENTS), constants_type)
+            def train_encode_fn(weights, learning_rate, client_data, clip_and_scale):
+                result, unfinalized = t.federated_map(training.train_client, (
+                    t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
+                constants = t.federated_broadcast(clip_and_scale)
+                return (t.federated_map(encode, (result.update, constants[0], constants[1])),
+                        metrics_aggregation(unfinalized))
 
         @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
                                  t.FederatedType(finalizer_state_type, t.SERVER),
@@ -177,7 +206,7 @@ class SplitRoundProcess:
             finalized = finalizer.next(finalizer_state, weights, t.federated_map(split[0], mean))
             return finalized.result, finalized.state, finalized.measurements, t.federated_map(split[1], mean)
 
-        return encode_fn, decode_fn
+        return encode_fn, decode_fn, train_encode_fn
 
     # The learning process's interface ----------------------------------------------------------------
     def initialize(self):
@@ -202,6 +231,10 @@ class SplitRoundProcess:
              participants: Optional[Sequence[int]] = None, graph_seed: int = 0,
              noise_seed: Optional[int] = None):
         ids = list(range(len(client_data))) if clients is None else [int(c) for c in clients]
+        if self.fused:
+            state, aggregated, finalized, train_metrics = self.fused_protocol_step(state, ids, client_data,
+                                                                                   participants, graph_seed, noise_seed)
+            return self._output(state, train_metrics, aggregated, finalized)
         client_data = self.prepare(state, ids, client_data)
         updates, update_weights, train_metrics = self.client_results(state, client_data)
         if self.attack is not None:
@@ -218,6 +251,10 @@ class SplitRoundProcess:
             if self.side_shapes:
                 denominator = self.mean_denominator if self.mean_denominator is not None else len(updates)
                 state = self.after(state, [np.asarray(v, np.float32) for v in side[0]], float(denominator))
+        return self._output(state, train_metrics, aggregated, finalized)
+
+    @staticmethod
+    def _output(state, train_metrics, aggregated, finalized):
         metrics = collections.OrderedDict(
             distributor=collections.OrderedDict(),
             client_work=collections.OrderedDict(train=train_metrics),
@@ -228,40 +265,76 @@ class SplitRoundProcess:
                       noise_seed: Optional[int] = None) -> tuple:
         """(state, aggregator measurements, finalizer measurements) after the protocol sums ``updates``.
 
-        Every client encodes its update as :class:`~fedlab.rounds.secure_rounds.SecureRoundProcess`'s clients do; the
-        clients in ``participants`` but not in ``ids`` took part in the key exchange and dropped out before
-        sending. The mean divides by the clients whose masked vector arrived; when too few remain to unmask, the
-        round's update is lost and the global model stays as it was, or, under central DP, moves by the server's
-        noise alone (:func:`~fedlab.rounds.secure_rounds.lost_round`; a warning says so); what the clients keep
-        (FedPer's heads, Ditto's own models) they trained locally and keep. Attackers (:meth:`forge`) encode
-        their forgeries as honest clients do, clipped to C: a real one could send any ring element, which the
-        protocol bounds by nothing but the ring.
+        Every client encodes its update as the protocol's clients do
+        (:func:`~fedlab.rounds.secure_rounds.protocol_codec`); the clients in ``participants`` but not in ``ids``
+        took part in the key exchange and dropped out before sending. The mean divides by the clients whose masked
+        vector arrived; when too few remain to unmask, the round's update is lost and the global model stays as it
+        was, or, under central DP, moves by the server's noise alone (:func:`~fedlab.rounds.secure_rounds.lost_round`;
+        a warning says so); what the clients keep (FedPer's heads, Ditto's own models) they trained locally and
+        keep. Attackers (:meth:`forge`) encode their forgeries as honest clients do, clipped to C: a real one could
+        send any ring element, which the protocol bounds by nothing but the ring.
         """
-        encode_fn, decode_fn = self._protocol_fns
+        encode_fn = self._protocol_fns[0]
+        vectors = functools.cache(lambda: [np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
+                                           for enc in encode_fn(updates, self.protocol.constants(current_clip(state)))])
+
+        def secure_sum(everyone):
+            return secagg.run_protocol(dict(zip(ids, vectors())), modulus_bits=self.protocol.modulus_bits,
+                                       protocol=self.protocol.protocol, participants=everyone,
+                                       graph_seed=int(graph_seed))
+
+        return self._protocol_release(state, ids, participants, noise_seed, lone=lambda: vectors()[0],
+                                      secure_sum=secure_sum, too_few=lambda: None)
+
+    def fused_protocol_step(self, state, ids: list, client_data: list, participants, graph_seed: int,
+                            noise_seed: Optional[int] = None) -> tuple:
+        """(state, aggregator measurements, finalizer measurements, training metrics): :meth:`protocol_step` for
+        clients trained and encoded in one computation (:attr:`fused`), summed by :meth:`secure_sum`."""
+        trained = {}
+
+        def lone():
+            encoded, trained["metrics"] = self.train_encode(state, client_data)
+            return np.concatenate([np.ravel(a) for a in encoded[0]]).astype(np.uint64)
+
+        def secure_sum(everyone):
+            try:
+                result, trained["metrics"] = self.secure_sum(state, ids, client_data, everyone, graph_seed)
+            except secagg.SecAggAborted as stopped:
+                trained["metrics"] = getattr(stopped, "train_metrics", None)
+                raise
+            return result
+
+        def too_few():  # its clients trained all the same
+            trained["metrics"] = self.metrics_without_sum(state, client_data)
+
+        state, aggregated, finalized = self._protocol_release(state, ids, participants, noise_seed, lone=lone,
+                                                              secure_sum=secure_sum, too_few=too_few)
+        return state, aggregated, finalized, trained.get("metrics")
+
+    def _protocol_release(self, state, ids: list, participants, noise_seed: Optional[int], *, lone, secure_sum,
+                          too_few) -> tuple:
+        """(state, aggregator measurements, finalizer measurements) once the protocol summed the round: ``lone()``
+        the ring vector of a round's one client under central DP (:func:`~fedlab.rounds.secure_rounds.lone_client`),
+        ``secure_sum(everyone)`` the protocol's result, ``too_few()`` before a round of fewer than 2 aborts."""
+        _, decode_fn, _ = self._protocol_fns
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
         finalized = collections.OrderedDict()
         clip = current_clip(state)
-        constants = self.protocol.constants(clip)
         try:
             if lone_client(self.protocol, ids, everyone):  # summed without the protocol (see lone_client)
-                total = np.concatenate([np.ravel(a) for a in encode_fn(updates, constants)[0]]).astype(np.uint64)
-                included = 1
+                total, included = lone(), 1
             else:
                 if len(everyone) < 2:
+                    too_few()
                     raise secagg.SecAggAborted(f"secure aggregation needs 2 or more clients: {len(everyone)} took "
                                                "part")
-                encoded = encode_fn(updates, constants)
-                inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
-                          for cid, enc in zip(ids, encoded)}
-                result = secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
-                                             protocol=self.protocol.protocol, participants=everyone,
-                                             graph_seed=int(graph_seed))
+                result = secure_sum(everyone)
                 total, included = result.total, len(result.included)
                 stats.update(bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
                              server_seconds=result.server_seconds)
         except secagg.SecAggAborted as stopped:
-            warnings.warn(f"fedlab: {stopped}; {lost_round(self.protocol)}", FedlabWarning, stacklevel=3)
+            warnings.warn(f"fedlab: {stopped}; {lost_round(self.protocol)}", FedlabWarning, stacklevel=4)
             stats["aborted"] = 1
             if not self.protocol.central_dp:
                 return state, aggregator_measurements(self.protocol, stats, clip), finalized
@@ -279,12 +352,74 @@ class SplitRoundProcess:
                                float(self.protocol.count(included)))
         return state, aggregator_measurements(self.protocol, stats, clip), finalized
 
+    # The fused protocol round's clients: trained and encoded in one computation ------------------------------
+    def train_encode(self, state, client_data: list) -> tuple:
+        """(each client's ring vector as a tuple of int64 tensors, the finalized training metrics): every client
+        trained from the state's model and encoded at the round's clip."""
+        return self._protocol_fns[2](state.global_model_weights, np.float32(state.client_work["learning_rate"]),
+                                     pack_clients(client_data, self.data_type),
+                                     self.protocol.constants(current_clip(state)))
+
+    def secure_sum(self, state, ids: list, client_data: list, everyone: list, graph_seed: int):
+        """(the protocol's :class:`secagg.SecAggResult`, the clients' finalized training metrics): here every
+        client is simulated in this process (a federation of site processes: :mod:`fedlab.experiment.site_rounds`).
+        An abort carries the metrics of the clients that trained (``train_metrics``)."""
+        encoded, train_metrics = self.train_encode(state, client_data)
+        inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
+                  for cid, enc in zip(ids, encoded)}
+        try:
+            return secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
+                                       protocol=self.protocol.protocol, participants=everyone,
+                                       graph_seed=graph_seed), train_metrics
+        except secagg.SecAggAborted as stopped:
+            stopped.train_metrics = train_metrics  # the clients trained: their metrics are reported
+            raise
+
+    def metrics_without_sum(self, state, client_data: list):
+        """The training metrics of a round too small for the protocol (its clients trained all the same)."""
+        return self.train_encode(state, client_data)[1]
+
+    @functools.cached_property
+    def _encode_jobs_fn(self):
+        """Jobs computation: weights, learning rate, client data -> each client's ring vector and unfinalized
+        metrics (a site's clients), built on first use."""
+        t = tff()
+        training, encode = self._training, self._encode
+        constants = self.protocol.constants(self.protocol.clip_norm)
+
+        @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
+                                 t.FederatedType(t.TensorType(np.float32), t.SERVER),
+                                 t.FederatedType(training.data_type, t.CLIENTS))
+        def jobs_fn(weights, learning_rate, client_data):  # client data last (client_updates_computation)
+            result, unfinalized = t.federated_map(training.train_client, (
+                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
+            fixed = t.federated_broadcast(t.federated_value(constants, t.SERVER))
+            return t.federated_map(encode, (result.update, fixed[0], fixed[1])), unfinalized
+
+        return jobs_fn
+
+    def encode_jobs(self, weights, learning_rate, client_data: list) -> list[tuple]:
+        """Each client input trained from ``weights`` and encoded for the ring: [(uint64 vector, metric leaves)]."""
+        if self.protocol.adaptive:  # the jobs encode at the first clip; a site is not told the round's C_t
+            raise ValueError("protocol: an adaptive clip's clients encode at the round's clip, which jobs run at a "
+                             "site are not given (sites refuse user-level DP on the protocol)")
+        encoded, metrics = self._encode_jobs_fn(weights, np.float32(learning_rate),
+                                                pack_clients(client_data, self.data_type))
+        return [(np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64), metric_leaves(m))
+                for enc, m in zip(encoded, metrics)]
+
+    @property
+    def length(self) -> int:
+        """How many ring elements a client's encoded update has (every value it sends, and the bit of an adaptive
+        clip)."""
+        return flat_length(self.value_shapes) + int(self.protocol.adaptive)
+
     def empty_round(self, state, noise_seed: Optional[int] = None):
         """The state after a round that sampled no client: under central DP on a protocol the server still adds
         its noise to the empty sum (the accounting's Poisson-sampled Gaussian releases it); else unchanged."""
         if self.protocol is None or not self.protocol.central_dp:
             return state
-        _, decode_fn = self._protocol_fns
+        _, decode_fn, _ = self._protocol_fns
         clip = current_clip(state)
         weights, finalizer_state, _, *side = decode_fn(state.global_model_weights, state.finalizer,
                                                        tuple(np.zeros(s, np.int64) for s in self.value_shapes),
@@ -303,18 +438,22 @@ class SplitRoundProcess:
 
     # Jobs: clients trained one by one, their metrics summed later (FedBuff's jobs, a site's client) ----------
     @functools.cached_property
-    def _jobs(self) -> tuple:
-        """(jobs computation, metrics computation, unfinalized metrics type), built on first use."""
-        return (client_updates_computation(self._training, with_weights_and_metrics=True),
-                *metrics_computation(self._training))
+    def _jobs(self):
+        """The jobs computation (each client's update, weight and unfinalized metrics), built on first use."""
+        return client_updates_computation(self._training, with_weights_and_metrics=True)
+
+    @functools.cached_property
+    def _metrics_fns(self) -> tuple:
+        """(metrics computation, unfinalized metrics type), built on first use."""
+        return metrics_computation(self._training)
 
     def train_jobs(self, weights, learning_rate, client_data: list) -> list[tuple]:
         """Each client input trained from ``weights`` (``ModelWeights``) at ``learning_rate``:
         [(update, weight, unfinalized metrics leaves)]."""
         if not client_data:
             return []
-        updates, update_weights, metrics = self._jobs[0](weights, np.float32(learning_rate),
-                                                          pack_clients(client_data, self.data_type))
+        updates, update_weights, metrics = self._jobs(weights, np.float32(learning_rate),
+                                                       pack_clients(client_data, self.data_type))
         return [(tuple(np.asarray(u, np.float32) for u in update), np.float32(weight), metric_leaves(m))
                 for update, weight, m in zip(updates, update_weights, metrics)]
 
@@ -328,11 +467,11 @@ class SplitRoundProcess:
 
     def metrics_of(self, leaves: Sequence[tuple]):
         """The finalized training metrics of clients whose unfinalized metrics are ``leaves`` (flat tuples)."""
-        return finalize_metric_leaves(self._jobs[1], self._jobs[2], leaves)
+        return finalize_metric_leaves(*self._metrics_fns, leaves)
 
     def metric_leaf_specs(self) -> list[tuple]:
         """(shape, dtype) of each unfinalized metrics leaf, from the client computation's type."""
-        return metric_leaf_specs(self._jobs[2])
+        return metric_leaf_specs(self._metrics_fns[1])
 
     def prepare(self, state, clients: list, client_data: list) -> list:
         """The clients' inputs before training (a subclass adds its own; default: as given)."""
@@ -379,11 +518,17 @@ class SplitRoundProcess:
         return tuple(out)
 
 
-class UpdateAttackRounds:
-    """The aggregator slot's value when attackers forge their updates: a split round (:class:`SplitRoundProcess`)
-    with the registered attack, around the config's aggregator (the defence)."""
+def hides_updates(model_aggregator) -> bool:
+    """Whether an aggregator hides each client's update from the server: a secure protocol, or one
+    :func:`fedlab.aggregators.aggregation.make_aggregator` marks (user-level DP, a secure sum)."""
+    return isinstance(model_aggregator, ProtocolSum) or bool(getattr(model_aggregator, "hides_updates", False))
 
-    def __init__(self, attack: str, model_aggregator=None) -> None:
+
+class SplitRounds:
+    """The aggregator slot's value for a split round (:class:`SplitRoundProcess`): the config's aggregator (the
+    defence, or a secure protocol) and the registered attack whose attackers forge their updates, if any."""
+
+    def __init__(self, model_aggregator=None, attack: Optional[str] = None) -> None:
         self.attack = attack
         self.model_aggregator = model_aggregator
 
@@ -393,7 +538,7 @@ class UpdateAttackRounds:
 
 def split_aggregator(model_aggregator) -> tuple:
     """``(aggregator, attack name or None)`` from the aggregator slot's value: a builder of its own split round
-    (SCAFFOLD, FedPer, Ditto, q-FFL) takes the attack from :class:`UpdateAttackRounds` and runs it itself."""
-    if isinstance(model_aggregator, UpdateAttackRounds):
+    (SCAFFOLD, FedPer, Ditto, q-FFL) takes the attack from :class:`SplitRounds` and runs it itself."""
+    if isinstance(model_aggregator, SplitRounds):
         return model_aggregator.model_aggregator, model_aggregator.attack
     return model_aggregator, None
