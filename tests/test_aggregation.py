@@ -169,3 +169,25 @@ def test_frozen_layers_in_the_compiled_loop_give_tffs_keras_path_numbers(frozen,
     assert len(after) == len(keras.non_trainable_variables) == 2 * frozen
     for got, want in zip(after, keras.non_trainable_variables):
         np.testing.assert_array_equal(got, want.numpy())  # the frozen layers never moved
+
+
+@pytest.mark.parametrize("changes, refused", [
+    (dict(dp="fixed", noise_multiplier=1.0), "dp='fixed'"),
+    (dict(secure_aggregation=True, quantization_bits=8), "secure_aggregation"),
+    (dict(secure_aggregation=True, quantization_bits=8, secure_protocol="secagg"), "secure_aggregation"),
+    (dict(robust="median"), "robust='median'"),
+    (dict(robust="clip"), None),  # clips each update, then the weighted mean
+    (dict(secure_aggregation=True, secure_protocol="ckks"), None),  # CKKS's mean is weighted
+])
+def test_dataset_weights_where_every_client_counts_alike_are_refused_not_ignored(changes, refused):
+    config = dict(dataset="digits", num_clients=10, clients_per_round=4, client_weighting="dataset", **changes)
+    if refused is None:
+        ExperimentConfig(**config)
+        assert "alike" not in aggregation.describe(ExperimentConfig(**config))
+        return
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig(**config)
+    assert err.value.field == "client_weighting" and f"with {refused}, whose mean weighs every client alike" in \
+        err.value.message and "\n" not in str(err.value)
+    assert "every client weighted alike" in aggregation.describe(ExperimentConfig(**{**config,
+                                                                                       "client_weighting": "uniform"}))

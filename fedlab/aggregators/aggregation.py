@@ -662,6 +662,9 @@ def describe(config) -> Optional[str]:
         parts.append(f"{config.quantization_bits}-bit compression")
     if config.robust != "none":
         parts.append(f"{config.robust} at norm {config.clip_norm:g}")
+    hiding = config.user_level_dp or (config.secure_aggregation and config.secure_protocol != "ckks")
+    if hiding or (config.robust != "none" and AGGREGATORS[config.robust].replaces_mean):
+        parts.append("every client weighted alike")
     return ", ".join(parts) or "plain mean"
 
 

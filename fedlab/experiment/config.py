@@ -323,6 +323,10 @@ class ExperimentConfig:
         if algorithm.own_weighting and self.client_weighting != "examples":
             raise ConfigError("client_weighting", f"must stay 'examples' for {self.algorithm}, which weights the "
                                                   "clients' updates itself")
+        alike = weighs_alike(self)
+        if self.client_weighting == "dataset" and alike:
+            raise ConfigError("client_weighting", f"must be 'uniform' or the default with {alike[0]}, whose mean "
+                                                  f"weighs every client alike ({alike[1]}), got 'dataset'")
         if algorithm.full_batch and self.local_steps is not None:
             raise ConfigError("local_steps", f"must be unset for {self.algorithm} (one full-batch gradient per client)")
         if PARTITIONERS[self.partition].needs_sites and not data.has_sites:
@@ -644,6 +648,18 @@ def _steps_on_buffers(algorithm: Algorithm) -> bool:
     """Whether FedBuff's steps can wrap the algorithm: its compiled-loop builder takes a round builder in the
     aggregator slot, and its server step needs no cohort-wide quantity (FedNova's tau_eff)."""
     return getattr(algorithm.on_arrays, "takes_round_builders", False) and not algorithm.normalized
+
+
+def weighs_alike(config) -> Optional[tuple[str, str]]:
+    """(the setting, why) when the config's aggregation weighs every client alike whatever ``client_weighting``
+    says; None when it takes the clients' weights."""
+    if config.user_level_dp:
+        return f"dp={config.dp!r}", "one client's clipped update, not its weight, bounds what the noise hides"
+    if config.secure_aggregation and config.secure_protocol != "ckks":
+        return "secure_aggregation", "a weighted update would leave the secure sum's fixed range"
+    if config.robust != "none" and AGGREGATORS[config.robust].replaces_mean:
+        return f"robust={config.robust!r}", "a statistic of the updates, not a weighted mean"
+    return None
 
 
 def _buffered() -> list[str]:
