@@ -20,8 +20,7 @@ matrix = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(matrix)
 
 TABLE = matrix.table()
-ACCEPTED = [(g1, a, g2, b, fields) for g1, a, g2, b, fields in matrix.pairs()
-            if TABLE[(TABLE.a == a) & (TABLE.b == b)].verdict.item() == "accepted"]
+ACCEPTED = list(matrix.runnable_pairs())  # accepted, or given the public value the pair needs (matrix.NEEDS)
 TINY = dict(num_clients=6, clients_per_round=3, local_steps=2)
 KEEP_PROCESSES = 16  # built processes kept between pairs (neighbouring pairs share them); more is only memory
 
@@ -29,11 +28,12 @@ KEEP_PROCESSES = 16  # built processes kept between pairs (neighbouring pairs sh
 def test_every_refusal_is_listed_as_impossible_or_as_a_limit():
     unlisted = TABLE[TABLE.verdict.isin(["unlisted", "crashed"])]
     assert unlisted.empty, "refused or crashed without being listed:\n" + unlisted.to_string()
-    listed = set(matrix.IMPOSSIBLE) | matrix.LIMITS
+    listed = set(matrix.IMPOSSIBLE) | matrix.LIMITS | set(matrix.NEEDS)
     accepted = {frozenset((a, b)) for a, b in zip(TABLE.a, TABLE.b)} & listed
     accepted &= {frozenset((r.a, r.b)) for r in TABLE.itertuples() if r.verdict == "accepted"}
     assert not accepted, f"listed as refused but accepted (take them off the lists): {sorted(map(sorted, accepted))}"
-    assert not set(matrix.IMPOSSIBLE) & matrix.LIMITS
+    assert not set(matrix.IMPOSSIBLE) & matrix.LIMITS and not set(matrix.NEEDS) & (set(matrix.IMPOSSIBLE) | matrix.LIMITS)
+    assert (TABLE.verdict == "needs").sum() == len(matrix.NEEDS)  # each runs once given its value
     pairs = {frozenset((a, b)) for a, b in zip(TABLE.a, TABLE.b)}
     assert listed <= pairs, f"listed pairs that are not in the matrix: {sorted(map(sorted, listed - pairs))}"
 

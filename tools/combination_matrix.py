@@ -3,8 +3,10 @@
 One setting from each of ten groups (algorithms, DP, secure aggregation, compression, robust rules, attacks,
 systems, frozen layers, fine-tuning, workers), every pair of settings from two different groups, each made into
 an ``ExperimentConfig``: accepted, or refused with its one line. A refusal is either **impossible** (listed in
-:data:`IMPOSSIBLE` with the field it names and the reason it holds in any system) or one of fedlab's **limits** (listed in
-:data:`LIMITS`, the work left for issue #33); ``tests/test_combinations.py`` fails on a refusal in neither list,
+:data:`IMPOSSIBLE` with the field it names and the reason it holds in any system), a pair that **needs** a public value
+the config must give (:data:`NEEDS`: the field its refusal names, the setting with which it runs), or one of fedlab's
+**limits** (listed in :data:`LIMITS`, the work left for issue #33); ``tests/test_combinations.py`` fails on a refusal in
+no list,
 on a listed pair that is accepted, and on an accepted pair that crashes in two rounds.
 
     python tools/combination_matrix.py            # counts and refusals by reason; build/combinations.csv
@@ -66,10 +68,19 @@ IMPOSSIBLE = {
                                               "cover them"),
 }
 
+# Refused until the config gives a public value the pair needs, which the refusal names: the field, the setting
+# that makes the pair run (tests/test_combinations.py runs it so), why no default can stand in for it.
+NEEDS = {frozenset(("scaffold", dp)): ("local_steps", {"local_steps": 5},
+                                        "what a client sends beside its update is scaled by one public number of "
+                                        "steps: a scale drawn from the clients' data would move every client's "
+                                        "values when one user joins, which the noise does not hide; DP-SCAFFOLD "
+                                        "runs K fixed steps, Noble et al. 2022")
+         for dp in ("user DP fixed", "user DP adaptive")}
+
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
 LIMITS = {frozenset(pair) for pair in [
     *[("qffl", s) for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")],
-    *[(a, dp) for a in ("fednova", "scaffold") for dp in ("user DP fixed", "user DP adaptive")],
+    *[("fednova", dp) for dp in ("user DP fixed", "user DP adaptive")],
     ("qffl", "record DP"),
 ]}
 
@@ -95,11 +106,33 @@ def verdict(a: str, b: str, fields: dict) -> dict:
         ExperimentConfig(**fields)
     except ConfigError as err:
         kind = ("impossible" if IMPOSSIBLE.get(pair, ("",))[0] == err.field else "limit" if pair in LIMITS
+                else "needs" if NEEDS.get(pair, ("",))[0] == err.field and accepts({**fields, **NEEDS[pair][1]})
                 else "unlisted")
         return {"verdict": kind, "field": err.field, "reason": err.message}
     except (TypeError, ValueError) as err:
         return {"verdict": "crashed", "field": "", "reason": f"{type(err).__name__}: {err}"}
     return {"verdict": "accepted", "field": "", "reason": ""}
+
+
+def accepts(fields: dict) -> bool:
+    try:
+        ExperimentConfig(**fields)
+    except ConfigError:
+        return False
+    return True
+
+
+def runnable_pairs():
+    """(group_a, label_a, group_b, label_b, config fields) of every pair that runs: accepted, or given the setting
+    it needs (:data:`NEEDS`)."""
+    frame = table()
+    verdicts = {frozenset((r.a, r.b)): r.verdict for r in frame.itertuples()}
+    for g1, l1, g2, l2, fields in pairs():
+        pair = frozenset((l1, l2))
+        if verdicts[pair] == "accepted":
+            yield g1, l1, g2, l2, fields
+        elif verdicts[pair] == "needs":
+            yield g1, l1, g2, l2, {**fields, **NEEDS[pair][1]}
 
 
 def table():
@@ -109,7 +142,7 @@ def table():
                          for g1, l1, g2, l2, fields in pairs()])
 
 
-MARK = {"accepted": "✓", "impossible": "✗", "limit": "·", "unlisted": "?", "crashed": "!"}
+MARK = {"accepted": "✓", "needs": "◦", "impossible": "✗", "limit": "·", "unlisted": "?", "crashed": "!"}
 BEGIN, END = "<!-- combinations:begin (python tools/combination_matrix.py --readme) -->", "<!-- combinations:end -->"
 
 
@@ -118,17 +151,26 @@ def readme_section(frame) -> str:
     counts = collections.Counter(frame.verdict)
     lines = [BEGIN, "",
              f"{len(frame)} pairs of settings from {len(GROUPS)} groups: **{counts['accepted']} run**, "
+             f"{counts['needs']} run once the config gives the public value their refusal names (◦), "
              f"{counts['impossible']} are refused because no system could run them (✗), {counts['limit']} are "
              f"refused by a limit of fedlab's today (·), {counts['unlisted'] + counts['crashed']} otherwise. "
-             "`tests/test_combinations.py` runs every accepted pair for two rounds.", "",
+             "`tests/test_combinations.py` runs every accepted pair, and every ◦ pair with that value, for two "
+             "rounds.", "",
              "| setting | " + " | ".join(ALGORITHMS) + " |", "|---|" + "---|" * len(ALGORITHMS)]
     by_pair = {frozenset((r.a, r.b)): r.verdict for r in frame.itertuples()}
     for group, label, _ in settings():
         if group != "algorithm":
             lines.append(f"| {label} | " + " | ".join(MARK[by_pair[frozenset((label, a))]] for a in ALGORITHMS)
                          + " |")
+    needs = frame[frame.verdict == "needs"]
+    if len(needs):
+        lines += ["", "Pairs that run given a public value (◦), and why no default stands in for it:", ""]
+        for r in needs.itertuples():
+            _, setting, why = NEEDS[frozenset((r.a, r.b))]
+            given = ", ".join(f"{k}={v!r}" for k, v in setting.items())
+            lines.append(f"- ◦ {r.a} + {r.b}: runs with {given} ({why}); without it, refused: {r.field}: {r.reason}")
     lines += ["", "Refused pairs without an algorithm, and why:", ""]
-    others = frame[(frame.verdict != "accepted") & (frame.group_a != "algorithm")]
+    others = frame[~frame.verdict.isin(["accepted", "needs"]) & (frame.group_a != "algorithm")]
     for (kind, reason), rows in others.groupby(["verdict", "reason"], sort=True):
         listed = "; ".join(f"{a} + {b}" for a, b in zip(rows.a, rows.b))
         lines.append(f"- {MARK[kind]} {listed}: {reason}")
