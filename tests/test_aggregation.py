@@ -187,7 +187,7 @@ def test_dataset_weights_where_every_client_counts_alike_are_refused_not_ignored
         return
     with pytest.raises(ConfigError) as err:
         ExperimentConfig(**config)
-    assert err.value.field == "client_weighting" and f"with {refused}, whose mean weighs every client alike" in \
+    assert err.value.field == "client_weighting" and f"with {refused}, whose aggregation weighs every client alike" in \
         err.value.message and "\n" not in str(err.value)
     assert "every client weighted alike" in aggregation.describe(ExperimentConfig(**{**config,
                                                                                        "client_weighting": "uniform"}))

@@ -1,8 +1,9 @@
 """Every pair of settings a researcher combines: refused only as listed, and the accepted ones run (issue #33).
 
-The pairs, and which refusals are impossible in any system and which are
-fedlab's limits today, are in ``tools/combination_matrix.py``; the README's
-matrix is generated from them.
+The pairs, and which refusals are impossible in any system, which need a
+public value the config must give (and run with it), and which are fedlab's
+limits today, are in ``tools/combination_matrix.py``; the README's matrix is
+generated from them.
 """
 
 import importlib.util
@@ -25,17 +26,20 @@ TINY = dict(num_clients=6, clients_per_round=3, local_steps=2)
 KEEP_PROCESSES = 16  # built processes kept between pairs (neighbouring pairs share them); more is only memory
 
 
-def test_every_refusal_is_listed_as_impossible_or_as_a_limit():
+def test_every_refusal_is_listed_as_impossible_needing_a_value_or_a_limit():
     unlisted = TABLE[TABLE.verdict.isin(["unlisted", "crashed"])]
     assert unlisted.empty, "refused or crashed without being listed:\n" + unlisted.to_string()
     listed = set(matrix.IMPOSSIBLE) | matrix.LIMITS | set(matrix.NEEDS)
     accepted = {frozenset((a, b)) for a, b in zip(TABLE.a, TABLE.b)} & listed
     accepted &= {frozenset((r.a, r.b)) for r in TABLE.itertuples() if r.verdict == "accepted"}
     assert not accepted, f"listed as refused but accepted (take them off the lists): {sorted(map(sorted, accepted))}"
-    assert not set(matrix.IMPOSSIBLE) & matrix.LIMITS and not set(matrix.NEEDS) & (set(matrix.IMPOSSIBLE) | matrix.LIMITS)
-    assert (TABLE.verdict == "needs").sum() == len(matrix.NEEDS)  # each runs once given its value
+    assert not set(matrix.IMPOSSIBLE) & matrix.LIMITS
+    assert not set(matrix.NEEDS) & (set(matrix.IMPOSSIBLE) | matrix.LIMITS)
     pairs = {frozenset((a, b)) for a, b in zip(TABLE.a, TABLE.b)}
     assert listed <= pairs, f"listed pairs that are not in the matrix: {sorted(map(sorted, listed - pairs))}"
+    assert (TABLE.verdict == "needs").sum() == len(matrix.NEEDS)  # each refused, then accepted given its value
+    for field, setting, _ in matrix.NEEDS.values():
+        assert set(setting) == {field}  # the value the refusal names, nothing else
 
 
 def test_the_readme_matrix_is_generated_from_the_current_code():
@@ -62,14 +66,15 @@ def _marks(g1, g2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fields", [pytest.param(f, id=f"{a} + {b}", marks=_marks(g1, g2))
-                                    for g1, a, g2, b, f in ACCEPTED])
-def test_an_accepted_pair_runs_two_rounds(fields, request):
+@pytest.mark.parametrize("fields, given", [
+    pytest.param(f, matrix.NEEDS.get(frozenset((a, b)), (None, {}))[1], id=f"{a} + {b}", marks=_marks(g1, g2))
+    for g1, a, g2, b, f in ACCEPTED])
+def test_an_accepted_pair_runs_two_rounds(fields, given, request):
     from fedlab.experiment import processes
 
     if len(processes._PROCESS_CACHE) > KEEP_PROCESSES:
         processes._PROCESS_CACHE.clear()
-    fields = {**fields, **TINY}
+    fields = {**fields, **TINY, **given}  # a pair that needs a value runs with the one it is listed with
     if fields.get("algorithm") == "fedsgd":
         del fields["local_steps"]  # one full-batch gradient per client
     if fields.get("workers"):

@@ -73,3 +73,14 @@ def test_qffl_refuses_bad_settings_in_one_line(changes, field):
     with pytest.raises(ConfigError) as err:
         fl.ExperimentConfig(**{"dataset": "digits", "algorithm": "qffl", **changes})
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("robust", ["median", "trimmed_mean", "krum"])
+def test_a_robust_statistic_in_place_of_qffls_ratio_of_sums_is_refused(robust):
+    from fedlab import ExperimentConfig
+    from fedlab.core.validation import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig(dataset="digits", algorithm="qffl", robust=robust)
+    assert err.value.field == "robust" and "ratio of two sums" in err.value.message and "\n" not in str(err.value)
+    ExperimentConfig(dataset="digits", algorithm="qffl", robust="clip")  # clipped updates, then the weighted mean

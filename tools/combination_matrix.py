@@ -3,11 +3,11 @@
 One setting from each of ten groups (algorithms, DP, secure aggregation, compression, robust rules, attacks,
 systems, frozen layers, fine-tuning, workers), every pair of settings from two different groups, each made into
 an ``ExperimentConfig``: accepted, or refused with its one line. A refusal is either **impossible** (listed in
-:data:`IMPOSSIBLE` with the field it names and the reason it holds in any system), a pair that **needs** a public value
-the config must give (:data:`NEEDS`: the field its refusal names, the setting with which it runs), or one of fedlab's
-**limits** (listed in :data:`LIMITS`, the work left for issue #33); ``tests/test_combinations.py`` fails on a refusal in
-no list,
-on a listed pair that is accepted, and on an accepted pair that crashes in two rounds.
+:data:`IMPOSSIBLE` with the field it names and the reason it holds in any system), a pair that **needs** a public
+value the config must give (:data:`NEEDS`: the field its refusal names, the setting with which it runs), or one of
+fedlab's **limits** (listed in :data:`LIMITS`, the work left for issue #33); ``tests/test_combinations.py`` fails on
+a refusal in no list, on a listed pair that is accepted, and on an accepted pair (or a pair given the value it needs)
+that crashes in two rounds.
 
     python tools/combination_matrix.py            # counts and refusals by reason; build/combinations.csv
     python tools/combination_matrix.py --readme   # rewrites the matrix in README.md (a test checks it is current)
@@ -61,6 +61,9 @@ _OWN_MODELS = "its clients keep models of their own: fine-tuning a copy of the g
 IMPOSSIBLE = {
     **{frozenset((secure, robust)): ("robust", _HIDDEN)
        for secure in ("secure sum", "SecAgg", "SecAgg+") for robust in ("median", "krum", "trimmed_mean")},
+    **{frozenset(("qffl", robust)): ("robust", "q-FFL's server step is a ratio of two sums over the clients, which a "
+                                               "statistic of the updates does not give")
+       for robust in ("median", "krum", "trimmed_mean")},
     frozenset(("fedper", "fine-tuning")): ("finetune_epochs", _OWN_MODELS),
     frozenset(("ditto", "fine-tuning")): ("finetune_epochs", _OWN_MODELS),
     frozenset(("record DP", "fine-tuning")): ("finetune_epochs", "fine-tuning trains on the records without DP-SGD "
@@ -100,7 +103,8 @@ def pairs():
 
 
 def verdict(a: str, b: str, fields: dict) -> dict:
-    """How fedlab answers one pair: accepted, impossible, limit, or unlisted (a refusal in neither list)."""
+    """How fedlab answers one pair: accepted, needs (refused as :data:`NEEDS` says, accepted with its setting),
+    impossible, limit, or unlisted (a refusal in no list)."""
     pair = frozenset((a, b))
     try:
         ExperimentConfig(**fields)
@@ -115,9 +119,10 @@ def verdict(a: str, b: str, fields: dict) -> dict:
 
 
 def accepts(fields: dict) -> bool:
+    """Whether the config takes ``fields`` (a crash counts as not taking them)."""
     try:
         ExperimentConfig(**fields)
-    except ConfigError:
+    except (ConfigError, TypeError, ValueError):
         return False
     return True
 
@@ -164,11 +169,14 @@ def readme_section(frame) -> str:
                          + " |")
     needs = frame[frame.verdict == "needs"]
     if len(needs):
-        lines += ["", "Pairs that run given a public value (◦), and why no default stands in for it:", ""]
+        lines += ["", "Pairs that run once the config gives a public value (◦), and why no default stands in for it:",
+                  ""]
+        by_why = collections.defaultdict(list)
         for r in needs.itertuples():
-            _, setting, why = NEEDS[frozenset((r.a, r.b))]
-            given = ", ".join(f"{k}={v!r}" for k, v in setting.items())
-            lines.append(f"- ◦ {r.a} + {r.b}: runs with {given} ({why}); without it, refused: {r.field}: {r.reason}")
+            field, _, why = NEEDS[frozenset((r.a, r.b))]
+            by_why[(field, why)].append(f"{r.a} + {r.b}")
+        for (field, why), listed in by_why.items():
+            lines.append(f"- ◦ {'; '.join(listed)}: with `{field}` set; {why}")
     lines += ["", "Refused pairs without an algorithm, and why:", ""]
     others = frame[~frame.verdict.isin(["accepted", "needs"]) & (frame.group_a != "algorithm")]
     for (kind, reason), rows in others.groupby(["verdict", "reason"], sort=True):

@@ -650,6 +650,19 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
 
 
+def weighs_alike(config) -> Optional[tuple[str, str]]:
+    """(the setting, why) when the config's aggregation weighs every client alike whatever ``client_weighting``
+    says (the config refuses ``"dataset"`` then; FedNova's tau_eff takes uniform shares); None when it takes the
+    clients' weights."""
+    if config.user_level_dp:
+        return f"dp={config.dp!r}", "one client's clipped update, not its weight, bounds what the noise hides"
+    if config.secure_aggregation and config.secure_protocol != "ckks":
+        return "secure_aggregation", "a weighted update would leave the secure sum's fixed range"
+    if config.robust != "none" and AGGREGATORS[config.robust].replaces_mean:
+        return f"robust={config.robust!r}", "a statistic of the updates, not a weighted mean"
+    return None
+
+
 def describe(config) -> Optional[str]:
     """One line on the aggregator in use, for panels and tables."""
     parts = []
@@ -662,8 +675,9 @@ def describe(config) -> Optional[str]:
         parts.append(f"{config.quantization_bits}-bit compression")
     if config.robust != "none":
         parts.append(f"{config.robust} at norm {config.clip_norm:g}")
-    hiding = config.user_level_dp or (config.secure_aggregation and config.secure_protocol != "ckks")
-    if hiding or (config.robust != "none" and AGGREGATORS[config.robust].replaces_mean):
+    if config.user_level_dp:
+        parts.append(f"user-level DP ({config.dp} clip {config.clip_norm:g}, z {config.noise_multiplier:g})")
+    if weighs_alike(config):
         parts.append("every client weighted alike")
     return ", ".join(parts) or "plain mean"
 

@@ -23,7 +23,8 @@ import json
 from typing import Any, Optional
 
 from ..protection.accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, MAX_ROUNDS, check_pld, least_pld_noise
-from ..aggregators.aggregation import AGGREGATORS, names as aggregator_names, protocol_names, uses_fraction
+from ..aggregators.aggregation import (AGGREGATORS, names as aggregator_names, protocol_names, uses_fraction,
+                                       weighs_alike)
 from ..algorithms.algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
 from ..rounds.array_training import WEIGHTINGS
 from ..systems.asynchronous import STALENESS
@@ -325,8 +326,9 @@ class ExperimentConfig:
                                                   "clients' updates itself")
         alike = weighs_alike(self)
         if self.client_weighting == "dataset" and alike:
-            raise ConfigError("client_weighting", f"must be 'uniform' or the default with {alike[0]}, whose mean "
-                                                  f"weighs every client alike ({alike[1]}), got 'dataset'")
+            raise ConfigError("client_weighting", f"must be 'uniform' or 'examples' (the default) with {alike[0]}, "
+                                                  f"whose aggregation weighs every client alike ({alike[1]}), got "
+                                                  "'dataset'")
         if algorithm.full_batch and self.local_steps is not None:
             raise ConfigError("local_steps", f"must be unset for {self.algorithm} (one full-batch gradient per client)")
         if PARTITIONERS[self.partition].needs_sites and not data.has_sites:
@@ -423,6 +425,11 @@ class ExperimentConfig:
                                                  "trimmed_mean, krum and multikrum")
         if self.robust == "none" or not AGGREGATORS[self.robust].replaces_mean:
             return
+        if self.algorithm_entry.own_weighting:
+            raise ConfigError("robust", f"{self.robust!r} cannot aggregate {self.algorithm}: its server step is a "
+                                        "ratio of two sums over the clients (q-FFL: the sum of the Delta_k over the "
+                                        "sum of the h_k), which a statistic of the updates does not give; use "
+                                        "robust='clip' or 'zeroing' with it")
         if self.secure_aggregation:
             raise ConfigError("robust", f"{self.robust!r} needs each client's update as it is, which "
                                         "secure_aggregation hides; use robust='clip' or 'zeroing' with it")
@@ -648,18 +655,6 @@ def _steps_on_buffers(algorithm: Algorithm) -> bool:
     """Whether FedBuff's steps can wrap the algorithm: its compiled-loop builder takes a round builder in the
     aggregator slot, and its server step needs no cohort-wide quantity (FedNova's tau_eff)."""
     return getattr(algorithm.on_arrays, "takes_round_builders", False) and not algorithm.normalized
-
-
-def weighs_alike(config) -> Optional[tuple[str, str]]:
-    """(the setting, why) when the config's aggregation weighs every client alike whatever ``client_weighting``
-    says; None when it takes the clients' weights."""
-    if config.user_level_dp:
-        return f"dp={config.dp!r}", "one client's clipped update, not its weight, bounds what the noise hides"
-    if config.secure_aggregation and config.secure_protocol != "ckks":
-        return "secure_aggregation", "a weighted update would leave the secure sum's fixed range"
-    if config.robust != "none" and AGGREGATORS[config.robust].replaces_mean:
-        return f"robust={config.robust!r}", "a statistic of the updates, not a weighted mean"
-    return None
 
 
 def _buffered() -> list[str]:

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..protection.accounting import check_pld, epsilon_by_round, record_level_epsilons
-from ..aggregators.aggregation import accounting_noise_multiplier, builders_in_use, round_bytes, warn_if_updates_vanish
+from ..aggregators.aggregation import (accounting_noise_multiplier, builders_in_use, round_bytes,
+                                       warn_if_updates_vanish, weighs_alike)
 from .clients import (Clients, attacker_config, dataset_for, dp_sgd_steps, finetune_inputs, plan_size, planned_inputs,
                       spec_for)
 from .config import RECORD_LEVEL, ExperimentConfig
@@ -337,8 +338,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                     inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
                               for c in chosen]
                     if config.algorithm_entry.normalized:  # a secure sum's mean weighs the clients alike
-                        plain_mean = config.secure_aggregation and config.secure_protocol != "ckks"
-                        inputs = with_tau_eff(inputs, "uniform" if plain_mean else config.client_weighting)
+                        inputs = with_tau_eff(inputs, "uniform" if weighs_alike(config) else config.client_weighting)
                     extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
                                           schedule.selected, clients.attackers, inputs)
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
