@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -217,11 +218,19 @@ def _orphaned_workers(before: set[int]) -> list[int]:
             if cmd.endswith("worker_binary") and parent == 1 and pid not in before]
 
 
+def _saved_rounds(out: pathlib.Path) -> list[int]:
+    """The rounds whose checkpoint manifests are in ``out`` now (the checkpoint keeps the last two)."""
+    found = (re.fullmatch(r"manifest_(\d+)\.json", p.name) for p in (out / "checkpoint" / "state").glob("manifest_*"))
+    return [int(m.group(1)) for m in found if m]
+
+
 def _wait_for_round(out: pathlib.Path, round_num: int, process, timeout=240) -> None:
+    """Until the run has saved round ``round_num`` or a later one: a round's manifest is removed two rounds on, so
+    a poll that comes late (a loaded machine) would miss the round itself and wait for a run that has ended."""
     deadline = time.monotonic() + timeout
-    while not (out / "checkpoint" / "state" / f"manifest_{round_num}.json").exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
+    while not any(r >= round_num for r in _saved_rounds(out)):
+        assert process.poll() is None, (f"the run ended before saving round {round_num}", process.communicate())
+        assert time.monotonic() < deadline, f"no round {round_num} saved within {timeout} s"
         time.sleep(0.05)
 
 
