@@ -80,8 +80,10 @@ def test_dp_config_validation():
     with pytest.raises(ConfigError, match="must be one that takes an unweighted aggregator") as err:
         ExperimentConfig(dp="fixed", algorithm="qffl")  # its own weights
     assert err.value.field == "algorithm" and "fedprox" in str(err.value)
-    with pytest.raises(ConfigError, match="^algorithm: cannot be 'fednova' with dp='fixed' yet: FedNova's tau_eff"):
+    with pytest.raises(ConfigError, match="^local_steps: must be set with fednova under dp='fixed': its server "
+                                          "scales every update by tau_eff"):
         ExperimentConfig(dp="fixed", algorithm="fednova")
+    ExperimentConfig(dp="adaptive", algorithm="fednova", local_steps=5)  # tau_eff: the public 5
     ExperimentConfig(dp="fixed", algorithm="fedsgd", model="2nn", freeze_layers=1)  # frozen layers: compiled loop
     ExperimentConfig(dp="fixed", algorithm="fedprox")  # fedlab's compiled loop with a plain mean
     ExperimentConfig(dp="fixed", algorithm="ditto")  # personalised: the global model takes the DP mean

@@ -295,6 +295,61 @@ def test_fednova_equals_fedavg_when_every_client_takes_the_same_steps():
     np.testing.assert_allclose(nova["eval_loss"], avg["eval_loss"], rtol=1e-5)
 
 
+def test_fednova_with_public_steps_by_hand():
+    """User-level DP: tau_eff is the public number of steps asked (4), not the clients' mean (2.5); p_i = 1/2.
+    x <- x + 1/2 (4 Delta_A / 3 + 4 Delta_B / 2)."""
+    t = fl.core.runtime.tff()
+    entry = fl.ALGORITHMS["fednova"]
+    process = entry.on_arrays(MODEL, client_lr=0.1, server_lr=1.0, params=entry.make_params(),
+                              client_weighting="uniform")
+    state = process.set_model_weights(process.initialize(),
+                                      t.learning.models.ModelWeights(trainable=[W0, B0], non_trainable=[]))
+    from fedlab.rounds.array_training import with_learning_rates
+
+    state = with_learning_rates(state, 0.1, 1.0)
+    inputs = with_tau_eff([nova_inputs(XA, YA, 3), nova_inputs(XB, YB, 2, 2)], "uniform", public_steps=4)
+    assert [float(i["tau_eff"]) for i in inputs] == [4.0, 4.0]
+    state = process.next(state, inputs).state
+    w, b = W0.astype(np.float64), B0.astype(np.float64)
+    dwa, dba, ta = sgd_steps(w, b, XA, YA, 0.1, 3, -1)
+    dwb, dbb, tb = sgd_steps(w, b, XB, YB, 0.1, 2, 2)
+    assert (ta, tb) == (3, 2)
+    got_w, got_b = process.get_model_weights(state).trainable
+    np.testing.assert_allclose(np.asarray(got_w), w + 0.5 * (4 * dwa / ta + 4 * dwb / tb), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(got_b), b + 0.5 * (4 * dba / ta + 4 * dbb / tb), rtol=2e-5, atol=2e-6)
+
+
+DP_NOVA = fl.ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=3, rounds=3, local_steps=3,
+                              batch_size=8, dp="fixed", noise_multiplier=0.5, clip_norm=1.0)
+
+
+def test_fednova_under_user_dp_equals_fedavg_when_every_client_takes_its_steps():
+    """Every client takes the 3 steps asked: tau_eff / tau_i = 1, so FedNova's round is DP-FedAvg's, noise included."""
+    avg = fl.run_experiment(DP_NOVA, progress=False)
+    nova = fl.run_experiment(DP_NOVA.replace(algorithm="fednova"), progress=False)
+    np.testing.assert_allclose(nova["eval_loss"], avg["eval_loss"], rtol=1e-6)
+
+
+def test_fednova_under_user_dp_scales_by_the_public_steps_under_partial_work(monkeypatch):
+    """Clients cut short by the deadline: tau_eff stays the public local_steps (their mean would be smaller)."""
+    import fedlab.experiment.runner as runner
+
+    seen = []
+
+    def recording(inputs, weighting, public_steps=None):
+        out = with_tau_eff(inputs, weighting, public_steps)
+        seen.append(([local_steps(i) for i in inputs], [float(i["tau_eff"]) for i in out]))
+        return out
+
+    monkeypatch.setattr(runner, "with_tau_eff", recording)
+    config = DP_NOVA.replace(algorithm="fednova", device_profile="fedscale", straggler_policy="partial",
+                             round_deadline=20.0, local_steps=20, rounds=2)
+    fl.run_experiment(config, progress=False)
+    taus = [tau for steps, _ in seen for tau in steps]
+    assert seen and min(taus) < 20 <= max(taus)  # partial work happened, and some client took every step
+    assert all(tau_eff == [20.0] * len(steps) for steps, tau_eff in seen)
+
+
 def test_runs_record_the_clock_and_partial_work_changes_the_numbers(tmp_path):
     table = pd.DataFrame({"client": range(6), "examples_per_second": [400.0, 400, 400, 40, 40, 40],
                           "down_mbps": 100.0, "up_mbps": 100.0, "availability": 1.0})

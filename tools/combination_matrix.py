@@ -78,12 +78,17 @@ NEEDS = {frozenset(("scaffold", dp)): ("local_steps", {"local_steps": 5},
                                         "steps: a scale drawn from the clients' data would move every client's "
                                         "values when one user joins, which the noise does not hide; DP-SCAFFOLD "
                                         "runs K fixed steps, Noble et al. 2022")
-         for dp in ("user DP fixed", "user DP adaptive")}
+         for dp in ("user DP fixed", "user DP adaptive")} | {
+    frozenset(("fednova", dp)): ("local_steps", {"local_steps": 5},
+                                 "the server scales every update by tau_eff, which is then that public number of "
+                                 "steps: with epochs the steps depend on each client's data, and their mean over "
+                                 "the sampled clients would move every update when one user joins, which the "
+                                 "noise does not hide")
+    for dp in ("user DP fixed", "user DP adaptive")}
 
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
 LIMITS = {frozenset(pair) for pair in [
     *[("qffl", s) for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")],
-    *[("fednova", dp) for dp in ("user DP fixed", "user DP adaptive")],
     ("qffl", "record DP"),
 ]}
 

@@ -250,7 +250,14 @@ class ExperimentConfig:
                                                        f"guarantee is theirs), got {self.attacker_fraction:g} of "
                                                        f"{self.num_clients}")
         if self.user_level_dp:
-            self._check_unweighted(algorithm, f"dp={self.dp!r}")
+            if not algorithm.normalized:  # FedNova's normalised updates take the plain mean: p_i = 1/m
+                self._check_unweighted(algorithm, f"dp={self.dp!r}")
+            if algorithm.normalized and self.local_steps is None:
+                raise ConfigError("local_steps", f"must be set with {self.algorithm} under dp={self.dp!r}: its server "
+                                                 "scales every update by tau_eff, which is then the public number of "
+                                                 "local steps (with epochs the steps depend on each client's data, "
+                                                 "and their mean over the sampled clients would move every update "
+                                                 "when one user joins, which the noise does not hide)")
             if algorithm.side_sums and self.local_steps is None:
                 raise ConfigError("local_steps", f"must be set with {self.algorithm} under dp={self.dp!r}: its clients "
                                                  f"send {algorithm.side_values} scaled by the public number of local "
@@ -281,7 +288,7 @@ class ExperimentConfig:
                 "record_sum" not in inspect.signature(AGGREGATORS[self.dp].build).parameters:
             raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: its builder takes no record_sum= "
                                                    "(the sum of the clipped updates that compression goes into)")
-        if self.secure_aggregation and not (algorithm.normalized and not self.user_level_dp):
+        if self.secure_aggregation and not algorithm.normalized:
             # FedNova's normalised updates take a secure sum's plain mean: its p_i = 1/m, tau_eff their mean
             self._check_unweighted(algorithm, "secure_aggregation")
         if algorithm.side_sums and self.secure_aggregation and self.secure_protocol == "none" and \
@@ -505,12 +512,10 @@ class ExperimentConfig:
             raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with secure aggregation yet: its server "
                                            "needs each update's own weight (q-FFL: the loss to the power q, "
                                            "unbounded), which a secure sum's fixed range would clip with the update")
-        if algorithm.normalized and what.startswith("dp="):
-            raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with {what} yet: FedNova's tau_eff, the "
-                                           "mean local steps of the round's clients, would scale every update by who "
-                                           "was sampled, which the accounting does not cover")
+        normalized = [e.name for e in ALGORITHMS.entries() if e.component.normalized]
+        also = f"; or {', '.join(normalized)} with local_steps" if normalized and what.startswith("dp=") else ""
         raise ConfigError("algorithm", f"with {what} must be one that takes an unweighted aggregator "
-                                       f"({', '.join(_unweighted())}), got {self.algorithm!r}")
+                                       f"({', '.join(_unweighted())}{also}), got {self.algorithm!r}")
 
     def _check_protocol(self, algorithm: Algorithm) -> None:
         """A secure protocol sums b-bit integers (CKKS: encrypted floats) between fedlab's compiled-loop clients

@@ -338,7 +338,8 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                     inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
                               for c in chosen]
                     if config.algorithm_entry.normalized:  # a secure sum's mean weighs the clients alike
-                        inputs = with_tau_eff(inputs, "uniform" if weighs_alike(config) else config.client_weighting)
+                        inputs = with_tau_eff(inputs, "uniform" if weighs_alike(config) else config.client_weighting,
+                                              config.local_steps if config.user_level_dp else None)
                     extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
                                           schedule.selected, clients.attackers, inputs)
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):

@@ -188,12 +188,20 @@ def local_steps(inputs) -> int:
     return end - skip
 
 
-def with_tau_eff(inputs: list, weighting: str) -> list:
+def with_tau_eff(inputs: list, weighting: str, public_steps: Optional[int] = None) -> list:
     """FedNova's round input: every client's inputs with tau_eff = sum_i p_i tau_i (Wang et al. 2020, eq. 5).
 
     p_i is the client's share of the cohort's data (``examples``, ``dataset``)
     or 1/m (``uniform``), the weights its normalised update is averaged with.
+
+    ``public_steps`` (user-level DP): tau_eff is that public number, the steps the server asks of every client,
+    instead of the mean over the round's clients. The two are equal when every client takes its steps; with
+    partial work the mean would scale every client's update by who was sampled, beyond the one user's clipped
+    update that the noise covers, while the public number leaves each user only its own (clipped) update.
     """
+    if public_steps is not None:
+        tau_eff = np.float32(public_steps)
+        return [collections.OrderedDict(i, tau_eff=tau_eff) for i in inputs]
     taus = np.array([local_steps(i) for i in inputs], dtype=np.float64)
     sizes = np.array([np.shape(i["orders"])[1] for i in inputs], dtype=np.float64)
     p = np.ones_like(sizes) if weighting == "uniform" else sizes
