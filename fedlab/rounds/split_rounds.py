@@ -186,11 +186,8 @@ class SplitRoundProcess:
                                      t.FederatedType(t.TensorType(np.float32), t.SERVER),
                                      t.FederatedType(training.data_type, t.CLIENTS), constants_type)
             def train_encode_fn(weights, learning_rate, client_data, clip_and_scale):
-                result, unfinalized = t.federated_map(training.train_client, (
-                    t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
-                constants = t.federated_broadcast(clip_and_scale)
-                return (t.federated_map(encode, (result.update, constants[0], constants[1])),
-                        metrics_aggregation(unfinalized))
+                encoded, unfinalized = self._trained_and_encoded(weights, learning_rate, client_data, clip_and_scale)
+                return encoded, metrics_aggregation(unfinalized)
 
         @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
                                  t.FederatedType(finalizer_state_type, t.SERVER),
@@ -275,16 +272,11 @@ class SplitRoundProcess:
         send any ring element, which the protocol bounds by nothing but the ring.
         """
         encode_fn = self._protocol_fns[0]
-        vectors = functools.cache(lambda: [np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
-                                           for enc in encode_fn(updates, self.protocol.constants(current_clip(state)))])
-
-        def secure_sum(everyone):
-            return secagg.run_protocol(dict(zip(ids, vectors())), modulus_bits=self.protocol.modulus_bits,
-                                       protocol=self.protocol.protocol, participants=everyone,
-                                       graph_seed=int(graph_seed))
-
-        return self._protocol_release(state, ids, participants, noise_seed, lone=lambda: vectors()[0],
-                                      secure_sum=secure_sum, too_few=lambda: None)
+        vectors = functools.cache(lambda: [ring_vector(enc) for enc in
+                                           encode_fn(updates, self.protocol.constants(current_clip(state)))])
+        return self._protocol_release(
+            state, ids, participants, noise_seed, lone=lambda: vectors()[0], too_few=lambda: None,
+            secure_sum=lambda everyone: self._run_protocol(dict(zip(ids, vectors())), everyone, graph_seed))
 
     def fused_protocol_step(self, state, ids: list, client_data: list, participants, graph_seed: int,
                             noise_seed: Optional[int] = None) -> tuple:
@@ -294,7 +286,7 @@ class SplitRoundProcess:
 
         def lone():
             encoded, trained["metrics"] = self.train_encode(state, client_data)
-            return np.concatenate([np.ravel(a) for a in encoded[0]]).astype(np.uint64)
+            return ring_vector(encoded[0])
 
         def secure_sum(everyone):
             try:
@@ -365,15 +357,18 @@ class SplitRoundProcess:
         client is simulated in this process (a federation of site processes: :mod:`fedlab.experiment.site_rounds`).
         An abort carries the metrics of the clients that trained (``train_metrics``)."""
         encoded, train_metrics = self.train_encode(state, client_data)
-        inputs = {cid: np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64)
-                  for cid, enc in zip(ids, encoded)}
         try:
-            return secagg.run_protocol(inputs, modulus_bits=self.protocol.modulus_bits,
-                                       protocol=self.protocol.protocol, participants=everyone,
-                                       graph_seed=graph_seed), train_metrics
+            return self._run_protocol({cid: ring_vector(enc) for cid, enc in zip(ids, encoded)}, everyone,
+                                      graph_seed), train_metrics
         except secagg.SecAggAborted as stopped:
             stopped.train_metrics = train_metrics  # the clients trained: their metrics are reported
             raise
+
+    def _run_protocol(self, vectors: dict, everyone: list, graph_seed: int) -> secagg.SecAggResult:
+        """The protocol's sum of the clients' ring vectors (``vectors``: client id -> vector), ``everyone`` having
+        taken part in the key exchange."""
+        return secagg.run_protocol(vectors, modulus_bits=self.protocol.modulus_bits, protocol=self.protocol.protocol,
+                                   participants=everyone, graph_seed=int(graph_seed))
 
     def metrics_without_sum(self, state, client_data: list):
         """The training metrics of a round too small for the protocol (its clients trained all the same)."""
@@ -384,19 +379,26 @@ class SplitRoundProcess:
         """Jobs computation: weights, learning rate, client data -> each client's ring vector and unfinalized
         metrics (a site's clients), built on first use."""
         t = tff()
-        training, encode = self._training, self._encode
+        training = self._training
         constants = self.protocol.constants(self.protocol.clip_norm)
 
         @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
                                  t.FederatedType(t.TensorType(np.float32), t.SERVER),
                                  t.FederatedType(training.data_type, t.CLIENTS))
         def jobs_fn(weights, learning_rate, client_data):  # client data last (client_updates_computation)
-            result, unfinalized = t.federated_map(training.train_client, (
-                t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
-            fixed = t.federated_broadcast(t.federated_value(constants, t.SERVER))
-            return t.federated_map(encode, (result.update, fixed[0], fixed[1])), unfinalized
+            return self._trained_and_encoded(weights, learning_rate, client_data,
+                                             t.federated_value(constants, t.SERVER))
 
         return jobs_fn
+
+    def _trained_and_encoded(self, weights, learning_rate, client_data, clip_and_scale) -> tuple:
+        """Inside a federated computation: (each client's update encoded at ``clip_and_scale``, (C_t, its scale) at
+        the server; each client's unfinalized training metrics), every client trained from ``weights``."""
+        t = tff()
+        result, unfinalized = t.federated_map(self._training.train_client, (
+            t.federated_broadcast(weights), client_data, t.federated_broadcast(learning_rate)))
+        constants = t.federated_broadcast(clip_and_scale)
+        return t.federated_map(self._encode, (result.update, constants[0], constants[1])), unfinalized
 
     def encode_jobs(self, weights, learning_rate, client_data: list) -> list[tuple]:
         """Each client input trained from ``weights`` and encoded for the ring: [(uint64 vector, metric leaves)]."""
@@ -405,8 +407,7 @@ class SplitRoundProcess:
                              "site are not given (sites refuse user-level DP on the protocol)")
         encoded, metrics = self._encode_jobs_fn(weights, np.float32(learning_rate),
                                                 pack_clients(client_data, self.data_type))
-        return [(np.concatenate([np.ravel(a) for a in enc]).astype(np.uint64), metric_leaves(m))
-                for enc, m in zip(encoded, metrics)]
+        return [(ring_vector(enc), metric_leaves(m)) for enc, m in zip(encoded, metrics)]
 
     @property
     def length(self) -> int:
@@ -516,6 +517,11 @@ class SplitRoundProcess:
             out.append(np.asarray(vector[start:start + size], dtype=dtype).reshape(shape))
             start += size
         return tuple(out)
+
+
+def ring_vector(encoded: Sequence[np.ndarray]) -> np.ndarray:
+    """A client's encoded tensors as the one vector of ring elements the protocol sums."""
+    return np.concatenate([np.ravel(a) for a in encoded]).astype(np.uint64)
 
 
 def hides_updates(model_aggregator) -> bool:
