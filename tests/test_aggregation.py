@@ -1,5 +1,7 @@
 """Secure aggregation, compression, robust defences and byte accounting."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -191,3 +193,29 @@ def test_dataset_weights_where_every_client_counts_alike_are_refused_not_ignored
         err.value.message and "\n" not in str(err.value)
     assert "every client weighted alike" in aggregation.describe(ExperimentConfig(**{**config,
                                                                                        "client_weighting": "uniform"}))
+
+
+def test_secure_and_compression_builders_get_their_own_settings_not_the_config(monkeypatch):
+    """A ``role="secure"`` or ``"compression"`` builder is handed a SumSettings read from the config: b bits, C, the
+    most updates a sum holds (K; every client under user-level DP's Poisson rounds), seeded or not."""
+    seen = []
+    for name in ("compression", "secure", "secagg"):
+        entry = aggregation.AGGREGATORS.entry(name)
+        component = entry.component
+
+        def recording(settings, _build=component.build):
+            seen.append(settings)
+            return _build(settings)
+
+        monkeypatch.setitem(aggregation.AGGREGATORS._entries, name, dataclasses.replace(
+            entry, component=dataclasses.replace(component, build=recording)))
+    base = ExperimentConfig(num_clients=12, clients_per_round=4, clip_norm=0.5)
+    aggregation.make_aggregator(base.replace(quantization_bits=8))
+    aggregation.make_aggregator(base.replace(secure_aggregation=True, quantization_bits=12, noise_source="unseeded"))
+    aggregation.make_aggregator(base.replace(secure_aggregation=True, quantization_bits=12, secure_protocol="secagg",
+                                             dp="fixed", noise_multiplier=1.0))
+    assert seen == [aggregation.SumSettings(bits=8, clip_norm=0.5, cohort=4, seeded=True),
+                    aggregation.SumSettings(bits=12, clip_norm=0.5, cohort=4, seeded=False),
+                    aggregation.SumSettings(bits=12, clip_norm=0.5, cohort=12, seeded=True)]
+    ckks = base.replace(secure_aggregation=True, secure_protocol="ckks")
+    assert aggregation.sum_settings(ckks).run_digest == ckks.fingerprint()

@@ -479,18 +479,18 @@ def test_dp_with_compression_quantises_the_clipped_updates_within_the_clip_and_n
     # DP on top, no noise: the mean is the sum of what the clients sent over K (K = 3 here)
     factory = aggregation.dp_aggregator(mode="fixed", noise_multiplier=0.0, clients_per_round=3, clip_norm=1.0,
                                         record_sum=aggregation.compressed_record_sum(
-                                            ExperimentConfig(quantization_bits=2)))
+                                            aggregation.sum_settings(ExperimentConfig(quantization_bits=2))))
     np.testing.assert_allclose(_aggregate(factory, values), np.sum(sent, axis=0) / 3, atol=1e-6)
+    two_bits = aggregation.sum_settings(ExperimentConfig(quantization_bits=2))
     adaptive = aggregation.dp_aggregator(mode="adaptive", noise_multiplier=0.0, clients_per_round=3, clip_norm=1.0,
-                                         record_sum=aggregation.compressed_record_sum(
-                                             ExperimentConfig(quantization_bits=2)))  # its first round's clip: C
+                                         record_sum=aggregation.compressed_record_sum(two_bits))  # first clip: C
     np.testing.assert_allclose(_aggregate(adaptive, values), np.sum(sent, axis=0) / 3, atol=1e-6)
     # with noise z = 2 on zero updates: the released sum is the noise, of std z C (20,000 draws)
     dim = 20000
     zeros = [np.zeros(dim, np.float32)] * 4
     noisy = aggregation.dp_aggregator(mode="fixed", noise_multiplier=2.0, clients_per_round=4, clip_norm=0.5,
                                       record_sum=aggregation.compressed_record_sum(
-                                          ExperimentConfig(quantization_bits=8)))
+                                          aggregation.sum_settings(ExperimentConfig(quantization_bits=8))))
     assert (_aggregate(noisy, zeros) * 4).std() == pytest.approx(2.0 * 0.5, rel=0.03)
 
 

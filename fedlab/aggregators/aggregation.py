@@ -61,7 +61,10 @@ class AggregatorBuilder:
 
     dp: ``build(noise_multiplier, clients_per_round, clip_norm, target_quantile, *, seeded)``;
     robust: ``build(clip_norm, inner_factory)``; secure and compression:
-    ``build(config)``. Each returns a ``tff.aggregators`` factory.
+    ``build(settings)`` with a :class:`SumSettings`. Each returns a ``tff.aggregators`` factory (a protocol's
+    builder: a :class:`~fedlab.rounds.secure_rounds.ProtocolSum` or
+    :class:`~fedlab.rounds.homomorphic_rounds.HomomorphicMean`). None is given the experiment's config:
+    :func:`make_aggregator` reads it and hands each builder its own settings.
     """
 
     name: str
@@ -75,6 +78,27 @@ class AggregatorBuilder:
 
 
 AGGREGATORS: Registry[AggregatorBuilder] = Registry("aggregator", "robust")
+
+
+@dataclasses.dataclass(frozen=True)
+class SumSettings:
+    """What a secure or compression aggregator is built from (``build(settings)``), read from the config by
+    :func:`sum_settings`."""
+
+    bits: int  # quantization_bits: b-bit codes (0: a secure sum's 32-bit coordinates; CKKS: floats)
+    clip_norm: float  # C: every update is L2-clipped to it before a b-bit code
+    cohort: int  # the most updates one sum holds (cohort_size): a ring's modulus must hold them all
+    seeded: bool  # the randomness (stochastic rounding, CKKS's encryption) from the run's seeds
+    run_digest: str = ""  # seeded: the config's fingerprint, in CKKS's encryption seed
+
+
+def sum_settings(config) -> SumSettings:
+    """The :class:`SumSettings` of ``config``'s secure or compression aggregator."""
+    seeded = config.noise_source == "seeded"
+    return SumSettings(bits=int(config.quantization_bits), clip_norm=float(config.clip_norm),
+                       cohort=cohort_size(config), seeded=seeded,
+                       run_digest=config.fingerprint() if seeded and config.secure_aggregation
+                       and config.secure_protocol == "ckks" else "")
 
 
 def register_aggregator(name: str, *, role: str = "robust", paper: Optional[str] = None, replace: bool = False,
@@ -264,29 +288,28 @@ def dp_aggregator(*, mode: str, noise_multiplier: float, clients_per_round: floa
     return entry.build(noise_multiplier, clients_per_round, clip_norm, target_quantile, seeded=seeded, **extra)
 
 
-def secure_record_sum(config):
+def secure_record_sum(settings: SumSettings):
     """TFF's secure sum of updates already L2-clipped to C: the b-bit discretised modular sum, or, with b = 0, the
     32-bit secure sum of coordinates clipped to [-C, C] (what :func:`secure_aggregator` averages)."""
     agg = tff().aggregators
-    if config.quantization_bits:
+    if settings.bits:
         from tensorflow_federated.python.aggregators.discretization import DiscretizationFactory
 
         return DiscretizationFactory(
-            agg.SecureModularSumFactory(secure_modulus(config.quantization_bits, cohort_size(config)),
-                                        symmetric_range=True),
-            scale_factor=(2 ** (config.quantization_bits - 1) - 1) / config.clip_norm)
-    return agg.SecureSumFactory(upper_bound_threshold=float(config.clip_norm),
-                                lower_bound_threshold=-float(config.clip_norm))
+            agg.SecureModularSumFactory(secure_modulus(settings.bits, settings.cohort), symmetric_range=True),
+            scale_factor=(2 ** (settings.bits - 1) - 1) / settings.clip_norm)
+    return agg.SecureSumFactory(upper_bound_threshold=float(settings.clip_norm),
+                                lower_bound_threshold=-float(settings.clip_norm))
 
 
-def compressed_record_sum(config):
+def compressed_record_sum(settings: SumSettings):
     """The sum of user-level DP's clipped updates, each compressed to ``quantization_bits`` bits as
     :func:`compression_aggregator` compresses (stochastic rounding, seeded by default) and then scaled tensor by
     tensor to no longer than it was: the clip C still bounds every update, so the noise and the accounting are
     those of DP alone (:func:`fedlab.aggregators.seeded.quantizing_sum`). The rounding's variance lengthens a
     tensor more often than not, so the scale shortens the updates a little at 8 bits and noticeably at 1 or 2
     (as a lower server learning rate would)."""
-    return quantizing_sum(config.quantization_bits, fresh=config.noise_source != "seeded")
+    return quantizing_sum(settings.bits, fresh=not settings.seeded)
 
 
 def dp_sensitivity(config, num_weights: int) -> float:
@@ -325,35 +348,35 @@ def accounting_noise_multiplier(config, num_weights: int) -> float:
 
 
 @register_aggregator("secure", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
-def secure_aggregator(config):
+def secure_aggregator(settings: SumSettings):
     """The server learns only the sum: b-bit discretised modular sum after L2 clipping, or 32-bit secure sum."""
     agg = tff().aggregators
     count = agg.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)
-    mean = agg.UnweightedMeanFactory(value_sum_factory=secure_record_sum(config), count_sum_factory=count)
+    mean = agg.UnweightedMeanFactory(value_sum_factory=secure_record_sum(settings), count_sum_factory=count)
     # Discretisation needs every coordinate in [-C, C]: L2-clipping to C guarantees it.
-    return agg.clipping_factory(config.clip_norm, mean) if config.quantization_bits else mean
+    return agg.clipping_factory(settings.clip_norm, mean) if settings.bits else mean
 
 
 @register_aggregator("secagg", role="secure", paper="Bonawitz et al. 2017, doi:10.1145/3133956.3133982")
-def secagg_protocol(config) -> ProtocolSum:
+def secagg_protocol(settings: SumSettings) -> ProtocolSum:
     """The SecAgg protocol, real cryptography: pairwise and self masks, Shamir-shared seeds, dropouts recovered.
 
     :mod:`fedlab.protection.secagg` runs it, :mod:`fedlab.rounds.split_rounds` between the
     round's TFF computations (the clients' training and encoding, the server's decoding and step); same clipping
     and b-bit encoding as ``secure``.
     """
-    return ProtocolSum("secagg", config.quantization_bits, config.clip_norm, cohort_size(config))
+    return ProtocolSum("secagg", settings.bits, settings.clip_norm, settings.cohort)
 
 
 @register_aggregator("secaggplus", role="secure", paper="Bell et al. 2020, doi:10.1145/3372297.3417885")
-def secagg_plus_protocol(config) -> ProtocolSum:
+def secagg_plus_protocol(settings: SumSettings) -> ProtocolSum:
     """SecAgg+: SecAgg on a sparse random graph, each client masking with and sharing to O(log n) neighbours."""
-    return ProtocolSum("secagg+", config.quantization_bits, config.clip_norm, cohort_size(config))
+    return ProtocolSum("secagg+", settings.bits, settings.clip_norm, settings.cohort)
 
 
 @register_aggregator("ckks", role="secure", paper="Cheon et al. 2017 (CKKS), doi:10.1007/978-3-319-70694-8_15; "
                                                 "NVIDIA FLARE's HE aggregation")
-def ckks_protocol(config) -> HomomorphicMean:
+def ckks_protocol(settings: SumSettings) -> HomomorphicMean:
     """CKKS homomorphic aggregation: clients encrypt float updates, the server adds ciphertexts times plain weights.
 
     :mod:`fedlab.protection.ckks` encrypts and sums, :mod:`fedlab.rounds.homomorphic_rounds`
@@ -362,8 +385,7 @@ def ckks_protocol(config) -> HomomorphicMean:
     seeded by the round's noise seed and the config's fingerprint (simulation
     only: no confidentiality against whoever knows the config).
     """
-    seeded = config.noise_source == "seeded"
-    return HomomorphicMean("ckks", seeded=seeded, run_digest=config.fingerprint() if seeded else "")
+    return HomomorphicMean("ckks", seeded=settings.seeded, run_digest=settings.run_digest)
 
 
 def protocol_names() -> tuple[str, ...]:
@@ -372,13 +394,13 @@ def protocol_names() -> tuple[str, ...]:
 
 
 @register_aggregator("compression", role="compression", paper="Suresh et al. 2017, arXiv:1611.00429")
-def compression_aggregator(config):
+def compression_aggregator(settings: SumSettings):
     """Weighted mean of updates uniformly quantised to quantization_bits bits (stochastic rounding)."""
-    if config.noise_source == "seeded":
-        return seeded_quantizing(config.quantization_bits)
+    if settings.seeded:
+        return seeded_quantizing(settings.bits)
     agg = tff().aggregators
-    return agg.MeanFactory(agg.EncodedSumFactory.quantize_above_threshold(
-        quantization_bits=config.quantization_bits, threshold=0))
+    return agg.MeanFactory(agg.EncodedSumFactory.quantize_above_threshold(quantization_bits=settings.bits,
+                                                                          threshold=0))
 
 
 @register_aggregator("clip", role="robust", paper="Sun et al. 2019, arXiv:1911.07963")
@@ -528,15 +550,15 @@ def _make_aggregator(config):
         value_noise, count_stddev = float(config.noise_multiplier), 0.0
         if config.dp == "adaptive":
             value_noise, count_stddev = adaptive_noise_split(config.noise_multiplier, config.clients_per_round)
-        return dataclasses.replace(AGGREGATORS[config.secure_protocol].build(config),
+        return dataclasses.replace(AGGREGATORS[config.secure_protocol].build(sum_settings(config)),
                                    noise_stddev=value_noise * float(config.clip_norm),
                                    denominator=float(config.clients_per_round),
                                    seeded=config.noise_source == "seeded", adaptive=config.dp == "adaptive",
                                    target_quantile=float(config.target_quantile), count_stddev=count_stddev)
     if config.user_level_dp:
         # under a secure sum the server sees only the sum of the clipped updates, and adds the noise to it
-        record_sum = (secure_record_sum(config) if config.secure_aggregation else
-                      compressed_record_sum(config) if config.quantization_bits else None)
+        record_sum = (secure_record_sum(sum_settings(config)) if config.secure_aggregation else
+                      compressed_record_sum(sum_settings(config)) if config.quantization_bits else None)
         statistic, sensitivity = dp_statistic(config)
         factory = dp_aggregator(mode=config.dp, noise_multiplier=config.noise_multiplier,
                                 clients_per_round=config.clients_per_round, clip_norm=config.clip_norm,
@@ -545,11 +567,11 @@ def _make_aggregator(config):
         if statistic is not None:
             return factory
     elif config.secure_aggregation and config.secure_protocol != "none":
-        return AGGREGATORS[config.secure_protocol].build(config)  # clipped by its clients' encoding
+        return AGGREGATORS[config.secure_protocol].build(sum_settings(config))  # clipped by its clients' encoding
     elif config.secure_aggregation:
-        factory = AGGREGATORS["secure"].build(config)
+        factory = AGGREGATORS["secure"].build(sum_settings(config))
     elif config.quantization_bits:
-        factory = AGGREGATORS["compression"].build(config)
+        factory = AGGREGATORS["compression"].build(sum_settings(config))
     elif config.robust != "none":
         factory = tff().aggregators.MeanFactory()
     else:
@@ -609,7 +631,8 @@ def bits_per_value_up(config) -> float:
     if config.secure_aggregation and config.secure_protocol == "ckks":
         return 8 * HomomorphicMean.upload_bytes(1) / 4096  # a ciphertext's bits per slot (fewer values pay more)
     if config.secure_aggregation and config.secure_protocol != "none":
-        return AGGREGATORS[config.secure_protocol].build(config).modulus_bits  # ring elements mod 2^(b + ceil log2 K)
+        # ring elements mod 2^(b + ceil log2 K)
+        return AGGREGATORS[config.secure_protocol].build(sum_settings(config)).modulus_bits
     if config.secure_aggregation:
         if config.quantization_bits:
             # symmetric modular sum: TFF sums in [0, 2m - 1) for modulus m
