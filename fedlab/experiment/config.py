@@ -250,7 +250,7 @@ class ExperimentConfig:
                                                        f"guarantee is theirs), got {self.attacker_fraction:g} of "
                                                        f"{self.num_clients}")
         if self.user_level_dp:
-            if not algorithm.normalized:  # FedNova's normalised updates take the plain mean: p_i = 1/m
+            if not normalized_mean(algorithm):  # FedNova's normalised updates take the plain mean: p_i = 1/m
                 self._check_unweighted(algorithm, f"dp={self.dp!r}")
             if algorithm.normalized and self.local_steps is None:
                 raise ConfigError("local_steps", f"must be set with {self.algorithm} under dp={self.dp!r}: its server "
@@ -288,8 +288,9 @@ class ExperimentConfig:
                 "record_sum" not in inspect.signature(AGGREGATORS[self.dp].build).parameters:
             raise ConfigError("quantization_bits", f"must be 0 with dp={self.dp!r}: its builder takes no record_sum= "
                                                    "(the sum of the clipped updates that compression goes into)")
-        if self.secure_aggregation and not algorithm.normalized:
-            # FedNova's normalised updates take a secure sum's plain mean: its p_i = 1/m, tau_eff their mean
+        if self.secure_aggregation and not normalized_mean(algorithm):
+            # FedNova's normalised updates take a secure sum's plain mean: its p_i = 1/m, tau_eff the mean of the
+            # clients' planned steps (under user-level DP: the public local_steps)
             self._check_unweighted(algorithm, "secure_aggregation")
         if algorithm.side_sums and self.secure_aggregation and self.secure_protocol == "none" and \
                 not self.user_level_dp and (not self.quantization_bits or self.robust == "zeroing"):
@@ -512,7 +513,7 @@ class ExperimentConfig:
             raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with secure aggregation yet: its server "
                                            "needs each update's own weight (q-FFL: the loss to the power q, "
                                            "unbounded), which a secure sum's fixed range would clip with the update")
-        normalized = [e.name for e in ALGORITHMS.entries() if e.component.normalized]
+        normalized = [e.name for e in ALGORITHMS.entries() if normalized_mean(e.component)]
         also = f"; or {', '.join(normalized)} with local_steps" if normalized and what.startswith("dp=") else ""
         raise ConfigError("algorithm", f"with {what} must be one that takes an unweighted aggregator "
                                        f"({', '.join(_unweighted())}{also}), got {self.algorithm!r}")
@@ -681,6 +682,14 @@ def takes_unweighted(algorithm) -> bool:
         (getattr(algorithm.on_arrays, "takes_round_builders", False) and not algorithm.in_driver)
         or (algorithm.on_arrays is not None and algorithm.personal))
     return algorithm.unweighted or compiled_mean
+
+
+def normalized_mean(algorithm) -> bool:
+    """Whether the algorithm sends FedNova's normalised updates from fedlab's compiled loop with nothing between
+    its clients and its server: a plain mean of them (a secure sum's, user-level DP's) is the paper's update with
+    p_i = 1/m (:func:`fedlab.rounds.array_training.with_tau_eff`)."""
+    return (algorithm.normalized and getattr(algorithm.on_arrays, "takes_round_builders", False)
+            and not (algorithm.in_driver or algorithm.own_weighting))
 
 
 def _unweighted() -> list[str]:

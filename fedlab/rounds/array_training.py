@@ -229,8 +229,9 @@ def build_client_update(model, *, client_optimizer, proximal_strength: float = 0
     divides its update by its local steps tau_i and multiplies by the round's tau_eff (in its data, from
     :func:`with_tau_eff`), and is weighted by its data-set size p_i (``examples`` and ``dataset``) or 1
     (``uniform``). The weighted mean is then tau_eff sum_i p_i d_i, the paper's server update with server
-    learning rate 1. The server computes tau_eff from the steps it asked of each client and sends it with
-    the model; TFF 0.87's templates have no second aggregate for it.
+    learning rate 1. The server computes tau_eff from the steps it asked of each client (under user-level DP:
+    the public number of steps, :func:`with_tau_eff`) and sends it with the model; TFF 0.87's templates have no
+    second aggregate for it.
 
     ``corrected``: every local gradient g becomes g + the client's ``correction`` (SCAFFOLD's
     g - c_i + c, Karimireddy et al. 2020, Algorithm 1 line 10), before any proximal term.
