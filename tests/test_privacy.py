@@ -384,6 +384,32 @@ def test_an_empty_or_one_client_round_under_dp_on_the_protocol_releases_exactly_
     np.testing.assert_allclose(-moved * 2, drawn, rtol=0, atol=5e-5)
 
 
+@pytest.mark.parametrize("algorithm, changes", [("fedavg", {}), ("fedper", {"model": "2nn"})])
+def test_an_empty_round_under_user_dp_on_tffs_aggregator_releases_the_noise_over_k(algorithm, changes):
+    # as on the protocol: seed 3 samples nobody in round 1, and the DP aggregator still noises the empty sum (the
+    # accounting's Poisson-sampled Gaussian releases it): every coordinate moves by N(0, z C / K), here 1 x 1 / 2
+    clean = ExperimentConfig(dataset="digits", num_clients=8, clients_per_round=2, rounds=1, dp="fixed",
+                             noise_multiplier=0.0, clip_norm=1.0, seed=3, algorithm=algorithm, **changes)
+    noisy = clean.replace(noise_multiplier=1.0)
+    base, released = run_experiment(clean, progress=False), run_experiment(noisy, progress=False)
+    assert list(released.clients_this_round) == [0]
+    moved = np.concatenate([(a - b).ravel() for a, b in zip(final_weights(released), final_weights(base))])
+    moved = moved[moved != 0]  # (none stays: FedPer's global model is its body)
+    assert moved.size > 600 and np.std(moved) == pytest.approx(0.5, rel=0.06) and abs(np.mean(moved)) < 0.05
+
+
+def test_an_empty_round_moves_an_adaptive_clip_by_its_noised_count():
+    # round 1 samples nobody; TF Privacy's estimate of the fraction below the clip is then (0 - 0.5 x 0 + n) / K +
+    # 0.5, n ~ N(0, s^2) with s = 0.05 K at z = 0, and the geometric rule C_2 = C_1 exp(-eta (estimate - gamma)),
+    # eta = 0.2, gamma = 0.5, gives |log C_2| = eta |n| / K: not 0 (a skipped round leaves C), within 4 s
+    config = ExperimentConfig(dataset="digits", num_clients=8, clients_per_round=2, rounds=2, dp="adaptive",
+                              noise_multiplier=0.0, clip_norm=1.0, seed=3, eval_every=1)
+    history = run_experiment(config, progress=False)
+    assert history.clients_this_round.tolist()[0] == 0
+    first, second = history.clip_norm_this_round.tolist()
+    assert first == 1.0 and 0 < abs(np.log(second)) <= 0.2 * 4 * (0.05 * 2) / 2
+
+
 def test_an_attack_adapting_to_the_cohort_is_told_the_expected_k_under_user_dp():
     # "A little is enough" scales its shift with the round's clients: under user-level DP one honest user would
     # then move every attacker's update; it is told the public expected K instead

@@ -416,8 +416,15 @@ class SplitRoundProcess:
         return flat_length(self.value_shapes) + int(self.protocol.adaptive)
 
     def empty_round(self, state, noise_seed: Optional[int] = None):
-        """The state after a round that sampled no client: under central DP on a protocol the server still adds
-        its noise to the empty sum (the accounting's Poisson-sampled Gaussian releases it); else unchanged."""
+        """The state after a round that sampled no client: under central DP the server still adds its noise to the
+        empty sum (the accounting's Poisson-sampled Gaussian releases it), on a protocol or through the DP
+        aggregator (which draws its noise and moves an adaptive clip as in any round); else unchanged. What the
+        clients send beside their updates (SCAFFOLD's) is not taken from a sum of no client."""
+        if self.protocol is None and self.mean_denominator is not None:  # user-level DP's aggregator
+            weights, aggregator_state, finalizer_state, *_ = self._server_fn(
+                state.global_model_weights, state.aggregator, state.finalizer, [], [])
+            return self._replace(state, global_model_weights=weights, aggregator=aggregator_state,
+                                 finalizer=finalizer_state)
         if self.protocol is None or not self.protocol.central_dp:
             return state
         _, decode_fn, _ = self._protocol_fns
