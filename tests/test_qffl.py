@@ -9,7 +9,7 @@ from fedlab.algorithms.algorithms import QFFLParams
 from fedlab.rounds.array_training import build_array_process, with_learning_rates
 from fedlab.models.models import ModelSpec
 from fedlab.algorithms.qffl import build_qffl
-from fedlab.core.runtime import tff
+from fedlab.core.runtime import simulated_secure_sums, tff
 from fedlab.core.validation import ConfigError
 
 from by_hand import BATCH, X, Y, grad, inputs, loss as local_loss
@@ -18,8 +18,10 @@ MODEL = ModelSpec("logreg", num_features=2, num_classes=3).functional_model()
 RNG = np.random.default_rng(5)
 W0 = RNG.normal(size=(2, 3)).astype(np.float32)
 B0 = RNG.normal(size=3).astype(np.float32)
-def q_fedavg_by_hand(rounds, lr, q):
-    """Algorithm 2: Delta w_k = L (w - w_k), Delta_k = F_k^q Delta w_k, h_k = q F_k^(q-1) |Delta w_k|^2 + L F_k^q."""
+def q_fedavg_by_hand(rounds, lr, q, bound=None, seen=None):
+    """Algorithm 2: Delta w_k = L (w - w_k), Delta_k = F_k^q Delta w_k, h_k = q F_k^(q-1) |Delta w_k|^2 + L F_k^q.
+    With ``bound`` H (on a secure sum): w - sum_k a_k Delta_k / h_k / sum_k a_k, a_k = min(h_k, H) / H; ``seen``
+    collects each round's h_k."""
     lipschitz = 1.0 / lr
     w = [W0.astype(np.float64), B0.astype(np.float64)]
     for sampled in rounds:
@@ -33,7 +35,13 @@ def q_fedavg_by_hand(rounds, lr, q):
             delta_w = [lipschitz * (a - b) for a, b in zip(w, local)]
             deltas.append([loss ** q * d for d in delta_w])
             hs.append(q * loss ** (q - 1) * sum(float((d * d).sum()) for d in delta_w) + lipschitz * loss ** q)
-        w = [w[k] - sum(d[k] for d in deltas) / sum(hs) for k in range(2)]
+        if seen is not None:
+            seen.append(hs)
+        if bound is None:
+            w = [w[k] - sum(d[k] for d in deltas) / sum(hs) for k in range(2)]
+        else:
+            shares = [min(h, bound) / bound for h in hs]
+            w = [w[k] - sum(a * d[k] / h for a, d, h in zip(shares, deltas, hs)) / sum(shares) for k in range(2)]
     return w
 
 
@@ -84,3 +92,50 @@ def test_a_robust_statistic_in_place_of_qffls_ratio_of_sums_is_refused(robust):
         ExperimentConfig(dataset="digits", algorithm="qffl", robust=robust)
     assert err.value.field == "robust" and "ratio of two sums" in err.value.message and "\n" not in str(err.value)
     ExperimentConfig(dataset="digits", algorithm="qffl", robust="clip")  # clipped updates, then the weighted mean
+
+
+def _secure(protocol: str, bits: int, clip: float):
+    """A secure sum of three clients as the config builds it: TFF's b-bit sum, or the SecAgg protocol."""
+    from fedlab.aggregators.aggregation import make_aggregator
+
+    return make_aggregator(fl.ExperimentConfig(dataset="digits", algorithm="qffl", num_clients=3, clients_per_round=3,
+                                               secure_aggregation=True, secure_protocol=protocol,
+                                               quantization_bits=bits, clip_norm=clip, weight_bound=1.0))
+
+
+@pytest.mark.parametrize("protocol", ["none", "secagg"])
+def test_q_fedavg_on_a_secure_sum_is_algorithm_2_with_its_weights_bounded_by_hand(protocol):
+    """Each client sends a_k s_k and a_k c (s_k = Delta_k / h_k, a_k = min(h_k, H) / H, c = C / 2), 16-bit codes of
+    clip C = 8; the server steps by sum_k a_k s_k / sum_k a_k. H above every h_k: Algorithm 2 itself; H between
+    the h_k: the larger ones count as H (tested against both by-hand steps, which differ)."""
+    lr, rounds, q = 0.4, [[0, 1, 2], [1, 2]], 2.0
+    seen = []
+    exact = q_fedavg_by_hand(rounds, lr, q, seen=seen)
+    hs = [h for round_hs in seen for h in round_hs]
+    for bound in (2 * max(hs), float(np.median(hs))):
+        process = build_qffl(MODEL, client_lr=lr, server_lr=1.0, params=QFFLParams(q=q, weight_bound=bound),
+                             model_aggregator=_secure(protocol, 16, 8.0))
+        with simulated_secure_sums():  # TFF's C++ runtime has no secure-sum intrinsics: their plain bodies
+            got = run(process, rounds, lr)
+        bounded = q_fedavg_by_hand(rounds, lr, q, bound=bound)
+        for a, b in zip(got, bounded):
+            np.testing.assert_allclose(a, b, atol=2e-3)  # 16-bit codes: a step of C / 32767 a coordinate
+        if bound > max(hs):
+            for a, b in zip(got, exact):
+                np.testing.assert_allclose(a, b, atol=2e-3)
+        else:  # the bound binds: neither Algorithm 2's step nor the uniform mean of the s_k
+            assert max(float(np.abs(a - b).max()) for a, b in zip(bounded, exact)) > 2e-2
+            assert max(float(np.abs(a - b).max()) for a, b in zip(got, exact)) > 1e-2
+
+
+def test_q_fedavg_on_a_secure_sum_needs_a_public_weight_bound_and_bits():
+    base = dict(dataset="digits", algorithm="qffl", secure_aggregation=True)
+    for changes, field in [({"quantization_bits": 8}, "weight_bound"), ({"weight_bound": 50.0}, "quantization_bits"),
+                           ({}, "weight_bound")]:
+        with pytest.raises(ConfigError) as err:
+            fl.ExperimentConfig(**base, **changes)
+        assert err.value.field == field and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="^weight_bound: has no effect without a secure sum"):
+        fl.ExperimentConfig(dataset="digits", algorithm="qffl", weight_bound=50.0)
+    for protocol in ("none", "secagg", "secaggplus"):
+        fl.ExperimentConfig(**base, secure_protocol=protocol, quantization_bits=8, weight_bound=50.0)

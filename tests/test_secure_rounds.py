@@ -115,7 +115,7 @@ def test_the_sum_is_read_from_the_ring_as_signed_integers():
     (dict(secure_aggregation=False), "secure_protocol"),
     (dict(quantization_bits=0), "quantization_bits"),
     (dict(robust="zeroing"), "robust"),
-    (dict(algorithm="qffl"), "algorithm"),  # its weights, unbounded, would be clipped with the updates
+    (dict(algorithm="qffl"), "weight_bound"),  # its weights h_k, unbounded, need a public bound on a ring
     (dict(clients_per_round=1), "clients_per_round"),
     (dict(secure_protocol="secagg+"), "secure_protocol"),
     (dict(algorithm="fedper", secure_protocol="ckks", quantization_bits=0), "secure_protocol"),

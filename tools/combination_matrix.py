@@ -84,11 +84,17 @@ NEEDS = {frozenset(("scaffold", dp)): ("local_steps", {"local_steps": 5},
                                  "steps: with epochs the steps depend on each client's data, and their mean over "
                                  "the sampled clients would move every update when one user joins, which the "
                                  "noise does not hide")
-    for dp in ("user DP fixed", "user DP adaptive")}
+    for dp in ("user DP fixed", "user DP adaptive")} | {
+    frozenset(("qffl", secure)): ("weight_bound", {"weight_bound": 100.0},
+                                  "each client sends its step times its weight's share min(h_k, H) / H and that "
+                                  "share, which a secure sum's fixed range holds only under a public bound H on "
+                                  "q-FFL's weights h_k (the loss to the power q, unbounded); a bound read from the "
+                                  "clients' weights would tell the server one of them")
+    for secure in ("secure sum", "SecAgg", "SecAgg+")}
 
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
 LIMITS = {frozenset(pair) for pair in [
-    *[("qffl", s) for s in ("user DP fixed", "user DP adaptive", "secure sum", "SecAgg", "SecAgg+")],
+    *[("qffl", s) for s in ("user DP fixed", "user DP adaptive")],
     ("qffl", "record DP"),
 ]}
 

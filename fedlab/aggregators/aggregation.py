@@ -667,6 +667,8 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     if config.user_level_dp and config.dp == "adaptive" and config.secure_aggregation \
             and config.secure_protocol != "none":
         params += 1  # the bit [norm <= C_t] as one more ring element (ProtocolSum)
+    if config.secure_aggregation and config.algorithm_entry.own_weighting:
+        params += 1  # q-FFL's share of the weights beside its step (fedlab.algorithms.qffl)
     per_client_up = params * bits_per_value_up(config) / 8 + 4
     if config.quantization_bits and not config.secure_aggregation:
         per_client_up += 8 * tensors

@@ -332,6 +332,10 @@ class ExperimentConfig:
         if algorithm.own_weighting and self.client_weighting != "examples":
             raise ConfigError("client_weighting", f"must stay 'examples' for {self.algorithm}, which weights the "
                                                   "clients' updates itself")
+        if getattr(self.algorithm_params, "weight_bound", 0) and not (
+                self.secure_aggregation and self.secure_protocol != "ckks"):
+            raise ConfigError("weight_bound", "has no effect without a secure sum (secure_aggregation=True, "
+                                              "secure_protocol 'none', 'secagg' or 'secaggplus'); leave it at 0")
         alike = weighs_alike(self)
         if self.client_weighting == "dataset" and alike:
             raise ConfigError("client_weighting", f"must be 'uniform' or 'examples' (the default) with {alike[0]}, "
@@ -510,9 +514,23 @@ class ExperimentConfig:
         if takes_unweighted(algorithm):
             return
         if algorithm.own_weighting and what == "secure_aggregation" and self.secure_protocol != "ckks":
-            raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with secure aggregation yet: its server "
-                                           "needs each update's own weight (q-FFL: the loss to the power q, "
-                                           "unbounded), which a secure sum's fixed range would clip with the update")
+            bound = getattr(self.algorithm_params, "weight_bound", None)
+            if bound is None:
+                raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with secure aggregation: its server "
+                                               "needs each update's own weight, which a secure sum's fixed range "
+                                               "cannot hold without a public bound (its parameters have no "
+                                               "weight_bound)")
+            if not bound:
+                raise ConfigError("weight_bound", f"must be > 0 with {self.algorithm} and secure aggregation: each "
+                                                  "client sends its step times its weight's share min(h_k, H) / H "
+                                                  "and that share, which a secure sum's fixed range holds only "
+                                                  "under a public bound H (a bound read from the clients' weights "
+                                                  "would tell the server one of them)")
+            if not self.quantization_bits:
+                raise ConfigError("quantization_bits", f"must be > 0 with {self.algorithm} on a secure sum: the "
+                                                       "step and its weight are L2-clipped together before the "
+                                                       "b-bit sum (b = 0 clips each coordinate alone)")
+            return
         normalized = [e.name for e in ALGORITHMS.entries() if normalized_mean(e.component)]
         also = f"; or {', '.join(normalized)} with local_steps" if normalized and what.startswith("dp=") else ""
         raise ConfigError("algorithm", f"with {what} must be one that takes an unweighted aggregator "
@@ -536,7 +554,8 @@ class ExperimentConfig:
         if algorithm.on_arrays is None:
             raise ConfigError("secure_protocol", f"needs fedlab's compiled client loop, which {self.algorithm} does "
                                                  "not have; use secure_protocol='none'")
-        if algorithm.in_driver and (ckks or not (algorithm.personal or algorithm.side_values)):
+        if algorithm.in_driver and (ckks or not (algorithm.personal or algorithm.side_values
+                                                 or algorithm.own_weighting)):
             why = ("CKKS's round is not split where the clients keep state of their own" if ckks else
                    "its server reads each client's update between the clients and the server, which the protocol "
                    "hides")
