@@ -395,7 +395,8 @@ def test_an_empty_round_under_user_dp_on_tffs_aggregator_releases_the_noise_over
     assert list(released.clients_this_round) == [0]
     moved = np.concatenate([(a - b).ravel() for a, b in zip(final_weights(released), final_weights(base))])
     moved = moved[moved != 0]  # (none stays: FedPer's global model is its body)
-    assert moved.size > 600 and np.std(moved) == pytest.approx(0.5, rel=0.06) and abs(np.mean(moved)) < 0.05
+    # (over 650 or more values: 0.12 and 0.08 are four standard errors; without the noise nothing moves)
+    assert moved.size > 600 and np.std(moved) == pytest.approx(0.5, rel=0.12) and abs(np.mean(moved)) < 0.08
 
 
 def test_an_empty_round_moves_an_adaptive_clip_by_its_noised_count():

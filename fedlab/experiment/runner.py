@@ -350,8 +350,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                     row.update(train_loss=float(train["loss"]), **{c: float(train[c[6:]]) for c in train_extra})
                 row.update(_aggregator_metrics(output.metrics))
             elif hasattr(trainer, "empty_round"):  # central DP (a split round's): the noise of an empty sum
-                state = trainer.empty_round(state, **_round_inputs(("noise_seed",), config, round_num, chosen,
-                                                                   schedule.selected, clients.attackers))
+                with _lost_in(round_num, checkpoint), profiling.phase("round"):
+                    state = trainer.empty_round(state, **_round_inputs(("noise_seed",), config, round_num, chosen,
+                                                                       schedule.selected, clients.attackers))
             elif config.user_level_dp:  # TFF's round of no client: the DP aggregator noises the empty sum
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
                     output = trainer.next(state, [], **_round_inputs(getattr(trainer, "round_inputs", ()), config,
