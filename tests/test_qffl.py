@@ -131,7 +131,9 @@ def test_q_fedavg_on_a_secure_sum_is_algorithm_2_with_its_weights_bounded_by_han
 def test_q_fedavg_on_a_secure_sum_needs_a_public_weight_bound_and_bits():
     base = dict(dataset="digits", algorithm="qffl", secure_aggregation=True)
     for changes, field in [({"quantization_bits": 8}, "weight_bound"), ({"weight_bound": 50.0}, "quantization_bits"),
-                           ({}, "weight_bound")]:
+                           ({}, "weight_bound"), ({"weight_bound": 50.0, "quantization_bits": 4}, "quantization_bits"),
+                           ({"weight_bound": 50.0, "quantization_bits": 2, "secure_protocol": "secagg"},
+                            "quantization_bits")]:
         with pytest.raises(ConfigError) as err:
             fl.ExperimentConfig(**base, **changes)
         assert err.value.field == field and "\n" not in str(err.value)
@@ -139,3 +141,27 @@ def test_q_fedavg_on_a_secure_sum_needs_a_public_weight_bound_and_bits():
         fl.ExperimentConfig(dataset="digits", algorithm="qffl", weight_bound=50.0)
     for protocol in ("none", "secagg", "secaggplus"):
         fl.ExperimentConfig(**base, secure_protocol=protocol, quantization_bits=8, weight_bound=50.0)
+
+
+def test_a_checkpoint_saved_before_weight_bound_existed_resumes_and_another_q_does_not(tmp_path):
+    """A parameter added since a run's checkpoint was saved had its default in force then (as a config field)."""
+    import json
+
+    from fedlab.core.storage import Checkpoint, CheckpointMismatchError, write_sealed
+
+    config = fl.ExperimentConfig(dataset="digits", algorithm="qffl", q=2.0)
+    saved = json.loads(config.to_json())
+    del saved["weight_bound"]
+    folder = tmp_path / "run"
+    folder.mkdir()
+    write_sealed(folder / "config.json", json.dumps(saved), "checkpoint/config.json")
+    Checkpoint(folder, config)  # the same run
+    with pytest.raises(CheckpointMismatchError, match=r"other settings \(q\)"):
+        Checkpoint(folder, config.replace(q=1.0))
+
+
+def test_a_panel_gives_weight_bound_a_number_box_not_a_slider_of_hundred_steps():
+    panel = fl.ExperimentPanel(fl.ExperimentConfig(dataset="digits", algorithm="qffl"), ["q", "weight_bound"])
+    assert type(panel.controls["weight_bound"]).__name__ == "BoundedFloatText"
+    assert panel.controls["weight_bound"].value == 0.0 and panel.controls["weight_bound"].max == 1e9
+    assert type(panel.controls["q"]).__name__ == "FloatSlider"

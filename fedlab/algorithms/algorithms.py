@@ -408,7 +408,7 @@ round. Its metric is each client's own model on its own held-out data (eval_per_
 @dataclasses.dataclass(frozen=True)
 class QFFLParams(AlgorithmParams):
     q: float = hparam(1.0, low=0.0, high=100.0, help="fairness q: a client's loss counts as F^(q+1); 0 is FedAvg")
-    weight_bound: float = hparam(0.0, low=0.0, high=1e12,
+    weight_bound: float = hparam(0.0, low=0.0, high=1e9,
                                  help="with secure aggregation: the public bound H on a client's weight h_k (each "
                                       "sends its share min(h_k, H) / H beside its step); 0: unset")
 

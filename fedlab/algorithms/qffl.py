@@ -33,7 +33,12 @@ does not bind while ||a_k s_k||^2 + (a_k c)^2 <= C^2. Both are b-bit codes:
 too large an H leaves every a_k s_k small, to the rounding (at 8 bits and
 H = 1000 on the digits logistic regression every step rounds to 0 and the model
 stays; H = 100, above every h_k there, gives q-FedAvg's losses within 5e-6 at 16
-bits): take H near the largest h_k expected.
+bits): take H near the largest h_k expected. The server learns one sum more
+than FedAvg's, sum_k a_k, a function of the clients' losses. A client that
+forged its pair could send a large step with a share near 0, which then counts
+about ||v|| / sum_k a_k: the larger H is against the h_k, the more (fedlab's
+update attacks forge the update before its client's encoding, as honest clients
+send it).
 """
 
 from __future__ import annotations
@@ -56,10 +61,11 @@ class QFedAvgProcess(SplitRoundProcess):
         hides = hides_updates(model_aggregator)
         if hides and not self.weight_bound:
             raise ValueError("weight_bound: q-FFL on a sum that hides the updates needs the public bound H > 0")
-        super().__init__(training, model_aggregator, attack, side_shapes=[()] if hides else ())
-        if hides and not self.l2_clip:
+        if hides and not getattr(model_aggregator, "clip_norm", None) and not getattr(model_aggregator, "l2_clip",
+                                                                                      None):
             raise ValueError("model_aggregator: q-FFL on a secure sum needs one that L2-clips every client's value "
                              "(a b-bit sum's)")
+        super().__init__(training, model_aggregator, attack, side_shapes=[()] if hides else ())
         import tensorflow as tf
 
         t = tff()

@@ -332,7 +332,7 @@ class ExperimentConfig:
         if algorithm.own_weighting and self.client_weighting != "examples":
             raise ConfigError("client_weighting", f"must stay 'examples' for {self.algorithm}, which weights the "
                                                   "clients' updates itself")
-        if getattr(self.algorithm_params, "weight_bound", 0) and not (
+        if algorithm.own_weighting and getattr(self.algorithm_params, "weight_bound", 0) and not (
                 self.secure_aggregation and self.secure_protocol != "ckks"):
             raise ConfigError("weight_bound", "has no effect without a secure sum (secure_aggregation=True, "
                                               "secure_protocol 'none', 'secagg' or 'secaggplus'); leave it at 0")
@@ -526,10 +526,13 @@ class ExperimentConfig:
                                                   "and that share, which a secure sum's fixed range holds only "
                                                   "under a public bound H (a bound read from the clients' weights "
                                                   "would tell the server one of them)")
-            if not self.quantization_bits:
-                raise ConfigError("quantization_bits", f"must be > 0 with {self.algorithm} on a secure sum: the "
-                                                       "step and its weight are L2-clipped together before the "
-                                                       "b-bit sum (b = 0 clips each coordinate alone)")
+            if self.quantization_bits < 8:
+                raise ConfigError("quantization_bits", f"must be 8 or more with {self.algorithm} on a secure sum, got "
+                                                       f"{self.quantization_bits}: a client's share of the weights "
+                                                       "goes as at most (2^(b-1) - 1) / 2 units of the b-bit code "
+                                                       "(63 at 8 bits, 0 at 2: fewer bits round the shares away), "
+                                                       "clipped with its step (b = 0, TFF's 32-bit sum, clips each "
+                                                       "coordinate alone)")
             return
         normalized = [e.name for e in ALGORITHMS.entries() if normalized_mean(e.component)]
         also = f"; or {', '.join(normalized)} with local_steps" if normalized and what.startswith("dp=") else ""

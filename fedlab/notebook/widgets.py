@@ -149,6 +149,8 @@ def hparam_control(name: str, config: ExperimentConfig, *, style, layout):
         return w.FloatLogSlider(value=max(value, 10 ** lo), base=10, min=lo, max=hi, step=0.25, readout_format=".3g",
                                 **common)
     high = spec.high if spec.high is not None else max(1.0, 2 * value)
+    if high - low > 1e4 * max(abs(low), 1.0):  # too wide for a slider's 100 steps (q-FFL's weight_bound): a box
+        return w.BoundedFloatText(value=value, min=low, max=high, description=name, style=style, layout=layout)
     step = (high - low) / 100
     return w.FloatSlider(value=min(value, high - step if spec.high_open else high), min=low,
                          max=high - step if spec.high_open else high, step=step, **common)
