@@ -394,7 +394,7 @@ def test_an_empty_round_under_user_dp_on_tffs_aggregator_releases_the_noise_over
     base, released = run_experiment(clean, progress=False), run_experiment(noisy, progress=False)
     assert list(released.clients_this_round) == [0]
     moved = np.concatenate([(a - b).ravel() for a, b in zip(final_weights(released), final_weights(base))])
-    moved = moved[moved != 0]  # (none stays: FedPer's global model is its body)
+    assert np.all(moved != 0)  # every value of the global model takes its noise
     # (over 650 or more values: 0.12 and 0.08 are four standard errors; without the noise nothing moves)
     assert moved.size > 600 and np.std(moved) == pytest.approx(0.5, rel=0.12) and abs(np.mean(moved)) < 0.08
 
@@ -408,6 +408,10 @@ def test_an_empty_round_moves_an_adaptive_clip_by_its_noised_count():
     history = run_experiment(config, progress=False)
     assert history.clients_this_round.tolist()[0] == 0
     first, second = history.clip_norm_this_round.tolist()
+    assert first == 1.0 and 0 < abs(np.log(second)) <= 0.2 * 4 * (0.05 * 2) / 2
+    # a split round (FedPer) reports the empty round's clip too, and moves it by its noised count
+    fedper = run_experiment(config.replace(algorithm="fedper", model="2nn"), progress=False)
+    first, second = fedper.clip_norm_this_round.tolist()
     assert first == 1.0 and 0 < abs(np.log(second)) <= 0.2 * 4 * (0.05 * 2) / 2
 
 

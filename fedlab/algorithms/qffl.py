@@ -32,8 +32,8 @@ a_k c alike, so it lowers that client's weight and leaves its step, and it
 does not bind while ||a_k s_k||^2 + (a_k c)^2 <= C^2. Both are b-bit codes:
 too large an H leaves every a_k s_k small, to the rounding (at 8 bits and
 H = 1000 on the digits logistic regression every step rounds to 0 and the model
-stays; H = 100, above every h_k there, gives q-FedAvg's losses within 5e-6 at 16
-bits): take H near the largest h_k expected. The server learns one sum more
+stays; H = 100, above every h_k there, gives q-FedAvg's losses within 1e-5 at 16
+bits and C = 2 over a few rounds): take H near the largest h_k expected. The server learns one sum more
 than FedAvg's, sum_k a_k, a function of the clients' losses. A client that
 forged its pair could send a large step with a share near 0, which then counts
 about ||v|| / sum_k a_k: the larger H is against the h_k, the more (fedlab's
@@ -53,12 +53,16 @@ from ..rounds.split_rounds import SplitRoundProcess, hides_updates, split_aggreg
 
 
 class QFedAvgProcess(SplitRoundProcess):
-    """q-FedAvg's rounds: each update scaled by F_k^q / h_k and weighted by h_k."""
+    """q-FedAvg's rounds: each update scaled by F_k^q / h_k and weighted by h_k (on a secure sum: by its share
+    a_k = min(h_k, H) / H, sent beside it)."""
 
     def __init__(self, training, model_aggregator=None, attack: Optional[str] = None, *, q: float,
                  weight_bound: float = 0.0) -> None:
         self.q, self.weight_bound = float(q), float(weight_bound)
         hides = hides_updates(model_aggregator)
+        if getattr(model_aggregator, "mean_denominator", None) is not None:
+            raise ValueError("model_aggregator: q-FFL is not built under user-level DP's aggregator (the noised sum "
+                             "of its weights' shares can come near 0; the config refuses the pair)")
         if hides and not self.weight_bound:
             raise ValueError("weight_bound: q-FFL on a sum that hides the updates needs the public bound H > 0")
         if hides and not getattr(model_aggregator, "clip_norm", None) and not getattr(model_aggregator, "l2_clip",

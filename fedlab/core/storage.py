@@ -312,9 +312,9 @@ class Checkpoint:
             wanted = json.loads(json.dumps(config.experiment_dict()))
             saved.pop("workers", None)  # where the run executes: it may resume on other workers
             params = config.algorithm_params
-            added = list(dataclasses.fields(config)) + (list(dataclasses.fields(params))
-                                                         if dataclasses.is_dataclass(params) else [])
-            for f in added:  # a field (or an algorithm's parameter) added since the save: its default was in force
+            with_defaults = list(dataclasses.fields(config)) + (list(dataclasses.fields(params))
+                                                                 if dataclasses.is_dataclass(params) else [])
+            for f in with_defaults:  # a field (or an algorithm's parameter) added since the save: its default was in force
                 if f.name in wanted and f.name not in saved and f.default is not dataclasses.MISSING:
                     saved[f.name] = json.loads(json.dumps(f.default))
                 # a field the experiment leaves out at its default (a synchronous run's async_*)

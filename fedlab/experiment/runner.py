@@ -337,7 +337,8 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 with profiling.phase("inputs"):
                     inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
                               for c in chosen]
-                    if config.algorithm_entry.normalized:  # a secure sum's mean weighs the clients alike
+                    if config.algorithm_entry.normalized:  # tau_eff: public under user-level DP; p_i = 1/m where
+                        # the aggregation weighs the clients alike (weighs_alike)
                         inputs = with_tau_eff(inputs, "uniform" if weighs_alike(config) else config.client_weighting,
                                               config.local_steps if config.user_level_dp else None)
                     extra = _round_inputs(getattr(trainer, "round_inputs", ()), config, round_num, chosen,
@@ -351,8 +352,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 row.update(_aggregator_metrics(output.metrics))
             elif hasattr(trainer, "empty_round"):  # central DP (a split round's): the noise of an empty sum
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
-                    state = trainer.empty_round(state, **_round_inputs(("noise_seed",), config, round_num, chosen,
-                                                                       schedule.selected, clients.attackers))
+                    state, measured = trainer.empty_round(state, **_round_inputs(
+                        ("noise_seed",), config, round_num, chosen, schedule.selected, clients.attackers))
+                row.update(_aggregator_metrics({"aggregator": measured}))
             elif config.user_level_dp:  # TFF's round of no client: the DP aggregator noises the empty sum
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
                     output = trainer.next(state, [], **_round_inputs(getattr(trainer, "round_inputs", ()), config,

@@ -415,18 +415,19 @@ class SplitRoundProcess:
         clip)."""
         return flat_length(self.value_shapes) + int(self.protocol.adaptive)
 
-    def empty_round(self, state, noise_seed: Optional[int] = None):
-        """The state after a round that sampled no client: under central DP the server still adds its noise to the
-        empty sum (the accounting's Poisson-sampled Gaussian releases it), on a protocol or through the DP
-        aggregator (which draws its noise and moves an adaptive clip as in any round); else unchanged. What the
-        clients send beside their updates (SCAFFOLD's) is not taken from a sum of no client."""
+    def empty_round(self, state, noise_seed: Optional[int] = None) -> tuple:
+        """(state, aggregator measurements) after a round that sampled no client: under central DP the server still
+        adds its noise to the empty sum (the accounting's Poisson-sampled Gaussian releases it), on a protocol or
+        through the DP aggregator (which draws its noise and moves an adaptive clip as in any round, and reports
+        that clip); else the state unchanged. What the clients send beside their updates (SCAFFOLD's) is not taken
+        from a sum of no client."""
         if self.protocol is None and self.mean_denominator is not None:  # user-level DP's aggregator
-            weights, aggregator_state, finalizer_state, *_ = self._server_fn(
+            weights, aggregator_state, finalizer_state, measured, *_ = self._server_fn(
                 state.global_model_weights, state.aggregator, state.finalizer, [], [])
             return self._replace(state, global_model_weights=weights, aggregator=aggregator_state,
-                                 finalizer=finalizer_state)
+                                 finalizer=finalizer_state), measured
         if self.protocol is None or not self.protocol.central_dp:
-            return state
+            return state, collections.OrderedDict()
         _, decode_fn, _ = self._protocol_fns
         clip = current_clip(state)
         weights, finalizer_state, _, *side = decode_fn(state.global_model_weights, state.finalizer,
@@ -434,7 +435,9 @@ class SplitRoundProcess:
                                                        self.protocol.noise(self.value_shapes, noise_seed),
                                                        self.protocol.divisor(0, clip))
         state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)  # no client: no side
-        return moved_clip(self.protocol, state, clip, None, 0, noise_seed)
+        measured = (collections.OrderedDict(dp_query_metrics=collections.OrderedDict(clip=np.float32(clip)))
+                    if self.protocol.adaptive else collections.OrderedDict())
+        return moved_clip(self.protocol, state, clip, None, 0, noise_seed), measured
 
     def client_results(self, state, client_data: list) -> tuple[list, list, object]:
         """Every client trained from the state's model: (updates, update weights, finalized training metrics)."""
