@@ -73,28 +73,30 @@ IMPOSSIBLE = {
 
 # Refused until the config gives a public value the pair needs, which the refusal names: the field, the setting
 # that makes the pair run (tests/test_combinations.py runs it so), why no default can stand in for it.
-NEEDS = {frozenset(("scaffold", dp)): ("local_steps", {"local_steps": 5},
-                                        "what a client sends beside its update is scaled by one public number of "
-                                        "steps: a scale drawn from the clients' data would move every client's "
-                                        "values when one user joins, which the noise does not hide; DP-SCAFFOLD "
-                                        "runs K fixed steps, Noble et al. 2022")
-         for dp in ("user DP fixed", "user DP adaptive")} | {
-    frozenset(("fednova", dp)): ("local_steps", {"local_steps": 5},
-                                 "the server scales every update by tau_eff, which is then that public number of "
-                                 "steps: with epochs the steps depend on each client's data, and their mean over "
-                                 "the sampled clients would move every update when one user joins, which the "
-                                 "noise does not hide")
-    for dp in ("user DP fixed", "user DP adaptive")} | {
-    frozenset(("qffl", secure)): ("weight_bound", {"weight_bound": 100.0},
-                                  "each client sends its step times its weight's share min(h_k, H) / H and that "
-                                  "share, which a secure sum's fixed range holds only under a public bound H on "
-                                  "q-FFL's weights h_k (the loss to the power q, unbounded); a bound read from the "
-                                  "clients' weights would tell the server one of them")
-    for secure in ("secure sum", "SecAgg", "SecAgg+")}
+def _needing(algorithm: str, partners: tuple, field: str, value, why: str) -> dict:
+    """:data:`NEEDS` entries: ``algorithm`` with each of ``partners`` runs once ``field`` is given ``value``."""
+    return {frozenset((algorithm, partner)): (field, {field: value}, why) for partner in partners}
+
+
+_USER_DP = ("user DP fixed", "user DP adaptive")
+NEEDS = {
+    **_needing("scaffold", _USER_DP, "local_steps", 5,
+               "what a client sends beside its update is scaled by one public number of steps: a scale drawn from "
+               "the clients' data would move every client's values when one user joins, which the noise does not "
+               "hide; DP-SCAFFOLD runs K fixed steps, Noble et al. 2022"),
+    **_needing("fednova", _USER_DP, "local_steps", 5,
+               "the server scales every update by tau_eff, which is then that public number of steps: with epochs "
+               "the steps depend on each client's data, and their mean over the sampled clients would move every "
+               "update when one user joins, which the noise does not hide"),
+    **_needing("qffl", ("secure sum", "SecAgg", "SecAgg+"), "weight_bound", 100.0,
+               "each client sends its step times its weight's share min(h_k, H) / H and that share, which a secure "
+               "sum's fixed range holds only under a public bound H on q-FFL's weights h_k (the loss to the power "
+               "q, unbounded); a bound read from the clients' weights would tell the server one of them"),
+}
 
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
 LIMITS = {frozenset(pair) for pair in [
-    *[("qffl", s) for s in ("user DP fixed", "user DP adaptive")],
+    *[("qffl", s) for s in _USER_DP],
     ("qffl", "record DP"),
 ]}
 
