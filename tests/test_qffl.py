@@ -18,10 +18,10 @@ MODEL = ModelSpec("logreg", num_features=2, num_classes=3).functional_model()
 RNG = np.random.default_rng(5)
 W0 = RNG.normal(size=(2, 3)).astype(np.float32)
 B0 = RNG.normal(size=3).astype(np.float32)
-def q_fedavg_by_hand(rounds, lr, q, bound=None, seen=None):
+def q_fedavg_by_hand(rounds, lr, q, bound=None, seen=None, floor=0.0):
     """Algorithm 2: Delta w_k = L (w - w_k), Delta_k = F_k^q Delta w_k, h_k = q F_k^(q-1) |Delta w_k|^2 + L F_k^q.
-    With ``bound`` H (on a secure sum): w - sum_k a_k Delta_k / h_k / sum_k a_k, a_k = min(h_k, H) / H; ``seen``
-    collects each round's h_k."""
+    With ``bound`` H (on a secure sum): w - sum_k a_k Delta_k / h_k / max(sum_k a_k, floor), a_k = min(h_k, H) / H;
+    ``seen`` collects each round's h_k."""
     lipschitz = 1.0 / lr
     w = [W0.astype(np.float64), B0.astype(np.float64)]
     for sampled in rounds:
@@ -41,7 +41,8 @@ def q_fedavg_by_hand(rounds, lr, q, bound=None, seen=None):
             w = [w[k] - sum(d[k] for d in deltas) / sum(hs) for k in range(2)]
         else:
             shares = [min(h, bound) / bound for h in hs]
-            w = [w[k] - sum(a * d[k] / h for a, d, h in zip(shares, deltas, hs)) / sum(shares) for k in range(2)]
+            w = [w[k] - sum(a * d[k] / h for a, d, h in zip(shares, deltas, hs)) / max(sum(shares), floor)
+                 for k in range(2)]
     return w
 
 
@@ -126,6 +127,73 @@ def test_q_fedavg_on_a_secure_sum_is_algorithm_2_with_its_weights_bounded_by_han
         else:  # the bound binds: neither Algorithm 2's step nor the uniform mean of the s_k
             assert max(float(np.abs(a - b).max()) for a, b in zip(bounded, exact)) > 2e-2
             assert max(float(np.abs(a - b).max()) for a, b in zip(got, exact)) > 1e-2
+
+
+def _private(protocol: str, noise: float = 0.0, clip: float = 8.0):
+    """User-level DP of three clients, all sampled, as the config builds it: TFF's aggregator (fedlab's seeded
+    Gaussian), or the SecAgg protocol's server adding the noise (16-bit codes)."""
+    from fedlab.aggregators.aggregation import make_aggregator
+
+    secure = {} if protocol == "none" else dict(secure_aggregation=True, secure_protocol=protocol,
+                                                 quantization_bits=16)
+    return make_aggregator(fl.ExperimentConfig(dataset="digits", algorithm="qffl", num_clients=3, clients_per_round=3,
+                                               dp="fixed", noise_multiplier=noise, clip_norm=clip, weight_bound=1.0,
+                                               **secure))
+
+
+@pytest.mark.parametrize("protocol", ["none", "secagg"])
+def test_q_fedavg_under_user_dp_is_the_bounded_step_over_at_least_one_whole_share_by_hand(protocol):
+    """Under user-level DP the pair (a_k s_k, a_k c) is clipped to C and noised together and the server divides by
+    max(sum_k a_k, 1): without noise and below the clip, the bounded step of the secure sum, except that a round
+    whose shares sum below 1 is divided by 1 (by hand; H twice the largest h_k makes round 2's two shares sum
+    below 1, H at their median does not)."""
+    lr, rounds, q = 0.4, [[0, 1, 2], [1, 2]], 2.0
+    seen = []
+    q_fedavg_by_hand(rounds, lr, q, seen=seen)
+    hs = [h for round_hs in seen for h in round_hs]
+    for bound, floored in ((2 * max(hs), True), (float(np.median(hs)), False)):
+        assert (min(sum(min(h, bound) / bound for h in round_hs) for round_hs in seen) < 1) == floored
+        process = build_qffl(MODEL, client_lr=lr, server_lr=1.0, params=QFFLParams(q=q, weight_bound=bound),
+                             model_aggregator=_private(protocol))
+        got = run(process, rounds, lr)
+        expected = q_fedavg_by_hand(rounds, lr, q, bound=bound, floor=1.0)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=2e-3 if protocol != "none" else 1e-5)
+        if floored:  # the floor moved the step: dividing by the shares' own sum is another model
+            unfloored = q_fedavg_by_hand(rounds, lr, q, bound=bound)
+            assert max(float(np.abs(a - b).max()) for a, b in zip(got, unfloored)) > 1e-2
+
+
+def test_the_noised_shares_are_floored_at_one_whole_share_and_an_empty_round_moves_the_model():
+    """The server's step from the aggregated pair: unit c over max(the shares' mean, c / K), K the expected clients
+    the noised mean divides by; a share sum the noise pushed to 0 or below divides by c / K, not by ~0 or a
+    negative number."""
+    process = build_qffl(MODEL, client_lr=0.4, server_lr=1.0, params=QFFLParams(q=1.0, weight_bound=10.0),
+                         model_aggregator=_private("none", noise=1.0))
+    assert process.noised_count == 3.0 and process._side_unit == 4.0
+    update_part, _ = process._split_computations(process.value_type)
+    step = (np.ones((2, 3), np.float32), np.full(3, 2.0, np.float32))
+    for side, factor in ((-0.5, 3.0), (0.0, 3.0), (1.0, 3.0), (8.0, 0.5)):  # 4 / max(side, 4 / 3)
+        got = update_part(step + (np.float32(side),))
+        for a, b in zip(got, step):
+            np.testing.assert_allclose(a, factor * b, rtol=1e-6)
+    weights = tff().learning.models.ModelWeights(trainable=(W0, B0), non_trainable=())
+    state = with_learning_rates(process.set_model_weights(process.initialize(), weights), 0.4)
+    moved, _ = process.empty_round(state)  # the noise of nobody's pair, released as in any round
+    for a, b in zip(process.get_model_weights(moved).trainable, (W0, B0)):
+        assert np.all(np.isfinite(a)) and np.all(a != b)
+
+
+def test_q_fedavg_under_user_dp_needs_a_public_weight_bound():
+    for dp in ("fixed", "adaptive"):
+        base = dict(dataset="digits", algorithm="qffl", dp=dp, noise_multiplier=1.0)
+        with pytest.raises(ConfigError) as err:
+            fl.ExperimentConfig(**base)
+        assert err.value.field == "weight_bound" and "DP-FedAvg caps" in err.value.message
+        fl.ExperimentConfig(**base, weight_bound=50.0)
+    with pytest.raises(ConfigError) as err:
+        fl.ExperimentConfig(dataset="digits", algorithm="qffl", secure_aggregation=True, secure_protocol="ckks")
+    assert err.value.field == "secure_protocol" and "not split" in err.value.message
 
 
 def test_q_fedavg_on_a_secure_sum_needs_a_public_weight_bound_and_bits():

@@ -92,11 +92,15 @@ NEEDS = {
                "each client sends its step times its weight's share min(h_k, H) / H and that share, which a secure "
                "sum's fixed range holds only under a public bound H on q-FFL's weights h_k (the loss to the power "
                "q, unbounded); a bound read from the clients' weights would tell the server one of them"),
+    **_needing("qffl", _USER_DP, "weight_bound", 100.0,
+               "each client sends its step times its weight's share min(h_k, H) / H and that share, clipped and "
+               "noised together, and the server divides the two noised sums (by at least one whole share); a user's "
+               "weight must be bounded for the noise to hide it, as DP-FedAvg caps it, and a bound read from the "
+               "clients' weights would move every step when one user joins"),
 }
 
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
 LIMITS = {frozenset(pair) for pair in [
-    *[("qffl", s) for s in _USER_DP],
     ("qffl", "record DP"),
 ]}
 
@@ -170,8 +174,8 @@ def readme_section(frame) -> str:
     lines = [BEGIN, "",
              f"{len(frame)} pairs of settings from {len(GROUPS)} groups: **{counts['accepted']} run**, "
              f"{counts['needs']} run once the config gives the public value their refusal names (◦), "
-             f"{counts['impossible']} are refused because no system could run them (✗), {counts['limit']} are "
-             f"refused by a limit of fedlab's today (·), {counts['unlisted'] + counts['crashed']} otherwise. "
+             f"{counts['impossible']} are refused because no system could run them (✗), {counts['limit']} "
+             f"{'is' if counts['limit'] == 1 else 'are'} refused by a limit of fedlab's today (·), {counts['unlisted'] + counts['crashed']} otherwise. "
              "`tests/test_combinations.py` runs every accepted pair, and every ◦ pair with that value, for two "
              "rounds.", "",
              "| setting | " + " | ".join(ALGORITHMS) + " |", "|---|" + "---|" * len(ALGORITHMS)]

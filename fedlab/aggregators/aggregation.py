@@ -654,7 +654,8 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     CKKS (:mod:`fedlab.protection.ckks`): up, each client's ciphertexts (uncompressed size,
     from the parameters) plus its weight; down, the model and the encrypted
     mean to every selected client (a key holder decrypts it). Under user-level DP or a secure sum, SCAFFOLD
-    sends its control variates' change beside its update (``side_sums``): twice the values up.
+    sends its control variates' change beside its update (``side_sums``): twice the values up; q-FFL its weight's
+    share, one value more.
     """
     params = int(sum(trainable_sizes))
     down = clients * 4 * (params + int(sum(non_trainable_sizes)))
@@ -667,7 +668,7 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     if config.user_level_dp and config.dp == "adaptive" and config.secure_aggregation \
             and config.secure_protocol != "none":
         params += 1  # the bit [norm <= C_t] as one more ring element (ProtocolSum)
-    if config.secure_aggregation and config.algorithm_entry.own_weighting:
+    if (config.user_level_dp or config.secure_aggregation) and config.algorithm_entry.own_weighting:
         params += 1  # q-FFL's share of the weights beside its step (fedlab.algorithms.qffl)
     per_client_up = params * bits_per_value_up(config) / 8 + 4
     if config.quantization_bits and not config.secure_aggregation:

@@ -39,6 +39,21 @@ forged its pair could send a large step with a share near 0, which then counts
 about ||v|| / sum_k a_k: the larger H is against the h_k, the more (fedlab's
 update attacks forge the update before its client's encoding, as honest clients
 send it).
+
+Under user-level DP (fixed or adaptive clip, on TFF's aggregator or a secure
+protocol's server) the weights meet the same problem as on a secure sum: a
+user's whole contribution, its weight included, must be bounded for the noise
+to hide it, and an h_k read from its loss is not. So the pair goes through the
+DP aggregator as above: clipped together to C (the pair's c stays the first
+clip's half under an adaptive clip), summed, noised together (the sensitivity
+is C, as DP-FedAvg's, and the accounting is unchanged), and the ratio of the
+two noised sums is post-processing. DP-FedAvg caps each user's weight the same
+way (min(n_k / w, 1), McMahan et al. 2018). The noised sum of the shares can
+come near 0 or below it, where the ratio would multiply the numerator's noise
+without bound: the server divides by at least one whole share (sum_k a_k >= 1),
+a public floor, so a round's step is at most the noised sum of the steps. The
+noise on that sum is z C (z C_t) over the expected K, against a_k c a client:
+the fewer clients or the smaller their shares, the noisier the step.
 """
 
 from __future__ import annotations
@@ -60,11 +75,9 @@ class QFedAvgProcess(SplitRoundProcess):
                  weight_bound: float = 0.0) -> None:
         self.q, self.weight_bound = float(q), float(weight_bound)
         hides = hides_updates(model_aggregator)
-        if getattr(model_aggregator, "mean_denominator", None) is not None:
-            raise ValueError("model_aggregator: q-FFL is not built under user-level DP's aggregator (the noised sum "
-                             "of its weights' shares can come near 0; the config refuses the pair)")
         if hides and not self.weight_bound:
-            raise ValueError("weight_bound: q-FFL on a sum that hides the updates needs the public bound H > 0")
+            raise ValueError("weight_bound: q-FFL on a sum that hides the updates (a secure sum, user-level DP's) "
+                             "needs the public bound H > 0")
         if hides and not getattr(model_aggregator, "clip_norm", None) and not getattr(model_aggregator, "l2_clip",
                                                                                       None):
             raise ValueError("model_aggregator: q-FFL on a secure sum needs one that L2-clips every client's value "
@@ -120,16 +133,19 @@ class QFedAvgProcess(SplitRoundProcess):
 
     def _split_computations(self, value_type) -> tuple:
         """(the step the server applies, the side values): the summed steps over the summed shares, times c
-        (0 when no share was summed)."""
+        (0 when no share was summed); on a noised sum, over at least one whole share (c over the count the
+        noised mean divides by)."""
         import tensorflow as tf
 
         t = tff()
         count, unit = len(self.shapes), np.float32(self._side_unit)
+        floor = None if self.noised_count is None else np.float32(self._side_unit / self.noised_count)
         _, side_part = super()._split_computations(value_type)
 
         @t.tensorflow.computation(value_type)
         def update_part(value):
-            factor = tf.math.divide_no_nan(unit, value[count])
+            shares = value[count] if floor is None else tf.maximum(value[count], floor)
+            factor = tf.math.divide_no_nan(unit, shares)
             return tuple(u * factor for u in value[:count])
 
         return update_part, side_part

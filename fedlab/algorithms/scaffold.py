@@ -68,7 +68,7 @@ class ScaffoldProcess(SplitRoundProcess):
         shapes = [tuple(np.shape(w)) for w in training.model.initial_weights[0]]
         super().__init__(training, model_aggregator, attack, side_shapes=shapes if hides else ())
         # DP noise on what the clients send: c is estimated afresh every round, or the noise would pile up in it
-        self.noised = self.mean_denominator is not None or (self.protocol is not None and self.protocol.central_dp)
+        self.noised = self.noised_count is not None
         if hides:
             self.round_inputs = self.round_inputs + ("side_scale",)
 

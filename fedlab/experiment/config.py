@@ -333,9 +333,10 @@ class ExperimentConfig:
             raise ConfigError("client_weighting", f"must stay 'examples' for {self.algorithm}, which weights the "
                                                   "clients' updates itself")
         if algorithm.own_weighting and getattr(self.algorithm_params, "weight_bound", 0) and not (
-                self.secure_aggregation and self.secure_protocol != "ckks"):
+                self.user_level_dp or (self.secure_aggregation and self.secure_protocol != "ckks")):
             raise ConfigError("weight_bound", "has no effect without a secure sum (secure_aggregation=True, "
-                                              "secure_protocol 'none', 'secagg' or 'secaggplus'); leave it at 0")
+                                              "secure_protocol 'none', 'secagg' or 'secaggplus') or user-level DP; "
+                                              "leave it at 0")
         alike = weighs_alike(self)
         if self.client_weighting == "dataset" and alike:
             raise ConfigError("client_weighting", f"must be 'uniform' or 'examples' (the default) with {alike[0]}, "
@@ -513,20 +514,26 @@ class ExperimentConfig:
         """An unweighted aggregator (user-level DP's, a secure sum's) must fit the algorithm (:func:`takes_unweighted`)."""
         if takes_unweighted(algorithm):
             return
-        if algorithm.own_weighting and what == "secure_aggregation" and self.secure_protocol != "ckks":
+        secure = what == "secure_aggregation"
+        if algorithm.own_weighting and secure and self.secure_protocol == "ckks":
+            raise ConfigError("secure_protocol", f"cannot be 'ckks' with {self.algorithm} yet: CKKS's round is not "
+                                                 "split where the clients' updates are weighted between training "
+                                                 "and the sum; use 'none', 'secagg' or 'secaggplus' with "
+                                                 "weight_bound")
+        if algorithm.own_weighting and (secure or what.startswith("dp=")):
             bound = getattr(self.algorithm_params, "weight_bound", None)
+            where = ("a secure sum's fixed range holds" if secure else
+                     "user-level DP's clip and noise cover (as DP-FedAvg caps each user's weight)")
             if bound is None:
-                raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with secure aggregation: its server "
-                                               "needs each update's own weight, which a secure sum's fixed range "
-                                               "cannot hold without a public bound (its parameters have no "
-                                               "weight_bound)")
+                raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with {what}: its server needs each "
+                                               f"update's own weight, which {where} only under a public bound (its "
+                                               "parameters have no weight_bound)")
             if not bound:
-                raise ConfigError("weight_bound", f"must be > 0 with {self.algorithm} and secure aggregation: each "
-                                                  "client sends its step times its weight's share min(h_k, H) / H "
-                                                  "and that share, which a secure sum's fixed range holds only "
-                                                  "under a public bound H (a bound read from the clients' weights "
-                                                  "would tell the server one of them)")
-            if self.quantization_bits < 8:
+                raise ConfigError("weight_bound", f"must be > 0 with {self.algorithm} and {what}: each client sends "
+                                                  "its step times its weight's share min(h_k, H) / H and that "
+                                                  f"share, which {where} only under a public bound H (a bound read "
+                                                  "from the clients' weights would tell the server one of them)")
+            if secure and self.quantization_bits < 8:
                 raise ConfigError("quantization_bits", f"must be 8 or more with {self.algorithm} on a secure sum, got "
                                                        f"{self.quantization_bits}: a client's share of the weights "
                                                        "goes as at most (2^(b-1) - 1) / 2 units of the b-bit code "

@@ -77,6 +77,11 @@ class SplitRoundProcess:
         self.mean_denominator = getattr(model_aggregator, "mean_denominator", None)
         self.l2_clip = (self.protocol.clip_norm if self.protocol is not None
                         else getattr(model_aggregator, "l2_clip", None))  # what each client's value is clipped to
+        # the fixed count a noised mean divides by (user-level DP's expected K, on TFF's aggregator or the
+        # protocol's server), or None: the sum carries no noise
+        self.noised_count = (self.mean_denominator if self.mean_denominator is not None else
+                             float(self.protocol.denominator) if self.protocol is not None and self.protocol.central_dp
+                             else None)
         # values each client sends beside its update, aggregated with it by the same aggregator (clipped with it,
         # summed securely, noised with it): SCAFFOLD's control variates under an aggregator that hides updates
         self.side_shapes = [tuple(s) for s in side_shapes]
