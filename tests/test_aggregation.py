@@ -83,7 +83,7 @@ def test_attackers_and_poisoned_labels():
 
 @pytest.mark.parametrize("changes, field", [
     ({"quantization_bits": 17}, "quantization_bits"),
-    ({"secure_aggregation": True, "dp": "fixed", "noise_multiplier": 1.0, "algorithm": "qffl"}, "algorithm"),
+    ({"secure_aggregation": True, "dp": "fixed", "noise_multiplier": 1.0, "algorithm": "qffl"}, "weight_bound"),
     ({"dp": "fixed", "noise_multiplier": 1.0, "algorithm": "fednova"}, "local_steps"),  # tau_eff: public steps
     ({"model": "2nn", "freeze_layers": 3}, "freeze_layers"),
     ({"attacker_fraction": 1.0}, "attacker_fraction"),

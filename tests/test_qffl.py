@@ -49,8 +49,10 @@ def q_fedavg_by_hand(rounds, lr, q, bound=None, seen=None, floor=0.0):
 def run(process, rounds, lr):
     weights = tff().learning.models.ModelWeights(trainable=(W0, B0), non_trainable=())
     state = with_learning_rates(process.set_model_weights(process.initialize(), weights), lr)
-    for sampled in rounds:
+    for number, sampled in enumerate(rounds):
         extra = dict(clients=sampled) if hasattr(process, "round_inputs") else {}
+        if "noise_seed" in getattr(process, "round_inputs", ()):  # seeded DP on a protocol: the round's noise
+            extra["noise_seed"] = number
         state = process.next(state, [inputs(i) for i in sampled], **extra).state
     return process.get_model_weights(state).trainable
 
@@ -129,7 +131,7 @@ def test_q_fedavg_on_a_secure_sum_is_algorithm_2_with_its_weights_bounded_by_han
             assert max(float(np.abs(a - b).max()) for a, b in zip(got, exact)) > 1e-2
 
 
-def _private(protocol: str, noise: float = 0.0, clip: float = 8.0):
+def _private(protocol: str, noise: float = 0.0, clip: float = 8.0, dp: str = "fixed"):
     """User-level DP of three clients, all sampled, as the config builds it: TFF's aggregator (fedlab's seeded
     Gaussian), or the SecAgg protocol's server adding the noise (16-bit codes)."""
     from fedlab.aggregators.aggregation import make_aggregator
@@ -137,26 +139,30 @@ def _private(protocol: str, noise: float = 0.0, clip: float = 8.0):
     secure = {} if protocol == "none" else dict(secure_aggregation=True, secure_protocol=protocol,
                                                  quantization_bits=16)
     return make_aggregator(fl.ExperimentConfig(dataset="digits", algorithm="qffl", num_clients=3, clients_per_round=3,
-                                               dp="fixed", noise_multiplier=noise, clip_norm=clip, weight_bound=1.0,
+                                               dp=dp, noise_multiplier=noise, clip_norm=clip, weight_bound=1.0,
                                                **secure))
 
 
+@pytest.mark.parametrize("dp", ["fixed", "adaptive"])
 @pytest.mark.parametrize("protocol", ["none", "secagg"])
-def test_q_fedavg_under_user_dp_is_the_bounded_step_over_at_least_one_whole_share_by_hand(protocol):
+def test_q_fedavg_under_user_dp_is_the_bounded_step_over_at_least_one_whole_share_by_hand(protocol, dp):
     """Under user-level DP the pair (a_k s_k, a_k c) is clipped to C and noised together and the server divides by
     max(sum_k a_k, 1): without noise and below the clip, the bounded step of the secure sum, except that a round
-    whose shares sum below 1 is divided by 1 (by hand; H twice the largest h_k makes round 2's two shares sum
-    below 1, H at their median does not)."""
+    whose shares sum below 1 is divided by 1 (by hand; H twice the largest h_k makes both rounds' shares sum below
+    1, H at their median neither). An adaptive clip moves C_t (the protocol's clients encode at C_t and its server
+    divides by K C / C_t) while c stays C / 2: the same steps while no pair reaches C_t."""
     lr, rounds, q = 0.4, [[0, 1, 2], [1, 2]], 2.0
     seen = []
     q_fedavg_by_hand(rounds, lr, q, seen=seen)
     hs = [h for round_hs in seen for h in round_hs]
     for bound, floored in ((2 * max(hs), True), (float(np.median(hs)), False)):
-        assert (min(sum(min(h, bound) / bound for h in round_hs) for round_hs in seen) < 1) == floored
+        bounded_hs = []  # each round's h_k on the bounded run's own models
+        expected = q_fedavg_by_hand(rounds, lr, q, bound=bound, floor=1.0, seen=bounded_hs)
+        share_sums = [sum(min(h, bound) / bound for h in round_hs) for round_hs in bounded_hs]
+        assert all((total < 1) == floored for total in share_sums), share_sums
         process = build_qffl(MODEL, client_lr=lr, server_lr=1.0, params=QFFLParams(q=q, weight_bound=bound),
-                             model_aggregator=_private(protocol))
+                             model_aggregator=_private(protocol, dp=dp))
         got = run(process, rounds, lr)
-        expected = q_fedavg_by_hand(rounds, lr, q, bound=bound, floor=1.0)
         for a, b in zip(got, expected):
             np.testing.assert_allclose(a, b, atol=2e-3 if protocol != "none" else 1e-5)
         if floored:  # the floor moved the step: dividing by the shares' own sum is another model

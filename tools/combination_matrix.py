@@ -175,7 +175,8 @@ def readme_section(frame) -> str:
              f"{len(frame)} pairs of settings from {len(GROUPS)} groups: **{counts['accepted']} run**, "
              f"{counts['needs']} run once the config gives the public value their refusal names (◦), "
              f"{counts['impossible']} are refused because no system could run them (✗), {counts['limit']} "
-             f"{'is' if counts['limit'] == 1 else 'are'} refused by a limit of fedlab's today (·), {counts['unlisted'] + counts['crashed']} otherwise. "
+             f"{'is' if counts['limit'] == 1 else 'are'} refused by a limit of fedlab's today (·), "
+             f"{counts['unlisted'] + counts['crashed']} otherwise. "
              "`tests/test_combinations.py` runs every accepted pair, and every ◦ pair with that value, for two "
              "rounds.", "",
              "| setting | " + " | ".join(ALGORITHMS) + " |", "|---|" + "---|" * len(ALGORITHMS)]

@@ -159,8 +159,7 @@ def vanishing_updates(config, num_weights: int) -> Optional[str]:
     train nothing, 4 bits train). C cancels out: only b and d decide.
     """
     bits = config.quantization_bits
-    side = config.algorithm_entry.side_sums  # values sent beside the update, clipped with it (SCAFFOLD's)
-    values = num_weights * (1 + side)
+    values = values_summed(config, num_weights)
     if not (config.secure_aggregation and bits) or _surviving_coordinates(bits, values) >= 1:
         return None
     levels = 2 ** (bits - 1) - 1
@@ -170,7 +169,9 @@ def vanishing_updates(config, num_weights: int) -> Optional[str]:
     return (f"{bits} bits with secure aggregation round each coordinate of a client's update to a multiple of "
             f"clip_norm/{levels} = {step:.3g}, so one below {step / 2:.3g} becomes 0; an update of norm "
             f"clip_norm={config.clip_norm:g} spread over the model's {num_weights} weights"
-            f"{' and as many control-variate values' if side else ''} has coordinates of about "
+            f"{' and as many control-variate values' if config.algorithm_entry.side_sums else ''}"
+            f"{' and its share of the weights' if config.algorithm_entry.own_weighting else ''} has coordinates of "
+            "about "
             f"{config.clip_norm / math.sqrt(values):.3g}, of which {surviving:.2g} are expected to survive: "
             f"every update is expected to sum to zero and the model not to train; {advice}")
 
@@ -319,9 +320,9 @@ def dp_sensitivity(config, num_weights: int) -> float:
     A secure sum adds each client's update rounded coordinate by coordinate: b bits round to the nearest
     multiple of C / (2^(b-1) - 1) (``DiscretizationFactory``, deterministic), 32 bits to the nearest of
     2C / (2^32 - 1) (``secure_quantized_sum``), each coordinate off by at most half a step. One client added or
-    removed therefore moves the sum by at most C + sqrt(d) * step / 2 for d values sent (the model's weights,
-    and as many again for SCAFFOLD's control variates: ``side_sums``), and by at most
-    2C (rounding never more than doubles a coordinate); the Gaussian noise z * C is then z * C / the smaller of
+    removed therefore moves the sum by at most C + sqrt(d) * step / 2 for d values sent (the model's weights, as
+    many again for SCAFFOLD's control variates, one more for q-FFL's share: :func:`values_summed`), and by at
+    most 2C (rounding never more than doubles a coordinate); the Gaussian noise z * C is then z * C / the smaller of
     the two (:func:`accounting_noise_multiplier`).
 
     With ``over_selection`` > 1 the round asks clients at rate min(1, over_selection x K / N) (Poisson) and uses
@@ -335,11 +336,18 @@ def dp_sensitivity(config, num_weights: int) -> float:
         step = clip / (2 ** (config.quantization_bits - 1) - 1) if config.quantization_bits else 2 * clip / (2 ** 32 - 1)
         # rounding to the nearest multiple never more than doubles a coordinate (below half a step it gives 0), so
         # the rounded update's norm is also at most 2C: the better of the two bounds
-        # the values rounded: the update's, and those an algorithm sends beside it (SCAFFOLD's control variates)
-        values = num_weights * (1 + config.algorithm_entry.side_sums)
+        values = values_summed(config, num_weights)  # the values rounded
         bound = min(clip + math.sqrt(values) * step / 2, 2 * clip)
     displaced = config.user_level_dp and config.over_selection > 1
     return 2 * bound if displaced else bound
+
+
+def values_summed(config, num_weights: int) -> int:
+    """How many values a client sends through a sum that hides its update (a secure sum's, user-level DP's), all
+    clipped together: the update's ``num_weights``, those an algorithm sends beside it (SCAFFOLD's control variates,
+    ``side_sums``) and q-FFL's share of the weights (``own_weighting``, :mod:`fedlab.algorithms.qffl`)."""
+    entry = config.algorithm_entry
+    return num_weights * (1 + entry.side_sums) + int(bool(entry.own_weighting))
 
 
 def accounting_noise_multiplier(config, num_weights: int) -> float:
@@ -663,13 +671,12 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
         ciphertexts = HomomorphicMean.upload_bytes(params)
         return {"bytes_down": float(down + clients * ciphertexts), "bytes_up": float(clients * (ciphertexts + 4))}
     tensors = len(trainable_sizes)
-    if config.user_level_dp or config.secure_aggregation:  # what a client sends beside its update (SCAFFOLD's s_i)
-        params, tensors = params * (1 + config.algorithm_entry.side_sums), tensors * (1 + config.algorithm_entry.side_sums)
+    if config.user_level_dp or config.secure_aggregation:  # and what it sends beside its update (values_summed)
+        params = values_summed(config, params)
+        tensors = tensors * (1 + config.algorithm_entry.side_sums) + int(bool(config.algorithm_entry.own_weighting))
     if config.user_level_dp and config.dp == "adaptive" and config.secure_aggregation \
             and config.secure_protocol != "none":
         params += 1  # the bit [norm <= C_t] as one more ring element (ProtocolSum)
-    if (config.user_level_dp or config.secure_aggregation) and config.algorithm_entry.own_weighting:
-        params += 1  # q-FFL's share of the weights beside its step (fedlab.algorithms.qffl)
     per_client_up = params * bits_per_value_up(config) / 8 + 4
     if config.quantization_bits and not config.secure_aggregation:
         per_client_up += 8 * tensors

@@ -44,16 +44,22 @@ Under user-level DP (fixed or adaptive clip, on TFF's aggregator or a secure
 protocol's server) the weights meet the same problem as on a secure sum: a
 user's whole contribution, its weight included, must be bounded for the noise
 to hide it, and an h_k read from its loss is not. So the pair goes through the
-DP aggregator as above: clipped together to C (the pair's c stays the first
-clip's half under an adaptive clip), summed, noised together (the sensitivity
-is C, as DP-FedAvg's, and the accounting is unchanged), and the ratio of the
-two noised sums is post-processing. DP-FedAvg caps each user's weight the same
+DP aggregator as above: clipped together to C, summed, noised together (the
+sensitivity is C, as DP-FedAvg's, the share counted among the values a secure
+sum rounds), and the ratio of the two noised sums is post-processing. DP-FedAvg caps each user's weight the same
 way (min(n_k / w, 1), McMahan et al. 2018). The noised sum of the shares can
 come near 0 or below it, where the ratio would multiply the numerator's noise
 without bound: the server divides by at least one whole share (sum_k a_k >= 1),
 a public floor, so a round's step is at most the noised sum of the steps. The
-noise on that sum is z C (z C_t) over the expected K, against a_k c a client:
-the fewer clients or the smaller their shares, the noisier the step.
+noise on the shares' sum is z C / c = 2z shares, against at most one a client:
+the fewer clients or the smaller their shares, the noisier the step. Under an
+adaptive clip C_t, c stays the first clip's half (a constant the server's
+computation holds) while C_t follows the target quantile of the pairs' norms,
+which grow with the shares: the clients above that quantile, the heaviest
+(default 0.5: half of them), are clipped and their weights cut towards it,
+against q-FFL's aim, and the noise on the shares is 2 z_t C_t / C shares
+(z_t the updates' part of the noise); a target_quantile near 1 keeps the
+weighting.
 """
 
 from __future__ import annotations
@@ -68,8 +74,8 @@ from ..rounds.split_rounds import SplitRoundProcess, hides_updates, split_aggreg
 
 
 class QFedAvgProcess(SplitRoundProcess):
-    """q-FedAvg's rounds: each update scaled by F_k^q / h_k and weighted by h_k (on a secure sum: by its share
-    a_k = min(h_k, H) / H, sent beside it)."""
+    """q-FedAvg's rounds: each update scaled by F_k^q / h_k and weighted by h_k (on a secure sum or under
+    user-level DP: by its share a_k = min(h_k, H) / H, sent beside it)."""
 
     def __init__(self, training, model_aggregator=None, attack: Optional[str] = None, *, q: float,
                  weight_bound: float = 0.0) -> None:
@@ -80,8 +86,8 @@ class QFedAvgProcess(SplitRoundProcess):
                              "needs the public bound H > 0")
         if hides and not getattr(model_aggregator, "clip_norm", None) and not getattr(model_aggregator, "l2_clip",
                                                                                       None):
-            raise ValueError("model_aggregator: q-FFL on a secure sum needs one that L2-clips every client's value "
-                             "(a b-bit sum's)")
+            raise ValueError("model_aggregator: q-FFL on a sum that hides the updates needs one that L2-clips "
+                             "every client's value (a b-bit sum's, DP's)")
         super().__init__(training, model_aggregator, attack, side_shapes=[()] if hides else ())
         import tensorflow as tf
 
@@ -116,7 +122,7 @@ class QFedAvgProcess(SplitRoundProcess):
             loss = max(loss, 1e-12)
             h = self.q * loss ** (self.q - 1) * squared + lipschitz * loss ** self.q if self.q else lipschitz
             scale = loss ** self.q / h
-            if self.side_shapes:  # a secure sum: the step times its weight's share, and that share times c
+            if self.side_shapes:  # a sum that hides the updates: the step times its weight's share, the share times c
                 share = min(h, self.weight_bound) / self.weight_bound
                 updates[row] = tuple((share * scale * d).astype(np.float32) for d in delta_w) + (
                     np.float32(share * self._side_unit),)

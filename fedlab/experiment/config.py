@@ -522,17 +522,24 @@ class ExperimentConfig:
                                                  "weight_bound")
         if algorithm.own_weighting and (secure or what.startswith("dp=")):
             bound = getattr(self.algorithm_params, "weight_bound", None)
-            where = ("a secure sum's fixed range holds" if secure else
-                     "user-level DP's clip and noise cover (as DP-FedAvg caps each user's weight)")
+            setting = "secure aggregation" if secure else what
+            where, why = (("a secure sum's fixed range holds", "would tell the server one of them") if secure else
+                          ("user-level DP's clip and noise cover (as DP-FedAvg caps each user's weight)",
+                           "would move every client's step when one user joins, which the noise does not hide"))
             if bound is None:
-                raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with {what}: its server needs each "
+                raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with {setting}: its server needs each "
                                                f"update's own weight, which {where} only under a public bound (its "
                                                "parameters have no weight_bound)")
             if not bound:
-                raise ConfigError("weight_bound", f"must be > 0 with {self.algorithm} and {what}: each client sends "
-                                                  "its step times its weight's share min(h_k, H) / H and that "
+                raise ConfigError("weight_bound", f"must be > 0 with {self.algorithm} and {setting}: each client "
+                                                  "sends its step times its weight's share min(h_k, H) / H and that "
                                                   f"share, which {where} only under a public bound H (a bound read "
-                                                  "from the clients' weights would tell the server one of them)")
+                                                  f"from the clients' weights {why})")
+            if not secure and self.dp not in ("fixed", "adaptive"):
+                raise ConfigError("dp", f"must be 'fixed' or 'adaptive' with {self.algorithm}, got {self.dp!r}: its "
+                                        "server divides the noised sum of the steps by that of the shares, which "
+                                        "needs one L2 clip of each client's whole pair and a mean over the expected "
+                                        "clients, what these two give")
             if secure and self.quantization_bits < 8:
                 raise ConfigError("quantization_bits", f"must be 8 or more with {self.algorithm} on a secure sum, got "
                                                        f"{self.quantization_bits}: a client's share of the weights "
