@@ -239,3 +239,56 @@ def test_a_panel_gives_weight_bound_a_number_box_not_a_slider_of_hundred_steps()
     assert type(panel.controls["weight_bound"]).__name__ == "BoundedFloatText"
     assert panel.controls["weight_bound"].value == 0.0 and panel.controls["weight_bound"].max == 1e9
     assert type(panel.controls["q"]).__name__ == "FloatSlider"
+
+
+def _loss_inputs(client: int, key: int, batch: int) -> dict:
+    """Client ``client``'s input with its DP-SGD key ``(key, 7)`` and expected batch ``batch``."""
+    data = inputs(client)
+    data["key"], data["batch"] = np.array([key, 7], np.int64), np.int64(batch)
+    return data
+
+
+def _noised_losses(bound: float, z: float, data: list) -> np.ndarray:
+    """q-FFL's loss under record-level DP (noise multiplier z, loss bound B) of each input at (W0, B0)."""
+    from fedlab.rounds.array_training import pack_clients
+
+    process = build_qffl(MODEL, client_lr=0.4, server_lr=1.0, params=QFFLParams(q=1.0, loss_clip=bound),
+                         example_dp=(z, 1.0))
+    weights = tff().learning.models.ModelWeights(trainable=(W0, B0), non_trainable=())
+    return np.array(process._losses_fn(weights, pack_clients(data, process.data_type)), np.float64)
+
+
+def test_q_fedavg_under_record_dp_weighs_by_a_noised_sum_of_clipped_losses_by_hand():
+    """Under dp='example' F_k is released as a DP-SGD step releases a gradient: a Poisson sample of the records at
+    rate batch / n, each record's loss clipped to [0, B], the sum plus N(0, (z B)^2), over the expected batch."""
+    per_record = [local_loss(W0, B0, X[1][j:j + 1], Y[1][j:j + 1]) for j in range(3)]  # client 1's three records
+    n = len(per_record)
+    everyone = [_loss_inputs(1, key, batch=n) for key in range(2)]  # rate 1: every record
+    np.testing.assert_allclose(_noised_losses(1e3, 0.0, everyone), np.mean(per_record), rtol=1e-5)
+    bound = float(np.median(per_record))  # clips the largest of the three
+    np.testing.assert_allclose(_noised_losses(bound, 0.0, everyone), np.mean(np.minimum(per_record, bound)),
+                               rtol=1e-5)
+    assert np.mean(np.minimum(per_record, bound)) < np.mean(per_record) - 1e-3
+    # the noise: z B over the expected batch, each client's draw its own
+    z, draws = 2.0, _noised_losses(bound, 2.0, [_loss_inputs(1, key, batch=n) for key in range(300)])
+    errors = draws - np.mean(np.minimum(per_record, bound))
+    assert abs(np.std(errors) / (z * bound / n) - 1) < 0.15 and abs(np.mean(errors)) < 4 * z * bound / n / 300 ** 0.5
+    # the Poisson sample: one record expected of three, an unbiased estimate of the clipped mean
+    sampled = _noised_losses(1e3, 0.0, [_loss_inputs(1, key, batch=1) for key in range(300)])
+    assert len(np.unique(sampled.round(6))) > 3 and set(np.unique(sampled.round(6))) <= {
+        round(float(v), 6) for v in (0.0, *per_record, *(a + b for a in per_record for b in per_record if a != b),
+                                     sum(per_record))}
+    assert abs(np.mean(sampled) / np.mean(per_record) - 1) < 0.15
+
+
+def test_q_fedavg_under_record_dp_counts_its_loss_as_one_more_dp_sgd_step():
+    from fedlab.experiment.clients import dp_sgd_steps
+
+    base = dict(dataset="digits", model="logreg", dp="example", noise_multiplier=1.0, batch_size=10)
+    qffl = fl.ExperimentConfig(**base, algorithm="qffl", loss_clip=5.0)
+    fedavg = fl.ExperimentConfig(**base, algorithm="fedavg")
+    for n in (40, 57):
+        steps, batch = dp_sgd_steps(n, fedavg)
+        assert dp_sgd_steps(n, qffl) == (steps + 1, batch)
+    with pytest.raises(ConfigError, match="^loss_clip: has no effect without dp='example'"):
+        fl.ExperimentConfig(dataset="digits", algorithm="qffl", loss_clip=5.0)

@@ -200,8 +200,10 @@ def test_what_record_level_dp_cannot_honour_is_refused(heart_dir):
     with pytest.raises(fl.ConfigError, match="batch_size: must be > 0"):
         fl.ExperimentConfig(dp="example", noise_multiplier=1.0, batch_size=0)
     # what the algorithm computes from the records outside DP-SGD: q-FFL's loss weights, Ditto's own models
-    with pytest.raises(fl.ConfigError, match="^dp: 'example' .* by qffl: each update is weighted by the client's exact"):
+    # (q-FFL's loss weights are released noised under a public bound on each record's loss)
+    with pytest.raises(fl.ConfigError, match="^loss_clip: must be > 0 with qffl and dp='example': its server weighs"):
         fl.ExperimentConfig(model="logreg", algorithm="qffl", dp="example", noise_multiplier=1.0)
+    fl.ExperimentConfig(model="logreg", algorithm="qffl", dp="example", noise_multiplier=1.0, loss_clip=5.0)
     # fine-tuning before scoring trains on the records outside DP-SGD, and its scores are released
     with pytest.raises(fl.ConfigError, match="^finetune_epochs: must be 0 with dp='example': fine-tuning trains on"):
         fl.ExperimentConfig(dp="example", noise_multiplier=1.0, eval_per_client=True, finetune_epochs=2,

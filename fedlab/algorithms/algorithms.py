@@ -130,6 +130,9 @@ class Algorithm:
     computes from a client's records ("" when it does), so that combination is refused with this reason.
     ``record_dp_passes``: the DP-SGD passes a client makes over its records in a round (Ditto: 2, the global
     and its own model), each of the plan's steps: the record-level accounting counts them all.
+    ``record_dp_extra_steps``: what else a client releases from its records in a round under record-level DP,
+    counted as that many more DP-SGD steps: each a Poisson sample at DP-SGD's rate whose per-record values are
+    clipped and summed and the sum noised at DP-SGD's noise multiplier (q-FFL's noised loss: 1).
     ``side_values``: what a split-round algorithm whose server reads more than the updates (SCAFFOLD: its
     control variates) has its clients send beside their update through an aggregator that hides the updates,
     so that its server needs only sums ("" if it reads nothing more, or cannot do with sums); ``side_sums``: how
@@ -151,6 +154,7 @@ class Algorithm:
     record_dp_passes: int = 1
     side_sums: int = 0
     side_values: str = ""
+    record_dp_extra_steps: int = 0
 
     def param_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.params)
@@ -182,7 +186,7 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
                        on_arrays: Optional[Callable[..., Any]] = None, normalized: bool = False,
                        own_weighting: bool = False, in_driver: bool = False, personal: bool = False,
                        record_dp_gap: str = "", record_dp_passes: int = 1, side_sums: int = 0,
-                       side_values: str = "", replace: bool = False):
+                       side_values: str = "", record_dp_extra_steps: int = 0, replace: bool = False):
     """Registers ``build(model, *, client_lr, server_lr, params, model_aggregator)`` under ``name``.
 
     ``params``: a frozen :class:`AlgorithmParams` subclass with the algorithm's
@@ -195,6 +199,9 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
                       "now); leave it out", DeprecationWarning, stacklevel=2)
     if isinstance(record_dp_passes, bool) or not isinstance(record_dp_passes, int) or record_dp_passes < 1:
         raise ValueError(f"record_dp_passes: must be an integer >= 1, got {record_dp_passes!r}")
+    if isinstance(record_dp_extra_steps, bool) or not isinstance(record_dp_extra_steps, int) or \
+            record_dp_extra_steps < 0:
+        raise ValueError(f"record_dp_extra_steps: must be an integer >= 0, got {record_dp_extra_steps!r}")
     if not (isinstance(params, type) and issubclass(params, AlgorithmParams) and dataclasses.is_dataclass(params)):
         raise TypeError(f"params: must be a dataclass subclassing fedlab.AlgorithmParams, got {params!r}")
     from_fields = {f.name for f in dataclasses.fields(params)}
@@ -209,7 +216,8 @@ def register_algorithm(name: str, *, params: type = NoParams, paper: Optional[st
                                                                full_batch, on_arrays, normalized,
                                                                own_weighting, in_driver, personal,
                                                                record_dp_gap, int(record_dp_passes),
-                                                               int(side_sums), side_values),
+                                                               int(side_sums), side_values,
+                                                               int(record_dp_extra_steps)),
                      paper=paper, replace=replace)
 
 
@@ -408,15 +416,17 @@ round. Its metric is each client's own model on its own held-out data (eval_per_
 @dataclasses.dataclass(frozen=True)
 class QFFLParams(AlgorithmParams):
     q: float = hparam(1.0, low=0.0, high=100.0, help="fairness q: a client's loss counts as F^(q+1); 0 is FedAvg")
+    loss_clip: float = hparam(0.0, low=0.0, high=1e6,
+                              help="with dp='example': the bound B on each record's loss in q-FFL's noised loss "
+                                   "(a Poisson sample of the records at DP-SGD's rate, their losses clipped to B and "
+                                   "summed, the sum noised by z B); 0: unset")
     weight_bound: float = hparam(0.0, low=0.0, high=1e9,
                                  help="with secure aggregation: the public bound H on a client's weight h_k (each "
                                       "sends its share min(h_k, H) / H beside its step); 0: unset")
 
 
 register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",
-                   own_weighting=True, in_driver=True,
-                   record_dp_gap="each update is weighted by the client's exact training loss, which DP-SGD does "
-                                 "not noise",
+                   own_weighting=True, in_driver=True, record_dp_extra_steps=1,
                    on_arrays=build_qffl_on_arrays)(compiled_loop_only(
     "qffl", """\
 q-FFL by q-FedAvg: updates weighted by the clients' losses to the power q (fairer accuracy over clients).

@@ -68,7 +68,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..rounds.array_training import arrays_of, client_training, pack_clients
+from ..rounds.array_training import arrays_of, client_training, pack_clients, rekeyed, unpack_plan
 from ..core.runtime import tff
 from ..rounds.split_rounds import SplitRoundProcess, hides_updates, split_aggregator
 
@@ -77,9 +77,15 @@ class QFedAvgProcess(SplitRoundProcess):
     """q-FedAvg's rounds: each update scaled by F_k^q / h_k and weighted by h_k (on a secure sum or under
     user-level DP: by its share a_k = min(h_k, H) / H, sent beside it)."""
 
+    LOSS_KEY = 0x1055  # the salt of a client's key for its noised loss under record-level DP (rekeyed)
+
     def __init__(self, training, model_aggregator=None, attack: Optional[str] = None, *, q: float,
-                 weight_bound: float = 0.0) -> None:
-        self.q, self.weight_bound = float(q), float(weight_bound)
+                 weight_bound: float = 0.0, example_dp: Optional[tuple[float, float]] = None,
+                 loss_clip: float = 0.0) -> None:
+        self.q, self.weight_bound, self.loss_clip = float(q), float(weight_bound), float(loss_clip)
+        self.private = example_dp is not None  # record-level DP: the loss too is a noised sum of clipped values
+        if self.private and not self.loss_clip > 0:
+            raise ValueError("loss_clip: q-FFL under record-level DP needs the bound B > 0 on each record's loss")
         hides = hides_updates(model_aggregator)
         if hides and not self.weight_bound:
             raise ValueError("weight_bound: q-FFL on a sum that hides the updates (a secure sum, user-level DP's) "
@@ -95,22 +101,62 @@ class QFedAvgProcess(SplitRoundProcess):
         model = training.model
 
         @t.tensorflow.computation(training.weights_type, training.data_type)
-        def local_loss(weights, data):  # F_k(w^t): the mean loss over the client's whole local data set
+        def exact_loss(weights, data):  # F_k(w^t): the mean loss over the client's whole local data set
             x, y = arrays_of(model, data)
             output = model.predict_on_batch((tuple(weights.trainable), tuple(weights.non_trainable)), x,
                                             training=False)
             return model.loss(output=output, label=y)
 
+        client_loss = self._noised_loss(training, float(example_dp[0])) if self.private else exact_loss
+
         @t.federated_computation(t.FederatedType(training.weights_type, t.SERVER),
                                  t.FederatedType(training.data_type, t.CLIENTS))
         def losses_fn(weights, client_data):
-            return t.federated_map(local_loss, (t.federated_broadcast(weights), client_data))
+            return t.federated_map(client_loss, (t.federated_broadcast(weights), client_data))
 
         self._losses_fn = losses_fn
 
+    def _noised_loss(self, training, z: float):
+        """The TF computation (weights, client input) -> F~_k(w^t), released as a DP-SGD step releases a gradient:
+        a Poisson sample of the records at rate batch / n (the client's key, rekeyed for the loss), each record's
+        loss clipped to [0, B], the sum noised by z B, over the expected batch. One record moves the sum by at most
+        B: a Poisson-subsampled Gaussian at DP-SGD's rate and noise multiplier, one more step in the accounting."""
+        import tensorflow as tf
+
+        t = tff()
+        model, bound = training.model, np.float32(self.loss_clip)
+
+        @t.tensorflow.computation(training.weights_type, training.data_type)
+        def noised_loss(weights, data):
+            x, y = arrays_of(model, data)
+            _, batch, _, _, key = unpack_plan(data["plan"])
+            n = tf.shape(x)[0]
+            rate = tf.cast(batch, tf.float32) / tf.cast(n, tf.float32)
+            chosen = tf.where(tf.random.stateless_uniform(
+                [n], seed=tf.random.experimental.stateless_fold_in(key, 0)) < rate)[:, 0]
+            xb, yb = tf.gather(x, chosen), tf.gather(y, chosen)
+            parameters = (tuple(weights.trainable), tuple(weights.non_trainable))
+
+            def one(example):
+                xi, yi = example
+                return model.loss(output=model.predict_on_batch(parameters, xi[None], training=False),
+                                  label=yi[None])
+
+            total = tf.cond(tf.size(chosen) > 0,
+                            lambda: tf.reduce_sum(tf.clip_by_value(tf.vectorized_map(one, (xb, yb)), 0.0, bound)),
+                            lambda: tf.constant(0.0))
+            noise = tf.random.stateless_normal([], seed=tf.random.experimental.stateless_fold_in(key, 1),
+                                               stddev=z * bound)
+            return (total + noise) / tf.cast(batch, tf.float32)
+
+        return noised_loss
+
     def between(self, state, clients, client_data, updates, update_weights):
         # F_k(w^t): the state still holds the model the clients started from
-        losses = [float(v) for v in self._losses_fn(state.global_model_weights, pack_clients(client_data, self.data_type))]
+        if self.private:  # each client's loss from a Poisson sample and noise of its own (not its DP-SGD steps')
+            client_data = [rekeyed(data, self.LOSS_KEY) for data in client_data]
+        losses = [float(v) for v in self._losses_fn(state.global_model_weights,
+                                                    pack_clients(client_data, self.data_type))]
         lipschitz = 1.0 / float(state.client_work["learning_rate"])
         for row, (update, loss) in enumerate(zip(updates, losses)):
             if update_weights[row] == 0:  # a non-finite update was zeroed: it stays out
@@ -164,4 +210,5 @@ def build_qffl(model, *, client_lr: float, server_lr: float, params=None, model_
     training = client_training(model, client_lr=client_lr, server_optimizer=optimizer, weighting="uniform",
                                example_dp=example_dp)
     model_aggregator, attack = split_aggregator(model_aggregator)
-    return QFedAvgProcess(training, model_aggregator, attack, q=params.q, weight_bound=params.weight_bound)
+    return QFedAvgProcess(training, model_aggregator, attack, q=params.q, weight_bound=params.weight_bound,
+                          example_dp=example_dp, loss_clip=params.loss_clip)

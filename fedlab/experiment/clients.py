@@ -180,11 +180,13 @@ def plan_size(n: int, config: ExperimentConfig) -> tuple[int, int, int]:
 
 def dp_sgd_steps(n: int, config: ExperimentConfig) -> tuple[int, int]:
     """(DP-SGD steps in one round, expected batch) of a client holding ``n`` records under record-level DP: the
-    plan's steps times the algorithm's passes over the records (Ditto: 2); the Poisson rate is batch / n (1 for
-    a full batch: FedSGD's one step on every record)."""
+    plan's steps times the algorithm's passes over the records (Ditto: 2), and the algorithm's other releases
+    counted as steps (q-FFL's noised loss: ``record_dp_extra_steps``); the Poisson rate is batch / n (1 for a full
+    batch: FedSGD's one step on every record)."""
     epochs, batch, cap = plan_size(n, config)
     per_pass = cap if cap >= 0 else epochs * -(-n // batch)
-    return per_pass * config.algorithm_entry.record_dp_passes, batch
+    entry = config.algorithm_entry
+    return per_pass * entry.record_dp_passes + entry.record_dp_extra_steps, batch
 
 
 def client_plan(n: int, config: ExperimentConfig, round_num: int, client: int) -> tuple[np.ndarray, int, int, int]:

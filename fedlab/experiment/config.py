@@ -238,6 +238,12 @@ class ExperimentConfig:
             if algorithm.record_dp_gap:
                 raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
                                         f"{self.algorithm}: {algorithm.record_dp_gap}")
+            if getattr(self.algorithm_params, "loss_clip", None) == 0:
+                raise ConfigError("loss_clip", f"must be > 0 with {self.algorithm} and dp='example': its server "
+                                               "weighs each update by the client's training loss, which DP-SGD does "
+                                               "not cover; that loss is then a Poisson sample of the records at "
+                                               "DP-SGD's rate, each record's loss clipped to loss_clip and their "
+                                               "sum noised (one more DP-SGD step a round in the accounting)")
             if self.eval_per_client and self.local_test_fraction == 0 and not self.finetune_epochs:  # else below
                 raise ConfigError("local_test_fraction", "must be > 0 with dp='example' and eval_per_client: "
                                                          "without it each client is scored on its training records, "
@@ -337,6 +343,8 @@ class ExperimentConfig:
             raise ConfigError("weight_bound", "has no effect without a secure sum (secure_aggregation=True, "
                                               "secure_protocol 'none', 'secagg' or 'secaggplus') or user-level DP; "
                                               "leave it at 0")
+        if getattr(self.algorithm_params, "loss_clip", 0) and self.dp != RECORD_LEVEL:
+            raise ConfigError("loss_clip", "has no effect without dp='example' (record-level DP); leave it at 0")
         alike = weighs_alike(self)
         if self.client_weighting == "dataset" and alike:
             raise ConfigError("client_weighting", f"must be 'uniform' or 'examples' (the default) with {alike[0]}, "
