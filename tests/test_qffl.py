@@ -292,3 +292,35 @@ def test_q_fedavg_under_record_dp_counts_its_loss_as_one_more_dp_sgd_step():
         assert dp_sgd_steps(n, qffl) == (steps + 1, batch)
     with pytest.raises(ConfigError, match="^loss_clip: has no effect without dp='example'"):
         fl.ExperimentConfig(dataset="digits", algorithm="qffl", loss_clip=5.0)
+
+
+def test_under_record_dp_each_clients_loss_is_drawn_with_a_key_of_its_own_not_its_dp_sgd_steps():
+    """between() hands the loss computation each client's input rekeyed (array_training.rekeyed): its Poisson
+    sample and noise are not those of the client's first DP-SGD step, which its own key draws."""
+    from fedlab.rounds.array_training import pack_clients, rekeyed
+
+    process = build_qffl(MODEL, client_lr=0.4, server_lr=1.0, params=QFFLParams(q=1.0, loss_clip=5.0),
+                         example_dp=(1.0, 1.0))
+    seen = []
+    process._losses_fn = lambda weights, data: seen.extend(data) or [1.0] * len(data)
+    weights = tff().learning.models.ModelWeights(trainable=(W0, B0), non_trainable=())
+    state = with_learning_rates(process.set_model_weights(process.initialize(), weights), 0.4)
+    data = [_loss_inputs(c, key=11 + c, batch=1) for c in (0, 1)]
+    updates = [(np.ones((2, 3), np.float32), np.ones(3, np.float32)) for _ in data]
+    process.between(state, [0, 1], data, updates, [np.float32(1.0)] * 2)
+    own = [rekeyed(pack_clients([d], process.data_type)[0], process.LOSS_KEY)["plan"][3:5] for d in data]
+    for got, mine, original in zip(seen, own, data):
+        np.testing.assert_array_equal(got["plan"][3:5], mine)
+        assert not np.array_equal(got["plan"][3:5], original["key"])
+    with pytest.raises(ValueError, match="^loss_clip: q-FFL under record-level DP needs"):
+        build_qffl(MODEL, client_lr=0.4, server_lr=1.0, params=QFFLParams(q=1.0), example_dp=(1.0, 1.0))
+
+
+def test_q_fedavg_under_record_dp_on_secagg_with_a_weight_bound_runs():
+    """Both bounds at once: the noised loss (record-level DP) and the weight's share on the protocol's sum."""
+    config = fl.ExperimentConfig(dataset="digits", model="logreg", algorithm="qffl", num_clients=6,
+                                 clients_per_round=3, rounds=2, batch_size=10, dp="example", noise_multiplier=1.0,
+                                 loss_clip=5.0, secure_aggregation=True, secure_protocol="secagg",
+                                 quantization_bits=16, weight_bound=100.0)
+    history = fl.run_experiment(config, progress=False)
+    assert np.isfinite(history["eval_loss"]).all() and (history["epsilon"] > 0).all()

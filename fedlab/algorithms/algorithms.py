@@ -416,13 +416,14 @@ round. Its metric is each client's own model on its own held-out data (eval_per_
 @dataclasses.dataclass(frozen=True)
 class QFFLParams(AlgorithmParams):
     q: float = hparam(1.0, low=0.0, high=100.0, help="fairness q: a client's loss counts as F^(q+1); 0 is FedAvg")
+    weight_bound: float = hparam(0.0, low=0.0, high=1e9,
+                                 help="with secure aggregation or user-level DP: the public bound H on a client's "
+                                      "weight h_k (each sends its step times its share min(h_k, H) / H and that "
+                                      "share); 0: unset")
     loss_clip: float = hparam(0.0, low=0.0, high=1e6,
                               help="with dp='example': the bound B on each record's loss in q-FFL's noised loss "
                                    "(a Poisson sample of the records at DP-SGD's rate, their losses clipped to B and "
-                                   "summed, the sum noised by z B); 0: unset")
-    weight_bound: float = hparam(0.0, low=0.0, high=1e9,
-                                 help="with secure aggregation: the public bound H on a client's weight h_k (each "
-                                      "sends its share min(h_k, H) / H beside its step); 0: unset")
+                                   "summed, the sum noised by z B, over the expected batch); 0: unset")
 
 
 register_algorithm("qffl", params=QFFLParams, paper="Li et al. 2020, ICLR, arXiv:1905.10497 (q-FedAvg)",

@@ -60,6 +60,19 @@ which grow with the shares: the clients above that quantile, the heaviest
 against q-FFL's aim, and the noise on the shares is 2 z_t C_t / C shares
 (z_t the updates' part of the noise); a target_quantile near 1 keeps the
 weighting.
+
+Under record-level DP (``dp="example"``, DP-SGD in every client) the loss F_k
+is computed from the client's records too, which DP-SGD does not cover. It is
+then released as a DP-SGD step releases a gradient (``loss_clip`` B): a
+Poisson sample of the records at DP-SGD's rate batch / n, drawn with a key of
+its own, each record's loss clipped to [0, B], the sum plus N(0, (z B)^2),
+over the expected batch. One record moves that sum by at most B, so the
+release costs what one more DP-SGD step costs, and the accounting counts it so
+(``record_dp_extra_steps``). h_k then depends on the records only through the
+noised loss and the DP-SGD update: post-processing. The noise is z B / batch
+in loss units (0.5 at z = 1, B = 5, batches of 10): a draw at or below 0 makes
+that client's weight about 0, and with q > 1 a high draw can dominate a round;
+B near the typical loss and larger batches keep it smaller.
 """
 
 from __future__ import annotations
@@ -142,9 +155,11 @@ class QFedAvgProcess(SplitRoundProcess):
                 return model.loss(output=model.predict_on_batch(parameters, xi[None], training=False),
                                   label=yi[None])
 
-            total = tf.cond(tf.size(chosen) > 0,
-                            lambda: tf.reduce_sum(tf.clip_by_value(tf.vectorized_map(one, (xb, yb)), 0.0, bound)),
-                            lambda: tf.constant(0.0))
+            def clipped_sum():  # a non-finite loss (NaN too, which clip_by_value keeps) counts as B
+                losses = tf.vectorized_map(one, (xb, yb))
+                return tf.reduce_sum(tf.clip_by_value(tf.where(tf.math.is_finite(losses), losses, bound), 0.0, bound))
+
+            total = tf.cond(tf.size(chosen) > 0, clipped_sum, lambda: tf.constant(0.0))
             noise = tf.random.stateless_normal([], seed=tf.random.experimental.stateless_fold_in(key, 1),
                                                stddev=z * bound)
             return (total + noise) / tf.cast(batch, tf.float32)

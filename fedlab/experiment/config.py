@@ -238,7 +238,7 @@ class ExperimentConfig:
             if algorithm.record_dp_gap:
                 raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
                                         f"{self.algorithm}: {algorithm.record_dp_gap}")
-            if getattr(self.algorithm_params, "loss_clip", None) == 0:
+            if algorithm.record_dp_extra_steps and getattr(self.algorithm_params, "loss_clip", None) == 0:
                 raise ConfigError("loss_clip", f"must be > 0 with {self.algorithm} and dp='example': its server "
                                                "weighs each update by the client's training loss, which DP-SGD does "
                                                "not cover; that loss is then a Poisson sample of the records at "
@@ -343,7 +343,8 @@ class ExperimentConfig:
             raise ConfigError("weight_bound", "has no effect without a secure sum (secure_aggregation=True, "
                                               "secure_protocol 'none', 'secagg' or 'secaggplus') or user-level DP; "
                                               "leave it at 0")
-        if getattr(self.algorithm_params, "loss_clip", 0) and self.dp != RECORD_LEVEL:
+        if algorithm.record_dp_extra_steps and getattr(self.algorithm_params, "loss_clip", 0) and \
+                self.dp != RECORD_LEVEL:
             raise ConfigError("loss_clip", "has no effect without dp='example' (record-level DP); leave it at 0")
         alike = weighs_alike(self)
         if self.client_weighting == "dataset" and alike:
@@ -534,6 +535,11 @@ class ExperimentConfig:
             where, why = (("a secure sum's fixed range holds", "would tell the server one of them") if secure else
                           ("user-level DP's clip and noise cover (as DP-FedAvg caps each user's weight)",
                            "would move every client's step when one user joins, which the noise does not hide"))
+            if not secure and self.dp not in ("fixed", "adaptive"):
+                raise ConfigError("dp", f"must be 'fixed' or 'adaptive' with {self.algorithm}, got {self.dp!r}: its "
+                                        "server divides the noised sum of the steps by that of the shares, which "
+                                        "needs one L2 clip of each client's whole pair and a mean over the expected "
+                                        "clients, what these two give")
             if bound is None:
                 raise ConfigError("algorithm", f"cannot be {self.algorithm!r} with {setting}: its server needs each "
                                                f"update's own weight, which {where} only under a public bound (its "
@@ -543,11 +549,6 @@ class ExperimentConfig:
                                                   "sends its step times its weight's share min(h_k, H) / H and that "
                                                   f"share, which {where} only under a public bound H (a bound read "
                                                   f"from the clients' weights {why})")
-            if not secure and self.dp not in ("fixed", "adaptive"):
-                raise ConfigError("dp", f"must be 'fixed' or 'adaptive' with {self.algorithm}, got {self.dp!r}: its "
-                                        "server divides the noised sum of the steps by that of the shares, which "
-                                        "needs one L2 clip of each client's whole pair and a mean over the expected "
-                                        "clients, what these two give")
             if secure and self.quantization_bits < 8:
                 raise ConfigError("quantization_bits", f"must be 8 or more with {self.algorithm} on a secure sum, got "
                                                        f"{self.quantization_bits}: a client's share of the weights "

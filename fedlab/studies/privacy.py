@@ -48,7 +48,8 @@ def describe(config) -> str:
 
 
 def site_epsilons(config):
-    """Record-level DP (``dp="example"``): each site's records, sampling probability, DP-SGD steps and epsilon
+    """Record-level DP (``dp="example"``): each site's records, sampling probability, DP-SGD steps (with what the
+    algorithm releases besides, counted as steps: q-FFL's noised loss) and epsilon
     after the config's rounds, at ``config.effective_delta`` per site (NaN for an attacker: the adversary the
     guarantee is held against, whose own records it does not cover)."""
     import pandas as pd
