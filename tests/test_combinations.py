@@ -11,9 +11,11 @@ import math
 import pathlib
 import warnings
 
+import numpy as np
 import pytest
 
 from fedlab import ExperimentConfig, run_experiment
+from fedlab.experiment.clients import spec_for
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("combination_matrix", ROOT / "tools" / "combination_matrix.py")
@@ -84,3 +86,10 @@ def test_an_accepted_pair_runs_two_rounds(fields, given, request):
         history = run_experiment(ExperimentConfig(**fields), progress=False)
     assert list(history["round"]) == [1, 2]
     assert math.isfinite(history["eval_loss"].iloc[-1])
+    # and it trained: the global model is not the one it started from (a pair whose sums round every update to
+    # zero, or whose server never steps, would finish two finite rounds all the same)
+    config = ExperimentConfig(**fields)
+    keras = spec_for(config).build_keras(config.seeds["model"])
+    start = [v.numpy() for v in keras.trainable_variables + keras.non_trainable_variables]
+    final = history.attrs["final_weights"].value
+    assert len(final) == len(start) and any(not np.array_equal(a, b) for a, b in zip(final, start))

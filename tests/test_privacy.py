@@ -564,6 +564,16 @@ def test_dp_with_compression_runs_its_accounting_and_bytes_as_dp_alone_and_repea
     # up: 650 weights at 8 bits, a min and a max per tensor (2 tensors), the weight; 32 bits without compression
     assert aggregation.round_bytes(compressed, [640, 10], [], 3)["bytes_up"] == 3 * (650 + 16 + 4)
     assert aggregation.round_bytes(base, [640, 10], [], 3)["bytes_up"] == 3 * (650 * 4 + 4)
+    # SCAFFOLD: c down beside the model, its change of c_i up beside the update (float32; at the sum's bits when
+    # a sum that hides the updates takes both)
+    scaffold = ExperimentConfig(dataset="digits", model="logreg", algorithm="scaffold")
+    assert aggregation.round_bytes(scaffold, [640, 10], [], 3) == {"bytes_down": 3 * 4 * 650 * 2,
+                                                                     "bytes_up": 3 * (650 * 4 * 2 + 4)}
+    assert aggregation.round_bytes(scaffold.replace(quantization_bits=8), [640, 10], [], 3)["bytes_up"] == \
+        3 * (650 + 16 + 4 + 650 * 4)
+    private = scaffold.replace(dp="fixed", noise_multiplier=1.0, local_steps=5)
+    assert aggregation.round_bytes(private, [640, 10], [], 3) == {"bytes_down": 3 * 4 * 650 * 2,
+                                                                    "bytes_up": 3 * (650 * 2 * 4 + 4)}
     for adaptive in (compressed.replace(dp="adaptive"), compressed.replace(dp="adaptive", noise_source="unseeded"),
                      compressed.replace(noise_source="unseeded")):
         history = run_experiment(adaptive, progress=False)

@@ -661,23 +661,26 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     (a protocol run reports them: history column ``secagg_bytes_per_client``).
     CKKS (:mod:`fedlab.protection.ckks`): up, each client's ciphertexts (uncompressed size,
     from the parameters) plus its weight; down, the model and the encrypted
-    mean to every selected client (a key holder decrypts it). Under user-level DP or a secure sum, SCAFFOLD
-    sends its control variates' change beside its update (``side_sums``): twice the values up; q-FFL its weight's
-    share, one value more.
+    mean to every selected client (a key holder decrypts it). SCAFFOLD (``side_sums``) also sends every client
+    the server's control variate c down, and its own change of c_i up: under user-level DP or a secure sum beside
+    its update, at the sum's bits (twice the values up), else as float32; q-FFL sends its weight's share there, one
+    value more.
     """
     params = int(sum(trainable_sizes))
-    down = clients * 4 * (params + int(sum(non_trainable_sizes)))
+    side = config.algorithm_entry.side_sums  # model-sized vectors exchanged beside the model (SCAFFOLD's c, c_i)
+    down = clients * 4 * (params * (1 + side) + int(sum(non_trainable_sizes)))
+    plain_side = 4 * side * params  # float32, where no sum that hides the updates takes them
     if config.secure_aggregation and config.secure_protocol == "ckks":  # whole ciphertexts of 4,096 slots
         ciphertexts = HomomorphicMean.upload_bytes(params)
         return {"bytes_down": float(down + clients * ciphertexts), "bytes_up": float(clients * (ciphertexts + 4))}
     tensors = len(trainable_sizes)
     if config.user_level_dp or config.secure_aggregation:  # and what it sends beside its update (values_summed)
-        params = values_summed(config, params)
+        params, plain_side = values_summed(config, params), 0
         tensors = tensors * (1 + config.algorithm_entry.side_sums) + int(bool(config.algorithm_entry.own_weighting))
     if config.user_level_dp and config.dp == "adaptive" and config.secure_aggregation \
             and config.secure_protocol != "none":
         params += 1  # the bit [norm <= C_t] as one more ring element (ProtocolSum)
-    per_client_up = params * bits_per_value_up(config) / 8 + 4
+    per_client_up = params * bits_per_value_up(config) / 8 + 4 + plain_side
     if config.quantization_bits and not config.secure_aggregation:
         per_client_up += 8 * tensors
     return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
