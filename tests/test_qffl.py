@@ -324,3 +324,34 @@ def test_q_fedavg_under_record_dp_on_secagg_with_a_weight_bound_runs():
                                  quantization_bits=16, weight_bound=100.0)
     history = fl.run_experiment(config, progress=False)
     assert np.isfinite(history["eval_loss"]).all() and (history["epsilon"] > 0).all()
+    fedavg = fl.run_experiment(config.replace(algorithm="fedavg", algorithm_params=None, secure_aggregation=False,
+                                              secure_protocol="none", quantization_bits=0), progress=False)
+    assert (history["epsilon"] > fedavg["epsilon"]).all()  # the loss's release: one more step a round
+
+
+def test_a_non_finite_record_loss_counts_as_the_bound():
+    data = _loss_inputs(1, key=3, batch=3)
+    data["x"] = data["x"].copy()
+    data["x"][0, 0] = np.nan  # its record's loss is NaN
+    per_record = [local_loss(W0, B0, X[1][j:j + 1], Y[1][j:j + 1]) for j in (1, 2)]
+    bound = 10.0
+    np.testing.assert_allclose(_noised_losses(bound, 0.0, [data]), (bound + sum(per_record)) / 3, rtol=1e-5)
+
+
+def test_qffl_refusals_under_dp_come_in_the_order_that_helps():
+    from fedlab.aggregators import aggregation
+
+    assert QFFLParams(1.0, 100.0).weight_bound == 100.0  # positional use as before loss_clip was added
+    with pytest.raises(ConfigError, match="^q: must be 0 or at least 1 with qffl and dp='example'"):
+        fl.ExperimentConfig(dataset="digits", model="logreg", algorithm="qffl", dp="example", noise_multiplier=1.0,
+                            batch_size=10, loss_clip=5.0, q=0.5)
+
+    @fl.register_aggregator("dp_of_its_own", role="dp")
+    def _own(noise_multiplier, clients_per_round, clip_norm, target_quantile=0.5, *, seeded=True):
+        return aggregation.dp_fixed(noise_multiplier, clients_per_round, clip_norm, seeded=seeded)
+
+    try:  # a registered DP aggregator is not known to clip the whole pair and divide by K: dp, before weight_bound
+        with pytest.raises(ConfigError, match="^dp: must be 'fixed' or 'adaptive' with qffl"):
+            fl.ExperimentConfig(dataset="digits", algorithm="qffl", dp="dp_of_its_own", noise_multiplier=1.0)
+    finally:
+        aggregation.AGGREGATORS._entries.pop("dp_of_its_own", None)

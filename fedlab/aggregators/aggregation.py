@@ -662,9 +662,9 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     CKKS (:mod:`fedlab.protection.ckks`): up, each client's ciphertexts (uncompressed size,
     from the parameters) plus its weight; down, the model and the encrypted
     mean to every selected client (a key holder decrypts it). SCAFFOLD (``side_sums``) also sends every client
-    the server's control variate c down, and its own change of c_i up: under user-level DP or a secure sum beside
-    its update, at the sum's bits (twice the values up), else as float32; q-FFL sends its weight's share there, one
-    value more.
+    the server's control variate c down, and its control-variate values up (their change; under user-level DP its
+    scaled c_i): under user-level DP or a secure sum beside its update, at the sum's bits (twice the values up),
+    else as float32; q-FFL sends its weight's share there, one value more.
     """
     params = int(sum(trainable_sizes))
     side = config.algorithm_entry.side_sums  # model-sized vectors exchanged beside the model (SCAFFOLD's c, c_i)

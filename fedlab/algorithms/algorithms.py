@@ -136,7 +136,8 @@ class Algorithm:
     ``side_values``: what a split-round algorithm whose server reads more than the updates (SCAFFOLD: its
     control variates) has its clients send beside their update through an aggregator that hides the updates,
     so that its server needs only sums ("" if it reads nothing more, or cannot do with sums); ``side_sums``: how
-    many model-sized vectors that is, clipped, rounded and noised with the update.
+    many model-sized vectors that is, clipped, rounded and noised with the update, and as many the server sends
+    every client (SCAFFOLD's c), which the byte count takes both ways on every path.
     """
 
     name: str

@@ -70,9 +70,12 @@ over the expected batch. One record moves that sum by at most B, so the
 release costs what one more DP-SGD step costs, and the accounting counts it so
 (``record_dp_extra_steps``). h_k then depends on the records only through the
 noised loss and the DP-SGD update: post-processing. The noise is z B / batch
-in loss units (0.5 at z = 1, B = 5, batches of 10): a draw at or below 0 makes
-that client's weight about 0, and with q > 1 a high draw can dominate a round;
-B near the typical loss and larger batches keep it smaller.
+in loss units (0.5 at z = 1, B = 5, batches of 10). A draw at or below 0
+counts as 1e-12: at q = 1 that client's step is about 0 while its weight
+||L Delta w||^2 stays (it dilutes the round), at q > 1 its weight is about 0;
+0 < q < 1 is refused (the weight would grow without bound). With q > 1 a high
+draw can dominate a round. B near the typical loss and larger batches keep the
+noise smaller.
 """
 
 from __future__ import annotations

@@ -238,6 +238,11 @@ class ExperimentConfig:
             if algorithm.record_dp_gap:
                 raise ConfigError("dp", f"'example' (DP-SGD in every client) cannot be honoured by "
                                         f"{self.algorithm}: {algorithm.record_dp_gap}")
+            if algorithm.own_weighting and 0 < getattr(self.algorithm_params, "q", 1.0) < 1:
+                raise ConfigError("q", f"must be 0 or at least 1 with {self.algorithm} and dp='example', got "
+                                       f"{self.algorithm_params.q:g}: a client's weight grows as F^(q-1) as its "
+                                       "noised loss F nears 0, which the noise makes frequent, and one such client "
+                                       "would stall the round")
             if algorithm.record_dp_extra_steps and getattr(self.algorithm_params, "loss_clip", None) == 0:
                 raise ConfigError("loss_clip", f"must be > 0 with {self.algorithm} and dp='example': its server "
                                                "weighs each update by the client's training loss, which DP-SGD does "
