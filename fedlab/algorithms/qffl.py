@@ -111,8 +111,6 @@ class QFedAvgProcess(SplitRoundProcess):
             raise ValueError("model_aggregator: q-FFL on a sum that hides the updates needs one that L2-clips "
                              "every client's value (a b-bit sum's, DP's)")
         super().__init__(training, model_aggregator, attack, side_shapes=[()] if hides else ())
-        import tensorflow as tf
-
         t = tff()
         model = training.model
 
