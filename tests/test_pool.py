@@ -29,13 +29,26 @@ def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_
     configs = fl.grid(BASE, seed=[0, 1], client_lr=[0.05, 0.2])
     alone = [fl.run_experiment(c, progress=False) for c in configs]
     monkeypatch.setenv("FEDLAB_PROFILE", str(tmp_path / "profile.jsonl"))
+    decided = []
+
+    def after_one(seconds, left, limit):  # as if the first run had shown the rest to be worth spreading
+        decided.append((len(seconds), left, limit))
+        return len(seconds) == 1
+
+    worth_spreading = pool.worth_spreading
+    monkeypatch.setattr(pool, "worth_spreading", after_one)
     spread = pool.run_all(configs, results_cache=tmp_path / "cache", processes=2, progress=False)
-    assert len(list((tmp_path / "cache").iterdir())) == 4  # each trained once, in a worker process
+    monkeypatch.setattr(pool, "worth_spreading", worth_spreading)
+    assert decided == [(0, 4, pool.SPREAD_AFTER_S), (1, 3, pool.SPREAD_AFTER_S)]
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # each trained once: the first here, three in workers
     lines = [json.loads(line) for line in (tmp_path / "profile.jsonl").read_text().splitlines()]
     trained = {line["key"] for line in lines if line["worker"] and not line["from_cache"]}
+    here = {line["key"] for line in lines if not line["worker"] and not line["from_cache"]}
     read_back = {line["key"] for line in lines if not line["worker"] and line["from_cache"]}
-    assert len(lines) == 8 and len(trained) == 4 and trained == read_back  # the profile tells the two apart
+    assert len(lines) == 8 and len(trained) == 3 and len(here) == 1  # the profile tells the three apart
+    assert trained | here == read_back
     monkeypatch.delenv("FEDLAB_PROFILE")
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")  # below: every run spread from the start
     for one, other in zip(alone, spread):
         assert not other.attrs["from_cache"]  # trained by this call
         assert one[METRICS].equals(other[METRICS])
@@ -54,6 +67,50 @@ def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_
     for (seed, lr), one in zip([(c.seed, c.client_lr) for c in configs], alone):
         rows = swept[(swept.seed == seed) & (swept.lr == lr)].reset_index(drop=True)
         assert rows[METRICS].equals(one[METRICS])
+
+
+def test_a_sweep_is_spread_once_the_runs_left_would_take_longer_here_than_the_limit():
+    assert not pool.worth_spreading([], 10, 30.0)  # nothing measured yet
+    assert pool.worth_spreading([], 10, 0.0)  # 0: spread from the start
+    assert not pool.worth_spreading([], 1, 0.0)  # one run is never spread
+    assert not pool.worth_spreading([31.0], 1, 30.0)
+    assert pool.worth_spreading([16.0], 2, 30.0)  # 2 x 16 s > 30 s
+    assert not pool.worth_spreading([15.0], 2, 30.0)
+    assert not pool.worth_spreading([6.0, 0.4], 70, 30.0)  # each as long as the shortest: 70 x 0.4 s < 30 s
+    assert pool.worth_spreading([6.0, 0.4], 80, 30.0)
+
+
+def test_a_run_is_expected_to_take_its_rounds_at_its_fastest_rounds_pace():
+    import pandas as pd
+
+    history = pd.DataFrame({"round": [1, 2, 3], "seconds": [2.5, 0.25, 0.5]})  # round 1 traced TFF's computations
+    assert pool.expected_seconds(BASE.replace(rounds=10), history) == 2.5  # 10 rounds x 0.25 s
+    assert pool.expected_seconds(BASE, history.iloc[:0]) == 0.0  # no round ran: nothing to go by
+
+
+def test_the_spreading_limit_is_read_and_checked(monkeypatch):
+    monkeypatch.delenv(pool.SPREAD_VARIABLE, raising=False)
+    assert pool.spread_after() == pool.SPREAD_AFTER_S == 30.0
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "2.5")
+    assert pool.spread_after() == 2.5
+    for bad in ("-1", "soon", "nan", "inf"):
+        monkeypatch.setenv(pool.SPREAD_VARIABLE, bad)
+        with pytest.raises(ValueError, match=r"^FEDLAB_SPREAD_AFTER_S: must be a number of seconds >= 0"):
+            pool.spread_after()
+
+
+@pytest.mark.slow
+def test_a_short_sweep_trains_here_without_starting_a_worker_process(tmp_path, monkeypatch):
+    def no_pool(processes):
+        raise AssertionError("a worker process was started")
+
+    monkeypatch.delenv(pool.SPREAD_VARIABLE, raising=False)
+    monkeypatch.setattr(pool, "_executor", no_pool)
+    configs = [BASE.replace(seed=s) for s in range(3)]  # two run here; one left is never spread
+    histories = pool.run_all(configs, results_cache=tmp_path, processes=2, progress=False)
+    assert len(list(tmp_path.iterdir())) == 3 and not any(h.attrs["from_cache"] for h in histories)
+    assert all(h.attrs["from_cache"] for h in pool.run_all(configs, results_cache=tmp_path, processes=2,
+                                                           progress=False))
 
 
 def test_what_a_worker_process_cannot_run_stays_here():
@@ -98,7 +155,8 @@ def test_config_errors_and_setting_warnings_survive_the_trip_between_processes()
 
 
 @pytest.mark.slow
-def test_an_error_in_a_worker_process_is_raised_here_and_its_warnings_too(tmp_path):
+def test_an_error_in_a_worker_process_is_raised_here_and_its_warnings_too(tmp_path, monkeypatch):
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")  # every run in a worker process
     vanishing = BASE.replace(secure_aggregation=True, quantization_bits=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -114,6 +172,7 @@ def test_an_error_in_a_worker_process_is_raised_here_and_its_warnings_too(tmp_pa
 
 @pytest.mark.slow
 def test_a_sweep_whose_runs_make_no_progress_stops_and_says_which(tmp_path, monkeypatch):
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")  # every run in a worker process
     monkeypatch.setenv("FEDLAB_WAIT_LIMIT_S", "1")  # a worker process takes longer than that to import TFF
     configs = [BASE.replace(seed=s) for s in range(3)]
     with pytest.raises(pool.SweepStalled, match=r"^no round finished within 1 s \(FEDLAB_WAIT_LIMIT_S\) in "
@@ -189,13 +248,14 @@ def test_a_script_without_a_main_guard_runs_its_sweep_once(tmp_path):
                       "table = fl.run_sweep(fl.grid(base, seed=[0, 1]), processes=2, progress=False)\n"
                       "print('rows', len(table), flush=True)\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)
+                         cwd=tmp_path, env=dict(os.environ, **{pool.SPREAD_VARIABLE: "0"}))  # spread from the start
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["top level ran", "rows 4"]
 
 
 @pytest.mark.slow
 def test_a_worker_process_killed_mid_sweep_is_named_and_the_next_sweep_starts_new_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")  # every run in a worker process
     import threading
     import time
 

@@ -13,6 +13,15 @@ it), ``workers=...`` (the TFF workers serve one driver), an encryption key that 
 two runs to train, or one process allowed (``processes=1``, ``$FEDLAB_SWEEP_PROCESSES=1``). A worker process
 does not import the program's ``__main__`` (a script without an ``if __name__ == "__main__"`` guard is safe).
 
+Short sweeps stay here too. A worker process costs about ten seconds to start (it imports TensorFlow and TFF)
+and builds its own TFF processes again, where this process may have built them already; a sweep of small runs
+(the test suite's fast setting: a few tenths of a second a run) is then several times slower spread than run
+here. So :func:`spread` trains the runs here, one after the other, until those left are expected to take longer
+than :func:`spread_after` seconds here (``$FEDLAB_SPREAD_AFTER_S``, 30 by default; 0 spreads every run from the
+start), and spreads the rest. A run is expected to take its rounds at the pace of the fastest round of the
+fastest run trained here so far: a lower bound (it leaves out building the TFF processes, which the first run of a
+shape does, and evaluation), so a sweep is spread only when the rounds alone make it worth it.
+
 The worker processes live for one sweep (they start with its first run, about ten seconds, and build their TFF
 processes once for all the runs they train). Nothing waits forever: when a run finishes no round for
 :func:`fedlab.core.runtime.wait_limit` seconds, or no run starts or finishes for as long, the sweep stops, says
@@ -57,6 +66,8 @@ from .config import ExperimentConfig
 from .runner import component_digests, run_experiment
 
 PROCESSES_VARIABLE = "FEDLAB_SWEEP_PROCESSES"
+SPREAD_VARIABLE = "FEDLAB_SPREAD_AFTER_S"
+SPREAD_AFTER_S = 30.0  # about three times a worker process's start: spreading less than this gains nothing
 
 
 def sweep_processes(processes: Optional[int] = None) -> int:
@@ -72,6 +83,39 @@ def sweep_processes(processes: Optional[int] = None) -> int:
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes: must be a whole number >= 1 (1: every run in this process), got {processes!r}")
     return processes
+
+
+def spread_after() -> float:
+    """Seconds of runs left, expected here, from which a sweep spreads them: ``$FEDLAB_SPREAD_AFTER_S`` if set,
+    else :data:`SPREAD_AFTER_S` (0: spread every run from the start)."""
+    raw = os.environ.get(SPREAD_VARIABLE, "").strip()
+    if not raw:
+        return SPREAD_AFTER_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{SPREAD_VARIABLE}: must be a number of seconds >= 0 (0: spread every run), got {raw!r}")
+    return value
+
+
+def worth_spreading(seconds: Sequence[float], left: int, limit: float) -> bool:
+    """Whether ``left`` runs are expected to take longer than ``limit`` seconds here, each as long as the shortest
+    of ``seconds``, what the runs trained here so far are expected to take (:func:`expected_seconds`); nothing
+    trained yet: only when ``limit`` is 0. Never for fewer than two runs."""
+    if left < 2:
+        return False
+    if limit <= 0:
+        return True
+    return bool(seconds) and left * min(seconds) > limit
+
+
+def expected_seconds(config: ExperimentConfig, history: pd.DataFrame) -> float:
+    """What a run like ``config`` takes at least: its rounds at the pace of its fastest round in ``history`` (the
+    first round also traces TFF's computations; building them and evaluating are left out)."""
+    rounds = history["seconds"].dropna() if "seconds" in history else ()
+    return config.rounds * float(min(rounds)) if len(rounds) else 0.0
 
 
 def entries_of(config: ExperimentConfig) -> list[Entry]:
@@ -144,11 +188,13 @@ class Spread:
 @contextlib.contextmanager
 def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes: Optional[int] = None,
            progress: bool = True, on_done: Optional[Callable[[int], None]] = None) -> Iterator[Spread]:
-    """Trains the runs of ``configs`` that a worker process can train (:func:`spreadable`) side by side in
-    ``processes`` of them, into ``results_cache``; the block then reads every run from ``Spread.cache`` with
-    :func:`fedlab.run_experiment`, as if it had run them itself, in any order. Without ``results_cache`` the runs
-    pass through a temporary folder, removed when the block ends. Nothing is spread when fewer than two runs
-    would be, or with one process. ``on_done(i)``: called as run ``i`` is stored (else a progress bar)."""
+    """Trains the runs of ``configs`` that a worker process can train (:func:`spreadable`) into
+    ``results_cache``: here, one after the other, until the runs left are worth spreading (:func:`worth_spreading`
+    with :func:`spread_after`), then those side by side in ``processes`` worker processes. The block then reads
+    every run from ``Spread.cache`` with :func:`fedlab.run_experiment`, as if it had run them itself, in any
+    order. Without ``results_cache`` the runs pass through a temporary folder, removed when the block ends. Nothing
+    is trained before the block when fewer than two runs would be spread, or with one process. ``on_done(i)``:
+    called as run ``i`` is stored (else a progress bar)."""
     from tqdm.auto import tqdm
 
     configs = list(configs)
@@ -161,11 +207,26 @@ def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes
         cache = str(results_cache) if results_cache is not None else \
             stack.enter_context(tempfile.TemporaryDirectory(prefix="fedlab-sweep-cache-"))
         if on_done is None:
-            bar = stack.enter_context(tqdm(total=len(todo), desc="runs side by side", unit="run",
+            bar = stack.enter_context(tqdm(total=len(todo), desc="runs", unit="run",
                                            disable=not progress))
             on_done = lambda i: bar.update(1)  # noqa: E731
-        _train_all(configs, todo, cache, processes, on_done)
+        left = _train_here(configs, todo, cache, on_done)
+        if left:
+            _train_all(configs, left, cache, processes, on_done)
         yield Spread(cache, frozenset(todo))
+
+
+def _train_here(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: str,
+                on_done: Callable[[int], None]) -> list[int]:
+    """Trains the runs of ``todo`` in this process, in order, until those left are worth spreading; returns them."""
+    limit, seconds = spread_after(), []
+    for n, i in enumerate(todo):
+        if worth_spreading(seconds, len(todo) - n, limit):
+            return todo[n:]
+        seconds.append(expected_seconds(configs[i], run_experiment(configs[i], results_cache=cache_dir,
+                                                                    progress=False)))
+        on_done(i)
+    return []
 
 
 def spreadable(configs: Sequence[ExperimentConfig], cache_dir) -> list[int]:
