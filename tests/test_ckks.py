@@ -163,6 +163,24 @@ def test_seeded_encryption_is_reproducible_whatever_the_keys_and_each_ciphertext
     assert chunks[0] != chunks[1]
 
 
+def test_an_encrypting_context_without_the_modulus_chain_makes_the_ciphertexts_of_one_with_it(keys, monkeypatch):
+    import tenseal.sealapi as seal
+
+    secret, _ = keys
+    values = np.tile(D[1], 3000)
+    lean = ckks.encrypt(values, secret, seed=(5,))
+
+    def with_chain(seed=None):  # what the contexts were built as before: every level of the chain
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(ckks.POLY_MODULUS_DEGREE)
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(ckks.POLY_MODULUS_DEGREE, list(ckks.COEFF_MOD_BIT_SIZES)))
+        parms.set_random_generator(seal.Blake2xbPRNGFactory([int(s) for s in seed]))
+        return seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+
+    monkeypatch.setattr(ckks, "_seal_context", with_chain)
+    assert ckks.encrypt(values, secret, seed=(5,)) == lean  # the committed CKKS results stay as they are
+
+
 def test_values_beyond_the_range_are_refused_in_one_line(keys):
     secret, _ = keys
     with pytest.raises(ValueError, match=r"out of CKKS's range here \(\|x\| < 2\^16\)") as err:
