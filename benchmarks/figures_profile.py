@@ -7,11 +7,11 @@ and each run inside a cell split by phase (:mod:`fedlab.core.profiling`).
 The notebooks write their figures, tables and cache into SCRATCH, emptied first (every run is trained: none is in
 the cache at the start), never into figures/ or results/. One CSV row per notebook cell that took at least a
 second, then one row per notebook (``cell`` = "all"): the cell's wall seconds (papermill's), its first line of
-code, the runs it trained and those it read from the cache (a run a sweep's worker process trained and this
-process then read back counts once, as trained), their rounds, ``in_runs``: the seconds this process spent inside
-runs, ``in_workers``: the seconds runs took in a sweep's worker processes (side by side: they add up to more than
-the wall time), the seconds of all those runs in each phase (``cache``, ``data``, ``build``, ``inputs``,
-``round``, ``evaluate``, ``bookkeeping``, ``other``), and ``outside_runs``: the cell's seconds outside any run in
+code, the runs it trained and those it read from the cache (a run a sweep trained, in a worker process or in
+this one, and this process then read back counts once, as trained), their rounds, ``in_runs``: the seconds this
+process spent inside runs, ``in_workers``: the seconds runs took in a sweep's worker processes (side by side:
+they add up to more than the wall time), the seconds of all those runs in each phase (``cache``, ``data``,
+``build``, ``inputs``, ``round``, ``evaluate``, ``bookkeeping``, ``other``), and ``outside_runs``: the cell's seconds outside any run in
 this process (plots, tables, statistics, a study's own work, waiting for worker processes). A notebook's row adds
 ``kernel``: its wall time outside its cells (kernel start, papermill), and ``complete``: whether every cell ran.
 ``--tabulate`` runs nothing and tables what an earlier, or interrupted, profile left in SCRATCH (a notebook's
@@ -44,9 +44,10 @@ CELL_COLUMNS = ("cell", "step", "seconds", "runs_trained", "runs_cached", "round
 def cell_rows(executed: pathlib.Path, runs: pd.DataFrame) -> list[dict]:
     """One row per code cell of an executed notebook, with the phases of the runs it started."""
     nb = json.loads(executed.read_text())
-    if len(runs):  # a run a worker trained for a cell, then read back by the cell: counted once, as trained
-        trained = set(zip(*runs.loc[runs["worker"] & ~runs["from_cache"], ["cell", "key"]].to_numpy().T)) \
-            if (runs["worker"] & ~runs["from_cache"]).any() else set()
+    if len(runs):  # a run a sweep trained for a cell (in a worker or here), then read back by the cell: counted
+        # once, as trained
+        trained = set(zip(*runs.loc[~runs["from_cache"], ["cell", "key"]].to_numpy().T)) \
+            if (~runs["from_cache"]).any() else set()
         read_back = [(c, k) in trained for c, k in zip(runs["cell"], runs["key"])]
         runs = runs[~(runs["from_cache"] & ~runs["worker"] & pd.Series(read_back, index=runs.index))]
     rows = []

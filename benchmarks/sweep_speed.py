@@ -6,7 +6,8 @@ wall time of one).
 The configuration is notebook 01's FedAvg setting (mnist5k, the 2NN, 100 clients with two label shards each,
 K = 10, E = 5, B = 10, η = 0.1). Each measurement is a fresh Python process with an empty results cache that
 imports fedlab, then times ``fedlab.run_sweep`` over the seeds: one seed; every seed one after the other
-(``processes=1``); every seed spread over the cores (the default). The three are interleaved ``--repeats`` times.
+(``processes=1``); the default (``fedlab.experiment.pool``: the first seed in this process, the other seeds spread
+over the cores from its second round on). The three are interleaved ``--repeats`` times.
 Prints the median seconds of each and the ratios to one seed; writes every measurement to OUT.
 """
 

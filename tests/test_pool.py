@@ -29,17 +29,13 @@ def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_
     configs = fl.grid(BASE, seed=[0, 1], client_lr=[0.05, 0.2])
     alone = [fl.run_experiment(c, progress=False) for c in configs]
     monkeypatch.setenv("FEDLAB_PROFILE", str(tmp_path / "profile.jsonl"))
-    decided = []
-
-    def after_one(seconds, left, limit):  # as if the first run had shown the rest to be worth spreading
-        decided.append((len(seconds), left, limit))
-        return len(seconds) == 1
-
-    worth_spreading = pool.worth_spreading
-    monkeypatch.setattr(pool, "worth_spreading", after_one)
+    # the first run trains here; from its second round the three after it are worth spreading at any pace
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "1e-9")
+    started = []
+    start = pool._Lanes.start
+    monkeypatch.setattr(pool._Lanes, "start", lambda lanes, todo: (started.append(list(todo)), start(lanes, todo)))
     spread = pool.run_all(configs, results_cache=tmp_path / "cache", processes=2, progress=False)
-    monkeypatch.setattr(pool, "worth_spreading", worth_spreading)
-    assert decided == [(0, 4, pool.SPREAD_AFTER_S), (1, 3, pool.SPREAD_AFTER_S)]
+    assert started == [[1, 2, 3]]
     assert len(list((tmp_path / "cache").iterdir())) == 4  # each trained once: the first here, three in workers
     lines = [json.loads(line) for line in (tmp_path / "profile.jsonl").read_text().splitlines()]
     trained = {line["key"] for line in lines if line["worker"] and not line["from_cache"]}
@@ -70,22 +66,21 @@ def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_
 
 
 def test_a_sweep_is_spread_once_the_runs_left_would_take_longer_here_than_the_limit():
-    assert not pool.worth_spreading([], 10, 30.0)  # nothing measured yet
-    assert pool.worth_spreading([], 10, 0.0)  # 0: spread from the start
-    assert not pool.worth_spreading([], 1, 0.0)  # one run is never spread
-    assert not pool.worth_spreading([31.0], 1, 30.0)
-    assert pool.worth_spreading([16.0], 2, 30.0)  # 2 x 16 s > 30 s
-    assert not pool.worth_spreading([15.0], 2, 30.0)
-    assert not pool.worth_spreading([6.0, 0.4], 70, 30.0)  # each as long as the shortest: 70 x 0.4 s < 30 s
-    assert pool.worth_spreading([6.0, 0.4], 80, 30.0)
+    assert not pool.worth_spreading(None, 100, 10, 30.0)  # nothing measured yet
+    assert pool.worth_spreading(None, 100, 10, 0.0)  # 0: spread from the start
+    assert not pool.worth_spreading(None, 100, 0, 0.0)  # no run left
+    assert pool.worth_spreading(0.5, 61, 1, 30.0)  # 61 rounds at 0.5 s > 30 s
+    assert not pool.worth_spreading(0.5, 60, 3, 30.0)
 
 
-def test_a_run_is_expected_to_take_its_rounds_at_its_fastest_rounds_pace():
+def test_a_runs_pace_is_its_median_round_after_the_first_among_those_where_a_client_trained():
     import pandas as pd
 
-    history = pd.DataFrame({"round": [1, 2, 3], "seconds": [2.5, 0.25, 0.5]})  # round 1 traced TFF's computations
-    assert pool.expected_seconds(BASE.replace(rounds=10), history) == 2.5  # 10 rounds x 0.25 s
-    assert pool.expected_seconds(BASE, history.iloc[:0]) == 0.0  # no round ran: nothing to go by
+    history = pd.DataFrame({"round": [1, 2, 3, 4, 5], "seconds": [2.5, 0.25, 0.5, 1e-4, 0.75],
+                            "clients_this_round": [3, 3, 3, 0, 3]})  # round 1 traced TFF's computations
+    assert pool.round_pace(history) == 0.5  # of 0.25, 0.5 and 0.75; the empty round 4 left out
+    assert pool.round_pace(history.iloc[:1]) is None  # the first round alone: nothing to go by
+    assert pool.round_pace(history.iloc[:4].assign(clients_this_round=[3, 0, 0, 0])) is None
 
 
 def test_the_spreading_limit_is_read_and_checked(monkeypatch):
@@ -106,11 +101,29 @@ def test_a_short_sweep_trains_here_without_starting_a_worker_process(tmp_path, m
 
     monkeypatch.delenv(pool.SPREAD_VARIABLE, raising=False)
     monkeypatch.setattr(pool, "_executor", no_pool)
-    configs = [BASE.replace(seed=s) for s in range(3)]  # two run here; one left is never spread
+    configs = [BASE.replace(seed=s) for s in range(3)]  # nine rounds of a tiny model: seconds, not 30
     histories = pool.run_all(configs, results_cache=tmp_path, processes=2, progress=False)
     assert len(list(tmp_path.iterdir())) == 3 and not any(h.attrs["from_cache"] for h in histories)
     assert all(h.attrs["from_cache"] for h in pool.run_all(configs, results_cache=tmp_path, processes=2,
                                                            progress=False))
+
+
+@pytest.mark.slow
+def test_runs_left_worth_spreading_before_a_run_starts_here_are_all_spread(tmp_path, monkeypatch):
+    started = []
+
+    def record(lanes, todo):  # no worker process: the sweep's reading loop then trains them itself
+        started.append(list(todo))
+        lanes.futures = {}
+
+    monkeypatch.setattr(pool._Lanes, "start", record)
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "1e-9")
+    configs = [BASE.replace(seed=s, rounds=1) for s in range(3)]  # one round: no pace from a run
+    pool.run_all(configs, results_cache=tmp_path, processes=2, progress=False)
+    assert started == []  # never measured, never spread
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")
+    pool.run_all([c.replace(seed=c.seed + 3) for c in configs], results_cache=tmp_path, processes=2, progress=False)
+    assert started == [[0, 1, 2]]
 
 
 def test_what_a_worker_process_cannot_run_stays_here():

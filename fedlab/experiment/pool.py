@@ -2,10 +2,11 @@
 
 One run of a small model keeps about one core busy (fedlab's process and TFF's worker together), so a sweep run
 one config after the other leaves the rest of the machine idle. :func:`spread` trains the configs that are not
-in the results cache in worker processes, one run at a time each, into the cache; the caller then reads every run
-back from it, in order, as if it had run them itself. A run's numbers do not depend on where it ran: a worker
-process starts from the same environment and library build, and a result-cache entry is what the run in this
-process would have stored (``tests/test_pool.py`` checks the weights are bit-identical).
+in the results cache into the cache, in this process and, once the runs left are worth it, in worker processes,
+one run at a time each; the caller then reads every run back from it, in order, as if it had run them itself. A
+run's numbers do not depend on where it ran: a worker process starts from the same environment and library build,
+and a result-cache entry is what the run in this process would have stored (``tests/test_pool.py`` checks the
+weights are bit-identical).
 
 Runs stay in this process when they could not run elsewhere or when spreading them gains nothing: a component
 registered after fedlab was imported (a notebook's own data set or algorithm: a worker process does not have
@@ -16,13 +17,15 @@ does not import the program's ``__main__`` (a script without an ``if __name__ ==
 Short sweeps stay here too. A worker process costs about ten seconds to start (it imports TensorFlow and TFF)
 and builds its own TFF processes again, where this process may have built them already; a sweep of small runs
 (the test suite's fast setting: a few tenths of a second a run) is then several times slower spread than run
-here. So :func:`spread` trains the runs here, one after the other, until those left are expected to take longer
-than :func:`spread_after` seconds here (``$FEDLAB_SPREAD_AFTER_S``, 30 by default; 0 spreads every run from the
-start), and spreads the rest. A run is expected to take its rounds at the pace of the fastest round of the
-fastest run trained here so far: a lower bound (it leaves out building the TFF processes, which the first run of a
-shape does, and evaluation), so a sweep is spread only when the rounds alone make it worth it.
+here. So :func:`spread` trains the runs here, one after the other, and measures their pace
+(:func:`round_pace`: seconds a round, after the first round, in rounds where a client trained). As soon as the
+runs after the one training here would take more than :func:`spread_after` seconds here at the fastest pace
+measured so far (``$FEDLAB_SPREAD_AFTER_S``, 30 by default; 0 spreads every run from the start), worker processes
+start with them, while that run goes on here: a sweep of long runs spreads from its first run's second round on.
+The pace leaves out building TFF's processes and evaluating, so the runs left are underestimated, never
+overestimated by a first run's tracing.
 
-The worker processes live for one sweep (they start with its first run, about ten seconds, and build their TFF
+The worker processes live for one sweep (they start when it spreads, about ten seconds, and build their TFF
 processes once for all the runs they train). Nothing waits forever: when a run finishes no round for
 :func:`fedlab.core.runtime.wait_limit` seconds, or no run starts or finishes for as long, the sweep stops, says
 which runs were going, and stops its worker processes. A run that fails in a worker process raises its error
@@ -100,22 +103,27 @@ def spread_after() -> float:
     return value
 
 
-def worth_spreading(seconds: Sequence[float], left: int, limit: float) -> bool:
-    """Whether ``left`` runs are expected to take longer than ``limit`` seconds here, each as long as the shortest
-    of ``seconds``, what the runs trained here so far are expected to take (:func:`expected_seconds`); nothing
-    trained yet: only when ``limit`` is 0. Never for fewer than two runs."""
-    if left < 2:
+def worth_spreading(pace: Optional[float], rounds: int, runs: int, limit: float) -> bool:
+    """Whether ``runs`` runs of ``rounds`` rounds in all are expected to take longer than ``limit`` seconds here at
+    ``pace`` seconds a round (:func:`round_pace`; None: not measured yet). ``limit`` 0: always; no run: never."""
+    if runs < 1:
         return False
     if limit <= 0:
         return True
-    return bool(seconds) and left * min(seconds) > limit
+    return pace is not None and pace * rounds > limit
 
 
-def expected_seconds(config: ExperimentConfig, history: pd.DataFrame) -> float:
-    """What a run like ``config`` takes at least: its rounds at the pace of its fastest round in ``history`` (the
-    first round also traces TFF's computations; building them and evaluating are left out)."""
-    rounds = history["seconds"].dropna() if "seconds" in history else ()
-    return config.rounds * float(min(rounds)) if len(rounds) else 0.0
+def round_pace(history: pd.DataFrame) -> Optional[float]:
+    """Seconds a round of this run takes here: the median of its rounds after the first (which also traces TFF's
+    computations) in which a client trained (a round where none did costs next to nothing); None before there is
+    one. Building the processes and evaluating are left out, so a run's rounds at this pace underestimate it."""
+    if "seconds" not in history or len(history) < 2:
+        return None
+    later = history.iloc[1:]
+    if "clients_this_round" in later:
+        later = later[later["clients_this_round"] > 0]
+    seconds = later["seconds"].dropna()
+    return float(seconds.median()) if len(seconds) else None
 
 
 def entries_of(config: ExperimentConfig) -> list[Entry]:
@@ -159,8 +167,9 @@ class SweepStalled(RuntimeError):
 def run_all(configs: Sequence[ExperimentConfig], *, results_cache=None, progress: bool = True,
             processes: Optional[int] = None, tensorboard_dir=None, desc: str = "runs") -> list[pd.DataFrame]:
     """Every config's history, in order, as :func:`fedlab.run_experiment` gives it (``from_cache`` True only for
-    runs read from ``results_cache``), the runs to train spread over ``processes`` worker processes first
-    (:func:`spread`). One progress bar counts the runs and shows the time remaining."""
+    runs read from ``results_cache``), the runs to train trained first by :func:`spread` (here, and over
+    ``processes`` worker processes once that is worth it). One progress bar counts the runs and shows the time
+    remaining."""
     from tqdm.auto import tqdm
 
     configs = list(configs)
@@ -172,7 +181,7 @@ def run_all(configs: Sequence[ExperimentConfig], *, results_cache=None, progress
             if i not in done.trained:
                 bar.update(1)  # the spread ones were counted as they were stored
             if i in done.trained or results_cache is None:
-                history.attrs["from_cache"] = False  # trained by this call (in a worker process, or a config twice)
+                history.attrs["from_cache"] = False  # trained by this call (spread, or a config twice)
             histories.append(history)
         return histories
 
@@ -189,12 +198,12 @@ class Spread:
 def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes: Optional[int] = None,
            progress: bool = True, on_done: Optional[Callable[[int], None]] = None) -> Iterator[Spread]:
     """Trains the runs of ``configs`` that a worker process can train (:func:`spreadable`) into
-    ``results_cache``: here, one after the other, until the runs left are worth spreading (:func:`worth_spreading`
-    with :func:`spread_after`), then those side by side in ``processes`` worker processes. The block then reads
-    every run from ``Spread.cache`` with :func:`fedlab.run_experiment`, as if it had run them itself, in any
-    order. Without ``results_cache`` the runs pass through a temporary folder, removed when the block ends. Nothing
-    is trained before the block when fewer than two runs would be spread, or with one process. ``on_done(i)``:
-    called as run ``i`` is stored (else a progress bar)."""
+    ``results_cache``: here, one after the other, until the runs left are worth spreading (see the module
+    docstring), then those side by side in ``processes`` worker processes. The block then reads every run from
+    ``Spread.cache`` with :func:`fedlab.run_experiment`, as if it had run them itself, in any order. Without
+    ``results_cache`` the runs pass through a temporary folder, removed when the block ends. With fewer than two
+    such runs, or one process, nothing is trained before the block. ``on_done(i)``: called as run ``i`` is stored
+    (else a progress bar)."""
     from tqdm.auto import tqdm
 
     configs = list(configs)
@@ -210,23 +219,108 @@ def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes
             bar = stack.enter_context(tqdm(total=len(todo), desc="runs", unit="run",
                                            disable=not progress))
             on_done = lambda i: bar.update(1)  # noqa: E731
-        left = _train_here(configs, todo, cache, on_done)
-        if left:
-            _train_all(configs, left, cache, processes, on_done)
+        lanes = stack.enter_context(_Lanes(configs, cache, processes, on_done))
+        _train_here(configs, todo, cache, on_done, lanes)
+        lanes.finish()
         yield Spread(cache, frozenset(todo))
 
 
 def _train_here(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: str,
-                on_done: Callable[[int], None]) -> list[int]:
-    """Trains the runs of ``todo`` in this process, in order, until those left are worth spreading; returns them."""
-    limit, seconds = spread_after(), []
+                on_done: Callable[[int], None], lanes: "_Lanes") -> None:
+    """Trains the runs of ``todo`` in this process, in order, until the runs left are worth spreading
+    (:func:`worth_spreading`, at the fastest pace of the runs trained here so far); ``lanes`` then takes them:
+    before a run starts here (two or more left), or during one, which goes on here beside the worker processes."""
+    limit, paces = spread_after(), []
+
+    def rounds(indices) -> int:
+        return sum(configs[j].rounds for j in indices)
+
     for n, i in enumerate(todo):
-        if worth_spreading(seconds, len(todo) - n, limit):
-            return todo[n:]
-        seconds.append(expected_seconds(configs[i], run_experiment(configs[i], results_cache=cache_dir,
-                                                                    progress=False)))
+        left = todo[n:]
+        if len(left) >= 2 and worth_spreading(min(paces, default=None), rounds(left), len(left), limit):
+            lanes.start(left)
+            return
+        after = todo[n + 1:]
+
+        def callback(row, history, after=after) -> None:
+            pace = round_pace(history)
+            if not lanes.started and pace is not None and \
+                    worth_spreading(min([*paces, pace]), rounds(after), len(after), limit):
+                lanes.start(after)  # they train beside this run
+
+        history = run_experiment(configs[i], results_cache=cache_dir, progress=False, callback=callback)
         on_done(i)
-    return []
+        if lanes.started:
+            return
+        pace = round_pace(history)
+        if pace is not None:
+            paces.append(pace)
+
+
+class _Lanes:
+    """The worker processes of one sweep, started at most once (:meth:`start`) with the runs they are to train and
+    waited for by :meth:`finish`. Leaving the block stops them; after an error (here or in a worker) the runs still
+    going are abandoned and their half-written entries removed."""
+
+    def __init__(self, configs: Sequence[ExperimentConfig], cache_dir: str, processes: int,
+                 on_done: Callable[[int], None]) -> None:
+        self.configs, self.processes, self.on_done = configs, processes, on_done
+        self.cache_dir = str(pathlib.Path(cache_dir).resolve())
+        self.futures: Optional[dict] = None
+        self.stored: set = set()
+        self.todo: list[int] = []
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def started(self) -> bool:
+        return self.futures is not None
+
+    def start(self, todo: list[int]) -> None:
+        _load_data_here(self.configs[i] for i in todo)
+        key = encryption.current()
+        key_file = str(pathlib.Path(key.path).resolve()) if key is not None else None
+        cell = profiling.current_cell()
+        self.beats = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="fedlab-sweep-"))
+        self.executor = self._stack.enter_context(_executor(self.processes))
+        self.todo, self.futures = list(todo), {}
+        for i in todo:
+            self.futures[self.executor.submit(_train, self.configs[i], self.cache_dir, key_file, cell,
+                                              os.path.join(self.beats, str(i)))] = i
+
+    def finish(self) -> None:
+        """Waits for the worker processes' runs (none started: nothing to wait for)."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not self.futures:
+            return
+        configs, futures, todo, stored = self.configs, self.futures, self.todo, self.stored
+        try:
+            _collect(futures, configs, self.beats, lambda i: (stored.add(i), self.on_done(i)))
+        except BrokenProcessPool:
+            alive = self.executor.stop(warn=False)  # the workers still alive are writing: stopped before their
+            # partial entries go
+            stored.update(futures[f] for f in futures if _stored(f))  # finished before the break, not yet collected
+            going = [i for i in todo if i not in stored and _beat_age(self.beats, i) is not None]
+            _remove_partial(self.cache_dir, [configs[i] for i in todo if i not in stored])
+            self.futures = {}  # said and cleaned up here
+            raise RuntimeError(f"a worker process of the sweep ended abruptly (killed, out of memory, or it could not "
+                               f"start: its standard error says why); going: {_runs(going, configs)}; the runs not "
+                               "stored are trained again next time"
+                               + (f"; still running after {wait_limit():g} s: {alive}" if alive else "")) from None
+
+    def __enter__(self) -> "_Lanes":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is not None and self.futures:
+                for future in self.futures:
+                    future.cancel()
+                if not all(f.done() for f in self.futures):
+                    self.executor.stop()  # runs still going: abandoned
+                _remove_partial(self.cache_dir, [self.configs[i] for i in self.todo if i not in self.stored])
+        finally:
+            self._stack.close()
 
 
 def spreadable(configs: Sequence[ExperimentConfig], cache_dir) -> list[int]:
@@ -247,37 +341,10 @@ def spreadable(configs: Sequence[ExperimentConfig], cache_dir) -> list[int]:
 
 def _train_all(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: str, processes: int,
                on_done: Callable[[int], None]) -> None:
-    _load_data_here(configs[i] for i in todo)
-    key = encryption.current()
-    key_file = str(pathlib.Path(key.path).resolve()) if key is not None else None
-    cell = profiling.current_cell()
-    cache_dir = str(pathlib.Path(cache_dir).resolve())
-    from concurrent.futures.process import BrokenProcessPool
-
-    with tempfile.TemporaryDirectory(prefix="fedlab-sweep-") as beats, _executor(processes) as executor:
-        futures, stored = {}, set()
-        try:
-            for i in todo:
-                futures[executor.submit(_train, configs[i], cache_dir, key_file, cell,
-                                        os.path.join(beats, str(i)))] = i
-            _collect(futures, configs, beats, lambda i: (stored.add(i), on_done(i)))
-        except BrokenProcessPool:
-            alive = executor.stop(warn=False)  # the workers still alive are writing: stopped before their partial
-            # entries go
-            stored.update(futures[f] for f in futures if _stored(f))  # finished before the break, not yet collected
-            going = [i for i in todo if i not in stored and _beat_age(beats, i) is not None]
-            _remove_partial(cache_dir, [configs[i] for i in todo if i not in stored])
-            raise RuntimeError(f"a worker process of the sweep ended abruptly (killed, out of memory, or it could not "
-                               f"start: its standard error says why); going: {_runs(going, configs)}; the runs not "
-                               "stored are trained again next time"
-                               + (f"; still running after {wait_limit():g} s: {alive}" if alive else "")) from None
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            if not all(f.done() for f in futures):
-                executor.stop()  # runs still going: abandoned
-            _remove_partial(cache_dir, [configs[i] for i in todo if i not in stored])  # their half-written entries
-            raise
+    """Trains the runs of ``todo`` in ``processes`` worker processes, into ``cache_dir``."""
+    with _Lanes(configs, cache_dir, processes, on_done) as lanes:
+        lanes.start(todo)
+        lanes.finish()
 
 
 def _stored(future) -> bool:
