@@ -338,11 +338,12 @@ def test_a_broken_pool_stops_the_survivors_first_and_counts_the_runs_that_had_fi
 
     monkeypatch.setattr(pool, "_executor", lambda processes: Executor())
     monkeypatch.setattr(pool, "_collect", broken)
-    monkeypatch.setattr(pool, "_load_data_here", lambda configs: None)
     monkeypatch.setattr(pool, "_remove_partial", lambda cache, configs: calls.append(("remove", len(configs))))
     configs = [BASE.replace(seed=s) for s in range(2)]
     with pytest.raises(RuntimeError) as raised:
-        pool._train_all(configs, [0, 1], str(tmp_path), 2, lambda i: None)
+        with pool._Lanes(configs, str(tmp_path), 2, lambda i: None) as lanes:
+            lanes.start([0, 1])
+            lanes.finish()
     assert "going: run 2 of 2 (fedavg, seed 1);" in str(raised.value)  # not run 1: it had finished
     assert calls == ["stop", ("remove", 1), "close"]  # the survivors stopped before their partial entries go
 
@@ -408,3 +409,103 @@ def test_a_profile_stopped_before_its_first_cell_ended_is_tabulated(tmp_path):
     frame, total = profile.notebook_frame(tmp_path / "01_x.ipynb", executed, tmp_path / "none.jsonl", None)
     assert total["complete"] is False and total["seconds"] == 0.0 and total["runs_trained"] == 0
     assert frame["cell"].tolist() == ["all"]
+
+
+class _Recorder:
+    """A stand-in for a sweep's process pool: its runs are running (or ``done``) at once; it records being stopped
+    and closed."""
+
+    def __init__(self, calls, done=False):
+        import concurrent.futures
+
+        self.calls, self.done, self.futures = calls, done, concurrent.futures
+
+    def submit(self, *args):
+        future = self.futures.Future()
+        future.set_running_or_notify_cancel()  # running: cancel() cannot stop it
+        if self.done:
+            future.set_result((None, []))
+        return future
+
+    def stop(self, warn=True):
+        self.calls.append("stop")
+        return ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.calls.append("close")
+
+
+def _mid_run(error=None, report=True):
+    """A stand-in for run_experiment: two rounds of a second each, reported to the callback (``report``), then
+    ``error`` raised or the history returned."""
+    import pandas as pd
+
+    def run(config, results_cache=None, progress=False, callback=None):
+        history = pd.DataFrame({"round": [1, 2], "seconds": [1.0, 1.0], "clients_this_round": [3, 3]})
+        if callback is not None and report:
+            callback(history.iloc[-1].to_dict(), history)
+        if error is not None:
+            raise error
+        return history
+
+    return run
+
+
+def test_the_worker_processes_are_stopped_before_the_sweeps_block_runs(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pool, "_executor", lambda processes: _Recorder(calls, done=True))
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")
+    with pool.spread([BASE.replace(seed=s) for s in range(3)], tmp_path, processes=2) as done:
+        assert calls == ["close"] and done.trained == {0, 1, 2}  # the block may fork: no pool's threads beside it
+    assert calls == ["close"]
+
+
+def test_an_error_in_the_run_here_after_the_workers_started_stops_them_and_removes_their_partial_runs(
+        tmp_path, monkeypatch):
+    calls, stored = [], []
+    monkeypatch.setattr(pool, "_executor", lambda processes: _Recorder(calls))
+    monkeypatch.setattr(pool, "_remove_partial", lambda cache, configs: calls.append(("remove", len(configs))))
+    monkeypatch.setattr(pool, "run_experiment", _mid_run(error=KeyError("mid-run")))
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "1e-9")  # from the run's second round, the two after it are spread
+    with pytest.raises(KeyError, match="mid-run"):
+        with pool.spread([BASE.replace(seed=s) for s in range(3)], tmp_path, processes=2, on_done=stored.append):
+            pass
+    assert stored == [] and calls == ["stop", ("remove", 2), "close"]
+
+
+def test_workers_that_cannot_start_during_a_run_here_are_said_once_that_run_is_stored(tmp_path, monkeypatch):
+    stored = []
+
+    def cannot_start(processes):
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(pool, "_executor", cannot_start)
+    monkeypatch.setattr(pool, "run_experiment", _mid_run())
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "1e-9")
+    with pytest.raises(OSError, match="no more processes"):
+        with pool.spread([BASE.replace(seed=s) for s in range(3)], tmp_path, processes=2, on_done=stored.append):
+            pass
+    assert stored == [0]  # the run going on here was finished and stored, not lost
+
+
+def test_earlier_runs_pace_spreads_the_runs_left_before_the_next_starts_here(tmp_path, monkeypatch):
+    started = []
+
+    def record(lanes, todo):
+        started.append(list(todo))
+        lanes.futures = {}  # no worker process: the runs are left untrained
+
+    monkeypatch.setattr(pool._Lanes, "start", record)
+    monkeypatch.setattr(pool, "run_experiment", _mid_run(report=False))  # each run's pace known once it ended
+    configs = [BASE.replace(seed=s, rounds=30) for s in range(4)]
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "89")  # 1 s a round: the 90 rounds after run 1 are worth it
+    with pool.spread(configs, tmp_path, processes=2):
+        pass
+    assert started == [[1, 2, 3]]
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "90")  # not 90 rounds, and then not 60: all four here
+    with pool.spread([c.replace(seed=c.seed + 4) for c in configs], tmp_path, processes=2):
+        pass
+    assert started == [[1, 2, 3]]

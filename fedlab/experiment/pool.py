@@ -23,7 +23,8 @@ runs after the one training here would take more than :func:`spread_after` secon
 measured so far (``$FEDLAB_SPREAD_AFTER_S``, 30 by default; 0 spreads every run from the start), worker processes
 start with them, while that run goes on here: a sweep of long runs spreads from its first run's second round on.
 The pace leaves out building TFF's processes and evaluating, so the runs left are underestimated, never
-overestimated by a first run's tracing.
+overestimated by a first run's tracing. Until that run ends the machine runs one process more than its cores,
+and a worker's error or stall is said once it has ended.
 
 The worker processes live for one sweep (they start when it spreads, about ten seconds, and build their TFF
 processes once for all the runs they train). Nothing waits forever: when a run finishes no round for
@@ -229,8 +230,11 @@ def _train_here(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir:
                 on_done: Callable[[int], None], lanes: "_Lanes") -> None:
     """Trains the runs of ``todo`` in this process, in order, until the runs left are worth spreading
     (:func:`worth_spreading`, at the fastest pace of the runs trained here so far); ``lanes`` then takes them:
-    before a run starts here (two or more left), or during one, which goes on here beside the worker processes."""
-    limit, paces = spread_after(), []
+    before a run starts here (two or more left), or during one, which goes on here beside the worker processes
+    (their errors are raised once it ends). Every data set is loaded first: one that cannot be had says so before
+    any run, and a worker process finds it on disk."""
+    _load_data_here(configs[i] for i in todo)
+    limit, paces, failed = spread_after(), [], []
 
     def rounds(indices) -> int:
         return sum(configs[j].rounds for j in indices)
@@ -243,13 +247,21 @@ def _train_here(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir:
         after = todo[n + 1:]
 
         def callback(row, history, after=after) -> None:
+            if lanes.started or failed:
+                return
             pace = round_pace(history)
-            if not lanes.started and pace is not None and \
-                    worth_spreading(min([*paces, pace]), rounds(after), len(after), limit):
-                lanes.start(after)  # they train beside this run
+            known = [*paces, *([] if pace is None else [pace])]
+            if known and worth_spreading(min(known), rounds(after), len(after), limit):
+                try:
+                    lanes.start(after)  # they train beside this run
+                except Exception as err:  # noqa: BLE001 - raised once this run is stored
+                    failed.append(err)
 
-        history = run_experiment(configs[i], results_cache=cache_dir, progress=False, callback=callback)
+        history = run_experiment(configs[i], results_cache=cache_dir, progress=False,
+                                 callback=callback if after else None)
         on_done(i)
+        if failed:
+            raise failed[0]
         if lanes.started:
             return
         pace = round_pace(history)
@@ -268,6 +280,7 @@ class _Lanes:
         self.cache_dir = str(pathlib.Path(cache_dir).resolve())
         self.futures: Optional[dict] = None
         self.stored: set = set()
+        self.said = False  # a broken pool, said and cleaned up by finish()
         self.todo: list[int] = []
         self._stack = contextlib.ExitStack()
 
@@ -276,7 +289,6 @@ class _Lanes:
         return self.futures is not None
 
     def start(self, todo: list[int]) -> None:
-        _load_data_here(self.configs[i] for i in todo)
         key = encryption.current()
         key_file = str(pathlib.Path(key.path).resolve()) if key is not None else None
         cell = profiling.current_cell()
@@ -288,7 +300,8 @@ class _Lanes:
                                               os.path.join(self.beats, str(i)))] = i
 
     def finish(self) -> None:
-        """Waits for the worker processes' runs (none started: nothing to wait for)."""
+        """Waits for the worker processes' runs (none started: nothing to wait for), then stops the processes: the
+        sweep's block runs on without a pool's threads (a fork() beside them can abort in the child)."""
         from concurrent.futures.process import BrokenProcessPool
 
         if not self.futures:
@@ -296,13 +309,14 @@ class _Lanes:
         configs, futures, todo, stored = self.configs, self.futures, self.todo, self.stored
         try:
             _collect(futures, configs, self.beats, lambda i: (stored.add(i), self.on_done(i)))
+            self._stack.close()
         except BrokenProcessPool:
             alive = self.executor.stop(warn=False)  # the workers still alive are writing: stopped before their
             # partial entries go
             stored.update(futures[f] for f in futures if _stored(f))  # finished before the break, not yet collected
             going = [i for i in todo if i not in stored and _beat_age(self.beats, i) is not None]
             _remove_partial(self.cache_dir, [configs[i] for i in todo if i not in stored])
-            self.futures = {}  # said and cleaned up here
+            self.said = True
             raise RuntimeError(f"a worker process of the sweep ended abruptly (killed, out of memory, or it could not "
                                f"start: its standard error says why); going: {_runs(going, configs)}; the runs not "
                                "stored are trained again next time"
@@ -313,11 +327,11 @@ class _Lanes:
 
     def __exit__(self, exc_type, *exc) -> None:
         try:
-            if exc_type is not None and self.futures:
+            if exc_type is not None and self.started and not self.said:
                 for future in self.futures:
                     future.cancel()
-                if not all(f.done() for f in self.futures):
-                    self.executor.stop()  # runs still going: abandoned
+                if len(self.futures) < len(self.todo) or not all(f.done() for f in self.futures):
+                    self.executor.stop()  # runs still going (or one submitted and not yet known): abandoned
                 _remove_partial(self.cache_dir, [self.configs[i] for i in self.todo if i not in self.stored])
         finally:
             self._stack.close()
@@ -337,14 +351,6 @@ def spreadable(configs: Sequence[ExperimentConfig], cache_dir) -> list[int]:
         seen.add(key)
         todo.append(i)
     return todo
-
-
-def _train_all(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: str, processes: int,
-               on_done: Callable[[int], None]) -> None:
-    """Trains the runs of ``todo`` in ``processes`` worker processes, into ``cache_dir``."""
-    with _Lanes(configs, cache_dir, processes, on_done) as lanes:
-        lanes.start(todo)
-        lanes.finish()
 
 
 def _stored(future) -> bool:
@@ -385,7 +391,7 @@ def _collect(futures: dict, configs, beats: str, on_done) -> None:
                                                 return_when=concurrent.futures.FIRST_COMPLETED)
         for future in done:
             i = futures[future]
-            error, caught = future.result()  # BrokenProcessPool: said by _train_all
+            error, caught = future.result()  # BrokenProcessPool: said by _Lanes.finish
             for message, category, filename, lineno, module in caught:
                 warnings.warn_explicit(message, category, filename, lineno, module=module,
                                        registry=_WARNED.setdefault(module or filename, {}))
