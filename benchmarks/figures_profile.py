@@ -11,8 +11,9 @@ code, the runs it trained and those it read from the cache (a run a sweep traine
 this one, and this process then read back counts once, as trained), their rounds, ``in_runs``: the seconds this
 process spent inside runs, ``in_workers``: the seconds runs took in a sweep's worker processes (side by side:
 they add up to more than the wall time), the seconds of all those runs in each phase (``cache``, ``data``,
-``build``, ``inputs``, ``round``, ``evaluate``, ``bookkeeping``, ``other``), and ``outside_runs``: the cell's seconds outside any run in
-this process (plots, tables, statistics, a study's own work, waiting for worker processes). A notebook's row adds
+``build``, ``inputs``, ``round``, ``evaluate``, ``bookkeeping``, ``other``), and ``outside_runs``: the cell's
+seconds outside any run in this process (plots, tables, statistics, a study's own work, waiting for worker
+processes). A run a sweep stopped mid-way to spread it counts among the runs trained, as its seconds did. A notebook's row adds
 ``kernel``: its wall time outside its cells (kernel start, papermill), and ``complete``: whether every cell ran.
 ``--tabulate`` runs nothing and tables what an earlier, or interrupted, profile left in SCRATCH (a notebook's
 seconds are then its cells' sum, ``kernel`` unknown). Prints the notebook totals.

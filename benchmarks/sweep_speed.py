@@ -7,7 +7,8 @@ The configuration is notebook 01's FedAvg setting (mnist5k, the 2NN, 100 clients
 K = 10, E = 5, B = 10, η = 0.1). Each measurement is a fresh Python process with an empty results cache that
 imports fedlab, then times ``fedlab.run_sweep`` over the seeds: one seed; every seed one after the other
 (``processes=1``); the default (``fedlab.experiment.pool``: the first seed in this process, the other seeds spread
-over the cores from its second round on). The three are interleaved ``--repeats`` times.
+over the cores from its second round on); every seed in a worker process (``FEDLAB_SPREAD_AFTER_S=0``, the default
+before sweeps trained their first runs in their own process). The three are interleaved ``--repeats`` times.
 Prints the median seconds of each and the ratios to one seed; writes every measurement to OUT.
 """
 
@@ -57,12 +58,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" / "sweep_speed.csv")
     args = parser.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    settings = {"one seed": ([0], 1), f"{args.seeds} seeds, one process": (list(range(args.seeds)), 1),
-                f"{args.seeds} seeds, spread": (list(range(args.seeds)), None)}
+    every = list(range(args.seeds))
+    settings = {"one seed": ([0], 1, {}), f"{args.seeds} seeds, one process": (every, 1, {}),
+                f"{args.seeds} seeds, spread": (every, None, {}),
+                f"{args.seeds} seeds, spread from the start": (every, None, {"FEDLAB_SPREAD_AFTER_S": "0"})}
     rows, accuracy = [], {}
     for repeat in range(args.repeats):
-        for name, (seeds, processes) in settings.items():
-            result = measure(seeds, args.rounds, processes, env)
+        for name, (seeds, processes, extra) in settings.items():
+            result = measure(seeds, args.rounds, processes, {**env, **extra})
             rows.append({"setting": name, "repeat": repeat, "seeds": len(seeds), "seconds": result["seconds"]})
             print(f"{name} (repeat {repeat + 1}): {result['seconds']:.1f} s", flush=True)
             for seed, value in result["accuracy"].items():
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
     medians = table.groupby("setting", sort=False)["seconds"].median()
     one = medians["one seed"]
     for name, seconds in medians.items():
-        print(f"{name:>24}: {seconds:7.1f} s  ({seconds / one:.2f}x one seed)")
+        print(f"{name:>40}: {seconds:7.1f} s  ({seconds / one:.2f}x one seed)")
     print(f"final accuracies equal across settings and repeats ({len(accuracy)} seeds); written {args.out}")
     return 0
 

@@ -29,20 +29,21 @@ def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_
     configs = fl.grid(BASE, seed=[0, 1], client_lr=[0.05, 0.2])
     alone = [fl.run_experiment(c, progress=False) for c in configs]
     monkeypatch.setenv("FEDLAB_PROFILE", str(tmp_path / "profile.jsonl"))
-    # the first run trains here; from its second round the three after it are worth spreading at any pace
+    # the first run starts here; from its second round the four are worth spreading at any pace
     monkeypatch.setenv(pool.SPREAD_VARIABLE, "1e-9")
     started = []
     start = pool._Lanes.start
     monkeypatch.setattr(pool._Lanes, "start", lambda lanes, todo: (started.append(list(todo)), start(lanes, todo)))
     spread = pool.run_all(configs, results_cache=tmp_path / "cache", processes=2, progress=False)
-    assert started == [[1, 2, 3]]
-    assert len(list((tmp_path / "cache").iterdir())) == 4  # each trained once: the first here, three in workers
+    assert started == [[0, 1, 2, 3]]  # the first run too: it stopped after its second round
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # each trained once, in a worker process
     lines = [json.loads(line) for line in (tmp_path / "profile.jsonl").read_text().splitlines()]
+    stopped = [line for line in lines if line.get("stopped_to_spread")]
+    lines = [line for line in lines if not line.get("stopped_to_spread")]
     trained = {line["key"] for line in lines if line["worker"] and not line["from_cache"]}
-    here = {line["key"] for line in lines if not line["worker"] and not line["from_cache"]}
     read_back = {line["key"] for line in lines if not line["worker"] and line["from_cache"]}
-    assert len(lines) == 8 and len(trained) == 3 and len(here) == 1  # the profile tells the three apart
-    assert trained | here == read_back
+    assert len(lines) == 8 and len(trained) == 4 and trained == read_back  # the profile tells the two apart
+    assert len(stopped) == 1 and not stopped[0]["worker"] and stopped[0]["key"] in trained  # and the stopped one
     monkeypatch.delenv("FEDLAB_PROFILE")
     monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")  # below: every run spread from the start
     for one, other in zip(alone, spread):
@@ -412,24 +413,17 @@ def test_a_profile_stopped_before_its_first_cell_ended_is_tabulated(tmp_path):
 
 
 class _Recorder:
-    """A stand-in for a sweep's process pool: its runs are running (or ``done``) at once; it records being stopped
-    and closed."""
+    """A stand-in for a sweep's process pool whose runs are done at once; it records being closed."""
 
-    def __init__(self, calls, done=False):
-        import concurrent.futures
-
-        self.calls, self.done, self.futures = calls, done, concurrent.futures
+    def __init__(self, calls):
+        self.calls = calls
 
     def submit(self, *args):
-        future = self.futures.Future()
-        future.set_running_or_notify_cancel()  # running: cancel() cannot stop it
-        if self.done:
-            future.set_result((None, []))
-        return future
+        import concurrent.futures
 
-    def stop(self, warn=True):
-        self.calls.append("stop")
-        return ""
+        future = concurrent.futures.Future()
+        future.set_result((None, []))
+        return future
 
     def __enter__(self):
         return self
@@ -438,17 +432,15 @@ class _Recorder:
         self.calls.append("close")
 
 
-def _mid_run(error=None, report=True):
-    """A stand-in for run_experiment: two rounds of a second each, reported to the callback (``report``), then
-    ``error`` raised or the history returned."""
+def _mid_run(report=True):
+    """A stand-in for run_experiment: two rounds of a second each, reported to the callback (``report``), then the
+    history returned."""
     import pandas as pd
 
     def run(config, results_cache=None, progress=False, callback=None):
         history = pd.DataFrame({"round": [1, 2], "seconds": [1.0, 1.0], "clients_this_round": [3, 3]})
         if callback is not None and report:
             callback(history.iloc[-1].to_dict(), history)
-        if error is not None:
-            raise error
         return history
 
     return run
@@ -456,39 +448,31 @@ def _mid_run(error=None, report=True):
 
 def test_the_worker_processes_are_stopped_before_the_sweeps_block_runs(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(pool, "_executor", lambda processes: _Recorder(calls, done=True))
+    monkeypatch.setattr(pool, "_executor", lambda processes: _Recorder(calls))
     monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")
     with pool.spread([BASE.replace(seed=s) for s in range(3)], tmp_path, processes=2) as done:
         assert calls == ["close"] and done.trained == {0, 1, 2}  # the block may fork: no pool's threads beside it
     assert calls == ["close"]
 
 
-def test_an_error_in_the_run_here_after_the_workers_started_stops_them_and_removes_their_partial_runs(
-        tmp_path, monkeypatch):
-    calls, stored = [], []
-    monkeypatch.setattr(pool, "_executor", lambda processes: _Recorder(calls))
-    monkeypatch.setattr(pool, "_remove_partial", lambda cache, configs: calls.append(("remove", len(configs))))
-    monkeypatch.setattr(pool, "run_experiment", _mid_run(error=KeyError("mid-run")))
-    monkeypatch.setenv(pool.SPREAD_VARIABLE, "1e-9")  # from the run's second round, the two after it are spread
-    with pytest.raises(KeyError, match="mid-run"):
-        with pool.spread([BASE.replace(seed=s) for s in range(3)], tmp_path, processes=2, on_done=stored.append):
-            pass
-    assert stored == [] and calls == ["stop", ("remove", 2), "close"]
+def test_a_run_found_worth_spreading_mid_way_stops_and_goes_to_the_workers_with_the_rest(tmp_path, monkeypatch):
+    started, stored = [], []
 
+    def record(lanes, todo):
+        started.append(list(todo))
+        lanes.futures = {}  # no worker process: the runs are left untrained
 
-def test_workers_that_cannot_start_during_a_run_here_are_said_once_that_run_is_stored(tmp_path, monkeypatch):
-    stored = []
-
-    def cannot_start(processes):
-        raise OSError("no more processes")
-
-    monkeypatch.setattr(pool, "_executor", cannot_start)
-    monkeypatch.setattr(pool, "run_experiment", _mid_run())
-    monkeypatch.setenv(pool.SPREAD_VARIABLE, "1e-9")
-    with pytest.raises(OSError, match="no more processes"):
-        with pool.spread([BASE.replace(seed=s) for s in range(3)], tmp_path, processes=2, on_done=stored.append):
-            pass
-    assert stored == [0]  # the run going on here was finished and stored, not lost
+    monkeypatch.setattr(pool._Lanes, "start", record)
+    monkeypatch.setattr(pool, "run_experiment", _mid_run())  # reports two rounds of a second each
+    configs = [BASE.replace(seed=s, rounds=30) for s in range(3)]
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "87")  # 88 rounds left after the first run's second: worth it
+    with pool.spread(configs, tmp_path, processes=2, on_done=stored.append):
+        pass
+    assert started == [[0, 1, 2]] and stored == []  # the first run stopped, not stored: a worker trains it
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "88")
+    with pool.spread([c.replace(seed=c.seed + 3) for c in configs], tmp_path, processes=2, on_done=stored.append):
+        pass
+    assert started == [[0, 1, 2]] and stored == [0, 1, 2]  # never worth it: every run here
 
 
 def test_earlier_runs_pace_spreads_the_runs_left_before_the_next_starts_here(tmp_path, monkeypatch):

@@ -19,12 +19,12 @@ and builds its own TFF processes again, where this process may have built them a
 (the test suite's fast setting: a few tenths of a second a run) is then several times slower spread than run
 here. So :func:`spread` trains the runs here, one after the other, and measures their pace
 (:func:`round_pace`: seconds a round, after the first round, in rounds where a client trained). As soon as the
-runs after the one training here would take more than :func:`spread_after` seconds here at the fastest pace
-measured so far (``$FEDLAB_SPREAD_AFTER_S``, 30 by default; 0 spreads every run from the start), worker processes
-start with them, while that run goes on here: a sweep of long runs spreads from its first run's second round on.
-The pace leaves out building TFF's processes and evaluating, so the runs left are underestimated, never
-overestimated by a first run's tracing. Until that run ends the machine runs one process more than its cores,
-and a worker's error or stall is said once it has ended.
+runs left would take more than :func:`spread_after` seconds here at the fastest pace measured so far
+(``$FEDLAB_SPREAD_AFTER_S``, 30 by default; 0 spreads every run from the start), they all go to worker
+processes, the run training here included: it stops after that round and is trained again there (its build and a
+round or two lost, where training it on beside the workers would run one process more than the cores). A sweep
+of long runs thus spreads from its first run's second round. The pace leaves out building TFF's processes and
+evaluating, so the runs left are underestimated, never overestimated by a first run's tracing.
 
 The worker processes live for one sweep (they start when it spreads, about ten seconds, and build their TFF
 processes once for all the runs they train). Nothing waits forever: when a run finishes no round for
@@ -226,44 +226,44 @@ def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes
         yield Spread(cache, frozenset(todo))
 
 
+class _WorthSpreading(Exception):
+    """Raised from a run's callback: the runs left, that run included, are worth spreading."""
+
+
 def _train_here(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir: str,
                 on_done: Callable[[int], None], lanes: "_Lanes") -> None:
     """Trains the runs of ``todo`` in this process, in order, until the runs left are worth spreading
-    (:func:`worth_spreading`, at the fastest pace of the runs trained here so far); ``lanes`` then takes them:
-    before a run starts here (two or more left), or during one, which goes on here beside the worker processes
-    (their errors are raised once it ends). Every data set is loaded first: one that cannot be had says so before
-    any run, and a worker process finds it on disk."""
+    (:func:`worth_spreading` at the fastest pace measured here: before a run, the runs trained so far; during one,
+    from its second round on too); ``lanes`` then takes them all. A run found worth spreading mid-way stops after
+    that round and is trained again in a worker process: its build and a round or two are lost, where training it
+    on beside the worker processes would run one process more than the cores. Every data set is loaded first: one
+    that cannot be had says so before any run, and a worker process finds it on disk."""
     _load_data_here(configs[i] for i in todo)
-    limit, paces, failed = spread_after(), [], []
+    limit, paces = spread_after(), []
 
     def rounds(indices) -> int:
         return sum(configs[j].rounds for j in indices)
 
     for n, i in enumerate(todo):
         left = todo[n:]
-        if len(left) >= 2 and worth_spreading(min(paces, default=None), rounds(left), len(left), limit):
+        if len(left) < 2:
+            callback = None
+        elif worth_spreading(min(paces, default=None), rounds(left), len(left), limit):
             lanes.start(left)
             return
-        after = todo[n + 1:]
-
-        def callback(row, history, after=after) -> None:
-            if lanes.started or failed:
-                return
-            pace = round_pace(history)
-            known = [*paces, *([] if pace is None else [pace])]
-            if known and worth_spreading(min(known), rounds(after), len(after), limit):
-                try:
-                    lanes.start(after)  # they train beside this run
-                except Exception as err:  # noqa: BLE001 - raised once this run is stored
-                    failed.append(err)
-
-        history = run_experiment(configs[i], results_cache=cache_dir, progress=False,
-                                 callback=callback if after else None)
-        on_done(i)
-        if failed:
-            raise failed[0]
-        if lanes.started:
+        else:
+            def callback(row, history, left=left) -> None:
+                pace = round_pace(history)
+                known = [*paces, *([] if pace is None else [pace])]
+                if known and worth_spreading(min(known), rounds(left) - len(history), len(left), limit):
+                    profiling.note(from_cache=False, stopped_to_spread=True)
+                    raise _WorthSpreading()
+        try:
+            history = run_experiment(configs[i], results_cache=cache_dir, progress=False, callback=callback)
+        except _WorthSpreading:
+            lanes.start(left)
             return
+        on_done(i)
         pace = round_pace(history)
         if pace is not None:
             paces.append(pace)
