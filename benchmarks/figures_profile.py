@@ -13,7 +13,8 @@ process spent inside runs, ``in_workers``: the seconds runs took in a sweep's wo
 they add up to more than the wall time), the seconds of all those runs in each phase (``cache``, ``data``,
 ``build``, ``inputs``, ``round``, ``evaluate``, ``bookkeeping``, ``other``), and ``outside_runs``: the cell's
 seconds outside any run in this process (plots, tables, statistics, a study's own work, waiting for worker
-processes). A run a sweep stopped mid-way to spread it counts among the runs trained, as its seconds did. A notebook's row adds
+processes), and ``runs_stopped``: runs a sweep stopped mid-way to spread them (their seconds and rounds count in
+the cell's, and a worker process then trained them again). A notebook's row adds
 ``kernel``: its wall time outside its cells (kernel start, papermill), and ``complete``: whether every cell ran.
 ``--tabulate`` runs nothing and tables what an earlier, or interrupted, profile left in SCRATCH (a notebook's
 seconds are then its cells' sum, ``kernel`` unknown). Prints the notebook totals.
@@ -38,7 +39,8 @@ from fedlab.core.profiling import ENV, PHASES  # noqa: E402
 from fedlab.notebook.reproduce import notebooks, run_notebook  # noqa: E402
 
 SECONDS = (*PHASES, "other")
-CELL_COLUMNS = ("cell", "step", "seconds", "runs_trained", "runs_cached", "rounds_trained", "in_runs", "in_workers",
+CELL_COLUMNS = ("cell", "step", "seconds", "runs_trained", "runs_cached", "runs_stopped", "rounds_trained", "in_runs",
+                "in_workers",
                 *SECONDS, "outside_runs")
 
 
@@ -56,14 +58,15 @@ def cell_rows(executed: pathlib.Path, runs: pd.DataFrame) -> list[dict]:
         if cell["cell_type"] != "code" or cell.get("execution_count") is None:
             continue
         count = cell["execution_count"]
-        mine = runs[runs["cell"] == count] if len(runs) else pd.DataFrame(columns=["from_cache", "worker", "wall",
-                                                                                   "rounds", *SECONDS])
+        mine = runs[runs["cell"] == count] if len(runs) else pd.DataFrame(
+            columns=["from_cache", "worker", "stopped_to_spread", "wall", "rounds", *SECONDS])
         source = "".join(cell["source"]).strip().splitlines()
         here = mine[~mine["worker"].astype(bool)]
         row = {"cell": count, "step": (source[0] if source else "")[:80],
                "seconds": float(cell["metadata"]["papermill"]["duration"] or 0.0),
-               "runs_trained": int((~mine["from_cache"].astype(bool)).sum()),
+               "runs_trained": int((~mine["from_cache"].astype(bool) & ~mine["stopped_to_spread"]).sum()),
                "runs_cached": int(mine["from_cache"].astype(bool).sum()),
+               "runs_stopped": int(mine["stopped_to_spread"].sum()),
                "rounds_trained": int(mine.loc[~mine["from_cache"].astype(bool), "rounds"].sum()),
                "in_runs": float(here["wall"].sum()),
                "in_workers": float(mine.loc[mine["worker"].astype(bool), "wall"].sum())}
@@ -77,10 +80,10 @@ def read_runs(log: pathlib.Path) -> pd.DataFrame:
     """The run lines a notebook's runs wrote (columns a profile made before they existed filled in)."""
     runs = pd.read_json(log, lines=True) if log.exists() and log.stat().st_size else pd.DataFrame()
     if len(runs):  # a run that raised wrote its line without from_cache (or key)
-        for column, default in (("from_cache", False), ("worker", False), ("key", "")):
+        for column, default in (("from_cache", False), ("worker", False), ("key", ""), ("stopped_to_spread", False)):
             runs[column] = runs[column].fillna(default) if column in runs else default
-        runs["from_cache"] = runs["from_cache"].astype(bool)
-        runs["worker"] = runs["worker"].astype(bool)
+        for column in ("from_cache", "worker", "stopped_to_spread"):
+            runs[column] = runs[column].astype(bool)
     return runs
 
 

@@ -6,9 +6,10 @@ wall time of one).
 The configuration is notebook 01's FedAvg setting (mnist5k, the 2NN, 100 clients with two label shards each,
 K = 10, E = 5, B = 10, η = 0.1). Each measurement is a fresh Python process with an empty results cache that
 imports fedlab, then times ``fedlab.run_sweep`` over the seeds: one seed; every seed one after the other
-(``processes=1``); the default (``fedlab.experiment.pool``: the first seed in this process, the other seeds spread
-over the cores from its second round on); every seed in a worker process (``FEDLAB_SPREAD_AFTER_S=0``, the default
-before sweeps trained their first runs in their own process). The three are interleaved ``--repeats`` times.
+(``processes=1``); the default (``fedlab.experiment.pool``: the first seed starts in the sweep's process and, once
+its pace shows the sweep worth spreading, every seed goes to worker processes, that one trained again); every seed
+in a worker process from the start (``FEDLAB_SPREAD_AFTER_S=0``, the default before). The four are interleaved
+``--repeats`` times; the sweep settings of the caller's environment are not passed on.
 Prints the median seconds of each and the ratios to one seed; writes every measurement to OUT.
 """
 
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" / "sweep_speed.csv")
     args = parser.parse_args(argv)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {k: v for k, v in os.environ.items() if k not in ("FEDLAB_SPREAD_AFTER_S", "FEDLAB_SWEEP_PROCESSES")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     every = list(range(args.seeds))
     settings = {"one seed": ([0], 1, {}), f"{args.seeds} seeds, one process": (every, 1, {}),
                 f"{args.seeds} seeds, spread": (every, None, {}),

@@ -395,6 +395,29 @@ def test_a_worker_process_that_outlives_the_wait_is_said(monkeypatch):
         pool._close(Pool(), kill=True)
 
 
+def test_a_run_stopped_to_spread_counts_as_stopped_not_as_a_second_run_trained(tmp_path):
+    import importlib.util
+    import json
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("figures_profile", ROOT / "benchmarks" / "figures_profile.py")
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    executed = tmp_path / "nb.ipynb"
+    executed.write_text(json.dumps({"cells": [{"cell_type": "code", "execution_count": 1, "source": ["sweep"],
+                                               "metadata": {"papermill": {"duration": 9.0}}}]}))
+    line = {"cell": 1, "key": "k", "wall": 1.0, "rounds": 2, **{s: 0.0 for s in profile.SECONDS}}
+    log = tmp_path / "profile.jsonl"
+    log.write_text("\n".join(json.dumps({**line, **extra}) for extra in (
+        {"worker": False, "from_cache": False, "stopped_to_spread": True},  # stopped after two rounds
+        {"worker": True, "from_cache": False, "rounds": 30, "wall": 5.0},  # trained again in a worker
+        {"worker": False, "from_cache": True, "rounds": 30, "wall": 0.1})) + "\n")  # read back by the sweep
+    [row] = profile.cell_rows(executed, profile.read_runs(log))
+    assert (row["runs_trained"], row["runs_cached"], row["runs_stopped"], row["rounds_trained"]) == (1, 0, 1, 32)
+    assert row["in_runs"] == 1.0 and row["in_workers"] == 5.0
+
+
 def test_a_profile_stopped_before_its_first_cell_ended_is_tabulated(tmp_path):
     import importlib.util
     import json
@@ -465,14 +488,21 @@ def test_a_run_found_worth_spreading_mid_way_stops_and_goes_to_the_workers_with_
     monkeypatch.setattr(pool._Lanes, "start", record)
     monkeypatch.setattr(pool, "run_experiment", _mid_run())  # reports two rounds of a second each
     configs = [BASE.replace(seed=s, rounds=30) for s in range(3)]
-    monkeypatch.setenv(pool.SPREAD_VARIABLE, "87")  # 88 rounds left after the first run's second: worth it
+    # after the first run's second round: 88 rounds left at 1 s, less the 2 lost, is worth a limit of 85 s
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "85")
     with pool.spread(configs, tmp_path, processes=2, on_done=stored.append):
         pass
     assert started == [[0, 1, 2]] and stored == []  # the first run stopped, not stored: a worker trains it
-    monkeypatch.setenv(pool.SPREAD_VARIABLE, "88")
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "86")
     with pool.spread([c.replace(seed=c.seed + 3) for c in configs], tmp_path, processes=2, on_done=stored.append):
         pass
     assert started == [[0, 1, 2]] and stored == [0, 1, 2]  # never worth it: every run here
+    # a run whose pace shows at its last round is finished, kept, and the runs after it spread
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "1")
+    short = [BASE.replace(seed=s, rounds=2) for s in range(6, 9)]
+    with pool.spread(short, tmp_path, processes=2, on_done=stored.append):
+        pass
+    assert started == [[0, 1, 2], [1, 2]] and stored == [0, 1, 2, 0]
 
 
 def test_earlier_runs_pace_spreads_the_runs_left_before_the_next_starts_here(tmp_path, monkeypatch):

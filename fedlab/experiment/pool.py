@@ -21,10 +21,12 @@ here. So :func:`spread` trains the runs here, one after the other, and measures 
 (:func:`round_pace`: seconds a round, after the first round, in rounds where a client trained). As soon as the
 runs left would take more than :func:`spread_after` seconds here at the fastest pace measured so far
 (``$FEDLAB_SPREAD_AFTER_S``, 30 by default; 0 spreads every run from the start), they all go to worker
-processes, the run training here included: it stops after that round and is trained again there (its build and a
-round or two lost, where training it on beside the workers would run one process more than the cores). A sweep
-of long runs thus spreads from its first run's second round. The pace leaves out building TFF's processes and
-evaluating, so the runs left are underestimated, never overestimated by a first run's tracing.
+processes, the run training here included: it stops after that round and is trained again there (its build and
+the rounds it trained lost, two as a rule, where training it on beside the workers would run one process more than
+the cores; a run is stopped only while what it would lose is less than what spreading gains, and never after its
+last round). A sweep of long runs thus spreads from its first run's second round. The pace leaves out building
+TFF's processes and evaluating, so the runs left are underestimated, never overestimated by a first run's tracing;
+a run of one round gives no pace, so a sweep of one-round runs stays here.
 
 The worker processes live for one sweep (they start when it spreads, about ten seconds, and build their TFF
 processes once for all the runs they train). Nothing waits forever: when a run finishes no round for
@@ -235,9 +237,8 @@ def _train_here(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir:
     """Trains the runs of ``todo`` in this process, in order, until the runs left are worth spreading
     (:func:`worth_spreading` at the fastest pace measured here: before a run, the runs trained so far; during one,
     from its second round on too); ``lanes`` then takes them all. A run found worth spreading mid-way stops after
-    that round and is trained again in a worker process: its build and a round or two are lost, where training it
-    on beside the worker processes would run one process more than the cores. Every data set is loaded first: one
-    that cannot be had says so before any run, and a worker process finds it on disk."""
+    that round and is trained again in a worker process (see the module docstring). Every data set is loaded
+    first: one that cannot be had says so before any run, and a worker process finds it on disk."""
     _load_data_here(configs[i] for i in todo)
     limit, paces = spread_after(), []
 
@@ -252,15 +253,20 @@ def _train_here(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir:
             lanes.start(left)
             return
         else:
-            def callback(row, history, left=left) -> None:
+            def callback(row, history, left=left, total=configs[i].rounds) -> None:
+                done = len(history)
                 pace = round_pace(history)
                 known = [*paces, *([] if pace is None else [pace])]
-                if known and worth_spreading(min(known), rounds(left) - len(history), len(left), limit):
-                    profiling.note(from_cache=False, stopped_to_spread=True)
+                if done < total and known and worth_spreading(
+                        min(known), rounds(left) - 2 * done, len(left), limit):  # the gain net of what is lost
+                    profiling.note(from_cache=False, stopped_to_spread=True, rounds=done)
                     raise _WorthSpreading()
+        stopped = False
         try:
             history = run_experiment(configs[i], results_cache=cache_dir, progress=False, callback=callback)
         except _WorthSpreading:
+            stopped = True
+        if stopped:
             lanes.start(left)
             return
         on_done(i)

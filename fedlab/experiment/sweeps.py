@@ -60,7 +60,7 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progre
     ``{"method": fedlab.aggregators.aggregation.method_name}``; ``tensorboard_dir``: every
     run's metrics as TensorBoard events, one folder per run. The runs not in ``results_cache`` train side by
     side in ``processes`` worker processes (default: one per core; :mod:`fedlab.experiment.pool`) once what is left
-    would take over 30 s here, with the same numbers as one after the other.
+    would take over 30 s here (``$FEDLAB_SPREAD_AFTER_S``), with the same numbers as one after the other.
     """
     configs = _config_list(configs)
     histories = run_all(configs, results_cache=results_cache, progress=progress, processes=processes,
