@@ -139,7 +139,8 @@ def main(argv=None) -> int:
         print(f"[profile] {path.name} {'done' if total['complete'] else 'stopped'} after {total['seconds']:.0f} s: "
               f"in runs {total['in_runs']:.0f} s (round {total['round']:.0f}, evaluate {total['evaluate']:.0f}, "
               f"build {total['build']:.0f}, data {total['data']:.0f}, inputs {total['inputs']:.0f}), outside runs "
-              f"{total['outside_runs']:.0f} s, {total['runs_trained']} runs trained", flush=True)
+              f"{total['outside_runs']:.0f} s, {total['runs_trained']} runs trained, "
+              f"{total['runs_stopped']} stopped to spread", flush=True)
     os.environ.pop(ENV, None)
     if not frames:
         raise SystemExit(f"--tabulate: no executed notebook in {scratch / 'notebooks'}")
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     partial.replace(args.out)  # whole or not at all
     totals = table[table["cell"] == "all"]
     print(totals[["notebook", "seconds", "in_runs", "in_workers", "round", "evaluate", "build", "data", "inputs",
-                  "other", "outside_runs", "runs_trained"]].to_string(index=False))
+                  "other", "outside_runs", "runs_trained", "runs_stopped"]].to_string(index=False))
     print(f"all notebooks: {totals['seconds'].sum():.0f} s; written {args.out}")
     return 0
 

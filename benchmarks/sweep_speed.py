@@ -8,8 +8,9 @@ K = 10, E = 5, B = 10, η = 0.1). Each measurement is a fresh Python process wit
 imports fedlab, then times ``fedlab.run_sweep`` over the seeds: one seed; every seed one after the other
 (``processes=1``); the default (``fedlab.experiment.pool``: the first seed starts in the sweep's process and, once
 its pace shows the sweep worth spreading, every seed goes to worker processes, that one trained again); every seed
-in a worker process from the start (``FEDLAB_SPREAD_AFTER_S=0``, the default before). The four are interleaved
-``--repeats`` times; the sweep settings of the caller's environment are not passed on.
+in a worker process from the start (``FEDLAB_SPREAD_AFTER_S=0``, the default before sweeps started their runs in
+their own process). The four are interleaved ``--repeats`` times; the caller's ``FEDLAB_SPREAD_AFTER_S`` and
+``FEDLAB_SWEEP_PROCESSES`` are not passed on.
 Prints the median seconds of each and the ratios to one seed; writes every measurement to OUT.
 """
 

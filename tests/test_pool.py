@@ -43,7 +43,8 @@ def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_
     trained = {line["key"] for line in lines if line["worker"] and not line["from_cache"]}
     read_back = {line["key"] for line in lines if not line["worker"] and line["from_cache"]}
     assert len(lines) == 8 and len(trained) == 4 and trained == read_back  # the profile tells the two apart
-    assert len(stopped) == 1 and not stopped[0]["worker"] and stopped[0]["key"] in trained  # and the stopped one
+    assert len(stopped) == 1 and not stopped[0]["worker"] and stopped[0]["key"] in trained  # and the stopped one,
+    assert stopped[0]["rounds"] == 2  # after its second round
     monkeypatch.delenv("FEDLAB_PROFILE")
     monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")  # below: every run spread from the start
     for one, other in zip(alone, spread):
@@ -488,21 +489,26 @@ def test_a_run_found_worth_spreading_mid_way_stops_and_goes_to_the_workers_with_
     monkeypatch.setattr(pool._Lanes, "start", record)
     monkeypatch.setattr(pool, "run_experiment", _mid_run())  # reports two rounds of a second each
     configs = [BASE.replace(seed=s, rounds=30) for s in range(3)]
-    # after the first run's second round: 88 rounds left at 1 s, less the 2 lost, is worth a limit of 85 s
-    monkeypatch.setenv(pool.SPREAD_VARIABLE, "85")
+    # after the first run's second round: the 60 rounds after it at 1 s, less the 2 it would lose, beat 57 s
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "57")
     with pool.spread(configs, tmp_path, processes=2, on_done=stored.append):
         pass
     assert started == [[0, 1, 2]] and stored == []  # the first run stopped, not stored: a worker trains it
-    monkeypatch.setenv(pool.SPREAD_VARIABLE, "86")
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "58")  # 58 s is not worth stopping it: it finishes, and the 60 rounds
+    # after it are spread before the next run starts
     with pool.spread([c.replace(seed=c.seed + 3) for c in configs], tmp_path, processes=2, on_done=stored.append):
         pass
-    assert started == [[0, 1, 2]] and stored == [0, 1, 2]  # never worth it: every run here
-    # a run whose pace shows at its last round is finished, kept, and the runs after it spread
+    assert started == [[0, 1, 2], [1, 2]] and stored == [0]
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "60")  # never worth it: every run here
+    with pool.spread([c.replace(seed=c.seed + 6) for c in configs], tmp_path, processes=2, on_done=stored.append):
+        pass
+    assert started == [[0, 1, 2], [1, 2]] and stored == [0, 0, 1, 2]
+    # a run whose pace shows at its last round is finished and kept, and the runs after it spread
     monkeypatch.setenv(pool.SPREAD_VARIABLE, "1")
-    short = [BASE.replace(seed=s, rounds=2) for s in range(6, 9)]
+    short = [BASE.replace(seed=s, rounds=2) for s in range(9, 12)]
     with pool.spread(short, tmp_path, processes=2, on_done=stored.append):
         pass
-    assert started == [[0, 1, 2], [1, 2]] and stored == [0, 1, 2, 0]
+    assert started == [[0, 1, 2], [1, 2], [1, 2]] and stored == [0, 0, 1, 2, 0]
 
 
 def test_earlier_runs_pace_spreads_the_runs_left_before_the_next_starts_here(tmp_path, monkeypatch):

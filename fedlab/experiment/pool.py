@@ -23,8 +23,9 @@ runs left would take more than :func:`spread_after` seconds here at the fastest 
 (``$FEDLAB_SPREAD_AFTER_S``, 30 by default; 0 spreads every run from the start), they all go to worker
 processes, the run training here included: it stops after that round and is trained again there (its build and
 the rounds it trained lost, two as a rule, where training it on beside the workers would run one process more than
-the cores; a run is stopped only while what it would lose is less than what spreading gains, and never after its
-last round). A sweep of long runs thus spreads from its first run's second round. The pace leaves out building
+the cores; a run is stopped only while the runs after it, less the rounds it would lose, are still worth
+spreading, and never after its last round: otherwise it finishes here and the runs after it spread before the next
+starts). A sweep of long runs thus spreads from its first run's second round. The pace leaves out building
 TFF's processes and evaluating, so the runs left are underestimated, never overestimated by a first run's tracing;
 a run of one round gives no pace, so a sweep of one-round runs stays here.
 
@@ -257,8 +258,10 @@ def _train_here(configs: Sequence[ExperimentConfig], todo: list[int], cache_dir:
                 done = len(history)
                 pace = round_pace(history)
                 known = [*paces, *([] if pace is None else [pace])]
+                # the runs after this one, less the rounds it would lose, must still be worth spreading: this one
+                # then trains from its start in a worker process
                 if done < total and known and worth_spreading(
-                        min(known), rounds(left) - 2 * done, len(left), limit):  # the gain net of what is lost
+                        min(known), rounds(left) - total - done, len(left) - 1, limit):
                     profiling.note(from_cache=False, stopped_to_spread=True, rounds=done)
                     raise _WorthSpreading()
         stopped = False
