@@ -81,15 +81,23 @@ def wait_limit() -> float:
     """Seconds fedlab waits for any one thing (a TFF call, a panel's next round, a lock) before it stops waiting
     and says what it waited for: ``FEDLAB_WAIT_LIMIT_S``, default 1800 (a round of the largest workload in
     ``make bench`` takes seconds)."""
-    raw = os.environ.get(WAIT_LIMIT_VARIABLE, "").strip()
+    return seconds_setting(WAIT_LIMIT_VARIABLE, DEFAULT_WAIT_LIMIT_S, zero="never")
+
+
+def seconds_setting(variable: str, default: float, *, zero: str) -> float:
+    """A finite number of seconds from the environment variable ``variable`` (unset or blank: ``default``).
+    ``zero``: what 0 means there, or "never" when it must be > 0. Anything else is refused in one line."""
+    raw = os.environ.get(variable, "").strip()
     if not raw:
-        return DEFAULT_WAIT_LIMIT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{WAIT_LIMIT_VARIABLE}: must be a finite number of seconds > 0, got {raw!r}")
+    if zero == "never" and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{variable}: must be a finite number of seconds > 0, got {raw!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{variable}: must be a number of seconds >= 0 ({zero}), got {raw!r}")
     return value
 
 

@@ -59,7 +59,7 @@ from ..algorithms.algorithms import ALGORITHMS
 from ..core import encryption, profiling
 from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
 from ..core.registry import Entry
-from ..core.runtime import wait_limit
+from ..core.runtime import seconds_setting, wait_limit
 from ..core.storage import ResultCache, cache_key
 from ..core.validation import ConfigError
 from ..data.data import DATASETS
@@ -95,16 +95,7 @@ def sweep_processes(processes: Optional[int] = None) -> int:
 def spread_after() -> float:
     """Seconds of runs left, expected here, from which a sweep spreads them: ``$FEDLAB_SPREAD_AFTER_S`` if set,
     else :data:`SPREAD_AFTER_S` (0: spread every run from the start)."""
-    raw = os.environ.get(SPREAD_VARIABLE, "").strip()
-    if not raw:
-        return SPREAD_AFTER_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{SPREAD_VARIABLE}: must be a number of seconds >= 0 (0: spread every run), got {raw!r}")
-    return value
+    return seconds_setting(SPREAD_VARIABLE, SPREAD_AFTER_S, zero="0: spread every run")
 
 
 def worth_spreading(pace: Optional[float], rounds: int, runs: int, limit: float) -> bool:
