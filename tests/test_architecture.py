@@ -18,6 +18,7 @@ LAYERS = [
     {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats",
      "encryption", "wire", "profiling", "spawning"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
+     "distributed_dp",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold",
      "personal", "qffl", "ckks", "homomorphic_rounds", "asynchronous", "buffered_rounds",
      "robust", "finetune", "tasks", "survival", "site_data"},                                       # components

@@ -37,7 +37,10 @@ GROUPS = {
     "algorithm": {name: {"algorithm": name} for name in ALGORITHMS},
     "dp": {"user DP fixed": {"dp": "fixed", "noise_multiplier": 0.5, "clip_norm": 1.0},
            "user DP adaptive": {"dp": "adaptive", "noise_multiplier": 0.5, "clip_norm": 1.0},
-           "record DP": {"dp": "example", "noise_multiplier": 1.0, "clip_norm": 1.0}},
+           "record DP": {"dp": "example", "noise_multiplier": 1.0, "clip_norm": 1.0},
+           # distributed DP is DP on a secure sum: the setting carries its secure sum (16 bits)
+           "user DP distributed": {"dp": "distributed", "noise_multiplier": 0.5, "clip_norm": 1.0,
+                                   "secure_aggregation": True, "quantization_bits": 16}},
     "secure": {"secure sum": {"secure_aggregation": True, "quantization_bits": 8},
                "SecAgg": {"secure_aggregation": True, "secure_protocol": "secagg", "quantization_bits": 8},
                "SecAgg+": {"secure_aggregation": True, "secure_protocol": "secaggplus", "quantization_bits": 8}},
@@ -60,7 +63,8 @@ _HIDDEN = "a median, a trimmed mean and Krum are statistics of each client's upd
 _OWN_MODELS = "its clients keep models of their own: fine-tuning a copy of the global model scores something else"
 IMPOSSIBLE = {
     **{frozenset((secure, robust)): ("robust", _HIDDEN)
-       for secure in ("secure sum", "SecAgg", "SecAgg+") for robust in ("median", "krum", "trimmed_mean")},
+       for secure in ("secure sum", "SecAgg", "SecAgg+", "user DP distributed")
+       for robust in ("median", "krum", "trimmed_mean")},
     **{frozenset(("qffl", robust)): ("robust", "q-FFL's server step is a ratio of two sums over the clients, which a "
                                                "statistic of the updates does not give")
        for robust in ("median", "krum", "trimmed_mean")},
@@ -78,7 +82,7 @@ def _needing(algorithm: str, partners: tuple, field: str, value, why: str) -> di
     return {frozenset((algorithm, partner)): (field, {field: value}, why) for partner in partners}
 
 
-_USER_DP = ("user DP fixed", "user DP adaptive")
+_USER_DP = ("user DP fixed", "user DP adaptive", "user DP distributed")
 NEEDS = {
     **_needing("scaffold", _USER_DP, "local_steps", 5,
                "what a client sends beside its update is scaled by one public number of steps: a scale drawn from "
@@ -105,7 +109,7 @@ NEEDS = {
 }
 
 # fedlab's limits today (issue #33 lifts them): refused, although a system could run them.
-LIMITS: set = set()
+LIMITS: set = {frozenset(("user DP distributed", protocol)) for protocol in ("SecAgg", "SecAgg+")}
 
 
 def settings():

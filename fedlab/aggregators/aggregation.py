@@ -49,7 +49,9 @@ from .robust import CoordinateMedianFactory, KrumFactory, TrimmedMeanFactory, fr
 from ..core.runtime import tff
 from ..rounds.homomorphic_rounds import HomomorphicMean
 from ..rounds.secure_rounds import ProtocolSum
+from .distributed_dp import distributed_skellam
 from .seeded import quantizing_sum, seeded_gaussian, seeded_quantizing
+from ..protection.accounting import DdpParameters, ddp_parameters
 from ..core.validation import SettingWarning
 
 ROLES = ("dp", "robust", "secure", "compression")
@@ -75,6 +77,9 @@ class AggregatorBuilder:
     # robust statistic: sensitivity(fraction, most_updates) bounds, in units of the clip C, how far one update of
     # norm <= C added to or removed from a round's updates moves it (user-level DP's noise is z x that x C)
     sensitivity: Optional[Callable[[float, int], float]] = None
+    # dp: the builder is the secure sum as well (distributed DP: each client adds a share of the noise), called as
+    # build(noise_multiplier, clients_per_round, clip_norm, target_quantile, *, settings) with a SumSettings
+    distributed: bool = False
 
 
 AGGREGATORS: Registry[AggregatorBuilder] = Registry("aggregator", "robust")
@@ -103,7 +108,7 @@ def sum_settings(config) -> SumSettings:
 
 def register_aggregator(name: str, *, role: str = "robust", paper: Optional[str] = None, replace: bool = False,
                         fraction: bool = False, replaces_mean: bool = False,
-                        sensitivity: Optional[Callable[[float, int], float]] = None):
+                        sensitivity: Optional[Callable[[float, int], float]] = None, distributed: bool = False):
     """Registers an aggregator builder under ``name`` for ``role`` (see :class:`AggregatorBuilder`).
 
     Robust builders: ``fraction=True`` if ``build`` also takes ``fraction=`` (the config's
@@ -111,15 +116,19 @@ def register_aggregator(name: str, *, role: str = "robust", paper: Optional[str]
     updates (median, Krum), which secure aggregation hides; such a statistic runs under user-level
     DP only with ``sensitivity(fraction, most_updates)``: the bound, in units of the clip C, on how far
     one update of norm at most C added or removed moves it, with at most ``most_updates`` in a round.
+    DP builders: ``distributed=True`` if the builder sums the clients' noised values securely itself (distributed
+    DP: ``build(..., settings=SumSettings)``, run with ``secure_aggregation=True``).
     """
     if role not in ROLES:
         raise ValueError(f"role: must be one of {', '.join(ROLES)}; got {role!r}")
+    if distributed and role != "dp":
+        raise ValueError(f"distributed: is for a DP builder (role='dp'), got role={role!r}")
     if sensitivity is not None and not replaces_mean:
         raise ValueError("sensitivity: is for a statistic of the updates (replaces_mean=True); a filter before the "
                          "mean keeps the mean's")
     return decorator(AGGREGATORS, name,
                      lambda build: AggregatorBuilder(name, role, build, fraction=fraction, replaces_mean=replaces_mean,
-                                                     sensitivity=sensitivity),
+                                                     sensitivity=sensitivity, distributed=distributed),
                      paper=paper, replace=replace)
 
 
@@ -160,6 +169,8 @@ def vanishing_updates(config, num_weights: int) -> Optional[str]:
     """
     bits = config.quantization_bits
     values = values_summed(config, num_weights)
+    if distributed_dp(config):  # stochastic rounding: unbiased, a small coordinate survives in expectation
+        return None
     if not (config.secure_aggregation and bits) or _surviving_coordinates(bits, values) >= 1:
         return None
     levels = 2 ** (bits - 1) - 1
@@ -248,6 +259,32 @@ def dp_adaptive(noise_multiplier: float, clients_per_round: float, clip_norm: fl
         expected_num_records=float(clients_per_round), geometric_update=True)
     return tff().aggregators.DifferentiallyPrivateFactory(
         tfp.NormalizedQuery(query, denominator=float(clients_per_round)), record_aggregation_factory=record_sum)
+
+
+@register_aggregator("distributed", role="dp", distributed=True,
+                     paper="Kairouz et al. 2021, arXiv:2102.06387; Agarwal et al. 2021, arXiv:2110.04995")
+def dp_distributed(noise_multiplier: float, clients_per_round: float, clip_norm: float, target_quantile: float = 0.5,
+                   *, settings: SumSettings):
+    """Distributed DP: each client clips its update to C, rounds it to integers and adds its Skellam share of the
+    noise; TFF's secure sum of b-bit values adds them, and the server sees only the noised sum, divided by the
+    expected K (:mod:`fedlab.aggregators.distributed_dp`). Every client that may be sampled (``settings.cohort``)
+    adds a share every round, so the sum carries noise of variance (z C s)^2 whoever was sampled."""
+    del target_quantile  # a fixed clip: the scale s is sized for it
+    return distributed_skellam(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+                               clip=clip_norm, bits=settings.bits, population=settings.cohort,
+                               fresh=not settings.seeded)
+
+
+def distributed_dp(config) -> bool:
+    """Whether ``config``'s user-level DP is distributed (its builder sums the clients' noise shares securely)."""
+    return config.user_level_dp and AGGREGATORS[config.dp].distributed
+
+
+def ddp_parameters_of(config, num_weights: int) -> DdpParameters:
+    """The scale, bounds and noise of ``config``'s distributed DP for a model of ``num_weights`` weights (the values
+    each client sends: :func:`values_summed`)."""
+    return ddp_parameters(config.noise_multiplier, config.clip_norm, config.quantization_bits,
+                          config.clients_per_round, cohort_size(config), values_summed(config, num_weights))
 
 
 def adaptive_count_stddev(noise_multiplier: float, clients_per_round: float) -> float:
@@ -563,7 +600,10 @@ def _make_aggregator(config):
                                    denominator=float(config.clients_per_round),
                                    seeded=config.noise_source == "seeded", adaptive=config.dp == "adaptive",
                                    target_quantile=float(config.target_quantile), count_stddev=count_stddev)
-    if config.user_level_dp:
+    if distributed_dp(config):
+        factory = AGGREGATORS[config.dp].build(config.noise_multiplier, config.clients_per_round, config.clip_norm,
+                                               config.target_quantile, settings=sum_settings(config))
+    elif config.user_level_dp:
         # under a secure sum the server sees only the sum of the clipped updates, and adds the noise to it
         record_sum = (secure_record_sum(sum_settings(config)) if config.secure_aggregation else
                       compressed_record_sum(sum_settings(config)) if config.quantization_bits else None)
@@ -638,6 +678,8 @@ def bits_per_value_up(config) -> float:
     """Bits a client sends per trainable parameter."""
     if config.secure_aggregation and config.secure_protocol == "ckks":
         return 8 * HomomorphicMean.upload_bytes(1) / 4096  # a ciphertext's bits per slot (fewer values pay more)
+    if distributed_dp(config):
+        return config.quantization_bits  # b-bit values mod 2^b (the noise shares wrap, the sum unwraps them)
     if config.secure_aggregation and config.secure_protocol != "none":
         # ring elements mod 2^(b + ceil log2 K)
         return AGGREGATORS[config.secure_protocol].build(sum_settings(config)).modulus_bits
@@ -683,6 +725,12 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     per_client_up = params * bits_per_value_up(config) / 8 + 4 + plain_side
     if config.quantization_bits and not config.secure_aggregation:
         per_client_up += 8 * tensors
+    if distributed_dp(config):  # padded to even; every client not in the round sends its noise share too
+        padded = ddp_parameters_of(config, int(sum(trainable_sizes))).padded_dim
+        per_client_up = padded * config.quantization_bits / 8 + 4
+        return {"bytes_down": float(down),
+                "bytes_up": float(clients * per_client_up
+                                  + max(cohort_size(config) - clients, 0) * padded * config.quantization_bits / 8)}
     return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
 
 
@@ -711,7 +759,9 @@ def describe(config) -> Optional[str]:
         parts.append(f"{config.quantization_bits}-bit compression")
     if config.robust != "none":
         parts.append(f"{config.robust} at norm {config.clip_norm:g}")
-    if config.user_level_dp:
+    if distributed_dp(config):
+        parts.append(f"distributed DP (Skellam shares, clip {config.clip_norm:g}, z {config.noise_multiplier:g})")
+    elif config.user_level_dp:
         parts.append(f"user-level DP ({config.dp} clip {config.clip_norm:g}, z {config.noise_multiplier:g})")
     if weighs_alike(config):
         parts.append("every client weighted alike")
@@ -722,6 +772,8 @@ def method_name(config) -> str:
     """Short label of the update encoding: float32, compressed-4bit, secure-12bit, secure-32bit."""
     if config.secure_aggregation and config.secure_protocol == "ckks":
         return "ckks"
+    if distributed_dp(config):
+        return f"ddp-{config.quantization_bits}bit"
     if config.secure_aggregation and config.secure_protocol != "none":
         return f"{config.secure_protocol}-{config.quantization_bits}bit"
     if config.secure_aggregation:

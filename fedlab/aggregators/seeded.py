@@ -31,7 +31,7 @@ not know the seed*; whoever knows the seed and the config can regenerate the
 noise and remove it, and then there is no privacy at all. Seeded noise is for
 simulation, where reproducing a figure is the point. A deployment sets
 ``noise_source="unseeded"``: TFF's own factories where they stack, else these with ``fresh`` keys drawn from
-the system's entropy each round (:func:`_fresh_key`), never from the clock.
+the system's entropy each round (:func:`fresh_key`), never from the clock.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from ..core.runtime import tff
 SEED_KEY = "noise_seed"
 
 
-def _fold(seed, *values):
+def fold_key(seed, *values):
+    """Inside a TF computation: the stateless key ``seed`` with each of ``values`` folded in, in turn."""
     import tensorflow as tf
 
     for value in values:
@@ -54,7 +55,7 @@ def _fold(seed, *values):
     return seed
 
 
-def _fresh_key():
+def fresh_key():
     """A key no one can predict: two int64s from TensorFlow's unseeded generator, which seeds itself from the
     operating system's entropy (as TF Privacy's noise and TFF's own rounding do). Not the clock: a key of the
     time and the round could be found by trying every microsecond around a round, and the noise removed."""
@@ -63,7 +64,8 @@ def _fresh_key():
     return tf.random.uniform([2], minval=0, maxval=tf.int64.max, dtype=tf.int64)
 
 
-def _state_type(extra=None):
+def seed_state_type(extra=None):
+    """The TFF type of a seeded aggregator's state: its noise seed, its round and ``extra`` fields."""
     t = tff()
     fields = [(SEED_KEY, t.TensorType(np.int64, [2])), ("round", t.TensorType(np.int64, []))]
     return t.StructWithPythonType(fields + list((extra or {}).items()), collections.OrderedDict)
@@ -122,7 +124,7 @@ def _stochastic_round(v, levels: float, seed):
     return (floor + up) / levels * span + lo
 
 
-def _update_digest(flat):
+def update_digest(flat):
     """A hash of a client's update (its key for the rounding: a TFF client knows no index)."""
     import tensorflow as tf
 
@@ -182,7 +184,7 @@ def _gaussian_class():
                 self.count_stddev = 0.0 if clipped_count_stddev is None else float(clipped_count_stddev)
 
         def create(self, value_type):
-            state_type = _state_type({"clip": t.TensorType(np.float32, [])})
+            state_type = seed_state_type({"clip": t.TensorType(np.float32, [])})
             clip0 = self.clip
             records = self.record_sum.create(value_type) if self.record_sum is not None else None
             statistic = self.statistic.create(value_type) if self.statistic is not None else None
@@ -227,18 +229,18 @@ def _gaussian_class():
 
             @t.tensorflow.computation(value_type, t.TensorType(np.float32, []), state_type)
             def noised_mean(total, below, state):
-                seed = _fresh_key() if fresh else _fold(state[SEED_KEY], state["round"])
+                seed = fresh_key() if fresh else fold_key(state[SEED_KEY], state["round"])
                 clip = state["clip"]
                 flat = tf.nest.flatten(total)
                 if rescaled:  # the sum came in units of the first clip
                     flat = [v * tf.cast(clip / clip0, v.dtype) for v in flat]
-                noised = [v + tf.random.stateless_normal(tf.shape(v), seed=_fold(seed, 1, i),
+                noised = [v + tf.random.stateless_normal(tf.shape(v), seed=fold_key(seed, 1, i),
                                                          stddev=noise_multiplier * clip, dtype=v.dtype)
                           for i, v in enumerate(flat)]
                 mean = tf.nest.pack_sequence_as(total, [v / denominator for v in noised])
                 new_clip = clip
                 if adaptive:
-                    noisy_below = below + tf.random.stateless_normal([], seed=_fold(seed, 2), stddev=count_stddev)
+                    noisy_below = below + tf.random.stateless_normal([], seed=fold_key(seed, 2), stddev=count_stddev)
                     fraction = tf.clip_by_value(noisy_below / expected + 0.5, 0.0, 1.0)
                     new_clip = tf.maximum(clip * tf.math.exp(-lr * (fraction - target)), 0.0)
                 new_state = collections.OrderedDict([(SEED_KEY, state[SEED_KEY]), ("round", state["round"] + 1),
@@ -304,7 +306,7 @@ def _quantizing_class():
 
         def create(self, value_type, weight_type):
             inner = self.inner.create(value_type) if self.inner is not None else None
-            state_type = _state_type({"inner": inner.initialize.type_signature.result.member}
+            state_type = seed_state_type({"inner": inner.initialize.type_signature.result.member}
                                      if inner is not None else None)
             levels = float(2 ** self.bits - 1)
 
@@ -316,8 +318,8 @@ def _quantizing_class():
             @t.tensorflow.computation(value_type, weight_type, t.TensorType(np.int64, [2]))
             def quantize(value, weight, seed):
                 flat = tf.nest.flatten(value)
-                key = _fold(seed, _update_digest(flat))  # the round's seed and a hash of the client's own update
-                out = [_stochastic_round(v, levels, _fold(key, i)) * weight for i, v in enumerate(flat)]
+                key = fold_key(seed, update_digest(flat))  # the round's seed and a hash of the client's own update
+                out = [_stochastic_round(v, levels, fold_key(key, i)) * weight for i, v in enumerate(flat)]
                 return tf.nest.pack_sequence_as(value, out), weight
 
             @t.tensorflow.computation(value_type, weight_type)
@@ -326,13 +328,13 @@ def _quantizing_class():
 
             fresh = self.fresh
 
-            @t.tensorflow.computation(_state_type())
+            @t.tensorflow.computation(seed_state_type())
             def round_seed(state):
                 if fresh:  # from the system's entropy, as TFF's own rounding (nothing in the state)
-                    return _fresh_key()
-                return _fold(state[SEED_KEY], state["round"])
+                    return fresh_key()
+                return fold_key(state[SEED_KEY], state["round"])
 
-            @t.tensorflow.computation(_state_type())
+            @t.tensorflow.computation(seed_state_type())
             def advance(state):
                 return collections.OrderedDict([(SEED_KEY, state[SEED_KEY]), ("round", state["round"] + 1)])
 
@@ -365,7 +367,7 @@ def _quantizing_class():
             """The process whose clients quantise their updates and whose server gives them, decoded, to
             ``inner`` (the clients' weights are not used: a median or Krum weighs every update alike)."""
 
-            @t.tensorflow.computation(_state_type(), inner.initialize.type_signature.result.member)
+            @t.tensorflow.computation(seed_state_type(), inner.initialize.type_signature.result.member)
             def join(seeds, inner_state):
                 return collections.OrderedDict([(SEED_KEY, seeds[SEED_KEY]), ("round", seeds["round"]),
                                                 ("inner", inner_state)])
@@ -422,11 +424,11 @@ def _quantizing_sum_class():
                 flat = tf.nest.flatten(value)
                 key = tf.constant([0x5EC, bits], tf.int64)
                 if fresh:  # from the system's entropy, as TFF's own rounding
-                    key = _fresh_key()
-                key = _fold(key, _update_digest(flat))
+                    key = fresh_key()
+                key = fold_key(key, update_digest(flat))
                 out = []
                 for i, v in enumerate(flat):
-                    q = _stochastic_round(v, levels, _fold(key, i))
+                    q = _stochastic_round(v, levels, fold_key(key, i))
                     before, after = tf.norm(tf.reshape(v, [-1])), tf.norm(tf.reshape(q, [-1]))
                     out.append(q * tf.minimum(tf.constant(1.0, v.dtype), tf.math.divide_no_nan(before, after)))
                 return tf.nest.pack_sequence_as(value, out)

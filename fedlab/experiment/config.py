@@ -22,7 +22,8 @@ import hashlib
 import json
 from typing import Any, Optional
 
-from ..protection.accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, MAX_ROUNDS, check_pld, least_pld_noise
+from ..protection.accounting import (ACCOUNTANTS, MAX_NOISE_MULTIPLIER, MAX_ROUNDS, check_pld, ddp_check,
+                                     least_pld_noise)
 from ..aggregators.aggregation import (AGGREGATORS, names as aggregator_names, protocol_names, uses_fraction,
                                        weighs_alike)
 from ..algorithms.algorithms import ALGORITHMS, Algorithm, AlgorithmParams, reserve_names
@@ -274,6 +275,8 @@ class ExperimentConfig:
                                                  f"send {algorithm.side_values} scaled by the public number of local "
                                                  "steps (with epochs it depends on each client's data, and too small "
                                                  "a scale leaves them to the noise)")
+        if self.user_level_dp and AGGREGATORS[self.dp].distributed:
+            self._check_distributed()
         if self.user_level_dp and self.secure_aggregation:
             if self.secure_protocol not in ("none", "secagg", "secaggplus"):
                 raise ConfigError("secure_protocol", f"cannot be {self.secure_protocol!r} with dp={self.dp!r}: "
@@ -393,11 +396,34 @@ class ExperimentConfig:
                                            "(or one robust='zeroing' keeps) cannot move the model's weights, got "
                                            f"{self.clip_norm:g}")
 
+    def _check_distributed(self) -> None:
+        """Distributed DP: the clients' noise shares go through TFF's secure sum of b-bit values."""
+        what = f"with dp={self.dp!r}"
+        if not self.secure_aggregation:
+            raise ConfigError("secure_aggregation", f"must be True {what}: each client adds only its share of the "
+                                                    "noise, so without a secure sum the server would see every "
+                                                    "update under a small fraction of it")
+        if self.secure_protocol != "none":
+            raise ConfigError("secure_protocol", f"must be 'none' {what} (TFF's secure sum), got "
+                                                 f"{self.secure_protocol!r}: fedlab's SecAgg protocol does not yet "
+                                                 "carry the clients' noise shares (its server adds central noise "
+                                                 "with dp='fixed' or 'adaptive')")
+        if self.quantization_bits < 2:
+            raise ConfigError("quantization_bits", f"must be 2..16 {what}: the b bits of the secure sum the "
+                                                   f"clients' rounded values and noise shares are added in, got "
+                                                   f"{self.quantization_bits}")
+        wrong = ddp_check(self.quantization_bits, self.clients_per_round, self.num_clients - len(self.exclude_clients))
+        if wrong:
+            raise ConfigError(*wrong)
+        if self.accountant != "rdp":
+            raise ConfigError("accountant", f"must be 'rdp' {what}: the Skellam sum's privacy is accounted by its "
+                                            "RDP bound (Agarwal et al. 2021); dp-accounting has no PLD of it")
+
     def _check_accountant(self) -> None:
         """PLD's privacy-loss grid must fit in memory: a run would compute it after its first rounds."""
         if self.accountant != "pld" or self.noise_multiplier == 0:
             return
-        if self.user_level_dp:
+        if self.user_level_dp and not AGGREGATORS[self.dp].distributed:  # else refused above
             check_pld(self.noise_multiplier, self.sampling_probability, self.rounds)
         elif self.dp == RECORD_LEVEL:  # a site's rate batch / records (1 for a full batch); the grid hardly
             least = least_pld_noise(1.0 if self.algorithm_entry.full_batch else 0.5, 1)  # depends on it below 1
@@ -540,7 +566,7 @@ class ExperimentConfig:
             where, why = (("a secure sum's fixed range holds", "would tell the server one of them") if secure else
                           ("user-level DP's clip and noise cover (as DP-FedAvg caps each user's weight)",
                            "would move every client's step when one user joins, which the noise does not hide"))
-            if not secure and self.dp not in ("fixed", "adaptive"):
+            if not secure and self.dp not in ("fixed", "adaptive") and not AGGREGATORS[self.dp].distributed:
                 raise ConfigError("dp", f"must be 'fixed' or 'adaptive' with {self.algorithm}, got {self.dp!r}: its "
                                         "server divides the noised sum of the steps by that of the shares, which "
                                         "needs one L2 clip of each client's whole pair and a mean over the expected "

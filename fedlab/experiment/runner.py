@@ -24,8 +24,9 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from ..protection.accounting import check_pld, epsilon_by_round, record_level_epsilons
-from ..aggregators.aggregation import (accounting_noise_multiplier, builders_in_use, round_bytes,
+from ..protection.accounting import check_pld, ddp_epsilon_by_round, epsilon_by_round, record_level_epsilons
+from ..aggregators.aggregation import (accounting_noise_multiplier, builders_in_use, ddp_parameters_of, distributed_dp,
+                                       round_bytes,
                                        warn_if_updates_vanish, weighs_alike)
 from .clients import (Clients, attacker_config, dataset_for, dp_sgd_steps, finetune_inputs, plan_size, planned_inputs,
                       spec_for)
@@ -505,6 +506,9 @@ def _epsilons(config: ExperimentConfig, clients: Clients, scheduler: Scheduler) 
         computed = ~np.isnan(sites).all(axis=1)
         sites[:, sorted(clients.attackers)] = np.nan
         return np.where(computed, np.where(np.isnan(sites), -np.inf, sites).max(axis=1), np.nan)
+    if distributed_dp(config):  # the RDP of the Skellam sum (its own bounds: the rounding is in them)
+        return ddp_epsilon_by_round(ddp_parameters_of(config, scheduler.num_weights), config.sampling_probability,
+                                    config.rounds, config.effective_delta, displaced=config.over_selection > 1)
     # z relative to the sum's sensitivity: clip_norm, plus a secure sum's rounding, twice that with over-selection
     # (aggregation.dp_sensitivity), at q = config.sampling_probability
     z = accounting_noise_multiplier(config, scheduler.num_weights)

@@ -18,6 +18,7 @@ bounds them, so what ``fedlab privacy`` answers is what ``fedlab run`` runs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Optional, Sequence
@@ -364,3 +365,135 @@ def record_level_epsilons(noise_multiplier: float, sizes: Sequence[int], batch_s
             s = int(steps[r - 1])
             out[r - 1, k] = 0.0 if s == 0 else curve[s]
     return out
+
+
+# Distributed DP: Skellam shares summed securely (Agarwal et al. 2021) -------------------------------------
+DDP_CLIP_PROBABILITY = 1e-4  # TFF's DistributedDpSumFactory's modclip_prob: a coordinate's chance to wrap around
+DDP_MAX_SCALE = 1e6  # TFF's MAX_SCALE_FACTOR
+DDP_ORDERS = tuple(range(2, 129))  # every integer order: the subsampling bound below needs them all
+DDP_LEEWAY = 1e-5  # TFF's slack on the norm bound (float32 arithmetic after rounding)
+
+
+@dataclasses.dataclass(frozen=True)
+class DdpParameters:
+    """What distributed DP with Skellam shares is built from (:func:`ddp_parameters`); values in the scaled
+    (integer) domain unless said."""
+
+    dim: int  # values each client sends, before padding
+    padded_dim: int  # padded to even for the random rotation (TFF's 'dft')
+    bits: int  # b: the secure sum is mod 2^b
+    scale: float  # s: a clipped, rotated update times s is rounded to integers
+    l2_bound: float  # Delta_2: L2 norm of a client's rounded update (clip C, scaled, rounding's worst case)
+    l1_bound: float  # Delta_1: its L1 norm
+    share_variance: float  # the Skellam variance each of the population's shares adds
+    total_variance: float  # mu: the variance every share together adds to each coordinate of the sum
+    population: int  # N: every client that may be sampled sends a share every round
+
+    @property
+    def effective_noise_multiplier(self) -> float:
+        """sqrt(mu) / Delta_2: the noise relative to the rounded update's bound (z C s / Delta_2 for the config's
+        z; below z by the rounding's share of the bound, so fewer bits cost privacy)."""
+        return math.sqrt(self.total_variance) / self.l2_bound
+
+
+def ddp_stddevs(clip_probability: float = DDP_CLIP_PROBABILITY) -> float:
+    """k: the standard deviations of the noisy sum that the b-bit range holds (TFF's ``_clip_prob_to_num_stddevs``)."""
+    from scipy.special import erfcinv
+
+    return math.sqrt(2) * float(erfcinv(clip_probability))
+
+
+def ddp_parameters(noise_multiplier: float, clip: float, bits: int, expected_clients: float, population: int,
+                   dim: int) -> DdpParameters:
+    """The scale, norm bounds and share variance of distributed DP, as TFF 0.87's ``DistributedDpSumFactory``
+    computes them (``_build_aggregation_factory``: 'dft' rotation, beta = 0, modclip_prob 1e-4), with the noise
+    split over the population's N shares instead of the expected K clients' (:mod:`fedlab.aggregators.distributed_dp`).
+
+    The scale s solves 2^b = 2k sqrt(C^2 K^2 / d + K / (4 s^2) + (z C)^2) s (Kairouz et al. 2021, Sec. 4; K
+    clients' rounded values and noise of total variance (z C)^2 held within k standard deviations), capped at
+    1e6; the rounded update's L2 bound is (C + sqrt(d) / s + 1e-5) s, its L1 bound ceil(Delta_2 min(sqrt(d),
+    Delta_2)).
+    """
+    padded = max(2, math.ceil(max(1, dim) / 2) * 2)
+    k, K, C, z = ddp_stddevs(), float(expected_clients), float(clip), float(noise_multiplier)
+    scale = math.sqrt(2.0 ** (2 * bits) - K * k ** 2) / (2 * k * math.sqrt(C ** 2 * K ** 2 / padded + (z * C) ** 2))
+    scale = min(scale, DDP_MAX_SCALE)
+    inflated = C + math.sqrt(padded) / scale  # beta = 0: every coordinate moves less than one step
+    l2 = (inflated + DDP_LEEWAY) * scale
+    total = (z * C * scale) ** 2
+    return DdpParameters(dim=int(dim), padded_dim=padded, bits=int(bits), scale=scale, l2_bound=l2,
+                         l1_bound=float(math.ceil(l2 * min(math.sqrt(padded), l2))), share_variance=total / population,
+                         total_variance=total, population=int(population))
+
+
+def ddp_check(bits: int, expected_clients: float, population: int) -> Optional[tuple[str, str]]:
+    """(field, why) when distributed DP cannot run with these, else None: the b-bit range must hold K clients' values
+    within k standard deviations (TFF's checks), and the simulated secure sum adds N values below 2^b in int32."""
+    k = ddp_stddevs()
+    if bits < math.log2(max(expected_clients, 1)) or 4.0 ** bits < expected_clients * k ** 2:
+        least = next(b for b in range(1, 64) if b >= math.log2(max(expected_clients, 1))
+                     and 4.0 ** b >= expected_clients * k ** 2)
+        return "quantization_bits", (f"must be at least {least} with dp='distributed' and {expected_clients:g} "
+                                     f"clients a round, got {bits}: the sum's 2^b values must hold the clients' "
+                                     f"noisy values within {k:.2f} standard deviations")
+    if population * (2 ** bits - 1) >= 2 ** 31:
+        return "quantization_bits", (f"must be at most {int(math.log2(2 ** 31 / population + 1))} with "
+                                     f"dp='distributed' and {population} clients: each sends a share below 2^b "
+                                     "and the simulated secure sum adds them in 32-bit integers")
+    return None
+
+
+def skellam_rdp(params: DdpParameters, orders: Sequence[int] = DDP_ORDERS, *, displaced: bool = False) -> np.ndarray:
+    """RDP of one release of the sum under Skellam noise of variance mu at integer ``orders`` (Agarwal, Kairouz and
+    Liu 2021, "The Skellam Mechanism for Differentially Private Federated Learning", Thm 3.5):
+    alpha Delta_2^2 / (2 mu) + min(((2 alpha - 1) Delta_2^2 + 6 Delta_1) / (4 mu^2), 3 Delta_1 / (2 mu)).
+    ``displaced``: one user moves the sum by twice the bounds (over-selection, :func:`fedlab.aggregators.aggregation.dp_sensitivity`)."""
+    alpha = np.asarray(orders, float)
+    factor = 2.0 if displaced else 1.0
+    l2, l1, mu = factor * params.l2_bound, factor * params.l1_bound, params.total_variance
+    if mu == 0:
+        return np.full(alpha.shape, math.inf)
+    return alpha * l2 ** 2 / (2 * mu) + np.minimum(((2 * alpha - 1) * l2 ** 2 + 6 * l1) / (4 * mu ** 2),
+                                                   3 * l1 / (2 * mu))
+
+
+def poisson_subsampled_rdp(rdp: np.ndarray, orders: Sequence[int], q: float) -> np.ndarray:
+    """RDP of a mechanism with RDP ``rdp`` at integer ``orders`` >= 2 run on a Poisson sample at rate ``q``: the
+    general upper bound of Zhu and Wang 2019 ("Poisson Subsampled Renyi Differential Privacy", Thm 6),
+    1/(a-1) log[(1-q)^(a-1) (a q - q + 1) + C(a,2) q^2 (1-q)^(a-2) e^eps(2) + 3 sum_{l=3}^a C(a,l) (1-q)^(a-l) q^l
+    e^((l-1) eps(l))], never above the mechanism's own. Needs the RDP at every integer order up to the largest."""
+    from scipy.special import gammaln, logsumexp
+
+    orders = [int(a) for a in orders]
+    curve = dict(zip(orders, np.asarray(rdp, float)))
+    if q >= 1:
+        return np.asarray(rdp, float)
+    out = []
+    for a in orders:
+        if not all(l in curve for l in range(2, a + 1)):
+            raise ValueError(f"orders: the subsampled bound at order {a} needs every integer order from 2 to it")
+        if q <= 0:
+            out.append(0.0)
+            continue
+        log_q, log_1q = math.log(q), math.log1p(-q)
+        terms = [(a - 1) * log_1q + math.log(a * q - q + 1),
+                 gammaln(a + 1) - gammaln(3) - gammaln(a - 1) + 2 * log_q + (a - 2) * log_1q + curve[2]]
+        terms += [math.log(3) + gammaln(a + 1) - gammaln(l + 1) - gammaln(a - l + 1) + (a - l) * log_1q
+                  + l * log_q + (l - 1) * curve[l] for l in range(3, a + 1)]
+        out.append(min(float(logsumexp(terms)) / (a - 1), curve[a]))
+    return np.maximum(np.asarray(out), 0.0)
+
+
+def ddp_epsilon_by_round(params: DdpParameters, sampling_probability: float, rounds: int, delta: float, *,
+                         displaced: bool = False) -> np.ndarray:
+    """Epsilon after each of rounds 1..``rounds`` of distributed DP (RDP: :func:`skellam_rdp` of one round's sum,
+    Poisson-subsampled at the rate a user joins a round, composed over rounds, converted at ``delta`` by
+    dp-accounting's ``compute_epsilon``); infinite without noise."""
+    _check(1.0, sampling_probability, rounds, delta, "rdp", "rounds")
+    if params.total_variance == 0:
+        return np.full(rounds, math.inf)
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+    one_round = poisson_subsampled_rdp(skellam_rdp(params, DDP_ORDERS, displaced=displaced), DDP_ORDERS,
+                                       sampling_probability)
+    return np.array([compute_epsilon(DDP_ORDERS, r * one_round, delta)[0] for r in range(1, rounds + 1)])

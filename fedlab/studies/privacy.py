@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..protection.accounting import epsilon
-from ..aggregators.aggregation import accounting_noise_multiplier
+from ..protection.accounting import ddp_epsilon_by_round, epsilon
+from ..aggregators.aggregation import accounting_noise_multiplier, ddp_parameters_of, distributed_dp
 from ..experiment.clients import Clients, client_arrays_for, dataset_for, dp_sgd_steps, spec_for
 from ..experiment.config import RECORD_LEVEL
 from ..experiment.evaluation import Evaluator, per_example_loss
@@ -38,6 +38,13 @@ def describe(config) -> str:
         return (f"<b>record-level epsilon = {worst.epsilon:.3g}</b> at delta = {config.effective_delta:.1e} per site "
                 f"after {config.rounds} rounds (worst site: {worst.site}, {int(worst.examples)} records, "
                 f"q = {worst.sampling_probability:.3g}, {int(worst.steps)} steps)")
+    if distributed_dp(config):
+        params = ddp_parameters_of(config, spec_for(config).num_parameters())
+        eps = ddp_epsilon_by_round(params, config.sampling_probability, config.rounds, config.effective_delta,
+                                   displaced=config.over_selection > 1)[-1]
+        return (f"<b>epsilon = {eps:.3g}</b> at delta = {config.effective_delta:.1e} after {config.rounds} rounds "
+                f"(q = {config.sampling_probability:.3g}, RDP of the Skellam sum; noise {params.effective_noise_multiplier:.3g} "
+                "times the rounded update's bound)")
     # z relative to the sum's sensitivity (a secure sum's rounding adds to clip_norm, over-selection doubles it:
     # aggregation.dp_sensitivity)
     z = (accounting_noise_multiplier(config, spec_for(config).num_parameters())

@@ -1,0 +1,177 @@
+"""Distributed DP (dp="distributed"): Skellam shares on TFF's secure sum, its parameters, its accounting, its refusals."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fedlab import ExperimentConfig, run_experiment
+from fedlab.aggregators import aggregation
+from fedlab.core.runtime import simulated_secure_sums
+from fedlab.core.validation import ConfigError
+from fedlab.protection import accounting
+
+BASE = dict(dataset="digits", model="logreg", num_clients=10, clients_per_round=5, rounds=2, batch_size=16,
+            local_steps=2, dp="distributed", noise_multiplier=0.5, clip_norm=1.0, secure_aggregation=True,
+            quantization_bits=16)
+
+
+@pytest.mark.parametrize("z, clip, bits, k, dim", [(1.0, 1.0, 16, 10, 199_210), (0.5, 0.1, 12, 10, 7_850),
+                                                   (2.0, 3.0, 20, 100, 7_851), (0.0, 1.0, 8, 5, 650)])
+def test_the_scale_and_the_bounds_are_tffs(z, clip, bits, k, dim):
+    from tensorflow_federated.python.aggregators import discretization, distributed_dp
+
+    ours = accounting.ddp_parameters(z, clip, bits, k, 3 * k, dim)
+    kstd = distributed_dp._clip_prob_to_num_stddevs(1e-4)  # noqa: SLF001
+    assert ours.padded_dim == math.ceil(dim / 2) * 2
+    assert accounting.ddp_stddevs() == pytest.approx(kstd, rel=1e-6)  # TFF computes it in float32
+    # TFF sizes each of the K clients' shares at z C / sqrt(K); the sum's noise is the same (z C)^2 as ours
+    scale = min(float(distributed_dp._heuristic_scale_factor(z * clip / math.sqrt(k), clip, bits, k,  # noqa: SLF001
+                                                              ours.padded_dim, kstd).numpy()), 1e6)
+    assert ours.scale == pytest.approx(scale, rel=1e-6)
+    inflated = float(discretization.inflated_l2_norm_bound(clip, 1 / scale, 0.0, ours.padded_dim).numpy())
+    l2 = (inflated + 1e-5) * scale
+    assert ours.l2_bound == pytest.approx(l2, rel=1e-6)  # TFF's bound is float32
+    assert ours.l1_bound == pytest.approx(math.ceil(l2 * min(math.sqrt(ours.padded_dim), l2)), rel=1e-6)
+    assert ours.total_variance == pytest.approx((z * clip * ours.scale) ** 2, rel=1e-12)
+    assert ours.share_variance * 3 * k == pytest.approx(ours.total_variance, rel=1e-12)
+
+
+def _aggregate(config, dim, values, seed=5, rounds=1):
+    from fedlab.core.runtime import tff
+
+    process = aggregation.make_aggregator(config).create(tff().types.TensorType(np.float32, [dim]))
+    state = process.initialize()
+    state["noise_seed"] = np.asarray([seed, 0], np.int64)
+    out = []
+    with simulated_secure_sums(True):
+        for _ in range(rounds):
+            step = process.next(state, [np.asarray(v, np.float32) for v in values])
+            state = step.state
+            out.append(np.asarray(step.result, np.float64))
+    return out
+
+
+def test_without_noise_the_mean_is_the_clipped_updates_over_k_up_to_the_rounding():
+    config = ExperimentConfig(**{**BASE, "noise_multiplier": 0.0, "quantization_bits": 12})
+    rng = np.random.default_rng(0)
+    dim = 301  # odd: padded by one
+    values = [rng.normal(size=dim) * s for s in (0.01, 0.5, 3.0)]  # inside, near and beyond the clip
+    clipped = sum(v * min(1.0, 1.0 / np.linalg.norm(v)) for v in values)
+    [mean] = _aggregate(config, dim, values)
+    params = aggregation.ddp_parameters_of(config, dim)
+    # each coordinate of each rotated update moves less than one step 1/s; the rotation keeps L2 norms
+    bound = len(values) * math.sqrt(params.padded_dim) / params.scale / config.clients_per_round
+    error = np.linalg.norm(mean - clipped / config.clients_per_round)
+    assert 0 < error <= bound  # rounded, and within the rounding's bound
+    # stochastic rounding: a coordinate with fractional part f moves by 1 - f or -f, variance f (1 - f), 1/6 on
+    # average (rounding to the nearest would give 1/12)
+    unbiased = math.sqrt(len(values) * params.padded_dim / 6) / params.scale / config.clients_per_round
+    assert error == pytest.approx(unbiased, rel=0.15)
+
+
+def test_the_noise_is_z_c_whoever_was_sampled_and_keyed_by_the_seed():
+    config = ExperimentConfig(**{**BASE, "noise_multiplier": 2.0, "clip_norm": 0.5, "num_clients": 40})
+    dim = 4000
+    # updates that all round to 0, each its own (a client's rounding and share are keyed by a hash of its update:
+    # identical updates would draw the same share, a limit the module states)
+    quiet = [np.eye(1, dim, 0)[0] * 1e-9 * (i + 1) for i in range(5)]
+    for clients in (1, 5):  # the absent clients' shares make up the rest: the sum's noise does not depend on m
+        [mean] = _aggregate(config, dim, quiet[:clients])
+        # z C = 1 per coordinate of K x mean; the spread of 4,000 draws is within 1.1 % of it (1 SE)
+        assert np.std(mean * config.clients_per_round) == pytest.approx(1.0, rel=0.06)
+    values = quiet[:3]
+    a, b = _aggregate(config, dim, values, seed=5), _aggregate(config, dim, values, seed=5)
+    assert np.array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], _aggregate(config, dim, values, seed=6)[0])
+    first, second = _aggregate(config, dim, values, seed=5, rounds=2)
+    assert np.array_equal(first, a[0]) and not np.array_equal(first, second)  # a new key every round
+
+
+def test_unseeded_noise_differs_every_time():
+    config = ExperimentConfig(**{**BASE, "noise_source": "unseeded"})
+    values = [np.zeros(50)] * 2
+    assert not np.array_equal(_aggregate(config, 50, values)[0], _aggregate(config, 50, values)[0])
+
+
+def test_skellam_rdp_by_hand():
+    params = accounting.DdpParameters(dim=10, padded_dim=10, bits=16, scale=1.0, l2_bound=10.0, l1_bound=100.0,
+                                      share_variance=100.0, total_variance=1000.0, population=10)
+    # alpha = 2: 2 * 100 / 2000 + min((3 * 100 + 600) / (4 * 10^6), 300 / 2000) = 0.1 + 0.000225
+    assert accounting.skellam_rdp(params, [2])[0] == pytest.approx(0.100225, rel=1e-12)
+    # alpha = 5, displaced (twice the bounds): 5 * 400 / 2000 + min((9 * 400 + 1200) / (4 * 10^6), 600 / 2000)
+    assert accounting.skellam_rdp(params, [5], displaced=True)[0] == pytest.approx(1.0 + 0.0012, rel=1e-12)
+
+
+def test_poisson_subsampling_by_hand_and_against_the_gaussians():
+    # alpha = 2: log[(1 - q)(1 + q) + q^2 e^eps(2)]; q = 0.1, eps(2) = 1
+    assert accounting.poisson_subsampled_rdp(np.array([1.0]), [2], 0.1)[0] == pytest.approx(
+        math.log(0.99 + 0.01 * math.e), rel=1e-12)
+    orders = list(range(2, 129))
+    z, q = 1.0, 0.1
+    gaussian = np.array([a / (2 * z ** 2) for a in orders])
+    assert np.array_equal(accounting.poisson_subsampled_rdp(gaussian, orders, 1.0), gaussian)
+    import dp_accounting
+
+    exact = dp_accounting.rdp.RdpAccountant(orders)
+    exact.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)))
+    tight = np.asarray(exact._rdp)  # noqa: SLF001
+    ours = accounting.poisson_subsampled_rdp(gaussian, orders, q)
+    assert (ours >= tight * (1 - 1e-9)).all()  # a general bound: never below the Gaussian's exact curve
+    assert (ours <= gaussian).all() and ours[0] < 0.1 * gaussian[0]  # subsampling amplifies
+    with pytest.raises(ValueError, match="^orders: the subsampled bound at order 4 needs every integer order"):
+        accounting.poisson_subsampled_rdp(np.ones(2), [2, 4], 0.1)
+
+
+def test_epsilon_falls_with_more_bits_and_more_noise():
+    def eps(z, bits):
+        params = accounting.ddp_parameters(z, 1.0, bits, 10, 100, 7850)
+        return accounting.ddp_epsilon_by_round(params, 0.1, 50, 1e-5)
+
+    curve = eps(1.0, 16)
+    assert (np.diff(curve) > 0).all()  # composes over rounds
+    assert eps(1.0, 8)[-1] > eps(1.0, 12)[-1] > curve[-1] > eps(2.0, 16)[-1]
+    assert math.isinf(eps(0.0, 16)[-1])
+    # near the Gaussian at the effective noise multiplier (the general subsampling bound is looser)
+    params = accounting.ddp_parameters(1.0, 1.0, 16, 10, 100, 7850)
+    gaussian = accounting.epsilon(params.effective_noise_multiplier, 0.1, 50, 1e-5)
+    assert gaussian < curve[-1] < 1.5 * gaussian
+
+
+def test_a_run_reports_the_skellam_epsilon_and_repeats_its_numbers():
+    config = ExperimentConfig(**BASE)
+    history = run_experiment(config, progress=False)
+    again = run_experiment(config, progress=False, results_cache=None)
+    params = aggregation.ddp_parameters_of(config, 650)  # digits' logistic regression: 64 x 10 + 10 weights
+    expected = accounting.ddp_epsilon_by_round(params, config.sampling_probability, 2, config.effective_delta)
+    np.testing.assert_allclose(history.epsilon, expected, rtol=1e-12)
+    assert all(np.array_equal(a, b) for a, b in zip(history.attrs["final_weights"].value,
+                                                     again.attrs["final_weights"].value))
+    assert aggregation.method_name(config) == "ddp-16bit"
+    assert "distributed DP (Skellam shares" in aggregation.describe(config)
+
+
+def test_round_bytes_count_every_clients_share():
+    config = ExperimentConfig(**{**BASE, "model": "logreg"})
+    sizes = [640, 10]  # 650 values, already even
+    got = aggregation.round_bytes(config, sizes, [], clients=3)
+    assert got["bytes_up"] == 3 * (650 * 16 / 8 + 4) + (10 - 3) * 650 * 16 / 8
+    assert got["bytes_down"] == 3 * 4 * 650
+
+
+@pytest.mark.parametrize("change, field, message", [
+    (dict(secure_aggregation=False, quantization_bits=0), "secure_aggregation",
+     "must be True with dp='distributed': each client adds only its share of the noise"),
+    (dict(secure_protocol="secagg", quantization_bits=8), "secure_protocol",
+     "must be 'none' with dp='distributed' (TFF's secure sum), got 'secagg'"),
+    (dict(quantization_bits=0), "quantization_bits", "must be 2..16 with dp='distributed'"),
+    (dict(num_clients=200, clients_per_round=100, quantization_bits=5), "quantization_bits",
+     "must be at least 7 with dp='distributed' and 100 clients a round, got 5"),
+    (dict(num_clients=100_000, clients_per_round=10), "quantization_bits",
+     "must be at most 14 with dp='distributed' and 100000 clients"),
+    (dict(accountant="pld"), "accountant", "must be 'rdp' with dp='distributed'"),
+])
+def test_what_cannot_run_is_refused_naming_the_field(change, field, message):
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig(**{**BASE, **change})
+    assert err.value.field == field and err.value.message.startswith(message), err.value.message
