@@ -16,9 +16,10 @@ FOLDER_RANK = {folder: i for i, folder in enumerate(FOLDERS)}
 # and, whatever the layers, never in a circle.
 LAYERS = [
     {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats",
+     "stateless_keys",
      "encryption", "wire", "profiling", "spawning"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
-     "distributed_dp",
+     "distributed_dp", "skellam_shares",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold",
      "personal", "qffl", "ckks", "homomorphic_rounds", "asynchronous", "buffered_rounds",
      "robust", "finetune", "tasks", "survival", "site_data"},                                       # components

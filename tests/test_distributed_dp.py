@@ -71,15 +71,16 @@ def test_without_noise_the_mean_is_the_clipped_updates_over_k_up_to_the_rounding
 
 
 def test_the_noise_is_z_c_whoever_was_sampled_and_keyed_by_the_seed():
-    config = ExperimentConfig(**{**BASE, "noise_multiplier": 2.0, "clip_norm": 0.5, "num_clients": 40})
-    dim = 4000
+    config = ExperimentConfig(**{**BASE, "noise_multiplier": 2.0, "clip_norm": 0.5, "num_clients": 10})
+    dim = 20_000
     # updates that all round to 0, each its own (a client's rounding and share are keyed by a hash of its update:
     # identical updates would draw the same share, a limit the module states)
-    quiet = [np.eye(1, dim, 0)[0] * 1e-9 * (i + 1) for i in range(5)]
-    for clients in (1, 5):  # the absent clients' shares make up the rest: the sum's noise does not depend on m
+    quiet = [np.eye(1, dim, 0)[0] * 1e-9 * (i + 1) for i in range(10)]
+    for clients in (1, 5, 10):  # the absent clients' shares make up the rest: the sum's noise does not depend on m
         [mean] = _aggregate(config, dim, quiet[:clients])
-        # z C = 1 per coordinate of K x mean; the spread of 4,000 draws is within 1.1 % of it (1 SE)
-        assert np.std(mean * config.clients_per_round) == pytest.approx(1.0, rel=0.06)
+        # z C = 1 per coordinate of K x mean; the spread of 20,000 draws is within 0.5 % of it (1 SE), so 2.5 % is
+        # 5 SE (a server drawing all N shares with 5 clients in would give sqrt(15/10) = 1.22, N - 1 at 10: 0.95)
+        assert np.std(mean * config.clients_per_round) == pytest.approx(1.0, rel=0.025)
     values = quiet[:3]
     a, b = _aggregate(config, dim, values, seed=5), _aggregate(config, dim, values, seed=5)
     assert np.array_equal(a[0], b[0])
@@ -88,10 +89,17 @@ def test_the_noise_is_z_c_whoever_was_sampled_and_keyed_by_the_seed():
     assert np.array_equal(first, a[0]) and not np.array_equal(first, second)  # a new key every round
 
 
-def test_unseeded_noise_differs_every_time():
+def test_unseeded_noise_differs_every_time_and_decodes_with_the_clients_key():
     config = ExperimentConfig(**{**BASE, "noise_source": "unseeded"})
-    values = [np.zeros(50)] * 2
+    values = [np.zeros(50), np.ones(50) * 1e-9]
     assert not np.array_equal(_aggregate(config, 50, values)[0], _aggregate(config, 50, values)[0])
+    # without noise the mean is the clients' (within the rounding): the server rotates back with the clients' key
+    rng = np.random.default_rng(1)
+    values = [rng.normal(size=50) * 0.1 for _ in range(3)]
+    quiet = config.replace(noise_multiplier=0.0)
+    params = aggregation.ddp_parameters_of(quiet, 50)
+    [mean] = _aggregate(quiet, 50, values)
+    assert np.linalg.norm(mean - sum(values) / 5) <= 3 * math.sqrt(50) / params.scale / 5
 
 
 def test_skellam_rdp_by_hand():
@@ -132,9 +140,15 @@ def test_epsilon_falls_with_more_bits_and_more_noise():
     assert (np.diff(curve) > 0).all()  # composes over rounds
     assert eps(1.0, 8)[-1] > eps(1.0, 12)[-1] > curve[-1] > eps(2.0, 16)[-1]
     assert math.isinf(eps(0.0, 16)[-1])
-    # near the Gaussian at the effective noise multiplier (the general subsampling bound is looser)
+    # near the Gaussian at the effective noise multiplier on the same integer orders (the general subsampling
+    # bound is looser than the Gaussian's exact one)
+    import dp_accounting
+
     params = accounting.ddp_parameters(1.0, 1.0, 16, 10, 100, 7850)
-    gaussian = accounting.epsilon(params.effective_noise_multiplier, 0.1, 50, 1e-5)
+    exact = dp_accounting.rdp.RdpAccountant(list(accounting.DDP_ORDERS))
+    exact.compose(dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(
+        params.effective_noise_multiplier)), 50)
+    gaussian = exact.get_epsilon(1e-5)
     assert gaussian < curve[-1] < 1.5 * gaussian
 
 
@@ -151,27 +165,84 @@ def test_a_run_reports_the_skellam_epsilon_and_repeats_its_numbers():
     assert "distributed DP (Skellam shares" in aggregation.describe(config)
 
 
-def test_round_bytes_count_every_clients_share():
+def test_round_bytes_count_every_clients_share_and_the_clock_one_clients_upload():
+    from fedlab.experiment.sampling import Scheduler
+
     config = ExperimentConfig(**{**BASE, "model": "logreg"})
     sizes = [640, 10]  # 650 values, already even
     got = aggregation.round_bytes(config, sizes, [], clients=3)
-    assert got["bytes_up"] == 3 * (650 * 16 / 8 + 4) + (10 - 3) * 650 * 16 / 8
+    assert got["bytes_up"] == 3 * (650 * 16 / 8 + 4) + 10 * 650 * 16 / 8  # 3 updates, the 10 clients' shares
     assert got["bytes_down"] == 3 * 4 * 650
+    # a client's upload on the simulated clock is its own vector, not the population's shares
+    assert Scheduler(config, [50] * 10, (sizes, [])).bytes_up == 650 * 16 / 8 + 4
 
 
 @pytest.mark.parametrize("change, field, message", [
     (dict(secure_aggregation=False, quantization_bits=0), "secure_aggregation",
      "must be True with dp='distributed': each client adds only its share of the noise"),
-    (dict(secure_protocol="secagg", quantization_bits=8), "secure_protocol",
-     "must be 'none' with dp='distributed' (TFF's secure sum), got 'secagg'"),
+    (dict(secure_protocol="ckks", quantization_bits=0), "secure_protocol",
+     "cannot be 'ckks' with dp='distributed': user-level DP's noise is calibrated to clipped updates"),
+    (dict(secure_protocol="secagg", dropout_rate=0.1), "dropout_rate",
+     "must be 0 with dp='distributed' on secure_protocol='secagg': a client left out after the key exchange"),
     (dict(quantization_bits=0), "quantization_bits", "must be 2..16 with dp='distributed'"),
     (dict(num_clients=200, clients_per_round=100, quantization_bits=5), "quantization_bits",
      "must be at least 7 with dp='distributed' and 100 clients a round, got 5"),
     (dict(num_clients=100_000, clients_per_round=10), "quantization_bits",
      "must be at most 14 with dp='distributed' and 100000 clients"),
     (dict(accountant="pld"), "accountant", "must be 'rdp' with dp='distributed'"),
+    (dict(robust="zeroing"), "robust", "cannot be 'zeroing' with dp='distributed': every zeroed client would send"),
 ])
 def test_what_cannot_run_is_refused_naming_the_field(change, field, message):
     with pytest.raises(ConfigError) as err:
         ExperimentConfig(**{**BASE, **change})
     assert err.value.field == field and err.value.message.startswith(message), err.value.message
+
+
+@pytest.mark.parametrize("protocol", ["none", "secagg"])
+def test_an_empty_round_releases_every_share_as_the_server_draws_them(protocol):
+    # seed 3 samples nobody in round 1 (8 clients, K = 2): the server draws all N shares, so every value of the model
+    # moves by noise of spread z C / K = 1 x 1 / 2 whether the sum is TFF's or the protocol's (650 values: 0.12 is
+    # four standard errors)
+    from fedlab.experiment.runner import final_weights
+
+    clean = ExperimentConfig(**{**BASE, "num_clients": 8, "clients_per_round": 2, "rounds": 1, "seed": 3,
+                                "noise_multiplier": 0.0, "secure_protocol": protocol})
+    noisy = clean.replace(noise_multiplier=1.0)
+    base, released = run_experiment(clean, progress=False), run_experiment(noisy, progress=False)
+    assert list(released.clients_this_round) == [0]
+    moved = np.concatenate([(a - b).ravel() for a, b in zip(final_weights(released), final_weights(base))])
+    assert moved.size == 650 and np.std(moved) == pytest.approx(0.5, rel=0.12) and abs(np.mean(moved)) < 0.08
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])
+def test_on_the_protocol_the_shares_sum_to_tffs_mean_without_noise_and_repeat_with_it(algorithm):
+    # without noise, the protocol's sum of the rounded updates decodes to the clipped mean as TFF's secure sum does
+    # (each coordinate within the rounding's steps: the two round with different keys); with noise, the same seed
+    # gives the same model and the epsilon is the Skellam sum's, whichever sum carried the shares
+    from fedlab.experiment.runner import final_weights
+
+    config = ExperimentConfig(**{**BASE, "noise_multiplier": 0.0, "algorithm": algorithm, "seed": 1})
+    tffs, protocols = (run_experiment(config.replace(secure_protocol=p), progress=False) for p in ("none", "secagg"))
+    assert protocols.clients_this_round.tolist() == tffs.clients_this_round.tolist()
+    assert min(protocols.clients_this_round) >= 2  # summed by the protocol, not a lone client
+    params = aggregation.ddp_parameters_of(config, 650)
+    for a, b in zip(final_weights(tffs), final_weights(protocols)):
+        np.testing.assert_allclose(a, b, atol=40 / params.scale / config.clients_per_round)  # 40 steps of 1/(s K)
+        assert not np.array_equal(a, b)
+    noisy = config.replace(noise_multiplier=0.5, secure_protocol="secagg")
+    first, again = run_experiment(noisy, progress=False), run_experiment(noisy, progress=False, results_cache=None)
+    assert all(np.array_equal(a, b) for a, b in zip(final_weights(first), final_weights(again)))
+    assert first.epsilon.tolist() == run_experiment(noisy.replace(secure_protocol="none"), progress=False).epsilon.tolist()
+
+
+def test_a_device_that_may_be_offline_is_refused_before_training(tmp_path):
+    import fedlab as fl
+
+    table = tmp_path / "devices.csv"
+    rows = ["client,examples_per_second,down_mbps,up_mbps,availability"]
+    rows += [f"{c},100,10,10,{0.5 if c == 3 else 1.0}" for c in range(10)]
+    table.write_text("\n".join(rows) + "\n")
+    fl.register_device_table("half_online_ddp", table, replace=True)
+    with pytest.raises(ConfigError, match="^device_profile: must keep every client online with dp='distributed', "
+                                          "but 'half_online_ddp' gives client 3 availability 0.5"):
+        run_experiment(ExperimentConfig(**{**BASE, "device_profile": "half_online_ddp"}), progress=False)

@@ -528,11 +528,12 @@ def test_dp_with_compression_quantises_the_clipped_updates_within_the_clip_and_n
 def _aggregate_unscaled(v):
     """``v`` through the same seeded 2-bit rounding, before the scale (a weighted mean of one client)."""
     from fedlab.core.runtime import tff
-    from fedlab.aggregators.seeded import _fold, _stochastic_round, _update_digest
+    from fedlab.aggregators.seeded import _stochastic_round
+    from fedlab.core.stateless_keys import fold_key, update_digest
     import tensorflow as tf
 
     flat = [tf.constant(v)]
-    key = _fold(_fold(tf.constant([0x5EC, 2], tf.int64), _update_digest(flat)), 0)
+    key = fold_key(fold_key(tf.constant([0x5EC, 2], tf.int64), update_digest(flat)), 0)
     del tff
     return _stochastic_round(flat[0], 3.0, key).numpy()
 

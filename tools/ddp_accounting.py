@@ -4,7 +4,9 @@
 
 Accounting only (no training, no TensorFlow): for each model size and bit width, the scale s, the noise relative to
 the rounded update's bound (z_eff), epsilon of the Skellam sum (fedlab's accounting: its RDP, Poisson-subsampled by
-the general bound) and of a Gaussian at z_eff (dp-accounting's exact subsampled Gaussian), beside central DP at z.
+Zhu and Wang's general bound), of a Gaussian at z_eff (dp-accounting's exact subsampled Gaussian, on the same integer
+orders), and of the Skellam sum over the rounds a user joins on average (q x rounds) without amplification by
+sampling (what holds against a server that knows who was sampled), beside central DP at z.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from fedlab.protection import accounting  # noqa: E402
 MODELS = {"logistic regression on MNIST (7,850 weights)": 7850, "2NN (199,210 weights)": 199210}
 
 
+def gaussian_on(orders, noise_multiplier: float, q: float, rounds: int, delta: float) -> float:
+    """Epsilon of the Poisson-subsampled Gaussian at ``noise_multiplier`` (dp-accounting's exact RDP), on ``orders``."""
+    import dp_accounting
+
+    accountant = dp_accounting.rdp.RdpAccountant(list(orders))
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(noise_multiplier)), rounds)
+    return accountant.get_epsilon(delta)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--z", type=float, default=1.0)
@@ -30,17 +41,21 @@ def main(argv=None) -> int:
     parser.add_argument("--population", type=int, default=100)
     args = parser.parse_args(argv)
     central = accounting.epsilon(args.z, args.q, args.rounds, args.delta)
+    joined = round(args.q * args.rounds)
     print(f"central DP at z = {args.z:g}: epsilon = {central:.2f} (q = {args.q:g}, {args.rounds} rounds, "
           f"delta = {args.delta:g})")
-    print("| model | bits | s | z_eff | epsilon, Skellam sum | epsilon, Gaussian at z_eff |")
-    print("|---|---|---|---|---|---|")
+    print(f"| model | bits | s | z_eff | epsilon, Skellam sum | epsilon, Gaussian at z_eff | epsilon, Skellam sum, "
+          f"{joined} rounds without sampling |")
+    print("|---|---|---|---|---|---|---|")
     for name, dim in MODELS.items():
-        for bits in (12, 16, 20):
+        for bits in (8, 12, 16):
             params = accounting.ddp_parameters(args.z, 1.0, bits, args.clients, args.population, dim)
             ddp = accounting.ddp_epsilon_by_round(params, args.q, args.rounds, args.delta)[-1]
-            gaussian = accounting.epsilon(params.effective_noise_multiplier, args.q, args.rounds, args.delta)
+            gaussian = gaussian_on(accounting.DDP_ORDERS, params.effective_noise_multiplier, args.q, args.rounds,
+                                   args.delta)
+            known = accounting.ddp_epsilon_by_round(params, 1.0, joined, args.delta)[-1]
             print(f"| {name} | {bits} | {params.scale:.0f} | {params.effective_noise_multiplier:.3f} | {ddp:.2f} | "
-                  f"{gaussian:.2f} |")
+                  f"{gaussian:.2f} | {known:.1f} |")
     return 0
 
 

@@ -52,6 +52,7 @@ from ..rounds.secure_rounds import ProtocolSum
 from .distributed_dp import distributed_skellam
 from .seeded import quantizing_sum, seeded_gaussian, seeded_quantizing
 from ..protection.accounting import DdpParameters, ddp_parameters
+from ..protection.skellam_shares import SkellamShares
 from ..core.validation import SettingWarning
 
 ROLES = ("dp", "robust", "secure", "compression")
@@ -270,9 +271,16 @@ def dp_distributed(noise_multiplier: float, clients_per_round: float, clip_norm:
     expected K (:mod:`fedlab.aggregators.distributed_dp`). Every client that may be sampled (``settings.cohort``)
     adds a share every round, so the sum carries noise of variance (z C s)^2 whoever was sampled."""
     del target_quantile  # a fixed clip: the scale s is sized for it
-    return distributed_skellam(noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
-                               clip=clip_norm, bits=settings.bits, population=settings.cohort,
-                               fresh=not settings.seeded)
+    return distributed_skellam(skellam_shares(noise_multiplier, clients_per_round, clip_norm, settings))
+
+
+def skellam_shares(noise_multiplier: float, clients_per_round: float, clip_norm: float,
+                   settings: SumSettings) -> SkellamShares:
+    """Distributed DP's settings: the config's z, K and C, the sum's bits, every client that may be sampled adding
+    a share (``settings.cohort``), the clients' keys fresh unless seeded."""
+    return SkellamShares(noise_multiplier=float(noise_multiplier), clip=float(clip_norm), bits=settings.bits,
+                         expected_clients=float(clients_per_round), population=settings.cohort,
+                         fresh=not settings.seeded)
 
 
 def distributed_dp(config) -> bool:
@@ -588,6 +596,12 @@ def make_aggregator(config):
 
 
 def _make_aggregator(config):
+    if distributed_dp(config) and config.secure_protocol != "none":
+        # the clients' updates with their noise shares, summed mod 2^b by the protocol, decoded by the server
+        return dataclasses.replace(AGGREGATORS[config.secure_protocol].build(sum_settings(config)),
+                                   denominator=float(config.clients_per_round), seeded=config.noise_source == "seeded",
+                                   shares=skellam_shares(config.noise_multiplier, config.clients_per_round,
+                                                         config.clip_norm, sum_settings(config)))
     if config.user_level_dp and config.secure_aggregation and config.secure_protocol != "none":
         # the protocol's sum of the clipped, rounded updates, unmasked by the server, which adds the noise to it
         # and divides by the expected K; an adaptive clip's clients encode in its units and add their bit
@@ -693,7 +707,8 @@ def bits_per_value_up(config) -> float:
     return 32
 
 
-def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> dict[str, float]:
+def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int, *,
+                population_shares: bool = True) -> dict[str, float]:
     """Bytes moved in one round with ``clients`` participants.
 
     Down: the full float32 model to every participant. Up: each trainable
@@ -707,6 +722,9 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     the server's control variate c down, and its control-variate values up (their change; under user-level DP its
     scaled c_i): under user-level DP or a secure sum beside its update, at the sum's bits (twice the values up),
     else as float32; q-FFL sends its weight's share there, one value more.
+    Distributed DP: each participant's b-bit vector (padded to even), and, with ``population_shares``, the noise share
+    every client that may be sampled sends at the round's start (N vectors; without: what one participant's update
+    adds, the simulated clock's upload).
     """
     params = int(sum(trainable_sizes))
     side = config.algorithm_entry.side_sums  # model-sized vectors exchanged beside the model (SCAFFOLD's c, c_i)
@@ -725,12 +743,10 @@ def round_bytes(config, trainable_sizes, non_trainable_sizes, clients: int) -> d
     per_client_up = params * bits_per_value_up(config) / 8 + 4 + plain_side
     if config.quantization_bits and not config.secure_aggregation:
         per_client_up += 8 * tensors
-    if distributed_dp(config):  # padded to even; every client not in the round sends its noise share too
-        padded = ddp_parameters_of(config, int(sum(trainable_sizes))).padded_dim
-        per_client_up = padded * config.quantization_bits / 8 + 4
-        return {"bytes_down": float(down),
-                "bytes_up": float(clients * per_client_up
-                                  + max(cohort_size(config) - clients, 0) * padded * config.quantization_bits / 8)}
+    if distributed_dp(config):  # padded to even; and every client's noise share, sent at the round's start
+        vector = ddp_parameters_of(config, int(sum(trainable_sizes))).padded_dim * config.quantization_bits / 8
+        shares = cohort_size(config) * vector if population_shares else 0.0
+        return {"bytes_down": float(down), "bytes_up": float(clients * (vector + 4) + shares)}
     return {"bytes_down": float(down), "bytes_up": float(clients * per_client_up)}
 
 

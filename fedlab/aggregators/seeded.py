@@ -42,26 +42,9 @@ import math
 import numpy as np
 
 from ..core.runtime import tff
+from ..core.stateless_keys import fold_key, fresh_key, update_digest
 
 SEED_KEY = "noise_seed"
-
-
-def fold_key(seed, *values):
-    """Inside a TF computation: the stateless key ``seed`` with each of ``values`` folded in, in turn."""
-    import tensorflow as tf
-
-    for value in values:
-        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int64))
-    return seed
-
-
-def fresh_key():
-    """A key no one can predict: two int64s from TensorFlow's unseeded generator, which seeds itself from the
-    operating system's entropy (as TF Privacy's noise and TFF's own rounding do). Not the clock: a key of the
-    time and the round could be found by trying every microsecond around a round, and the noise removed."""
-    import tensorflow as tf
-
-    return tf.random.uniform([2], minval=0, maxval=tf.int64.max, dtype=tf.int64)
 
 
 def seed_state_type(extra=None):
@@ -122,13 +105,6 @@ def _stochastic_round(v, levels: float, seed):
     floor = tf.floor(scaled)
     up = tf.cast(tf.random.stateless_uniform(tf.shape(v), seed=seed, dtype=v.dtype) < scaled - floor, v.dtype)
     return (floor + up) / levels * span + lo
-
-
-def update_digest(flat):
-    """A hash of a client's update (its key for the rounding: a TFF client knows no index)."""
-    import tensorflow as tf
-
-    return tf.add_n([tf.reduce_sum(tf.cast(tf.bitcast(v, tf.int32), tf.int64)) for v in flat])
 
 
 def seeded_quantizing(bits: int, inner=None, *, fresh: bool = False):

@@ -282,7 +282,8 @@ class ExperimentConfig:
                 raise ConfigError("secure_protocol", f"cannot be {self.secure_protocol!r} with dp={self.dp!r}: "
                                                      "user-level DP's noise is calibrated to clipped updates, which "
                                                      "only 'secagg' and 'secaggplus' sum (CKKS sums them unclipped)")
-            if self.dp not in ("fixed", "adaptive") and self.secure_protocol != "none":
+            if self.dp not in ("fixed", "adaptive") and not AGGREGATORS[self.dp].distributed and \
+                    self.secure_protocol != "none":
                 raise ConfigError("dp", f"must be 'fixed' or 'adaptive' with secure_protocol={self.secure_protocol!r}, "
                                         f"got {self.dp!r}: the protocol's server adds the noise of these two itself "
                                         "(a registered DP aggregator runs on secure_protocol='none', TFF's secure sum)")
@@ -403,11 +404,12 @@ class ExperimentConfig:
             raise ConfigError("secure_aggregation", f"must be True {what}: each client adds only its share of the "
                                                     "noise, so without a secure sum the server would see every "
                                                     "update under a small fraction of it")
-        if self.secure_protocol != "none":
-            raise ConfigError("secure_protocol", f"must be 'none' {what} (TFF's secure sum), got "
-                                                 f"{self.secure_protocol!r}: fedlab's SecAgg protocol does not yet "
-                                                 "carry the clients' noise shares (its server adds central noise "
-                                                 "with dp='fixed' or 'adaptive')")
+        if self.secure_protocol == "ckks":  # refused below, for every user-level DP
+            return
+        if self.robust == "zeroing":
+            raise ConfigError("robust", f"cannot be 'zeroing' {what}: every zeroed client would send the same "
+                                        "vector, and a client's rounding and noise share are keyed by a hash of "
+                                        "what it sends, so their shares would be one share repeated")
         if self.quantization_bits < 2:
             raise ConfigError("quantization_bits", f"must be 2..16 {what}: the b bits of the secure sum the "
                                                    f"clients' rounded values and noise shares are added in, got "

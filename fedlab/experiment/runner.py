@@ -44,7 +44,7 @@ from ..systems.asynchronous import STALENESS, staleness_weights
 from ..rounds.attacks import ATTACKS, attack_rng, is_update_attack
 from .sampling import Scheduler
 from ..aggregators.seeded import round_seed
-from ..systems.systems import DEVICE_PROFILES
+from ..systems.systems import DEVICE_PROFILES, devices_for
 from .sites import Federation, SiteClients, SiteJob
 from .sites import refusal as site_refusal
 from ..core.storage import Checkpoint, ResultCache, cache_key
@@ -239,6 +239,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             data, spec, clients = None, federation.spec(config), SiteClients(federation)
     check_cost(config, clients)
     _check_rounded_dp_accounting(config, spec)
+    _check_every_share_arrives(config)
     with profiling.phase("build"):
         process = get_process(config, spec) if federation is None else get_site_process(config, spec)
         warn_if_updates_vanish(config, spec)  # once per run, before its first round
@@ -469,6 +470,21 @@ def _planned(inputs, steps: int):
     if isinstance(inputs, SiteJob):
         return dataclasses.replace(inputs, steps=steps)
     return planned_inputs(inputs, steps)
+
+
+def _check_every_share_arrives(config: ExperimentConfig) -> None:
+    """Distributed DP counts the noise share of every client that may be sampled, sent at each round's start: a
+    device that may be offline then would not send it (checked before any training)."""
+    if not distributed_dp(config):
+        return
+    devices = devices_for(config.device_profile, config.num_clients, config.seeds["systems"])
+    offline = np.flatnonzero(np.asarray(devices.availability) < 1)
+    if offline.size:
+        raise ConfigError("device_profile", f"must keep every client online with dp='distributed', but "
+                                            f"{config.device_profile!r} gives client {int(offline[0])} availability "
+                                            f"{float(devices.availability[offline[0]]):g}: a client offline at a "
+                                            "round's start sends no noise share, and the sum would carry less "
+                                            "noise than the accounting counts")
 
 
 def _check_rounded_dp_accounting(config: ExperimentConfig, spec) -> None:

@@ -69,7 +69,7 @@ class Scheduler:
         self.client_sizes = [int(n) for n in client_sizes]
         self.num_weights = int(sum(tensor_sizes[0]))  # trainable weights: what a client's update holds
         self.devices: Devices = devices_for(config.device_profile, config.num_clients, config.seeds["systems"])
-        one = round_bytes(config, *tensor_sizes, clients=1)
+        one = round_bytes(config, *tensor_sizes, clients=1, population_shares=False)  # one client's own upload
         self.bytes_down, self.bytes_up = one["bytes_down"], one["bytes_up"]
         self._rounds: dict[int, RoundSchedule] = {}
 

@@ -46,6 +46,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..core.runtime import tff
+from ..protection.skellam_shares import SkellamShares
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +88,26 @@ class ProtocolSum:
     target_quantile: float = 0.5
     count_stddev: float = 0.0
     clip_learning_rate: float = 0.2
+    # distributed DP (dp='distributed'): the clients encode their updates with their noise shares and the ring is
+    # 2^b (the shares wrap; the server centres the sum), :mod:`fedlab.protection.skellam_shares`
+    shares: Optional[SkellamShares] = None
 
     @property
     def modulus_bits(self) -> int:
-        """log2 R: R = 2^(b + ceil(log2 K)) holds the sum of K symmetric b-bit integers."""
+        """log2 R: R = 2^(b + ceil(log2 K)) holds the sum of K symmetric b-bit integers; 2^b for distributed DP's
+        shares, which the sum wraps around as TFF's modular sum does."""
+        if self.shares is not None:
+            return self.bits
         return self.bits + math.ceil(math.log2(max(self.clients, 1)))
+
+    def round_key(self, noise_seed: Optional[int]) -> np.ndarray:
+        """Distributed DP's key for a round (int64[2], the same at the clients and the server): from the round's
+        noise seed, or, unseeded, from the system's entropy."""
+        if not self.seeded:
+            return np.random.default_rng().integers(0, 2 ** 62, size=2, dtype=np.int64)
+        if noise_seed is None:
+            raise ValueError("noise_seed: seeded distributed DP needs the round's seed (the runner passes it)")
+        return np.asarray([int(noise_seed), 0xDD], np.int64)
 
     @property
     def scale(self) -> float:

@@ -48,6 +48,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..protection import secagg
+from ..protection.skellam_shares import share_codec
 from .array_training import (client_updates_computation, finalize_metric_leaves, flat_length, metric_leaf_specs,
                              metric_leaves, metrics_computation, pack_clients)
 from .attacks import ATTACKS
@@ -86,7 +87,8 @@ class SplitRoundProcess:
         # summed securely, noised with it): SCAFFOLD's control variates under an aggregator that hides updates
         self.side_shapes = [tuple(s) for s in side_shapes]
         # nothing runs in Python between the clients' training and the protocol's encoding: one computation does both
-        self.fused = self.protocol is not None and attack is None and not self.side_shapes and all(
+        self.fused = self.protocol is not None and self.protocol.shares is None and attack is None \
+            and not self.side_shapes and all(
             getattr(type(self), name) is getattr(SplitRoundProcess, name)
             for name in ("prepare", "between", "client_results"))
         self.data_type = training.data_type  # what a client's packed input is (pack_clients)
@@ -173,6 +175,8 @@ class SplitRoundProcess:
         one computation or None): the protocol's client and server arithmetic
         (:func:`fedlab.rounds.secure_rounds.protocol_codec`); with side values, they are encoded and summed with
         the update, and the decoding returns their mean too."""
+        if self.protocol.shares is not None:
+            return self._share_computations(weights_type, finalizer_state_type, finalizer, split)
         t = tff()
         training = self._training
         encode, undiscretize, divide = protocol_codec(self.protocol, self.value_type, self.value_shapes)
@@ -209,6 +213,48 @@ class SplitRoundProcess:
             return finalized.result, finalized.state, finalized.measurements, t.federated_map(split[1], mean)
 
         return encode_fn, decode_fn, train_encode_fn
+
+    def _share_computations(self, weights_type, finalizer_state_type, finalizer, split=None) -> tuple:
+        """(encode every client's update with its noise share, decode the sum and step the server, None): distributed
+        DP's client and server arithmetic around the protocol's sum mod 2^b (:mod:`fedlab.protection.skellam_shares`);
+        the round's key (:meth:`ProtocolSum.round_key`) goes to both."""
+        t = tff()
+        encode, decode, params = share_codec(self.protocol.shares, self.value_type)
+        self._share_length = params.padded_dim
+        key_type = t.FederatedType(t.TensorType(np.int64, [2]), t.SERVER)
+
+        @t.federated_computation(t.FederatedType(self.value_type, t.CLIENTS), key_type)
+        def encode_fn(updates, key):
+            return t.federated_map(encode, (updates, t.federated_broadcast(key)))
+
+        @t.federated_computation(t.FederatedType(weights_type, t.SERVER),
+                                 t.FederatedType(finalizer_state_type, t.SERVER),
+                                 t.FederatedType(decode.type_signature.parameter[0], t.SERVER),
+                                 t.FederatedType(t.TensorType(np.int32), t.SERVER), key_type)
+        def decode_fn(weights, finalizer_state, total, count, key):
+            mean = t.federated_map(decode, (total, count, key))
+            if split is None:
+                finalized = finalizer.next(finalizer_state, weights, mean)
+                return finalized.result, finalized.state, finalized.measurements
+            finalized = finalizer.next(finalizer_state, weights, t.federated_map(split[0], mean))
+            return finalized.result, finalized.state, finalized.measurements, t.federated_map(split[1], mean)
+
+        return encode_fn, decode_fn, None
+
+    def _decoded(self, state, total: Optional[np.ndarray], included: int, noise_seed: Optional[int], clip) -> list:
+        """The decoding computation's outputs (new weights, finalizer state and measurements, side values) for the
+        protocol's sum ``total`` (ring elements; None: a lost or empty sum, the noise alone under DP) of ``included``
+        clients."""
+        _, decode_fn, _ = self._protocol_fns
+        if self.protocol.shares is not None:  # the noise shares of the clients not included are the server's draw
+            summed = (np.zeros(self._share_length, np.int32) if total is None
+                      else np.asarray(total, np.uint64).astype(np.int32))  # < 2^b <= 2^16
+            return decode_fn(state.global_model_weights, state.finalizer, summed, np.int32(included),
+                             self.protocol.round_key(noise_seed))
+        summed = (tuple(np.zeros(s, np.int64) for s in self.value_shapes) if total is None
+                  else signed_sum(total, self.protocol.modulus_bits, self.value_shapes))
+        return decode_fn(state.global_model_weights, state.finalizer, summed,
+                         self.protocol.noise(self.value_shapes, noise_seed), self.protocol.divisor(included, clip))
 
     # The learning process's interface ----------------------------------------------------------------
     def initialize(self):
@@ -277,8 +323,12 @@ class SplitRoundProcess:
         send any ring element, which the protocol bounds by nothing but the ring.
         """
         encode_fn = self._protocol_fns[0]
-        vectors = functools.cache(lambda: [ring_vector(enc) for enc in
-                                           encode_fn(updates, self.protocol.constants(current_clip(state)))])
+        if self.protocol.shares is not None:  # each update with its noise share, at the round's key
+            vectors = functools.cache(lambda: [ring_vector((enc,)) for enc in
+                                               encode_fn(updates, self.protocol.round_key(noise_seed))])
+        else:
+            vectors = functools.cache(lambda: [ring_vector(enc) for enc in
+                                               encode_fn(updates, self.protocol.constants(current_clip(state)))])
         return self._protocol_release(
             state, ids, participants, noise_seed, lone=lambda: vectors()[0], too_few=lambda: None,
             secure_sum=lambda everyone: self._run_protocol(dict(zip(ids, vectors())), everyone, graph_seed))
@@ -313,7 +363,6 @@ class SplitRoundProcess:
         """(state, aggregator measurements, finalizer measurements) once the protocol summed the round: ``lone()``
         the ring vector of a round's one client under central DP (:func:`~fedlab.rounds.secure_rounds.lone_client`),
         ``secure_sum(everyone)`` the protocol's result, ``too_few()`` before a round of fewer than 2 aborts."""
-        _, decode_fn, _ = self._protocol_fns
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
         finalized = collections.OrderedDict()
@@ -335,13 +384,10 @@ class SplitRoundProcess:
             stats["aborted"] = 1
             if not self.protocol.central_dp:
                 return state, aggregator_measurements(self.protocol, stats, clip), finalized
-            total, summed, included = None, tuple(np.zeros(s, np.int64) for s in self.value_shapes), 0  # noise alone
+            total, included = None, 0  # the noise alone
         else:
             stats["included"] = included
-            summed = signed_sum(total, self.protocol.modulus_bits, self.value_shapes)
-        weights, finalizer_state, finalized, *side = decode_fn(state.global_model_weights, state.finalizer, summed,
-                                                               self.protocol.noise(self.value_shapes, noise_seed),
-                                                               self.protocol.divisor(included, clip))
+        weights, finalizer_state, finalized, *side = self._decoded(state, total, included, noise_seed, clip)
         state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
         state = moved_clip(self.protocol, state, clip, total, included, noise_seed)
         if self.side_shapes and not stats["aborted"]:  # a lost sum (its noise alone) tells nothing of the clients
@@ -418,6 +464,8 @@ class SplitRoundProcess:
     def length(self) -> int:
         """How many ring elements a client's encoded update has (every value it sends, and the bit of an adaptive
         clip)."""
+        if self.protocol.shares is not None:  # one vector, padded to even (distributed DP)
+            return self._share_length
         return flat_length(self.value_shapes) + int(self.protocol.adaptive)
 
     def empty_round(self, state, noise_seed: Optional[int] = None) -> tuple:
@@ -433,12 +481,8 @@ class SplitRoundProcess:
                                  finalizer=finalizer_state), measured
         if self.protocol is None or not self.protocol.central_dp:
             return state, collections.OrderedDict()
-        _, decode_fn, _ = self._protocol_fns
         clip = current_clip(state)
-        weights, finalizer_state, _, *side = decode_fn(state.global_model_weights, state.finalizer,
-                                                       tuple(np.zeros(s, np.int64) for s in self.value_shapes),
-                                                       self.protocol.noise(self.value_shapes, noise_seed),
-                                                       self.protocol.divisor(0, clip))
+        weights, finalizer_state, _, *side = self._decoded(state, None, 0, noise_seed, clip)
         state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)  # no client: no side
         measured = (collections.OrderedDict(dp_query_metrics=collections.OrderedDict(clip=np.float32(clip)))
                     if self.protocol.adaptive else collections.OrderedDict())
