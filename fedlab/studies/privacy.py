@@ -38,20 +38,31 @@ def describe(config) -> str:
         return (f"<b>record-level epsilon = {worst.epsilon:.3g}</b> at delta = {config.effective_delta:.1e} per site "
                 f"after {config.rounds} rounds (worst site: {worst.site}, {int(worst.examples)} records, "
                 f"q = {worst.sampling_probability:.3g}, {int(worst.steps)} steps)")
+    how = f"q = {config.sampling_probability:.3g}, {config.accountant.upper()}"
     if distributed_dp(config):
         params = ddp_parameters_of(config, spec_for(config).num_parameters())
-        eps = ddp_epsilon_by_round(params, config.sampling_probability, config.rounds, config.effective_delta,
-                                   displaced=config.over_selection > 1)[-1]
-        return (f"<b>epsilon = {eps:.3g}</b> at delta = {config.effective_delta:.1e} after {config.rounds} rounds "
-                f"(q = {config.sampling_probability:.3g}, RDP of the Skellam sum; noise {params.effective_noise_multiplier:.3g} "
-                "times the rounded update's bound)")
-    # z relative to the sum's sensitivity (a secure sum's rounding adds to clip_norm, over-selection doubles it:
-    # aggregation.dp_sensitivity)
+        how = (f"q = {config.sampling_probability:.3g}, RDP of the Skellam sum; noise "
+               f"{params.effective_noise_multiplier:.3g} times the rounded update's bound")
+    return (f"<b>epsilon = {user_level_epsilon(config):.3g}</b> at delta = {config.effective_delta:.1e} after "
+            f"{config.rounds} rounds ({how})")
+
+
+def user_level_epsilon(config) -> float:
+    """Epsilon of a user-level DP config after its rounds at its delta (accounting only, no training): central DP's
+    Poisson-sampled Gaussian at z relative to the sum's sensitivity (a secure sum's rounding adds to clip_norm,
+    over-selection doubles it: :func:`fedlab.aggregators.aggregation.dp_sensitivity`), or distributed DP's Skellam
+    sum; infinite without noise."""
+    if not config.user_level_dp:
+        raise ConfigError("dp", f"must be a user-level DP mode for user_level_epsilon, got {config.dp!r}")
+    if config.noise_multiplier == 0:
+        return float("inf")
+    if distributed_dp(config):
+        params = ddp_parameters_of(config, spec_for(config).num_parameters())
+        return float(ddp_epsilon_by_round(params, config.sampling_probability, config.rounds,
+                                          config.effective_delta, displaced=config.over_selection > 1)[-1])
     z = (accounting_noise_multiplier(config, spec_for(config).num_parameters())
          if config.secure_aggregation or config.over_selection > 1 else config.noise_multiplier)
-    eps = epsilon(z, config.sampling_probability, config.rounds, config.effective_delta, config.accountant)
-    return (f"<b>epsilon = {eps:.3g}</b> at delta = {config.effective_delta:.1e} after {config.rounds} rounds "
-            f"(q = {config.sampling_probability:.3g}, {config.accountant.upper()})")
+    return float(epsilon(z, config.sampling_probability, config.rounds, config.effective_delta, config.accountant))
 
 
 def site_epsilons(config):
