@@ -214,6 +214,26 @@ def test_an_empty_round_releases_every_share_as_the_server_draws_them(protocol):
     assert moved.size == 650 and np.std(moved) == pytest.approx(0.5, rel=0.12) and abs(np.mean(moved)) < 0.08
 
 
+@pytest.mark.parametrize("protocol", ["none", "secagg"])
+def test_a_round_of_several_clients_carries_z_c_whichever_sum_adds_the_shares(protocol):
+    # seed 1, 10 clients, K = 5: round 1 has several clients, whose rounding is the same with and without noise (it is
+    # keyed by the round and their updates, equal in both runs): the models differ by the noise alone, every share
+    # (the clients' own and the server's draw of the others'), of spread z C / K = 1 x 1 / 5 on every value (650
+    # values: 0.12 is four standard errors); unseeded, the protocol's clients and server share one key a round
+    from fedlab.experiment.runner import final_weights
+
+    clean = ExperimentConfig(**{**BASE, "rounds": 1, "seed": 1, "noise_multiplier": 0.0, "secure_protocol": protocol})
+    noisy = clean.replace(noise_multiplier=1.0)
+    base, released = run_experiment(clean, progress=False), run_experiment(noisy, progress=False)
+    assert released.clients_this_round.tolist()[0] >= 2
+    moved = np.concatenate([(a - b).ravel() for a, b in zip(final_weights(released), final_weights(base))])
+    assert np.std(moved) == pytest.approx(0.2, rel=0.12) and abs(np.mean(moved)) < 0.2 * 4 / math.sqrt(650)
+    unseeded = run_experiment(clean.replace(noise_source="unseeded"), progress=False, results_cache=None)
+    params = aggregation.ddp_parameters_of(clean, 650)
+    for a, b in zip(final_weights(unseeded), final_weights(base)):  # rounded with other keys, decoded right
+        np.testing.assert_allclose(a, b, atol=20 / params.scale / clean.clients_per_round)
+
+
 @pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])
 def test_on_the_protocol_the_shares_sum_to_tffs_mean_without_noise_and_repeat_with_it(algorithm):
     # without noise, the protocol's sum of the rounded updates decodes to the clipped mean as TFF's secure sum does
@@ -242,7 +262,16 @@ def test_a_device_that_may_be_offline_is_refused_before_training(tmp_path):
     rows = ["client,examples_per_second,down_mbps,up_mbps,availability"]
     rows += [f"{c},100,10,10,{0.5 if c == 3 else 1.0}" for c in range(10)]
     table.write_text("\n".join(rows) + "\n")
+    from fedlab.systems.systems import DEVICE_PROFILES
+
     fl.register_device_table("half_online_ddp", table, replace=True)
-    with pytest.raises(ConfigError, match="^device_profile: must keep every client online with dp='distributed', "
-                                          "but 'half_online_ddp' gives client 3 availability 0.5"):
-        run_experiment(ExperimentConfig(**{**BASE, "device_profile": "half_online_ddp"}), progress=False)
+    try:
+        with pytest.raises(ConfigError, match="^device_profile: must keep every client online with dp='distributed', "
+                                              "but 'half_online_ddp' gives client 3 availability 0.5"):
+            run_experiment(ExperimentConfig(**{**BASE, "device_profile": "half_online_ddp"}), progress=False)
+        # a client left out of the population sends no share, and may be offline
+        quiet = ExperimentConfig(**{**BASE, "device_profile": "half_online_ddp", "exclude_clients": (3,),
+                                    "rounds": 1})
+        assert list(run_experiment(quiet, progress=False)["round"]) == [1]
+    finally:
+        DEVICE_PROFILES._entries.pop("half_online_ddp", None)

@@ -558,7 +558,8 @@ def test_dp_with_compression_runs_its_accounting_and_bytes_as_dp_alone_and_repea
     try:
         with pytest.raises(ConfigError, match="^quantization_bits: must be 0 with dp='dp_without_record_sum'"):
             compressed.replace(dp="dp_without_record_sum")
-        with pytest.raises(ConfigError, match="^dp: must be 'fixed' or 'adaptive' with secure_protocol='secagg'"):
+        with pytest.raises(ConfigError, match="^dp: must be 'fixed', 'adaptive' or a distributed mode with "
+                                                  "secure_protocol='secagg'"):
             compressed.replace(dp="dp_without_record_sum", secure_aggregation=True, secure_protocol="secagg")
     finally:
         aggregation.AGGREGATORS._entries.pop("dp_without_record_sum", None)

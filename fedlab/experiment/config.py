@@ -284,9 +284,11 @@ class ExperimentConfig:
                                                      "only 'secagg' and 'secaggplus' sum (CKKS sums them unclipped)")
             if self.dp not in ("fixed", "adaptive") and not AGGREGATORS[self.dp].distributed and \
                     self.secure_protocol != "none":
-                raise ConfigError("dp", f"must be 'fixed' or 'adaptive' with secure_protocol={self.secure_protocol!r}, "
-                                        f"got {self.dp!r}: the protocol's server adds the noise of these two itself "
-                                        "(a registered DP aggregator runs on secure_protocol='none', TFF's secure sum)")
+                raise ConfigError("dp", f"must be 'fixed', 'adaptive' or a distributed mode with "
+                                        f"secure_protocol={self.secure_protocol!r}, got {self.dp!r}: the protocol's "
+                                        "server adds the noise of the first two itself, the clients that of a "
+                                        "distributed one (another registered DP aggregator runs on "
+                                        "secure_protocol='none', TFF's secure sum)")
             if self.secure_protocol != "none":
                 # whether the protocol aborts (too few survivors) must not depend on one user: under central DP
                 # every sampled client's update is summed (one alone too: secure_rounds.lone_client)
@@ -398,7 +400,8 @@ class ExperimentConfig:
                                            f"{self.clip_norm:g}")
 
     def _check_distributed(self) -> None:
-        """Distributed DP: the clients' noise shares go through TFF's secure sum of b-bit values."""
+        """Distributed DP: the clients' noise shares go through a secure sum of b-bit values (TFF's, or the SecAgg
+        protocol's)."""
         what = f"with dp={self.dp!r}"
         if not self.secure_aggregation:
             raise ConfigError("secure_aggregation", f"must be True {what}: each client adds only its share of the "

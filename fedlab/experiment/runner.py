@@ -413,7 +413,7 @@ def _execute_async(config: ExperimentConfig, process, clients: Clients, schedule
     """
     plan = scheduler.asynchronous(config.rounds)
     factors_of = {s.version: staleness_weights(config.async_staleness, s.staleness) for s in plan.steps}
-    one = round_bytes(config, *sizes, clients=1)
+    one = round_bytes(config, *sizes, clients=1, population_shares=False)  # one client's own upload
 
     def train(version: int, state) -> dict:
         jobs = plan.started_on(version)
@@ -478,7 +478,7 @@ def _check_every_share_arrives(config: ExperimentConfig) -> None:
     if not distributed_dp(config):
         return
     devices = devices_for(config.device_profile, config.num_clients, config.seeds["systems"])
-    offline = np.flatnonzero(np.asarray(devices.availability) < 1)
+    offline = np.setdiff1d(np.flatnonzero(np.asarray(devices.availability) < 1), config.exclude_clients)
     if offline.size:
         raise ConfigError("device_profile", f"must keep every client online with dp='distributed', but "
                                             f"{config.device_profile!r} gives client {int(offline[0])} availability "

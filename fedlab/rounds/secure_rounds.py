@@ -14,6 +14,8 @@ pieces serve):
    (``DiscretizationFactory``), taken modulo R = 2^(b + ceil(log2 K)); it
    returns each client's ring vector (under an adaptive clip C_t stands for C,
    and the vector ends with the client's bit: :class:`ProtocolSum`);
+   Under distributed DP (:attr:`ProtocolSum.shares`) a client encodes its update with its noise share instead
+   (:mod:`fedlab.protection.skellam_shares`), and the ring is 2^b;
 2. the clients and the server run SecAgg or SecAgg+ in Python with real
    cryptography; the server object receives only masked vectors and recovers
    their sum modulo R, also when clients drop out after the key exchange;

@@ -205,12 +205,8 @@ class SplitRoundProcess:
                                  t.FederatedType(t.TensorType(np.float32), t.SERVER))
         def decode_fn(weights, finalizer_state, summed, noise, count):
             total = t.federated_map(undiscretize, (summed, t.federated_value(scale, t.SERVER)))
-            mean = t.federated_map(divide, (total, noise, count))
-            if split is None:
-                finalized = finalizer.next(finalizer_state, weights, mean)
-                return finalized.result, finalized.state, finalized.measurements
-            finalized = finalizer.next(finalizer_state, weights, t.federated_map(split[0], mean))
-            return finalized.result, finalized.state, finalized.measurements, t.federated_map(split[1], mean)
+            return _finalized(finalizer, split, finalizer_state, weights,
+                              t.federated_map(divide, (total, noise, count)))
 
         return encode_fn, decode_fn, train_encode_fn
 
@@ -232,25 +228,22 @@ class SplitRoundProcess:
                                  t.FederatedType(decode.type_signature.parameter[0], t.SERVER),
                                  t.FederatedType(t.TensorType(np.int32), t.SERVER), key_type)
         def decode_fn(weights, finalizer_state, total, count, key):
-            mean = t.federated_map(decode, (total, count, key))
-            if split is None:
-                finalized = finalizer.next(finalizer_state, weights, mean)
-                return finalized.result, finalized.state, finalized.measurements
-            finalized = finalizer.next(finalizer_state, weights, t.federated_map(split[0], mean))
-            return finalized.result, finalized.state, finalized.measurements, t.federated_map(split[1], mean)
+            return _finalized(finalizer, split, finalizer_state, weights,
+                              t.federated_map(decode, (total, count, key)))
 
         return encode_fn, decode_fn, None
 
-    def _decoded(self, state, total: Optional[np.ndarray], included: int, noise_seed: Optional[int], clip) -> list:
+    def _decoded(self, state, total: Optional[np.ndarray], included: int, noise_seed: Optional[int], clip,
+                 key: Optional[np.ndarray] = None) -> list:
         """The decoding computation's outputs (new weights, finalizer state and measurements, side values) for the
         protocol's sum ``total`` (ring elements; None: a lost or empty sum, the noise alone under DP) of ``included``
-        clients."""
+        clients; ``key``: distributed DP's key of the round, the one its clients encoded with."""
         _, decode_fn, _ = self._protocol_fns
         if self.protocol.shares is not None:  # the noise shares of the clients not included are the server's draw
             summed = (np.zeros(self._share_length, np.int32) if total is None
                       else np.asarray(total, np.uint64).astype(np.int32))  # < 2^b <= 2^16
             return decode_fn(state.global_model_weights, state.finalizer, summed, np.int32(included),
-                             self.protocol.round_key(noise_seed))
+                             self.protocol.round_key(noise_seed) if key is None else key)
         summed = (tuple(np.zeros(s, np.int64) for s in self.value_shapes) if total is None
                   else signed_sum(total, self.protocol.modulus_bits, self.value_shapes))
         return decode_fn(state.global_model_weights, state.finalizer, summed,
@@ -322,16 +315,16 @@ class SplitRoundProcess:
         keep. Attackers (:meth:`forge`) encode their forgeries as honest clients do, clipped to C: a real one could
         send any ring element, which the protocol bounds by nothing but the ring.
         """
-        encode_fn = self._protocol_fns[0]
-        if self.protocol.shares is not None:  # each update with its noise share, at the round's key
-            vectors = functools.cache(lambda: [ring_vector((enc,)) for enc in
-                                               encode_fn(updates, self.protocol.round_key(noise_seed))])
+        encode_fn, key = self._protocol_fns[0], None
+        if self.protocol.shares is not None:  # each update with its noise share, at the round's key (drawn once:
+            key = self.protocol.round_key(noise_seed)  # unseeded, each call draws another; the server decodes with it)
+            vectors = functools.cache(lambda: [ring_vector((enc,)) for enc in encode_fn(updates, key)])
         else:
             vectors = functools.cache(lambda: [ring_vector(enc) for enc in
                                                encode_fn(updates, self.protocol.constants(current_clip(state)))])
         return self._protocol_release(
             state, ids, participants, noise_seed, lone=lambda: vectors()[0], too_few=lambda: None,
-            secure_sum=lambda everyone: self._run_protocol(dict(zip(ids, vectors())), everyone, graph_seed))
+            secure_sum=lambda everyone: self._run_protocol(dict(zip(ids, vectors())), everyone, graph_seed), key=key)
 
     def fused_protocol_step(self, state, ids: list, client_data: list, participants, graph_seed: int,
                             noise_seed: Optional[int] = None) -> tuple:
@@ -359,10 +352,11 @@ class SplitRoundProcess:
         return state, aggregated, finalized, trained.get("metrics")
 
     def _protocol_release(self, state, ids: list, participants, noise_seed: Optional[int], *, lone, secure_sum,
-                          too_few) -> tuple:
+                          too_few, key: Optional[np.ndarray] = None) -> tuple:
         """(state, aggregator measurements, finalizer measurements) once the protocol summed the round: ``lone()``
         the ring vector of a round's one client under central DP (:func:`~fedlab.rounds.secure_rounds.lone_client`),
-        ``secure_sum(everyone)`` the protocol's result, ``too_few()`` before a round of fewer than 2 aborts."""
+        ``secure_sum(everyone)`` the protocol's result, ``too_few()`` before a round of fewer than 2 aborts; ``key``:
+        distributed DP's key the clients encoded with."""
         everyone = sorted(set(ids) | set(int(p) for p in (participants if participants is not None else ids)))
         stats = collections.OrderedDict(participants=len(everyone), included=0, aborted=0)
         finalized = collections.OrderedDict()
@@ -387,7 +381,7 @@ class SplitRoundProcess:
             total, included = None, 0  # the noise alone
         else:
             stats["included"] = included
-        weights, finalizer_state, finalized, *side = self._decoded(state, total, included, noise_seed, clip)
+        weights, finalizer_state, finalized, *side = self._decoded(state, total, included, noise_seed, clip, key)
         state = self._replace(state, global_model_weights=weights, finalizer=finalizer_state)
         state = moved_clip(self.protocol, state, clip, total, included, noise_seed)
         if self.side_shapes and not stats["aborted"]:  # a lost sum (its noise alone) tells nothing of the clients
@@ -576,6 +570,17 @@ class SplitRoundProcess:
             out.append(np.asarray(vector[start:start + size], dtype=dtype).reshape(shape))
             start += size
         return tuple(out)
+
+
+def _finalized(finalizer, split, finalizer_state, weights, mean) -> tuple:
+    """Inside a federated computation: the server optimizer's step on the aggregated ``mean`` (its update's part,
+    with side values: ``split``), as (weights, finalizer state, measurements[, the side values' mean])."""
+    t = tff()
+    if split is None:
+        finalized = finalizer.next(finalizer_state, weights, mean)
+        return finalized.result, finalized.state, finalized.measurements
+    finalized = finalizer.next(finalizer_state, weights, t.federated_map(split[0], mean))
+    return finalized.result, finalized.state, finalized.measurements, t.federated_map(split[1], mean)
 
 
 def ring_vector(encoded: Sequence[np.ndarray]) -> np.ndarray:
