@@ -275,3 +275,20 @@ def test_a_device_that_may_be_offline_is_refused_before_training(tmp_path):
         assert list(run_experiment(quiet, progress=False)["round"]) == [1]
     finally:
         DEVICE_PROFILES._entries.pop("half_online_ddp", None)
+
+
+def test_the_studies_epsilon_is_the_runs_and_central_dp_under_the_general_bound_is_looser():
+    from fedlab import privacy
+
+    config = ExperimentConfig(**BASE)
+    history = run_experiment(config, progress=False)
+    assert privacy.user_level_epsilon(config) == pytest.approx(history.epsilon.iloc[-1], rel=1e-12)
+    assert privacy.user_level_epsilon(config, bound="general") == privacy.user_level_epsilon(config)
+    central = config.replace(dp="fixed", secure_aggregation=False, quantization_bits=0)
+    exact = privacy.user_level_epsilon(central)
+    assert exact == pytest.approx(accounting.epsilon(0.5, 0.5, 2, config.effective_delta), rel=1e-12)
+    assert exact < privacy.user_level_epsilon(central, bound="general") < 1.5 * exact
+    assert privacy.user_level_epsilon(central, bound="general") == accounting.general_bound_epsilon(
+        0.5, 0.5, 2, config.effective_delta)
+    with pytest.raises(ConfigError, match="^bound: must be 'tightest' or 'general', got 'exact'"):
+        privacy.user_level_epsilon(central, bound="exact")

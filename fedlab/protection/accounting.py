@@ -484,6 +484,20 @@ def poisson_subsampled_rdp(rdp: np.ndarray, orders: Sequence[int], q: float) -> 
     return np.maximum(np.asarray(out), 0.0)
 
 
+def general_bound_epsilon(noise_multiplier: float, sampling_probability: float, rounds: int, delta: float) -> float:
+    """Epsilon of ``rounds`` Poisson-subsampled Gaussian rounds under the bound distributed DP's accounting uses
+    (:func:`poisson_subsampled_rdp` on the Gaussian's RDP, alpha / (2 z^2), at :data:`DDP_ORDERS`), not
+    dp-accounting's exact one: central DP measured with the same ruler as :func:`ddp_epsilon_by_round`."""
+    _check(noise_multiplier, sampling_probability, rounds, delta, "rdp", "rounds")
+    if noise_multiplier == 0:
+        return math.inf
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+    curve = np.asarray(DDP_ORDERS, float) / (2 * float(noise_multiplier) ** 2)
+    one_round = poisson_subsampled_rdp(curve, DDP_ORDERS, sampling_probability)
+    return float(compute_epsilon(DDP_ORDERS, rounds * one_round, delta)[0])
+
+
 def ddp_epsilon_by_round(params: DdpParameters, sampling_probability: float, rounds: int, delta: float, *,
                          displaced: bool = False) -> np.ndarray:
     """Epsilon after each of rounds 1..``rounds`` of distributed DP (RDP: :func:`skellam_rdp` of one round's sum,

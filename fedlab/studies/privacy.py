@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..protection.accounting import ddp_epsilon_by_round, epsilon
+from ..protection.accounting import ddp_epsilon_by_round, epsilon, general_bound_epsilon
 from ..aggregators.aggregation import accounting_noise_multiplier, ddp_parameters_of, distributed_dp
 from ..experiment.clients import Clients, client_arrays_for, dataset_for, dp_sgd_steps, spec_for
 from ..experiment.config import RECORD_LEVEL
@@ -47,21 +47,30 @@ def describe(config) -> str:
             f"{config.rounds} rounds ({how})")
 
 
-def user_level_epsilon(config) -> float:
+def user_level_epsilon(config, bound: str = "tightest") -> float:
     """Epsilon of a user-level DP config after its rounds at its delta (accounting only, no training): central DP's
     Poisson-sampled Gaussian at z relative to the sum's sensitivity (a secure sum's rounding adds to clip_norm,
     over-selection doubles it: :func:`fedlab.aggregators.aggregation.dp_sensitivity`), or distributed DP's Skellam
-    sum; infinite without noise."""
+    sum; infinite without noise.
+
+    ``bound``: ``"tightest"``, what a run reports (central DP: dp-accounting's exact subsampled Gaussian; distributed
+    DP: Zhu and Wang's general subsampling bound, the only one it has); ``"general"``, central DP under that general
+    bound too (:func:`fedlab.protection.accounting.general_bound_epsilon`), to set beside distributed DP's: the two
+    bounds differ by more than the mechanisms do.
+    """
     if not config.user_level_dp:
         raise ConfigError("dp", f"must be a user-level DP mode for user_level_epsilon, got {config.dp!r}")
+    if bound not in ("tightest", "general"):
+        raise ConfigError("bound", f"must be 'tightest' or 'general', got {bound!r}")
     if config.noise_multiplier == 0:
         return float("inf")
     if distributed_dp(config):
         params = ddp_parameters_of(config, spec_for(config).num_parameters())
         return float(ddp_epsilon_by_round(params, config.sampling_probability, config.rounds,
                                           config.effective_delta, displaced=config.over_selection > 1)[-1])
-    z = (accounting_noise_multiplier(config, spec_for(config).num_parameters())
-         if config.secure_aggregation or config.over_selection > 1 else config.noise_multiplier)
+    z = accounting_noise_multiplier(config, spec_for(config).num_parameters())
+    if bound == "general":
+        return general_bound_epsilon(z, config.sampling_probability, config.rounds, config.effective_delta)
     return float(epsilon(z, config.sampling_probability, config.rounds, config.effective_delta, config.accountant))
 
 
