@@ -399,6 +399,22 @@ def test_an_empty_round_under_user_dp_on_tffs_aggregator_releases_the_noise_over
     assert moved.size > 600 and np.std(moved) == pytest.approx(0.5, rel=0.12) and abs(np.mean(moved)) < 0.08
 
 
+@pytest.mark.parametrize("algorithm, changes", [("fedavg", {}), ("fedavg", {"quantization_bits": 8}),
+                                                ("fedper", {"model": "2nn"})])
+def test_unseeded_adaptive_dp_reports_the_clip_each_round_clips_to(algorithm, changes):
+    # TFF's own adaptive factory (unseeded) reports the clip its round moved to, the next round's; the history says
+    # the clip the round's updates were clipped to: the first clip in round 1, as the seeded factory reports it
+    config = ExperimentConfig(dataset="digits", num_clients=8, clients_per_round=4, rounds=3, dp="adaptive",
+                              noise_multiplier=0.5, clip_norm=1.0, noise_source="unseeded", eval_every=1,
+                              algorithm=algorithm, **changes)
+    for noise_source in ("unseeded", "seeded"):
+        clips = run_experiment(config.replace(noise_source=noise_source), progress=False,
+                               results_cache=None).clip_norm_this_round.tolist()
+        # then it moves (by exp(-0.2 (f - 0.5)), f the noised fraction below it: f = 1/2 exactly has probability 0;
+        # a later round may move it back, e.g. by exp(-0.1) then exp(0.1))
+        assert clips[0] == 1.0 and clips[1] != 1.0, (noise_source, clips)
+
+
 def test_an_empty_round_moves_an_adaptive_clip_by_its_noised_count():
     # round 1 samples nobody; TF Privacy's estimate of the fraction below the clip is then (0 - 0.5 x 0 + n) / K +
     # 0.5, n ~ N(0, s^2) with s = 0.05 K at z = 0, and the geometric rule C_2 = C_1 exp(-eta (estimate - gamma)),

@@ -335,6 +335,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
             chosen = schedule.completed
             row = {"round": round_num, "train_loss": np.nan, **dict.fromkeys(train_extra, np.nan),
                    "eval_loss": np.nan, f"eval_{eval_metric}": np.nan, "clients_this_round": len(chosen)}
+            clip_before = _tff_adaptive_clip(state.aggregator)  # TFF's adaptive DP reports the clip it moved to
             if len(chosen):  # a Poisson-sampled DP round, or one every client missed, is empty: nothing trained
                 with profiling.phase("inputs"):
                     inputs = [_planned(clients.inputs(config, round_num, int(c)), int(schedule.steps[int(c)]))
@@ -351,7 +352,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 train = output.metrics["client_work"]["train"]
                 if config.dp != RECORD_LEVEL:  # record-level DP releases no training metrics: they stay NaN
                     row.update(train_loss=float(train["loss"]), **{c: float(train[c[6:]]) for c in train_extra})
-                row.update(_aggregator_metrics(output.metrics))
+                row.update(_aggregator_metrics(output.metrics, clip_before))
             elif hasattr(trainer, "empty_round"):  # central DP (a split round's): the noise of an empty sum
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
                     state, measured = trainer.empty_round(state, **_round_inputs(
@@ -363,7 +364,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                                                                      round_num, chosen, schedule.selected,
                                                                      clients.attackers))
                 state = output.state
-                row.update(_aggregator_metrics(output.metrics))
+                row.update(_aggregator_metrics(output.metrics, clip_before))
             seconds = time.perf_counter() - t0
             moved = {"bytes_down": round_bytes(config, *sizes, clients=len(schedule.selected))["bytes_down"],
                      "bytes_up": round_bytes(config, *sizes, clients=len(chosen))["bytes_up"]}
@@ -578,8 +579,30 @@ SECAGG_COLUMNS = {"participants": "secagg_participants", "included": "secagg_inc
                   "client_seconds": "seconds_secagg_client", "server_seconds": "seconds_secagg_server"}
 
 
-def _aggregator_metrics(metrics) -> dict:
-    """The DP aggregator's clip norm this round, when it reports one (adaptive clipping); a secure protocol's
+def _tff_adaptive_clip(aggregator_state) -> Optional[float]:
+    """The clip TFF's own adaptive DP factory (``noise_source="unseeded"``) clips this round's updates to, read from
+    its state before the round, or None for any other aggregator. TFF reports the clip of its state after the round
+    (``derive_metrics`` of the new query state): the one the next round clips to."""
+    if hasattr(aggregator_state, "_fields"):
+        if "sum_state" in aggregator_state._fields and "quantile_estimator_state" in aggregator_state._fields:
+            return float(np.asarray(aggregator_state.sum_state.l2_norm_clip))
+        children = [getattr(aggregator_state, f) for f in aggregator_state._fields]
+    elif isinstance(aggregator_state, dict):
+        children = list(aggregator_state.values())
+    elif isinstance(aggregator_state, (list, tuple)):
+        children = list(aggregator_state)
+    else:
+        children = [getattr(aggregator_state, "query_state", None)] if hasattr(aggregator_state, "query_state") else []
+    for child in children:
+        found = _tff_adaptive_clip(child)
+        if found is not None:
+            return found
+    return None
+
+
+def _aggregator_metrics(metrics, clip_before: Optional[float] = None) -> dict:
+    """The DP aggregator's clip norm this round, when it reports one (adaptive clipping; ``clip_before``, read from
+    TFF's own adaptive factory's state before the round, in place of the clip it reports); a secure protocol's
     clients included, whether it stopped, its bytes per client and seconds (:mod:`fedlab.rounds.split_rounds`)."""
     found = {}
     secagg = dict(metrics.get("aggregator", {})).get("secagg")
@@ -594,6 +617,8 @@ def _aggregator_metrics(metrics) -> dict:
             found["clip_norm_this_round"] = float(np.asarray(node))
 
     walk(dict(metrics.get("aggregator", {})), ())
+    if clip_before is not None and "clip_norm_this_round" in found:
+        found["clip_norm_this_round"] = clip_before
     return found
 
 
