@@ -277,7 +277,7 @@ def test_an_empty_round_under_an_adaptive_clip_on_the_protocol_releases_noise_at
     state = type(state)(global_model_weights=state.global_model_weights, distributor=state.distributor,
                         client_work=state.client_work, aggregator={"clip": np.float32(0.5)}, finalizer=state.finalizer)
     after, measured = process.empty_round(state, noise_seed=21)
-    assert float(measured["dp_query_metrics"]["clip"]) == 0.5  # the round's clip, reported as TFF's DP factory does
+    assert float(measured["dp_query_metrics"]["clip"]) == 0.5  # the round's clip, where TFF's DP factory reports one
     moved = [np.asarray(a) - np.asarray(b) for a, b in zip(process.get_model_weights(after).trainable,
                                                           process.get_model_weights(state).trainable)]
     drawn = protocol.noise([m.shape for m in moved], 21)

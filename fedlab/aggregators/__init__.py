@@ -1,1 +1,2 @@
-"""Aggregation stages: means, robust rules, compression, central DP, secure sums; seeded randomness for them."""
+"""Aggregation stages: means, robust rules, compression, central and distributed DP, secure sums; seeded randomness for
+them."""

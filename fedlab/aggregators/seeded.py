@@ -31,7 +31,7 @@ not know the seed*; whoever knows the seed and the config can regenerate the
 noise and remove it, and then there is no privacy at all. Seeded noise is for
 simulation, where reproducing a figure is the point. A deployment sets
 ``noise_source="unseeded"``: TFF's own factories where they stack, else these with ``fresh`` keys drawn from
-the system's entropy each round (:func:`fresh_key`), never from the clock.
+the system's entropy each round (:func:`fedlab.core.stateless_keys.fresh_key`), never from the clock.
 """
 
 from __future__ import annotations

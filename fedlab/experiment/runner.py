@@ -357,7 +357,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
                     state, measured = trainer.empty_round(state, **_round_inputs(
                         ("noise_seed",), config, round_num, chosen, schedule.selected, clients.attackers))
-                row.update(_aggregator_metrics({"aggregator": measured}))
+                row.update(_aggregator_metrics({"aggregator": measured}, clip_before))
             elif config.user_level_dp:  # TFF's round of no client: the DP aggregator noises the empty sum
                 with _lost_in(round_num, checkpoint), profiling.phase("round"):
                     output = trainer.next(state, [], **_round_inputs(getattr(trainer, "round_inputs", ()), config,
@@ -584,15 +584,17 @@ def _tff_adaptive_clip(aggregator_state) -> Optional[float]:
     its state before the round, or None for any other aggregator. TFF reports the clip of its state after the round
     (``derive_metrics`` of the new query state): the one the next round clips to."""
     if hasattr(aggregator_state, "_fields"):
-        if "sum_state" in aggregator_state._fields and "quantile_estimator_state" in aggregator_state._fields:
+        fields = aggregator_state._fields
+        if "sum_state" in fields and "quantile_estimator_state" in fields and \
+                hasattr(aggregator_state.sum_state, "l2_norm_clip"):  # QuantileAdaptiveClipSumQuery's, not the tree's
             return float(np.asarray(aggregator_state.sum_state.l2_norm_clip))
-        children = [getattr(aggregator_state, f) for f in aggregator_state._fields]
+        children = [getattr(aggregator_state, f) for f in fields]
     elif isinstance(aggregator_state, dict):
         children = list(aggregator_state.values())
     elif isinstance(aggregator_state, (list, tuple)):
         children = list(aggregator_state)
     else:
-        children = [getattr(aggregator_state, "query_state", None)] if hasattr(aggregator_state, "query_state") else []
+        children = []
     for child in children:
         found = _tff_adaptive_clip(child)
         if found is not None:

@@ -1,1 +1,2 @@
-"""What protects the clients' data: DP accounting, the SecAgg protocol and CKKS homomorphic encryption."""
+"""What protects the clients' data: DP accounting, distributed DP's noise shares, the SecAgg protocol and CKKS
+homomorphic encryption."""

@@ -199,8 +199,8 @@ def moved_clip(protocol: ProtocolSum, state, clip: Optional[float], total: Optio
 
 
 def aggregator_measurements(protocol: ProtocolSum, stats: dict, clip: Optional[float]) -> collections.OrderedDict:
-    """A protocol round's aggregator measurements: the protocol's ``stats``, and the clip of the round under an
-    adaptive clip (as TFF's DP factories report it)."""
+    """A protocol round's aggregator measurements: the protocol's ``stats``, and the clip the round clipped to under
+    an adaptive clip, in the place TFF's DP factories report theirs (``dp_query_metrics``)."""
     measurements = collections.OrderedDict(secagg=stats)
     if protocol.adaptive:
         measurements["dp_query_metrics"] = collections.OrderedDict(clip=np.float32(clip))
