@@ -68,7 +68,8 @@ def user_level_epsilon(config, bound: str = "tightest") -> float:
         params = ddp_parameters_of(config, spec_for(config).num_parameters())
         return float(ddp_epsilon_by_round(params, config.sampling_probability, config.rounds,
                                           config.effective_delta, displaced=config.over_selection > 1)[-1])
-    z = accounting_noise_multiplier(config, spec_for(config).num_parameters())
+    z = (accounting_noise_multiplier(config, spec_for(config).num_parameters())  # the model's size matters only here
+         if config.secure_aggregation or config.over_selection > 1 else config.noise_multiplier)
     if bound == "general":
         return general_bound_epsilon(z, config.sampling_probability, config.rounds, config.effective_delta)
     return float(epsilon(z, config.sampling_probability, config.rounds, config.effective_delta, config.accountant))
