@@ -16,17 +16,17 @@ EPYC_ZEN3 = {"avx", "avx2", "fma", "sse4_2"}  # no AVX-512, no VNNI
 
 
 @pytest.mark.parametrize("flags, environ, expected", [
-    (SAPPHIRE_RAPIDS, {}, Numerics(onednn=True, isa="avx512", threads=2)),
-    (SKYLAKE_SP, {}, Numerics(onednn=False, isa=None, threads=2)),  # AVX-512 alone leaves oneDNN off
-    (EPYC_ZEN3, {}, Numerics(onednn=False, isa=None, threads=2)),
-    (EPYC_ZEN3, {"TF_ENABLE_ONEDNN_OPTS": "1"}, Numerics(onednn=True, isa="avx2", threads=2)),
-    (SAPPHIRE_RAPIDS, {"TF_ENABLE_ONEDNN_OPTS": "false"}, Numerics(onednn=False, isa=None, threads=2)),
-    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, Numerics(onednn=True, isa="avx2", threads=2)),
-    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, Numerics(onednn=True, isa="avx512", threads=2)),
+    (SAPPHIRE_RAPIDS, {}, Numerics(onednn=True, isa="avx512", threads=1)),
+    (SKYLAKE_SP, {}, Numerics(onednn=False, isa=None, threads=1)),  # AVX-512 alone leaves oneDNN off
+    (EPYC_ZEN3, {}, Numerics(onednn=False, isa=None, threads=1)),
+    (EPYC_ZEN3, {"TF_ENABLE_ONEDNN_OPTS": "1"}, Numerics(onednn=True, isa="avx2", threads=1)),
+    (SAPPHIRE_RAPIDS, {"TF_ENABLE_ONEDNN_OPTS": "false"}, Numerics(onednn=False, isa=None, threads=1)),
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, Numerics(onednn=True, isa="avx2", threads=1)),
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, Numerics(onednn=True, isa="avx512", threads=1)),
     (SAPPHIRE_RAPIDS, {"FEDLAB_WORKER_INTRAOP_THREADS": "1"}, Numerics(onednn=True, isa="avx512", threads=1)),
     (SAPPHIRE_RAPIDS, {"FEDLAB_WORKER_INTRAOP_THREADS": "0"}, Numerics(onednn=True, isa="avx512", threads=2)),
     (SAPPHIRE_RAPIDS, {"TF_NUM_INTRAOP_THREADS": "1"}, Numerics(onednn=True, isa="avx512", threads=1)),
-    (SAPPHIRE_RAPIDS, {"DNNL_MAX_CPU_ISA": "AVX2"}, Numerics(onednn=True, isa="avx2", threads=2)),
+    (SAPPHIRE_RAPIDS, {"DNNL_MAX_CPU_ISA": "AVX2"}, Numerics(onednn=True, isa="avx2", threads=1)),
 ])
 def test_numerics_follow_tensorflows_onednn_policy(flags, environ, expected):
     assert reproduce.numerics(environ, flags, cores=2) == expected

@@ -161,20 +161,21 @@ print([item.decode() for item in environ if item.startswith(b"TF_NUM_INTRAOP_THR
 """
 
 
-def test_tffs_worker_takes_its_intra_op_threads_from_fedlabs_variable_alone():
+def test_tffs_worker_runs_on_one_intra_op_thread_unless_fedlabs_variable_says_otherwise():
     import subprocess
     import sys
 
     from fedlab.core.runtime import worker_environment
 
-    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin"}  # TensorFlow's default
+    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "TF_NUM_INTRAOP_THREADS": "1"}  # the default
+    assert worker_environment({"TF_NUM_INTRAOP_THREADS": "3"})["TF_NUM_INTRAOP_THREADS"] == "3"  # the user's own
+    assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "0"})["TF_NUM_INTRAOP_THREADS"] == "0"  # TF's default
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "0"})[
         "TF_NUM_INTRAOP_THREADS"] == "1"
     for bad in ("-1", "two", "nan", "1.5"):
         with pytest.raises(ValueError, match="FEDLAB_WORKER_INTRAOP_THREADS: must be a whole number"):
             worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": bad})
-    env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
-    env["FEDLAB_WORKER_INTRAOP_THREADS"] = "1"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_NUM_INTRAOP_THREADS", "FEDLAB_WORKER_INTRAOP_THREADS")}
     out = subprocess.run([sys.executable, "-c", WORKER_THREADS], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "['TF_NUM_INTRAOP_THREADS=1']"

@@ -145,26 +145,28 @@ WORKER_THREADS_VARIABLE = "FEDLAB_WORKER_INTRAOP_THREADS"
 
 
 def worker_environment(environ=None) -> dict:
-    """The environment TFF's worker binary starts with: this process's, and with ``FEDLAB_WORKER_INTRAOP_THREADS``
-    set, that many intra-op threads for the worker (``TF_NUM_INTRAOP_THREADS``) and for it alone.
+    """The environment TFF's worker binary starts with: this process's, with one intra-op thread for the worker
+    (``TF_NUM_INTRAOP_THREADS=1``) and for it alone; ``FEDLAB_WORKER_INTRAOP_THREADS`` sets another number (0:
+    TensorFlow's default, a thread per core). A ``TF_NUM_INTRAOP_THREADS`` of this process's own is kept when
+    ``FEDLAB_WORKER_INTRAOP_THREADS`` is not set.
 
     The worker runs the clients' computations side by side on its inter-op
     pool; with TensorFlow's default intra-op pool as well, each client's small
     per-batch operations are handed between threads (``perf``: 27 % of the
     worker's samples in system calls, most futex waits). One intra-op thread
-    made ``make bench``'s rounds 1.3 to 1.4 times faster. It is not the
-    default: a matrix product too large for one thread's share (full-batch
-    FedSGD on 400 examples) then sums in another order, and the committed
-    results were made with TensorFlow's default (``reproduce --check --only 01``
-    differs in the third decimal); the default changes with a new ``make figures``.
+    made ``make bench``'s rounds 1.3 to 1.4 times faster, and a sweep's runs,
+    one worker process per core, no longer compete for each other's cores.
+    A matrix product large enough to be split between threads (full-batch
+    FedSGD on 400 examples) sums in another order with another setting, so the
+    committed results hold for this one (``results/numerics.json``).
     """
     environ = dict(os.environ if environ is None else environ)
     threads = environ.get(WORKER_THREADS_VARIABLE, "").strip()
-    if threads:
-        if not threads.isdigit():
-            raise ValueError(f"{WORKER_THREADS_VARIABLE}: must be a whole number of threads >= 0 (0: TensorFlow's "
-                             f"default), got {threads!r}")
-        environ["TF_NUM_INTRAOP_THREADS"] = threads
+    if threads and not threads.isdigit():
+        raise ValueError(f"{WORKER_THREADS_VARIABLE}: must be a whole number of threads >= 0 (0: TensorFlow's "
+                         f"default), got {threads!r}")
+    if threads or not environ.get("TF_NUM_INTRAOP_THREADS", "").strip():
+        environ["TF_NUM_INTRAOP_THREADS"] = threads or "1"
     return environ
 
 
