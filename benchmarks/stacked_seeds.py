@@ -14,7 +14,10 @@ label shards each, E = 5, B = 10), is trained
   leading seed axis of the weights and the batches: batched matrix products), the issue's "leading experiment
   axis". Written here for the measurement only (plain SGD, clients of equal size, and, unlike fedlab's update,
   no training metrics and no check for non-finite updates, so it does a little less per step); its updates are
-  checked against the ones trained alone.
+  checked against the ones trained alone;
+* the stacked loop compiled by XLA (``tf.function(jit_compile=True)``), for one seed and for every seed. XLA is in
+  TensorFlow 2.14 in fedlab's own process, not in TFF 0.87's worker binary, so this is what an engine in fedlab's
+  process could reach.
 
 It also measures what this machine's TensorFlow reaches on one large matrix product, and prints what a 10-seed
 sweep at 2x one seed would ask of the clients' arithmetic. Writes every measurement to OUT.
@@ -110,16 +113,25 @@ def main(argv=None) -> int:
                                   label=yb)
             return tuple(tape.gradient(loss, trainable))
 
-        def step(i, trainable):
-            epoch, j = i // per_epoch, i % per_epoch
-            idx = orders[:, epoch, j * batch: tf.minimum((j + 1) * batch, n)]
-            xb, yb = tf.gather(xs, idx, batch_dims=1), tf.gather(ys, idx, batch_dims=1)
-            grads = tf.vectorized_map(gradients, (trainable, xb, yb))
-            return i + 1, tuple(w - lr * g for w, g in zip(trainable, grads))
+        def stacked_loop(xs, ys, orders, start):
+            """Every seed's client trained at once; their updates (seeds first)."""
+            def step(i, trainable):
+                epoch, j = i // per_epoch, i % per_epoch
+                idx = orders[:, epoch, j * batch: tf.minimum((j + 1) * batch, n)]
+                xb, yb = tf.gather(xs, idx, batch_dims=1), tf.gather(ys, idx, batch_dims=1)
+                grads = tf.vectorized_map(gradients, (trainable, xb, yb))
+                return i + 1, tuple(w - lr * g for w, g in zip(trainable, grads))
+
+            _, trained = tf.while_loop(lambda i, *_: i < total, step, (tf.constant(0, tf.int64), start))
+            return tuple(a - b for a, b in zip(start, trained))
 
         start = tuple(tf.stack([w] * args.seeds) for w in trainable0)
-        _, trained = tf.while_loop(lambda i, *_: i < total, step, (tf.constant(0, tf.int64), start))
-        stacked = tuple(a - b for a, b in zip(start, trained))
+        stacked = stacked_loop(xs, ys, orders, start)
+        # the same loop compiled by XLA (TensorFlow 2.14 in this process has it; TFF 0.87's worker does not), for
+        # all seeds and for one seed alone
+        compiled = tf.function(stacked_loop, jit_compile=True, autograph=False)
+        xla_stacked = compiled(xs, ys, orders, start)
+        xla_one = compiled(xs[:1], ys[:1], orders[:1], tuple(w[:1] for w in start))
         big = held(np.random.default_rng(0).standard_normal((2000, 2000), dtype=np.float32))
         product = tf.reduce_sum(tf.matmul(big, big))
         initialize = tf.compat.v1.global_variables_initializer()
@@ -129,12 +141,16 @@ def main(argv=None) -> int:
     seconds = median_seconds({"one": lambda: session.run(alone[0]),
                               "sequential": lambda: [session.run(a) for a in alone],
                               "stacked": lambda: session.run(stacked),
+                              "xla_one": lambda: session.run(xla_one),
+                              "xla_stacked": lambda: session.run(xla_stacked),
                               "product": lambda: session.run(product)}, args.repeats)
     one_s, sequential_s, stacked_s, matmul_s = (seconds[k] for k in ("one", "sequential", "stacked", "product"))
 
     each = session.run(alone)
-    together = session.run(stacked)
+    together, xla_together = session.run(stacked), session.run(xla_stacked)
     worst = max(float(np.abs(together[k][s] - each[s][k]).max()) for s in range(args.seeds) for k in range(len(each[0])))
+    xla_worst = max(float(np.abs(xla_together[k][s] - each[s][k]).max()) for s in range(args.seeds)
+                    for k in range(len(each[0])))
     n_examples, steps = len(inputs[0]["x"]), int(array_training.local_steps(client_inputs(
         clients.x[0], clients.y[0], base, 0, 0)))
     params = [w.shape for w in model.initial_weights[0] if len(w.shape) == 2]
@@ -148,11 +164,17 @@ def main(argv=None) -> int:
          "ratio_to_one": sequential_s / one_s},
         {"measure": f"{args.seeds} seeds' clients stacked in one loop", "seconds": stacked_s,
          "ratio_to_one": stacked_s / one_s},
+        {"measure": "one seed's client, the stacked loop compiled by XLA", "seconds": seconds["xla_one"],
+         "ratio_to_one": seconds["xla_one"] / one_s},
+        {"measure": f"{args.seeds} seeds' clients, the stacked loop compiled by XLA", "seconds": seconds["xla_stacked"],
+         "ratio_to_one": seconds["xla_stacked"] / one_s},
     ]
     table = pd.DataFrame(rows)
     table["gflop_per_s"] = [flops / one_s / 1e9, args.seeds * flops / sequential_s / 1e9,
-                            args.seeds * flops / stacked_s / 1e9]
-    table["max_abs_difference"] = [float("nan"), float("nan"), worst]  # the stacked updates against alone
+                            args.seeds * flops / stacked_s / 1e9, flops / seconds["xla_one"] / 1e9,
+                            args.seeds * flops / seconds["xla_stacked"] / 1e9]
+    # the stacked updates against the ones trained alone by fedlab's update
+    table["max_abs_difference"] = [float("nan"), float("nan"), worst, float("nan"), xla_worst]
     table.loc[len(table)] = {"measure": "one 2000x2000 matrix product", "seconds": matmul_s,
                              "ratio_to_one": float("nan"), "gflop_per_s": 2 * 2000 ** 3 / matmul_s / 1e9,
                              "max_abs_difference": float("nan")}
@@ -167,8 +189,9 @@ def main(argv=None) -> int:
     print(f"\none client: {steps} local steps of {base.batch_size} of its {n_examples} examples, {flops / 1e6:.0f} "
           f"MFLOP; the stacked updates equal the ones trained alone within {worst:.1e}.\n"
           f"{args.seeds} seeds' clients in 2x one seed's time need {need:.0f} GFLOP/s on batches of "
-          f"{base.batch_size}; stacked they reach {table.gflop_per_s[2]:.0f}, one large product "
-          f"{table.gflop_per_s[3]:.0f} (threads: {os.environ.get('TF_NUM_INTRAOP_THREADS', 'default')}). "
+          f"{base.batch_size}; stacked they reach {table.gflop_per_s[2]:.0f}, compiled by XLA "
+          f"{table.gflop_per_s[4]:.0f} (within {xla_worst:.1e} of alone), one large product "
+          f"{table.gflop_per_s[5]:.0f} (threads: {os.environ.get('TF_NUM_INTRAOP_THREADS', 'default')}). "
           f"Written {args.out}.")
     return 0
 

@@ -65,11 +65,15 @@ def main(argv=None) -> int:
     settings = {"one seed": ([0], 1, {}), f"{args.seeds} seeds, one process": (every, 1, {}),
                 f"{args.seeds} seeds, spread": (every, None, {}),
                 f"{args.seeds} seeds, spread from the start": (every, None, {"FEDLAB_SPREAD_AFTER_S": "0"})}
+    from fedlab.notebook.reproduce import numerics
+
+    threads = numerics(env).threads  # TFF's worker's intra-op threads, as the caller's environment sets them
     rows, accuracy = [], {}
     for repeat in range(args.repeats):
         for name, (seeds, processes, extra) in settings.items():
             result = measure(seeds, args.rounds, processes, {**env, **extra})
-            rows.append({"setting": name, "repeat": repeat, "seeds": len(seeds), "seconds": result["seconds"]})
+            rows.append({"setting": name, "repeat": repeat, "seeds": len(seeds), "seconds": result["seconds"],
+                         "worker_threads": threads})
             print(f"{name} (repeat {repeat + 1}): {result['seconds']:.1f} s", flush=True)
             for seed, value in result["accuracy"].items():
                 if accuracy.setdefault(seed, value) != value:  # same config and seed: the same numbers
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
     one = medians["one seed"]
     for name, seconds in medians.items():
         print(f"{name:>40}: {seconds:7.1f} s  ({seconds / one:.2f}x one seed)")
-    print(f"final accuracies equal across settings and repeats ({len(accuracy)} seeds); written {args.out}")
+    print(f"TFF's worker on {threads} intra-op thread(s); final accuracies equal across settings and repeats ({len(accuracy)} seeds); written {args.out}")
     return 0
 
 

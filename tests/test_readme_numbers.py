@@ -274,12 +274,16 @@ def notebook_08():
 def stacked_seeds():
     """The README's table of benchmarks/stacked_seeds.py (results/benchmarks/stacked_seeds.csv)."""
     t = _csv("benchmarks/stacked_seeds")
-    one, sequential, stacked, product = t.itertuples()
+    one, sequential, stacked, xla_one, xla, product = t.itertuples()
     return [f"| one seed's client | {one.seconds:.2g} | 1 | {one.gflop_per_s:.0f} |",
             f"| 10 seeds' clients one after the other | {sequential.seconds:.2g} | {sequential.ratio_to_one:.1f} | "
             f"{sequential.gflop_per_s:.0f} |",
             f"| 10 seeds' clients stacked | {stacked.seconds:.2g} | {stacked.ratio_to_one:.1f} | "
             f"{stacked.gflop_per_s:.0f} |",
+            f"| one seed's client, the stacked loop compiled by XLA | {xla_one.seconds:.2g} | "
+            f"{xla_one.ratio_to_one:.1f} | {xla_one.gflop_per_s:.0f} |",
+            f"| 10 seeds' clients stacked, compiled by XLA | {xla.seconds:.2g} | {xla.ratio_to_one:.1f} | "
+            f"{xla.gflop_per_s:.0f} |",
             f"| one 2000×2000 matrix product | {product.seconds:.2g} | | {product.gflop_per_s:.0f} |",
             f"({one.local_steps} local steps of 10 examples, {one.mflop_per_client:.0f} MFLOP)",
             f"its updates equal the ones trained alone within {stacked.max_abs_difference:.1e}",

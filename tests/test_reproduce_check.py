@@ -25,7 +25,9 @@ EPYC_ZEN3 = {"avx", "avx2", "fma", "sse4_2"}  # no AVX-512, no VNNI
     (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, Numerics(onednn=True, isa="avx512", threads=1)),
     (SAPPHIRE_RAPIDS, {"FEDLAB_WORKER_INTRAOP_THREADS": "1"}, Numerics(onednn=True, isa="avx512", threads=1)),
     (SAPPHIRE_RAPIDS, {"FEDLAB_WORKER_INTRAOP_THREADS": "0"}, Numerics(onednn=True, isa="avx512", threads=2)),
-    (SAPPHIRE_RAPIDS, {"TF_NUM_INTRAOP_THREADS": "1"}, Numerics(onednn=True, isa="avx512", threads=1)),
+    (SAPPHIRE_RAPIDS, {"TF_NUM_INTRAOP_THREADS": "3"}, Numerics(onednn=True, isa="avx512", threads=3)),  # the caller's
+    (SAPPHIRE_RAPIDS, {"FEDLAB_WORKER_INTRAOP_THREADS": "0", "TF_NUM_INTRAOP_THREADS": "3"},
+     Numerics(onednn=True, isa="avx512", threads=2)),
     (SAPPHIRE_RAPIDS, {"DNNL_MAX_CPU_ISA": "AVX2"}, Numerics(onednn=True, isa="avx2", threads=1)),
 ])
 def test_numerics_follow_tensorflows_onednn_policy(flags, environ, expected):

@@ -172,7 +172,7 @@ def test_tffs_worker_runs_on_one_intra_op_thread_unless_fedlabs_variable_says_ot
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "0"})["TF_NUM_INTRAOP_THREADS"] == "0"  # TF's default
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "0"})[
         "TF_NUM_INTRAOP_THREADS"] == "1"
-    for bad in ("-1", "two", "nan", "1.5"):
+    for bad in ("-1", "two", "nan", "1.5", "\u00b2"):
         with pytest.raises(ValueError, match="FEDLAB_WORKER_INTRAOP_THREADS: must be a whole number"):
             worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": bad})
     env = {k: v for k, v in os.environ.items() if k not in ("TF_NUM_INTRAOP_THREADS", "FEDLAB_WORKER_INTRAOP_THREADS")}

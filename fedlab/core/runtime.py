@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,7 +163,7 @@ def worker_environment(environ=None) -> dict:
     """
     environ = dict(os.environ if environ is None else environ)
     threads = environ.get(WORKER_THREADS_VARIABLE, "").strip()
-    if threads and not threads.isdigit():
+    if threads and not re.fullmatch(r"[0-9]+", threads):
         raise ValueError(f"{WORKER_THREADS_VARIABLE}: must be a whole number of threads >= 0 (0: TensorFlow's "
                          f"default), got {threads!r}")
     if threads or not environ.get("TF_NUM_INTRAOP_THREADS", "").strip():

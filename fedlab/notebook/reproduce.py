@@ -79,7 +79,7 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
 
 # wall-clock columns: never the same twice (sim_*: compared)
 TIMING = re.compile(r"^(seconds|seconds_.*|ms_per_.*|client_seconds|server_seconds)$")
-TIMING_FIGURES = {"06_round_time.png", "05_secagg_cost.png"}  # figures that plot wall-clock time: not compared
+TIMING_FIGURES = {"06_round_time.png", "05_secagg_cost.png", "05_he_cost.png"}  # figures that plot wall-clock time: not compared
 
 
 def compare_tables(committed: pathlib.Path, fresh: pathlib.Path) -> Optional[str]:
@@ -174,7 +174,7 @@ def numerics(environ: Optional[Mapping[str, str]] = None, flags: Optional[frozen
         if capped is not None and ISA_ORDER.index(capped) < ISA_ORDER.index(isa):
             isa = capped
     value = worker_environment(environ).get("TF_NUM_INTRAOP_THREADS", "").strip()  # what TFF's worker gets
-    threads = int(value) if value.isdigit() and int(value) > 0 else cores
+    threads = int(value) if re.fullmatch(r"[0-9]+", value) and int(value) > 0 else cores
     return Numerics(onednn=onednn, isa=isa, threads=threads)
 
 
