@@ -3,7 +3,7 @@
 
     python benchmarks/stacked_seeds.py [--seeds 10] [--repeats 30] [--out results/benchmarks/stacked_seeds.csv]
 
-One process, one TensorFlow graph, one thread pool, the three measurements interleaved in every repeat, so the
+One process, one TensorFlow graph, one thread pool, the five measurements interleaved in every repeat, so the
 ratios are measured side by side. Each seed's client 0, in round 1 (notebook 01's setting: mnist5k, the 2NN, two
 label shards each, E = 5, B = 10), is trained
 
@@ -20,7 +20,9 @@ label shards each, E = 5, B = 10), is trained
   process could reach.
 
 It also measures what this machine's TensorFlow reaches on one large matrix product, and prints what a 10-seed
-sweep at 2x one seed would ask of the clients' arithmetic. Writes every measurement to OUT.
+sweep at 2x one seed would ask of the clients' arithmetic. The stacked loops run in this process on TensorFlow's
+default intra-op threads (the CSV's ``threads``), not on the one thread of TFF's worker. Writes every
+measurement to OUT.
 """
 
 from __future__ import annotations
@@ -100,10 +102,13 @@ def main(argv=None) -> int:
         xs, ys = tf.stack([d["x"] for d in fed]), tf.stack([d["y"] for d in fed])
         plans = [array_training.unpack_plan(d["plan"]) for d in fed]
         orders = tf.stack([p[0] for p in plans])  # (seeds, E, n)
-        batch = plans[0][1]
-        n = tf.cast(tf.shape(orders)[2], tf.int64)
-        per_epoch = (n + batch - 1) // batch
-        total = tf.cast(tf.shape(orders)[1], tf.int64) * per_epoch
+        # the stacked loop's sizes as Python numbers, so that XLA compiles it with static shapes (captured tensors
+        # would reach it as inputs of unknown value): equal full batches, as in this setting
+        n, batch, epochs = len(inputs[0]["x"]), base.batch_size, base.local_epochs
+        if n % batch:
+            raise SystemExit(f"the stacked loop here needs full batches: {n} examples, batches of {batch}")
+        per_epoch = n // batch
+        total = epochs * per_epoch
 
         def gradients(args):
             trainable, xb, yb = args
@@ -115,14 +120,17 @@ def main(argv=None) -> int:
 
         def stacked_loop(xs, ys, orders, start):
             """Every seed's client trained at once; their updates (seeds first)."""
+            orders = tf.reshape(orders, [-1, epochs, n])
+
             def step(i, trainable):
                 epoch, j = i // per_epoch, i % per_epoch
-                idx = orders[:, epoch, j * batch: tf.minimum((j + 1) * batch, n)]
+                idx = tf.slice(tf.gather(orders, epoch, axis=1), tf.stack([0, j * batch]), [-1, batch])
                 xb, yb = tf.gather(xs, idx, batch_dims=1), tf.gather(ys, idx, batch_dims=1)
                 grads = tf.vectorized_map(gradients, (trainable, xb, yb))
                 return i + 1, tuple(w - lr * g for w, g in zip(trainable, grads))
 
-            _, trained = tf.while_loop(lambda i, *_: i < total, step, (tf.constant(0, tf.int64), start))
+            _, trained = tf.while_loop(lambda i, *_: i < total, step, (tf.constant(0, tf.int32), start),
+                                       maximum_iterations=total)
             return tuple(a - b for a, b in zip(start, trained))
 
         start = tuple(tf.stack([w] * args.seeds) for w in trainable0)
@@ -147,15 +155,18 @@ def main(argv=None) -> int:
     one_s, sequential_s, stacked_s, matmul_s = (seconds[k] for k in ("one", "sequential", "stacked", "product"))
 
     each = session.run(alone)
-    together, xla_together = session.run(stacked), session.run(xla_stacked)
+    together, xla_together, xla_alone = session.run(stacked), session.run(xla_stacked), session.run(xla_one)
     worst = max(float(np.abs(together[k][s] - each[s][k]).max()) for s in range(args.seeds) for k in range(len(each[0])))
     xla_worst = max(float(np.abs(xla_together[k][s] - each[s][k]).max()) for s in range(args.seeds)
                     for k in range(len(each[0])))
+    xla_one_worst = max(float(np.abs(xla_alone[k][0] - each[0][k]).max()) for k in range(len(each[0])))
     n_examples, steps = len(inputs[0]["x"]), int(array_training.local_steps(client_inputs(
         clients.x[0], clients.y[0], base, 0, 0)))
     params = [w.shape for w in model.initial_weights[0] if len(w.shape) == 2]
     # per dense layer a x b: forward 2ab, the weights' gradient 2ab, and the input's gradient 2ab except for the
     # first layer, whose input is the data (TensorFlow does not compute that one)
+    if steps != total:
+        raise SystemExit(f"the stacked loop ran {total} steps, fedlab's update {steps}")
     flops_per_example = sum((4 if i == 0 else 6) * a * b for i, (a, b) in enumerate(params))
     flops = flops_per_example * steps * base.batch_size  # one client's local training
     rows = [
@@ -174,12 +185,13 @@ def main(argv=None) -> int:
                             args.seeds * flops / stacked_s / 1e9, flops / seconds["xla_one"] / 1e9,
                             args.seeds * flops / seconds["xla_stacked"] / 1e9]
     # the stacked updates against the ones trained alone by fedlab's update
-    table["max_abs_difference"] = [float("nan"), float("nan"), worst, float("nan"), xla_worst]
+    table["max_abs_difference"] = [float("nan"), float("nan"), worst, xla_one_worst, xla_worst]
     table.loc[len(table)] = {"measure": "one 2000x2000 matrix product", "seconds": matmul_s,
                              "ratio_to_one": float("nan"), "gflop_per_s": 2 * 2000 ** 3 / matmul_s / 1e9,
                              "max_abs_difference": float("nan")}
     need = args.seeds * flops / (2 * one_s) / 1e9  # GFLOP/s for the seeds' clients in 2x one seed's time
-    table = table.assign(local_steps=steps, mflop_per_client=flops / 1e6, need_gflop_per_s_for_2x=need,
+    table = table.assign(repeats=args.repeats, local_steps=steps, mflop_per_client=flops / 1e6,
+                         need_gflop_per_s_for_2x=need,
                          threads=os.environ.get("TF_NUM_INTRAOP_THREADS", "default"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")

@@ -179,3 +179,20 @@ def test_tffs_worker_runs_on_one_intra_op_thread_unless_fedlabs_variable_says_ot
     out = subprocess.run([sys.executable, "-c", WORKER_THREADS], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "['TF_NUM_INTRAOP_THREADS=1']"
+
+
+def test_the_cache_key_names_a_worker_thread_count_other_than_the_default(monkeypatch):
+    from fedlab.core.storage import cache_key, code_version
+
+    config = ExperimentConfig(dataset="digits", rounds=1)
+    for name in ("FEDLAB_WORKER_INTRAOP_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    default = cache_key(config)
+    assert default == f"{config.fingerprint()}-{code_version()}"  # the default's keys as they were
+    monkeypatch.setenv("FEDLAB_WORKER_INTRAOP_THREADS", "1")
+    assert cache_key(config) == default
+    keys = set()
+    for threads in ("0", "2"):  # TensorFlow's pool, two threads: another order of a split product's sums
+        monkeypatch.setenv("FEDLAB_WORKER_INTRAOP_THREADS", threads)
+        keys.add(cache_key(config))
+    assert default not in keys and len(keys) == 2

@@ -34,7 +34,7 @@ def git(*args: str) -> subprocess.CompletedProcess:
 
 def committed_names(ref: str) -> list[str]:
     """The CSVs directly in results/ at ``ref``."""
-    listing = git("ls-tree", "--name-only", f"{ref}:results").stdout.decode().split()
+    listing = git("ls-tree", "--name-only", f"{ref}:results").stdout.decode().splitlines()
     return [name for name in listing if name.endswith(".csv")]
 
 
@@ -105,9 +105,10 @@ def main(argv=None) -> int:
             print(f"| {name} | {notes} | | |")
             continue
         top = sorted(d["gaps"].items(), key=lambda item: -item[1])[:3]
-        largest = ", ".join(f"{gap:.3g} ({column})" for column, gap in top) or ("–" if d["differing"] else "identical")
-        print(f"| {name} | {d['differing']} of {d['compared']} | {largest} | {', '.join(d['text']) or '–'} |"
-              + (f" {notes}" if notes else ""))
+        largest = (", ".join(f"{gap:.3g} ({column})" for column, gap in top)
+                   or ("–" if d["differing"] else "identical"))
+        print(f"| {name} | {d['differing']} of {d['compared']}{f' ({notes})' if notes else ''} | {largest} | "
+              f"{', '.join(d['text']) or '–'} |")
     return 0
 
 

@@ -118,7 +118,7 @@ class Numerics:
     CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``DefaultOneDnnPolicy`` in TF's ``util.cc``);
     ``TF_ENABLE_ONEDNN_OPTS`` overrides. ``isa``: the widest vector instructions oneDNN's kernels use, chosen
     when they run (``avx512``, ``avx2``; ``ONEDNN_MAX_CPU_ISA`` lowers it); None with oneDNN off.
-    ``threads``: intra-op threads of TFF's worker (TensorFlow's default: one per core), which split large matrix
+    ``threads``: intra-op threads of TFF's worker (fedlab's default: one; TensorFlow's: one per core), which split large matrix
     products. Two machines that differ in any of these can train a model to different last bits; two that agree
     still can (kernels pick their block sizes from the CPU's caches), so this names the likely cause of a
     difference, not a guarantee of none.
