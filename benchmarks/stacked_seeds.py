@@ -3,7 +3,7 @@
 
     python benchmarks/stacked_seeds.py [--seeds 10] [--repeats 30] [--out results/benchmarks/stacked_seeds.csv]
 
-One process, one TensorFlow graph, one thread pool, the five measurements interleaved in every repeat, so the
+One process, one TensorFlow graph, one thread pool, the five measurements and one matrix product interleaved in every repeat, so the
 ratios are measured side by side. Each seed's client 0, in round 1 (notebook 01's setting: mnist5k, the 2NN, two
 label shards each, E = 5, B = 10), is trained
 
@@ -109,6 +109,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"the stacked loop here needs full batches: {n} examples, batches of {batch}")
         per_epoch = n // batch
         total = epochs * per_epoch
+        steps = int(array_training.local_steps(client_inputs(clients.x[0], clients.y[0], base, 0, 0)))
+        if steps != total:
+            raise SystemExit(f"the stacked loop would run {total} steps, fedlab's update {steps}")
 
         def gradients(args):
             trainable, xb, yb = args
@@ -165,8 +168,6 @@ def main(argv=None) -> int:
     params = [w.shape for w in model.initial_weights[0] if len(w.shape) == 2]
     # per dense layer a x b: forward 2ab, the weights' gradient 2ab, and the input's gradient 2ab except for the
     # first layer, whose input is the data (TensorFlow does not compute that one)
-    if steps != total:
-        raise SystemExit(f"the stacked loop ran {total} steps, fedlab's update {steps}")
     flops_per_example = sum((4 if i == 0 else 6) * a * b for i, (a, b) in enumerate(params))
     flops = flops_per_example * steps * base.batch_size  # one client's local training
     rows = [
