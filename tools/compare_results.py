@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 from fedlab.notebook.reproduce import TIMING  # noqa: E402
 
 
-
 def git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True)
 

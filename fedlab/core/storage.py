@@ -456,6 +456,7 @@ def cache_key(config, components: Iterable[str] = ()) -> str:
     from .runtime import worker_environment
 
     threads = worker_environment().get("TF_NUM_INTRAOP_THREADS", "1")
-    extra = "".join(c for c in components if c) + ("" if threads == "1" else f"worker-intraop-threads={threads}")
+    extra = "".join(c for c in components if c) + (
+        "" if threads == "1" else f"worker-intraop-threads={threads}")
     suffix = "-" + hashlib.sha256(extra.encode()).hexdigest()[:8] if extra else ""
     return f"{config.fingerprint()}-{code_version()}{suffix}"

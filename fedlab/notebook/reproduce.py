@@ -79,7 +79,8 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
 
 # wall-clock columns: never the same twice (sim_*: compared)
 TIMING = re.compile(r"^(seconds|seconds_.*|ms_per_.*|client_seconds|server_seconds)$")
-TIMING_FIGURES = {"06_round_time.png", "05_secagg_cost.png", "05_he_cost.png"}  # figures that plot wall-clock time: not compared
+# figures that plot wall-clock time: not compared
+TIMING_FIGURES = {"06_round_time.png", "05_secagg_cost.png", "05_he_cost.png"}
 
 
 def compare_tables(committed: pathlib.Path, fresh: pathlib.Path) -> Optional[str]:
@@ -118,9 +119,9 @@ class Numerics:
     CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``DefaultOneDnnPolicy`` in TF's ``util.cc``);
     ``TF_ENABLE_ONEDNN_OPTS`` overrides. ``isa``: the widest vector instructions oneDNN's kernels use, chosen
     when they run (``avx512``, ``avx2``; ``ONEDNN_MAX_CPU_ISA`` lowers it); None with oneDNN off.
-    ``threads``: intra-op threads of TFF's worker (fedlab's default: one; TensorFlow's: one per core), which split large matrix
-    products. Two machines that differ in any of these can train a model to different last bits; two that agree
-    still can (kernels pick their block sizes from the CPU's caches), so this names the likely cause of a
+    ``threads``: intra-op threads of TFF's worker (fedlab's default: one; TensorFlow's: one per core), which split
+    large matrix products. Two machines that differ in any of these can train a model to different last bits; two
+    that agree still can (kernels pick their block sizes from the CPU's caches), so this names the likely cause of a
     difference, not a guarantee of none.
     """
 
