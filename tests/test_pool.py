@@ -23,10 +23,25 @@ def weights(history):
 
 
 @pytest.mark.slow
-def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_path, monkeypatch):
+def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_path, monkeypatch, request):
     import json
+    import linecache
 
+    # half the runs use a data set registered as a notebook cell registers it: its source in this process's
+    # linecache only, so a worker process, which receives the function by value, cannot read it
+    source = ('def notebook_digits(seed: int = 0, test_fraction: float = 0.2):\n'
+              '    """digits, registered in a notebook cell."""\n'
+              '    return fl.load_dataset("digits", seed=seed, test_fraction=test_fraction)\n')
+    cell = str(tmp_path / "ipykernel_0" / "1.py")  # no such file
+    linecache.cache[cell] = (len(source), None, source.splitlines(True), cell)
+    request.addfinalizer(lambda: linecache.cache.pop(cell, None))
+    namespace = {"fl": fl, "__name__": "__main__"}
+    exec(compile(source, cell, "exec"), namespace)
+    fl.register_dataset("pool_notebook_digits")(namespace["notebook_digits"])
+    request.addfinalizer(lambda: fl.DATASETS._entries.pop("pool_notebook_digits", None))
     configs = fl.grid(BASE, seed=[0, 1], client_lr=[0.05, 0.2])
+    configs = configs[:2] + [c.replace(dataset="pool_notebook_digits") for c in configs[2:]]
+    assert pool.spreadable(configs, None) == [0, 1, 2, 3]
     alone = [fl.run_experiment(c, progress=False) for c in configs]
     monkeypatch.setenv("FEDLAB_PROFILE", str(tmp_path / "profile.jsonl"))
     # the first run starts here; from its second round the four are worth spreading at any pace
@@ -137,12 +152,27 @@ def test_what_a_worker_process_cannot_run_stays_here():
         """digits, registered by a notebook."""
         return fl.load_dataset("digits", seed=seed, test_fraction=test_fraction)
 
-    try:
-        assert pool.why_here(BASE.replace(dataset="pool_test_digits")) == \
-            "'pool_test_digits' was registered in this process"
-        assert pool.spreadable([BASE.replace(dataset="pool_test_digits")] * 3 + [BASE, BASE], None) == [3]
+    import threading
+
+    lock = threading.Lock()
+
+    @fl.register_dataset("pool_test_locked")
+    def locked(seed: int = 0, test_fraction: float = 0.2):
+        """digits behind a lock: a lock cannot be pickled."""
+        with lock:
+            return fl.load_dataset("digits", seed=seed, test_fraction=test_fraction)
+
+    try:  # registered here, sent by value to a worker process (the slow test above trains one there)
+        assert pool.why_here(BASE.replace(dataset="pool_test_digits")) is None
+        assert [kind for kind, _ in pool.sent_components(BASE.replace(dataset="pool_test_digits"))] == ["dataset"]
+        assert pool.sent_components(BASE) == []
+        assert pool.why_here(BASE.replace(dataset="pool_test_locked")) == (
+            "'pool_test_locked' was registered in this process and cannot be pickled for a worker process "
+            "(TypeError: cannot pickle '_thread.lock' object)")
+        assert pool.spreadable([BASE.replace(dataset="pool_test_locked")] * 3 + [BASE, BASE], None) == [3]
     finally:
         fl.DATASETS._entries.pop("pool_test_digits")
+        fl.DATASETS._entries.pop("pool_test_locked")
 
 
 def test_processes_are_checked():

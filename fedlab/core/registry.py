@@ -58,6 +58,11 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def restore(self, entry: Entry[T]) -> None:
+        """Puts ``entry``, registered in another process and sent here, under its name as it was there (a sweep's
+        worker process receives the components a notebook registered)."""
+        self._entries[entry.name] = entry
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

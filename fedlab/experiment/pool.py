@@ -8,11 +8,16 @@ run's numbers do not depend on where it ran: a worker process starts from the sa
 and a result-cache entry is what the run in this process would have stored (``tests/test_pool.py`` checks the
 weights are bit-identical).
 
+A component registered after fedlab was imported (a notebook's own data set, algorithm or device profile) goes
+with its runs: a worker process does not have it, so it is sent there by value (cloudpickle: a function defined in
+a notebook cell travels as its code, with the globals it reads) and registered there for the run, which is stored
+under the key this process computed (:func:`fedlab.experiment.runner.digests_sent`).
+
 Runs stay in this process when they could not run elsewhere or when spreading them gains nothing: a component
-registered after fedlab was imported (a notebook's own data set or algorithm: a worker process does not have
-it), ``workers=...`` (the TFF workers serve one driver), an encryption key that is not in a file, fewer than
-two runs to train, or one process allowed (``processes=1``, ``$FEDLAB_SWEEP_PROCESSES=1``). A worker process
-does not import the program's ``__main__`` (a script without an ``if __name__ == "__main__"`` guard is safe).
+registered here that cannot be pickled (one holding a lock or an open file), ``workers=...`` (the TFF workers
+serve one driver), an encryption key that is not in a file, fewer than two runs to train, or one process allowed
+(``processes=1``, ``$FEDLAB_SWEEP_PROCESSES=1``). A worker process does not import the program's ``__main__`` (a
+script without an ``if __name__ == "__main__"`` guard is safe).
 
 Short sweeps stay here too. A worker process costs about ten seconds to start (it imports TensorFlow and TFF)
 and builds its own TFF processes again, where this process may have built them already; a sweep of small runs
@@ -52,13 +57,14 @@ import traceback
 import warnings
 from typing import Callable, Iterator, Optional, Sequence
 
+import cloudpickle
 import pandas as pd
 
-from ..aggregators.aggregation import builders_in_use
+from ..aggregators.aggregation import AGGREGATORS, builders_in_use
 from ..algorithms.algorithms import ALGORITHMS
 from ..core import encryption, profiling
 from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
-from ..core.registry import Entry
+from ..core.registry import Entry, Registry
 from ..core.runtime import seconds_setting, wait_limit
 from ..core.storage import ResultCache, cache_key
 from ..core.validation import ConfigError
@@ -70,7 +76,7 @@ from ..rounds.attacks import ATTACKS, is_update_attack
 from ..systems.asynchronous import STALENESS
 from ..systems.systems import DEVICE_PROFILES
 from .config import ExperimentConfig
-from .runner import component_digests, run_experiment
+from .runner import component_digests, digests_sent, run_experiment
 
 PROCESSES_VARIABLE = "FEDLAB_SWEEP_PROCESSES"
 SPREAD_VARIABLE = "FEDLAB_SPREAD_AFTER_S"
@@ -121,24 +127,31 @@ def round_pace(history: pd.DataFrame) -> Optional[float]:
     return float(seconds.median()) if len(seconds) else None
 
 
+REGISTRIES: dict[str, Registry] = {r.kind: r for r in (DATASETS, TASKS, PARTITIONERS, ALGORITHMS, DEVICE_PROFILES,
+                                                        MODELS, LOSSES, METRICS, ATTACKS, AGGREGATORS, STALENESS)}
+
+
 def entries_of(config: ExperimentConfig) -> list[Entry]:
     """The registered components ``config`` uses."""
+    return [entry for _, entry in _used(config)]
+
+
+def _used(config: ExperimentConfig) -> list[tuple[Registry, Entry]]:
     dataset = DATASETS.entry(config.dataset)
     task = TASKS.entry(dataset.component.task)
-    used = [dataset, task, PARTITIONERS.entry(config.partition), ALGORITHMS.entry(config.algorithm),
-            DEVICE_PROFILES.entry(config.device_profile), MODELS.entry(config.model),
-            LOSSES.entry(task.component.loss), *(METRICS.entry(m) for m in task.component.metrics)]
+    used = [(DATASETS, dataset), (TASKS, task), (PARTITIONERS, PARTITIONERS.entry(config.partition)),
+            (ALGORITHMS, ALGORITHMS.entry(config.algorithm)),
+            (DEVICE_PROFILES, DEVICE_PROFILES.entry(config.device_profile)), (MODELS, MODELS.entry(config.model)),
+            (LOSSES, LOSSES.entry(task.component.loss)), *((METRICS, METRICS.entry(m)) for m in task.component.metrics)]
     if is_update_attack(config):
-        used.append(ATTACKS.entry(config.attack))
-    used += [_entry_of(b) for b in builders_in_use(config)]
+        used.append((ATTACKS, ATTACKS.entry(config.attack)))
+    used += [(AGGREGATORS, _entry_of(b)) for b in builders_in_use(config)]
     if config.async_concurrency:
-        used.append(STALENESS.entry(config.async_staleness))
+        used.append((STALENESS, STALENESS.entry(config.async_staleness)))
     return used
 
 
 def _entry_of(builder) -> Entry:
-    from ..aggregators.aggregation import AGGREGATORS
-
     return next(e for e in AGGREGATORS.entries() if e.component is builder)
 
 
@@ -149,10 +162,46 @@ def why_here(config: ExperimentConfig) -> Optional[str]:
     key = encryption.current()
     if key is not None and key.path is None:
         return "the encryption key in use is not in a file"
-    for entry in entries_of(config):
-        if not entry.at_import:
-            return f"{entry.name!r} was registered in this process"
+    try:
+        sent_components(config)
+    except _Unsendable as err:
+        return str(err)
     return None
+
+
+class _Unsendable(Exception):
+    """A component registered in this process that cannot be pickled for a worker process."""
+
+
+def sent_components(config: ExperimentConfig) -> list[tuple[str, bytes]]:
+    """The components ``config`` uses that were registered in this process, each pickled by value for a worker
+    process: (registry kind, the pickled entry); empty if it uses only fedlab's own. :class:`_Unsendable`, naming
+    the component, when one cannot be pickled."""
+    sent = {}
+    for registry, entry in _used(config):
+        if not entry.at_import and (registry.kind, entry.name) not in sent:
+            sent[registry.kind, entry.name] = _pickled(entry)
+    return [(kind, blob) for (kind, _), blob in sent.items()]
+
+
+_PICKLED: dict[int, tuple[Entry, bytes]] = {}  # id(entry) -> (the entry, kept so that its id stays its own; pickle)
+
+
+def _pickled(entry: Entry) -> bytes:
+    """``entry`` pickled by value, once per entry (a sweep asks for every config's, and again as it spreads)."""
+    known = _PICKLED.get(id(entry))
+    if known is not None and known[0] is entry:
+        return known[1]
+    try:
+        blob = cloudpickle.dumps(entry)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _Unsendable(f"{entry.name!r} was registered in this process and cannot be pickled for a worker "
+                          f"process ({type(err).__name__}: {reason})") from None
+    if len(_PICKLED) >= 64:
+        _PICKLED.clear()
+    _PICKLED[id(entry)] = (entry, blob)
+    return blob
 
 
 class SweepStalled(RuntimeError):
@@ -296,8 +345,11 @@ class _Lanes:
         self.executor = self._stack.enter_context(_executor(self.processes))
         self.todo, self.futures = list(todo), {}
         for i in todo:
-            self.futures[self.executor.submit(_train, self.configs[i], self.cache_dir, key_file, cell,
-                                              os.path.join(self.beats, str(i)))] = i
+            config = self.configs[i]
+            sent = sent_components(config)
+            digests = component_digests(config) if sent else None
+            self.futures[self.executor.submit(_train, config, self.cache_dir, key_file, cell,
+                                              os.path.join(self.beats, str(i)), sent, digests)] = i
 
     def finish(self) -> None:
         """Waits for the worker processes' runs (none started: nothing to wait for), then stops the processes: the
@@ -477,8 +529,11 @@ def _start_worker() -> None:
     tff()
 
 
-def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], cell: Optional[int], beat: str):
-    """Runs ``config`` into the cache; returns (the error or None, the warnings raised), both picklable."""
+def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], cell: Optional[int], beat: str,
+           sent: Sequence[tuple[str, bytes]] = (), digests: Optional[list[str]] = None):
+    """Runs ``config`` into the cache; returns (the error or None, the warnings raised), both picklable.
+    ``sent``: the components registered in the sweep's process (:func:`sent_components`), registered here first;
+    ``digests``: their digests there, under which the run is stored."""
     encryption.use_encryption(key_file)
     pathlib.Path(beat).touch()
 
@@ -489,8 +544,12 @@ def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], ce
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with profiling.in_cell(cell, worker=True):
-                run_experiment(config, results_cache=cache_dir, progress=False, callback=heartbeat)
+            with contextlib.ExitStack() as stack:
+                if sent:
+                    _receive(sent)
+                    stack.enter_context(digests_sent(config, digests))
+                with profiling.in_cell(cell, worker=True):
+                    run_experiment(config, results_cache=cache_dir, progress=False, callback=heartbeat)
         except Exception as err:  # raised again in the sweep's process
             if not isinstance(err, ConfigError):  # a user's mistake says so in one line; anything else, where
                 err.add_note("in a sweep's worker process:\n" + traceback.format_exc().rstrip())
@@ -501,6 +560,18 @@ def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], ce
         if _picklable(w.category) is w.category:
             seen.append((message, w.category, w.filename, w.lineno, _module_of(w.filename)))
     return error, seen
+
+
+def _receive(sent: Sequence[tuple[str, bytes]]) -> None:
+    """Registers the components sent from the sweep's process, replacing any of the same name from an earlier run."""
+    for kind, blob in sent:
+        try:
+            entry = pickle.loads(blob)
+        except Exception as err:
+            raise RuntimeError(f"a {kind} registered in the sweep's process could not be unpickled in its worker "
+                               f"process ({type(err).__name__}: {err}); register it in a module both can import, or "
+                               "run the sweep with processes=1") from None
+        REGISTRIES[kind].restore(entry)
 
 
 def _module_of(filename: str) -> Optional[str]:

@@ -163,8 +163,27 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
     return make_history(config, rows, client_rows, weights, from_cache=False)
 
 
+_SENT_DIGESTS: Optional[tuple[ExperimentConfig, tuple[str, ...]]] = None
+
+
+@contextlib.contextmanager
+def digests_sent(config: ExperimentConfig, digests: list[str]):
+    """Within the block, ``config``'s component digests are ``digests``: in a sweep's worker process, those the
+    sweep's process computed. Its components were sent here by value, and the source of a function defined in a
+    notebook cell cannot be read in another process, so a digest computed here could differ and the run be stored
+    under a key the sweep never reads."""
+    global _SENT_DIGESTS
+    earlier, _SENT_DIGESTS = _SENT_DIGESTS, (config, tuple(digests))
+    try:
+        yield
+    finally:
+        _SENT_DIGESTS = earlier
+
+
 def component_digests(config: ExperimentConfig) -> list[str]:
     """Digests of the user's components this config uses (fedlab's own are covered by its code version)."""
+    if _SENT_DIGESTS is not None and _SENT_DIGESTS[0] == config:
+        return list(_SENT_DIGESTS[1])
     algorithm = config.algorithm_entry
     parts = [DATASETS[config.dataset].load, PARTITIONERS[config.partition].make, algorithm.build, algorithm.params,
              DEVICE_PROFILES[config.device_profile].draw]
