@@ -22,25 +22,51 @@ def weights(history):
     return fl.final_weights(history)
 
 
+NOTEBOOK_CELL = '''
+import dataclasses
+import fedlab as fl
+import tensorflow as tf
+import tensorflow_federated as tff
+
+
+@fl.register_dataset("pool_notebook_digits")
+def notebook_digits(seed: int = 0, test_fraction: float = 0.2):
+    """digits, registered in a notebook cell."""
+    return fl.load_dataset("digits", seed=seed, test_fraction=test_fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecayParams(fl.AlgorithmParams):
+    decay: float = fl.hparam(0.9, low=0.0, high=1.0, help="server learning rate factor per round")
+
+
+@fl.register_algorithm("pool_notebook_fedavg_decay", params=DecayParams)
+def fedavg_decay(model, *, client_lr, server_lr, params, model_aggregator):
+    """FedAvg whose server learning rate shrinks by decay every round."""
+    sgd, schedule = tff.learning.optimizers.build_sgdm, tff.learning.optimizers.schedule_learning_rate
+    server = schedule(sgd(server_lr), lambda r: server_lr * params.decay ** tf.cast(r - 1, tf.float32))
+    return tff.learning.algorithms.build_weighted_fed_avg(
+        model, client_optimizer_fn=sgd(client_lr), server_optimizer_fn=server, model_aggregator=model_aggregator)
+'''
+
+
 @pytest.mark.slow
 def test_a_sweep_spread_over_two_processes_gives_the_numbers_of_one_process(tmp_path, monkeypatch, request):
     import json
     import linecache
 
-    # half the runs use a data set registered as a notebook cell registers it: its source in this process's
-    # linecache only, so a worker process, which receives the function by value, cannot read it
-    source = ('def notebook_digits(seed: int = 0, test_fraction: float = 0.2):\n'
-              '    """digits, registered in a notebook cell."""\n'
-              '    return fl.load_dataset("digits", seed=seed, test_fraction=test_fraction)\n')
+    # half the runs use a data set and an algorithm (with its parameters' class) registered as a notebook cell
+    # registers them: their source in this process's linecache only, so a worker process, which receives them by
+    # value, cannot read it
     cell = str(tmp_path / "ipykernel_0" / "1.py")  # no such file
-    linecache.cache[cell] = (len(source), None, source.splitlines(True), cell)
+    linecache.cache[cell] = (len(NOTEBOOK_CELL), None, NOTEBOOK_CELL.splitlines(True), cell)
     request.addfinalizer(lambda: linecache.cache.pop(cell, None))
-    namespace = {"fl": fl, "__name__": "__main__"}
-    exec(compile(source, cell, "exec"), namespace)
-    fl.register_dataset("pool_notebook_digits")(namespace["notebook_digits"])
     request.addfinalizer(lambda: fl.DATASETS._entries.pop("pool_notebook_digits", None))
+    request.addfinalizer(lambda: fl.ALGORITHMS._entries.pop("pool_notebook_fedavg_decay", None))
+    exec(compile(NOTEBOOK_CELL, cell, "exec"), {"__name__": "__main__"})
     configs = fl.grid(BASE, seed=[0, 1], client_lr=[0.05, 0.2])
-    configs = configs[:2] + [c.replace(dataset="pool_notebook_digits") for c in configs[2:]]
+    configs = configs[:2] + [c.replace(dataset="pool_notebook_digits", algorithm="pool_notebook_fedavg_decay",
+                                       decay=0.5) for c in configs[2:]]
     assert pool.spreadable(configs, None) == [0, 1, 2, 3]
     alone = [fl.run_experiment(c, progress=False) for c in configs]
     monkeypatch.setenv("FEDLAB_PROFILE", str(tmp_path / "profile.jsonl"))
@@ -173,6 +199,61 @@ def test_what_a_worker_process_cannot_run_stays_here():
     finally:
         fl.DATASETS._entries.pop("pool_test_digits")
         fl.DATASETS._entries.pop("pool_test_locked")
+
+
+def test_a_worker_process_registers_what_it_receives_and_the_same_pickle_once():
+    @fl.register_dataset("pool_test_sent")
+    def mine(seed: int = 0, test_fraction: float = 0.2):
+        """digits, registered by a notebook."""
+        return fl.load_dataset("digits", seed=seed, test_fraction=test_fraction)
+
+    config = BASE.replace(dataset="pool_test_sent")
+    try:
+        here = fl.DATASETS.entry("pool_test_sent")
+        sent = pool.sent_components(config)
+        assert pool.sent_components(config) == sent  # pickled once per sweep: the same bytes for every run
+        pool._receive(sent)
+        received = fl.DATASETS.entry("pool_test_sent")
+        assert received is not here and received.component.load is not mine  # a copy, by value
+        assert received.component.load.__code__.co_code == mine.__code__.co_code
+        pool._receive(sent)
+        assert fl.DATASETS.entry("pool_test_sent") is received  # the sweep's next run: the same objects
+    finally:
+        fl.DATASETS._entries.pop("pool_test_sent")
+        pool._RECEIVED.clear()
+        pool._PICKLED.clear()
+
+
+def test_a_run_whose_component_a_worker_process_cannot_unpickle_is_trained_here_and_said(tmp_path, monkeypatch):
+    import concurrent.futures
+    import sys
+    import types
+
+    import cloudpickle
+
+    module = types.ModuleType("pool_test_only_here")  # importable here only: pickled by reference
+    exec("import fedlab as fl\n\ndef digits(seed=0, test_fraction=0.2):\n"
+         "    return fl.load_dataset('digits', seed=seed, test_fraction=test_fraction)\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, "pool_test_only_here", module)
+    fl.register_dataset("pool_test_only_here")(module.digits)
+    config = BASE.replace(dataset="pool_test_only_here")
+    try:
+        sent, blob = pool.sent_components(config), cloudpickle.dumps(config)
+    finally:
+        fl.DATASETS._entries.pop("pool_test_only_here")
+        pool._PICKLED.clear()
+    monkeypatch.delitem(sys.modules, "pool_test_only_here")  # as in a worker process that cannot import it
+    error, caught = pool._train(blob, str(tmp_path), None, None, str(tmp_path / "beat"), sent, ["digest"])
+    assert isinstance(error, pool._NotReceived) and caught == []
+    assert "(ModuleNotFoundError: No module named 'pool_test_only_here')" in str(error)
+    assert not list(tmp_path.iterdir())  # nothing trained or stored there
+    future = concurrent.futures.Future()
+    future.set_result((error, caught))
+    back = []
+    with pytest.warns(RuntimeWarning, match=r"^run 1 of 1 \(fedavg, seed 0\): a component registered in the sweep's "
+                                            r"process did not unpickle .*; trained in the sweep's process$"):
+        pool._collect({future: 0}, [config], str(tmp_path), lambda i: pytest.fail("stored"), back.append)
+    assert back == [0]
 
 
 def test_processes_are_checked():
@@ -361,7 +442,7 @@ def test_a_broken_pool_stops_the_survivors_first_and_counts_the_runs_that_had_fi
         def __exit__(self, *exc):
             calls.append("close")
 
-    def broken(futures, configs, beats, on_done):
+    def broken(futures, configs, beats, on_done, back_here):
         for i in futures.values():
             (pathlib.Path(beats) / str(i)).touch()  # both runs had started
         raise BrokenProcessPool()

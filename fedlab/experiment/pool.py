@@ -9,9 +9,13 @@ and a result-cache entry is what the run in this process would have stored (``te
 weights are bit-identical).
 
 A component registered after fedlab was imported (a notebook's own data set, algorithm or device profile) goes
-with its runs: a worker process does not have it, so it is sent there by value (cloudpickle: a function defined in
-a notebook cell travels as its code, with the globals it reads) and registered there for the run, which is stored
-under the key this process computed (:func:`fedlab.experiment.runner.digests_sent`).
+with its runs: a worker process does not have it, so it is sent there by value (cloudpickle: a function or class
+defined in a notebook cell travels as its code, with the globals it reads as the sweep starts), with the run's
+config (an algorithm's parameters of a notebook's class), and registered there before the run, which is stored
+under the key this process computed (:func:`fedlab.experiment.runner.digests_sent`). A worker process keeps what
+it received for the sweep's later runs (the same bytes: its TFF processes and data sets are reused). A run whose
+component a worker process cannot unpickle (a module it cannot import) is trained here after the others, and a
+warning says why.
 
 Runs stay in this process when they could not run elsewhere or when spreading them gains nothing: a component
 registered here that cannot be pickled (one holding a lock or an open file), ``workers=...`` (the TFF workers
@@ -131,12 +135,8 @@ REGISTRIES: dict[str, Registry] = {r.kind: r for r in (DATASETS, TASKS, PARTITIO
                                                         MODELS, LOSSES, METRICS, ATTACKS, AGGREGATORS, STALENESS)}
 
 
-def entries_of(config: ExperimentConfig) -> list[Entry]:
-    """The registered components ``config`` uses."""
-    return [entry for _, entry in _used(config)]
-
-
 def _used(config: ExperimentConfig) -> list[tuple[Registry, Entry]]:
+    """The registered components ``config`` uses, with their registries."""
     dataset = DATASETS.entry(config.dataset)
     task = TASKS.entry(dataset.component.task)
     used = [(DATASETS, dataset), (TASKS, task), (PARTITIONERS, PARTITIONERS.entry(config.partition)),
@@ -188,7 +188,8 @@ _PICKLED: dict[int, tuple[Entry, bytes]] = {}  # id(entry) -> (the entry, kept s
 
 
 def _pickled(entry: Entry) -> bytes:
-    """``entry`` pickled by value, once per entry (a sweep asks for every config's, and again as it spreads)."""
+    """``entry`` pickled by value, once per entry in a sweep (:func:`spread` empties the memo as it starts and
+    ends: a cell edited between two sweeps, a helper or a global the component reads, is sent as it is now)."""
     known = _PICKLED.get(id(entry))
     if known is not None and known[0] is entry:
         return known[1]
@@ -252,11 +253,14 @@ def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes
 
     configs = list(configs)
     processes = sweep_processes(processes)
+    _PICKLED.clear()
     todo = spreadable(configs, results_cache) if processes > 1 else []
     if len(todo) < 2:
+        _PICKLED.clear()
         yield Spread(None if results_cache is None else str(results_cache), frozenset())
         return
     with contextlib.ExitStack() as stack:
+        stack.callback(_PICKLED.clear)
         cache = str(results_cache) if results_cache is not None else \
             stack.enter_context(tempfile.TemporaryDirectory(prefix="fedlab-sweep-cache-"))
         if on_done is None:
@@ -266,7 +270,7 @@ def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes
         lanes = stack.enter_context(_Lanes(configs, cache, processes, on_done))
         _train_here(configs, todo, cache, on_done, lanes)
         lanes.finish()
-        yield Spread(cache, frozenset(todo))
+        yield Spread(cache, frozenset(todo) - lanes.back_here)
 
 
 class _WorthSpreading(Exception):
@@ -329,6 +333,7 @@ class _Lanes:
         self.cache_dir = str(pathlib.Path(cache_dir).resolve())
         self.futures: Optional[dict] = None
         self.stored: set = set()
+        self.back_here: set = set()  # runs a worker process could not take (its component did not unpickle there)
         self.said = False  # a broken pool, said and cleaned up by finish()
         self.todo: list[int] = []
         self._stack = contextlib.ExitStack()
@@ -347,7 +352,10 @@ class _Lanes:
         for i in todo:
             config = self.configs[i]
             sent = sent_components(config)
-            digests = component_digests(config) if sent else None
+            if sent:  # the config by value too: its algorithm parameters may be of a notebook's class
+                config, digests = cloudpickle.dumps(config), component_digests(config)
+            else:
+                digests = None
             self.futures[self.executor.submit(_train, config, self.cache_dir, key_file, cell,
                                               os.path.join(self.beats, str(i)), sent, digests)] = i
 
@@ -360,7 +368,7 @@ class _Lanes:
             return
         configs, futures, todo, stored = self.configs, self.futures, self.todo, self.stored
         try:
-            _collect(futures, configs, self.beats, lambda i: (stored.add(i), self.on_done(i)))
+            _collect(futures, configs, self.beats, lambda i: (stored.add(i), self.on_done(i)), self.back_here.add)
             self._stack.close()
         except BrokenProcessPool:
             alive = self.executor.stop(warn=False)  # the workers still alive are writing: stopped before their
@@ -434,7 +442,7 @@ def _remove_partial(cache_dir: str, configs) -> None:
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def _collect(futures: dict, configs, beats: str, on_done) -> None:
+def _collect(futures: dict, configs, beats: str, on_done, back_here: Callable[[int], None] = lambda i: None) -> None:
     pending = set(futures)
     limit = wait_limit()
     last = time.monotonic()  # when a run last started or finished
@@ -447,9 +455,14 @@ def _collect(futures: dict, configs, beats: str, on_done) -> None:
             for message, category, filename, lineno, module in caught:
                 warnings.warn_explicit(message, category, filename, lineno, module=module,
                                        registry=_WARNED.setdefault(module or filename, {}))
-            if error is not None:
+            if isinstance(error, _NotReceived):
+                warnings.warn(f"{_runs([i], configs)}: {error}; trained in the sweep's process", RuntimeWarning,
+                              stacklevel=2)
+                back_here(i)
+            elif error is not None:
                 raise error
-            on_done(i)
+            else:
+                on_done(i)
             last = time.monotonic()
         ages = {futures[f]: _beat_age(beats, futures[f]) for f in pending}
         started = {i: age for i, age in ages.items() if age is not None}
@@ -529,12 +542,21 @@ def _start_worker() -> None:
     tff()
 
 
-def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], cell: Optional[int], beat: str,
+def _train(config, cache_dir: str, key_file: Optional[str], cell: Optional[int], beat: str,
            sent: Sequence[tuple[str, bytes]] = (), digests: Optional[list[str]] = None):
     """Runs ``config`` into the cache; returns (the error or None, the warnings raised), both picklable.
-    ``sent``: the components registered in the sweep's process (:func:`sent_components`), registered here first;
-    ``digests``: their digests there, under which the run is stored."""
+    ``sent``: the components registered in the sweep's process (:func:`sent_components`), registered here first,
+    and ``config`` pickled by cloudpickle after them; ``digests``: their digests there, under which the run is
+    stored. A component that does not unpickle here returns :class:`_NotReceived` as the error."""
     encryption.use_encryption(key_file)
+    if sent:
+        try:
+            _receive(sent)
+            config = pickle.loads(config)  # a notebook's class in it is the one just received (cloudpickle)
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            return _NotReceived(f"a component registered in the sweep's process did not unpickle in its worker "
+                                f"process ({type(err).__name__}: {reason})"), []
     pathlib.Path(beat).touch()
 
     def heartbeat(row, history) -> None:
@@ -544,12 +566,9 @@ def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], ce
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with contextlib.ExitStack() as stack:
-                if sent:
-                    _receive(sent)
-                    stack.enter_context(digests_sent(config, digests))
-                with profiling.in_cell(cell, worker=True):
-                    run_experiment(config, results_cache=cache_dir, progress=False, callback=heartbeat)
+            with digests_sent(config, digests) if sent else contextlib.nullcontext(), \
+                    profiling.in_cell(cell, worker=True):
+                run_experiment(config, results_cache=cache_dir, progress=False, callback=heartbeat)
         except Exception as err:  # raised again in the sweep's process
             if not isinstance(err, ConfigError):  # a user's mistake says so in one line; anything else, where
                 err.add_note("in a sweep's worker process:\n" + traceback.format_exc().rstrip())
@@ -562,15 +581,21 @@ def _train(config: ExperimentConfig, cache_dir: str, key_file: Optional[str], ce
     return error, seen
 
 
+class _NotReceived(Exception):
+    """A run's component did not unpickle in a worker process: the sweep's process trains the run."""
+
+
+_RECEIVED: dict[bytes, Entry] = {}  # in a worker process: the entries received, by their pickle
+
+
 def _receive(sent: Sequence[tuple[str, bytes]]) -> None:
-    """Registers the components sent from the sweep's process, replacing any of the same name from an earlier run."""
+    """Registers the components sent from the sweep's process, replacing any of the same name from an earlier
+    run. The same bytes again (the sweep's next run) give the same objects: the TFF processes and the data sets
+    this process keeps for them are found again. The worker process lives for one sweep."""
     for kind, blob in sent:
-        try:
-            entry = pickle.loads(blob)
-        except Exception as err:
-            raise RuntimeError(f"a {kind} registered in the sweep's process could not be unpickled in its worker "
-                               f"process ({type(err).__name__}: {err}); register it in a module both can import, or "
-                               "run the sweep with processes=1") from None
+        entry = _RECEIVED.get(blob)
+        if entry is None:
+            entry = _RECEIVED[blob] = pickle.loads(blob)
         REGISTRIES[kind].restore(entry)
 
 
