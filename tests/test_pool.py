@@ -190,8 +190,9 @@ def test_what_a_worker_process_cannot_run_stays_here():
 
     try:  # registered here, sent by value to a worker process (the slow test above trains one there)
         assert pool.why_here(BASE.replace(dataset="pool_test_digits")) is None
-        assert [kind for kind, _ in pool.sent_components(BASE.replace(dataset="pool_test_digits"))] == ["dataset"]
-        assert pool.sent_components(BASE) == []
+        # every component registered here goes (one may load another by name), those that pickle
+        assert pool.sent_components(BASE.replace(dataset="pool_test_digits")) == pool.sent_components(BASE)
+        assert [kind for kind, _ in pool.sent_components(BASE)] == ["dataset"]
         assert pool.why_here(BASE.replace(dataset="pool_test_locked")) == (
             "'pool_test_locked' was registered in this process and cannot be pickled for a worker process "
             "(TypeError: cannot pickle '_thread.lock' object)")
@@ -199,6 +200,8 @@ def test_what_a_worker_process_cannot_run_stays_here():
     finally:
         fl.DATASETS._entries.pop("pool_test_digits")
         fl.DATASETS._entries.pop("pool_test_locked")
+        pool._PICKLED.clear()
+    assert pool.sent_components(BASE) == []
 
 
 def test_a_worker_process_registers_what_it_receives_and_the_same_pickle_once():
@@ -211,7 +214,8 @@ def test_a_worker_process_registers_what_it_receives_and_the_same_pickle_once():
     try:
         here = fl.DATASETS.entry("pool_test_sent")
         sent = pool.sent_components(config)
-        assert pool.sent_components(config) == sent  # pickled once per sweep: the same bytes for every run
+        again = pool.sent_components(config)  # pickled once per sweep: the same bytes object for every run
+        assert len(sent) == 1 and all(a is b for (_, a), (_, b) in zip(sent, again))
         pool._receive(sent)
         received = fl.DATASETS.entry("pool_test_sent")
         assert received is not here and received.component.load is not mine  # a copy, by value
@@ -246,14 +250,43 @@ def test_a_run_whose_component_a_worker_process_cannot_unpickle_is_trained_here_
     error, caught = pool._train(blob, str(tmp_path), None, None, str(tmp_path / "beat"), sent, ["digest"])
     assert isinstance(error, pool._NotReceived) and caught == []
     assert "(ModuleNotFoundError: No module named 'pool_test_only_here')" in str(error)
+    assert "did not unpickle" in str(pool._train(b"not a pickle", str(tmp_path), None, None, "beat")[0])
     assert not list(tmp_path.iterdir())  # nothing trained or stored there
     future = concurrent.futures.Future()
     future.set_result((error, caught))
     back = []
-    with pytest.warns(RuntimeWarning, match=r"^run 1 of 1 \(fedavg, seed 0\): a component registered in the sweep's "
-                                            r"process did not unpickle .*; trained in the sweep's process$"):
+    said = (r"^run 1 of 1 \(fedavg, seed 0\): its config or a component registered in the sweep's process did not "
+            r"unpickle in its worker process \(ModuleNotFoundError: .*\); trained in the sweep's process$")
+    with pytest.warns(RuntimeWarning, match=said):
         pool._collect({future: 0}, [config], str(tmp_path), lambda i: pytest.fail("stored"), back.append)
     assert back == [0]
+
+
+def test_a_run_sent_back_here_is_not_counted_as_trained_by_the_workers(tmp_path, monkeypatch):
+    import concurrent.futures
+
+    class Executor:
+        def submit(self, *args):
+            return concurrent.futures.Future()
+
+        def stop(self, warn=True):
+            return ""
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    def collect(futures, configs, beats, on_done, back_here):
+        back_here(0)  # its component did not unpickle in the worker
+        on_done(1)
+
+    monkeypatch.setenv(pool.SPREAD_VARIABLE, "0")  # both to the (fake) workers from the start
+    monkeypatch.setattr(pool, "_executor", lambda processes: Executor())
+    monkeypatch.setattr(pool, "_collect", collect)
+    with pool.spread([BASE, BASE.replace(seed=1)], tmp_path, processes=2, on_done=lambda i: None) as done:
+        assert done.trained == {1}  # run 0 is trained by whoever reads the cache: run_all counts it then
 
 
 def test_processes_are_checked():

@@ -8,14 +8,15 @@ run's numbers do not depend on where it ran: a worker process starts from the sa
 and a result-cache entry is what the run in this process would have stored (``tests/test_pool.py`` checks the
 weights are bit-identical).
 
-A component registered after fedlab was imported (a notebook's own data set, algorithm or device profile) goes
-with its runs: a worker process does not have it, so it is sent there by value (cloudpickle: a function or class
-defined in a notebook cell travels as its code, with the globals it reads as the sweep starts), with the run's
-config (an algorithm's parameters of a notebook's class), and registered there before the run, which is stored
-under the key this process computed (:func:`fedlab.experiment.runner.digests_sent`). A worker process keeps what
-it received for the sweep's later runs (the same bytes: its TFF processes and data sets are reused). A run whose
-component a worker process cannot unpickle (a module it cannot import) is trained here after the others, and a
-warning says why.
+A component registered after fedlab was imported (a notebook's own data set, model, algorithm, device profile or
+any other kind) goes with the runs: a worker process does not have it, so it is pickled with cloudpickle, which
+sends what a notebook cell defined by value (its code, with the globals it reads as the sweep starts) and what a
+module defines by reference (the worker imports the module), and is registered there before the run, whose config
+goes by cloudpickle too (an algorithm's parameters of a notebook's class). The run is stored under the key this
+process computed (:func:`fedlab.experiment.runner.digests_sent`). A worker process keeps what it received for the
+sweep's later runs (the same bytes: its TFF processes and data sets are reused). A run whose component or config
+a worker process cannot unpickle (a module it cannot import) is trained here after the others, and a warning says
+why.
 
 Runs stay in this process when they could not run elsewhere or when spreading them gains nothing: a component
 registered here that cannot be pickled (one holding a lock or an open file), ``workers=...`` (the TFF workers
@@ -174,35 +175,47 @@ class _Unsendable(Exception):
 
 
 def sent_components(config: ExperimentConfig) -> list[tuple[str, bytes]]:
-    """The components ``config`` uses that were registered in this process, each pickled by value for a worker
-    process: (registry kind, the pickled entry); empty if it uses only fedlab's own. :class:`_Unsendable`, naming
-    the component, when one cannot be pickled."""
-    sent = {}
-    for registry, entry in _used(config):
-        if not entry.at_import and (registry.kind, entry.name) not in sent:
-            sent[registry.kind, entry.name] = _pickled(entry)
-    return [(kind, blob) for (kind, _), blob in sent.items()]
+    """Every component registered in this process after fedlab's import, each pickled for a worker process:
+    (registry kind, the pickled entry), in the registries' order; empty if there is none. Those ``config`` uses
+    must pickle (:class:`_Unsendable` names the one that does not); the others go too where they pickle (a
+    notebook's data set may load another notebook's data set by name)."""
+    used = {(registry.kind, entry.name) for registry, entry in _used(config)}
+    sent = []
+    for kind, registry in REGISTRIES.items():
+        for entry in registry.entries():
+            if entry.at_import:
+                continue
+            try:
+                sent.append((kind, _pickled(entry)))
+            except _Unsendable:
+                if (kind, entry.name) in used:
+                    raise
+    return sent
 
 
-_PICKLED: dict[int, tuple[Entry, bytes]] = {}  # id(entry) -> (the entry, kept so that its id stays its own; pickle)
+_PICKLED: dict[int, tuple[Entry, object]] = {}  # id(entry) -> (the entry, kept so that its id stays its own;
+# its pickle, or the _Unsendable it raised)
 
 
 def _pickled(entry: Entry) -> bytes:
-    """``entry`` pickled by value, once per entry in a sweep (:func:`spread` empties the memo as it starts and
-    ends: a cell edited between two sweeps, a helper or a global the component reads, is sent as it is now)."""
+    """``entry`` pickled, once per entry in a sweep (:func:`spread` empties the memo as it starts and ends: a cell
+    edited between two sweeps, a helper or a global the component reads, is sent as it is now). cloudpickle
+    pickles what a notebook defined by value (its code, the globals it reads) and what a module defines by
+    reference (the worker process imports the module)."""
     known = _PICKLED.get(id(entry))
-    if known is not None and known[0] is entry:
-        return known[1]
-    try:
-        blob = cloudpickle.dumps(entry)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise _Unsendable(f"{entry.name!r} was registered in this process and cannot be pickled for a worker "
-                          f"process ({type(err).__name__}: {reason})") from None
-    if len(_PICKLED) >= 64:
-        _PICKLED.clear()
-    _PICKLED[id(entry)] = (entry, blob)
-    return blob
+    if known is None or known[0] is not entry:
+        try:
+            known = (entry, cloudpickle.dumps(entry))
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            known = (entry, _Unsendable(f"{entry.name!r} was registered in this process and cannot be pickled for "
+                                        f"a worker process ({type(err).__name__}: {reason})"))
+        if len(_PICKLED) >= 64:
+            _PICKLED.clear()
+        _PICKLED[id(entry)] = known
+    if isinstance(known[1], _Unsendable):
+        raise known[1]
+    return known[1]
 
 
 class SweepStalled(RuntimeError):
@@ -352,11 +365,9 @@ class _Lanes:
         for i in todo:
             config = self.configs[i]
             sent = sent_components(config)
-            if sent:  # the config by value too: its algorithm parameters may be of a notebook's class
-                config, digests = cloudpickle.dumps(config), component_digests(config)
-            else:
-                digests = None
-            self.futures[self.executor.submit(_train, config, self.cache_dir, key_file, cell,
+            digests = component_digests(config) if sent else None
+            config_pickle = cloudpickle.dumps(config)  # its algorithm parameters may be of a notebook's class
+            self.futures[self.executor.submit(_train, config_pickle, self.cache_dir, key_file, cell,
                                               os.path.join(self.beats, str(i)), sent, digests)] = i
 
     def finish(self) -> None:
@@ -545,18 +556,19 @@ def _start_worker() -> None:
 def _train(config, cache_dir: str, key_file: Optional[str], cell: Optional[int], beat: str,
            sent: Sequence[tuple[str, bytes]] = (), digests: Optional[list[str]] = None):
     """Runs ``config`` into the cache; returns (the error or None, the warnings raised), both picklable.
-    ``sent``: the components registered in the sweep's process (:func:`sent_components`), registered here first,
-    and ``config`` pickled by cloudpickle after them; ``digests``: their digests there, under which the run is
-    stored. A component that does not unpickle here returns :class:`_NotReceived` as the error."""
+    ``sent``: the components registered in the sweep's process (:func:`sent_components`), registered here first;
+    ``config``: the config, or its cloudpickle, read after them; ``digests``: the digests of its components in
+    the sweep's process, under which the run is stored. A component or a config that does not unpickle here
+    returns :class:`_NotReceived` as the error."""
     encryption.use_encryption(key_file)
-    if sent:
-        try:
-            _receive(sent)
+    try:
+        _receive(sent)
+        if isinstance(config, bytes):
             config = pickle.loads(config)  # a notebook's class in it is the one just received (cloudpickle)
-        except Exception as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            return _NotReceived(f"a component registered in the sweep's process did not unpickle in its worker "
-                                f"process ({type(err).__name__}: {reason})"), []
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return _NotReceived(f"its config or a component registered in the sweep's process did not unpickle in "
+                            f"its worker process ({type(err).__name__}: {reason})"), []
     pathlib.Path(beat).touch()
 
     def heartbeat(row, history) -> None:
