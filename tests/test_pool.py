@@ -190,9 +190,8 @@ def test_what_a_worker_process_cannot_run_stays_here():
 
     try:  # registered here, sent by value to a worker process (the slow test above trains one there)
         assert pool.why_here(BASE.replace(dataset="pool_test_digits")) is None
-        # every component registered here goes (one may load another by name), those that pickle
-        assert pool.sent_components(BASE.replace(dataset="pool_test_digits")) == pool.sent_components(BASE)
-        assert [kind for kind, _ in pool.sent_components(BASE)] == ["dataset"]
+        assert [kind for kind, _ in pool.sent_components(BASE.replace(dataset="pool_test_digits"))] == ["dataset"]
+        assert pool.sent_components(BASE) == []  # only what a run names goes
         assert pool.why_here(BASE.replace(dataset="pool_test_locked")) == (
             "'pool_test_locked' was registered in this process and cannot be pickled for a worker process "
             "(TypeError: cannot pickle '_thread.lock' object)")
@@ -201,7 +200,6 @@ def test_what_a_worker_process_cannot_run_stays_here():
         fl.DATASETS._entries.pop("pool_test_digits")
         fl.DATASETS._entries.pop("pool_test_locked")
         pool._PICKLED.clear()
-    assert pool.sent_components(BASE) == []
 
 
 def test_a_worker_process_registers_what_it_receives_and_the_same_pickle_once():
@@ -260,6 +258,23 @@ def test_a_run_whose_component_a_worker_process_cannot_unpickle_is_trained_here_
     with pytest.warns(RuntimeWarning, match=said):
         pool._collect({future: 0}, [config], str(tmp_path), lambda i: pytest.fail("stored"), back.append)
     assert back == [0]
+
+    def looks_up(*args, **kwargs):  # a component sent along that finds another by name, which was not sent
+        return fl.DATASETS.entry("pool_test_not_sent")
+
+    monkeypatch.setattr(pool, "run_experiment", looks_up)
+    error, _ = pool._train(BASE, str(tmp_path), None, None, str(tmp_path / "beat"), [], None)
+    assert type(error).__name__ == "UnknownComponent"  # nothing was sent: the user's mistake, said as such
+    fl.register_dataset("pool_test_sent_along")(lambda *, seed, test_fraction: None)
+    try:
+        sent = pool.sent_components(BASE.replace(dataset="pool_test_sent_along"))
+        error, _ = pool._train(BASE, str(tmp_path), None, None, str(tmp_path / "beat"), sent, ["digest"])
+    finally:
+        fl.DATASETS._entries.pop("pool_test_sent_along")
+        pool._PICKLED.clear()
+        pool._RECEIVED.clear()
+    assert isinstance(error, pool._NotReceived)  # trained in the sweep's process, which has both
+    assert "looked up another that was not sent (dataset: must be one of" in str(error)
 
 
 def test_a_run_sent_back_here_is_not_counted_as_trained_by_the_workers(tmp_path, monkeypatch):

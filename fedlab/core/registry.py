@@ -36,6 +36,10 @@ class Entry(Generic[T]):
     at_import: bool = False  # fedlab's, registered as fedlab was imported: every fresh process has it
 
 
+class UnknownComponent(ConfigError):
+    """A name no component of the kind is registered under (in this process)."""
+
+
 class Registry(Generic[T]):
     """Components of one kind by name."""
 
@@ -73,7 +77,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise ConfigError(self.field, f"must be one of {', '.join(self.names())}; got {name!r}") from None
+            raise UnknownComponent(self.field, f"must be one of {', '.join(self.names())}; got {name!r}") from None
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)

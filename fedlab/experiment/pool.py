@@ -15,8 +15,8 @@ module defines by reference (the worker imports the module), and is registered t
 goes by cloudpickle too (an algorithm's parameters of a notebook's class). The run is stored under the key this
 process computed (:func:`fedlab.experiment.runner.digests_sent`). A worker process keeps what it received for the
 sweep's later runs (the same bytes: its TFF processes and data sets are reused). A run whose component or config
-a worker process cannot unpickle (a module it cannot import) is trained here after the others, and a warning says
-why.
+a worker process cannot unpickle (a module it cannot import), or whose component looks up another by name that
+was not sent (only the components a run names go), is trained here after the others, and a warning says why.
 
 Runs stay in this process when they could not run elsewhere or when spreading them gains nothing: a component
 registered here that cannot be pickled (one holding a lock or an open file), ``workers=...`` (the TFF workers
@@ -69,7 +69,7 @@ from ..aggregators.aggregation import AGGREGATORS, builders_in_use
 from ..algorithms.algorithms import ALGORITHMS
 from ..core import encryption, profiling
 from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
-from ..core.registry import Entry, Registry
+from ..core.registry import Entry, Registry, UnknownComponent
 from ..core.runtime import seconds_setting, wait_limit
 from ..core.storage import ResultCache, cache_key
 from ..core.validation import ConfigError
@@ -175,22 +175,15 @@ class _Unsendable(Exception):
 
 
 def sent_components(config: ExperimentConfig) -> list[tuple[str, bytes]]:
-    """Every component registered in this process after fedlab's import, each pickled for a worker process:
-    (registry kind, the pickled entry), in the registries' order; empty if there is none. Those ``config`` uses
-    must pickle (:class:`_Unsendable` names the one that does not); the others go too where they pickle (a
-    notebook's data set may load another notebook's data set by name)."""
-    used = {(registry.kind, entry.name) for registry, entry in _used(config)}
-    sent = []
-    for kind, registry in REGISTRIES.items():
-        for entry in registry.entries():
-            if entry.at_import:
-                continue
-            try:
-                sent.append((kind, _pickled(entry)))
-            except _Unsendable:
-                if (kind, entry.name) in used:
-                    raise
-    return sent
+    """The components ``config`` uses that were registered in this process after fedlab's import, each pickled
+    for a worker process: (registry kind, the pickled entry); empty if it uses only fedlab's own.
+    :class:`_Unsendable`, naming the component, when one cannot be pickled. (One that finds another by name, a
+    notebook's data set loading another, fails to find it in the worker process: the run comes back here.)"""
+    sent = {}
+    for registry, entry in _used(config):
+        if not entry.at_import and (registry.kind, entry.name) not in sent:
+            sent[registry.kind, entry.name] = _pickled(entry)
+    return [(kind, blob) for (kind, _), blob in sent.items()]
 
 
 _PICKLED: dict[int, tuple[Entry, object]] = {}  # id(entry) -> (the entry, kept so that its id stays its own;
@@ -581,6 +574,9 @@ def _train(config, cache_dir: str, key_file: Optional[str], cell: Optional[int],
             with digests_sent(config, digests) if sent else contextlib.nullcontext(), \
                     profiling.in_cell(cell, worker=True):
                 run_experiment(config, results_cache=cache_dir, progress=False, callback=heartbeat)
+        except UnknownComponent as err:  # a component sent here found another by name, not sent: come back
+            error = _NotReceived(f"a component registered in the sweep's process looked up another that was not "
+                                 f"sent ({err})") if sent else err
         except Exception as err:  # raised again in the sweep's process
             if not isinstance(err, ConfigError):  # a user's mistake says so in one line; anything else, where
                 err.add_note("in a sweep's worker process:\n" + traceback.format_exc().rstrip())
