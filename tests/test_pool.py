@@ -245,7 +245,10 @@ def test_a_run_whose_component_a_worker_process_cannot_unpickle_is_trained_here_
         fl.DATASETS._entries.pop("pool_test_only_here")
         pool._PICKLED.clear()
     monkeypatch.delitem(sys.modules, "pool_test_only_here")  # as in a worker process that cannot import it
-    error, caught = pool._train(blob, str(tmp_path), None, None, str(tmp_path / "beat"), sent, ["digest"])
+    try:
+        error, caught = pool._train(blob, str(tmp_path), None, None, str(tmp_path / "beat"), sent, ["digest"])
+    finally:
+        pool._RECEIVED.clear()
     assert isinstance(error, pool._NotReceived) and caught == []
     assert "(ModuleNotFoundError: No module named 'pool_test_only_here')" in str(error)
     assert "did not unpickle" in str(pool._train(b"not a pickle", str(tmp_path), None, None, "beat")[0])

@@ -203,8 +203,6 @@ def _pickled(entry: Entry) -> bytes:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             known = (entry, _Unsendable(f"{entry.name!r} was registered in this process and cannot be pickled for "
                                         f"a worker process ({type(err).__name__}: {reason})"))
-        if len(_PICKLED) >= 64:
-            _PICKLED.clear()
         _PICKLED[id(entry)] = known
     if isinstance(known[1], _Unsendable):
         raise known[1]
@@ -260,7 +258,11 @@ def spread(configs: Sequence[ExperimentConfig], results_cache=None, *, processes
     configs = list(configs)
     processes = sweep_processes(processes)
     _PICKLED.clear()
-    todo = spreadable(configs, results_cache) if processes > 1 else []
+    try:
+        todo = spreadable(configs, results_cache) if processes > 1 else []
+    except BaseException:
+        _PICKLED.clear()
+        raise
     if len(todo) < 2:
         _PICKLED.clear()
         yield Spread(None if results_cache is None else str(results_cache), frozenset())
