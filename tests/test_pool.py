@@ -180,6 +180,11 @@ def test_what_a_worker_process_cannot_run_stays_here():
 
     import threading
 
+    @fl.register_attack("pool_test_attack")
+    def zero_update(honest, *, clients, boost, rng):
+        """Sends nothing."""
+        return np.zeros_like(honest)
+
     lock = threading.Lock()
 
     @fl.register_dataset("pool_test_locked")
@@ -192,6 +197,8 @@ def test_what_a_worker_process_cannot_run_stays_here():
         assert pool.why_here(BASE.replace(dataset="pool_test_digits")) is None
         assert [kind for kind, _ in pool.sent_components(BASE.replace(dataset="pool_test_digits"))] == ["dataset"]
         assert pool.sent_components(BASE) == []  # only what a run names goes
+        with_attack = BASE.replace(attack="pool_test_attack")  # named, not attacking: still looked up in a run
+        assert [kind for kind, _ in pool.sent_components(with_attack)] == ["attack"]
         assert pool.why_here(BASE.replace(dataset="pool_test_locked")) == (
             "'pool_test_locked' was registered in this process and cannot be pickled for a worker process "
             "(TypeError: cannot pickle '_thread.lock' object)")
@@ -199,6 +206,7 @@ def test_what_a_worker_process_cannot_run_stays_here():
     finally:
         fl.DATASETS._entries.pop("pool_test_digits")
         fl.DATASETS._entries.pop("pool_test_locked")
+        fl.ATTACKS._entries.pop("pool_test_attack")
         pool._PICKLED.clear()
 
 

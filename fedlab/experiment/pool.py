@@ -16,7 +16,7 @@ goes by cloudpickle too (an algorithm's parameters of a notebook's class). The r
 process computed (:func:`fedlab.experiment.runner.digests_sent`). A worker process keeps what it received for the
 sweep's later runs (the same bytes: its TFF processes and data sets are reused). A run whose component or config
 a worker process cannot unpickle (a module it cannot import), or whose component looks up another by name that
-was not sent (only the components a run names go), is trained here after the others, and a warning says why.
+was not sent (only the components a run uses go), is trained here after the others, and a warning says why.
 
 Runs stay in this process when they could not run elsewhere or when spreading them gains nothing: a component
 registered here that cannot be pickled (one holding a lock or an open file), ``workers=...`` (the TFF workers
@@ -77,7 +77,7 @@ from ..data.data import DATASETS
 from ..data.partition import PARTITIONERS
 from ..data.tasks import LOSSES, METRICS, TASKS
 from ..models.models import MODELS
-from ..rounds.attacks import ATTACKS, is_update_attack
+from ..rounds.attacks import ATTACKS
 from ..systems.asynchronous import STALENESS
 from ..systems.systems import DEVICE_PROFILES
 from .config import ExperimentConfig
@@ -143,12 +143,10 @@ def _used(config: ExperimentConfig) -> list[tuple[Registry, Entry]]:
     used = [(DATASETS, dataset), (TASKS, task), (PARTITIONERS, PARTITIONERS.entry(config.partition)),
             (ALGORITHMS, ALGORITHMS.entry(config.algorithm)),
             (DEVICE_PROFILES, DEVICE_PROFILES.entry(config.device_profile)), (MODELS, MODELS.entry(config.model)),
-            (LOSSES, LOSSES.entry(task.component.loss)), *((METRICS, METRICS.entry(m)) for m in task.component.metrics)]
-    if is_update_attack(config):
-        used.append((ATTACKS, ATTACKS.entry(config.attack)))
+            (LOSSES, LOSSES.entry(task.component.loss)), *((METRICS, METRICS.entry(m)) for m in task.component.metrics),
+            # named by every config, and looked up by name in a run whether it attacks or is asynchronous or not
+            (ATTACKS, ATTACKS.entry(config.attack)), (STALENESS, STALENESS.entry(config.async_staleness))]
     used += [(AGGREGATORS, _entry_of(b)) for b in builders_in_use(config)]
-    if config.async_concurrency:
-        used.append((STALENESS, STALENESS.entry(config.async_staleness)))
     return used
 
 
