@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import numpy as np
@@ -198,19 +199,15 @@ class ModelSpec:
     def functional_model(self, seed: int = 0):
         """The TFF functional model; faster in simulation than the Keras-model path.
 
+        Converted once per spec, seed, model and task in this process (:func:`_functional_model`): converting
+        builds and traces the Keras model, and every process built for the spec takes the same one.
         With frozen layers, TFF 0.87's ``functional_model_from_keras`` mis-orders
         the weights (it takes a frozen layer's variables for trainable ones), so
         the model of every layer trainable is converted and wrapped
         (:func:`_with_frozen_layers`): its weights are split as the Keras model
         with frozen layers splits them, trainable then non-trainable.
         """
-        import tensorflow_federated as tff
-
-        if self.freeze_layers:
-            return _with_frozen_layers(self, seed)
-        return tff.learning.models.functional_model_from_keras(
-            self.build_keras(seed), self.loss(), self.input_spec(), self.metrics_constructor()
-        )
+        return _functional_model(self, self.builder, self.task_entry, seed)
 
     def tensor_sizes(self) -> tuple[list[int], list[int]]:
         """Element counts of the trainable and the non-trainable tensors."""
@@ -236,6 +233,18 @@ class ModelSpec:
 
     def num_parameters(self) -> int:
         return sum(self.tensor_sizes()[0])
+
+
+# Keyed by the spec, its registered builder (and task: the loss and metrics), and the seed: a model or task
+# registered again under the same name (an edited notebook cell) is converted anew.
+@functools.lru_cache(maxsize=32)
+def _functional_model(spec: "ModelSpec", builder: ModelBuilder, task, seed: int):
+    import tensorflow_federated as tff
+
+    if spec.freeze_layers:
+        return _with_frozen_layers(spec, seed)
+    return tff.learning.models.functional_model_from_keras(
+        spec.build_keras(seed), spec.loss(), spec.input_spec(), spec.metrics_constructor())
 
 
 def _weight_paths(model, variables) -> list[tuple[int, int]]:
