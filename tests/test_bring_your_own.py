@@ -48,6 +48,21 @@ def test_builtin_names_cannot_be_taken_but_user_names_can_be_redefined():
         fl.register_algorithm("clash", params=Clash)(clinics.scaled_fedavg)
 
 
+def test_a_model_is_converted_once_per_spec_and_seed_and_anew_when_registered_again():
+    def cell():  # a notebook cell that registers the model: each run of it defines a new builder
+        @fl.register_model("toy_again")
+        def toy_again(shape, seed):
+            return clinics.toy_linear(shape, seed)
+
+    cell()
+    spec = fl.ModelSpec("toy_again", 4, 3)
+    first = spec.functional_model(0)
+    assert spec.functional_model(0) is first and fl.ModelSpec("toy_again", 4, 3).functional_model(0) is first
+    assert spec.functional_model(1) is not first and fl.ModelSpec("toy_again", 5, 3).functional_model(0) is not first
+    cell()  # run again: the processes built from now on take a model converted from the new builder
+    assert spec.functional_model(0) is not first
+
+
 def test_user_algorithm_by_hand_and_in_a_sweep(tmp_path):
     """scale=0.5 moves the model half as far as scale=1 after one round from a zero start (same client updates)."""
     one = BASE.replace(rounds=1, batch_size=0, local_epochs=1)

@@ -90,8 +90,8 @@ def _rerun_without_noise(groups, config) -> bool:
 def test_an_accepted_pair_runs_two_rounds(fields, given, groups, request):
     from fedlab.experiment import processes
 
-    if len(processes._PROCESS_CACHE) > KEEP_PROCESSES:
-        processes._PROCESS_CACHE.clear()
+    if processes.process_cache_size() > KEEP_PROCESSES:
+        processes.clear_process_cache()
     fields = {**fields, **TINY, **given}  # a pair that needs a value runs with the one it is listed with
     if fields.get("algorithm") == "fedsgd":
         del fields["local_steps"]  # one full-batch gradient per client

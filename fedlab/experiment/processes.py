@@ -24,7 +24,7 @@ from ..rounds.buffered_rounds import BufferedRounds
 from .clients import batches
 from .config import ExperimentConfig
 from ..rounds.finetune import FineTuning
-from ..models.models import ModelSpec
+from ..models.models import ModelSpec, clear_converted_models
 from ..core.runtime import tff
 from ..aggregators.seeded import set_noise_seed
 from ..rounds.split_rounds import SplitRounds
@@ -139,7 +139,10 @@ def get_finetuning(spec: ModelSpec, remote: bool = False) -> FineTuning:
 
 
 def clear_process_cache() -> None:
+    """Forget the built processes, and the functional models they were built from (their traces keep the
+    processes' graphs)."""
     _PROCESS_CACHE.clear()
+    clear_converted_models()
 
 
 def process_cache_size() -> int:
@@ -192,7 +195,7 @@ def initial_state(process, config: ExperimentConfig, spec: ModelSpec):
 def initial_weights(process, spec: ModelSpec, seed: int):
     """Model weights drawn from ``seed`` in the container types the process expects."""
     template = process.get_model_weights(process.initialize())
-    keras = spec.build_keras(seed)
+    keras = spec.build_keras(seed)  # fresh and eager: see ModelSpec.tensor_sizes
     trainable = [v.numpy() for v in keras.trainable_variables]
     non_trainable = [v.numpy() for v in keras.non_trainable_variables]
     return tff().learning.models.ModelWeights(

@@ -263,8 +263,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         process = get_process(config, spec) if federation is None else get_site_process(config, spec)
         warn_if_updates_vanish(config, spec)  # once per run, before its first round
         trainer = process if federation is not None else trainer_for(process, clients.x[0], clients.y[0])
-        # built before the evaluator's Keras model: TFF builds the functional model's copy in a graph of its own,
-        # which spoils a Keras model made, and not yet called, before it
+        # built before the evaluator's Keras model: building a process makes Keras layers in graphs of TFF's own,
+        # which turns Keras' layer classes to their graph (v1) form; the eager builds below (tensor_sizes,
+        # initial_state) turn them back before the evaluator's model is called
         tuning = get_finetuning(spec, bool(config.workers)) if config.finetune_epochs else None
         if federation is None:
             evaluator = evaluator_for(spec, spec.builder)

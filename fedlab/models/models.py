@@ -199,18 +199,24 @@ class ModelSpec:
     def functional_model(self, seed: int = 0):
         """The TFF functional model; faster in simulation than the Keras-model path.
 
-        Converted once per spec, seed, model and task in this process (:func:`_functional_model`): converting
-        builds and traces the Keras model, and every process built for the spec takes the same one.
+        Converted once per spec, seed and registered model, task and loss in this process
+        (:func:`_functional_model`; :func:`clear_converted_models` forgets them): every process built for the spec
+        takes the same one, and TFF traces it into each process's graphs.
         With frozen layers, TFF 0.87's ``functional_model_from_keras`` mis-orders
         the weights (it takes a frozen layer's variables for trainable ones), so
         the model of every layer trainable is converted and wrapped
         (:func:`_with_frozen_layers`): its weights are split as the Keras model
         with frozen layers splits them, trainable then non-trainable.
         """
-        return _functional_model(self, self.builder, self.task_entry, seed)
+        return _functional_model(self, self.builder, self.task_entry, self.task_entry.loss_entry, seed)
 
     def tensor_sizes(self) -> tuple[list[int], list[int]]:
-        """Element counts of the trainable and the non-trainable tensors."""
+        """Element counts of the trainable and the non-trainable tensors.
+
+        From a fresh Keras model, built eagerly: a run calls this after building its process, and that build leaves
+        Keras' layer classes in their graph (v1) form, which the evaluator's model then fails in; an eager build
+        puts them back (Keras swaps a layer class's bases on every construction). Do not cache it.
+        """
         model = self.build_keras(0)
         return ([int(np.prod(v.shape)) for v in model.trainable_variables],
                 [int(np.prod(v.shape)) for v in model.non_trainable_variables])
@@ -235,16 +241,22 @@ class ModelSpec:
         return sum(self.tensor_sizes()[0])
 
 
-# Keyed by the spec, its registered builder (and task: the loss and metrics), and the seed: a model or task
-# registered again under the same name (an edited notebook cell) is converted anew.
+# Keyed by the spec, its registered builder, task and loss, and the seed: a model, task or loss registered again
+# under the same name (an edited notebook cell) is converted anew. A converted model's traces keep the graphs of the
+# processes built from it: forgotten with the processes (fedlab.experiment.processes.clear_process_cache).
 @functools.lru_cache(maxsize=32)
-def _functional_model(spec: "ModelSpec", builder: ModelBuilder, task, seed: int):
+def _functional_model(spec: "ModelSpec", builder: ModelBuilder, task, loss, seed: int):
     import tensorflow_federated as tff
 
     if spec.freeze_layers:
         return _with_frozen_layers(spec, seed)
     return tff.learning.models.functional_model_from_keras(
         spec.build_keras(seed), spec.loss(), spec.input_spec(), spec.metrics_constructor())
+
+
+def clear_converted_models() -> None:
+    """Forget the converted functional models (and the graphs their traces keep)."""
+    _functional_model.cache_clear()
 
 
 def _weight_paths(model, variables) -> list[tuple[int, int]]:
