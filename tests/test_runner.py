@@ -65,6 +65,16 @@ def test_process_is_built_once_for_data_side_changes():
     assert processes.process_cache_size() == before + 1
 
 
+def test_a_run_on_a_newly_built_process_evaluates_with_the_evaluator_an_earlier_run_made():
+    # building a process turns Keras' layer classes to their graph (v1) form, in which the runner's cached evaluator
+    # model fails; the run's fresh, eager build of its initial weights turns them back (processes.initial_weights)
+    first = run_experiment(BASE.replace(rounds=1), progress=False)  # the evaluator of this spec exists from here
+    built = processes.process_cache_size()
+    again = run_experiment(BASE.replace(rounds=1, algorithm="fedprox", mu=0.0123), progress=False)  # a new process
+    assert processes.process_cache_size() == built + 1
+    assert np.isfinite([first.eval_loss.iloc[-1], again.eval_loss.iloc[-1]]).all()
+
+
 def test_results_cache_returns_the_same_history(tmp_path):
     first = run_experiment(BASE.replace(eval_per_client=True), results_cache=tmp_path, progress=False)
     again = run_experiment(BASE.replace(eval_per_client=True), results_cache=tmp_path, progress=False)

@@ -195,7 +195,11 @@ def initial_state(process, config: ExperimentConfig, spec: ModelSpec):
 def initial_weights(process, spec: ModelSpec, seed: int):
     """Model weights drawn from ``seed`` in the container types the process expects."""
     template = process.get_model_weights(process.initialize())
-    keras = spec.build_keras(seed)  # fresh and eager: see ModelSpec.tensor_sizes
+    # a fresh Keras model, built eagerly, every run: not only for its weights. Building a process makes Keras layers
+    # in graphs of TFF's own, which turns Keras' layer classes to their graph (v1) form (Keras swaps a layer class's
+    # bases on every construction), and the runner's cached evaluator model fails in that form; this build, after
+    # the process's and before the first evaluation, turns them back. Do not cache it.
+    keras = spec.build_keras(seed)
     trainable = [v.numpy() for v in keras.trainable_variables]
     non_trainable = [v.numpy() for v in keras.non_trainable_variables]
     return tff().learning.models.ModelWeights(

@@ -211,15 +211,10 @@ class ModelSpec:
         return _functional_model(self, self.builder, self.task_entry, self.task_entry.loss_entry, seed)
 
     def tensor_sizes(self) -> tuple[list[int], list[int]]:
-        """Element counts of the trainable and the non-trainable tensors.
-
-        From a fresh Keras model, built eagerly: a run calls this after building its process, and that build leaves
-        Keras' layer classes in their graph (v1) form, which the evaluator's model then fails in; an eager build
-        puts them back (Keras swaps a layer class's bases on every construction). Do not cache it.
-        """
-        model = self.build_keras(0)
-        return ([int(np.prod(v.shape)) for v in model.trainable_variables],
-                [int(np.prod(v.shape)) for v in model.non_trainable_variables])
+        """Element counts of the trainable and the non-trainable tensors (counted once per spec and registered
+        model in this process)."""
+        trainable, non_trainable = _tensor_sizes(self, self.builder)
+        return list(trainable), list(non_trainable)
 
     def tff_model(self, seed: int = 0):
         """What TFF's own builders take (algorithms without fedlab's compiled loop): the functional model, or,
@@ -252,6 +247,13 @@ def _functional_model(spec: "ModelSpec", builder: ModelBuilder, task, loss, seed
         return _with_frozen_layers(spec, seed)
     return tff.learning.models.functional_model_from_keras(
         spec.build_keras(seed), spec.loss(), spec.input_spec(), spec.metrics_constructor())
+
+
+@functools.lru_cache(maxsize=64)
+def _tensor_sizes(spec: "ModelSpec", builder: ModelBuilder) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    model = spec.build_keras(0)
+    return (tuple(int(np.prod(v.shape)) for v in model.trainable_variables),
+            tuple(int(np.prod(v.shape)) for v in model.non_trainable_variables))
 
 
 def clear_converted_models() -> None:
