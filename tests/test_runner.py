@@ -8,7 +8,8 @@ import pytest
 
 from fedlab import ExperimentConfig, clients_table, run_experiment
 from fedlab.experiment import processes
-from fedlab.experiment.evaluation import worst_fraction_mean
+from fedlab.experiment.clients import spec_for
+from fedlab.experiment.evaluation import evaluator_for, worst_fraction_mean
 from fedlab.experiment.sampling import sample_clients
 from fedlab.core.storage import CheckpointMismatchError
 from conftest import interrupt_after
@@ -69,9 +70,10 @@ def test_a_run_on_a_newly_built_process_evaluates_with_the_evaluator_an_earlier_
     # building a process turns Keras' layer classes to their graph (v1) form, in which the runner's cached evaluator
     # model fails; the run's fresh, eager build of its initial weights turns them back (processes.initial_weights)
     first = run_experiment(BASE.replace(rounds=1), progress=False)  # the evaluator of this spec exists from here
-    built = processes.process_cache_size()
+    spec = spec_for(BASE)
+    evaluator, built = evaluator_for(spec, spec.builder), processes.process_cache_size()
     again = run_experiment(BASE.replace(rounds=1, algorithm="fedprox", mu=0.0123), progress=False)  # a new process
-    assert processes.process_cache_size() == built + 1
+    assert processes.process_cache_size() == built + 1 and evaluator_for(spec, spec.builder) is evaluator
     assert np.isfinite([first.eval_loss.iloc[-1], again.eval_loss.iloc[-1]]).all()
 
 

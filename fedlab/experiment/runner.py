@@ -263,9 +263,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         process = get_process(config, spec) if federation is None else get_site_process(config, spec)
         warn_if_updates_vanish(config, spec)  # once per run, before its first round
         trainer = process if federation is not None else trainer_for(process, clients.x[0], clients.y[0])
-        # built before the evaluator's Keras model: building a process makes Keras layers in graphs of TFF's own,
-        # which turns Keras' layer classes to their graph (v1) form; initial_state's eager build below turns them
-        # back before the evaluator's model is called (processes.initial_weights)
+        # a process build (and get_finetuning's) makes Keras layers in graphs of TFF's own, which leaves Keras' layer
+        # classes in their graph (v1) form; initial_state's eager build below turns them back before the evaluator,
+        # new or cached, is called (processes.initial_weights)
         tuning = get_finetuning(spec, bool(config.workers)) if config.finetune_epochs else None
         if federation is None:
             evaluator = evaluator_for(spec, spec.builder)

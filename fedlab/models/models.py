@@ -212,7 +212,7 @@ class ModelSpec:
 
     def tensor_sizes(self) -> tuple[list[int], list[int]]:
         """Element counts of the trainable and the non-trainable tensors (counted once per spec and registered
-        model in this process)."""
+        model while cached in this process)."""
         trainable, non_trainable = _tensor_sizes(self, self.builder)
         return list(trainable), list(non_trainable)
 
