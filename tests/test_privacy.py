@@ -40,6 +40,18 @@ def test_epsilon_by_round_matches_per_round_accounting():
     assert np.isnan(sparse[0]) and sparse[29] == pytest.approx(direct_epsilon(0.8, 0.1, 30, 1e-5, "pld"))
 
 
+def test_epsilon_by_round_is_computed_once_per_setting_and_each_caller_gets_its_own_array():
+    accounting._epsilon_by_round.cache_clear()
+    first = accounting.epsilon_by_round(0.9, 0.2, 12, 1e-5)
+    first[:] = -1.0  # a caller's array is its own
+    second = accounting.epsilon_by_round(0.9, 0.2, 12, 1e-5)
+    assert accounting._epsilon_by_round.cache_info().hits == 1
+    assert second[11] == pytest.approx(direct_epsilon(0.9, 0.2, 12, 1e-5, "rdp"), rel=1e-9)
+    assert np.all(np.diff(second) > 0)
+    other = accounting.epsilon_by_round(0.9, 0.2, 12, 1e-4)  # another delta is another setting
+    assert other[11] < second[11] and accounting._epsilon_by_round.cache_info().misses == 2
+
+
 def test_tff_dp_tutorial_calibration_is_reproduced():
     """TFF's tutorial "Differential Privacy in TFF" (federated_learning_with_differential_privacy.ipynb): 3,383
     EMNIST clients, 100 rounds, noise multiplier = 0.01 x clients per round, calibrated with dp-accounting's RDP to
@@ -203,19 +215,62 @@ def test_privacy_cli():
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--clients-per-round" in bad.stderr
 
 
-def test_worker_is_recycled_after_a_dp_run():
-    """TFF's worker grows on the DP path; fedlab stops it after a DP run and TFF starts a fresh one."""
+def _live_workers() -> list[int]:
     from fedlab.core.runtime import _children
+
+    return [pid for pid, cmd in _children() if cmd.endswith("worker_binary")
+            and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")]
+
+
+def test_a_dp_run_leaves_the_worker_to_the_next_until_it_holds_more_than_the_limit(monkeypatch):
+    """TFF's worker grows on the DP path; fedlab stops it after a run (DP or not) only once it holds more than
+    FEDLAB_WORKER_MEMORY_MB (0: after every run), and TFF starts a fresh one on the next call."""
+    from fedlab.core.runtime import stop_large_local_workers
 
     config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, rounds=2, dp="fixed",
                               noise_multiplier=0.5, delta=1e-3)
+    monkeypatch.delenv("FEDLAB_WORKER_MEMORY_MB", raising=False)
+    stop_large_local_workers(0)  # an earlier test's workers (a secure sum's runtime has its own)
     run_experiment(config, progress=False)
-    alive = [pid for pid, cmd in _children() if cmd.endswith("worker_binary")
-             and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
-    assert not alive
-    again = run_experiment(config.replace(seed=1), progress=False)  # a new worker serves the next run
+    kept = _live_workers()
+    assert len(kept) == 1  # well under the default 2000 MB: left for the next run
+    run_experiment(config.replace(seed=1), progress=False)
+    assert _live_workers() == kept  # and that run was served by it
+    monkeypatch.setenv("FEDLAB_WORKER_MEMORY_MB", "0")
+    run_experiment(config.replace(seed=2), progress=False)
+    assert not _live_workers()
+    again = run_experiment(config.replace(seed=3), progress=False)  # a new worker serves the next run
+    assert not _live_workers()
     plain = run_experiment(config.replace(dp="none", noise_multiplier=0.0), progress=False)
+    assert not _live_workers()  # a run without DP is held to the limit too
     assert len(again) == 2 and len(plain) == 2
+
+
+def test_the_worker_is_not_stopped_while_another_run_of_the_process_uses_it(monkeypatch):
+    """A panel's run in another thread may be using TFF's worker when a run ends: the worker is stopped only when
+    the last run going ends."""
+    from fedlab.experiment import runner
+
+    monkeypatch.setenv("FEDLAB_WORKER_MEMORY_MB", "0")
+    config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, rounds=1, dp="fixed",
+                              noise_multiplier=0.5, delta=1e-3, seed=5)
+    runner._runs_started()  # another run, going
+    try:
+        run_experiment(config, progress=False)
+        assert len(_live_workers()) >= 1
+    finally:
+        runner._run_ended(0.0)  # it ends: the last one
+    assert not _live_workers()
+
+
+@pytest.mark.parametrize("raw", ["-1", "lots", "nan", "inf"])
+def test_a_bad_worker_memory_limit_is_refused_in_one_line(monkeypatch, raw):
+    from fedlab.core.runtime import worker_memory_limit_mb
+
+    monkeypatch.setenv("FEDLAB_WORKER_MEMORY_MB", raw)
+    with pytest.raises(ValueError, match=r"^FEDLAB_WORKER_MEMORY_MB: must be a number of megabytes >= 0") as err:
+        worker_memory_limit_mb()
+    assert "\n" not in str(err.value)
 
 
 def test_audit_summary_by_hand():

@@ -16,13 +16,15 @@ def test_click_from_another_thread_uses_the_panels_runtime(tmp_path):
 
 
 def test_panel_runs_after_a_dp_run_when_stdout_has_no_fileno(tmp_path, monkeypatch):
-    """In Jupyter, sys.stdout has no fileno; TFF restarts its worker (recycled after DP) with Popen(stdout=sys.stdout)."""
+    """In Jupyter, sys.stdout has no fileno; TFF restarts its worker (stopped after a run, here after every run, as
+    once it holds FEDLAB_WORKER_MEMORY_MB) with Popen(stdout=sys.stdout)."""
     import io
     import sys
 
     base = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=2, rounds=2, seed=4, dp="fixed",
                             noise_multiplier=0.5, delta=1e-3)
     panel = ExperimentPanel(base, ["noise_multiplier"], results_cache=tmp_path)
+    monkeypatch.setenv("FEDLAB_WORKER_MEMORY_MB", "0")
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     for z in (0.5, 0.7):  # the first run stops the worker; the second must restart it from the thread

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from typing import Callable, Optional
 
@@ -38,7 +39,7 @@ from ..data.partition import PARTITIONERS
 from .processes import get_finetuning, get_process, get_site_process, initial_state, trainer_for
 from ..core import profiling
 from ..core.registry import source_digest
-from ..core.runtime import simulated_secure_sums, stop_local_workers
+from ..core.runtime import held, simulated_secure_sums, stop_large_local_workers, worker_memory_limit_mb
 from ..rounds.array_training import local_steps, with_tau_eff
 from ..systems.asynchronous import STALENESS, staleness_weights
 from ..rounds.attacks import ATTACKS, attack_rng, is_update_attack
@@ -120,9 +121,32 @@ def run_experiment(
     return history
 
 
+_RUNS_LOCK = threading.Lock()
+_RUNS_GOING = 0  # runs of this process between their first TFF call and their end, in any thread
+
+
+def _runs_started() -> None:
+    global _RUNS_GOING
+    with held(_RUNS_LOCK, "the count of runs using TFF's worker"):
+        _RUNS_GOING += 1
+
+
+def _run_ended(memory_limit: float) -> None:
+    """A run has ended: TFF's local worker is stopped if it holds more than ``memory_limit`` MB and no other run
+    of this process (a panel's, in another thread) is using it. TFF's C++ worker grows, on the DP path by tens of
+    MB a run (``tools/worker_memory.py``); TFF's service manager starts a fresh one on the next call. The lock is
+    held while it stops, so that no run starts on a worker going away."""
+    global _RUNS_GOING
+    with held(_RUNS_LOCK, "the count of runs using TFF's worker"):
+        _RUNS_GOING -= 1
+        if _RUNS_GOING == 0:
+            stop_large_local_workers(memory_limit)
+
+
 def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_dir, results_cache, progress: bool,
          callback, stop, tensorboard_dir) -> pd.DataFrame:
     """:func:`run_experiment` once its arguments are checked: from the cache, or run and stored."""
+    memory_limit = worker_memory_limit_mb()  # a bad FEDLAB_WORKER_MEMORY_MB is said now, not after the run
     cache = ResultCache(results_cache) if results_cache is not None else None
     checkpoint = Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
     key = cache_key(config, component_digests(config) + ([federation.key] if federation is not None else []))
@@ -145,6 +169,7 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
             board.write(history[[c for c in history.columns if c not in fields]].to_dict("records"))
             if user_callback is not None:
                 user_callback(row, history)
+    _runs_started()
     try:
         tff_secure_sums = config.secure_aggregation and config.secure_protocol == "none"
         with on_workers(config.workers, secure_sums=tff_secure_sums), \
@@ -153,10 +178,7 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
     finally:
         if federation is not None:
             federation.close()
-        if config.dp != "none":
-            # TFF's C++ worker keeps 5-10 MB per DP round (tools/dp_worker_memory.py); stopping it
-            # frees that, and TFF's service manager starts a fresh one on the next call.
-            stop_local_workers()
+        _run_ended(memory_limit)
     if cache is not None:
         with profiling.phase("cache"):
             cache.save(key, rows, client_rows, weights, config.to_json())
