@@ -254,13 +254,23 @@ def test_the_worker_is_not_stopped_while_another_run_of_the_process_uses_it(monk
     monkeypatch.setenv("FEDLAB_WORKER_MEMORY_MB", "0")
     config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, rounds=1, dp="fixed",
                               noise_multiplier=0.5, delta=1e-3, seed=5)
+    runner.stop_large_local_workers(0)  # an earlier test's workers
     runner._runs_started()  # another run, going
     try:
         run_experiment(config, progress=False)
-        assert len(_live_workers()) >= 1
+        assert len(_live_workers()) == 1
     finally:
         runner._run_ended(0.0)  # it ends: the last one
     assert not _live_workers()
+
+
+def test_a_bad_worker_memory_limit_stops_a_run_before_it_trains(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDLAB_WORKER_MEMORY_MB", "lots")
+    rounds = []
+    config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=3, rounds=1, seed=6)
+    with pytest.raises(ValueError, match="^FEDLAB_WORKER_MEMORY_MB: "):
+        run_experiment(config, progress=False, results_cache=tmp_path, callback=lambda row, _: rounds.append(row))
+    assert not rounds and not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("raw", ["-1", "lots", "nan", "inf"])

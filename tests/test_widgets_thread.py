@@ -21,6 +21,8 @@ def test_panel_runs_after_a_dp_run_when_stdout_has_no_fileno(tmp_path, monkeypat
     import io
     import sys
 
+    from fedlab.core.runtime import _children
+
     base = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=2, rounds=2, seed=4, dp="fixed",
                             noise_multiplier=0.5, delta=1e-3)
     panel = ExperimentPanel(base, ["noise_multiplier"], results_cache=tmp_path)
@@ -32,3 +34,5 @@ def test_panel_runs_after_a_dp_run_when_stdout_has_no_fileno(tmp_path, monkeypat
         panel.run_button.click()
         panel.wait(timeout=300)
         assert panel.error is None
+        assert not [pid for pid, cmd in _children() if cmd.endswith("worker_binary")  # stopped: the next restarts it
+                    and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")]

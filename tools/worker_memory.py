@@ -5,7 +5,8 @@
 Each policy starts from a fresh worker and trains ``--runs`` user-level DP runs (logistic regression on mnist5k,
 100 clients, 20 a round, Poisson-sampled, so most rounds bring a new number of clients):
 
-- ``stopped``: the worker stopped after every run (``FEDLAB_WORKER_MEMORY_MB=0``; what fedlab did after DP runs);
+- ``stopped``: the worker stopped after every run (``FEDLAB_WORKER_MEMORY_MB=0``; what fedlab did after DP runs),
+  so its memory after a run reads 0;
 - ``kept``: the worker kept (no limit here; fedlab's default stops it once it holds 2000 MB);
 - ``kept, evicted closed``: kept, and each executor TFF's cache evicts (one per number of clients in a call, ten
   kept) closed on the worker, which TFF 0.87 does not do.

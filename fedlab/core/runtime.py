@@ -724,7 +724,7 @@ def real_stdio():
 
     TFF starts the worker with ``Popen(stdout=sys.stdout)``; in a Jupyter kernel's
     background thread ``sys.stdout`` has no ``fileno`` and the restart fails
-    (seen after fedlab recycled the worker following a DP run).
+    (seen when a run in a panel's thread followed one after which fedlab had stopped the worker).
     """
     import io
     import sys

@@ -169,16 +169,21 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
             board.write(history[[c for c in history.columns if c not in fields]].to_dict("records"))
             if user_callback is not None:
                 user_callback(row, history)
-    _runs_started()
+    started = False
     try:
+        _runs_started()
+        started = True
         tff_secure_sums = config.secure_aggregation and config.secure_protocol == "none"
         with on_workers(config.workers, secure_sums=tff_secure_sums), \
                 simulated_secure_sums(tff_secure_sums and not config.workers):
             rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop, federation)
     finally:
-        if federation is not None:
-            federation.close()
-        _run_ended(memory_limit)
+        try:
+            if started:  # first, so that the count comes down whatever closing the federation does
+                _run_ended(memory_limit)
+        finally:
+            if federation is not None:
+                federation.close()
     if cache is not None:
         with profiling.phase("cache"):
             cache.save(key, rows, client_rows, weights, config.to_json())
