@@ -47,7 +47,8 @@ def main() -> None:
             cache.popitem()[1].close()  # the least recently used, which the cache would drop
         return tffs(self, cardinalities)
 
-    for policy, limit, create in (("stopped", "0", tffs), ("kept", "1e9", tffs), ("kept, evicted closed", "1e9", closing)):
+    policies = (("stopped", "0", tffs), ("kept", "1e9", tffs), ("kept, evicted closed", "1e9", closing))
+    for policy, limit, create in policies:
         runtime.stop_large_local_workers(0)
         factory.create_executor = create
         os.environ["FEDLAB_WORKER_MEMORY_MB"] = limit

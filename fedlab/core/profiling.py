@@ -4,7 +4,8 @@ Off unless ``$FEDLAB_PROFILE`` names a file. Then every :func:`fedlab.run_experi
 one JSON line to it when it ends: the notebook cell that started it (IPython's execution count, else None),
 whether a sweep's worker process ran it, a few config fields, its result-cache key and whether it came from the
 cache, its wall time, and the seconds spent in each of :data:`PHASES`; ``other`` is the rest of its wall time
-(the privacy accounting, a checkpoint read, stopping TFF's worker once it holds more than ``$FEDLAB_WORKER_MEMORY_MB``, the round loop's own Python).
+(the privacy accounting, a checkpoint read, stopping TFF's worker once it holds more than
+``$FEDLAB_WORKER_MEMORY_MB``, the round loop's own Python).
 Off, :func:`phase` costs one context-variable lookup.
 """
 

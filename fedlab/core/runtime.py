@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from . import ports
 
@@ -85,9 +86,9 @@ def wait_limit() -> float:
     return seconds_setting(WAIT_LIMIT_VARIABLE, DEFAULT_WAIT_LIMIT_S, zero="never")
 
 
-def seconds_setting(variable: str, default: float, *, zero: str) -> float:
-    """A finite number of seconds from the environment variable ``variable`` (unset or blank: ``default``).
-    ``zero``: what 0 means there, or "never" when it must be > 0. Anything else is refused in one line."""
+def seconds_setting(variable: str, default: float, *, zero: str, unit: str = "seconds") -> float:
+    """A finite number of ``unit`` (seconds unless said) from the environment variable ``variable`` (unset or blank:
+    ``default``). ``zero``: what 0 means there, or "never" when it must be > 0. Anything else is refused in one line."""
     raw = os.environ.get(variable, "").strip()
     if not raw:
         return default
@@ -96,9 +97,9 @@ def seconds_setting(variable: str, default: float, *, zero: str) -> float:
     except ValueError:
         value = math.nan
     if zero == "never" and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{variable}: must be a finite number of seconds > 0, got {raw!r}")
+        raise ValueError(f"{variable}: must be a finite number of {unit} > 0, got {raw!r}")
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{variable}: must be a number of seconds >= 0 ({zero}), got {raw!r}")
+        raise ValueError(f"{variable}: must be a number of {unit} >= 0 ({zero}), got {raw!r}")
     return value
 
 
@@ -541,28 +542,25 @@ def stop_local_workers() -> None:
     The worker is left as a zombie, not reaped, so that TFF's own clean-up
     (``os.kill`` then ``wait``), if it runs later, still finds it.
     """
+    _stop_workers(lambda pid: True)
+
+
+def _stop_workers(chosen: Callable[[int], bool]) -> list[int]:
+    """Stops the TFF worker binaries this process started that ``chosen`` picks by pid; returns them."""
     _forget_stopped_service_managers()
     if not os.path.isdir("/proc"):
-        return
-    for pid, cmd in _children():
-        if cmd.endswith("worker_binary"):
-            stop_child(pid)
+        return []
+    pids = [pid for pid, cmd in _children() if cmd.endswith("worker_binary") and chosen(pid)]
+    for pid in pids:
+        stop_child(pid)
+    return pids
 
 
 def worker_memory_limit_mb() -> float:
     """``$FEDLAB_WORKER_MEMORY_MB``: the resident memory above which TFF's local worker is stopped after a run
     (default 2000; 0 stops it after every run). Anything but a number >= 0 is refused in one line."""
-    raw = os.environ.get("FEDLAB_WORKER_MEMORY_MB", "").strip()
-    if not raw:
-        return 2000.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"FEDLAB_WORKER_MEMORY_MB: must be a number of megabytes >= 0 (0: stop TFF's worker after "
-                         f"every run), got {raw!r}")
-    return value
+    return seconds_setting("FEDLAB_WORKER_MEMORY_MB", 2000.0, zero="0: stop TFF's worker after every run",
+                           unit="megabytes")
 
 
 def resident_mb(pid: int) -> float:
@@ -592,14 +590,7 @@ def stop_large_local_workers(limit_mb: "float | None" = None) -> list[int]:
     The limit is per process: a sweep's worker processes each have their own TFF worker.
     """
     limit = worker_memory_limit_mb() if limit_mb is None else limit_mb
-    if not os.path.isdir("/proc"):
-        return []
-    large = [pid for pid, cmd in _children() if cmd.endswith("worker_binary") and resident_mb(pid) > limit]
-    if large:
-        _forget_stopped_service_managers()
-        for pid in large:
-            stop_child(pid)
-    return large
+    return _stop_workers(lambda pid: resident_mb(pid) > limit)
 
 
 STOP_GRACE_S = 2.0
