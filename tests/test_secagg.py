@@ -336,12 +336,40 @@ def test_the_cost_table_of_several_seeds_spread_over_processes_is_the_table_of_e
         secagg.measure_cost(**kw, processes=0)
 
 
-def test_a_spread_cost_measurement_that_fails_says_which_setting_and_stops_its_workers(monkeypatch):
+def test_a_spread_cost_measurement_that_fails_says_which_run_and_stops_its_workers(monkeypatch):
     import multiprocessing
 
     with pytest.raises(ValueError, match="^seeds: must name at least one seed, got none$"):
         secagg.measure_cost(clients=(4,), seeds=[])
-    # a worker's setting that fails: its error here, naming it, the other workers stopped
+    # a worker's run that fails: its error here, naming it, the other workers stopped
     with pytest.raises(ValueError, match="^participants: must be 2..1048576 clients, got 1$"):
-        secagg._spread_cost([(0, 4, 0.0), (0, 1, 0.0), (0, 5, 0.0)], (("secagg",), 8, 10), 2)
+        secagg._spread_cost([(0, 4, 0.0, "secagg"), (0, 1, 0.0, "secagg"), (0, 5, 0.0, "secagg")], (8, 10), 2)
     assert not multiprocessing.active_children()
+
+
+def test_spread_cost_runs_start_costliest_first_and_come_back_in_order(monkeypatch):
+    """The runs go to the worker processes by their pairs of neighbours, largest first (so no core is left with a
+    long run at the end), one per protocol, and the rows come back in the order asked."""
+    import concurrent.futures
+
+    started = []
+
+    class InOrder:  # a pool that runs each job as it is submitted, recording the order
+        def __init__(self, workers, mp_context=None, initializer=None):
+            pass
+
+        def submit(self, fn, *args):
+            started.append(args[:4])
+            future = concurrent.futures.Future()
+            future.set_result(fn(*args))
+            return future
+
+        def shutdown(self, wait, cancel_futures):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InOrder)
+    runs = [(0, 5, 0.0, "secagg+"), (0, 30, 0.0, "secagg+"), (0, 10, 0.0, "secagg"), (0, 30, 0.0, "secagg")]
+    rows = secagg._spread_cost(runs, (8, 10), 2)
+    assert secagg.neighbours_for(30) < 29  # SecAgg+ has fewer pairs at 30 clients than SecAgg
+    assert started == [runs[3], runs[1], runs[2], runs[0]]  # 30 x 29, 30 x k, 10 x 9, 5 x 4 pairs
+    assert [(r["clients"], r["protocol"]) for r in rows] == [(n, p) for _, n, _, p in runs]

@@ -768,12 +768,14 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     vector_length, modulus_bits, threshold, neighbours, bytes_per_client,
     client_seconds, server_seconds (seconds of wall time).
 
-    ``seeds``: every seed's measurements, one after the other, with a last column ``seed`` (instead of ``seed``).
-    ``processes``: the (seed, clients, dropout rate) settings spread over that many worker processes (None: one
-    per core), each setting's protocols run one after the other in one of them; the rows come in the same order.
-    Each process times its own runs; spread, the other cores are busy too, which slows a run a little (shared
-    caches and memory): the seconds are comparable between protocols within a table, not with a table measured
-    in one process.
+    ``seeds``: every seed's measurements, one after the other, with a last column ``seed`` (instead of the one
+    ``seed``).
+    ``processes``: the runs, one per (seed, clients, dropout rate, protocol), spread over that many worker
+    processes (None: one per core), the costliest first (:func:`_pairs`: at 1,000 clients a SecAgg run
+    takes minutes, a SecAgg+ run seconds); every protocol of a setting gets the same inputs wherever it runs, and
+    the rows come in the same order. Each process times its own runs; spread, the other cores are busy too, which
+    slows a run a little (shared caches and memory): the seconds are comparable between protocols within a table,
+    not with a table measured in one process.
     """
     import pandas as pd
 
@@ -792,60 +794,65 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     if processes is None:
         processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = _integer("processes", processes, 1)
-    settings = [(s, n, float(rate)) for s in each for n in clients for rate in dropout_rates]
-    args = (tuple(protocols), vector_length, modulus_bits)
-    if processes == 1 or len(settings) < 2:
-        tables = [_cost_rows(s, n, rate, *args) for s, n, rate in settings]
+    runs = [(s, n, float(rate), protocol) for s in each for n in clients for rate in dropout_rates
+            for protocol in protocols]
+    args = (vector_length, modulus_bits)
+    if processes == 1 or len(runs) < 2:
+        rows = [_cost_row(*run, *args) for run in runs]
     else:
-        tables = _spread_cost(settings, args, processes)
-    rows = [dict(row, seed=s) if seeds is not None else row
-            for (s, _, _), table in zip(settings, tables) for row in table]
-    return pd.DataFrame(rows)
+        rows = _spread_cost(runs, args, processes)
+    return pd.DataFrame([dict(row, seed=run[0]) if seeds is not None else row for run, row in zip(runs, rows)])
 
 
-def _cost_rows(seed: int, n: int, rate: float, protocols: tuple, vector_length: int, modulus_bits: int) -> list:
-    """:func:`measure_cost`'s rows of one (seed, clients, dropout rate) setting, every protocol on the same inputs."""
+def _pairs(n: int, protocol: str) -> int:
+    """The pairs of neighbours of a run of ``protocol`` with ``n`` clients, n k: what its time grows with (each
+    pair is two X25519 key agreements and a mask expanded, by the clients or, for a dropped one, by the server)."""
+    return n * (n - 1 if protocol == "secagg" else _neighbours_for(n))
+
+
+def _cost_row(seed: int, n: int, rate: float, protocol: str, vector_length: int, modulus_bits: int) -> dict:
+    """:func:`measure_cost`'s row of one protocol in one (seed, clients, dropout rate) setting; the inputs and who
+    drops out are drawn from the setting alone, so every protocol gets the same."""
     rng = np.random.default_rng([seed, n, round(rate * 10 ** 6)])
     vectors = rng.integers(0, 2 ** modulus_bits, size=(n, vector_length), dtype=np.uint64)
     dropped = set(rng.choice(n, size=round(rate * n), replace=False).tolist())
     inputs = {u: vectors[u] for u in range(n) if u not in dropped}
     expected = vectors[sorted(inputs)].sum(axis=0, dtype=np.uint64) & np.uint64(2 ** modulus_bits - 1)
-    rows = []
-    for protocol in protocols:
-        result = run_protocol(inputs, modulus_bits=modulus_bits, protocol=protocol, participants=range(n))
-        if not np.array_equal(result.total, expected):
-            raise RuntimeError(f"{protocol} with {n} clients, dropout {rate}, seed {seed}: the recovered sum "
-                               "differs from the plain modular sum")
-        rows.append(dict(protocol=protocol, clients=n, dropout_rate=float(rate), vector_length=vector_length,
-                         modulus_bits=modulus_bits, threshold=result.threshold, neighbours=result.neighbours,
-                         bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
-                         server_seconds=result.server_seconds))
-    return rows
+    result = run_protocol(inputs, modulus_bits=modulus_bits, protocol=protocol, participants=range(n))
+    if not np.array_equal(result.total, expected):
+        raise RuntimeError(f"{protocol} with {n} clients, dropout {rate}, seed {seed}: the recovered sum "
+                           "differs from the plain modular sum")
+    return dict(protocol=protocol, clients=n, dropout_rate=float(rate), vector_length=vector_length,
+                modulus_bits=modulus_bits, threshold=result.threshold, neighbours=result.neighbours,
+                bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
+                server_seconds=result.server_seconds)
 
 
-def _spread_cost(settings: list, args: tuple, processes: int) -> list:
-    """:func:`_cost_rows` of every setting in ``processes`` worker processes, the largest first; in order. A
-    setting's error is raised as soon as it comes; the wait ends when no setting finishes within the wait limit."""
+def _spread_cost(runs: list, args: tuple, processes: int) -> list:
+    """:func:`_cost_row` of every run in ``processes`` worker processes, the costliest first
+    (:func:`_pairs`: the last to start are short, so no core waits long at the end); in order. A run's
+    error is raised as soon as it comes; the wait ends when no run finishes within the wait limit."""
     import concurrent.futures
 
     from ..core.runtime import wait_limit
     from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
 
-    order = sorted(range(len(settings)), key=lambda i: -settings[i][1])  # 1,000 clients take minutes, 10 no time
-    pool = concurrent.futures.ProcessPoolExecutor(min(processes, len(settings)), mp_context=WITHOUT_MAIN,
+    # the most pairs first, then the higher dropout rate (the server recomputes more masks)
+    order = sorted(range(len(runs)), key=lambda i: (-_pairs(runs[i][1], runs[i][3]), -runs[i][2]))
+    pool = concurrent.futures.ProcessPoolExecutor(min(processes, len(runs)), mp_context=WITHOUT_MAIN,
                                                   initializer=quiet_worker)
     limit, results, pending = wait_limit(), {}, set()
     try:
-        futures = {pool.submit(_cost_rows, *settings[i], *args): i for i in order}
+        futures = {pool.submit(_cost_row, *runs[i], *args): i for i in order}
         pending = set(futures)
         while pending:
             done, pending = concurrent.futures.wait(pending, timeout=limit,
                                                     return_when=concurrent.futures.FIRST_EXCEPTION)
             if not done:
-                raise TimeoutError(f"secagg_cost: no setting (seed, clients, dropout rate) finished within {limit:g} "
-                                   "s (FEDLAB_WAIT_LIMIT_S) in the worker processes; stopped them")
+                raise TimeoutError(f"secagg_cost: no run (seed, clients, dropout rate, protocol) finished within "
+                                   f"{limit:g} s (FEDLAB_WAIT_LIMIT_S) in the worker processes; stopped them")
             for future in done:
                 results[futures[future]] = future.result()  # a worker's error, raised here
-        return [results[i] for i in range(len(settings))]
+        return [results[i] for i in range(len(runs))]
     finally:
         stop_pool(pool, kill=bool(pending), limit=limit)  # an error or an interrupt: the rest abandoned
