@@ -2,6 +2,7 @@
 bound of the exact one, a server that cannot decrypt, reproducible from the seed, rounds equal to plain FedAvg."""
 
 import os
+import pathlib
 import stat
 import struct
 import subprocess
@@ -174,11 +175,48 @@ def test_an_encrypting_context_without_the_modulus_chain_makes_the_ciphertexts_o
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(ckks.POLY_MODULUS_DEGREE)
         parms.set_coeff_modulus(seal.CoeffModulus.Create(ckks.POLY_MODULUS_DEGREE, list(ckks.COEFF_MOD_BIT_SIZES)))
-        parms.set_random_generator(seal.Blake2xbPRNGFactory([int(s) for s in seed]))
+        if seed is not None:
+            parms.set_random_generator(seal.Blake2xbPRNGFactory([int(s) for s in seed]))
         return seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
 
     monkeypatch.setattr(ckks, "_seal_context", with_chain)
-    assert ckks.encrypt(values, secret, seed=(5,)) == lean  # the committed CKKS results stay as they are
+    ckks._unseeded_context.cache_clear()
+    try:
+        assert ckks.encrypt(values, secret, seed=(5,)) == lean  # the committed CKKS results stay as they are
+    finally:
+        ckks._unseeded_context.cache_clear()
+
+
+def test_chunks_encoded_by_one_encoder_are_the_ciphertexts_of_each_context_encoding_its_own(keys):
+    """encrypt encodes every chunk with one encoder (a plaintext belongs to every context of the same parameters):
+    the ciphertexts are those of each chunk's seeded context encoding its chunk itself, as fedlab did before."""
+    import tenseal.sealapi as seal
+
+    secret, _ = keys
+    values = np.tile(D[1], 3000).astype(np.float64)
+    key = ckks._context(secret, private=True).secret_key().data
+    expected = []
+    for chunk, start in enumerate(range(0, values.size, ckks.SLOTS)):
+        context = ckks._seal_context(ckks._chunk_seed((5,), chunk))
+        plain, cipher = seal.Plaintext(), seal.Ciphertext()
+        seal.CKKSEncoder(context).encode(values[start:start + ckks.SLOTS].tolist(), 2.0 ** ckks.SCALE_BITS, plain)
+        seal.Encryptor(context, key).encrypt_symmetric(plain, cipher)
+        expected.append(ckks._files().dump(cipher))
+    assert len(expected) > 1
+    assert ckks.encrypt(values, secret, seed=(5,)) == expected
+
+
+def test_ciphertext_files_are_removed_once_read_and_kept_in_memory_only_where_there_is_room(monkeypatch, tmp_path):
+    files = ckks._files()
+    folder = pathlib.Path(files._dir.name)
+    secret, _ = ckks.make_keys()
+    ckks.encrypt(np.ones(10), secret, seed=(1,))
+    assert list(folder.iterdir()) == []  # nothing left behind, in memory or on disk
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert ckks._memory_folder() is None  # the user's choice of temporary folder stands
+    monkeypatch.delenv("TMPDIR")
+    monkeypatch.setattr(ckks, "MEMORY_ROOM", 2 ** 62)
+    assert ckks._memory_folder() is None  # no room: the system's temporary folder
 
 
 def test_values_beyond_the_range_are_refused_in_one_line(keys):
