@@ -5,8 +5,8 @@ ciphertexts each, seeded), the server takes their weighted sum, a key holder dec
 
 One warm-up round, then ``--rounds`` timed ones; prints a JSON line with the round's wall seconds, their median, the
 client's and the server's seconds of the last round, and a digest of the decrypted mean (the same in every run
-of the same code and library build: the encryption is seeded). Run it with two versions of fedlab (``PYTHONPATH``)
-to compare them side by side.
+of the same code and library build: the encryption is seeded). To compare two versions of fedlab side by side,
+run it with each on ``PYTHONPATH`` (then the checkout the script is in is not put first), interleaved.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import pathlib
 import statistics
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not os.environ.get("PYTHONPATH"):
+    sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
@@ -28,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.clients < 2 or args.rounds < 1:
+        parser.error("--clients must be at least 2 and --rounds at least 1")
 
     import numpy as np
 

@@ -50,7 +50,12 @@ def side_by_side(copies: int) -> list[list[float]]:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-c", WORKLOAD], stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(copies)]
-    return [[round(float(v), 3) for v in p.communicate(timeout=600)[0].split()] for p in procs]
+    try:
+        return [[round(float(v), 3) for v in p.communicate(timeout=600)[0].split()] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()  # after a timeout, the copies still running; a copy that ended is not touched
+            p.wait()
 
 
 def one_run(rounds: int) -> dict:

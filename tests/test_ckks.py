@@ -206,15 +206,28 @@ def test_chunks_encoded_by_one_encoder_are_the_ciphertexts_of_each_context_encod
     assert ckks.encrypt(values, secret, seed=(5,)) == expected
 
 
-def test_ciphertext_files_are_removed_once_read_and_kept_in_memory_only_where_there_is_room(monkeypatch, tmp_path):
+def test_ciphertext_files_are_removed_once_read_and_kept_in_memory_only_where_there_is_room(keys, monkeypatch,
+                                                                                             tmp_path):
+    import tempfile
+
     files = ckks._files()
     folder = pathlib.Path(files._dir.name)
-    secret, _ = ckks.make_keys()
+    secret, _ = keys
     ckks.encrypt(np.ones(10), secret, seed=(1,))
     assert list(folder.iterdir()) == []  # nothing left behind, in memory or on disk
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    assert ckks._memory_folder() is None  # the user's choice of temporary folder stands
-    monkeypatch.delenv("TMPDIR")
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(ckks, "MEMORY_ROOM", 0)
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        assert ckks._memory_folder() == "/dev/shm"
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(name, str(tmp_path))
+        assert ckks._memory_folder() is None  # the user's choice of temporary folder stands
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert ckks._memory_folder() is None
+    monkeypatch.setattr(tempfile, "tempdir", None)
     monkeypatch.setattr(ckks, "MEMORY_ROOM", 2 ** 62)
     assert ckks._memory_folder() is None  # no room: the system's temporary folder
 

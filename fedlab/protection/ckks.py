@@ -269,9 +269,10 @@ MEMORY_FOLDER, MEMORY_ROOM = "/dev/shm", 64 * 2 ** 20
 
 
 def _memory_folder() -> Optional[str]:
-    """``/dev/shm`` when ``$TMPDIR`` does not choose a folder and it has :data:`MEMORY_ROOM` free, else None (the
-    system's temporary folder)."""
-    if os.environ.get("TMPDIR") or not os.path.isdir(MEMORY_FOLDER) or not os.access(MEMORY_FOLDER, os.W_OK | os.X_OK):
+    """``/dev/shm`` when nothing chooses the temporary folder (``$TMPDIR``, ``$TEMP``, ``$TMP``,
+    ``tempfile.tempdir``) and it has :data:`MEMORY_ROOM` free, else None (the system's temporary folder)."""
+    chosen = tempfile.tempdir is not None or any(os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP"))
+    if chosen or not os.path.isdir(MEMORY_FOLDER) or not os.access(MEMORY_FOLDER, os.W_OK | os.X_OK):
         return None
     stats = os.statvfs(MEMORY_FOLDER)
     return MEMORY_FOLDER if stats.f_bavail * stats.f_frsize >= MEMORY_ROOM else None
