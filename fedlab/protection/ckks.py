@@ -269,9 +269,10 @@ MEMORY_FOLDER, MEMORY_ROOM = "/dev/shm", 64 * 2 ** 20
 
 
 def _memory_folder() -> Optional[str]:
-    """``/dev/shm`` when nothing chooses the temporary folder (``$TMPDIR``, ``$TEMP``, ``$TMP``,
-    ``tempfile.tempdir``) and it has :data:`MEMORY_ROOM` free, else None (the system's temporary folder)."""
-    chosen = tempfile.tempdir is not None or any(os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP"))
+    """``/dev/shm`` when no variable chooses the temporary folder (``$TMPDIR``, ``$TEMP``, ``$TMP``) and it has
+    :data:`MEMORY_ROOM` free, else None (the system's temporary folder). Not ``tempfile.tempdir``: Python caches
+    its default there as soon as any temporary file is made."""
+    chosen = any(os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP"))
     if chosen or not os.path.isdir(MEMORY_FOLDER) or not os.access(MEMORY_FOLDER, os.W_OK | os.X_OK):
         return None
     stats = os.statvfs(MEMORY_FOLDER)
