@@ -242,7 +242,7 @@ class _Files:
             with open(path, "rb") as handle:
                 return handle.read()
         finally:
-            _remove(path)
+            pathlib.Path(path).unlink(missing_ok=True)
 
     def load(self, seal_context, data: bytes):
         import tenseal.sealapi as seal
@@ -255,14 +255,7 @@ class _Files:
             ciphertext.load(seal_context, path)
             return ciphertext
         finally:
-            _remove(path)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+            pathlib.Path(path).unlink(missing_ok=True)
 
 
 MEMORY_FOLDER, MEMORY_ROOM = "/dev/shm", 64 * 2 ** 20
