@@ -196,6 +196,29 @@ def test_membership_audit_runs_on_a_finished_run():
             "nonmembers"} <= set(columns)
 
 
+def test_the_audits_of_runs_at_one_seed_train_one_reference_model_and_score_as_if_each_trained_its_own(monkeypatch):
+    config = ExperimentConfig(dataset="digits", model="logreg", num_clients=4, clients_per_round=4, rounds=2,
+                              test_fraction=0.5)
+    runs = [(c, run_experiment(c, progress=False)) for c in (config, config.replace(client_lr=0.05))]
+    privacy._REFERENCE_MODELS.clear()
+    fits = []
+    train = privacy.train_keras
+    monkeypatch.setattr(privacy, "train_keras", lambda *a, **k: (fits.append(1), train(*a, **k))[1])
+    shared = [privacy.audit_membership(c, h, reference_epochs=2) for c, h in runs]
+    assert len(fits) == 1  # the second run's audit took the first one's reference model
+    alone = []
+    for c, h in runs:  # each audit with a reference model trained for it alone
+        privacy._REFERENCE_MODELS.clear()
+        alone.append(privacy.audit_membership(c, h, reference_epochs=2))
+    assert len(fits) == 3
+    np.testing.assert_equal(shared, alone)  # to the bit (NaN where a rate is undefined in both)
+    privacy.audit_membership(config, runs[0][1], reference_epochs=2, seed=1)  # another seed: another model
+    privacy.audit_membership(config, runs[0][1], reference_epochs=3)  # other epochs: another model
+    other_data = config.replace(test_fraction=0.4)  # other held-out examples: another model
+    privacy.audit_membership(other_data, run_experiment(other_data, progress=False), reference_epochs=2)
+    assert len(fits) == 6
+
+
 def test_privacy_cli():
     out = subprocess.run([sys.executable, "-m", "fedlab", "privacy", "--noise-multiplier", "1.1",
                           "--clients-per-round", "5", "--num-clients", "100", "--rounds", "200", "--delta", "1e-5"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import threading
 from typing import Callable, Optional
 
 import numpy as np
@@ -309,6 +310,73 @@ def _with_frozen_layers(spec: "ModelSpec", seed: int):
     return tff.learning.models.FunctionalModel(initial_weights=initial, predict_on_batch_fn=predict_on_batch,
                                                loss_fn=converted.loss, metrics_fns=metrics,
                                                input_spec=converted.input_spec)
+
+
+def train_keras(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, seed: int, model_seed: int, epochs: int,
+                batch_size: int, lr: float, epsilon: float = 1e-7):
+    """A model of ``spec`` built from ``model_seed`` and trained by Keras' ``fit`` with Adam(``lr``, ``epsilon``) on
+    ``x, y`` (labels as the data holds them), reshuffled every epoch, after TensorFlow's global seeds are set from
+    ``seed``. Returns a new, uncompiled Keras model holding the trained weights.
+
+    Two things make it cheaper than compiling a new model and fitting it, with the same weights to the bit (what
+    ``tests/test_centralized_fit.py`` checks on this library build): an epoch is one TensorFlow call
+    (``steps_per_execution`` is the epoch's batches), not one call from Python a batch; and, for fedlab's own
+    models, one compiled model per spec and optimizer setting (:func:`_compiled`) trains every time, its weights
+    set to the new model's and Adam's state to zero first, so Keras traces its train step once, not once a model.
+    A model registered by a user is compiled anew each time: it may draw random numbers in training (dropout),
+    whose generators a reused model would carry from one training to the next. FLamby's and TCGA-BRCA's baselines
+    train in a fifth to two fifths of the time (``benchmarks/keras_fit.py``).
+    """
+    import tensorflow as tf
+
+    with _TRAINING:  # one compiled model: one training at a time
+        tf.keras.utils.set_random_seed(seed)
+        model = spec.build_keras(model_seed)
+        if not _reusable(spec):
+            return _fit(_compile(model, spec, float(lr), float(epsilon)), spec, x, y, epochs, batch_size)
+        compiled = _compiled(spec, spec.builder, spec.task_entry, spec.task_entry.loss_entry, float(lr),
+                             float(epsilon))
+        compiled.set_weights(model.get_weights())
+        for variable in compiled.optimizer.variables:  # the step count and Adam's moments: a new optimizer's
+            variable.assign(tf.zeros_like(variable))
+        model.set_weights(_fit(compiled, spec, x, y, epochs, batch_size).get_weights())
+    return model
+
+
+def _fit(compiled, spec: ModelSpec, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int):
+    """``compiled`` (:func:`_compile`) trained on ``x, y``, an epoch a call (``steps_per_execution``: its batches)."""
+    compiled._steps_per_execution.assign(max(1, -(-len(x) // batch_size)))
+    compiled.fit(x, spec.prepare_labels(y), epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return compiled
+
+
+_TRAINING = threading.Lock()
+
+
+def _reusable(spec: ModelSpec) -> bool:
+    """Whether :func:`train_keras` may train ``spec`` on a reused compiled model: a model of fedlab's own (dense and
+    convolutional layers, nothing random in training), not one a user registered, under that name or another."""
+    return spec.builder.build.__module__ == __name__
+
+
+def _compile(model, spec: ModelSpec, lr: float, epsilon: float):
+    """``model`` compiled with Adam(``lr``, ``epsilon``) and its train step made the loop of ``steps_per_execution``
+    steps a call, whatever the steps of its first training: Keras makes the function once, a single step if
+    ``steps_per_execution`` is 1 when it does, and a later training of more batches would then run one batch of
+    each call's several."""
+    import tensorflow as tf
+
+    model.compile(optimizer=tf.keras.optimizers.Adam(lr, epsilon=epsilon), loss=spec.loss(), steps_per_execution=2)
+    model.make_train_function()
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(spec: ModelSpec, builder: ModelBuilder, task, loss, lr: float, epsilon: float):
+    """The Keras model :func:`train_keras` trains for ``spec`` with Adam(``lr``, ``epsilon``), compiled once in this
+    process; ``builder``, ``task`` and ``loss`` key a model, task or loss registered again apart."""
+    del builder, task, loss  # in the key only
+    return _compile(spec.build_keras(0), spec, lr, epsilon)
 
 
 def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[float, float]:

@@ -44,7 +44,7 @@ from ..experiment.clients import dataset_for
 from .comparison import BASELINES, metric_rows, scores_of
 from ..experiment.config import ExperimentConfig
 from ..data.data import HEART_DISEASE_SITES, Dataset, flamby_heart_disease_arrays, flamby_standardize, read_heart_disease_sites
-from ..models.models import ModelSpec
+from ..models.models import ModelSpec, train_keras
 from ..reporting.plots import interval_errors
 from ..reporting.report import interval_table
 from ..experiment.pool import spread
@@ -170,13 +170,8 @@ def site_scores(logits: np.ndarray, data: Dataset) -> list[dict]:
 def train_centralized(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, epochs: int = 50, batch_size: int = 4,
                       lr: float = 1e-3, seed: int = 0, epsilon: float = 1e-7):
     """A Keras model trained on pooled arrays with Adam: the local-only and pooled baselines."""
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(seed)
-    model = spec.build_keras(seed)
-    model.compile(optimizer=tf.keras.optimizers.Adam(lr, epsilon=epsilon), loss=spec.loss())
-    model.fit(x, spec.prepare_labels(y), epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
-    return model
+    return train_keras(spec, x, y, seed=seed, model_seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+                       epsilon=epsilon)
 
 
 def federated_scores(config: ExperimentConfig, *, method: Optional[str] = None, results_cache=None) -> pd.DataFrame:

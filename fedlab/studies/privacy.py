@@ -10,6 +10,7 @@ the attack's success over a sweep. The DP mechanism itself is an aggregator
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Optional
 
@@ -25,6 +26,7 @@ from ..experiment.runner import evaluated_rows, final_weights, record_level_site
 from ..experiment.sampling import Scheduler
 from ..data.data import DATASETS
 from ..data.tasks import TASKS
+from ..models.models import train_keras
 from ..core.validation import ConfigError
 
 
@@ -183,11 +185,10 @@ def membership_losses(config, history, *, reference_epochs: int = 20, seed: int 
     Returns ``(target_members, target_nonmembers, reference_members, reference_nonmembers)``.
     Members: training examples as the clients hold them; non-members: half of
     the held-out test set. The other half trains the reference model for the
-    calibrated attack (same architecture, Adam, ``reference_epochs``). Members
-    are subsampled to as many as there are non-members.
+    calibrated attack (same architecture, Adam, ``reference_epochs``; trained once per seed and held-out
+    examples in this process, and shared by the audits of other runs). Members are subsampled to as many as there
+    are non-members.
     """
-    import tensorflow as tf
-
     data = dataset_for(config)
     spec = spec_for(config, data)
     if data.task != "classification":
@@ -201,11 +202,8 @@ def membership_losses(config, history, *, reference_epochs: int = 20, seed: int 
     mem_idx = rng.choice(len(x_mem), size=min(len(out_idx), len(x_mem)), replace=False)
 
     target = Evaluator(spec).load(final_weights(history))
-    tf.keras.utils.set_random_seed(seed)
-    reference = spec.build_keras(seed + 1)
-    reference.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=spec.loss())
-    reference.fit(data.x_test[ref_idx], spec.prepare_labels(data.y_test[ref_idx]), epochs=reference_epochs,
-                  batch_size=32, verbose=0)
+    reference = _reference_model(spec, data.x_test[ref_idx], data.y_test[ref_idx], seed=seed,
+                                 epochs=reference_epochs)
 
     def losses(model_logits, x, y):
         return per_example_loss(model_logits(x), y, spec.binary)
@@ -215,6 +213,31 @@ def membership_losses(config, history, *, reference_epochs: int = 20, seed: int 
             losses(target.logits, data.x_test[out_idx], data.y_test[out_idx]),
             losses(ref_logits, x_mem[mem_idx], y_mem[mem_idx]),
             losses(ref_logits, data.x_test[out_idx], data.y_test[out_idx]))
+
+
+_REFERENCE_MODELS: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()  # the last few, by key
+_REFERENCES_KEPT = 8
+
+
+def _reference_model(spec, x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int):
+    """The calibrated attack's "out" reference model, trained on held-out examples ``x, y`` (Adam, batch 32,
+    ``epochs``), once per model, examples, seed and epochs in this process: it depends on nothing of the audited
+    run, so the audits of a sweep's runs at one seed share it (notebook 03's 54 audited runs train three, one per
+    seed). Keyed by the examples' digest, the model's spec and what a notebook may register again under the same
+    name (its builder, task, loss); the last few are kept."""
+    import hashlib
+
+    task = spec.task_entry
+    key = (spec, spec.builder, task, task.loss_entry, x.shape, hashlib.sha256(x.tobytes()).hexdigest(),
+           hashlib.sha256(y.tobytes()).hexdigest(), seed, epochs)
+    if key in _REFERENCE_MODELS:
+        _REFERENCE_MODELS.move_to_end(key)
+        return _REFERENCE_MODELS[key]
+    model = train_keras(spec, x, y, seed=seed, model_seed=seed + 1, epochs=epochs, batch_size=32, lr=1e-3)
+    _REFERENCE_MODELS[key] = model
+    while len(_REFERENCE_MODELS) > _REFERENCES_KEPT:
+        _REFERENCE_MODELS.popitem(last=False)
+    return model
 
 
 def audit_membership(config, history, *, reference_epochs: int = 20, seed: int = 0) -> dict[str, float]:
