@@ -91,3 +91,12 @@ def test_the_baselines_train_with_it(monkeypatch):
     crosssilo.train_centralized(ModelSpec("logreg", data.num_features, 10), data.x_train[:20], data.y_train[:20],
                                 epochs=1, batch_size=4, seed=2, lr=0.01, epsilon=1e-8)
     assert calls == [(20, dict(seed=2, model_seed=2, epochs=1, batch_size=4, lr=0.01, epsilon=1e-8))]
+
+
+def test_a_training_waits_for_another_at_most_the_wait_limit_and_says_for_what(monkeypatch):
+    monkeypatch.setenv("FEDLAB_WAIT_LIMIT_S", "0.2")
+    data = fl.load_dataset("digits")
+    with models._TRAINING:  # another thread's training
+        with pytest.raises(TimeoutError, match="waited 0.2 s for train_keras's compiled models"):
+            train_keras(ModelSpec("logreg", data.num_features, 10), data.x_train[:20], data.y_train[:20], seed=0,
+                        model_seed=0, epochs=1, batch_size=4, lr=0.01)

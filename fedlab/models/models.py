@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..core.registry import Registry, decorator
+from ..core.runtime import held
 from ..data.tasks import LOSSES, TASKS
 
 
@@ -316,7 +317,7 @@ def train_keras(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, seed: int, mod
                 batch_size: int, lr: float, epsilon: float = 1e-7):
     """A model of ``spec`` built from ``model_seed`` and trained by Keras' ``fit`` with Adam(``lr``, ``epsilon``) on
     ``x, y`` (labels as the data holds them), reshuffled every epoch, after TensorFlow's global seeds are set from
-    ``seed``. Returns a new, uncompiled Keras model holding the trained weights.
+    ``seed``. Returns a new Keras model holding the trained weights (uncompiled, but for a user's model).
 
     Two things make it cheaper than compiling a new model and fitting it, with the same weights to the bit (what
     ``tests/test_centralized_fit.py`` checks on this library build): an epoch is one TensorFlow call
@@ -329,7 +330,7 @@ def train_keras(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, seed: int, mod
     """
     import tensorflow as tf
 
-    with _TRAINING:  # one compiled model: one training at a time
+    with held(_TRAINING, "train_keras's compiled models (another thread is training one)"):  # one at a time
         tf.keras.utils.set_random_seed(seed)
         model = spec.build_keras(model_seed)
         if not _reusable(spec):
