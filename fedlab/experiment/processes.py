@@ -18,7 +18,7 @@ from ..algorithms import algorithms
 from ..aggregators.aggregation import aggregator_key, builders_in_use, make_aggregator
 from ..core.array_files import building_for_remote_workers
 from ..core.array_files import enabled as array_files_enabled
-from ..rounds.array_training import with_learning_rates
+from ..rounds.array_training import clear_traced, with_learning_rates
 from ..rounds.attacks import is_update_attack
 from ..rounds.buffered_rounds import BufferedRounds
 from .clients import batches
@@ -139,9 +139,10 @@ def get_finetuning(spec: ModelSpec, remote: bool = False) -> FineTuning:
 
 
 def clear_process_cache() -> None:
-    """Forget the built processes, and the functional models they were built from (their traces keep the
-    processes' graphs)."""
+    """Forget the built processes, the functional models they were built from (their traces keep the
+    processes' graphs) and their traced client trainings."""
     _PROCESS_CACHE.clear()
+    clear_traced()
     clear_converted_models()
 
 

@@ -57,6 +57,9 @@ class ClientTraining:
     client_work_state: Any  # tf computation () -> the client-work state (the client learning rate)
     learning_rate_of: Any  # tf computation (client-work state) -> learning rate
     server_optimizer: Any  # tff.learning.optimizers.Optimizer
+    # computations built from the ones above once and kept with them (:func:`_fused_mean_process`'s): shared by the
+    # copies of a traced training that :func:`client_training` gives out
+    derived: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def with_learning_rates(state, client_lr: float, server_lr: Optional[float] = None):
@@ -374,12 +377,96 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
 
     ``corrected``: each client's data carries a ``correction`` added to its gradients (SCAFFOLD);
     ``personal``: and its own values of the last ``personal`` trainable tensors (FedPer).
+    Traced once per model and settings (:data:`_TRAININGS`): a later call with the same ones gets the same
+    computations, with its own ``server_optimizer``.
     """
-    import tensorflow as tf
-
     t = tff()
     if weighting not in WEIGHTINGS:
         raise ValueError(f"client_weighting: must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
+    key = None
+    if client_optimizer is None:  # a given optimizer's settings are not known here: traced anew
+        key = (id(model), float(client_lr), float(proximal_strength), bool(full_batch), weighting,
+               None if example_dp is None else tuple(float(v) for v in example_dp), bool(normalized),
+               bool(corrected), int(personal), bool(anchor_to_server), array_files.enabled())
+        kept = _TRAININGS.get(key)
+        if kept is not None and kept[0] is model:
+            _TRAININGS.move_to_end(key)
+            return dataclasses.replace(kept[1], server_optimizer=server_optimizer)
+    training = _trace_client_training(t, model, client_lr=client_lr, server_optimizer=server_optimizer,
+                                      proximal_strength=proximal_strength, full_batch=full_batch,
+                                      weighting=weighting, client_optimizer=client_optimizer,
+                                      example_dp=example_dp, normalized=normalized, corrected=corrected,
+                                      personal=personal, anchor_to_server=anchor_to_server)
+    if key is not None:
+        _TRAININGS[key] = (model, training)
+        while len(_TRAININGS) > TRAININGS_KEPT:
+            _TRAININGS.popitem(last=False)
+    return training
+
+
+def server_finalizer(server_optimizer, weights_type):
+    """TFF's finalizer applying ``server_optimizer`` to weights of ``weights_type``
+    (``tff.learning.templates.build_apply_optimizer_finalizer``), traced once per optimizer class and settings
+    when those are all it is traced from (:func:`_optimizer_key`), else anew."""
+    optimizer_key = _optimizer_key(server_optimizer)
+    if optimizer_key is None:
+        return tff().learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
+    key = (optimizer_key, weights_type)
+    if key not in _FINALIZERS:
+        _FINALIZERS[key] = tff().learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
+        while len(_FINALIZERS) > TRAININGS_KEPT:
+            _FINALIZERS.popitem(last=False)
+    _FINALIZERS.move_to_end(key)
+    return _FINALIZERS[key]
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _optimizer_key(optimizer) -> Optional[tuple]:
+    """A hashable key of what ``optimizer`` traces, or None: its class and its attributes when the class is TFF's
+    or fedlab's and every attribute is a plain value (number, string, None) or a list, tuple or dict of them. An
+    optimizer of another library or a user's is traced anew each time (its class may hold more than it shows)."""
+    cls = type(optimizer)
+    if not cls.__module__.startswith(("tensorflow_federated.", "fedlab.")):
+        return None
+
+    def plain(value):
+        if isinstance(value, _PLAIN):
+            return (type(value).__name__, value)
+        if isinstance(value, (list, tuple)):
+            items = [plain(v) for v in value]
+            return None if None in items else (type(value).__name__, tuple(items))
+        if isinstance(value, dict):
+            items = [(plain(k), plain(v)) for k, v in value.items()]
+            return None if any(None in item for item in items) else (type(value).__name__, tuple(items))
+        return None
+
+    settings = plain(getattr(optimizer, "__dict__", None) or {})
+    return None if settings is None else (cls, settings)
+
+
+# Client trainings already traced (tracing the client's loop is most of a process's build after TFF's compilation),
+# keyed by all that client_training traces them from: the functional model (by identity: one per spec and seed,
+# ModelSpec.functional_model), the hyperparameters, and whether the clients' arrays come from files. Processes that
+# differ only after the clients (the aggregator: DP at the server, compression, a robust rule, a secure sum; the
+# server optimizer) share one trace of the same graphs. Forgotten with the built processes (clear_client_trainings).
+_TRAININGS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_FINALIZERS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()  # server_finalizer's
+TRAININGS_KEPT = 16  # of each
+
+
+def clear_traced() -> None:
+    """Forget the traced client trainings (and the functional models they hold) and server finalizers."""
+    _TRAININGS.clear()
+    _FINALIZERS.clear()
+
+
+def _trace_client_training(t, model, *, client_lr, server_optimizer, proximal_strength, full_batch, weighting,
+                           client_optimizer, example_dp, normalized, corrected, personal,
+                           anchor_to_server) -> ClientTraining:
+    import tensorflow as tf
+
     client_optimizer = client_optimizer or t.learning.optimizers.build_sgdm(learning_rate=client_lr)
 
     def spec(array):
@@ -512,7 +599,7 @@ def build_array_process(model, *, client_lr: float, server_optimizer, model_aggr
     update_type = weights_type.trainable
     distributor = templates.build_broadcast_process(weights_type)
     aggregator = model_aggregator.create(update_type, t.TensorType(np.float32))
-    finalizer = templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
+    finalizer = server_finalizer(server_optimizer, weights_type)
     metrics_aggregation = t.learning.metrics.sum_then_finalize(model.finalize_metrics)
     state_class = templates.LearningAlgorithmState
 
@@ -604,21 +691,24 @@ def _fused_mean_process(t, training: "ClientTraining"):
     templates = t.learning.templates
     state_class = templates.LearningAlgorithmState
     distributor = templates.build_broadcast_process(weights_type)
-    finalizer = templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
+    finalizer = server_finalizer(server_optimizer, weights_type)
+    if "fused" not in training.derived:  # once per traced training, whatever the server optimizer
 
-    @t.tensorflow.computation(weights_type, data_type, t.TensorType(np.float32))
-    def weighted_client(initial_weights, data, learning_rate):
-        result, metrics_state = train_client(initial_weights, data, learning_rate)
-        weight = result.update_weight
-        return tf.nest.map_structure(lambda x: x * tf.cast(weight, x.dtype), result.update), weight, metrics_state
+        @t.tensorflow.computation(weights_type, data_type, t.TensorType(np.float32))
+        def weighted_client(initial_weights, data, learning_rate):
+            result, metrics_state = train_client(initial_weights, data, learning_rate)
+            weight = result.update_weight
+            return (tf.nest.map_structure(lambda x: x * tf.cast(weight, x.dtype), result.update), weight,
+                    metrics_state)
 
-    summed_type = weighted_client.type_signature.result
+        @t.tensorflow.computation(weighted_client.type_signature.result)
+        def mean_and_metrics(summed):
+            total, weight, metrics_state = summed
+            mean = tf.nest.map_structure(lambda x: tf.math.divide(x, tf.cast(weight, x.dtype)), total)
+            return mean, model.finalize_metrics(metrics_state)
 
-    @t.tensorflow.computation(summed_type)
-    def mean_and_metrics(summed):
-        total, weight, metrics_state = summed
-        mean = tf.nest.map_structure(lambda x: tf.math.divide(x, tf.cast(weight, x.dtype)), total)
-        return mean, model.finalize_metrics(metrics_state)
+        training.derived["fused"] = (weighted_client, mean_and_metrics)
+    weighted_client, mean_and_metrics = training.derived["fused"]
 
     @t.federated_computation()
     def init_fn():

@@ -50,7 +50,7 @@ import numpy as np
 from ..protection import secagg
 from ..protection.skellam_shares import share_codec
 from .array_training import (client_updates_computation, finalize_metric_leaves, flat_length, metric_leaf_specs,
-                             metric_leaves, metrics_computation, pack_clients)
+                             metric_leaves, metrics_computation, pack_clients, server_finalizer)
 from .attacks import ATTACKS
 from ..core.runtime import tff
 from .secure_rounds import (ProtocolSum, aggregator_measurements, current_clip, lone_client, lost_round,
@@ -108,7 +108,7 @@ class SplitRoundProcess:
                                                 + [t.TensorType(np.float32, s) for s in self.side_shapes], tuple)
         self.value_type, self.value_shapes = value_type, self.shapes + self.side_shapes
         aggregator = model_aggregator.create(value_type, t.TensorType(np.float32))
-        finalizer = templates.build_apply_optimizer_finalizer(training.server_optimizer, weights_type)
+        finalizer = server_finalizer(training.server_optimizer, weights_type)
         metrics_aggregation = t.learning.metrics.sum_then_finalize(training.model.finalize_metrics)
         split = self._split_computations(value_type) if self.side_shapes else None
         self.weights_type, self.finalizer = weights_type, finalizer  # a subclass may aggregate outside TFF
