@@ -6,6 +6,7 @@ import pytest
 
 from fedlab import ExperimentConfig, run_experiment
 from fedlab.algorithms.fedopt import reddi_optimizer
+from fedlab.core import runtime
 from fedlab.core.array_files import building_for_remote_workers
 from fedlab.core.runtime import tff
 from fedlab.experiment import processes
@@ -98,6 +99,28 @@ def test_a_finalizer_is_traced_once_per_optimizer_class_and_settings(fresh):
     assert server_finalizer(sgdm(1.0, momentum=0.9), weights_type) is not first
 
 
+@pytest.mark.slow
+def test_grappler_optimises_the_graphs_a_process_shares_with_an_earlier_one_once(fresh, monkeypatch):
+    from tensorflow_federated.python.core.environments.tensorflow_backend import (
+        compiled_computation_transformations as transformations)
+
+    tff()  # fedlab's TFF: Grappler once per computation
+    once = transformations.optimize_tensorflow_comp
+    original, asked, optimised = once.fedlab_original, [], []
+    monkeypatch.setattr(once, "fedlab_original", lambda c, config: optimised.append(c) or original(c, config))
+    monkeypatch.setattr(transformations, "optimize_tensorflow_comp",
+                        lambda c, config: asked.append(c) or once(c, config))
+    _final_weights(ExperimentConfig(**TINY))
+    assert runtime._OPTIMIZED
+    processes.clear_process_cache()
+    assert not runtime._OPTIMIZED, "Grappler's outputs were not forgotten with the processes"
+    _final_weights(ExperimentConfig(**TINY))
+    del asked[:], optimised[:]
+    _final_weights(ExperimentConfig(**TINY, dp="fixed", noise_multiplier=0.3, clip_norm=0.5))
+    # its aggregator's graphs are new, its client's and its finalizer's were optimised for the plain run
+    assert 0 < len(optimised) < len(asked)
+
+
 def test_grappler_runs_once_per_tensorflow_computation_and_configuration(fresh):
     import tensorflow as tf
     from tensorflow_federated.python.core.environments.tensorflow_backend import (
@@ -106,6 +129,7 @@ def test_grappler_runs_once_per_tensorflow_computation_and_configuration(fresh):
     config = ExperimentConfig(**TINY)
     training = _training(spec_for(config, dataset_for(config)))
     computation = training.train_client.to_building_block()
+    tff()
     optimize = transformations.optimize_tensorflow_comp
     assert getattr(transformations, "fedlab_optimize_once", False)  # installed by fedlab.core.runtime.tff()
     aggressive = tf.compat.v1.ConfigProto()

@@ -25,7 +25,7 @@ from .clients import batches
 from .config import ExperimentConfig
 from ..rounds.finetune import FineTuning
 from ..models.models import ModelSpec, clear_converted_models
-from ..core.runtime import tff
+from ..core.runtime import clear_optimized, tff
 from ..aggregators.seeded import set_noise_seed
 from ..rounds.split_rounds import SplitRounds
 
@@ -140,9 +140,10 @@ def get_finetuning(spec: ModelSpec, remote: bool = False) -> FineTuning:
 
 def clear_process_cache() -> None:
     """Forget the built processes, the functional models they were built from (their traces keep the
-    processes' graphs) and their traced client trainings."""
+    processes' graphs), their traced client trainings and finalizers, and Grappler's outputs for their graphs."""
     _PROCESS_CACHE.clear()
     clear_traced()
+    clear_optimized()
     clear_converted_models()
 
 

@@ -383,14 +383,15 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
     t = tff()
     if weighting not in WEIGHTINGS:
         raise ValueError(f"client_weighting: must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
+    # the values the key holds are the ones traced
+    client_lr, proximal_strength = float(client_lr), float(proximal_strength)
+    example_dp = None if example_dp is None else tuple(float(v) for v in example_dp)
     key = None
     if client_optimizer is None:  # a given optimizer's settings are not known here: traced anew
-        key = (id(model), float(client_lr), float(proximal_strength), bool(full_batch), weighting,
-               None if example_dp is None else tuple(float(v) for v in example_dp), bool(normalized),
+        key = (id(model), client_lr, proximal_strength, bool(full_batch), weighting, example_dp, bool(normalized),
                bool(corrected), int(personal), bool(anchor_to_server), array_files.enabled())
-        kept = _TRAININGS.get(key)
+        kept = _recall(_TRAININGS, key)
         if kept is not None and kept[0] is model:
-            _TRAININGS.move_to_end(key)
             return dataclasses.replace(kept[1], server_optimizer=server_optimizer)
     training = _trace_client_training(t, model, client_lr=client_lr, server_optimizer=server_optimizer,
                                       proximal_strength=proximal_strength, full_batch=full_batch,
@@ -398,9 +399,7 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
                                       example_dp=example_dp, normalized=normalized, corrected=corrected,
                                       personal=personal, anchor_to_server=anchor_to_server)
     if key is not None:
-        _TRAININGS[key] = (model, training)
-        while len(_TRAININGS) > TRAININGS_KEPT:
-            _TRAININGS.popitem(last=False)
+        _keep(_TRAININGS, key, (model, training))
     return training
 
 
@@ -412,12 +411,35 @@ def server_finalizer(server_optimizer, weights_type):
     if optimizer_key is None:
         return tff().learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
     key = (optimizer_key, weights_type)
-    if key not in _FINALIZERS:
-        _FINALIZERS[key] = tff().learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
-        while len(_FINALIZERS) > TRAININGS_KEPT:
-            _FINALIZERS.popitem(last=False)
-    _FINALIZERS.move_to_end(key)
-    return _FINALIZERS[key]
+    finalizer = _recall(_FINALIZERS, key)
+    if finalizer is None:
+        finalizer = _keep(_FINALIZERS, key,
+                          tff().learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type))
+    return finalizer
+
+
+def _recall(cache: collections.OrderedDict, key):
+    """``cache[key]``, now the most recent, or None. Each step is one operation on the dict, so another thread
+    (a panel's run) keeping or evicting entries meanwhile cannot make it fail."""
+    value = cache.get(key)
+    if value is not None:
+        try:
+            cache.move_to_end(key)
+        except KeyError:  # evicted meanwhile
+            pass
+    return value
+
+
+def _keep(cache: collections.OrderedDict, key, value, limit: Optional[int] = None):
+    """``value`` kept in ``cache`` under ``key``, the oldest entries beyond ``limit`` (default
+    ``TRAININGS_KEPT``) evicted; returns ``value``."""
+    cache[key] = value
+    while len(cache) > (TRAININGS_KEPT if limit is None else limit):
+        try:
+            cache.popitem(last=False)
+        except KeyError:  # emptied meanwhile
+            break
+    return value
 
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -450,7 +472,7 @@ def _optimizer_key(optimizer) -> Optional[tuple]:
 # keyed by all that client_training traces them from: the functional model (by identity: one per spec and seed,
 # ModelSpec.functional_model), the hyperparameters, and whether the clients' arrays come from files. Processes that
 # differ only after the clients (the aggregator: DP at the server, compression, a robust rule, a secure sum; the
-# server optimizer) share one trace of the same graphs. Forgotten with the built processes (clear_client_trainings).
+# server optimizer) share one trace of the same graphs. Forgotten with the built processes (clear_traced).
 _TRAININGS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 _FINALIZERS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()  # server_finalizer's
 TRAININGS_KEPT = 16  # of each
