@@ -63,6 +63,11 @@ def lab(tmp_path_factory, notebook_cache):
     notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
     notification.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no news pop-up over the panels
+    # the notebook's kernel started without asking: answering JupyterLab's "Select Kernel" dialog replaces the
+    # kernel, and once, late, that lost a Run All's queue after its first cell (CI, 2026-12-06)
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"autoStartDefaultKernel": true}')
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / ".jupyter"), JUPYTER_RUNTIME_DIR=str(root / ".runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(settings))
     log = open(out / "lab.log", "w")
