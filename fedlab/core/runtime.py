@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from . import ports
+from . import recent
 
 _TFF = None
 
@@ -437,19 +438,10 @@ def _patch_optimize_once() -> None:
     def optimize_once(tf_computation, config_proto):
         key = (hashlib.sha256(tf_computation.proto.SerializeToString(deterministic=True)).digest(),
                hashlib.sha256(config_proto.SerializeToString(deterministic=True)).digest())
-        optimized = _OPTIMIZED.get(key)
+        optimized = recent.recall(_OPTIMIZED, key)
         if optimized is None:
-            optimized = _OPTIMIZED[key] = optimize_once.fedlab_original(tf_computation, config_proto)
-            while len(_OPTIMIZED) > OPTIMIZED_KEPT:
-                try:
-                    _OPTIMIZED.popitem(last=False)
-                except KeyError:  # emptied meanwhile
-                    break
-        else:
-            try:
-                _OPTIMIZED.move_to_end(key)
-            except KeyError:  # evicted meanwhile
-                pass
+            optimized = recent.keep(_OPTIMIZED, key, optimize_once.fedlab_original(tf_computation, config_proto),
+                                    OPTIMIZED_KEPT)
         return optimized
 
     optimize_once.fedlab_original = transformations.optimize_tensorflow_comp

@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..core import array_files
+from ..core.recent import keep, recall
 from ..core.runtime import tff
 
 WEIGHTINGS = ("examples", "dataset", "uniform")
@@ -390,7 +391,7 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
     if client_optimizer is None:  # a given optimizer's settings are not known here: traced anew
         key = (id(model), client_lr, proximal_strength, bool(full_batch), weighting, example_dp, bool(normalized),
                bool(corrected), int(personal), bool(anchor_to_server), array_files.enabled())
-        kept = _recall(_TRAININGS, key)
+        kept = recall(_TRAININGS, key)
         if kept is not None and kept[0] is model:
             return dataclasses.replace(kept[1], server_optimizer=server_optimizer)
     training = _trace_client_training(t, model, client_lr=client_lr, server_optimizer=server_optimizer,
@@ -399,7 +400,7 @@ def client_training(model, *, client_lr: float, server_optimizer, proximal_stren
                                       example_dp=example_dp, normalized=normalized, corrected=corrected,
                                       personal=personal, anchor_to_server=anchor_to_server)
     if key is not None:
-        _keep(_TRAININGS, key, (model, training))
+        keep(_TRAININGS, key, (model, training), TRAININGS_KEPT)
     return training
 
 
@@ -411,35 +412,12 @@ def server_finalizer(server_optimizer, weights_type):
     if optimizer_key is None:
         return tff().learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
     key = (optimizer_key, weights_type)
-    finalizer = _recall(_FINALIZERS, key)
+    finalizer = recall(_FINALIZERS, key)
     if finalizer is None:
-        finalizer = _keep(_FINALIZERS, key,
-                          tff().learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type))
+        finalizer = keep(_FINALIZERS, key,
+                         tff().learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
+                         TRAININGS_KEPT)
     return finalizer
-
-
-def _recall(cache: collections.OrderedDict, key):
-    """``cache[key]``, now the most recent, or None. Each step is one operation on the dict, so another thread
-    (a panel's run) keeping or evicting entries meanwhile cannot make it fail."""
-    value = cache.get(key)
-    if value is not None:
-        try:
-            cache.move_to_end(key)
-        except KeyError:  # evicted meanwhile
-            pass
-    return value
-
-
-def _keep(cache: collections.OrderedDict, key, value, limit: Optional[int] = None):
-    """``value`` kept in ``cache`` under ``key``, the oldest entries beyond ``limit`` (default
-    ``TRAININGS_KEPT``) evicted; returns ``value``."""
-    cache[key] = value
-    while len(cache) > (TRAININGS_KEPT if limit is None else limit):
-        try:
-            cache.popitem(last=False)
-        except KeyError:  # emptied meanwhile
-            break
-    return value
 
 
 _PLAIN = (bool, int, float, str, type(None))
