@@ -142,3 +142,46 @@ def test_grappler_runs_once_per_tensorflow_computation_and_configuration(fresh):
     off.graph_options.rewrite_options.disable_meta_optimizer = True
     other = optimize(computation, off)  # another configuration: optimised for it (here, not at all)
     assert other is not first and other.proto != first.proto
+
+
+@pytest.mark.parametrize("frozen", [0, 1])
+def test_a_converted_models_methods_run_in_the_callers_graph_with_tffs_numbers(frozen):
+    """fedlab's converted models are TFF FunctionalModels whose predict and metrics methods are plain (TFF's are
+    ``tf.function``s bound to each instance through a weak ``TfMethodTarget``, traced as a nested function into every
+    graph that calls them); each gives what TFF's method gives."""
+    import tensorflow as tf
+
+    base = tff().learning.models.FunctionalModel
+    spec = spec_for(ExperimentConfig(**TINY, model="2nn", freeze_layers=frozen))
+    model = spec.functional_model()
+    assert isinstance(model, base) and model is spec.functional_model()
+    for name in ("predict_on_batch", "initialize_metrics_state", "update_metrics_state", "finalize_metrics"):
+        assert not hasattr(getattr(type(model), name), "python_function"), name
+
+    x = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
+    y = np.arange(5, dtype=np.int32)[:, None]
+
+    def step(predict, initialize, update, finalize):
+        weights = tuple(tuple(tf.constant(w) for w in part) for part in model.initial_weights)
+        output = predict(weights, x, training=False)
+        loss = model.loss(output=output, label=y)
+        from tensorflow_federated.python.learning.models import variable
+        state = update(initialize(), labels=y, batch_output=variable.BatchOutput(loss=loss, predictions=output,
+                                                                                   num_examples=5))
+        return output, finalize(state)
+
+    with tf.Graph().as_default() as graph:  # TFF's converted Keras model runs in a graph only
+        plain = step(model.predict_on_batch, model.initialize_metrics_state, model.update_metrics_state,
+                     model.finalize_metrics)
+        tffs = step(*(getattr(base, name).__get__(model, base) for name in (
+            "predict_on_batch", "initialize_metrics_state", "update_metrics_state", "finalize_metrics")))
+        with tf.compat.v1.Session(graph=graph) as session:
+            plain, tffs = session.run((plain, tffs))
+    np.testing.assert_array_equal(plain[0], tffs[0])
+    assert plain[1] == tffs[1] and set(plain[1]) == {"loss", "accuracy"}, plain[1]
+
+    calls = tf.Graph()
+    with calls.as_default():
+        model.initialize_metrics_state()
+    assert not [f.signature.name for f in calls.as_graph_def().library.function
+                if "initialize_metrics_state" in f.signature.name]

@@ -247,8 +247,44 @@ def _functional_model(spec: "ModelSpec", builder: ModelBuilder, task, loss, seed
 
     if spec.freeze_layers:
         return _with_frozen_layers(spec, seed)
-    return tff.learning.models.functional_model_from_keras(
+    model = tff.learning.models.functional_model_from_keras(
         spec.build_keras(seed), spec.loss(), spec.input_spec(), spec.metrics_constructor())
+    model.__class__ = _plain_methods()  # the same model and functions; only its four methods are plain
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_methods() -> type:
+    """TFF's ``FunctionalModel`` whose ``predict_on_batch`` and metrics methods are plain methods.
+
+    TFF decorates them with ``tf.function``, which binds such a method to each instance through a weak
+    reference (TF's ``TfMethodTarget``) and traces it into every graph that calls it, a nested function
+    each time. In one CI run (of 5889af6, notebook 06's first run in a new kernel) that binding handed the method
+    its binding object as ``self`` while fedlab's client loop was traced (``'TfMethodTarget' object has no
+    attribute '_initialize_metrics_state'``). Each method only calls the function the model was made with, a
+    ``tf.function`` itself; here it runs that one-line body (TFF's own, ``python_function``) in the caller's
+    graph. fedlab's converted models are of this class, and so are what TFF's builders are given.
+    """
+    import tensorflow_federated as tff
+
+    base = tff.learning.models.FunctionalModel
+
+    class PlainMethodsFunctionalModel(base):
+        def predict_on_batch(self, model_weights, x, training=True):
+            return base.predict_on_batch.python_function(self, model_weights, x, training)
+
+        def initialize_metrics_state(self):
+            return base.initialize_metrics_state.python_function(self)
+
+        def update_metrics_state(self, state, labels, batch_output, sample_weight=None):
+            return base.update_metrics_state.python_function(self, state, labels, batch_output, sample_weight)
+
+        def finalize_metrics(self, state):
+            return base.finalize_metrics.python_function(self, state)
+
+    PlainMethodsFunctionalModel.__qualname__ = PlainMethodsFunctionalModel.__name__
+    PlainMethodsFunctionalModel.__module__ = __name__
+    return PlainMethodsFunctionalModel
 
 
 @functools.lru_cache(maxsize=64)
@@ -308,9 +344,8 @@ def _with_frozen_layers(spec: "ModelSpec", seed: int):
         return converted.predict_on_batch((tuple(places["t"]), tuple(places["n"])), x, training)
 
     metrics = (converted.initialize_metrics_state, converted.update_metrics_state, converted.finalize_metrics)
-    return tff.learning.models.FunctionalModel(initial_weights=initial, predict_on_batch_fn=predict_on_batch,
-                                               loss_fn=converted.loss, metrics_fns=metrics,
-                                               input_spec=converted.input_spec)
+    return _plain_methods()(initial_weights=initial, predict_on_batch_fn=predict_on_batch, loss_fn=converted.loss,
+                            metrics_fns=metrics, input_spec=converted.input_spec)
 
 
 def train_keras(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, seed: int, model_seed: int, epochs: int,
