@@ -249,7 +249,8 @@ def _functional_model(spec: "ModelSpec", builder: ModelBuilder, task, loss, seed
         return _with_frozen_layers(spec, seed)
     model = tff.learning.models.functional_model_from_keras(
         spec.build_keras(seed), spec.loss(), spec.input_spec(), spec.metrics_constructor())
-    model.__class__ = _plain_methods()  # the same model and functions; only its four methods are plain
+    if type(model) is tff.learning.models.FunctionalModel:  # (a later TFF's subclass keeps its own methods)
+        model.__class__ = _plain_methods()  # the same model and functions; only its four methods are plain
     return model
 
 
@@ -259,11 +260,12 @@ def _plain_methods() -> type:
 
     TFF decorates them with ``tf.function``, which binds such a method to each instance through a weak
     reference (TF's ``TfMethodTarget``) and traces it into every graph that calls it, a nested function
-    each time. In one CI run (of 5889af6, notebook 06's first run in a new kernel) that binding handed the method
-    its binding object as ``self`` while fedlab's client loop was traced (``'TfMethodTarget' object has no
-    attribute '_initialize_metrics_state'``). Each method only calls the function the model was made with, a
-    ``tf.function`` itself; here it runs that one-line body (TFF's own, ``python_function``) in the caller's
-    graph. fedlab's converted models are of this class, and so are what TFF's builders are given.
+    each time. In one CI run (of 5889af6, notebook 06's first run in a new kernel) TFF's
+    ``initialize_metrics_state`` ran with that binding object as ``self`` while fedlab's client loop was traced
+    (``'TfMethodTarget' object has no attribute '_initialize_metrics_state'``); the cause was not found, and this
+    takes fedlab off that path. Each method is one line that calls a function the model was made with; here that
+    line (TFF's own, ``python_function``) runs in the caller's graph. fedlab's converted models are of this class,
+    with frozen layers too (whose metrics functions are then the whole model's plain methods).
     """
     import tensorflow_federated as tff
 
@@ -282,8 +284,6 @@ def _plain_methods() -> type:
         def finalize_metrics(self, state):
             return base.finalize_metrics.python_function(self, state)
 
-    PlainMethodsFunctionalModel.__qualname__ = PlainMethodsFunctionalModel.__name__
-    PlainMethodsFunctionalModel.__module__ = __name__
     return PlainMethodsFunctionalModel
 
 
