@@ -11,7 +11,7 @@ from fedlab.models.models import ModelSpec
                                   ModelSpec("logreg", 13, 2)],
                          ids=["2nn", "cnn", "logreg"])
 def test_the_compiled_forward_pass_gives_the_models_logits_for_any_batch_length(spec):
-    evaluator = Evaluator(spec)
+    evaluator = Evaluator(spec, compiled=True)
     rng = np.random.default_rng(0)
     evaluator.load([rng.normal(0, 0.1, v.shape).astype(np.float32) for v in evaluator.model.trainable_variables])
     lengths = [300, 1, 37, 9, 2500, 4, 120]  # 2,500: two forward batches of at most 2,048

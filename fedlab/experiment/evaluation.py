@@ -2,11 +2,14 @@
 
 Evaluation runs centrally on a Keras copy of the model (one per model spec in
 this process), in float64 NumPy after the forward pass, so that numbers do not
-depend on the batch size of the forward pass. The forward pass is the model's
-call traced once into a ``tf.function`` (the same kernels, so the same logits as
-calling the model eagerly: ``tests/test_evaluation.py``): an eager Keras call
-costs about a millisecond of Python before any arithmetic, and a run that scores
-each of 100 clients every few rounds makes a hundred of them each time.
+depend on the batch size of the forward pass. The runner's evaluators (one per
+model spec, kept) trace the model's call into a ``tf.function``: an eager Keras
+call costs about a millisecond of Python before any arithmetic, and a run that
+scores each of 100 clients every few rounds makes a hundred of them each time.
+The traced call gives the eager call's logits within float tolerance
+(``tests/test_evaluation.py``; TensorFlow may fuse a graph's operations, and on
+this machine they came out bit-identical); an evaluator made for one use calls
+the model eagerly, as tracing would cost it more than it saves.
 """
 
 from __future__ import annotations
@@ -36,13 +39,16 @@ def evaluate_logits(logits: np.ndarray, y: np.ndarray, binary: bool) -> tuple[fl
 class Evaluator:
     """Evaluates global model weights centrally with a Keras copy of the model."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, *, compiled: bool = False):
+        """``compiled``: the forward pass traced into a ``tf.function`` (for an evaluator that scores many times)."""
         import tensorflow as tf
 
         self.spec = spec
         self.model = spec.build_keras(0)
+        model = self.model
         # traced on the first call and once more for another batch length, then with that dimension unknown
-        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self._forward = (tf.function(lambda x: model(x, training=False), reduce_retracing=True) if compiled
+                         else lambda x: model(x, training=False))
 
     def load(self, weights: Sequence[np.ndarray]) -> "Evaluator":
         """Sets the model to ``weights``: trainable tensors, then frozen ones (as ``final_weights`` gives them)."""
@@ -108,8 +114,9 @@ class Evaluator:
 
 @functools.lru_cache(maxsize=16)
 def evaluator_for(spec: ModelSpec, builder=None) -> Evaluator:
-    """One evaluator per model spec (and builder, should the model be registered again) in this process."""
-    return Evaluator(spec)
+    """One evaluator per model spec (and builder, should the model be registered again) in this process, its forward
+    pass compiled."""
+    return Evaluator(spec, compiled=True)
 
 
 def worst_fraction_mean(values: Sequence[float], fraction: float = 0.1) -> float:
