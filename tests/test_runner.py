@@ -75,8 +75,9 @@ def test_a_run_on_a_newly_built_process_evaluates_with_the_evaluator_an_earlier_
     again = run_experiment(BASE.replace(rounds=1, algorithm="fedprox", mu=0.0123), progress=False)  # a new process
     assert processes.process_cache_size() == built + 1 and evaluator_for(spec, spec.builder) is evaluator
     assert np.isfinite([first.eval_loss.iloc[-1], again.eval_loss.iloc[-1]]).all()
-    # the evaluator's forward pass is traced (evaluation.Evaluator): a batch length it has not seen traces it again,
-    # here after the new build, and the model is called eagerly too; both work and agree
+    # the kept evaluator's forward pass is traced (evaluation.Evaluator): a batch length it has not seen yet traces it
+    # again (unless an earlier test left it traced with the length unknown), here after the new build; the model
+    # called eagerly too; both work and agree
     x = np.random.default_rng(0).random((7, spec.num_features), dtype=np.float32)
     np.testing.assert_allclose(evaluator.logits(x), evaluator.model(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
 
