@@ -128,6 +128,11 @@ def _stalled(what: str, server_pid: int, log) -> str:
     return f"{text}\n(saved in {stalls.save('browser-' + what[:60], text)})"
 
 
+def _press_run_all(page) -> None:
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+
+
 def _run_all(page, log, server_pid, stall_s=300, total_s=900):
     """Run All Cells, then wait until no cell is queued or running ([*]) and the kernel is idle.
 
@@ -155,8 +160,7 @@ def _run_all(page, log, server_pid, stall_s=300, total_s=900):
         idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
         nothing_started = not any(any(ch.isdigit() or ch == "*" for ch in p) for p in prompts)
         if clicks == 0 or (nothing_started and clicks < 4 and time.monotonic() - clicked_at > 30):
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            _press_run_all(page)
             clicks, clicked_at = clicks + 1, time.monotonic()
         elif idle and any(any(ch.isdigit() for ch in p) for p in prompts) and not any("*" in p for p in prompts):
             never_run = any(not p.strip("[]: ") for p in prompts)
@@ -165,8 +169,7 @@ def _run_all(page, log, server_pid, stall_s=300, total_s=900):
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > LOST_QUEUE_S:
                 print(f"browser test: Run All's queue was lost after {prompts}; running all cells again", flush=True)
-                page.get_by_role("menuitem", name="Run", exact=True).click()
-                page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+                _press_run_all(page)
                 clicks, clicked_at, lost_since = clicks + 1, time.monotonic(), None
         else:
             lost_since = None
