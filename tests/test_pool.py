@@ -367,6 +367,19 @@ def test_a_sweep_whose_runs_make_no_progress_stops_and_says_which(tmp_path, monk
     assert not multiprocessing.active_children()  # its worker processes were stopped, not left running
 
 
+def test_a_worker_process_touches_its_runs_heartbeat_as_it_starts_and_after_every_round(monkeypatch, tmp_path):
+    import pathlib
+
+    beat, touched = tmp_path / "beat", []
+    touch = pathlib.Path.touch
+    monkeypatch.setattr(pathlib.Path, "touch", lambda path, *a, **k: (touched.append(path), touch(path, *a, **k))[1])
+    error, _ = pool._train(BASE, str(tmp_path / "cache"), None, None, str(beat))
+    assert error is None and touched.count(beat) == 1 + BASE.rounds  # the start, then each round
+    touched.clear()
+    error, _ = pool._train(BASE, str(tmp_path / "cache"), None, None, str(beat))
+    assert error is None and touched.count(beat) == 1  # read from the cache: the start only
+
+
 def test_a_worker_error_keeps_its_traceback_and_a_users_mistake_stays_one_line(monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise KeyError("weights")

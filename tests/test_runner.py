@@ -34,6 +34,19 @@ def test_same_config_same_numbers_other_seed_other_numbers():
     assert (a.loc[0, "dataset"], a.loc[0, "alpha"], a.loc[0, "num_clients"]) == ("digits", 0.5, 20)
 
 
+def test_after_every_round_beats_once_a_round_without_building_a_history_each_round(monkeypatch):
+    from fedlab.experiment import runner
+
+    beats, built = [], []
+    real = runner.make_history
+    monkeypatch.setattr(runner, "make_history", lambda *a, **k: (built.append(len(a[1])), real(*a, **k))[1])
+    with runner.after_every_round(lambda: beats.append(len(built))):
+        run_experiment(BASE, progress=False)
+    assert beats == [0] * BASE.rounds and built == [BASE.rounds]  # a beat a round; the history once, at the end
+    run_experiment(BASE.replace(seed=1), progress=False)
+    assert len(beats) == BASE.rounds  # outside the block: no beat
+
+
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     full = run_experiment(BASE, progress=False)
 

@@ -81,7 +81,7 @@ from ..rounds.attacks import ATTACKS
 from ..systems.asynchronous import STALENESS
 from ..systems.systems import DEVICE_PROFILES
 from .config import ExperimentConfig
-from .runner import component_digests, digests_sent, run_experiment
+from .runner import after_every_round, component_digests, digests_sent, run_experiment
 
 PROCESSES_VARIABLE = "FEDLAB_SWEEP_PROCESSES"
 SPREAD_VARIABLE = "FEDLAB_SPREAD_AFTER_S"
@@ -563,17 +563,13 @@ def _train(config, cache_dir: str, key_file: Optional[str], cell: Optional[int],
         return _NotReceived(f"its config or a component registered in the sweep's process did not unpickle in "
                             f"its worker process ({type(err).__name__}: {reason})"), []
     pathlib.Path(beat).touch()
-
-    def heartbeat(row, history) -> None:
-        pathlib.Path(beat).touch()
-
     error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with digests_sent(config, digests) if sent else contextlib.nullcontext(), \
-                    profiling.in_cell(cell, worker=True):
-                run_experiment(config, results_cache=cache_dir, progress=False, callback=heartbeat)
+                    profiling.in_cell(cell, worker=True), after_every_round(pathlib.Path(beat).touch):
+                run_experiment(config, results_cache=cache_dir, progress=False)
         except UnknownComponent as err:  # a component sent here found another by name, not sent: come back
             error = _NotReceived(f"a component registered in the sweep's process looked up another that was not "
                                  f"sent ({err})") if sent else err

@@ -17,6 +17,7 @@ cache and checkpoints in :mod:`fedlab.core.storage`, workers in
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import threading
 import time
@@ -190,6 +191,23 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
     return make_history(config, rows, client_rows, weights, from_cache=False)
 
 
+_ROUND_DONE: "contextvars.ContextVar[Optional[Callable[[], None]]]" = contextvars.ContextVar("fedlab_round_done",
+                                                                                           default=None)
+
+
+@contextlib.contextmanager
+def after_every_round(beat: Callable[[], None]):
+    """Within the block (its context: a thread started inside it does not inherit it), ``beat()`` is called as
+    each round, or FedBuff server step, a run records is done, before its callback; a run read from the results
+    cache records none. A sweep's worker process says it is alive this way: unlike a ``callback``, it is given no
+    history, which is built anew each round (about 4 ms a round in notebook 01's sweeps, more as rounds add up)."""
+    token = _ROUND_DONE.set(beat)
+    try:
+        yield
+    finally:
+        _ROUND_DONE.reset(token)
+
+
 _SENT_DIGESTS: Optional[tuple[ExperimentConfig, tuple[str, ...]]] = None
 
 
@@ -351,6 +369,9 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         if checkpoint is not None:
             checkpoint.save(state, round_num, rows, client_rows, history.to_csv(index=False))
         bar.update(1)
+        beat = _ROUND_DONE.get()
+        if beat is not None:
+            beat()
         if callback is not None:
             callback({**row, **config.experiment_dict()}, history)
         if stop is not None and stop.is_set() and round_num < config.rounds:
