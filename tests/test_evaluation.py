@@ -40,3 +40,30 @@ def test_client_rows_score_each_client_on_its_own_data():
         if len(y):
             loss, accuracy = evaluate_logits(x.astype(np.float64) @ w + b, y, binary=False)
             assert row["loss"] == pytest.approx(loss, rel=1e-5) and row["accuracy"] == accuracy
+
+
+def test_a_site_with_nothing_to_test_on_scores_nan_with_or_without_its_own_model():
+    import dataclasses
+
+    from fedlab.data.data import load_dataset
+    from fedlab.experiment.clients import spec_for
+    from fedlab.experiment.config import ExperimentConfig
+
+    data = load_dataset("breast_cancer_sites")
+    kept = data.test_sites != 2  # site 2 has no test rows
+    data = dataclasses.replace(data, x_test=data.x_test[kept], y_test=data.y_test[kept],
+                               test_sites=data.test_sites[kept])
+    evaluator = Evaluator(spec_for(ExperimentConfig(dataset="breast_cancer_sites", model="logreg"), data))
+    assert evaluator.logits(data.x_test[:0]).shape == (0, evaluator.logits(data.x_test[:1]).shape[1])
+    initial = evaluator.model.get_weights()
+
+    class Weights:  # what TFF's ModelWeights holds
+        trainable, non_trainable = initial, []
+
+    for weights_for in (None, lambda site: Weights):
+        scores = evaluator.site_metrics(data, weights_for=weights_for)
+        empty = data.site_names[2]
+        assert np.isnan(scores[f"site_accuracy_{empty}"]) and np.isnan(scores[f"site_auc_{empty}"])
+        assert all(np.isfinite(scores[f"site_accuracy_{name}"]) for name in data.site_names if name != empty)
+        others = [scores[f"site_accuracy_{name}"] for name in data.site_names if name != empty]
+        assert scores["mean_site_accuracy"] == pytest.approx(np.mean(others))
