@@ -55,6 +55,8 @@ def test_a_site_with_nothing_to_test_on_scores_nan_with_or_without_its_own_model
                                test_sites=data.test_sites[kept])
     evaluator = Evaluator(spec_for(ExperimentConfig(dataset="breast_cancer_sites", model="logreg"), data))
     assert evaluator.logits(data.x_test[:0]).shape == (0, evaluator.logits(data.x_test[:1]).shape[1])
+    compiled = Evaluator(evaluator.spec, compiled=True)  # as the runner keeps them
+    assert compiled.logits(data.x_test[:0]).shape == (0, compiled.logits(data.x_test[:1]).shape[1])
     initial = evaluator.model.get_weights()
 
     class Weights:  # what TFF's ModelWeights holds

@@ -367,7 +367,7 @@ def test_a_sweep_whose_runs_make_no_progress_stops_and_says_which(tmp_path, monk
     assert not multiprocessing.active_children()  # its worker processes were stopped, not left running
 
 
-def test_a_worker_process_touches_its_runs_heartbeat_as_it_starts_and_after_every_round(monkeypatch, tmp_path):
+def test_a_worker_process_touches_the_runs_heartbeat_as_it_starts_and_after_every_round(monkeypatch, tmp_path):
     import pathlib
 
     beat, touched = tmp_path / "beat", []

@@ -66,7 +66,7 @@ class Evaluator:
     def logits(self, x: np.ndarray, batch: int = 2048) -> np.ndarray:
         """The model's outputs on ``x``, in forward batches of at most ``batch`` rows; no rows: an empty array of
         the outputs' width (a site or client with nothing to score, whose scores are then NaN)."""
-        if len(x) == 0:  # eager: a batch of none would make the compiled pass trace again
+        if len(x) == 0:  # eager: a batch of none could make the compiled pass trace again
             return self.model(x, training=False).numpy()
         return np.concatenate([self._forward(x[i:i + batch]).numpy() for i in range(0, len(x), batch)])
 
