@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rerun in the full setting from an empty cache into build/check and compare every "
                           "results/ CSV and figure with the committed one; exit 1 on any difference")
     rep.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
+    rep.add_argument("--jobs", type=_number(int), default=None,
+                     help="notebooks run at a time, each in its own process (default: 2 with two cores or more, "
+                          "else 1); notebooks that report wall-clock time (04, 05, 06) run alone")
     rep.add_argument("--figures-dir", type=pathlib.Path, default=None)
     rep.add_argument("--results-dir", type=pathlib.Path, default=None)
     return parser
@@ -559,6 +562,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .notebook import reproduce
 
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs: notebooks run at a time, at least 1 (got {args.jobs})")
     kwargs = {}
     if args.figures_dir is not None:
         kwargs["figures_dir"] = args.figures_dir
@@ -568,8 +573,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if args.fast or kwargs:
             raise UsageError("--check: compares the full setting with the committed files; "
                              "it takes no --fast, --figures-dir or --results-dir")
-        return reproduce.check(only=args.only)
-    reproduce.reproduce(fast=args.fast, only=args.only, **kwargs)
+        return reproduce.check(only=args.only, jobs=args.jobs)
+    reproduce.reproduce(fast=args.fast, only=args.only, jobs=args.jobs, **kwargs)
     return 0
 
 

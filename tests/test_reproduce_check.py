@@ -36,7 +36,7 @@ def test_numerics_follow_tensorflows_onednn_policy(flags, environ, expected):
 
 def rerun_copying_the_committed_files(changed_value=None):
     """Stands in for the notebooks' full-setting rerun: notebook 06's committed files, one value changed if asked."""
-    def rerun(*, only, figures_dir, results_dir, output_dir, cache_dir):
+    def rerun(*, only, figures_dir, results_dir, output_dir, cache_dir, jobs):
         for folder, target in ((reproduce.RESULTS, results_dir), (reproduce.FIGURES, figures_dir)):
             target.mkdir(parents=True)
             for path in folder.glob("06_*"):

@@ -5,6 +5,15 @@ Each notebook has a ``parameters`` cell. Its defaults are the full setting;
 finishes in minutes. ``figures_dir`` and ``results_dir`` tell the notebook
 where its last cells save figures and tables; ``cache_dir`` holds finished
 runs, so an interrupted reproduce picks up where it stopped.
+
+Notebooks run ``jobs`` at a time (two where the machine has two cores), each
+in a process of its own, except those that report wall-clock time
+(:data:`TIMES_ITSELF`): they run first, one at a time, with nothing of
+reproduce's beside them. A notebook leaves cores idle between its sweeps
+(plots, its own serial work, a sweep's last run training alone), which a
+second notebook fills; what a notebook computes does not depend on what runs
+beside it (every run is seeded, and a sweep's runs give the same bits in any
+process).
 """
 
 from __future__ import annotations
@@ -13,8 +22,10 @@ import dataclasses
 import os
 import pathlib
 import re
+import subprocess
+import sys
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -59,22 +70,139 @@ def run_notebook(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, r
     return out
 
 
+# Notebooks that report wall-clock time (the results' timing columns, TIMING_FIGURES below): they run alone, so
+# that what they measure is the notebook's own time on this machine. tests/test_reproduce_jobs.py checks that every
+# committed file with a timing column or a timing figure belongs to one of them.
+TIMES_ITSELF = frozenset({"04", "05", "06"})
+
+
+def default_jobs() -> int:
+    """Notebooks run at a time when not asked: two where there are two cores or more (each notebook's sweeps spread
+    over every core already; a second notebook fills what the first leaves idle), else one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cores >= 2 else 1
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook run in a process of its own failed; the message names it, its log and the log's last line."""
+
+
 def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
               figures_dir: pathlib.Path = ROOT / "figures", results_dir: pathlib.Path = ROOT / "results",
               output_dir: pathlib.Path = ROOT / "build" / "notebooks",
-              cache_dir: pathlib.Path = ROOT / "build" / "cache") -> list[pathlib.Path]:
-    written = []
-    for path in notebooks(only):
-        t0 = time.time()
-        print(f"[reproduce] {path.name} ({'fast' if fast else 'full'}) ...", flush=True)
-        written.append(run_notebook(path, fast=fast, figures_dir=pathlib.Path(figures_dir).resolve(),
-                                    results_dir=pathlib.Path(results_dir).resolve(),
-                                    output_dir=pathlib.Path(output_dir).resolve(),
-                                    cache_dir=pathlib.Path(cache_dir).resolve(), progress=True))
-        print(f"[reproduce] {path.name} done in {time.time() - t0:.0f} s", flush=True)
+              cache_dir: pathlib.Path = ROOT / "build" / "cache", jobs: Optional[int] = None) -> list[pathlib.Path]:
+    """Runs the notebooks (``only``: those whose name starts with one of these prefixes); ``jobs``: at most this
+    many at a time (None: :func:`default_jobs`), those of :data:`TIMES_ITSELF` alone and first. Returns the
+    executed notebooks, in notebook order."""
+    if jobs is None:
+        jobs = default_jobs()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: a whole number of notebooks run at a time, at least 1 (got {jobs!r})")
+    paths = notebooks(only)
+    dirs = dict(figures_dir=pathlib.Path(figures_dir).resolve(), results_dir=pathlib.Path(results_dir).resolve(),
+                output_dir=pathlib.Path(output_dir).resolve(), cache_dir=pathlib.Path(cache_dir).resolve())
+    if jobs == 1:
+        def run(path: pathlib.Path) -> pathlib.Path:
+            return run_notebook(path, fast=fast, progress=True, **dirs)
+    else:
+        def run(path: pathlib.Path) -> pathlib.Path:
+            return run_notebook_process(path, fast=fast, **dirs)
+    written = schedule(paths, jobs, run, setting="fast" if fast else "full")
     if not fast:
-        record_numerics(pathlib.Path(results_dir))
+        record_numerics(dirs["results_dir"])
     return written
+
+
+def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable[[pathlib.Path], pathlib.Path], *,
+             setting: str = "full", say: Callable[[str], None] = lambda line: print(line, flush=True)
+             ) -> list[pathlib.Path]:
+    """``run(path)`` for every notebook: those of :data:`TIMES_ITSELF` first, one at a time, then the others at most
+    ``jobs`` at a time in their order; a line as each starts (naming those beside it) and ends. A failure stops new
+    starts; the notebooks running then finish (each is bounded: :func:`run_notebook_process`), and the first failure
+    is raised. Returns ``run``'s results in the order of ``paths``."""
+    import concurrent.futures
+    import threading
+
+    alone = [p for p in paths if p.name[:2] in TIMES_ITSELF]
+    together = [p for p in paths if p.name[:2] not in TIMES_ITSELF]
+    results: dict[pathlib.Path, pathlib.Path] = {}
+    running: list[str] = []
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def one(path: pathlib.Path, note: str) -> None:
+        with lock:
+            if failed.is_set():
+                return
+            beside = list(running)
+            running.append(path.name)
+        start = time.time()
+        say(f"[reproduce] {path.name} ({setting}){note}" + (f", beside {', '.join(beside)}" if beside else "")
+            + " ...")
+        try:
+            results[path] = run(path)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            with lock:
+                running.remove(path.name)
+        say(f"[reproduce] {path.name} done in {time.time() - start:.0f} s")
+
+    for path in alone:
+        one(path, ", alone: it reports wall-clock time" if jobs > 1 and together else "")
+    if jobs == 1 or len(together) <= 1:
+        for path in together:
+            one(path, "")
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="reproduce") as pool:
+            futures = [pool.submit(one, path, "") for path in together]
+            concurrent.futures.wait(futures)  # each notebook's cells have papermill's time limit
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+    return [results[p] for p in paths]
+
+
+def run_notebook_process(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, results_dir: pathlib.Path,
+                         output_dir: pathlib.Path, cache_dir: pathlib.Path, timeout: int = 3600) -> pathlib.Path:
+    """:func:`run_notebook` in a Python process of its own (``python -m fedlab.notebook.reproduce``), its output in
+    ``output_dir/<notebook>.log``; :class:`NotebookFailed` with the log's last line if it fails. ``timeout``: a
+    cell's time limit (papermill's); the process is given that for each code cell and ten minutes more (its kernel's
+    start and end), then killed."""
+    import json
+
+    import nbformat
+
+    cells = sum(cell.cell_type == "code" for cell in nbformat.read(str(path), as_version=4).cells)
+    limit = cells * timeout + 600
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log = output_dir / f"{path.stem}.log"
+    request = json.dumps({"path": str(path), "fast": fast, "figures_dir": str(figures_dir),
+                          "results_dir": str(results_dir), "output_dir": str(output_dir),
+                          "cache_dir": str(cache_dir), "timeout": timeout})
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "fedlab.notebook.reproduce", request], stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            code = process.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise NotebookFailed(f"{path.name} did not finish within {limit} s ({cells} code cells of at most "
+                                 f"{timeout} s each, ten minutes for its kernel); stopped. Its output: {log}") from None
+        finally:
+            if process.poll() is None:  # interrupted or out of time: the notebook's process goes too
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    if code != 0:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        raise NotebookFailed(f"{path.name} failed (exit code {code}; its output: {log}): "
+                             f"{lines[-1] if lines else 'no output'}")
+    return output_dir / path.name
 
 
 # wall-clock columns: never the same twice (sim_*: compared)
@@ -200,7 +328,8 @@ def recorded_numerics(results_dir: pathlib.Path = RESULTS) -> Optional[Numerics]
         return None
 
 
-def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT / "build" / "check") -> int:
+def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT / "build" / "check",
+          jobs: Optional[int] = None) -> int:
     """Reruns notebooks in their full setting from an empty cache and compares every results/ CSV (timing columns
     excepted) and figure (timing figures excepted) with the committed one; prints one line per file; returns 1
     if anything differs or is missing.
@@ -219,7 +348,7 @@ def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT 
     scratch = pathlib.Path(scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     reproduce(only=only, figures_dir=scratch / "figures", results_dir=scratch / "results",
-              output_dir=scratch / "notebooks", cache_dir=scratch / "cache")
+              output_dir=scratch / "notebooks", cache_dir=scratch / "cache", jobs=jobs)
     prefixes = [p.name[:2] for p in notebooks(only)]
     status = 0
     for kind, folder, pattern in (("results", RESULTS, "*.csv"), ("figures", FIGURES, "*.png")):
@@ -246,3 +375,11 @@ def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT 
                         "model gives can differ for that alone; README, Reproducibility)")
     print(f"[check] {ending}", flush=True)
     return status
+
+
+if __name__ == "__main__":  # one notebook, for run_notebook_process
+    import json
+
+    _request = json.loads(sys.argv[1])
+    run_notebook(pathlib.Path(_request["path"]), fast=_request["fast"], timeout=_request["timeout"],
+                 **{k: pathlib.Path(_request[k]) for k in ("figures_dir", "results_dir", "output_dir", "cache_dir")})

@@ -1,0 +1,104 @@
+"""Notebooks one after the other against two at a time, side by side in one run (issue #38: `make figures` in under
+30 minutes).
+
+    python benchmarks/notebooks_side_by_side.py [--only 03 07 08] [--fast] [--out results/benchmarks/notebooks_side_by_side.csv]
+
+Runs ``reproduce`` twice on the same notebooks, each time in a fresh Python process, from an empty cache, into a
+scratch folder of its own: with ``jobs=1`` (every notebook in turn, as before) and ``jobs=2`` (two at a time; the
+notebooks that report wall-clock time, 04, 05 and 06, alone). For each: the wall seconds, the CPU seconds of the
+process and everything it started (``RUSAGE_CHILDREN``), and from them the cores busy on average. Then compares every
+results CSV (timing columns excepted) and figure (timing figures excepted) of the two runs: they must be identical,
+since what a notebook computes does not depend on what runs beside it. Prints a JSON line per mode and the
+comparison; writes the CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ONE_MODE = r"""
+import json, resource, sys, time, pathlib
+from fedlab.notebook import reproduce
+scratch, only, fast, jobs = pathlib.Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3] == "1", int(sys.argv[4])
+start = time.perf_counter()
+reproduce.reproduce(fast=fast, only=only, jobs=jobs, figures_dir=scratch / "figures", results_dir=scratch / "results",
+                    output_dir=scratch / "notebooks", cache_dir=scratch / "cache")
+wall = time.perf_counter() - start
+me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+print("RESULT " + json.dumps({"wall": wall, "cpu": cpu}))
+"""
+
+
+def one_mode(scratch: pathlib.Path, only: list[str], fast: bool, jobs: int) -> dict:
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", ONE_MODE, str(scratch), ",".join(only), "1" if fast else "0",
+                           str(jobs)], capture_output=True, text=True, timeout=4 * 3600)
+    if done.returncode != 0:
+        raise SystemExit(f"jobs={jobs} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    print(done.stdout.split("RESULT ", 1)[0].strip(), flush=True)
+    return {"jobs": jobs, "notebooks": " ".join(only), "setting": "fast" if fast else "full",
+            "seconds": round(result["wall"], 1), "cpu_seconds": round(result["cpu"], 1),
+            "cores_busy": round(result["cpu"] / result["wall"], 2),
+            "process_seconds": round(time.perf_counter() - started, 1)}
+
+
+def compare(a: pathlib.Path, b: pathlib.Path) -> list[str]:
+    from fedlab.notebook.reproduce import TIMING_FIGURES, compare_tables
+
+    differences = []
+    for kind, pattern in (("results", "*.csv"), ("figures", "*.png")):
+        left = {p.name: p for p in (a / kind).glob(pattern)}
+        right = {p.name: p for p in (b / kind).glob(pattern)}
+        for name in sorted(set(left) | set(right)):
+            if name not in left or name not in right:
+                differences.append(f"{kind}/{name}: made by one run only")
+            elif kind == "results":
+                problem = compare_tables(left[name], right[name])
+                if problem:
+                    differences.append(f"{kind}/{name}: {problem}")
+            elif name not in TIMING_FIGURES and left[name].read_bytes() != right[name].read_bytes():
+                differences.append(f"{kind}/{name}: differs (bytes)")
+    return differences
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", default=["03", "07", "08"], help="notebook prefixes (default: 03 07 08)")
+    parser.add_argument("--fast", action="store_true", help="the test suite's fast setting")
+    parser.add_argument("--scratch", type=pathlib.Path, default=ROOT / "build" / "side_by_side")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" /
+                        "notebooks_side_by_side.csv")
+    args = parser.parse_args()
+    import pandas as pd
+
+    rows = []
+    for jobs in (1, 2):
+        rows.append(one_mode(args.scratch / f"jobs{jobs}", args.only, args.fast, jobs))
+        print(json.dumps(rows[-1]), flush=True)
+    differences = compare(args.scratch / "jobs1", args.scratch / "jobs2")
+    ratio = rows[0]["seconds"] / rows[1]["seconds"]
+    for row in rows:
+        row["identical_results"] = not differences
+    print(json.dumps({"one_after_the_other_over_two_at_a_time": round(ratio, 3), "differences": differences}))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial")
+    pd.DataFrame(rows).to_csv(partial, index=False)
+    partial.replace(args.out)
+    return 1 if differences else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
