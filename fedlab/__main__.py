@@ -598,10 +598,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as err:  # noqa: BLE001 - known failures: say them in one line
         known = ("WorkerUnreachableError", "WorkerLostError", "SiteUnreachableError", "SiteLostError", "SiteError",
                  "DataUnavailableError", "CheckpointMismatchError",
-                 "StorageError", "EncryptionError")
+                 "StorageError", "EncryptionError", "NotebookFailed")
         if type(err).__name__ in known or isinstance(err, ValueError):
             print(f"{prog}: error: {err}", file=sys.stderr)
-            return 1 if type(err).__name__.startswith(("Worker", "Site")) else 2
+            return 1 if type(err).__name__.startswith(("Worker", "Site", "Notebook")) else 2
         raise
     return 2
 

@@ -264,3 +264,38 @@ def test_interrupted_cli_run_resumes_to_the_uninterrupted_history(tmp_path):
     reference = fl.run_experiment(CLI_CONFIG, progress=False)
     same_numbers(pd.read_csv(out / "history.csv", float_precision="round_trip"), reference)
     assert len(reference) == 20
+
+
+def cache_entry(cache, key, value):
+    cache.save(key, [{"round": 1, "eval_loss": value}], [], [np.zeros(2)], "{}")
+
+
+def test_a_cache_entry_another_process_wrote_first_is_kept_whole(tmp_path, monkeypatch):
+    """Two of reproduce's notebooks can train the same run at once: the first entry written stays, the second is
+    dropped, and no reader ever sees the first half removed."""
+    from fedlab.core import storage
+
+    cache = storage.ResultCache(tmp_path)
+    cache_entry(cache, "k", 1.0)
+    cache_entry(cache, "k", 2.0)  # found there before the rename
+    assert cache.load("k", 1)["rows"] == [{"round": 1, "eval_loss": 1.0}]
+    rename = os.rename
+
+    def another_writer_first(source, target):  # the other process's folder lands between the check and the rename
+        if pathlib.Path(target).name == "k2" and not pathlib.Path(target).exists():
+            shutil.copytree(tmp_path / "k", target)
+        return rename(source, target)
+    monkeypatch.setattr(storage.os, "rename", another_writer_first)
+    cache_entry(cache, "k2", 3.0)
+    assert cache.load("k2", 1)["rows"] == [{"round": 1, "eval_loss": 1.0}]  # the other's, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k2"]  # no temporary folder left
+
+
+def test_a_folder_written_without_keep_existing_replaces_the_old_one(tmp_path):
+    from fedlab.core.storage import write_folder
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "old").write_text("old")
+    write_folder(tmp_path / "v", lambda folder: (folder / "new").write_text("new"))
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]

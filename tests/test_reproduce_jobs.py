@@ -3,6 +3,7 @@ time: they run alone, first. A failure stops new starts and is raised naming the
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +34,7 @@ class Recorder:
     def __init__(self, fail=()):
         self.spans, self.fail, self.lock = {}, set(fail), threading.Lock()
 
-    def __call__(self, path):
+    def __call__(self, path, stop):
         start = time.monotonic()
         time.sleep(0.1 if path.name[:2] in self.fail else 0.4)  # a failure comes while the others still run
         with self.lock:
@@ -63,7 +64,8 @@ def test_timed_notebooks_run_first_and_alone_the_others_two_at_a_time():
             for c in together[together.index(b) + 1:]:
                 assert not (run.overlap(a, b) and run.overlap(a, c) and run.overlap(b, c))
     assert lines[0] == "[reproduce] 04_notebook.ipynb (full), alone: it reports wall-clock time ..."
-    assert "[reproduce] 02_notebook.ipynb (full), beside 01_notebook.ipynb ..." in lines
+    assert ("[reproduce] 02_notebook.ipynb (full), beside 01_notebook.ipynb ..." in lines
+            or "[reproduce] 01_notebook.ipynb (full), beside 02_notebook.ipynb ..." in lines)
     assert sum(line.endswith(" s") and " done in " in line for line in lines) == 8
 
 
@@ -74,10 +76,36 @@ def test_one_job_runs_every_notebook_one_after_the_other():
 
 
 def test_a_failure_stops_new_starts_lets_the_running_finish_and_is_raised():
-    run = Recorder(fail={"01"})
+    run, lines = Recorder(fail={"01"}), []
     with pytest.raises(RuntimeError, match="01_notebook.ipynb failed"):
-        reproduce.schedule(names("01", "02", "03", "07"), 2, run, say=lambda line: None)
+        reproduce.schedule(names("01", "02", "03", "07"), 2, run, say=lines.append)
     assert set(run.spans) == {"01", "02"}  # 02 was running beside 01 and finished; 03 and 07 never started
+    said = next(line for line in lines if "FAILED" in line)  # said as it happened, before 02 ended
+    assert said.startswith("[reproduce] 01_notebook.ipynb FAILED after 0 s: 01_notebook.ipynb failed")
+    assert said.endswith("; waiting for 02_notebook.ipynb to finish; not starting 03_notebook.ipynb, 07_notebook.ipynb")
+    assert lines.index(said) < lines.index("[reproduce] 02_notebook.ipynb done in 0 s")
+
+
+def test_an_interruption_stops_the_running_notebooks_and_starts_no_other():
+    seen_stop, started = [], []
+
+    def run(path, stop):
+        started.append(path.name[:2])
+        seen_stop.append(stop.wait(timeout=30))  # a notebook that runs until told to stop
+        raise reproduce.NotebookFailed(f"{path.name}: stopped")
+
+    timer = threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer.start()
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            reproduce.schedule(names("01", "02", "03"), 2, run, say=lambda line: None)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert sorted(started) == ["01", "02"] and seen_stop == [True, True]
+    assert time.monotonic() - began < 10
 
 
 def test_a_timed_notebook_that_fails_stops_everything_after_it():
@@ -115,17 +143,21 @@ def tiny_notebook(path: pathlib.Path, body: str) -> pathlib.Path:
     return path
 
 
-STAMP = """import json, pathlib, time
-start = time.time(); time.sleep(3)
-pathlib.Path(results_dir, "{name}.json").write_text(json.dumps([start, time.time(), fast]))
+MEET = """import json, pathlib, time
+mine, other = pathlib.Path(results_dir, "{name}.started"), pathlib.Path(results_dir, "{other}.started")
+mine.write_text("")
+deadline = time.time() + 120
+while not other.exists() and time.time() < deadline:  # runs only if the other notebook runs at the same time
+    time.sleep(0.1)
+pathlib.Path(results_dir, "{name}.json").write_text(json.dumps([other.exists(), fast]))
 """
 
 
 def test_two_notebooks_run_side_by_side_in_processes_of_their_own(monkeypatch, tmp_path, capsys):
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    for name in ("01_first", "02_second"):
-        tiny_notebook(folder / f"{name}.ipynb", STAMP.replace("{name}", name))
+    for name, other in (("01_first", "02_second"), ("02_second", "01_first")):
+        tiny_notebook(folder / f"{name}.ipynb", MEET.replace("{name}", name).replace("{other}", other))
     monkeypatch.setattr(reproduce, "NOTEBOOKS", folder)
     results = tmp_path / "results"
     results.mkdir()
@@ -133,11 +165,10 @@ def test_two_notebooks_run_side_by_side_in_processes_of_their_own(monkeypatch, t
                                   output_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
     assert written == [tmp_path / "out" / "01_first.ipynb", tmp_path / "out" / "02_second.ipynb"]
     assert all(path.exists() and (tmp_path / "out" / f"{path.stem}.log").exists() for path in written)
-    (s1, e1, fast1), (s2, e2, fast2) = (json.loads((results / f"{n}.json").read_text())
-                                        for n in ("01_first", "02_second"))
-    assert fast1 is fast2 is True  # the parameters reached each notebook
-    assert s1 < e2 and s2 < e1  # side by side
-    assert "beside 01_first.ipynb" in capsys.readouterr().out
+    for name in ("01_first", "02_second"):
+        met, fast = json.loads((results / f"{name}.json").read_text())
+        assert met is True and fast is True  # both ran at once, and the parameters reached each
+    assert "beside" in capsys.readouterr().out
 
 
 def test_a_notebook_that_fails_in_its_process_is_named_with_its_error_and_log(tmp_path):
@@ -148,3 +179,67 @@ def test_a_notebook_that_fails_in_its_process_is_named_with_its_error_and_log(tm
     message = str(failure.value)
     assert message.startswith("09_broken.ipynb failed (exit code 1; its output: ")
     assert str(tmp_path / "out" / "09_broken.log") in message and "mnist6k" in message
+
+
+def out_dirs(tmp_path):
+    return dict(fast=True, figures_dir=tmp_path, results_dir=tmp_path, output_dir=tmp_path / "out",
+                cache_dir=tmp_path / "cache")
+
+
+def test_a_notebook_process_that_goes_silent_is_stopped_and_said(monkeypatch, tmp_path):
+    monkeypatch.setattr(reproduce, "_child_command", lambda request: [sys.executable, "-c", "import time; "
+                                                                      "time.sleep(120)"])
+    began = time.monotonic()
+    with pytest.raises(reproduce.NotebookFailed, match=r"^09_silent.ipynb: nothing written to its log or executed "
+                                                        r"notebook for 2 s \(a cell may take 1 s\); stopped"):
+        reproduce.run_notebook_process(tiny_notebook(tmp_path / "09_silent.ipynb", "pass"), timeout=1,
+                                       silence_slack=1, **out_dirs(tmp_path))
+    assert time.monotonic() - began < 30
+
+
+def test_a_notebook_process_told_to_stop_stops(monkeypatch, tmp_path):
+    monkeypatch.setattr(reproduce, "_child_command", lambda request: [sys.executable, "-c", "import time; "
+                                                                      "time.sleep(120)"])
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    began = time.monotonic()
+    with pytest.raises(reproduce.NotebookFailed, match=r"^09_stopped.ipynb: stopped \(another notebook failed"):
+        reproduce.run_notebook_process(tiny_notebook(tmp_path / "09_stopped.ipynb", "pass"), stop=stop,
+                                       **out_dirs(tmp_path))
+    assert time.monotonic() - began < 30
+
+
+FLAKY_START = """import json, pathlib, sys
+request = json.loads(sys.argv[1])
+tries = pathlib.Path(request["output_dir"], "tries")
+tries.write_text(tries.read_text() + "x" if tries.exists() else "x")
+executed = pathlib.Path(request["output_dir"], pathlib.Path(request["path"]).name)
+if len(tries.read_text()) == 1:
+    print("zmq.error.ZMQError: Address already in use"); sys.exit(1)  # the kernel never ran a cell
+executed.write_text("{}")
+"""
+
+
+def test_a_kernel_that_ran_no_cell_is_started_once_more(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(reproduce, "_child_command", lambda request: [sys.executable, "-c", FLAKY_START, request])
+    done = reproduce.run_notebook_process(tiny_notebook(tmp_path / "09_flaky.ipynb", "pass"), **out_dirs(tmp_path))
+    assert done == tmp_path / "out" / "09_flaky.ipynb" and (tmp_path / "out" / "tries").read_text() == "xx"
+    assert "09_flaky.ipynb: its kernel ran no cell (exit code 1); starting it again" in capsys.readouterr().out
+
+
+def test_a_notebook_that_failed_in_a_cell_is_not_started_again(tmp_path):
+    path = tiny_notebook(tmp_path / "09_broken.ipynb", "open('tries', 'a').write('x'); raise ValueError('bad')")
+    with pytest.raises(reproduce.NotebookFailed, match="ValueError: bad"):
+        reproduce.run_notebook_process(path, **out_dirs(tmp_path))
+    assert (tmp_path / "tries").read_text() == "x"  # papermill runs the notebook in its folder
+
+
+def test_the_command_line_says_a_failed_notebook_in_one_line(monkeypatch, capsys):
+    from fedlab import __main__ as cli
+
+    def fail(**kwargs):
+        raise reproduce.NotebookFailed("01_fedavg.ipynb failed (exit code 1; its output: x.log): ValueError: bad")
+    monkeypatch.setattr(reproduce, "reproduce", fail)
+    assert cli.main(["reproduce", "--fast"]) == 1
+    assert capsys.readouterr().err == ("fedlab reproduce: error: 01_fedavg.ipynb failed (exit code 1; its output: "
+                                       "x.log): ValueError: bad\n")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import io
@@ -202,16 +203,26 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def write_folder(target: pathlib.Path, write) -> None:
+def write_folder(target: pathlib.Path, write, *, keep_existing: bool = False) -> None:
     """Fills a temporary folder beside ``target`` with ``write(folder)``, then renames it to ``target``
-    (replacing an older one): the folder appears whole or not at all."""
+    (replacing an older one): the folder appears whole or not at all. ``keep_existing``: a folder found at
+    ``target`` (another process wrote the same entry meanwhile, e.g. two notebooks of ``reproduce`` training the
+    same run) is kept and this one dropped, so no reader ever sees it half removed."""
     target = pathlib.Path(target)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(tmp)
         if target.exists():
+            if keep_existing:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
             shutil.rmtree(target)
-        os.rename(tmp, target)
+        try:
+            os.rename(tmp, target)
+        except OSError as err:  # another writer's folder landed between the check and the rename
+            if not (keep_existing and err.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -270,7 +281,7 @@ class ResultCache:
                 (tmp / name).write_bytes(seal(data, label=f"results-cache/{key}/{name}"))
             (tmp / MANIFEST).write_text(json.dumps(tree_manifest(tmp), indent=1, sort_keys=True))
 
-        write_folder(self.path(key), write)
+        write_folder(self.path(key), write, keep_existing=True)  # a key names one run, whoever trains it
 
 
 class Checkpoint:

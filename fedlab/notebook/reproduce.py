@@ -6,10 +6,10 @@ finishes in minutes. ``figures_dir`` and ``results_dir`` tell the notebook
 where its last cells save figures and tables; ``cache_dir`` holds finished
 runs, so an interrupted reproduce picks up where it stopped.
 
-Notebooks run ``jobs`` at a time (two where the machine has two cores), each
-in a process of its own, except those that report wall-clock time
-(:data:`TIMES_ITSELF`): they run first, one at a time, with nothing of
-reproduce's beside them. A notebook leaves cores idle between its sweeps
+Notebooks run ``jobs`` at a time (two where the machine has two cores or
+more), each in a process of its own; those that report wall-clock time
+(:data:`TIMES_ITSELF`) run first, one at a time, with nothing of reproduce's
+beside them. ``jobs=1`` runs every notebook in this process, in turn. A notebook leaves cores idle between its sweeps
 (plots, its own serial work, a sweep's last run training alone), which a
 second notebook fills; what a notebook computes does not depend on what runs
 beside it (every run is seeded, and a sweep's runs give the same bits in any
@@ -84,7 +84,8 @@ def default_jobs() -> int:
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook run in a process of its own failed; the message names it, its log and the log's last line."""
+    """A notebook run in a process of its own failed, went silent, or was stopped; the message names it, its log
+    and what ended it."""
 
 
 def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
@@ -92,7 +93,8 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
               output_dir: pathlib.Path = ROOT / "build" / "notebooks",
               cache_dir: pathlib.Path = ROOT / "build" / "cache", jobs: Optional[int] = None) -> list[pathlib.Path]:
     """Runs the notebooks (``only``: those whose name starts with one of these prefixes); ``jobs``: at most this
-    many at a time (None: :func:`default_jobs`), those of :data:`TIMES_ITSELF` alone and first. Returns the
+    many at a time, each in a process of its own (None: :func:`default_jobs`; 1: every notebook in this process, one
+    after the other, with papermill's progress bar), those of :data:`TIMES_ITSELF` alone and first. Returns the
     executed notebooks, in notebook order."""
     if jobs is None:
         jobs = default_jobs()
@@ -102,24 +104,28 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
     dirs = dict(figures_dir=pathlib.Path(figures_dir).resolve(), results_dir=pathlib.Path(results_dir).resolve(),
                 output_dir=pathlib.Path(output_dir).resolve(), cache_dir=pathlib.Path(cache_dir).resolve())
     if jobs == 1:
-        def run(path: pathlib.Path) -> pathlib.Path:
+        def run(path: pathlib.Path, stop) -> pathlib.Path:
             return run_notebook(path, fast=fast, progress=True, **dirs)
     else:
-        def run(path: pathlib.Path) -> pathlib.Path:
-            return run_notebook_process(path, fast=fast, **dirs)
+        print(f"[reproduce] up to {jobs} notebooks at a time, each in a process of its own; a notebook's progress: "
+              f"{dirs['output_dir'] / '<notebook>.log'}", flush=True)
+
+        def run(path: pathlib.Path, stop) -> pathlib.Path:
+            return run_notebook_process(path, fast=fast, stop=stop, **dirs)
     written = schedule(paths, jobs, run, setting="fast" if fast else "full")
     if not fast:
         record_numerics(dirs["results_dir"])
     return written
 
 
-def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable[[pathlib.Path], pathlib.Path], *,
-             setting: str = "full", say: Callable[[str], None] = lambda line: print(line, flush=True)
-             ) -> list[pathlib.Path]:
-    """``run(path)`` for every notebook: those of :data:`TIMES_ITSELF` first, one at a time, then the others at most
-    ``jobs`` at a time in their order; a line as each starts (naming those beside it) and ends. A failure stops new
-    starts; the notebooks running then finish (each is bounded: :func:`run_notebook_process`), and the first failure
-    is raised. Returns ``run``'s results in the order of ``paths``."""
+def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting: str = "full",
+             say: Callable[[str], None] = lambda line: print(line, flush=True)) -> list[pathlib.Path]:
+    """``run(path, stop)`` for every notebook: those of :data:`TIMES_ITSELF` first, one at a time, then the others at
+    most ``jobs`` at a time in their order; a line as each starts (naming those beside it) and ends. ``stop``: a
+    ``threading.Event`` set when the notebooks running should stop (``run`` then raises soon). A failure is said at
+    once and stops new starts; the notebooks running then finish (each is bounded: :func:`run_notebook_process`),
+    and the first failure is raised. An interruption here (Ctrl-C) sets ``stop`` and waits for the running ones to
+    end. Returns ``run``'s results in the order of ``paths``."""
     import concurrent.futures
     import threading
 
@@ -127,12 +133,13 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable[[pathlib.Pa
     together = [p for p in paths if p.name[:2] not in TIMES_ITSELF]
     results: dict[pathlib.Path, pathlib.Path] = {}
     running: list[str] = []
+    errors: list[BaseException] = []  # in the order they happened
     lock = threading.Lock()
-    failed = threading.Event()
+    failed, stop = threading.Event(), threading.Event()
 
     def one(path: pathlib.Path, note: str) -> None:
         with lock:
-            if failed.is_set():
+            if failed.is_set() or stop.is_set():
                 return
             beside = list(running)
             running.append(path.name)
@@ -140,13 +147,21 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable[[pathlib.Pa
         say(f"[reproduce] {path.name} ({setting}){note}" + (f", beside {', '.join(beside)}" if beside else "")
             + " ...")
         try:
-            results[path] = run(path)
-        except BaseException:
-            failed.set()
-            raise
-        finally:
+            results[path] = run(path, stop)
+        except BaseException as err:
             with lock:
+                failed.set()
+                errors.append(err)
                 running.remove(path.name)
+                others = list(running)
+            left = [p.name for p in together + alone if p not in results and p.name not in others
+                    and p != path]
+            say(f"[reproduce] {path.name} FAILED after {time.time() - start:.0f} s: {err}"
+                + (f"; waiting for {', '.join(others)} to finish" if others else "")
+                + (f"; not starting {', '.join(left)}" if left else ""))
+            raise
+        with lock:
+            running.remove(path.name)
         say(f"[reproduce] {path.name} done in {time.time() - start:.0f} s")
 
     for path in alone:
@@ -157,52 +172,110 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable[[pathlib.Pa
     else:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="reproduce") as pool:
             futures = [pool.submit(one, path, "") for path in together]
-            concurrent.futures.wait(futures)  # each notebook's cells have papermill's time limit
-        errors = [f.exception() for f in futures if f.exception() is not None]
+            try:
+                while not all(f.done() for f in futures):  # each notebook is bounded (run_notebook_process)
+                    concurrent.futures.wait(futures, timeout=1.0)
+            except BaseException:  # interrupted here: the running notebooks are stopped, none starts
+                failed.set()
+                stop.set()
+                raise
         if errors:
             raise errors[0]
     return [results[p] for p in paths]
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def run_notebook_process(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, results_dir: pathlib.Path,
-                         output_dir: pathlib.Path, cache_dir: pathlib.Path, timeout: int = 3600) -> pathlib.Path:
+                         output_dir: pathlib.Path, cache_dir: pathlib.Path, timeout: int = 3600,
+                         stop=None, silence_slack: float = 600.0, retries: int = 1) -> pathlib.Path:
     """:func:`run_notebook` in a Python process of its own (``python -m fedlab.notebook.reproduce``), its output in
-    ``output_dir/<notebook>.log``; :class:`NotebookFailed` with the log's last line if it fails. ``timeout``: a
-    cell's time limit (papermill's); the process is given that for each code cell and ten minutes more (its kernel's
-    start and end), then killed."""
+    ``output_dir/<notebook>.log``; :class:`NotebookFailed` with the log's last line if it fails.
+
+    Bounded by silence: papermill saves the executed notebook as each cell starts and ends and a cell may take at
+    most ``timeout`` seconds (papermill's limit), so a process whose log and executed notebook have not changed for
+    ``timeout + silence_slack`` seconds is stopped. ``stop`` (an event) set: stopped at once. The process gets SIGTERM
+    should the thread that started it end (this process killed): its kernel is shut down with it. A kernel that
+    never ran a cell (two kernels started together can race for a port) is started again, ``retries`` times."""
     import json
+    import signal
 
-    import nbformat
-
-    cells = sum(cell.cell_type == "code" for cell in nbformat.read(str(path), as_version=4).cells)
-    limit = cells * timeout + 600
+    from ..core.runtime import dying_with_parent
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    log = output_dir / f"{path.stem}.log"
+    log, executed = output_dir / f"{path.stem}.log", output_dir / path.name
     request = json.dumps({"path": str(path), "fast": fast, "figures_dir": str(figures_dir),
                           "results_dir": str(results_dir), "output_dir": str(output_dir),
                           "cache_dir": str(cache_dir), "timeout": timeout})
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fedlab.notebook.reproduce", request], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    limit = timeout + silence_slack
+    for attempt in range(retries + 1):
+        executed.unlink(missing_ok=True)
+        with open(log, "wb") as out:
+            process = subprocess.Popen(dying_with_parent(_child_command(request), signum=signal.SIGTERM),
+                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            try:
+                code = _wait_while_alive(process, [log, executed], limit, stop)
+            finally:
+                if process.poll() is None:  # silent, stopped, or interrupted: its kernel is shut down with it
+                    process.terminate()
+                    try:
+                        process.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
+        if code == "silent":
+            raise NotebookFailed(f"{path.name}: nothing written to its log or executed notebook for {limit:g} s (a "
+                                 f"cell may take {timeout} s); stopped. Its output: {log}")
+        if code == "stopped":
+            raise NotebookFailed(f"{path.name}: stopped (another notebook failed, or reproduce was interrupted). "
+                                 f"Its output: {log}")
+        if code == 0:
+            return executed
+        if attempt < retries and not _ran_a_cell(executed):
+            print(f"[reproduce] {path.name}: its kernel ran no cell (exit code {code}); starting it again "
+                  f"(its output: {log})", flush=True)
+            continue
+        break
+    lines = [ANSI.sub("", line) for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    raise NotebookFailed(f"{path.name} failed (exit code {code}; its output: {log}): "
+                         f"{lines[-1] if lines else 'no output'}")
+
+
+def _child_command(request: str) -> list[str]:
+    return [sys.executable, "-m", "fedlab.notebook.reproduce", request]
+
+
+def _wait_while_alive(process: subprocess.Popen, watched: Sequence[pathlib.Path], limit: float, stop):
+    """The process's exit code; "silent" once none of ``watched`` has changed for ``limit`` seconds; "stopped" once
+    ``stop`` is set."""
+    last = time.time()
+    while True:
         try:
-            code = process.wait(timeout=limit)
+            return process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
-            raise NotebookFailed(f"{path.name} did not finish within {limit} s ({cells} code cells of at most "
-                                 f"{timeout} s each, ten minutes for its kernel); stopped. Its output: {log}") from None
-        finally:
-            if process.poll() is None:  # interrupted or out of time: the notebook's process goes too
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-    if code != 0:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-        raise NotebookFailed(f"{path.name} failed (exit code {code}; its output: {log}): "
-                             f"{lines[-1] if lines else 'no output'}")
-    return output_dir / path.name
+            pass
+        if stop is not None and stop.is_set():
+            return "stopped"
+        for path in watched:
+            try:
+                last = max(last, path.stat().st_mtime)
+            except OSError:
+                pass
+        if time.time() - last > limit:
+            return "silent"
+
+
+def _ran_a_cell(executed: pathlib.Path) -> bool:
+    """Whether papermill's executed notebook shows a cell that started (False if there is none)."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(str(executed), as_version=4).cells
+    except Exception:  # noqa: BLE001 - absent or half-written: no cell is known to have run
+        return False
+    return any(cell.get("metadata", {}).get("papermill", {}).get("status", "pending") != "pending" for cell in cells)
 
 
 # wall-clock columns: never the same twice (sim_*: compared)
@@ -381,5 +454,5 @@ if __name__ == "__main__":  # one notebook, for run_notebook_process
     import json
 
     _request = json.loads(sys.argv[1])
-    run_notebook(pathlib.Path(_request["path"]), fast=_request["fast"], timeout=_request["timeout"],
+    run_notebook(pathlib.Path(_request["path"]), fast=_request["fast"], timeout=_request["timeout"], progress=True,
                  **{k: pathlib.Path(_request[k]) for k in ("figures_dir", "results_dir", "output_dir", "cache_dir")})
