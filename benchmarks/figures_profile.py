@@ -1,5 +1,6 @@
-"""Where `make figures` spends its time: every notebook run as `make figures` runs it, each of its cells timed,
-and each run inside a cell split by phase (:mod:`fedlab.core.profiling`).
+"""Where `make figures` spends its time: every notebook run as `python -m fedlab reproduce --jobs 1` runs it (one
+after the other; `make figures` runs two at a time), each of its cells timed, and each run inside a cell split by
+phase (:mod:`fedlab.core.profiling`).
 
     python benchmarks/figures_profile.py [--fast] [--only 01 02] [--out results/benchmarks/figures_profile.csv]
                                          [--scratch build/profile] [--tabulate]

@@ -712,3 +712,28 @@ def test_earlier_runs_pace_spreads_the_runs_left_before_the_next_starts_here(tmp
     with pool.spread([c.replace(seed=c.seed + 4) for c in configs], tmp_path, processes=2):
         pass
     assert started == [[1, 2, 3]]
+
+
+def test_a_cleanup_removes_the_partial_entries_of_dead_writers_and_keeps_a_live_ones(tmp_path):
+    """Two of reproduce's notebooks may train one run at once: a sweep cleaning up after its killed worker must not
+    take the other notebook's half-written entry."""
+    import subprocess
+    import sys
+
+    from fedlab.core.storage import partial_prefix
+
+    key = pool.cache_key(BASE, pool.component_digests(BASE))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True, timeout=60)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folders = {who: tmp_path / (partial_prefix(key, pid) + "x") for who, pid in
+                   (("dead", int(dead.stdout)), ("alive", other.pid), ("mine", os.getpid()))}
+        folders["unnamed"] = tmp_path / f".{key}.abc"  # written before folders carried their writer's id
+        for folder in folders.values():
+            folder.mkdir()
+        pool._remove_partial(str(tmp_path), [BASE])
+        assert [who for who, folder in folders.items() if folder.exists()] == ["alive"]
+    finally:
+        other.kill()
+        other.wait(timeout=60)

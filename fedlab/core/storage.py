@@ -203,13 +203,19 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
+def partial_prefix(name: str, pid: Optional[int] = None) -> str:
+    """How :func:`write_folder` names its temporary folder for ``name``: with the writing process's id, so that a
+    cleanup removes only the folders of processes no longer alive (two processes may write one entry at once)."""
+    return f".{name}.{os.getpid() if pid is None else pid}."
+
+
 def write_folder(target: pathlib.Path, write, *, keep_existing: bool = False) -> None:
     """Fills a temporary folder beside ``target`` with ``write(folder)``, then renames it to ``target``
     (replacing an older one): the folder appears whole or not at all. ``keep_existing``: a folder found at
     ``target`` (another process wrote the same entry meanwhile, e.g. two notebooks of ``reproduce`` training the
     same run) is kept and this one dropped, so no reader ever sees it half removed."""
     target = pathlib.Path(target)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=partial_prefix(target.name), dir=target.parent))
     try:
         write(tmp)
         if target.exists():

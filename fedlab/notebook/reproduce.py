@@ -84,8 +84,8 @@ def default_jobs() -> int:
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook run in a process of its own failed, went silent, or was stopped; the message names it, its log
-    and what ended it."""
+    """A notebook run in a process of its own failed, went silent, or was stopped (reproduce interrupted); the
+    message names it, its log and what ended it."""
 
 
 def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
@@ -133,6 +133,7 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
     together = [p for p in paths if p.name[:2] not in TIMES_ITSELF]
     results: dict[pathlib.Path, pathlib.Path] = {}
     running: list[str] = []
+    started: set[str] = set()
     errors: list[BaseException] = []  # in the order they happened
     lock = threading.Lock()
     failed, stop = threading.Event(), threading.Event()
@@ -143,6 +144,7 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
                 return
             beside = list(running)
             running.append(path.name)
+            started.add(path.name)
         start = time.time()
         say(f"[reproduce] {path.name} ({setting}){note}" + (f", beside {', '.join(beside)}" if beside else "")
             + " ...")
@@ -154,8 +156,7 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
                 errors.append(err)
                 running.remove(path.name)
                 others = list(running)
-            left = [p.name for p in together + alone if p not in results and p.name not in others
-                    and p != path]
+                left = [p.name for p in alone + together if p.name not in started]
             say(f"[reproduce] {path.name} FAILED after {time.time() - start:.0f} s: {err}"
                 + (f"; waiting for {', '.join(others)} to finish" if others else "")
                 + (f"; not starting {', '.join(left)}" if left else ""))
@@ -171,13 +172,14 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
             one(path, "")
     else:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="reproduce") as pool:
-            futures = [pool.submit(one, path, "") for path in together]
             try:
+                futures = [pool.submit(one, path, "") for path in together]
                 while not all(f.done() for f in futures):  # each notebook is bounded (run_notebook_process)
                     concurrent.futures.wait(futures, timeout=1.0)
             except BaseException:  # interrupted here: the running notebooks are stopped, none starts
                 failed.set()
                 stop.set()
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise
         if errors:
             raise errors[0]
@@ -196,8 +198,9 @@ def run_notebook_process(path: pathlib.Path, *, fast: bool, figures_dir: pathlib
     Bounded by silence: papermill saves the executed notebook as each cell starts and ends and a cell may take at
     most ``timeout`` seconds (papermill's limit), so a process whose log and executed notebook have not changed for
     ``timeout + silence_slack`` seconds is stopped. ``stop`` (an event) set: stopped at once. The process gets SIGTERM
-    should the thread that started it end (this process killed): its kernel is shut down with it. A kernel that
-    never ran a cell (two kernels started together can race for a port) is started again, ``retries`` times."""
+    should the thread that started it end (this process killed); it runs in a session of its own and shuts its
+    kernel down on SIGTERM. A kernel that never started a cell (two kernels started together can race for a port)
+    is started again, ``retries`` times, its output appended to the same log."""
     import json
     import signal
 
@@ -211,26 +214,22 @@ def run_notebook_process(path: pathlib.Path, *, fast: bool, figures_dir: pathlib
     limit = timeout + silence_slack
     for attempt in range(retries + 1):
         executed.unlink(missing_ok=True)
-        with open(log, "wb") as out:
+        with open(log, "wb" if attempt == 0 else "ab") as out:
+            if attempt:
+                out.write(f"\n[reproduce] started again (attempt {attempt + 1})\n".encode())
+                out.flush()
             process = subprocess.Popen(dying_with_parent(_child_command(request), signum=signal.SIGTERM),
-                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                                       env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
             try:
                 code = _wait_while_alive(process, [log, executed], limit, stop)
             finally:
-                if process.poll() is None:  # silent, stopped, or interrupted: its kernel is shut down with it
-                    process.terminate()
-                    try:
-                        process.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+                _end(process, path)  # silent, stopped or interrupted: SIGTERM, and its kernel is shut down
         if code == "silent":
             raise NotebookFailed(f"{path.name}: nothing written to its log or executed notebook for {limit:g} s (a "
                                  f"cell may take {timeout} s); stopped. Its output: {log}")
         if code == "stopped":
-            raise NotebookFailed(f"{path.name}: stopped (another notebook failed, or reproduce was interrupted). "
-                                 f"Its output: {log}")
+            raise NotebookFailed(f"{path.name}: stopped (reproduce was interrupted). Its output: {log}")
         if code == 0:
             return executed
         if attempt < retries and not _ran_a_cell(executed):
@@ -249,15 +248,17 @@ def _child_command(request: str) -> list[str]:
 
 def _wait_while_alive(process: subprocess.Popen, watched: Sequence[pathlib.Path], limit: float, stop):
     """The process's exit code; "silent" once none of ``watched`` has changed for ``limit`` seconds; "stopped" once
-    ``stop`` is set."""
+    ``stop`` is set (also if it has just ended: a Ctrl-C reaches it too)."""
     last = time.time()
     while True:
         try:
-            return process.wait(timeout=1.0)
+            code = process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
-            pass
+            code = None
         if stop is not None and stop.is_set():
             return "stopped"
+        if code is not None:
+            return code
         for path in watched:
             try:
                 last = max(last, path.stat().st_mtime)
@@ -267,15 +268,34 @@ def _wait_while_alive(process: subprocess.Popen, watched: Sequence[pathlib.Path]
             return "silent"
 
 
+def _end(process: subprocess.Popen, path: pathlib.Path) -> None:
+    """SIGTERM to a notebook's process still running (it shuts its kernel down), SIGKILL a minute later; waits at
+    most another minute for it to go."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+        return
+    except subprocess.TimeoutExpired:
+        process.kill()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise NotebookFailed(f"{path.name}: its process {process.pid} did not end within 60 s of SIGKILL") from None
+
+
 def _ran_a_cell(executed: pathlib.Path) -> bool:
-    """Whether papermill's executed notebook shows a cell that started (False if there is none)."""
+    """Whether papermill's executed notebook shows a cell that started (its ``start_time``, set only as a cell
+    starts; papermill marks every cell "completed" when it ends, even if its kernel never started). False if there
+    is no such notebook."""
     import nbformat
 
     try:
         cells = nbformat.read(str(executed), as_version=4).cells
     except Exception:  # noqa: BLE001 - absent or half-written: no cell is known to have run
         return False
-    return any(cell.get("metadata", {}).get("papermill", {}).get("status", "pending") != "pending" for cell in cells)
+    return any(cell.get("metadata", {}).get("papermill", {}).get("start_time") for cell in cells)
 
 
 # wall-clock columns: never the same twice (sim_*: compared)
@@ -452,7 +472,9 @@ def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT 
 
 if __name__ == "__main__":  # one notebook, for run_notebook_process
     import json
+    import signal
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # papermill then shuts the kernel down as it stops
     _request = json.loads(sys.argv[1])
     run_notebook(pathlib.Path(_request["path"]), fast=_request["fast"], timeout=_request["timeout"], progress=True,
                  **{k: pathlib.Path(_request[k]) for k in ("figures_dir", "results_dir", "output_dir", "cache_dir")})
