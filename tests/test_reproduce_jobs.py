@@ -31,13 +31,19 @@ def names(*prefixes):
 
 class Recorder:
     """Stands in for running a notebook: records when each started and ended. Notebook 01 waits (at most 30 s) until
-    02 has started, so the two overlap whatever the machine's load; one in ``fail`` raises once ``release`` is set
-    (the others beside it still running), and 02 ends only once ``release`` is set."""
+    02 has started, so the two overlap whatever the machine's load; one in ``fail`` raises, and 02 then ends only once
+    the failure has been said (at most 30 s)."""
 
     def __init__(self, fail=()):
         self.spans, self.fail, self.lock = {}, set(fail), threading.Lock()
         self.started = {name: threading.Event() for name in ("01", "02")}
-        self.release = threading.Event()
+        self.release, self.lines = threading.Event(), []
+
+    def say(self, line):
+        """The schedule's lines; once a failure is said, 02 may end."""
+        self.lines.append(line)
+        if "FAILED" in line:
+            self.release.set()
 
     def __call__(self, path, stop):
         name, start = path.name[:2], time.monotonic()
@@ -45,8 +51,6 @@ class Recorder:
             self.started[name].set()
         if name == "01":
             assert self.started["02"].wait(timeout=30)
-        if name in self.fail:
-            self.release.set()
         if name == "02" and self.fail:
             assert self.release.wait(timeout=30)
         time.sleep(0.05)
@@ -92,9 +96,10 @@ def test_one_job_runs_every_notebook_one_after_the_other():
 
 
 def test_a_failure_stops_new_starts_lets_the_running_finish_and_is_raised():
-    run, lines = Recorder(fail={"01"}), []
+    run = Recorder(fail={"01"})
+    lines = run.lines
     with pytest.raises(RuntimeError, match="01_notebook.ipynb failed"):
-        reproduce.schedule(names("01", "02", "03", "07"), 2, run, say=lines.append)
+        reproduce.schedule(names("01", "02", "03", "07"), 2, run, say=run.say)
     assert set(run.spans) == {"01", "02"}  # 02 was running beside 01 and finished; 03 and 07 never started
     said = next(line for line in lines if "FAILED" in line)
     assert re.fullmatch(r"\[reproduce\] 01_notebook.ipynb FAILED after \d+ s: 01_notebook.ipynb failed; waiting "
@@ -104,9 +109,10 @@ def test_a_failure_stops_new_starts_lets_the_running_finish_and_is_raised():
 
 
 def test_a_timed_notebook_that_fails_stops_everything_after_it():
-    run, lines = Recorder(fail={"04"}), []
+    run = Recorder(fail={"04"})
+    lines = run.lines
     with pytest.raises(RuntimeError, match="04_notebook.ipynb failed"):
-        reproduce.schedule(names("01", "02", "04", "05"), 2, run, say=lines.append)
+        reproduce.schedule(names("01", "02", "04", "05"), 2, run, say=run.say)
     assert set(run.spans) == {"04"}
     assert lines[-1].endswith("; not starting 05_notebook.ipynb, 01_notebook.ipynb, 02_notebook.ipynb")
 

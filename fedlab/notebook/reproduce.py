@@ -180,10 +180,28 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
                 failed.set()
                 stop.set()
                 pool.shutdown(wait=False, cancel_futures=True)
+                _wait_for_none(running, lock, STOP_LIMIT_S, say)  # a thread just started may not be the pool's yet
                 raise
         if errors:
             raise errors[0]
     return [results[p] for p in paths]
+
+
+STOP_LIMIT_S = 180.0  # a notebook's process ends within two minutes of being stopped (_end)
+
+
+def _wait_for_none(running: list, lock, limit: float, say: Callable[[str], None]) -> None:
+    """Waits until ``running`` is empty, at most ``limit`` seconds; says which notebooks were still running then."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with lock:
+            if not running:
+                return
+        time.sleep(0.1)
+    with lock:
+        left = list(running)
+    if left:
+        say(f"[reproduce] still running {limit:g} s after being stopped: {', '.join(left)}")
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
