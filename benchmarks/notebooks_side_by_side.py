@@ -78,6 +78,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", default=["03", "07", "08"], help="notebook prefixes (default: 03 07 08)")
     parser.add_argument("--fast", action="store_true", help="the test suite's fast setting")
+    parser.add_argument("--jobs", nargs="+", type=int, default=[1, 2],
+                        help="the modes, in this order (default: 1 2); with one mode nothing is compared")
     parser.add_argument("--scratch", type=pathlib.Path, default=ROOT / "build" / "side_by_side")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" /
                         "notebooks_side_by_side.csv")
@@ -85,14 +87,17 @@ def main() -> int:
     import pandas as pd
 
     rows = []
-    for jobs in (1, 2):
+    for jobs in args.jobs:
         rows.append(one_mode(args.scratch / f"jobs{jobs}", args.only, args.fast, jobs))
         print(json.dumps(rows[-1]), flush=True)
-    differences = compare(args.scratch / "jobs1", args.scratch / "jobs2")
-    ratio = rows[0]["seconds"] / rows[1]["seconds"]
-    for row in rows:
-        row["identical_results"] = not differences
-    print(json.dumps({"one_after_the_other_over_two_at_a_time": round(ratio, 3), "differences": differences}))
+    differences = []
+    if len(rows) == 2:
+        differences = compare(args.scratch / f"jobs{args.jobs[0]}", args.scratch / f"jobs{args.jobs[1]}")
+        ratio = rows[0]["seconds"] / rows[1]["seconds"]
+        for row in rows:
+            row["identical_results"] = not differences
+        print(json.dumps({f"jobs {args.jobs[0]} over jobs {args.jobs[1]}": round(ratio, 3),
+                          "differences": differences}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial")
     pd.DataFrame(rows).to_csv(partial, index=False)
