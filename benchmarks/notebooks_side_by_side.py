@@ -1,10 +1,11 @@
 """Notebooks one after the other against two at a time, side by side in one run (issue #38: `make figures` in under
 30 minutes).
 
-    python benchmarks/notebooks_side_by_side.py [--only 03 07 08] [--fast] [--out results/benchmarks/notebooks_side_by_side.csv]
+    python benchmarks/notebooks_side_by_side.py [--only 03 07 08] [--fast] [--jobs 1 2] [--scratch build/side_by_side]
+                                                [--out results/benchmarks/notebooks_side_by_side.csv]
 
 Runs ``reproduce`` twice on the same notebooks, each time in a fresh Python process, from an empty cache, into a
-scratch folder of its own: with ``jobs=1`` (every notebook in turn, as before) and ``jobs=2`` (two at a time; the
+scratch folder of its own (``--jobs``: the modes, one or two): with ``jobs=1`` (every notebook in turn, as before) and ``jobs=2`` (two at a time; the
 notebooks that report wall-clock time, 04, 05 and 06, alone). For each: the wall seconds, the CPU seconds of the
 process and everything it started (``RUSAGE_CHILDREN``), and from them the cores busy on average. Then compares every
 results CSV (timing columns excepted) and figure (timing figures excepted) of the two runs: they must be identical,
@@ -81,18 +82,26 @@ def main() -> int:
     parser.add_argument("--jobs", nargs="+", type=int, default=[1, 2],
                         help="the modes, in this order (default: 1 2); with one mode nothing is compared")
     parser.add_argument("--scratch", type=pathlib.Path, default=ROOT / "build" / "side_by_side")
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" /
-                        "notebooks_side_by_side.csv")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="the CSV (default with two modes: results/benchmarks/notebooks_side_by_side.csv; "
+                             "required with one)")
     args = parser.parse_args()
+    if not 1 <= len(args.jobs) <= 2 or min(args.jobs) < 1:
+        parser.error("--jobs: one or two modes, each at least 1")
+    if args.out is None:
+        if len(args.jobs) == 1:
+            parser.error("--out: required with one mode (the default CSV holds a side-by-side run of two)")
+        args.out = ROOT / "results" / "benchmarks" / "notebooks_side_by_side.csv"
     import pandas as pd
 
     rows = []
-    for jobs in args.jobs:
-        rows.append(one_mode(args.scratch / f"jobs{jobs}", args.only, args.fast, jobs))
+    folders = [args.scratch / f"mode{i}-jobs{jobs}" for i, jobs in enumerate(args.jobs)]
+    for folder, jobs in zip(folders, args.jobs):
+        rows.append(one_mode(folder, args.only, args.fast, jobs))
         print(json.dumps(rows[-1]), flush=True)
     differences = []
     if len(rows) == 2:
-        differences = compare(args.scratch / f"jobs{args.jobs[0]}", args.scratch / f"jobs{args.jobs[1]}")
+        differences = compare(*folders)
         ratio = rows[0]["seconds"] / rows[1]["seconds"]
         for row in rows:
             row["identical_results"] = not differences

@@ -34,8 +34,8 @@ class Recorder:
     02 has started, so the two overlap whatever the machine's load; one in ``fail`` raises, and 02 then ends only once
     the failure has been said (at most 30 s)."""
 
-    def __init__(self, fail=()):
-        self.spans, self.fail, self.lock = {}, set(fail), threading.Lock()
+    def __init__(self, fail=(), both=True):
+        self.spans, self.fail, self.lock, self.both = {}, set(fail), threading.Lock(), both
         self.started = {name: threading.Event() for name in ("01", "02")}
         self.release, self.lines = threading.Event(), []
 
@@ -51,6 +51,8 @@ class Recorder:
             self.started[name].set()
         if name == "01":
             assert self.started["02"].wait(timeout=30)
+        if name == "02" and not self.fail and self.both:  # each waits for the other: they overlap
+            assert self.started["01"].wait(timeout=30)
         if name == "02" and self.fail:
             assert self.release.wait(timeout=30)
         time.sleep(0.05)
@@ -88,9 +90,8 @@ def test_timed_notebooks_run_first_and_alone_the_others_two_at_a_time():
 
 
 def test_one_job_runs_every_notebook_one_after_the_other():
-    run = Recorder()
-    run.started["01"].set()  # 01 would otherwise wait for 02, which cannot start before 01 ends
-    run.started["02"].set()
+    run = Recorder(both=False)
+    run.started["02"].set()  # 01 would otherwise wait for 02, which cannot start before 01 ends
     reproduce.schedule(names("01", "02", "04"), 1, run, say=lambda line: None)
     assert not run.overlap("01", "02") and not run.overlap("01", "04") and not run.overlap("02", "04")
 
@@ -103,7 +104,7 @@ def test_a_failure_stops_new_starts_lets_the_running_finish_and_is_raised():
     assert set(run.spans) == {"01", "02"}  # 02 was running beside 01 and finished; 03 and 07 never started
     said = next(line for line in lines if "FAILED" in line)
     assert re.fullmatch(r"\[reproduce\] 01_notebook.ipynb FAILED after \d+ s: 01_notebook.ipynb failed; waiting "
-                        r"for 02_notebook.ipynb to finish; not starting 03_notebook.ipynb, 07_notebook.ipynb", said)
+                        r"for 02_notebook.ipynb; not starting 03_notebook.ipynb, 07_notebook.ipynb", said)
     done = next(line for line in lines if line.startswith("[reproduce] 02_notebook.ipynb done in "))
     assert lines.index(said) < lines.index(done)  # said as it happened, not once 02 had ended
 
@@ -137,6 +138,18 @@ def test_an_interruption_stops_the_running_notebooks_and_starts_no_other():
         signal.signal(signal.SIGINT, previous)
     assert sorted(started) == ["01", "02"] and seen_stop == [True, True]
     assert time.monotonic() - began < 25
+
+
+def test_an_interrupted_notebook_run_alone_is_said_interrupted():
+    lines = []
+
+    def run(path, stop):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.schedule(names("04", "05"), 2, run, say=lines.append)
+    assert re.fullmatch(r"\[reproduce\] 04_notebook.ipynb FAILED after \d+ s: interrupted; not starting "
+                        r"05_notebook.ipynb", lines[-1])
 
 
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True, "2"])
@@ -215,19 +228,19 @@ def test_a_notebook_process_that_goes_silent_is_stopped_and_said(monkeypatch, tm
                                                                       "time.sleep(120)"])
     began = time.monotonic()
     with pytest.raises(reproduce.NotebookFailed, match=r"^09_silent.ipynb: nothing written to its log or executed "
-                                                        r"notebook for 2 s \(a cell may take 1 s\); stopped"):
+                                                        r"notebook for 6 s \(a cell may take 1 s\); stopped"):
         reproduce.run_notebook_process(tiny_notebook(tmp_path / "09_silent.ipynb", "pass"), timeout=1,
-                                       silence_slack=1, **out_dirs(tmp_path))
+                                       silence_slack=5, **out_dirs(tmp_path))
     assert time.monotonic() - began < 30
 
 
 def test_a_notebook_process_that_keeps_writing_is_not_silent(monkeypatch, tmp_path):
     monkeypatch.setattr(reproduce, "_child_command", lambda request: [
-        sys.executable, "-c", "import time\nfor i in range(40): print(i); time.sleep(0.2)"])  # 8 s, a line each 0.2 s
+        sys.executable, "-c", "import time\nfor i in range(100): print(i); time.sleep(0.2)"])  # 20 s, a line each 0.2 s
     done = reproduce.run_notebook_process(tiny_notebook(tmp_path / "09_busy.ipynb", "pass"), timeout=1,
-                                          silence_slack=1, **out_dirs(tmp_path))
+                                          silence_slack=5, **out_dirs(tmp_path))
     assert done == tmp_path / "out" / "09_busy.ipynb"
-    assert (tmp_path / "out" / "09_busy.log").read_text().split()[-1] == "39"
+    assert (tmp_path / "out" / "09_busy.log").read_text().split()[-1] == "99"
 
 
 def test_a_notebook_process_told_to_stop_stops(monkeypatch, tmp_path):

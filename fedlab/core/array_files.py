@@ -42,7 +42,7 @@ import weakref
 import numpy as np
 
 from . import encryption
-from .runtime import held
+from .runtime import held, process_alive
 
 PREFIX = "fedlab-arrays-"
 _local_files = contextvars.ContextVar("fedlab_local_array_files", default=True)
@@ -64,16 +64,6 @@ def enabled() -> bool:
     return _local_files.get() and encryption.current() is None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_abandoned(root: pathlib.Path) -> None:
     """Directories of this kind whose process no longer runs (killed before its exit handler)."""
     for path in root.glob(f"{PREFIX}*"):
@@ -81,7 +71,7 @@ def _remove_abandoned(root: pathlib.Path) -> None:
             pid = int(path.name[len(PREFIX):].split("-", 1)[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not process_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
 
 

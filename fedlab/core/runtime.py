@@ -77,6 +77,17 @@ def dying_with_parent(args, signum: int = signal.SIGKILL) -> list[str]:
     return [sys.executable, "-S", "-c", _trampoline(signum), *args] if sys.platform.startswith("linux") else args
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 WAIT_LIMIT_VARIABLE = "FEDLAB_WAIT_LIMIT_S"
 DEFAULT_WAIT_LIMIT_S = 1800.0
 

@@ -46,6 +46,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from .encryption import EncryptionError, seal, unseal
+from .runtime import process_alive
 from .validation import FedlabWarning
 
 MANIFEST = "MANIFEST.json"
@@ -207,6 +208,17 @@ def partial_prefix(name: str, pid: Optional[int] = None) -> str:
     """How :func:`write_folder` names its temporary folder for ``name``: with the writing process's id, so that a
     cleanup removes only the folders of processes no longer alive (two processes may write one entry at once)."""
     return f".{name}.{os.getpid() if pid is None else pid}."
+
+
+def remove_dead_partials(folder: pathlib.Path, name: str) -> None:
+    """Removes :func:`write_folder`'s temporary folders for ``name`` in ``folder`` left by processes no longer alive,
+    and this process's (it is not writing now); another live process's stays. Folders named before they carried
+    their writer's id are removed."""
+    for partial in pathlib.Path(folder).glob(f".{name}.*"):
+        writer = partial.name[len(name) + 2:].split(".")[0]
+        if writer.isdigit() and int(writer) != os.getpid() and process_alive(int(writer)):
+            continue
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def write_folder(target: pathlib.Path, write, *, keep_existing: bool = False) -> None:

@@ -71,7 +71,7 @@ from ..core import encryption, profiling
 from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
 from ..core.registry import Entry, Registry, UnknownComponent
 from ..core.runtime import seconds_setting, wait_limit
-from ..core.storage import ResultCache, cache_key
+from ..core.storage import ResultCache, cache_key, remove_dead_partials
 from ..core.validation import ConfigError
 from ..data.data import DATASETS
 from ..data.partition import PARTITIONERS
@@ -438,28 +438,10 @@ def _load_data_here(configs) -> None:
 
 
 def _remove_partial(cache_dir: str, configs) -> None:
-    """The temporary folders a killed run's cache entry was being written in (``storage.write_folder``): those of
-    processes no longer alive, and this one's (it is not writing now); another live process's stays (two notebooks
-    of ``reproduce`` may train the same run at once)."""
-    import shutil
-
+    """The temporary folders a killed run's cache entry was being written in (``storage.write_folder``), but another
+    live process's (two notebooks of ``reproduce`` may train the same run at once)."""
     for config in configs:
-        key = cache_key(config, component_digests(config))
-        for partial in pathlib.Path(cache_dir).glob(f".{key}.*"):
-            writer = partial.name[len(key) + 2:].split(".")[0]
-            if writer.isdigit() and int(writer) != os.getpid() and _alive(int(writer)):
-                continue
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        remove_dead_partials(pathlib.Path(cache_dir), cache_key(config, component_digests(config)))
 
 
 def _collect(futures: dict, configs, beats: str, on_done, back_here: Callable[[int], None] = lambda i: None) -> None:

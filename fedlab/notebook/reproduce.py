@@ -121,12 +121,12 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
 def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting: str = "full",
              say: Callable[[str], None] = lambda line: print(line, flush=True)) -> list[pathlib.Path]:
     """``run(path, stop)`` for every notebook: those of :data:`TIMES_ITSELF` first, one at a time, then the others at
-    most ``jobs`` at a time in their order; a line as each starts (naming those beside it) and ends. ``stop``: a
-    ``threading.Event`` set when the notebooks running should stop (``run`` then raises soon). A failure is said at
-    once and stops new starts; the notebooks running then finish (each is bounded: :func:`run_notebook_process`),
-    and the first failure is raised. An interruption here (Ctrl-C) sets ``stop`` and waits for the running ones to
-    end. Returns ``run``'s results in the order of ``paths``."""
-    import concurrent.futures
+    most ``jobs`` at a time in their order (on daemon threads); a line as each starts (naming those beside it) and
+    ends. ``stop``: a ``threading.Event`` set when the notebooks running should stop (``run`` then raises soon). A
+    failure is said at once and stops new starts; the notebooks running then finish (each is bounded:
+    :func:`run_notebook_process`), and the first failure is raised. An interruption here (Ctrl-C) sets ``stop`` and
+    waits at most :data:`STOP_LIMIT_S` for the running ones to end. Returns ``run``'s results in the order of
+    ``paths``."""
     import threading
 
     alone = [p for p in paths if p.name[:2] in TIMES_ITSELF]
@@ -157,8 +157,9 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
                 running.remove(path.name)
                 others = list(running)
                 left = [p.name for p in alone + together if p.name not in started]
-            say(f"[reproduce] {path.name} FAILED after {time.time() - start:.0f} s: {err}"
-                + (f"; waiting for {', '.join(others)} to finish" if others else "")
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err) or type(err).__name__
+            say(f"[reproduce] {path.name} FAILED after {time.time() - start:.0f} s: {reason}"
+                + (f"; {'stopping' if stop.is_set() else 'waiting for'} {', '.join(others)}" if others else "")
                 + (f"; not starting {', '.join(left)}" if left else ""))
             raise
         with lock:
@@ -170,20 +171,33 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
     if jobs == 1 or len(together) <= 1:
         for path in together:
             one(path, "")
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="reproduce") as pool:
+        return [results[p] for p in paths]
+    queue = list(together)
+
+    def lane() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                path = queue.pop(0)
             try:
-                futures = [pool.submit(one, path, "") for path in together]
-                while not all(f.done() for f in futures):  # each notebook is bounded (run_notebook_process)
-                    concurrent.futures.wait(futures, timeout=1.0)
-            except BaseException:  # interrupted here: the running notebooks are stopped, none starts
-                failed.set()
-                stop.set()
-                pool.shutdown(wait=False, cancel_futures=True)
-                _wait_for_none(running, lock, STOP_LIMIT_S, say)  # a thread just started may not be the pool's yet
-                raise
-        if errors:
-            raise errors[0]
+                one(path, "")
+            except BaseException:  # noqa: BLE001 - kept in ``errors``, raised by the main thread
+                return
+
+    lanes = [threading.Thread(target=lane, name=f"reproduce-{i}", daemon=True) for i in range(jobs)]
+    try:
+        for thread in lanes:
+            thread.start()
+        while alive := [thread for thread in lanes if thread.is_alive()]:  # each notebook is bounded
+            alive[0].join(timeout=1.0)
+    except BaseException:  # interrupted here: the running notebooks are stopped, none starts
+        failed.set()
+        stop.set()
+        _wait_for_none(running, lock, STOP_LIMIT_S, say)
+        raise
+    if errors:
+        raise errors[0]
     return [results[p] for p in paths]
 
 
@@ -241,8 +255,13 @@ def run_notebook_process(path: pathlib.Path, *, fast: bool, figures_dir: pathlib
                                        env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
             try:
                 code = _wait_while_alive(process, [log, executed], limit, stop)
-            finally:
-                _end(process, path)  # silent, stopped or interrupted: SIGTERM, and its kernel is shut down
+            except BaseException as err:  # interrupted: SIGTERM, and its kernel is shut down
+                try:
+                    _end(process, path)
+                except NotebookFailed as stuck:
+                    err.add_note(str(stuck))
+                raise
+            _end(process, path)  # silent or stopped: the same
         if code == "silent":
             raise NotebookFailed(f"{path.name}: nothing written to its log or executed notebook for {limit:g} s (a "
                                  f"cell may take {timeout} s); stopped. Its output: {log}")
@@ -266,7 +285,7 @@ def _child_command(request: str) -> list[str]:
 
 def _wait_while_alive(process: subprocess.Popen, watched: Sequence[pathlib.Path], limit: float, stop):
     """The process's exit code; "silent" once none of ``watched`` has changed for ``limit`` seconds; "stopped" once
-    ``stop`` is set (also if it has just ended: a Ctrl-C reaches it too)."""
+    ``stop`` is set (also if it has just ended)."""
     last = time.time()
     while True:
         try:
