@@ -317,3 +317,12 @@ def test_the_command_line_says_a_failed_notebook_in_one_line(monkeypatch, capsys
     assert cli.main(["reproduce", "--fast"]) == 1
     assert capsys.readouterr().err == ("fedlab reproduce: error: 01_fedavg.ipynb failed (exit code 1; its output: "
                                        "x.log): ValueError: bad\n")
+
+
+def test_a_line_that_cannot_be_said_is_a_failure_not_a_lost_notebook():
+    def say(line):
+        if line.startswith("[reproduce] 02_notebook.ipynb (full)"):
+            raise OSError("the terminal went away")
+
+    with pytest.raises(OSError, match="the terminal went away"):
+        reproduce.schedule(names("01", "02", "03"), 2, lambda path, stop: pathlib.Path("out") / path.name, say=say)

@@ -146,9 +146,9 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
             running.append(path.name)
             started.add(path.name)
         start = time.time()
-        say(f"[reproduce] {path.name} ({setting}){note}" + (f", beside {', '.join(beside)}" if beside else "")
-            + " ...")
         try:
+            say(f"[reproduce] {path.name} ({setting}){note}" + (f", beside {', '.join(beside)}" if beside else "")
+                + " ...")
             results[path] = run(path, stop)
         except BaseException as err:
             with lock:
@@ -182,7 +182,11 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
                 path = queue.pop(0)
             try:
                 one(path, "")
-            except BaseException:  # noqa: BLE001 - kept in ``errors``, raised by the main thread
+            except BaseException as err:  # noqa: BLE001 - raised by the main thread
+                with lock:
+                    failed.set()
+                    if all(err is not known for known in errors):  # one's "done" line could not be said
+                        errors.append(err)
                 return
 
     lanes = [threading.Thread(target=lane, name=f"reproduce-{i}", daemon=True) for i in range(jobs)]
@@ -198,6 +202,9 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
         raise
     if errors:
         raise errors[0]
+    missing = [p.name for p in paths if p not in results]
+    if missing:  # cannot happen without an error above; said rather than a KeyError
+        raise RuntimeError(f"reproduce: no result for {', '.join(missing)}")
     return [results[p] for p in paths]
 
 
