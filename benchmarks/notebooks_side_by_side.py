@@ -57,7 +57,7 @@ def one_mode(scratch: pathlib.Path, only: list[str], fast: bool, jobs: int) -> d
 
 
 def compare(a: pathlib.Path, b: pathlib.Path) -> list[str]:
-    from fedlab.notebook.reproduce import TIMING_FIGURES, compare_tables
+    from fedlab.notebook.reproduce import file_difference
 
     differences = []
     for kind, pattern in (("results", "*.csv"), ("figures", "*.png")):
@@ -66,12 +66,8 @@ def compare(a: pathlib.Path, b: pathlib.Path) -> list[str]:
         for name in sorted(set(left) | set(right)):
             if name not in left or name not in right:
                 differences.append(f"{kind}/{name}: made by one run only")
-            elif kind == "results":
-                problem = compare_tables(left[name], right[name])
-                if problem:
-                    differences.append(f"{kind}/{name}: {problem}")
-            elif name not in TIMING_FIGURES and left[name].read_bytes() != right[name].read_bytes():
-                differences.append(f"{kind}/{name}: differs (bytes)")
+            elif problem := file_difference(kind, left[name], right[name]):
+                differences.append(f"{kind}/{name}: {problem}")
     return differences
 
 

@@ -77,6 +77,11 @@ def dying_with_parent(args, signum: int = signal.SIGKILL) -> list[str]:
     return [sys.executable, "-S", "-c", _trampoline(signum), *args] if sys.platform.startswith("linux") else args
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (another user's counts)."""
     try:

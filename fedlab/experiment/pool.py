@@ -70,7 +70,7 @@ from ..algorithms.algorithms import ALGORITHMS
 from ..core import encryption, profiling
 from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
 from ..core.registry import Entry, Registry, UnknownComponent
-from ..core.runtime import seconds_setting, wait_limit
+from ..core.runtime import seconds_setting, usable_cores, wait_limit
 from ..core.storage import ResultCache, cache_key, remove_dead_partials
 from ..core.validation import ConfigError
 from ..data.data import DATASETS
@@ -97,7 +97,7 @@ def sweep_processes(processes: Optional[int] = None) -> int:
             if not raw.isdigit() or int(raw) < 1:
                 raise ValueError(f"{PROCESSES_VARIABLE}: must be a whole number of processes >= 1, got {raw!r}")
             return int(raw)
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return usable_cores()
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes: must be a whole number >= 1 (1: every run in this process), got {processes!r}")
     return processes

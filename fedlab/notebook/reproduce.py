@@ -9,9 +9,9 @@ runs, so an interrupted reproduce picks up where it stopped.
 Notebooks run ``jobs`` at a time (two where the machine has two cores or
 more), each in a process of its own; those that report wall-clock time
 (:data:`TIMES_ITSELF`) run first, one at a time, with nothing of reproduce's
-beside them. ``jobs=1`` runs every notebook in this process, in turn. A notebook leaves cores idle between its sweeps
-(plots, its own serial work, a sweep's last run training alone), which a
-second notebook fills; what a notebook computes does not depend on what runs
+beside them. ``jobs=1`` runs every notebook in this process, in turn. A
+notebook leaves cores idle between its sweeps (plots, its own serial work, a
+sweep's last run training alone), which a second notebook fills; what a notebook computes does not depend on what runs
 beside it (every run is seeded, and a sweep's runs give the same bits in any
 process).
 """
@@ -79,8 +79,9 @@ TIMES_ITSELF = frozenset({"04", "05", "06"})
 def default_jobs() -> int:
     """Notebooks run at a time when not asked: two where there are two cores or more (each notebook's sweeps spread
     over every core already; a second notebook fills what the first leaves idle), else one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 2 if cores >= 2 else 1
+    from ..core.runtime import usable_cores
+
+    return 2 if usable_cores() >= 2 else 1
 
 
 class NotebookFailed(RuntimeError):
@@ -348,6 +349,16 @@ TIMING = re.compile(r"^(seconds|seconds_.*|ms_per_.*|client_seconds|server_secon
 TIMING_FIGURES = {"06_round_time.png", "05_secagg_cost.png", "05_he_cost.png"}
 
 
+def file_difference(kind: str, committed: pathlib.Path, fresh: pathlib.Path) -> Optional[str]:
+    """None if two ``kind`` ("results" or "figures") files agree, else what differs: tables by
+    :func:`compare_tables`, figures by their bytes (a figure of :data:`TIMING_FIGURES` always agrees)."""
+    if kind != "figures":
+        return compare_tables(committed, fresh)
+    if committed.name in TIMING_FIGURES or committed.read_bytes() == fresh.read_bytes():
+        return None
+    return "differs (bytes)"
+
+
 def compare_tables(committed: pathlib.Path, fresh: pathlib.Path) -> Optional[str]:
     """None if the two CSVs hold the same values (timing columns excepted), else what differs."""
     import numpy as np
@@ -427,7 +438,9 @@ def numerics(environ: Optional[Mapping[str, str]] = None, flags: Optional[frozen
     environ = dict(os.environ if environ is None else environ)
     flags = cpu_flags() if flags is None else frozenset(flags)
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from ..core.runtime import usable_cores
+
+        cores = usable_cores()
     onednn = bool(flags & ONEDNN_DEFAULT_FLAGS)
     setting = environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower()
     if setting in ("0", "false", "1", "true"):
@@ -498,12 +511,8 @@ def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT 
                 verdict, status = "new (not committed)", 1
             elif kind == "figures" and name in TIMING_FIGURES:
                 verdict = "plots wall-clock time: not compared"
-            elif kind == "figures":
-                identical = committed[name].read_bytes() == fresh[name].read_bytes()
-                verdict = "identical" if identical else "differs (bytes)"
-                status |= not identical
             else:
-                problem = compare_tables(committed[name], fresh[name])
+                problem = file_difference(kind, committed[name], fresh[name])
                 verdict = "identical" if problem is None else problem
                 status |= problem is not None
             print(f"[check] {kind}/{name}: {verdict}", flush=True)

@@ -792,7 +792,9 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     if not each:
         raise ValueError("seeds: must name at least one seed, got none")
     if processes is None:
-        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from ..core.runtime import usable_cores
+
+        processes = usable_cores()
     processes = _integer("processes", processes, 1)
     runs = [(s, n, float(rate), protocol) for s in each for n in clients for rate in dropout_rates
             for protocol in protocols]
