@@ -1,7 +1,9 @@
 """``reproduce`` runs notebooks side by side, each in a process of its own, except those that report wall-clock
 time: they run alone, first. A failure stops new starts and is raised naming the notebook and its log."""
 
+import contextlib
 import json
+import os
 import pathlib
 import re
 import signal
@@ -14,6 +16,7 @@ import nbformat
 import pandas as pd
 import pytest
 
+from fedlab.core.runtime import process_alive
 from fedlab.notebook import reproduce
 
 
@@ -253,6 +256,54 @@ def test_a_notebook_process_told_to_stop_stops(monkeypatch, tmp_path):
         reproduce.run_notebook_process(tiny_notebook(tmp_path / "09_stopped.ipynb", "pass"), stop=stop,
                                        **out_dirs(tmp_path))
     assert time.monotonic() - began < 30
+
+
+SUBREAPER = """import ctypes, os, subprocess, sys, time
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER: orphans come here
+    sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed")
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+deadline = time.time() + 300
+while time.time() < deadline:  # reaps its descendants until none is left
+    try:
+        os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
+"""
+
+
+def test_a_notebook_process_killed_outright_leaves_no_kernel_behind(tmp_path):
+    # SIGKILL gives papermill no chance to shut its kernel down, and under a subreaper (a container's init, a
+    # service manager) ipykernel's own check for a dead parent (parent pid 1) never fires: the kernel must be told
+    path = tiny_notebook(tmp_path / "09_sleeps.ipynb", "import os, pathlib, time\n"
+                         "pathlib.Path(results_dir, 'kernel.pid').write_text(str(os.getpid()))\ntime.sleep(300)")
+    request = json.dumps({"path": str(path), "fast": True, "figures_dir": str(tmp_path), "results_dir": str(tmp_path),
+                          "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "timeout": 600})
+    reaper = subprocess.Popen([sys.executable, "-c", SUBREAPER, *reproduce._child_command(request)],
+                              stdout=subprocess.PIPE, text=True, cwd=reproduce.ROOT)
+    child = kernel = None
+    try:
+        line = reaper.stdout.readline()
+        assert line.strip().isdigit(), f"the subreaper did not start the notebook process: {line!r}"
+        child = int(line)
+        pid_file, deadline = tmp_path / "kernel.pid", time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pid_file.exists(), "the notebook's kernel did not start its cell within 120 s"
+        kernel = int(pid_file.read_text())
+        os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while process_alive(kernel) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not process_alive(kernel), "the kernel outlived its notebook process by 30 s"
+        assert reaper.wait(timeout=30) == 0
+    finally:  # whatever failed, nothing is left running
+        for pid in (child, kernel, reaper.pid):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        reaper.wait(timeout=30)
+        reaper.stdout.close()
 
 
 FLAKY_START = """import json, pathlib, sys

@@ -202,9 +202,17 @@ def test_tffs_worker_runs_on_one_intra_op_thread_unless_fedlabs_variable_says_ot
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "0"})["TF_NUM_INTRAOP_THREADS"] == "0"  # TF's default
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "0"})[
         "TF_NUM_INTRAOP_THREADS"] == "1"
-    for bad in ("-1", "two", "nan", "1.5", "\u00b2"):
-        with pytest.raises(ValueError, match="FEDLAB_WORKER_INTRAOP_THREADS: must be a whole number"):
+    for bad in ("-1", "two", "nan", "1.5", "\u00b2", "\u0663", "9" * 5000):
+        with pytest.raises(ValueError, match="^FEDLAB_WORKER_INTRAOP_THREADS: must be a whole number"):
             worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": bad})
+    for bad in ("two", "nan", "1.5", "\u00b2", "\u0663", "9" * 5000):
+        with pytest.raises(ValueError, match="^TF_NUM_INTRAOP_THREADS: must be a whole number.*or set FEDLAB_"):
+            worker_environment({"TF_NUM_INTRAOP_THREADS": bad})  # the caller's own, passed on: checked too
+        assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "2", "TF_NUM_INTRAOP_THREADS": bad})[
+            "TF_NUM_INTRAOP_THREADS"] == "2"  # replaced for the worker: not its business
+    for value, passed in ((" 01", "1"), ("+4", "4"), ("-1", "0"), ("0", "0")):  # as TensorFlow reads them
+        assert worker_environment({"TF_NUM_INTRAOP_THREADS": value})["TF_NUM_INTRAOP_THREADS"] == passed, value
+    assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "00"})["TF_NUM_INTRAOP_THREADS"] == "0"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_NUM_INTRAOP_THREADS", "FEDLAB_WORKER_INTRAOP_THREADS")}
     out = subprocess.run([sys.executable, "-c", WORKER_THREADS], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -220,6 +228,8 @@ def test_the_cache_key_names_a_worker_thread_count_other_than_the_default(monkey
     default = cache_key(config)
     assert default == f"{config.fingerprint()}-{code_version()}"  # the default's keys as they were
     monkeypatch.setenv("FEDLAB_WORKER_INTRAOP_THREADS", "1")
+    assert cache_key(config) == default
+    monkeypatch.setenv("FEDLAB_WORKER_INTRAOP_THREADS", "01")  # the same count written otherwise: the same key
     assert cache_key(config) == default
     keys = set()
     for threads in ("0", "2"):  # TensorFlow's pool, two threads: another order of a split product's sums

@@ -34,3 +34,15 @@ def test_events_hold_the_history_once_per_round_across_cache_and_resume(tmp_path
         steps = [step for step, _ in scalars[tag]]
         assert steps == [1, 2, 3], f"{tag}: steps {steps}"
         assert [value for _, value in scalars[tag]] == pytest.approx(history[tag].tolist(), rel=1e-6)
+
+
+def test_runs_of_other_code_or_thread_counts_get_folders_of_their_own(tmp_path):
+    # the whole result-cache key names the folder: a run whose key differs only after the config's fingerprint
+    # (fedlab's code version, a worker thread count) must not find the other's marker and skip its rounds
+    key = cache_key(CONFIG)
+    fingerprint, version = key.split("-")[:2]
+    other_code = f"{fingerprint}-{'0' * len(version)}"
+    other_threads = f"{key}-0123abcd"
+    folders = {run_folder(tmp_path, CONFIG, k) for k in (key, other_code, other_threads)}
+    assert len(folders) == 3, folders
+    assert all(f.parent == tmp_path and f.name.startswith(f"{CONFIG.algorithm}-") for f in folders)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import math
 import os
 import re
@@ -67,14 +68,16 @@ def _trampoline(signum: int) -> str:
             f"try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, {int(signum)}, 0, 0, 0)\n"
             "except (OSError, AttributeError):\n    pass\n"
             f"if os.getppid() != {os.getpid()}:\n    os._exit(1)\n"
-            "os.execv(sys.argv[1], sys.argv[1:])")
+            "os.execvp(sys.argv[1], sys.argv[1:])")
 
 
 def dying_with_parent(args, signum: int = signal.SIGKILL) -> list[str]:
-    """``args`` (a program and its arguments) started through the trampoline: the program gets ``signum`` when the
-    thread that started it exits, and no fork() of this process runs (Linux; elsewhere ``args`` unchanged)."""
+    """``args`` (a program, a path or a name looked up on the ``PATH``, and its arguments) started through the
+    trampoline: the program gets ``signum`` when the thread that started it exits, and no fork() of this process
+    runs (Linux; elsewhere ``args`` unchanged). The trampoline's Python is isolated (``-I -S``: no current folder,
+    user site or ``PYTHON*`` variables); the program gets the environment as it is."""
     args = [str(a) for a in args]
-    return [sys.executable, "-S", "-c", _trampoline(signum), *args] if sys.platform.startswith("linux") else args
+    return [sys.executable, "-I", "-S", "-c", _trampoline(signum), *args] if sys.platform.startswith("linux") else args
 
 
 def usable_cores() -> int:
@@ -168,7 +171,10 @@ def worker_environment(environ=None) -> dict:
     """The environment TFF's worker binary starts with: this process's, with one intra-op thread for the worker
     (``TF_NUM_INTRAOP_THREADS=1``) and for it alone; ``FEDLAB_WORKER_INTRAOP_THREADS`` sets another number (0:
     TensorFlow's default, a thread per core). A ``TF_NUM_INTRAOP_THREADS`` of this process's own is kept when
-    ``FEDLAB_WORKER_INTRAOP_THREADS`` is not set.
+    ``FEDLAB_WORKER_INTRAOP_THREADS`` is not set. fedlab's variable must be a whole number >= 0; the caller's own
+    one a whole number TensorFlow reads (a sign allowed; 0 or below: TensorFlow's default). Either is passed on as
+    the number it means ("01" -> "1", "-1" -> "0": the same count, the same result-cache key); anything else is a
+    ValueError naming the variable.
 
     The worker runs the clients' computations side by side on its inter-op
     pool; with TensorFlow's default intra-op pool as well, each client's small
@@ -182,11 +188,16 @@ def worker_environment(environ=None) -> dict:
     """
     environ = dict(os.environ if environ is None else environ)
     threads = environ.get(WORKER_THREADS_VARIABLE, "").strip()
-    if threads and not re.fullmatch(r"[0-9]+", threads):
-        raise ValueError(f"{WORKER_THREADS_VARIABLE}: must be a whole number of threads >= 0 (0: TensorFlow's "
-                         f"default), got {threads!r}")
-    if threads or not environ.get("TF_NUM_INTRAOP_THREADS", "").strip():
-        environ["TF_NUM_INTRAOP_THREADS"] = threads or "1"
+    if threads:
+        if not re.fullmatch(r"[0-9]{1,9}", threads, flags=re.ASCII):
+            raise ValueError(f"{WORKER_THREADS_VARIABLE}: must be a whole number of threads >= 0 (0: TensorFlow's "
+                             f"default), got {threads!r}")
+    else:  # the caller's own, for TensorFlow, which reads a 32-bit integer and takes 0 or below for its default
+        threads = environ.get("TF_NUM_INTRAOP_THREADS", "").strip() or "1"
+        if not re.fullmatch(r"[+-]?[0-9]{1,9}", threads, flags=re.ASCII):
+            raise ValueError(f"TF_NUM_INTRAOP_THREADS: must be a whole number of threads (0 or below: TensorFlow's "
+                             f"default), got {threads!r}; or set {WORKER_THREADS_VARIABLE}, which takes its place")
+    environ["TF_NUM_INTRAOP_THREADS"] = str(max(int(threads), 0))
     return environ
 
 
@@ -433,6 +444,107 @@ def clear_optimized() -> None:
     _OPTIMIZED.clear()
 
 
+COMPUTATIONS_KEPT = 16  # computations each TFF executor keeps on its worker (_patch_keep_computations)
+
+
+def _patch_keep_computations() -> None:
+    """A computation sent to TFF's worker once per executor, not once per call; its hash computed once.
+
+    TFF 0.87 calls a computation by creating it as a value on the worker, then a call of it (``_invoke`` in
+    ``async_execution_context``): every round copies the whole computation proto into a request (a round's is 90-160
+    kB for logistic regression and the 2NN), serialises it, and the worker parses it and builds the function value
+    again, disposed of after the round. And its compiler cache hashes the whole serialised computation on every
+    call (``ConcreteComputation.__hash__``). Here each ``RemoteExecutor`` (one per worker executor: a number of
+    clients, on one worker) keeps the function values of the last ``COMPUTATIONS_KEPT`` computations it created
+    (:func:`_kept_computation`); the worker computes the same functions on the same arguments: the same numbers.
+    ``ConcreteComputation``'s hash is kept on the object (nothing changes its proto once it is made). TFF's functions
+    are ``create_value.fedlab_original`` and ``__hash__.fedlab_original``."""
+    from tensorflow_federated.python.core.impl.computation import computation_impl
+    from tensorflow_federated.python.core.impl.executors import remote_executor
+
+    computation = computation_impl.ConcreteComputation
+    if not hasattr(computation.__hash__, "fedlab_original"):
+        def kept_hash(self) -> int:
+            value = self.__dict__.get("_fedlab_hash")
+            if value is None:
+                value = self.__dict__["_fedlab_hash"] = kept_hash.fedlab_original(self)
+            return value
+
+        kept_hash.fedlab_original = computation.__hash__
+        computation.__hash__ = kept_hash
+
+    executor = remote_executor.RemoteExecutor
+    if hasattr(executor.create_value, "fedlab_original"):
+        return
+
+    async def create_value(self, value, type_spec=None):
+        if isinstance(value, computation):
+            return _kept_computation(self, value, type_spec)
+        return await create_value.fedlab_original(self, value, type_spec)
+
+    create_value.fedlab_original = executor.create_value
+    executor.create_value = create_value
+
+
+def _kept_computation(executor, value, type_spec):
+    """The function value of computation ``value`` on ``executor``'s worker executor: created there the first time
+    (TFF's request, as its ``create_value`` makes it), then the same one, for as long as ``executor`` has the same
+    worker executor (TFF replaces an executor after an error, ``set_cardinalities`` asks for a new one) and is asked
+    for the same type. Kept by identity (TFF's compiler cache returns the same compiled object each call), at most
+    :data:`COMPUTATIONS_KEPT` per executor: the one that leaves is disposed of on the worker, as TFF disposes of a
+    value. What is returned has no finalizer (TFF's ``RemoteValue`` disposes of its value when collected, which
+    would remove the kept function after the round, and its finalizer would keep the executor alive): the executor
+    and what it keeps are collected together."""
+    from tensorflow_federated.proto.v0 import executor_pb2
+    from tensorflow_federated.python.core.impl.executors import value_serialization
+
+    executor._check_has_executor_id()
+    kept = executor.__dict__.setdefault("_fedlab_computations", collections.OrderedDict())
+    entry = recent.recall(kept, id(value))
+    if entry is not None and entry[0] is value and entry[1] == executor._executor_id and entry[2] == type_spec:
+        return entry[3]
+    value_proto, value_type = value_serialization.serialize_value(value, type_spec)
+    response = executor._stub.create_value(executor_pb2.CreateValueRequest(executor=executor._executor_id,
+                                                                           value=value_proto))
+    made = _kept_remote_value_class()(response.value_ref, value_type, executor)
+    kept[id(value)] = (value, executor._executor_id, type_spec, made)
+    gone = [] if entry is None else [entry]  # another object, executor or type under this id: its value goes
+    while len(kept) > COMPUTATIONS_KEPT:
+        try:
+            gone.append(kept.popitem(last=False)[1])
+        except KeyError:  # emptied meanwhile
+            break
+    for _, executor_id, _, old in gone:
+        _dispose_quietly(executor, old.reference, executor_id)
+    return made
+
+
+def _dispose_quietly(executor, value_ref, executor_id) -> None:
+    """TFF's disposal of a value on the worker (batched; skipped if that executor is gone). A worker that cannot be
+    reached loses nothing by it (its executor's values go with it): the error is TFF's finalizers' to ignore too,
+    not the call's that made a new value."""
+    import grpc
+    from tensorflow_federated.python.core.impl.executors import executors_errors
+
+    try:
+        executor._dispose(value_ref, executor_id)
+    except (grpc.RpcError, executors_errors.RetryableError):
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _kept_remote_value_class() -> type:
+    from tensorflow_federated.python.core.impl.executors import remote_executor
+
+    class KeptRemoteValue(remote_executor.RemoteValue):
+        """TFF's ``RemoteValue`` without its finalizer (:func:`_kept_computation`)."""
+
+        def __init__(self, value_ref, type_spec, executor):  # no super().__init__: no weakref.finalize
+            self._value_ref, self._type_signature, self._executor = value_ref, type_spec, executor
+
+    return KeptRemoteValue
+
+
 def _patch_optimize_once() -> None:
     """Grappler once per TensorFlow computation, not once per federated computation that holds it.
 
@@ -494,6 +606,7 @@ def tff():
         logging.getLogger().addFilter(_quiet_library_notes)
         _patch_worker_start()
         _patch_optimize_once()
+        _patch_keep_computations()
         atexit.register(_at_exit)
         _TFF = tensorflow_federated
     return _TFF

@@ -62,9 +62,10 @@ def _drop_ram(writer, ram: str) -> None:
 
 
 def run_folder(root, config, key: str) -> pathlib.Path:
-    """``key``: the run's result-cache key (config, fedlab's code, the user's components), so that a run of other
-    code never shares a folder, or a record of rounds written, with this one."""
-    return pathlib.Path(root) / f"{config.algorithm}-{key[:12]}"
+    """``key``: the run's whole result-cache key (config, fedlab's code, the user's components, a worker thread
+    count other than the default), so that a run of other code never shares a folder, or a record of rounds
+    written, with this one (its rounds would not be written: the folder's marker says they were)."""
+    return pathlib.Path(root) / f"{config.algorithm}-{key}"
 
 
 class TensorBoardLog:

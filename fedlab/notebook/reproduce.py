@@ -66,8 +66,33 @@ def run_notebook(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, r
         parameters={"fast": fast, "figures_dir": str(figures_dir), "results_dir": str(results_dir),
                     "cache_dir": str(cache_dir)},
         cwd=str(path.parent), kernel_name="python3", progress_bar=progress, execution_timeout=timeout,
+        kernel_manager_class=kernel_dying_with_parent(),
     )
     return out
+
+
+_KERNEL_MANAGER = None
+
+
+def kernel_dying_with_parent() -> type:
+    """jupyter_client's kernel manager (nbclient's default), its kernel started through
+    :func:`fedlab.core.runtime.dying_with_parent`: the kernel gets SIGTERM when the thread that started it ends, so
+    a process running notebooks that is killed outright (SIGKILL: no papermill shutdown) leaves no kernel behind,
+    nor the TFF workers and sweep processes that end with the kernel."""
+    global _KERNEL_MANAGER
+    if _KERNEL_MANAGER is None:
+        import signal
+
+        from jupyter_client import AsyncKernelManager
+
+        from ..core.runtime import dying_with_parent
+
+        class KernelDyingWithParent(AsyncKernelManager):
+            def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
+                return dying_with_parent(super().format_kernel_cmd(extra_arguments), signum=signal.SIGTERM)
+
+        _KERNEL_MANAGER = KernelDyingWithParent
+    return _KERNEL_MANAGER
 
 
 # Notebooks that report wall-clock time (the results' timing columns, TIMING_FIGURES below): they run alone, so
