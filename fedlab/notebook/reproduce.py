@@ -19,6 +19,7 @@ process).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -71,28 +72,23 @@ def run_notebook(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, r
     return out
 
 
-_KERNEL_MANAGER = None
-
-
+@functools.lru_cache(maxsize=1)
 def kernel_dying_with_parent() -> type:
     """jupyter_client's kernel manager (nbclient's default), its kernel started through
     :func:`fedlab.core.runtime.dying_with_parent`: the kernel gets SIGTERM when the thread that started it ends, so
     a process running notebooks that is killed outright (SIGKILL: no papermill shutdown) leaves no kernel behind,
     nor the TFF workers and sweep processes that end with the kernel."""
-    global _KERNEL_MANAGER
-    if _KERNEL_MANAGER is None:
-        import signal
+    import signal
 
-        from jupyter_client import AsyncKernelManager
+    from jupyter_client import AsyncKernelManager
 
-        from ..core.runtime import dying_with_parent
+    from ..core.runtime import dying_with_parent
 
-        class KernelDyingWithParent(AsyncKernelManager):
-            def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
-                return dying_with_parent(super().format_kernel_cmd(extra_arguments), signum=signal.SIGTERM)
+    class KernelDyingWithParent(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
+            return dying_with_parent(super().format_kernel_cmd(extra_arguments), signum=signal.SIGTERM)
 
-        _KERNEL_MANAGER = KernelDyingWithParent
-    return _KERNEL_MANAGER
+    return KernelDyingWithParent
 
 
 # Notebooks that report wall-clock time (the results' timing columns, TIMING_FIGURES below): they run alone, so
