@@ -1,10 +1,15 @@
 """``reproduce --check`` names what TensorFlow's arithmetic depends on here and whether it is what the committed
 results were made with, so a difference on another machine is reported as one that can happen there."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
+from fedlab.core import runtime
 from fedlab.notebook import reproduce
 from fedlab.notebook.reproduce import Numerics
 
@@ -17,10 +22,14 @@ EPYC_ZEN3 = {"avx", "avx2", "fma", "sse4_2"}  # no AVX-512, no VNNI
 
 @pytest.mark.parametrize("flags, environ, expected", [
     (SAPPHIRE_RAPIDS, {}, Numerics(onednn=True, isa="avx512", threads=1)),
-    (SKYLAKE_SP, {}, Numerics(onednn=False, isa=None, threads=1)),  # AVX-512 alone leaves oneDNN off
-    (EPYC_ZEN3, {}, Numerics(onednn=False, isa=None, threads=1)),
-    (EPYC_ZEN3, {"TF_ENABLE_ONEDNN_OPTS": "1"}, Numerics(onednn=True, isa="avx2", threads=1)),
+    # fedlab's default: oneDNN on where TF 2.14's would leave it off (AVX-512 without VNNI, AVX2), so an AVX-512 CPU
+    # with VNNI and one without compute alike
+    (SKYLAKE_SP, {}, Numerics(onednn=True, isa="avx512", threads=1)),
+    (EPYC_ZEN3, {}, Numerics(onednn=True, isa="avx2", threads=1)),
+    (EPYC_ZEN3, {"TF_ENABLE_ONEDNN_OPTS": ""}, Numerics(onednn=True, isa="avx2", threads=1)),
+    (SKYLAKE_SP, {"TF_ENABLE_ONEDNN_OPTS": "0"}, Numerics(onednn=False, isa=None, threads=1)),  # the caller's own
     (SAPPHIRE_RAPIDS, {"TF_ENABLE_ONEDNN_OPTS": "false"}, Numerics(onednn=False, isa=None, threads=1)),
+    (SAPPHIRE_RAPIDS, {"TF_ENABLE_ONEDNN_OPTS": "TRUE"}, Numerics(onednn=True, isa="avx512", threads=1)),
     (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, Numerics(onednn=True, isa="avx2", threads=1)),
     (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, Numerics(onednn=True, isa="avx512", threads=1)),
     (SAPPHIRE_RAPIDS, {"FEDLAB_WORKER_INTRAOP_THREADS": "1"}, Numerics(onednn=True, isa="avx512", threads=1)),
@@ -30,8 +39,31 @@ EPYC_ZEN3 = {"avx", "avx2", "fma", "sse4_2"}  # no AVX-512, no VNNI
      Numerics(onednn=True, isa="avx512", threads=2)),
     (SAPPHIRE_RAPIDS, {"DNNL_MAX_CPU_ISA": "AVX2"}, Numerics(onednn=True, isa="avx2", threads=1)),
 ])
-def test_numerics_follow_tensorflows_onednn_policy(flags, environ, expected):
+def test_numerics_follow_fedlabs_onednn_setting(flags, environ, expected):
     assert reproduce.numerics(environ, flags, cores=2) == expected
+
+
+@pytest.mark.parametrize("value", ["yes", " 1", "2"])
+def test_a_onednn_setting_tensorflow_cannot_read_is_refused_naming_the_variable(value):
+    with pytest.raises(ValueError, match=r"^TF_ENABLE_ONEDNN_OPTS: must be 0, 1, false or true"):
+        reproduce.numerics({"TF_ENABLE_ONEDNN_OPTS": value}, SKYLAKE_SP, cores=2)
+    with pytest.raises(ValueError, match=r"^TF_ENABLE_ONEDNN_OPTS: "):
+        runtime.worker_environment({"TF_ENABLE_ONEDNN_OPTS": value})
+
+
+def test_importing_fedlab_turns_onednn_on_unless_the_caller_set_it():
+    """In a fresh interpreter: fedlab's import sets the variable before TensorFlow could read it, keeps the caller's
+    own, and TFF's worker gets what this process has."""
+    code = ("import os, sys, fedlab; from fedlab.core import runtime; "
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], runtime.worker_environment()['TF_ENABLE_ONEDNN_OPTS'], "
+            "'tensorflow' in sys.modules)")
+    for caller, expected in ((None, "1 1 False"), ("", "1 1 False"), ("0", "0 0 False"), ("true", "true 1 False")):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        if caller is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = caller
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                             check=True)
+        assert out.stdout.split("\n")[0] == expected, (caller, out.stdout, out.stderr[-500:])
 
 
 def rerun_copying_the_committed_files(changed_value=None):
@@ -55,7 +87,7 @@ MADE_WITH = Numerics(onednn=True, isa="avx512", threads=2)
 def test_check_names_this_machines_arithmetic_and_passes_on_identical_files(monkeypatch, tmp_path, capsys, here,
                                                                             recorded):
     monkeypatch.setattr(reproduce, "numerics", lambda: here)
-    monkeypatch.setattr(reproduce, "recorded_numerics", lambda: recorded)
+    monkeypatch.setattr(reproduce, "recorded_numerics", lambda: None if recorded is None else {"06": recorded})
     monkeypatch.setattr(reproduce, "reproduce", rerun_copying_the_committed_files())
     assert reproduce.check(only=["06"], scratch=tmp_path / "check") == 0
     lines = capsys.readouterr().out.splitlines()
@@ -71,7 +103,7 @@ def test_check_names_this_machines_arithmetic_and_passes_on_identical_files(monk
 @pytest.mark.parametrize("here", [MADE_WITH, Numerics(onednn=False, isa=None, threads=2)])
 def test_a_difference_is_said_to_be_possible_only_where_the_arithmetic_differs(monkeypatch, tmp_path, capsys, here):
     monkeypatch.setattr(reproduce, "numerics", lambda: here)
-    monkeypatch.setattr(reproduce, "recorded_numerics", lambda: MADE_WITH)
+    monkeypatch.setattr(reproduce, "recorded_numerics", lambda: {"06": MADE_WITH})
     monkeypatch.setattr(reproduce, "reproduce", rerun_copying_the_committed_files(changed_value="0.824"))
     assert reproduce.check(only=["06"], scratch=tmp_path / "check") == 1
     lines = capsys.readouterr().out.splitlines()
@@ -84,8 +116,42 @@ def test_a_difference_is_said_to_be_possible_only_where_the_arithmetic_differs(m
         assert lines[-1].startswith("[check] DIFFERENCES FOUND (TensorFlow's arithmetic here is not known")
 
 
-def test_reproduce_records_the_numerics_beside_the_results_it_made(tmp_path):
-    reproduce.record_numerics(tmp_path)
-    assert reproduce.recorded_numerics(tmp_path) == reproduce.numerics()
+def test_reproduce_records_the_numerics_of_each_notebook_it_ran_beside_its_results(tmp_path, monkeypatch, capsys):
+    other = Numerics(onednn=False, isa=None, threads=2)
+    monkeypatch.setattr(reproduce, "numerics", lambda: other)
+    reproduce.record_numerics(tmp_path, ["01", "08"])
+    monkeypatch.setattr(reproduce, "numerics", lambda: MADE_WITH)
+    reproduce.record_numerics(tmp_path, ["08"])  # --only 08 on another machine: 01's record stays
+    assert reproduce.recorded_numerics(tmp_path) == {"01": other, "08": MADE_WITH}
+    assert not list(tmp_path.glob("*.partial"))
+    # the older form, one record for every notebook, is read as that for each
+    (tmp_path / reproduce.NUMERICS_FILE).write_text(json.dumps({"isa": "avx512", "onednn": True, "threads": 1}))
+    older = reproduce.recorded_numerics(tmp_path)
+    assert set(older) == {p.name[:2] for p in reproduce.notebooks()}
+    assert set(older.values()) == {Numerics(onednn=True, isa="avx512", threads=1)}
+    # a damaged record: one line naming the file, and rewritten with the notebooks just run
     (tmp_path / reproduce.NUMERICS_FILE).write_text("{damaged")
-    assert reproduce.recorded_numerics(tmp_path) is None
+    with pytest.raises(ValueError, match=r"^numerics\.json: damaged, not read"):
+        reproduce.recorded_numerics(tmp_path)
+    reproduce.record_numerics(tmp_path, ["03"])
+    assert capsys.readouterr().out.startswith("[reproduce] numerics.json: damaged, not read")
+    assert reproduce.recorded_numerics(tmp_path) == {"03": MADE_WITH}
+    assert reproduce.recorded_numerics(tmp_path / "nowhere") is None
+
+
+def test_check_names_each_notebooks_recorded_arithmetic_where_they_differ(monkeypatch, tmp_path, capsys):
+    """Results made on two machines (08's with oneDNN off): the first line says which notebook's differ, and a
+    difference is then said to be possible for that reason."""
+    other = Numerics(onednn=False, isa=None, threads=1)
+    monkeypatch.setattr(reproduce, "numerics", lambda: MADE_WITH)
+    monkeypatch.setattr(reproduce, "recorded_numerics", lambda: {"06": MADE_WITH, "08": other})
+    monkeypatch.setattr(reproduce, "notebooks", lambda only: [reproduce.NOTEBOOKS / "06_x.ipynb",
+                                                              reproduce.NOTEBOOKS / "08_y.ipynb"])
+    monkeypatch.setattr(reproduce, "reproduce", rerun_copying_the_committed_files())
+    reproduce.check(only=["06", "08"], scratch=tmp_path / "check")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith(f"the committed results' -- 06: {MADE_WITH.describe()} (the same); "
+                          f"08: {other.describe()} -- NOT the same")
+    monkeypatch.setattr(reproduce, "recorded_numerics", lambda: {"06": MADE_WITH})
+    reproduce.check(only=["06", "08"], scratch=tmp_path / "check")
+    assert capsys.readouterr().out.splitlines()[0].endswith("08: not recorded")

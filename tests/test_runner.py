@@ -197,7 +197,8 @@ def test_tffs_worker_runs_on_one_intra_op_thread_unless_fedlabs_variable_says_ot
 
     from fedlab.core.runtime import worker_environment
 
-    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "TF_NUM_INTRAOP_THREADS": "1"}  # the default
+    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "TF_NUM_INTRAOP_THREADS": "1",
+                                                    "TF_ENABLE_ONEDNN_OPTS": "1"}  # the defaults
     assert worker_environment({"TF_NUM_INTRAOP_THREADS": "3"})["TF_NUM_INTRAOP_THREADS"] == "3"  # the user's own
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "0"})["TF_NUM_INTRAOP_THREADS"] == "0"  # TF's default
     assert worker_environment({"FEDLAB_WORKER_INTRAOP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "0"})[
@@ -223,7 +224,7 @@ def test_the_cache_key_names_a_worker_thread_count_other_than_the_default(monkey
     from fedlab.core.storage import cache_key, code_version
 
     config = ExperimentConfig(dataset="digits", rounds=1)
-    for name in ("FEDLAB_WORKER_INTRAOP_THREADS", "TF_NUM_INTRAOP_THREADS"):
+    for name in ("FEDLAB_WORKER_INTRAOP_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_ENABLE_ONEDNN_OPTS"):
         monkeypatch.delenv(name, raising=False)
     default = cache_key(config)
     assert default == f"{config.fingerprint()}-{code_version()}"  # the default's keys as they were
@@ -236,3 +237,20 @@ def test_the_cache_key_names_a_worker_thread_count_other_than_the_default(monkey
         monkeypatch.setenv("FEDLAB_WORKER_INTRAOP_THREADS", threads)
         keys.add(cache_key(config))
     assert default not in keys and len(keys) == 2
+
+
+def test_the_cache_key_names_onednn_turned_off(monkeypatch):
+    from fedlab.core.storage import cache_key
+
+    config = ExperimentConfig(dataset="digits", rounds=1)
+    for name in ("FEDLAB_WORKER_INTRAOP_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_ENABLE_ONEDNN_OPTS"):
+        monkeypatch.delenv(name, raising=False)
+    default = cache_key(config)
+    for on in ("1", "true", "TRUE"):  # fedlab's default written out: the same key
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", on)
+        assert cache_key(config) == default
+    off = set()
+    for value in ("0", "false"):  # Eigen's kernels: another order of a product's sums
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", value)
+        off.add(cache_key(config))
+    assert len(off) == 1 and default not in off

@@ -165,10 +165,32 @@ def held(lock, what: str):
 
 
 WORKER_THREADS_VARIABLE = "FEDLAB_WORKER_INTRAOP_THREADS"
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+ONEDNN_VALUES = ("0", "1", "false", "true")  # what TensorFlow reads (ReadBoolFromEnvVar, lower-cased)
+
+
+def onednn_on(environ=None) -> bool:
+    """Whether TensorFlow runs its oneDNN kernels, in fedlab's process and TFF's worker, under ``environ``.
+
+    TensorFlow 2.14 on Linux turns them on by default only on CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or
+    AMX, and uses Eigen's kernels elsewhere, which sum a product in another order: the same code and seeds gave
+    other last bits on an AVX-512 CPU without VNNI than on one with it (notebook 08's tables, README
+    "Reproducibility"). So importing fedlab sets ``TF_ENABLE_ONEDNN_OPTS=1`` where the caller has not set it
+    (``fedlab/__init__.py``): oneDNN on every CPU, its kernels then depending on the vector width only. The
+    caller's own value is kept; it must be one TensorFlow reads (0, 1, false, true, any case), else ValueError
+    naming the variable (TensorFlow would log an error and fall back to its CPU-dependent default).
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(ONEDNN_VARIABLE, "") or "1"  # unset or empty: fedlab's default
+    if value.lower() not in ONEDNN_VALUES:
+        raise ValueError(f"{ONEDNN_VARIABLE}: must be 0, 1, false or true (TensorFlow reads nothing else), got "
+                         f"{value!r}")
+    return value.lower() in ("1", "true")
 
 
 def worker_environment(environ=None) -> dict:
-    """The environment TFF's worker binary starts with: this process's, with one intra-op thread for the worker
+    """The environment TFF's worker binary starts with: this process's, oneDNN's kernels on unless it says
+    otherwise (:func:`onednn_on`), and one intra-op thread for the worker
     (``TF_NUM_INTRAOP_THREADS=1``) and for it alone; ``FEDLAB_WORKER_INTRAOP_THREADS`` sets another number (0:
     TensorFlow's default, a thread per core). A ``TF_NUM_INTRAOP_THREADS`` of this process's own is kept when
     ``FEDLAB_WORKER_INTRAOP_THREADS`` is not set. fedlab's variable must be a whole number >= 0; the caller's own
@@ -187,6 +209,7 @@ def worker_environment(environ=None) -> dict:
     committed results hold for this one (``results/numerics.json``).
     """
     environ = dict(os.environ if environ is None else environ)
+    environ[ONEDNN_VARIABLE] = "1" if onednn_on(environ) else "0"  # checked, and fedlab's default where unset
     threads = environ.get(WORKER_THREADS_VARIABLE, "").strip()
     if threads:
         if not re.fullmatch(r"[0-9]{1,9}", threads, flags=re.ASCII):

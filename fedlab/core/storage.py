@@ -480,12 +480,14 @@ def _load_state(data: bytes, template):
 
 def cache_key(config, components: Iterable[str] = ()) -> str:
     """The result-cache key: the config's fingerprint, fedlab's code version, digests of user components, and
-    TFF's worker's intra-op threads where they are not the default one (another count can sum a large matrix
-    product in another order: a run cached with one is not served to a run with the other)."""
-    from .runtime import worker_environment
+    what TensorFlow's arithmetic is set to where it is not fedlab's default: TFF's worker's intra-op threads
+    (another count can sum a large matrix product in another order) and oneDNN's kernels turned off (Eigen's sum
+    in another order: :func:`fedlab.core.runtime.onednn_on`); a run cached with one is not served to a run with
+    the other."""
+    from .runtime import onednn_on, worker_environment
 
     threads = worker_environment().get("TF_NUM_INTRAOP_THREADS", "1")
     extra = "".join(c for c in components if c) + (
-        "" if threads == "1" else f"worker-intraop-threads={threads}")
+        "" if threads == "1" else f"worker-intraop-threads={threads}") + ("" if onednn_on() else "onednn=off")
     suffix = "-" + hashlib.sha256(extra.encode()).hexdigest()[:8] if extra else ""
     return f"{config.fingerprint()}-{code_version()}{suffix}"

@@ -136,7 +136,7 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
             return run_notebook_process(path, fast=fast, stop=stop, **dirs)
     written = schedule(paths, jobs, run, setting="fast" if fast else "full")
     if not fast:
-        record_numerics(dirs["results_dir"])
+        record_numerics(dirs["results_dir"], [p.name[:2] for p in paths])
     return written
 
 
@@ -412,10 +412,10 @@ def compare_tables(committed: pathlib.Path, fresh: pathlib.Path) -> Optional[str
 class Numerics:
     """What the order of TensorFlow's float arithmetic depends on, besides fedlab's code and the library builds.
 
-    ``onednn``: TensorFlow's oneDNN kernels (else Eigen's). On Linux, TF 2.14 turns them on by default only on
-    CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``DefaultOneDnnPolicy`` in TF's ``util.cc``);
-    ``TF_ENABLE_ONEDNN_OPTS`` overrides. ``isa``: the widest vector instructions oneDNN's kernels use, chosen
-    when they run (``avx512``, ``avx2``; ``ONEDNN_MAX_CPU_ISA`` lowers it); None with oneDNN off.
+    ``onednn``: TensorFlow's oneDNN kernels (else Eigen's): on unless ``TF_ENABLE_ONEDNN_OPTS`` turns them off
+    (fedlab turns them on where TF 2.14's default would not: :func:`fedlab.core.runtime.onednn_on`). ``isa``:
+    the widest vector instructions oneDNN's kernels use, chosen when they run (``avx512``, ``avx2``;
+    ``ONEDNN_MAX_CPU_ISA`` lowers it); None with oneDNN off.
     ``threads``: intra-op threads of TFF's worker (fedlab's default: one; TensorFlow's: one per core), which split
     large matrix products. Two machines that differ in any of these can train a model to different last bits; two
     that agree still can (kernels pick their block sizes from the CPU's caches), so this names the likely cause of a
@@ -433,8 +433,6 @@ class Numerics:
 
 NUMERICS_FILE = "numerics.json"  # beside the results: the numerics of the machine that made them
 
-# TF 2.14's DefaultOneDnnPolicy on Linux: oneDNN on by default where the CPU has one of these (/proc/cpuinfo names)
-ONEDNN_DEFAULT_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"})
 AVX512_CORE_FLAGS = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl"})
 ISA_ORDER = ("sse41", "avx", "avx2", "avx512")  # oneDNN's x86 vector ISAs, narrowest first (ONEDNN_MAX_CPU_ISA)
 
@@ -454,7 +452,7 @@ def cpu_flags() -> frozenset:
 def numerics(environ: Optional[Mapping[str, str]] = None, flags: Optional[frozenset] = None,
              cores: Optional[int] = None) -> Numerics:
     """This machine's :class:`Numerics`, from its CPU flags and the environment notebooks run with."""
-    from ..core.runtime import worker_environment
+    from ..core.runtime import onednn_on, worker_environment
 
     environ = dict(os.environ if environ is None else environ)
     flags = cpu_flags() if flags is None else frozenset(flags)
@@ -462,10 +460,7 @@ def numerics(environ: Optional[Mapping[str, str]] = None, flags: Optional[frozen
         from ..core.runtime import usable_cores
 
         cores = usable_cores()
-    onednn = bool(flags & ONEDNN_DEFAULT_FLAGS)
-    setting = environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower()
-    if setting in ("0", "false", "1", "true"):
-        onednn = setting in ("1", "true")
+    onednn = onednn_on(environ)
     isa = None
     if onednn:
         isa = "avx512" if AVX512_CORE_FLAGS <= flags else "avx2" if "avx2" in flags else "avx"
@@ -478,25 +473,67 @@ def numerics(environ: Optional[Mapping[str, str]] = None, flags: Optional[frozen
     return Numerics(onednn=onednn, isa=isa, threads=threads)
 
 
-def record_numerics(results_dir: pathlib.Path) -> None:
-    """Writes this machine's :class:`Numerics` beside the results it made (whole or not at all)."""
-    import json
-
-    path = pathlib.Path(results_dir) / NUMERICS_FILE
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(dataclasses.asdict(numerics()), indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
-
-
-def recorded_numerics(results_dir: pathlib.Path = RESULTS) -> Optional[Numerics]:
-    """The :class:`Numerics` the results in ``results_dir`` were made with, if they recorded them."""
+def record_numerics(results_dir: pathlib.Path, prefixes: Sequence[str]) -> None:
+    """Writes this machine's :class:`Numerics` beside the results it made, for the notebooks ``prefixes`` ("01",
+    ...) it ran, keeping what the file says of the others (whole or not at all): results made on two machines
+    (``--only`` on another) each say which arithmetic made them. A damaged record is said in one line and
+    replaced by one of these notebooks only."""
     import json
 
     path = pathlib.Path(results_dir) / NUMERICS_FILE
     try:
-        return Numerics(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        table = recorded_numerics(results_dir) or {}
+    except ValueError as err:
+        print(f"[reproduce] {err}; it now records the notebooks just run only", flush=True)
+        table = {}
+    here = numerics()
+    table.update({prefix: here for prefix in prefixes})
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({prefix: dataclasses.asdict(value) for prefix, value in sorted(table.items())},
+                                  indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def recorded_numerics(results_dir: pathlib.Path = RESULTS) -> Optional[dict[str, Numerics]]:
+    """The :class:`Numerics` each notebook's results in ``results_dir`` were made with, by notebook number ("01");
+    None where nothing is recorded. A record of the older form, one :class:`Numerics` for every notebook, is read
+    as that for each. ValueError naming the file when it cannot be read as either."""
+    import json
+
+    path = pathlib.Path(results_dir) / NUMERICS_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return None
+    fields = {f.name for f in dataclasses.fields(Numerics)}
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and set(data) == fields:  # the older form: one machine made every notebook's
+            return {p.name[:2]: Numerics(**data) for p in notebooks()}
+        if not isinstance(data, dict) or not all(isinstance(v, dict) and set(v) == fields for v in data.values()):
+            raise ValueError("not a record of notebooks' numerics")
+        return {str(prefix): Numerics(**value) for prefix, value in data.items()}
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path.name}: damaged, not read ({str(err).splitlines()[0][:80]})") from None
+
+
+def _numerics_against_record(here: Numerics, prefixes: Sequence[str]) -> tuple[str, bool]:
+    """What :func:`check`'s first line says of the committed results' numerics for notebooks ``prefixes``, and
+    whether every one of them was made with ``here``'s."""
+    try:
+        then = recorded_numerics()
+    except ValueError as err:
+        return f"the committed results' record: {err}", False
+    if then is None:
+        return "the committed results do not record theirs", False
+    groups: dict[Optional[Numerics], list[str]] = {}
+    for prefix in prefixes:
+        groups.setdefault(then.get(prefix), []).append(prefix)
+    if set(groups) == {here}:
+        return f"the committed results': {here.describe()} (the same)", True
+    parts = [f"{', '.join(members)}: " + ("not recorded" if made is None else made.describe() + (
+        " (the same)" if made == here else " -- NOT the same")) for made, members in groups.items()]
+    return "the committed results' -- " + "; ".join(parts), False
 
 
 def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT / "build" / "check",
@@ -506,21 +543,19 @@ def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT 
     if anything differs or is missing.
 
     The comparison is exact. Its first line names this machine's :class:`Numerics` beside those the committed
-    results recorded (``results/numerics.json``); where they differ, a trained model's numbers can differ here
-    for that reason alone, and the last line says so.
+    results of each notebook checked recorded (``results/numerics.json``); where they differ, a trained model's
+    numbers can differ here for that reason alone, and the last line says so.
     """
     import shutil
 
-    here, then = numerics(), recorded_numerics()
-    same = then is not None and here == then
-    made = ("the committed results do not record theirs" if then is None else
-            f"the committed results': {then.describe()}" + (" (the same)" if same else " -- NOT the same"))
+    here = numerics()
+    prefixes = [p.name[:2] for p in notebooks(only)]
+    made, same = _numerics_against_record(here, prefixes)
     print(f"[check] TensorFlow's arithmetic here: {here.describe()}; {made}", flush=True)
     scratch = pathlib.Path(scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     reproduce(only=only, figures_dir=scratch / "figures", results_dir=scratch / "results",
               output_dir=scratch / "notebooks", cache_dir=scratch / "cache", jobs=jobs)
-    prefixes = [p.name[:2] for p in notebooks(only)]
     status = 0
     for kind, folder, pattern in (("results", RESULTS, "*.csv"), ("figures", FIGURES, "*.png")):
         committed = {p.name: p for p in sorted(folder.glob(pattern)) if owner(p.name) in prefixes}
