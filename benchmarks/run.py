@@ -162,9 +162,13 @@ def main(argv=None) -> int:
                        flower_ks, "--rounds", str(rounds)]
             else:
                 cmd = [sys.executable, str(HERE / "systems.py"), system.removesuffix("_one_thread")] + common
-            env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1") if system.endswith("_one_thread") else None
+            # every system on the kernels fedlab sets (oneDNN's, on every CPU: fedlab.core.runtime.onednn_on), so that
+            # on a CPU where TensorFlow's default is Eigen's the systems still compare like with like
+            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS") or "1")
+            if system.endswith("_one_thread"):
+                env["TF_NUM_INTRAOP_THREADS"] = "1"
             if system.startswith("fedlab"):  # TFF's worker on one intra-op thread (fedlab.core.runtime.worker_environment)
-                env = dict(os.environ, FEDLAB_WORKER_INTRAOP_THREADS="1")
+                env["FEDLAB_WORKER_INTRAOP_THREADS"] = "1"
             print(f"[bench] {system} (repeat {repeat + 1}) ...", flush=True)
             lines, peak, wall = run_system(cmd, build / f"{system}-{repeat + 1}.log", env=env)
             for line in lines:  # the first round traces, compiles, starts actors: not timed

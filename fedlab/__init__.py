@@ -14,8 +14,17 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow's oneDNN kernels on every CPU, not only where TF 2.14 turns them on by default (VNNI, BF16, AMX): the
 # same numbers on AVX-512 CPUs with and without VNNI (fedlab.core.runtime.onednn_on). The caller's own setting stays.
+# TensorFlow reads it once, at its import: imported before fedlab, this process keeps TensorFlow's own choice.
 if not _os.environ.get("TF_ENABLE_ONEDNN_OPTS"):
     _os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    import sys as _sys
+
+    if "tensorflow" in _sys.modules:
+        import warnings as _warnings
+
+        _warnings.warn("TensorFlow was imported before fedlab: this process keeps TensorFlow's own kernels (oneDNN's "
+                       "only on CPUs with VNNI, BF16 or AMX), TFF's worker runs oneDNN's; for the same numbers on "
+                       "every CPU import fedlab first, or set TF_ENABLE_ONEDNN_OPTS=1", stacklevel=2)
 
 from .aggregators import aggregation  # noqa: E402
 from .studies import crosssilo, privacy, tcga  # noqa: E402

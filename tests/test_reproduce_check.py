@@ -155,3 +155,77 @@ def test_check_names_each_notebooks_recorded_arithmetic_where_they_differ(monkey
     monkeypatch.setattr(reproduce, "recorded_numerics", lambda: {"06": MADE_WITH})
     reproduce.check(only=["06", "08"], scratch=tmp_path / "check")
     assert capsys.readouterr().out.splitlines()[0].endswith("08: not recorded")
+
+
+def test_check_says_in_its_first_line_that_the_record_is_damaged(monkeypatch, tmp_path, capsys):
+    def damaged():
+        raise ValueError("numerics.json: damaged, not read (JSONDecodeError: Expecting value)")
+    monkeypatch.setattr(reproduce, "numerics", lambda: MADE_WITH)
+    monkeypatch.setattr(reproduce, "recorded_numerics", damaged)
+    monkeypatch.setattr(reproduce, "reproduce", rerun_copying_the_committed_files(changed_value="0.824"))
+    assert reproduce.check(only=["06"], scratch=tmp_path / "check") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("the committed results' record: numerics.json: damaged, not read (JSONDecodeError: "
+                             "Expecting value)")
+    assert lines[-1].startswith("[check] DIFFERENCES FOUND (TensorFlow's arithmetic here is not known")
+
+
+@pytest.mark.parametrize("text", [
+    '{"08": {"isa": ["x"], "onednn": true, "threads": 1}}',  # not a vector ISA
+    '{"onednn": true, "isa": null, "threads": 1}',  # oneDNN without its ISA
+    '{"08": {"isa": null, "onednn": false, "threads": "1"}}',
+    '{"8": {"isa": null, "onednn": false, "threads": 1}}',  # not a notebook number
+    '[1, 2]', "\udcff",
+])
+def test_a_record_that_is_not_one_of_numerics_is_said_damaged_in_one_line(tmp_path, text):
+    (tmp_path / reproduce.NUMERICS_FILE).write_text(text, errors="surrogateescape")
+    with pytest.raises(ValueError, match=r"^numerics\.json: damaged, not read \(") as raised:
+        reproduce.recorded_numerics(tmp_path)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_folder_in_place_of_the_record_is_said_damaged(tmp_path):
+    (tmp_path / reproduce.NUMERICS_FILE).mkdir()
+    with pytest.raises(ValueError, match=r"^numerics\.json: damaged, not read \(IsADirectoryError"):
+        reproduce.recorded_numerics(tmp_path)
+
+
+def test_notebooks_finishing_at_once_each_keep_their_record(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(reproduce, "numerics", lambda: MADE_WITH)
+    start = threading.Barrier(8)
+
+    def record(prefix):
+        start.wait(timeout=30)
+        for _ in range(5):
+            reproduce.record_numerics(tmp_path, [prefix])
+    threads = [threading.Thread(target=record, args=(f"0{i}",)) for i in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert reproduce.recorded_numerics(tmp_path) == {f"0{i}": MADE_WITH for i in range(1, 9)}
+    assert [p.name for p in tmp_path.iterdir()] == [reproduce.NUMERICS_FILE]
+
+
+def test_a_notebook_that_finished_is_recorded_though_a_later_one_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "numerics", lambda: MADE_WITH)
+
+    def run_notebook(path, **kwargs):
+        if path.name.startswith("02"):
+            raise RuntimeError("02 failed")
+        return path
+    monkeypatch.setattr(reproduce, "run_notebook", run_notebook)
+    with pytest.raises(RuntimeError, match="02 failed"):
+        reproduce.reproduce(only=["01", "02"], jobs=1, results_dir=tmp_path, figures_dir=tmp_path / "f",
+                            output_dir=tmp_path / "o", cache_dir=tmp_path / "c")
+    assert reproduce.recorded_numerics(tmp_path) == {"01": MADE_WITH}
+
+
+def test_tensorflow_imported_before_fedlab_is_warned_of():
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    code = "import tensorflow, warnings; warnings.simplefilter('always'); import fedlab"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TensorFlow was imported before fedlab: this process keeps TensorFlow's own kernels" in out.stderr

@@ -177,8 +177,10 @@ def onednn_on(environ=None) -> bool:
     other last bits on an AVX-512 CPU without VNNI than on one with it (notebook 08's tables, README
     "Reproducibility"). So importing fedlab sets ``TF_ENABLE_ONEDNN_OPTS=1`` where the caller has not set it
     (``fedlab/__init__.py``): oneDNN on every CPU, its kernels then depending on the vector width only. The
-    caller's own value is kept; it must be one TensorFlow reads (0, 1, false, true, any case), else ValueError
-    naming the variable (TensorFlow would log an error and fall back to its CPU-dependent default).
+    caller's own value is kept; it must be one TensorFlow reads (0, 1, false, true, any case, no spaces), else
+    ValueError naming the variable (TensorFlow would warn, in a line fedlab's log level hides, and fall back to its
+    CPU-dependent default). TensorFlow reads the variable once, when it is imported: a process that imported it
+    before fedlab keeps TensorFlow's choice (fedlab warns at its import), which this function cannot see.
     """
     environ = os.environ if environ is None else environ
     value = environ.get(ONEDNN_VARIABLE, "") or "1"  # unset or empty: fedlab's default

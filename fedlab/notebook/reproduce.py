@@ -18,6 +18,7 @@ process).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -126,18 +127,23 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
     dirs = dict(figures_dir=pathlib.Path(figures_dir).resolve(), results_dir=pathlib.Path(results_dir).resolve(),
                 output_dir=pathlib.Path(output_dir).resolve(), cache_dir=pathlib.Path(cache_dir).resolve())
     if jobs == 1:
-        def run(path: pathlib.Path, stop) -> pathlib.Path:
+        def execute(path: pathlib.Path, stop) -> pathlib.Path:
             return run_notebook(path, fast=fast, progress=True, **dirs)
     else:
         print(f"[reproduce] up to {jobs} notebooks at a time, each in a process of its own; a notebook's progress: "
               f"{dirs['output_dir'] / '<notebook>.log'}", flush=True)
 
-        def run(path: pathlib.Path, stop) -> pathlib.Path:
+        def execute(path: pathlib.Path, stop) -> pathlib.Path:
             return run_notebook_process(path, fast=fast, stop=stop, **dirs)
-    written = schedule(paths, jobs, run, setting="fast" if fast else "full")
-    if not fast:
-        record_numerics(dirs["results_dir"], [p.name[:2] for p in paths])
-    return written
+
+    def run(path: pathlib.Path, stop) -> pathlib.Path:
+        """A notebook, and, once its full-setting results are written, their numerics (a later failure leaves
+        every finished notebook's record true)."""
+        done = execute(path, stop)
+        if not fast:
+            record_numerics(dirs["results_dir"], [path.name[:2]])
+        return done
+    return schedule(paths, jobs, run, setting="fast" if fast else "full")
 
 
 def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting: str = "full",
@@ -473,25 +479,53 @@ def numerics(environ: Optional[Mapping[str, str]] = None, flags: Optional[frozen
     return Numerics(onednn=onednn, isa=isa, threads=threads)
 
 
+NUMERICS_LOCK_S = 60.0  # how long a record waits for another process's to be written
+
+
 def record_numerics(results_dir: pathlib.Path, prefixes: Sequence[str]) -> None:
     """Writes this machine's :class:`Numerics` beside the results it made, for the notebooks ``prefixes`` ("01",
     ...) it ran, keeping what the file says of the others (whole or not at all): results made on two machines
-    (``--only`` on another) each say which arithmetic made them. A damaged record is said in one line and
-    replaced by one of these notebooks only."""
+    (``--only`` on another) each say which arithmetic made them. The read and the write hold a lock on the folder
+    (``flock``, at most :data:`NUMERICS_LOCK_S`), so that notebooks finishing at once, in threads or processes,
+    each keep their record. A damaged record is said in one line and replaced by these notebooks' only."""
     import json
 
-    path = pathlib.Path(results_dir) / NUMERICS_FILE
-    try:
-        table = recorded_numerics(results_dir) or {}
-    except ValueError as err:
-        print(f"[reproduce] {err}; it now records the notebooks just run only", flush=True)
-        table = {}
+    folder = pathlib.Path(results_dir)
+    path = folder / NUMERICS_FILE
     here = numerics()
-    table.update({prefix: here for prefix in prefixes})
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps({prefix: dataclasses.asdict(value) for prefix, value in sorted(table.items())},
-                                  indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    with _folder_locked(folder, NUMERICS_LOCK_S, f"the record of numerics in {folder}"):
+        try:
+            table = recorded_numerics(folder) or {}
+        except ValueError as err:
+            print(f"[reproduce] {err}; it now records {', '.join(prefixes)} only", flush=True)
+            table = {}
+        table.update({prefix: here for prefix in prefixes})
+        partial = path.with_name(f".{NUMERICS_FILE}.{os.getpid()}.partial")
+        partial.write_text(json.dumps({prefix: dataclasses.asdict(value) for prefix, value in sorted(table.items())},
+                                      indent=2, sort_keys=True) + "\n")
+        os.replace(partial, path)
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: pathlib.Path, limit: float, what: str):
+    """An exclusive ``flock`` on ``folder`` for the block; TimeoutError naming ``what`` if another holder keeps it
+    past ``limit`` seconds."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{what}: another process held its lock for {limit:g} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def recorded_numerics(results_dir: pathlib.Path = RESULTS) -> Optional[dict[str, Numerics]]:
@@ -501,20 +535,28 @@ def recorded_numerics(results_dir: pathlib.Path = RESULTS) -> Optional[dict[str,
     import json
 
     path = pathlib.Path(results_dir) / NUMERICS_FILE
+    fields = {f.name for f in dataclasses.fields(Numerics)}
+
+    def entry(value) -> Numerics:
+        if not (isinstance(value, dict) and set(value) == fields and isinstance(value["onednn"], bool)
+                and (value["isa"] is None if not value["onednn"] else value["isa"] in ISA_ORDER)
+                and type(value["threads"]) is int and value["threads"] >= 1):
+            raise ValueError(f"not a record of numerics: {str(value)[:60]}")
+        return Numerics(**value)
+
     try:
-        text = path.read_text()
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and set(data) == fields:  # the older form: one machine made every notebook's
+            made = entry(data)
+            return {p.name[:2]: made for p in notebooks()}
+        if not isinstance(data, dict) or not all(re.fullmatch(r"[0-9]{2}", str(k)) for k in data):
+            raise ValueError("not a record of notebooks' numerics")
+        return {str(prefix): entry(value) for prefix, value in data.items()}
     except FileNotFoundError:
         return None
-    fields = {f.name for f in dataclasses.fields(Numerics)}
-    try:
-        data = json.loads(text)
-        if isinstance(data, dict) and set(data) == fields:  # the older form: one machine made every notebook's
-            return {p.name[:2]: Numerics(**data) for p in notebooks()}
-        if not isinstance(data, dict) or not all(isinstance(v, dict) and set(v) == fields for v in data.values()):
-            raise ValueError("not a record of notebooks' numerics")
-        return {str(prefix): Numerics(**value) for prefix, value in data.items()}
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path.name}: damaged, not read ({str(err).splitlines()[0][:80]})") from None
+    except (OSError, ValueError) as err:  # unreadable, not text, not JSON, not numerics
+        raise ValueError(f"{path.name}: damaged, not read ({type(err).__name__}: "
+                         f"{(str(err).splitlines() or [''])[0][:80]})") from None
 
 
 def _numerics_against_record(here: Numerics, prefixes: Sequence[str]) -> tuple[str, bool]:
