@@ -293,6 +293,25 @@ def stacked_seeds():
             f"about half of the training ({stacked.ratio_to_one:.1f}× instead of {sequential.ratio_to_one:.1f}×)"]
 
 
+def stacked_seeds_one_thread():
+    """The README's table of benchmarks/stacked_seeds.py on one thread (results/benchmarks/stacked_seeds_one_thread.csv)."""
+    t = _csv("benchmarks/stacked_seeds_one_thread")
+    one, sequential, stacked, xla_one, xla, product = t.itertuples()
+    assert set(t.threads.astype(str)) == {"1"}
+    rows = [("one seed's client", one), ("10 seeds' clients one after the other", sequential),
+            ("10 seeds' clients stacked", stacked), ("one seed's client, the stacked loop compiled by XLA", xla_one),
+            ("10 seeds' clients stacked, compiled by XLA", xla)]
+    return [f"| {name} | {r.seconds:.2g} | {r.ratio_to_one:.{0 if r is one else 1}f} | {r.gflop_per_s:.0f} |"
+            for name, r in rows] + [
+            f"| one 2000×2000 matrix product | {product.seconds:.2g} | | {product.gflop_per_s:.0f} |",
+            f"training {sequential.ratio_to_one / stacked.ratio_to_one:.1f} times faster ({stacked.ratio_to_one:.1f} "
+            f"times one seed's\ninstead of {sequential.ratio_to_one:.1f})",
+            f"would need\n{one.need_gflop_per_s_for_2x:.0f} GFLOP/s from steps of 10 examples "
+            f"({one.need_gflop_per_s_for_2x / 2:.0f} on each of two cores); stacked, a core reaches "
+            f"{stacked.gflop_per_s:.0f}",
+            f"at least {stacked.ratio_to_one:.1f} / 2 = {stacked.ratio_to_one / 2:.1f} times"]
+
+
 def secagg_cost_speed():
     """The README's sentence on benchmarks/secagg_cost_speed.py (results/benchmarks/secagg_cost_speed.csv)."""
     one, spread = _csv("benchmarks/secagg_cost_speed").itertuples()
@@ -301,7 +320,8 @@ def secagg_cost_speed():
             f"mean client time of {one.mean_client_seconds:.4f} s against {spread.mean_client_seconds:.4f} s"]
 
 
-CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds, secagg_cost_speed]
+CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds,
+          stacked_seeds_one_thread, secagg_cost_speed]
 
 
 @pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)

@@ -184,10 +184,31 @@ def test_a_record_that_is_not_one_of_numerics_is_said_damaged_in_one_line(tmp_pa
     assert "\n" not in str(raised.value)
 
 
-def test_a_folder_in_place_of_the_record_is_said_damaged(tmp_path):
+def test_a_record_that_cannot_be_read_is_said_so_and_not_overwritten(tmp_path, monkeypatch):
     (tmp_path / reproduce.NUMERICS_FILE).mkdir()
-    with pytest.raises(ValueError, match=r"^numerics\.json: damaged, not read \(IsADirectoryError"):
+    with pytest.raises(reproduce.UnreadableRecord, match=r"^numerics\.json: cannot be read \(IsADirectoryError"):
         reproduce.recorded_numerics(tmp_path)
+    monkeypatch.setattr(reproduce, "numerics", lambda: MADE_WITH)
+    with pytest.raises(reproduce.UnreadableRecord):
+        reproduce.record_numerics(tmp_path, ["01"])
+    assert (tmp_path / reproduce.NUMERICS_FILE).is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == [reproduce.NUMERICS_FILE]  # no temporary file left
+
+
+def test_a_record_held_by_another_writer_past_the_limit_is_a_timeout_naming_it(tmp_path, monkeypatch):
+    import fcntl
+
+    monkeypatch.setattr(reproduce, "numerics", lambda: MADE_WITH)
+    monkeypatch.setattr(reproduce, "NUMERICS_LOCK_S", 0.3)
+    holder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError, match=r"the record of numerics in .*: waited 0.3 s for its lock"):
+            reproduce.record_numerics(tmp_path, ["01"])
+    finally:
+        os.close(holder)
+    reproduce.record_numerics(tmp_path, ["01"])  # released: written
+    assert reproduce.recorded_numerics(tmp_path) == {"01": MADE_WITH}
 
 
 def test_notebooks_finishing_at_once_each_keep_their_record(tmp_path, monkeypatch):
@@ -200,11 +221,19 @@ def test_notebooks_finishing_at_once_each_keep_their_record(tmp_path, monkeypatc
         start.wait(timeout=30)
         for _ in range(5):
             reproduce.record_numerics(tmp_path, [prefix])
-    threads = [threading.Thread(target=record, args=(f"0{i}",)) for i in range(1, 9)]
+    errors = []
+
+    def recording(prefix):
+        try:
+            record(prefix)
+        except BaseException as err:  # noqa: BLE001 - said below, with the test's failure
+            errors.append(err)
+    threads = [threading.Thread(target=recording, args=(f"0{i}",)) for i in range(1, 9)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads) and errors == []
     assert reproduce.recorded_numerics(tmp_path) == {f"0{i}": MADE_WITH for i in range(1, 9)}
     assert [p.name for p in tmp_path.iterdir()] == [reproduce.NUMERICS_FILE]
 
@@ -223,9 +252,14 @@ def test_a_notebook_that_finished_is_recorded_though_a_later_one_fails(tmp_path,
     assert reproduce.recorded_numerics(tmp_path) == {"01": MADE_WITH}
 
 
-def test_tensorflow_imported_before_fedlab_is_warned_of():
+def test_tensorflow_imported_before_fedlab_is_warned_of_and_only_then():
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    code = "import tensorflow, warnings; warnings.simplefilter('always'); import fedlab"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "TensorFlow was imported before fedlab: this process keeps TensorFlow's own kernels" in out.stderr
+    warned = "TensorFlow was imported before fedlab: this process keeps TensorFlow's own kernels"
+    for code, caller, expected in (("import tensorflow; import fedlab", None, True),
+                                   ("import fedlab; import tensorflow", None, False),
+                                   ("import tensorflow; import fedlab", "1", False)):  # the caller's own setting
+        run_env = dict(env) if caller is None else dict(env, TF_ENABLE_ONEDNN_OPTS=caller)
+        out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=run_env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert (warned in out.stderr) == expected, (code, caller, out.stderr[-1000:])

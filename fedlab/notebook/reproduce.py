@@ -141,7 +141,11 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
         every finished notebook's record true)."""
         done = execute(path, stop)
         if not fast:
-            record_numerics(dirs["results_dir"], [path.name[:2]])
+            try:
+                record_numerics(dirs["results_dir"], [path.name[:2]])
+            except (OSError, ValueError) as err:  # TimeoutError is an OSError
+                raise RuntimeError(f"{path.name}: its results are written, but not the numerics that made them "
+                                   f"({err})") from None
         return done
     return schedule(paths, jobs, run, setting="fast" if fast else "full")
 
@@ -491,19 +495,26 @@ def record_numerics(results_dir: pathlib.Path, prefixes: Sequence[str]) -> None:
     import json
 
     folder = pathlib.Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / NUMERICS_FILE
     here = numerics()
     with _folder_locked(folder, NUMERICS_LOCK_S, f"the record of numerics in {folder}"):
         try:
             table = recorded_numerics(folder) or {}
+        except UnreadableRecord:
+            raise  # it may hold other notebooks' records: not overwritten
         except ValueError as err:
             print(f"[reproduce] {err}; it now records {', '.join(prefixes)} only", flush=True)
             table = {}
         table.update({prefix: here for prefix in prefixes})
         partial = path.with_name(f".{NUMERICS_FILE}.{os.getpid()}.partial")
-        partial.write_text(json.dumps({prefix: dataclasses.asdict(value) for prefix, value in sorted(table.items())},
-                                      indent=2, sort_keys=True) + "\n")
-        os.replace(partial, path)
+        try:
+            partial.write_text(json.dumps({prefix: dataclasses.asdict(value)
+                                           for prefix, value in sorted(table.items())}, indent=2, sort_keys=True)
+                               + "\n")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -521,11 +532,17 @@ def _folder_locked(folder: pathlib.Path, limit: float, what: str):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{what}: another process held its lock for {limit:g} s") from None
+                    raise TimeoutError(f"{what}: waited {limit:g} s for its lock, held by another thread or "
+                                       "process") from None
                 time.sleep(0.05)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+class UnreadableRecord(ValueError):
+    """The record of numerics exists but cannot be read (permissions, a folder in its place, the disk): what it
+    says is unknown, not wrong, so it is not overwritten."""
 
 
 def recorded_numerics(results_dir: pathlib.Path = RESULTS) -> Optional[dict[str, Numerics]]:
@@ -545,16 +562,20 @@ def recorded_numerics(results_dir: pathlib.Path = RESULTS) -> Optional[dict[str,
         return Numerics(**value)
 
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise UnreadableRecord(f"{path.name}: cannot be read ({type(err).__name__}: {err.strerror})") from None
+    try:
+        data = json.loads(raw.decode())
         if isinstance(data, dict) and set(data) == fields:  # the older form: one machine made every notebook's
             made = entry(data)
             return {p.name[:2]: made for p in notebooks()}
         if not isinstance(data, dict) or not all(re.fullmatch(r"[0-9]{2}", str(k)) for k in data):
             raise ValueError("not a record of notebooks' numerics")
         return {str(prefix): entry(value) for prefix, value in data.items()}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:  # unreadable, not text, not JSON, not numerics
+    except (ValueError, RecursionError) as err:  # not text (UnicodeDecodeError), not JSON, not numerics
         raise ValueError(f"{path.name}: damaged, not read ({type(err).__name__}: "
                          f"{(str(err).splitlines() or [''])[0][:80]})") from None
 
