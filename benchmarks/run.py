@@ -130,6 +130,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import workload
 
+    from fedlab.core.runtime import onednn_on
+
+    try:  # the oneDNN setting every system runs with (fedlab's import set its default): one TensorFlow reads
+        onednn = "1" if onednn_on() else "0"
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     ks = [int(k) for k in args.ks.split(",")]
     rounds = args.rounds
     # The limit runs with TensorFlow's default thread pools and with one intra-op thread (as fedlab's worker):
@@ -164,7 +170,7 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, str(HERE / "systems.py"), system.removesuffix("_one_thread")] + common
             # every system on the kernels fedlab sets (oneDNN's, on every CPU: fedlab.core.runtime.onednn_on), so that
             # on a CPU where TensorFlow's default is Eigen's the systems still compare like with like
-            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS") or "1")
+            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn)
             if system.endswith("_one_thread"):
                 env["TF_NUM_INTRAOP_THREADS"] = "1"
             if system.startswith("fedlab"):  # TFF's worker on one intra-op thread (fedlab.core.runtime.worker_environment)
