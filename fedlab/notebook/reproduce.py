@@ -494,6 +494,8 @@ def record_numerics(results_dir: pathlib.Path, prefixes: Sequence[str]) -> None:
     each keep their record. A damaged record is said in one line and replaced by these notebooks' only."""
     import json
 
+    from ..core.storage import atomic_write
+
     folder = pathlib.Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / NUMERICS_FILE
@@ -507,14 +509,8 @@ def record_numerics(results_dir: pathlib.Path, prefixes: Sequence[str]) -> None:
             print(f"[reproduce] {err}; it now records {', '.join(prefixes)} only", flush=True)
             table = {}
         table.update({prefix: here for prefix in prefixes})
-        partial = path.with_name(f".{NUMERICS_FILE}.{os.getpid()}.partial")
-        try:
-            partial.write_text(json.dumps({prefix: dataclasses.asdict(value)
-                                           for prefix, value in sorted(table.items())}, indent=2, sort_keys=True)
-                               + "\n")
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        atomic_write(path, json.dumps({prefix: dataclasses.asdict(value) for prefix, value in sorted(table.items())},
+                                      indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager
