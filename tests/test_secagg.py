@@ -343,7 +343,7 @@ def test_a_spread_cost_measurement_that_fails_says_which_run_and_stops_its_worke
         secagg.measure_cost(clients=(4,), seeds=[])
     # a worker's run that fails: its error here, naming it, the other workers stopped
     with pytest.raises(ValueError, match="^participants: must be 2..1048576 clients, got 1$"):
-        secagg._spread_cost([(0, 4, 0.0, "secagg"), (0, 1, 0.0, "secagg"), (0, 5, 0.0, "secagg")], (8, 10), 2)
+        secagg._spread_cost([(0, 4, 0.0, "secagg"), (0, 1, 0.0, "secagg"), (0, 5, 0.0, "secagg")], (8, 10, None), 2)
     assert not multiprocessing.active_children()
 
 
@@ -369,7 +369,114 @@ def test_spread_cost_runs_start_costliest_first_and_come_back_in_order(monkeypat
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InOrder)
     runs = [(0, 5, 0.0, "secagg+"), (0, 30, 0.0, "secagg+"), (0, 10, 0.0, "secagg"), (0, 30, 0.0, "secagg")]
-    rows = secagg._spread_cost(runs, (8, 10), 2)
+    rows = secagg._spread_cost(runs, (8, 10, None), 2)
     assert secagg.neighbours_for(30) < 29  # SecAgg+ has fewer pairs at 30 clients than SecAgg
     assert started == [runs[3], runs[1], runs[2], runs[0]]  # 30 x 29, 30 x k, 10 x 9, 5 x 4 pairs
     assert [(r["clients"], r["protocol"]) for r in rows] == [(n, p) for _, n, _, p in runs]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The cost measurement's untimed clients, computed together
+
+
+def together_run(n, members, *, bits=16, length=40, before=(), after=(), protocol="secagg", seed=0):
+    """run_parties with ``members`` as _TogetherClient and the others as _Client; ``before``/``after``: clients that
+    drop out before sending their input / before unmasking. Returns (inputs that arrived, result, server, parties)."""
+    rng = np.random.default_rng(seed)
+    inputs = {u: v for u, v in random_inputs(rng, range(n), bits, length).items() if u not in before}
+    setup, values, late = secagg._validate(inputs, bits, protocol, range(n), after, 0, None, None)
+    together = secagg._Together(members)
+    parties = {}
+    for u in range(n):
+        client = (secagg._TogetherClient(u, values.get(u), setup, together) if u in together.members
+                  else secagg._Client(u, values.get(u), setup))
+        parties[u] = (client if u in values and u not in late
+                      else secagg._DropsOut(client, before_input=u not in values))
+    result, server = secagg.run_parties(setup, parties)
+    return inputs, result, server, parties
+
+
+def masked_as_the_protocol_says(party, x, inbox, setup):
+    """y_u = x_u + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv) mod R, from the client's own secrets."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    client = getattr(party, "_client", party)
+    y = x.astype(np.uint64) + secagg._prg(client._b, setup.length, setup.dtype).astype(np.uint64)
+    for v in inbox:
+        shared = client._mask_sk.exchange(X25519PublicKey.from_public_bytes(client._mask_pks[v]))
+        mask = secagg._prg(secagg._derive(shared, b"mask"), setup.length, setup.dtype).astype(np.uint64)
+        y = y + mask if v > client.id else y - mask
+    return y % np.uint64(2 ** setup.modulus_bits)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("members", [range(14), [0, 1, 2, 5, 6, 9, 10, 11, 13], [4, 7]])
+def test_untimed_clients_computed_together_send_exactly_a_clients_messages(protocol, members):
+    """Clients computed together (a pair's secrets agreed once) send the masked vector the protocol defines, with
+    dropouts before and after their input among them and among the timed clients; the sum is exact."""
+    before, after = (2, 8), (6, 3)
+    inputs, result, server, parties = together_run(14, members, before=before, after=after, protocol=protocol)
+    np.testing.assert_array_equal(result.total, modular_sum(inputs, 16))
+    assert set(server.masked) == set(inputs)
+    for u in inputs:
+        inbox = parties[u]._client._inbox if hasattr(parties[u], "_client") else parties[u]._inbox
+        assert set(inbox) == set(server._setup.graph[u])  # every neighbour shared its keys (dropouts came later)
+        np.testing.assert_array_equal(server.masked[u].astype(np.uint64),
+                                      masked_as_the_protocol_says(parties[u], inputs[u], inbox, server._setup))
+
+
+def test_a_pair_of_untimed_clients_agrees_each_secret_once(monkeypatch):
+    agreed = {b"channel": 0, b"mask": 0}
+    derive = secagg._derive
+
+    def counting(shared, purpose):
+        agreed[purpose] += 1
+        return derive(shared, purpose)
+
+    monkeypatch.setattr(secagg, "_derive", counting)
+    n = 12
+    together_run(n, range(n))
+    assert agreed == {b"channel": n * (n - 1) // 2, b"mask": n * (n - 1) // 2}
+    agreed.update({b"channel": 0, b"mask": 0})
+    together_run(n, ())  # every client on its own: each side agrees its own
+    assert agreed == {b"channel": n * (n - 1), b"mask": n * (n - 1)}
+    agreed.update({b"channel": 0, b"mask": 0})
+    together_run(n, range(8))  # 8 together, 4 timed: only the 28 pairs of two members are agreed once
+    assert agreed == {b"channel": n * (n - 1) - 28, b"mask": n * (n - 1) - 28}
+
+
+def test_untimed_clients_are_left_out_of_the_client_seconds():
+    _, result, _, parties = together_run(6, [0, 1, 2, 3])
+    timed = [parties[u].seconds for u in (4, 5)]
+    assert all(parties[u].seconds > 0 for u in range(6))
+    assert result.client_seconds == pytest.approx(float(np.mean(timed)))
+
+
+def test_the_cost_of_a_few_timed_clients_stands_for_their_group(monkeypatch):
+    """With ``timed_clients``, each group (clients whose input arrived, clients that dropped out) has that many
+    timed, and the client seconds are the mean over all clients with each group's timed mean standing for it; the
+    table but for its seconds is the table with every client timed."""
+    kw = dict(clients=(10, 20), dropout_rates=(0.0, 0.3), vector_length=50, modulus_bits=12, seeds=(0, 1))
+    every = secagg.measure_cost(**kw, timed_clients=None)
+    few = secagg.measure_cost(**kw, timed_clients=2)
+    fixed = [c for c in every.columns if not c.endswith("_seconds")]
+    assert few[fixed].equals(every[fixed])
+    assert (few.client_seconds > 0).all() and (few.server_seconds > 0).all()
+
+    run_parties, seen = secagg.run_parties, []
+
+    def fixed_seconds(setup, parties):  # the timed clients' seconds set: 2 s if their input arrived, 1 s if not
+        result = run_parties(setup, parties)
+        for party in parties.values():
+            if party.timed:
+                client = getattr(party, "_client", party)
+                client.seconds = 1.0 if isinstance(party, secagg._DropsOut) else 2.0
+        seen.append(sum(party.timed for party in parties.values()))
+        return result
+
+    monkeypatch.setattr(secagg, "run_parties", fixed_seconds)
+    row = secagg._cost_row(0, 20, 0.3, "secagg", 50, 12, 2)
+    assert seen == [4]  # two of the 14 whose input arrived, two of the 6 that dropped out
+    assert row["client_seconds"] == pytest.approx((14 * 2.0 + 6 * 1.0) / 20)
+    with pytest.raises(ValueError, match="^timed_clients: must be >= 1, got 0$"):
+        secagg.measure_cost(clients=(4,), timed_clients=0)

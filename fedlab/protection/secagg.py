@@ -93,8 +93,10 @@ class SecAggResult:
     server; ``included``: their client ids, sorted; ``threshold``: t (SecAgg+:
     per neighbourhood); ``neighbours``: k (n - 1 for SecAgg);
     ``bytes_per_client``: mean over participants of bytes sent + received
-    (see the module docstring); ``client_seconds``: mean over participants of
-    the wall seconds of the client's own computation, all rounds;
+    (see the module docstring); ``client_seconds``: mean over the timed
+    participants (all of them but where :func:`measure_cost` computes some
+    together; NaN if none is timed) of the wall seconds of the client's own
+    computation, all rounds;
     ``server_seconds``: wall seconds of the server's computation.
     """
 
@@ -333,6 +335,8 @@ def _timed(method: Callable) -> Callable:
 class _Client:
     """One client: holds its input and its secrets, answers the server's four rounds."""
 
+    timed = True  # its seconds are a client's (see :class:`_TogetherClient`)
+
     def __init__(self, client_id: int, value: Optional[np.ndarray], setup: _Setup) -> None:
         self.id = client_id
         self.seconds = 0.0
@@ -363,10 +367,19 @@ class _Client:
         out = {}
         for v, share in zip(holders[1:], shares[1:]):
             channel_pk, self._mask_pks[v] = keys[v]
-            key = _derive(self._channel_sk.exchange(X25519PublicKey.from_public_bytes(channel_pk)), b"channel")
+            key = self._channel_key(v, channel_pk)
             self._channel_keys[v] = key
             out[v] = _encrypt(key, struct.pack("<II", self.id, v) + _share_bytes(share))
         return out
+
+    def _channel_key(self, v: int, channel_pk: bytes) -> bytes:
+        """The AES key of the channel to ``v``, agreed from its public key."""
+        return _derive(self._channel_sk.exchange(X25519PublicKey.from_public_bytes(channel_pk)), b"channel")
+
+    def _pairwise_mask(self, v: int) -> np.ndarray:
+        """PRG(s_uv): the mask this client and ``v`` agree on (the same from both sides)."""
+        shared = self._mask_sk.exchange(X25519PublicKey.from_public_bytes(self._mask_pks[v]))
+        return _prg(_derive(shared, b"mask"), self._setup.length, self._setup.dtype)
 
     @_timed
     def masked_input(self, inbox: Mapping[int, bytes]) -> np.ndarray:
@@ -380,8 +393,7 @@ class _Client:
         y = self._value.astype(setup.dtype)          # a copy: the input itself never leaves the client
         y += _prg(self._b, setup.length, setup.dtype)
         for v in sorted(self._inbox):
-            shared = self._mask_sk.exchange(X25519PublicKey.from_public_bytes(self._mask_pks[v]))
-            pairwise = _prg(_derive(shared, b"mask"), setup.length, setup.dtype)
+            pairwise = self._pairwise_mask(v)
             if v > self.id:
                 y += pairwise
             else:
@@ -604,6 +616,7 @@ class _DropsOut:
     def __init__(self, client: _Client, before_input: bool) -> None:
         self._client, self._before_input = client, before_input
         self.advertise_keys, self.share_keys = client.advertise_keys, client.share_keys
+        self.timed = client.timed
 
     @property
     def seconds(self) -> float:
@@ -616,6 +629,71 @@ class _DropsOut:
 
     def unmask(self, survivors):
         raise PartyLost("dropped out before unmasking")
+
+
+class _Together:
+    """What the untimed clients of a cost measurement (:class:`_TogetherClient`) share: a secret two of them agree
+    on, computed once for the pair instead of once by each side, and the mask it expands to, kept for the side whose
+    turn comes later. Every message is still the one :class:`_Client` would send with the same keys (AES-GCM's
+    random nonces aside); only who computes a pair's secret differs, so none of their seconds are a client's. A
+    member that drops out before its input leaves the masks kept for it unused (at most one vector a member)."""
+
+    def __init__(self, members: Collection[int]) -> None:
+        self.members = frozenset(members)
+        self.channel_keys: dict[tuple[int, int], bytes] = {}  # (low, high) -> key, until the second side takes it
+        self.pending: dict[int, np.ndarray] = {}              # member -> pairwise masks of members done before it
+        self.applied: dict[int, set[int]] = {}                # member -> those members
+        self.done: set[int] = set()                           # members that sent their masked input
+
+
+class _TogetherClient(_Client):
+    """A client whose messages are exactly :class:`_Client`'s, computed with the other members of its
+    :class:`_Together` (see there): not timed. Only for measuring the timed clients' cost faster."""
+
+    timed = False
+
+    def __init__(self, client_id: int, value: Optional[np.ndarray], setup: _Setup, together: _Together) -> None:
+        super().__init__(client_id, value, setup)
+        self._together = together
+
+    def _channel_key(self, v: int, channel_pk: bytes) -> bytes:
+        if v not in self._together.members:
+            return super()._channel_key(v, channel_pk)
+        pair = (min(self.id, v), max(self.id, v))
+        key = self._together.channel_keys.pop(pair, None)
+        if key is None:  # the first of the two: the other takes it from here
+            key = self._together.channel_keys[pair] = super()._channel_key(v, channel_pk)
+        return key
+
+    @_timed
+    def masked_input(self, inbox: Mapping[int, bytes]) -> np.ndarray:
+        """:meth:`_Client.masked_input`'s y_u; a pairwise mask with a member still to come is also given to it."""
+        setup, together = self._setup, self._together
+        self._inbox = dict(inbox)
+        y = self._value.astype(setup.dtype)
+        y += _prg(self._b, setup.length, setup.dtype)
+        applied = together.applied.pop(self.id, set())
+        if not applied <= set(self._inbox):  # a member masked with it that it does not mask with: cannot be
+            raise RuntimeError(f"secure aggregation: clients {sorted(applied - set(self._inbox))[:5]} masked with "
+                               f"client {self.id}, which did not receive their shares")
+        if applied:
+            y += together.pending.pop(self.id)
+        for v in sorted(set(self._inbox) - applied):
+            pairwise = self._pairwise_mask(v)
+            if v > self.id:
+                y += pairwise
+            else:
+                y -= pairwise
+            if v in together.members and v not in together.done:  # v's side of the pair: the opposite sign
+                other = together.pending.setdefault(v, np.zeros(setup.length, dtype=setup.dtype))
+                if v > self.id:
+                    other -= pairwise
+                else:
+                    other += pairwise
+                together.applied.setdefault(v, set()).add(self.id)
+        together.done.add(self.id)
+        y &= setup.dtype.type(setup.mask)
+        return y
 
 
 def run_parties(setup: _Setup, parties: Mapping[int, object]) -> tuple[SecAggResult, _Server]:
@@ -663,10 +741,11 @@ def run_parties(setup: _Setup, parties: Mapping[int, object]) -> tuple[SecAggRes
             traffic[u] += _ID_BYTES * len(survivors) + (_ID_BYTES + _SHARE_BYTES) * (len(shares[0]) + len(shares[1]))
     total = server.aggregate()
 
+    timed = [parties[u].seconds for u in ids if getattr(parties[u], "timed", True)]
     k = len(next(iter(setup.graph.values())))
     result = SecAggResult(total=total, included=tuple(sorted(server.masked)), threshold=setup.threshold,
                           neighbours=k, bytes_per_client=float(np.mean(list(traffic.values()))),
-                          client_seconds=float(np.mean([parties[u].seconds for u in ids])),
+                          client_seconds=float(np.mean(timed)) if timed else math.nan,
                           server_seconds=server.seconds)
     return result, server
 
@@ -756,7 +835,7 @@ def _validate(inputs, modulus_bits, protocol, participants, dropped_after_input,
 def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int] = (10, 100, 1000),
                  dropout_rates: Sequence[float] = (0.0, 0.1, 0.3), vector_length: int = 7850,
                  modulus_bits: int = 24, seed: int = 0, seeds: Optional[Sequence[int]] = None,
-                 processes: Optional[int] = 1) -> "pandas.DataFrame":
+                 processes: Optional[int] = 1, timed_clients: Optional[int] = 10) -> "pandas.DataFrame":
     """One protocol run on random inputs per (protocol, clients, dropout rate): a table of what it cost.
 
     round(rate * n) clients, drawn with ``seed``, drop out after round 1
@@ -776,6 +855,13 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     the rows come in the same order. Each process times its own runs; spread, the other cores are busy too, which
     slows a run a little (shared caches and memory): the seconds are comparable between protocols within a table,
     not with a table measured in one process.
+    ``timed_clients``: how many of the clients that send their input, and how many of those that drop out, are
+    timed (drawn with the run's seed; a smaller group: all of it); ``client_seconds`` is the mean over all clients
+    with each group's timed mean standing for its group. Every client does the same work as the others of its
+    group, so a few stand for all; the untimed ones are computed together (:class:`_Together`: a secret two of them
+    share, their channel key and pairwise mask, is computed once rather than by each side; key agreements and masks
+    are most of a run) and send exactly the messages a client would, so the sum recovered and checked and the bytes
+    counted are the same. The server is always timed whole. None: every client timed on its own (the slowest).
     """
     import pandas as pd
 
@@ -798,7 +884,8 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     processes = _integer("processes", processes, 1)
     runs = [(s, n, float(rate), protocol) for s in each for n in clients for rate in dropout_rates
             for protocol in protocols]
-    args = (vector_length, modulus_bits)
+    timed = None if timed_clients is None else _integer("timed_clients", timed_clients, 1)
+    args = (vector_length, modulus_bits, timed)
     if processes == 1 or len(runs) < 2:
         rows = [_cost_row(*run, *args) for run in runs]
     else:
@@ -812,21 +899,38 @@ def _pairs(n: int, protocol: str) -> int:
     return n * (n - 1 if protocol == "secagg" else _neighbours_for(n))
 
 
-def _cost_row(seed: int, n: int, rate: float, protocol: str, vector_length: int, modulus_bits: int) -> dict:
-    """:func:`measure_cost`'s row of one protocol in one (seed, clients, dropout rate) setting; the inputs and who
-    drops out are drawn from the setting alone, so every protocol gets the same."""
+def _cost_row(seed: int, n: int, rate: float, protocol: str, vector_length: int, modulus_bits: int,
+              timed_clients: Optional[int]) -> dict:
+    """:func:`measure_cost`'s row of one protocol in one (seed, clients, dropout rate) setting; the inputs, who
+    drops out and who is timed are drawn from the setting alone, so every protocol gets the same."""
     rng = np.random.default_rng([seed, n, round(rate * 10 ** 6)])
     vectors = rng.integers(0, 2 ** modulus_bits, size=(n, vector_length), dtype=np.uint64)
     dropped = set(rng.choice(n, size=round(rate * n), replace=False).tolist())
     inputs = {u: vectors[u] for u in range(n) if u not in dropped}
     expected = vectors[sorted(inputs)].sum(axis=0, dtype=np.uint64) & np.uint64(2 ** modulus_bits - 1)
-    result = run_protocol(inputs, modulus_bits=modulus_bits, protocol=protocol, participants=range(n))
+    groups = [sorted(inputs), sorted(dropped)]  # each group's clients do the same work
+    if timed_clients is None:
+        timed = [set(g) for g in groups]
+    else:
+        timed = [set(rng.choice(g, size=min(timed_clients, len(g)), replace=False).tolist()) if g else set()
+                 for g in groups]
+    setup, values, _ = _validate(inputs, modulus_bits, protocol, range(n), (), 0, None, None)
+    together = _Together(set(range(n)) - timed[0] - timed[1])
+    parties = {}
+    for u in range(n):
+        client = (_TogetherClient(u, values.get(u), setup, together) if u in together.members
+                  else _Client(u, values.get(u), setup))
+        parties[u] = client if u in values else _DropsOut(client, before_input=True)
+    result, _ = run_parties(setup, parties)
     if not np.array_equal(result.total, expected):
         raise RuntimeError(f"{protocol} with {n} clients, dropout {rate}, seed {seed}: the recovered sum "
                            "differs from the plain modular sum")
+    # the mean over all clients, each group's timed clients standing for the group
+    client_seconds = sum(len(g) * float(np.mean([parties[u].seconds for u in t]))
+                         for g, t in zip(groups, timed) if g) / n
     return dict(protocol=protocol, clients=n, dropout_rate=float(rate), vector_length=vector_length,
                 modulus_bits=modulus_bits, threshold=result.threshold, neighbours=result.neighbours,
-                bytes_per_client=result.bytes_per_client, client_seconds=result.client_seconds,
+                bytes_per_client=result.bytes_per_client, client_seconds=client_seconds,
                 server_seconds=result.server_seconds)
 
 
