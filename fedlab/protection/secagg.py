@@ -851,7 +851,7 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     ``seed``).
     ``processes``: the runs, one per (seed, clients, dropout rate, protocol), spread over that many worker
     processes (None: one per core), the costliest first (:func:`_pairs`: at 1,000 clients a SecAgg run
-    takes minutes, a SecAgg+ run seconds); every protocol of a setting gets the same inputs wherever it runs, and
+    takes a minute or more, a SecAgg+ run seconds); every protocol of a setting gets the same inputs wherever it runs, and
     the rows come in the same order. Each process times its own runs; spread, the other cores are busy too, which
     slows a run a little (shared caches and memory): the seconds are comparable between protocols within a table,
     not with a table measured in one process.
@@ -895,7 +895,8 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
 
 def _pairs(n: int, protocol: str) -> int:
     """The pairs of neighbours of a run of ``protocol`` with ``n`` clients, n k: what its time grows with (each
-    pair is two X25519 key agreements and a mask expanded, by the clients or, for a dropped one, by the server)."""
+    pair costs X25519 key agreements and a mask expanded, by the clients, once for two untimed clients computed
+    together, or, for a dropped one, by the server)."""
     return n * (n - 1 if protocol == "secagg" else _neighbours_for(n))
 
 
