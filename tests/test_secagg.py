@@ -385,13 +385,7 @@ def together_run(n, members, *, bits=16, length=40, before=(), after=(), protoco
     rng = np.random.default_rng(seed)
     inputs = {u: v for u, v in random_inputs(rng, range(n), bits, length).items() if u not in before}
     setup, values, late = secagg._validate(inputs, bits, protocol, range(n), after, 0, None, None)
-    together = secagg._Together(members)
-    parties = {}
-    for u in range(n):
-        client = (secagg._TogetherClient(u, values.get(u), setup, together) if u in together.members
-                  else secagg._Client(u, values.get(u), setup))
-        parties[u] = (client if u in values and u not in late
-                      else secagg._DropsOut(client, before_input=u not in values))
+    parties = secagg._parties(setup, values, late, secagg._Together(members))
     result, server = secagg.run_parties(setup, parties)
     return inputs, result, server, parties
 

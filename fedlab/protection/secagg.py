@@ -392,14 +392,18 @@ class _Client:
         self._inbox = dict(inbox)
         y = self._value.astype(setup.dtype)          # a copy: the input itself never leaves the client
         y += _prg(self._b, setup.length, setup.dtype)
+        self._add_pairwise_masks(y)
+        y &= setup.dtype.type(setup.mask)
+        return y
+
+    def _add_pairwise_masks(self, y: np.ndarray) -> None:
+        """y += PRG(s_uv) for every inbox neighbour v > u, -= for v < u (mod the word size)."""
         for v in sorted(self._inbox):
             pairwise = self._pairwise_mask(v)
             if v > self.id:
                 y += pairwise
             else:
                 y -= pairwise
-        y &= setup.dtype.type(setup.mask)
-        return y
 
     @_timed
     def unmask(self, survivors: Collection[int]) -> tuple[dict[int, bytes], dict[int, bytes]]:
@@ -599,11 +603,19 @@ def _simulate(inputs: Mapping[int, np.ndarray], *, modulus_bits: int, protocol: 
     """run_protocol, also returning the server object (tests look inside it)."""
     setup, values, late = _validate(inputs, modulus_bits, protocol, participants, dropped_after_input,
                                     graph_seed, threshold, neighbours)
+    return run_parties(setup, _parties(setup, values, late))
+
+
+def _parties(setup: _Setup, values: Mapping[int, np.ndarray], late: Collection[int],
+             together: Optional["_Together"] = None) -> dict[int, object]:
+    """Every client of ``setup``: those without a value drop out before their input, those in ``late`` before
+    unmasking; the members of ``together`` are computed together (:class:`_TogetherClient`)."""
     parties = {}
     for u in sorted(setup.graph):
-        client = _Client(u, values.get(u), setup)
+        client = (_TogetherClient(u, values.get(u), setup, together) if together and u in together.members
+                  else _Client(u, values.get(u), setup))
         parties[u] = client if u in values and u not in late else _DropsOut(client, before_input=u not in values)
-    return run_parties(setup, parties)
+    return parties
 
 
 class PartyLost(Exception):
@@ -665,13 +677,10 @@ class _TogetherClient(_Client):
             key = self._together.channel_keys[pair] = super()._channel_key(v, channel_pk)
         return key
 
-    @_timed
-    def masked_input(self, inbox: Mapping[int, bytes]) -> np.ndarray:
-        """:meth:`_Client.masked_input`'s y_u; a pairwise mask with a member still to come is also given to it."""
+    def _add_pairwise_masks(self, y: np.ndarray) -> None:
+        """:meth:`_Client._add_pairwise_masks`, taking a member's masks kept for it and keeping this one's for a
+        member still to come."""
         setup, together = self._setup, self._together
-        self._inbox = dict(inbox)
-        y = self._value.astype(setup.dtype)
-        y += _prg(self._b, setup.length, setup.dtype)
         applied = together.applied.pop(self.id, set())
         if not applied <= set(self._inbox):  # a member masked with it that it does not mask with: cannot be
             raise RuntimeError(f"secure aggregation: clients {sorted(applied - set(self._inbox))[:5]} masked with "
@@ -692,8 +701,6 @@ class _TogetherClient(_Client):
                     other += pairwise
                 together.applied.setdefault(v, set()).add(self.id)
         together.done.add(self.id)
-        y &= setup.dtype.type(setup.mask)
-        return y
 
 
 def run_parties(setup: _Setup, parties: Mapping[int, object]) -> tuple[SecAggResult, _Server]:
@@ -915,13 +922,8 @@ def _cost_row(seed: int, n: int, rate: float, protocol: str, vector_length: int,
     else:
         timed = [set(rng.choice(g, size=min(timed_clients, len(g)), replace=False).tolist()) if g else set()
                  for g in groups]
-    setup, values, _ = _validate(inputs, modulus_bits, protocol, range(n), (), 0, None, None)
-    together = _Together(set(range(n)) - timed[0] - timed[1])
-    parties = {}
-    for u in range(n):
-        client = (_TogetherClient(u, values.get(u), setup, together) if u in together.members
-                  else _Client(u, values.get(u), setup))
-        parties[u] = client if u in values else _DropsOut(client, before_input=True)
+    setup, values, late = _validate(inputs, modulus_bits, protocol, range(n), (), 0, None, None)
+    parties = _parties(setup, values, late, _Together(set(range(n)) - timed[0] - timed[1]))
     result, _ = run_parties(setup, parties)
     if not np.array_equal(result.total, expected):
         raise RuntimeError(f"{protocol} with {n} clients, dropout {rate}, seed {seed}: the recovered sum "
