@@ -16,7 +16,7 @@ FOLDER_RANK = {folder: i for i, folder in enumerate(FOLDERS)}
 # and, whatever the layers, never in a circle.
 LAYERS = [
     {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats",
-     "stateless_keys",
+     "stateless_keys", "tff_speedups",
      "encryption", "wire", "profiling", "spawning", "recent"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "distributed_dp", "skellam_shares",

@@ -1,4 +1,4 @@
-"""A computation's function value stays on TFF's worker from call to call (``runtime._patch_keep_computations``):
+"""A computation's function value stays on TFF's worker from call to call (``tff_speedups._patch_keep_computations``):
 created once per worker executor, the same numbers as TFF's own path, and nothing kept past its executor."""
 
 import asyncio
@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 
 from fedlab import ExperimentConfig, run_experiment
-from fedlab.core import runtime
+from fedlab.core import runtime, tff_speedups
 
 t = runtime.tff()  # installs the patch
 
@@ -69,7 +69,7 @@ def test_a_computation_is_created_once_per_worker_executor():
 def test_the_computations_beyond_the_limit_are_disposed_of_and_the_executor_is_collected():
     stub = Stub()
     executor = executor_on(stub)
-    comps = [adding(k) for k in range(runtime.COMPUTATIONS_KEPT + 1)]
+    comps = [adding(k) for k in range(tff_speedups.COMPUTATIONS_KEPT + 1)]
     values = [created(executor, comp) for comp in comps]
     assert [ref.id for ref in executor._dispose_request.value_ref] == ["value1"]  # the oldest, batched as TFF does
     assert created(executor, comps[0]).reference.id == f"value{len(comps) + 1}"  # created again
@@ -84,20 +84,20 @@ CONFIG = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=3, 
 
 def test_a_run_gives_the_numbers_of_tffs_own_path_and_sends_its_round_once(monkeypatch):
     calls, made = [], []
-    kept = runtime._kept_computation
+    kept = tff_speedups._kept_computation
 
     def counting(executor, value, type_spec):
         calls.append(id(value))
         made.append(kept(executor, value, type_spec))
         return made[-1]
 
-    monkeypatch.setattr(runtime, "_kept_computation", counting)
+    monkeypatch.setattr(tff_speedups, "_kept_computation", counting)
     history = run_experiment(CONFIG, progress=False)
     assert len(calls) > CONFIG.rounds  # every call goes through it, but the round's computation is one object,
     assert 1 <= len(set(calls)) <= CONFIG.rounds // 2  # created on the worker once, called every round:
     assert 1 <= len({value.reference.id for value in made}) <= CONFIG.rounds // 2
     monkeypatch.setattr(remote_executor.RemoteExecutor, "create_value",
-                        remote_executor.RemoteExecutor.create_value.fedlab_original)  # TFF's own
+                        remote_executor.RemoteExecutor.create_value.fedlab_original)  # TFF's own, untraced
     own = run_experiment(CONFIG, progress=False)
     columns = [c for c in history.columns if c != "seconds" and np.issubdtype(history[c].dtype, np.number)]
     assert "train_loss" in columns and "eval_accuracy" in columns

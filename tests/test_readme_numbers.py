@@ -331,8 +331,34 @@ def secagg_cost_speed():
             f"{timed.mean_client_seconds:.4f} s"]
 
 
+def tff_tracing():
+    """The README's sentences on benchmarks/tff_tracing.py (results/benchmarks/tff_tracing.csv)."""
+    t = _csv("benchmarks/tff_tracing")
+    medians = t.groupby(["setting", "tff_tracing"])[["wall_ms", "fedlab_cpu_ms", "worker_cpu_ms"]].median()
+    pairs = t.pivot_table(index=["setting", "pair"], columns="tff_tracing", values=["wall_ms", "fedlab_cpu_ms"])
+    saved = {m: (pairs[(m, True)] - pairs[(m, False)]) for m in ("wall_ms", "fedlab_cpu_ms")}
+    one, bench = "notebook 01", "make bench, K = 10"
+    assert (saved["fedlab_cpu_ms"] > 0).all() and t.groupby("setting").final_train_loss.nunique().eq(1).all()
+
+    def cpu(setting):
+        return f"{medians.fedlab_cpu_ms[setting, True]:.1f} → {medians.fedlab_cpu_ms[setting, False]:.1f}"
+
+    def span(setting, metric):
+        return f"{saved[metric][setting].min():.1f}–{saved[metric][setting].max():.1f} ms"
+
+    faster_wall = saved["wall_ms"][bench][saved["wall_ms"][bench] > 0]
+    return [f"fedlab's process took less CPU in all {len(pairs)} pairs",
+            f"{cpu(one)} CPU ms a round (medians; {span(one, 'fedlab_cpu_ms')} less per pair)",
+            f"K = 10 workload {cpu(bench)} ({span(bench, 'fedlab_cpu_ms')} less)",
+            f"(−{-saved['wall_ms'][one].min():.1f} to +{saved['wall_ms'][one].max():.1f} ms a round of "
+            f"{medians.wall_ms[one, False]:.0f})",
+            f"{faster_wall.min():.1f}–{faster_wall.max():.1f} ms less in {len(faster_wall)} of "
+            f"{len(saved['wall_ms'][bench])} pairs of the second ({medians.wall_ms[bench, True]:.1f} → "
+            f"{medians.wall_ms[bench, False]:.1f} ms, medians)"]
+
+
 CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds,
-          stacked_seeds_one_thread, secagg_cost_speed]
+          stacked_seeds_one_thread, secagg_cost_speed, tff_tracing]
 
 
 @pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)

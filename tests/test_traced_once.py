@@ -6,7 +6,7 @@ import pytest
 
 from fedlab import ExperimentConfig, run_experiment
 from fedlab.algorithms.fedopt import reddi_optimizer
-from fedlab.core import runtime
+from fedlab.core import tff_speedups
 from fedlab.core.array_files import building_for_remote_workers
 from fedlab.core.runtime import tff
 from fedlab.experiment import processes
@@ -111,9 +111,9 @@ def test_grappler_optimises_the_graphs_a_process_shares_with_an_earlier_one_once
     monkeypatch.setattr(transformations, "optimize_tensorflow_comp",
                         lambda c, config: asked.append(c) or once(c, config))
     _final_weights(ExperimentConfig(**TINY))
-    assert runtime._OPTIMIZED
+    assert tff_speedups._OPTIMIZED
     processes.clear_process_cache()
-    assert not runtime._OPTIMIZED, "Grappler's outputs were not forgotten with the processes"
+    assert not tff_speedups._OPTIMIZED, "Grappler's outputs were not forgotten with the processes"
     _final_weights(ExperimentConfig(**TINY))
     del asked[:], optimised[:]
     _final_weights(ExperimentConfig(**TINY, dp="fixed", noise_multiplier=0.3, clip_norm=0.5))

@@ -1,13 +1,11 @@
-"""TFF's client side runs without its tracing spans (``runtime._patch_untraced``): no function of those modules left
-wrapped, and a run gives the numbers of TFF's traced functions. A test swaps TFF's tracing provider for another
+"""TFF's client side runs without its tracing spans (``tff_speedups._patch_untraced``): no function of those modules
+left wrapped, and a run gives the numbers of TFF's traced functions. A test swaps TFF's tracing provider for another
 (never their number: TFF asserts it in every span of a thread that has made one)."""
-
-import importlib
 
 import numpy as np
 
 from fedlab import ExperimentConfig, run_experiment
-from fedlab.core import runtime
+from fedlab.core import runtime, tff_speedups
 
 runtime.tff()  # installs the patch
 
@@ -18,11 +16,9 @@ CONFIG = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=3, 
 
 
 def functions():
-    """(owner, name, value) of every module-level function and class attribute of the untraced modules."""
-    for name in runtime.UNTRACED_MODULES:
-        module = importlib.import_module(name)
-        for owner in [module] + [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == name]:
-            yield from ((owner, attr, value) for attr, value in list(vars(owner).items()))
+    """(owner, name, value) of every module-level function and class attribute where the patch looks."""
+    for owner in tff_speedups.untraced_owners():
+        yield from ((owner, attr, value) for attr, value in list(vars(owner).items()))
 
 
 class CountingProvider(tracing.TracingProvider):
@@ -38,18 +34,19 @@ class CountingProvider(tracing.TracingProvider):
 
 def test_no_function_is_left_traced():
     found = list(functions())
-    assert [f"{owner.__name__}.{attr}" for owner, attr, fn in found if runtime._is_traced(fn)] == []
+    assert [f"{owner.__name__}.{attr}" for owner, attr, fn in found if tff_speedups._is_traced(fn)] == []
     plain = {attr: fn for _, attr, fn in found if hasattr(fn, "fedlab_traced")}
     assert {"serialize_value", "deserialize_value", "_request", "create_call", "_compute"} <= set(plain)
     create_value = remote_executor.RemoteExecutor.create_value.fedlab_original  # under the kept computations' patch
     for fn in [*plain.values(), create_value]:
-        assert runtime._is_traced(fn.fedlab_traced) and fn.fedlab_traced.__wrapped__ is fn
-    assert not runtime._is_traced(len) and not runtime._is_traced(lambda: None)
+        assert tff_speedups._is_traced(fn.fedlab_traced) and fn.fedlab_traced.__wrapped__ is fn
+    assert not tff_speedups._is_traced(len) and not tff_speedups._is_traced(lambda: None)
 
 
 def test_a_run_gives_the_numbers_of_tffs_traced_functions(monkeypatch):
     untraced, traced = CountingProvider(), CountingProvider()
-    names = {(owner.__name__.split(".")[-1], attr) for owner, attr, fn in functions() if hasattr(fn, "fedlab_traced")}
+    names = {(owner.__name__.split(".")[-1], attr) for owner, attr, fn in functions()
+             if hasattr(fn, "fedlab_traced") and not owner.__name__.endswith(".framework")}  # re-exports only
     names.add(("RemoteExecutor", "create_value"))
     monkeypatch.setattr(tracing, "_global_tracing_providers", [untraced])
     history = run_experiment(CONFIG, progress=False)
@@ -69,3 +66,21 @@ def test_a_run_gives_the_numbers_of_tffs_traced_functions(monkeypatch):
     columns = [c for c in history.columns if c != "seconds" and np.issubdtype(history[c].dtype, np.number)]
     assert "train_loss" in columns and "eval_accuracy" in columns
     np.testing.assert_array_equal(history[columns].to_numpy(), own[columns].to_numpy())
+
+
+def test_a_fedlab_wrapper_made_first_gets_the_plain_function(monkeypatch):
+    class Owner:
+        pass
+
+    traced = tracing.trace(lambda x: x + 1)
+
+    def wrapper(x):
+        return wrapper.fedlab_original(x)
+
+    wrapper.fedlab_original = traced
+    Owner.method, Owner.plain_traced = wrapper, tracing.trace(lambda x: x * 2)
+    monkeypatch.setattr(tff_speedups, "untraced_owners", lambda: [Owner])
+    tff_speedups._patch_untraced()
+    assert Owner.method is wrapper and not tff_speedups._is_traced(wrapper.fedlab_original)
+    assert wrapper.fedlab_original.fedlab_traced is traced and Owner.method(1) == 2
+    assert not tff_speedups._is_traced(Owner.plain_traced) and Owner.plain_traced(3) == 6

@@ -25,7 +25,8 @@ from .clients import batches
 from .config import ExperimentConfig
 from ..rounds.finetune import FineTuning
 from ..models.models import ModelSpec, clear_converted_models
-from ..core.runtime import clear_optimized, tff
+from ..core.runtime import tff
+from ..core.tff_speedups import clear_optimized
 from ..aggregators.seeded import set_noise_seed
 from ..rounds.split_rounds import SplitRounds
 

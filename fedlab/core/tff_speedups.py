@@ -1,0 +1,229 @@
+"""Where TFF 0.87's own client path repeats work, fedlab does it once: the same computations on the same values,
+the same numbers (each has a test that compares a run with TFF's own path).
+
+* :func:`_patch_optimize_once`: Grappler's output kept per TensorFlow computation, not recomputed for every
+  federated computation that holds it;
+* :func:`_patch_untraced`: the remote executor's calls, its gRPC request and value (de)serialisation called
+  without TFF's tracing spans;
+* :func:`_patch_keep_computations`: a computation created on TFF's worker once per executor, not once per call.
+
+:func:`install` applies them, in that order, once TFF is imported (:func:`fedlab.core.runtime.tff`).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+from . import recent
+
+
+def install() -> None:
+    """All three, in the order they need: the kept computations wrap ``RemoteExecutor.create_value`` after its
+    tracing wrapper is gone, and keep the plain function as ``fedlab_original``."""
+    _patch_optimize_once()
+    _patch_untraced()
+    _patch_keep_computations()
+
+
+OPTIMIZED_KEPT = 64  # TensorFlow computations whose Grappler output _patch_optimize_once keeps
+_OPTIMIZED: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+
+
+def clear_optimized() -> None:
+    """Forget the Grappler outputs kept by :func:`_patch_optimize_once` (with the built processes:
+    ``fedlab.experiment.processes.clear_process_cache``)."""
+    _OPTIMIZED.clear()
+
+
+# Where TFF's client path calls traced functions. ``core.framework`` re-exports two of them by name
+# (``tff.framework.serialize_value``, ``deserialize_value``), so its names are replaced too.
+UNTRACED_MODULES = ("tensorflow_federated.python.core.impl.executors.remote_executor",
+                    "tensorflow_federated.python.core.impl.executors.remote_executor_grpc_stub",
+                    "tensorflow_federated.python.core.impl.executors.value_serialization",
+                    "tensorflow_federated.python.core.framework")
+
+
+@functools.lru_cache(maxsize=1)
+def _traced_codes() -> frozenset:
+    """The code objects of ``tracing.trace``'s two wrappers (sync and async): every traced function shares one."""
+    from tensorflow_federated.python.common_libs import tracing
+
+    async def probe():
+        pass
+
+    return frozenset({tracing.trace(lambda: None).__code__, tracing.trace(probe).__code__})
+
+
+def _is_traced(fn) -> bool:
+    """Whether ``fn`` is a function wrapped by TFF's ``tracing.trace`` (sync or async)."""
+    return getattr(fn, "__code__", None) in _traced_codes() and callable(getattr(fn, "__wrapped__", None))
+
+
+def untraced_owners() -> list:
+    """The modules of :data:`UNTRACED_MODULES` and the classes each defines: where :func:`_patch_untraced` looks."""
+    import importlib
+
+    owners = []
+    for name in UNTRACED_MODULES:
+        module = importlib.import_module(name)
+        owners += [module] + [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == name]
+    return owners
+
+
+def _patch_untraced() -> None:
+    """TFF's client side without most of its tracing spans: the functions of :data:`UNTRACED_MODULES` that TFF wraps
+    in ``tracing.trace`` (the remote executor's calls, its gRPC stub's request, value (de)serialisation, which
+    recurses through a struct's elements) are called unwrapped. One span per created value remains: TFF's
+    ``RemoteExecutor.create_value`` traces a function it defines inside itself.
+
+    TFF's only tracing provider logs each span's start and end at DEBUG level, and a span costs a generator, a nonce
+    and a context manager setting the task's (or thread's) span list per call: 1.0-2.7 of fedlab's 19 CPU ms a
+    round in notebook 01's 2NN setting (``benchmarks/tff_tracing.py``; README, "Performance"). The wrappers only
+    make spans (TFF's code): a run gives the same numbers (``tests/test_untraced.py``). Whoever turns absl's DEBUG
+    logging on, or adds a tracing provider of their own, no longer sees these functions' spans. TFF's providers are
+    left as they are (TFF asserts in every span that their number has not changed since the thread's first span).
+    TFF's wrapped function stays as the plain one's ``fedlab_traced``; a fedlab wrapper's ``fedlab_original`` is
+    unwrapped too."""
+    for owner in untraced_owners():
+        for attr, fn in list(vars(owner).items()):
+            if _is_traced(getattr(fn, "fedlab_original", None)):  # a fedlab wrapper made before this ran
+                fn.fedlab_original.__wrapped__.fedlab_traced = fn.fedlab_original
+                fn.fedlab_original = fn.fedlab_original.__wrapped__
+            if _is_traced(fn):
+                fn.__wrapped__.fedlab_traced = fn
+                setattr(owner, attr, fn.__wrapped__)
+
+
+COMPUTATIONS_KEPT = 16  # computations each TFF executor keeps on its worker (_patch_keep_computations)
+
+
+def _patch_keep_computations() -> None:
+    """A computation sent to TFF's worker once per executor, not once per call; its hash computed once.
+
+    TFF 0.87 calls a computation by creating it as a value on the worker, then a call of it (``_invoke`` in
+    ``async_execution_context``): every round copies the whole computation proto into a request (a round's is 90-160
+    kB for logistic regression and the 2NN), serialises it, and the worker parses it and builds the function value
+    again, disposed of after the round. And its compiler cache hashes the whole serialised computation on every
+    call (``ConcreteComputation.__hash__``). Here each ``RemoteExecutor`` (one per worker executor: a number of
+    clients, on one worker) keeps the function values of the last ``COMPUTATIONS_KEPT`` computations it created
+    (:func:`_kept_computation`); the worker computes the same functions on the same arguments: the same numbers.
+    ``ConcreteComputation``'s hash is kept on the object (nothing changes its proto once it is made). TFF's functions
+    are ``create_value.fedlab_original`` (without its tracing wrapper, :func:`_patch_untraced`; with it,
+    ``create_value.fedlab_original.fedlab_traced``) and ``__hash__.fedlab_original``."""
+    from tensorflow_federated.python.core.impl.computation import computation_impl
+    from tensorflow_federated.python.core.impl.executors import remote_executor
+
+    computation = computation_impl.ConcreteComputation
+    if not hasattr(computation.__hash__, "fedlab_original"):
+        def kept_hash(self) -> int:
+            value = self.__dict__.get("_fedlab_hash")
+            if value is None:
+                value = self.__dict__["_fedlab_hash"] = kept_hash.fedlab_original(self)
+            return value
+
+        kept_hash.fedlab_original = computation.__hash__
+        computation.__hash__ = kept_hash
+
+    executor = remote_executor.RemoteExecutor
+    if hasattr(executor.create_value, "fedlab_original"):
+        return
+
+    async def create_value(self, value, type_spec=None):
+        if isinstance(value, computation):
+            return _kept_computation(self, value, type_spec)
+        return await create_value.fedlab_original(self, value, type_spec)
+
+    create_value.fedlab_original = executor.create_value
+    executor.create_value = create_value
+
+
+def _kept_computation(executor, value, type_spec):
+    """The function value of computation ``value`` on ``executor``'s worker executor: created there the first time
+    (TFF's request, as its ``create_value`` makes it), then the same one, for as long as ``executor`` has the same
+    worker executor (TFF replaces an executor after an error, ``set_cardinalities`` asks for a new one) and is asked
+    for the same type. Kept by identity (TFF's compiler cache returns the same compiled object each call), at most
+    :data:`COMPUTATIONS_KEPT` per executor: the one that leaves is disposed of on the worker, as TFF disposes of a
+    value. What is returned has no finalizer (TFF's ``RemoteValue`` disposes of its value when collected, which
+    would remove the kept function after the round, and its finalizer would keep the executor alive): the executor
+    and what it keeps are collected together."""
+    from tensorflow_federated.proto.v0 import executor_pb2
+    from tensorflow_federated.python.core.impl.executors import value_serialization
+
+    executor._check_has_executor_id()
+    kept = executor.__dict__.setdefault("_fedlab_computations", collections.OrderedDict())
+    entry = recent.recall(kept, id(value))
+    if entry is not None and entry[0] is value and entry[1] == executor._executor_id and entry[2] == type_spec:
+        return entry[3]
+    value_proto, value_type = value_serialization.serialize_value(value, type_spec)
+    response = executor._stub.create_value(executor_pb2.CreateValueRequest(executor=executor._executor_id,
+                                                                           value=value_proto))
+    made = _kept_remote_value_class()(response.value_ref, value_type, executor)
+    kept[id(value)] = (value, executor._executor_id, type_spec, made)
+    gone = [] if entry is None else [entry]  # another object, executor or type under this id: its value goes
+    while len(kept) > COMPUTATIONS_KEPT:
+        try:
+            gone.append(kept.popitem(last=False)[1])
+        except KeyError:  # emptied meanwhile
+            break
+    for _, executor_id, _, old in gone:
+        _dispose_quietly(executor, old.reference, executor_id)
+    return made
+
+
+def _dispose_quietly(executor, value_ref, executor_id) -> None:
+    """TFF's disposal of a value on the worker (batched; skipped if that executor is gone). A worker that cannot be
+    reached loses nothing by it (its executor's values go with it): the error is TFF's finalizers' to ignore too,
+    not the call's that made a new value."""
+    import grpc
+    from tensorflow_federated.python.core.impl.executors import executors_errors
+
+    try:
+        executor._dispose(value_ref, executor_id)
+    except (grpc.RpcError, executors_errors.RetryableError):
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _kept_remote_value_class() -> type:
+    from tensorflow_federated.python.core.impl.executors import remote_executor
+
+    class KeptRemoteValue(remote_executor.RemoteValue):
+        """TFF's ``RemoteValue`` without its finalizer (:func:`_kept_computation`)."""
+
+        def __init__(self, value_ref, type_spec, executor):  # no super().__init__: no weakref.finalize
+            self._value_ref, self._type_signature, self._executor = value_ref, type_spec, executor
+
+    return KeptRemoteValue
+
+
+def _patch_optimize_once() -> None:
+    """Grappler once per TensorFlow computation, not once per federated computation that holds it.
+
+    TFF compiles a federated computation the first time it is called (``desugar_and_transform_to_native``), and
+    runs Grappler on each TensorFlow computation in it (``optimize_tensorflow_comp``), about a tenth of a second
+    for a client's training loop. Processes that share a traced client training or server finalizer
+    (:func:`fedlab.rounds.array_training.client_training`) hold the same TensorFlow computations, which were
+    optimised again for each process. Here Grappler's output is kept, keyed by the SHA-256 of the computation's
+    serialised proto and Grappler's configuration (the last ``OPTIMIZED_KEPT``): the same graph in, the same graph
+    out. TFF's own function is ``optimize_tensorflow_comp.fedlab_original``."""
+    import hashlib
+
+    from tensorflow_federated.python.core.environments.tensorflow_backend import (
+        compiled_computation_transformations as transformations)
+
+    if getattr(transformations, "fedlab_optimize_once", False):
+        return
+
+    def optimize_once(tf_computation, config_proto):
+        key = (hashlib.sha256(tf_computation.proto.SerializeToString(deterministic=True)).digest(),
+               hashlib.sha256(config_proto.SerializeToString(deterministic=True)).digest())
+        optimized = recent.recall(_OPTIMIZED, key)
+        if optimized is None:
+            optimized = recent.keep(_OPTIMIZED, key, optimize_once.fedlab_original(tf_computation, config_proto),
+                                    OPTIMIZED_KEPT)
+        return optimized
+
+    optimize_once.fedlab_original = transformations.optimize_tensorflow_comp
+    transformations.optimize_tensorflow_comp = optimize_once
+    transformations.fedlab_optimize_once = True
