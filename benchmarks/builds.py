@@ -11,8 +11,9 @@ server, 8- and 4-bit compression, the clipped mean, FedProx. Each repeat runs th
 alternating order, every built process and traced computation forgotten first (``clear_process_cache``); "anew"
 also forgets the traced client trainings and finalizers before each run (``clear_traced``) and runs Grappler on
 every TensorFlow computation of every process (TFF's own ``optimize_tensorflow_comp``, not
-:func:`fedlab.core.tff_speedups._patch_optimize_once`'s), as fedlab built them before. Prints one JSON line: the median seconds of each way, their ratio, and whether every run's final weights are
-the same to the bit both ways. Writes nothing.
+:func:`fedlab.core.tff_speedups._patch_optimize_once`'s), as fedlab built them before. Prints one JSON line: the
+median seconds of each way, their ratio, and whether every run's final weights are the same to the bit both ways.
+Writes nothing.
 """
 
 from __future__ import annotations

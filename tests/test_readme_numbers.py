@@ -347,14 +347,24 @@ def tff_tracing():
         return f"{saved[metric][setting].min():.1f}–{saved[metric][setting].max():.1f} ms"
 
     faster_wall = saved["wall_ms"][bench][saved["wall_ms"][bench] > 0]
-    return [f"fedlab's process took less CPU in all {len(pairs)} pairs",
+    t["total_ms"] = t.fedlab_cpu_ms + t.worker_cpu_ms
+    totals = t.pivot_table(index=["setting", "pair"], columns="tff_tracing", values="total_ms")
+    share = 100 * saved["fedlab_cpu_ms"][bench] / totals[True][bench]
+    whole = medians.fedlab_cpu_ms[one, True] - medians.fedlab_cpu_ms[one, False]
+    whole = 100 * whole / (medians.fedlab_cpu_ms[one, True] + medians.worker_cpu_ms[one, True])
+    worker = medians.worker_cpu_ms
+    return [f"{len(pairs) // 2} pairs of {t.rounds.iloc[0]}-round runs",
+            f"fedlab's process took less CPU in all {len(pairs)} pairs",
             f"{cpu(one)} CPU ms a round (medians; {span(one, 'fedlab_cpu_ms')} less per pair)",
-            f"K = 10 workload {cpu(bench)} ({span(bench, 'fedlab_cpu_ms')} less)",
-            f"(−{-saved['wall_ms'][one].min():.1f} to +{saved['wall_ms'][one].max():.1f} ms a round of "
-            f"{medians.wall_ms[one, False]:.0f})",
-            f"{faster_wall.min():.1f}–{faster_wall.max():.1f} ms less in {len(faster_wall)} of "
+            f"K = 10 workload {cpu(bench)} ({span(bench, 'fedlab_cpu_ms')} less;",
+            f"from {-saved['wall_ms'][one].min():.1f} ms slower to {saved['wall_ms'][one].max():.1f} ms faster a "
+            f"round of {medians.wall_ms[one, False]:.0f} in the first setting",
+            f"{faster_wall.min():.1f}–{faster_wall.max():.1f} ms faster in {len(faster_wall)} of "
             f"{len(saved['wall_ms'][bench])} pairs of the second ({medians.wall_ms[bench, True]:.1f} → "
-            f"{medians.wall_ms[bench, False]:.1f} ms, medians)"]
+            f"{medians.wall_ms[bench, False]:.1f} ms, medians)",
+            f"TFF's worker took {worker[one, True]:.1f} and {worker[one, False]:.1f} CPU ms a round in the first "
+            f"setting and {worker[bench, True]:.1f} and {worker[bench, False]:.1f} in the second",
+            f"{whole:.1f} % of a round's CPU in notebook 01's setting, {share.min():.1f}–{share.max():.1f} % per pair"]
 
 
 CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds,

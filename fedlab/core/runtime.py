@@ -470,7 +470,8 @@ class _StubModule:
 
 
 def tff():
-    """Imports TensorFlow Federated once (about 15 s), with TF's C++ logs quiet."""
+    """Imports TensorFlow Federated once (about 15 s), with TF's C++ logs quiet, fedlab's worker start and
+    :mod:`fedlab.core.tff_speedups` installed."""
     global _TFF
     if _TFF is None:
         worker_environment()  # a bad FEDLAB_WORKER_INTRAOP_THREADS is said here, before the 15 s import

@@ -1,5 +1,7 @@
 """Where TFF 0.87's own client path repeats work, fedlab does it once: the same computations on the same values,
-the same numbers (each has a test that compares a run with TFF's own path).
+the same numbers (``tests/test_kept_computations.py`` and ``tests/test_untraced.py`` compare a run with TFF's own
+path bit for bit; for Grappler's kept output, ``tests/test_traced_once.py`` checks it runs once per computation and
+``benchmarks/builds.py`` compares the final weights with Grappler run anew).
 
 * :func:`_patch_optimize_once`: Grappler's output kept per TensorFlow computation, not recomputed for every
   federated computation that holds it;
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 
 from . import recent
 
@@ -87,6 +90,8 @@ def _patch_untraced() -> None:
     unwrapped too."""
     for owner in untraced_owners():
         for attr, fn in list(vars(owner).items()):
+            if not inspect.isfunction(fn):  # never probe a module proxy or a lazy loader
+                continue
             if _is_traced(getattr(fn, "fedlab_original", None)):  # a fedlab wrapper made before this ran
                 fn.fedlab_original.__wrapped__.fedlab_traced = fn.fedlab_original
                 fn.fedlab_original = fn.fedlab_original.__wrapped__

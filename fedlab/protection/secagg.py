@@ -859,9 +859,9 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     ``processes``: the runs, one per (seed, clients, dropout rate, protocol), spread over that many worker
     processes (None: one per core), the costliest first (:func:`_pairs`: at 1,000 clients a SecAgg run
     takes a minute or more, a SecAgg+ run seconds); every protocol of a setting gets the same inputs wherever it
-    runs, and the rows come in the same order. Each process times its own runs; spread, the other cores are busy too, which
-    slows a run a little (shared caches and memory): the seconds are comparable between protocols within a table,
-    not with a table measured in one process.
+    runs, and the rows come in the same order. Each process times its own runs; spread, the other cores are busy
+    too, which slows a run a little (shared caches and memory): the seconds are comparable between protocols within
+    a table, not with a table measured in one process.
     ``timed_clients``: how many of the clients that send their input, and how many of those that drop out, are
     timed (drawn with the run's seed; a smaller group: all of it); ``client_seconds`` is the mean over all clients
     with each group's timed mean standing for its group. Every client does the same work as the others of its
