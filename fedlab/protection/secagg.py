@@ -188,6 +188,15 @@ def _prg(seed: bytes, length: int, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(encryptor.update(bytes(length * np.dtype(dtype).itemsize)), dtype=dtype)
 
 
+def _add_signed(y: np.ndarray, mask: np.ndarray, positive: bool) -> None:
+    """``y += mask`` if ``positive``, else ``y -= mask``, in place (mod the word size): a pairwise mask's sign is
+    + on the side of the smaller id, - on the other, so the pair's masks cancel in the sum."""
+    if positive:
+        y += mask
+    else:
+        y -= mask
+
+
 def _encrypt(key: bytes, plaintext: bytes) -> bytes:
     """AES-256-GCM with a random nonce (both directions of a pair use the same key), nonce prepended."""
     nonce = os.urandom(_NONCE_BYTES)
@@ -399,11 +408,7 @@ class _Client:
     def _add_pairwise_masks(self, y: np.ndarray) -> None:
         """y += PRG(s_uv) for every inbox neighbour v > u, -= for v < u (mod the word size)."""
         for v in sorted(self._inbox):
-            pairwise = self._pairwise_mask(v)
-            if v > self.id:
-                y += pairwise
-            else:
-                y -= pairwise
+            _add_signed(y, self._pairwise_mask(v), v > self.id)
 
     @_timed
     def unmask(self, survivors: Collection[int]) -> tuple[dict[int, bytes], dict[int, bytes]]:
@@ -689,16 +694,10 @@ class _TogetherClient(_Client):
             y += together.pending.pop(self.id)
         for v in sorted(set(self._inbox) - applied):
             pairwise = self._pairwise_mask(v)
-            if v > self.id:
-                y += pairwise
-            else:
-                y -= pairwise
+            _add_signed(y, pairwise, v > self.id)
             if v in together.members and v not in together.done:  # v's side of the pair: the opposite sign
                 other = together.pending.setdefault(v, np.zeros(setup.length, dtype=setup.dtype))
-                if v > self.id:
-                    other -= pairwise
-                else:
-                    other += pairwise
+                _add_signed(other, pairwise, v < self.id)
                 together.applied.setdefault(v, set()).add(self.id)
         together.done.add(self.id)
 
