@@ -98,7 +98,9 @@ def main() -> int:
     switch(False)
     table = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+    partial = args.out.with_name(args.out.name + ".partial")  # the table whole or not at all
+    table.to_csv(partial, index=False)
+    partial.replace(args.out)
     same = table.groupby("setting").final_train_loss.nunique().eq(1).all()
     print(f"\nthe same final training loss with and without the spans in every run of a setting: {same}")
     print(table.groupby(["setting", "tff_tracing"])[["wall_ms", "fedlab_cpu_ms", "worker_cpu_ms"]].median()
