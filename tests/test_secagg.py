@@ -405,21 +405,31 @@ def masked_as_the_protocol_says(party, x, inbox, setup):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("members", [range(14), [0, 1, 2, 5, 6, 9, 10, 11, 13], [4, 7]])
-def test_untimed_clients_computed_together_send_exactly_a_clients_messages(protocol, members):
-    """Clients computed together (a pair's secrets agreed once) send the masked vector the protocol defines, with
-    dropouts before and after their input among them and among the timed clients; the sum is exact."""
+def test_untimed_clients_send_the_protocols_masked_vector_but_for_the_masks_that_cancel(protocol, members):
+    """Clients computed together send the masked vector the protocol defines, but for the mask each shares with
+    another member that sends its input (both leave it out: it cancels in the sum), with dropouts before and after
+    their input among them and among the timed clients; the sum is exact, every message has the protocol's size."""
     before, after = (2, 8), (6, 3)
     inputs, result, server, parties = together_run(14, members, before=before, after=after, protocol=protocol)
     np.testing.assert_array_equal(result.total, modular_sum(inputs, 16))
     assert set(server.masked) == set(inputs)
+    cancelling = set(members) & set(inputs)
     for u in inputs:
         inbox = parties[u]._client._inbox if hasattr(parties[u], "_client") else parties[u]._inbox
         assert set(inbox) == set(server._setup.graph[u])  # every neighbour shared its keys (dropouts came later)
+        kept = [v for v in inbox if not (u in cancelling and v in cancelling)]
         np.testing.assert_array_equal(server.masked[u].astype(np.uint64),
-                                      masked_as_the_protocol_says(parties[u], inputs[u], inbox, server._setup))
+                                      masked_as_the_protocol_says(parties[u], inputs[u], kept, server._setup))
+    _, alone, alone_server, _ = together_run(14, (), before=before, after=after, protocol=protocol)
+    assert result.bytes_per_client == alone.bytes_per_client
+    for receiver, mail in server._mail.items():  # the key shares' ciphertexts, sender by sender: the same sizes
+        assert {u: len(m) for u, m in mail.items()} == {u: len(m) for u, m in alone_server._mail[receiver].items()}
 
 
-def test_a_pair_of_untimed_clients_agrees_each_secret_once(monkeypatch):
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_two_untimed_clients_agree_no_secret_only_they_use(monkeypatch, protocol):
+    """Two members draw their channel key and leave out the mask both would add; a mask with a timed client or a
+    member that drops out before its input is agreed (and recomputed by the server for a dropped one)."""
     agreed = {b"channel": 0, b"mask": 0}
     derive = secagg._derive
 
@@ -429,14 +439,22 @@ def test_a_pair_of_untimed_clients_agrees_each_secret_once(monkeypatch):
 
     monkeypatch.setattr(secagg, "_derive", counting)
     n = 12
-    together_run(n, range(n))
-    assert agreed == {b"channel": n * (n - 1) // 2, b"mask": n * (n - 1) // 2}
+    graph = together_run(n, range(n), protocol=protocol)[2]._setup.graph
+    assert agreed == {b"channel": 0, b"mask": 0}
+    sides = sum(len(neighbours) for neighbours in graph.values())  # each pair of neighbours counted from both sides
+    assert sides == n * (n - 1) if protocol == "secagg" else sides < n * (n - 1)
     agreed.update({b"channel": 0, b"mask": 0})
-    together_run(n, ())  # every client on its own: each side agrees its own
-    assert agreed == {b"channel": n * (n - 1), b"mask": n * (n - 1)}
+    together_run(n, (), protocol=protocol)  # every client on its own: each side agrees its own
+    assert agreed == {b"channel": sides, b"mask": sides}
     agreed.update({b"channel": 0, b"mask": 0})
-    together_run(n, range(8))  # 8 together, 4 timed: only the 28 pairs of two members are agreed once
-    assert agreed == {b"channel": n * (n - 1) - 28, b"mask": n * (n - 1) - 28}
+    together_run(n, range(8), protocol=protocol)  # 8 together, 4 timed: two members agree nothing
+    member_sides = sum(len(graph[u] & set(range(8))) for u in range(8))
+    assert agreed == {b"channel": sides - member_sides, b"mask": sides - member_sides}
+    agreed.update({b"channel": 0, b"mask": 0})
+    dropped = (2, 8)  # the others send: each masks with its dropped neighbours, the server recomputes those masks
+    together_run(n, range(n), before=dropped, protocol=protocol)
+    assert agreed == {b"channel": 0, b"mask": 2 * sum(len(graph[d] - set(dropped)) for d in dropped)} != {
+        b"channel": 0, b"mask": 0}
 
 
 def test_untimed_clients_are_left_out_of_the_client_seconds():

@@ -649,29 +649,32 @@ class _DropsOut:
 
 
 class _Together:
-    """What the untimed clients of a cost measurement (:class:`_TogetherClient`) share: a secret two of them agree
-    on, computed once for the pair instead of once by each side, and the mask it expands to, kept for the side whose
-    turn comes later. Every message is still the one :class:`_Client` would send with the same keys (AES-GCM's
-    random nonces aside); only who computes a pair's secret differs, so none of their seconds are a client's. A
-    member that drops out before its input leaves the masks kept for it unused (at most one vector a member)."""
+    """What the untimed clients of a cost measurement (:class:`_TogetherClient`) share. The server's work and every
+    message's size are those of the protocol, but two members spare themselves the work whose result nobody looks at:
+    their channel's AES key is drawn once for the pair instead of agreed by X25519 on each side (only the two of them
+    ever decrypt what it encrypts), and two members that both send their masked input leave out the pairwise mask
+    they share, which the protocol adds on one side and subtracts on the other so that it cancels in the server's
+    sum. A mask a member shares with a timed client, or with a member that drops out before its input (which the
+    server must recompute and remove), is the protocol's own."""
 
     def __init__(self, members: Collection[int]) -> None:
         self.members = frozenset(members)
+        self.senders: set[int] = set()                        # members that will send their masked input
         self.channel_keys: dict[tuple[int, int], bytes] = {}  # (low, high) -> key, until the second side takes it
-        self.pending: dict[int, np.ndarray] = {}              # member -> pairwise masks of members done before it
-        self.applied: dict[int, set[int]] = {}                # member -> those members
-        self.done: set[int] = set()                           # members that sent their masked input
+        self.left_out: dict[int, set[int]] = {}               # member -> senders that left out their mask with it
 
 
 class _TogetherClient(_Client):
-    """A client whose messages are exactly :class:`_Client`'s, computed with the other members of its
-    :class:`_Together` (see there): not timed. Only for measuring the timed clients' cost faster."""
+    """A client computed with the other members of its :class:`_Together` (see there): not timed, its messages the
+    size of :class:`_Client`'s. Only for measuring the timed clients' and the server's cost faster."""
 
     timed = False
 
     def __init__(self, client_id: int, value: Optional[np.ndarray], setup: _Setup, together: _Together) -> None:
         super().__init__(client_id, value, setup)
         self._together = together
+        if value is not None:
+            together.senders.add(client_id)
 
     def _channel_key(self, v: int, channel_pk: bytes) -> bytes:
         if v not in self._together.members:
@@ -679,27 +682,22 @@ class _TogetherClient(_Client):
         pair = (min(self.id, v), max(self.id, v))
         key = self._together.channel_keys.pop(pair, None)
         if key is None:  # the first of the two: the other takes it from here
-            key = self._together.channel_keys[pair] = super()._channel_key(v, channel_pk)
+            key = self._together.channel_keys[pair] = os.urandom(_KEY_BYTES)
         return key
 
     def _add_pairwise_masks(self, y: np.ndarray) -> None:
-        """:meth:`_Client._add_pairwise_masks`, taking a member's masks kept for it and keeping this one's for a
-        member still to come."""
-        setup, together = self._setup, self._together
-        applied = together.applied.pop(self.id, set())
-        if not applied <= set(self._inbox):  # a member masked with it that it does not mask with: cannot be
-            raise RuntimeError(f"secure aggregation: clients {sorted(applied - set(self._inbox))[:5]} masked with "
-                               f"client {self.id}, which did not receive their shares")
-        if applied:
-            y += together.pending.pop(self.id)
-        for v in sorted(set(self._inbox) - applied):
-            pairwise = self._pairwise_mask(v)
-            _add_signed(y, pairwise, v > self.id)
-            if v in together.members and v not in together.done:  # v's side of the pair: the opposite sign
-                other = together.pending.setdefault(v, np.zeros(setup.length, dtype=setup.dtype))
-                _add_signed(other, pairwise, v < self.id)
-                together.applied.setdefault(v, set()).add(self.id)
-        together.done.add(self.id)
+        """:meth:`_Client._add_pairwise_masks` without the masks shared with other senders among the members."""
+        together = self._together
+        left_out = together.left_out.pop(self.id, set())
+        if not left_out <= set(self._inbox):  # a member left out a mask with it that it does not mask with
+            raise RuntimeError(f"secure aggregation: clients {sorted(left_out - set(self._inbox))[:5]} left out the "
+                               f"mask they share with client {self.id}, which did not receive their shares")
+        for v in sorted(self._inbox):
+            if v in together.senders:  # both add the pair's mask to the sum, with opposite signs: left out
+                if v not in left_out:
+                    together.left_out.setdefault(v, set()).add(self.id)
+                continue
+            _add_signed(y, self._pairwise_mask(v), v > self.id)
 
 
 def run_parties(setup: _Setup, parties: Mapping[int, object]) -> tuple[SecAggResult, _Server]:
@@ -857,17 +855,19 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     ``seed``).
     ``processes``: the runs, one per (seed, clients, dropout rate, protocol), spread over that many worker
     processes (None: one per core), the costliest first (:func:`_pairs`: at 1,000 clients a SecAgg run
-    takes a minute or more, a SecAgg+ run seconds); every protocol of a setting gets the same inputs wherever it
+    took 16 s without dropouts and 37 s with 30 % here, ten clients of each group timed; a SecAgg+ run seconds); every protocol of a setting gets the same inputs wherever it
     runs, and the rows come in the same order. Each process times its own runs; spread, the other cores are busy
     too, which slows a run a little (shared caches and memory): the seconds are comparable between protocols within
     a table, not with a table measured in one process.
     ``timed_clients``: how many of the clients that send their input, and how many of those that drop out, are
     timed (drawn with the run's seed; a smaller group: all of it); ``client_seconds`` is the mean over all clients
     with each group's timed mean standing for its group. Every client does the same work as the others of its
-    group, so a few stand for all; the untimed ones are computed together (:class:`_Together`: a secret two of them
-    share, their channel key and pairwise mask, is computed once rather than by each side; key agreements and masks
-    are most of a run) and send exactly the messages a client would, so the sum recovered and checked and the bytes
-    counted are the same. The server is always timed whole. None: every client timed on its own (the slowest).
+    group, so a few stand for all; the untimed ones are computed together (:class:`_Together`: two of them draw
+    their channel key instead of agreeing it and, when both send their input, leave out the mask they share, which
+    cancels in the sum; key agreements and masks are most of a run). The timed clients and the server do all of
+    their work with every neighbour, every message has the protocol's size, so the bytes counted, the sum recovered and
+    checked and the server's work are the same. The server is always timed whole. None: every client timed on its
+    own (the slowest).
     """
     import pandas as pd
 
@@ -901,8 +901,8 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
 
 def _pairs(n: int, protocol: str) -> int:
     """The pairs of neighbours of a run of ``protocol`` with ``n`` clients, n k: what its time grows with (each
-    pair costs X25519 key agreements and a mask expanded, by the clients, once for two untimed clients computed
-    together, or, for a dropped one, by the server)."""
+    pair costs X25519 key agreements and a mask expanded by the clients, none for two untimed clients that both send
+    their input, and, for a dropped one, by the server too)."""
     return n * (n - 1 if protocol == "secagg" else _neighbours_for(n))
 
 
