@@ -650,12 +650,12 @@ class _DropsOut:
 
 class _Together:
     """What the untimed clients of a cost measurement (:class:`_TogetherClient`) share. The server's work and every
-    message's size are those of the protocol, but two members spare themselves the work whose result nobody looks at:
-    their channel's AES key is drawn once for the pair instead of agreed by X25519 on each side (only the two of them
-    ever decrypt what it encrypts), and two members that both send their masked input leave out the pairwise mask
-    they share, which the protocol adds on one side and subtracts on the other so that it cancels in the server's
-    sum. A mask a member shares with a timed client, or with a member that drops out before its input (which the
-    server must recompute and remove), is the protocol's own."""
+    message's size are those of the protocol, but any two members skip what only they read or what cancels: their
+    channel's AES key is drawn once for the pair instead of agreed by X25519 on each side (only the two of them ever
+    decrypt what it encrypts), and two members that both send their masked input leave out the pairwise mask they
+    share, which the protocol adds on one side and subtracts on the other so that it cancels in the server's sum. A
+    mask a member shares with a timed client, or with a member that drops out before its input (which the server
+    must recompute and remove), is the protocol's own."""
 
     def __init__(self, members: Collection[int]) -> None:
         self.members = frozenset(members)
@@ -854,11 +854,12 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     ``seeds``: every seed's measurements, one after the other, with a last column ``seed`` (instead of the one
     ``seed``).
     ``processes``: the runs, one per (seed, clients, dropout rate, protocol), spread over that many worker
-    processes (None: one per core), the costliest first (:func:`_pairs`: at 1,000 clients a SecAgg run
-    took 16 s without dropouts and 37 s with 30 % here, ten clients of each group timed; a SecAgg+ run seconds); every protocol of a setting gets the same inputs wherever it
-    runs, and the rows come in the same order. Each process times its own runs; spread, the other cores are busy
-    too, which slows a run a little (shared caches and memory): the seconds are comparable between protocols within
-    a table, not with a table measured in one process.
+    processes (None: one per core), the costliest first (:func:`_pairs`: at 1,000 clients a SecAgg run took 16 s
+    without dropouts and 37 s with 30 % here, ten clients of each group timed; a SecAgg+ run seconds); every protocol
+    of a setting gets the same inputs wherever it runs, and the rows come in the same order. Each process times its
+    own runs; spread, the other cores are busy too, which slows a run (shared caches and memory; by 4 % to a fifth
+    in the client seconds of two measurements here): the seconds are comparable between protocols within a table,
+    not with a table measured in one process.
     ``timed_clients``: how many of the clients that send their input, and how many of those that drop out, are
     timed (drawn with the run's seed; a smaller group: all of it); ``client_seconds`` is the mean over all clients
     with each group's timed mean standing for its group. Every client does the same work as the others of its
@@ -900,9 +901,10 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
 
 
 def _pairs(n: int, protocol: str) -> int:
-    """The pairs of neighbours of a run of ``protocol`` with ``n`` clients, n k: what its time grows with (each
-    pair costs X25519 key agreements and a mask expanded by the clients, none for two untimed clients that both send
-    their input, and, for a dropped one, by the server too)."""
+    """The pairs of neighbours of a run of ``protocol`` with ``n`` clients, n k: what its time grows with. Each pair
+    costs the clients X25519 key agreements (a channel key and a mask seed) and a mask expanded, and the server the
+    mask again when one of the two drops out; two untimed clients agree no channel key, and no mask when both send
+    their input (:class:`_Together`), so with few clients timed the dropped clients' pairs are most of a run."""
     return n * (n - 1 if protocol == "secagg" else _neighbours_for(n))
 
 
