@@ -420,6 +420,9 @@ def test_untimed_clients_send_the_protocols_masked_vector_but_for_the_masks_that
         kept = [v for v in inbox if not (u in cancelling and v in cancelling)]
         np.testing.assert_array_equal(server.masked[u].astype(np.uint64),
                                       masked_as_the_protocol_says(parties[u], inputs[u], kept, server._setup))
+    first = parties[list(members)[0]]
+    together = getattr(first, "_client", first)._together
+    assert not together.channel_keys and not together.left_out  # each pair's second side took what the first left
     _, alone, alone_server, _ = together_run(14, (), before=before, after=after, protocol=protocol)
     assert result.bytes_per_client == alone.bytes_per_client
     for receiver, mail in server._mail.items():  # the key shares' ciphertexts, sender by sender: the same sizes
