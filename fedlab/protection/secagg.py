@@ -863,12 +863,12 @@ def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int]
     ``timed_clients``: how many of the clients that send their input, and how many of those that drop out, are
     timed (drawn with the run's seed; a smaller group: all of it); ``client_seconds`` is the mean over all clients
     with each group's timed mean standing for its group. Every client does the same work as the others of its
-    group, so a few stand for all; the untimed ones are computed together (:class:`_Together`: two of them draw
+    group, so a few stand for all; the untimed ones are computed together (:class:`_Together`: any two of them draw
     their channel key instead of agreeing it and, when both send their input, leave out the mask they share, which
     cancels in the sum; key agreements and masks are most of a run). The timed clients and the server do all of
-    their work with every neighbour, every message has the protocol's size, so the bytes counted, the sum recovered and
-    checked and the server's work are the same. The server is always timed whole. None: every client timed on its
-    own (the slowest).
+    their work with every neighbour and every message has the protocol's size, so the bytes counted, the sum
+    recovered and checked and the server's work are the same. The server is always timed whole. None: every client
+    timed on its own (the slowest).
     """
     import pandas as pd
 
