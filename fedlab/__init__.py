@@ -86,6 +86,7 @@ from .studies.participation import async_participation, async_steps_within, part
 from .reporting.report import compared, findings, interval_table, interval_text, number, quote, ranking, tally
 from .experiment.runner import clients_table, final_weights, run_experiment
 from .core.runtime import setup
+from .core.quiet_periods import measuring_time
 from .protection.secagg import measure_cost as secagg_cost
 from .data.site_data import SITE_LOADERS, register_site_loader
 from .experiment.site_service import LocalSites
@@ -153,6 +154,7 @@ __all__ = [
     "interval_table",
     "interval_text",
     "load_dataset",
+    "measuring_time",
     "noise_multiplier_for",
     "number",
     "participation_table",

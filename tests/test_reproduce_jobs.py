@@ -1,5 +1,6 @@
-"""``reproduce`` runs notebooks side by side, each in a process of its own, except those that report wall-clock
-time: they run alone, first. A failure stops new starts and is raised naming the notebook and its log."""
+"""``reproduce`` runs notebooks side by side, each in a process of its own, the longest first; what a notebook reports
+in wall-clock time it measures in a quiet period, with the other notebook's runs paused. A failure stops new starts
+and is raised naming the notebook and its log."""
 
 import contextlib
 import json
@@ -16,16 +17,29 @@ import nbformat
 import pandas as pd
 import pytest
 
+import fedlab as fl
 from fedlab.core.runtime import process_alive
 from fedlab.notebook import reproduce
 
+# What fedlab measures in a quiet period (fedlab.core.quiet_periods.measures_time), and how a notebook calls it.
+MEASURED = {"fl.secagg_cost(": fl.secagg_cost, "fl.he_cost(": fl.he_cost, "fl.round_times(": fl.round_times,
+            "fl.crosssilo.sites_against_simulation(": fl.crosssilo.sites_against_simulation,
+            "with fl.measuring_time(": None}
 
-def test_every_notebook_that_reports_wall_clock_time_runs_alone():
+
+def test_every_notebook_that_reports_wall_clock_time_measures_it_in_a_quiet_period():
     timed = {reproduce.owner(name) for name in reproduce.TIMING_FIGURES}
     for path in sorted(reproduce.RESULTS.glob("*.csv")):
         if any(reproduce.TIMING.match(column) for column in pd.read_csv(path, nrows=0).columns):
             timed.add(reproduce.owner(path.name))
-    assert timed == reproduce.TIMES_ITSELF  # none missing, none run alone without reason
+    measuring = set()
+    for path in reproduce.notebooks():
+        code = "\n".join(cell.source for cell in nbformat.read(str(path), as_version=4).cells
+                         if cell.cell_type == "code")
+        if any(call in code for call in MEASURED):
+            measuring.add(path.name[:2])
+    assert timed == measuring  # none missing, none pausing the other notebook without reason
+    assert all(getattr(function, "measures_time", None) for function in MEASURED.values() if function is not None)
 
 
 def names(*prefixes):
@@ -70,26 +84,29 @@ class Recorder:
         return s1 < e2 and s2 < e1
 
 
-def test_timed_notebooks_run_first_and_alone_the_others_two_at_a_time():
+def test_notebooks_start_longest_first_two_at_a_time():
     run, lines = Recorder(), []
     paths = names("01", "02", "03", "04", "05", "06", "07", "08")
     written = reproduce.schedule(paths, 2, run, say=lines.append)
     assert written == [pathlib.Path("out") / p.name for p in paths]  # notebook order
     assert set(run.spans) == {p.name[:2] for p in paths}
-    for timed in ("04", "05", "06"):
-        assert not any(run.overlap(timed, other) for other in run.spans if other != timed)
-        assert all(run.spans[timed][1] <= run.spans[other][0] for other in ("01", "02", "03", "07", "08"))
-    together = ["01", "02", "03", "07", "08"]
+    starts = [line.split()[1][:2] for line in lines if line.endswith(" ...")]
+    assert starts == list(reproduce.LONGEST_FIRST)
     assert run.overlap("01", "02")
-    for i, a in enumerate(together):  # never three at once
-        for b in together[i + 1:]:
-            for c in together[together.index(b) + 1:]:
+    every = sorted(run.spans)
+    for i, a in enumerate(every):  # never three at once
+        for b in every[i + 1:]:
+            for c in every[every.index(b) + 1:]:
                 assert not (run.overlap(a, b) and run.overlap(a, c) and run.overlap(b, c))
-    assert lines[0] == "[reproduce] 04_notebook.ipynb (full), alone: it reports wall-clock time ..."
-    assert ("[reproduce] 02_notebook.ipynb (full), beside 01_notebook.ipynb ..." in lines
-            or "[reproduce] 01_notebook.ipynb (full), beside 02_notebook.ipynb ..." in lines)
+    assert lines[0] == "[reproduce] 05_notebook.ipynb (full) ..."
+    assert lines[1] == "[reproduce] 01_notebook.ipynb (full), beside 05_notebook.ipynb ..."
     assert sum(re.fullmatch(r"\[reproduce\] 0\d_notebook.ipynb done in \d+ s", line) is not None
                for line in lines) == 8
+
+
+def test_notebooks_not_in_the_order_start_last_in_theirs():
+    order = reproduce.starting_order(names("12", "03", "11", "05"))
+    assert [p.name[:2] for p in order] == ["05", "03", "12", "11"]
 
 
 def test_one_job_runs_every_notebook_one_after_the_other():
@@ -107,18 +124,9 @@ def test_a_failure_stops_new_starts_lets_the_running_finish_and_is_raised():
     assert set(run.spans) == {"01", "02"}  # 02 was running beside 01 and finished; 03 and 07 never started
     said = next(line for line in lines if "FAILED" in line)
     assert re.fullmatch(r"\[reproduce\] 01_notebook.ipynb FAILED after \d+ s: 01_notebook.ipynb failed; waiting "
-                        r"for 02_notebook.ipynb; not starting 03_notebook.ipynb, 07_notebook.ipynb", said)
+                        r"for 02_notebook.ipynb; not starting 07_notebook.ipynb, 03_notebook.ipynb", said)
     done = next(line for line in lines if line.startswith("[reproduce] 02_notebook.ipynb done in "))
     assert lines.index(said) < lines.index(done)  # said as it happened, not once 02 had ended
-
-
-def test_a_timed_notebook_that_fails_stops_everything_after_it():
-    run = Recorder(fail={"04"})
-    lines = run.lines
-    with pytest.raises(RuntimeError, match="04_notebook.ipynb failed"):
-        reproduce.schedule(names("01", "02", "04", "05"), 2, run, say=run.say)
-    assert set(run.spans) == {"04"}
-    assert lines[-1].endswith("; not starting 05_notebook.ipynb, 01_notebook.ipynb, 02_notebook.ipynb")
 
 
 def test_an_interruption_stops_the_running_notebooks_and_starts_no_other():
@@ -143,16 +151,16 @@ def test_an_interruption_stops_the_running_notebooks_and_starts_no_other():
     assert time.monotonic() - began < 25
 
 
-def test_an_interrupted_notebook_run_alone_is_said_interrupted():
+def test_an_interrupted_notebook_is_said_interrupted():
     lines = []
 
     def run(path, stop):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        reproduce.schedule(names("04", "05"), 2, run, say=lines.append)
-    assert re.fullmatch(r"\[reproduce\] 04_notebook.ipynb FAILED after \d+ s: interrupted; not starting "
-                        r"05_notebook.ipynb", lines[-1])
+        reproduce.schedule(names("04", "05"), 1, run, say=lines.append)
+    assert re.fullmatch(r"\[reproduce\] 05_notebook.ipynb FAILED after \d+ s: interrupted; not starting "
+                        r"04_notebook.ipynb", lines[-1])
 
 
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True, "2"])
@@ -183,13 +191,14 @@ def tiny_notebook(path: pathlib.Path, body: str) -> pathlib.Path:
     return path
 
 
-MEET = """import json, pathlib, time
+MEET = """import json, os, pathlib, time
 mine, other = pathlib.Path(results_dir, "{name}.started"), pathlib.Path(results_dir, "{other}.started")
 mine.write_text("")
 deadline = time.time() + 120
 while not other.exists() and time.time() < deadline:  # runs only if the other notebook runs at the same time
     time.sleep(0.1)
-pathlib.Path(results_dir, "{name}.json").write_text(json.dumps([other.exists(), fast]))
+pathlib.Path(results_dir, "{name}.json").write_text(json.dumps([other.exists(), fast,
+                                                                 os.environ.get("FEDLAB_QUIET_DIR")]))
 """
 
 
@@ -206,8 +215,9 @@ def test_two_notebooks_run_side_by_side_in_processes_of_their_own(monkeypatch, t
     assert written == [tmp_path / "out" / "01_first.ipynb", tmp_path / "out" / "02_second.ipynb"]
     assert all(path.exists() and (tmp_path / "out" / f"{path.stem}.log").exists() for path in written)
     for name in ("01_first", "02_second"):
-        met, fast = json.loads((results / f"{name}.json").read_text())
+        met, fast, quiet = json.loads((results / f"{name}.json").read_text())
         assert met is True and fast is True  # both ran at once, and the parameters reached each
+        assert quiet == str(tmp_path / "out" / reproduce.QUIET_FOLDER)  # where they meet for quiet periods
     assert "beside" in capsys.readouterr().out
 
 

@@ -39,6 +39,7 @@ from .evaluation import client_summary, clients_frame, evaluator_for
 from ..data.partition import PARTITIONERS
 from .processes import get_finetuning, get_process, get_site_process, initial_state, trainer_for
 from ..core import profiling
+from ..core.quiet_periods import run_slot
 from ..core.registry import source_digest
 from ..core.runtime import held, simulated_secure_sums, stop_large_local_workers, worker_memory_limit_mb
 from ..rounds.array_training import local_steps, with_tau_eff
@@ -170,21 +171,27 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
             board.write(history[[c for c in history.columns if c not in fields]].to_dict("records"))
             if user_callback is not None:
                 user_callback(row, history)
-    started = False
+    started, slot = False, None
     try:
+        slot = run_slot()  # waits while another process measures wall-clock time (fedlab.core.quiet_periods)
         _runs_started()
         started = True
         tff_secure_sums = config.secure_aggregation and config.secure_protocol == "none"
         with on_workers(config.workers, secure_sums=tff_secure_sums), \
                 simulated_secure_sums(tff_secure_sums and not config.workers):
-            rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop, federation)
+            rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop, federation,
+                                                  slot.pause_point)
     finally:
         try:
             if started:  # first, so that the count comes down whatever closing the federation does
                 _run_ended(memory_limit)
         finally:
-            if federation is not None:
-                federation.close()
+            try:
+                if slot is not None:
+                    slot.close()
+            finally:
+                if federation is not None:
+                    federation.close()
     if cache is not None:
         with profiling.phase("cache"):
             cache.save(key, rows, client_rows, weights, config.to_json())
@@ -292,7 +299,9 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
 
 
 def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progress: bool, callback, stop=None,
-             federation: Optional[Federation] = None):
+             federation: Optional[Federation] = None, pause: Callable[[], None] = lambda: None):
+    """The run's rounds; ``pause()`` after each one is recorded (a quiet period elsewhere waits for it there:
+    :mod:`fedlab.core.quiet_periods`)."""
     with profiling.phase("data"):
         if federation is None:
             data = dataset_for(config)
@@ -361,6 +370,7 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         """A finished round (or server step): into the history, the checkpoint and the callback; stopped if asked."""
         with profiling.phase("bookkeeping"):
             _record(row, state, round_num, bar)
+        pause()  # after the round's seconds and the stop check: a pause is in no round's time
 
     def _record(row: dict, state, round_num: int, bar) -> None:
         rows.append(row)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .config import ExperimentConfig
+from ..core.quiet_periods import measures_time
 from .pool import run_all
 from .runner import clients_table, evaluated_rows, run_experiment
 from ..core.validation import ConfigError
@@ -122,6 +123,7 @@ def stack_histories(histories: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(stacked, ignore_index=True)
 
 
+@measures_time("round times (fedlab.round_times)")
 def round_times(base: ExperimentConfig, clients_per_round: Sequence[int], executions: dict, *, warmup: int = 1):
     """Median seconds per round for each K in ``clients_per_round`` and each execution.
 

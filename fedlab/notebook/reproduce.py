@@ -7,13 +7,16 @@ where its last cells save figures and tables; ``cache_dir`` holds finished
 runs, so an interrupted reproduce picks up where it stopped.
 
 Notebooks run ``jobs`` at a time (two where the machine has two cores or
-more), each in a process of its own; those that report wall-clock time
-(:data:`TIMES_ITSELF`) run first, one at a time, with nothing of reproduce's
-beside them. ``jobs=1`` runs every notebook in this process, in turn. A
-notebook leaves cores idle between its sweeps (plots, its own serial work, a
-sweep's last run training alone), which a second notebook fills; what a notebook computes does not depend on what runs
-beside it (every run is seeded, and a sweep's runs give the same bits in any
-process).
+more), each in a process of its own, the longest first (:data:`LONGEST_FIRST`).
+``jobs=1`` runs every notebook in this process, in turn. A notebook leaves
+cores idle between its sweeps (plots, its own serial work, a sweep's last run
+training alone), which a second notebook fills; what a notebook computes does
+not depend on what runs beside it (every run is seeded, and a sweep's runs
+give the same bits in any process). What a notebook reports in wall-clock time
+(the results' timing columns) it measures in a quiet period
+(:mod:`fedlab.core.quiet_periods`): the notebooks' processes share a folder,
+``FEDLAB_QUIET_DIR``, and the other notebook's runs pause between rounds until
+the measurement ends.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import subprocess
 import sys
 import time
 from typing import Callable, Mapping, Optional, Sequence
+
+from ..core.quiet_periods import QUIET_DIR_VARIABLE
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -92,10 +97,13 @@ def kernel_dying_with_parent() -> type:
     return KernelDyingWithParent
 
 
-# Notebooks that report wall-clock time (the results' timing columns, TIMING_FIGURES below): they run alone, so
-# that what they measure is the notebook's own time on this machine. tests/test_reproduce_jobs.py checks that every
-# committed file with a timing column or a timing figure belongs to one of them.
-TIMES_ITSELF = frozenset({"04", "05", "06"})
+# The order notebooks start in, two at a time: the longest first, so that the short ones fill the end (a notebook's
+# seconds, beside another, in the clean-clone `make check-figures` of 16610ce: 05 791 alone, 01 822, 02 649, 07 410,
+# 03 322, 04 257 alone, 06 61 alone, 08 58). Notebooks not named here start last, in their order.
+LONGEST_FIRST = ("05", "01", "02", "07", "03", "04", "06", "08")
+
+# Where the notebooks' processes meet for quiet periods (fedlab.core.quiet_periods), under the output folder.
+QUIET_FOLDER = "quiet"
 
 
 def default_jobs() -> int:
@@ -117,8 +125,9 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
               cache_dir: pathlib.Path = ROOT / "build" / "cache", jobs: Optional[int] = None) -> list[pathlib.Path]:
     """Runs the notebooks (``only``: those whose name starts with one of these prefixes); ``jobs``: at most this
     many at a time, each in a process of its own (None: :func:`default_jobs`; 1: every notebook in this process, one
-    after the other, with papermill's progress bar), those of :data:`TIMES_ITSELF` alone and first. Returns the
-    executed notebooks, in notebook order."""
+    after the other, with papermill's progress bar), in the order of :data:`LONGEST_FIRST`; their processes share
+    ``FEDLAB_QUIET_DIR`` (``output_dir/quiet``) for the wall-clock times they measure. Returns the executed
+    notebooks, in notebook order."""
     if jobs is None:
         jobs = default_jobs()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -133,8 +142,10 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
         print(f"[reproduce] up to {jobs} notebooks at a time, each in a process of its own; a notebook's progress: "
               f"{dirs['output_dir'] / '<notebook>.log'}", flush=True)
 
+        quiet = {QUIET_DIR_VARIABLE: str(dirs["output_dir"] / QUIET_FOLDER)}
+
         def execute(path: pathlib.Path, stop) -> pathlib.Path:
-            return run_notebook_process(path, fast=fast, stop=stop, **dirs)
+            return run_notebook_process(path, fast=fast, stop=stop, environ=quiet, **dirs)
 
     def run(path: pathlib.Path, stop) -> pathlib.Path:
         """A notebook, and, once its full-setting results are written, their numerics (a later failure leaves
@@ -150,19 +161,23 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
     return schedule(paths, jobs, run, setting="fast" if fast else "full")
 
 
+def starting_order(paths: Sequence[pathlib.Path]) -> list[pathlib.Path]:
+    """``paths`` in the order they start: :data:`LONGEST_FIRST`'s, then the others in theirs."""
+    rank = {prefix: i for i, prefix in enumerate(LONGEST_FIRST)}
+    return sorted(paths, key=lambda p: rank.get(p.name[:2], len(rank)))  # sorted is stable: the others keep theirs
+
+
 def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting: str = "full",
              say: Callable[[str], None] = lambda line: print(line, flush=True)) -> list[pathlib.Path]:
-    """``run(path, stop)`` for every notebook: those of :data:`TIMES_ITSELF` first, one at a time, then the others at
-    most ``jobs`` at a time in their order (on daemon threads); a line as each starts (naming those beside it) and
-    ends. ``stop``: a ``threading.Event`` set when the notebooks running should stop (``run`` then raises soon). A
-    failure is said at once and stops new starts; the notebooks running then finish (each is bounded:
-    :func:`run_notebook_process`), and the first failure is raised. An interruption here (Ctrl-C) sets ``stop`` and
-    waits at most :data:`STOP_LIMIT_S` for the running ones to end. Returns ``run``'s results in the order of
-    ``paths``."""
+    """``run(path, stop)`` for every notebook, at most ``jobs`` at a time in :func:`starting_order` (on daemon
+    threads); a line as each starts (naming those beside it) and ends. ``stop``: a ``threading.Event`` set when
+    the notebooks running should stop (``run`` then raises soon). A failure is said at once and stops new starts;
+    the notebooks running then finish (each is bounded: :func:`run_notebook_process`), and the first failure is
+    raised. An interruption here (Ctrl-C) sets ``stop`` and waits at most :data:`STOP_LIMIT_S` for the running
+    ones to end. Returns ``run``'s results in the order of ``paths``."""
     import threading
 
-    alone = [p for p in paths if p.name[:2] in TIMES_ITSELF]
-    together = [p for p in paths if p.name[:2] not in TIMES_ITSELF]
+    order = starting_order(paths)
     results: dict[pathlib.Path, pathlib.Path] = {}
     running: list[str] = []
     started: set[str] = set()
@@ -170,7 +185,7 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
     lock = threading.Lock()
     failed, stop = threading.Event(), threading.Event()
 
-    def one(path: pathlib.Path, note: str) -> None:
+    def one(path: pathlib.Path) -> None:
         with lock:
             if failed.is_set() or stop.is_set():
                 return
@@ -179,7 +194,7 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
             started.add(path.name)
         start = time.time()
         try:
-            say(f"[reproduce] {path.name} ({setting}){note}" + (f", beside {', '.join(beside)}" if beside else "")
+            say(f"[reproduce] {path.name} ({setting})" + (f", beside {', '.join(beside)}" if beside else "")
                 + " ...")
             results[path] = run(path, stop)
         except BaseException as err:
@@ -188,7 +203,7 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
                 errors.append(err)
                 running.remove(path.name)
                 others = list(running)
-                left = [p.name for p in alone + together if p.name not in started]
+                left = [p.name for p in order if p.name not in started]
             reason = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err) or type(err).__name__
             say(f"[reproduce] {path.name} FAILED after {time.time() - start:.0f} s: {reason}"
                 + (f"; {'stopping' if stop.is_set() else 'waiting for'} {', '.join(others)}" if others else "")
@@ -198,13 +213,11 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
             running.remove(path.name)
         say(f"[reproduce] {path.name} done in {time.time() - start:.0f} s")
 
-    for path in alone:
-        one(path, ", alone: it reports wall-clock time" if jobs > 1 and together else "")
-    if jobs == 1 or len(together) <= 1:
-        for path in together:
-            one(path, "")
+    if jobs == 1 or len(order) <= 1:
+        for path in order:
+            one(path)
         return [results[p] for p in paths]
-    queue = list(together)
+    queue = list(order)
 
     def lane() -> None:
         while True:
@@ -213,7 +226,7 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
                     return
                 path = queue.pop(0)
             try:
-                one(path, "")
+                one(path)
             except BaseException as err:  # noqa: BLE001 - raised by the main thread
                 with lock:
                     failed.set()
@@ -262,7 +275,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def run_notebook_process(path: pathlib.Path, *, fast: bool, figures_dir: pathlib.Path, results_dir: pathlib.Path,
                          output_dir: pathlib.Path, cache_dir: pathlib.Path, timeout: int = 3600,
-                         stop=None, silence_slack: float = 600.0, retries: int = 1) -> pathlib.Path:
+                         stop=None, silence_slack: float = 600.0, retries: int = 1,
+                         environ: Optional[Mapping[str, str]] = None) -> pathlib.Path:
     """:func:`run_notebook` in a Python process of its own (``python -m fedlab.notebook.reproduce``), its output in
     ``output_dir/<notebook>.log``; :class:`NotebookFailed` with the log's last line if it fails.
 
@@ -271,7 +285,8 @@ def run_notebook_process(path: pathlib.Path, *, fast: bool, figures_dir: pathlib
     ``timeout + silence_slack`` seconds is stopped. ``stop`` (an event) set: stopped at once. The process gets SIGTERM
     should the thread that started it end (this process killed); it runs in a session of its own and shuts its
     kernel down on SIGTERM. A kernel that never started a cell (two kernels started together can race for a port)
-    is started again, ``retries`` times, its output appended to the same log."""
+    is started again, ``retries`` times, its output appended to the same log. ``environ``: variables set in its
+    environment besides this process's."""
     import json
     import signal
 
@@ -291,7 +306,8 @@ def run_notebook_process(path: pathlib.Path, *, fast: bool, figures_dir: pathlib
                 out.flush()
             process = subprocess.Popen(dying_with_parent(_child_command(request), signum=signal.SIGTERM),
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-                                       env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+                                       env=dict(os.environ, **(environ or {}), PYTHONUNBUFFERED="1"),
+                                       start_new_session=True)
             try:
                 code = _wait_while_alive(process, [log, executed], limit, stop)
             except BaseException as err:  # interrupted: SIGTERM, and its kernel is shut down

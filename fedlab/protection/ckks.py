@@ -102,6 +102,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..core.quiet_periods import measures_time
+
 POLY_MODULUS_DEGREE = 8192
 COEFF_MOD_BIT_SIZES = (60, 40, 40)
 SCALE_BITS = 40
@@ -501,6 +503,7 @@ def upload_bytes(length: int) -> int:
 # Cost
 
 
+@measures_time("CKKS's cost (fedlab.he_cost)")
 def measure_cost(*, clients: Sequence[int] = (10, 100, 1000), sizes: Sequence[int] = (7850, 199_210),
                  timed_clients: int = 3, seed: int = 0) -> "pandas.DataFrame":
     """What CKKS aggregation costs per (clients, vector size): a table like :func:`fedlab.protection.secagg.measure_cost`.

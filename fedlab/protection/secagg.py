@@ -63,6 +63,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..core.quiet_periods import measures_time
+
 PROTOCOLS = ("secagg", "secagg+")
 
 PRIME = 2 ** 31 - 1          # Shamir field GF(p); products of two elements stay below 2**62 in int64
@@ -836,6 +838,7 @@ def _validate(inputs, modulus_bits, protocol, participants, dropped_after_input,
 # Cost
 
 
+@measures_time("SecAgg's cost (fedlab.secagg_cost)")
 def measure_cost(*, protocols: Sequence[str] = PROTOCOLS, clients: Sequence[int] = (10, 100, 1000),
                  dropout_rates: Sequence[float] = (0.0, 0.1, 0.3), vector_length: int = 7850,
                  modulus_bits: int = 24, seed: int = 0, seeds: Optional[Sequence[int]] = None,

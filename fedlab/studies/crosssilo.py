@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import summarize, summarize_paired
+from ..core.quiet_periods import measures_time
 from ..experiment.clients import dataset_for
 from .comparison import BASELINES, metric_rows, scores_of
 from ..experiment.config import ExperimentConfig
@@ -387,6 +388,7 @@ def hospital_processes(directory=None, *, tls: bool = True):
                 use_worker_tls(previous)
 
 
+@measures_time("site processes against the simulation (fedlab.crosssilo.sites_against_simulation)")
 def sites_against_simulation(config: ExperimentConfig, sites, seeds: Sequence[int]) -> pd.DataFrame:
     """``config`` at each seed run twice, side by side: in this process (the simulation) and with the clients at
     ``sites`` (``{name: address}``); one row per execution, seed and round with the scores and the round's wall
