@@ -367,8 +367,29 @@ def tff_tracing():
             f"{whole:.1f} % of a round's CPU in notebook 01's setting, {share.min():.1f}–{share.max():.1f} % per pair"]
 
 
+def quiet_periods():
+    """The README's sentence on benchmarks/quiet_periods.py (results/benchmarks/quiet_periods.csv)."""
+    t = _csv("benchmarks/quiet_periods")
+    medians = t.groupby(["setting", "clients_per_round"]).seconds_per_round.median()
+    alone, quiet, busy = "alone", "beside a sweep, in a quiet period", "beside a sweep, no quiet period"
+    k100 = t[t.clients_per_round == 100].groupby("setting").seconds_per_round
+
+    def at(setting):
+        return " and ".join(f"{medians[setting][k]:.4f}" for k in (10, 100)) + " s a round"
+
+    def ratio(setting):
+        return " and ".join(f"{medians[setting][k] / medians[alone][k]:.2f}x" for k in (10, 100))
+
+    def spread(setting):
+        return f"{k100.min()[setting]:.3f}–{k100.max()[setting]:.3f} s"
+
+    return [f"took {at(alone)} alone, {at(quiet)} beside a sweep of notebook 01's setting in a quiet period "
+            f"({ratio(quiet)}; at K = 100 the runs alone took {spread(alone)}, those in a quiet period "
+            f"{spread(quiet)}), and {at(busy)} beside it without one ({ratio(busy)})"]
+
+
 CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds,
-          stacked_seeds_one_thread, secagg_cost_speed, tff_tracing]
+          stacked_seeds_one_thread, secagg_cost_speed, tff_tracing, quiet_periods]
 
 
 @pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)

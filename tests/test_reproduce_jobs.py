@@ -99,7 +99,7 @@ def test_notebooks_start_longest_first_two_at_a_time():
             for c in every[every.index(b) + 1:]:
                 assert not (run.overlap(a, b) and run.overlap(a, c) and run.overlap(b, c))
     assert lines[0] == "[reproduce] 05_notebook.ipynb (full) ..."
-    assert lines[1] == "[reproduce] 01_notebook.ipynb (full), beside 05_notebook.ipynb ..."
+    assert lines[1].startswith("[reproduce] 01_notebook.ipynb (full)")  # beside 05, unless 05 had already ended
     assert sum(re.fullmatch(r"\[reproduce\] 0\d_notebook.ipynb done in \d+ s", line) is not None
                for line in lines) == 8
 

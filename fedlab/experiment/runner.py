@@ -180,7 +180,7 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
         with on_workers(config.workers, secure_sums=tff_secure_sums), \
                 simulated_secure_sums(tff_secure_sums and not config.workers):
             rows, client_rows, weights = _execute(config, checkpoint, progress, callback, stop, federation,
-                                                  slot.pause_point)
+                                                  lambda: slot.pause_point(stop))
     finally:
         try:
             if started:  # first, so that the count comes down whatever closing the federation does
@@ -300,8 +300,8 @@ def check_cost(config: ExperimentConfig, clients: Clients) -> None:
 
 def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progress: bool, callback, stop=None,
              federation: Optional[Federation] = None, pause: Callable[[], None] = lambda: None):
-    """The run's rounds; ``pause()`` after each one is recorded (a quiet period elsewhere waits for it there:
-    :mod:`fedlab.core.quiet_periods`)."""
+    """The run's rounds; ``pause()`` after each but the last is recorded (a quiet period elsewhere waits for it
+    there, :mod:`fedlab.core.quiet_periods`; it returns early once ``stop`` is set)."""
     with profiling.phase("data"):
         if federation is None:
             data = dataset_for(config)
@@ -370,7 +370,10 @@ def _execute(config: ExperimentConfig, checkpoint: Optional[Checkpoint], progres
         """A finished round (or server step): into the history, the checkpoint and the callback; stopped if asked."""
         with profiling.phase("bookkeeping"):
             _record(row, state, round_num, bar)
-        pause()  # after the round's seconds and the stop check: a pause is in no round's time
+        if round_num < config.rounds:  # after the round's seconds: a pause is in no round's time. The last round's
+            pause()                    # run ends instead; the next run waits at the start
+            if stop is not None and stop.is_set():  # set during the pause
+                raise RunStopped(round_num)
 
     def _record(row: dict, state, round_num: int, bar) -> None:
         rows.append(row)

@@ -98,9 +98,9 @@ def kernel_dying_with_parent() -> type:
 
 
 # The order notebooks start in, two at a time: the longest first, so that the short ones fill the end (a notebook's
-# seconds, beside another, in the clean-clone `make check-figures` of 16610ce: 05 791 alone, 01 822, 02 649, 07 410,
-# 03 322, 04 257 alone, 06 61 alone, 08 58). Notebooks not named here start last, in their order.
-LONGEST_FIRST = ("05", "01", "02", "07", "03", "04", "06", "08")
+# seconds beside another in the clean-clone `make check-figures` of c8eccd4: 05 1,302, 01 996, 02 681, 07 602,
+# 04 339, 03 307, 08 60, 06 58). Notebooks not named here start last, in their order.
+LONGEST_FIRST = ("05", "01", "02", "07", "04", "03", "08", "06")
 
 # Where the notebooks' processes meet for quiet periods (fedlab.core.quiet_periods), under the output folder.
 QUIET_FOLDER = "quiet"
@@ -185,17 +185,28 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
     lock = threading.Lock()
     failed, stop = threading.Event(), threading.Event()
 
-    def one(path: pathlib.Path) -> None:
-        with lock:
-            if failed.is_set() or stop.is_set():
-                return
-            beside = list(running)
-            running.append(path.name)
-            started.add(path.name)
+    def begin(path: pathlib.Path) -> bool:
+        """With ``lock`` held: the notebook starts (its line said now, so the lines come in the order they start),
+        unless a failure or a stop forbids it."""
+        if failed.is_set() or stop.is_set():
+            return False
+        beside = list(running)
+        running.append(path.name)
+        try:
+            say(f"[reproduce] {path.name} ({setting})" + (f", beside {', '.join(beside)}" if beside else "") + " ...")
+        except BaseException:
+            running.remove(path.name)
+            raise
+        started.add(path.name)
+        return True
+
+    def one(path: pathlib.Path, begun: bool = False) -> None:
+        if not begun:
+            with lock:
+                if not begin(path):
+                    return
         start = time.time()
         try:
-            say(f"[reproduce] {path.name} ({setting})" + (f", beside {', '.join(beside)}" if beside else "")
-                + " ...")
             results[path] = run(path, stop)
         except BaseException as err:
             with lock:
@@ -221,12 +232,11 @@ def schedule(paths: Sequence[pathlib.Path], jobs: int, run: Callable, *, setting
 
     def lane() -> None:
         while True:
-            with lock:
-                if not queue:
-                    return
-                path = queue.pop(0)
             try:
-                one(path)
+                with lock:
+                    if not queue or not begin(path := queue.pop(0)):
+                        return
+                one(path, begun=True)
             except BaseException as err:  # noqa: BLE001 - raised by the main thread
                 with lock:
                     failed.set()
