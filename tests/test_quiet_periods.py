@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -78,8 +79,17 @@ def elsewhere(**changes) -> dict:
 
 
 def start(script: str, *args, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env or elsewhere(),
-                            stderr=subprocess.PIPE, text=True)
+    """The stand-in in a process of its own; what it writes to stderr goes to a file (``process.err``, read by
+    :func:`said`), so that nothing blocks on a full pipe."""
+    err = tempfile.TemporaryFile()
+    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env or elsewhere(), stderr=err)
+    process.err = err
+    return process
+
+
+def said(process: subprocess.Popen) -> str:
+    process.err.seek(0)
+    return process.err.read().decode(errors="replace")
 
 
 def events(path: pathlib.Path, kind: str = None) -> list:
@@ -126,13 +136,6 @@ def after(condition, then) -> threading.Thread:
     return thread
 
 
-def finish(process: subprocess.Popen, stop: pathlib.Path) -> str:
-    stop.write_text("")
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
-    return err
-
-
 def test_without_the_folder_neither_side_waits_for_a_measurement(quiet, tmp_path, monkeypatch):
     window, release = tmp_path / "window", tmp_path / "release"
     with ended(start(MEASURE, window, release), release):  # holds a quiet period of the folder until released
@@ -175,13 +178,12 @@ def test_no_round_of_another_process_ends_during_a_measurement_and_the_run_goes_
 
 def test_a_run_asked_for_during_a_measurement_starts_after_it(quiet, tmp_path):
     log, stop = tmp_path / "events", tmp_path / "stop"
-    with quiet_periods.measuring_time("a test measurement"):
-        run = start(RUN, log, stop, "0.01")
-        wait_for(lambda: events(log, "ready"), "the run to ask for its slot")
-        time.sleep(0.5)
-        assert not events(log, "start")  # waiting at the gate
-        released = time.time()
-    with ended(run, stop):
+    with ended(start(RUN, log, stop, "0.01"), stop):
+        with quiet_periods.measuring_time("a test measurement"):
+            wait_for(lambda: events(log, "ready"), "the run to ask for its slot")
+            time.sleep(0.5)
+            assert not events(log, "start")  # waiting at the gate
+            released = time.time()
         wait_for(lambda: events(log, "start"), "the run's start")
     assert events(log, "start")[0] > released
 
@@ -213,7 +215,8 @@ def test_a_run_waits_no_longer_than_the_wait_limit_and_says_for_what(quiet, tmp_
     log, stop = tmp_path / "events", tmp_path / "stop"
     with quiet_periods.measuring_time("a test measurement"):
         with ended(start(RUN, log, stop, "0.01", env=elsewhere(FEDLAB_WAIT_LIMIT_S="1"))) as run:
-            _, err = run.communicate(timeout=60)
+            run.wait(timeout=60)
+    err = said(run)
     assert run.returncode == 1 and not events(log, "start")
     assert (f"TimeoutError: fedlab waited 1 s for a test measurement (process {os.getpid()}) in another process to "
             f"end (the quiet period of FEDLAB_QUIET_DIR={quiet}) (FEDLAB_WAIT_LIMIT_S)") in err
@@ -322,7 +325,56 @@ def test_a_fedlab_run_pauses_between_rounds_and_the_pause_is_in_no_rounds_second
         if "measurer" in seen:
             with ended(seen["measurer"], release):
                 pass
-    assert seen["measurer"].returncode == 0
+    assert seen["measurer"].returncode == 0, said(seen["measurer"])
     (began,), (over,) = events(window, "in"), events(window, "out")
     assert seen[2] < began and over < seen[3] < seen[4]  # round 3 began after the measurement
     assert history.seconds.iloc[2] <= seen[3] - over  # its seconds count from after the pause
+
+
+def test_a_run_does_not_pause_after_its_last_round(quiet, tmp_path):
+    import fedlab as fl
+
+    window, release, seen = tmp_path / "window", tmp_path / "release", {}
+
+    def callback(row, history):
+        if row["round"] == 3:  # the last: another process asks to measure
+            seen["measurer"] = start(MEASURE, window, release)
+            wait_for(lambda: (quiet / quiet_periods.WHAT).exists(), "the other process to close the gate")
+
+    config = fl.ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=3, rounds=3, seed=4)
+    try:
+        fl.run_experiment(config, progress=False, callback=callback)
+        assert not events(window, "out")  # returned while the measurement went on: it never waited for its end
+    finally:
+        if "measurer" in seen:
+            with ended(seen["measurer"], release):
+                pass
+    assert seen["measurer"].returncode == 0, said(seen["measurer"])
+
+
+def test_a_stop_ends_a_runs_pause_and_its_wait_to_start(quiet, tmp_path):
+    import fedlab as fl
+    from fedlab.experiment.runner import RunStopped
+
+    window, release, seen, stop = tmp_path / "window", tmp_path / "release", {}, threading.Event()
+
+    def callback(row, history):
+        if row["round"] == 2:  # another process measures; the run pauses, then is stopped during the pause
+            seen["measurer"] = start(MEASURE, window, release)
+            wait_for(lambda: (quiet / quiet_periods.WHAT).exists(), "the other process to close the gate")
+            after(lambda: events(window, "in"), stop.set)
+
+    config = fl.ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=3, rounds=4, seed=5)
+    try:
+        with pytest.raises(RunStopped) as stopped:
+            fl.run_experiment(config, progress=False, callback=callback, stop=stop)
+        assert stopped.value.round == 2 and not events(window, "out")  # stopped within the measurement
+        stop.clear()  # the measurement still goes on: a new run waits to start, and is stopped there
+        threading.Timer(0.5, stop.set).start()
+        with pytest.raises(RunStopped) as waiting:
+            fl.run_experiment(config.replace(seed=6), progress=False, stop=stop)
+        assert waiting.value.round == 0 and not events(window, "out")
+    finally:
+        if "measurer" in seen:
+            with ended(seen["measurer"], release):
+                pass

@@ -19,8 +19,8 @@ round does not pause: the run ends, and the next waits at the gate. Each measure
 ``measurements.log`` in the folder (start and end as Unix times, the seconds from asking to starting: another
 measurement ending, then the runs pausing; process; what it measured).
 
-What pauses is the rounds of fedlab runs (:func:`run_slot`) and the start of a sweep's worker processes
-(:func:`wait_while_measuring`, before they import TFF). The rest of a notebook beside a measurement does not: its
+What pauses is the rounds of fedlab runs (:func:`run_slot`) and a sweep's worker process importing TFF (it
+holds a slot meanwhile, as a run does). The rest of a notebook beside a measurement does not: its
 kernel's start, plots and tables, baselines trained with Keras alone, worker or site processes it starts itself.
 """
 
@@ -140,20 +140,25 @@ class RunSlot:
     """One run's place among the runs that a measurement pauses: :func:`run_slot` gives it, already past the gate;
     :meth:`pause_point` at the end of each round; :meth:`close` when the run ends (also on an error)."""
 
-    def __init__(self, where: Optional[pathlib.Path]) -> None:
+    def __init__(self, where: Optional[pathlib.Path], stop: Optional[threading.Event] = None) -> None:
         self._where, self._gate, self._busy, self._owner, self._holding = where, None, None, None, False
         if where is None:
             return
         try:
             self._gate = _open(where, GATE)
             self._busy = _open(where, BUSY)
-            self._holding = self._pass(lambda: False)
+            self._holding = self._pass(lambda: stop is not None and stop.is_set())
+            self._owner = threading.get_ident()
+            with _lock:
+                _slots[self._owner] = _slots.get(self._owner, 0) + 1
         except BaseException:
             self.close()
             raise
-        self._owner = threading.get_ident()
-        with _lock:
-            _slots[self._owner] = _slots.get(self._owner, 0) + 1
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the slot gave up waiting because its run was asked to stop (it then holds nothing)."""
+        return self._gate is not None and not self._holding
 
     def _pass(self, given_up: Callable[[], bool]) -> bool:
         where, limit = self._where, wait_limit()
@@ -198,25 +203,14 @@ class RunSlot:
         self._holding = False
 
 
-def run_slot() -> RunSlot:
-    """What a run holds while it trains (:class:`RunSlot`): past the gate now, pausing at each :meth:`~RunSlot.
-    pause_point` while a measurement goes on elsewhere. Nothing to do (and nothing waited for) without
-    ``FEDLAB_QUIET_DIR``, within a measurement of this process's, or within a run of this thread (a run started in
-    another's callback: the outer run's slot stands for both)."""
-    return RunSlot(None if _exempt() or _slots.get(threading.get_ident()) else folder())
-
-
-def wait_while_measuring() -> None:
-    """Returns once no other process is measuring (at most :func:`wait_limit` seconds): what a sweep's worker process
-    does before it imports TFF, which would otherwise keep a core busy for seconds during a measurement."""
-    where = folder()
-    if where is None or _exempt():
-        return
-    gate = _open(where, GATE)
-    try:
-        _take(gate, fcntl.LOCK_SH, wait_limit(), _waiting_for(where))
-    finally:
-        _close(gate)
+def run_slot(stop: Optional[threading.Event] = None) -> RunSlot:
+    """What a run holds while it trains (:class:`RunSlot`): past the gate now (or, if ``stop`` is set while it
+    waits there, :attr:`~RunSlot.stopped`), pausing at each :meth:`~RunSlot.pause_point` while a measurement goes
+    on elsewhere. Nothing to do (and nothing waited for) without ``FEDLAB_QUIET_DIR``, within a measurement of this
+    process's, or within a run of this thread (a run started in another's callback: the outer run's slot stands for
+    both). Whether a run is exempt is decided here, once: a run that begins during its process's own measurement
+    never pauses."""
+    return RunSlot(None if _exempt() or _slots.get(threading.get_ident()) else folder(), stop)
 
 
 @contextlib.contextmanager

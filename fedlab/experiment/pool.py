@@ -538,12 +538,15 @@ def _close(pool: concurrent.futures.ProcessPoolExecutor, *, kill: bool, warn: bo
 
 
 def _start_worker() -> None:
-    from ..core.quiet_periods import wait_while_measuring
+    from ..core.quiet_periods import run_slot
     from ..core.runtime import tff
 
     quiet_worker()  # the sweep's process gone: this one goes too; a notebook's interrupt is the sweep's to handle
-    wait_while_measuring()  # importing TFF keeps a core busy for seconds: not beside another process's measurement
-    tff()
+    slot = run_slot()  # importing TFF keeps a core busy for seconds: not beside another process's measurement
+    try:
+        tff()
+    finally:
+        slot.close()
 
 
 def _train(config, cache_dir: str, key_file: Optional[str], cell: Optional[int], beat: str,

@@ -59,7 +59,8 @@ MAX_ORDER_BYTES = 4 * 2**30  # per round: the batch orders of every client, int6
 
 
 class RunStopped(Exception):
-    """A run stopped on request (``stop`` was set) after finishing round ``round``; its checkpoint holds it."""
+    """A run stopped on request (``stop`` was set) after finishing round ``round``; its checkpoint holds it. Round 0:
+    stopped while it waited to start (a quiet period elsewhere, :mod:`fedlab.core.quiet_periods`)."""
 
     def __init__(self, round_num: int):
         super().__init__(f"stopped after round {round_num}")
@@ -173,7 +174,9 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
                 user_callback(row, history)
     started, slot = False, None
     try:
-        slot = run_slot()  # waits while another process measures wall-clock time (fedlab.core.quiet_periods)
+        slot = run_slot(stop)  # waits while another process measures wall-clock time (fedlab.core.quiet_periods)
+        if slot.stopped:
+            raise RunStopped(0)  # asked to stop while it waited to start: nothing trained here
         _runs_started()
         started = True
         tff_secure_sums = config.secure_aggregation and config.secure_protocol == "none"
