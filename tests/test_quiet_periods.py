@@ -88,8 +88,12 @@ def start(script: str, *args, env=None) -> subprocess.Popen:
 
 
 def said(process: subprocess.Popen) -> str:
-    process.err.seek(0)
-    return process.err.read().decode(errors="replace")
+    """What the stand-in wrote to stderr (kept once its file is closed)."""
+    if not process.err.closed:
+        process.err.seek(0)
+        process.said = process.err.read().decode(errors="replace")
+        process.err.close()
+    return process.said
 
 
 def events(path: pathlib.Path, kind: str = None) -> list:
@@ -122,6 +126,8 @@ def ended(process: subprocess.Popen, *files: pathlib.Path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=60)
+        finally:
+            said(process)  # read now, then closed
 
 
 def after(condition, then) -> threading.Thread:
@@ -373,8 +379,58 @@ def test_a_stop_ends_a_runs_pause_and_its_wait_to_start(quiet, tmp_path):
         threading.Timer(0.5, stop.set).start()
         with pytest.raises(RunStopped) as waiting:
             fl.run_experiment(config.replace(seed=6), progress=False, stop=stop)
-        assert waiting.value.round == 0 and not events(window, "out")
+        assert waiting.value.waiting and waiting.value.round == 0 and not events(window, "out")
+        assert str(waiting.value) == ("stopped before its first round, while it waited for a measurement in another "
+                                      "process to end")
     finally:
         if "measurer" in seen:
             with ended(seen["measurer"], release):
                 pass
+    assert seen["measurer"].returncode == 0, said(seen["measurer"])
+    with quiet_periods.measuring_time("a test measurement"):  # the stopped runs left no slot behind in this thread
+        pass
+
+
+# A sweep's worker process starting (fedlab.experiment.pool's initializer), TFF's import replaced by a stand-in that
+# writes "begin" and "end" around half a second.
+WORKER = textwrap.dedent("""
+    import pathlib, sys, time
+    import fedlab.core.runtime as runtime
+    from fedlab.experiment import pool
+    log = pathlib.Path(sys.argv[1])
+    with open(log, "a") as out:
+        def say(kind):
+            out.write(f"{kind} {time.time()!r}\\n")
+            out.flush()
+        def imported():
+            say("begin")
+            time.sleep(0.5)
+            say("end")
+        runtime.tff = imported
+        say("ready")
+        pool._start_worker()
+""")
+
+
+def test_a_sweeps_worker_does_not_import_tff_during_a_measurement(quiet, tmp_path):
+    log = tmp_path / "events"
+    with ended(start(WORKER, log)) as worker:
+        with quiet_periods.measuring_time("a test measurement"):
+            wait_for(lambda: events(log, "ready"), "the worker to start")
+            time.sleep(0.5)
+            assert not events(log, "begin")  # waiting at the gate
+            released = time.time()
+        worker.wait(timeout=60)
+    assert worker.returncode == 0, said(worker)
+    assert events(log, "begin")[0] > released
+
+
+def test_a_measurement_waits_for_a_workers_import_of_tff(quiet, tmp_path):
+    log = tmp_path / "events"
+    with ended(start(WORKER, log)) as worker:
+        wait_for(lambda: events(log, "begin"), "the worker's import")
+        with quiet_periods.measuring_time("a test measurement"):
+            held = time.time()
+        worker.wait(timeout=60)
+    assert worker.returncode == 0, said(worker)
+    assert events(log, "end")[0] <= held

@@ -59,12 +59,14 @@ MAX_ORDER_BYTES = 4 * 2**30  # per round: the batch orders of every client, int6
 
 
 class RunStopped(Exception):
-    """A run stopped on request (``stop`` was set) after finishing round ``round``; its checkpoint holds it. Round 0:
-    stopped while it waited to start (a quiet period elsewhere, :mod:`fedlab.core.quiet_periods`)."""
+    """A run stopped on request (``stop`` was set) after finishing round ``round``; its checkpoint holds it.
+    ``waiting``: stopped before it began, while it waited for another process's measurement of wall-clock time to
+    end (:mod:`fedlab.core.quiet_periods`); nothing was trained or saved (``round`` 0)."""
 
-    def __init__(self, round_num: int):
-        super().__init__(f"stopped after round {round_num}")
-        self.round = round_num
+    def __init__(self, round_num: int, *, waiting: bool = False):
+        super().__init__("stopped before its first round, while it waited for a measurement in another process to end"
+                         if waiting else f"stopped after round {round_num}")
+        self.round, self.waiting = round_num, waiting
 
 
 class _Opaque:
@@ -176,7 +178,7 @@ def _run(config: ExperimentConfig, federation: Optional[Federation], checkpoint_
     try:
         slot = run_slot(stop)  # waits while another process measures wall-clock time (fedlab.core.quiet_periods)
         if slot.stopped:
-            raise RunStopped(0)  # asked to stop while it waited to start: nothing trained here
+            raise RunStopped(0, waiting=True)  # asked to stop while it waited to start: nothing trained here
         _runs_started()
         started = True
         tff_secure_sums = config.secure_aggregation and config.secure_protocol == "none"

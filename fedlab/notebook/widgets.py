@@ -380,7 +380,8 @@ class ExperimentPanel:
         except RunStopped as stopped:
             if self._current(run_id):
                 kept = " (its checkpoint is kept: Run with these settings resumes it)" if self.results_cache else ""
-                self.status.value = f"stopped after round {stopped.round} of {config.rounds}{kept}"
+                self.status.value = (str(stopped) if stopped.waiting
+                                     else f"stopped after round {stopped.round} of {config.rounds}{kept}")
         except BaseException as err:  # shown in the panel and re-raised by wait()
             if self._current(run_id):
                 self.error = err
