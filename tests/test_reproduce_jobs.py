@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import fedlab as fl
-from fedlab.core.runtime import process_alive
+from fedlab.core.runtime import process_alive, usable_cores
 from fedlab.notebook import reproduce
 
 # What fedlab measures in a quiet period (fedlab.core.quiet_periods.measures_time), and how a notebook calls it.
@@ -198,11 +198,13 @@ deadline = time.time() + 120
 while not other.exists() and time.time() < deadline:  # runs only if the other notebook runs at the same time
     time.sleep(0.1)
 pathlib.Path(results_dir, "{name}.json").write_text(json.dumps([other.exists(), fast,
-                                                                 os.environ.get("FEDLAB_QUIET_DIR")]))
+                                                                 os.environ.get("FEDLAB_QUIET_DIR"),
+                                                                 os.environ.get("FEDLAB_SWEEP_PROCESSES")]))
 """
 
 
 def test_two_notebooks_run_side_by_side_in_processes_of_their_own(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("FEDLAB_SWEEP_PROCESSES", raising=False)
     folder = tmp_path / "notebooks"
     folder.mkdir()
     for name, other in (("01_first", "02_second"), ("02_second", "01_first")):
@@ -215,10 +217,31 @@ def test_two_notebooks_run_side_by_side_in_processes_of_their_own(monkeypatch, t
     assert written == [tmp_path / "out" / "01_first.ipynb", tmp_path / "out" / "02_second.ipynb"]
     assert all(path.exists() and (tmp_path / "out" / f"{path.stem}.log").exists() for path in written)
     for name in ("01_first", "02_second"):
-        met, fast, quiet = json.loads((results / f"{name}.json").read_text())
+        met, fast, quiet, processes = json.loads((results / f"{name}.json").read_text())
         assert met is True and fast is True  # both ran at once, and the parameters reached each
         assert quiet == str(tmp_path / "out" / reproduce.QUIET_FOLDER)  # where they meet for quiet periods
-    assert "beside" in capsys.readouterr().out
+        assert processes == str(max(1, usable_cores() // 2))  # the cores shared out between the two
+    out = capsys.readouterr().out
+    assert "beside" in out
+    assert f"its sweeps on {max(1, usable_cores() // 2)} process" in out
+
+
+def test_the_cores_are_shared_out_between_the_notebooks_sweeps_unless_the_caller_chose(monkeypatch, tmp_path):
+    monkeypatch.delenv("FEDLAB_SWEEP_PROCESSES", raising=False)
+    monkeypatch.setattr(reproduce, "usable_cores", lambda: 8)
+    assert reproduce.notebook_environment(2, tmp_path) == {"FEDLAB_QUIET_DIR": str(tmp_path / "quiet"),
+                                                           "FEDLAB_SWEEP_PROCESSES": "4"}
+    assert reproduce.notebook_environment(3, tmp_path)["FEDLAB_SWEEP_PROCESSES"] == "2"
+    monkeypatch.setattr(reproduce, "usable_cores", lambda: 2)
+    assert reproduce.notebook_environment(2, tmp_path)["FEDLAB_SWEEP_PROCESSES"] == "1"
+    assert reproduce.notebook_environment(3, tmp_path)["FEDLAB_SWEEP_PROCESSES"] == "1"  # never none
+    monkeypatch.setenv("FEDLAB_SWEEP_PROCESSES", "2")  # the caller's own, inherited as it is
+    assert reproduce.notebook_environment(2, tmp_path) == {"FEDLAB_QUIET_DIR": str(tmp_path / "quiet")}
+    monkeypatch.setenv("FEDLAB_SWEEP_PROCESSES", "0")
+    monkeypatch.setattr(reproduce, "schedule", lambda *a, **k: pytest.fail("a notebook was run"))
+    with pytest.raises(ValueError, match=r"^FEDLAB_SWEEP_PROCESSES: must be a whole number of processes >= 1, "
+                                         r"got '0'$"):
+        reproduce.reproduce(jobs=2, fast=True, output_dir=tmp_path)
 
 
 def test_a_notebook_that_fails_in_its_process_is_named_with_its_error_and_log(tmp_path):

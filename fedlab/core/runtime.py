@@ -48,6 +48,7 @@ def _find_prctl():
 # Looked up once here: a child between fork and exec of a threaded parent should not load libraries.
 _PRCTL = _find_prctl()
 PR_SET_PDEATHSIG = 1
+SWEEP_PROCESSES_VARIABLE = "FEDLAB_SWEEP_PROCESSES"  # processes a sweep may use (fedlab.experiment.pool)
 
 
 def die_with_parent(signum: int = signal.SIGKILL) -> None:
@@ -76,6 +77,17 @@ def dying_with_parent(args, signum: int = signal.SIGKILL) -> list[str]:
     user site or ``PYTHON*`` variables); the program gets the environment as it is."""
     args = [str(a) for a in args]
     return [sys.executable, "-I", "-S", "-c", _trampoline(signum), *args] if sys.platform.startswith("linux") else args
+
+
+def sweep_processes_setting() -> int | None:
+    """``$FEDLAB_SWEEP_PROCESSES``, the processes a sweep may use, as a number; None where it is unset or empty.
+    Anything but a whole number >= 1 is a ValueError in one line naming the variable."""
+    raw = os.environ.get(SWEEP_PROCESSES_VARIABLE, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{SWEEP_PROCESSES_VARIABLE}: must be a whole number of processes >= 1, got {raw!r}")
+    return int(raw)
 
 
 def usable_cores() -> int:

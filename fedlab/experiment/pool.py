@@ -70,7 +70,7 @@ from ..algorithms.algorithms import ALGORITHMS
 from ..core import encryption, profiling
 from ..core.spawning import WITHOUT_MAIN, quiet_worker, stop_pool
 from ..core.registry import Entry, Registry, UnknownComponent
-from ..core.runtime import seconds_setting, usable_cores, wait_limit
+from ..core.runtime import SWEEP_PROCESSES_VARIABLE, seconds_setting, sweep_processes_setting, usable_cores, wait_limit
 from ..core.storage import ResultCache, cache_key, remove_dead_partials
 from ..core.validation import ConfigError
 from ..data.data import DATASETS
@@ -83,7 +83,7 @@ from ..systems.systems import DEVICE_PROFILES
 from .config import ExperimentConfig
 from .runner import after_every_round, component_digests, digests_sent, run_experiment
 
-PROCESSES_VARIABLE = "FEDLAB_SWEEP_PROCESSES"
+PROCESSES_VARIABLE = SWEEP_PROCESSES_VARIABLE
 SPREAD_VARIABLE = "FEDLAB_SPREAD_AFTER_S"
 SPREAD_AFTER_S = 30.0  # about three times a worker process's start: spreading less than this gains nothing
 
@@ -92,12 +92,8 @@ def sweep_processes(processes: Optional[int] = None) -> int:
     """How many worker processes a sweep may use: ``processes`` if given, else ``$FEDLAB_SWEEP_PROCESSES``, else
     the cores this process may run on."""
     if processes is None:
-        raw = os.environ.get(PROCESSES_VARIABLE, "").strip()
-        if raw:
-            if not raw.isdigit() or int(raw) < 1:
-                raise ValueError(f"{PROCESSES_VARIABLE}: must be a whole number of processes >= 1, got {raw!r}")
-            return int(raw)
-        return usable_cores()
+        chosen = sweep_processes_setting()
+        return usable_cores() if chosen is None else chosen
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes: must be a whole number >= 1 (1: every run in this process), got {processes!r}")
     return processes

@@ -10,7 +10,9 @@ Notebooks run ``jobs`` at a time (two where the machine has two cores or
 more), each in a process of its own, the longest first (:data:`LONGEST_FIRST`).
 ``jobs=1`` runs every notebook in this process, in turn. A notebook leaves
 cores idle between its sweeps (plots, its own serial work, a sweep's last run
-training alone), which a second notebook fills; what a notebook computes does
+training alone), which a second notebook fills; the cores are shared out
+between the notebooks' sweeps (``FEDLAB_SWEEP_PROCESSES``: one process each
+on two cores, :func:`notebook_environment`). What a notebook computes does
 not depend on what runs beside it (every run is seeded, and a sweep's runs
 give the same bits in any process). What a notebook reports in wall-clock time
 (the results' timing columns) it measures in a quiet period
@@ -33,6 +35,7 @@ import time
 from typing import Callable, Mapping, Optional, Sequence
 
 from ..core.quiet_periods import QUIET_DIR_VARIABLE
+from ..core.runtime import SWEEP_PROCESSES_VARIABLE, sweep_processes_setting, usable_cores
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -107,10 +110,9 @@ QUIET_FOLDER = "quiet"
 
 
 def default_jobs() -> int:
-    """Notebooks run at a time when not asked: two where there are two cores or more (each notebook's sweeps spread
-    over every core already; a second notebook fills what the first leaves idle), else one."""
-    from ..core.runtime import usable_cores
-
+    """Notebooks run at a time when not asked: two where there are two cores or more (a second notebook fills what
+    the first leaves idle between its sweeps; the cores are shared out between their sweeps,
+    :func:`notebook_environment`), else one."""
     return 2 if usable_cores() >= 2 else 1
 
 
@@ -139,13 +141,14 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
         def execute(path: pathlib.Path, stop) -> pathlib.Path:
             return run_notebook(path, fast=fast, progress=True, **dirs)
     else:
-        print(f"[reproduce] up to {jobs} notebooks at a time, each in a process of its own; a notebook's progress: "
+        environ = notebook_environment(jobs, dirs["output_dir"])
+        processes = int(environ.get(SWEEP_PROCESSES_VARIABLE) or sweep_processes_setting())
+        print(f"[reproduce] up to {jobs} notebooks at a time, each in a process of its own, its sweeps on {processes} "
+              f"process{'es' if processes > 1 else ''} ({SWEEP_PROCESSES_VARIABLE}); a notebook's progress: "
               f"{dirs['output_dir'] / '<notebook>.log'}", flush=True)
 
-        quiet = {QUIET_DIR_VARIABLE: str(dirs["output_dir"] / QUIET_FOLDER)}
-
         def execute(path: pathlib.Path, stop) -> pathlib.Path:
-            return run_notebook_process(path, fast=fast, stop=stop, environ=quiet, **dirs)
+            return run_notebook_process(path, fast=fast, stop=stop, environ=environ, **dirs)
 
     def run(path: pathlib.Path, stop) -> pathlib.Path:
         """A notebook, and, once its full-setting results are written, their numerics (a later failure leaves
@@ -159,6 +162,20 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
                                    f"({err})") from None
         return done
     return schedule(paths, jobs, run, setting="fast" if fast else "full")
+
+
+def notebook_environment(jobs: int, output_dir: pathlib.Path) -> dict[str, str]:
+    """What each notebook's process gets besides this process's environment when ``jobs`` notebooks run at a time:
+    the folder where they meet for quiet periods (``FEDLAB_QUIET_DIR``), and the processes each one's sweeps may use
+    (``FEDLAB_SWEEP_PROCESSES``): the cores shared out between the notebooks, at least one (on two cores, one: every
+    sweep trains in its notebook's process). A sweep spread over a worker process per core beside another notebook
+    doing the same ran four TFF processes on two cores, and the two took a third longer than with one process each
+    (``benchmarks/sweeps_side_by_side.py``). A ``FEDLAB_SWEEP_PROCESSES`` of the caller's own is kept (checked
+    here: ValueError in one line naming it)."""
+    environ = {QUIET_DIR_VARIABLE: str(pathlib.Path(output_dir) / QUIET_FOLDER)}
+    if sweep_processes_setting() is None:  # the caller's own is checked there, before any notebook starts
+        environ[SWEEP_PROCESSES_VARIABLE] = str(max(1, usable_cores() // jobs))
+    return environ
 
 
 def starting_order(paths: Sequence[pathlib.Path]) -> list[pathlib.Path]:
