@@ -5,12 +5,14 @@
                                                 [--out results/benchmarks/notebooks_side_by_side.csv]
 
 Runs ``reproduce`` twice on the same notebooks, each time in a fresh Python process, from an empty cache, into a
-scratch folder of its own (``--jobs``: the modes, one or two): with ``jobs=1`` (every notebook in turn, as before) and ``jobs=2`` (two at a time; the
-notebooks that report wall-clock time, 04, 05 and 06, alone). For each: the wall seconds, the CPU seconds of the
-process and everything it started (``RUSAGE_CHILDREN``), and from them the cores busy on average. Then compares every
-results CSV (timing columns excepted) and figure (timing figures excepted) of the two runs: they must be identical,
-since what a notebook computes does not depend on what runs beside it. Prints a JSON line per mode and the
-comparison; writes the CSV.
+scratch folder of its own (``--jobs``: the modes, one or two): with ``jobs=1`` (every notebook in turn, its sweeps
+over every core) and ``jobs=2`` (two at a time, each one's sweeps on its share of the cores, wall-clock measurements in
+quiet periods; until 2026-12-07 the notebooks that report wall-clock time, 04, 05 and 06, ran alone). For each: the
+wall seconds, the CPU seconds of the process and everything it started and waited for (``RUSAGE_CHILDREN``: not TFF's
+worker binaries, which outlive the processes that start them), and from them the cores busy on average. Then
+compares every results CSV (timing columns excepted) and figure (timing figures excepted) of the two runs: they must
+be identical, since what a notebook computes does not depend on what runs beside it. Prints a JSON line per mode and
+the comparison; writes the CSV.
 """
 
 from __future__ import annotations

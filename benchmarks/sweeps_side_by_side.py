@@ -17,8 +17,10 @@ each setting:
 * ``one-interop``: as ``one``, and TensorFlow's inter-op pool of one thread (``TF_NUM_INTEROP_THREADS=1``) in both
   processes and their TFF workers.
 
-The settings take turns within every repeat, so drift hits them alike. Every run's final accuracy must be the same in
-every setting and repeat (the script checks and says so). Writes one row per measurement to OUT.
+The settings take turns within every repeat, each first in turn, so drift hits them alike. With fewer than about
+four runs a sweep never spreads (the runs left must be worth 30 s), and ``workers`` measures what ``one`` does. Every
+run's final accuracy must be the same in every setting and repeat (the script checks and says so). Writes one row per
+measurement to OUT.
 """
 
 from __future__ import annotations
@@ -59,17 +61,33 @@ SETTINGS = {
 
 
 def machine_cpu_seconds() -> float:
-    """CPU seconds every core of this machine has spent busy since it started (``/proc/stat``: all but idle and
-    waiting for I/O)."""
+    """CPU seconds this machine's cores have spent running anything since it started (``/proc/stat``: user, nice,
+    system, irq and softirq; not idle, I/O wait, or steal, time the hypervisor gave elsewhere). In a container
+    limited to fewer cores than its host, this is the host's."""
     with open("/proc/stat") as handle:
         fields = [int(v) for v in handle.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return sum(fields[i] for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
+
+
+def _gone(group: int, limit: float = 60.0) -> None:
+    """Returns once no process of the session ``group`` is left (TFF's worker binary ends after its parent), then
+    5 s more for the machine to settle."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            time.sleep(5.0)
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"a sweep's processes were still there {limit:g} s after it returned")
 
 
 def side_by_side(setting: str, runs: int, scratch: pathlib.Path) -> dict:
     """Both sweeps started at once; the wall seconds until both returned, their CPU seconds, final accuracies."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FEDLAB_SWEEP_PROCESSES", "TF_NUM_INTEROP_THREADS")}
+    drop = ("FEDLAB_SWEEP_PROCESSES", "TF_NUM_INTEROP_THREADS", "FEDLAB_SPREAD_AFTER_S", "FEDLAB_QUIET_DIR",
+            "FEDLAB_QUIET_HELD")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(SETTINGS[setting], PYTHONWARNINGS="ignore")
     shutil.rmtree(scratch, ignore_errors=True)
     processes, outputs = [], []
@@ -79,10 +97,12 @@ def side_by_side(setting: str, runs: int, scratch: pathlib.Path) -> dict:
         outputs.append(out)
         processes.append(subprocess.Popen([sys.executable, "-c", ONE_SWEEP, str(scratch / f"cache{first}"), str(first),
                                            str(runs)], stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-                                          cwd=ROOT))
+                                          cwd=ROOT, start_new_session=True))
     for process in processes:
         process.wait(timeout=3600)
     wall, cpu = time.perf_counter() - start, machine_cpu_seconds() - cpu
+    for process in processes:
+        _gone(process.pid)  # their TFF workers too, before the next measurement
     results = []
     for process, out in zip(processes, outputs):
         out.seek(0)
@@ -106,7 +126,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = []
     for repeat in range(args.repeats):
-        for setting in args.settings:
+        turn = repeat % len(args.settings)
+        for setting in args.settings[turn:] + args.settings[:turn]:  # each setting first in turn
             row = side_by_side(setting, args.runs, args.scratch)
             row["repeat"] = repeat
             print(json.dumps({k: v for k, v in row.items() if k != "final"}), flush=True)

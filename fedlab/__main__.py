@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
     rep.add_argument("--jobs", type=_number(int), default=None,
                      help="notebooks run at a time (default: 2 with two cores or more, else 1); above 1 each runs "
-                          "in its own process and those that report wall-clock time (04, 05, 06) run first, alone")
+                          "in its own process, its sweeps on its share of the cores, and each wall-clock time is "
+                          "measured while the others pause")
     rep.add_argument("--figures-dir", type=pathlib.Path, default=None)
     rep.add_argument("--results-dir", type=pathlib.Path, default=None)
     return parser

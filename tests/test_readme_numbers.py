@@ -391,8 +391,24 @@ def quiet_periods():
             f"{spread(10, alone, ' s to ')}, those in a quiet period from {spread(10, quiet, ' s to ')}"]
 
 
+def sweeps_side_by_side():
+    """The README's sentence on benchmarks/sweeps_side_by_side.py (results/benchmarks/sweeps_side_by_side.csv)."""
+    t = _csv("benchmarks/sweeps_side_by_side")
+    assert t.same_final.all()
+    by = t.groupby("setting")
+    wall, cpu, low, high = by.seconds.median(), by.cpu_seconds.median(), by.seconds.min(), by.seconds.max()
+    assert wall["one"] < wall["workers"] and cpu["one"] < cpu["workers"]  # what the change rests on
+
+    def at(setting):
+        return f"{wall[setting]:.1f} s ({low[setting]:.1f}–{high[setting]:.1f}), {cpu[setting]:.1f} CPU s"
+
+    return [f"two sweeps side by side took {at('workers')} with a worker process per core each, {at('one')} with "
+            f"one process each ({wall['one'] / wall['workers']:.2f} of the time, {cpu['one'] / cpu['workers']:.2f} of "
+            f"the CPU), and {at('one-interop')} with one process each and one inter-op thread"]
+
+
 CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds,
-          stacked_seeds_one_thread, secagg_cost_speed, tff_tracing, quiet_periods]
+          stacked_seeds_one_thread, secagg_cost_speed, tff_tracing, quiet_periods, sweeps_side_by_side]
 
 
 @pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)

@@ -237,11 +237,27 @@ def test_the_cores_are_shared_out_between_the_notebooks_sweeps_unless_the_caller
     assert reproduce.notebook_environment(3, tmp_path)["FEDLAB_SWEEP_PROCESSES"] == "1"  # never none
     monkeypatch.setenv("FEDLAB_SWEEP_PROCESSES", "2")  # the caller's own, inherited as it is
     assert reproduce.notebook_environment(2, tmp_path) == {"FEDLAB_QUIET_DIR": str(tmp_path / "quiet")}
-    monkeypatch.setenv("FEDLAB_SWEEP_PROCESSES", "0")
     monkeypatch.setattr(reproduce, "schedule", lambda *a, **k: pytest.fail("a notebook was run"))
-    with pytest.raises(ValueError, match=r"^FEDLAB_SWEEP_PROCESSES: must be a whole number of processes >= 1, "
-                                         r"got '0'$"):
-        reproduce.reproduce(jobs=2, fast=True, output_dir=tmp_path)
+    for bad in ("0", "²", "1.5"):
+        monkeypatch.setenv("FEDLAB_SWEEP_PROCESSES", bad)
+        for jobs in (1, 2):  # said before any notebook starts, whichever way they run
+            with pytest.raises(ValueError, match=r"^FEDLAB_SWEEP_PROCESSES: must be a whole number of processes "
+                                                 rf">= 1, got '{bad}'$"):
+                reproduce.reproduce(jobs=jobs, fast=True, output_dir=tmp_path)
+
+
+@pytest.mark.parametrize("only, share", [(["01"], 1), (["01", "02"], 2), (["01", "02", "03"], 2)])
+def test_a_notebook_gets_the_cores_shared_out_between_those_that_can_run_beside_it(monkeypatch, tmp_path, only,
+                                                                                   share):
+    monkeypatch.delenv("FEDLAB_SWEEP_PROCESSES", raising=False)
+    monkeypatch.setattr(reproduce, "usable_cores", lambda: 4)
+    given = []
+    monkeypatch.setattr(reproduce, "run_notebook_process",
+                        lambda path, **kwargs: given.append(kwargs["environ"]) or path)
+    reproduce.reproduce(fast=True, jobs=2, only=only, figures_dir=tmp_path, results_dir=tmp_path,
+                        output_dir=tmp_path, cache_dir=tmp_path)
+    assert len(given) == len(only)
+    assert {environ["FEDLAB_SWEEP_PROCESSES"] for environ in given} == {str(4 // share)}  # alone: every core
 
 
 def test_a_notebook_that_fails_in_its_process_is_named_with_its_error_and_log(tmp_path):

@@ -21,8 +21,9 @@ was not sent (only the components a run uses go), is trained here after the othe
 Runs stay in this process when they could not run elsewhere or when spreading them gains nothing: a component
 registered here that cannot be pickled (one holding a lock or an open file), ``workers=...`` (the TFF workers
 serve one driver), an encryption key that is not in a file, fewer than two runs to train, or one process allowed
-(``processes=1``, ``$FEDLAB_SWEEP_PROCESSES=1``). A worker process does not import the program's ``__main__`` (a
-script without an ``if __name__ == "__main__"`` guard is safe).
+(``processes=1``, ``$FEDLAB_SWEEP_PROCESSES=1``; ``make figures`` sets the variable to each notebook's share of the
+cores, one on two cores, as its notebooks run two at a time). A worker process does not import the program's
+``__main__`` (a script without an ``if __name__ == "__main__"`` guard is safe).
 
 Short sweeps stay here too. A worker process costs about ten seconds to start (it imports TensorFlow and TFF)
 and builds its own TFF processes again, where this process may have built them already; a sweep of small runs

@@ -60,7 +60,8 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, results_cache=None, progre
     ``labels`` adds columns computed from each config, e.g.
     ``{"method": fedlab.aggregators.aggregation.method_name}``; ``tensorboard_dir``: every
     run's metrics as TensorBoard events, one folder per run. The runs not in ``results_cache`` train side by
-    side in ``processes`` worker processes (default: one per core; :mod:`fedlab.experiment.pool`) once what is left
+    side in ``processes`` worker processes (default: ``$FEDLAB_SWEEP_PROCESSES``, which ``make figures`` sets to
+    each notebook's share of the cores, else one per core; :mod:`fedlab.experiment.pool`) once what is left
     would take over 30 s here (``$FEDLAB_SPREAD_AFTER_S``), with the same numbers as one after the other.
     """
     configs = _config_list(configs)

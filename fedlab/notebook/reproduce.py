@@ -134,6 +134,7 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
         jobs = default_jobs()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: a whole number of notebooks run at a time, at least 1 (got {jobs!r})")
+    sweep_processes_setting()  # a bad FEDLAB_SWEEP_PROCESSES of the caller's said here, before any notebook starts
     paths = notebooks(only)
     dirs = dict(figures_dir=pathlib.Path(figures_dir).resolve(), results_dir=pathlib.Path(results_dir).resolve(),
                 output_dir=pathlib.Path(output_dir).resolve(), cache_dir=pathlib.Path(cache_dir).resolve())
@@ -141,7 +142,7 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
         def execute(path: pathlib.Path, stop) -> pathlib.Path:
             return run_notebook(path, fast=fast, progress=True, **dirs)
     else:
-        environ = notebook_environment(jobs, dirs["output_dir"])
+        environ = notebook_environment(min(jobs, len(paths)), dirs["output_dir"])  # one notebook: every core
         processes = int(environ.get(SWEEP_PROCESSES_VARIABLE) or sweep_processes_setting())
         print(f"[reproduce] up to {jobs} notebooks at a time, each in a process of its own, its sweeps on {processes} "
               f"process{'es' if processes > 1 else ''} ({SWEEP_PROCESSES_VARIABLE}); a notebook's progress: "
@@ -170,10 +171,11 @@ def notebook_environment(jobs: int, output_dir: pathlib.Path) -> dict[str, str]:
     (``FEDLAB_SWEEP_PROCESSES``): the cores shared out between the notebooks, at least one (on two cores, one: every
     sweep trains in its notebook's process). A sweep spread over a worker process per core beside another notebook
     doing the same ran four TFF processes on two cores, and the two took a third longer than with one process each
-    (``benchmarks/sweeps_side_by_side.py``). A ``FEDLAB_SWEEP_PROCESSES`` of the caller's own is kept (checked
-    here: ValueError in one line naming it)."""
+    (``benchmarks/sweeps_side_by_side.py``). The share is fixed when a notebook starts: a notebook that ends up
+    alone at the end keeps it. A ``FEDLAB_SWEEP_PROCESSES`` of the caller's own is kept (checked: ValueError in one
+    line naming it)."""
     environ = {QUIET_DIR_VARIABLE: str(pathlib.Path(output_dir) / QUIET_FOLDER)}
-    if sweep_processes_setting() is None:  # the caller's own is checked there, before any notebook starts
+    if sweep_processes_setting() is None:
         environ[SWEEP_PROCESSES_VARIABLE] = str(max(1, usable_cores() // jobs))
     return environ
 
