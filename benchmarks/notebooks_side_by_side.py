@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -46,8 +47,9 @@ def one_mode(scratch: pathlib.Path, only: list[str], fast: bool, jobs: int) -> d
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     started = time.perf_counter()
+    env = {k: v for k, v in os.environ.items() if k != "FEDLAB_SWEEP_PROCESSES"}  # each mode's own share of the cores
     done = subprocess.run([sys.executable, "-c", ONE_MODE, str(scratch), ",".join(only), "1" if fast else "0",
-                           str(jobs)], capture_output=True, text=True, timeout=4 * 3600)
+                           str(jobs)], capture_output=True, text=True, timeout=4 * 3600, env=env)
     if done.returncode != 0:
         raise SystemExit(f"jobs={jobs} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])

@@ -394,7 +394,8 @@ def quiet_periods():
 def sweeps_side_by_side():
     """The README's sentence on benchmarks/sweeps_side_by_side.py (results/benchmarks/sweeps_side_by_side.csv)."""
     t = _csv("benchmarks/sweeps_side_by_side")
-    assert t.same_final.all()
+    assert t.same_final.all() and (t.runs_per_sweep == 6).all()  # "six seeds", "the same in all nine"
+    assert len(t) == 9 and (t.groupby("setting").repeat.nunique() == 3).all()  # "medians of three"
     by = t.groupby("setting")
     wall, cpu, low, high = by.seconds.median(), by.cpu_seconds.median(), by.seconds.min(), by.seconds.max()
     assert wall["one"] < wall["workers"] and cpu["one"] < cpu["workers"]  # what the change rests on

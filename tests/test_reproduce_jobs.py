@@ -244,6 +244,19 @@ def test_the_cores_are_shared_out_between_the_notebooks_sweeps_unless_the_caller
             with pytest.raises(ValueError, match=r"^FEDLAB_SWEEP_PROCESSES: must be a whole number of processes "
                                                  rf">= 1, got '{bad}'$"):
                 reproduce.reproduce(jobs=jobs, fast=True, output_dir=tmp_path)
+    kept = tmp_path / "check" / "the last check's output"
+    kept.parent.mkdir()
+    kept.write_text("")
+    with pytest.raises(ValueError, match=r"^FEDLAB_SWEEP_PROCESSES: "):
+        reproduce.check(jobs=2, scratch=tmp_path / "check")
+    assert kept.exists()  # said before the last check's output is removed
+
+
+def test_no_notebook_to_run_side_by_side_runs_none(monkeypatch, tmp_path):
+    monkeypatch.setattr(reproduce, "NOTEBOOKS", tmp_path)  # an installed package without its notebooks
+    assert reproduce.reproduce(fast=True, jobs=2, output_dir=tmp_path / "out") == []
+    with pytest.raises(ValueError, match=r"^jobs: a whole number of notebooks run at a time, at least 1 \(got 0\)$"):
+        reproduce.notebook_environment(0, tmp_path)
 
 
 @pytest.mark.parametrize("only, share", [(["01"], 1), (["01", "02"], 2), (["01", "02", "03"], 2)])

@@ -85,7 +85,7 @@ def sweep_processes_setting() -> int | None:
     raw = os.environ.get(SWEEP_PROCESSES_VARIABLE, "").strip()
     if not raw:
         return None
-    if not re.fullmatch(r"[0-9]{1,9}", raw, flags=re.ASCII) or int(raw) < 1:
+    if not re.fullmatch(r"[0-9]+", raw, flags=re.ASCII) or int(raw) < 1:
         raise ValueError(f"{SWEEP_PROCESSES_VARIABLE}: must be a whole number of processes >= 1, got {raw!r}")
     return int(raw)
 

@@ -142,7 +142,7 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
         def execute(path: pathlib.Path, stop) -> pathlib.Path:
             return run_notebook(path, fast=fast, progress=True, **dirs)
     else:
-        environ = notebook_environment(min(jobs, len(paths)), dirs["output_dir"])  # one notebook: every core
+        environ = notebook_environment(max(1, min(jobs, len(paths))), dirs["output_dir"])  # one notebook: every core
         processes = int(environ.get(SWEEP_PROCESSES_VARIABLE) or sweep_processes_setting())
         print(f"[reproduce] up to {jobs} notebooks at a time, each in a process of its own, its sweeps on {processes} "
               f"process{'es' if processes > 1 else ''} ({SWEEP_PROCESSES_VARIABLE}); a notebook's progress: "
@@ -170,11 +170,13 @@ def notebook_environment(jobs: int, output_dir: pathlib.Path) -> dict[str, str]:
     the folder where they meet for quiet periods (``FEDLAB_QUIET_DIR``), and the processes each one's sweeps may use
     (``FEDLAB_SWEEP_PROCESSES``): the cores shared out between the notebooks, at least one (on two cores, one: every
     sweep trains in its notebook's process). A sweep spread over a worker process per core beside another notebook
-    doing the same ran four TFF processes on two cores, and the two took a third longer than with one process each
-    (``benchmarks/sweeps_side_by_side.py``). The share is fixed when a notebook starts: a notebook that ends up
-    alone at the end keeps it. A ``FEDLAB_SWEEP_PROCESSES`` of the caller's own is kept (checked: ValueError in one
-    line naming it)."""
+    doing the same ran four TFF processes on two cores: two such sweeps side by side took a third longer than with one
+    process each, their worker processes' start included (``benchmarks/sweeps_side_by_side.py``). The share is fixed
+    when a notebook starts: the last notebook, alone at the end, keeps it. A ``FEDLAB_SWEEP_PROCESSES`` of the
+    caller's own is kept (checked: ValueError in one line naming it)."""
     environ = {QUIET_DIR_VARIABLE: str(pathlib.Path(output_dir) / QUIET_FOLDER)}
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: a whole number of notebooks run at a time, at least 1 (got {jobs!r})")
     if sweep_processes_setting() is None:
         environ[SWEEP_PROCESSES_VARIABLE] = str(max(1, usable_cores() // jobs))
     return environ
@@ -652,6 +654,7 @@ def check(*, only: Optional[Sequence[str]] = None, scratch: pathlib.Path = ROOT 
     """
     import shutil
 
+    sweep_processes_setting()  # a bad FEDLAB_SWEEP_PROCESSES said before the last check's output is removed
     here = numerics()
     prefixes = [p.name[:2] for p in notebooks(only)]
     made, same = _numerics_against_record(here, prefixes)
