@@ -26,6 +26,8 @@ import time
 
 import pandas as pd
 
+from process_groups import wait_until_gone
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 MEASURE = """
@@ -49,19 +51,6 @@ fl.run_sweep(fl.grid(base, seed=list(range(10))), results_cache=sys.argv[1], pro
 """
 
 
-def _gone(group: int, limit: float = 60.0) -> None:
-    """Returns once no process of the session ``group`` is left, then 5 s more for the machine to settle."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            time.sleep(5.0)
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"the sweep's processes were still there {limit:g} s after being killed")
-
-
 def measure(env: dict, beside: bool) -> dict:
     """``round_times``' seconds a round by K, with the sweep training beside it (from before to after) or not."""
     with tempfile.TemporaryDirectory(prefix="fedlab-quiet-bench-") as scratch:
@@ -82,7 +71,7 @@ def measure(env: dict, beside: bool) -> dict:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(sweep.pid, 9)
                 sweep.wait(timeout=60)
-                _gone(sweep.pid)  # its worker processes too, before the next setting is measured
+                wait_until_gone(sweep.pid, "the killed sweep's processes")  # its workers too, before the next setting
                 if not alive:
                     raise SystemExit("the sweep beside the measurement ended before it: make it longer")
     if out.returncode != 0:

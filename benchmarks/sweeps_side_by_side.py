@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 
+from process_groups import wait_until_gone
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 ONE_SWEEP = r"""
@@ -69,20 +71,6 @@ def machine_cpu_seconds() -> float:
     return sum(fields[i] for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
 
 
-def _gone(group: int, limit: float = 60.0) -> None:
-    """Returns once no process of the session ``group`` is left (TFF's worker binary ends after its parent), then
-    5 s more for the machine to settle."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            time.sleep(5.0)
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"a sweep's processes were still there {limit:g} s after it returned")
-
-
 def side_by_side(setting: str, runs: int, scratch: pathlib.Path) -> dict:
     """Both sweeps started at once; the wall seconds until both returned, their CPU seconds, final accuracies."""
     drop = ("FEDLAB_SWEEP_PROCESSES", "TF_NUM_INTEROP_THREADS", "FEDLAB_SPREAD_AFTER_S", "FEDLAB_QUIET_DIR",
@@ -102,7 +90,7 @@ def side_by_side(setting: str, runs: int, scratch: pathlib.Path) -> dict:
         process.wait(timeout=3600)
     wall, cpu = time.perf_counter() - start, machine_cpu_seconds() - cpu
     for process in processes:
-        _gone(process.pid)  # their TFF workers too, before the next measurement
+        wait_until_gone(process.pid, "a finished sweep's processes")  # its TFF worker too, before the next
     results = []
     for process, out in zip(processes, outputs):
         out.seek(0)
