@@ -132,9 +132,8 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
     notebooks, in notebook order."""
     if jobs is None:
         jobs = default_jobs()
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs: a whole number of notebooks run at a time, at least 1 (got {jobs!r})")
-    sweep_processes_setting()  # a bad FEDLAB_SWEEP_PROCESSES of the caller's said here, before any notebook starts
+    _check_jobs(jobs)
+    chosen = sweep_processes_setting()  # a bad FEDLAB_SWEEP_PROCESSES of the caller's said before any notebook starts
     paths = notebooks(only)
     dirs = dict(figures_dir=pathlib.Path(figures_dir).resolve(), results_dir=pathlib.Path(results_dir).resolve(),
                 output_dir=pathlib.Path(output_dir).resolve(), cache_dir=pathlib.Path(cache_dir).resolve())
@@ -143,7 +142,7 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
             return run_notebook(path, fast=fast, progress=True, **dirs)
     else:
         environ = notebook_environment(max(1, min(jobs, len(paths))), dirs["output_dir"])  # one notebook: every core
-        processes = int(environ.get(SWEEP_PROCESSES_VARIABLE) or sweep_processes_setting())
+        processes = chosen or int(environ[SWEEP_PROCESSES_VARIABLE])
         print(f"[reproduce] up to {jobs} notebooks at a time, each in a process of its own, its sweeps on {processes} "
               f"process{'es' if processes > 1 else ''} ({SWEEP_PROCESSES_VARIABLE}); a notebook's progress: "
               f"{dirs['output_dir'] / '<notebook>.log'}", flush=True)
@@ -165,6 +164,11 @@ def reproduce(*, fast: bool = False, only: Optional[Sequence[str]] = None,
     return schedule(paths, jobs, run, setting="fast" if fast else "full")
 
 
+def _check_jobs(jobs) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: a whole number of notebooks run at a time, at least 1 (got {jobs!r})")
+
+
 def notebook_environment(jobs: int, output_dir: pathlib.Path) -> dict[str, str]:
     """What each notebook's process gets besides this process's environment when ``jobs`` notebooks run at a time:
     the folder where they meet for quiet periods (``FEDLAB_QUIET_DIR``), and the processes each one's sweeps may use
@@ -174,9 +178,8 @@ def notebook_environment(jobs: int, output_dir: pathlib.Path) -> dict[str, str]:
     process each, their worker processes' start included (``benchmarks/sweeps_side_by_side.py``). The share is fixed
     when a notebook starts: the last notebook, alone at the end, keeps it. A ``FEDLAB_SWEEP_PROCESSES`` of the
     caller's own is kept (checked: ValueError in one line naming it)."""
+    _check_jobs(jobs)
     environ = {QUIET_DIR_VARIABLE: str(pathlib.Path(output_dir) / QUIET_FOLDER)}
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs: a whole number of notebooks run at a time, at least 1 (got {jobs!r})")
     if sweep_processes_setting() is None:
         environ[SWEEP_PROCESSES_VARIABLE] = str(max(1, usable_cores() // jobs))
     return environ
