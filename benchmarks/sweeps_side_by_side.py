@@ -129,13 +129,15 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["setting", "repeat", "runs_per_sweep", "seconds", "cpu_seconds", "cores_busy", "sweep_seconds",
               "same_final"]
-    with open(args.out, "w", newline="") as handle:
+    partial = args.out.with_name(args.out.name + ".partial")  # written whole, or the old table stays
+    with open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             writer.writerow({**{k: r[k] for k in ("setting", "repeat", "seconds", "cpu_seconds", "cores_busy",
                                                   "sweep_seconds")},
                              "runs_per_sweep": args.runs, "same_final": same})
+    partial.replace(args.out)
     return 0 if same else 1
 
 
