@@ -62,34 +62,29 @@ def cpu_seconds() -> dict[int, float]:
     return found
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=150)
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" / "tff_tracing.csv")
-    args = parser.parse_args()
+def side_by_side(switch, column: str, out: pathlib.Path, pairs: int, rounds: int, what: str) -> int:
+    """Runs the two settings ``pairs`` times with ``switch(True)`` (TFF's own functions) and ``switch(False)``
+    (fedlab's), the order alternating from pair to pair; ``column`` says which in each row of OUT."""
     import fedlab as fl
     import workload
 
-    fl.setup()
-    switch = tracing_switch()
     settings = {"notebook 01": fl.ExperimentConfig(dataset="mnist5k", model="2nn", num_clients=100,
-                                                    clients_per_round=10, rounds=args.rounds, client_lr=0.1,
+                                                    clients_per_round=10, rounds=rounds, client_lr=0.1,
                                                     partition="shards", shards_per_client=2, local_epochs=5,
-                                                    batch_size=10, eval_every=args.rounds),
-                "make bench, K = 10": workload.config(10, args.rounds)}
+                                                    batch_size=10, eval_every=rounds),
+                "make bench, K = 10": workload.config(10, rounds)}
     for config in settings.values():
         fl.run_experiment(config.replace(rounds=3, eval_every=3), progress=False)
     rows = []
-    for pair in range(args.pairs):
+    for pair in range(pairs):
         for setting, config in settings.items():
-            for traced in ((True, False) if pair % 2 == 0 else (False, True)):
-                switch(traced)
+            for own in ((True, False) if pair % 2 == 0 else (False, True)):
+                switch(own)
                 before, start = cpu_seconds(), time.perf_counter()
                 history = fl.run_experiment(config, progress=False)
                 after, wall = cpu_seconds(), time.perf_counter() - start
                 me, children = os.getpid(), [p for p in after if p in before and p != os.getpid()]
-                rows.append({"pair": pair, "setting": setting, "tff_tracing": traced, "rounds": config.rounds,
+                rows.append({"pair": pair, "setting": setting, column: own, "rounds": config.rounds,
                              "wall_ms": 1000 * wall / config.rounds,
                              "fedlab_cpu_ms": 1000 * (after[me] - before[me]) / config.rounds,
                              "worker_cpu_ms": 1000 * sum(after[p] - before[p] for p in children) / config.rounds,
@@ -97,21 +92,33 @@ def main() -> int:
                 print(json.dumps(rows[-1]), flush=True)
     switch(False)
     table = pd.DataFrame(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".partial")  # the table whole or not at all
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")  # the table whole or not at all
     table.to_csv(partial, index=False)
-    partial.replace(args.out)
+    partial.replace(out)
     same = table.groupby("setting").final_train_loss.nunique().eq(1).all()
-    print(f"\nthe same final training loss with and without the spans in every run of a setting: {same}")
-    print(table.groupby(["setting", "tff_tracing"])[["wall_ms", "fedlab_cpu_ms", "worker_cpu_ms"]].median()
+    print(f"\nthe same final training loss {what} in every run of a setting: {same}")
+    print(table.groupby(["setting", column])[["wall_ms", "fedlab_cpu_ms", "worker_cpu_ms"]].median()
           .round(2).to_string())
-    paired = table.pivot_table(index=["setting", "pair"], columns="tff_tracing",
-                               values=["wall_ms", "fedlab_cpu_ms"])
+    paired = table.pivot_table(index=["setting", "pair"], columns=column, values=["wall_ms", "fedlab_cpu_ms"])
     for metric in ("wall_ms", "fedlab_cpu_ms"):
         paired[f"{metric} saved"] = paired[(metric, True)] - paired[(metric, False)]
-    print("\nper pair, traced minus plain (positive: the plain functions took less)")
+    print("\nper pair, TFF's own minus fedlab's (positive: fedlab's took less)")
     print(paired[["wall_ms saved", "fedlab_cpu_ms saved"]].round(2).to_string())
     return 0 if same else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=150)
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" / "tff_tracing.csv")
+    args = parser.parse_args()
+    import fedlab as fl
+
+    fl.setup()
+    return side_by_side(tracing_switch(), "tff_tracing", args.out, args.pairs, args.rounds,
+                        "with and without the spans")
 
 
 if __name__ == "__main__":

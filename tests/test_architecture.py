@@ -17,7 +17,7 @@ FOLDER_RANK = {folder: i for i, folder in enumerate(FOLDERS)}
 LAYERS = [
     {"validation", "registry", "runtime", "ports", "array_files", "plots", "certs", "tls_proxy", "stats",
      "stateless_keys", "tff_speedups",
-     "encryption", "wire", "profiling", "spawning", "recent", "quiet_periods"},  # foundations, no fedlab imports above
+     "encryption", "wire", "profiling", "spawning", "recent", "quiet_periods", "scratch"},  # foundations, no fedlab imports above
     {"storage", "data", "partition", "models", "accounting", "attacks", "fedprox", "fedopt", "array_training",
      "distributed_dp", "skellam_shares",
      "seeded", "tensorboard", "distributed", "systems", "secagg", "secure_rounds", "split_rounds", "scaffold",

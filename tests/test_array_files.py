@@ -3,6 +3,7 @@ every round, files that go with their arrays, and processes for remote workers s
 
 import gc
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import fedlab as fl
-from fedlab.core import array_files
+from fedlab.core import array_files, scratch
 from fedlab.experiment import processes
 from fedlab.core.array_files import ArrayFiles, building_for_remote_workers
 
@@ -115,3 +116,94 @@ def test_an_array_collected_while_a_path_is_being_recorded_does_not_deadlock(tmp
     assert done, "the weakref callback waited for the lock its own thread holds"
     assert not os.path.exists(path)
     files.close()
+
+
+def test_the_files_go_to_memory_when_it_has_room_and_no_tmpdir_is_set(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+
+    memory = tmp_path / "shm"
+    memory.mkdir()
+    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(memory))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
+    assert array_files.default_root() == memory
+    files = ArrayFiles()
+    assert files.path(np.zeros(3)).startswith(str(memory))
+    files.close()
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", shutil.disk_usage(memory).free + 1)  # too little room
+    assert array_files.default_root() == tmp_path / "tmp"
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the caller's choice
+    assert array_files.default_root() == tmp_path / "tmp"
+    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(tmp_path / "absent"))
+    monkeypatch.delenv("TMPDIR")
+    assert array_files.default_root() == tmp_path / "tmp"
+
+
+def test_memory_that_fills_up_sends_the_files_to_the_temporary_directory(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    import tensorflow as tf
+
+    memory, fallback = tmp_path / "shm", tmp_path / "tmp"
+    memory.mkdir()
+    fallback.mkdir()
+    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(memory))
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    write = array_files._write_whole
+
+    def full_memory(path, array):
+        if path.startswith(str(memory)) and len(array) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, array)
+
+    monkeypatch.setattr(array_files, "_write_whole", full_memory)
+    files = ArrayFiles()
+    small, large, later = np.zeros(3, np.float32), np.arange(5, dtype=np.float32), np.ones(2, np.float32)
+    in_memory = files.path(small)
+    assert in_memory.startswith(str(memory))
+    moved = files.path(large)
+    assert moved.startswith(str(fallback)) and files.path(later).startswith(str(fallback))  # and the ones after
+    assert array_files.read(tf.constant(moved), tf.float32, [5]).numpy().tobytes() == large.tobytes()
+    assert files.path(small) == in_memory and os.path.exists(in_memory)  # the files written before stay
+    directories = [pathlib.Path(in_memory).parent, pathlib.Path(moved).parent]
+    files.close()
+    assert not any(d.exists() for d in directories)
+
+    def full_everywhere(path, array):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(array_files, "_write_whole", full_everywhere)
+    with pytest.raises(OSError):  # nowhere else to go: said, not looped
+        ArrayFiles().path(np.zeros(3))
+
+
+def test_a_file_cut_short_by_a_full_disk_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    class Full:
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(array_files, "open", Full, raising=False)
+    with pytest.raises(OSError):
+        array_files._write_whole(str(tmp_path / "1.pb"), np.zeros(100))
+    assert list(tmp_path.iterdir()) == []

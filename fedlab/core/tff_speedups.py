@@ -7,7 +7,10 @@ path bit for bit; for Grappler's kept output, ``tests/test_traced_once.py`` chec
   federated computation that holds it;
 * :func:`_patch_untraced`: the remote executor's calls, its gRPC request and value (de)serialisation called
   without TFF's tracing spans;
-* :func:`_patch_keep_computations`: a computation created on TFF's worker once per executor, not once per call.
+* :func:`_patch_keep_computations`: a computation created on TFF's worker once per executor, not once per call;
+* :func:`_patch_keep_results`: a value TFF's worker computed and Python fetched is not sent back to it: the next
+  call that takes it gets the worker's own (``tests/test_kept_results.py`` compares a run with TFF's own path bit
+  for bit).
 
 :func:`install` applies them, in that order, once TFF is imported (:func:`fedlab.core.runtime.tff`).
 """
@@ -22,11 +25,12 @@ from . import recent
 
 
 def install() -> None:
-    """All three, in the order they need: the kept computations wrap ``RemoteExecutor.create_value`` after its
+    """All four, in the order they need: the kept computations wrap ``RemoteExecutor.create_value`` after its
     tracing wrapper is gone, and keep the plain function as ``fedlab_original``."""
     _patch_optimize_once()
     _patch_untraced()
     _patch_keep_computations()
+    _patch_keep_results()
 
 
 OPTIMIZED_KEPT = 64  # TensorFlow computations whose Grappler output _patch_optimize_once keeps
@@ -232,3 +236,144 @@ def _patch_optimize_once() -> None:
     optimize_once.fedlab_original = transformations.optimize_tensorflow_comp
     transformations.optimize_tensorflow_comp = optimize_once
     transformations.fedlab_optimize_once = True
+
+
+RESULTS_KEPT = 2  # the calls whose results each TFF executor keeps on its worker (_patch_keep_results)
+
+
+def _patch_keep_results() -> None:
+    """What TFF's worker computed, Python does not send back to it.
+
+    TFF 0.87 fetches a call's result into Python and disposes of it on the worker (``_invoke`` in
+    ``async_execution_context``); the next call that takes it, the next round taking the state this one returned,
+    creates it on the worker anew: serialised, sent and parsed (the 2NN's state, 800 kB, about 3 ms of fedlab's
+    process a round; a split round's server step took every client's update back the same way). Here each
+    ``RemoteExecutor`` keeps on its worker the results of its last ``RESULTS_KEPT`` calls of a computation whose
+    result is a structure; an argument, or an element of one, that is an element of a kept result, the same objects
+    in the same structure and of the type the computation takes, is that element selected on the worker
+    (:func:`_kept_element`): the same values, so the same numbers. To keep "the same objects" meaning "the same
+    values", the arrays of a kept result are made read-only: nothing changes them in place (``np.array(x)`` is a
+    copy that can be changed). TFF's functions are ``fedlab_original_ingest`` and ``fedlab_original_invoke`` of its
+    module."""
+    from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context as context
+
+    if hasattr(context, "fedlab_original_invoke"):
+        return
+    context.fedlab_original_ingest, context.fedlab_original_invoke = context._ingest, context._invoke
+
+    async def ingest(executor, val, type_spec):
+        kept = _kept_element(executor, val, type_spec)
+        if kept is not None:
+            source, index = kept
+            return await executor.create_selection(source, index)
+        return await context.fedlab_original_ingest(executor, val, type_spec)
+
+    async def invoke(executor, comp, arg, result_type):
+        from tensorflow_federated.python.core.impl.types import computation_types
+
+        if not (_is_remote(executor) and isinstance(comp.type_signature.result, computation_types.StructType)):
+            return await context.fedlab_original_invoke(executor, comp, arg, result_type)
+        return await _invoke_keeping(executor, comp, arg, result_type)
+
+    context._ingest, context._invoke = ingest, invoke
+
+
+def _is_remote(executor) -> bool:
+    from tensorflow_federated.python.core.impl.executors import remote_executor
+
+    return isinstance(executor, remote_executor.RemoteExecutor)
+
+
+def _leaves(value):
+    """``value``'s arrays in order, if every leaf of it is a NumPy array or scalar; else None."""
+    import numpy as np
+    import tree
+
+    try:
+        leaves = tree.flatten(value)
+    except (TypeError, ValueError):
+        return None
+    return leaves if leaves and all(isinstance(leaf, (np.ndarray, np.generic)) for leaf in leaves) else None
+
+
+async def _invoke_keeping(executor, comp, arg, result_type):
+    """TFF's ``_invoke`` (create the computation, call it, fetch the result), the result kept on the worker."""
+    import numpy as np
+    from tensorflow_federated.proto.v0 import executor_pb2
+    from tensorflow_federated.python.common_libs import structure
+    from tensorflow_federated.python.core.impl.types import type_conversions
+
+    function = await executor.create_value(comp, comp.type_signature)
+    executor._check_has_executor_id()
+    response = executor._stub.create_call(executor_pb2.CreateCallRequest(
+        executor=executor._executor_id, function_ref=function.reference,
+        argument_ref=arg.reference if arg is not None else None))
+    result = _kept_remote_value_class()(response.value_ref, comp.type_signature.result, executor)
+    try:
+        fetched = type_conversions.type_to_py_container(await result.compute(), result_type)
+    except BaseException:
+        _dispose_quietly(executor, result.reference, executor._executor_id)
+        raise
+    elements = []
+    for index, (name, element_type) in enumerate(structure.to_elements(comp.type_signature.result)):
+        element = _element_of(fetched, index, name)
+        leaves = None if element is None else _leaves(element)
+        if leaves is not None:
+            for leaf in leaves:
+                if isinstance(leaf, np.ndarray):
+                    leaf.setflags(write=False)
+            elements.append((index, element_type, element, leaves))
+    kept = executor.__dict__.setdefault("_fedlab_results", collections.OrderedDict())
+    gone = []
+    if elements:
+        kept[response.value_ref.id] = (executor._executor_id, result, elements)
+        while len(kept) > RESULTS_KEPT:
+            gone.append(kept.popitem(last=False)[1])
+    else:
+        gone.append((executor._executor_id, result, elements))
+    for executor_id, old, _ in gone:
+        _dispose_quietly(executor, old.reference, executor_id)
+    return fetched
+
+
+def _element_of(fetched, index: int, name):
+    """Element ``index`` (named ``name``) of a fetched result, whatever container TFF made of it."""
+    try:
+        if name is not None and hasattr(fetched, name):
+            return getattr(fetched, name)
+        if isinstance(fetched, dict):
+            return fetched[name] if name is not None else None
+        return fetched[index]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _kept_element(executor, value, type_spec):
+    """(kept result, index) on ``executor``'s worker whose element ``value`` is: the same arrays, in the same
+    structure, of a type ``type_spec`` takes; else None."""
+    import tree
+
+    kept = executor.__dict__.get("_fedlab_results") if _is_remote(executor) else None
+    if not kept:
+        return None
+    leaves = _leaves(value)
+    if leaves is None:
+        return None
+    for executor_id, result, elements in reversed(kept.values()):
+        if executor_id != executor._executor_id:
+            continue
+        for index, element_type, element, element_leaves in elements:
+            if (len(element_leaves) == len(leaves) and all(a is b for a, b in zip(element_leaves, leaves))
+                    and _same_structure(element, value) and type_spec.is_assignable_from(element_type)):
+                return result, index
+    return None
+
+
+def _same_structure(one, other) -> bool:
+    import tree
+
+    try:
+        tree.assert_same_structure(one, other, check_types=False)
+    except (TypeError, ValueError):
+        return False
+    return True

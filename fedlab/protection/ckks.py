@@ -102,6 +102,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..core import scratch
 from ..core.quiet_periods import measures_time
 
 POLY_MODULUS_DEGREE = 8192
@@ -260,18 +261,13 @@ class _Files:
             pathlib.Path(path).unlink(missing_ok=True)
 
 
-MEMORY_FOLDER, MEMORY_ROOM = "/dev/shm", 64 * 2 ** 20
+MEMORY_ROOM = 64 * 2 ** 20
 
 
 def _memory_folder() -> Optional[str]:
-    """``/dev/shm`` when no variable chooses the temporary folder (``$TMPDIR``, ``$TEMP``, ``$TMP``) and it has
-    :data:`MEMORY_ROOM` free, else None (the system's temporary folder). Not ``tempfile.tempdir``: Python caches
-    its default there as soon as any temporary file is made."""
-    chosen = any(os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP"))
-    if chosen or not os.path.isdir(MEMORY_FOLDER) or not os.access(MEMORY_FOLDER, os.W_OK | os.X_OK):
-        return None
-    stats = os.statvfs(MEMORY_FOLDER)
-    return MEMORY_FOLDER if stats.f_bavail * stats.f_frsize >= MEMORY_ROOM else None
+    """``/dev/shm`` when it has :data:`MEMORY_ROOM` free and no variable chooses the temporary folder, else None
+    (:func:`fedlab.core.scratch.memory_folder`)."""
+    return scratch.memory_folder(MEMORY_ROOM)
 
 
 @functools.lru_cache(maxsize=1)
