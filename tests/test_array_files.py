@@ -207,3 +207,92 @@ def test_a_file_cut_short_by_a_full_disk_leaves_nothing_behind(tmp_path, monkeyp
     with pytest.raises(OSError):
         array_files._write_whole(str(tmp_path / "1.pb"), np.zeros(100))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_that_other_processes_filled_is_left_before_the_next_write(tmp_path, monkeypatch):
+    import tempfile
+
+    memory, fallback = tmp_path / "shm", tmp_path / "tmp"
+    memory.mkdir()
+    fallback.mkdir()
+    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(memory))
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    files = ArrayFiles()
+    first = files.path(np.zeros(3))
+    assert first.startswith(str(memory))
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 2**62)  # others have filled it since
+    assert files.path(np.ones(3)).startswith(str(fallback))
+    files.close()
+    assert list(memory.iterdir()) == [] and list(fallback.iterdir()) == []
+
+
+def test_a_directory_whose_owner_holds_its_lock_is_not_removed(tmp_path):
+    import fcntl
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other = tmp_path / f"{array_files.PREFIX}{int(ended.stdout)}-ghi"  # a process id not running here, but its
+    other.mkdir()                                                     # owner (in another PID namespace) holds the lock
+    owner = os.open(other / array_files.LOCK, os.O_CREAT | os.O_RDWR)
+    fcntl.flock(owner, fcntl.LOCK_EX)
+    files = ArrayFiles(tmp_path)
+    files.path(np.zeros(3))
+    assert other.exists()
+    os.close(owner)  # its owner is gone
+    again = ArrayFiles(tmp_path)
+    again.path(np.zeros(3))
+    assert not other.exists()
+    files.close()
+    again.close()
+
+
+def test_memory_too_full_for_a_directory_sends_the_files_to_the_temporary_directory(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    memory, fallback = tmp_path / "shm", tmp_path / "tmp"
+    memory.mkdir()
+    fallback.mkdir()
+    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(memory))
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    make = tempfile.mkdtemp
+
+    def full(prefix=None, dir=None):
+        if str(dir) == str(memory):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return make(prefix=prefix, dir=dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    files = ArrayFiles()
+    assert files.path(np.zeros(3)).startswith(str(fallback))
+    files.close()
+
+
+FORKED = """
+import os, pathlib, sys
+import numpy as np
+from fedlab.core import array_files
+array_files._write_whole = lambda path, array: pathlib.Path(path).write_bytes(array.tobytes())  # no TensorFlow here
+files = array_files.ArrayFiles(sys.argv[1])
+x = np.zeros(3)
+parents = files.path(x)
+child = os.fork()
+if child == 0:  # the child: a file of its own, then its exit handler's work
+    ok = not files.path(x).startswith(str(pathlib.Path(parents).parent))
+    files.close()
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(child, 0)
+print(os.waitstatus_to_exitcode(status), os.path.exists(parents))
+files.close()
+"""
+
+
+def test_a_forked_child_writes_files_of_its_own_and_leaves_its_parents(tmp_path):
+    """In a process of its own, without TensorFlow's threads: forking a process that has them is unsafe."""
+    out = subprocess.run([sys.executable, "-c", FORKED, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["0", "True"], out.stderr[-2000:]  # the child's close left the parent's files

@@ -2,6 +2,8 @@
 a run gives the numbers of TFF's own path, the state is created on the worker once, not once a round, and only
 the very arrays fetched (read-only) in their own structure and type are taken for the kept value."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,9 @@ from fedlab.core import runtime, tff_speedups
 t = runtime.tff()  # installs the patch
 
 from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context  # noqa: E402
+from tensorflow_federated.proto.v0 import executor_pb2  # noqa: E402
 from tensorflow_federated.python.core.impl.executors import remote_executor  # noqa: E402
+from test_kept_computations import Stub  # noqa: E402
 
 CONFIG = ExperimentConfig(dataset="digits", num_clients=6, clients_per_round=3, rounds=6, batch_size=16, seed=5)
 
@@ -73,26 +77,49 @@ def test_a_run_gives_tffs_numbers_and_sends_the_state_once(monkeypatch, changes)
         np.testing.assert_array_equal(mine, theirs)
 
 
-@t.tensorflow.computation(t.TensorType(np.float32, [3]))
+VECTOR = t.TensorType(np.float32, [3])
+
+
+@t.tensorflow.computation(VECTOR)
 def pair(x):
     return x + 1.0, x * 2.0
 
 
-@t.tensorflow.computation(t.TensorType(np.float32, [3]))
+@t.tensorflow.computation(VECTOR)
+def nested(x):
+    return (x + 1.0, x * 2.0), x
+
+
+@t.tensorflow.computation(VECTOR)
 def plus_one(x):
     return x + 1.0
 
 
-@t.tensorflow.computation(t.TensorType(np.int32, [3]))
-def int_plus_one(x):
-    return x + 1
+@t.tensorflow.computation(t.StructType([("a", VECTOR), ("b", VECTOR)]))
+def a_minus_b(a, b):
+    return a - b
+
+
+@t.tensorflow.computation(VECTOR)
+def named_pair(x):
+    return collections.OrderedDict(a=x + 1.0, b=x * 2.0), x
+
+
+@t.tensorflow.computation(t.StructType([VECTOR, VECTOR]), VECTOR)
+def difference_plus(both, z):
+    return both[0] - both[1] + z
+
+
+def newest():
+    """The result kept last, on whichever thread (the context's event loop runs on one of its own)."""
+    return max((entry for kept in tff_speedups._KEPT_BY_THREAD.values() for entry in kept.values()),
+               key=lambda entry: entry[-1])
 
 
 def test_only_the_arrays_fetched_are_taken_for_the_kept_value(monkeypatch):
     calls = Calls(monkeypatch)
     first, second = pair(np.arange(3, dtype=np.float32))
-    with pytest.raises(ValueError):  # read-only: nothing changes a kept value in place
-        first[0] = 7.0
+    assert not first.flags.writeable  # as TFF fetches them (views of the response's bytes): nothing changes them
     created = len(calls.created)
     np.testing.assert_array_equal(plus_one(first), [2.0, 3.0, 4.0])  # the worker's own value, selected
     assert (calls.selected, len(calls.created)) == (1, created)
@@ -104,39 +131,107 @@ def test_only_the_arrays_fetched_are_taken_for_the_kept_value(monkeypatch):
     assert calls.selected == 2
 
 
-def test_results_beyond_the_limit_are_disposed_of(monkeypatch):
-    disposed = []
-    dispose = tff_speedups._dispose_quietly
-    monkeypatch.setattr(tff_speedups, "_dispose_quietly",
-                        lambda executor, ref, executor_id: (disposed.append(ref.id), dispose(executor, ref, executor_id)))
-    results = [pair(np.full(3, k, dtype=np.float32)) for k in range(tff_speedups.RESULTS_KEPT + 2)]
-    assert len(disposed) >= 2  # the two oldest left the worker (and what earlier tests left there)
+def test_an_array_python_could_change_is_not_kept(monkeypatch):
+    from tensorflow_federated.python.core.impl.types import type_conversions
+
+    convert = type_conversions.type_to_py_container
+    monkeypatch.setattr(type_conversions, "type_to_py_container",
+                        lambda value, type_spec: tuple(np.array(v) for v in convert(value, type_spec)))
+    first, _ = pair(np.arange(3, dtype=np.float32))
+    assert first.flags.writeable
     calls = Calls(monkeypatch)
-    for k, (first, _) in enumerate(results):
-        np.testing.assert_array_equal(plus_one(first), np.full(3, k + 2.0))
-    assert calls.selected == tff_speedups.RESULTS_KEPT  # the last ones selected; the first two sent again
+    np.testing.assert_array_equal(plus_one(first), [2.0, 3.0, 4.0])
+    assert calls.selected == 0  # sent: it might have changed since
 
 
-def test_another_structure_or_type_is_sent(monkeypatch):
-    @t.tensorflow.computation(t.TensorType(np.int32, [3]))
-    def ints(x):
-        return x, x
-
+def test_the_same_arrays_in_other_containers_are_sent(monkeypatch):
     calls = Calls(monkeypatch)
-    first, _ = ints(np.arange(3, dtype=np.int32))
-    assert tff_speedups._kept_element(object(), first, t.TensorType(np.int32, [3])) is None  # not a remote executor
-    np.testing.assert_array_equal(int_plus_one(first), [1, 2, 3])
+    (x, y), _ = nested(np.arange(3, dtype=np.float32))  # a kept element: the tuple (x, y)
+    z = np.zeros(3, dtype=np.float32)
+    np.testing.assert_array_equal(difference_plus((x, y), z), x - y)  # the tuple itself: selected
     assert calls.selected == 1
-    holding = [e for e in _executors() if tff_speedups._kept_element(e, first, t.TensorType(np.int32, [3]))]
-    assert len(holding) == 1
-    assert tff_speedups._kept_element(holding[0], first, t.TensorType(np.float32, [3])) is None  # another dtype
-    wrapped = t.StructType([t.TensorType(np.int32, [3])])
-    assert tff_speedups._kept_element(holding[0], [first], wrapped) is None  # another structure
+    np.testing.assert_array_equal(difference_plus([x, y], z), x - y)  # a list of them: sent
+    assert calls.selected == 1
 
 
-def _executors():
-    """The remote executors holding kept results (found through the garbage collector: TFF keeps them private)."""
-    import gc
+def test_a_mapping_with_its_keys_in_another_order_is_sent(monkeypatch):
+    calls = Calls(monkeypatch)
+    named, _ = named_pair(np.arange(3, dtype=np.float32))  # a kept element: OrderedDict(a=x, b=y)
+    x, y = named["a"], named["b"]
+    np.testing.assert_array_equal(a_minus_b(named), x - y)  # itself: selected
+    assert calls.selected == 1
+    swapped = collections.OrderedDict(b=y, a=x)  # the same arrays and keys, in another order
+    mine = a_minus_b(swapped)
+    assert calls.selected == 1  # sent: TFF matches a mapping's values to the parameter by position
+    with monkeypatch.context() as patch:
+        tffs_own(patch)
+        np.testing.assert_array_equal(mine, a_minus_b(swapped))  # what TFF's own path makes of it
 
-    return [o for o in gc.get_objects() if isinstance(o, remote_executor.RemoteExecutor)
-            and o.__dict__.get("_fedlab_results")]
+
+def kept_on_a_stub(value, element_type):
+    """A remote executor talking to a stand-in for the worker, with ``value`` kept as an element of type
+    ``element_type`` of a result it made (on this thread)."""
+    executor = remote_executor.RemoteExecutor(Stub())
+    executor.set_cardinalities({})
+    made = tff_speedups._kept_remote_value_class()(executor_pb2.ValueRef(id="kept"), t.StructType([element_type]),
+                                                     executor)
+    kept = tff_speedups._kept_results()
+    kept[id(made)] = (executor, executor._executor_id, made, [(0, element_type, tff_speedups._flattened(value))], -1)
+    return executor, id(made)
+
+
+def test_a_value_for_every_client_is_not_taken_for_one_per_client():
+    value = np.frombuffer(np.arange(3, dtype=np.float32).tobytes(), np.float32)  # read-only, as TFF fetches
+    every = t.FederatedType(VECTOR, t.CLIENTS, all_equal=True)
+    executor, key = kept_on_a_stub(value, every)
+    try:
+        assert tff_speedups._kept_element(executor, value, every) is not None
+        assert tff_speedups._kept_element(executor, value, t.FederatedType(VECTOR, t.CLIENTS)) is None
+        assert tff_speedups._kept_element(executor, value, t.TensorType(np.float32, [3])) is None  # not placed
+        assert tff_speedups._kept_element(object(), value, every) is None  # not a remote executor
+    finally:
+        del tff_speedups._kept_results()[key]
+
+
+def test_a_new_worker_executor_is_sent_the_values():
+    value = np.frombuffer(np.arange(3, dtype=np.float32).tobytes(), np.float32)
+    executor, key = kept_on_a_stub(value, VECTOR)
+    try:
+        assert tff_speedups._kept_element(executor, value, VECTOR) is not None
+        executor.set_cardinalities({})  # TFF replaces the worker executor (as after an error): its values are gone
+        assert tff_speedups._kept_element(executor, value, VECTOR) is None
+    finally:
+        del tff_speedups._kept_results()[key]
+
+
+def test_results_beyond_the_limit_leave_the_worker_at_once(monkeypatch):
+    disposed = []
+    dispose = tff_speedups._dispose_now
+    monkeypatch.setattr(tff_speedups, "_dispose_now", lambda executor, executor_id, value: (
+        disposed.append(value.reference.id), dispose(executor, executor_id, value)))
+    refs = []
+    for k in range(tff_speedups.RESULTS_KEPT + 2):
+        results = pair(np.full(3, k, dtype=np.float32))
+        refs.append(newest()[2].reference.id)
+        if k == 0:
+            first = results[0]
+    assert set(refs[:2]) <= set(disposed) and not set(refs[2:]) & set(disposed)  # the two oldest, at once
+    calls = Calls(monkeypatch)
+    np.testing.assert_array_equal(plus_one(first), [2.0, 2.0, 2.0])  # sent again: not kept any more
+    np.testing.assert_array_equal(plus_one(results[0]), np.full(3, tff_speedups.RESULTS_KEPT + 3.0))
+    assert calls.selected == 1
+
+
+def test_a_result_that_cannot_be_fetched_leaves_the_worker(monkeypatch):
+    disposed = []
+    dispose = tff_speedups._dispose_now
+    monkeypatch.setattr(tff_speedups, "_dispose_now", lambda executor, executor_id, value: (
+        disposed.append(value), dispose(executor, executor_id, value)))
+
+    async def failing(value):
+        raise RuntimeError("the worker went away")
+
+    monkeypatch.setattr(tff_speedups._kept_remote_value_class(), "compute", failing)
+    with pytest.raises(RuntimeError):
+        pair(np.ones(3, dtype=np.float32))
+    assert len(disposed) == 1 and isinstance(disposed[0], tff_speedups._kept_remote_value_class())

@@ -408,8 +408,40 @@ def sweeps_side_by_side():
             f"the CPU), and {at('one-interop')} with one process each and one inter-op thread"]
 
 
+def _side_by_side(name: str, column: str, before, after, unit: str) -> list[str]:
+    """The README's sentence on a side-by-side benchmark: ``column`` is ``before`` in one run of each pair or
+    repeat, ``after`` in the other; medians, and how much less fedlab's process took in each pair."""
+    t = _csv(f"benchmarks/{name}")
+    assert t.groupby("setting").final_train_loss.nunique().eq(1).all()  # the same numbers both ways
+    medians = t.groupby(["setting", column])[["wall_ms", "fedlab_cpu_ms", "worker_cpu_ms"]].median()
+    index = "pair" if "pair" in t else "repeat"
+    pairs = t.pivot_table(index=["setting", index], columns=column, values=["wall_ms", "fedlab_cpu_ms"])
+    saved = pairs[("fedlab_cpu_ms", before)] - pairs[("fedlab_cpu_ms", after)]
+    faster = pairs[("wall_ms", before)] - pairs[("wall_ms", after)]
+    parts = []
+    for setting in ("notebook 01", "make bench, K = 10"):
+        wall, cpu, worker = (medians[m][setting] for m in ("wall_ms", "fedlab_cpu_ms", "worker_cpu_ms"))
+        assert (saved[setting] > 0).all()  # what the change rests on: less of fedlab's CPU in every pair
+        parts.append(f"{setting}: {wall[before]:.1f} → {wall[after]:.1f} ms a round "
+                     f"({wall[after] / wall[before]:.2f}; faster in {(faster[setting] > 0).sum()} of "
+                     f"{len(faster[setting])} {unit}), fedlab's process {cpu[before]:.1f} → {cpu[after]:.1f} CPU ms "
+                     f"(less in every {unit[:-1]}), TFF's worker {worker[before]:.1f} and {worker[after]:.1f}")
+    return ["; ".join(parts) + " (medians; the same final loss in every run of a setting)."]
+
+
+def kept_results():
+    """The README's sentence on benchmarks/kept_results.py (results/benchmarks/kept_results.csv)."""
+    return _side_by_side("kept_results", "results_sent_back", True, False, "pairs")
+
+
+def array_files_speed():
+    """The README's sentence on benchmarks/array_files_speed.py (results/benchmarks/array_files_speed.csv)."""
+    return _side_by_side("array_files_speed", "files", "disk", "memory", "repeats")
+
+
 CLAIMS = [notebook_01, notebook_02, notebook_04, notebook_05, notebook_07, notebook_08, stacked_seeds,
-          stacked_seeds_one_thread, secagg_cost_speed, tff_tracing, quiet_periods, sweeps_side_by_side]
+          stacked_seeds_one_thread, secagg_cost_speed, tff_tracing, quiet_periods, sweeps_side_by_side, kept_results,
+          array_files_speed]
 
 
 @pytest.mark.parametrize("claims", CLAIMS, ids=lambda f: f.__name__)

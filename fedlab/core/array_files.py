@@ -29,9 +29,13 @@ left by processes that were killed are removed by the next one.
 The files go to memory (``/dev/shm``) when it is there with at least
 ``MEMORY_FREE_BYTES`` free and no variable chooses the temporary folder
 (:func:`default_root`), else to the temporary directory: on this machine's disk (ext4) writing a
-client's two files took about 1.6 ms, which at ``make bench``'s K = 10 (ten
-new clients a round) was half of fedlab's CPU a round. Memory that fills up
-(``ENOSPC``) sends that file and the ones after it to the temporary directory.
+client's two files took about 1.6 ms, a quarter of fedlab's CPU a round at
+``make bench``'s K = 10, where most of a round's clients are new. Before each
+write the free memory is looked at again: below ``MEMORY_FREE_BYTES`` (other
+processes fill it too), or on ``ENOSPC``, that file and the ones after it go
+to the temporary directory. Each directory holds a lock file its process keeps
+locked, so that a process sharing the folder from another PID namespace (a
+container sharing ``/dev/shm``) does not take a live directory for abandoned.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ import atexit
 import contextlib
 import contextvars
 import errno
+import fcntl
 import os
 import pathlib
 import shutil
 import tempfile
 import threading
 import weakref
+from typing import Optional
 
 import numpy as np
 
@@ -73,15 +79,55 @@ def enabled() -> bool:
     return _local_files.get() and encryption.current() is None
 
 
+LOCK = ".owner"  # in each directory: a file its process holds an exclusive lock on (flock) while it lives
+
+
 def _remove_abandoned(root: pathlib.Path) -> None:
-    """Directories of this kind whose process no longer runs (killed before its exit handler)."""
+    """Directories of this kind whose process no longer runs (killed before its exit handler): their owner's lock
+    is free (a process in another PID namespace sharing the folder holds its lock too), or, for a directory without
+    a lock file, their process id is not running."""
     for path in root.glob(f"{PREFIX}*"):
         try:
             pid = int(path.name[len(PREFIX):].split("-", 1)[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not process_alive(pid):
+        if pid == os.getpid():
+            continue
+        try:
+            fd = os.open(path / LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            abandoned = not process_alive(pid)
+        except OSError:
+            continue
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                abandoned = True
+            except OSError:  # held: its process is alive
+                abandoned = False
+            finally:
+                os.close(fd)
+        if abandoned:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _locked_directory(root: pathlib.Path) -> tuple[pathlib.Path, int]:
+    """A new directory of this process in ``root`` with its lock file held (the open lock file returned): made
+    under another name and renamed once locked, so that no other process's :func:`_remove_abandoned` ever sees it
+    without its lock."""
+    making = pathlib.Path(tempfile.mkdtemp(prefix=f".{PREFIX}making-", dir=root))
+    owner = None
+    try:
+        owner = os.open(making / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(owner, fcntl.LOCK_EX)
+        directory = root / f"{PREFIX}{os.getpid()}-{making.name.rsplit('-', 1)[1]}"
+        os.rename(making, directory)
+        return directory, owner
+    except BaseException:
+        if owner is not None:
+            os.close(owner)
+        shutil.rmtree(making, ignore_errors=True)
+        raise
 
 
 def default_root() -> pathlib.Path:
@@ -96,40 +142,67 @@ class ArrayFiles:
 
     def __init__(self, root=None) -> None:
         """``root``: the directory whose sub-directory holds the files (default: :func:`default_root`, chosen
-        when the first file is written)."""
+        when the first file is written, and left for the temporary directory when memory runs short)."""
         self._given_root = pathlib.Path(root) if root is not None else None
         self._root = None
         self._directory = None
-        self._full: list[pathlib.Path] = []  # directories that ran out of space, deleted with the rest
+        self._owner = None  # the open lock file of the directory (LOCK)
+        self._left: list[tuple[pathlib.Path, int]] = []  # directories left when memory ran short, deleted at close
         self._paths: dict[int, tuple[weakref.ref, str]] = {}
         self._count = 0
+        self._closing_registered = False
+        forked = weakref.WeakMethod(self._forked)  # not kept alive by the fork hook
+        os.register_at_fork(after_in_child=lambda: forked() and forked()())
         # re-entrant: a weakref callback (:meth:`_forget`) can run in the middle of :meth:`path`, on the same
         # thread, whenever an allocation there sets off the garbage collector; a plain Lock then deadlocks
         self._lock = threading.RLock()
 
     @property
     def directory(self) -> pathlib.Path:
-        if self._directory is None:
-            if self._root is None:
-                self._root = self._given_root or default_root()
-            memory = {pathlib.Path(scratch.MEMORY_FOLDER)} if self._given_root is None else set()
-            for root in {self._root} | memory:  # a killed process's files in memory hold memory
-                _remove_abandoned(root)
-            self._directory = pathlib.Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=self._root))
-            atexit.register(self.close)
-        return self._directory
-
-    def _out_of_space(self, directory: pathlib.Path) -> bool:
-        """After ``ENOSPC`` in ``directory``: whether to write again, in the temporary directory (False: the files
-        were already there, nowhere else to go)."""
         with held(self._lock, "the index of the array files"):
-            if self._directory != directory:
-                return True  # another thread moved on already
-            fallback = pathlib.Path(tempfile.gettempdir())
-            if self._root == fallback:
+            if self._directory is None:
+                if self._root is None:
+                    self._root = self._given_root or default_root()
+                memory = {pathlib.Path(scratch.MEMORY_FOLDER)} if self._given_root is None else set()
+                for root in {self._root} | memory:  # a killed process's files in memory hold memory
+                    _remove_abandoned(root)
+                try:
+                    self._directory, self._owner = _locked_directory(self._root)
+                except OSError as err:
+                    if not self._leave_memory(err):
+                        raise
+                    return self.directory
+                if not self._closing_registered:
+                    atexit.register(self.close)
+                    self._closing_registered = True
+            return self._directory
+
+    def _forked(self) -> None:
+        """In a child made by ``fork``: its own files from now on (its parent's stay its parent's, and so does their
+        lock, which the child's copy of the lock file's descriptor does not hold apart from it)."""
+        if self._owner is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._owner)
+        for _, owner in self._left:
+            with contextlib.suppress(OSError):
+                os.close(owner)
+        self._lock = threading.RLock()
+        self._paths, self._left, self._directory, self._owner = {}, [], None, None
+        self._closing_registered = False
+
+    def _in_memory(self) -> bool:
+        return self._given_root is None and self._root == pathlib.Path(scratch.MEMORY_FOLDER)
+
+    def _leave_memory(self, err: Optional[OSError] = None) -> bool:
+        """Whether the files from now on go to the temporary directory: memory ran short (``err`` ENOSPC, or less
+        than :data:`MEMORY_FREE_BYTES` free before a write) and they were in memory; the directory there stays
+        until :meth:`close`."""
+        with held(self._lock, "the index of the array files"):
+            if not self._in_memory() or (err is not None and err.errno != errno.ENOSPC):
                 return False
-            self._full.append(directory)
-            self._root, self._directory = fallback, None
+            if self._directory is not None:
+                self._left.append((self._directory, self._owner))
+            self._root, self._directory, self._owner = pathlib.Path(tempfile.gettempdir()), None, None
             return True
 
     def path(self, array: np.ndarray) -> str:
@@ -141,13 +214,17 @@ class ArrayFiles:
             known = self._paths.get(id(array))
             if known is not None and known[0]() is array:
                 return known[1]
+            if self._in_memory() and scratch.memory_folder(MEMORY_FREE_BYTES) is None:
+                self._leave_memory()  # other processes may have filled it since: leave its last bytes to them
             self._count += 1
             directory = self.directory
             path = str(directory / f"{self._count}.pb")
         try:
             _write_whole(path, array)
         except OSError as err:
-            if err.errno != errno.ENOSPC or not self._out_of_space(directory):
+            with held(self._lock, "the index of the array files"):
+                moved_on = self._directory != directory  # another thread left memory meanwhile
+            if not (moved_on or self._leave_memory(err)):
                 raise
             return self.path(array)
         with held(self._lock, "the index of the array files"):
@@ -167,14 +244,16 @@ class ArrayFiles:
         return len(self._paths)
 
     def close(self) -> None:
-        """Deletes every file and the directory."""
+        """Deletes every file and the directory (and those left when memory ran short)."""
         with held(self._lock, "the index of the array files"):
             self._paths.clear()
-            directories = self._full + [self._directory]
-            self._full, self._directory = [], None
-        for directory in directories:
+            directories = self._left + [(self._directory, self._owner)]
+            self._left, self._directory, self._owner = [], None, None
+        for directory, owner in directories:
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
+            if owner is not None:
+                os.close(owner)
 
 
 def _write_whole(path: str, array: np.ndarray) -> None:

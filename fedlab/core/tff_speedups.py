@@ -18,8 +18,11 @@ path bit for bit; for Grappler's kept output, ``tests/test_traced_once.py`` chec
 from __future__ import annotations
 
 import collections
+import collections.abc
 import functools
 import inspect
+import itertools
+import threading
 
 from . import recent
 
@@ -238,7 +241,20 @@ def _patch_optimize_once() -> None:
     transformations.fedlab_optimize_once = True
 
 
-RESULTS_KEPT = 2  # the calls whose results each TFF executor keeps on its worker (_patch_keep_results)
+RESULTS_KEPT = 2  # the calls whose results each event loop's thread keeps on TFF's workers (_patch_keep_results)
+_KEPT_BY_THREAD: "dict[int, collections.OrderedDict[int, tuple]]" = {}  # thread id -> its kept results
+_KEPT_ORDER = itertools.count()  # the order in which results were kept, across threads
+
+
+def _kept_results() -> "collections.OrderedDict[int, tuple]":
+    """This thread's kept results, oldest first: (executor, its worker executor's id, the value, its elements, the
+    order kept in). One context's event loop runs on one thread, so no other context evicts a result between a
+    match and its use. A thread that ends leaves its (at most ``RESULTS_KEPT``) results until its executors go."""
+    ident = threading.get_ident()
+    results = _KEPT_BY_THREAD.get(ident)
+    if results is None:
+        results = _KEPT_BY_THREAD.setdefault(ident, collections.OrderedDict())
+    return results
 
 
 def _patch_keep_results() -> None:
@@ -247,14 +263,17 @@ def _patch_keep_results() -> None:
     TFF 0.87 fetches a call's result into Python and disposes of it on the worker (``_invoke`` in
     ``async_execution_context``); the next call that takes it, the next round taking the state this one returned,
     creates it on the worker anew: serialised, sent and parsed (the 2NN's state, 800 kB, about 3 ms of fedlab's
-    process a round; a split round's server step took every client's update back the same way). Here each
-    ``RemoteExecutor`` keeps on its worker the results of its last ``RESULTS_KEPT`` calls of a computation whose
-    result is a structure; an argument, or an element of one, that is an element of a kept result, the same objects
-    in the same structure and of the type the computation takes, is that element selected on the worker
-    (:func:`_kept_element`): the same values, so the same numbers. To keep "the same objects" meaning "the same
-    values", the arrays of a kept result are made read-only: nothing changes them in place (``np.array(x)`` is a
-    copy that can be changed). TFF's functions are ``fedlab_original_ingest`` and ``fedlab_original_invoke`` of its
-    module."""
+    process a round; a split round's server step took every client's update back the same way). Here each event
+    loop's thread keeps on TFF's workers the results of its last ``RESULTS_KEPT`` calls (of any executor) of a computation whose
+    result is a structure, each element whose leaves are all NumPy arrays (read-only, as TFF fetches them: views of
+    the response's bytes) or scalars; an argument, or an element of one, made of exactly those objects, in the same
+    containers with the same keys in the same order and of the very type the computation takes, is that element selected
+    on the worker (:func:`_kept_element`): the same values, so the same numbers. A result leaves the worker when a
+    newer one takes its place, at once (TFF disposes of values in batches of 20, which an executor TFF drops from
+    its cache never sends). Two results, because a split round (:mod:`fedlab.rounds.split_rounds`) alternates two
+    calls, each taking the other's last result; its clients' updates then stay on the worker until the next round's
+    training call returns (at K clients of the 2NN, K x 0.8 MB of the worker's memory during that call). TFF's
+    functions are ``fedlab_original_ingest`` and ``fedlab_original_invoke`` of its module."""
     from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context as context
 
     if hasattr(context, "fedlab_original_invoke"):
@@ -284,21 +303,40 @@ def _is_remote(executor) -> bool:
     return isinstance(executor, remote_executor.RemoteExecutor)
 
 
-def _leaves(value):
-    """``value``'s arrays in order, if every leaf of it is a NumPy array or scalar; else None."""
+def _flattened(value):
+    """(shape, leaves) of ``value``: its leaves in order and, for each container on the way, its type and its keys
+    in their order (a mapping's, an attrs class's fields) or its length; None unless every leaf is a NumPy array
+    that cannot be written to or a NumPy scalar."""
     import numpy as np
-    import tree
 
-    try:
-        leaves = tree.flatten(value)
-    except (TypeError, ValueError):
-        return None
-    return leaves if leaves and all(isinstance(leaf, (np.ndarray, np.generic)) for leaf in leaves) else None
+    shape, leaves = [], []
+
+    def walk(v) -> bool:
+        if isinstance(v, np.ndarray):
+            leaves.append(v)
+            return not v.flags.writeable
+        if isinstance(v, np.generic):
+            leaves.append(v)
+            return True
+        if isinstance(v, collections.abc.Mapping):
+            keys = tuple(v)
+            shape.append((type(v), keys))
+            return all(walk(v[k]) for k in keys)
+        fields = getattr(type(v), "__attrs_attrs__", None)  # an attrs class (TFF's states and outputs)
+        if fields is not None:
+            names = tuple(f.name for f in fields)
+            shape.append((type(v), names))
+            return all(walk(getattr(v, n)) for n in names)
+        if isinstance(v, (list, tuple)):
+            shape.append((type(v), len(v)))
+            return all(walk(e) for e in v)
+        return False
+
+    return (tuple(shape), leaves) if walk(value) and leaves else None
 
 
 async def _invoke_keeping(executor, comp, arg, result_type):
     """TFF's ``_invoke`` (create the computation, call it, fetch the result), the result kept on the worker."""
-    import numpy as np
     from tensorflow_federated.proto.v0 import executor_pb2
     from tensorflow_federated.python.common_libs import structure
     from tensorflow_federated.python.core.impl.types import type_conversions
@@ -308,32 +346,40 @@ async def _invoke_keeping(executor, comp, arg, result_type):
     response = executor._stub.create_call(executor_pb2.CreateCallRequest(
         executor=executor._executor_id, function_ref=function.reference,
         argument_ref=arg.reference if arg is not None else None))
-    result = _kept_remote_value_class()(response.value_ref, comp.type_signature.result, executor)
+    made = (executor, executor._executor_id, _kept_remote_value_class()(response.value_ref,
+                                                                        comp.type_signature.result, executor))
     try:
-        fetched = type_conversions.type_to_py_container(await result.compute(), result_type)
+        fetched = type_conversions.type_to_py_container(await made[2].compute(), result_type)
     except BaseException:
-        _dispose_quietly(executor, result.reference, executor._executor_id)
+        _dispose_now(*made)
         raise
     elements = []
     for index, (name, element_type) in enumerate(structure.to_elements(comp.type_signature.result)):
         element = _element_of(fetched, index, name)
-        leaves = None if element is None else _leaves(element)
-        if leaves is not None:
-            for leaf in leaves:
-                if isinstance(leaf, np.ndarray):
-                    leaf.setflags(write=False)
-            elements.append((index, element_type, element, leaves))
-    kept = executor.__dict__.setdefault("_fedlab_results", collections.OrderedDict())
-    gone = []
-    if elements:
-        kept[response.value_ref.id] = (executor._executor_id, result, elements)
-        while len(kept) > RESULTS_KEPT:
-            gone.append(kept.popitem(last=False)[1])
-    else:
-        gone.append((executor._executor_id, result, elements))
-    for executor_id, old, _ in gone:
-        _dispose_quietly(executor, old.reference, executor_id)
+        flat = None if element is None else _flattened(element)
+        if flat is not None:
+            elements.append((index, element_type, flat))
+    if not elements:
+        _dispose_now(*made)
+        return fetched
+    kept = _kept_results()
+    kept[id(made[2])] = (*made, elements, next(_KEPT_ORDER))
+    while len(kept) > RESULTS_KEPT:
+        _dispose_now(*kept.popitem(last=False)[1][:3])
     return fetched
+
+
+def _dispose_now(executor, executor_id, value) -> None:
+    """``value`` disposed of on its worker now, if the executor that made it is still there. A worker that cannot
+    be reached loses nothing by it (its values go with it); its error is the next call's to say."""
+    from tensorflow_federated.proto.v0 import executor_pb2
+
+    if executor_id is None or executor._executor_id != executor_id:
+        return  # that worker executor was disposed of, its values with it
+    try:
+        executor._stub.dispose(executor_pb2.DisposeRequest(executor=executor_id, value_ref=[value.reference]))
+    except Exception:  # noqa: BLE001 (gRPC's errors, TFF's retryable ones, fedlab's lost worker: all the same here)
+        pass
 
 
 def _element_of(fetched, index: int, name):
@@ -349,31 +395,22 @@ def _element_of(fetched, index: int, name):
 
 
 def _kept_element(executor, value, type_spec):
-    """(kept result, index) on ``executor``'s worker whose element ``value`` is: the same arrays, in the same
-    structure, of a type ``type_spec`` takes; else None."""
-    import tree
-
-    kept = executor.__dict__.get("_fedlab_results") if _is_remote(executor) else None
-    if not kept:
+    """(kept result, index) on ``executor``'s worker executor of which ``value`` is an element: the same objects
+    (:func:`_flattened`), of ``type_spec`` (equivalent, not only assignable: TFF refuses to send an all-equal
+    value where one per client is asked for); else None."""
+    kept = _kept_results()
+    if not kept or not _is_remote(executor):
         return None
-    leaves = _leaves(value)
-    if leaves is None:
+    flat = _flattened(value)
+    if flat is None:
         return None
-    for executor_id, result, elements in reversed(kept.values()):
-        if executor_id != executor._executor_id:
+    shape, leaves = flat
+    for made_by, executor_id, result, elements, _ in reversed(list(kept.values())):
+        if made_by is not executor or executor_id != executor._executor_id:
             continue
-        for index, element_type, element, element_leaves in elements:
-            if (len(element_leaves) == len(leaves) and all(a is b for a, b in zip(element_leaves, leaves))
-                    and _same_structure(element, value) and type_spec.is_assignable_from(element_type)):
+        for index, element_type, (element_shape, element_leaves) in elements:
+            if (element_shape == shape and len(element_leaves) == len(leaves)
+                    and all(a is b for a, b in zip(element_leaves, leaves))
+                    and type_spec.is_equivalent_to(element_type)):
                 return result, index
     return None
-
-
-def _same_structure(one, other) -> bool:
-    import tree
-
-    try:
-        tree.assert_same_structure(one, other, check_types=False)
-    except (TypeError, ValueError):
-        return False
-    return True
