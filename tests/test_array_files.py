@@ -118,37 +118,11 @@ def test_an_array_collected_while_a_path_is_being_recorded_does_not_deadlock(tmp
     files.close()
 
 
-def test_the_files_go_to_memory_when_it_has_room_and_no_tmpdir_is_set(tmp_path, monkeypatch):
-    import shutil
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """(memory, the temporary directory): stand-ins for /dev/shm, with room, and the system's temporary folder,
+    with no variable choosing it."""
     import tempfile
-
-    memory = tmp_path / "shm"
-    memory.mkdir()
-    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(memory))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
-    assert array_files.default_root() == memory
-    files = ArrayFiles()
-    assert files.path(np.zeros(3)).startswith(str(memory))
-    files.close()
-    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", shutil.disk_usage(memory).free + 1)  # too little room
-    assert array_files.default_root() == tmp_path / "tmp"
-    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the caller's choice
-    assert array_files.default_root() == tmp_path / "tmp"
-    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(tmp_path / "absent"))
-    monkeypatch.delenv("TMPDIR")
-    assert array_files.default_root() == tmp_path / "tmp"
-
-
-def test_memory_that_fills_up_sends_the_files_to_the_temporary_directory(tmp_path, monkeypatch):
-    import errno
-    import tempfile
-
-    import tensorflow as tf
 
     memory, fallback = tmp_path / "shm", tmp_path / "tmp"
     memory.mkdir()
@@ -158,6 +132,33 @@ def test_memory_that_fills_up_sends_the_files_to_the_temporary_directory(tmp_pat
     monkeypatch.setattr(tempfile, "tempdir", str(fallback))
     for name in ("TMPDIR", "TEMP", "TMP"):
         monkeypatch.delenv(name, raising=False)
+    return memory, fallback
+
+
+def test_the_files_go_to_memory_when_it_has_room_and_no_tmpdir_is_set(folders, tmp_path, monkeypatch):
+    import shutil
+
+    memory, fallback = folders
+    assert array_files.default_root() == memory
+    files = ArrayFiles()
+    assert files.path(np.zeros(3)).startswith(str(memory))
+    files.close()
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", shutil.disk_usage(memory).free + 1)  # too little room
+    assert array_files.default_root() == fallback
+    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
+    monkeypatch.setenv("TMPDIR", str(fallback))  # the caller's choice
+    assert array_files.default_root() == fallback
+    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(tmp_path / "absent"))
+    monkeypatch.delenv("TMPDIR")
+    assert array_files.default_root() == fallback
+
+
+def test_memory_that_fills_up_sends_the_files_to_the_temporary_directory(folders, monkeypatch):
+    import errno
+
+    import tensorflow as tf
+
+    memory, fallback = folders
     write = array_files._write_whole
 
     def full_memory(path, array):
@@ -209,17 +210,8 @@ def test_a_file_cut_short_by_a_full_disk_leaves_nothing_behind(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_memory_that_other_processes_filled_is_left_before_the_next_write(tmp_path, monkeypatch):
-    import tempfile
-
-    memory, fallback = tmp_path / "shm", tmp_path / "tmp"
-    memory.mkdir()
-    fallback.mkdir()
-    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(memory))
-    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
-    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        monkeypatch.delenv(name, raising=False)
+def test_memory_that_other_processes_filled_is_left_before_the_next_write(folders, monkeypatch):
+    memory, fallback = folders
     files = ArrayFiles()
     first = files.path(np.zeros(3))
     assert first.startswith(str(memory))
@@ -248,18 +240,11 @@ def test_a_directory_whose_owner_holds_its_lock_is_not_removed(tmp_path):
     again.close()
 
 
-def test_memory_too_full_for_a_directory_sends_the_files_to_the_temporary_directory(tmp_path, monkeypatch):
+def test_memory_too_full_for_a_directory_sends_the_files_to_the_temporary_directory(folders, monkeypatch):
     import errno
     import tempfile
 
-    memory, fallback = tmp_path / "shm", tmp_path / "tmp"
-    memory.mkdir()
-    fallback.mkdir()
-    monkeypatch.setattr(scratch, "MEMORY_FOLDER", str(memory))
-    monkeypatch.setattr(array_files, "MEMORY_FREE_BYTES", 0)
-    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        monkeypatch.delenv(name, raising=False)
+    memory, fallback = folders
     make = tempfile.mkdtemp
 
     def full(prefix=None, dir=None):
