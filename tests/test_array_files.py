@@ -281,3 +281,23 @@ def test_a_forked_child_writes_files_of_its_own_and_leaves_its_parents(tmp_path)
     """In a process of its own, without TensorFlow's threads: forking a process that has them is unsafe."""
     out = subprocess.run([sys.executable, "-c", FORKED, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["0", "True"], out.stderr[-2000:]  # the child's close left the parent's files
+
+
+def test_a_lock_file_that_is_a_pipe_does_not_stop_the_clean_up(tmp_path):
+    import threading
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    odd = tmp_path / f"{array_files.PREFIX}{int(ended.stdout)}-jkl"  # another user's, say
+    odd.mkdir()
+    os.mkfifo(odd / array_files.LOCK)
+    done = threading.Thread(target=array_files._remove_abandoned, args=(tmp_path,), daemon=True)
+    done.start()
+    done.join(timeout=30)
+    assert not done.is_alive() and odd.exists()  # not waited on, not taken for a lock, left alone
+
+
+def test_memory_counts_only_what_this_process_could_still_use(monkeypatch, folders):
+    free = scratch.memory_free()
+    assert 0 < free  # on this machine: MemAvailable, a control group's room, or infinity
+    monkeypatch.setattr(scratch, "memory_free", lambda: 1024.0)  # a mount with room, memory without
+    assert scratch.memory_folder(2048) is None and scratch.memory_folder(512) == str(folders[0])

@@ -3,6 +3,7 @@ a run gives the numbers of TFF's own path, the state is created on the worker on
 the very arrays fetched (read-only) in their own structure and type are taken for the kept value."""
 
 import collections
+import threading
 
 import numpy as np
 import pytest
@@ -235,3 +236,16 @@ def test_a_result_that_cannot_be_fetched_leaves_the_worker(monkeypatch):
     with pytest.raises(RuntimeError):
         pair(np.ones(3, dtype=np.float32))
     assert len(disposed) == 1 and isinstance(disposed[0], tff_speedups._kept_remote_value_class())
+
+
+def test_the_results_of_a_thread_that_has_ended_leave_the_worker():
+    value = np.frombuffer(np.arange(3, dtype=np.float32).tobytes(), np.float32)
+    executor, key = kept_on_a_stub(value, VECTOR)
+    mine = tff_speedups._kept_results()
+    entry = mine.pop(key)
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    tff_speedups._KEPT_BY_THREAD[ended.ident] = collections.OrderedDict({key: entry})  # as its thread left it
+    tff_speedups._forget_ended_threads()
+    assert ended.ident not in tff_speedups._KEPT_BY_THREAD and executor._stub.disposed == ["kept"]

@@ -48,6 +48,7 @@ import fcntl
 import os
 import pathlib
 import shutil
+import stat
 import tempfile
 import threading
 import weakref
@@ -93,14 +94,16 @@ def _remove_abandoned(root: pathlib.Path) -> None:
             continue
         if pid == os.getpid():
             continue
-        try:
-            fd = os.open(path / LOCK, os.O_RDONLY)
+        try:  # not following a link, not waiting on a pipe: another user's folder could hold either
+            fd = os.open(path / LOCK, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError:
             abandoned = not process_alive(pid)
         except OSError:
             continue
         else:
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 abandoned = True
             except OSError:  # held: its process is alive

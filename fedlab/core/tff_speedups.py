@@ -249,12 +249,20 @@ _KEPT_ORDER = itertools.count()  # the order in which results were kept, across 
 def _kept_results() -> "collections.OrderedDict[int, tuple]":
     """This thread's kept results, oldest first: (executor, its worker executor's id, the value, its elements, the
     order kept in). One context's event loop runs on one thread, so no other context evicts a result between a
-    match and its use. A thread that ends leaves its (at most ``RESULTS_KEPT``) results until its executors go."""
+    match and its use. A thread's results are disposed of once it has ended (:func:`_forget_ended_threads`)."""
     ident = threading.get_ident()
     results = _KEPT_BY_THREAD.get(ident)
     if results is None:
         results = _KEPT_BY_THREAD.setdefault(ident, collections.OrderedDict())
     return results
+
+
+def _forget_ended_threads() -> None:
+    """The results kept by threads that have ended, disposed of (they would stay until a thread got their id)."""
+    alive = {thread.ident for thread in threading.enumerate()}
+    for ident in [i for i in list(_KEPT_BY_THREAD) if i not in alive]:
+        for entry in _KEPT_BY_THREAD.pop(ident, {}).values():
+            _dispose_now(*entry[:3])
 
 
 def _patch_keep_results() -> None:
@@ -363,6 +371,8 @@ async def _invoke_keeping(executor, comp, arg, result_type):
         _dispose_now(*made)
         return fetched
     kept = _kept_results()
+    if len(kept) == 0:  # a thread keeping results for the first time (or again): the ended ones' go
+        _forget_ended_threads()
     kept[id(made[2])] = (*made, elements, next(_KEPT_ORDER))
     while len(kept) > RESULTS_KEPT:
         _dispose_now(*kept.popitem(last=False)[1][:3])
