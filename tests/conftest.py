@@ -15,6 +15,11 @@ if "FEDLAB_HEART_DISEASE_DIR" not in os.environ and SHARED_HEART.is_dir():
 if "FEDLAB_TCGA_BRCA_DIR" not in os.environ and SHARED_TCGA_BRCA.is_dir():
     os.environ["FEDLAB_TCGA_BRCA_DIR"] = str(SHARED_TCGA_BRCA)
 
+# Any one wait of fedlab's (a TFF call, a panel's next round, a sweep's next result, a lock) gives up after this many
+# seconds and says what it waited for, in the test's own failure: half the watchdog's limit below, so that a stuck
+# kernel's wait is named by fedlab (where TFF's event loop or the run's thread stood) before the watchdog stops it.
+os.environ.setdefault("FEDLAB_WAIT_LIMIT_S", "300")
+
 
 # No test waits forever: past its limit a test fails with the stacks of every thread of its process and of the
 # processes it started (tests/stalls.py). Longer limits are marked on the test: @pytest.mark.stall_limit(seconds).

@@ -80,9 +80,13 @@ def stacks(pid: int) -> str:
 
 
 def report(root: int, *, include_root: bool = True) -> str:
-    """Command line and thread stacks of ``root`` and of every process it started, parents first."""
+    """Command line and thread stacks of ``root`` and of every process it started: the Python processes it started
+    first (a Jupyter kernel, a CLI run: what a stalled test waits for, so that a log cut in the middle keeps them),
+    then ``root``, then the native ones (TFF's C++ worker, whose stacks are long)."""
     table = process_table()
-    pids = ([root] if include_root else []) + sorted(descendants(root, table))
+    children = sorted(descendants(root, table))
+    pids = ([p for p in children if _is_python(p)] + ([root] if include_root else [])
+            + [p for p in children if not _is_python(p)])
     parts = []
     for pid in pids:
         if pid == os.getpid():

@@ -14,6 +14,7 @@ CHILD = "import time\ndef waiting_in_the_child():\n    time.sleep(120)\nwaiting_
 def test_a_stalled_test_gets_its_childrens_python_stacks_its_own_and_is_interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(stalls, "ARTIFACTS", tmp_path)
     child = subprocess.Popen([sys.executable, "-c", CHILD])
+    native = subprocess.Popen(["sleep", "120"])
     try:
         time.sleep(1.0)  # the child is in its function
         dog = stalls.Watchdog(1.0, "the watchdog's own test").start()
@@ -25,10 +26,15 @@ def test_a_stalled_test_gets_its_childrens_python_stacks_its_own_and_is_interrup
         assert child.wait(timeout=30) == -9, "the stalled test's child was not stopped"
     finally:
         child.kill()
+        native.kill()
+        native.wait()
     message = dog.message
     assert message.startswith("the watchdog's own test still ran after 1 s (its limit)")
     assert "waiting_in_the_child" in message, "no Python stack of the child"
     assert "this test process" in message and "test_a_stalled_test_gets" in message, "no stack of the test itself"
+    # what the test waited for first, so that a log cut in its middle keeps it; native stacks, long, last
+    assert (message.index("waiting_in_the_child") < message.index("this test process")
+            < message.index(f"== process {native.pid}: sleep 120")), message
     assert list(tmp_path.glob("*.txt")), "the report was not saved"
 
 
