@@ -56,7 +56,11 @@ def _run(args: list[str]) -> str:
 def wait_channels(pid: int) -> str:
     """Each thread's name, state and the kernel function it sleeps in (no tool needed)."""
     lines = []
-    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int) if os.path.isdir(f"/proc/{pid}/task") else []:
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError:  # the process has ended
+        return f"  (process {pid} has ended)"
+    for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 name, rest = f.read().split("(", 1)[1].rsplit(")", 1)
@@ -84,9 +88,9 @@ def report(root: int, *, include_root: bool = True) -> str:
     first (a Jupyter kernel, a CLI run: what a stalled test waits for, so that a log cut in the middle keeps them),
     then ``root``, then the native ones (TFF's C++ worker, whose stacks are long)."""
     table = process_table()
-    children = sorted(descendants(root, table))
-    pids = ([p for p in children if _is_python(p)] + ([root] if include_root else [])
-            + [p for p in children if not _is_python(p)])
+    python = {pid: _is_python(pid) for pid in sorted(descendants(root, table))}  # once: a child may exec or end
+    pids = ([p for p, py in python.items() if py] + ([root] if include_root else [])
+            + [p for p, py in python.items() if not py])
     parts = []
     for pid in pids:
         if pid == os.getpid():

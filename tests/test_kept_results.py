@@ -249,3 +249,41 @@ def test_the_results_of_a_thread_that_has_ended_leave_the_worker():
     tff_speedups._KEPT_BY_THREAD[ended.ident] = collections.OrderedDict({key: entry})  # as its thread left it
     tff_speedups._forget_ended_threads()
     assert ended.ident not in tff_speedups._KEPT_BY_THREAD and executor._stub.disposed == ["kept"]
+
+
+def _tffs_stub(address):
+    import grpc
+    from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
+
+    channel = grpc.insecure_channel(address)
+    return remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel), channel.close
+
+
+def _remote_workers_stub(address):  # fedlab's stub for a worker named with workers= (fedlab.workers.distributed)
+    from fedlab.workers import distributed
+
+    stub = distributed._guarded_stub(address, 1.0)
+    return stub, lambda: None
+
+
+@pytest.mark.parametrize("make_stub", [_tffs_stub, _remote_workers_stub], ids=["local worker", "remote worker"])
+def test_a_worker_that_does_not_answer_a_disposal_holds_nothing_up(monkeypatch, make_stub):
+    """A port that accepts and never answers (a hung worker, or another program's port since): the disposal gives
+    up after DISPOSE_TIMEOUT_S instead of holding TFF's event loop (gRPC alone waits about 20 s to connect, then for
+    an answer without end)."""
+    import socket
+    import time
+
+    monkeypatch.setattr(tff_speedups, "DISPOSE_TIMEOUT_S", 0.5)
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, accepts (the kernel's backlog), never answers
+    stub, close = make_stub(f"127.0.0.1:{silent.getsockname()[1]}")
+    try:
+        executor = remote_executor.RemoteExecutor(stub)
+        executor._executor_id = executor_pb2.ExecutorId(id="gone")
+        value = tff_speedups._kept_remote_value_class()(executor_pb2.ValueRef(id="kept"), VECTOR, executor)
+        started = time.monotonic()
+        tff_speedups._dispose_now(executor, executor._executor_id, value)
+        assert 0.3 <= time.monotonic() - started < 5.0  # waited for the answer, then gave up at the deadline
+    finally:
+        close()
+        silent.close()

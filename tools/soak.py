@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_browser.py", "tests/test_notebooks.py", "tests/test_sites.py"]  # the sites: processes
-STALL_WORDS = ("stalled", "still ran after", "did not finish within")
+STALL_WORDS = ("stalled", "still ran after", "did not finish within", "FEDLAB_WAIT_LIMIT_S")  # fedlab's waits name it
 
 
 def _busy() -> None:

@@ -379,16 +379,26 @@ async def _invoke_keeping(executor, comp, arg, result_type):
     return fetched
 
 
+DISPOSE_TIMEOUT_S = 10.0  # how long _dispose_now waits for a worker's answer (it gives up the value, not the run)
+
+
 def _dispose_now(executor, executor_id, value) -> None:
-    """``value`` disposed of on its worker now, if the executor that made it is still there. A worker that cannot
-    be reached loses nothing by it (its values go with it); its error is the next call's to say."""
+    """``value`` disposed of on its worker now, if the executor that made it is still there, waiting at most
+    :data:`DISPOSE_TIMEOUT_S` for the answer (TFF's stub sets no deadline; a worker that does not answer, or a port
+    now another program's, would hold TFF's event loop until the call's wait limit). A worker that cannot be reached
+    loses nothing by it (its values go with it); its error is the next call's to say."""
     from tensorflow_federated.proto.v0 import executor_pb2
 
     if executor_id is None or executor._executor_id != executor_id:
         return  # that worker executor was disposed of, its values with it
+    request = executor_pb2.DisposeRequest(executor=executor_id, value_ref=[value.reference])
+    grpc_stub = getattr(executor._stub, "_stub", None)  # TFF's RemoteExecutorGrpcStub: the generated gRPC stub
     try:
-        executor._stub.dispose(executor_pb2.DisposeRequest(executor=executor_id, value_ref=[value.reference]))
-    except Exception:  # noqa: BLE001 (gRPC's errors, TFF's retryable ones, fedlab's lost worker: all the same here)
+        if grpc_stub is not None and hasattr(grpc_stub, "Dispose"):
+            grpc_stub.Dispose(request, timeout=DISPOSE_TIMEOUT_S)
+        else:
+            executor._stub.dispose(request)
+    except Exception:  # noqa: BLE001 (gRPC's errors, a deadline passed, TFF's retryable ones: all the same here)
         pass
 
 

@@ -107,7 +107,7 @@ class Site:
         try:
             return future.result(timeout=wait_limit())
         except concurrent.futures.TimeoutError:
-            raise RuntimeError(f"the call did not end within {wait_limit():g} s (FEDLAB_WAIT_LIMIT)") from None
+            raise RuntimeError(f"the call did not end within {wait_limit():g} s (FEDLAB_WAIT_LIMIT_S)") from None
 
     # What a call is about ---------------------------------------------------------------------------------
     def _config(self, header: dict) -> ExperimentConfig:

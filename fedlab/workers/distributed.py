@@ -304,6 +304,7 @@ def _guarded_stub(worker: str, timeout: float, tls: Optional[WorkerTLS] = None):
         compute = staticmethod(guard(inner.compute))
         dispose = staticmethod(guard(inner.dispose))
         dispose_executor = staticmethod(guard(inner.dispose_executor))
+        _stub = inner._stub  # the generated gRPC stub: tff_speedups._dispose_now sends through it with a deadline
 
         @property
         def is_ready(self) -> bool:
