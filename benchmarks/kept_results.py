@@ -13,11 +13,9 @@ run to OUT.
 
 from __future__ import annotations
 
-import argparse
-import pathlib
 import sys
 
-from tff_tracing import ROOT, side_by_side
+from tff_tracing import side_by_side_main
 
 
 def kept_results_switch():
@@ -34,16 +32,8 @@ def kept_results_switch():
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=150)
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" / "kept_results.csv")
-    args = parser.parse_args()
-    import fedlab as fl
-
-    fl.setup()
-    return side_by_side(kept_results_switch(), "results_sent_back", args.out, args.pairs, args.rounds,
-                        "with the results sent back and kept")
+    return side_by_side_main(kept_results_switch, "results_sent_back", "kept_results.csv",
+                             "with the results sent back and kept")
 
 
 if __name__ == "__main__":

@@ -108,17 +108,22 @@ def side_by_side(switch, column: str, out: pathlib.Path, pairs: int, rounds: int
     return 0 if same else 1
 
 
-def main() -> int:
+def side_by_side_main(make_switch, column: str, csv_name: str, what: str) -> int:
+    """A side-by-side benchmark's command line (--pairs, --rounds, --out): fedlab set up, then ``make_switch()``'s
+    switch run by :func:`side_by_side`, written to results/benchmarks/``csv_name`` unless --out says otherwise."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=150)
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" / "tff_tracing.csv")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "benchmarks" / csv_name)
     args = parser.parse_args()
     import fedlab as fl
 
     fl.setup()
-    return side_by_side(tracing_switch(), "tff_tracing", args.out, args.pairs, args.rounds,
-                        "with and without the spans")
+    return side_by_side(make_switch(), column, args.out, args.pairs, args.rounds, what)
+
+
+def main() -> int:
+    return side_by_side_main(tracing_switch, "tff_tracing", "tff_tracing.csv", "with and without the spans")
 
 
 if __name__ == "__main__":
